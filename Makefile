@@ -1,0 +1,76 @@
+# sse-server. `make` builds ./sse-server; `make run` starts the demo; `make test` runs every
+# test (installing pytest from Debian when needed); `make asan` builds ./sse-server-asan.
+
+CC ?= cc
+CFLAGS ?= -O2 -g
+WARNINGS = -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wstrict-prototypes \
+           -Wmissing-prototypes -Wformat=2
+ifeq ($(WERROR),1)
+WARNINGS += -Werror
+endif
+SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+PYTHON = /usr/bin/python3
+BUILD = build
+
+.PHONY: all run test unit pytest deps asan clean format
+all: sse-server
+
+$(BUILD) $(BUILD)/asan:
+	mkdir -p $@
+
+# The built-in page is compiled in from its HTML source, byte for byte.
+$(BUILD)/demo_page.c: examples/demo/index.html | $(BUILD)
+	{ echo '#include <stddef.h>'; \
+	  echo 'extern const unsigned char demo_page[]; extern const size_t demo_page_len;'; \
+	  echo 'const unsigned char demo_page[] = {'; \
+	  od -An -v -tx1 $< | sed 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '};'; \
+	  echo 'const size_t demo_page_len = sizeof demo_page;'; } > $@
+
+$(BUILD)/%.o: %.c sse.h | $(BUILD)
+	$(CC) $(WARNINGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/demo_page.o: $(BUILD)/demo_page.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
+sse-server: $(BUILD)/sse.o $(BUILD)/main.o $(BUILD)/demo_page.o
+	$(CC) $(CFLAGS) $^ -o $@
+
+$(BUILD)/asan/%.o: %.c sse.h | $(BUILD)/asan
+	$(CC) $(WARNINGS) -O1 -g $(SANITIZE) -c $< -o $@
+
+sse-server-asan: $(BUILD)/asan/sse.o $(BUILD)/asan/main.o $(BUILD)/demo_page.c
+	$(CC) -O1 -g $(SANITIZE) $^ -o $@
+
+# Unit tests include sse.c itself, so they reach its static functions.
+$(BUILD)/unit: tests/unit.c sse.c sse.h | $(BUILD)
+	$(CC) $(WARNINGS) -O1 -g $(SANITIZE) $< -o $@
+
+asan: sse-server-asan $(BUILD)/unit
+
+run: sse-server
+	./sse-server --demo
+
+deps:
+	@$(PYTHON) -c 'import pytest' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo 'make test: installing python3-pytest with apt-get'; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pytest >/dev/null; \
+	  else \
+	    echo 'make test needs pytest for /usr/bin/python3: run "sudo apt-get install python3-pytest"' >&2; \
+	    exit 1; \
+	  fi; }
+
+unit: $(BUILD)/unit
+	$(BUILD)/unit
+
+pytest: sse-server deps
+	$(PYTHON) -m pytest -q tests
+
+test: deps sse-server unit pytest
+
+format:
+	clang-format -i sse.c sse.h main.c tests/unit.c
+
+clean:
+	rm -rf $(BUILD) sse-server sse-server-asan

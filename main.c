@@ -1,0 +1,372 @@
+/*
+ * main.c - the sse-server command-line program. It uses nothing but sse.h, and drives the
+ * server from its own epoll loop (sse_fd + sse_next_timeout_ms + sse_poll), the way an
+ * embedding host would, next to a signalfd for SIGTERM/SIGINT and a timerfd for --demo.
+ */
+#define _GNU_SOURCE
+#include "sse.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define VERSION "0.1.0"
+
+/* The built-in page, generated from examples/demo/index.html by the Makefile. */
+extern const unsigned char demo_page[];
+extern const size_t demo_page_len;
+
+static const char usage[] =
+    "Usage: sse-server [options]\n"
+    "A Server-Sent Events server: an EventSource endpoint with topics, replay and heartbeats.\n"
+    "\n"
+    "  --listen HOST:PORT        address to listen on (default 127.0.0.1:8080; :PORT for all\n"
+    "                            addresses, [::1]:PORT for IPv6, port 0 for any free port)\n"
+    "  --root DIR                serve static files from DIR (default: the built-in demo\n"
+    "                            page at /)\n"
+    "  --stream PATH             EventSource endpoint prefix (default /events)\n"
+    "  --backlog N               events kept for replay, all topics (default 1024; 0 = none)\n"
+    "  --heartbeat SECONDS       comment line after this much silence (default 15; 0 = none)\n"
+    "  --retry MS                retry: sent when a stream opens (default 3000; 0 = none)\n"
+    "  --publish-token TOKEN     enable POST/DELETE /publish with Authorization: Bearer TOKEN\n"
+    "                            (default: publishing over HTTP is off)\n"
+    "  --subscribe-token TOKEN   require Authorization: Bearer TOKEN or ?token=TOKEN from\n"
+    "                            subscribers (default: none)\n"
+    "  --stdin                   publish each line of standard input as an event on topic\n"
+    "                            \"default\" (default: off)\n"
+    "  --stdin-format lines|sse  sse: read blocks of topic:/event:/data: lines ended by a\n"
+    "                            blank line (default lines)\n"
+    "  --demo                    publish demo events on topics \"time\" and \"stocks\"\n"
+    "                            (default: off)\n"
+    "  --cors ORIGIN             send Access-Control-Allow-Origin: ORIGIN (an origin or *)\n"
+    "                            (default: no CORS headers)\n"
+    "  --max-clients N           client connections served (default: open-file limit - 64)\n"
+    "  --client-buffer BYTES     queued bytes at which a slow subscriber is dropped\n"
+    "                            (default 1m)\n"
+    "  --max-event-bytes BYTES   largest event payload, at most 64m (default 1m)\n"
+    "  --header-timeout SECONDS  deadline for a request head (default 10)\n"
+    "  --quiet                   log only warnings and errors\n"
+    "  --verbose                 also log every connection opened and closed\n"
+    "  --help                    show this help and exit\n"
+    "  --version                 show the version and exit\n"
+    "\n"
+    "BYTES accept a k, m or g suffix (powers of 1024).\n"
+    "Endpoints: GET /events[/TOPIC][?topic=A&topic=B], POST|DELETE /publish?topic=T&event=E,\n"
+    "GET /metrics, GET /healthz. SIGTERM or SIGINT drain and exit 0.\n";
+
+enum option_id {
+    OPT_LISTEN = 256, OPT_ROOT, OPT_STREAM, OPT_BACKLOG, OPT_HEARTBEAT, OPT_RETRY,
+    OPT_PUBLISH_TOKEN, OPT_SUBSCRIBE_TOKEN, OPT_STDIN, OPT_STDIN_FORMAT, OPT_DEMO, OPT_CORS,
+    OPT_MAX_CLIENTS, OPT_CLIENT_BUFFER, OPT_MAX_EVENT_BYTES, OPT_HEADER_TIMEOUT, OPT_QUIET,
+    OPT_VERBOSE, OPT_VERSION
+};
+
+static const struct option long_options[] = {
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"root", required_argument, NULL, OPT_ROOT},
+    {"stream", required_argument, NULL, OPT_STREAM},
+    {"backlog", required_argument, NULL, OPT_BACKLOG},
+    {"heartbeat", required_argument, NULL, OPT_HEARTBEAT},
+    {"retry", required_argument, NULL, OPT_RETRY},
+    {"publish-token", required_argument, NULL, OPT_PUBLISH_TOKEN},
+    {"subscribe-token", required_argument, NULL, OPT_SUBSCRIBE_TOKEN},
+    {"stdin", no_argument, NULL, OPT_STDIN},
+    {"stdin-format", required_argument, NULL, OPT_STDIN_FORMAT},
+    {"demo", no_argument, NULL, OPT_DEMO},
+    {"cors", required_argument, NULL, OPT_CORS},
+    {"max-clients", required_argument, NULL, OPT_MAX_CLIENTS},
+    {"client-buffer", required_argument, NULL, OPT_CLIENT_BUFFER},
+    {"max-event-bytes", required_argument, NULL, OPT_MAX_EVENT_BYTES},
+    {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
+    {"quiet", no_argument, NULL, OPT_QUIET},
+    {"verbose", no_argument, NULL, OPT_VERBOSE},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+struct options {
+    struct sse_config cfg;             /* what the library gets */
+    bool read_stdin;                   /* --stdin */
+    enum sse_input_format stdin_format; /* --stdin-format */
+    bool demo;                         /* --demo */
+    enum sse_log_level log_level;      /* highest level printed */
+};
+
+static void die_usage(const char *fmt, const char *a, const char *b) {
+    fprintf(stderr, "sse-server: ");
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, " (see --help)\n");
+    exit(2);
+}
+
+/* A whole number in [min, max]; with sizes, an optional k/m/g suffix multiplies by 1024^n. */
+static long long parse_number(const char *opt, const char *s, long long min, long long max,
+                              bool size) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || errno || (s[0] < '0' || s[0] > '9'))
+        die_usage("invalid value '%s' for --%s: expected a whole number", s, opt);
+    if (size && *end) {
+        int shift = *end == 'k' || *end == 'K' ? 10 : *end == 'm' || *end == 'M' ? 20
+                  : *end == 'g' || *end == 'G' ? 30 : -1;
+        if (shift < 0 || end[1] || v > (max >> shift))
+            die_usage("invalid value '%s' for --%s: expected a size such as 65536 or 64k", s, opt);
+        v <<= shift;
+        end++;
+    }
+    if (*end || v < min || v > max) {
+        char range[96];
+        snprintf(range, sizeof range, "%s: expected %lld to %lld", opt, min, max);
+        die_usage("invalid value '%s' for --%s", s, range);
+    }
+    return v;
+}
+
+/* Checks the shape HOST:PORT, :PORT or [V6]:PORT so a typo is a usage error (exit 2). */
+static void check_listen(const char *s) {
+    const char *colon = s[0] == '[' ? strstr(s, "]:") : strrchr(s, ':');
+    const char *port = colon ? colon + (s[0] == '[' ? 2 : 1) : NULL;
+    if (!port || !*port || strspn(port, "0123456789") != strlen(port) || strlen(port) > 5 ||
+        atoi(port) > 65535)
+        die_usage("invalid value '%s' for --listen: expected HOST:PORT, :PORT or [IPV6]:PORT%s",
+                  s, "");
+}
+
+static void parse_options(int argc, char **argv, struct options *o) {
+    memset(o, 0, sizeof *o);
+    o->log_level = SSE_LOG_INFO;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
+        const char *name = optind > 1 ? argv[optind - 1] : "";
+        switch (c) {
+        case 'h': fputs(usage, stdout); exit(0);
+        case OPT_VERSION: printf("sse-server %s\n", VERSION); exit(0);
+        case OPT_LISTEN: check_listen(optarg); o->cfg.listen = optarg; break;
+        case OPT_ROOT: o->cfg.static_root = optarg; break;
+        case OPT_STREAM:
+            if (optarg[0] != '/' || strlen(optarg) < 2 || optarg[strlen(optarg) - 1] == '/')
+                die_usage("invalid value '%s' for --%s: expected a path such as /events", optarg,
+                          "stream");
+            o->cfg.stream_path = optarg;
+            break;
+        case OPT_BACKLOG: {
+            long long n = parse_number("backlog", optarg, 0, 100000000, false);
+            o->cfg.backlog = n ? (int)n : SSE_OFF;
+            break;
+        }
+        case OPT_HEARTBEAT: {
+            long long n = parse_number("heartbeat", optarg, 0, 86400, false);
+            o->cfg.heartbeat_ms = n ? (int)n * 1000 : SSE_OFF;
+            break;
+        }
+        case OPT_RETRY: {
+            long long n = parse_number("retry", optarg, 0, 86400000, false);
+            o->cfg.retry_ms = n ? (int)n : SSE_OFF;
+            break;
+        }
+        case OPT_PUBLISH_TOKEN:
+        case OPT_SUBSCRIBE_TOKEN:
+            if (!optarg[0])
+                die_usage("empty value for %s%s", name, "");
+            *(c == OPT_PUBLISH_TOKEN ? &o->cfg.publish_token : &o->cfg.subscribe_token) = optarg;
+            break;
+        case OPT_STDIN: o->read_stdin = true; break;
+        case OPT_STDIN_FORMAT:
+            if (!strcmp(optarg, "lines"))
+                o->stdin_format = SSE_INPUT_LINES;
+            else if (!strcmp(optarg, "sse"))
+                o->stdin_format = SSE_INPUT_SSE;
+            else
+                die_usage("invalid value '%s' for --%s: expected lines or sse", optarg,
+                          "stdin-format");
+            break;
+        case OPT_DEMO: o->demo = true; break;
+        case OPT_CORS: o->cfg.cors_origin = optarg; break;
+        case OPT_MAX_CLIENTS:
+            o->cfg.max_clients = (int)parse_number("max-clients", optarg, 1, 10000000, false);
+            break;
+        case OPT_CLIENT_BUFFER:
+            o->cfg.client_buffer = (size_t)parse_number("client-buffer", optarg, 1, 1LL << 40, true);
+            break;
+        case OPT_MAX_EVENT_BYTES:
+            o->cfg.max_event_bytes =
+                (size_t)parse_number("max-event-bytes", optarg, 1, 64LL << 20, true);
+            break;
+        case OPT_HEADER_TIMEOUT:
+            o->cfg.header_timeout_ms =
+                (int)parse_number("header-timeout", optarg, 1, 86400, false) * 1000;
+            break;
+        case OPT_QUIET: o->log_level = SSE_LOG_WARN; break;
+        case OPT_VERBOSE: o->log_level = SSE_LOG_DEBUG; break;
+        case ':': die_usage("option '%s' needs a value%s", name, "");
+        default: die_usage("unknown option '%s'%s", name, "");
+        }
+    }
+    if (optind < argc)
+        die_usage("unexpected argument '%s'%s", argv[optind], "");
+}
+
+static void on_log(enum sse_log_level level, const char *msg, void *user) {
+    const struct options *o = user;
+    if (level <= o->log_level)
+        fprintf(stderr, "sse-server: %s\n", msg);
+}
+
+/* Many subscribers need many descriptors: take everything the hard limit allows. */
+static void raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* ---- --demo: the seed article's stock widgets and the API7 article's clock ------------- */
+
+struct demo {
+    uint64_t rng;       /* xorshift state */
+    time_t last_second; /* last second a time event went out */
+    double price[10];   /* current quote per symbol */
+};
+
+static const char *const demo_symbols[10] = {"ACME", "GLOBX", "INITECH", "UMBRL", "HOOLI",
+                                             "STARK", "WAYNE", "CYBER", "OCP", "TYREL"};
+
+static uint64_t demo_rand(struct demo *d) {
+    d->rng ^= d->rng << 13;
+    d->rng ^= d->rng >> 7;
+    d->rng ^= d->rng << 17;
+    return d->rng;
+}
+
+static void demo_init(struct demo *d) {
+    d->rng = (uint64_t)time(NULL) * 2654435761u | 1;
+    for (int i = 0; i < 10; i++)
+        d->price[i] = 20.0 + (double)(demo_rand(d) % 40000) / 100.0;
+}
+
+/* Called four times a second: one to three quotes on "stocks", the time on "time" once a
+ * second. */
+static void demo_tick(struct sse_server *srv, struct demo *d) {
+    char buf[160];
+    time_t now = time(NULL);
+    if (now != d->last_second) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        sse_publish(srv, "time", "time", buf, n, NULL);
+        d->last_second = now;
+    }
+    int quotes = 1 + (int)(demo_rand(d) % 3);
+    for (int q = 0; q < quotes; q++) {
+        int i = (int)(demo_rand(d) % 10);
+        double old = d->price[i];
+        double step = ((double)(demo_rand(d) % 2001) - 1000.0) / 100000.0; /* up to 1% */
+        double price = old * (1.0 + step);
+        if (price < 1.0)
+            price = 1.0;
+        d->price[i] = price;
+        int n = snprintf(buf, sizeof buf, "{\"symbol\":\"%s\",\"price\":%.2f,\"change\":%.2f}",
+                         demo_symbols[i], price, price - old);
+        sse_publish(srv, "stocks", "quote", buf, (size_t)n, NULL);
+    }
+}
+
+/* ---- the loop -------------------------------------------------------------------------- */
+
+static int watch(int ep, int fd) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+}
+
+int main(int argc, char **argv) {
+    struct options o;
+    parse_options(argc, argv, &o);
+    raise_nofile();
+    o.cfg.on_log = on_log;
+    o.cfg.user = &o;
+    if (!o.cfg.static_root) {
+        o.cfg.index_page = (const char *)demo_page;
+        o.cfg.index_page_len = demo_page_len;
+    }
+
+    /* Signals arrive as readable bytes on a descriptor, handled inside the loop. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigprocmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    int sigfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+
+    char err[256];
+    struct sse_server *srv = sse_server_new(&o.cfg, err, sizeof err);
+    if (!srv) {
+        fprintf(stderr, "sse-server: %s\n", err);
+        return 1;
+    }
+    fprintf(stderr, "sse-server: listening on %s\n", sse_url(srv));
+
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    int tfd = -1;
+    struct demo demo;
+    if (ep < 0 || sigfd < 0 || watch(ep, sse_fd(srv)) < 0 || watch(ep, sigfd) < 0) {
+        fprintf(stderr, "sse-server: cannot set up the event loop: %s\n", strerror(errno));
+        return 1;
+    }
+    if (o.read_stdin) {
+        int r = sse_publish_from_fd(srv, STDIN_FILENO, o.stdin_format);
+        if (r < 0) {
+            fprintf(stderr, "sse-server: cannot read standard input: %s\n", strerror(-r));
+            return 1;
+        }
+    }
+    if (o.demo) {
+        demo_init(&demo);
+        struct itimerspec every = {{0, 250000000}, {0, 1000000}};
+        tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (tfd < 0 || timerfd_settime(tfd, 0, &every, NULL) < 0 || watch(ep, tfd) < 0) {
+            fprintf(stderr, "sse-server: cannot start the demo timer: %s\n", strerror(errno));
+            return 1;
+        }
+    }
+
+    int status = 0;
+    for (;;) {
+        struct epoll_event evs[4];
+        int n = epoll_wait(ep, evs, 4, sse_next_timeout_ms(srv));
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == sigfd) {
+                struct signalfd_siginfo si;
+                if (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si)
+                    sse_stop(srv);
+            } else if (evs[i].data.fd == tfd) {
+                uint64_t expirations;
+                if (read(tfd, &expirations, sizeof expirations) > 0)
+                    demo_tick(srv, &demo);
+            }
+        }
+        int r = sse_poll(srv, 0);
+        if (r < 0) {
+            fprintf(stderr, "sse-server: event loop failed: %s\n", strerror(-r));
+            status = 1;
+        }
+        if (r <= 0)
+            break;
+    }
+    sse_server_free(srv);
+    return status;
+}

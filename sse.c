@@ -1,0 +1,3386 @@
+/*
+ * sse.c - an embeddable Server-Sent Events server for Linux (MIT licence). See sse.h.
+ *
+ * What goes over the wire. A browser runs `new EventSource("/events?topic=time")`, which
+ * sends a GET. We answer with one response that never ends:
+ *
+ *     HTTP/1.1 200 OK
+ *     Content-Type: text/event-stream
+ *     Cache-Control: no-cache, no-transform
+ *     X-Accel-Buffering: no
+ *
+ *     retry: 3000                  <- reconnect after 3 s if the connection drops
+ *
+ *     id: 1763781645000001         <- remembered by the browser as its last event id
+ *     event: time                  <- fires listeners of "time" (default type: "message")
+ *     data: 2026-11-22T03:20:45Z   <- one data: line per line of the payload
+ *                                  <- a blank line dispatches the event
+ *     :                            <- a comment: the heartbeat that keeps proxies from
+ *                                     closing a quiet connection
+ *
+ * When the connection drops the browser waits `retry` ms and asks again with the header
+ * `Last-Event-ID: 1763781645000001`; we replay what it missed from a backlog.
+ *
+ * Map of this file. Each section only uses those above it, so it reads top to bottom:
+ *   1. Basics            limits, clock, logging, random numbers, byte buffers
+ *   2. Wire format       UTF-8, event framing, the event-stream reader for inputs, JSON
+ *   3. Events and topics shared reference-counted bytes, the topic table, the backlog
+ *   4. HTTP parsing      request heads, percent-decoding, queries, Accept, tokens, dates
+ *   5. Static files      path resolution that never leaves the root, content types
+ *   6. Connections       the per-client state, the output queue, timers, closing
+ *   7. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
+ *                        metrics, static files, request dispatch
+ *   8. Inputs            publishing what arrives on a file descriptor
+ *   9. The event loop    epoll, accepting, timers, the graceful stop
+ *  10. The public API
+ * Sections 1 to 5 make no system calls (but the clock) and are unit-tested in tests/unit.c.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "sse.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ==========================================================================================
+ * 1. Basics
+ *
+ * Every buffer has a bound, named here. Memory per idle subscriber is what the design is
+ * measured by (a few hundred bytes), so nothing below is allocated per connection unless a
+ * request actually needs it.
+ * ======================================================================================== */
+
+#ifndef SSE_HEAD_MAX
+#define SSE_HEAD_MAX 8192 /* request line plus headers; RFC 9112 suggests at least 8000 */
+#endif
+#ifndef SSE_MAX_HEADERS
+#define SSE_MAX_HEADERS 64
+#endif
+#ifndef SSE_MAX_TOPICS_PER_STREAM
+#define SSE_MAX_TOPICS_PER_STREAM 32
+#endif
+
+#define TOPIC_NAME_MAX 64          /* topic names are [A-Za-z0-9._-]{1,64} */
+#define EVENT_TYPE_MAX 256         /* longest event: type we accept */
+#define EVENT_BYTES_LIMIT (64u << 20) /* the largest max_event_bytes one may configure */
+#define QUERY_PARAMS_MAX 64        /* parameters in one query string */
+#define WRITE_IOV_MAX 64           /* queued blobs handed to one sendmsg() */
+#define ACCEPT_BATCH 64            /* accepts per wake-up, so accepting cannot starve others */
+#define OVERFLOW_MAX 256           /* connections over max_clients held just to answer them */
+#define FD_RESERVE 64              /* descriptors kept back from the max_clients default */
+#define DRAIN_MS 500               /* how long sse_stop() lets queued bytes go out */
+#define LINGER_MS 2000             /* how long a closing connection may take to drain */
+#define SEND_TIMEOUT_MS 60000      /* an ordinary response making no progress is dropped */
+#define TCP_USER_TIMEOUT_MS 60000  /* unacknowledged data this old means the peer vanished */
+#define INPUT_CHUNK 65536          /* bytes read from an input per wake-up */
+
+#define DEFAULT_LISTEN "127.0.0.1:8080"
+#define DEFAULT_STREAM_PATH "/events"
+#define DEFAULT_TOPIC "default"
+
+/* Milliseconds on the monotonic clock: immune to wall-clock jumps. */
+static int64_t clock_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Where log lines go: the host's callback, or nowhere. */
+struct logger {
+    void (*fn)(enum sse_log_level level, const char *msg, void *user); /* NULL = silent */
+    void *user;                                                          /* for fn */
+    enum sse_log_level max;                                              /* unused levels */
+};
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void log_say(const struct logger *log, enum sse_log_level level, const char *fmt, ...) {
+    if (!log->fn)
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log->fn(level, msg, log->user);
+}
+
+/* A small fast generator (splitmix64) for retry jitter and hash seeds; not for secrets. */
+struct rng {
+    uint64_t state; /* advanced by every draw */
+};
+
+static uint64_t rng_next(struct rng *r) {
+    uint64_t z = (r->state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* A counting writer: bytes go into p[0..cap) while they fit, len counts what was asked
+ * for. Used by every formatter, so each can size its output with a first pass. */
+struct wbuf {
+    char *p;    /* output, may be NULL when cap is 0 */
+    size_t cap; /* bytes available at p */
+    size_t len; /* bytes asked for so far; the output is complete when len <= cap */
+};
+
+static void wb_put(struct wbuf *w, const void *s, size_t n) {
+    if (n && w->len <= w->cap && n <= w->cap - w->len)
+        memcpy(w->p + w->len, s, n);
+    w->len += n;
+}
+
+static void wb_str(struct wbuf *w, const char *s) { wb_put(w, s, strlen(s)); }
+
+static void wb_u64(struct wbuf *w, uint64_t v) {
+    char digits[20];
+    size_t n = 0;
+    do {
+        digits[sizeof digits - ++n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    wb_put(w, digits + sizeof digits - n, n);
+}
+
+/* Parses a whole string of ASCII digits (no sign, no space) into *out; false on anything
+ * else or overflow. */
+static bool parse_u64(const char *s, size_t len, uint64_t *out) {
+    if (len == 0 || len > 20)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        unsigned d = (unsigned)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
+static char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c; }
+
+/* Case-insensitive comparison of a byte range with a NUL-terminated ASCII string. */
+static bool ascii_ieq(const char *s, size_t len, const char *lit) {
+    size_t n = strlen(lit);
+    if (len != n)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (ascii_lower(s[i]) != ascii_lower(lit[i]))
+            return false;
+    return true;
+}
+
+static bool bytes_eq(const char *s, size_t len, const char *lit) {
+    return len == strlen(lit) && memcmp(s, lit, len) == 0;
+}
+
+/* ==========================================================================================
+ * 2. Wire format (WHATWG HTML, "Server-sent events", 9.2.5 and 9.2.6)
+ *
+ * The stream is UTF-8, made of lines ended by CRLF, LF or a lone CR. A line "name: value"
+ * sets a field (one space after the colon is dropped), a line starting with ":" is a
+ * comment, a blank line dispatches the event. So the server must:
+ *   - split a payload on all three line ends and send one "data:" line per line;
+ *   - keep CR, LF (and for ids NUL) out of id and event values, where they would end the
+ *     line early and let a publisher forge fields;
+ *   - end every event with a blank line (an unterminated event is dropped at end of stream).
+ * Payloads must be valid UTF-8: a browser would silently turn bad bytes into U+FFFD.
+ * ======================================================================================== */
+
+/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF. */
+static bool wire_utf8_valid(const char *s, size_t len) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        unsigned c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        size_t n;
+        uint32_t cp;
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 1;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 2;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if ((size_t)(end - p) <= n)
+            return false;
+        for (size_t i = 1; i <= n; i++) {
+            if ((p[i] & 0xC0) != 0x80)
+                return false;
+            cp = cp << 6 | (p[i] & 0x3F);
+        }
+        if (n == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF)))
+            return false;
+        if (n == 3 && (cp < 0x10000 || cp > 0x10FFFF))
+            return false;
+        p += n + 1;
+    }
+    return true;
+}
+
+/* Topic names are our own rule, chosen so a name is safe in a URL path, a log line and a
+ * metric label without escaping. */
+static bool wire_topic_valid(const char *s, size_t len) {
+    if (len == 0 || len > TOPIC_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* An event type becomes one "event:" line: no line ends, no NUL, valid UTF-8, bounded. */
+static bool wire_event_type_valid(const char *s, size_t len) {
+    if (len == 0 || len > EVENT_TYPE_MAX)
+        return false;
+    if (memchr(s, '\r', len) || memchr(s, '\n', len) || memchr(s, '\0', len))
+        return false;
+    return wire_utf8_valid(s, len);
+}
+
+/* Writes "name: value\n", or "name:\n" for an empty value. */
+static void wire_field(struct wbuf *w, const char *name, const char *value, size_t len) {
+    wb_str(w, name);
+    wb_put(w, ":", 1);
+    if (len) {
+        wb_put(w, " ", 1);
+        wb_put(w, value, len);
+    }
+    wb_put(w, "\n", 1);
+}
+
+/* One data: line per line of the payload; CRLF, LF and a lone CR all end a line, exactly
+ * the way the client's parser will split them. */
+static void wire_data_lines(struct wbuf *w, const char *data, size_t len) {
+    size_t start = 0;
+    for (size_t i = 0;; i++) {
+        if (i < len && data[i] != '\r' && data[i] != '\n')
+            continue;
+        wire_field(w, "data", data + start, i - start);
+        if (i >= len)
+            break;
+        if (data[i] == '\r' && i + 1 < len && data[i + 1] == '\n')
+            i++;
+        start = i + 1;
+    }
+}
+
+size_t sse_format_event(char *buf, size_t cap, uint64_t id, const char *event, const char *data,
+                        size_t len) {
+    struct wbuf w = {buf, buf ? cap : 0, 0};
+    if (event) {
+        size_t elen = strlen(event);
+        if (elen == 0 || memchr(event, '\r', elen) || memchr(event, '\n', elen))
+            return 0;
+    }
+    if (id) {
+        wb_str(&w, "id: ");
+        wb_u64(&w, id);
+        wb_put(&w, "\n", 1);
+    }
+    if (event)
+        wire_field(&w, "event", event, strlen(event));
+    wire_data_lines(&w, data ? data : "", data ? len : 0);
+    wb_put(&w, "\n", 1);
+    return w.len;
+}
+
+/* A JSON string literal for any bytes: quotes, backslashes and controls escaped, bytes that
+ * are not UTF-8 replaced by U+FFFD, so the result is always valid UTF-8 and valid JSON. */
+static void wire_json_string(struct wbuf *w, const char *s, size_t len) {
+    wb_put(w, "\"", 1);
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            wb_put(w, esc, 2);
+            i++;
+        } else if (c < 0x20 || c == 0x7F) {
+            char esc[7];
+            snprintf(esc, sizeof esc, "\\u%04x", c);
+            wb_put(w, esc, 6);
+            i++;
+        } else if (c < 0x80) {
+            wb_put(w, s + i, 1);
+            i++;
+        } else {
+            size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+            if (i + n <= len && wire_utf8_valid(s + i, n)) {
+                wb_put(w, s + i, n);
+                i += n;
+            } else {
+                wb_str(w, "\\ufffd");
+                i++;
+            }
+        }
+    }
+    wb_put(w, "\"", 1);
+}
+
+/*
+ * The reader for inputs (sse_publish_from_fd): bytes in, events out, incrementally.
+ * SSE_INPUT_LINES: each LF-ended line (one CR before the LF dropped) is an event.
+ * SSE_INPUT_SSE: the WHATWG line processing, with "topic" as one more field; "data" appends
+ * a line, a blank line dispatches when data was seen, "id" and "retry" are ignored because
+ * the server assigns ids. Bounded: a line or an event over max_data is skipped and reported.
+ */
+typedef void (*wire_emit_fn)(void *ctx, const char *topic, const char *event, const char *data,
+                             size_t len, const char *skipped);
+
+struct wire_reader {
+    enum sse_input_format format; /* lines or text/event-stream blocks */
+    size_t max_data;              /* largest payload; longer lines or blocks are skipped */
+    char *line;                   /* the line being collected (heap, grows to max_data+8) */
+    size_t line_len;              /* bytes in line */
+    size_t line_cap;              /* allocated bytes at line */
+    bool line_too_long;           /* the current line went over; skip to its end */
+    bool after_cr;                /* last byte was CR: a following LF belongs to it */
+    char *data;                   /* SSE: data buffer of the block (heap) */
+    size_t data_len;              /* bytes in data, with a LF after every line */
+    size_t data_cap;              /* allocated bytes at data */
+    bool has_data;                /* SSE: the block had a data field */
+    const char *block_error;      /* SSE: why this block will be skipped, or NULL */
+    char event[EVENT_TYPE_MAX + 1];  /* SSE: event type of the block, "" = default */
+    char topic[TOPIC_NAME_MAX + 1];  /* SSE: topic of the block, "" = default */
+};
+
+static void wire_reader_init(struct wire_reader *r, enum sse_input_format format,
+                             size_t max_data) {
+    memset(r, 0, sizeof *r);
+    r->format = format;
+    r->max_data = max_data;
+}
+
+static void wire_reader_free(struct wire_reader *r) {
+    free(r->line);
+    free(r->data);
+    r->line = r->data = NULL;
+}
+
+/* Appends n bytes to a growing heap buffer, never past limit. False when it would. */
+static bool wire_grow_append(char **buf, size_t *len, size_t *cap, const char *s, size_t n,
+                             size_t limit) {
+    if (n > limit || *len > limit - n)
+        return false;
+    if (*len + n > *cap) {
+        size_t ncap = *cap ? *cap : 256;
+        while (ncap < *len + n)
+            ncap *= 2;
+        if (ncap > limit)
+            ncap = limit;
+        char *p = realloc(*buf, ncap);
+        if (!p)
+            return false;
+        *buf = p;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    return true;
+}
+
+static void wire_reset_block(struct wire_reader *r) {
+    r->data_len = 0;
+    r->has_data = false;
+    r->block_error = NULL;
+    r->event[0] = r->topic[0] = '\0';
+}
+
+/* Handles one complete line of a text/event-stream input. */
+static void wire_sse_line(struct wire_reader *r, const char *line, size_t len, wire_emit_fn emit,
+                          void *ctx) {
+    if (len == 0) {
+        if (r->has_data) {
+            if (r->block_error)
+                emit(ctx, NULL, NULL, NULL, 0, r->block_error);
+            else
+                emit(ctx, r->topic[0] ? r->topic : NULL, r->event[0] ? r->event : NULL, r->data,
+                     r->data_len - 1, NULL);
+        }
+        wire_reset_block(r);
+        return;
+    }
+    if (line[0] == ':')
+        return;
+    const char *colon = memchr(line, ':', len);
+    size_t name_len = colon ? (size_t)(colon - line) : len;
+    const char *value = colon ? colon + 1 : line + len;
+    size_t vlen = colon ? len - name_len - 1 : 0;
+    if (vlen && value[0] == ' ') {
+        value++;
+        vlen--;
+    }
+    if (bytes_eq(line, name_len, "data")) {
+        r->has_data = true;
+        if (!r->block_error &&
+            (!wire_grow_append(&r->data, &r->data_len, &r->data_cap, value, vlen,
+                               r->max_data + 1) ||
+             !wire_grow_append(&r->data, &r->data_len, &r->data_cap, "\n", 1, r->max_data + 1)))
+            r->block_error = "event over max_event_bytes";
+    } else if (bytes_eq(line, name_len, "event")) {
+        if (vlen && !wire_event_type_valid(value, vlen))
+            r->block_error = "invalid event type";
+        else {
+            memcpy(r->event, value, vlen);
+            r->event[vlen] = '\0';
+        }
+    } else if (bytes_eq(line, name_len, "topic")) {
+        if (vlen && !wire_topic_valid(value, vlen))
+            r->block_error = "invalid topic name";
+        else {
+            memcpy(r->topic, value, vlen);
+            r->topic[vlen] = '\0';
+        }
+    }
+}
+
+/* A line is complete: hand it on according to the format. */
+static void wire_line_done(struct wire_reader *r, wire_emit_fn emit, void *ctx) {
+    if (r->format == SSE_INPUT_LINES && r->line_len > r->max_data)
+        r->line_too_long = true; /* it had room for a CR that turned out not to end it */
+    if (r->line_too_long) {
+        if (r->format == SSE_INPUT_LINES)
+            emit(ctx, NULL, NULL, NULL, 0, "line over max_event_bytes");
+        else
+            r->block_error = "line over max_event_bytes";
+    } else if (r->format == SSE_INPUT_LINES) {
+        emit(ctx, NULL, NULL, r->line ? r->line : "", r->line_len, NULL);
+    } else {
+        wire_sse_line(r, r->line ? r->line : "", r->line_len, emit, ctx);
+    }
+    r->line_len = 0;
+    r->line_too_long = false;
+}
+
+/* Feeds bytes; calls emit for every event completed (or skipped, with a reason). */
+static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len,
+                             wire_emit_fn emit, void *ctx) {
+    bool sse = r->format == SSE_INPUT_SSE;
+    size_t limit = r->max_data + (sse ? 8 : 1);
+    size_t i = 0;
+    while (i < len) {
+        if (r->after_cr) {
+            r->after_cr = false;
+            if (buf[i] == '\n') {
+                i++;
+                continue;
+            }
+        }
+        size_t j = i;
+        while (j < len && buf[j] != '\n' && buf[j] != '\r')
+            j++;
+        if (!r->line_too_long &&
+            !wire_grow_append(&r->line, &r->line_len, &r->line_cap, buf + i, j - i, limit))
+            r->line_too_long = true;
+        if (j == len)
+            break;
+        if (buf[j] == '\r') {
+            if (sse) {
+                r->after_cr = true;
+                wire_line_done(r, emit, ctx);
+            } else if (!r->line_too_long &&
+                       !wire_grow_append(&r->line, &r->line_len, &r->line_cap, "\r", 1, limit)) {
+                r->line_too_long = true;
+            }
+        } else {
+            if (!sse && r->line_len && r->line[r->line_len - 1] == '\r')
+                r->line_len--;
+            wire_line_done(r, emit, ctx);
+        }
+        i = j + 1;
+    }
+}
+
+/* End of input: a last line without LF still counts in the lines format; an unterminated
+ * block is dropped, as the WHATWG parser drops it at end of stream. */
+static void wire_reader_finish(struct wire_reader *r, wire_emit_fn emit, void *ctx) {
+    if (r->format == SSE_INPUT_LINES && (r->line_len || r->line_too_long)) {
+        if (r->line_len && r->line[r->line_len - 1] == '\r')
+            r->line_len--;
+        wire_line_done(r, emit, ctx);
+    }
+    r->line_len = 0;
+    wire_reset_block(r);
+}
+
+/* ==========================================================================================
+ * 3. Events, topics and the backlog
+ *
+ * An event is formatted once, into a "blob": reference-counted bytes that every subscriber's
+ * output queue points at, so a fan-out to ten thousand subscribers costs ten thousand
+ * pointers, not ten thousand copies. The same blobs carry everything else a connection
+ * sends (response heads, heartbeats), so one output path serves all.
+ *
+ * Ids are assigned here, strictly increasing across all topics, so one Last-Event-ID
+ * describes a position in a multi-topic stream. The backlog keeps the last N events of all
+ * topics for replay (WHATWG 9.2.4: the client sends Last-Event-ID when it reconnects).
+ * ======================================================================================== */
+
+struct topic;
+
+struct blob {
+    uint32_t refs;       /* owners: the backlog, output queues, server caches */
+    uint32_t len;        /* bytes at bytes[] */
+    uint64_t id;         /* the event id; 0 when these bytes are not an event */
+    struct topic *topic; /* the event's topic (one reference held); NULL if not an event */
+    char bytes[];        /* what goes on the wire */
+};
+
+/* A subscriber's membership in one topic: a node in the topic's list of subscribers. */
+struct conn;
+struct sub {
+    struct sub *prev, *next; /* neighbours in topic->subs */
+    struct topic *topic;     /* the topic (one reference held) */
+    struct conn *conn;       /* the subscriber */
+};
+
+struct topic_table;
+struct topic {
+    struct topic *next;        /* next in the hash chain */
+    struct topic_table *table; /* the table it lives in, to unlink itself */
+    struct sub *subs;          /* subscribers, newest first */
+    uint32_t refs;             /* subscriptions + events + 1 while retired */
+    uint32_t hash;             /* of name, with the table's seed */
+    bool retired;              /* new subscriptions get 204 until the next publish */
+    char name[TOPIC_NAME_MAX + 1];
+};
+
+struct topic_table {
+    struct topic **buckets; /* chains; nbuckets is a power of two */
+    uint32_t nbuckets;      /* allocated chains */
+    uint32_t count;         /* topics stored */
+    uint32_t seed;          /* random, so names cannot be chosen to collide */
+};
+
+static struct blob *blob_new(size_t len) {
+    if (len > UINT32_MAX)
+        return NULL;
+    struct blob *b = malloc(sizeof *b + len);
+    if (!b)
+        return NULL;
+    b->refs = 1;
+    b->len = (uint32_t)len;
+    b->id = 0;
+    b->topic = NULL;
+    return b;
+}
+
+/* A blob holding a copy of s[0..len). */
+static struct blob *blob_from(const char *s, size_t len) {
+    struct blob *b = blob_new(len);
+    if (b)
+        memcpy(b->bytes, s, len);
+    return b;
+}
+
+static struct blob *blob_ref(struct blob *b) {
+    b->refs++;
+    return b;
+}
+
+static void topic_unref(struct topic *t);
+
+static void blob_unref(struct blob *b) {
+    if (b && --b->refs == 0) {
+        if (b->topic)
+            topic_unref(b->topic);
+        free(b);
+    }
+}
+
+static uint32_t topic_hash(uint32_t seed, const char *name, size_t len) {
+    uint32_t h = 2166136261u ^ seed; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)name[i]) * 16777619u;
+    return h;
+}
+
+static struct topic *topic_find(struct topic_table *tt, const char *name, size_t len) {
+    if (!tt->nbuckets)
+        return NULL;
+    uint32_t h = topic_hash(tt->seed, name, len);
+    for (struct topic *t = tt->buckets[h & (tt->nbuckets - 1)]; t; t = t->next)
+        if (t->hash == h && bytes_eq(name, len, t->name))
+            return t;
+    return NULL;
+}
+
+static bool topic_table_grow(struct topic_table *tt) {
+    uint32_t n = tt->nbuckets ? tt->nbuckets * 2 : 64;
+    struct topic **b = calloc(n, sizeof *b);
+    if (!b)
+        return false;
+    for (uint32_t i = 0; i < tt->nbuckets; i++) {
+        for (struct topic *t = tt->buckets[i], *next; t; t = next) {
+            next = t->next;
+            t->next = b[t->hash & (n - 1)];
+            b[t->hash & (n - 1)] = t;
+        }
+    }
+    free(tt->buckets);
+    tt->buckets = b;
+    tt->nbuckets = n;
+    return true;
+}
+
+/* Finds a topic or creates it, and takes a reference. NULL when out of memory. The name
+ * must already be valid. */
+static struct topic *topic_get(struct topic_table *tt, const char *name, size_t len) {
+    struct topic *t = topic_find(tt, name, len);
+    if (t) {
+        t->refs++;
+        return t;
+    }
+    if (tt->count >= tt->nbuckets && !topic_table_grow(tt))
+        return NULL;
+    t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    memcpy(t->name, name, len);
+    t->table = tt;
+    t->refs = 1;
+    t->hash = topic_hash(tt->seed, name, len);
+    t->next = tt->buckets[t->hash & (tt->nbuckets - 1)];
+    tt->buckets[t->hash & (tt->nbuckets - 1)] = t;
+    tt->count++;
+    return t;
+}
+
+/* Drops a reference; the last one unlinks and frees the topic. */
+static void topic_unref(struct topic *t) {
+    if (--t->refs)
+        return;
+    struct topic_table *tt = t->table;
+    struct topic **pp = &tt->buckets[t->hash & (tt->nbuckets - 1)];
+    while (*pp != t)
+        pp = &(*pp)->next;
+    *pp = t->next;
+    tt->count--;
+    free(t);
+}
+
+static void topic_retire_flag(struct topic *t, bool retired) {
+    if (t->retired == retired)
+        return;
+    t->retired = retired;
+    if (retired)
+        t->refs++;
+    else
+        topic_unref(t);
+}
+
+/* The backlog: a ring of the last cap events, oldest at head. Ids in it increase. */
+struct backlog {
+    struct blob **ring; /* cap slots */
+    uint32_t cap;       /* 0 = replay disabled */
+    uint32_t head;      /* index of the oldest event */
+    uint32_t count;     /* events held */
+};
+
+static struct blob *backlog_at(const struct backlog *bl, uint32_t i) {
+    return bl->ring[(bl->head + i) % bl->cap];
+}
+
+static void backlog_push(struct backlog *bl, struct blob *ev) {
+    if (!bl->cap)
+        return;
+    if (bl->count == bl->cap) {
+        blob_unref(bl->ring[bl->head]);
+        bl->head = (bl->head + 1) % bl->cap;
+        bl->count--;
+    }
+    bl->ring[(bl->head + bl->count) % bl->cap] = blob_ref(ev);
+    bl->count++;
+}
+
+/* Index of the first retained event with an id greater than id (count if none). */
+static uint32_t backlog_after(const struct backlog *bl, uint64_t id) {
+    uint32_t lo = 0, hi = bl->count;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (backlog_at(bl, mid)->id <= id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Whether replay from last id `last` is exact: nothing after it was evicted. */
+static bool backlog_covers(const struct backlog *bl, uint64_t last, uint64_t current) {
+    if (last == current)
+        return true;
+    if (last > current || bl->count == 0)
+        return false;
+    return last + 1 >= backlog_at(bl, 0)->id;
+}
+
+static void backlog_free(struct backlog *bl) {
+    for (uint32_t i = 0; i < bl->count; i++)
+        blob_unref(backlog_at(bl, i));
+    free(bl->ring);
+    memset(bl, 0, sizeof *bl);
+}
+
+/* ==========================================================================================
+ * 4. HTTP parsing (RFC 9110, RFC 9112)
+ *
+ * Written for hostile input: the parser is stateless, allocates nothing, returns views into
+ * the caller's buffer, and refuses everything RFC 9112 lets a server refuse where accepting
+ * it has led to request smuggling elsewhere: bare CR, obs-fold continuation lines, spaces
+ * before a header's colon, control characters. A line may end in CRLF or a lone LF
+ * (RFC 9112 2.2 allows a server to accept the latter).
+ * ======================================================================================== */
+
+struct http_header {
+    const char *name;  /* field name as sent */
+    size_t name_len;   /* bytes at name */
+    const char *value; /* field value without surrounding whitespace */
+    size_t value_len;  /* bytes at value */
+};
+
+struct http_request {
+    const char *method; /* token, e.g. "GET" */
+    size_t method_len;
+    const char *target; /* request-target as sent (not decoded) */
+    size_t target_len;
+    int minor;          /* HTTP/1.<minor> */
+    size_t num_headers; /* used entries of headers */
+    struct http_header headers[SSE_MAX_HEADERS];
+};
+
+enum {
+    HTTP_INCOMPLETE = 0,   /* need more bytes */
+    HTTP_BAD = -1,         /* malformed: 400 */
+    HTTP_TOO_LARGE = -2,   /* too many headers: 431 */
+    HTTP_BAD_VERSION = -3  /* well-formed, but not HTTP/1.0 or 1.1: 505 */
+};
+
+/* tchar (RFC 9110 5.6.2): the characters of methods and field names. */
+static bool http_is_tchar(unsigned char c) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* Offset just past the blank line that ends a head, searching from `from`; 0 if absent. */
+static size_t http_head_end(const char *buf, size_t len, size_t from) {
+    for (size_t i = from; i < len; i++) {
+        if (buf[i] != '\n')
+            continue;
+        if (i + 1 < len && buf[i + 1] == '\n')
+            return i + 2;
+        if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n')
+            return i + 3;
+    }
+    return 0;
+}
+
+/* The next line in [*pos, end): its start and length without CRLF/LF. */
+static const char *http_next_line(const char *buf, size_t *pos, size_t end, size_t *len) {
+    const char *line = buf + *pos;
+    const char *lf = memchr(line, '\n', end - *pos);
+    size_t n = lf ? (size_t)(lf - line) : end - *pos;
+    *pos += n + (lf ? 1 : 0);
+    if (n && line[n - 1] == '\r')
+        n--;
+    *len = n;
+    return line;
+}
+
+static int http_parse_request_line(const char *s, size_t len, struct http_request *req) {
+    size_t i = 0;
+    while (i < len && http_is_tchar((unsigned char)s[i]))
+        i++;
+    if (i == 0 || i >= len || s[i] != ' ')
+        return HTTP_BAD;
+    req->method = s;
+    req->method_len = i++;
+    size_t t = i;
+    while (i < len && s[i] > 0x20 && s[i] < 0x7F)
+        i++;
+    if (i == t || i >= len || s[i] != ' ')
+        return HTTP_BAD;
+    req->target = s + t;
+    req->target_len = i - t;
+    i++;
+    const char *v = s + i;
+    if (len - i != 8 || memcmp(v, "HTTP/", 5) != 0 || v[5] < '0' || v[5] > '9' || v[6] != '.' ||
+        v[7] < '0' || v[7] > '9')
+        return HTTP_BAD;
+    if (v[5] != '1' || v[7] > '1')
+        return HTTP_BAD_VERSION;
+    req->minor = v[7] - '0';
+    return 0;
+}
+
+static int http_parse_header_line(const char *s, size_t len, struct http_header *h) {
+    size_t i = 0;
+    while (i < len && http_is_tchar((unsigned char)s[i]))
+        i++;
+    if (i == 0 || i >= len || s[i] != ':')
+        return HTTP_BAD; /* also catches obs-fold and whitespace before the colon */
+    h->name = s;
+    h->name_len = i++;
+    while (i < len && (s[i] == ' ' || s[i] == '\t'))
+        i++;
+    size_t start = i, end = i;
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c != '\t' && (c < 0x20 || c == 0x7F))
+            return HTTP_BAD; /* CR, NUL and other controls */
+        if (c != ' ' && c != '\t')
+            end = i + 1;
+    }
+    h->value = s + start;
+    h->value_len = end - start;
+    return 0;
+}
+
+/* Parses a request head in buf[0..len). Returns the head's length (> 0) when complete, or
+ * HTTP_INCOMPLETE, HTTP_BAD, HTTP_TOO_LARGE, HTTP_BAD_VERSION. Views in *req point into buf.
+ * Empty lines before the request line are skipped (RFC 9112 2.2). */
+static long http_parse_request(const char *buf, size_t len, struct http_request *req) {
+    size_t pos = 0;
+    while (pos < len && (buf[pos] == '\n' || buf[pos] == '\r')) {
+        if (buf[pos] == '\r' && (pos + 1 >= len || buf[pos + 1] != '\n'))
+            return pos + 1 >= len ? HTTP_INCOMPLETE : HTTP_BAD;
+        pos += buf[pos] == '\r' ? 2 : 1;
+    }
+    size_t end = http_head_end(buf, len, pos);
+    if (!end)
+        return HTTP_INCOMPLETE;
+    size_t line_len;
+    const char *line = http_next_line(buf, &pos, end, &line_len);
+    int rc = http_parse_request_line(line, line_len, req);
+    if (rc)
+        return rc;
+    req->num_headers = 0;
+    for (;;) {
+        line = http_next_line(buf, &pos, end, &line_len);
+        if (line_len == 0)
+            break;
+        if (req->num_headers == SSE_MAX_HEADERS)
+            return HTTP_TOO_LARGE;
+        if (http_parse_header_line(line, line_len, &req->headers[req->num_headers]))
+            return HTTP_BAD;
+        req->num_headers++;
+    }
+    return pos == end ? (long)end : HTTP_BAD;
+}
+
+/* The first header named name (case-insensitive), or NULL. */
+static const struct http_header *http_header(const struct http_request *req, const char *name) {
+    for (size_t i = 0; i < req->num_headers; i++)
+        if (ascii_ieq(req->headers[i].name, req->headers[i].name_len, name))
+            return &req->headers[i];
+    return NULL;
+}
+
+static size_t http_header_count(const struct http_request *req, const char *name) {
+    size_t n = 0;
+    for (size_t i = 0; i < req->num_headers; i++)
+        n += ascii_ieq(req->headers[i].name, req->headers[i].name_len, name);
+    return n;
+}
+
+/* Whether a comma-separated header value (like Connection) holds token, case-insensitive. */
+static bool http_list_has(const char *v, size_t len, const char *token) {
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        size_t s = i;
+        while (i < len && v[i] != ',')
+            i++;
+        size_t e = i;
+        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+            e--;
+        if (e > s && ascii_ieq(v + s, e - s, token))
+            return true;
+    }
+    return false;
+}
+
+static int http_hex(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = ascii_lower(c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Percent-decodes in[0..len) into out (room for len bytes). In queries '+' means a space
+ * (HTML form encoding, what URLSearchParams produces). Returns the decoded length, or -1
+ * for a malformed escape or %00 (a NUL would truncate names further down). */
+static long http_percent_decode(const char *in, size_t len, char *out, bool plus_is_space) {
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = in[i];
+        if (c == '%') {
+            if (i + 2 >= len)
+                return -1;
+            int hi = http_hex(in[i + 1]), lo = http_hex(in[i + 2]);
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+                return -1;
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[o++] = c == '+' && plus_is_space ? ' ' : c;
+        }
+    }
+    return (long)o;
+}
+
+struct http_param {
+    const char *key;   /* decoded name */
+    size_t key_len;
+    const char *value; /* decoded value ("" when the parameter had no '=') */
+    size_t value_len;
+};
+
+struct http_query {
+    size_t n;                                    /* parameters found */
+    struct http_param params[QUERY_PARAMS_MAX];  /* in order of appearance */
+};
+
+/* Splits and decodes a query string (without '?'). scratch must hold len bytes; the views
+ * point into it. Returns 0, or -1 for a bad escape or more than QUERY_PARAMS_MAX params. */
+static int http_parse_query(const char *q, size_t len, char *scratch, struct http_query *out) {
+    out->n = 0;
+    size_t i = 0, o = 0;
+    while (i < len) {
+        size_t s = i;
+        while (i < len && q[i] != '&')
+            i++;
+        size_t e = i++;
+        if (e == s)
+            continue;
+        if (out->n == QUERY_PARAMS_MAX)
+            return -1;
+        const char *eq = memchr(q + s, '=', e - s);
+        size_t klen = eq ? (size_t)(eq - (q + s)) : e - s;
+        struct http_param *p = &out->params[out->n++];
+        long k = http_percent_decode(q + s, klen, scratch + o, true);
+        if (k < 0)
+            return -1;
+        p->key = scratch + o;
+        p->key_len = (size_t)k;
+        o += (size_t)k;
+        size_t voff = eq ? klen + 1 : e - s;
+        long v = http_percent_decode(q + s + voff, e - s - voff, scratch + o, true);
+        if (v < 0)
+            return -1;
+        p->value = scratch + o;
+        p->value_len = (size_t)v;
+        o += (size_t)v;
+    }
+    return 0;
+}
+
+/* The first parameter named key, or NULL. */
+static const struct http_param *http_query_get(const struct http_query *q, const char *key) {
+    for (size_t i = 0; i < q->n; i++)
+        if (bytes_eq(q->params[i].key, q->params[i].key_len, key))
+            return &q->params[i];
+    return NULL;
+}
+
+/* Whether one media-range parameter list (after the first ';') sets q to zero. */
+static bool http_q_is_zero(const char *p, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (p[i] == ';' || p[i] == ' ' || p[i] == '\t'))
+            i++;
+        size_t s = i;
+        while (i < len && p[i] != ';')
+            i++;
+        size_t e = i;
+        while (e > s && (p[e - 1] == ' ' || p[e - 1] == '\t'))
+            e--;
+        if (e - s < 3 || ascii_lower(p[s]) != 'q' || p[s + 1] != '=')
+            continue;
+        if (p[s + 2] != '0')
+            return false;
+        for (size_t d = s + 3; d < e; d++)
+            if (p[d] != '0' && !(d == s + 3 && p[d] == '.'))
+                return false;
+        return true;
+    }
+    return false;
+}
+
+/* Whether an Accept value admits text/event-stream (RFC 9110 12.5.1): one of the media
+ * ranges text/event-stream, text/(any) or (any)/(any) with a q that is not zero. */
+static bool http_accepts_event_stream(const char *v, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        size_t s = i;
+        while (i < len && v[i] != ',')
+            i++;
+        size_t e = i++;
+        while (s < e && (v[s] == ' ' || v[s] == '\t'))
+            s++;
+        const char *semi = memchr(v + s, ';', e - s);
+        size_t re = semi ? (size_t)(semi - v) : e;
+        while (re > s && (v[re - 1] == ' ' || v[re - 1] == '\t'))
+            re--;
+        bool match = ascii_ieq(v + s, re - s, "text/event-stream") ||
+                     ascii_ieq(v + s, re - s, "text/*") || ascii_ieq(v + s, re - s, "*/*");
+        if (match && !(semi && http_q_is_zero(semi, (size_t)(v + e - semi))))
+            return true;
+    }
+    return false;
+}
+
+/* The token of an "Authorization: Bearer TOKEN" value (RFC 6750), or false. */
+static bool http_bearer(const char *v, size_t len, const char **tok, size_t *tok_len) {
+    if (len < 7 || !ascii_ieq(v, 6, "bearer") || (v[6] != ' ' && v[6] != '\t'))
+        return false;
+    size_t i = 7;
+    while (i < len && (v[i] == ' ' || v[i] == '\t'))
+        i++;
+    *tok = v + i;
+    *tok_len = len - i;
+    return *tok_len > 0;
+}
+
+/* Compares a presented token with the secret in time that depends only on the secret's
+ * length, so response timing does not reveal how much of a guess was right. */
+static bool ct_equal(const char *given, size_t given_len, const char *secret, size_t secret_len) {
+    volatile unsigned char diff = (unsigned char)(given_len != secret_len);
+    for (size_t i = 0; i < secret_len; i++) {
+        unsigned char g = given_len ? (unsigned char)given[i % given_len] : 0;
+        diff |= (unsigned char)(g ^ (unsigned char)secret[i]);
+    }
+    return diff == 0;
+}
+
+static const char http_wdays[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+static const char http_months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+
+/* IMF-fixdate (RFC 9110 5.6.7), e.g. "Sun, 06 Nov 1994 08:49:37 GMT": 29 bytes + NUL. */
+static void http_format_date(time_t t, char out[32]) {
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, 32, "%s, %02u %s %04u %02u:%02u:%02u GMT", http_wdays[(unsigned)tm.tm_wday % 7],
+             (unsigned)tm.tm_mday % 100, http_months[(unsigned)tm.tm_mon % 12],
+             (unsigned)(tm.tm_year + 1900) % 10000, (unsigned)tm.tm_hour % 100,
+             (unsigned)tm.tm_min % 100, (unsigned)tm.tm_sec % 100);
+}
+
+static bool http_digits(const char *s, size_t n, int *out) {
+    int v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+/* Parses an IMF-fixdate; false for anything else (the caller then ignores the header, as
+ * RFC 9110 13.1.3 allows for an invalid If-Modified-Since). */
+static bool http_parse_date(const char *s, size_t len, time_t *out) {
+    struct tm tm = {0};
+    int mday, year, hh, mm, ss;
+    if (len != 29 || s[3] != ',' || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' ||
+        s[16] != ' ' || s[19] != ':' || s[22] != ':' || memcmp(s + 25, " GMT", 4) != 0)
+        return false;
+    if (!http_digits(s + 5, 2, &mday) || !http_digits(s + 12, 4, &year) ||
+        !http_digits(s + 17, 2, &hh) || !http_digits(s + 20, 2, &mm) ||
+        !http_digits(s + 23, 2, &ss))
+        return false;
+    tm.tm_mon = -1;
+    for (int m = 0; m < 12; m++)
+        if (memcmp(s + 8, http_months[m], 3) == 0)
+            tm.tm_mon = m;
+    if (tm.tm_mon < 0 || mday < 1 || mday > 31 || hh > 23 || mm > 59 || ss > 60)
+        return false;
+    tm.tm_mday = mday;
+    tm.tm_year = year - 1900;
+    tm.tm_hour = hh;
+    tm.tm_min = mm;
+    tm.tm_sec = ss;
+    *out = timegm(&tm);
+    return true;
+}
+
+/* ==========================================================================================
+ * 5. Static files
+ *
+ * The decoded path is resolved to a path relative to the root without consulting the file
+ * system: empty and "." segments vanish, and any ".." segment refuses the request outright
+ * (rather than being normalised, which is where traversal bugs live). The kernel then
+ * enforces the rest: the file is opened with openat2(RESOLVE_BENEATH), so no symbolic link
+ * can lead out of the root either.
+ * ======================================================================================== */
+
+/* Writes the root-relative form of path[0..len) into out (cap bytes, NUL-terminated):
+ * "/a//./b/" gives "a/b", "/" gives ".". Returns its length, or -1 if the path does not
+ * start with '/', holds a ".." segment or a NUL, or does not fit. */
+static long static_resolve(const char *path, size_t len, char *out, size_t cap) {
+    if (len == 0 || path[0] != '/' || memchr(path, '\0', len) || cap < 2)
+        return -1;
+    size_t o = 0, i = 0;
+    while (i < len) {
+        while (i < len && path[i] == '/')
+            i++;
+        size_t s = i;
+        while (i < len && path[i] != '/')
+            i++;
+        size_t n = i - s;
+        if (n == 0 || (n == 1 && path[s] == '.'))
+            continue;
+        if (n == 2 && path[s] == '.' && path[s + 1] == '.')
+            return -1;
+        if (o + (o > 0) + n + 1 > cap)
+            return -1;
+        if (o > 0)
+            out[o++] = '/';
+        memcpy(out + o, path + s, n);
+        o += n;
+    }
+    if (o == 0)
+        out[o++] = '.';
+    out[o] = '\0';
+    return (long)o;
+}
+
+/* Content-Type by file extension; text types are declared UTF-8. */
+static const char *static_content_type(const char *name) {
+    static const char *const types[][2] = {
+        {"html", "text/html; charset=utf-8"},
+        {"htm", "text/html; charset=utf-8"},
+        {"css", "text/css; charset=utf-8"},
+        {"js", "text/javascript; charset=utf-8"},
+        {"mjs", "text/javascript; charset=utf-8"},
+        {"json", "application/json"},
+        {"map", "application/json"},
+        {"txt", "text/plain; charset=utf-8"},
+        {"md", "text/markdown; charset=utf-8"},
+        {"xml", "application/xml"},
+        {"svg", "image/svg+xml"},
+        {"png", "image/png"},
+        {"jpg", "image/jpeg"},
+        {"jpeg", "image/jpeg"},
+        {"gif", "image/gif"},
+        {"webp", "image/webp"},
+        {"avif", "image/avif"},
+        {"ico", "image/x-icon"},
+        {"wasm", "application/wasm"},
+        {"woff", "font/woff"},
+        {"woff2", "font/woff2"},
+        {"pdf", "application/pdf"},
+        {"mp4", "video/mp4"},
+        {"webm", "video/webm"},
+        {"mp3", "audio/mpeg"},
+    };
+    const char *slash = strrchr(name, '/');
+    const char *dot = strrchr(slash ? slash : name, '.');
+    if (dot && dot[1]) {
+        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+            if (ascii_ieq(dot + 1, strlen(dot + 1), types[i][0]))
+                return types[i][1];
+    }
+    return "application/octet-stream";
+}
+
+/* openat2(2) arguments, declared here so older headers still compile this file. */
+struct static_open_how {
+    uint64_t flags;   /* open(2) flags */
+    uint64_t mode;    /* unused for reading */
+    uint64_t resolve; /* RESOLVE_* */
+};
+#define STATIC_RESOLVE_NO_MAGICLINKS 0x02
+#define STATIC_RESOLVE_BENEATH 0x08
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+/* Opens rel beneath root_fd for reading, never following a link out of the root. On
+ * kernels before 5.6 (no openat2) it opens normally and checks where the file really is
+ * against root_real. O_NONBLOCK keeps a FIFO from blocking the loop. Returns an fd or -1
+ * with errno set (EXDEV/ELOOP/ENOENT for refused paths). */
+static int static_open(int root_fd, const char *root_real, const char *rel) {
+    struct static_open_how how = {
+        .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
+        .resolve = STATIC_RESOLVE_BENEATH | STATIC_RESOLVE_NO_MAGICLINKS,
+    };
+    long fd = syscall(SYS_openat2, root_fd, rel, &how, sizeof how);
+    if (fd >= 0 || errno != ENOSYS)
+        return (int)fd;
+    int f = openat(root_fd, rel, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (f < 0)
+        return -1;
+    char link[64], real[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", f);
+    ssize_t n = readlink(link, real, sizeof real - 1);
+    size_t rl = strlen(root_real);
+    if (n < 0 || (size_t)n < rl || memcmp(real, root_real, rl) != 0 ||
+        ((size_t)n > rl && real[rl] != '/' && rl > 1)) {
+        close(f);
+        errno = EXDEV;
+        return -1;
+    }
+    return f;
+}
+
+/* ==========================================================================================
+ * 6. Connections
+ *
+ * A connection reads a request, then either answers it (and, with keep-alive, reads the
+ * next) or becomes a subscriber for good. Everything it sends goes through one output
+ * queue of blobs, written with sendmsg() over an iovec (one system call for many events),
+ * then an optional file with sendfile(). Writes are attempted at the end of each loop
+ * iteration, so events published in one iteration leave in one system call per subscriber.
+ *
+ * Sockets are registered once, edge-triggered for input and output, so a busy subscriber
+ * costs no epoll_ctl() calls. Timers are four FIFO lists, one per duration (all entries of a
+ * list share a duration, so appending keeps each list sorted): request deadlines, stalled
+ * responses, heartbeats, and connections closing. Closing is deferred: a closed connection
+ * is marked dead and freed at the end of the iteration, so no handler frees a connection
+ * another handler still holds.
+ * ======================================================================================== */
+
+enum conn_state {
+    CONN_REQUEST, /* reading a request head, or idle between keep-alive requests */
+    CONN_BODY,    /* reading a publish body */
+    CONN_RESPOND, /* writing an ordinary response */
+    CONN_STREAM,  /* a subscriber */
+    CONN_LINGER,  /* writing what is left, then half-closing and waiting for the peer */
+    CONN_DEAD     /* closed; freed at the end of the loop iteration */
+};
+
+enum conn_flag {
+    CF_KEEP_ALIVE = 1,  /* the current request allows another after it */
+    CF_OVER_LIMIT = 2,  /* accepted over max_clients, only to be told to come back */
+    CF_IN_FLUSH = 4,    /* in the server's flush list */
+    CF_SUBSCRIBER = 8,  /* has been a stream: count its bytes and events as deliveries */
+    CF_WR_SHUT = 16,    /* write side shut down while lingering */
+    CF_HTTP10 = 32,     /* the current request is HTTP/1.0 */
+    CF_BODY_UNREAD = 64 /* the current request has a body we have not read */
+};
+
+enum timer_id { TIMER_REQUEST, TIMER_SEND, TIMER_STREAM, TIMER_LINGER, TIMER_COUNT };
+#define TIMER_NONE 0xFF
+
+enum close_reason {
+    R_CLIENT_CLOSED, R_DONE, R_SLOW, R_HEADER_TIMEOUT, R_BAD_REQUEST, R_SHUTDOWN, R_RETIRED,
+    R_ERROR, R_SEND_TIMEOUT, R_OVERLOAD
+};
+static const char *const close_reason_text[] = {
+    "client closed", "done",     "slow subscriber", "header timeout", "bad request",
+    "shutdown",      "retired",  "error",           "send timeout",   "overload",
+};
+
+enum handle_kind { H_LISTEN, H_CONN, H_INPUT };
+
+/* What epoll hands back: every registered object starts with one. */
+struct handle {
+    int fd;            /* the descriptor */
+    enum handle_kind kind;
+};
+
+/* A request head collected across reads, or bytes pipelined after a request. */
+struct inbuf {
+    uint32_t len;      /* bytes in data */
+    uint32_t scanned;  /* bytes already searched for the end of the head */
+    char data[SSE_HEAD_MAX];
+};
+
+/* A publish whose body is still arriving. */
+struct body {
+    size_t need;                     /* Content-Length */
+    size_t have;                     /* bytes in data */
+    bool has_event;                  /* event holds an event type */
+    char topic[TOPIC_NAME_MAX + 1];  /* validated topic */
+    char event[EVENT_TYPE_MAX + 1];  /* validated event type */
+    char data[];                     /* need bytes */
+};
+
+struct conn {
+    struct handle h;           /* fd and kind (H_CONN); first, for epoll */
+    uint8_t state;             /* enum conn_state */
+    uint8_t flags;             /* enum conn_flag */
+    uint8_t timer;             /* enum timer_id it is listed in, or TIMER_NONE */
+    uint8_t reason;            /* enum close_reason to log when a linger ends */
+    uint16_t nsubs;            /* entries in subs */
+    uint32_t serial;           /* number for log lines */
+    struct conn *tprev, *tnext; /* neighbours in the timer list (tnext: dead list too) */
+    struct conn *flush_next;   /* next in the flush list */
+    int64_t deadline;          /* when its timer fires, monotonic ms */
+    struct inbuf *in;          /* partial head or pipelined bytes; NULL when none */
+    struct body *body;         /* publish body being read; NULL when none */
+    struct blob **q;           /* output queue: a ring of qcap (power of two) slots */
+    uint32_t qhead, qlen, qcap; /* ring index of the first blob, blobs queued, slots */
+    uint32_t qoff;             /* bytes of the first blob already written */
+    size_t qbytes;             /* bytes queued and not yet written */
+    int file_fd;               /* file to send after the queue, or -1 */
+    off_t file_off, file_end;  /* what of it is left to send */
+    struct sub *subs;          /* topics followed (subscribers only) */
+};
+
+struct timer_list {
+    struct conn *head, *tail; /* soonest deadline first */
+    int64_t duration;         /* ms from being listed to the deadline */
+};
+
+/* Counters behind /metrics. */
+struct metrics {
+    uint64_t connections_total;  /* accepted */
+    uint64_t rejected_total;     /* turned away: over max_clients or out of descriptors */
+    uint64_t published_total;    /* events published */
+    uint64_t delivered_total;    /* events written out completely to subscribers */
+    uint64_t bytes_total;        /* bytes written to subscribers */
+    uint64_t dropped_total;      /* subscribers dropped for being too slow */
+    uint64_t replays_total;      /* subscriptions resumed exactly from a Last-Event-ID */
+    uint64_t resets_total;       /* subscriptions sent the reset event instead */
+    uint64_t bad_requests_total; /* requests answered 400, 411, 413, 431 or 505 */
+};
+
+/* A descriptor whose bytes are published (sse_publish_from_fd). */
+struct input {
+    struct handle h;           /* fd and kind (H_INPUT) */
+    struct input *next;        /* next input */
+    bool polled;               /* in epoll; false for regular files, read every iteration */
+    struct wire_reader reader; /* turns its bytes into events */
+};
+
+struct sse_server {
+    /* configuration, defaults applied, strings owned */
+    char *stream_path;         /* e.g. "/events" */
+    size_t stream_path_len;
+    char *index_page;          /* built-in page, or NULL */
+    size_t index_page_len;
+    char *publish_token;       /* NULL = publishing over HTTP is off */
+    char *subscribe_token;     /* NULL = open subscriptions */
+    char *cors_headers;        /* ready-made Access-Control-Allow-* lines, or "" */
+    char *root_real;           /* real path of the static root, or NULL */
+    int64_t heartbeat_ms;      /* 0 = none */
+    int64_t retry_ms;          /* 0 = no retry: line */
+    uint32_t max_clients;      /* client connections served */
+    int64_t header_timeout_ms; /* deadline for a request head */
+    size_t client_buffer;      /* queued bytes at which a subscriber is dropped */
+    size_t max_event_bytes;    /* largest payload */
+    struct logger log;         /* where log lines go */
+
+    /* descriptors */
+    int epfd;                  /* the epoll instance, also sse_fd() */
+    struct handle listener;    /* listening socket; fd -1 once stopping */
+    int reserve_fd;            /* spare descriptor released to shed load on EMFILE */
+    int root_fd;               /* static root directory, or -1 */
+    char url[80];              /* "http://HOST:PORT/" */
+
+    /* time */
+    int64_t now;               /* monotonic ms, refreshed every iteration */
+    time_t date_sec;           /* second that date describes */
+    char date[32];             /* IMF-fixdate of date_sec, for Date headers */
+
+    /* events */
+    uint64_t last_id;          /* last id assigned (the seed before any publish) */
+    struct rng rng;            /* for jitter and the hash seed */
+    struct topic_table topics; /* every topic with a subscriber, an event or retired */
+    struct backlog backlog;    /* retained events */
+    struct blob *stream_head;  /* cached stream response head for date_sec, or NULL */
+    struct blob *retry_line;   /* "retry: N\n\n", or NULL when retry is off */
+    struct blob *heartbeat;    /* ":\n" */
+    struct blob *id_line;      /* cached "id: last_id\n\n", or NULL */
+    struct blob *continue_100; /* "HTTP/1.1 100 Continue\r\n\r\n" */
+
+    /* connections */
+    struct timer_list timers[TIMER_COUNT];
+    struct conn *flush_list;   /* connections with output to attempt */
+    struct conn *dead_list;    /* closed, to free */
+    uint32_t nconns;           /* open client connections (not counting over-limit ones) */
+    uint32_t noverflow;        /* over-limit connections being answered */
+    uint32_t nsubscribers;     /* connections in CONN_STREAM */
+    uint32_t next_serial;      /* for log lines */
+    int64_t emfile_logged;     /* last time EMFILE was logged (rate limit) */
+    int64_t accept_paused_until; /* listener muted after EMFILE until then; 0 = not */
+    struct input *inputs;      /* descriptors being published from */
+    bool stop_requested;       /* sse_stop() was called; acted on inside sse_poll() */
+    bool stopping;             /* draining: not accepting, subscribers told to retry */
+    bool stopped;              /* everything closed after sse_stop() */
+    int64_t stop_deadline;     /* when stopping turns into closing everything */
+    struct metrics m;
+
+    char scratch[SSE_HEAD_MAX]; /* a request head read in one go */
+    char decoded[SSE_HEAD_MAX]; /* decoded query of the request being handled */
+    char path[SSE_HEAD_MAX];    /* decoded path of the request being handled */
+};
+
+static void timer_unlink(struct sse_server *srv, struct conn *c) {
+    if (c->timer == TIMER_NONE)
+        return;
+    struct timer_list *tl = &srv->timers[c->timer];
+    if (c->tprev)
+        c->tprev->tnext = c->tnext;
+    else
+        tl->head = c->tnext;
+    if (c->tnext)
+        c->tnext->tprev = c->tprev;
+    else
+        tl->tail = c->tprev;
+    c->tprev = c->tnext = NULL;
+    c->timer = TIMER_NONE;
+}
+
+/* (Re)starts a connection's timer: it fires the list's duration from now. */
+static void timer_set(struct sse_server *srv, struct conn *c, enum timer_id which) {
+    timer_unlink(srv, c);
+    struct timer_list *tl = &srv->timers[which];
+    c->timer = (uint8_t)which;
+    c->deadline = srv->now + tl->duration;
+    c->tprev = tl->tail;
+    c->tnext = NULL;
+    if (tl->tail)
+        tl->tail->tnext = c;
+    else
+        tl->head = c;
+    tl->tail = c;
+}
+
+static void conn_flush_later(struct sse_server *srv, struct conn *c) {
+    if (c->flags & CF_IN_FLUSH)
+        return;
+    c->flags |= CF_IN_FLUSH;
+    c->flush_next = srv->flush_list;
+    srv->flush_list = c;
+}
+
+/* Appends a reference to b to the output queue. False when out of memory. */
+static bool conn_enqueue(struct sse_server *srv, struct conn *c, struct blob *b) {
+    if (c->qlen == c->qcap) {
+        uint32_t ncap = c->qcap ? c->qcap * 2 : 4;
+        struct blob **q = malloc(ncap * sizeof *q);
+        if (!q)
+            return false;
+        for (uint32_t i = 0; i < c->qlen; i++)
+            q[i] = c->q[(c->qhead + i) & (c->qcap - 1)];
+        free(c->q);
+        c->q = q;
+        c->qcap = ncap;
+        c->qhead = 0;
+    }
+    c->q[(c->qhead + c->qlen) & (c->qcap - 1)] = blob_ref(b);
+    c->qlen++;
+    c->qbytes += b->len;
+    conn_flush_later(srv, c);
+    return true;
+}
+
+/* Takes a blob we own (refs 1) into the queue and drops our reference. */
+static bool conn_enqueue_owned(struct sse_server *srv, struct conn *c, struct blob *b) {
+    if (!b)
+        return false;
+    bool ok = conn_enqueue(srv, c, b);
+    blob_unref(b);
+    return ok;
+}
+
+/* Leaves every topic the connection follows. */
+static void conn_unsubscribe(struct sse_server *srv, struct conn *c) {
+    for (uint16_t i = 0; i < c->nsubs; i++) {
+        struct sub *s = &c->subs[i];
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            s->topic->subs = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        topic_unref(s->topic);
+    }
+    free(c->subs);
+    c->subs = NULL;
+    c->nsubs = 0;
+    if (c->state == CONN_STREAM)
+        srv->nsubscribers--;
+}
+
+static void conn_drop_output(struct conn *c) {
+    for (uint32_t i = 0; i < c->qlen; i++)
+        blob_unref(c->q[(c->qhead + i) & (c->qcap - 1)]);
+    free(c->q);
+    c->q = NULL;
+    c->qlen = c->qcap = c->qhead = c->qoff = 0;
+    c->qbytes = 0;
+    if (c->file_fd >= 0)
+        close(c->file_fd);
+    c->file_fd = -1;
+}
+
+/* Closes at once: the descriptor now, the memory at the end of the iteration. */
+static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
+    if (c->state == CONN_DEAD)
+        return;
+    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u closed (%s)", c->serial,
+            close_reason_text[reason]);
+    timer_unlink(srv, c);
+    conn_unsubscribe(srv, c);
+    conn_drop_output(c);
+    free(c->in);
+    free(c->body);
+    c->in = NULL;
+    c->body = NULL;
+    close(c->h.fd);
+    c->h.fd = -1;
+    if (c->flags & CF_OVER_LIMIT)
+        srv->noverflow--;
+    else
+        srv->nconns--;
+    c->state = CONN_DEAD;
+    c->tnext = srv->dead_list;
+    srv->dead_list = c;
+}
+
+/* Marks n written bytes as sent: releases finished blobs and counts deliveries. */
+static void conn_consume(struct sse_server *srv, struct conn *c, size_t n) {
+    if (c->flags & CF_SUBSCRIBER)
+        srv->m.bytes_total += n;
+    c->qbytes -= n;
+    while (n) {
+        struct blob *b = c->q[c->qhead];
+        size_t left = b->len - c->qoff;
+        if (n < left) {
+            c->qoff += (uint32_t)n;
+            return;
+        }
+        n -= left;
+        if (b->topic && (c->flags & CF_SUBSCRIBER))
+            srv->m.delivered_total++;
+        blob_unref(b);
+        c->qhead = (c->qhead + 1) & (c->qcap - 1);
+        c->qlen--;
+        c->qoff = 0;
+    }
+    if (c->qlen == 0 && c->qcap > 8) {
+        free(c->q);
+        c->q = NULL;
+        c->qcap = c->qhead = 0;
+    }
+}
+
+/* sendfile() can raise SIGPIPE and has no MSG_NOSIGNAL, so SIGPIPE is blocked around it in
+ * this thread and a SIGPIPE it raised is consumed, leaving the host's handling untouched. */
+static ssize_t conn_sendfile(int out, int in, off_t *off, size_t n) {
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigpending(&pending);
+    bool was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    ssize_t r = sendfile(out, in, off, n);
+    int saved = errno;
+    if (r < 0 && errno == EPIPE && !was_pending) {
+        struct timespec zero = {0, 0};
+        sigtimedwait(&pipe_set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = saved;
+    return r;
+}
+
+/* Writes as much of the queue, then the file, as the socket takes. Returns 0 when all is
+ * written, 1 when the socket is full (an EPOLLOUT edge will come), -1 on a dead peer. */
+static int conn_write(struct sse_server *srv, struct conn *c) {
+    while (c->qlen) {
+        struct iovec iov[WRITE_IOV_MAX];
+        size_t n = 0, total = 0;
+        for (uint32_t i = 0; i < c->qlen && n < WRITE_IOV_MAX; i++, n++) {
+            struct blob *b = c->q[(c->qhead + i) & (c->qcap - 1)];
+            size_t off = i == 0 ? c->qoff : 0;
+            iov[n].iov_base = b->bytes + off;
+            iov[n].iov_len = b->len - off;
+            total += iov[n].iov_len;
+        }
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = n};
+        ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+        }
+        conn_consume(srv, c, (size_t)w);
+        if (c->state == CONN_RESPOND)
+            timer_set(srv, c, TIMER_SEND);
+        if ((size_t)w < total)
+            return 1;
+    }
+    while (c->file_fd >= 0 && c->file_off < c->file_end) {
+        size_t chunk = (size_t)(c->file_end - c->file_off);
+        ssize_t w = conn_sendfile(c->h.fd, c->file_fd, &c->file_off, chunk > 1u << 20 ? 1u << 20 : chunk);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 1;
+        if (w <= 0)
+            return -1; /* an error, or the file shrank under us */
+        timer_set(srv, c, TIMER_SEND);
+    }
+    if (c->file_fd >= 0) {
+        close(c->file_fd);
+        c->file_fd = -1;
+    }
+    return 0;
+}
+
+/* Reads and throws away whatever the peer sends (subscribers and closing connections have
+ * nothing more to say). Closes the connection at end of input or on an error. */
+static void conn_discard_input(struct sse_server *srv, struct conn *c) {
+    char sink[4096];
+    for (;;) {
+        ssize_t n = read(c->h.fd, sink, sizeof sink);
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        conn_close(srv, c,
+                   c->state == CONN_LINGER ? (enum close_reason)c->reason : R_CLIENT_CLOSED);
+        return;
+    }
+}
+
+/* Stops reading requests and following topics; what is queued still goes out, then the
+ * write side is shut and the peer given LINGER_MS to close (so it reads our last bytes
+ * rather than a reset). */
+static void conn_linger(struct sse_server *srv, struct conn *c, enum close_reason reason) {
+    if (c->state == CONN_DEAD || c->state == CONN_LINGER)
+        return;
+    conn_unsubscribe(srv, c);
+    free(c->body);
+    c->body = NULL;
+    free(c->in);
+    c->in = NULL;
+    c->state = CONN_LINGER;
+    c->reason = (uint8_t)reason;
+    timer_set(srv, c, TIMER_LINGER);
+    conn_flush_later(srv, c);
+}
+
+static void http_response_done(struct sse_server *srv, struct conn *c);
+
+/* Writes what is pending and moves the connection on when its output is done. */
+static void conn_flush(struct sse_server *srv, struct conn *c) {
+    if (c->state == CONN_DEAD)
+        return;
+    int r = conn_write(srv, c);
+    if (r < 0) {
+        conn_close(srv, c, c->state == CONN_LINGER ? (enum close_reason)c->reason : R_CLIENT_CLOSED);
+        return;
+    }
+    if (r > 0)
+        return;
+    if (c->state == CONN_RESPOND) {
+        http_response_done(srv, c);
+    } else if (c->state == CONN_LINGER && !(c->flags & CF_WR_SHUT)) {
+        c->flags |= CF_WR_SHUT;
+        shutdown(c->h.fd, SHUT_WR);
+        conn_discard_input(srv, c);
+    }
+}
+
+/* Writes every connection with pending output. Handlers only queue; this is where bytes
+ * leave, once per loop iteration, so a burst of events goes out in one system call. */
+static void conn_flush_all(struct sse_server *srv) {
+    while (srv->flush_list) {
+        struct conn *c = srv->flush_list;
+        srv->flush_list = c->flush_next;
+        c->flags &= (uint8_t)~CF_IN_FLUSH;
+        conn_flush(srv, c);
+    }
+}
+
+/* Frees closed connections. Only after conn_flush_all(): the flush list may name them. */
+static void conn_reap(struct sse_server *srv) {
+    while (srv->dead_list) {
+        struct conn *c = srv->dead_list;
+        srv->dead_list = c->tnext;
+        free(c);
+    }
+}
+
+/* ==========================================================================================
+ * 7. Endpoints
+ *
+ * The stream (WHATWG 9.2.2-9.2.4): the browser fails the EventSource for good on any status
+ * but 200 or a Content-Type other than text/event-stream, and reconnects after `retry` ms on
+ * a clean end of body. So passing trouble (overload, shutdown) is answered 200 + retry: +
+ * close, 204 is kept for "stop for good", and 4xx only for requests that will stay wrong.
+ * The response is close-delimited (no chunking): the spec warns that chunking by a layer
+ * unaware of the timing can hurt streams, and HTTP/1.0 clients know nothing else.
+ * Publishing, metrics and static files are ordinary HTTP/1.1 (RFC 9110, RFC 9112).
+ * ======================================================================================== */
+
+static const char *http_reason(int status) {
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 431: return "Request Header Fields Too Large";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Internal Server Error";
+    }
+}
+
+/* Queues a whole response: status line, Date, Content-Type (when ctype), Content-Length
+ * (except for 204 and 304), Connection when it differs from the version's default, the CORS
+ * lines, extra (ready-made header lines), then the body unless head_only. */
+static void http_respond(struct sse_server *srv, struct conn *c, int status, const char *ctype,
+                         const char *extra, const char *body, size_t body_len, bool head_only) {
+    char head[SSE_HEAD_MAX + 1024];
+    struct wbuf w = {head, sizeof head, 0};
+    if (c->flags & CF_BODY_UNREAD)
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the unread body would be taken for a request */
+    wb_str(&w, "HTTP/1.1 ");
+    wb_u64(&w, (uint64_t)status);
+    wb_put(&w, " ", 1);
+    wb_str(&w, http_reason(status));
+    wb_str(&w, "\r\nDate: ");
+    wb_str(&w, srv->date);
+    wb_str(&w, "\r\n");
+    if (ctype) {
+        wb_str(&w, "Content-Type: ");
+        wb_str(&w, ctype);
+        wb_str(&w, "\r\n");
+    }
+    if (status != 204 && status != 304) {
+        wb_str(&w, "Content-Length: ");
+        wb_u64(&w, body_len);
+        wb_str(&w, "\r\n");
+    }
+    if (!(c->flags & CF_KEEP_ALIVE))
+        wb_str(&w, "Connection: close\r\n");
+    else if (c->flags & CF_HTTP10)
+        wb_str(&w, "Connection: keep-alive\r\n");
+    wb_str(&w, srv->cors_headers);
+    if (extra)
+        wb_str(&w, extra);
+    wb_str(&w, "\r\n");
+    size_t blen = head_only || status == 204 || status == 304 ? 0 : body_len;
+    struct blob *b = w.len <= w.cap ? blob_new(w.len + blen) : NULL;
+    if (!b) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    memcpy(b->bytes, head, w.len);
+    if (blen)
+        memcpy(b->bytes + w.len, body, blen);
+    if (!conn_enqueue_owned(srv, c, b)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    c->state = CONN_RESPOND;
+    timer_set(srv, c, TIMER_SEND);
+}
+
+/* A short text/plain answer: msg plus a newline. */
+static void http_text(struct sse_server *srv, struct conn *c, int status, const char *msg,
+                      const char *extra) {
+    char body[256];
+    int n = snprintf(body, sizeof body, "%s\n", msg);
+    http_respond(srv, c, status, "text/plain; charset=utf-8", extra, body,
+                 n < 0 ? 0 : (size_t)n, false);
+}
+
+/* Answers a request that is wrong in itself and closes after: its framing can't be trusted. */
+static void http_fail(struct sse_server *srv, struct conn *c, int status, const char *msg) {
+    srv->m.bad_requests_total++;
+    c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u: %d %s", c->serial, status, msg);
+    http_text(srv, c, status, msg, NULL);
+}
+
+static void http_json(struct sse_server *srv, struct conn *c, struct wbuf *w) {
+    if (w->len > w->cap) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    http_respond(srv, c, 200, "application/json", NULL, w->p, w->len, false);
+}
+
+/* ---- the stream ------------------------------------------------------------------------ */
+
+/* The response head every subscriber gets, rebuilt when the Date second changes. */
+static struct blob *stream_head(struct sse_server *srv) {
+    if (!srv->stream_head) {
+        char head[1024];
+        struct wbuf w = {head, sizeof head, 0};
+        wb_str(&w, "HTTP/1.1 200 OK\r\nDate: ");
+        wb_str(&w, srv->date);
+        wb_str(&w, "\r\nContent-Type: text/event-stream\r\n"
+                   "Cache-Control: no-cache, no-transform\r\n"
+                   "X-Accel-Buffering: no\r\n");
+        wb_str(&w, srv->cors_headers);
+        wb_str(&w, "\r\n");
+        if (w.len <= w.cap)
+            srv->stream_head = blob_from(head, w.len);
+    }
+    return srv->stream_head;
+}
+
+/* "retry: J" with J drawn from [retry, 2 * retry], so clients sent away at the same moment
+ * do not all come back at the same moment. */
+static struct blob *stream_retry_jitter(struct sse_server *srv) {
+    uint64_t base = srv->retry_ms ? (uint64_t)srv->retry_ms : 3000;
+    char line[48];
+    struct wbuf w = {line, sizeof line, 0};
+    wb_str(&w, "retry: ");
+    wb_u64(&w, base + rng_next(&srv->rng) % (base + 1));
+    wb_str(&w, "\n\n");
+    return blob_from(line, w.len);
+}
+
+/* 200 + retry: + close, for a stream request we cannot serve now. */
+static void stream_turn_away(struct sse_server *srv, struct conn *c, enum close_reason why) {
+    struct blob *head = stream_head(srv);
+    if (!head || !conn_enqueue(srv, c, head) ||
+        !conn_enqueue_owned(srv, c, stream_retry_jitter(srv))) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    conn_linger(srv, c, why);
+}
+
+/* "id: CURRENT" and a blank line: updates the client's last event id without firing an
+ * event (WHATWG 9.2.6: the id is taken at dispatch even when the data buffer is empty). */
+static struct blob *stream_id_line(struct sse_server *srv) {
+    if (!srv->id_line) {
+        char line[48];
+        struct wbuf w = {line, sizeof line, 0};
+        wb_str(&w, "id: ");
+        wb_u64(&w, srv->last_id);
+        wb_str(&w, "\n\n");
+        srv->id_line = blob_from(line, w.len);
+    }
+    return srv->id_line;
+}
+
+/* The reset event: the requested id cannot be replayed exactly; the data tells the
+ * application which ids are known so it can reload its state. */
+static struct blob *stream_reset_event(struct sse_server *srv, const char *asked, size_t len) {
+    char data[2048];
+    struct wbuf w = {data, sizeof data, 0};
+    wb_str(&w, "{\"requested\": ");
+    wire_json_string(&w, asked, len > 256 ? 256 : len);
+    wb_str(&w, ", \"oldest\": ");
+    if (srv->backlog.count) {
+        wb_str(&w, "\"");
+        wb_u64(&w, backlog_at(&srv->backlog, 0)->id);
+        wb_str(&w, "\"");
+    } else {
+        wb_str(&w, "null");
+    }
+    wb_str(&w, ", \"current\": \"");
+    wb_u64(&w, srv->last_id);
+    wb_str(&w, "\"}");
+    size_t n = sse_format_event(NULL, 0, srv->last_id, "reset", data, w.len);
+    struct blob *b = blob_new(n);
+    if (b)
+        sse_format_event(b->bytes, n, srv->last_id, "reset", data, w.len);
+    return b;
+}
+
+static bool stream_follows(const struct conn *c, const struct topic *t) {
+    for (uint16_t i = 0; i < c->nsubs; i++)
+        if (c->subs[i].topic == t)
+            return true;
+    return false;
+}
+
+/* Queues what a subscriber must get before live events: everything retained after its
+ * last id on its topics, or the reset event, or (no last id) the current id. */
+static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *last,
+                            size_t last_len) {
+    if (!last)
+        return conn_enqueue(srv, c, stream_id_line(srv));
+    uint64_t id;
+    bool canonical = last_len == 1 || last[0] != '0';
+    if (!canonical || !parse_u64(last, last_len, &id) ||
+        !backlog_covers(&srv->backlog, id, srv->last_id)) {
+        srv->m.resets_total++;
+        return conn_enqueue_owned(srv, c, stream_reset_event(srv, last, last_len));
+    }
+    srv->m.replays_total++;
+    for (uint32_t i = backlog_after(&srv->backlog, id); i < srv->backlog.count; i++) {
+        struct blob *ev = backlog_at(&srv->backlog, i);
+        if (stream_follows(c, ev->topic) && !conn_enqueue(srv, c, ev))
+            return false;
+    }
+    return true;
+}
+
+/* Turns the connection into a subscriber of the given topics. */
+static void stream_open(struct sse_server *srv, struct conn *c, const char *const *names,
+                        const size_t *lens, size_t n, const char *last, size_t last_len) {
+    c->subs = calloc(n, sizeof *c->subs);
+    for (size_t i = 0; c->subs && i < n; i++) {
+        struct topic *t = topic_get(&srv->topics, names[i], lens[i]);
+        if (!t)
+            break;
+        struct sub *s = &c->subs[i];
+        s->topic = t;
+        s->conn = c;
+        s->next = t->subs;
+        if (t->subs)
+            t->subs->prev = s;
+        t->subs = s;
+        c->nsubs = (uint16_t)(i + 1);
+    }
+    struct blob *head = stream_head(srv);
+    if (c->nsubs != n || !head) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    c->state = CONN_STREAM;
+    c->flags |= CF_SUBSCRIBER;
+    srv->nsubscribers++;
+    free(c->in); /* anything pipelined after a stream request is meaningless */
+    c->in = NULL;
+    /* A peer that vanished without a FIN is found by unacknowledged heartbeats timing out
+     * (TCP_USER_TIMEOUT), or by keepalive probes when the stream is quiet. */
+    int on = 1, idle = 60, intvl = 10, cnt = 3;
+    unsigned user_timeout = TCP_USER_TIMEOUT_MS;
+    setsockopt(c->h.fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    setsockopt(c->h.fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+    if (!conn_enqueue(srv, c, head) || (srv->retry_line && !conn_enqueue(srv, c, srv->retry_line)) ||
+        !stream_catch_up(srv, c, last, last_len)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    timer_set(srv, c, TIMER_STREAM);
+}
+
+/* Queues a live event for a subscriber, or drops the subscriber if it is too far behind
+ * (it reconnects and catches up from the backlog; everyone else keeps real time). */
+static bool stream_push(struct sse_server *srv, struct conn *c, struct blob *ev) {
+    if (c->qbytes + ev->len > srv->client_buffer) {
+        srv->m.dropped_total++;
+        conn_close(srv, c, R_SLOW);
+        return false;
+    }
+    if (!conn_enqueue(srv, c, ev)) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    timer_set(srv, c, TIMER_STREAM);
+    return true;
+}
+
+/* Heartbeat (WHATWG 9.2.7 suggests a comment every 15 s or so against proxies that drop
+ * quiet connections). Skipped while bytes are queued: then the line is not quiet. */
+static void stream_heartbeat(struct sse_server *srv, struct conn *c) {
+    if (c->qlen == 0 && !conn_enqueue(srv, c, srv->heartbeat)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    timer_set(srv, c, TIMER_STREAM);
+}
+
+/* Collects the topics of a stream request: the path segment after the prefix and every
+ * topic= parameter, de-duplicated; "default" when none. Returns the count, or -1 with *why. */
+static int stream_topics(const char *rest, size_t rest_len, const struct http_query *q,
+                         const char **names, size_t *lens, const char **why) {
+    int n = 0;
+    for (size_t i = 0; i <= q->n; i++) {
+        const char *name;
+        size_t len;
+        if (i == q->n) {
+            if (rest_len == 0)
+                break;
+            name = rest + 1;
+            len = rest_len - 1;
+        } else if (bytes_eq(q->params[i].key, q->params[i].key_len, "topic")) {
+            name = q->params[i].value;
+            len = q->params[i].value_len;
+        } else {
+            continue;
+        }
+        if (!wire_topic_valid(name, len)) {
+            *why = "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
+            return -1;
+        }
+        bool dup = false;
+        for (int j = 0; j < n; j++)
+            dup = dup || (lens[j] == len && memcmp(names[j], name, len) == 0);
+        if (dup)
+            continue;
+        if (n == SSE_MAX_TOPICS_PER_STREAM) {
+            *why = "too many topics for one stream";
+            return -1;
+        }
+        names[n] = name;
+        lens[n++] = len;
+    }
+    if (n == 0) {
+        names[0] = DEFAULT_TOPIC;
+        lens[0] = strlen(DEFAULT_TOPIC);
+        n = 1;
+    }
+    return n;
+}
+
+/* The client's last event id: the Last-Event-ID header, else one of the query parameter
+ * spellings that polyfills and other servers use (the first connection of an EventSource
+ * cannot carry the header). */
+static const char *stream_last_id(const struct http_request *req, const struct http_query *q,
+                                  size_t *len) {
+    const struct http_header *h = http_header(req, "Last-Event-ID");
+    if (h && h->value_len) {
+        *len = h->value_len;
+        return h->value;
+    }
+    static const char *const names[] = {"lastEventId", "last_event_id", "lastEventID",
+                                        "Last-Event-ID"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const struct http_param *p = http_query_get(q, names[i]);
+        if (p && p->value_len) {
+            *len = p->value_len;
+            return p->value;
+        }
+    }
+    return NULL;
+}
+
+/* Whether the request carries the token as "Authorization: Bearer" or (only when
+ * allow_query, since EventSource cannot set headers) as ?token=. */
+static bool http_token_ok(const struct http_request *req, const struct http_query *q,
+                          const char *secret, bool allow_query) {
+    size_t slen = strlen(secret);
+    const struct http_header *h = http_header(req, "Authorization");
+    const char *tok;
+    size_t tlen;
+    if (h && http_bearer(h->value, h->value_len, &tok, &tlen) && ct_equal(tok, tlen, secret, slen))
+        return true;
+    const struct http_param *p = allow_query ? http_query_get(q, "token") : NULL;
+    return p && ct_equal(p->value, p->value_len, secret, slen);
+}
+
+static void stream_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                          const struct http_query *q, const char *rest, size_t rest_len) {
+    if (ascii_ieq(req->method, req->method_len, "OPTIONS")) {
+        http_respond(srv, c, 204, NULL, "Allow: GET, OPTIONS\r\n", NULL, 0, false);
+        return;
+    }
+    if (!bytes_eq(req->method, req->method_len, "GET")) {
+        http_text(srv, c, 405, "method not allowed", "Allow: GET, OPTIONS\r\n");
+        return;
+    }
+    const char *names[SSE_MAX_TOPICS_PER_STREAM];
+    size_t lens[SSE_MAX_TOPICS_PER_STREAM];
+    const char *why = NULL;
+    int n = stream_topics(rest, rest_len, q, names, lens, &why);
+    if (n < 0) {
+        http_text(srv, c, 400, why, NULL);
+        return;
+    }
+    if (srv->subscribe_token && !http_token_ok(req, q, srv->subscribe_token, true)) {
+        http_text(srv, c, 401, "subscribing needs a token", "WWW-Authenticate: Bearer\r\n");
+        return;
+    }
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Accept") &&
+            !http_accepts_event_stream(h->value, h->value_len)) {
+            http_text(srv, c, 406, "this endpoint only sends text/event-stream", NULL);
+            return;
+        }
+    }
+    bool all_retired = true;
+    for (int i = 0; i < n && all_retired; i++) {
+        struct topic *t = topic_find(&srv->topics, names[i], lens[i]);
+        all_retired = t && t->retired;
+    }
+    if (all_retired) {
+        http_respond(srv, c, 204, NULL, NULL, NULL, 0, false);
+        return;
+    }
+    if (c->flags & CF_OVER_LIMIT) {
+        srv->m.rejected_total++;
+        stream_turn_away(srv, c, R_OVERLOAD);
+        return;
+    }
+    size_t last_len = 0;
+    const char *last = stream_last_id(req, q, &last_len);
+    stream_open(srv, c, names, lens, (size_t)n, last, last_len);
+}
+
+/* ---- publishing ------------------------------------------------------------------------ */
+
+/* The one publishing path (HTTP, inputs and sse_publish all end here): validate, assign the
+ * id, format once, keep in the backlog, queue for every subscriber of the topic. */
+static int publish_event(struct sse_server *srv, const char *topic, const char *event,
+                         const char *data, size_t len, uint64_t *id_out) {
+    if (!topic)
+        topic = DEFAULT_TOPIC;
+    size_t tlen = strlen(topic);
+    if (!wire_topic_valid(topic, tlen) || (event && !wire_event_type_valid(event, strlen(event))))
+        return -EINVAL;
+    if (len > srv->max_event_bytes)
+        return -EMSGSIZE;
+    if (!wire_utf8_valid(data ? data : "", data ? len : 0))
+        return -EINVAL;
+    uint64_t id = srv->last_id + 1;
+    size_t n = sse_format_event(NULL, 0, id, event, data, len);
+    struct topic *t = topic_get(&srv->topics, topic, tlen);
+    struct blob *ev = t ? blob_new(n) : NULL;
+    if (!ev) {
+        if (t)
+            topic_unref(t);
+        return -ENOMEM;
+    }
+    sse_format_event(ev->bytes, n, id, event, data, len);
+    ev->id = id;
+    ev->topic = t;
+    srv->last_id = id;
+    blob_unref(srv->id_line);
+    srv->id_line = NULL;
+    topic_retire_flag(t, false);
+    backlog_push(&srv->backlog, ev);
+    int queued = 0;
+    for (struct sub *s = t->subs, *next; s; s = next) {
+        next = s->next;
+        queued += stream_push(srv, s->conn, ev);
+    }
+    blob_unref(ev);
+    srv->m.published_total++;
+    if (id_out)
+        *id_out = id;
+    return queued;
+}
+
+/* Closes the subscribers of a topic that follow nothing else, and answers 204 to new ones
+ * until the next publish there. Returns how many were closed. */
+static int publish_retire(struct sse_server *srv, const char *topic) {
+    size_t tlen = strlen(topic);
+    if (!wire_topic_valid(topic, tlen))
+        return -EINVAL;
+    struct topic *t = topic_get(&srv->topics, topic, tlen);
+    if (!t)
+        return -ENOMEM;
+    topic_retire_flag(t, true);
+    int closed = 0;
+    for (struct sub *s = t->subs, *next; s; s = next) {
+        next = s->next;
+        struct conn *c = s->conn;
+        bool all_retired = true;
+        for (uint16_t i = 0; i < c->nsubs; i++)
+            all_retired = all_retired && c->subs[i].topic->retired;
+        if (all_retired) {
+            conn_linger(srv, c, R_RETIRED);
+            closed++;
+        }
+    }
+    topic_unref(t);
+    return closed;
+}
+
+/* The body has arrived: publish it and answer with the id. */
+static void publish_finish(struct sse_server *srv, struct conn *c) {
+    struct body *b = c->body;
+    c->body = NULL;
+    uint64_t id = 0;
+    int r = publish_event(srv, b->topic, b->has_event ? b->event : NULL, b->data, b->have, &id);
+    if (r == -EINVAL) {
+        http_text(srv, c, 400, "the body must be valid UTF-8", NULL);
+    } else if (r < 0) {
+        http_text(srv, c, 500, "could not publish", NULL);
+    } else {
+        char out[256];
+        struct wbuf w = {out, sizeof out, 0};
+        wb_str(&w, "{\"id\": \"");
+        wb_u64(&w, id);
+        wb_str(&w, "\", \"topic\": \"");
+        wb_str(&w, b->topic);
+        wb_str(&w, "\", \"subscribers\": ");
+        wb_u64(&w, (uint64_t)r);
+        wb_str(&w, "}\n");
+        http_json(srv, c, &w);
+    }
+    free(b);
+}
+
+/* Takes up to n bytes of body; publishes when it is complete. Returns bytes taken. */
+static size_t publish_body_feed(struct sse_server *srv, struct conn *c, const char *p, size_t n) {
+    struct body *b = c->body;
+    size_t take = b->need - b->have < n ? b->need - b->have : n;
+    memcpy(b->data + b->have, p, take);
+    b->have += take;
+    if (b->have == b->need)
+        publish_finish(srv, c);
+    return take;
+}
+
+/* Reads the body from the socket until it is complete or the socket is empty. */
+static void publish_body_read(struct sse_server *srv, struct conn *c) {
+    while (c->state == CONN_BODY) {
+        struct body *b = c->body;
+        ssize_t n = read(c->h.fd, b->data + b->have, b->need - b->have);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            conn_close(srv, c, n == 0 ? R_CLIENT_CLOSED : R_ERROR);
+            return;
+        }
+        b->have += (size_t)n;
+        if (b->have == b->need)
+            publish_finish(srv, c);
+    }
+}
+
+/* Validates the ?topic= and ?event= of a publish into *topic and *event ("" when absent).
+ * Returns NULL or what is wrong. */
+static const char *publish_params(const struct http_query *q, char *topic, char *event) {
+    const struct http_param *t = http_query_get(q, "topic");
+    const struct http_param *e = http_query_get(q, "event");
+    if (t && !wire_topic_valid(t->value, t->value_len))
+        return "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
+    if (e && !wire_event_type_valid(e->value, e->value_len))
+        return "invalid event type: 1 to 256 bytes of UTF-8 without CR, LF or NUL";
+    strcpy(topic, DEFAULT_TOPIC);
+    if (t) {
+        memcpy(topic, t->value, t->value_len);
+        topic[t->value_len] = '\0';
+    }
+    event[0] = '\0';
+    if (e) {
+        memcpy(event, e->value, e->value_len);
+        event[e->value_len] = '\0';
+    }
+    return NULL;
+}
+
+static void publish_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                           const struct http_query *q, uint64_t content_length) {
+    static const char allow[] = "Allow: POST, DELETE, OPTIONS\r\n";
+    bool post = bytes_eq(req->method, req->method_len, "POST");
+    bool del = bytes_eq(req->method, req->method_len, "DELETE");
+    if (bytes_eq(req->method, req->method_len, "OPTIONS")) {
+        http_respond(srv, c, 204, NULL,
+                     *srv->cors_headers ? "Allow: POST, DELETE, OPTIONS\r\n"
+                                          "Access-Control-Allow-Methods: POST, DELETE, OPTIONS\r\n"
+                                          "Access-Control-Allow-Headers: Authorization, "
+                                          "Content-Type, Last-Event-ID\r\n"
+                                          "Access-Control-Max-Age: 600\r\n"
+                                        : allow,
+                     NULL, 0, false);
+        return;
+    }
+    if (!post && !del) {
+        http_text(srv, c, 405, "method not allowed", allow);
+        return;
+    }
+    if (!srv->publish_token) {
+        http_text(srv, c, 403,
+                  "publishing over HTTP is disabled: start sse-server with --publish-token", NULL);
+        return;
+    }
+    if (!http_token_ok(req, q, srv->publish_token, false)) {
+        http_text(srv, c, 401, "publishing needs Authorization: Bearer <token>",
+                  "WWW-Authenticate: Bearer\r\n");
+        return;
+    }
+    char topic[TOPIC_NAME_MAX + 1], event[EVENT_TYPE_MAX + 1];
+    const char *why = publish_params(q, topic, event);
+    if (why) {
+        http_text(srv, c, 400, why, NULL);
+        return;
+    }
+    if (del) {
+        char out[256];
+        struct wbuf w = {out, sizeof out, 0};
+        int closed = publish_retire(srv, topic);
+        wb_str(&w, "{\"topic\": \"");
+        wb_str(&w, topic);
+        wb_str(&w, "\", \"closed\": ");
+        wb_u64(&w, closed > 0 ? (uint64_t)closed : 0);
+        wb_str(&w, "}\n");
+        http_json(srv, c, &w);
+        return;
+    }
+    if (content_length > srv->max_event_bytes) {
+        srv->m.bad_requests_total++;
+        http_text(srv, c, 413, "event over --max-event-bytes", NULL);
+        return;
+    }
+    struct body *b = malloc(sizeof *b + content_length);
+    if (!b) {
+        http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
+        return;
+    }
+    b->need = (size_t)content_length;
+    b->have = 0;
+    b->has_event = event[0] != '\0';
+    memcpy(b->topic, topic, sizeof topic);
+    memcpy(b->event, event, sizeof event);
+    c->body = b;
+    c->flags &= (uint8_t)~CF_BODY_UNREAD;
+    c->state = CONN_BODY;
+    timer_set(srv, c, TIMER_REQUEST);
+    const struct http_header *expect = http_header(req, "Expect");
+    if (expect && content_length && !(c->flags & CF_HTTP10) &&
+        ascii_ieq(expect->value, expect->value_len, "100-continue") &&
+        !conn_enqueue(srv, c, srv->continue_100)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    if (content_length == 0)
+        publish_finish(srv, c);
+}
+
+/* ---- metrics, health, static files ----------------------------------------------------- */
+
+static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_only) {
+    const struct {
+        const char *name, *type, *help;
+        uint64_t value;
+    } rows[] = {
+        {"sse_subscribers", "gauge", "Subscribers connected now.", srv->nsubscribers},
+        {"sse_connections", "gauge", "Client connections open now.", srv->nconns},
+        {"sse_backlog_events", "gauge", "Events retained for replay.", srv->backlog.count},
+        {"sse_connections_total", "counter", "Client connections accepted.",
+         srv->m.connections_total},
+        {"sse_connections_rejected_total", "counter",
+         "Connections turned away: over --max-clients or out of file descriptors.",
+         srv->m.rejected_total},
+        {"sse_events_published_total", "counter", "Events published.", srv->m.published_total},
+        {"sse_events_delivered_total", "counter", "Events written out to subscribers.",
+         srv->m.delivered_total},
+        {"sse_bytes_delivered_total", "counter", "Bytes written to subscribers.",
+         srv->m.bytes_total},
+        {"sse_subscribers_dropped_total", "counter",
+         "Subscribers disconnected for falling more than --client-buffer behind.",
+         srv->m.dropped_total},
+        {"sse_replays_total", "counter", "Subscriptions resumed exactly from a Last-Event-ID.",
+         srv->m.replays_total},
+        {"sse_resets_total", "counter", "Subscriptions sent the reset event instead.",
+         srv->m.resets_total},
+        {"sse_bad_requests_total", "counter", "Requests refused as malformed or too large.",
+         srv->m.bad_requests_total},
+    };
+    char out[4096];
+    struct wbuf w = {out, sizeof out, 0};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        wb_str(&w, "# HELP ");
+        wb_str(&w, rows[i].name);
+        wb_put(&w, " ", 1);
+        wb_str(&w, rows[i].help);
+        wb_str(&w, "\n# TYPE ");
+        wb_str(&w, rows[i].name);
+        wb_put(&w, " ", 1);
+        wb_str(&w, rows[i].type);
+        wb_put(&w, "\n", 1);
+        wb_str(&w, rows[i].name);
+        wb_put(&w, " ", 1);
+        wb_u64(&w, rows[i].value);
+        wb_put(&w, "\n", 1);
+    }
+    if (w.len > w.cap) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    http_respond(srv, c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, out, w.len,
+                 head_only);
+}
+
+/* Answers 304 or queues the file's head and hands the descriptor to the writer. Takes fd. */
+static void static_send(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                        int fd, const struct stat *st, const char *name, bool head_only) {
+    char extra[128], modified[32];
+    http_format_date(st->st_mtime, modified);
+    snprintf(extra, sizeof extra, "Last-Modified: %s\r\nX-Content-Type-Options: nosniff\r\n",
+             modified);
+    const struct http_header *ims = http_header(req, "If-Modified-Since");
+    time_t since;
+    if (ims && http_parse_date(ims->value, ims->value_len, &since) && st->st_mtime <= since) {
+        close(fd);
+        http_respond(srv, c, 304, NULL, extra, NULL, 0, false);
+        return;
+    }
+    /* The head claims st_size bytes; the writer sends exactly that many or closes. */
+    http_respond(srv, c, 200, static_content_type(name), extra, NULL, (size_t)st->st_size, true);
+    if (c->state != CONN_RESPOND || head_only || st->st_size == 0) {
+        close(fd);
+        return;
+    }
+    c->file_fd = fd;
+    c->file_off = 0;
+    c->file_end = st->st_size;
+}
+
+static void static_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                          const char *path, size_t path_len, bool head_only) {
+    char rel[SSE_HEAD_MAX + 16];
+    long n = static_resolve(path, path_len, rel, SSE_HEAD_MAX);
+    int fd = -1;
+    if (n >= 0)
+        fd = static_open(srv->root_fd, srv->root_real, rel);
+    else
+        errno = ENOENT;
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        fd = -1;
+        if (path[path_len - 1] != '/') {
+            /* Redirect to the directory's own URL so relative links in its index resolve.
+             * The raw target is ASCII without spaces or CR/LF: safe in a header. */
+            char loc[SSE_HEAD_MAX + 32];
+            const char *qm = memchr(req->target, '?', req->target_len);
+            size_t plen = qm ? (size_t)(qm - req->target) : req->target_len;
+            snprintf(loc, sizeof loc, "Location: %.*s/%.*s\r\n", (int)plen, req->target,
+                     (int)(req->target_len - plen), req->target + plen);
+            http_text(srv, c, 301, "moved", loc);
+            return;
+        }
+        memcpy(rel + n, "/index.html", sizeof "/index.html");
+        fd = static_open(srv->root_fd, srv->root_real, rel);
+    }
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        static_send(srv, c, req, fd, &st, rel, head_only);
+        return;
+    }
+    int err = errno;
+    if (fd >= 0)
+        close(fd);
+    if (fd < 0 && (err == EMFILE || err == ENFILE))
+        http_text(srv, c, 503, "out of file descriptors", "Retry-After: 1\r\n");
+    else
+        http_text(srv, c, 404, "not found", NULL);
+}
+
+/* ---- request dispatch ------------------------------------------------------------------ */
+
+/* Framing checks that keep a request from being read two ways (RFC 9112 6.3): one
+ * Content-Length value, digits only, and never together with Transfer-Encoding. */
+static int http_framing(const struct http_request *req, uint64_t *content_length,
+                        const char **why) {
+    *content_length = 0;
+    bool have_cl = false, te = false;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding")) {
+            te = true;
+        } else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
+            uint64_t v;
+            if (!parse_u64(h->value, h->value_len, &v) || (have_cl && v != *content_length)) {
+                *why = "invalid or conflicting Content-Length";
+                return 400;
+            }
+            have_cl = true;
+            *content_length = v;
+        }
+    }
+    if (te && have_cl) {
+        *why = "Content-Length together with Transfer-Encoding";
+        return 400;
+    }
+    if (te) {
+        *why = "request bodies need Content-Length";
+        return 411;
+    }
+    return 0;
+}
+
+/* The path part of a request-target, for origin-form ("/p?q") and absolute-form
+ * ("http://host/p?q", RFC 9112 3.2.2). False for anything else. */
+static bool http_target_path(const struct http_request *req, const char **path, size_t *len) {
+    const char *t = req->target;
+    size_t n = req->target_len;
+    if (n > 7 && ascii_ieq(t, 7, "http://")) {
+        const char *slash = memchr(t + 7, '/', n - 7);
+        const char *qm = memchr(t + 7, '?', n - 7);
+        if (!slash || (qm && qm < slash))
+            return false;
+        n -= (size_t)(slash - t);
+        t = slash;
+    }
+    if (n == 0 || t[0] != '/')
+        return false;
+    *path = t;
+    *len = n;
+    return true;
+}
+
+static void http_handle(struct sse_server *srv, struct conn *c, const struct http_request *req) {
+    const struct http_header *conn_h = http_header(req, "Connection");
+    bool close_asked = conn_h && http_list_has(conn_h->value, conn_h->value_len, "close");
+    bool keep_asked = conn_h && http_list_has(conn_h->value, conn_h->value_len, "keep-alive");
+    c->flags &= (uint8_t) ~(CF_KEEP_ALIVE | CF_HTTP10 | CF_BODY_UNREAD);
+    if (req->minor == 0)
+        c->flags |= CF_HTTP10;
+    if (!close_asked && (req->minor == 1 || keep_asked) && !srv->stopping)
+        c->flags |= CF_KEEP_ALIVE;
+
+    size_t hosts = http_header_count(req, "Host");
+    if (hosts > 1 || (hosts == 0 && req->minor == 1)) {
+        http_fail(srv, c, 400, "HTTP/1.1 needs exactly one Host header");
+        return;
+    }
+    uint64_t content_length;
+    const char *why = NULL;
+    int status = http_framing(req, &content_length, &why);
+    if (status) {
+        http_fail(srv, c, status, why);
+        return;
+    }
+    if (content_length)
+        c->flags |= CF_BODY_UNREAD;
+    bool options = bytes_eq(req->method, req->method_len, "OPTIONS");
+    if (options && req->target_len == 1 && req->target[0] == '*') {
+        http_respond(srv, c, 204, NULL, "Allow: GET, HEAD, POST, DELETE, OPTIONS\r\n", NULL, 0,
+                     false);
+        return;
+    }
+    const char *target, *qm;
+    size_t target_len;
+    if (!http_target_path(req, &target, &target_len)) {
+        http_fail(srv, c, 400, "invalid request target");
+        return;
+    }
+    qm = memchr(target, '?', target_len);
+    size_t raw_path_len = qm ? (size_t)(qm - target) : target_len;
+    long path_len = http_percent_decode(target, raw_path_len, srv->path, false);
+    struct http_query q;
+    if (path_len < 0 ||
+        http_parse_query(qm ? qm + 1 : "", qm ? target_len - raw_path_len - 1 : 0, srv->decoded,
+                         &q) < 0) {
+        http_fail(srv, c, 400, "malformed percent-escape, %00 or too many parameters in URL");
+        return;
+    }
+    const char *path = srv->path;
+    size_t plen = (size_t)path_len;
+    srv->path[plen] = '\0';
+
+    bool stream = plen >= srv->stream_path_len &&
+                  memcmp(path, srv->stream_path, srv->stream_path_len) == 0 &&
+                  (plen == srv->stream_path_len || path[srv->stream_path_len] == '/');
+    if (stream) {
+        stream_handle(srv, c, req, &q, path + srv->stream_path_len, plen - srv->stream_path_len);
+        return;
+    }
+    if (c->flags & CF_OVER_LIMIT) {
+        srv->m.rejected_total++;
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+        http_text(srv, c, 503, "too many connections", "Retry-After: 1\r\n");
+        return;
+    }
+    if (bytes_eq(path, plen, "/publish")) {
+        publish_handle(srv, c, req, &q, content_length);
+        return;
+    }
+    static const char read_only[] = "Allow: GET, HEAD, OPTIONS\r\n";
+    bool get = bytes_eq(req->method, req->method_len, "GET");
+    bool head = bytes_eq(req->method, req->method_len, "HEAD");
+    if (!get && !head) {
+        if (options)
+            http_respond(srv, c, 204, NULL, read_only, NULL, 0, false);
+        else
+            http_text(srv, c, 405, "method not allowed", read_only);
+        return;
+    }
+    if (bytes_eq(path, plen, "/metrics"))
+        metrics_handle(srv, c, head);
+    else if (bytes_eq(path, plen, "/healthz"))
+        http_respond(srv, c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, head);
+    else if (srv->root_fd >= 0)
+        static_handle(srv, c, req, path, plen, head);
+    else if (srv->index_page && (bytes_eq(path, plen, "/") || bytes_eq(path, plen, "/index.html")))
+        http_respond(srv, c, 200, "text/html; charset=utf-8", NULL, srv->index_page,
+                     srv->index_page_len, head);
+    else
+        http_text(srv, c, 404, "not found", NULL);
+}
+
+/* Parses the request in buf[0..len) (the server's scratch buffer or the connection's own)
+ * and handles it; keeps an incomplete head, a body's first bytes and pipelined requests. */
+static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t len) {
+    struct inbuf *held = c->in && buf == c->in->data ? c->in : NULL;
+    size_t from = held && held->scanned > 3 ? held->scanned - 3 : 0;
+    struct http_request req;
+    long r = http_head_end(buf, len, from) ? http_parse_request(buf, len, &req) : HTTP_INCOMPLETE;
+    if (r == HTTP_INCOMPLETE) {
+        if (len >= SSE_HEAD_MAX) {
+            http_fail(srv, c, 431, "request head over 8 KiB");
+            return;
+        }
+        if (!held) {
+            held = c->in = malloc(sizeof *c->in);
+            if (!held) {
+                conn_close(srv, c, R_ERROR);
+                return;
+            }
+            memcpy(held->data, buf, len);
+        }
+        held->len = (uint32_t)len;
+        held->scanned = (uint32_t)len;
+        return;
+    }
+    if (r < 0) {
+        http_fail(srv, c, r == HTTP_TOO_LARGE ? 431 : r == HTTP_BAD_VERSION ? 505 : 400,
+                  r == HTTP_TOO_LARGE     ? "too many header fields"
+                  : r == HTTP_BAD_VERSION ? "only HTTP/1.0 and HTTP/1.1 are served"
+                                          : "malformed request");
+        return;
+    }
+    c->in = NULL; /* req points into held: keep it alive until we are done */
+    http_handle(srv, c, &req);
+    size_t used = (size_t)r;
+    if (c->state == CONN_BODY)
+        used += publish_body_feed(srv, c, buf + used, len - used);
+    size_t left = len - used;
+    if (left && (c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST)) {
+        if (!held && !(held = malloc(sizeof *held))) {
+            conn_close(srv, c, R_ERROR);
+            return;
+        }
+        memmove(held->data, buf + used, left);
+        held->len = (uint32_t)left;
+        held->scanned = 0;
+        c->in = held;
+        held = NULL;
+    }
+    free(held);
+}
+
+/* Reads requests (or a body) from the socket until it is empty or a response is under way. */
+static void http_read(struct sse_server *srv, struct conn *c) {
+    while (c->state == CONN_REQUEST || c->state == CONN_BODY) {
+        if (c->state == CONN_BODY) {
+            publish_body_read(srv, c);
+            if (c->state == CONN_BODY)
+                return; /* the socket is empty */
+            continue;
+        }
+        char *buf = c->in ? c->in->data : srv->scratch;
+        size_t len = c->in ? c->in->len : 0;
+        ssize_t n = read(c->h.fd, buf + len, SSE_HEAD_MAX - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            conn_close(srv, c, n == 0 ? R_CLIENT_CLOSED : R_ERROR);
+            return;
+        }
+        http_take(srv, c, buf, len + (size_t)n);
+    }
+}
+
+/* A response has gone out: close, or wait for the next request on the same connection. */
+static void http_response_done(struct sse_server *srv, struct conn *c) {
+    if (!(c->flags & CF_KEEP_ALIVE)) {
+        conn_linger(srv, c, R_DONE);
+        return;
+    }
+    c->state = CONN_REQUEST;
+    timer_set(srv, c, TIMER_REQUEST);
+    if (c->in)
+        http_take(srv, c, c->in->data, c->in->len);
+    http_read(srv, c);
+}
+
+/* ==========================================================================================
+ * 8. Inputs: publishing what arrives on a file descriptor
+ *
+ * Pipes, terminals and sockets are watched by epoll and read once per wake-up. Regular
+ * files cannot be watched (epoll refuses them with EPERM) and never block, so they are read
+ * a chunk per loop iteration instead, letting the loop serve clients in between.
+ * ======================================================================================== */
+
+static void input_emit(void *ctx, const char *topic, const char *event, const char *data,
+                       size_t len, const char *skipped) {
+    struct sse_server *srv = ctx;
+    if (skipped) {
+        log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event: %s", skipped);
+        return;
+    }
+    int r = publish_event(srv, topic, event, data, len, NULL);
+    if (r == -EINVAL)
+        log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event that is not valid UTF-8");
+    else if (r < 0)
+        log_say(&srv->log, SSE_LOG_WARN, "input: could not publish: %s", strerror(-r));
+}
+
+static void input_close(struct sse_server *srv, struct input *in) {
+    struct input **pp = &srv->inputs;
+    while (*pp != in)
+        pp = &(*pp)->next;
+    *pp = in->next;
+    if (in->polled)
+        epoll_ctl(srv->epfd, EPOLL_CTL_DEL, in->h.fd, NULL);
+    wire_reader_free(&in->reader);
+    free(in);
+}
+
+static void input_read(struct sse_server *srv, struct input *in) {
+    char buf[INPUT_CHUNK];
+    ssize_t n = read(in->h.fd, buf, sizeof buf);
+    if (n > 0) {
+        wire_reader_feed(&in->reader, buf, (size_t)n, input_emit, srv);
+    } else if (n == 0) {
+        wire_reader_finish(&in->reader, input_emit, srv);
+        log_say(&srv->log, SSE_LOG_INFO, "input: end of input on fd %d", in->h.fd);
+        input_close(srv, in);
+    } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+        log_say(&srv->log, SSE_LOG_WARN, "input: read failed on fd %d: %s", in->h.fd,
+                strerror(errno));
+        input_close(srv, in);
+    }
+}
+
+/* ==========================================================================================
+ * 9. The event loop
+ *
+ * One epoll instance. Each iteration: wait (no longer than the nearest timer), handle what
+ * is ready, fire due timers, write what was queued, free what was closed. Nothing in it
+ * blocks: sockets are non-blocking, names were resolved at start-up, and files are only
+ * opened and sent with sendfile() from the page cache.
+ * ======================================================================================== */
+
+/* Refreshes the clocks; a new second also means a new Date header. */
+static void loop_clock(struct sse_server *srv) {
+    srv->now = clock_ms();
+    time_t t = time(NULL);
+    if (t != srv->date_sec) {
+        srv->date_sec = t;
+        http_format_date(t, srv->date);
+        blob_unref(srv->stream_head);
+        srv->stream_head = NULL;
+    }
+}
+
+static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_storage *sa) {
+    struct conn *c = calloc(1, sizeof *c);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = c;
+    if (!c || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        free(c);
+        close(fd);
+        srv->m.rejected_total++;
+        return;
+    }
+    c->h.fd = fd;
+    c->h.kind = H_CONN;
+    c->file_fd = -1;
+    c->timer = TIMER_NONE;
+    c->serial = ++srv->next_serial;
+    if (srv->nconns >= srv->max_clients) {
+        c->flags |= CF_OVER_LIMIT;
+        srv->noverflow++;
+    } else {
+        srv->nconns++;
+    }
+    srv->m.connections_total++;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->state = CONN_REQUEST;
+    timer_set(srv, c, TIMER_REQUEST);
+    if (srv->log.fn) {
+        char addr[INET6_ADDRSTRLEN] = "?";
+        int port = 0;
+        if (sa->ss_family == AF_INET) {
+            const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
+            inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
+            port = ntohs(in4->sin_port);
+        } else if (sa->ss_family == AF_INET6) {
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+            inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
+            port = ntohs(in6->sin6_port);
+        }
+        log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened from %s:%d%s", c->serial, addr,
+                port, (c->flags & CF_OVER_LIMIT) ? " (over --max-clients)" : "");
+    }
+}
+
+/* Out of descriptors with connections waiting: with a level-triggered listener that would
+ * spin. Release the spare descriptor, accept and close one connection with it, take the
+ * spare back. If even that fails, stop listening for a moment. */
+static void loop_shed(struct sse_server *srv) {
+    srv->m.rejected_total++;
+    if (srv->now - srv->emfile_logged >= 1000) {
+        srv->emfile_logged = srv->now;
+        log_say(&srv->log, SSE_LOG_WARN, "out of file descriptors: turning connections away");
+    }
+    if (srv->reserve_fd >= 0) {
+        close(srv->reserve_fd);
+        int fd = accept4(srv->listener.fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0)
+            close(fd);
+        srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0)
+            return;
+    }
+    struct epoll_event ev = {.events = 0};
+    ev.data.ptr = &srv->listener;
+    epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
+    srv->accept_paused_until = srv->now + 100;
+}
+
+static void loop_accept(struct sse_server *srv) {
+    for (int i = 0; i < ACCEPT_BATCH && srv->listener.fd >= 0; i++) {
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof sa;
+        int fd = accept4(srv->listener.fd, (struct sockaddr *)&sa, &salen,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE) {
+                loop_shed(srv);
+                if (srv->accept_paused_until)
+                    return;
+                continue;
+            }
+            return; /* EAGAIN: nothing more waiting */
+        }
+        if (srv->nconns >= srv->max_clients && srv->noverflow >= OVERFLOW_MAX) {
+            close(fd);
+            srv->m.rejected_total++;
+            continue;
+        }
+        conn_new(srv, fd, &sa);
+    }
+}
+
+static void conn_on_event(struct sse_server *srv, struct conn *c, uint32_t events) {
+    if (events & (EPOLLERR | EPOLLHUP)) {
+        conn_close(srv, c, (events & EPOLLERR) ? R_ERROR : R_CLIENT_CLOSED);
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP)) {
+        if (c->state == CONN_REQUEST || c->state == CONN_BODY)
+            http_read(srv, c);
+        else if (c->state == CONN_STREAM || c->state == CONN_LINGER)
+            conn_discard_input(srv, c);
+        /* CONN_RESPOND: the next request is read when the response is out */
+    }
+    if ((events & EPOLLOUT) && c->state != CONN_DEAD && (c->qlen || c->file_fd >= 0))
+        conn_flush(srv, c);
+}
+
+static void loop_timers(struct sse_server *srv) {
+    if (srv->accept_paused_until && srv->now >= srv->accept_paused_until &&
+        srv->listener.fd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN};
+        ev.data.ptr = &srv->listener;
+        epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
+        srv->accept_paused_until = 0;
+    }
+    for (int t = 0; t < TIMER_COUNT; t++) {
+        struct timer_list *tl = &srv->timers[t];
+        while (tl->head && tl->head->deadline <= srv->now) {
+            struct conn *c = tl->head;
+            if (t == TIMER_STREAM)
+                stream_heartbeat(srv, c);
+            else
+                conn_close(srv, c,
+                           t == TIMER_REQUEST ? R_HEADER_TIMEOUT
+                           : t == TIMER_SEND  ? R_SEND_TIMEOUT
+                                              : (enum close_reason)c->reason);
+        }
+    }
+}
+
+/* Milliseconds until something is due; 0 when work is waiting, -1 when nothing is timed. */
+static int loop_next_timeout(const struct sse_server *srv) {
+    if (srv->flush_list || (srv->stop_requested && !srv->stopping))
+        return 0;
+    for (const struct input *in = srv->inputs; in; in = in->next)
+        if (!in->polled)
+            return 0;
+    int64_t next = INT64_MAX;
+    for (int t = 0; t < TIMER_COUNT; t++)
+        if (srv->timers[t].head && srv->timers[t].head->deadline < next)
+            next = srv->timers[t].head->deadline;
+    if (srv->stopping && srv->stop_deadline < next)
+        next = srv->stop_deadline;
+    if (srv->accept_paused_until && srv->accept_paused_until < next)
+        next = srv->accept_paused_until;
+    if (next == INT64_MAX)
+        return -1;
+    int64_t wait = next - clock_ms();
+    return wait <= 0 ? 0 : wait > INT_MAX ? INT_MAX : (int)wait;
+}
+
+/* Applies fn to every connection (each is in exactly one timer list). fn may move the
+ * connection to another list or close it. */
+static void loop_each_conn(struct sse_server *srv, void (*fn)(struct sse_server *, struct conn *)) {
+    for (int t = 0; t < TIMER_COUNT; t++) {
+        struct conn *last = srv->timers[t].tail;
+        for (struct conn *c = srv->timers[t].head, *next; c; c = next) {
+            next = c == last ? NULL : c->tnext;
+            fn(srv, c);
+        }
+    }
+}
+
+/* The start of a graceful stop, for one connection: subscribers get a jittered retry: so a
+ * restart is not met by every client at once; idle and half-read requests are closed. */
+static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
+    switch (c->state) {
+    case CONN_STREAM:
+        if (!conn_enqueue_owned(srv, c, stream_retry_jitter(srv)))
+            conn_close(srv, c, R_ERROR);
+        else
+            conn_linger(srv, c, R_SHUTDOWN);
+        break;
+    case CONN_RESPOND:
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+        break;
+    case CONN_REQUEST:
+    case CONN_BODY:
+        conn_close(srv, c, R_SHUTDOWN);
+        break;
+    default:
+        break;
+    }
+}
+
+static void loop_close_conn(struct sse_server *srv, struct conn *c) {
+    conn_close(srv, c, R_SHUTDOWN);
+}
+
+static void loop_stop(struct sse_server *srv) {
+    srv->stopping = true;
+    srv->stop_deadline = srv->now + DRAIN_MS;
+    if (srv->listener.fd >= 0) {
+        close(srv->listener.fd);
+        srv->listener.fd = -1;
+    }
+    while (srv->inputs)
+        input_close(srv, srv->inputs);
+    loop_each_conn(srv, loop_stop_conn);
+}
+
+int sse_poll(struct sse_server *srv, int timeout_ms) {
+    if (srv->stopped)
+        return 0;
+    loop_clock(srv);
+    conn_flush_all(srv);
+    conn_reap(srv);
+    for (struct input *in = srv->inputs, *next; in; in = next) {
+        next = in->next;
+        if (!in->polled)
+            input_read(srv, in);
+    }
+    int wait = loop_next_timeout(srv);
+    if (timeout_ms >= 0 && (wait < 0 || timeout_ms < wait))
+        wait = timeout_ms;
+    struct epoll_event events[256];
+    int n = epoll_wait(srv->epfd, events, 256, wait);
+    if (n < 0 && errno != EINTR)
+        return -errno;
+    loop_clock(srv);
+    for (int i = 0; i < n; i++) {
+        struct handle *h = events[i].data.ptr;
+        if (h->kind == H_LISTEN)
+            loop_accept(srv);
+        else if (h->kind == H_CONN)
+            conn_on_event(srv, (struct conn *)h, events[i].events);
+        else
+            input_read(srv, (struct input *)h);
+    }
+    loop_timers(srv);
+    if (srv->stop_requested && !srv->stopping)
+        loop_stop(srv);
+    conn_flush_all(srv);
+    if (srv->stopping && (srv->nconns + srv->noverflow == 0 || srv->now >= srv->stop_deadline)) {
+        loop_each_conn(srv, loop_close_conn);
+        srv->stopped = true;
+    }
+    conn_reap(srv);
+    return srv->stopped ? 0 : 1;
+}
+
+int sse_run(struct sse_server *srv) {
+    int r;
+    while ((r = sse_poll(srv, -1)) > 0)
+        ;
+    return r;
+}
+
+int sse_fd(const struct sse_server *srv) { return srv->epfd; }
+
+int sse_next_timeout_ms(const struct sse_server *srv) { return loop_next_timeout(srv); }
+
+void sse_stop(struct sse_server *srv) { srv->stop_requested = true; }
+
+/* ==========================================================================================
+ * 10. The public API (documented in sse.h)
+ * ======================================================================================== */
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void api_error(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static char *api_strdup(const char *s, bool *failed) {
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *failed = true;
+    return d;
+}
+
+/* Splits "HOST:PORT", ":PORT" or "[V6]:PORT" into host (possibly empty) and port. */
+static bool api_split_listen(const char *spec, char *host, size_t host_cap, char *port) {
+    const char *colon;
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (!close || close[1] != ':' || (size_t)(close - spec - 1) >= host_cap)
+            return false;
+        memcpy(host, spec + 1, (size_t)(close - spec - 1));
+        host[close - spec - 1] = '\0';
+        colon = close + 1;
+    } else {
+        colon = strrchr(spec, ':');
+        if (!colon || (size_t)(colon - spec) >= host_cap || memchr(spec, ':', (size_t)(colon - spec)))
+            return false;
+        memcpy(host, spec, (size_t)(colon - spec));
+        host[colon - spec] = '\0';
+    }
+    uint64_t p;
+    size_t plen = strlen(colon + 1);
+    if (plen > 5 || !parse_u64(colon + 1, plen, &p) || p > 65535)
+        return false;
+    memcpy(port, colon + 1, plen + 1);
+    return true;
+}
+
+/* Binds and listens (the only name lookup there will ever be happens here), registers the
+ * listener and fills srv->url. Returns 0 or -1 with err filled. */
+static int api_listen(struct sse_server *srv, const char *spec, char *err, size_t errlen) {
+    char host[256], port[8];
+    if (!api_split_listen(spec, host, sizeof host, port)) {
+        api_error(err, errlen, "invalid listen address '%s': use HOST:PORT, :PORT or [IPV6]:PORT",
+                  spec);
+        return -1;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    int gai = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+    if (gai) {
+        api_error(err, errlen, "cannot resolve '%s': %s", host, gai_strerror(gai));
+        return -1;
+    }
+    /* For all addresses prefer one dual-stack IPv6 socket, else IPv4. */
+    int fd = -1, saved = 0;
+    for (int pass = 0; pass < 2 && fd < 0; pass++) {
+        for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+            if (!host[0] && (pass == 0) != (ai->ai_family == AF_INET6))
+                continue;
+            if (host[0] && pass == 1)
+                break;
+            fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            if (fd < 0) {
+                saved = errno;
+                continue;
+            }
+            int one = 1, zero = 0;
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (ai->ai_family == AF_INET6 && !host[0])
+                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 65535) < 0) {
+                saved = errno;
+                close(fd);
+                fd = -1;
+            }
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        api_error(err, errlen, "cannot listen on %s: %s", spec, strerror(saved));
+        return -1;
+    }
+    struct sockaddr_storage sa;
+    socklen_t salen = sizeof sa;
+    char addr[INET6_ADDRSTRLEN] = "?";
+    int p = 0;
+    getsockname(fd, (struct sockaddr *)&sa, &salen);
+    if (sa.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
+        p = ntohs(in6->sin6_port);
+        snprintf(srv->url, sizeof srv->url, "http://[%s]:%d/", addr, p);
+    } else {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
+        inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
+        p = ntohs(in4->sin_port);
+        snprintf(srv->url, sizeof srv->url, "http://%s:%d/", addr, p);
+    }
+    srv->listener.fd = fd;
+    srv->listener.kind = H_LISTEN;
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.ptr = &srv->listener;
+    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        api_error(err, errlen, "epoll_ctl: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Applies defaults and checks ranges. Returns NULL or what is wrong. */
+static const char *api_configure(struct sse_server *srv, const struct sse_config *cfg) {
+    if (cfg->backlog < SSE_OFF || cfg->heartbeat_ms < SSE_OFF || cfg->retry_ms < SSE_OFF ||
+        cfg->max_clients < 0 || cfg->header_timeout_ms < 0)
+        return "negative value in configuration";
+    if (cfg->max_event_bytes > EVENT_BYTES_LIMIT)
+        return "max_event_bytes is over 64 MiB";
+    uint32_t backlog = cfg->backlog == 0 ? 1024 : cfg->backlog == SSE_OFF ? 0 : (uint32_t)cfg->backlog;
+    srv->heartbeat_ms = cfg->heartbeat_ms == 0 ? 15000 : cfg->heartbeat_ms == SSE_OFF ? 0 : cfg->heartbeat_ms;
+    srv->retry_ms = cfg->retry_ms == 0 ? 3000 : cfg->retry_ms == SSE_OFF ? 0 : cfg->retry_ms;
+    srv->header_timeout_ms = cfg->header_timeout_ms ? cfg->header_timeout_ms : 10000;
+    srv->client_buffer = cfg->client_buffer ? cfg->client_buffer : 1u << 20;
+    srv->max_event_bytes = cfg->max_event_bytes ? cfg->max_event_bytes : 1u << 20;
+    if (cfg->max_clients) {
+        srv->max_clients = (uint32_t)cfg->max_clients;
+    } else {
+        struct rlimit rl;
+        rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+        srv->max_clients = n > FD_RESERVE + 1 ? (uint32_t)(n - FD_RESERVE > 10000000 ? 10000000 : n - FD_RESERVE) : 1;
+    }
+    const char *sp = cfg->stream_path ? cfg->stream_path : DEFAULT_STREAM_PATH;
+    size_t splen = strlen(sp);
+    if (splen < 2 || sp[0] != '/' || sp[splen - 1] == '/' || strpbrk(sp, "?#%") ||
+        !strcmp(sp, "/publish") || !strcmp(sp, "/metrics") || !strcmp(sp, "/healthz"))
+        return "stream path must look like /events (no trailing slash, not a reserved path)";
+    for (size_t i = 0; i < splen; i++)
+        if (sp[i] <= 0x20 || sp[i] >= 0x7F)
+            return "stream path must be printable ASCII";
+    if ((cfg->publish_token && !cfg->publish_token[0]) ||
+        (cfg->subscribe_token && !cfg->subscribe_token[0]))
+        return "tokens must not be empty";
+    if (cfg->cors_origin) {
+        size_t n = strlen(cfg->cors_origin);
+        if (n == 0 || n > 512)
+            return "CORS origin must be * or an origin such as https://example.com";
+        for (size_t i = 0; i < n; i++)
+            if (cfg->cors_origin[i] <= 0x20 || cfg->cors_origin[i] >= 0x7F)
+                return "CORS origin must be * or an origin such as https://example.com";
+    }
+    bool failed = false;
+    srv->stream_path = api_strdup(sp, &failed);
+    srv->stream_path_len = splen;
+    srv->publish_token = api_strdup(cfg->publish_token, &failed);
+    srv->subscribe_token = api_strdup(cfg->subscribe_token, &failed);
+    if (cfg->index_page && (srv->index_page = malloc(cfg->index_page_len + 1))) {
+        memcpy(srv->index_page, cfg->index_page, cfg->index_page_len);
+        srv->index_page_len = cfg->index_page_len;
+    } else if (cfg->index_page) {
+        failed = true;
+    }
+    char cors[1200] = "";
+    if (cfg->cors_origin)
+        snprintf(cors, sizeof cors, "Access-Control-Allow-Origin: %s\r\n%s", cfg->cors_origin,
+                 strcmp(cfg->cors_origin, "*") ? "Access-Control-Allow-Credentials: true\r\n" : "");
+    srv->cors_headers = api_strdup(cors, &failed);
+    srv->backlog.ring = backlog ? calloc(backlog, sizeof *srv->backlog.ring) : NULL;
+    srv->backlog.cap = srv->backlog.ring ? backlog : 0;
+    failed = failed || (backlog && !srv->backlog.ring);
+    return failed ? "out of memory" : NULL;
+}
+
+/* The static root: a directory descriptor to open beneath, and its real path. */
+static const char *api_root(struct sse_server *srv, const char *root) {
+    srv->root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (srv->root_fd < 0)
+        return strerror(errno);
+    srv->root_real = realpath(root, NULL);
+    return srv->root_real ? NULL : strerror(errno);
+}
+
+/* The first id: the wall clock in microseconds, so a restarted server starts above every id
+ * the previous run handed out unless that run averaged over a million events a second. */
+static uint64_t api_id_seed(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+struct sse_server *sse_server_new(const struct sse_config *config, char *err, size_t errlen) {
+    static const struct sse_config defaults;
+    const struct sse_config *cfg = config ? config : &defaults;
+    struct sse_server *srv = calloc(1, sizeof *srv);
+    if (!srv) {
+        api_error(err, errlen, "out of memory");
+        return NULL;
+    }
+    srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = -1;
+    srv->log.fn = cfg->on_log;
+    srv->log.user = cfg->user;
+    const char *why = api_configure(srv, cfg);
+    if (why) {
+        api_error(err, errlen, "%s", why);
+        goto fail;
+    }
+    if (cfg->static_root && (why = api_root(srv, cfg->static_root))) {
+        api_error(err, errlen, "cannot serve '%s': %s", cfg->static_root, why);
+        goto fail;
+    }
+    srv->last_id = api_id_seed();
+    srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
+    srv->topics.seed = (uint32_t)rng_next(&srv->rng);
+    srv->timers[TIMER_REQUEST].duration = srv->header_timeout_ms;
+    srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
+    srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : INT64_MAX / 4;
+    srv->timers[TIMER_LINGER].duration = LINGER_MS;
+    char retry[48];
+    snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
+    srv->heartbeat = blob_from(":\n", 2);
+    srv->continue_100 = blob_from("HTTP/1.1 100 Continue\r\n\r\n", 25);
+    srv->retry_line = srv->retry_ms ? blob_from(retry, strlen(retry)) : NULL;
+    if (!srv->heartbeat || !srv->continue_100 || (srv->retry_ms && !srv->retry_line)) {
+        api_error(err, errlen, "out of memory");
+        goto fail;
+    }
+    srv->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (srv->epfd < 0) {
+        api_error(err, errlen, "epoll_create1: %s", strerror(errno));
+        goto fail;
+    }
+    if (api_listen(srv, cfg->listen ? cfg->listen : DEFAULT_LISTEN, err, errlen) < 0)
+        goto fail;
+    srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    loop_clock(srv);
+    return srv;
+fail:
+    sse_server_free(srv);
+    return NULL;
+}
+
+void sse_server_free(struct sse_server *srv) {
+    if (!srv)
+        return;
+    loop_each_conn(srv, loop_close_conn);
+    srv->flush_list = NULL;
+    conn_reap(srv);
+    while (srv->inputs)
+        input_close(srv, srv->inputs);
+    backlog_free(&srv->backlog);
+    blob_unref(srv->stream_head);
+    blob_unref(srv->retry_line);
+    blob_unref(srv->heartbeat);
+    blob_unref(srv->id_line);
+    blob_unref(srv->continue_100);
+    for (uint32_t i = 0; i < srv->topics.nbuckets; i++) {
+        for (struct topic *t = srv->topics.buckets[i], *next; t; t = next) {
+            next = t->next; /* only retired topics remain: nothing else refers to them */
+            free(t);
+        }
+    }
+    free(srv->topics.buckets);
+    int fds[] = {srv->listener.fd, srv->reserve_fd, srv->root_fd, srv->epfd};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    free(srv->stream_path);
+    free(srv->index_page);
+    free(srv->publish_token);
+    free(srv->subscribe_token);
+    free(srv->cors_headers);
+    free(srv->root_real);
+    free(srv);
+}
+
+const char *sse_url(const struct sse_server *srv) { return srv->url; }
+
+int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
+                size_t len, uint64_t *id_out) {
+    if (!srv || (!data && len))
+        return -EINVAL;
+    return publish_event(srv, topic, event, data, len, id_out);
+}
+
+int sse_retire_topic(struct sse_server *srv, const char *topic) {
+    if (!srv || !topic)
+        return -EINVAL;
+    return publish_retire(srv, topic);
+}
+
+int sse_publish_from_fd(struct sse_server *srv, int fd, enum sse_input_format format) {
+    if (!srv || fd < 0 || (format != SSE_INPUT_LINES && format != SSE_INPUT_SSE))
+        return -EINVAL;
+    struct input *in = calloc(1, sizeof *in);
+    if (!in)
+        return -ENOMEM;
+    in->h.fd = fd;
+    in->h.kind = H_INPUT;
+    wire_reader_init(&in->reader, format, srv->max_event_bytes);
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.ptr = in;
+    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) == 0) {
+        in->polled = true;
+    } else if (errno != EPERM) {
+        int e = errno;
+        free(in);
+        return -e;
+    }
+    in->next = srv->inputs;
+    srv->inputs = in;
+    return 0;
+}

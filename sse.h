@@ -1,0 +1,182 @@
+/*
+ * sse.h - an embeddable Server-Sent Events server for Linux (MIT licence).
+ *
+ * Server-Sent Events (WHATWG HTML, "Server-sent events") is one long HTTP response of type
+ * text/event-stream in which the server writes events as they happen:
+ *
+ *     id: 42
+ *     event: price
+ *     data: {"sym":"ACME","px":12.5}
+ *
+ * A browser's EventSource reads them, reconnects by itself when the connection drops, and
+ * tells the server the last id it saw (Last-Event-ID) so the server can replay what it missed.
+ *
+ * This library is one single-threaded epoll loop that serves such streams (with topics,
+ * replay, heartbeats and publishing over HTTP), a static page or directory, and /metrics.
+ * Embedding it is copying sse.c and sse.h into your program:
+ *
+ *     struct sse_config cfg = {0};                 // zeroed = every default
+ *     char err[256];
+ *     cfg.listen = "127.0.0.1:8080";
+ *     struct sse_server *srv = sse_server_new(&cfg, err, sizeof err);
+ *     if (!srv) { fprintf(stderr, "%s\n", err); return 1; }
+ *     sse_publish(srv, "default", NULL, "hello", 5, NULL);   // queued for subscribers
+ *     while (sse_poll(srv, 1000) > 0) {            // or sse_run(srv) until sse_stop(srv)
+ *         sse_publish(srv, "time", "tick", "1", 1, NULL);
+ *     }
+ *     sse_server_free(srv);
+ *
+ * Threads: none. A server belongs to the thread that drives it; no function here is
+ * thread-safe, and none may be called from a signal handler. To publish from other threads,
+ * write to a pipe and hand its read end to sse_publish_from_fd(). Several servers may live
+ * in one process: the library has no global mutable state.
+ *
+ * Errors: functions that can fail return a negative errno value (-EINVAL, -ENOMEM, ...) or
+ * NULL plus a message in a caller-provided buffer. The library never prints, exits or aborts;
+ * it reports through the optional on_log callback. A failure while serving costs at most the
+ * connection it happened on.
+ *
+ * Signals: the library never raises SIGPIPE (socket writes use MSG_NOSIGNAL, and SIGPIPE is
+ * blocked around sendfile), and it does not install signal handlers.
+ *
+ * Compile-time knobs (define before compiling sse.c): SSE_HEAD_MAX (largest request head,
+ * default 8192 bytes), SSE_MAX_HEADERS (default 64), SSE_MAX_TOPICS_PER_STREAM (default 32).
+ */
+#ifndef SSE_H
+#define SSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* For the int fields of struct sse_config where 0 means "the default": this value means
+ * "none" (no backlog, no heartbeat, no retry: line). */
+#define SSE_OFF (-1)
+
+/* Severity passed to on_log. SSE_LOG_DEBUG carries one line per connection opened and
+ * closed, with the reason; SSE_LOG_INFO start-up facts; SSE_LOG_WARN trouble that costs a
+ * connection or an input; SSE_LOG_ERROR trouble that costs more. */
+enum sse_log_level { SSE_LOG_ERROR, SSE_LOG_WARN, SSE_LOG_INFO, SSE_LOG_DEBUG };
+
+/* How sse_publish_from_fd() reads its input. */
+enum sse_input_format {
+    SSE_INPUT_LINES, /* every line (LF or CRLF ended) is one event on topic "default" */
+    SSE_INPUT_SSE    /* text/event-stream blocks of topic:, event:, data: lines; a blank
+                        line publishes the block (blocks without data are ignored, as in
+                        the WHATWG parser) */
+};
+
+/* Everything is optional: a zeroed struct is a working server on 127.0.0.1:8080. Strings
+ * are copied by sse_server_new(), so they may be freed afterwards. */
+struct sse_config {
+    const char *listen;          /* "HOST:PORT", ":PORT" (all addresses), "[::1]:PORT"; port 0
+                                    picks a free port. NULL = "127.0.0.1:8080". HOST may be a
+                                    name, resolved once here. */
+    const char *stream_path;     /* EventSource endpoint prefix. NULL = "/events" */
+    const char *static_root;     /* serve files under this directory; NULL = none */
+    const char *index_page;      /* without static_root: bytes served as text/html at "/" */
+    size_t index_page_len;       /* length of index_page */
+    const char *publish_token;   /* enables POST/DELETE /publish; NULL = publishing over HTTP
+                                    is off (403) */
+    const char *subscribe_token; /* subscribers must present it; NULL = open */
+    const char *cors_origin;     /* "*" or one origin for Access-Control-Allow-Origin; NULL =
+                                    no CORS headers */
+    int backlog;                 /* events kept for replay. 0 = 1024; SSE_OFF = none */
+    int heartbeat_ms;            /* comment line after this much silence. 0 = 15000; SSE_OFF */
+    int retry_ms;                /* sent as retry: when a stream opens. 0 = 3000; SSE_OFF =
+                                    send none (the browser's default applies) */
+    int max_clients;             /* client connections; 0 = RLIMIT_NOFILE minus a reserve */
+    int header_timeout_ms;       /* deadline for a whole request head. 0 = 10000 */
+    size_t client_buffer;        /* bytes a subscriber may have queued before it is dropped.
+                                    0 = 1 MiB */
+    size_t max_event_bytes;      /* largest event payload. 0 = 1 MiB; at most 64 MiB */
+    void (*on_log)(enum sse_log_level level, const char *msg, void *user);
+    void *user;                  /* passed to on_log */
+};
+
+/* ---- Lifecycle ------------------------------------------------------------------------- */
+
+/* Creates a server and starts listening. Returns NULL on failure and writes a one-line
+ * reason into err (errlen bytes, may be 0). Blocking work (name lookup, bind) happens here
+ * and never again. The caller owns the result and frees it with sse_server_free(). */
+struct sse_server *sse_server_new(const struct sse_config *config, char *err, size_t errlen);
+
+/* Closes every connection at once and frees everything. NULL is allowed. For a graceful
+ * exit call sse_stop() and drive the loop until it reports stopped first. */
+void sse_server_free(struct sse_server *srv);
+
+/* The address actually listened on, as "http://HOST:PORT/" (the real port when 0 was asked
+ * for). Owned by the server; valid until sse_server_free(). */
+const char *sse_url(const struct sse_server *srv);
+
+/* ---- Publishing ------------------------------------------------------------------------ */
+
+/* Publishes data[0..len) (UTF-8) as one event on topic (NULL = "default") with event type
+ * event (NULL = the default type, "message"). The server assigns the id (decimal, strictly
+ * increasing across topics, never reused after a restart) and stores it in *id_out when
+ * id_out is not NULL. The event is formatted once and its bytes are shared by every
+ * subscriber; they go out on the next loop iteration.
+ * Returns the number of subscribers it was queued to, or -EINVAL (bad topic name, event type
+ * with CR, LF or NUL, or data not valid UTF-8), -EMSGSIZE (over max_event_bytes), -ENOMEM.
+ * Safe to call from on_log. */
+int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
+                size_t len, uint64_t *id_out);
+
+/* Retires a topic: its subscribers get what is queued for them and are closed, and new
+ * subscriptions to it are answered 204 (which tells EventSource to stop reconnecting) until
+ * something is published there again. A subscriber that follows other topics as well stays.
+ * Returns the number of subscribers closed, or -EINVAL for a bad topic name. */
+int sse_retire_topic(struct sse_server *srv, const char *topic);
+
+/* Publishes what arrives on fd, read without ever blocking the loop, in the given format.
+ * Lines or data that are not valid UTF-8 or are over max_event_bytes are skipped with a
+ * warning. At end of input the server stops reading fd but keeps serving; it never closes
+ * fd (the caller owns it). Returns 0 or a negative errno. */
+int sse_publish_from_fd(struct sse_server *srv, int fd, enum sse_input_format format);
+
+/* ---- Driving the loop ------------------------------------------------------------------ */
+
+/* Runs the loop until sse_stop() has been called and every connection is closed. Returns 0,
+ * or a negative errno if the loop itself failed. */
+int sse_run(struct sse_server *srv);
+
+/* One loop iteration: sends what is queued, waits up to timeout_ms (-1 = no limit) for
+ * network activity, handles it, runs due timers. Returns 1 while serving, 0 once stopped
+ * (after sse_stop() and the drain), or a negative errno if epoll failed. */
+int sse_poll(struct sse_server *srv, int timeout_ms);
+
+/* For a host with its own loop: a file descriptor that becomes readable when the server has
+ * work; then call sse_poll(srv, 0). Also call it when sse_next_timeout_ms() elapses. */
+int sse_fd(const struct sse_server *srv);
+
+/* Milliseconds until the server needs sse_poll() again even without activity on sse_fd():
+ * 0 when it has work queued (for example after sse_publish()), -1 when it has no timer. */
+int sse_next_timeout_ms(const struct sse_server *srv);
+
+/* Starts a graceful stop: stops accepting, sends every subscriber a retry: with jitter (so
+ * the clients of a restarting server come back spread out, not as a stampede), lets queued
+ * bytes go out for at most half a second and closes every connection. sse_poll() then
+ * returns 0. */
+void sse_stop(struct sse_server *srv);
+
+/* ---- The wire format ------------------------------------------------------------------- */
+
+/* Formats one event as text/event-stream bytes, the way the server sends it: "id: ID" (when
+ * id is not 0), "event: TYPE" (when event is not NULL), one "data: LINE" for every line of
+ * data[0..len) (CR, LF and CRLF all end a line; an empty line is written "data:"), then a
+ * blank line. Pure: no allocation, no system call. Writes at most cap bytes into buf (buf
+ * may be NULL when cap is 0) and returns the number of bytes the event needs, so a caller can
+ * size its buffer with a first call; the output is complete only when that number is at most
+ * cap. Returns 0 if event contains CR, LF or NUL or is empty. The data is not checked for
+ * UTF-8 here. */
+size_t sse_format_event(char *buf, size_t cap, uint64_t id, const char *event, const char *data,
+                        size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SSE_H */

@@ -1,0 +1,364 @@
+"""Shared fixtures for the black-box tests: start the real sse-server binary on port 0 and
+talk to it over plain sockets. Only the standard library and pytest are used."""
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BINARY = os.environ.get("SSE_SERVER_BIN", os.path.join(HERE, "..", "sse-server"))
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+class Server:
+    """One running sse-server process. Its stderr is collected in the background."""
+
+    def __init__(self, args, stdin=None, env=None):
+        self.args = list(args)
+        self.proc = subprocess.Popen(
+            [BINARY, "--listen", "127.0.0.1:0", *self.args],
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.pid = self.proc.pid
+        self.lines = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+        line = self.wait_for_line(r"listening on http://", timeout=10)
+        m = re.search(r"listening on http://(\S+):(\d+)/", line)
+        assert m, line
+        self.host = m.group(1)
+        self.port = int(m.group(2))
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def _collect(self):
+        for raw in self.proc.stderr:
+            with self._cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for_line(self, pattern, timeout=10, start=0):
+        """Returns the first stderr line (from index start) matching the regex pattern."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines[start:]:
+                    if re.search(pattern, line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        "no stderr line matching %r; got:\n%s" % (pattern, "\n".join(self.lines))
+                    )
+                self._cond.wait(min(left, 0.1))
+
+    def stderr_text(self):
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def fd_count(self):
+        return len(os.listdir("/proc/%d/fd" % self.pid))
+
+    def rss_bytes(self):
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def signal(self, sig):
+        if self.proc.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout=5):
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self):
+        """SIGTERM (so a sanitizer build gets to check for leaks at exit), then SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+
+@pytest.fixture
+def start_server():
+    """start_server(*args, stdin=None) -> Server; every server is killed (by PID) afterwards
+    and its stderr checked for sanitizer reports."""
+    servers = []
+
+    def start(*args, stdin=None, env=None):
+        s = Server(args, stdin=stdin, env=env)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+    for s in servers:
+        text = s.stderr_text()
+        for marker in SANITIZER_MARKERS:
+            assert marker not in text, "sanitizer report from sse-server:\n" + text
+
+
+@pytest.fixture
+def server(start_server):
+    """A server with default options plus a publish token 'secret'."""
+    return start_server("--publish-token", "secret")
+
+
+# ---- raw HTTP helpers --------------------------------------------------------------------
+
+
+def connect(port, timeout=5):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+class Response:
+    def __init__(self, status, reason, headers, body, raw_head):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # list of (name, value) as sent
+        self.body = body
+        self.raw_head = raw_head
+
+    def header(self, name, default=None):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return default
+
+    def header_all(self, name):
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self):
+        import json
+
+        return json.loads(self.body)
+
+
+def recv_until(sock, marker, timeout=5, buf=b""):
+    """Reads until marker is in the data; returns (data up to and including marker, rest)."""
+    deadline = time.monotonic() + timeout
+    while marker not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("timed out waiting for %r; have %r" % (marker, buf[-300:]))
+        sock.settimeout(left)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError("connection closed waiting for %r; have %r" % (marker, buf[-300:]))
+        buf += chunk
+    i = buf.index(marker) + len(marker)
+    return buf[:i], buf[i:]
+
+
+def recv_all(sock, timeout=5):
+    """Reads until the peer closes; returns everything."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("timed out waiting for close; have %r" % data[-300:])
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def parse_head(raw_head):
+    lines = raw_head.decode("latin-1").split("\r\n")
+    m = re.match(r"HTTP/1\.[01] (\d{3}) ?(.*)", lines[0])
+    assert m, lines[0]
+    headers = []
+    for line in lines[1:]:
+        if line:
+            k, _, v = line.partition(":")
+            headers.append((k, v.strip()))
+    return int(m.group(1)), m.group(2), headers
+
+
+def read_response(sock, timeout=5, buf=b"", head_only=False):
+    """Reads one response (Content-Length bodies, or until close when there is none).
+    Returns (Response, leftover bytes)."""
+    head, rest = recv_until(sock, b"\r\n\r\n", timeout, buf)
+    status, reason, headers = parse_head(head)
+    resp = Response(status, reason, headers, b"", head)
+    if head_only or status in (204, 304) or 100 <= status < 200:
+        return resp, rest
+    cl = resp.header("Content-Length")
+    if cl is not None:
+        n = int(cl)
+        deadline = time.monotonic() + timeout
+        while len(rest) < n:
+            left = deadline - time.monotonic()
+            assert left > 0, "timed out reading body"
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            assert chunk, "closed in body"
+            rest += chunk
+        resp.body, rest = rest[:n], rest[n:]
+    else:
+        resp.body = rest + recv_all(sock, timeout)
+        rest = b""
+    return resp, rest
+
+
+def request(port, method="GET", path="/", headers=None, body=b"", timeout=5, raw=None):
+    """Sends one request on a fresh connection (Connection: close) and returns the Response."""
+    s = connect(port, timeout)
+    try:
+        if raw is None:
+            raw = build_request(method, path, headers, body, close=True)
+        s.sendall(raw)
+        resp, _ = read_response(s, timeout)
+        return resp
+    finally:
+        s.close()
+
+
+def build_request(method, path, headers=None, body=b"", close=False, version="HTTP/1.1"):
+    if isinstance(body, str):
+        body = body.encode()
+    hs = [("Host", "localhost")]
+    for k, v in (headers or {}).items() if isinstance(headers, dict) else (headers or []):
+        hs.append((k, v))
+    if body or method in ("POST", "PUT"):
+        if not any(k.lower() == "content-length" for k, _ in hs):
+            hs.append(("Content-Length", str(len(body))))
+    if close:
+        hs.append(("Connection", "close"))
+    head = "%s %s %s\r\n" % (method, path, version)
+    head += "".join("%s: %s\r\n" % (k, v) for k, v in hs)
+    return head.encode("utf-8") + b"\r\n" + body
+
+
+def publish(port, data, topic=None, event=None, token="secret", method="POST"):
+    from urllib.parse import urlencode
+
+    q = []
+    if topic is not None:
+        q.append(("topic", topic))
+    if event is not None:
+        q.append(("event", event))
+    path = "/publish" + ("?" + urlencode(q) if q else "")
+    headers = {}
+    if token is not None:
+        headers["Authorization"] = "Bearer " + token
+    return request(port, method, path, headers, data)
+
+
+class Stream:
+    """A raw EventSource-like subscriber: sends the GET, reads the head, then reads events."""
+
+    STREAM_HEAD_RE = re.compile(rb"\r\n\r\n")
+
+    def __init__(self, port, path="/events", headers=None, timeout=5):
+        self.sock = connect(port, timeout)
+        self.sock.sendall(build_request("GET", path, headers))
+        head, self.buf = recv_until(self.sock, b"\r\n\r\n", timeout)
+        self.status, self.reason, self.headers = parse_head(head)
+        self.raw_head = head
+
+    def header(self, name, default=None):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return default
+
+    def read_bytes_until(self, marker, timeout=5):
+        data, self.buf = recv_until(self.sock, marker, timeout, self.buf)
+        return data
+
+    def read_block(self, timeout=5):
+        """Reads up to and including the next blank line (b'\\n\\n'); returns those bytes."""
+        return self.read_bytes_until(b"\n\n", timeout)
+
+    def read_exactly(self, n, timeout=5):
+        deadline = time.monotonic() + timeout
+        while len(self.buf) < n:
+            left = deadline - time.monotonic()
+            assert left > 0, "timed out; have %r" % self.buf
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            assert chunk, "closed; have %r" % self.buf
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_event(self, timeout=5):
+        """Reads the next block that holds a data: line and returns it parsed as a dict with
+        id, event, data (WHATWG rules); blocks without data (id-only, comments) are skipped
+        but the id is remembered."""
+        while True:
+            block = self.read_block(timeout)
+            ev = parse_block(block)
+            if ev.get("id") is not None:
+                self.last_id = ev["id"]
+            if ev.get("data") is not None:
+                return ev
+
+    def read_until_closed(self, timeout=5):
+        data = self.buf + recv_all(self.sock, timeout)
+        self.buf = b""
+        return data
+
+    def nothing_pending(self, wait=0.3):
+        """True if no byte arrives within wait seconds."""
+        if self.buf:
+            return False
+        r, _, _ = select.select([self.sock], [], [], wait)
+        return not r
+
+    def close(self):
+        self.sock.close()
+
+
+def parse_block(block):
+    """Parses one text/event-stream block per the WHATWG rules into a dict
+    {id, event, data, retry, comments}; data is None when no data: line was present."""
+    ev = {"id": None, "event": None, "data": None, "retry": None, "comments": []}
+    data_lines = []
+    for line in re.split(r"\r\n|\r|\n", block.decode("utf-8")):
+        if line == "":
+            continue
+        if line.startswith(":"):
+            ev["comments"].append(line[1:])
+            continue
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data_lines.append(value)
+        elif name == "id":
+            ev["id"] = value
+        elif name == "event":
+            ev["event"] = value
+        elif name == "retry":
+            ev["retry"] = value
+    if data_lines:
+        ev["data"] = "\n".join(data_lines)
+    return ev

@@ -1,0 +1,426 @@
+/*
+ * Unit tests for the pure parts of sse.c (sections 2 to 5). The file includes sse.c so the
+ * static functions are reachable. Parsers are fed every truncated prefix of their input,
+ * placed against an unmapped guard page so a read past the end crashes the test.
+ */
+#include "../sse.c"
+
+#include <sys/mman.h>
+
+static int failures, checks;
+
+#define CHECK(cond)                                                                            \
+    do {                                                                                       \
+        checks++;                                                                              \
+        if (!(cond)) {                                                                         \
+            failures++;                                                                        \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);           \
+        }                                                                                      \
+    } while (0)
+
+/* Copies s[0..len) so that its last byte is the last byte before an unmapped page. */
+static char *guarded(const char *s, size_t len) {
+    static char *page;
+    static size_t page_size;
+    if (!page) {
+        page_size = (size_t)sysconf(_SC_PAGESIZE);
+        page = mmap(NULL, 4 * page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                    -1, 0);
+        if (page == MAP_FAILED)
+            abort();
+        mprotect(page + 3 * page_size, page_size, PROT_NONE);
+    }
+    if (len > 3 * page_size)
+        abort();
+    char *p = page + 3 * page_size - len;
+    memcpy(p, s, len);
+    return p;
+}
+
+static bool format_is(uint64_t id, const char *event, const char *data, size_t len,
+                      const char *want) {
+    char buf[512];
+    size_t n = sse_format_event(buf, sizeof buf, id, event, data, len);
+    if (n != strlen(want) || memcmp(buf, want, n) != 0) {
+        fprintf(stderr, "  got %zu bytes: %.*s\n", n, (int)(n < sizeof buf ? n : sizeof buf), buf);
+        return false;
+    }
+    return true;
+}
+
+static void test_format(void) {
+    CHECK(format_is(1, NULL, "hello", 5, "id: 1\ndata: hello\n\n"));
+    CHECK(format_is(42, "price", "a\nb", 3, "id: 42\nevent: price\ndata: a\ndata: b\n\n"));
+    CHECK(format_is(7, NULL, "a\rb\r\nc\nd", 8, "id: 7\ndata: a\ndata: b\ndata: c\ndata: d\n\n"));
+    CHECK(format_is(7, NULL, "", 0, "id: 7\ndata:\n\n"));
+    CHECK(format_is(7, NULL, NULL, 0, "id: 7\ndata:\n\n"));
+    CHECK(format_is(7, NULL, "x\n", 2, "id: 7\ndata: x\ndata:\n\n"));
+    CHECK(format_is(7, NULL, "\n", 1, "id: 7\ndata:\ndata:\n\n"));
+    CHECK(format_is(7, NULL, "\r\n\r\n", 4, "id: 7\ndata:\ndata:\ndata:\n\n"));
+    CHECK(format_is(7, NULL, " x", 2, "id: 7\ndata:  x\n\n"));
+    CHECK(format_is(0, NULL, "x", 1, "data: x\n\n"));
+    CHECK(format_is(UINT64_MAX, NULL, "x", 1, "id: 18446744073709551615\ndata: x\n\n"));
+    CHECK(sse_format_event(NULL, 0, 1, "a\nb", "x", 1) == 0);
+    CHECK(sse_format_event(NULL, 0, 1, "a\rb", "x", 1) == 0);
+    CHECK(sse_format_event(NULL, 0, 1, "", "x", 1) == 0);
+    /* Sizing: a short buffer is never overrun and the needed size is reported. */
+    char small[8];
+    memset(small, 'Z', sizeof small);
+    size_t need = sse_format_event(small, 4, 123, "e", "data", 4);
+    CHECK(need == strlen("id: 123\nevent: e\ndata: data\n\n"));
+    CHECK(small[4] == 'Z' && small[7] == 'Z');
+    CHECK(sse_format_event(NULL, 0, 123, "e", "data", 4) == need);
+}
+
+static void test_utf8(void) {
+    CHECK(wire_utf8_valid("", 0));
+    CHECK(wire_utf8_valid("plain", 5));
+    CHECK(wire_utf8_valid("caf\xc3\xa9", 5));
+    CHECK(wire_utf8_valid("\xe2\x82\xac", 3));
+    CHECK(wire_utf8_valid("\xf0\x9f\x98\x80", 4));
+    CHECK(wire_utf8_valid("\xf4\x8f\xbf\xbf", 4));
+    CHECK(wire_utf8_valid("a\0b", 3));
+    CHECK(!wire_utf8_valid("\xff", 1));
+    CHECK(!wire_utf8_valid("\xc0\xaf", 2));         /* overlong '/' */
+    CHECK(!wire_utf8_valid("\xe0\x80\xaf", 3));     /* overlong */
+    CHECK(!wire_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    CHECK(!wire_utf8_valid("\xf4\x90\x80\x80", 4)); /* above U+10FFFF */
+    CHECK(!wire_utf8_valid("\xc3", 1));             /* truncated */
+    CHECK(!wire_utf8_valid("\xe2\x82", 2));
+    CHECK(!wire_utf8_valid("\x80", 1)); /* lone continuation */
+    /* Truncated sequences at a guard page must not be read past. */
+    const char *euro = "\xe2\x82\xac";
+    for (size_t n = 0; n <= 3; n++)
+        CHECK(wire_utf8_valid(guarded(euro, n), n) == (n == 0 || n == 3));
+}
+
+static void test_names(void) {
+    CHECK(wire_topic_valid("default", 7));
+    CHECK(wire_topic_valid("a.b_c-D9", 8));
+    CHECK(!wire_topic_valid("", 0));
+    CHECK(!wire_topic_valid("a b", 3));
+    CHECK(!wire_topic_valid("a/b", 3));
+    char long_name[66];
+    memset(long_name, 'x', sizeof long_name);
+    CHECK(wire_topic_valid(long_name, 64));
+    CHECK(!wire_topic_valid(long_name, 65));
+    CHECK(wire_event_type_valid("price update", 12));
+    CHECK(!wire_event_type_valid("a\nb", 3));
+    CHECK(!wire_event_type_valid("a\rb", 3));
+    CHECK(!wire_event_type_valid("a\0b", 3));
+    CHECK(!wire_event_type_valid("\xff", 1));
+    CHECK(!wire_event_type_valid("", 0));
+}
+
+static bool json_is(const char *in, size_t len, const char *want) {
+    char buf[256];
+    struct wbuf w = {buf, sizeof buf, 0};
+    wire_json_string(&w, in, len);
+    return w.len == strlen(want) && memcmp(buf, want, w.len) == 0;
+}
+
+static void test_json(void) {
+    CHECK(json_is("abc", 3, "\"abc\""));
+    CHECK(json_is("a\"b\\c", 5, "\"a\\\"b\\\\c\""));
+    CHECK(json_is("\n\x01", 2, "\"\\u000a\\u0001\""));
+    CHECK(json_is("caf\xc3\xa9", 5, "\"caf\xc3\xa9\""));
+    CHECK(json_is("\xff" "a", 2, "\"\\ufffda\""));
+    CHECK(json_is("\xe2\x82", 2, "\"\\ufffd\\ufffd\""));
+}
+
+/* ---- the input reader ---- */
+
+struct collected {
+    char out[4096]; /* "topic|event|data;" per event, "!reason;" per skip */
+    size_t len;
+};
+
+static void collect(void *ctx, const char *topic, const char *event, const char *data, size_t len,
+                    const char *skipped) {
+    struct collected *c = ctx;
+    struct wbuf w = {c->out + c->len, sizeof c->out - c->len, 0};
+    if (skipped) {
+        wb_str(&w, "!");
+        wb_str(&w, skipped);
+    } else {
+        wb_str(&w, topic ? topic : "-");
+        wb_str(&w, "|");
+        wb_str(&w, event ? event : "-");
+        wb_str(&w, "|");
+        wb_put(&w, data, len);
+    }
+    wb_str(&w, ";");
+    c->len += w.len;
+}
+
+/* Feeds input whole and byte by byte; both must give want. */
+static bool reader_gives(enum sse_input_format format, size_t max, const char *input,
+                         const char *want) {
+    bool ok = true;
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+        struct wire_reader r;
+        struct collected c = {.len = 0};
+        wire_reader_init(&r, format, max);
+        size_t n = strlen(input);
+        if (bytewise) {
+            for (size_t i = 0; i < n; i++)
+                wire_reader_feed(&r, input + i, 1, collect, &c);
+        } else {
+            wire_reader_feed(&r, input, n, collect, &c);
+        }
+        wire_reader_finish(&r, collect, &c);
+        wire_reader_free(&r);
+        if (c.len != strlen(want) || memcmp(c.out, want, c.len) != 0) {
+            fprintf(stderr, "  %s: got %.*s\n", bytewise ? "bytewise" : "whole", (int)c.len, c.out);
+            ok = false;
+        }
+    }
+    return ok;
+}
+
+static void test_reader(void) {
+    CHECK(reader_gives(SSE_INPUT_LINES, 100, "a\nb\r\n\nlast", "-|-|a;-|-|b;-|-|;-|-|last;"));
+    CHECK(reader_gives(SSE_INPUT_LINES, 3, "abc\nabcd\nx\n", "-|-|abc;!line over max_event_bytes;-|-|x;"));
+    CHECK(reader_gives(SSE_INPUT_LINES, 100, "a\rb\n", "-|-|a\rb;"));
+    CHECK(reader_gives(SSE_INPUT_SSE, 100,
+                       "topic: t\nevent: e\ndata: 1\ndata:2\n\n: comment\nid: 5\ndata\n\n",
+                       "t|e|1\n2;-|-|;"));
+    CHECK(reader_gives(SSE_INPUT_SSE, 100, "event: e\n\ndata: x\r\n\r\ndata: y\r\rdata: z\n",
+                       "-|-|x;-|-|y;"));
+    CHECK(reader_gives(SSE_INPUT_SSE, 100, "topic: a b\ndata: x\n\ndata: ok\n\n",
+                       "!invalid topic name;-|-|ok;"));
+    CHECK(reader_gives(SSE_INPUT_SSE, 4, "data: abc\ndata: d\n\ndata: abcd\n\n",
+                       "!event over max_event_bytes;-|-|abcd;"));
+}
+
+/* ---- HTTP ---- */
+
+static void test_http_prefixes(const char *req_text, long want) {
+    size_t n = strlen(req_text);
+    struct http_request req;
+    for (size_t i = 0; i < n; i++) {
+        long r = http_parse_request(guarded(req_text, i), i, &req);
+        if (r != HTTP_INCOMPLETE)
+            fprintf(stderr, "  prefix %zu of %s gave %ld\n", i, req_text, r);
+        CHECK(r == HTTP_INCOMPLETE);
+    }
+    CHECK(http_parse_request(guarded(req_text, n), n, &req) == want);
+}
+
+static long parse(const char *s, struct http_request *req) {
+    return http_parse_request(guarded(s, strlen(s)), strlen(s), req);
+}
+
+static void test_http_parse(void) {
+    struct http_request req;
+    const char *get = "GET /events?topic=a HTTP/1.1\r\nHost: x\r\nAccept:  text/event-stream \r\n\r\n";
+    test_http_prefixes(get, (long)strlen(get));
+    CHECK(parse(get, &req) == (long)strlen(get));
+    CHECK(bytes_eq(req.method, req.method_len, "GET"));
+    CHECK(bytes_eq(req.target, req.target_len, "/events?topic=a"));
+    CHECK(req.minor == 1 && req.num_headers == 2);
+    CHECK(bytes_eq(req.headers[1].value, req.headers[1].value_len, "text/event-stream"));
+    const char *lf = "GET / HTTP/1.0\nHost: x\n\n";
+    test_http_prefixes(lf, (long)strlen(lf));
+    CHECK(parse(lf, &req) > 0 && req.minor == 0);
+    CHECK(parse("\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", &req) > 0);
+    CHECK(parse("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /", &req) == 27);
+    CHECK(parse("GET / HTTP/1.1\r\nX:\r\n\r\n", &req) > 0 && req.headers[0].value_len == 0);
+    /* malformed */
+    CHECK(parse("GET  / HTTP/1.1\r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("GET / HTTP/1.1 \r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("GET / HTTQ/1.1\r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("G(T / HTTP/1.1\r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("GET /a\x7f HTTP/1.1\r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("GET / HTTP/1.1\r\nHost : x\r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n", &req) == HTTP_INCOMPLETE); /* strlen */
+    CHECK(http_parse_request("GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n", 29, &req) == HTTP_BAD);
+    CHECK(parse("GET / HTTP/1.1\r\nNoColon\r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("\x16\x03\x01\x02\r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("\rGET / HTTP/1.1\r\n\r\n", &req) == HTTP_BAD);
+    CHECK(parse("GET / HTTP/2.0\r\n\r\n", &req) == HTTP_BAD_VERSION);
+    CHECK(parse("GET / HTTP/1.2\r\n\r\n", &req) == HTTP_BAD_VERSION);
+    /* too many headers */
+    char many[4096];
+    struct wbuf w = {many, sizeof many - 1, 0};
+    wb_str(&w, "GET / HTTP/1.1\r\n");
+    for (int i = 0; i <= SSE_MAX_HEADERS; i++)
+        wb_str(&w, "X-A: b\r\n");
+    wb_str(&w, "\r\n");
+    many[w.len] = '\0';
+    CHECK(parse(many, &req) == HTTP_TOO_LARGE);
+}
+
+static bool decodes_to(const char *in, bool plus, const char *want) {
+    char out[256];
+    long n = http_percent_decode(in, strlen(in), out, plus);
+    if (!want)
+        return n == -1;
+    return n == (long)strlen(want) && memcmp(out, want, (size_t)n) == 0;
+}
+
+static void test_decode(void) {
+    CHECK(decodes_to("/a%20b", false, "/a b"));
+    CHECK(decodes_to("/a+b", false, "/a+b"));
+    CHECK(decodes_to("a+b", true, "a b"));
+    CHECK(decodes_to("%2e%2E", false, ".."));
+    CHECK(decodes_to("%00", false, NULL));
+    CHECK(decodes_to("%zz", false, NULL));
+    CHECK(decodes_to("%4", false, NULL));
+    CHECK(decodes_to("%", false, NULL));
+    CHECK(decodes_to("ab%", false, NULL));
+    /* a trailing '%' against the guard page is not read past */
+    char out[8];
+    CHECK(http_percent_decode(guarded("a%4", 3), 3, out, false) == -1);
+
+    struct http_query q;
+    char scratch[256];
+    const char *qs = "topic=a&topic=b&&flag&e=x%20y+z&empty=";
+    CHECK(http_parse_query(qs, strlen(qs), scratch, &q) == 0);
+    CHECK(q.n == 5);
+    CHECK(bytes_eq(q.params[1].value, q.params[1].value_len, "b"));
+    CHECK(bytes_eq(q.params[2].key, q.params[2].key_len, "flag") && q.params[2].value_len == 0);
+    CHECK(bytes_eq(q.params[3].value, q.params[3].value_len, "x y z"));
+    CHECK(http_query_get(&q, "e") == &q.params[3]);
+    CHECK(http_query_get(&q, "nope") == NULL);
+    CHECK(http_parse_query("a=%0", 4, scratch, &q) == -1);
+    char lots[1024];
+    struct wbuf w = {lots, sizeof lots, 0};
+    for (int i = 0; i <= QUERY_PARAMS_MAX; i++)
+        wb_str(&w, "a=1&");
+    CHECK(http_parse_query(lots, w.len, scratch, &q) == -1);
+}
+
+static bool accepts(const char *v) { return http_accepts_event_stream(v, strlen(v)); }
+
+static void test_http_helpers(void) {
+    CHECK(accepts("text/event-stream"));
+    CHECK(accepts("*/*"));
+    CHECK(accepts("text/*"));
+    CHECK(accepts("application/json, TEXT/EVENT-STREAM;q=0.5"));
+    CHECK(accepts("text/html, */*; q=0.01"));
+    CHECK(!accepts("application/json"));
+    CHECK(!accepts("text/event-stream;q=0"));
+    CHECK(!accepts("text/event-stream; q=0.000, application/json"));
+    CHECK(!accepts(""));
+    CHECK(!accepts("text/event-streamx"));
+
+    const char *tok;
+    size_t n;
+    CHECK(http_bearer("Bearer abc", 10, &tok, &n) && bytes_eq(tok, n, "abc"));
+    CHECK(http_bearer("bearer   abc", 12, &tok, &n) && bytes_eq(tok, n, "abc"));
+    CHECK(!http_bearer("Basic abc", 9, &tok, &n));
+    CHECK(!http_bearer("Bearer ", 7, &tok, &n));
+    CHECK(!http_bearer("Bearerabc", 9, &tok, &n));
+
+    CHECK(ct_equal("secret", 6, "secret", 6));
+    CHECK(!ct_equal("secreT", 6, "secret", 6));
+    CHECK(!ct_equal("secret1", 7, "secret", 6));
+    CHECK(!ct_equal("secre", 5, "secret", 6));
+    CHECK(!ct_equal("", 0, "secret", 6));
+
+    CHECK(http_list_has("keep-alive, Upgrade", 19, "upgrade"));
+    CHECK(http_list_has("Close", 5, "close"));
+    CHECK(!http_list_has("closed", 6, "close"));
+
+    char date[32];
+    http_format_date(784111777, date);
+    CHECK(strcmp(date, "Sun, 06 Nov 1994 08:49:37 GMT") == 0);
+    time_t t;
+    CHECK(http_parse_date(date, strlen(date), &t) && t == 784111777);
+    CHECK(!http_parse_date("Sunday, 06-Nov-94 08:49:37 GMT", 30, &t));
+    CHECK(!http_parse_date("Sun, 06 Nox 1994 08:49:37 GMT", 29, &t));
+    CHECK(!http_parse_date("Sun, 06 Nov 1994 25:49:37 GMT", 29, &t));
+}
+
+static bool resolves_to(const char *path, const char *want) {
+    char out[64];
+    long n = static_resolve(path, strlen(path), out, sizeof out);
+    if (!want)
+        return n == -1;
+    return n == (long)strlen(want) && strcmp(out, want) == 0;
+}
+
+static void test_static(void) {
+    CHECK(resolves_to("/", "."));
+    CHECK(resolves_to("/index.html", "index.html"));
+    CHECK(resolves_to("//a/./b//c/", "a/b/c"));
+    CHECK(resolves_to("/a/.../b", "a/.../b"));
+    CHECK(resolves_to("/..", NULL));
+    CHECK(resolves_to("/a/../b", NULL));
+    CHECK(resolves_to("/../etc/passwd", NULL));
+    CHECK(resolves_to("a", NULL));
+    CHECK(resolves_to("", NULL));
+    CHECK(resolves_to("/..a", "..a"));
+    char too_long[100];
+    memset(too_long, 'a', sizeof too_long);
+    too_long[0] = '/';
+    CHECK(static_resolve(too_long, sizeof too_long, too_long, 64) == -1);
+    CHECK(strcmp(static_content_type("a/b.HTML"), "text/html; charset=utf-8") == 0);
+    CHECK(strcmp(static_content_type("x.tar.gz"), "application/octet-stream") == 0);
+    CHECK(strcmp(static_content_type("dir.js/file"), "application/octet-stream") == 0);
+    CHECK(strcmp(static_content_type("noext"), "application/octet-stream") == 0);
+}
+
+static void test_backlog(void) {
+    struct backlog bl = {calloc(3, sizeof(struct blob *)), 3, 0, 0};
+    CHECK(!backlog_covers(&bl, 9, 10));
+    CHECK(backlog_covers(&bl, 10, 10));
+    for (uint64_t id = 11; id <= 15; id++) {
+        struct blob *b = blob_from("x", 1);
+        b->id = id;
+        backlog_push(&bl, b);
+        blob_unref(b);
+    }
+    CHECK(bl.count == 3 && backlog_at(&bl, 0)->id == 13 && backlog_at(&bl, 2)->id == 15);
+    CHECK(backlog_after(&bl, 12) == 0);
+    CHECK(backlog_after(&bl, 13) == 1);
+    CHECK(backlog_after(&bl, 15) == 3);
+    CHECK(backlog_covers(&bl, 12, 15));
+    CHECK(!backlog_covers(&bl, 11, 15));
+    CHECK(backlog_covers(&bl, 15, 15));
+    CHECK(!backlog_covers(&bl, 16, 15));
+    backlog_free(&bl);
+}
+
+static void test_topics(void) {
+    struct topic_table tt = {0};
+    struct topic *a = topic_get(&tt, "a", 1);
+    CHECK(a && tt.count == 1 && topic_find(&tt, "a", 1) == a);
+    CHECK(topic_get(&tt, "a", 1) == a && a->refs == 2);
+    char name[16];
+    for (int i = 0; i < 200; i++) {
+        snprintf(name, sizeof name, "t%d", i);
+        CHECK(topic_get(&tt, name, strlen(name)) != NULL);
+    }
+    CHECK(tt.count == 201 && tt.nbuckets >= 201);
+    for (int i = 0; i < 200; i++) {
+        snprintf(name, sizeof name, "t%d", i);
+        topic_unref(topic_find(&tt, name, strlen(name)));
+    }
+    topic_retire_flag(a, true);
+    topic_unref(a);
+    topic_unref(a);
+    CHECK(tt.count == 1 && a->retired);
+    topic_retire_flag(a, false);
+    CHECK(tt.count == 0 && topic_find(&tt, "a", 1) == NULL);
+    free(tt.buckets);
+}
+
+int main(void) {
+    test_format();
+    test_utf8();
+    test_names();
+    test_json();
+    test_reader();
+    test_http_parse();
+    test_decode();
+    test_http_helpers();
+    test_static();
+    test_backlog();
+    test_topics();
+    printf("unit: %d checks, %d failed\n", checks, failures);
+    return failures ? 1 : 0;
+}
