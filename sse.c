@@ -2901,7 +2901,10 @@ static void loop_accept(struct sse_server *srv) {
 
 static void conn_on_event(struct sse_server *srv, struct conn *c, uint32_t events) {
     if (events & (EPOLLERR | EPOLLHUP)) {
-        conn_close(srv, c, (events & EPOLLERR) ? R_ERROR : R_CLIENT_CLOSED);
+        conn_close(srv, c,
+                   c->state == CONN_LINGER   ? (enum close_reason)c->reason
+                   : (events & EPOLLERR) ? R_ERROR
+                                         : R_CLIENT_CLOSED);
         return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP)) {
