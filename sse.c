@@ -1823,6 +1823,7 @@ static void http_respond(struct sse_server *srv, struct conn *c, int status, con
         return;
     }
     c->state = CONN_RESPOND;
+    c->reason = R_DONE;
     timer_set(srv, c, TIMER_SEND);
 }
 
@@ -1841,6 +1842,7 @@ static void http_fail(struct sse_server *srv, struct conn *c, int status, const 
     c->flags &= (uint8_t)~CF_KEEP_ALIVE;
     log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u: %d %s", c->serial, status, msg);
     http_text(srv, c, status, msg, NULL);
+    c->reason = R_BAD_REQUEST;
 }
 
 static void http_json(struct sse_server *srv, struct conn *c, struct wbuf *w) {
@@ -2009,7 +2011,9 @@ static void stream_open(struct sse_server *srv, struct conn *c, const char *cons
 /* Queues a live event for a subscriber, or drops the subscriber if it is too far behind
  * (it reconnects and catches up from the backlog; everyone else keeps real time). */
 static bool stream_push(struct sse_server *srv, struct conn *c, struct blob *ev) {
-    if (c->qbytes + ev->len > srv->client_buffer) {
+    /* An idle subscriber always takes the event, so one event larger than the buffer is
+     * delivered rather than dropping everyone. */
+    if (c->qbytes && c->qbytes + ev->len > srv->client_buffer) {
         srv->m.dropped_total++;
         conn_close(srv, c, R_SLOW);
         return false;
@@ -2475,7 +2479,8 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
     else
         errno = ENOENT;
     struct stat st;
-    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    bool is_dir = fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+    if (is_dir) {
         close(fd);
         fd = -1;
         if (path[path_len - 1] != '/') {
@@ -2492,7 +2497,9 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
         memcpy(rel + n, "/index.html", sizeof "/index.html");
         fd = static_open(srv->root_fd, srv->root_real, rel);
     }
-    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    /* "/file.txt/" names a directory that is not there, as it would for the kernel. */
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        (path[path_len - 1] != '/' || is_dir)) {
         static_send(srv, c, req, fd, &st, rel, head_only);
         return;
     }
@@ -2726,7 +2733,7 @@ static void http_read(struct sse_server *srv, struct conn *c) {
 /* A response has gone out: close, or wait for the next request on the same connection. */
 static void http_response_done(struct sse_server *srv, struct conn *c) {
     if (!(c->flags & CF_KEEP_ALIVE)) {
-        conn_linger(srv, c, R_DONE);
+        conn_linger(srv, c, (enum close_reason)c->reason);
         return;
     }
     c->state = CONN_REQUEST;

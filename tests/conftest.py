@@ -163,7 +163,10 @@ def recv_until(sock, marker, timeout=5, buf=b""):
         if left <= 0:
             raise AssertionError("timed out waiting for %r; have %r" % (marker, buf[-300:]))
         sock.settimeout(left)
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            raise AssertionError("timed out waiting for %r; have %r" % (marker, buf[-300:]))
         if not chunk:
             raise AssertionError("connection closed waiting for %r; have %r" % (marker, buf[-300:]))
         buf += chunk
@@ -184,6 +187,8 @@ def recv_all(sock, timeout=5):
             chunk = sock.recv(65536)
         except ConnectionResetError:
             return data
+        except socket.timeout:
+            raise AssertionError("timed out waiting for close; have %r" % data[-300:])
         if not chunk:
             return data
         data += chunk
@@ -247,7 +252,7 @@ def build_request(method, path, headers=None, body=b"", close=False, version="HT
     for k, v in (headers or {}).items() if isinstance(headers, dict) else (headers or []):
         hs.append((k, v))
     if body or method in ("POST", "PUT"):
-        if not any(k.lower() == "content-length" for k, _ in hs):
+        if not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in hs):
             hs.append(("Content-Length", str(len(body))))
     if close:
         hs.append(("Connection", "close"))
@@ -282,6 +287,7 @@ class Stream:
         head, self.buf = recv_until(self.sock, b"\r\n\r\n", timeout)
         self.status, self.reason, self.headers = parse_head(head)
         self.raw_head = head
+        self.last_id = None
 
     def header(self, name, default=None):
         for k, v in self.headers:
@@ -303,7 +309,10 @@ class Stream:
             left = deadline - time.monotonic()
             assert left > 0, "timed out; have %r" % self.buf
             self.sock.settimeout(left)
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise AssertionError("timed out; have %r" % self.buf)
             assert chunk, "closed; have %r" % self.buf
             self.buf += chunk
         data, self.buf = self.buf[:n], self.buf[n:]
