@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,10 +104,16 @@ struct options {
     enum sse_log_level log_level;      /* highest level printed */
 };
 
-static void die_usage(const char *fmt, const char *a, const char *b) {
-    fprintf(stderr, "sse-server: ");
-    fprintf(stderr, fmt, a, b);
-    fprintf(stderr, " (see --help)\n");
+#if defined(__GNUC__)
+__attribute__((format(printf, 1, 2)))
+#endif
+static _Noreturn void die_usage(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("sse-server: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs(" (see --help)\n", stderr);
+    va_end(ap);
     exit(2);
 }
 
@@ -122,15 +129,13 @@ static long long parse_number(const char *opt, const char *s, long long min, lon
         int shift = *end == 'k' || *end == 'K' ? 10 : *end == 'm' || *end == 'M' ? 20
                   : *end == 'g' || *end == 'G' ? 30 : -1;
         if (shift < 0 || end[1] || v > (max >> shift))
-            die_usage("invalid value '%s' for --%s: expected a size such as 65536 or 64k", s, opt);
+            die_usage("invalid value '%s' for --%s: expected a size such as 65536 or 64k", s,
+                      opt);
         v <<= shift;
         end++;
     }
-    if (*end || v < min || v > max) {
-        char range[96];
-        snprintf(range, sizeof range, "%s: expected %lld to %lld", opt, min, max);
-        die_usage("invalid value '%s' for --%s", s, range);
-    }
+    if (*end || v < min || v > max)
+        die_usage("invalid value '%s' for --%s: expected %lld to %lld", s, opt, min, max);
     return v;
 }
 
@@ -140,8 +145,7 @@ static void check_listen(const char *s) {
     const char *port = colon ? colon + (s[0] == '[' ? 2 : 1) : NULL;
     if (!port || !*port || strspn(port, "0123456789") != strlen(port) || strlen(port) > 5 ||
         atoi(port) > 65535)
-        die_usage("invalid value '%s' for --listen: expected HOST:PORT, :PORT or [IPV6]:PORT%s",
-                  s, "");
+        die_usage("invalid value '%s' for --listen: expected HOST:PORT, :PORT or [IPV6]:PORT", s);
 }
 
 static void parse_options(int argc, char **argv, struct options *o) {
@@ -180,7 +184,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
         case OPT_PUBLISH_TOKEN:
         case OPT_SUBSCRIBE_TOKEN:
             if (!optarg[0])
-                die_usage("empty value for %s%s", name, "");
+                die_usage("empty value for %s", name);
             *(c == OPT_PUBLISH_TOKEN ? &o->cfg.publish_token : &o->cfg.subscribe_token) = optarg;
             break;
         case OPT_STDIN: o->read_stdin = true; break;
@@ -211,12 +215,12 @@ static void parse_options(int argc, char **argv, struct options *o) {
             break;
         case OPT_QUIET: o->log_level = SSE_LOG_WARN; break;
         case OPT_VERBOSE: o->log_level = SSE_LOG_DEBUG; break;
-        case ':': die_usage("option '%s' needs a value%s", name, "");
-        default: die_usage("unknown option '%s'%s", name, "");
+        case ':': die_usage("option '%s' needs a value", name);
+        default: die_usage("unknown option '%s'", name);
         }
     }
     if (optind < argc)
-        die_usage("unexpected argument '%s'%s", argv[optind], "");
+        die_usage("unexpected argument '%s'", argv[optind]);
 }
 
 static void on_log(enum sse_log_level level, const char *msg, void *user) {
@@ -322,7 +326,7 @@ int main(int argc, char **argv) {
 
     int ep = epoll_create1(EPOLL_CLOEXEC);
     int tfd = -1;
-    struct demo demo;
+    struct demo demo = {0};
     if (ep < 0 || sigfd < 0 || watch(ep, sse_fd(srv)) < 0 || watch(ep, sigfd) < 0) {
         fprintf(stderr, "sse-server: cannot set up the event loop: %s\n", strerror(errno));
         return 1;

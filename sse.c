@@ -400,6 +400,8 @@ static bool wire_grow_append(char **buf, size_t *len, size_t *cap, const char *s
                              size_t limit) {
     if (n > limit || *len > limit - n)
         return false;
+    if (n == 0)
+        return true;
     if (*len + n > *cap) {
         size_t ncap = *cap ? *cap : 256;
         while (ncap < *len + n)

@@ -20,7 +20,7 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
 class Server:
     """One running sse-server process. Its stderr is collected in the background."""
 
-    def __init__(self, args, stdin=None, env=None):
+    def __init__(self, args, stdin=None, env=None, preexec_fn=None):
         self.args = list(args)
         self.proc = subprocess.Popen(
             [BINARY, "--listen", "127.0.0.1:0", *self.args],
@@ -28,6 +28,7 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
+            preexec_fn=preexec_fn,
         )
         self.pid = self.proc.pid
         self.lines = []
@@ -68,6 +69,12 @@ class Server:
         with self._cond:
             return "\n".join(self.lines)
 
+    def cpu_seconds(self):
+        """User plus system CPU time the process has used so far."""
+        with open("/proc/%d/stat" % self.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def fd_count(self):
         return len(os.listdir("/proc/%d/fd" % self.pid))
 
@@ -103,8 +110,8 @@ def start_server():
     and its stderr checked for sanitizer reports."""
     servers = []
 
-    def start(*args, stdin=None, env=None):
-        s = Server(args, stdin=stdin, env=env)
+    def start(*args, stdin=None, env=None, preexec_fn=None):
+        s = Server(args, stdin=stdin, env=env, preexec_fn=preexec_fn)
         servers.append(s)
         return s
 

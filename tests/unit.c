@@ -409,6 +409,82 @@ static void test_topics(void) {
     free(tt.buckets);
 }
 
+
+/* ---- the public API: two servers in one process, driven by hand ---- */
+
+static int connect_to(const struct sse_server *srv) {
+    int port = 0;
+    sscanf(sse_url(srv), "http://127.0.0.1:%d/", &port);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        return -1;
+    return fd;
+}
+
+/* Polls both servers until fd has buffered bytes containing want, or 2 s pass. */
+static bool read_until(struct sse_server **srvs, int fd, char *buf, size_t cap, const char *want) {
+    size_t len = 0;
+    int64_t deadline = clock_ms() + 2000;
+    while (clock_ms() < deadline) {
+        for (int i = 0; i < 2; i++)
+            sse_poll(srvs[i], 10);
+        ssize_t n = recv(fd, buf + len, cap - 1 - len, MSG_DONTWAIT);
+        if (n > 0)
+            len += (size_t)n;
+        buf[len] = '\0';
+        if (strstr(buf, want))
+            return true;
+    }
+    fprintf(stderr, "  wanted %s, have: %s\n", want, buf);
+    return false;
+}
+
+static void test_two_servers(void) {
+    struct sse_config cfg = {.listen = "127.0.0.1:0", .heartbeat_ms = SSE_OFF};
+    char err[128];
+    struct sse_server *srvs[2];
+    srvs[0] = sse_server_new(&cfg, err, sizeof err);
+    srvs[1] = sse_server_new(&cfg, err, sizeof err);
+    CHECK(srvs[0] && srvs[1]);
+    if (!srvs[0] || !srvs[1])
+        return;
+    CHECK(strcmp(sse_url(srvs[0]), sse_url(srvs[1])) != 0);
+    CHECK(sse_fd(srvs[0]) >= 0 && sse_fd(srvs[0]) != sse_fd(srvs[1]));
+    int a = connect_to(srvs[0]), b = connect_to(srvs[1]);
+    CHECK(a >= 0 && b >= 0);
+    const char *req = "GET /events/t HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(send(a, req, strlen(req), 0) > 0 && send(b, req, strlen(req), 0) > 0);
+    char buf[4096];
+    CHECK(read_until(srvs, a, buf, sizeof buf, "retry: 3000\n\n"));
+    CHECK(read_until(srvs, b, buf, sizeof buf, "retry: 3000\n\n"));
+    CHECK(sse_publish(srvs[0], "t", "e", "for a", 5, NULL) == 1);
+    CHECK(sse_next_timeout_ms(srvs[0]) == 0); /* queued: poll now */
+    CHECK(sse_publish(srvs[1], "t", NULL, "for b", 5, NULL) == 1);
+    CHECK(read_until(srvs, a, buf, sizeof buf, "event: e\ndata: for a\n\n") && !strstr(buf, "for b"));
+    CHECK(read_until(srvs, b, buf, sizeof buf, "data: for b\n\n") && !strstr(buf, "for a"));
+    CHECK(sse_publish(srvs[0], "bad topic", NULL, "x", 1, NULL) == -EINVAL);
+    CHECK(sse_publish(srvs[0], NULL, "a\nb", "x", 1, NULL) == -EINVAL);
+    CHECK(sse_publish(srvs[0], NULL, NULL, "\xff", 1, NULL) == -EINVAL);
+    CHECK(sse_retire_topic(srvs[0], "t") == 1);
+    CHECK(read_until(srvs, a, buf, sizeof buf, "")); /* drives the close */
+    sse_stop(srvs[1]);
+    int r = 1;
+    for (int i = 0; i < 100 && r > 0; i++)
+        r = sse_poll(srvs[1], 10);
+    CHECK(r == 0);
+    close(a);
+    close(b);
+    sse_server_free(srvs[0]);
+    sse_server_free(srvs[1]);
+    cfg.max_event_bytes = 65u << 20;
+    CHECK(sse_server_new(&cfg, err, sizeof err) == NULL && strstr(err, "64 MiB"));
+    cfg.max_event_bytes = 0;
+    cfg.listen = "nonsense";
+    CHECK(sse_server_new(&cfg, err, sizeof err) == NULL && strstr(err, "invalid listen"));
+}
+
 int main(void) {
     test_format();
     test_utf8();
@@ -421,6 +497,7 @@ int main(void) {
     test_static();
     test_backlog();
     test_topics();
+    test_two_servers();
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

@@ -1,0 +1,312 @@
+"""The command line: --help, --version, errors (exit 2, one line), --listen forms,
+--opt=value, --verbose connection lines, --demo."""
+
+import json
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import BINARY, Stream, connect, read_response, recv_all, request
+
+# (option, default as --help must show it: a string or alternatives, ANY when the README
+# gives no literal default (--help must still say what the default is), None when the option
+# has no default)
+ANY = object()
+OPTIONS = [
+    ("--listen", "127.0.0.1:8080"),
+    ("--root", ANY),
+    ("--stream", "/events"),
+    ("--backlog", "1024"),
+    ("--heartbeat", "15"),
+    ("--retry", "3000"),
+    ("--publish-token", ANY),
+    ("--subscribe-token", ANY),
+    ("--stdin", ANY),
+    ("--stdin-format", "lines"),
+    ("--demo", ANY),
+    ("--cors", ANY),
+    ("--max-clients", ANY),
+    ("--client-buffer", ("1048576", "1m", "1M", "1 MiB", "1MiB")),
+    ("--max-event-bytes", ("1048576", "1m", "1M", "1 MiB", "1MiB")),
+    ("--header-timeout", "10"),
+    ("--quiet", None),
+    ("--verbose", None),
+    ("--help", None),
+    ("--version", None),
+]
+
+
+def run(*args, timeout=5):
+    """Runs the binary with args; a process still running after timeout is killed and the
+    test fails (a bad value must make it exit, not listen)."""
+    p = subprocess.Popen(
+        [BINARY, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate(timeout=5)
+        raise AssertionError("sse-server %r did not exit; stderr: %r" % (args, err))
+    return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def assert_usage_error(args):
+    rc, out, err = run(*args)
+    assert rc == 2, (args, rc, err)
+    assert err.endswith("\n") and err.count("\n") == 1, (args, err)
+    assert err.startswith("sse-server: "), (args, err)
+    assert "listening" not in err
+
+
+def option_chunk(help_text, opt):
+    """The --help text describing opt: its line and any continuation lines up to the next
+    line that starts (after indentation) with another option."""
+    lines = help_text.split("\n")
+    pat = re.compile(r"^\s*(-\w, )?" + re.escape(opt) + r"(?![\w-])")
+    for i, line in enumerate(lines):
+        if pat.match(line):
+            chunk = [line]
+            for nxt in lines[i + 1 :]:
+                if re.match(r"^\s*--?\w", nxt) or not nxt.strip():
+                    break
+                chunk.append(nxt)
+            return "\n".join(chunk)
+    return None
+
+
+def test_help_lists_every_option_with_default():
+    rc, out, err = run("--help")
+    assert rc == 0, err
+    assert "sse-server" in out
+    for opt, default in OPTIONS:
+        chunk = option_chunk(out, opt)
+        assert chunk is not None, "--help does not list %s:\n%s" % (opt, out)
+        if default is None:
+            continue
+        if default is ANY:
+            assert re.search(r"\bdefault\b", chunk), "no default for %s in %r" % (opt, chunk)
+            continue
+        defaults = default if isinstance(default, tuple) else (default,)
+        assert any(
+            re.search(r"\bdefault:? " + re.escape(d) + r"(?![\w.])", chunk) for d in defaults
+        ), "no default %r for %s in %r" % (default, opt, chunk)
+
+
+def test_version():
+    rc, out, err = run("--version")
+    assert rc == 0, err
+    assert re.match(r"^sse-server \S+\n$", out), out
+
+
+def test_unknown_option_exit_2():
+    assert_usage_error(["--listen", "127.0.0.1:0", "--no-such-option"])
+
+
+def test_positional_argument_exit_2():
+    assert_usage_error(["--listen", "127.0.0.1:0", "stray"])
+
+
+BAD_VALUES = [
+    ["--backlog", "-1"],
+    ["--backlog", "abc"],
+    ["--backlog", ""],
+    ["--heartbeat", "x"],
+    ["--retry", "-5"],
+    ["--listen", "nonsense"],
+    ["--listen", "127.0.0.1:99999"],
+    ["--listen", "127.0.0.1:"],
+    ["--stdin-format", "xml"],
+    ["--max-event-bytes", "0"],
+    ["--max-event-bytes", "65m"],
+    ["--max-clients", "many"],
+    ["--client-buffer", "12q"],
+    ["--header-timeout", "soon"],
+    ["--stream", "noslash"],
+    ["--backlog"],  # missing value
+]
+
+
+@pytest.mark.parametrize("args", BAD_VALUES, ids=lambda a: "_".join(a) or "empty")
+def test_bad_value_exit_2(args):
+    if args[0] == "--listen":
+        assert_usage_error(args)
+    else:
+        assert_usage_error(["--listen", "127.0.0.1:0", *args])
+
+
+def test_bad_value_equals_form_exit_2():
+    assert_usage_error(["--listen", "127.0.0.1:0", "--backlog=abc"])
+
+
+def ipv6_loopback():
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            s.bind(("::1", 0))
+        finally:
+            s.close()
+        return True
+    except OSError:
+        return False
+
+
+def healthz_over(family, addr):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(addr)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        resp, rest = read_response(s)
+    finally:
+        s.close()
+    assert (resp.status, resp.body) == (200, b"ok\n")
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
+def test_listen_ipv6(start_server):
+    srv = start_server("--listen", "[::1]:0")
+    line = srv.wait_for_line(r"listening on")
+    m = re.match(r"^sse-server: listening on http://\[::1\]:(\d+)/$", line)
+    assert m, line
+    port = int(m.group(1))
+    assert port != 0
+    healthz_over(socket.AF_INET6, ("::1", port))
+
+
+def test_listen_all_addresses(start_server):
+    srv = start_server("--listen", ":0")
+    line = srv.wait_for_line(r"listening on")
+    m = re.match(r"^sse-server: listening on http://(\S+):(\d+)/$", line)
+    assert m, line
+    assert m.group(1) != "127.0.0.1"
+    healthz_over(socket.AF_INET, ("127.0.0.1", int(m.group(2))))
+
+
+def test_listening_line_exact(start_server):
+    srv = start_server()
+    line = srv.wait_for_line(r"listening on")
+    assert line == "sse-server: listening on http://127.0.0.1:%d/" % srv.port
+
+
+def test_equals_form(start_server):
+    srv = start_server("--retry=1234", "--stream=/sse", "--publish-token=secret")
+    st = Stream(srv.port, "/sse")
+    try:
+        assert st.status == 200
+        assert st.read_block() == b"retry: 1234\n\n"
+        assert re.match(rb"^id: \d+\n\n$", st.read_block())
+    finally:
+        st.close()
+    r = request(srv.port, "GET", "/events")
+    assert r.status == 404
+
+
+def test_later_args_win(start_server):
+    srv = start_server("--retry", "1000", "--retry", "2000")
+    st = Stream(srv.port, "/events")
+    try:
+        assert st.read_block() == b"retry: 2000\n\n"
+    finally:
+        st.close()
+
+
+def test_size_suffix(start_server):
+    srv = start_server("--max-event-bytes", "1k", "--publish-token", "secret")
+    ok = request(
+        srv.port,
+        "POST",
+        "/publish",
+        {"Authorization": "Bearer secret"},
+        b"a" * 1024,
+    )
+    assert ok.status == 200, ok.body
+    too_big = request(
+        srv.port,
+        "POST",
+        "/publish",
+        {"Authorization": "Bearer secret"},
+        b"a" * 1025,
+    )
+    assert too_big.status == 413
+
+
+def test_verbose_connection_lines(start_server):
+    srv = start_server("--verbose", "--header-timeout", "1")
+    # done: a request with Connection: close
+    s = connect(srv.port)
+    local = s.getsockname()[1]
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    resp, rest = read_response(s)
+    assert rest + recv_all(s) == b""
+    s.close()
+    line = srv.wait_for_line(r"connection #\d+ opened from 127\.0\.0\.1:%d$" % local)
+    n = re.search(r"#(\d+)", line).group(1)
+    assert line == "sse-server: connection #%s opened from 127.0.0.1:%d" % (n, local)
+    srv.wait_for_line(r"^sse-server: connection #%s closed \(done\)$" % n)
+
+    # bad request
+    s = connect(srv.port)
+    local = s.getsockname()[1]
+    s.sendall(b"\x00garbage\r\n\r\n")
+    recv_all(s)
+    s.close()
+    line = srv.wait_for_line(r"opened from 127\.0\.0\.1:%d$" % local)
+    n = re.search(r"#(\d+)", line).group(1)
+    srv.wait_for_line(r"^sse-server: connection #%s closed \(bad request\)$" % n)
+
+    # client closed an idle keep-alive connection
+    s = connect(srv.port)
+    local = s.getsockname()[1]
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    read_response(s)
+    s.close()
+    line = srv.wait_for_line(r"opened from 127\.0\.0\.1:%d$" % local)
+    n = re.search(r"#(\d+)", line).group(1)
+    srv.wait_for_line(r"^sse-server: connection #%s closed \(client closed\)$" % n)
+
+    # header timeout
+    s = connect(srv.port)
+    local = s.getsockname()[1]
+    s.sendall(b"GET /healthz HTTP/1.1\r\n")
+    assert recv_all(s, timeout=6) == b""
+    s.close()
+    line = srv.wait_for_line(r"opened from 127\.0\.0\.1:%d$" % local)
+    n = re.search(r"#(\d+)", line).group(1)
+    srv.wait_for_line(r"^sse-server: connection #%s closed \(header timeout\)$" % n)
+
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def test_demo_generator(start_server):
+    srv = start_server("--demo")
+    st = Stream(srv.port, "/events?topic=time&topic=stocks")
+    try:
+        assert st.status == 200
+        assert st.header("Content-Type") == "text/event-stream"
+        seen_time = seen_quote = None
+        deadline = time.monotonic() + 4
+        while not (seen_time and seen_quote):
+            left = deadline - time.monotonic()
+            assert left > 0, "time: %r, quote: %r" % (seen_time, seen_quote)
+            ev = st.read_event(timeout=left)
+            assert ev["id"] is not None and re.match(r"^\d+$", ev["id"]), ev
+            if ev["event"] == "time":
+                assert ISO_UTC.match(ev["data"]), ev
+                seen_time = ev
+            elif ev["event"] == "quote":
+                q = json.loads(ev["data"])
+                assert isinstance(q, dict), q
+                for key in ("symbol", "price", "change"):
+                    assert key in q, q
+                assert isinstance(q["symbol"], str) and q["symbol"]
+                seen_quote = ev
+    finally:
+        st.close()
