@@ -35,7 +35,12 @@ class Server:
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()
-        line = self.wait_for_line(r"listening on http://", timeout=10)
+        try:
+            line = self.wait_for_line(r"listening on http://", timeout=10)
+        except AssertionError:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise
         m = re.search(r"listening on http://(\S+):(\d+)/", line)
         assert m, line
         self.host = m.group(1)
