@@ -477,3 +477,31 @@ def test_options_publish_without_cors(server):
     r = request(server.port, "OPTIONS", "/publish")
     assert r.status == 204
     assert b"Access-Control" not in r.raw_head
+
+
+def test_body_arriving_in_pieces(server):
+    """A publish whose head and body arrive over several reads, with a pipelined request
+    right behind the body, is read exactly: nothing of the body is lost or taken for the
+    next request."""
+    import time
+
+    st = Stream(server.port)
+    try:
+        read_prelude(st)
+        s = connect(server.port)
+        s.sendall(
+            b"POST /publish?topic=default HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer secret\r\nContent-Length: 11\r\n\r\nhel"
+        )
+        time.sleep(0.2)
+        s.sendall(b"lo ")
+        time.sleep(0.2)
+        s.sendall(b"worldGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first, rest = read_response(s)
+        assert first.status == 200, first.body
+        second, _ = read_response(s, buf=rest)
+        assert second.status == 200 and second.body == b"ok\n"
+        s.close()
+        assert st.read_event()["data"] == "hello world"
+    finally:
+        st.close()
