@@ -924,21 +924,38 @@ static size_t http_header_count(const struct http_request *req, const char *name
     return n;
 }
 
-/* Whether a comma-separated header value (like Connection) holds token, case-insensitive. */
-static bool http_list_has(const char *v, size_t len, const char *token) {
-    size_t i = 0;
+/* The next item of a list separated by sep, without surrounding whitespace; empty items
+ * are skipped. *pos is where to continue. False at the end of the list. */
+static bool http_next_item(const char *v, size_t len, size_t *pos, char sep, const char **item,
+                           size_t *item_len) {
+    size_t i = *pos;
     while (i < len) {
-        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == sep))
             i++;
         size_t s = i;
-        while (i < len && v[i] != ',')
+        while (i < len && v[i] != sep)
             i++;
         size_t e = i;
         while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
             e--;
-        if (e > s && ascii_ieq(v + s, e - s, token))
+        if (e > s) {
+            *pos = i;
+            *item = v + s;
+            *item_len = e - s;
             return true;
+        }
     }
+    *pos = len;
+    return false;
+}
+
+/* Whether a comma-separated header value (like Connection) holds token, case-insensitive. */
+static bool http_list_has(const char *v, size_t len, const char *token) {
+    const char *item;
+    size_t n, pos = 0;
+    while (http_next_item(v, len, &pos, ',', &item, &n))
+        if (ascii_ieq(item, n, token))
+            return true;
     return false;
 }
 
@@ -1025,24 +1042,17 @@ static const struct http_param *http_query_get(const struct http_query *q, const
     return NULL;
 }
 
-/* Whether one media-range parameter list (after the first ';') sets q to zero. */
+/* Whether the parameters of a media range ("q=0; x=y") set its weight q to zero. */
 static bool http_q_is_zero(const char *p, size_t len) {
-    size_t i = 0;
-    while (i < len) {
-        while (i < len && (p[i] == ';' || p[i] == ' ' || p[i] == '\t'))
-            i++;
-        size_t s = i;
-        while (i < len && p[i] != ';')
-            i++;
-        size_t e = i;
-        while (e > s && (p[e - 1] == ' ' || p[e - 1] == '\t'))
-            e--;
-        if (e - s < 3 || ascii_lower(p[s]) != 'q' || p[s + 1] != '=')
+    const char *item;
+    size_t n, pos = 0;
+    while (http_next_item(p, len, &pos, ';', &item, &n)) {
+        if (n < 3 || ascii_lower(item[0]) != 'q' || item[1] != '=')
             continue;
-        if (p[s + 2] != '0')
+        if (item[2] != '0')
             return false;
-        for (size_t d = s + 3; d < e; d++)
-            if (p[d] != '0' && !(d == s + 3 && p[d] == '.'))
+        for (size_t d = 3; d < n; d++)
+            if (item[d] != '0' && !(d == 3 && item[d] == '.'))
                 return false;
         return true;
     }
@@ -1052,21 +1062,17 @@ static bool http_q_is_zero(const char *p, size_t len) {
 /* Whether an Accept value admits text/event-stream (RFC 9110 12.5.1): one of the media
  * ranges text/event-stream, text/(any) or (any)/(any) with a q that is not zero. */
 static bool http_accepts_event_stream(const char *v, size_t len) {
-    size_t i = 0;
-    while (i < len) {
-        size_t s = i;
-        while (i < len && v[i] != ',')
-            i++;
-        size_t e = i++;
-        while (s < e && (v[s] == ' ' || v[s] == '\t'))
-            s++;
-        const char *semi = memchr(v + s, ';', e - s);
-        size_t re = semi ? (size_t)(semi - v) : e;
-        while (re > s && (v[re - 1] == ' ' || v[re - 1] == '\t'))
-            re--;
-        bool match = ascii_ieq(v + s, re - s, "text/event-stream") ||
-                     ascii_ieq(v + s, re - s, "text/*") || ascii_ieq(v + s, re - s, "*/*");
-        if (match && !(semi && http_q_is_zero(semi, (size_t)(v + e - semi))))
+    const char *item;
+    size_t n, pos = 0;
+    while (http_next_item(v, len, &pos, ',', &item, &n)) {
+        const char *semi = memchr(item, ';', n);
+        size_t range = semi ? (size_t)(semi - item) : n;
+        while (range && (item[range - 1] == ' ' || item[range - 1] == '\t'))
+            range--;
+        bool match = ascii_ieq(item, range, "text/event-stream") ||
+                     ascii_ieq(item, range, "text/*") || ascii_ieq(item, range, "*/*");
+        size_t params = semi ? (size_t)(semi - item) + 1 : n;
+        if (match && !http_q_is_zero(item + params, n - params))
             return true;
     }
     return false;

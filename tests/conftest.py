@@ -383,3 +383,35 @@ def parse_block(block):
     if data_lines:
         ev["data"] = "\n".join(data_lines)
     return ev
+
+
+def healthy(port):
+    """Asserts that the server still answers a fresh /healthz request exactly."""
+    r = request(port, "GET", "/healthz")
+    assert (r.status, r.body) == (200, b"ok\n"), (r.raw_head, r.body)
+
+
+def metric_values(port):
+    """The samples of /metrics as a dict name -> int."""
+    r = request(port, "GET", "/metrics")
+    assert r.status == 200, (r.raw_head, r.body)
+    values = {}
+    for line in r.body.decode("utf-8").split("\n"):
+        if line and not line.startswith("#"):
+            name, value = line.split(" ")
+            values[name] = int(value)
+    return values
+
+
+def settled_fd_count(srv, quiet=0.5, timeout=5):
+    """The server's fd count once it has not changed for `quiet` seconds (connections of
+    earlier requests may still be closing)."""
+    deadline = time.monotonic() + timeout
+    n = srv.fd_count()
+    since = time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.05)
+        m = srv.fd_count()
+        if m != n:
+            n, since = m, time.monotonic()
+    return n

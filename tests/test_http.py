@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Stream, connect, publish, read_response, recv_all, request
+from conftest import Stream, connect, healthy, publish, read_response, recv_all, request
 
 IMF_FIXDATE = re.compile(
     r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
@@ -21,11 +21,7 @@ GET_HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
 # ---- helpers ----------------------------------------------------------------------------
 
 
-def healthy(port):
-    """The server still answers a fresh /healthz request exactly."""
-    r = request(port, "GET", "/healthz")
-    assert r.status == 200, r.raw_head
-    assert r.body == b"ok\n"
+
 
 
 def exchange_closing(port, raw, timeout=5):

@@ -12,12 +12,15 @@ from conftest import (
     Stream,
     build_request,
     connect,
+    healthy,
+    metric_values,
     parse_block,
     publish,
     read_response,
     recv_all,
     recv_until,
     request,
+    settled_fd_count,
 )
 
 STREAM_HEAD = re.compile(
@@ -34,39 +37,18 @@ STREAM_HEAD = re.compile(
 
 
 
-def settled_fd_count(srv, quiet=0.5, timeout=5):
-    """The server's fd count once it has not changed for `quiet` seconds (connections of
-    earlier requests may still be closing)."""
-    deadline = time.monotonic() + timeout
-    n = srv.fd_count()
-    since = time.monotonic()
-    while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        time.sleep(0.05)
-        m = srv.fd_count()
-        if m != n:
-            n, since = m, time.monotonic()
-    return n
-
-def healthy(port):
-    r = request(port, "GET", "/healthz")
-    assert (r.status, r.body) == (200, b"ok\n")
 
 
-def metrics(port):
-    r = request(port, "GET", "/metrics")
-    assert r.status == 200, (r.raw_head, r.body)
-    values = {}
-    for line in r.body.decode("utf-8").split("\n"):
-        if line and not line.startswith("#"):
-            name, value = line.split(" ")
-            values[name] = float(value) if "." in value or "e" in value else int(value)
-    return values
+
+
+
+
 
 
 def wait_metric(port, name, pred, timeout=10):
     deadline = time.monotonic() + timeout
     while True:
-        m = metrics(port)
+        m = metric_values(port)
         if pred(m[name]):
             return m
         assert time.monotonic() < deadline, "%s stuck at %r" % (name, m[name])
@@ -304,7 +286,7 @@ def test_slow_subscriber_dropped_others_keep_up(start_server):
                         assert time.monotonic() < deadline, "good subscriber stalled"
                         time.sleep(0.0005)
             max_rss = max(max_rss, srv.rss_bytes())
-            dropped = metrics(port)["sse_subscribers_dropped_total"]
+            dropped = metric_values(port)["sse_subscribers_dropped_total"]
             if dropped >= 1:
                 break
         pub.publish("END")
@@ -437,7 +419,7 @@ def test_memory_per_idle_subscriber(start_server):
     srv = start_server()
     port = srv.port
     healthy(port)
-    metrics(port)
+    metric_values(port)
     time.sleep(0.2)
     rss0 = srv.rss_bytes()
     n = 2000

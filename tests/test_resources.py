@@ -5,18 +5,14 @@ import resource
 import socket
 import time
 
-from conftest import Stream, connect, recv_all, request
+from conftest import Stream, connect, metric_values, recv_all, request
 
 
 def small_fd_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
 
 
-def metric(port, name):
-    for line in request(port, "GET", "/metrics").body.decode().splitlines():
-        if line.startswith(name + " "):
-            return int(line.split()[1])
-    raise AssertionError("no metric " + name)
+
 
 
 def test_emfile_sheds_without_spinning(start_server):
@@ -47,7 +43,7 @@ def test_emfile_sheds_without_spinning(start_server):
     st = Stream(srv.port)
     assert st.status == 200
     st.close()
-    assert metric(srv.port, "sse_connections_rejected_total") >= refused
+    assert metric_values(srv.port)["sse_connections_rejected_total"] >= refused
     for st in subscribers[10:]:
         st.close()
 

@@ -1,7 +1,5 @@
 """Start-up: names resolved once, start-up failures exit 1, and the documented defaults."""
 
-import os
-import socket
 import subprocess
 
 from conftest import BINARY, Stream, request

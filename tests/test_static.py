@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BINARY, connect, read_response, recv_all, request
+from conftest import BINARY, connect, healthy, read_response, recv_all, settled_fd_count
 
 IMF_FIXDATE = re.compile(
     r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
@@ -75,22 +75,9 @@ def static(start_server, site):
 
 
 
-def settled_fd_count(srv, quiet=0.5, timeout=5):
-    """The server's fd count once it has not changed for `quiet` seconds (connections of
-    earlier requests may still be closing)."""
-    deadline = time.monotonic() + timeout
-    n = srv.fd_count()
-    since = time.monotonic()
-    while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        time.sleep(0.05)
-        m = srv.fd_count()
-        if m != n:
-            n, since = m, time.monotonic()
-    return n
 
-def healthy(port):
-    r = request(port, "GET", "/healthz")
-    assert (r.status, r.body) == (200, b"ok\n")
+
+
 
 
 def exchange(port, raw, timeout=5):
