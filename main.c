@@ -66,10 +66,25 @@ static const char usage[] =
     "GET /metrics, GET /healthz. SIGTERM or SIGINT drain and exit 0.\n";
 
 enum option_id {
-    OPT_LISTEN = 256, OPT_ROOT, OPT_STREAM, OPT_BACKLOG, OPT_HEARTBEAT, OPT_RETRY,
-    OPT_PUBLISH_TOKEN, OPT_SUBSCRIBE_TOKEN, OPT_STDIN, OPT_STDIN_FORMAT, OPT_DEMO, OPT_CORS,
-    OPT_MAX_CLIENTS, OPT_CLIENT_BUFFER, OPT_MAX_EVENT_BYTES, OPT_HEADER_TIMEOUT, OPT_QUIET,
-    OPT_VERBOSE, OPT_VERSION
+    OPT_LISTEN = 256,
+    OPT_ROOT,
+    OPT_STREAM,
+    OPT_BACKLOG,
+    OPT_HEARTBEAT,
+    OPT_RETRY,
+    OPT_PUBLISH_TOKEN,
+    OPT_SUBSCRIBE_TOKEN,
+    OPT_STDIN,
+    OPT_STDIN_FORMAT,
+    OPT_DEMO,
+    OPT_CORS,
+    OPT_MAX_CLIENTS,
+    OPT_CLIENT_BUFFER,
+    OPT_MAX_EVENT_BYTES,
+    OPT_HEADER_TIMEOUT,
+    OPT_QUIET,
+    OPT_VERBOSE,
+    OPT_VERSION
 };
 
 static const struct option long_options[] = {
@@ -97,17 +112,18 @@ static const struct option long_options[] = {
 };
 
 struct options {
-    struct sse_config cfg;             /* what the library gets */
-    bool read_stdin;                   /* --stdin */
+    struct sse_config cfg;              /* what the library gets */
+    bool read_stdin;                    /* --stdin */
     enum sse_input_format stdin_format; /* --stdin-format */
-    bool demo;                         /* --demo */
-    enum sse_log_level log_level;      /* highest level printed */
+    bool demo;                          /* --demo */
+    enum sse_log_level log_level;       /* highest level printed */
 };
 
 #if defined(__GNUC__)
 __attribute__((format(printf, 1, 2)))
 #endif
-static _Noreturn void die_usage(const char *fmt, ...) {
+static _Noreturn void
+die_usage(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fputs("sse-server: ", stderr);
@@ -126,11 +142,12 @@ static long long parse_number(const char *opt, const char *s, long long min, lon
     if (end == s || errno || (s[0] < '0' || s[0] > '9'))
         die_usage("invalid value '%s' for --%s: expected a whole number", s, opt);
     if (size && *end) {
-        int shift = *end == 'k' || *end == 'K' ? 10 : *end == 'm' || *end == 'M' ? 20
-                  : *end == 'g' || *end == 'G' ? 30 : -1;
+        int shift = *end == 'k' || *end == 'K'   ? 10
+                    : *end == 'm' || *end == 'M' ? 20
+                    : *end == 'g' || *end == 'G' ? 30
+                                                 : -1;
         if (shift < 0 || end[1] || v > (max >> shift))
-            die_usage("invalid value '%s' for --%s: expected a size such as 65536 or 64k", s,
-                      opt);
+            die_usage("invalid value '%s' for --%s: expected a size such as 65536 or 64k", s, opt);
         v <<= shift;
         end++;
     }
@@ -158,7 +175,10 @@ static void parse_options(int argc, char **argv, struct options *o) {
         switch (c) {
         case 'h': fputs(usage, stdout); exit(0);
         case OPT_VERSION: printf("sse-server %s\n", VERSION); exit(0);
-        case OPT_LISTEN: check_listen(optarg); o->cfg.listen = optarg; break;
+        case OPT_LISTEN:
+            check_listen(optarg);
+            o->cfg.listen = optarg;
+            break;
         case OPT_ROOT: o->cfg.static_root = optarg; break;
         case OPT_STREAM:
             if (optarg[0] != '/' || strlen(optarg) < 2 || optarg[strlen(optarg) - 1] == '/')
@@ -203,7 +223,8 @@ static void parse_options(int argc, char **argv, struct options *o) {
             o->cfg.max_clients = (int)parse_number("max-clients", optarg, 1, 10000000, false);
             break;
         case OPT_CLIENT_BUFFER:
-            o->cfg.client_buffer = (size_t)parse_number("client-buffer", optarg, 1, 1LL << 40, true);
+            o->cfg.client_buffer =
+                (size_t)parse_number("client-buffer", optarg, 1, 1LL << 40, true);
             break;
         case OPT_MAX_EVENT_BYTES:
             o->cfg.max_event_bytes =
@@ -246,8 +267,8 @@ struct demo {
     double price[10];   /* current quote per symbol */
 };
 
-static const char *const demo_symbols[10] = {"ACME", "GLOBX", "INITECH", "UMBRL", "HOOLI",
-                                             "STARK", "WAYNE", "CYBER", "OCP", "TYREL"};
+static const char *const demo_symbols[10] = {"ACME",  "GLOBX", "INITECH", "UMBRL", "HOOLI",
+                                             "STARK", "WAYNE", "CYBER",   "OCP",   "TYREL"};
 
 static uint64_t demo_rand(struct demo *d) {
     d->rng ^= d->rng << 13;

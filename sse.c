@@ -81,23 +81,23 @@
 #define SSE_MAX_TOPICS_PER_STREAM 32
 #endif
 
-#define TOPIC_NAME_MAX 64          /* topic names are [A-Za-z0-9._-]{1,64} */
-#define EVENT_TYPE_MAX 256         /* longest event: type we accept */
-#define EVENT_BYTES_LIMIT (64u << 20) /* the largest max_event_bytes one may configure */
-#define QUERY_PARAMS_MAX 64        /* parameters in one query string */
-#define WRITE_IOV_MAX 64           /* queued blobs handed to one sendmsg() */
-#define ACCEPT_BATCH 64            /* accepts per wake-up, so accepting cannot starve others */
-#define OVERFLOW_MAX 256           /* connections over max_clients held just to answer them */
-#define FD_RESERVE 64              /* descriptors kept back from the max_clients default */
-#define DRAIN_MS 500               /* how long sse_stop() lets queued bytes go out */
-#define LINGER_MS 2000             /* how long a closing connection may take to drain */
-#define SEND_TIMEOUT_MS 60000      /* an ordinary response making no progress is dropped */
-#define TCP_USER_TIMEOUT_MS 60000  /* unacknowledged data this old means the peer vanished */
-#define INPUT_CHUNK 65536          /* bytes read from an input per wake-up */
+#define TOPIC_NAME_MAX      64          /* topic names are [A-Za-z0-9._-]{1,64} */
+#define EVENT_TYPE_MAX      256         /* longest event: type we accept */
+#define EVENT_BYTES_LIMIT   (64u << 20) /* the largest max_event_bytes one may configure */
+#define QUERY_PARAMS_MAX    64          /* parameters in one query string */
+#define WRITE_IOV_MAX       64          /* queued blobs handed to one sendmsg() */
+#define ACCEPT_BATCH        64          /* accepts per wake-up, so accepting cannot starve others */
+#define OVERFLOW_MAX        256         /* connections over max_clients held just to answer them */
+#define FD_RESERVE          64          /* descriptors kept back from the max_clients default */
+#define DRAIN_MS            500         /* how long sse_stop() lets queued bytes go out */
+#define LINGER_MS           2000        /* how long a closing connection may take to drain */
+#define SEND_TIMEOUT_MS     60000       /* an ordinary response making no progress is dropped */
+#define TCP_USER_TIMEOUT_MS 60000       /* unacknowledged data this old means the peer vanished */
+#define INPUT_CHUNK         65536       /* bytes read from an input per wake-up */
 
-#define DEFAULT_LISTEN "127.0.0.1:8080"
+#define DEFAULT_LISTEN      "127.0.0.1:8080"
 #define DEFAULT_STREAM_PATH "/events"
-#define DEFAULT_TOPIC "default"
+#define DEFAULT_TOPIC       "default"
 
 /* Milliseconds on the monotonic clock: immune to wall-clock jumps. */
 static int64_t clock_ms(void) {
@@ -109,14 +109,14 @@ static int64_t clock_ms(void) {
 /* Where log lines go: the host's callback, or nowhere. */
 struct logger {
     void (*fn)(enum sse_log_level level, const char *msg, void *user); /* NULL = silent */
-    void *user;                                                          /* for fn */
-    enum sse_log_level max;                                              /* unused levels */
+    void *user;                                                        /* for fn */
 };
 
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
 #endif
-static void log_say(const struct logger *log, enum sse_log_level level, const char *fmt, ...) {
+static void
+log_say(const struct logger *log, enum sse_log_level level, const char *fmt, ...) {
     if (!log->fn)
         return;
     char msg[512];
@@ -153,7 +153,9 @@ static void wb_put(struct wbuf *w, const void *s, size_t n) {
     w->len += n;
 }
 
-static void wb_str(struct wbuf *w, const char *s) { wb_put(w, s, strlen(s)); }
+static void wb_str(struct wbuf *w, const char *s) {
+    wb_put(w, s, strlen(s));
+}
 
 static void wb_u64(struct wbuf *w, uint64_t v) {
     char digits[20];
@@ -183,7 +185,9 @@ static bool parse_u64(const char *s, size_t len, uint64_t *out) {
     return true;
 }
 
-static char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c; }
+static char ascii_lower(char c) {
+    return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
+}
 
 /* Case-insensitive comparison of a byte range with a NUL-terminated ASCII string. */
 static bool ascii_ieq(const char *s, size_t len, const char *lit) {
@@ -366,24 +370,23 @@ typedef void (*wire_emit_fn)(void *ctx, const char *topic, const char *event, co
                              size_t len, const char *skipped);
 
 struct wire_reader {
-    enum sse_input_format format; /* lines or text/event-stream blocks */
-    size_t max_data;              /* largest payload; longer lines or blocks are skipped */
-    char *line;                   /* the line being collected (heap, grows to max_data+8) */
-    size_t line_len;              /* bytes in line */
-    size_t line_cap;              /* allocated bytes at line */
-    bool line_too_long;           /* the current line went over; skip to its end */
-    bool after_cr;                /* last byte was CR: a following LF belongs to it */
-    char *data;                   /* SSE: data buffer of the block (heap) */
-    size_t data_len;              /* bytes in data, with a LF after every line */
-    size_t data_cap;              /* allocated bytes at data */
-    bool has_data;                /* SSE: the block had a data field */
-    const char *block_error;      /* SSE: why this block will be skipped, or NULL */
-    char event[EVENT_TYPE_MAX + 1];  /* SSE: event type of the block, "" = default */
-    char topic[TOPIC_NAME_MAX + 1];  /* SSE: topic of the block, "" = default */
+    enum sse_input_format format;   /* lines or text/event-stream blocks */
+    size_t max_data;                /* largest payload; longer lines or blocks are skipped */
+    char *line;                     /* the line being collected (heap, grows to max_data+8) */
+    size_t line_len;                /* bytes in line */
+    size_t line_cap;                /* allocated bytes at line */
+    bool line_too_long;             /* the current line went over; skip to its end */
+    bool after_cr;                  /* last byte was CR: a following LF belongs to it */
+    char *data;                     /* SSE: data buffer of the block (heap) */
+    size_t data_len;                /* bytes in data, with a LF after every line */
+    size_t data_cap;                /* allocated bytes at data */
+    bool has_data;                  /* SSE: the block had a data field */
+    const char *block_error;        /* SSE: why this block will be skipped, or NULL */
+    char event[EVENT_TYPE_MAX + 1]; /* SSE: event type of the block, "" = default */
+    char topic[TOPIC_NAME_MAX + 1]; /* SSE: topic of the block, "" = default */
 };
 
-static void wire_reader_init(struct wire_reader *r, enum sse_input_format format,
-                             size_t max_data) {
+static void wire_reader_init(struct wire_reader *r, enum sse_input_format format, size_t max_data) {
     memset(r, 0, sizeof *r);
     r->format = format;
     r->max_data = max_data;
@@ -493,8 +496,8 @@ static void wire_line_done(struct wire_reader *r, wire_emit_fn emit, void *ctx) 
 }
 
 /* Feeds bytes; calls emit for every event completed (or skipped, with a reason). */
-static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len,
-                             wire_emit_fn emit, void *ctx) {
+static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len, wire_emit_fn emit,
+                             void *ctx) {
     bool sse = r->format == SSE_INPUT_SSE;
     size_t limit = r->max_data + (sse ? 8 : 1);
     size_t i = 0;
@@ -790,10 +793,10 @@ struct http_request {
 };
 
 enum {
-    HTTP_INCOMPLETE = 0,   /* need more bytes */
-    HTTP_BAD = -1,         /* malformed: 400 */
-    HTTP_TOO_LARGE = -2,   /* too many headers: 431 */
-    HTTP_BAD_VERSION = -3  /* well-formed, but not HTTP/1.0 or 1.1: 505 */
+    HTTP_INCOMPLETE = 0,  /* need more bytes */
+    HTTP_BAD = -1,        /* malformed: 400 */
+    HTTP_TOO_LARGE = -2,  /* too many headers: 431 */
+    HTTP_BAD_VERSION = -3 /* well-formed, but not HTTP/1.0 or 1.1: 505 */
 };
 
 /* tchar (RFC 9110 5.6.2): the characters of methods and field names. */
@@ -989,15 +992,15 @@ static long http_percent_decode(const char *in, size_t len, char *out, bool plus
 }
 
 struct http_param {
-    const char *key;   /* decoded name */
+    const char *key; /* decoded name */
     size_t key_len;
     const char *value; /* decoded value ("" when the parameter had no '=') */
     size_t value_len;
 };
 
 struct http_query {
-    size_t n;                                    /* parameters found */
-    struct http_param params[QUERY_PARAMS_MAX];  /* in order of appearance */
+    size_t n;                                   /* parameters found */
+    struct http_param params[QUERY_PARAMS_MAX]; /* in order of appearance */
 };
 
 /* Splits and decodes a query string (without '?'). scratch must hold len bytes; the views
@@ -1131,8 +1134,8 @@ static bool http_digits(const char *s, size_t n, int *out) {
 static bool http_parse_date(const char *s, size_t len, time_t *out) {
     struct tm tm = {0};
     int mday, year, hh, mm, ss;
-    if (len != 29 || s[3] != ',' || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' ||
-        s[16] != ' ' || s[19] != ':' || s[22] != ':' || memcmp(s + 25, " GMT", 4) != 0)
+    if (len != 29 || s[3] != ',' || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' || s[16] != ' ' ||
+        s[19] != ':' || s[22] != ':' || memcmp(s + 25, " GMT", 4) != 0)
         return false;
     if (!http_digits(s + 5, 2, &mday) || !http_digits(s + 12, 4, &year) ||
         !http_digits(s + 17, 2, &hh) || !http_digits(s + 20, 2, &mm) ||
@@ -1240,7 +1243,7 @@ struct static_open_how {
     uint64_t resolve; /* RESOLVE_* */
 };
 #define STATIC_RESOLVE_NO_MAGICLINKS 0x02
-#define STATIC_RESOLVE_BENEATH 0x08
+#define STATIC_RESOLVE_BENEATH       0x08
 #ifndef SYS_openat2
 #define SYS_openat2 437
 #endif
@@ -1313,59 +1316,67 @@ enum timer_id { TIMER_REQUEST, TIMER_SEND, TIMER_STREAM, TIMER_LINGER, TIMER_COU
 #define TIMER_NONE 0xFF
 
 enum close_reason {
-    R_CLIENT_CLOSED, R_DONE, R_SLOW, R_HEADER_TIMEOUT, R_BAD_REQUEST, R_SHUTDOWN, R_RETIRED,
-    R_ERROR, R_SEND_TIMEOUT, R_OVERLOAD
+    R_CLIENT_CLOSED,
+    R_DONE,
+    R_SLOW,
+    R_HEADER_TIMEOUT,
+    R_BAD_REQUEST,
+    R_SHUTDOWN,
+    R_RETIRED,
+    R_ERROR,
+    R_SEND_TIMEOUT,
+    R_OVERLOAD
 };
 static const char *const close_reason_text[] = {
-    "client closed", "done",     "slow subscriber", "header timeout", "bad request",
-    "shutdown",      "retired",  "error",           "send timeout",   "overload",
+    "client closed", "done",    "slow subscriber", "header timeout", "bad request",
+    "shutdown",      "retired", "error",           "send timeout",   "overload",
 };
 
 enum handle_kind { H_LISTEN, H_CONN, H_INPUT };
 
 /* What epoll hands back: every registered object starts with one. */
 struct handle {
-    int fd;            /* the descriptor */
+    int fd; /* the descriptor */
     enum handle_kind kind;
 };
 
 /* A request head collected across reads, or bytes pipelined after a request. */
 struct inbuf {
-    uint32_t len;      /* bytes in data */
-    uint32_t scanned;  /* bytes already searched for the end of the head */
+    uint32_t len;     /* bytes in data */
+    uint32_t scanned; /* bytes already searched for the end of the head */
     char data[SSE_HEAD_MAX];
 };
 
 /* A publish whose body is still arriving. */
 struct body {
-    size_t need;                     /* Content-Length */
-    size_t have;                     /* bytes in data */
-    bool has_event;                  /* event holds an event type */
-    char topic[TOPIC_NAME_MAX + 1];  /* validated topic */
-    char event[EVENT_TYPE_MAX + 1];  /* validated event type */
-    char data[];                     /* need bytes */
+    size_t need;                    /* Content-Length */
+    size_t have;                    /* bytes in data */
+    bool has_event;                 /* event holds an event type */
+    char topic[TOPIC_NAME_MAX + 1]; /* validated topic */
+    char event[EVENT_TYPE_MAX + 1]; /* validated event type */
+    char data[];                    /* need bytes */
 };
 
 struct conn {
-    struct handle h;           /* fd and kind (H_CONN); first, for epoll */
-    uint8_t state;             /* enum conn_state */
-    uint8_t flags;             /* enum conn_flag */
-    uint8_t timer;             /* enum timer_id it is listed in, or TIMER_NONE */
-    uint8_t reason;            /* enum close_reason to log when a linger ends */
-    uint16_t nsubs;            /* entries in subs */
-    uint32_t serial;           /* number for log lines */
+    struct handle h;            /* fd and kind (H_CONN); first, for epoll */
+    uint8_t state;              /* enum conn_state */
+    uint8_t flags;              /* enum conn_flag */
+    uint8_t timer;              /* enum timer_id it is listed in, or TIMER_NONE */
+    uint8_t reason;             /* enum close_reason to log when a linger ends */
+    uint16_t nsubs;             /* entries in subs */
+    uint32_t serial;            /* number for log lines */
     struct conn *tprev, *tnext; /* neighbours in the timer list (tnext: dead list too) */
-    struct conn *flush_next;   /* next in the flush list */
-    int64_t deadline;          /* when its timer fires, monotonic ms */
-    struct inbuf *in;          /* partial head or pipelined bytes; NULL when none */
-    struct body *body;         /* publish body being read; NULL when none */
-    struct blob **q;           /* output queue: a ring of qcap (power of two) slots */
+    struct conn *flush_next;    /* next in the flush list */
+    int64_t deadline;           /* when its timer fires, monotonic ms */
+    struct inbuf *in;           /* partial head or pipelined bytes; NULL when none */
+    struct body *body;          /* publish body being read; NULL when none */
+    struct blob **q;            /* output queue: a ring of qcap (power of two) slots */
     uint32_t qhead, qlen, qcap; /* ring index of the first blob, blobs queued, slots */
-    uint32_t qoff;             /* bytes of the first blob already written */
-    size_t qbytes;             /* bytes queued and not yet written */
-    int file_fd;               /* file to send after the queue, or -1 */
-    off_t file_off, file_end;  /* what of it is left to send */
-    struct sub *subs;          /* topics followed (subscribers only) */
+    uint32_t qoff;              /* bytes of the first blob already written */
+    size_t qbytes;              /* bytes queued and not yet written */
+    int file_fd;                /* file to send after the queue, or -1 */
+    off_t file_off, file_end;   /* what of it is left to send */
+    struct sub *subs;           /* topics followed (subscribers only) */
 };
 
 struct timer_list {
@@ -1396,9 +1407,9 @@ struct input {
 
 struct sse_server {
     /* configuration, defaults applied, strings owned */
-    char *stream_path;         /* e.g. "/events" */
+    char *stream_path; /* e.g. "/events" */
     size_t stream_path_len;
-    char *index_page;          /* built-in page, or NULL */
+    char *index_page; /* built-in page, or NULL */
     size_t index_page_len;
     char *publish_token;       /* NULL = publishing over HTTP is off */
     char *subscribe_token;     /* NULL = open subscriptions */
@@ -1413,16 +1424,16 @@ struct sse_server {
     struct logger log;         /* where log lines go */
 
     /* descriptors */
-    int epfd;                  /* the epoll instance, also sse_fd() */
-    struct handle listener;    /* listening socket; fd -1 once stopping */
-    int reserve_fd;            /* spare descriptor released to shed load on EMFILE */
-    int root_fd;               /* static root directory, or -1 */
-    char url[80];              /* "http://HOST:PORT/" */
+    int epfd;               /* the epoll instance, also sse_fd() */
+    struct handle listener; /* listening socket; fd -1 once stopping */
+    int reserve_fd;         /* spare descriptor released to shed load on EMFILE */
+    int root_fd;            /* static root directory, or -1 */
+    char url[80];           /* "http://HOST:PORT/" */
 
     /* time */
-    int64_t now;               /* monotonic ms, refreshed every iteration */
-    time_t date_sec;           /* second that date describes */
-    char date[32];             /* IMF-fixdate of date_sec, for Date headers */
+    int64_t now;     /* monotonic ms, refreshed every iteration */
+    time_t date_sec; /* second that date describes */
+    char date[32];   /* IMF-fixdate of date_sec, for Date headers */
 
     /* events */
     uint64_t last_id;          /* last id assigned (the seed before any publish) */
@@ -1437,19 +1448,19 @@ struct sse_server {
 
     /* connections */
     struct timer_list timers[TIMER_COUNT];
-    struct conn *flush_list;   /* connections with output to attempt */
-    struct conn *dead_list;    /* closed, to free */
-    uint32_t nconns;           /* open client connections (not counting over-limit ones) */
-    uint32_t noverflow;        /* over-limit connections being answered */
-    uint32_t nsubscribers;     /* connections in CONN_STREAM */
-    uint32_t next_serial;      /* for log lines */
-    int64_t emfile_logged;     /* last time EMFILE was logged (rate limit) */
+    struct conn *flush_list;     /* connections with output to attempt */
+    struct conn *dead_list;      /* closed, to free */
+    uint32_t nconns;             /* open client connections (not counting over-limit ones) */
+    uint32_t noverflow;          /* over-limit connections being answered */
+    uint32_t nsubscribers;       /* connections in CONN_STREAM */
+    uint32_t next_serial;        /* for log lines */
+    int64_t emfile_logged;       /* last time EMFILE was logged (rate limit) */
     int64_t accept_paused_until; /* listener muted after EMFILE until then; 0 = not */
-    struct input *inputs;      /* descriptors being published from */
-    bool stop_requested;       /* sse_stop() was called; acted on inside sse_poll() */
-    bool stopping;             /* draining: not accepting, subscribers told to retry */
-    bool stopped;              /* everything closed after sse_stop() */
-    int64_t stop_deadline;     /* when stopping turns into closing everything */
+    struct input *inputs;        /* descriptors being published from */
+    bool stop_requested;         /* sse_stop() was called; acted on inside sse_poll() */
+    bool stopping;               /* draining: not accepting, subscribers told to retry */
+    bool stopped;                /* everything closed after sse_stop() */
+    int64_t stop_deadline;       /* when stopping turns into closing everything */
     struct metrics m;
 
     char scratch[SSE_HEAD_MAX]; /* a request head read in one go */
@@ -1656,7 +1667,8 @@ static int conn_write(struct sse_server *srv, struct conn *c) {
     }
     while (c->file_fd >= 0 && c->file_off < c->file_end) {
         size_t chunk = (size_t)(c->file_end - c->file_off);
-        ssize_t w = conn_sendfile(c->h.fd, c->file_fd, &c->file_off, chunk > 1u << 20 ? 1u << 20 : chunk);
+        ssize_t w =
+            conn_sendfile(c->h.fd, c->file_fd, &c->file_off, chunk > 1u << 20 ? 1u << 20 : chunk);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -1715,7 +1727,8 @@ static void conn_flush(struct sse_server *srv, struct conn *c) {
         return;
     int r = conn_write(srv, c);
     if (r < 0) {
-        conn_close(srv, c, c->state == CONN_LINGER ? (enum close_reason)c->reason : R_CLIENT_CLOSED);
+        conn_close(srv, c,
+                   c->state == CONN_LINGER ? (enum close_reason)c->reason : R_CLIENT_CLOSED);
         return;
     }
     if (r > 0)
@@ -1840,8 +1853,8 @@ static void http_text(struct sse_server *srv, struct conn *c, int status, const 
                       const char *extra) {
     char body[256];
     int n = snprintf(body, sizeof body, "%s\n", msg);
-    http_respond(srv, c, status, "text/plain; charset=utf-8", extra, body,
-                 n < 0 ? 0 : (size_t)n, false);
+    http_respond(srv, c, status, "text/plain; charset=utf-8", extra, body, n < 0 ? 0 : (size_t)n,
+                 false);
 }
 
 /* Answers a request that is wrong in itself and closes after: its framing can't be trusted. */
@@ -2008,7 +2021,8 @@ static void stream_open(struct sse_server *srv, struct conn *c, const char *cons
     setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
     setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
     setsockopt(c->h.fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
-    if (!conn_enqueue(srv, c, head) || (srv->retry_line && !conn_enqueue(srv, c, srv->retry_line)) ||
+    if (!conn_enqueue(srv, c, head) ||
+        (srv->retry_line && !conn_enqueue(srv, c, srv->retry_line)) ||
         !stream_catch_up(srv, c, last, last_len)) {
         conn_close(srv, c, R_ERROR);
         return;
@@ -2613,9 +2627,8 @@ static void http_handle(struct sse_server *srv, struct conn *c, const struct htt
     size_t raw_path_len = qm ? (size_t)(qm - target) : target_len;
     long path_len = http_percent_decode(target, raw_path_len, srv->path, false);
     struct http_query q;
-    if (path_len < 0 ||
-        http_parse_query(qm ? qm + 1 : "", qm ? target_len - raw_path_len - 1 : 0, srv->decoded,
-                         &q) < 0) {
+    if (path_len < 0 || http_parse_query(qm ? qm + 1 : "", qm ? target_len - raw_path_len - 1 : 0,
+                                         srv->decoded, &q) < 0) {
         http_fail(srv, c, 400, "malformed percent-escape, %00 or too many parameters in URL");
         return;
     }
@@ -2688,7 +2701,10 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
         return;
     }
     if (r < 0) {
-        http_fail(srv, c, r == HTTP_TOO_LARGE ? 431 : r == HTTP_BAD_VERSION ? 505 : 400,
+        http_fail(srv, c,
+                  r == HTTP_TOO_LARGE     ? 431
+                  : r == HTTP_BAD_VERSION ? 505
+                                          : 400,
                   r == HTTP_TOO_LARGE     ? "too many header fields"
                   : r == HTTP_BAD_VERSION ? "only HTTP/1.0 and HTTP/1.1 are served"
                                           : "malformed request");
@@ -2892,8 +2908,8 @@ static void loop_accept(struct sse_server *srv) {
     for (int i = 0; i < ACCEPT_BATCH && srv->listener.fd >= 0; i++) {
         struct sockaddr_storage sa;
         socklen_t salen = sizeof sa;
-        int fd = accept4(srv->listener.fd, (struct sockaddr *)&sa, &salen,
-                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd =
+            accept4(srv->listener.fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -2917,9 +2933,9 @@ static void loop_accept(struct sse_server *srv) {
 static void conn_on_event(struct sse_server *srv, struct conn *c, uint32_t events) {
     if (events & (EPOLLERR | EPOLLHUP)) {
         conn_close(srv, c,
-                   c->state == CONN_LINGER   ? (enum close_reason)c->reason
-                   : (events & EPOLLERR) ? R_ERROR
-                                         : R_CLIENT_CLOSED);
+                   c->state == CONN_LINGER ? (enum close_reason)c->reason
+                   : (events & EPOLLERR)   ? R_ERROR
+                                           : R_CLIENT_CLOSED);
         return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP)) {
@@ -2934,8 +2950,7 @@ static void conn_on_event(struct sse_server *srv, struct conn *c, uint32_t event
 }
 
 static void loop_timers(struct sse_server *srv) {
-    if (srv->accept_paused_until && srv->now >= srv->accept_paused_until &&
-        srv->listener.fd >= 0) {
+    if (srv->accept_paused_until && srv->now >= srv->accept_paused_until && srv->listener.fd >= 0) {
         struct epoll_event ev = {.events = EPOLLIN};
         ev.data.ptr = &srv->listener;
         epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
@@ -2999,15 +3014,10 @@ static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
         else
             conn_linger(srv, c, R_SHUTDOWN);
         break;
-    case CONN_RESPOND:
-        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-        break;
+    case CONN_RESPOND: c->flags &= (uint8_t)~CF_KEEP_ALIVE; break;
     case CONN_REQUEST:
-    case CONN_BODY:
-        conn_close(srv, c, R_SHUTDOWN);
-        break;
-    default:
-        break;
+    case CONN_BODY: conn_close(srv, c, R_SHUTDOWN); break;
+    default: break;
     }
 }
 
@@ -3074,11 +3084,17 @@ int sse_run(struct sse_server *srv) {
     return r;
 }
 
-int sse_fd(const struct sse_server *srv) { return srv->epfd; }
+int sse_fd(const struct sse_server *srv) {
+    return srv->epfd;
+}
 
-int sse_next_timeout_ms(const struct sse_server *srv) { return loop_next_timeout(srv); }
+int sse_next_timeout_ms(const struct sse_server *srv) {
+    return loop_next_timeout(srv);
+}
 
-void sse_stop(struct sse_server *srv) { srv->stop_requested = true; }
+void sse_stop(struct sse_server *srv) {
+    srv->stop_requested = true;
+}
 
 /* ==========================================================================================
  * 10. The public API (documented in sse.h)
@@ -3087,7 +3103,8 @@ void sse_stop(struct sse_server *srv) { srv->stop_requested = true; }
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
 #endif
-static void api_error(char *err, size_t errlen, const char *fmt, ...) {
+static void
+api_error(char *err, size_t errlen, const char *fmt, ...) {
     if (!err || !errlen)
         return;
     va_list ap;
@@ -3117,7 +3134,8 @@ static bool api_split_listen(const char *spec, char *host, size_t host_cap, char
         colon = close + 1;
     } else {
         colon = strrchr(spec, ':');
-        if (!colon || (size_t)(colon - spec) >= host_cap || memchr(spec, ':', (size_t)(colon - spec)))
+        if (!colon || (size_t)(colon - spec) >= host_cap ||
+            memchr(spec, ':', (size_t)(colon - spec)))
             return false;
         memcpy(host, spec, (size_t)(colon - spec));
         host[colon - spec] = '\0';
@@ -3209,8 +3227,12 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
         return "negative value in configuration";
     if (cfg->max_event_bytes > EVENT_BYTES_LIMIT)
         return "max_event_bytes is over 64 MiB";
-    uint32_t backlog = cfg->backlog == 0 ? 1024 : cfg->backlog == SSE_OFF ? 0 : (uint32_t)cfg->backlog;
-    srv->heartbeat_ms = cfg->heartbeat_ms == 0 ? 15000 : cfg->heartbeat_ms == SSE_OFF ? 0 : cfg->heartbeat_ms;
+    uint32_t backlog = cfg->backlog == 0         ? 1024
+                       : cfg->backlog == SSE_OFF ? 0
+                                                 : (uint32_t)cfg->backlog;
+    srv->heartbeat_ms = cfg->heartbeat_ms == 0         ? 15000
+                        : cfg->heartbeat_ms == SSE_OFF ? 0
+                                                       : cfg->heartbeat_ms;
     srv->retry_ms = cfg->retry_ms == 0 ? 3000 : cfg->retry_ms == SSE_OFF ? 0 : cfg->retry_ms;
     srv->header_timeout_ms = cfg->header_timeout_ms ? cfg->header_timeout_ms : 10000;
     srv->client_buffer = cfg->client_buffer ? cfg->client_buffer : 1u << 20;
@@ -3220,7 +3242,9 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     } else {
         struct rlimit rl;
         rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-        srv->max_clients = n > FD_RESERVE + 1 ? (uint32_t)(n - FD_RESERVE > 10000000 ? 10000000 : n - FD_RESERVE) : 1;
+        srv->max_clients = n > FD_RESERVE + 1
+                               ? (uint32_t)(n - FD_RESERVE > 10000000 ? 10000000 : n - FD_RESERVE)
+                               : 1;
     }
     const char *sp = cfg->stream_path ? cfg->stream_path : DEFAULT_STREAM_PATH;
     size_t splen = strlen(sp);
@@ -3365,7 +3389,9 @@ void sse_server_free(struct sse_server *srv) {
     free(srv);
 }
 
-const char *sse_url(const struct sse_server *srv) { return srv->url; }
+const char *sse_url(const struct sse_server *srv) {
+    return srv->url;
+}
 
 int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
                 size_t len, uint64_t *id_out) {

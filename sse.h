@@ -94,7 +94,7 @@ struct sse_config {
                                     0 = 1 MiB */
     size_t max_event_bytes;      /* largest event payload. 0 = 1 MiB; at most 64 MiB */
     void (*on_log)(enum sse_log_level level, const char *msg, void *user);
-    void *user;                  /* passed to on_log */
+    void *user; /* passed to on_log */
 };
 
 /* ---- Lifecycle ------------------------------------------------------------------------- */

@@ -9,13 +9,13 @@
 
 static int failures, checks;
 
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        checks++;                                                                              \
-        if (!(cond)) {                                                                         \
-            failures++;                                                                        \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);           \
-        }                                                                                      \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (!(cond)) {                                                                             \
+            failures++;                                                                            \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+        }                                                                                          \
     } while (0)
 
 /* Copies s[0..len) so that its last byte is the last byte before an unmapped page. */
@@ -24,8 +24,8 @@ static char *guarded(const char *s, size_t len) {
     static size_t page_size;
     if (!page) {
         page_size = (size_t)sysconf(_SC_PAGESIZE);
-        page = mmap(NULL, 4 * page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                    -1, 0);
+        page =
+            mmap(NULL, 4 * page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (page == MAP_FAILED)
             abort();
         mprotect(page + 3 * page_size, page_size, PROT_NONE);
@@ -124,7 +124,9 @@ static void test_json(void) {
     CHECK(json_is("a\"b\\c", 5, "\"a\\\"b\\\\c\""));
     CHECK(json_is("\n\x01", 2, "\"\\u000a\\u0001\""));
     CHECK(json_is("caf\xc3\xa9", 5, "\"caf\xc3\xa9\""));
-    CHECK(json_is("\xff" "a", 2, "\"\\ufffda\""));
+    CHECK(json_is("\xff"
+                  "a",
+                  2, "\"\\ufffda\""));
     CHECK(json_is("\xe2\x82", 2, "\"\\ufffd\\ufffd\""));
 }
 
@@ -180,7 +182,8 @@ static bool reader_gives(enum sse_input_format format, size_t max, const char *i
 
 static void test_reader(void) {
     CHECK(reader_gives(SSE_INPUT_LINES, 100, "a\nb\r\n\nlast", "-|-|a;-|-|b;-|-|;-|-|last;"));
-    CHECK(reader_gives(SSE_INPUT_LINES, 3, "abc\nabcd\nx\n", "-|-|abc;!line over max_event_bytes;-|-|x;"));
+    CHECK(reader_gives(SSE_INPUT_LINES, 3, "abc\nabcd\nx\n",
+                       "-|-|abc;!line over max_event_bytes;-|-|x;"));
     CHECK(reader_gives(SSE_INPUT_LINES, 100, "a\rb\n", "-|-|a\rb;"));
     CHECK(reader_gives(SSE_INPUT_SSE, 100,
                        "topic: t\nevent: e\ndata: 1\ndata:2\n\n: comment\nid: 5\ndata\n\n",
@@ -213,7 +216,8 @@ static long parse(const char *s, struct http_request *req) {
 
 static void test_http_parse(void) {
     struct http_request req;
-    const char *get = "GET /events?topic=a HTTP/1.1\r\nHost: x\r\nAccept:  text/event-stream \r\n\r\n";
+    const char *get =
+        "GET /events?topic=a HTTP/1.1\r\nHost: x\r\nAccept:  text/event-stream \r\n\r\n";
     test_http_prefixes(get, (long)strlen(get));
     CHECK(parse(get, &req) == (long)strlen(get));
     CHECK(bytes_eq(req.method, req.method_len, "GET"));
@@ -293,7 +297,9 @@ static void test_decode(void) {
     CHECK(http_parse_query(lots, w.len, scratch, &q) == -1);
 }
 
-static bool accepts(const char *v) { return http_accepts_event_stream(v, strlen(v)); }
+static bool accepts(const char *v) {
+    return http_accepts_event_stream(v, strlen(v));
+}
 
 static void test_http_helpers(void) {
     CHECK(accepts("text/event-stream"));
@@ -409,7 +415,6 @@ static void test_topics(void) {
     free(tt.buckets);
 }
 
-
 /* ---- the public API: two servers in one process, driven by hand ---- */
 
 static int connect_to(const struct sse_server *srv) {
@@ -462,7 +467,8 @@ static void test_two_servers(void) {
     CHECK(sse_publish(srvs[0], "t", "e", "for a", 5, NULL) == 1);
     CHECK(sse_next_timeout_ms(srvs[0]) == 0); /* queued: poll now */
     CHECK(sse_publish(srvs[1], "t", NULL, "for b", 5, NULL) == 1);
-    CHECK(read_until(srvs, a, buf, sizeof buf, "event: e\ndata: for a\n\n") && !strstr(buf, "for b"));
+    CHECK(read_until(srvs, a, buf, sizeof buf, "event: e\ndata: for a\n\n") &&
+          !strstr(buf, "for b"));
     CHECK(read_until(srvs, b, buf, sizeof buf, "data: for b\n\n") && !strstr(buf, "for a"));
     CHECK(sse_publish(srvs[0], "bad topic", NULL, "x", 1, NULL) == -EINVAL);
     CHECK(sse_publish(srvs[0], NULL, "a\nb", "x", 1, NULL) == -EINVAL);
