@@ -2333,6 +2333,40 @@ static const char *publish_params(const struct http_query *q, char *topic, char 
     return NULL;
 }
 
+/* Sets the connection up to receive a publish body of content_length bytes (asking for it
+ * with 100 Continue when the client waits for that), or publishes at once when empty. */
+static void publish_expect_body(struct sse_server *srv, struct conn *c,
+                                const struct http_request *req, const char *topic,
+                                const char *event, uint64_t content_length) {
+    if (content_length > srv->max_event_bytes) {
+        http_fail(srv, c, 413, "event over --max-event-bytes");
+        return;
+    }
+    struct body *b = malloc(sizeof *b + content_length);
+    if (!b) {
+        http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
+        return;
+    }
+    b->need = (size_t)content_length;
+    b->have = 0;
+    b->has_event = event[0] != '\0';
+    strcpy(b->topic, topic);
+    strcpy(b->event, event);
+    c->body = b;
+    c->flags &= (uint8_t)~CF_BODY_UNREAD;
+    c->state = CONN_BODY;
+    timer_set(srv, c, TIMER_REQUEST);
+    const struct http_header *expect = http_header(req, "Expect");
+    if (expect && content_length && !(c->flags & CF_HTTP10) &&
+        ascii_ieq(expect->value, expect->value_len, "100-continue") &&
+        !conn_enqueue(srv, c, srv->continue_100)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    if (content_length == 0)
+        publish_finish(srv, c);
+}
+
 static void publish_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
                            const struct http_query *q, uint64_t content_length) {
     static const char allow[] = "Allow: POST, DELETE, OPTIONS\r\n";
@@ -2381,34 +2415,7 @@ static void publish_handle(struct sse_server *srv, struct conn *c, const struct 
         http_json(srv, c, &w);
         return;
     }
-    if (content_length > srv->max_event_bytes) {
-        srv->m.bad_requests_total++;
-        http_text(srv, c, 413, "event over --max-event-bytes", NULL);
-        return;
-    }
-    struct body *b = malloc(sizeof *b + content_length);
-    if (!b) {
-        http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
-        return;
-    }
-    b->need = (size_t)content_length;
-    b->have = 0;
-    b->has_event = event[0] != '\0';
-    memcpy(b->topic, topic, sizeof topic);
-    memcpy(b->event, event, sizeof event);
-    c->body = b;
-    c->flags &= (uint8_t)~CF_BODY_UNREAD;
-    c->state = CONN_BODY;
-    timer_set(srv, c, TIMER_REQUEST);
-    const struct http_header *expect = http_header(req, "Expect");
-    if (expect && content_length && !(c->flags & CF_HTTP10) &&
-        ascii_ieq(expect->value, expect->value_len, "100-continue") &&
-        !conn_enqueue(srv, c, srv->continue_100)) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    if (content_length == 0)
-        publish_finish(srv, c);
+    publish_expect_body(srv, c, req, topic, event, content_length);
 }
 
 /* ---- metrics, health, static files ----------------------------------------------------- */
@@ -2587,7 +2594,11 @@ static bool http_target_path(const struct http_request *req, const char **path, 
     return true;
 }
 
-static void http_handle(struct sse_server *srv, struct conn *c, const struct http_request *req) {
+/* Sets the connection's flags for this request and refuses requests that are wrong in
+ * themselves (RFC 9112 3.2: HTTP/1.1 needs exactly one Host). Returns false when it has
+ * answered. */
+static bool http_admit(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                       uint64_t *content_length) {
     const struct http_header *conn_h = http_header(req, "Connection");
     bool close_asked = conn_h && http_list_has(conn_h->value, conn_h->value_len, "close");
     bool keep_asked = conn_h && http_list_has(conn_h->value, conn_h->value_len, "keep-alive");
@@ -2596,51 +2607,30 @@ static void http_handle(struct sse_server *srv, struct conn *c, const struct htt
         c->flags |= CF_HTTP10;
     if (!close_asked && (req->minor == 1 || keep_asked) && !srv->stopping)
         c->flags |= CF_KEEP_ALIVE;
-
     size_t hosts = http_header_count(req, "Host");
     if (hosts > 1 || (hosts == 0 && req->minor == 1)) {
         http_fail(srv, c, 400, "HTTP/1.1 needs exactly one Host header");
-        return;
+        return false;
     }
-    uint64_t content_length;
     const char *why = NULL;
-    int status = http_framing(req, &content_length, &why);
+    int status = http_framing(req, content_length, &why);
     if (status) {
         http_fail(srv, c, status, why);
-        return;
+        return false;
     }
-    if (content_length)
+    if (*content_length)
         c->flags |= CF_BODY_UNREAD;
-    bool options = bytes_eq(req->method, req->method_len, "OPTIONS");
-    if (options && req->target_len == 1 && req->target[0] == '*') {
-        http_respond(srv, c, 204, NULL, "Allow: GET, HEAD, POST, DELETE, OPTIONS\r\n", NULL, 0,
-                     false);
-        return;
-    }
-    const char *target, *qm;
-    size_t target_len;
-    if (!http_target_path(req, &target, &target_len)) {
-        http_fail(srv, c, 400, "invalid request target");
-        return;
-    }
-    qm = memchr(target, '?', target_len);
-    size_t raw_path_len = qm ? (size_t)(qm - target) : target_len;
-    long path_len = http_percent_decode(target, raw_path_len, srv->path, false);
-    struct http_query q;
-    if (path_len < 0 || http_parse_query(qm ? qm + 1 : "", qm ? target_len - raw_path_len - 1 : 0,
-                                         srv->decoded, &q) < 0) {
-        http_fail(srv, c, 400, "malformed percent-escape, %00 or too many parameters in URL");
-        return;
-    }
-    const char *path = srv->path;
-    size_t plen = (size_t)path_len;
-    srv->path[plen] = '\0';
+    return true;
+}
 
-    bool stream = plen >= srv->stream_path_len &&
-                  memcmp(path, srv->stream_path, srv->stream_path_len) == 0 &&
-                  (plen == srv->stream_path_len || path[srv->stream_path_len] == '/');
-    if (stream) {
-        stream_handle(srv, c, req, &q, path + srv->stream_path_len, plen - srv->stream_path_len);
+/* Hands the request to its endpoint: the stream prefix, /publish, /metrics, /healthz, then
+ * static files or the built-in page. */
+static void http_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                       const char *path, size_t plen, const struct http_query *q,
+                       uint64_t content_length) {
+    size_t sp = srv->stream_path_len;
+    if (plen >= sp && memcmp(path, srv->stream_path, sp) == 0 && (plen == sp || path[sp] == '/')) {
+        stream_handle(srv, c, req, q, path + sp, plen - sp);
         return;
     }
     if (c->flags & CF_OVER_LIMIT) {
@@ -2650,14 +2640,13 @@ static void http_handle(struct sse_server *srv, struct conn *c, const struct htt
         return;
     }
     if (bytes_eq(path, plen, "/publish")) {
-        publish_handle(srv, c, req, &q, content_length);
+        publish_handle(srv, c, req, q, content_length);
         return;
     }
     static const char read_only[] = "Allow: GET, HEAD, OPTIONS\r\n";
-    bool get = bytes_eq(req->method, req->method_len, "GET");
     bool head = bytes_eq(req->method, req->method_len, "HEAD");
-    if (!get && !head) {
-        if (options)
+    if (!head && !bytes_eq(req->method, req->method_len, "GET")) {
+        if (bytes_eq(req->method, req->method_len, "OPTIONS"))
             http_respond(srv, c, 204, NULL, read_only, NULL, 0, false);
         else
             http_text(srv, c, 405, "method not allowed", read_only);
@@ -2674,6 +2663,36 @@ static void http_handle(struct sse_server *srv, struct conn *c, const struct htt
                      srv->index_page_len, head);
     else
         http_text(srv, c, 404, "not found", NULL);
+}
+
+/* Checks a parsed request, decodes its path and query (once, here) and routes it. */
+static void http_handle(struct sse_server *srv, struct conn *c, const struct http_request *req) {
+    uint64_t content_length;
+    if (!http_admit(srv, c, req, &content_length))
+        return;
+    if (bytes_eq(req->method, req->method_len, "OPTIONS") && req->target_len == 1 &&
+        req->target[0] == '*') {
+        http_respond(srv, c, 204, NULL, "Allow: GET, HEAD, POST, DELETE, OPTIONS\r\n", NULL, 0,
+                     false);
+        return;
+    }
+    const char *target;
+    size_t target_len;
+    if (!http_target_path(req, &target, &target_len)) {
+        http_fail(srv, c, 400, "invalid request target");
+        return;
+    }
+    const char *qm = memchr(target, '?', target_len);
+    size_t raw_path_len = qm ? (size_t)(qm - target) : target_len;
+    long path_len = http_percent_decode(target, raw_path_len, srv->path, false);
+    struct http_query q;
+    if (path_len < 0 || http_parse_query(qm ? qm + 1 : "", qm ? target_len - raw_path_len - 1 : 0,
+                                         srv->decoded, &q) < 0) {
+        http_fail(srv, c, 400, "malformed percent-escape, %00 or too many parameters in URL");
+        return;
+    }
+    srv->path[path_len] = '\0';
+    http_route(srv, c, req, srv->path, (size_t)path_len, &q, content_length);
 }
 
 /* Parses the request in buf[0..len) (the server's scratch buffer or the connection's own)
