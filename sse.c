@@ -2511,7 +2511,6 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
     bool is_dir = fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
     if (is_dir) {
         close(fd);
-        fd = -1;
         if (path[path_len - 1] != '/') {
             /* Redirect to the directory's own URL so relative links in its index resolve.
              * The raw target is ASCII without spaces or CR/LF: safe in a header. */
@@ -2925,7 +2924,7 @@ static void loop_shed(struct sse_server *srv) {
 
 static void loop_accept(struct sse_server *srv) {
     for (int i = 0; i < ACCEPT_BATCH && srv->listener.fd >= 0; i++) {
-        struct sockaddr_storage sa;
+        struct sockaddr_storage sa = {0};
         socklen_t salen = sizeof sa;
         int fd =
             accept4(srv->listener.fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -3212,7 +3211,7 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
         api_error(err, errlen, "cannot listen on %s: %s", spec, strerror(saved));
         return -1;
     }
-    struct sockaddr_storage sa;
+    struct sockaddr_storage sa = {0};
     socklen_t salen = sizeof sa;
     char addr[INET6_ADDRSTRLEN] = "?";
     int p = 0;
