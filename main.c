@@ -56,6 +56,14 @@ static const char usage[] =
     "                            (default 1m)\n"
     "  --max-event-bytes BYTES   largest event payload, at most 64m (default 1m)\n"
     "  --header-timeout SECONDS  deadline for a request head (default 10)\n"
+    "  --proxy PREFIX=URL        forward requests under PREFIX to URL (http://HOST:PORT[/BASE]),\n"
+    "                            streaming responses unbuffered; repeatable, longest prefix\n"
+    "                            wins; HOST is resolved once at start (default: none)\n"
+    "  --proxy-connect-timeout SECONDS  connecting to an upstream (default 5)\n"
+    "  --proxy-heartbeat SECONDS  comment line between events of a proxied stream after this\n"
+    "                            much upstream silence (default 0 = none)\n"
+    "  --relay TOPIC=URL         follow the event stream at URL like an EventSource and\n"
+    "                            republish its events on TOPIC; repeatable (default: none)\n"
     "  --quiet                   log only warnings and errors\n"
     "  --verbose                 also log every connection opened and closed\n"
     "  --help                    show this help and exit\n"
@@ -84,7 +92,11 @@ enum option_id {
     OPT_HEADER_TIMEOUT,
     OPT_QUIET,
     OPT_VERBOSE,
-    OPT_VERSION
+    OPT_VERSION,
+    OPT_PROXY,
+    OPT_PROXY_CONNECT_TIMEOUT,
+    OPT_PROXY_HEARTBEAT,
+    OPT_RELAY
 };
 
 static const struct option long_options[] = {
@@ -106,6 +118,10 @@ static const struct option long_options[] = {
     {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
     {"quiet", no_argument, NULL, OPT_QUIET},
     {"verbose", no_argument, NULL, OPT_VERBOSE},
+    {"proxy", required_argument, NULL, OPT_PROXY},
+    {"proxy-connect-timeout", required_argument, NULL, OPT_PROXY_CONNECT_TIMEOUT},
+    {"proxy-heartbeat", required_argument, NULL, OPT_PROXY_HEARTBEAT},
+    {"relay", required_argument, NULL, OPT_RELAY},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -117,6 +133,8 @@ struct options {
     enum sse_input_format stdin_format; /* --stdin-format */
     bool demo;                          /* --demo */
     enum sse_log_level log_level;       /* highest level printed */
+    struct sse_proxy_route *routes;     /* --proxy, argc entries */
+    struct sse_relay *relays;           /* --relay, argc entries */
 };
 
 #if defined(__GNUC__)
@@ -165,9 +183,25 @@ static void check_listen(const char *s) {
         die_usage("invalid value '%s' for --listen: expected HOST:PORT, :PORT or [IPV6]:PORT", s);
 }
 
+/* Splits "LEFT=RIGHT" in place. */
+static void split_pair(char *arg, const char *opt, const char *shape, char **left, char **right) {
+    char *eq = strchr(arg, '=');
+    if (!eq || eq == arg || !eq[1])
+        die_usage("invalid value '%s' for --%s: expected %s", arg, opt, shape);
+    *eq = '\0';
+    *left = arg;
+    *right = eq + 1;
+}
+
 static void parse_options(int argc, char **argv, struct options *o) {
     memset(o, 0, sizeof *o);
     o->log_level = SSE_LOG_INFO;
+    o->routes = calloc((size_t)argc, sizeof *o->routes);
+    o->relays = calloc((size_t)argc, sizeof *o->relays);
+    if (!o->routes || !o->relays)
+        die_usage("out of memory%s", "");
+    o->cfg.proxy_routes = o->routes;
+    o->cfg.relays = o->relays;
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
@@ -233,6 +267,37 @@ static void parse_options(int argc, char **argv, struct options *o) {
         case OPT_HEADER_TIMEOUT:
             o->cfg.header_timeout_ms =
                 (int)parse_number("header-timeout", optarg, 1, 86400, false) * 1000;
+            break;
+        case OPT_PROXY: {
+            struct sse_proxy_route *r = &o->routes[o->cfg.num_proxy_routes++];
+            char *prefix, *url;
+            split_pair(optarg, "proxy", "PREFIX=http://HOST:PORT[/BASE]", &prefix, &url);
+            if (prefix[0] != '/' || strncmp(url, "http://", 7) != 0)
+                die_usage(
+                    "invalid value '%s=%s' for --proxy: expected PREFIX=http://HOST:PORT[/BASE]",
+                    prefix, url);
+            r->prefix = prefix;
+            r->upstream = url;
+            break;
+        }
+        case OPT_RELAY: {
+            struct sse_relay *r = &o->relays[o->cfg.num_relays++];
+            char *topic, *url;
+            split_pair(optarg, "relay", "TOPIC=http://HOST:PORT/PATH", &topic, &url);
+            if (strncmp(url, "http://", 7) != 0)
+                die_usage("invalid value '%s=%s' for --relay: expected TOPIC=http://HOST:PORT/PATH",
+                          topic, url);
+            r->topic = topic;
+            r->url = url;
+            break;
+        }
+        case OPT_PROXY_CONNECT_TIMEOUT:
+            o->cfg.proxy_connect_timeout_ms =
+                (int)parse_number("proxy-connect-timeout", optarg, 1, 3600, false) * 1000;
+            break;
+        case OPT_PROXY_HEARTBEAT:
+            o->cfg.proxy_heartbeat_ms =
+                (int)parse_number("proxy-heartbeat", optarg, 0, 86400, false) * 1000;
             break;
         case OPT_QUIET: o->log_level = SSE_LOG_WARN; break;
         case OPT_VERBOSE: o->log_level = SSE_LOG_DEBUG; break;
@@ -393,5 +458,7 @@ int main(int argc, char **argv) {
             break;
     }
     sse_server_free(srv);
+    free(o.routes);
+    free(o.relays);
     return status;
 }

@@ -82,6 +82,7 @@
 #endif
 
 #define TOPIC_NAME_MAX      64          /* topic names are [A-Za-z0-9._-]{1,64} */
+#define SSE_ID_MAX          512         /* longest upstream event id the relay keeps */
 #define EVENT_TYPE_MAX      256         /* longest event: type we accept */
 #define EVENT_BYTES_LIMIT   (64u << 20) /* the largest max_event_bytes one may configure */
 #define QUERY_PARAMS_MAX    64          /* parameters in one query string */
@@ -189,15 +190,19 @@ static char ascii_lower(char c) {
     return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
 }
 
-/* Case-insensitive comparison of a byte range with a NUL-terminated ASCII string. */
-static bool ascii_ieq(const char *s, size_t len, const char *lit) {
-    size_t n = strlen(lit);
-    if (len != n)
+/* Case-insensitive comparison of two byte ranges (ASCII letters only). */
+static bool ascii_ieq_range(const char *a, size_t alen, const char *b, size_t blen) {
+    if (alen != blen)
         return false;
-    for (size_t i = 0; i < n; i++)
-        if (ascii_lower(s[i]) != ascii_lower(lit[i]))
+    for (size_t i = 0; i < alen; i++)
+        if (ascii_lower(a[i]) != ascii_lower(b[i]))
             return false;
     return true;
+}
+
+/* Case-insensitive comparison of a byte range with a NUL-terminated ASCII string. */
+static bool ascii_ieq(const char *s, size_t len, const char *lit) {
+    return ascii_ieq_range(s, len, lit, strlen(lit));
 }
 
 static bool bytes_eq(const char *s, size_t len, const char *lit) {
@@ -384,12 +389,20 @@ struct wire_reader {
     const char *block_error;        /* SSE: why this block will be skipped, or NULL */
     char event[EVENT_TYPE_MAX + 1]; /* SSE: event type of the block, "" = default */
     char topic[TOPIC_NAME_MAX + 1]; /* SSE: topic of the block, "" = default */
+    bool whatwg;                    /* read as an EventSource does (the relay): id and retry
+                                       fields count, topic is an unknown field, one leading
+                                       BOM is dropped */
+    uint8_t bom_seen;               /* whatwg: BOM bytes matched at the start; 4 = past it */
+    char id_buf[SSE_ID_MAX + 1];    /* whatwg: the last event ID buffer */
+    char last_id[SSE_ID_MAX + 1];   /* whatwg: the last event ID string, set at dispatch */
+    int64_t retry_ms;               /* whatwg: reconnection time from retry:, -1 = none */
 };
 
 static void wire_reader_init(struct wire_reader *r, enum sse_input_format format, size_t max_data) {
     memset(r, 0, sizeof *r);
     r->format = format;
     r->max_data = max_data;
+    r->retry_ms = -1;
 }
 
 static void wire_reader_free(struct wire_reader *r) {
@@ -433,6 +446,8 @@ static void wire_reset_block(struct wire_reader *r) {
 static void wire_sse_line(struct wire_reader *r, const char *line, size_t len, wire_emit_fn emit,
                           void *ctx) {
     if (len == 0) {
+        if (r->whatwg) /* dispatch step 1: even without data the id takes effect */
+            memcpy(r->last_id, r->id_buf, sizeof r->last_id);
         if (r->has_data) {
             if (r->block_error)
                 emit(ctx, NULL, NULL, NULL, 0, r->block_error);
@@ -467,7 +482,16 @@ static void wire_sse_line(struct wire_reader *r, const char *line, size_t len, w
             memcpy(r->event, value, vlen);
             r->event[vlen] = '\0';
         }
-    } else if (bytes_eq(line, name_len, "topic")) {
+    } else if (r->whatwg && bytes_eq(line, name_len, "id")) {
+        if (!memchr(value, '\0', vlen) && vlen <= SSE_ID_MAX) { /* NUL: ignore the field */
+            memcpy(r->id_buf, value, vlen);
+            r->id_buf[vlen] = '\0';
+        }
+    } else if (r->whatwg && bytes_eq(line, name_len, "retry")) {
+        uint64_t ms;
+        if (parse_u64(value, vlen, &ms)) /* only ASCII digits count */
+            r->retry_ms = ms > INT32_MAX ? INT32_MAX : (int64_t)ms;
+    } else if (!r->whatwg && bytes_eq(line, name_len, "topic")) {
         if (vlen && !wire_topic_valid(value, vlen))
             r->block_error = "invalid topic name";
         else {
@@ -498,6 +522,19 @@ static void wire_line_done(struct wire_reader *r, wire_emit_fn emit, void *ctx) 
 /* Feeds bytes; calls emit for every event completed (or skipped, with a reason). */
 static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len, wire_emit_fn emit,
                              void *ctx) {
+    /* WHATWG 9.2.6: the UTF-8 decode drops one leading BOM. It may arrive split. */
+    static const char bom[3] = {'\xEF', '\xBB', '\xBF'};
+    while (r->whatwg && r->bom_seen < 4 && len) {
+        if (buf[0] == bom[r->bom_seen]) {
+            buf++;
+            len--;
+            r->bom_seen = r->bom_seen == 2 ? 4 : (uint8_t)(r->bom_seen + 1);
+            continue;
+        }
+        uint8_t matched = r->bom_seen;
+        r->bom_seen = 4;
+        wire_reader_feed(r, bom, matched, emit, ctx); /* not a BOM after all */
+    }
     bool sse = r->format == SSE_INPUT_SSE;
     size_t limit = r->max_data + (sse ? 8 : 1);
     size_t i = 0;
@@ -544,6 +581,54 @@ static void wire_reader_finish(struct wire_reader *r, wire_emit_fn emit, void *c
     }
     r->line_len = 0;
     wire_reset_block(r);
+}
+
+/* Copies s[0..len) as valid UTF-8: every byte that does not start a valid sequence becomes
+ * U+FFFD, which is what the WHATWG decoder makes of it (used for relayed events). */
+static void wire_utf8_repair(struct wbuf *w, const char *s, size_t len) {
+    size_t start = 0, i = 0;
+    while (i < len) {
+        unsigned char c = (unsigned char)s[i];
+        size_t n = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+        if (i + n <= len && wire_utf8_valid(s + i, n)) {
+            i += n;
+            continue;
+        }
+        wb_put(w, s + start, i - start);
+        wb_put(w, "\xEF\xBF\xBD", 3);
+        start = ++i;
+    }
+    wb_put(w, s + start, len - start);
+}
+
+/*
+ * Where events end in a stream passing through (the proxy's heartbeat may only go in
+ * between two events): after a blank line, or at the very start. A CR may be the first half
+ * of a CRLF, so a boundary right after a CR is not yet certain.
+ */
+enum { WB_EVENT_END, WB_LINE_START, WB_MID_LINE };
+struct wire_boundary {
+    uint8_t state; /* WB_*: where the bytes seen so far end */
+    bool after_cr; /* the last byte was CR */
+};
+
+static void wire_boundary_scan(struct wire_boundary *b, const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '\n' && b->after_cr) {
+            b->after_cr = false;
+        } else if (c == '\r' || c == '\n') {
+            b->state = b->state == WB_MID_LINE ? WB_LINE_START : WB_EVENT_END;
+            b->after_cr = c == '\r';
+        } else {
+            b->state = WB_MID_LINE;
+            b->after_cr = false;
+        }
+    }
+}
+
+static bool wire_at_event_end(const struct wire_boundary *b) {
+    return b->state == WB_EVENT_END && !b->after_cr;
 }
 
 /* ==========================================================================================
@@ -1063,8 +1148,9 @@ static bool http_q_is_zero(const char *p, size_t len) {
 }
 
 /* Whether an Accept value admits text/event-stream (RFC 9110 12.5.1): one of the media
- * ranges text/event-stream, text/(any) or (any)/(any) with a q that is not zero. */
-static bool http_accepts_event_stream(const char *v, size_t len) {
+ * ranges text/event-stream or, with wildcards, text/(any) or (any)/(any), with a q that is
+ * not zero. */
+static bool http_accepts_event_stream(const char *v, size_t len, bool wildcards) {
     const char *item;
     size_t n, pos = 0;
     while (http_next_item(v, len, &pos, ',', &item, &n)) {
@@ -1072,8 +1158,9 @@ static bool http_accepts_event_stream(const char *v, size_t len) {
         size_t range = semi ? (size_t)(semi - item) : n;
         while (range && (item[range - 1] == ' ' || item[range - 1] == '\t'))
             range--;
-        bool match = ascii_ieq(item, range, "text/event-stream") ||
-                     ascii_ieq(item, range, "text/*") || ascii_ieq(item, range, "*/*");
+        bool match =
+            ascii_ieq(item, range, "text/event-stream") ||
+            (wildcards && (ascii_ieq(item, range, "text/*") || ascii_ieq(item, range, "*/*")));
         size_t params = semi ? (size_t)(semi - item) + 1 : n;
         if (match && !http_q_is_zero(item + params, n - params))
             return true;
@@ -1154,6 +1241,151 @@ static bool http_parse_date(const char *s, size_t len, time_t *out) {
     tm.tm_sec = ss;
     *out = timegm(&tm);
     return true;
+}
+
+/* A response head from an upstream (RFC 9112 4): "HTTP/1.x NNN reason" and header lines. */
+struct http_response {
+    int minor;          /* HTTP/1.<minor> */
+    int status;         /* 100 to 999 */
+    const char *reason; /* reason phrase (may be empty) */
+    size_t reason_len;
+    size_t num_headers; /* used entries of headers */
+    struct http_header headers[SSE_MAX_HEADERS];
+};
+
+/* Parses a response head in buf[0..len). Returns its length (> 0), HTTP_INCOMPLETE,
+ * HTTP_BAD or HTTP_TOO_LARGE (too many header lines); views point into buf. */
+static long http_parse_response(const char *buf, size_t len, struct http_response *res) {
+    size_t end = http_head_end(buf, len, 0);
+    if (!end)
+        return HTTP_INCOMPLETE;
+    size_t pos = 0, n;
+    const char *line = http_next_line(buf, &pos, end, &n);
+    if (n < 12 || memcmp(line, "HTTP/1.", 7) != 0 || (line[7] != '0' && line[7] != '1') ||
+        line[8] != ' ' || !http_digits(line + 9, 3, &res->status) || res->status < 100 ||
+        (n > 12 && line[12] != ' '))
+        return HTTP_BAD;
+    res->minor = line[7] - '0';
+    res->reason = n > 12 ? line + 13 : line + 12;
+    res->reason_len = n > 12 ? n - 13 : 0;
+    for (size_t i = 0; i < res->reason_len; i++) {
+        unsigned char c = (unsigned char)res->reason[i];
+        if (c != '\t' && (c < 0x20 || c == 0x7F))
+            return HTTP_BAD;
+    }
+    res->num_headers = 0;
+    for (;;) {
+        line = http_next_line(buf, &pos, end, &n);
+        if (n == 0)
+            break;
+        if (res->num_headers == SSE_MAX_HEADERS)
+            return HTTP_TOO_LARGE;
+        if (http_parse_header_line(line, n, &res->headers[res->num_headers]))
+            return HTTP_BAD;
+        res->num_headers++;
+    }
+    return pos == end ? (long)end : HTTP_BAD;
+}
+
+/* Incremental decoder of chunked transfer coding (RFC 9112 7.1). */
+enum {
+    CH_SIZE,
+    CH_EXT,
+    CH_SIZE_LF,
+    CH_DATA,
+    CH_DATA_CR,
+    CH_DATA_LF,
+    CH_TRAILER_START,
+    CH_TRAILER,
+    CH_END_LF,
+    CH_DONE
+};
+struct http_chunked {
+    uint8_t state;    /* CH_*: where in the framing the next byte is */
+    uint8_t digits;   /* hex digits of the current chunk size */
+    uint64_t left;    /* bytes of chunk data still to come */
+    uint32_t skipped; /* bytes of extensions and trailers seen, bounded */
+};
+
+/* Decodes buf[0..len) in place: the data bytes move to the front. Returns how many there
+ * are, or -1 for malformed framing. The state becomes CH_DONE after the last chunk and its
+ * trailers; bytes after that are ignored. */
+static long http_dechunk(struct http_chunked *d, char *buf, size_t len) {
+    size_t w = 0;
+    for (size_t i = 0; i < len && d->state != CH_DONE; i++) {
+        char c = buf[i];
+        switch (d->state) {
+        case CH_SIZE: {
+            int v = http_hex(c);
+            if (v >= 0 && d->digits < 16) {
+                d->left = d->left * 16 + (uint64_t)v;
+                d->digits++;
+                break;
+            }
+            if (d->digits == 0 || v >= 0)
+                return -1;
+            if (c == ';' || c == ' ' || c == '\t')
+                d->state = CH_EXT;
+            else if (c == '\r')
+                d->state = CH_SIZE_LF;
+            else if (c == '\n')
+                d->state = d->left ? CH_DATA : CH_TRAILER_START;
+            else
+                return -1;
+            break;
+        }
+        case CH_EXT:
+            if (++d->skipped > SSE_HEAD_MAX)
+                return -1;
+            if (c == '\r')
+                d->state = CH_SIZE_LF;
+            else if (c == '\n')
+                d->state = d->left ? CH_DATA : CH_TRAILER_START;
+            break;
+        case CH_SIZE_LF:
+            if (c != '\n')
+                return -1;
+            d->state = d->left ? CH_DATA : CH_TRAILER_START;
+            break;
+        case CH_DATA: {
+            size_t n = len - i < d->left ? len - i : (size_t)d->left;
+            memmove(buf + w, buf + i, n);
+            w += n;
+            i += n - 1;
+            d->left -= n;
+            if (d->left == 0)
+                d->state = CH_DATA_CR;
+            break;
+        }
+        case CH_DATA_CR:
+        case CH_DATA_LF:
+            if (c == '\r' && d->state == CH_DATA_CR) {
+                d->state = CH_DATA_LF;
+                break;
+            }
+            if (c != '\n')
+                return -1;
+            d->state = CH_SIZE;
+            d->digits = 0;
+            d->skipped = 0;
+            break;
+        case CH_TRAILER_START:
+            d->state = c == '\r' ? CH_END_LF : c == '\n' ? CH_DONE : CH_TRAILER;
+            break;
+        case CH_TRAILER:
+            if (++d->skipped > SSE_HEAD_MAX)
+                return -1;
+            if (c == '\n')
+                d->state = CH_TRAILER_START;
+            break;
+        case CH_END_LF:
+            if (c != '\n')
+                return -1;
+            d->state = CH_DONE;
+            break;
+        }
+    }
+    return (long)w;
 }
 
 /* ==========================================================================================
@@ -1294,12 +1526,14 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
  * ======================================================================================== */
 
 enum conn_state {
-    CONN_REQUEST, /* reading a request head, or idle between keep-alive requests */
-    CONN_BODY,    /* reading a publish body */
-    CONN_RESPOND, /* writing an ordinary response */
-    CONN_STREAM,  /* a subscriber */
-    CONN_LINGER,  /* writing what is left, then half-closing and waiting for the peer */
-    CONN_DEAD     /* closed; freed at the end of the loop iteration */
+    CONN_REQUEST,  /* reading a request head, or idle between keep-alive requests */
+    CONN_BODY,     /* reading a publish body */
+    CONN_RESPOND,  /* writing an ordinary response */
+    CONN_STREAM,   /* a subscriber */
+    CONN_LINGER,   /* writing what is left, then half-closing and waiting for the peer */
+    CONN_PROXY,    /* a client whose request is being proxied (px says to where) */
+    CONN_UPSTREAM, /* our connection to an upstream, for a proxied request or a relay */
+    CONN_DEAD      /* closed; freed at the end of the loop iteration */
 };
 
 enum conn_flag {
@@ -1312,7 +1546,16 @@ enum conn_flag {
     CF_BODY_UNREAD = 64 /* the current request has a body we have not read */
 };
 
-enum timer_id { TIMER_REQUEST, TIMER_SEND, TIMER_STREAM, TIMER_LINGER, TIMER_COUNT };
+enum timer_id {
+    TIMER_REQUEST, /* header_timeout: a request head (or body) must arrive by then */
+    TIMER_SEND,    /* SEND_TIMEOUT_MS: a response, or an upstream's head, without progress */
+    TIMER_STREAM,  /* heartbeat_ms: a subscriber's heartbeat */
+    TIMER_LINGER,  /* LINGER_MS: a closing connection's last chance */
+    TIMER_CONNECT, /* proxy_connect_timeout_ms: an upstream connect */
+    TIMER_PROXY,   /* proxy_heartbeat_ms: a proxied stream's heartbeat */
+    TIMER_NEVER,   /* no deadline (upstreams, proxied non-stream responses) */
+    TIMER_COUNT
+};
 #define TIMER_NONE 0xFF
 
 enum close_reason {
@@ -1325,11 +1568,12 @@ enum close_reason {
     R_RETIRED,
     R_ERROR,
     R_SEND_TIMEOUT,
-    R_OVERLOAD
+    R_OVERLOAD,
+    R_UPSTREAM
 };
 static const char *const close_reason_text[] = {
-    "client closed", "done",    "slow subscriber", "header timeout", "bad request",
-    "shutdown",      "retired", "error",           "send timeout",   "overload",
+    "client closed", "done",  "slow subscriber", "header timeout", "bad request",     "shutdown",
+    "retired",       "error", "send timeout",    "overload",       "upstream failed",
 };
 
 enum handle_kind { H_LISTEN, H_CONN, H_INPUT };
@@ -1377,6 +1621,7 @@ struct conn {
     int file_fd;                /* file to send after the queue, or -1 */
     off_t file_off, file_end;   /* what of it is left to send */
     struct sub *subs;           /* topics followed (subscribers only) */
+    struct proxy *px;           /* proxied request or upstream connection, else NULL */
 };
 
 struct timer_list {
@@ -1395,6 +1640,9 @@ struct metrics {
     uint64_t replays_total;      /* subscriptions resumed exactly from a Last-Event-ID */
     uint64_t resets_total;       /* subscriptions sent the reset event instead */
     uint64_t bad_requests_total; /* requests answered 400, 411, 413, 431 or 505 */
+    uint64_t proxied_total;      /* requests passed to an upstream */
+    uint64_t proxy_errors_total; /* upstreams that failed a request or a relay */
+    uint64_t relayed_total;      /* events published by relays */
 };
 
 /* A descriptor whose bytes are published (sse_publish_from_fd). */
@@ -1411,17 +1659,21 @@ struct sse_server {
     size_t stream_path_len;
     char *index_page; /* built-in page, or NULL */
     size_t index_page_len;
-    char *publish_token;       /* NULL = publishing over HTTP is off */
-    char *subscribe_token;     /* NULL = open subscriptions */
-    char *cors_headers;        /* ready-made Access-Control-Allow-* lines, or "" */
-    char *root_real;           /* real path of the static root, or NULL */
-    int64_t heartbeat_ms;      /* 0 = none */
-    int64_t retry_ms;          /* 0 = no retry: line */
-    uint32_t max_clients;      /* client connections served */
-    int64_t header_timeout_ms; /* deadline for a request head */
-    size_t client_buffer;      /* queued bytes at which a subscriber is dropped */
-    size_t max_event_bytes;    /* largest payload */
-    struct logger log;         /* where log lines go */
+    char *publish_token;        /* NULL = publishing over HTTP is off */
+    char *subscribe_token;      /* NULL = open subscriptions */
+    char *cors_headers;         /* ready-made Access-Control-Allow-* lines, or "" */
+    char *root_real;            /* real path of the static root, or NULL */
+    int64_t heartbeat_ms;       /* 0 = none */
+    int64_t retry_ms;           /* 0 = no retry: line */
+    uint32_t max_clients;       /* client connections served */
+    int64_t header_timeout_ms;  /* deadline for a request head */
+    size_t client_buffer;       /* queued bytes at which a subscriber is dropped */
+    size_t max_event_bytes;     /* largest payload */
+    struct proxy_route *routes; /* reverse-proxy routes, longest prefix first */
+    size_t nroutes;             /* entries in routes */
+    struct relay *relays;       /* relayed upstream streams */
+    size_t nrelays;             /* entries in relays */
+    struct logger log;          /* where log lines go */
 
     /* descriptors */
     int epfd;               /* the epoll instance, also sse_fd() */
@@ -1429,6 +1681,7 @@ struct sse_server {
     int reserve_fd;         /* spare descriptor released to shed load on EMFILE */
     int root_fd;            /* static root directory, or -1 */
     char url[80];           /* "http://HOST:PORT/" */
+    int port;               /* the port listened on, for X-Forwarded-Port */
 
     /* time */
     int64_t now;     /* monotonic ms, refreshed every iteration */
@@ -1453,6 +1706,7 @@ struct sse_server {
     uint32_t nconns;             /* open client connections (not counting over-limit ones) */
     uint32_t noverflow;          /* over-limit connections being answered */
     uint32_t nsubscribers;       /* connections in CONN_STREAM */
+    uint32_t nupstreams;         /* connections in CONN_UPSTREAM */
     uint32_t next_serial;        /* for log lines */
     int64_t emfile_logged;       /* last time EMFILE was logged (rate limit) */
     int64_t accept_paused_until; /* listener muted after EMFILE until then; 0 = not */
@@ -1538,7 +1792,7 @@ static bool conn_enqueue_owned(struct sse_server *srv, struct conn *c, struct bl
 }
 
 /* Leaves every topic the connection follows. */
-static void conn_unsubscribe(struct sse_server *srv, struct conn *c) {
+static void conn_unsubscribe(struct conn *c) {
     for (uint16_t i = 0; i < c->nsubs; i++) {
         struct sub *s = &c->subs[i];
         if (s->prev)
@@ -1552,8 +1806,6 @@ static void conn_unsubscribe(struct sse_server *srv, struct conn *c) {
     free(c->subs);
     c->subs = NULL;
     c->nsubs = 0;
-    if (c->state == CONN_STREAM)
-        srv->nsubscribers--;
 }
 
 static void conn_drop_output(struct conn *c) {
@@ -1568,14 +1820,22 @@ static void conn_drop_output(struct conn *c) {
     c->file_fd = -1;
 }
 
+static void proxy_conn_closed(struct sse_server *srv, struct conn *c);
+
 /* Closes at once: the descriptor now, the memory at the end of the iteration. */
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD)
         return;
     log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u closed (%s)", c->serial,
             close_reason_text[reason]);
+    enum conn_state state = (enum conn_state)c->state;
+    c->state = CONN_DEAD; /* first: the proxy below may close the peer, which looks back */
+    if (c->px)
+        proxy_conn_closed(srv, c);
     timer_unlink(srv, c);
-    conn_unsubscribe(srv, c);
+    if (state == CONN_STREAM)
+        srv->nsubscribers--;
+    conn_unsubscribe(c);
     conn_drop_output(c);
     free(c->in);
     free(c->body);
@@ -1583,11 +1843,12 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
     c->body = NULL;
     close(c->h.fd);
     c->h.fd = -1;
-    if (c->flags & CF_OVER_LIMIT)
+    if (state == CONN_UPSTREAM)
+        srv->nupstreams--;
+    else if (c->flags & CF_OVER_LIMIT)
         srv->noverflow--;
     else
         srv->nconns--;
-    c->state = CONN_DEAD;
     c->tnext = srv->dead_list;
     srv->dead_list = c;
 }
@@ -1708,7 +1969,9 @@ static void conn_discard_input(struct sse_server *srv, struct conn *c) {
 static void conn_linger(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD || c->state == CONN_LINGER)
         return;
-    conn_unsubscribe(srv, c);
+    if (c->state == CONN_STREAM)
+        srv->nsubscribers--;
+    conn_unsubscribe(c);
     free(c->body);
     c->body = NULL;
     free(c->in);
@@ -1720,17 +1983,23 @@ static void conn_linger(struct sse_server *srv, struct conn *c, enum close_reaso
 }
 
 static void http_response_done(struct sse_server *srv, struct conn *c);
+static void proxy_after_write(struct sse_server *srv, struct conn *c);
+static bool proxy_connecting(const struct conn *c);
 
 /* Writes what is pending and moves the connection on when its output is done. */
 static void conn_flush(struct sse_server *srv, struct conn *c) {
-    if (c->state == CONN_DEAD)
+    if (c->state == CONN_DEAD || proxy_connecting(c))
         return;
     int r = conn_write(srv, c);
     if (r < 0) {
         conn_close(srv, c,
-                   c->state == CONN_LINGER ? (enum close_reason)c->reason : R_CLIENT_CLOSED);
+                   c->state == CONN_LINGER     ? (enum close_reason)c->reason
+                   : c->state == CONN_UPSTREAM ? R_UPSTREAM
+                                               : R_CLIENT_CLOSED);
         return;
     }
+    if (c->px)
+        proxy_after_write(srv, c); /* room again: resume reading the other side */
     if (r > 0)
         return;
     if (c->state == CONN_RESPOND) {
@@ -2162,7 +2431,7 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct http_header *h = &req->headers[i];
         if (ascii_ieq(h->name, h->name_len, "Accept") &&
-            !http_accepts_event_stream(h->value, h->value_len)) {
+            !http_accepts_event_stream(h->value, h->value_len, true)) {
             http_text(srv, c, 406, "this endpoint only sends text/event-stream", NULL);
             return;
         }
@@ -2420,6 +2689,8 @@ static void publish_handle(struct sse_server *srv, struct conn *c, const struct 
 
 /* ---- metrics, health, static files ----------------------------------------------------- */
 
+static uint64_t metrics_relays_up(const struct sse_server *srv);
+
 static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_only) {
     const struct {
         const char *name, *type, *help;
@@ -2447,6 +2718,15 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
          srv->m.resets_total},
         {"sse_bad_requests_total", "counter", "Requests refused as malformed or too large.",
          srv->m.bad_requests_total},
+        {"sse_upstream_connections", "gauge", "Connections to upstreams open now.",
+         srv->nupstreams},
+        {"sse_relays_connected", "gauge", "Relays receiving their upstream stream now.",
+         metrics_relays_up(srv)},
+        {"sse_proxied_requests_total", "counter", "Requests passed to an upstream.",
+         srv->m.proxied_total},
+        {"sse_proxy_errors_total", "counter", "Upstream failures (refused, timed out, invalid).",
+         srv->m.proxy_errors_total},
+        {"sse_relay_events_total", "counter", "Events published by relays.", srv->m.relayed_total},
     };
     char out[4096];
     struct wbuf w = {out, sizeof out, 0};
@@ -2540,7 +2820,836 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
         http_text(srv, c, 404, "not found", NULL);
 }
 
-/* ---- request dispatch ------------------------------------------------------------------ */
+/* ==========================================================================================
+ * 8. The proxy and the relay
+ *
+ * Proxy. A client connection is paired with a connection to the upstream. The request goes
+ * up rebuilt: hop-by-hop headers dropped (RFC 9110 7.6.1: Connection and the fields it
+ * names, Keep-Alive, Proxy-*, TE, Trailer, Upgrade), X-Forwarded-* and X-Real-IP added.
+ * The response comes down as it arrives: every read from the upstream is queued for the
+ * client in the same loop iteration and written at its end, never held back for more. The
+ * upstream's framing (Content-Length, chunked or close) is decoded, so an event stream goes
+ * to the client close-delimited like our own, with a heartbeat slipped in between two events
+ * when the upstream is quiet. Each direction holds at most PROXY_BUFFER bytes; past that,
+ * reading the other side stops until the queue drains, so memory stays bounded.
+ *
+ * Failure. Before the response starts, an ordinary request gets 502 or 504, but an
+ * EventSource request gets 200 + retry: + close: any other status makes the browser stop
+ * for good (WHATWG 9.2.3). After the response started, the client connection is closed and
+ * EventSource reconnects with its Last-Event-ID.
+ *
+ * Relay. The same upstream machinery with the server itself as the client: the body goes
+ * through the WHATWG parser (the wire_reader of section 2) and every event is published on
+ * a local topic with a local id. After a drop it reconnects when `retry` has passed, sending
+ * Last-Event-ID, and backs off while attempts keep failing.
+ * ======================================================================================== */
+
+#define PROXY_BUFFER         (64u << 10) /* bytes queued one way before reading the other side stops */
+#define PROXY_READ           16384       /* bytes read from either side at a time */
+#define RELAY_RETRY_MS       3000        /* reconnection time until the upstream sends retry: */
+#define RELAY_BACKOFF_MAX_MS 60000
+
+enum body_framing { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
+
+/* Where an upstream lives, resolved once at start-up. */
+struct upstream {
+    struct sockaddr_storage addr; /* its address */
+    socklen_t addr_len;           /* bytes used in addr */
+    char *url;                    /* "http://HOST:PORT" as configured, for messages */
+    char *host;                   /* "HOST:PORT", the relay's Host header */
+    char *path;                   /* base path (proxy, no final '/') or path and query (relay) */
+};
+
+struct proxy_route {
+    char *prefix;       /* matched against the path as sent; no final '/' ("" for "/") */
+    size_t prefix_len;  /* bytes in prefix */
+    struct upstream up; /* where matching requests go */
+};
+
+struct relay {
+    char topic[TOPIC_NAME_MAX + 1]; /* local topic the events are published on */
+    struct upstream up;             /* the upstream stream */
+    struct wire_reader reader;      /* WHATWG parser; keeps the upstream's last event id */
+    struct sse_server *srv;         /* for publishing from the reader's callback */
+    struct proxy *px;               /* the connection in progress, or NULL between attempts */
+    int64_t next_attempt;           /* when to connect next, monotonic ms */
+    unsigned failures;              /* attempts in a row that got no stream, for back-off */
+};
+
+/* One proxied exchange or one relay connection; shared by both connections involved. */
+struct proxy {
+    const struct upstream *target; /* the upstream */
+    struct relay *relay;           /* the relay this feeds, or NULL for a proxied request */
+    struct conn *client;           /* the client; NULL for a relay or once it has gone */
+    struct conn *up;               /* the upstream connection; NULL once closed */
+    uint64_t req_left;             /* request body bytes still to forward */
+    uint64_t body_left;            /* BODY_LENGTH: response body bytes still to come */
+    struct inbuf *head;            /* the response head being collected, or NULL */
+    struct http_chunked chunked;   /* BODY_CHUNKED: the decoder */
+    struct wire_boundary boundary; /* event streams: where the events end */
+    uint8_t framing;               /* enum body_framing of the response */
+    bool connected;                /* the upstream accepted the connection */
+    bool head_done;                /* the response head was passed on (or, relay, accepted) */
+    bool head_request;             /* the request was HEAD: the response has no body */
+    bool eventsource;              /* the client asked for text/event-stream by name */
+    bool stream;                   /* the response is text/event-stream */
+    bool rechunk;                  /* the client gets the body chunked */
+    bool client_paused;            /* not reading the client: the upstream's queue is full */
+    bool up_paused;                /* not reading the upstream: the client's queue is full */
+};
+
+static bool proxy_connecting(const struct conn *c) {
+    return c->state == CONN_UPSTREAM && c->px && !c->px->connected;
+}
+
+static void relay_schedule(struct sse_server *srv, struct relay *r, bool failed);
+static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
+                       size_t len, const char *skipped);
+
+/* Ends an exchange: the client (if still there) goes on alone, the upstream is closed, a
+ * relay is scheduled to reconnect. */
+static void proxy_release(struct sse_server *srv, struct proxy *px, enum close_reason why) {
+    if (px->client)
+        px->client->px = NULL;
+    if (px->up) {
+        px->up->px = NULL;
+        conn_close(srv, px->up, why);
+    }
+    if (px->relay) {
+        px->relay->px = NULL;
+        relay_schedule(srv, px->relay, !px->head_done);
+    }
+    free(px->head);
+    free(px);
+}
+
+/* The upstream failed. Before the response started, the client gets an answer (502/504,
+ * or 200 + retry: + close for EventSource); after, it is closed once its queue is sent. */
+static void proxy_fail(struct sse_server *srv, struct proxy *px, int status, const char *why) {
+    srv->m.proxy_errors_total++;
+    log_say(&srv->log, SSE_LOG_WARN, "upstream %s %s", px->target->url, why);
+    struct conn *c = px->client;
+    bool started = px->head_done, eventsource = px->eventsource, body_unread = px->req_left > 0;
+    char msg[200];
+    snprintf(msg, sizeof msg, "upstream %s %s", px->target->url, why);
+    proxy_release(srv, px, R_UPSTREAM);
+    if (!c || c->state == CONN_DEAD)
+        return;
+    if (started) {
+        conn_linger(srv, c, R_UPSTREAM);
+        return;
+    }
+    if (body_unread)
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+    if (eventsource)
+        stream_turn_away(srv, c, R_UPSTREAM);
+    else
+        http_text(srv, c, status, msg, NULL);
+}
+
+/* The response is complete: the client waits for its queue to drain, then goes on. */
+static void proxy_finish(struct sse_server *srv, struct proxy *px) {
+    struct conn *c = px->client;
+    if (c && px->rechunk && !conn_enqueue_owned(srv, c, blob_from("0\r\n\r\n", 5)))
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+    if (c && px->req_left)
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the rest of its body would read as a request */
+    proxy_release(srv, px, R_DONE);
+    if (!c || c->state == CONN_DEAD)
+        return;
+    c->state = CONN_RESPOND;
+    c->reason = R_DONE;
+    timer_set(srv, c, TIMER_SEND);
+    conn_flush_later(srv, c);
+}
+
+/* A connection of either side closed under us (error, reset, timeout). */
+static void proxy_conn_closed(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = c->px;
+    c->px = NULL;
+    if (c == px->client) {
+        px->client = NULL;
+        proxy_release(srv, px, R_CLIENT_CLOSED);
+    } else {
+        px->up = NULL;
+        proxy_fail(srv, px, 502, "closed the connection");
+    }
+}
+
+/* Forwards up to n bytes of the client's request body. Returns the bytes taken. */
+static size_t proxy_forward_body(struct sse_server *srv, struct proxy *px, const char *p,
+                                 size_t n) {
+    size_t take = n < px->req_left ? n : (size_t)px->req_left;
+    if (!take)
+        return 0;
+    px->req_left -= take;
+    if (px->up && !conn_enqueue_owned(srv, px->up, blob_from(p, take))) {
+        proxy_fail(srv, px, 502, "could not be written to (out of memory)");
+        return take;
+    }
+    if (px->up && px->up->qbytes >= PROXY_BUFFER)
+        px->client_paused = true;
+    return take;
+}
+
+/* Reads the request body from the client while the upstream's queue has room. */
+static void proxy_client_read(struct sse_server *srv, struct conn *c) {
+    char buf[PROXY_READ];
+    while (c->state == CONN_PROXY && c->px && c->px->req_left && !c->px->client_paused) {
+        size_t want = c->px->req_left < sizeof buf ? (size_t)c->px->req_left : sizeof buf;
+        ssize_t n = read(c->h.fd, buf, want);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            conn_close(srv, c, n == 0 ? R_CLIENT_CLOSED : R_ERROR);
+            return;
+        }
+        proxy_forward_body(srv, c->px, buf, (size_t)n);
+    }
+}
+
+/* Hands decoded response body bytes on: to the client (re-chunked if need be), or to the
+ * relay's parser. Returns false if the exchange ended meanwhile. */
+static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *data, size_t n) {
+    if (!n)
+        return true;
+    if (px->relay) {
+        wire_reader_feed(&px->relay->reader, data, n, relay_emit, px->relay);
+        return true;
+    }
+    struct conn *c = px->client;
+    struct blob *b;
+    if (px->rechunk) {
+        char size[24];
+        int h = snprintf(size, sizeof size, "%zx\r\n", n);
+        b = blob_new((size_t)h + n + 2);
+        if (b) {
+            memcpy(b->bytes, size, (size_t)h);
+            memcpy(b->bytes + h, data, n);
+            memcpy(b->bytes + (size_t)h + n, "\r\n", 2);
+        }
+    } else {
+        b = blob_from(data, n);
+    }
+    if (!conn_enqueue_owned(srv, c, b)) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    if (px->stream) {
+        wire_boundary_scan(&px->boundary, data, n);
+        timer_set(srv, c, TIMER_PROXY); /* the upstream spoke: restart the heartbeat clock */
+    }
+    if (c->qbytes >= PROXY_BUFFER)
+        px->up_paused = true;
+    return true;
+}
+
+/* Takes response body bytes as read (framing included); decoded in place. Returns false if
+ * the exchange ended. */
+static bool proxy_body(struct sse_server *srv, struct proxy *px, char *buf, size_t n) {
+    switch (px->framing) {
+    case BODY_LENGTH: {
+        size_t take = n < px->body_left ? n : (size_t)px->body_left;
+        px->body_left -= take;
+        if (!proxy_pass(srv, px, buf, take))
+            return false;
+        if (px->body_left == 0) {
+            proxy_finish(srv, px);
+            return false;
+        }
+        return true;
+    }
+    case BODY_CHUNKED: {
+        long d = http_dechunk(&px->chunked, buf, n);
+        if (d < 0) {
+            proxy_fail(srv, px, 502, "sent malformed chunked framing");
+            return false;
+        }
+        if (!proxy_pass(srv, px, buf, (size_t)d))
+            return false;
+        if (px->chunked.state == CH_DONE) {
+            proxy_finish(srv, px);
+            return false;
+        }
+        return true;
+    }
+    case BODY_CLOSE: return proxy_pass(srv, px, buf, n);
+    default: return true;
+    }
+}
+
+/* Whether a header of a message with these headers is hop-by-hop (RFC 9110 7.6.1): one of
+ * the fixed names, or one that a Connection header names. */
+static bool http_hop_by_hop(const struct http_header *all, size_t n, const struct http_header *h) {
+    static const char *const fixed[] = {"Connection", "Keep-Alive", "TE",
+                                        "Trailer",    "Upgrade",    "Transfer-Encoding"};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (ascii_ieq(h->name, h->name_len, fixed[i]))
+            return true;
+    if (h->name_len >= 6 && ascii_ieq(h->name, 6, "Proxy-"))
+        return true;
+    for (size_t i = 0; i < n; i++) {
+        const struct http_header *c = &all[i];
+        const char *item;
+        size_t len, pos = 0;
+        if (!ascii_ieq(c->name, c->name_len, "Connection"))
+            continue;
+        while (http_next_item(c->value, c->value_len, &pos, ',', &item, &len))
+            if (ascii_ieq_range(item, len, h->name, h->name_len))
+                return true;
+    }
+    return false;
+}
+
+/* How the upstream's response body is framed (RFC 9112 6.3), or -1 when it cannot be told. */
+static int proxy_framing(const struct proxy *px, const struct http_response *res,
+                         uint64_t *length) {
+    bool te = false, chunked = false, have_cl = false;
+    for (size_t i = 0; i < res->num_headers; i++) {
+        const struct http_header *h = &res->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding")) {
+            const char *item = NULL, *last = NULL;
+            size_t len = 0, last_len = 0, pos = 0;
+            while (http_next_item(h->value, h->value_len, &pos, ',', &item, &len)) {
+                last = item;
+                last_len = len;
+            }
+            te = true;
+            chunked = last && ascii_ieq(last, last_len, "chunked");
+        } else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
+            uint64_t v;
+            if (!parse_u64(h->value, h->value_len, &v) || (have_cl && v != *length))
+                return -1;
+            have_cl = true;
+            *length = v;
+        }
+    }
+    if (px->head_request || res->status == 204 || res->status == 304 || res->status < 200)
+        return BODY_NONE;
+    if (te)
+        return chunked ? BODY_CHUNKED : BODY_CLOSE;
+    if (have_cl)
+        return *length ? BODY_LENGTH : BODY_NONE;
+    return BODY_CLOSE;
+}
+
+static bool http_is_event_stream(const struct http_header *all, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const struct http_header *h = &all[i];
+        if (!ascii_ieq(h->name, h->name_len, "Content-Type"))
+            continue;
+        const char *semi = memchr(h->value, ';', h->value_len);
+        size_t len = semi ? (size_t)(semi - h->value) : h->value_len;
+        while (len && (h->value[len - 1] == ' ' || h->value[len - 1] == '\t'))
+            len--;
+        return ascii_ieq(h->value, len, "text/event-stream");
+    }
+    return false;
+}
+
+static bool http_has_header(const struct http_header *all, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (ascii_ieq(all[i].name, all[i].name_len, name))
+            return true;
+    return false;
+}
+
+/* Builds the response head the client gets: the upstream's status and end-to-end headers,
+ * our own framing, and for event streams what keeps proxies further down from buffering. */
+static struct blob *proxy_client_head(struct proxy *px, const struct http_response *res,
+                                      uint64_t length, bool keep_alive, bool http10) {
+    char head[SSE_HEAD_MAX + 512];
+    struct wbuf w = {head, sizeof head, 0};
+    wb_str(&w, "HTTP/1.1 ");
+    wb_u64(&w, (uint64_t)res->status);
+    wb_put(&w, " ", 1);
+    wb_put(&w, res->reason, res->reason_len);
+    wb_str(&w, "\r\n");
+    for (size_t i = 0; i < res->num_headers; i++) {
+        const struct http_header *h = &res->headers[i];
+        if (http_hop_by_hop(res->headers, res->num_headers, h) ||
+            ascii_ieq(h->name, h->name_len, "Content-Length"))
+            continue;
+        wb_put(&w, h->name, h->name_len);
+        wb_str(&w, ": ");
+        wb_put(&w, h->value, h->value_len);
+        wb_str(&w, "\r\n");
+    }
+    if (px->stream && !http_has_header(res->headers, res->num_headers, "X-Accel-Buffering"))
+        wb_str(&w, "X-Accel-Buffering: no\r\n");
+    if (px->stream && !http_has_header(res->headers, res->num_headers, "Cache-Control"))
+        wb_str(&w, "Cache-Control: no-cache\r\n");
+    if (px->rechunk)
+        wb_str(&w, "Transfer-Encoding: chunked\r\n");
+    else if (px->framing == BODY_LENGTH ||
+             (px->framing == BODY_NONE &&
+              http_has_header(res->headers, res->num_headers, "Content-Length"))) {
+        wb_str(&w, "Content-Length: ");
+        wb_u64(&w, length);
+        wb_str(&w, "\r\n");
+    }
+    if (!px->stream && !keep_alive)
+        wb_str(&w, "Connection: close\r\n");
+    else if (!px->stream && http10)
+        wb_str(&w, "Connection: keep-alive\r\n");
+    wb_str(&w, "\r\n");
+    return w.len <= w.cap ? blob_from(head, w.len) : NULL;
+}
+
+/* A relay accepts only 200 text/event-stream; its parser starts a fresh stream. */
+static bool relay_accept(struct sse_server *srv, struct proxy *px,
+                         const struct http_response *res) {
+    if (res->status != 200 || !px->stream) {
+        char why[96];
+        snprintf(why, sizeof why, "answered %d%s instead of a stream", res->status,
+                 px->stream ? "" : " without text/event-stream");
+        proxy_fail(srv, px, 502, why);
+        return false;
+    }
+    px->head_done = true;
+    log_say(&srv->log, SSE_LOG_INFO, "relay %s: following %s%s", px->relay->topic, px->target->url,
+            px->target->path);
+    return true;
+}
+
+/* The upstream's response head is complete: decide the framing both ways and pass the head
+ * on. Returns false if the exchange ended. */
+static bool proxy_response(struct sse_server *srv, struct proxy *px,
+                           const struct http_response *res) {
+    uint64_t length = 0;
+    int framing = proxy_framing(px, res, &length);
+    if (framing < 0) {
+        proxy_fail(srv, px, 502, "sent an invalid Content-Length");
+        return false;
+    }
+    px->framing = (uint8_t)framing;
+    px->stream = http_is_event_stream(res->headers, res->num_headers);
+    px->body_left = length;
+    timer_set(srv, px->up, TIMER_NEVER);
+    if (px->relay) {
+        if (!relay_accept(srv, px, res))
+            return false;
+    } else if (px->eventsource && res->status >= 500) {
+        char why[48];
+        snprintf(why, sizeof why, "answered %d", res->status);
+        proxy_fail(srv, px, 502, why);
+        return false;
+    } else {
+        struct conn *c = px->client;
+        bool http10 = c->flags & CF_HTTP10;
+        if (px->stream || framing == BODY_CLOSE || (framing == BODY_CHUNKED && http10))
+            c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the end of the body is the close */
+        px->rechunk = framing == BODY_CHUNKED && !http10 && !px->stream;
+        if (!conn_enqueue_owned(
+                srv, c, proxy_client_head(px, res, length, c->flags & CF_KEEP_ALIVE, http10))) {
+            proxy_fail(srv, px, 502, "sent a response head too large to pass on");
+            return false;
+        }
+        px->head_done = true;
+        timer_set(srv, c, px->stream ? TIMER_PROXY : TIMER_NEVER);
+    }
+    if (framing == BODY_NONE) {
+        proxy_finish(srv, px);
+        return false;
+    }
+    return true;
+}
+
+/* Collects the response head; skips 1xx interim responses; passes the head on, then any
+ * body bytes that came with it. Returns false if the exchange ended. */
+static bool proxy_head_bytes(struct sse_server *srv, struct proxy *px, const char *buf, size_t n) {
+    if (!px->head && !(px->head = calloc(1, sizeof *px->head))) {
+        proxy_fail(srv, px, 502, "could not be read (out of memory)");
+        return false;
+    }
+    struct inbuf *h = px->head;
+    if (n > SSE_HEAD_MAX - h->len) {
+        proxy_fail(srv, px, 502, "sent an oversized response head");
+        return false;
+    }
+    memcpy(h->data + h->len, buf, n);
+    h->len += (uint32_t)n;
+    for (;;) {
+        struct http_response res;
+        long r = http_parse_response(h->data, h->len, &res);
+        if (r == HTTP_INCOMPLETE)
+            return true;
+        if (r < 0 || res.status == 101) {
+            proxy_fail(srv, px, 502,
+                       r == HTTP_TOO_LARGE ? "sent too many header fields"
+                                           : "sent an invalid response head");
+            return false;
+        }
+        if (res.status < 200) { /* 1xx: an interim response, the real one follows */
+            memmove(h->data, h->data + r, h->len - (size_t)r);
+            h->len -= (uint32_t)r;
+            continue;
+        }
+        px->head = NULL; /* the views in res point into h until it is freed below */
+        bool alive = proxy_response(srv, px, &res);
+        if (alive && h->len > (size_t)r)
+            alive = proxy_body(srv, px, h->data + r, h->len - (size_t)r);
+        free(h);
+        return alive;
+    }
+}
+
+/* The upstream closed its side: the end of a close-delimited body, or a failure. */
+static void proxy_up_eof(struct sse_server *srv, struct proxy *px) {
+    if (px->head_done && px->framing == BODY_CLOSE)
+        proxy_finish(srv, px);
+    else
+        proxy_fail(srv, px, 502,
+                   px->head_done ? "closed the connection mid-response"
+                                 : "closed the connection without answering");
+}
+
+/* Reads from the upstream while the client's queue has room. */
+static void proxy_up_read(struct sse_server *srv, struct conn *up) {
+    char buf[PROXY_READ];
+    while (up->state == CONN_UPSTREAM && up->px && up->px->connected && !up->px->up_paused) {
+        struct proxy *px = up->px;
+        ssize_t n = read(up->h.fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n < 0) {
+            proxy_fail(srv, px, 502, "reset the connection");
+            return;
+        }
+        if (n == 0) {
+            proxy_up_eof(srv, px);
+            return;
+        }
+        bool alive = px->head_done ? proxy_body(srv, px, buf, (size_t)n)
+                                   : proxy_head_bytes(srv, px, buf, (size_t)n);
+        if (!alive)
+            return;
+    }
+}
+
+/* The non-blocking connect finished, one way or the other. */
+static void proxy_up_connected(struct sse_server *srv, struct conn *up) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(up->h.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err) {
+        proxy_fail(srv, up->px, 502,
+                   err == ECONNREFUSED ? "refused the connection" : "could not be reached");
+        return;
+    }
+    up->px->connected = true;
+    timer_set(srv, up, TIMER_SEND); /* now the response head must come */
+    conn_flush(srv, up);
+}
+
+static void proxy_up_event(struct sse_server *srv, struct conn *up, uint32_t events) {
+    if (!up->px) {
+        conn_close(srv, up, R_UPSTREAM);
+        return;
+    }
+    if (!up->px->connected) {
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+            return;
+        proxy_up_connected(srv, up);
+        if (up->state != CONN_UPSTREAM)
+            return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        proxy_up_read(srv, up);
+    if ((events & EPOLLOUT) && up->state == CONN_UPSTREAM && up->qlen)
+        conn_flush(srv, up);
+}
+
+/* Room in a queue again: resume reading the side that was paused for it. */
+static void proxy_after_write(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = c->px;
+    if (c == px->client && px->up_paused && c->qbytes < PROXY_BUFFER) {
+        px->up_paused = false;
+        if (px->up)
+            proxy_up_read(srv, px->up);
+    } else if (c == px->up && px->client_paused && c->qbytes < PROXY_BUFFER) {
+        px->client_paused = false;
+        if (px->client)
+            proxy_client_read(srv, px->client);
+    }
+}
+
+/* The proxy's heartbeat: a comment, only between two events, after upstream silence. */
+static void proxy_heartbeat(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = c->px;
+    if (px && px->stream && wire_at_event_end(&px->boundary) && c->qlen == 0 &&
+        !conn_enqueue(srv, c, srv->heartbeat)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    timer_set(srv, c, TIMER_PROXY);
+}
+
+/* Opens a non-blocking connection to the exchange's upstream. False (errno set) on failure. */
+static bool proxy_connect(struct sse_server *srv, struct proxy *px) {
+    const struct upstream *u = px->target;
+    int fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    int r = connect(fd, (const struct sockaddr *)&u->addr, u->addr_len);
+    struct conn *up = (r == 0 || errno == EINPROGRESS) ? calloc(1, sizeof *up) : NULL;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = up;
+    if (!up || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int e = errno;
+        free(up);
+        close(fd);
+        errno = e;
+        return false;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    up->h.fd = fd;
+    up->h.kind = H_CONN;
+    up->file_fd = -1;
+    up->timer = TIMER_NONE;
+    up->serial = ++srv->next_serial;
+    up->state = CONN_UPSTREAM;
+    up->px = px;
+    px->up = up;
+    px->connected = r == 0;
+    srv->nupstreams++;
+    timer_set(srv, up, r == 0 ? TIMER_SEND : TIMER_CONNECT);
+    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened to upstream %s", up->serial, u->url);
+    return true;
+}
+
+/* The client's address as text, for X-Forwarded-For and X-Real-IP. */
+static void conn_peer(const struct conn *c, char *out, size_t cap) {
+    struct sockaddr_storage sa = {0};
+    socklen_t len = sizeof sa;
+    snprintf(out, cap, "unknown");
+    if (getpeername(c->h.fd, (struct sockaddr *)&sa, &len) < 0)
+        return;
+    if (sa.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, out, (socklen_t)cap);
+    } else if (sa.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            inet_ntop(AF_INET, &a->s6_addr[12], out, (socklen_t)cap);
+        else
+            inet_ntop(AF_INET6, a, out, (socklen_t)cap);
+    }
+}
+
+/* The request as the upstream gets it: same method, base path + the rest of the path and
+ * the query, end-to-end headers as sent (Host and Last-Event-ID untouched), the
+ * X-Forwarded-* set, and Connection: close (one upstream connection per request). */
+static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
+                                       const struct http_request *req, const struct upstream *u,
+                                       const char *rest, size_t rest_len) {
+    static const char *const replaced[] = {"X-Forwarded-For",  "X-Forwarded-Host",
+                                           "X-Forwarded-Port", "X-Forwarded-Proto",
+                                           "X-Real-IP",        "Expect"};
+    char head[2 * SSE_HEAD_MAX], peer[INET6_ADDRSTRLEN];
+    struct wbuf w = {head, sizeof head, 0};
+    conn_peer(c, peer, sizeof peer);
+    wb_put(&w, req->method, req->method_len);
+    wb_put(&w, " ", 1);
+    wb_str(&w, u->path);
+    if (rest_len == 0 || rest[0] == '?')
+        wb_put(&w, "/", u->path[0] ? 0 : 1);
+    wb_put(&w, rest, rest_len);
+    wb_str(&w, " HTTP/1.1\r\n");
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        bool skip = http_hop_by_hop(req->headers, req->num_headers, h);
+        for (size_t j = 0; j < sizeof replaced / sizeof replaced[0] && !skip; j++)
+            skip = ascii_ieq(h->name, h->name_len, replaced[j]);
+        if (skip)
+            continue;
+        wb_put(&w, h->name, h->name_len);
+        wb_str(&w, ": ");
+        wb_put(&w, h->value, h->value_len);
+        wb_str(&w, "\r\n");
+    }
+    bool forwarded_for = false; /* earlier proxies' list, then the peer appended */
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "X-Forwarded-For") && h->value_len) {
+            wb_str(&w, forwarded_for ? ", " : "X-Forwarded-For: ");
+            wb_put(&w, h->value, h->value_len);
+            forwarded_for = true;
+        }
+    }
+    wb_str(&w, forwarded_for ? ", " : "X-Forwarded-For: ");
+    wb_str(&w, peer);
+    const struct http_header *host = http_header(req, "Host");
+    if (host) {
+        wb_str(&w, "\r\nX-Forwarded-Host: ");
+        wb_put(&w, host->value, host->value_len);
+    }
+    wb_str(&w, "\r\nX-Forwarded-Port: ");
+    wb_u64(&w, (uint64_t)srv->port);
+    wb_str(&w, "\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ");
+    wb_str(&w, peer);
+    wb_str(&w, "\r\nConnection: close\r\n\r\n");
+    return w.len <= w.cap ? blob_from(head, w.len) : NULL;
+}
+
+/* Passes a request on to the upstream of its route. rest is what follows the prefix in
+ * the request-target as sent (path and query). */
+static void proxy_start(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                        const struct proxy_route *route, const char *rest, size_t rest_len,
+                        uint64_t content_length) {
+    struct proxy *px = calloc(1, sizeof *px);
+    struct blob *head = px ? proxy_request_head(srv, c, req, &route->up, rest, rest_len) : NULL;
+    if (!head) {
+        free(px);
+        http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
+        return;
+    }
+    const struct http_header *accept = http_header(req, "Accept");
+    bool get = bytes_eq(req->method, req->method_len, "GET");
+    px->target = &route->up;
+    px->client = c;
+    px->req_left = content_length;
+    px->head_request = bytes_eq(req->method, req->method_len, "HEAD");
+    px->eventsource =
+        get && accept && http_accepts_event_stream(accept->value, accept->value_len, false);
+    c->px = px;
+    c->flags &= (uint8_t)~CF_BODY_UNREAD;
+    c->state = CONN_PROXY;
+    timer_set(srv, c, TIMER_NEVER);
+    srv->m.proxied_total++;
+    if (!proxy_connect(srv, px)) {
+        blob_unref(head);
+        proxy_fail(srv, px, 502,
+                   errno == EMFILE || errno == ENFILE ? "could not be reached (out of descriptors)"
+                                                      : "could not be reached");
+        return;
+    }
+    if (!conn_enqueue_owned(srv, px->up, head)) {
+        proxy_fail(srv, px, 502, "could not be written to (out of memory)");
+        return;
+    }
+    const struct http_header *expect = http_header(req, "Expect");
+    if (expect && content_length && !(c->flags & CF_HTTP10) &&
+        ascii_ieq(expect->value, expect->value_len, "100-continue") &&
+        !conn_enqueue(srv, c, srv->continue_100))
+        conn_close(srv, c, R_ERROR);
+}
+
+/* The longest route whose prefix starts the path as sent, at a '/' boundary; or NULL. */
+static const struct proxy_route *proxy_match(const struct sse_server *srv, const char *path,
+                                             size_t len) {
+    for (size_t i = 0; i < srv->nroutes; i++) { /* sorted longest first */
+        const struct proxy_route *r = &srv->routes[i];
+        if (len >= r->prefix_len && memcmp(path, r->prefix, r->prefix_len) == 0 &&
+            (len == r->prefix_len || path[r->prefix_len] == '/'))
+            return r;
+    }
+    return NULL;
+}
+
+/* Every event the relay's parser dispatches is published on the relay's topic. Bytes that
+ * are not UTF-8 become U+FFFD, as in a browser. */
+static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
+                       size_t len, const char *skipped) {
+    struct relay *r = ctx;
+    struct sse_server *srv = r->srv;
+    (void)topic;
+    if (skipped) {
+        log_say(&srv->log, SSE_LOG_WARN, "relay %s: skipped an event: %s", r->topic, skipped);
+        return;
+    }
+    char *repaired = NULL;
+    if (!wire_utf8_valid(data, len)) {
+        struct wbuf w = {NULL, 0, 0};
+        wire_utf8_repair(&w, data, len);
+        repaired = malloc(w.len ? w.len : 1);
+        w = (struct wbuf){repaired, repaired ? w.len : 0, 0};
+        wire_utf8_repair(&w, data, len);
+        data = repaired;
+        len = w.len <= w.cap ? w.len : 0;
+    }
+    int rc = publish_event(srv, r->topic, event, data, len, NULL);
+    if (rc >= 0)
+        srv->m.relayed_total++;
+    else
+        log_say(&srv->log, SSE_LOG_WARN, "relay %s: could not publish an event: %s", r->topic,
+                rc == -EMSGSIZE ? "over --max-event-bytes" : "invalid event type");
+    free(repaired);
+}
+
+/* Schedules the next attempt: after the reconnection time (retry: from the upstream, else
+ * 3 s), doubled for every attempt in a row that failed, up to a minute. */
+static void relay_schedule(struct sse_server *srv, struct relay *r, bool failed) {
+    r->failures = failed ? r->failures + 1 : 0;
+    int64_t delay = r->reader.retry_ms >= 0 ? r->reader.retry_ms : RELAY_RETRY_MS;
+    for (unsigned i = 1; i < r->failures && delay < RELAY_BACKOFF_MAX_MS; i++)
+        delay *= 2;
+    if (r->failures > 1 && delay > RELAY_BACKOFF_MAX_MS)
+        delay = RELAY_BACKOFF_MAX_MS;
+    r->next_attempt = srv->now + delay;
+    if (!srv->stopping)
+        log_say(&srv->log, SSE_LOG_INFO, "relay %s: reconnecting to %s in %lld ms", r->topic,
+                r->up.url, (long long)delay);
+}
+
+/* Connects to the relay's upstream as an EventSource would: GET, Accept:
+ * text/event-stream, Last-Event-ID when an id is known. The parser starts a new stream. */
+static void relay_connect(struct sse_server *srv, struct relay *r) {
+    struct wire_reader *rd = &r->reader;
+    rd->line_len = rd->data_len = 0;
+    rd->line_too_long = rd->after_cr = rd->has_data = false;
+    rd->block_error = NULL;
+    rd->event[0] = '\0';
+    rd->bom_seen = 0;
+    memcpy(rd->id_buf, rd->last_id, sizeof rd->id_buf);
+    char head[SSE_ID_MAX + 1024];
+    struct wbuf w = {head, sizeof head, 0};
+    wb_str(&w, "GET ");
+    wb_str(&w, r->up.path);
+    wb_str(&w, " HTTP/1.1\r\nHost: ");
+    wb_str(&w, r->up.host);
+    wb_str(&w, "\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
+    if (rd->last_id[0]) {
+        wb_str(&w, "Last-Event-ID: ");
+        wb_str(&w, rd->last_id);
+        wb_str(&w, "\r\n");
+    }
+    wb_str(&w, "Connection: close\r\n\r\n");
+    struct proxy *px = calloc(1, sizeof *px);
+    if (!px) {
+        relay_schedule(srv, r, true);
+        return;
+    }
+    px->target = &r->up;
+    px->relay = r;
+    r->px = px;
+    if (!proxy_connect(srv, px)) {
+        proxy_fail(srv, px, 502, "could not be reached");
+        return;
+    }
+    if (!conn_enqueue_owned(srv, px->up, w.len <= w.cap ? blob_from(head, w.len) : NULL))
+        proxy_fail(srv, px, 502, "could not be written to");
+}
+
+static uint64_t metrics_relays_up(const struct sse_server *srv) {
+    uint64_t n = 0;
+    for (size_t i = 0; i < srv->nrelays; i++)
+        n += srv->relays[i].px && srv->relays[i].px->head_done;
+    return n;
+}
+
+/* ==========================================================================================
+ * 9. Request dispatch
+ *
+ * A parsed request is checked (framing, Host), its path and query decoded once, and handed
+ * to its endpoint. Requests are read into a per-server scratch buffer; a connection holds a
+ * buffer of its own only while a head is incomplete or requests are pipelined.
+ * ======================================================================================== */
 
 /* Framing checks that keep a request from being read two ways (RFC 9112 6.3): one
  * Content-Length value, digits only, and never together with Transfer-Encoding. */
@@ -2625,8 +3734,8 @@ static bool http_admit(struct sse_server *srv, struct conn *c, const struct http
 /* Hands the request to its endpoint: the stream prefix, /publish, /metrics, /healthz, then
  * static files or the built-in page. */
 static void http_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                       const char *path, size_t plen, const struct http_query *q,
-                       uint64_t content_length) {
+                       const char *target, size_t raw_path_len, size_t target_len, const char *path,
+                       size_t plen, const struct http_query *q, uint64_t content_length) {
     size_t sp = srv->stream_path_len;
     if (plen >= sp && memcmp(path, srv->stream_path, sp) == 0 && (plen == sp || path[sp] == '/')) {
         stream_handle(srv, c, req, q, path + sp, plen - sp);
@@ -2640,6 +3749,13 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
     }
     if (bytes_eq(path, plen, "/publish")) {
         publish_handle(srv, c, req, q, content_length);
+        return;
+    }
+    bool builtin = bytes_eq(path, plen, "/metrics") || bytes_eq(path, plen, "/healthz");
+    const struct proxy_route *route = builtin ? NULL : proxy_match(srv, target, raw_path_len);
+    if (route) {
+        proxy_start(srv, c, req, route, target + route->prefix_len, target_len - route->prefix_len,
+                    content_length);
         return;
     }
     static const char read_only[] = "Allow: GET, HEAD, OPTIONS\r\n";
@@ -2691,7 +3807,8 @@ static void http_handle(struct sse_server *srv, struct conn *c, const struct htt
         return;
     }
     srv->path[path_len] = '\0';
-    http_route(srv, c, req, srv->path, (size_t)path_len, &q, content_length);
+    http_route(srv, c, req, target, raw_path_len, target_len, srv->path, (size_t)path_len, &q,
+               content_length);
 }
 
 /* Parses the request in buf[0..len) (the server's scratch buffer or the connection's own)
@@ -2733,8 +3850,11 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
     size_t used = (size_t)r;
     if (c->state == CONN_BODY)
         used += publish_body_feed(srv, c, buf + used, len - used);
+    else if (c->state == CONN_PROXY && c->px)
+        used += proxy_forward_body(srv, c->px, buf + used, len - used);
     size_t left = len - used;
-    if (left && (c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST)) {
+    if (left && (c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST ||
+                 c->state == CONN_PROXY)) {
         if (!held && !(held = malloc(sizeof *held))) {
             conn_close(srv, c, R_ERROR);
             return;
@@ -2746,6 +3866,8 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
         held = NULL;
     }
     free(held);
+    if (c->state == CONN_PROXY && c->px && c->px->req_left)
+        proxy_client_read(srv, c); /* the rest of the body may wait in the socket already */
 }
 
 /* Reads requests (or a body) from the socket until it is empty or a response is under way. */
@@ -2949,6 +4071,12 @@ static void loop_accept(struct sse_server *srv) {
 }
 
 static void conn_on_event(struct sse_server *srv, struct conn *c, uint32_t events) {
+    if (c->state == CONN_DEAD)
+        return;
+    if (c->state == CONN_UPSTREAM) {
+        proxy_up_event(srv, c, events);
+        return;
+    }
     if (events & (EPOLLERR | EPOLLHUP)) {
         conn_close(srv, c,
                    c->state == CONN_LINGER ? (enum close_reason)c->reason
@@ -2961,7 +4089,11 @@ static void conn_on_event(struct sse_server *srv, struct conn *c, uint32_t event
             http_read(srv, c);
         else if (c->state == CONN_STREAM || c->state == CONN_LINGER)
             conn_discard_input(srv, c);
-        /* CONN_RESPOND: the next request is read when the response is out */
+        else if (c->state == CONN_PROXY && c->px && c->px->req_left)
+            proxy_client_read(srv, c);
+        else if (c->state == CONN_PROXY && (events & EPOLLRDHUP))
+            conn_close(srv, c, R_CLIENT_CLOSED); /* gone: the upstream is closed with it */
+        /* CONN_RESPOND, CONN_PROXY: the next request is read when the response is out */
     }
     if ((events & EPOLLOUT) && c->state != CONN_DEAD && (c->qlen || c->file_fd >= 0))
         conn_flush(srv, c);
@@ -2980,12 +4112,23 @@ static void loop_timers(struct sse_server *srv) {
             struct conn *c = tl->head;
             if (t == TIMER_STREAM)
                 stream_heartbeat(srv, c);
+            else if (t == TIMER_PROXY)
+                proxy_heartbeat(srv, c);
+            else if (c->state == CONN_UPSTREAM && c->px)
+                proxy_fail(srv, c->px, 504,
+                           t == TIMER_CONNECT ? "did not accept the connection in time"
+                                              : "did not answer in time");
             else
                 conn_close(srv, c,
                            t == TIMER_REQUEST ? R_HEADER_TIMEOUT
                            : t == TIMER_SEND  ? R_SEND_TIMEOUT
                                               : (enum close_reason)c->reason);
         }
+    }
+    for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++) {
+        struct relay *r = &srv->relays[i];
+        if (!r->px && r->next_attempt <= srv->now)
+            relay_connect(srv, r);
     }
 }
 
@@ -3004,22 +4147,36 @@ static int loop_next_timeout(const struct sse_server *srv) {
         next = srv->stop_deadline;
     if (srv->accept_paused_until && srv->accept_paused_until < next)
         next = srv->accept_paused_until;
+    for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++)
+        if (!srv->relays[i].px && srv->relays[i].next_attempt < next)
+            next = srv->relays[i].next_attempt;
     if (next == INT64_MAX)
         return -1;
     int64_t wait = next - clock_ms();
     return wait <= 0 ? 0 : wait > INT_MAX ? INT_MAX : (int)wait;
 }
 
-/* Applies fn to every connection (each is in exactly one timer list). fn may move the
- * connection to another list or close it. */
+/* Applies fn to every open connection (each is in exactly one timer list). fn may close
+ * any connection, so the list is copied first; closed ones are skipped. */
 static void loop_each_conn(struct sse_server *srv, void (*fn)(struct sse_server *, struct conn *)) {
-    for (int t = 0; t < TIMER_COUNT; t++) {
-        struct conn *last = srv->timers[t].tail;
-        for (struct conn *c = srv->timers[t].head, *next; c; c = next) {
-            next = c == last ? NULL : c->tnext;
-            fn(srv, c);
-        }
+    size_t n = 0, i = 0;
+    for (int t = 0; t < TIMER_COUNT; t++)
+        for (struct conn *c = srv->timers[t].head; c; c = c->tnext)
+            n++;
+    struct conn **all = malloc((n ? n : 1) * sizeof *all);
+    if (!all) { /* out of memory: only closing is possible, one list head at a time */
+        for (int t = 0; t < TIMER_COUNT; t++)
+            while (srv->timers[t].head)
+                conn_close(srv, srv->timers[t].head, R_ERROR);
+        return;
     }
+    for (int t = 0; t < TIMER_COUNT; t++)
+        for (struct conn *c = srv->timers[t].head; c; c = c->tnext)
+            all[i++] = c;
+    for (i = 0; i < n; i++)
+        if (all[i]->state != CONN_DEAD)
+            fn(srv, all[i]);
+    free(all);
 }
 
 /* The start of a graceful stop, for one connection: subscribers get a jittered retry: so a
@@ -3034,7 +4191,12 @@ static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
         break;
     case CONN_RESPOND: c->flags &= (uint8_t)~CF_KEEP_ALIVE; break;
     case CONN_REQUEST:
-    case CONN_BODY: conn_close(srv, c, R_SHUTDOWN); break;
+    case CONN_BODY:
+    case CONN_PROXY: conn_close(srv, c, R_SHUTDOWN); break; /* a proxy closes its upstream */
+    case CONN_UPSTREAM:
+        if (c->px && c->px->relay)
+            proxy_release(srv, c->px, R_SHUTDOWN);
+        break;
     default: break;
     }
 }
@@ -3228,6 +4390,7 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
         snprintf(srv->url, sizeof srv->url, "http://%s:%d/", addr, p);
     }
     srv->listener.fd = fd;
+    srv->port = p;
     srv->listener.kind = H_LISTEN;
     struct epoll_event ev = {.events = EPOLLIN};
     ev.data.ptr = &srv->listener;
@@ -3314,6 +4477,146 @@ static const char *api_root(struct sse_server *srv, const char *root) {
     return srv->root_real ? NULL : strerror(errno);
 }
 
+static void api_upstream_free(struct upstream *u) {
+    free(u->url);
+    free(u->host);
+    free(u->path);
+}
+
+/* Parses "http://HOST[:PORT][/PATH]" and resolves HOST (the only time it is resolved).
+ * Returns NULL or what is wrong. */
+static const char *api_upstream(struct upstream *u, const char *url) {
+    if (strlen(url) < 8 || !ascii_ieq(url, 7, "http://"))
+        return "must start with http://";
+    const char *h = url + 7, *p;
+    char host[256], port[8] = "80";
+    if (*h == '[') {
+        p = strchr(h, ']');
+        if (!p || (size_t)(p - h - 1) >= sizeof host)
+            return "has an invalid [IPv6] host";
+        memcpy(host, h + 1, (size_t)(p - h - 1));
+        host[p - h - 1] = '\0';
+        p++;
+    } else {
+        p = h + strcspn(h, ":/?#");
+        if (p == h || (size_t)(p - h) >= sizeof host)
+            return "has no host";
+        memcpy(host, h, (size_t)(p - h));
+        host[p - h] = '\0';
+    }
+    if (*p == ':') {
+        size_t n = strspn(p + 1, "0123456789");
+        uint64_t v;
+        if (n == 0 || n > 5 || !parse_u64(p + 1, n, &v) || v == 0 || v > 65535)
+            return "has an invalid port";
+        memcpy(port, p + 1, n);
+        port[n] = '\0';
+        p += 1 + n;
+    }
+    if (*p && *p != '/')
+        return "must have a path starting with /";
+    for (const char *c = p; *c; c++)
+        if (*c <= 0x20 || *c >= 0x7F || *c == '#')
+            return "has a character not allowed in a path";
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, port, &hints, &res) || !res)
+        return "has a host that cannot be resolved";
+    memcpy(&u->addr, res->ai_addr, res->ai_addrlen);
+    u->addr_len = res->ai_addrlen;
+    freeaddrinfo(res);
+    u->url = strndup(url, (size_t)(p - url));
+    u->host = strndup(h, (size_t)(p - h));
+    u->path = strdup(p);
+    if (!u->url || !u->host || !u->path)
+        return "could not be stored (out of memory)";
+    return NULL;
+}
+
+static int api_route_order(const void *a, const void *b) {
+    const struct proxy_route *x = a, *y = b;
+    return x->prefix_len < y->prefix_len ? 1 : x->prefix_len > y->prefix_len ? -1 : 0;
+}
+
+/* Copies, checks and resolves the proxy routes; sorts them longest prefix first. */
+static int api_routes(struct sse_server *srv, const struct sse_config *cfg, char *err,
+                      size_t errlen) {
+    if (!cfg->num_proxy_routes)
+        return 0;
+    srv->routes = calloc(cfg->num_proxy_routes, sizeof *srv->routes);
+    if (!srv->routes) {
+        api_error(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->num_proxy_routes; i++) {
+        const struct sse_proxy_route *in = &cfg->proxy_routes[i];
+        struct proxy_route *r = &srv->routes[srv->nroutes++];
+        const char *prefix = in->prefix ? in->prefix : "";
+        size_t n = strlen(prefix);
+        if (n == 0 || prefix[0] != '/' || strpbrk(prefix, "?#%")) {
+            api_error(err, errlen, "proxy prefix '%s' must be a path such as /api", prefix);
+            return -1;
+        }
+        r->prefix = strdup(prefix);
+        if (!r->prefix) {
+            api_error(err, errlen, "out of memory");
+            return -1;
+        }
+        while (n && r->prefix[n - 1] == '/')
+            r->prefix[--n] = '\0';
+        r->prefix_len = n;
+        const char *why = api_upstream(&r->up, in->upstream ? in->upstream : "");
+        if (why) {
+            api_error(err, errlen, "proxy upstream '%s' %s", in->upstream ? in->upstream : "", why);
+            return -1;
+        }
+        size_t pl = strlen(r->up.path);
+        while (pl && r->up.path[pl - 1] == '/')
+            r->up.path[--pl] = '\0';
+    }
+    qsort(srv->routes, srv->nroutes, sizeof *srv->routes, api_route_order);
+    return 0;
+}
+
+/* Copies, checks and resolves the relays. They connect on the first loop iteration. */
+static int api_relays(struct sse_server *srv, const struct sse_config *cfg, char *err,
+                      size_t errlen) {
+    if (!cfg->num_relays)
+        return 0;
+    srv->relays = calloc(cfg->num_relays, sizeof *srv->relays);
+    if (!srv->relays) {
+        api_error(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->num_relays; i++) {
+        const struct sse_relay *in = &cfg->relays[i];
+        struct relay *r = &srv->relays[srv->nrelays++];
+        wire_reader_init(&r->reader, SSE_INPUT_SSE, srv->max_event_bytes);
+        r->reader.whatwg = true;
+        r->srv = srv;
+        const char *topic = in->topic ? in->topic : "";
+        if (!wire_topic_valid(topic, strlen(topic))) {
+            api_error(err, errlen, "relay topic '%s' is not a valid topic name", topic);
+            return -1;
+        }
+        strcpy(r->topic, topic);
+        const char *why = api_upstream(&r->up, in->url ? in->url : "");
+        if (why) {
+            api_error(err, errlen, "relay upstream '%s' %s", in->url ? in->url : "", why);
+            return -1;
+        }
+        if (!r->up.path[0]) {
+            free(r->up.path);
+            r->up.path = strdup("/");
+            if (!r->up.path) {
+                api_error(err, errlen, "out of memory");
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 /* The first id: the wall clock in microseconds, so a restarted server starts above every id
  * the previous run handed out unless that run averaged over a million events a second. */
 static uint64_t api_id_seed(void) {
@@ -3342,6 +4645,8 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         api_error(err, errlen, "cannot serve '%s': %s", cfg->static_root, why);
         goto fail;
     }
+    if (api_routes(srv, cfg, err, errlen) < 0 || api_relays(srv, cfg, err, errlen) < 0)
+        goto fail;
     srv->last_id = api_id_seed();
     srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
     srv->topics.seed = (uint32_t)rng_next(&srv->rng);
@@ -3349,6 +4654,11 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
     srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : INT64_MAX / 4;
     srv->timers[TIMER_LINGER].duration = LINGER_MS;
+    srv->timers[TIMER_CONNECT].duration =
+        cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
+    srv->timers[TIMER_PROXY].duration =
+        cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : INT64_MAX / 4;
+    srv->timers[TIMER_NEVER].duration = INT64_MAX / 4;
     char retry[48];
     snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
     srv->heartbeat = blob_from(":\n", 2);
@@ -3404,6 +4714,16 @@ void sse_server_free(struct sse_server *srv) {
     free(srv->subscribe_token);
     free(srv->cors_headers);
     free(srv->root_real);
+    for (size_t i = 0; i < srv->nroutes; i++) {
+        free(srv->routes[i].prefix);
+        api_upstream_free(&srv->routes[i].up);
+    }
+    free(srv->routes);
+    for (size_t i = 0; i < srv->nrelays; i++) {
+        wire_reader_free(&srv->relays[i].reader);
+        api_upstream_free(&srv->relays[i].up);
+    }
+    free(srv->relays);
     free(srv);
 }
 

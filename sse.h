@@ -69,8 +69,24 @@ enum sse_input_format {
                         the WHATWG parser) */
 };
 
+/* A reverse-proxy route: requests whose path (as sent) starts with prefix, at a '/'
+ * boundary, go to upstream with the rest of the path and the query appended. The longest
+ * prefix wins. The stream path, /publish, /metrics and /healthz keep their own meaning. */
+struct sse_proxy_route {
+    const char *prefix;   /* "/api" matches /api and /api/x, not /apix; "/" matches all */
+    const char *upstream; /* "http://HOST[:PORT][/BASE]"; HOST is resolved once, at start */
+};
+
+/* A relay: the server follows an upstream event stream the way an EventSource does
+ * (reconnecting with Last-Event-ID, honouring retry:) and republishes every event on a
+ * local topic, with a local id. */
+struct sse_relay {
+    const char *topic; /* local topic the events go to */
+    const char *url;   /* "http://HOST[:PORT]/PATH[?QUERY]" serving text/event-stream */
+};
+
 /* Everything is optional: a zeroed struct is a working server on 127.0.0.1:8080. Strings
- * are copied by sse_server_new(), so they may be freed afterwards. */
+ * and arrays are copied by sse_server_new(), so they may be freed afterwards. */
 struct sse_config {
     const char *listen;          /* "HOST:PORT", ":PORT" (all addresses), "[::1]:PORT"; port 0
                                     picks a free port. NULL = "127.0.0.1:8080". HOST may be a
@@ -93,6 +109,13 @@ struct sse_config {
     size_t client_buffer;        /* bytes a subscriber may have queued before it is dropped.
                                     0 = 1 MiB */
     size_t max_event_bytes;      /* largest event payload. 0 = 1 MiB; at most 64 MiB */
+    const struct sse_proxy_route *proxy_routes; /* reverse-proxy routes, or NULL */
+    size_t num_proxy_routes;                    /* entries in proxy_routes */
+    int proxy_connect_timeout_ms; /* connecting to an upstream. 0 = 5000 */
+    int proxy_heartbeat_ms;       /* comment injected between events of a proxied stream
+                                     after this much upstream silence. 0 = none */
+    const struct sse_relay *relays; /* upstream streams to relay, or NULL */
+    size_t num_relays;              /* entries in relays */
     void (*on_log)(enum sse_log_level level, const char *msg, void *user);
     void *user; /* passed to on_log */
 };

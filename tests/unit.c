@@ -298,7 +298,11 @@ static void test_decode(void) {
 }
 
 static bool accepts(const char *v) {
-    return http_accepts_event_stream(v, strlen(v));
+    return http_accepts_event_stream(v, strlen(v), true);
+}
+
+static bool names_event_stream(const char *v) {
+    return http_accepts_event_stream(v, strlen(v), false);
 }
 
 static void test_http_helpers(void) {
@@ -312,6 +316,9 @@ static void test_http_helpers(void) {
     CHECK(!accepts("text/event-stream; q=0.000, application/json"));
     CHECK(!accepts(""));
     CHECK(!accepts("text/event-streamx"));
+    CHECK(names_event_stream("text/event-stream"));
+    CHECK(!names_event_stream("*/*"));
+    CHECK(!names_event_stream("text/*"));
 
     const char *tok;
     size_t n;
@@ -415,6 +422,130 @@ static void test_topics(void) {
     free(tt.buckets);
 }
 
+/* ---- the proxy's pure parts ---- */
+
+static void test_response_parse(void) {
+    struct http_response res;
+    const char *ok = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-A:  b \r\n\r\nbody";
+    size_t n = strlen(ok) - 4;
+    for (size_t i = 0; i < n; i++)
+        CHECK(http_parse_response(guarded(ok, i), i, &res) == HTTP_INCOMPLETE);
+    CHECK(http_parse_response(guarded(ok, strlen(ok)), strlen(ok), &res) == (long)n);
+    CHECK(res.status == 200 && res.minor == 1 && bytes_eq(res.reason, res.reason_len, "OK"));
+    CHECK(res.num_headers == 2 && bytes_eq(res.headers[1].value, res.headers[1].value_len, "b"));
+    CHECK(http_parse_response("HTTP/1.0 204\r\n\r\n", 16, &res) == 16 && res.status == 204 &&
+          res.reason_len == 0);
+    CHECK(http_parse_response("HTTP/1.1 502 Bad Gateway\n\n", 26, &res) == 26);
+    CHECK(http_parse_response("HTTP/1.1 20 OK\r\n\r\n", 18, &res) == HTTP_BAD);
+    CHECK(http_parse_response("HTTP/2.0 200 OK\r\n\r\n", 19, &res) == HTTP_BAD);
+    CHECK(http_parse_response("ICY 200 OK\r\n\r\n", 14, &res) == HTTP_BAD);
+    CHECK(http_parse_response("HTTP/1.1 200 O\x01K\r\n\r\n", 20, &res) == HTTP_BAD);
+    CHECK(http_parse_response("HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n", 34, &res) == HTTP_BAD);
+    CHECK(http_parse_response("HTTP/1.1 099 Low\r\n\r\n", 20, &res) == HTTP_BAD);
+}
+
+/* Decodes input fed in pieces of `step` bytes; true if the data equals want and done. */
+static bool dechunks_to(const char *input, size_t step, const char *want) {
+    struct http_chunked d = {0};
+    char buf[256], out[256];
+    size_t n = strlen(input), outlen = 0;
+    for (size_t i = 0; i < n; i += step) {
+        size_t k = n - i < step ? n - i : step;
+        memcpy(buf, input + i, k);
+        long r = http_dechunk(&d, buf, k);
+        if (r < 0)
+            return want == NULL;
+        memcpy(out + outlen, buf, (size_t)r);
+        outlen += (size_t)r;
+    }
+    if (!want)
+        return false;
+    return d.state == CH_DONE && outlen == strlen(want) && memcmp(out, want, outlen) == 0;
+}
+
+static void test_dechunk(void) {
+    const char *body = "5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n";
+    for (size_t step = 1; step <= strlen(body); step++)
+        CHECK(dechunks_to(body, step, "hello 0123456789"));
+    CHECK(dechunks_to("3\nabc\n0\n\n", 1, "abc"));
+    CHECK(dechunks_to("0\r\n\r\n", 2, ""));
+    CHECK(dechunks_to("x\r\n", 1, NULL));
+    CHECK(dechunks_to("5\r\nhelloXX", 1, NULL));
+    CHECK(dechunks_to("\r\n", 1, NULL));
+    CHECK(dechunks_to("11111111111111111\r\n", 1, NULL)); /* 17 hex digits */
+    struct http_chunked d = {0};
+    char after[] = "1\r\na\r\n0\r\n\r\nIGNORED";
+    CHECK(http_dechunk(&d, after, strlen(after)) == 1 && d.state == CH_DONE && after[0] == 'a');
+}
+
+static bool boundary_after(const char *s, bool want) {
+    struct wire_boundary b = {0};
+    for (const char *p = s; *p; p++) /* byte by byte must equal all at once */
+        wire_boundary_scan(&b, p, 1);
+    struct wire_boundary whole = {0};
+    wire_boundary_scan(&whole, s, strlen(s));
+    return wire_at_event_end(&b) == want && wire_at_event_end(&whole) == want;
+}
+
+static void test_boundary(void) {
+    CHECK(boundary_after("", true));
+    CHECK(boundary_after("data: x\n\n", true));
+    CHECK(boundary_after("data: x\r\n\r\n", true));
+    CHECK(boundary_after("data: x\r\r", false)); /* a LF may still complete the CRLF */
+    CHECK(boundary_after("data: x\r\rid", false));
+    CHECK(boundary_after("data: x\n", false));
+    CHECK(boundary_after("data: x\r\n", false));
+    CHECK(boundary_after("data: x", false));
+    CHECK(boundary_after("data: x\n\n:hb\n", false));
+    CHECK(boundary_after("data: x\n\n\n", true));
+}
+
+static bool repairs_to(const char *in, size_t len, const char *want) {
+    char out[64];
+    struct wbuf w = {out, sizeof out, 0};
+    wire_utf8_repair(&w, in, len);
+    return w.len == strlen(want) && memcmp(out, want, w.len) == 0;
+}
+
+static void test_repair(void) {
+    CHECK(repairs_to("ok", 2, "ok"));
+    CHECK(repairs_to("a\xff"
+                     "b",
+                     3,
+                     "a\xEF\xBF\xBD"
+                     "b"));
+    CHECK(repairs_to("caf\xc3\xa9", 5, "caf\xc3\xa9"));
+    CHECK(repairs_to("\xc3", 1, "\xEF\xBF\xBD"));
+}
+
+/* The relay's parser: the WHATWG processing model, ids and retry included. */
+static void test_whatwg_reader(void) {
+    static const char in[] = "\xEF\xBB\xBF"
+                             "id: 1\ndata: a\n\nretry: 2500\nid: 2\n\nid\ndata: b\n"
+                             "topic: t\n\nretry: 1x\nid: a\0b\ndata: c\n\n";
+    struct wire_reader r;
+    struct collected c = {.len = 0};
+    wire_reader_init(&r, SSE_INPUT_SSE, 100);
+    r.whatwg = true;
+    for (size_t i = 0; i < sizeof in - 1; i++)
+        wire_reader_feed(&r, in + i, 1, collect, &c);
+    CHECK(c.len == strlen("-|-|a;-|-|b;-|-|c;") && memcmp(c.out, "-|-|a;-|-|b;-|-|c;", c.len) == 0);
+    CHECK(r.retry_ms == 2500);
+    CHECK(strcmp(r.last_id, "") == 0); /* "id" alone reset it; the id with a NUL was ignored */
+    wire_reader_free(&r);
+    /* bytes that only begin like a BOM are kept */
+    struct collected d = {.len = 0};
+    wire_reader_init(&r, SSE_INPUT_SSE, 100);
+    r.whatwg = true;
+    wire_reader_feed(&r,
+                     "\xEF"
+                     "data: x\n\n",
+                     10, collect, &d);
+    wire_reader_feed(&r, "id: 9\n\n", 7, collect, &d);
+    CHECK(d.len == 0 && strcmp(r.last_id, "9") == 0); /* "\xEF" "data" is an unknown field */
+    wire_reader_free(&r);
+}
+
 /* ---- the public API: two servers in one process, driven by hand ---- */
 
 static int connect_to(const struct sse_server *srv) {
@@ -503,6 +634,11 @@ int main(void) {
     test_static();
     test_backlog();
     test_topics();
+    test_response_parse();
+    test_dechunk();
+    test_boundary();
+    test_repair();
+    test_whatwg_reader();
     test_two_servers();
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
