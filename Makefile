@@ -51,15 +51,22 @@ asan: sse-server-asan $(BUILD)/unit
 run: sse-server
 	./sse-server --demo
 
+# Test dependencies from Debian: pytest, and nginx for the test of sse-server behind nginx.
+# A temporary policy-rc.d keeps the nginx package from starting a system nginx on port 80.
 deps:
-	@$(PYTHON) -c 'import pytest' 2>/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo 'make test: installing python3-pytest with apt-get'; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pytest >/dev/null; \
-	  else \
-	    echo 'make test needs pytest for /usr/bin/python3: run "sudo apt-get install python3-pytest"' >&2; \
-	    exit 1; \
-	  fi; }
+	@missing=; \
+	$(PYTHON) -c 'import pytest' 2>/dev/null || missing="$$missing python3-pytest"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make test needs:$$missing (sudo apt-get install$$missing)" >&2; \
+	  case "$$missing" in *pytest*) exit 1;; esac; exit 0; \
+	fi; \
+	echo "make test: installing$$missing with apt-get"; \
+	guard=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	  chmod +x /usr/sbin/policy-rc.d; guard=1; }; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	status=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; exit $$status
 
 unit: $(BUILD)/unit
 	$(BUILD)/unit

@@ -23,16 +23,20 @@
  *
  * Map of this file. Each section only uses those above it, so it reads top to bottom:
  *   1. Basics            limits, clock, logging, random numbers, byte buffers
- *   2. Wire format       UTF-8, event framing, the event-stream reader for inputs, JSON
+ *   2. Wire format       UTF-8, event framing, the event-stream reader (inputs, relay), JSON,
+ *                        where events end in a stream passing through
  *   3. Events and topics shared reference-counted bytes, the topic table, the backlog
- *   4. HTTP parsing      request heads, percent-decoding, queries, Accept, tokens, dates
+ *   4. HTTP parsing      request and response heads, percent-decoding, queries, Accept,
+ *                        tokens, dates, chunked transfer coding
  *   5. Static files      path resolution that never leaves the root, content types
  *   6. Connections       the per-client state, the output queue, timers, closing
  *   7. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
- *                        metrics, static files, request dispatch
- *   8. Inputs            publishing what arrives on a file descriptor
- *   9. The event loop    epoll, accepting, timers, the graceful stop
- *  10. The public API
+ *                        metrics, static files
+ *   8. Proxy and relay   upstream connections, unbuffered forwarding, the relay
+ *   9. Request dispatch  checking, decoding and routing a request; reading requests
+ *  10. Inputs            publishing what arrives on a file descriptor
+ *  11. The event loop    epoll, accepting, timers, the graceful stop
+ *  12. The public API
  * Sections 1 to 5 make no system calls (but the clock) and are unit-tested in tests/unit.c.
  */
 #ifndef _GNU_SOURCE
@@ -3908,7 +3912,7 @@ static void http_response_done(struct sse_server *srv, struct conn *c) {
 }
 
 /* ==========================================================================================
- * 8. Inputs: publishing what arrives on a file descriptor
+ * 10. Inputs: publishing what arrives on a file descriptor
  *
  * Pipes, terminals and sockets are watched by epoll and read once per wake-up. Regular
  * files cannot be watched (epoll refuses them with EPERM) and never block, so they are read
@@ -3957,7 +3961,7 @@ static void input_read(struct sse_server *srv, struct input *in) {
 }
 
 /* ==========================================================================================
- * 9. The event loop
+ * 11. The event loop
  *
  * One epoll instance. Each iteration: wait (no longer than the nearest timer), handle what
  * is ready, fire due timers, write what was queued, free what was closed. Nothing in it
@@ -4277,7 +4281,7 @@ void sse_stop(struct sse_server *srv) {
 }
 
 /* ==========================================================================================
- * 10. The public API (documented in sse.h)
+ * 12. The public API (documented in sse.h)
  * ======================================================================================== */
 
 #if defined(__GNUC__)
