@@ -2902,6 +2902,14 @@ struct proxy {
     bool up_paused;                /* not reading the upstream: the client's queue is full */
 };
 
+/* An EventSource request: a GET whose Accept names text/event-stream (browsers send exactly
+ * that). Such a request must never be answered with a 5xx for a passing failure. */
+static bool http_is_eventsource(const struct http_request *req) {
+    const struct http_header *accept = http_header(req, "Accept");
+    return bytes_eq(req->method, req->method_len, "GET") && accept &&
+           http_accepts_event_stream(accept->value, accept->value_len, false);
+}
+
 static bool proxy_connecting(const struct conn *c) {
     return c->state == CONN_UPSTREAM && c->px && !c->px->connected;
 }
@@ -3513,14 +3521,11 @@ static void proxy_start(struct sse_server *srv, struct conn *c, const struct htt
         http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
         return;
     }
-    const struct http_header *accept = http_header(req, "Accept");
-    bool get = bytes_eq(req->method, req->method_len, "GET");
     px->target = &route->up;
     px->client = c;
     px->req_left = content_length;
     px->head_request = bytes_eq(req->method, req->method_len, "HEAD");
-    px->eventsource =
-        get && accept && http_accepts_event_stream(accept->value, accept->value_len, false);
+    px->eventsource = http_is_eventsource(req);
     c->px = px;
     c->flags &= (uint8_t)~CF_BODY_UNREAD;
     c->state = CONN_PROXY;
@@ -3745,10 +3750,13 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
         stream_handle(srv, c, req, q, path + sp, plen - sp);
         return;
     }
-    if (c->flags & CF_OVER_LIMIT) {
+    if (c->flags & CF_OVER_LIMIT) { /* EventSource must not see a 5xx (WHATWG 9.2.3) */
         srv->m.rejected_total++;
         c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-        http_text(srv, c, 503, "too many connections", "Retry-After: 1\r\n");
+        if (http_is_eventsource(req))
+            stream_turn_away(srv, c, R_OVERLOAD);
+        else
+            http_text(srv, c, 503, "too many connections", "Retry-After: 1\r\n");
         return;
     }
     if (bytes_eq(path, plen, "/publish")) {

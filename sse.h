@@ -12,7 +12,9 @@
  * tells the server the last id it saw (Last-Event-ID) so the server can replay what it missed.
  *
  * This library is one single-threaded epoll loop that serves such streams (with topics,
- * replay, heartbeats and publishing over HTTP), a static page or directory, and /metrics.
+ * replay, heartbeats and publishing over HTTP), a static page or directory, /metrics, a
+ * reverse proxy that streams other servers' event streams unbuffered, and relays that
+ * republish an upstream stream to local subscribers.
  * Embedding it is copying sse.c and sse.h into your program:
  *
  *     struct sse_config cfg = {0};                 // zeroed = every default
