@@ -57,3 +57,29 @@ def test_over_limit_connection_that_never_speaks_is_closed(start_server):
     assert recv_all(s, timeout=5) == b""
     s.close()
     first.close()
+
+
+def test_over_limit_eventsource_request_never_gets_5xx(start_server):
+    """Over --max-clients, any GET that asks for text/event-stream by name (what a browser's
+    EventSource sends) gets 200 + retry: + close, even on a path that is not the stream:
+    a 503 would make EventSource give up for good. Other requests get 503."""
+    import re
+
+    from conftest import build_request, read_response
+
+    srv = start_server("--max-clients", "1")
+    first = Stream(srv.port)
+    try:
+        s = connect(srv.port)
+        s.sendall(build_request("GET", "/somewhere", {"Accept": "text/event-stream"}))
+        resp, rest = read_response(s, head_only=True)
+        assert resp.status == 200
+        assert resp.header("Content-Type") == "text/event-stream"
+        body = rest + recv_all(s)
+        m = re.fullmatch(rb"retry: (\d+)\n\n", body)
+        assert m and 3000 <= int(m.group(1)) <= 6000, body
+        s.close()
+        r = request(srv.port, "GET", "/somewhere", {"Accept": "*/*"})
+        assert r.status == 503
+    finally:
+        first.close()
