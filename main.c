@@ -382,6 +382,59 @@ static int watch(int ep, int fd) {
     return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 }
 
+/* Drives the server from this program's own epoll loop, next to the signal descriptor and
+ * the demo timer, until the server has stopped. Returns the exit status. */
+static int run(struct sse_server *srv, const struct options *o, int sigfd) {
+    int ep = epoll_create1(EPOLL_CLOEXEC), tfd = -1, status = 0;
+    struct demo demo = {0};
+    if (ep < 0 || sigfd < 0 || watch(ep, sse_fd(srv)) < 0 || watch(ep, sigfd) < 0) {
+        fprintf(stderr, "sse-server: cannot set up the event loop: %s\n", strerror(errno));
+        status = 1;
+    } else if (o->read_stdin) {
+        int r = sse_publish_from_fd(srv, STDIN_FILENO, o->stdin_format);
+        if (r < 0) {
+            fprintf(stderr, "sse-server: cannot read standard input: %s\n", strerror(-r));
+            status = 1;
+        }
+    }
+    if (!status && o->demo) {
+        demo_init(&demo);
+        struct itimerspec every = {{0, 250000000}, {0, 1000000}};
+        tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (tfd < 0 || timerfd_settime(tfd, 0, &every, NULL) < 0 || watch(ep, tfd) < 0) {
+            fprintf(stderr, "sse-server: cannot start the demo timer: %s\n", strerror(errno));
+            status = 1;
+        }
+    }
+    while (!status) {
+        struct epoll_event evs[4];
+        int n = epoll_wait(ep, evs, 4, sse_next_timeout_ms(srv));
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == sigfd) {
+                struct signalfd_siginfo si;
+                if (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si)
+                    sse_stop(srv);
+            } else if (evs[i].data.fd == tfd) {
+                uint64_t expirations;
+                if (read(tfd, &expirations, sizeof expirations) > 0)
+                    demo_tick(srv, &demo);
+            }
+        }
+        int r = sse_poll(srv, 0);
+        if (r < 0) {
+            fprintf(stderr, "sse-server: event loop failed: %s\n", strerror(-r));
+            status = 1;
+        }
+        if (r == 0)
+            break;
+    }
+    if (tfd >= 0)
+        close(tfd);
+    if (ep >= 0)
+        close(ep);
+    return status;
+}
+
 int main(int argc, char **argv) {
     struct options o;
     parse_options(argc, argv, &o);
@@ -403,61 +456,15 @@ int main(int argc, char **argv) {
     int sigfd = signalfd(-1, &sigs, SFD_CLOEXEC);
 
     char err[256];
+    int status = 1;
     struct sse_server *srv = sse_server_new(&o.cfg, err, sizeof err);
     if (!srv) {
         fprintf(stderr, "sse-server: %s\n", err);
-        return 1;
+    } else {
+        fprintf(stderr, "sse-server: listening on %s\n", sse_url(srv));
+        status = run(srv, &o, sigfd);
+        sse_server_free(srv);
     }
-    fprintf(stderr, "sse-server: listening on %s\n", sse_url(srv));
-
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    int tfd = -1;
-    struct demo demo = {0};
-    if (ep < 0 || sigfd < 0 || watch(ep, sse_fd(srv)) < 0 || watch(ep, sigfd) < 0) {
-        fprintf(stderr, "sse-server: cannot set up the event loop: %s\n", strerror(errno));
-        return 1;
-    }
-    if (o.read_stdin) {
-        int r = sse_publish_from_fd(srv, STDIN_FILENO, o.stdin_format);
-        if (r < 0) {
-            fprintf(stderr, "sse-server: cannot read standard input: %s\n", strerror(-r));
-            return 1;
-        }
-    }
-    if (o.demo) {
-        demo_init(&demo);
-        struct itimerspec every = {{0, 250000000}, {0, 1000000}};
-        tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-        if (tfd < 0 || timerfd_settime(tfd, 0, &every, NULL) < 0 || watch(ep, tfd) < 0) {
-            fprintf(stderr, "sse-server: cannot start the demo timer: %s\n", strerror(errno));
-            return 1;
-        }
-    }
-
-    int status = 0;
-    for (;;) {
-        struct epoll_event evs[4];
-        int n = epoll_wait(ep, evs, 4, sse_next_timeout_ms(srv));
-        for (int i = 0; i < n; i++) {
-            if (evs[i].data.fd == sigfd) {
-                struct signalfd_siginfo si;
-                if (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si)
-                    sse_stop(srv);
-            } else if (evs[i].data.fd == tfd) {
-                uint64_t expirations;
-                if (read(tfd, &expirations, sizeof expirations) > 0)
-                    demo_tick(srv, &demo);
-            }
-        }
-        int r = sse_poll(srv, 0);
-        if (r < 0) {
-            fprintf(stderr, "sse-server: event loop failed: %s\n", strerror(-r));
-            status = 1;
-        }
-        if (r <= 0)
-            break;
-    }
-    sse_server_free(srv);
     free(o.routes);
     free(o.relays);
     return status;

@@ -587,8 +587,35 @@ static void wire_reader_finish(struct wire_reader *r, wire_emit_fn emit, void *c
     wire_reset_block(r);
 }
 
-/* Copies s[0..len) as valid UTF-8: every byte that does not start a valid sequence becomes
- * U+FFFD, which is what the WHATWG decoder makes of it (used for relayed events). */
+/* Length of the "maximal subpart" at p (Unicode 3.9, the WHATWG decoder's rule): the longest
+ * prefix of a well-formed sequence, or 1 byte. It is replaced by one U+FFFD. */
+static size_t wire_utf8_subpart(const unsigned char *p, size_t avail) {
+    unsigned c = p[0], lo = 0x80, hi = 0xBF;
+    size_t need;
+    if (c >= 0xC2 && c <= 0xDF) {
+        need = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        need = 2;
+        lo = c == 0xE0 ? 0xA0 : 0x80; /* no overlong forms */
+        hi = c == 0xED ? 0x9F : 0xBF; /* no surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        need = 3;
+        lo = c == 0xF0 ? 0x90 : 0x80;
+        hi = c == 0xF4 ? 0x8F : 0xBF; /* nothing above U+10FFFF */
+    } else {
+        return 1;
+    }
+    size_t i = 1;
+    while (i <= need && i < avail && p[i] >= lo && p[i] <= hi) {
+        lo = 0x80;
+        hi = 0xBF;
+        i++;
+    }
+    return i;
+}
+
+/* Copies s[0..len) as valid UTF-8, each maximal subpart of an ill-formed sequence becoming
+ * one U+FFFD, exactly as the WHATWG decoder does (used for relayed events). */
 static void wire_utf8_repair(struct wbuf *w, const char *s, size_t len) {
     size_t start = 0, i = 0;
     while (i < len) {
@@ -600,7 +627,8 @@ static void wire_utf8_repair(struct wbuf *w, const char *s, size_t len) {
         }
         wb_put(w, s + start, i - start);
         wb_put(w, "\xEF\xBF\xBD", 3);
-        start = ++i;
+        i += wire_utf8_subpart((const unsigned char *)s + i, len - i);
+        start = i;
     }
     wb_put(w, s + start, len - start);
 }

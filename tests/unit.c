@@ -516,6 +516,10 @@ static void test_repair(void) {
                      "b"));
     CHECK(repairs_to("caf\xc3\xa9", 5, "caf\xc3\xa9"));
     CHECK(repairs_to("\xc3", 1, "\xEF\xBF\xBD"));
+    CHECK(repairs_to("a\xe2\x82 x", 5, "a\xEF\xBF\xBD x")); /* one per subpart */
+    CHECK(repairs_to("\xf0\x9f\x98x", 4, "\xEF\xBF\xBDx"));
+    CHECK(repairs_to("\xed\xa0\x80", 3, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD")); /* surrogate */
+    CHECK(repairs_to("\xe0\x80", 2, "\xEF\xBF\xBD\xEF\xBF\xBD")); /* overlong lead */
 }
 
 /* The relay's parser: the WHATWG processing model, ids and retry included. */
