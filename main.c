@@ -183,13 +183,14 @@ static void check_listen(const char *s) {
         die_usage("invalid value '%s' for --listen: expected HOST:PORT, :PORT or [IPV6]:PORT", s);
 }
 
-/* Splits "LEFT=RIGHT" in place. */
-static void split_pair(char *arg, const char *opt, const char *shape, char **left, char **right) {
-    char *eq = strchr(arg, '=');
+/* Splits "LEFT=RIGHT": LEFT is a copy (argv stays as it was, for ps), RIGHT points into arg. */
+static void split_pair(const char *arg, const char *opt, const char *shape, char **left,
+                       const char **right) {
+    const char *eq = strchr(arg, '=');
     if (!eq || eq == arg || !eq[1])
         die_usage("invalid value '%s' for --%s: expected %s", arg, opt, shape);
-    *eq = '\0';
-    *left = arg;
+    if (!(*left = strndup(arg, (size_t)(eq - arg))))
+        die_usage("out of memory%s", "");
     *right = eq + 1;
 }
 
@@ -270,7 +271,8 @@ static void parse_options(int argc, char **argv, struct options *o) {
             break;
         case OPT_PROXY: {
             struct sse_proxy_route *r = &o->routes[o->cfg.num_proxy_routes++];
-            char *prefix, *url;
+            char *prefix;
+            const char *url;
             split_pair(optarg, "proxy", "PREFIX=http://HOST:PORT[/BASE]", &prefix, &url);
             if (prefix[0] != '/' || strncmp(url, "http://", 7) != 0)
                 die_usage(
@@ -282,7 +284,8 @@ static void parse_options(int argc, char **argv, struct options *o) {
         }
         case OPT_RELAY: {
             struct sse_relay *r = &o->relays[o->cfg.num_relays++];
-            char *topic, *url;
+            char *topic;
+            const char *url;
             split_pair(optarg, "relay", "TOPIC=http://HOST:PORT/PATH", &topic, &url);
             if (strncmp(url, "http://", 7) != 0)
                 die_usage("invalid value '%s=%s' for --relay: expected TOPIC=http://HOST:PORT/PATH",
@@ -465,6 +468,10 @@ int main(int argc, char **argv) {
         status = run(srv, &o, sigfd);
         sse_server_free(srv);
     }
+    for (size_t i = 0; i < o.cfg.num_proxy_routes; i++)
+        free((char *)o.routes[i].prefix);
+    for (size_t i = 0; i < o.cfg.num_relays; i++)
+        free((char *)o.relays[i].topic);
     free(o.routes);
     free(o.relays);
     return status;

@@ -2091,7 +2091,9 @@ static const char *http_reason(int status) {
     case 411: return "Length Required";
     case 413: return "Content Too Large";
     case 431: return "Request Header Fields Too Large";
+    case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
     case 505: return "HTTP Version Not Supported";
     default: return "Internal Server Error";
     }
@@ -3297,40 +3299,44 @@ static bool proxy_response(struct sse_server *srv, struct proxy *px,
     return true;
 }
 
-/* Collects the response head; skips 1xx interim responses; passes the head on, then any
+/* Collects the response head; skips 1xx interim responses; passes the head on, then the
  * body bytes that came with it. Returns false if the exchange ended. */
-static bool proxy_head_bytes(struct sse_server *srv, struct proxy *px, const char *buf, size_t n) {
+static bool proxy_head_bytes(struct sse_server *srv, struct proxy *px, char *buf, size_t n) {
     if (!px->head && !(px->head = calloc(1, sizeof *px->head))) {
         proxy_fail(srv, px, 502, "could not be read (out of memory)");
         return false;
     }
     struct inbuf *h = px->head;
-    if (n > SSE_HEAD_MAX - h->len) {
-        proxy_fail(srv, px, 502, "sent an oversized response head");
-        return false;
-    }
-    memcpy(h->data + h->len, buf, n);
-    h->len += (uint32_t)n;
+    size_t take = n < SSE_HEAD_MAX - h->len ? n : SSE_HEAD_MAX - h->len;
+    memcpy(h->data + h->len, buf, take);
+    h->len += (uint32_t)take;
     for (;;) {
         struct http_response res;
         long r = http_parse_response(h->data, h->len, &res);
-        if (r == HTTP_INCOMPLETE)
-            return true;
-        if (r < 0 || res.status == 101) {
+        if (r == HTTP_INCOMPLETE && h->len < SSE_HEAD_MAX)
+            return true; /* everything read is in h (take == n) */
+        if (r == HTTP_INCOMPLETE || r < 0 || res.status == 101) {
             proxy_fail(srv, px, 502,
-                       r == HTTP_TOO_LARGE ? "sent too many header fields"
-                                           : "sent an invalid response head");
+                       r == HTTP_INCOMPLETE  ? "sent an oversized response head"
+                       : r == HTTP_TOO_LARGE ? "sent too many header fields"
+                                             : "sent an invalid response head");
             return false;
         }
         if (res.status < 200) { /* 1xx: an interim response, the real one follows */
             memmove(h->data, h->data + r, h->len - (size_t)r);
             h->len -= (uint32_t)r;
+            size_t more = n - take < SSE_HEAD_MAX - h->len ? n - take : SSE_HEAD_MAX - h->len;
+            memcpy(h->data + h->len, buf + take, more);
+            h->len += (uint32_t)more;
+            take += more;
             continue;
         }
         px->head = NULL; /* the views in res point into h until it is freed below */
         bool alive = proxy_response(srv, px, &res);
         if (alive && h->len > (size_t)r)
             alive = proxy_body(srv, px, h->data + r, h->len - (size_t)r);
+        if (alive && n > take) /* the rest of this read did not fit in the head buffer */
+            alive = proxy_body(srv, px, buf + take, n - take);
         free(h);
         return alive;
     }
@@ -4544,6 +4550,7 @@ static const char *api_upstream(struct upstream *u, const char *url) {
         memcpy(host, h, (size_t)(p - h));
         host[p - h] = '\0';
     }
+    const char *host_end = p;
     if (*p == ':') {
         size_t n = strspn(p + 1, "0123456789");
         uint64_t v;
@@ -4565,7 +4572,9 @@ static const char *api_upstream(struct upstream *u, const char *url) {
     memcpy(&u->addr, res->ai_addr, res->ai_addrlen);
     u->addr_len = res->ai_addrlen;
     freeaddrinfo(res);
-    u->url = strndup(url, (size_t)(p - url));
+    char named[300]; /* the port always shown, for messages */
+    snprintf(named, sizeof named, "http://%.*s:%s", (int)(host_end - h), h, port);
+    u->url = strdup(named);
     u->host = strndup(h, (size_t)(p - h));
     u->path = strdup(p);
     if (!u->url || !u->host || !u->path)
