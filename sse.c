@@ -635,8 +635,9 @@ static void wire_utf8_repair(struct wbuf *w, const char *s, size_t len) {
 
 /*
  * Where events end in a stream passing through (the proxy's heartbeat may only go in
- * between two events): after a blank line, or at the very start. A CR may be the first half
- * of a CRLF, so a boundary right after a CR is not yet certain.
+ * between two events): after a blank line, or at the very start. A blank line ended by a
+ * lone CR counts too: should a LF follow after all, the client sees one more empty line,
+ * which dispatches nothing since no data is buffered (WHATWG 9.2.6).
  */
 enum { WB_EVENT_END, WB_LINE_START, WB_MID_LINE };
 struct wire_boundary {
@@ -660,7 +661,7 @@ static void wire_boundary_scan(struct wire_boundary *b, const char *p, size_t n)
 }
 
 static bool wire_at_event_end(const struct wire_boundary *b) {
-    return b->state == WB_EVENT_END && !b->after_cr;
+    return b->state == WB_EVENT_END;
 }
 
 /* ==========================================================================================
