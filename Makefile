@@ -12,7 +12,7 @@ SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 PYTHON = /usr/bin/python3
 BUILD = build
 
-.PHONY: all run test unit pytest deps asan clean format
+.PHONY: all run test unit pytest deps asan clean format bench bench-smoke bench-tools
 all: sse-server
 
 $(BUILD) $(BUILD)/asan:
@@ -76,8 +76,21 @@ pytest: sse-server deps
 
 test: deps sse-server unit pytest
 
+# Benchmarks (bench/run.py): `make bench` runs every scenario against the peers and writes
+# bench/RESULTS.md; `make bench-smoke` is the seconds-long version CI runs.
+$(BUILD)/sseload: bench/sseload.c | $(BUILD)
+	$(CC) $(WARNINGS) -O2 -g $< -o $@
+
+bench-tools: sse-server $(BUILD)/sseload
+
+bench: bench-tools
+	$(PYTHON) bench/run.py
+
+bench-smoke: bench-tools
+	$(PYTHON) bench/run.py --smoke
+
 format:
-	clang-format -i sse.c sse.h main.c tests/unit.c
+	clang-format -i sse.c sse.h main.c tests/unit.c bench/sseload.c
 
 clean:
 	rm -rf $(BUILD) sse-server sse-server-asan
