@@ -2044,6 +2044,45 @@ static void conn_flush(struct sse_server *srv, struct conn *c) {
     }
 }
 
+/* Sends the bytes of iov[0..n) at once when nothing is queued ahead of them, and queues
+ * what the socket did not take. For the proxy, where each read from an upstream should
+ * leave without waiting for the end of the iteration. False if the connection failed and
+ * was closed. */
+static bool conn_send(struct sse_server *srv, struct conn *c, const struct iovec *iov, int n) {
+    size_t total = 0, sent = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    if (c->qlen == 0 && c->file_fd < 0 && !proxy_connecting(c)) {
+        struct msghdr mh = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            conn_close(srv, c, c->state == CONN_UPSTREAM ? R_UPSTREAM : R_CLIENT_CLOSED);
+            return false;
+        }
+        sent = w > 0 ? (size_t)w : 0;
+    }
+    if (sent == total)
+        return true;
+    struct blob *b = blob_new(total - sent);
+    if (!b) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        const char *p = iov[i].iov_base;
+        size_t len = iov[i].iov_len, skip = sent < len ? sent : len;
+        sent -= skip;
+        memcpy(b->bytes + o, p + skip, len - skip);
+        o += len - skip;
+    }
+    if (!conn_enqueue_owned(srv, c, b)) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    return true;
+}
+
 /* Writes every connection with pending output. Handlers only queue; this is where bytes
  * leave, once per loop iteration, so a burst of events goes out in one system call. */
 static void conn_flush_all(struct sse_server *srv) {
@@ -3026,10 +3065,9 @@ static size_t proxy_forward_body(struct sse_server *srv, struct proxy *px, const
     if (!take)
         return 0;
     px->req_left -= take;
-    if (px->up && !conn_enqueue_owned(srv, px->up, blob_from(p, take))) {
-        proxy_fail(srv, px, 502, "could not be written to (out of memory)");
-        return take;
-    }
+    struct iovec iov = {(void *)(uintptr_t)p, take};
+    if (px->up && !conn_send(srv, px->up, &iov, 1))
+        return take; /* the upstream was closed: the client has its answer */
     if (px->up && px->up->qbytes >= PROXY_BUFFER)
         px->client_paused = true;
     return take;
@@ -3063,23 +3101,12 @@ static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *dat
         return true;
     }
     struct conn *c = px->client;
-    struct blob *b;
-    if (px->rechunk) {
-        char size[24];
-        int h = snprintf(size, sizeof size, "%zx\r\n", n);
-        b = blob_new((size_t)h + n + 2);
-        if (b) {
-            memcpy(b->bytes, size, (size_t)h);
-            memcpy(b->bytes + h, data, n);
-            memcpy(b->bytes + (size_t)h + n, "\r\n", 2);
-        }
-    } else {
-        b = blob_from(data, n);
-    }
-    if (!conn_enqueue_owned(srv, c, b)) {
-        conn_close(srv, c, R_ERROR);
+    char size[24];
+    struct iovec iov[3] = {{size, 0}, {(void *)(uintptr_t)data, n}, {"\r\n", 2}};
+    if (px->rechunk)
+        iov[0].iov_len = (size_t)snprintf(size, sizeof size, "%zx\r\n", n);
+    if (!conn_send(srv, c, px->rechunk ? iov : iov + 1, px->rechunk ? 3 : 1))
         return false;
-    }
     if (px->stream) {
         wire_boundary_scan(&px->boundary, data, n);
         timer_set(srv, c, TIMER_PROXY); /* the upstream spoke: restart the heartbeat clock */
@@ -3353,8 +3380,10 @@ static void proxy_up_eof(struct sse_server *srv, struct proxy *px) {
                                  : "closed the connection without answering");
 }
 
-/* Reads from the upstream while the client's queue has room. */
-static void proxy_up_read(struct sse_server *srv, struct conn *up) {
+/* Reads from the upstream while the client's queue has room. A short read means the socket
+ * is empty (edge-triggered epoll reports any later arrival), unless the peer's FIN came with
+ * this wake-up (until_empty says so): then read on to see the end. */
+static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_empty) {
     char buf[PROXY_READ];
     while (up->state == CONN_UPSTREAM && up->px && up->px->connected && !up->px->up_paused) {
         struct proxy *px = up->px;
@@ -3373,7 +3402,7 @@ static void proxy_up_read(struct sse_server *srv, struct conn *up) {
         }
         bool alive = px->head_done ? proxy_body(srv, px, buf, (size_t)n)
                                    : proxy_head_bytes(srv, px, buf, (size_t)n);
-        if (!alive)
+        if (!alive || ((size_t)n < sizeof buf && !until_empty))
             return;
     }
 }
@@ -3407,7 +3436,7 @@ static void proxy_up_event(struct sse_server *srv, struct conn *up, uint32_t eve
             return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        proxy_up_read(srv, up);
+        proxy_up_read(srv, up, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
     if ((events & EPOLLOUT) && up->state == CONN_UPSTREAM && up->qlen)
         conn_flush(srv, up);
 }
@@ -3418,7 +3447,7 @@ static void proxy_after_write(struct sse_server *srv, struct conn *c) {
     if (c == px->client && px->up_paused && c->qbytes < PROXY_BUFFER) {
         px->up_paused = false;
         if (px->up)
-            proxy_up_read(srv, px->up);
+            proxy_up_read(srv, px->up, true);
     } else if (c == px->up && px->client_paused && c->qbytes < PROXY_BUFFER) {
         px->client_paused = false;
         if (px->client)
