@@ -63,6 +63,7 @@ struct options {
     const char *headers[MAX_HEADERS]; /* extra request headers */
     int nheaders;
     const char *ready_file; /* sub: written when every connection is settled */
+    double head_timeout;    /* sub: seconds for a response head before failing */
     uint64_t expect_events; /* sub: stop after this many events (0 = no limit) */
     double rate;            /* pub: events/s, 0 = as fast as accepted */
     uint64_t count;         /* pub: events to send, 0 = until duration */
@@ -99,6 +100,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
     o->duration = -1;
     o->size = 100;
     o->pipeline = 1;
+    o->head_timeout = 30;
     if (argc < 2 || (strcmp(argv[1], "sub") && strcmp(argv[1], "pub")))
         die("usage: sseload sub|pub --url URL [options] (see bench/sseload.c)");
     o->pub = !strcmp(argv[1], "pub");
@@ -118,6 +120,8 @@ static void parse_options(int argc, char **argv, struct options *o) {
             o->duration = atof(v);
         else if (!strcmp(a, "--header") && o->nheaders < MAX_HEADERS)
             o->headers[o->nheaders++] = v;
+        else if (!strcmp(a, "--head-timeout"))
+            o->head_timeout = atof(v);
         else if (!strcmp(a, "--ready-file"))
             o->ready_file = v;
         else if (!strcmp(a, "--expect-events"))
@@ -469,7 +473,11 @@ static void sub_event(struct load *L, struct conn *c, uint32_t ev) {
 static void pub_queue(struct load *L, struct conn *c) {
     char *body = L->payload;
     size_t size = L->o->size;
-    int t = snprintf(body, size, "t=%llu ", (unsigned long long)now_ns());
+    /* At a fixed rate the stamp is when the event was due, not when a busy server let us
+     * send it: otherwise a saturated server's queueing would not show in the latency. */
+    uint64_t stamp =
+        L->o->rate > 0 ? L->t_start + (uint64_t)((double)L->sent * 1e9 / L->o->rate) : now_ns();
+    int t = snprintf(body, size, "t=%llu ", (unsigned long long)stamp);
     memset(body + t, 'x', size - (size_t)t);
     char head[4096];
     int h = snprintf(head, sizeof head,
@@ -609,13 +617,18 @@ static void run(struct load *L) {
         if (!o->pub && L->measuring &&
             (now >= deadline || (o->expect_events && L->events >= o->expect_events)))
             break;
-        if (L->failed >= o->connections)
-            break;
+        if (L->failed + L->dropped >= o->connections)
+            break; /* no connection left */
+        if (!o->pub && !L->measuring && now >= L->t_start + (uint64_t)(o->head_timeout * 1e9))
+            for (long i = 0; i < o->connections; i++) /* no head in time: failed */
+                if (L->conns[i].state == S_CONNECTING || L->conns[i].state == S_HEAD)
+                    conn_fail(L, &L->conns[i], false);
         int timeout = 100;
         if (o->pub && L->measuring && o->rate > 0) {
-            double next = (double)L->t_start + ((double)L->sent + 1) * 1e9 / o->rate;
+            /* sleep until the next event is due: event number `sent`, counted from 0 */
+            double next = (double)L->t_start + (double)L->sent * 1e9 / o->rate;
             double wait_ms = (next - (double)now) / 1e6;
-            timeout = wait_ms <= 0 ? 0 : wait_ms < 100 ? (int)wait_ms : 100;
+            timeout = wait_ms <= 0 ? 0 : wait_ms < 100 ? (int)(wait_ms + 0.999) : 100;
         } else if (o->pub && L->measuring) {
             timeout = 1;
         }
@@ -665,11 +678,11 @@ int main(int argc, char **argv) {
     if (L.ep < 0 || !L.conns || !L.hist || !L.buf || !L.payload)
         die("out of memory");
     run(&L);
-    double secs = (double)(now_ns() - L.t_ready) / 1e9;
+    double secs = L.t_ready ? (double)(now_ns() - L.t_ready) / 1e9 : 0.0;
     if (o.pub) {
-        printf("{\"mode\":\"pub\",\"published\":%llu,\"errors\":%llu,\"seconds\":%.3f,"
-               "\"rate\":%.1f}\n",
-               (unsigned long long)L.published, (unsigned long long)L.errors, secs,
+        printf("{\"mode\":\"pub\",\"published\":%llu,\"errors\":%llu,\"dropped\":%ld,"
+               "\"seconds\":%.3f,\"rate\":%.1f}\n",
+               (unsigned long long)L.published, (unsigned long long)L.errors, L.dropped, secs,
                secs > 0 ? (double)L.published / secs : 0.0);
     } else {
         const struct hist *h = L.hist;
