@@ -51,22 +51,35 @@ asan: sse-server-asan $(BUILD)/unit
 run: sse-server
 	./sse-server --demo
 
-# Test dependencies from Debian: pytest, and nginx for the test of sse-server behind nginx.
-# A temporary policy-rc.d keeps the nginx package from starting a system nginx on port 80.
+# Test dependencies: pytest, and the real clients and deployment tools the tests use (nginx,
+# chromium, curl, openssl, nghttp, strace, systemd-analyze) from Debian; playwright-core,
+# eventsource and eventsource-parser from npm into tests/browser/node_modules (`npm ci`, from
+# the lock file). A temporary policy-rc.d keeps the nginx package from starting a system nginx.
+DEBIAN_TOOLS = nginx:nginx chromium:chromium curl:curl openssl:openssl nghttp:nghttp2-client \
+               strace:strace systemd-analyze:systemd node:nodejs npm:npm
 deps:
 	@missing=; \
 	$(PYTHON) -c 'import pytest' 2>/dev/null || missing="$$missing python3-pytest"; \
-	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
-	[ -z "$$missing" ] && exit 0; \
-	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "make test needs:$$missing (sudo apt-get install$$missing)" >&2; \
-	  case "$$missing" in *pytest*) exit 1;; esac; exit 0; \
+	for pair in $(DEBIAN_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	    echo "make test needs:$$missing (sudo apt-get install$$missing)" >&2; \
+	    case "$$missing" in *pytest*) exit 1;; esac; \
+	  else \
+	    echo "make test: installing$$missing with apt-get"; \
+	    guard=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	      chmod +x /usr/sbin/policy-rc.d; guard=1; }; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    status=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; [ $$status = 0 ] || exit $$status; \
+	  fi; \
 	fi; \
-	echo "make test: installing$$missing with apt-get"; \
-	guard=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
-	  chmod +x /usr/sbin/policy-rc.d; guard=1; }; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	status=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; exit $$status
+	if command -v npm >/dev/null && { [ ! -e tests/browser/node_modules/.package-lock.json ] || \
+	    [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; }; then \
+	  echo "make test: npm ci in tests/browser"; \
+	  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
+	fi
 
 unit: $(BUILD)/unit
 	$(BUILD)/unit

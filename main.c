@@ -40,9 +40,10 @@ static const char usage[] =
     "  --heartbeat SECONDS       comment line after this much silence (default 15; 0 = none)\n"
     "  --retry MS                retry: sent when a stream opens (default 3000; 0 = none)\n"
     "  --publish-token TOKEN     enable POST/DELETE /publish with Authorization: Bearer TOKEN\n"
-    "                            (default: publishing over HTTP is off)\n"
+    "                            (default: $SSE_PUBLISH_TOKEN, else publishing over HTTP is\n"
+    "                            off)\n"
     "  --subscribe-token TOKEN   require Authorization: Bearer TOKEN or ?token=TOKEN from\n"
-    "                            subscribers (default: none)\n"
+    "                            subscribers (default: $SSE_SUBSCRIBE_TOKEN, else none)\n"
     "  --stdin                   publish each line of standard input as an event on topic\n"
     "                            \"default\" (default: off)\n"
     "  --stdin-format lines|sse  sse: read blocks of topic:/event:/data: lines ended by a\n"
@@ -310,6 +311,14 @@ static void parse_options(int argc, char **argv, struct options *o) {
     }
     if (optind < argc)
         die_usage("unexpected argument '%s'", argv[optind]);
+    /* Tokens on the command line show in every local user's `ps`; the environment does not
+     * (a systemd EnvironmentFile, say). The option wins when both are given. */
+    const char *env = getenv("SSE_PUBLISH_TOKEN");
+    if (!o->cfg.publish_token && env && env[0])
+        o->cfg.publish_token = env;
+    env = getenv("SSE_SUBSCRIBE_TOKEN");
+    if (!o->cfg.subscribe_token && env && env[0])
+        o->cfg.subscribe_token = env;
 }
 
 static void on_log(enum sse_log_level level, const char *msg, void *user) {

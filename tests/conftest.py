@@ -20,10 +20,12 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
 class Server:
     """One running sse-server process. Its stderr is collected in the background."""
 
-    def __init__(self, args, stdin=None, env=None, preexec_fn=None):
+    def __init__(self, args, stdin=None, env=None, preexec_fn=None, wrapper=()):
         self.args = list(args)
+        if env is None:  # tokens in the caller's environment would change what is tested
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
         self.proc = subprocess.Popen(
-            [BINARY, "--listen", "127.0.0.1:0", *self.args],
+            [*wrapper, BINARY, "--listen", "127.0.0.1:0", *self.args],
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -109,14 +111,23 @@ class Server:
         self._reader.join(timeout=5)
 
 
+def unavailable(why):
+    """A tool a test needs is missing: skip, or fail under SSE_TESTS_STRICT=1 (CI), where
+    `make test` has installed everything."""
+    if os.environ.get("SSE_TESTS_STRICT") == "1":
+        pytest.fail(why + " (SSE_TESTS_STRICT=1)")
+    pytest.skip(why)
+
+
 @pytest.fixture
 def start_server():
     """start_server(*args, stdin=None) -> Server; every server is killed (by PID) afterwards
     and its stderr checked for sanitizer reports."""
     servers = []
 
-    def start(*args, stdin=None, env=None, preexec_fn=None):
-        s = Server(args, stdin=stdin, env=env, preexec_fn=preexec_fn)
+    def start(*args, stdin=None, env=None, preexec_fn=None, wrapper=()):
+        """wrapper: a command to run the binary under (strace, say)."""
+        s = Server(args, stdin=stdin, env=env, preexec_fn=preexec_fn, wrapper=wrapper)
         servers.append(s)
         return s
 

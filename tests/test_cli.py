@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import BINARY, Stream, connect, read_response, recv_all, request
+from conftest import BINARY, Stream, connect, publish, read_response, recv_all, request
 
 # (option, default as --help must show it: a string or alternatives, ANY when the README
 # gives no literal default (--help must still say what the default is), None when the option
@@ -308,5 +308,38 @@ def test_demo_generator(start_server):
                     assert key in q, q
                 assert isinstance(q["symbol"], str) and q["symbol"]
                 seen_quote = ev
+    finally:
+        st.close()
+
+
+def token_env(**values):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
+    env.update(values)
+    return env
+
+
+def test_tokens_from_the_environment(start_server):
+    srv = start_server(env=token_env(SSE_PUBLISH_TOKEN="envpub", SSE_SUBSCRIBE_TOKEN="envsub"))
+    assert publish(srv.port, b"x", token="secret").status == 401
+    assert publish(srv.port, b"x", token="envpub").status == 200
+    assert request(srv.port, "GET", "/events", {"Accept": "text/event-stream"}).status == 401
+    st = Stream(srv.port, "/events?token=envsub")
+    try:
+        assert st.status == 200
+    finally:
+        st.close()
+
+
+def test_token_option_wins_over_environment_and_empty_is_unset(start_server):
+    srv = start_server("--publish-token", "opt", env=token_env(SSE_PUBLISH_TOKEN="envpub"))
+    assert publish(srv.port, b"x", token="envpub").status == 401
+    assert publish(srv.port, b"x", token="opt").status == 200
+    srv = start_server(env=token_env(SSE_PUBLISH_TOKEN="", SSE_SUBSCRIBE_TOKEN=""))
+    assert publish(srv.port, b"x", token="").status == 403  # publishing stays off
+    st = Stream(srv.port, "/events")
+    try:
+        assert st.status == 200
     finally:
         st.close()

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import build_request, connect, metric_values, parse_head, publish
+from conftest import build_request, connect, metric_values, parse_head, publish, unavailable
 
 POLICY_RC = "/usr/sbin/policy-rc.d"
 
@@ -77,11 +77,11 @@ def nginx_binary():
     if path:
         return path
     if os.geteuid() != 0:
-        pytest.skip("nginx is not installed and the tests do not run as root to install it")
+        unavailable("nginx is not installed and the tests do not run as root to install it")
     why = install_nginx()
     path = find_nginx()
     if not path:
-        pytest.skip("nginx is not installed and could not be installed: %s" % why)
+        unavailable("nginx is not installed and could not be installed: %s" % why)
     return path
 
 
@@ -93,33 +93,38 @@ def free_port():
     return port
 
 
-class Nginx:
-    """nginx as a child process (no daemon, no master), config and every path in a tmp dir,
-    proxying everything to 127.0.0.1:upstream_port with default proxy settings."""
+def proxy_conf(d, port, upstream_port):
+    """nginx's default proxy settings in front of 127.0.0.1:upstream_port, every path in d."""
+    return (
+        "pid %(d)s/nginx.pid;\n"
+        "error_log %(d)s/error.log info;\n"
+        "events { worker_connections 64; }\n"
+        "http {\n"
+        "    access_log off;\n"
+        "    client_body_temp_path %(d)s/client_body;\n"
+        "    proxy_temp_path %(d)s/proxy;\n"
+        "    fastcgi_temp_path %(d)s/fastcgi;\n"
+        "    uwsgi_temp_path %(d)s/uwsgi;\n"
+        "    scgi_temp_path %(d)s/scgi;\n"
+        "    server {\n"
+        "        listen 127.0.0.1:%(port)d;\n"
+        "        location / { proxy_pass http://127.0.0.1:%(up)d; }\n"
+        "    }\n"
+        "}\n" % {"d": d, "port": port, "up": upstream_port}
+    )
 
-    def __init__(self, binary, tmpdir, upstream_port):
+
+class Nginx:
+    """nginx as a child process (no daemon, no master), config and every path in a tmp dir.
+    make_conf(dir, port) gives the config's text for the listening port chosen here."""
+
+    def __init__(self, binary, tmpdir, make_conf):
         self.dir = str(tmpdir)
         self.port = free_port()
         conf = os.path.join(self.dir, "nginx.conf")
         d = self.dir
         with open(conf, "w") as f:
-            f.write(
-                "pid %(d)s/nginx.pid;\n"
-                "error_log %(d)s/error.log info;\n"
-                "events { worker_connections 64; }\n"
-                "http {\n"
-                "    access_log off;\n"
-                "    client_body_temp_path %(d)s/client_body;\n"
-                "    proxy_temp_path %(d)s/proxy;\n"
-                "    fastcgi_temp_path %(d)s/fastcgi;\n"
-                "    uwsgi_temp_path %(d)s/uwsgi;\n"
-                "    scgi_temp_path %(d)s/scgi;\n"
-                "    server {\n"
-                "        listen 127.0.0.1:%(port)d;\n"
-                "        location / { proxy_pass http://127.0.0.1:%(up)d; }\n"
-                "    }\n"
-                "}\n" % {"d": d, "port": self.port, "up": upstream_port}
-            )
+            f.write(make_conf(d, self.port))
         self.out = open(os.path.join(d, "nginx.out"), "wb")
         self.proc = subprocess.Popen(
             [binary, "-p", d + "/", "-c", conf, "-e", os.path.join(d, "error.log"),
@@ -166,10 +171,12 @@ class Nginx:
 def start_nginx(nginx_binary, tmp_path):
     started = []
 
-    def start(upstream_port):
+    def start(upstream_port=None, make_conf=None):
         d = tmp_path / ("nginx%d" % len(started))
         d.mkdir()
-        n = Nginx(nginx_binary, d, upstream_port)
+        if make_conf is None:
+            make_conf = lambda d, port: proxy_conf(d, port, upstream_port)  # noqa: E731
+        n = Nginx(nginx_binary, d, make_conf)
         started.append(n)
         return n
 

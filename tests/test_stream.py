@@ -4,6 +4,8 @@ heartbeats, HTTP/1.0, methods, retiring topics, CORS."""
 import re
 import time
 
+import pytest
+
 from conftest import (
     Stream,
     build_request,
@@ -184,38 +186,42 @@ def test_retry_zero_sends_no_retry_line(start_server):
 # ---- framing ------------------------------------------------------------------------------
 
 
-def _one(server, payload, want_lines, event=None):
+# Each case: what is published (payload, event type) and the data lines the server frames it
+# as. tests/test_node.py runs the bytes of every case through eventsource-parser as well.
+FRAMING_CASES = {
+    "simple": ("hello", None, ["hello"]),
+    "multiline_cr_crlf_lf": ("a\rb\r\nc\nd", None, ["a", "b", "c", "d"]),
+    "empty_payload": ("", None, [""]),
+    "trailing_newline": ("x\n", None, ["x", ""]),
+    "blank_lines_inside": ("a\n\nb\r\rc\r\n\r\nd", None, ["a", "", "b", "", "c", "", "d"]),
+    "leading_spaces_kept": (" x", None, [" x"]),
+    "utf8_multibyte_and_emoji": (
+        "h\u00e9llo \u20ac \u4e2d\u6587 \U0001F600\n\u00fcber",
+        None,
+        ["h\u00e9llo \u20ac \u4e2d\u6587 \U0001F600", "\u00fcber"],
+    ),
+    "event_type_line": ("p", "price", ["p"]),
+    "event_type_and_multiline": ("1\n2", "update.v2", ["1", "2"]),
+    "colon_and_data_like_payload": ("data: fake\nid: 7\n: c", None, ["data: fake", "id: 7", ": c"]),
+    "many_lines": ("\n".join("line %d" % i for i in range(5000)), None,
+                   ["line %d" % i for i in range(5000)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FRAMING_CASES))
+def test_framing(server, case):
+    payload, event, want_lines = FRAMING_CASES[case]
     st = Stream(server.port)
     try:
         read_prelude(st)
-        id_ = pub(server.port, payload, event=event)
+        id_ = pub(server.port, payload.encode("utf-8"), event=event)
         expect_bytes(st, ev(id_, *want_lines, event=event))
         assert st.nothing_pending(0.2)
     finally:
         st.close()
 
 
-def test_simple_event(server):
-    _one(server, "hello", ["hello"])
-
-
-def test_multiline_cr_crlf_lf(server):
-    _one(server, "a\rb\r\nc\nd", ["a", "b", "c", "d"])
-
-
-def test_empty_payload(server):
-    _one(server, "", [""])
-
-
-def test_trailing_newline(server):
-    _one(server, "x\n", ["x", ""])
-
-
-def test_blank_lines_inside(server):
-    _one(server, "a\n\nb\r\rc\r\n\r\nd", ["a", "", "b", "", "c", "", "d"])
-
-
-def test_leading_spaces_kept(server):
+def test_leading_space_is_doubled_on_the_wire(server):
     st = Stream(server.port)
     try:
         read_prelude(st)
@@ -223,29 +229,6 @@ def test_leading_spaces_kept(server):
         expect_bytes(st, b"id: %s\ndata:  x\n\n" % id_.encode())
     finally:
         st.close()
-
-
-def test_utf8_multibyte_and_emoji(server):
-    payload = "h\u00e9llo \u20ac \u4e2d\u6587 \U0001F600\n\u00fcber"
-    st = Stream(server.port)
-    try:
-        read_prelude(st)
-        id_ = pub(server.port, payload.encode("utf-8"))
-        expect_bytes(st, ev(id_, "h\u00e9llo \u20ac \u4e2d\u6587 \U0001F600", "\u00fcber"))
-    finally:
-        st.close()
-
-
-def test_event_type_line(server):
-    _one(server, "p", ["p"], event="price")
-
-
-def test_event_type_and_multiline(server):
-    _one(server, "1\n2", ["1", "2"], event="update.v2")
-
-
-def test_colon_and_data_like_payload(server):
-    _one(server, "data: fake\nid: 7\n: c", ["data: fake", "id: 7", ": c"])
 
 
 # ---- topics -------------------------------------------------------------------------------
@@ -728,16 +711,5 @@ def test_no_heartbeat_while_events_flow(start_server):
         expect_bytes(st, want)
         # then, with silence, the heartbeat comes
         assert st.read_exactly(2, timeout=5) == b":\n"
-    finally:
-        st.close()
-
-
-def test_many_lines_framing(server):
-    payload = "\n".join("line %d" % i for i in range(5000))
-    st = Stream(server.port)
-    try:
-        read_prelude(st)
-        id_ = pub(server.port, payload)
-        expect_bytes(st, ev(id_, *["line %d" % i for i in range(5000)]))
     finally:
         st.close()

@@ -1,0 +1,191 @@
+"""A real browser's EventSource against sse-server: headless Debian Chromium driven by
+playwright-core (tests/clients.py, tests/browser/driver.mjs). The test page
+tests/browser/pages/harness.html records every event the browser dispatches and compares them,
+in the page, with what the test published. A screenshot of the demo page is kept in
+tests/browser/out/ for a person to look at."""
+
+import json
+import os
+import threading
+import time
+from urllib.parse import urlencode
+
+import pytest
+
+from clients import HERE, Browser, TcpRelay, wait_until
+from conftest import metric_values, publish
+
+PAGES = os.path.join(HERE, "browser", "pages")
+OUT = os.path.join(HERE, "browser", "out")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    b = Browser()
+    yield b
+    b.close()
+
+
+def harness_url(origin, stream, types=(), credentials=False):
+    query = {"stream": stream}
+    if types:
+        query["types"] = ",".join(types)
+    if credentials:
+        query["credentials"] = "1"
+    return "%s/harness.html?%s" % (origin, urlencode(query))
+
+
+def pub(port, data, topic=None, event=None):
+    r = publish(port, data.encode("utf-8"), topic=topic, event=event)
+    assert r.status == 200, r
+    return r.json()["id"]
+
+
+def compare(browser, want):
+    assert browser.eval("compare(%s)" % json.dumps(want)) == "ok"
+
+
+def test_demo_page_shows_time_and_stocks_over_one_connection(browser, start_server):
+    srv = start_server("--demo")
+    browser.goto(srv.url + "/")
+    browser.wait(
+        "document.querySelector('#clock').textContent.startsWith('20')"
+        " && document.querySelectorAll('#stocks > *').length >= 3"
+        " && /[0-9]+\\.[0-9]{2}/.test(document.querySelector('#stocks').innerText)",
+        timeout=15,
+    )
+    assert browser.eval("document.querySelector('#state').textContent") == "OPEN"
+    # Both topics come over one stream: the server counts one subscriber.
+    assert metric_values(srv.port)["sse_subscribers"] == 1
+    # A second tick of the clock arrives on the same connection.
+    first = browser.eval("document.querySelector('#clock').textContent")
+    browser.wait("document.querySelector('#clock').textContent !== %s" % json.dumps(first), 5)
+    assert metric_values(srv.port)["sse_connections_total"] <= 3  # page, stream, favicon
+    os.makedirs(OUT, exist_ok=True)
+    path = browser.screenshot(os.path.join(OUT, "demo.png"))
+    assert os.path.getsize(path) > 10000
+
+
+def test_event_types_and_multiline_data_arrive_exactly(browser, start_server):
+    srv = start_server("--publish-token", "secret", "--root", PAGES)
+    browser.goto(harness_url(srv.url, "/events/mix", types=("price", "news")))
+    browser.wait("rec.opens === 1")
+    published = [
+        ("plain", None),
+        ("p=1", "price"),
+        ("line one\nline two\r\nline three\rline four", "news"),
+        ("", None),
+        ("nobody listens to this type", "unheard"),
+        ("h\u00e9llo \u20ac \u4e2d\u6587 \U0001F600", "price"),
+        ("x\n", None),
+        ("  two leading spaces", "news"),
+        ("data: fake\nid: 7\nevent: forged\n: comment", None),
+        ("\n".join("row %d" % i for i in range(2000)), "news"),
+    ]
+    want = []
+    for data, event in published:
+        id_ = pub(srv.port, data, topic="mix", event=event)
+        if event != "unheard":
+            normalised = data.replace("\r\n", "\n").replace("\r", "\n")
+            want.append({"type": event or "message", "data": normalised, "id": id_})
+    browser.wait("rec.events.length >= %d" % len(want))
+    time.sleep(0.2)  # nothing more may arrive
+    compare(browser, want)
+    assert browser.eval("rec.errors") == 0
+
+
+def test_reconnects_after_cuts_with_last_event_id_and_loses_nothing(browser, start_server):
+    srv = start_server("--publish-token", "secret", "--root", PAGES, "--retry", "300")
+    relay = TcpRelay(srv.port)
+    try:
+        browser.goto(harness_url("http://127.0.0.1:%d" % relay.port, "/events/feed"))
+        browser.wait("rec.opens === 1")
+        ids, total = [], 60
+
+        def publisher():
+            for i in range(total):
+                ids.append(pub(srv.port, "event %d" % i, topic="feed"))
+                time.sleep(0.025)
+
+        t = threading.Thread(target=publisher)
+        t.start()
+        for cut_at in (15, 35):
+            wait_until(lambda: len(ids) >= cut_at, what="publishes")
+            assert relay.sever() >= 1
+        t.join(timeout=30)
+        assert len(ids) == total
+        browser.wait("rec.events.length >= %d" % total, timeout=20)
+        time.sleep(0.3)
+        compare(browser, [{"data": "event %d" % i, "id": ids[i]} for i in range(total)])
+        assert browser.eval("rec.opens") >= 3
+        assert browser.eval("rec.errors") >= 2
+        resumed = [
+            h for h in relay.heads()
+            if h.startswith(b"GET /events/feed") and b"\r\nlast-event-id: " in h.lower()
+        ]
+        assert len(resumed) >= 2, relay.heads()
+        for head in resumed:
+            value = head.lower().split(b"\r\nlast-event-id: ")[1].split(b"\r\n")[0]
+            assert value.decode() in ids
+    finally:
+        relay.close()
+
+
+def test_restart_on_same_port_sends_reset(browser, start_server):
+    first = start_server("--publish-token", "secret", "--root", PAGES, "--retry", "300")
+    port = first.port
+    browser.goto(harness_url(first.url, "/events/news", types=("reset",)))
+    browser.wait("rec.opens === 1")
+    before = [pub(port, "before %d" % i, topic="news") for i in range(3)]
+    browser.wait("rec.events.length === 3")
+    first.stop()
+    browser.wait("rec.errors >= 1")
+    second = start_server(
+        "--listen", "127.0.0.1:%d" % port, "--publish-token", "secret", "--root", PAGES,
+        "--retry", "300",
+    )
+    assert second.port == port
+    browser.wait("rec.events.some(e => e.type === 'reset')", timeout=15)
+    reset = browser.eval("rec.events.find(e => e.type === 'reset')")
+    assert json.loads(reset["data"])["requested"] == before[-1]
+    after = pub(port, "after", topic="news")
+    browser.wait("rec.events.length === 5")
+    compare(
+        browser,
+        [{"data": "before %d" % i, "id": before[i]} for i in range(3)]
+        + [{"type": "reset", "id": reset["id"]}, {"type": "message", "data": "after", "id": after}],
+    )
+    assert int(reset["id"]) < int(after)
+
+
+def test_retired_topic_makes_the_browser_stop(browser, start_server):
+    srv = start_server("--publish-token", "secret", "--root", PAGES, "--retry", "200")
+    browser.goto(harness_url(srv.url, "/events/gone"))
+    browser.wait("rec.opens === 1")
+    assert browser.eval("es.readyState") == 1
+    r = publish(srv.port, b"", topic="gone", method="DELETE")
+    assert r.status == 200, r
+    browser.wait("es.readyState === 2", timeout=10)
+    # The browser's reconnect was answered 204 and it gave up: no further requests arrive.
+    connections = metric_values(srv.port)["sse_connections_total"]
+    time.sleep(1.5)
+    assert metric_values(srv.port)["sse_connections_total"] == connections + 1  # this one
+    assert browser.eval("rec.opens") == 1
+
+
+@pytest.mark.parametrize("cors", [True, False])
+def test_cors_from_another_origin(browser, start_server, cors):
+    page_server = start_server("--root", PAGES)
+    origin = page_server.url
+    args = ("--publish-token", "secret") + (("--cors", origin) if cors else ())
+    srv = start_server(*args)
+    browser.goto(harness_url(origin, srv.url + "/events/x", credentials=True))
+    if not cors:
+        # Without Access-Control-Allow-Origin the browser fails the connection for good.
+        browser.wait("es.readyState === 2")
+        assert browser.eval("rec.opens") == 0
+        return
+    browser.wait("rec.opens === 1")
+    id_ = pub(srv.port, "across origins", topic="x")
+    browser.wait("rec.events.length === 1")
+    compare(browser, [{"data": "across origins", "id": id_}])

@@ -1,0 +1,270 @@
+"""The deployment files in deploy/, exercised as shipped.
+
+deploy/nginx.conf: nginx (Debian package) with TLS and HTTP/2 in front of sse-server, on a
+throwaway self-signed certificate from the openssl CLI. The seed article's whole argument is
+checked: three EventSource streams share ONE HTTP/2 connection and each receives its events at
+once (curl --http2, and nghttp when installed).
+
+deploy/sse-server.service: systemd-analyze accepts the unit, rates its exposure, and every
+system call sse-server makes in a workload touching every feature is one its
+SystemCallFilter allows (traced with strace)."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from clients import wait_until
+from conftest import BINARY, Stream, publish, request, unavailable
+from test_nginx import nginx_binary, start_nginx  # noqa: F401 (fixtures)
+
+DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy")
+
+
+def tool(name):
+    path = shutil.which(name)
+    if not path:
+        unavailable("%s is not installed" % name)
+    return path
+
+
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+# ---- nginx, TLS, HTTP/2 --------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
+    subprocess.run(
+        [tool("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+def deploy_conf(upstream_port, cert, key):
+    """deploy/nginx.conf with only its machine-specific lines changed for the test."""
+
+    def make(d, port):
+        with open(os.path.join(DEPLOY, "nginx.conf")) as f:
+            text = f.read()
+        for old, new in [
+            ("listen 443 ssl http2;", "listen 127.0.0.1:%d ssl http2;" % port),
+            ("ssl_certificate /etc/ssl/certs/sse.example.com.pem;", "ssl_certificate %s;" % cert),
+            ("ssl_certificate_key /etc/ssl/private/sse.example.com.key;",
+             "ssl_certificate_key %s;" % key),
+            ("server 127.0.0.1:8080;", "server 127.0.0.1:%d;" % upstream_port),
+            ("pid /run/nginx.pid;", "pid %s/nginx.pid;" % d),
+            ("error_log /var/log/nginx/error.log;", "error_log %s/error.log info;" % d),
+            ("access_log /var/log/nginx/access.log sse;", "access_log %s/access.log sse;" % d),
+            ("http {\n", "http {\n" + "".join(
+                "    %s_temp_path %s/%s;\n" % (k, d, k)
+                for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))),
+        ]:
+            assert text.count(old) == 1, "deploy/nginx.conf no longer has %r" % old
+            text = text.replace(old, new)
+        return text
+
+    return make
+
+
+def test_three_streams_share_one_http2_connection(start_server, start_nginx, certificate,
+                                                  tmp_path):
+    curl = tool("curl")
+    srv = start_server("--publish-token", "secret")
+    nginx = start_nginx(make_conf=deploy_conf(srv.port, *certificate))
+    base = "https://127.0.0.1:%d" % nginx.port
+    paths = ["/events/a", "/events/b", "/events?topic=a&topic=b"]
+    outs = [str(tmp_path / ("stream%d" % i)) for i in range(3)]
+    args = [curl, "--http2", "-k", "-N", "-sS", "-v", "--parallel", "--parallel-max", "3"]
+    for path, out in zip(paths, outs):
+        args += ["-o", out, base + path]
+    trace = open(tmp_path / "curl.trace", "wb")
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=trace)
+    try:
+        wait_until(lambda: all(read(o).startswith(b"retry: 3000\n\n") for o in outs),
+                   what="three streams open: %r" % [read(o) for o in outs])
+        a = publish(srv.port, b"for a", topic="a").json()["id"]
+        b = publish(srv.port, b"for b", topic="b").json()["id"]
+        want = [
+            [b"id: %s\ndata: for a\n\n" % a.encode()],
+            [b"id: %s\ndata: for b\n\n" % b.encode()],
+            [b"id: %s\ndata: for a\n\n" % a.encode(), b"id: %s\ndata: for b\n\n" % b.encode()],
+        ]
+        wait_until(
+            lambda: all(all(e in read(o) for e in w) for o, w in zip(outs, want)),
+            timeout=5, what="events on every stream: %r" % [read(o) for o in outs],
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        trace.close()
+    verbose = read(str(tmp_path / "curl.trace")).decode("utf-8", "replace")
+    assert "< HTTP/2 200" in verbose
+    assert "< content-type: text/event-stream" in verbose
+    # nginx logs each request when it ends; all three name the same client connection.
+    log = os.path.join(nginx.dir, "access.log")
+    wait_until(lambda: read(log).count(b"HTTP/2.0") >= 3, what="access log: %r" % read(log))
+    lines = [l for l in read(log).decode().splitlines() if "GET /events" in l]
+    assert len(lines) == 3, lines
+    assert all('HTTP/2.0" 200' in l for l in lines), lines
+    assert len({re.search(r"conn=(\d+)", l).group(1) for l in lines}) == 1, lines
+
+
+def test_nghttp_three_streams_one_connection(start_server, start_nginx, certificate):
+    nghttp = tool("nghttp")  # Debian nghttp2-client
+    srv = start_server("--publish-token", "secret")
+    nginx = start_nginx(make_conf=deploy_conf(srv.port, *certificate))
+    base = "https://127.0.0.1:%d" % nginx.port
+    # nghttp opens one connection for all its URLs; -t ends the streams after 3 seconds.
+    proc = subprocess.Popen(
+        [nghttp, "-v", "-t", "3", base + "/events/a", base + "/events/b", base + "/events/c"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    time.sleep(1)
+    ids = [publish(srv.port, b"to " + t, topic=t.decode()).json()["id"] for t in (b"a", b"b", b"c")]
+    out, _ = proc.communicate(timeout=30)
+    text = out.decode("utf-8", "replace")
+    assert "The negotiated protocol: h2" in text, text
+    for topic, id_ in zip("abc", ids):
+        assert "id: %s\ndata: to %s\n" % (id_, topic) in text, text
+    streams = set(re.findall(r"recv DATA frame <length=\d+, flags=0x00, stream_id=(\d+)>", text))
+    assert len(streams) >= 3, text
+    assert text.count("Connected") == 1, text
+
+
+# ---- systemd ------------------------------------------------------------------------------
+
+
+def unit_text():
+    with open(os.path.join(DEPLOY, "sse-server.service")) as f:
+        return f.read()
+
+
+def unit_for_this_binary(tmp_path):
+    """The unit with ExecStart pointing at the binary under test (verify checks it exists)."""
+    text = unit_text()
+    assert text.count("ExecStart=/usr/local/bin/sse-server ") == 1
+    path = tmp_path / "sse-server.service"
+    path.write_text(text.replace("/usr/local/bin/sse-server", os.path.abspath(BINARY)))
+    return str(path)
+
+
+def test_unit_verifies_and_is_hardened(tmp_path):
+    analyze = tool("systemd-analyze")
+    unit = unit_for_this_binary(tmp_path)
+    r = subprocess.run([analyze, "verify", unit], capture_output=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr.decode()
+    r = subprocess.run([analyze, "security", "--offline=true", unit],
+                       capture_output=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", r.stdout.decode())
+    assert m, r.stdout.decode()
+    assert float(m.group(1)) <= 1.5 and m.group(2) == "OK", r.stdout.decode()
+
+
+def test_unit_execstart_options_are_valid(tmp_path):
+    """The unit's options start a server (on port 0 here instead of 8080)."""
+    execstart = re.search(r"^ExecStart=(.*)$", unit_text(), re.M).group(1).split()
+    args = [a for a in execstart[1:]]
+    i = args.index("--listen")
+    args[i + 1] = "127.0.0.1:0"
+    proc = subprocess.Popen([BINARY, *args, "--verbose"], stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    try:
+        line = proc.stderr.readline().decode()
+        assert "listening on http://127.0.0.1:" in line, line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def expand_syscall_set(analyze, name, seen=None):
+    """The system call names in a systemd set such as @system-service, groups expanded."""
+    seen = set() if seen is None else seen
+    out = subprocess.run([analyze, "syscall-filter", name], capture_output=True, timeout=60,
+                         check=True).stdout.decode()
+    names = set()
+    for line in out.splitlines()[1:]:
+        word = line.strip()
+        if not word or word.startswith("#"):
+            continue
+        if word.startswith("@"):
+            if word not in seen:
+                seen.add(word)
+                names |= expand_syscall_set(analyze, word, seen)
+        else:
+            names.add(word)
+    return names
+
+
+def allowed_syscalls(analyze):
+    allowed = set()
+    for value in re.findall(r"^SystemCallFilter=(.*)$", unit_text(), re.M):
+        deny = value.startswith("~")
+        names = set()
+        for item in value.lstrip("~").split():
+            names |= expand_syscall_set(analyze, item) if item.startswith("@") else {item}
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+def test_every_syscall_is_allowed_by_the_unit(start_server, tmp_path):
+    analyze, strace = tool("systemd-analyze"), tool("strace")
+    with open(BINARY, "rb") as f:
+        if b"__asan_init" in f.read():
+            pytest.skip("a sanitizer build makes system calls of its own (ptrace for LeakSanitizer)")
+    allowed = allowed_syscalls(analyze)
+    assert {"epoll_wait", "sendfile", "writev", "accept4"} <= allowed
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_bytes(b"<!doctype html>hello\n" * 100)
+    upstream = start_server("--publish-token", "up")
+    trace = str(tmp_path / "strace.out")
+    srv = start_server(
+        "--publish-token", "secret", "--root", str(root), "--demo", "--heartbeat", "1",
+        "--proxy", "/up=http://127.0.0.1:%d" % upstream.port,
+        "--relay", "relayed=http://127.0.0.1:%d/events/src" % upstream.port,
+        wrapper=[strace, "-f", "-qq", "-o", trace],
+    )
+    st = Stream(srv.port, "/events?topic=time&topic=relayed")
+    proxied = Stream(srv.port, "/up/events/src")
+    assert request(srv.port, "GET", "/").status == 200
+    assert request(srv.port, "GET", "/missing").status == 404
+    assert publish(srv.port, b"x" * 5000, topic="time").status == 200
+    assert publish(upstream.port, b"via upstream", topic="src", token="up").status == 200
+    st.read_bytes_until(b"data: via upstream\n", timeout=10)
+    proxied.read_bytes_until(b"data: via upstream\n", timeout=10)
+    assert request(srv.port, "GET", "/metrics").status == 200
+    request(srv.port, raw=b"GARBAGE\r\n\r\n")
+    time.sleep(1.5)  # a heartbeat and a few demo ticks
+    st.close()
+    proxied.close()
+    # SIGTERM to strace would detach it and leave the server running: signal the server.
+    with open("/proc/%d/task/%d/children" % (srv.pid, srv.pid)) as f:
+        (server_pid,) = [int(p) for p in f.read().split()]
+    os.kill(server_pid, signal.SIGTERM)
+    assert srv.wait(timeout=15) == 0  # strace exits with the server's status
+    used = set()
+    with open(trace) as f:
+        for line in f:
+            m = re.match(r"\d+\s+([a-z0-9_]+)\(", line)
+            if m:
+                used.add(m.group(1))
+    assert {"epoll_wait", "accept4", "sendfile"} <= used, sorted(used)
+    # execve is strace starting the binary; systemd allows it before the filter applies.
+    print("system calls made:", " ".join(sorted(used)))
+    assert sorted(used - allowed - {"execve"}) == []
