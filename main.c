@@ -65,6 +65,12 @@ static const char usage[] =
     "                            much upstream silence (default 0 = none)\n"
     "  --relay TOPIC=URL         follow the event stream at URL like an EventSource and\n"
     "                            republish its events on TOPIC; repeatable (default: none)\n"
+    "  --journal FILE            append every event to FILE before acknowledging it, and\n"
+    "                            replay FILE into the backlog at start (default: none)\n"
+    "  --journal-sync always|batch|none  fdatasync before every acknowledgement, at most 1 s\n"
+    "                            after a write, or never (default batch)\n"
+    "  --journal-max-bytes BYTES  rewrite the journal with just the backlog beyond this\n"
+    "                            (default 64m)\n"
     "  --quiet                   log only warnings and errors\n"
     "  --verbose                 also log every connection opened and closed\n"
     "  --help                    show this help and exit\n"
@@ -97,7 +103,10 @@ enum option_id {
     OPT_PROXY,
     OPT_PROXY_CONNECT_TIMEOUT,
     OPT_PROXY_HEARTBEAT,
-    OPT_RELAY
+    OPT_RELAY,
+    OPT_JOURNAL,
+    OPT_JOURNAL_SYNC,
+    OPT_JOURNAL_MAX_BYTES
 };
 
 static const struct option long_options[] = {
@@ -123,6 +132,9 @@ static const struct option long_options[] = {
     {"proxy-connect-timeout", required_argument, NULL, OPT_PROXY_CONNECT_TIMEOUT},
     {"proxy-heartbeat", required_argument, NULL, OPT_PROXY_HEARTBEAT},
     {"relay", required_argument, NULL, OPT_RELAY},
+    {"journal", required_argument, NULL, OPT_JOURNAL},
+    {"journal-sync", required_argument, NULL, OPT_JOURNAL_SYNC},
+    {"journal-max-bytes", required_argument, NULL, OPT_JOURNAL_MAX_BYTES},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -303,6 +315,26 @@ static void parse_options(int argc, char **argv, struct options *o) {
             o->cfg.proxy_heartbeat_ms =
                 (int)parse_number("proxy-heartbeat", optarg, 0, 86400, false) * 1000;
             break;
+        case OPT_JOURNAL:
+            if (!optarg[0])
+                die_usage("empty value for %s", name);
+            o->cfg.journal_path = optarg;
+            break;
+        case OPT_JOURNAL_SYNC:
+            if (!strcmp(optarg, "batch"))
+                o->cfg.journal_sync = SSE_JOURNAL_BATCH;
+            else if (!strcmp(optarg, "always"))
+                o->cfg.journal_sync = SSE_JOURNAL_ALWAYS;
+            else if (!strcmp(optarg, "none"))
+                o->cfg.journal_sync = SSE_JOURNAL_NONE;
+            else
+                die_usage("invalid value '%s' for --%s: expected always, batch or none", optarg,
+                          "journal-sync");
+            break;
+        case OPT_JOURNAL_MAX_BYTES:
+            o->cfg.journal_max_bytes =
+                (size_t)parse_number("journal-max-bytes", optarg, 4096, 1LL << 40, true);
+            break;
         case OPT_QUIET: o->log_level = SSE_LOG_WARN; break;
         case OPT_VERBOSE: o->log_level = SSE_LOG_DEBUG; break;
         case ':': die_usage("option '%s' needs a value", name);
@@ -465,6 +497,7 @@ int main(int argc, char **argv) {
     sigaddset(&sigs, SIGINT);
     sigprocmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* over a file size limit the journal's write fails: 503 */
     int sigfd = signalfd(-1, &sigs, SFD_CLOEXEC);
 
     char err[256];

@@ -29,15 +29,17 @@
  *   4. HTTP parsing      request and response heads, percent-decoding, queries, Accept,
  *                        tokens, dates, chunked transfer coding
  *   5. Static files      path resolution that never leaves the root, content types
- *   6. Connections       the per-client state, the output queue, timers, closing
- *   7. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
+ *   6. The journal       events on disk before they are acknowledged, read back at start
+ *   7. Connections       the per-client state, the output queue, timers, closing
+ *   8. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
  *                        metrics, static files
- *   8. Proxy and relay   upstream connections, unbuffered forwarding, the relay
- *   9. Request dispatch  checking, decoding and routing a request; reading requests
- *  10. Inputs            publishing what arrives on a file descriptor
- *  11. The event loop    epoll, accepting, timers, the graceful stop
- *  12. The public API
- * Sections 1 to 5 make no system calls (but the clock) and are unit-tested in tests/unit.c.
+ *   9. Proxy and relay   upstream connections, unbuffered forwarding, the relay
+ *  10. Request dispatch  checking, decoding and routing a request; reading requests
+ *  11. Inputs            publishing what arrives on a file descriptor
+ *  12. The event loop    epoll, accepting, timers, the graceful stop
+ *  13. The public API
+ * Sections 1 to 5 make no system calls (but the clock) and are unit-tested in tests/unit.c,
+ * as is the journal's record format.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -58,6 +60,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -1542,7 +1545,517 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
 }
 
 /* ==========================================================================================
- * 6. Connections
+ * 6. The journal
+ *
+ * With a journal, an event reaches the disk before anyone hears of it: publish_event()
+ * appends it here, and only then queues it for subscribers and answers the publisher. Once
+ * write() has returned the bytes are in the kernel's page cache, so a crash of the process
+ * (kill -9 included) loses no acknowledged event. What a power loss may take is the sync
+ * mode's trade: "always" calls fdatasync() before acknowledging (nothing acknowledged is
+ * lost, every publish waits for the disk), "batch" calls it at most JOURNAL_BATCH_MS after a
+ * write (at most that much of the last acknowledged events), "none" leaves it to the kernel
+ * (typically 30 s).
+ *
+ * On start the file is read back into the backlog, so ids continue above the last one and
+ * a client reconnecting with Last-Event-ID after a restart gets exactly what it missed
+ * (WHATWG 9.2.4). The format is text, so `cat` shows it: a header line, then per event a
+ * record line and the event's bytes exactly as they go on the wire:
+ *
+ *     sse-journal 1 1763781645000000           <- version; ids go on above this one
+ *     #E 1763781645000001 news 47 8d1f0c2a     <- id, topic, length of what follows, and
+ *                                                 the CRC-32 of this line up to the CRC
+ *                                                 followed by those bytes
+ *     id: 1763781645000001
+ *     event: headline
+ *     data: line one
+ *                                              <- (47 bytes end with the blank line)
+ *
+ * A crash can tear only the end of the file (it is only ever appended to), so a record that
+ * is cut short or fails its CRC with no valid record after it is dropped and the file cut
+ * back to the last whole record; a bad record with valid ones after it is damage from
+ * elsewhere, and the server refuses to start rather than silently lose the rest. The file
+ * is kept under max_bytes by rewriting it with just the backlog (compaction), atomically:
+ * a new file, synced, renamed over the old one. An exclusive flock() keeps a second server
+ * from writing the same journal.
+ * ======================================================================================== */
+
+#define JOURNAL_MAGIC       "sse-journal 1 "
+#define JOURNAL_RECORD_HEAD 128  /* longest "#E id topic len crc\n" line */
+#define JOURNAL_BATCH_MS    1000 /* batch mode: fdatasync() this long after a write at most */
+_Static_assert(3 + 20 + 1 + TOPIC_NAME_MAX + 1 + 20 + 1 + 8 + 1 <= JOURNAL_RECORD_HEAD,
+               "the longest record line fits");
+
+/* CRC-32 as in zlib and Python's zlib.crc32 (reflected, polynomial 0xEDB88320; chained by
+ * passing the previous result, starting from 0), bit by bit: no table, so no global state;
+ * it runs once per event, over bytes just formatted. */
+static uint32_t journal_crc32(uint32_t crc, const char *p, size_t n) {
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= (unsigned char)p[i];
+        for (int k = 0; k < 8; k++)
+            crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+/* Writes the record line for an event (its wire bytes, their id and topic) into out, which
+ * holds JOURNAL_RECORD_HEAD bytes. Returns its length. */
+static size_t journal_record_head(char out[JOURNAL_RECORD_HEAD], uint64_t id, const char *topic,
+                                  const char *bytes, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    struct wbuf w = {out, JOURNAL_RECORD_HEAD, 0};
+    wb_str(&w, "#E ");
+    wb_u64(&w, id);
+    wb_str(&w, " ");
+    wb_str(&w, topic);
+    wb_str(&w, " ");
+    wb_u64(&w, len);
+    wb_str(&w, " ");
+    uint32_t crc = journal_crc32(journal_crc32(0, out, w.len), bytes, len);
+    for (int shift = 28; shift >= 0; shift -= 4)
+        wb_put(&w, &hex[(crc >> shift) & 15u], 1);
+    wb_str(&w, "\n");
+    return w.len;
+}
+
+/* One record found in a journal: the event's id, topic and wire bytes (pointers into the
+ * buffer parsed). */
+struct journal_record {
+    uint64_t id;
+    const char *topic;
+    size_t topic_len;
+    const char *bytes;
+    size_t len;
+};
+
+/* Whether bytes[0..len) are exactly what sse_format_event() makes of some event with this
+ * id: parsed back into event type and data and formatted again, byte for byte. So nothing
+ * but a well-formed event is ever served from a journal, whatever the file holds. */
+static bool journal_event_canonical(uint64_t id, const char *bytes, size_t len) {
+    char prefix[32];
+    struct wbuf w = {prefix, sizeof prefix, 0};
+    wb_str(&w, "id: ");
+    wb_u64(&w, id);
+    wb_str(&w, "\n");
+    if (len < w.len + 1 || memcmp(bytes, prefix, w.len) != 0 || bytes[len - 1] != '\n')
+        return false;
+    size_t at = w.len;
+    char event[EVENT_TYPE_MAX + 1];
+    bool has_event = false;
+    if (len - at > 7 && memcmp(bytes + at, "event: ", 7) == 0) {
+        const char *end = memchr(bytes + at + 7, '\n', len - at - 7);
+        size_t elen = end ? (size_t)(end - bytes) - at - 7 : 0;
+        if (!end || !wire_event_type_valid(bytes + at + 7, elen))
+            return false;
+        memcpy(event, bytes + at + 7, elen);
+        event[elen] = '\0';
+        has_event = true;
+        at += 7 + elen + 1;
+    }
+    char *data = malloc(len); /* the data is shorter than the bytes framing it */
+    if (!data)
+        return false;
+    size_t dlen = 0;
+    bool ok = true, first = true;
+    while (ok && at < len - 1) { /* data lines, up to the final blank line */
+        const char *end = memchr(bytes + at, '\n', len - 1 - at);
+        size_t llen = end ? (size_t)(end - bytes) - at : 0;
+        ok = end && llen >= 5 && memcmp(bytes + at, "data:", 5) == 0 &&
+             (llen == 5 || bytes[at + 5] == ' ');
+        if (ok) {
+            size_t vlen = llen > 5 ? llen - 6 : 0;
+            if (!first)
+                data[dlen++] = '\n';
+            memcpy(data + dlen, bytes + at + (llen > 5 ? 6 : 5), vlen);
+            dlen += vlen;
+            first = false;
+            at += llen + 1;
+        }
+    }
+    ok = ok && !first && at == len - 1 && wire_utf8_valid(data, dlen) &&
+         sse_format_event(NULL, 0, id, has_event ? event : NULL, data, dlen) == len;
+    if (ok) {
+        char *again = malloc(len);
+        ok = again &&
+             sse_format_event(again, len, id, has_event ? event : NULL, data, dlen) == len &&
+             memcmp(again, bytes, len) == 0;
+        free(again);
+    }
+    free(data);
+    return ok;
+}
+
+/* Parses the record at buf[0..len). Returns its total length, 0 when buf ends inside it
+ * (torn, or more to read), or -1 when it is not a valid record. */
+static long journal_parse_record(const char *buf, size_t len, size_t max_bytes,
+                                 struct journal_record *rec) {
+    const char *nl = memchr(buf, '\n', len < JOURNAL_RECORD_HEAD ? len : JOURNAL_RECORD_HEAD);
+    if (!nl)
+        return len < JOURNAL_RECORD_HEAD ? 0 : -1;
+    size_t hlen = (size_t)(nl - buf);
+    if (hlen < 3 || memcmp(buf, "#E ", 3) != 0)
+        return -1;
+    const char *field[4];
+    size_t flen[4], n = 0;
+    for (size_t i = 3, start = 3; i <= hlen; i++) {
+        if (i < hlen && buf[i] != ' ')
+            continue;
+        if (n == 4 || i == start)
+            return -1;
+        field[n] = buf + start;
+        flen[n++] = i - start;
+        start = i + 1;
+    }
+    uint64_t id, size;
+    if (n != 4 || !parse_u64(field[0], flen[0], &id) || id == 0 ||
+        (flen[0] > 1 && field[0][0] == '0') || !wire_topic_valid(field[1], flen[1]) ||
+        !parse_u64(field[2], flen[2], &size) || size > max_bytes || flen[3] != 8)
+        return -1;
+    uint32_t crc = 0;
+    for (size_t i = 0; i < 8; i++) {
+        char c = field[3][i];
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0)
+            return -1;
+        crc = crc << 4 | (uint32_t)v;
+    }
+    if (size > len - hlen - 1)
+        return 0;
+    const char *bytes = nl + 1;
+    uint32_t want = journal_crc32(journal_crc32(0, buf, (size_t)(field[3] - buf)), bytes, size);
+    if (want != crc || !journal_event_canonical(id, bytes, size))
+        return -1;
+    *rec = (struct journal_record){id, field[1], flen[1], bytes, size};
+    return (long)(hlen + 1 + size);
+}
+
+struct journal {
+    int fd;                     /* the open journal, or -1: no journal */
+    char *path;                 /* its name, for compaction's rename */
+    enum sse_journal_sync sync; /* when to fdatasync() */
+    uint64_t max_bytes;         /* compact beyond this size */
+    uint64_t size;              /* bytes in the file */
+    uint64_t compacted;         /* size right after the last compaction or load */
+    bool dirty;                 /* written since the last fdatasync() */
+    int64_t dirty_since;        /* when it became dirty (ms) */
+    uint64_t syncs;             /* fdatasync() calls, for /metrics */
+    uint64_t compactions;       /* compactions done */
+    uint64_t errors;            /* failed writes, syncs and compactions */
+};
+
+/* Writes every byte of the iovecs, resuming after short writes and EINTR. 0 or -errno. */
+static int journal_write_all(int fd, struct iovec *iov, int n) {
+    while (n > 0) {
+        ssize_t w = writev(fd, iov, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        size_t done = (size_t)w;
+        while (n > 0 && done >= iov->iov_len) {
+            done -= iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= done;
+        }
+    }
+    return 0;
+}
+
+static int journal_sync_now(struct journal *j, const struct logger *log) {
+    if (fdatasync(j->fd) < 0) {
+        j->errors++;
+        log_say(log, SSE_LOG_ERROR, "journal %s: fdatasync: %s", j->path, strerror(errno));
+        return -EIO;
+    }
+    j->syncs++;
+    j->dirty = false;
+    return 0;
+}
+
+/* Appends one event. On failure the file is cut back to where it was, so a failed append
+ * leaves no torn record behind, and the caller must not publish the event. */
+static int journal_append(struct journal *j, const struct blob *ev, const struct logger *log,
+                          int64_t now) {
+    char head[JOURNAL_RECORD_HEAD];
+    size_t hlen = journal_record_head(head, ev->id, ev->topic->name, ev->bytes, ev->len);
+    struct iovec iov[2] = {{head, hlen}, {(void *)ev->bytes, ev->len}};
+    int r = journal_write_all(j->fd, iov, 2);
+    if (r < 0) {
+        j->errors++;
+        log_say(log, SSE_LOG_ERROR, "journal %s: write: %s; the event was not published", j->path,
+                strerror(-r));
+        if (ftruncate(j->fd, (off_t)j->size) < 0)
+            log_say(log, SSE_LOG_ERROR, "journal %s: cannot cut back a failed write: %s", j->path,
+                    strerror(errno));
+        return -EIO;
+    }
+    j->size += hlen + ev->len;
+    if (!j->dirty)
+        j->dirty_since = now;
+    j->dirty = true;
+    if (j->sync == SSE_JOURNAL_ALWAYS)
+        return journal_sync_now(j, log);
+    return 0;
+}
+
+/* Batch mode: when the next fdatasync() is due (ms on the loop's clock), or -1. */
+static int64_t journal_deadline(const struct journal *j) {
+    if (j->fd < 0 || !j->dirty || j->sync != SSE_JOURNAL_BATCH)
+        return -1;
+    return j->dirty_since + JOURNAL_BATCH_MS;
+}
+
+static void journal_tick(struct journal *j, const struct logger *log, int64_t now) {
+    int64_t due = journal_deadline(j);
+    if (due >= 0 && now >= due)
+        journal_sync_now(j, log);
+}
+
+/* The header line, with the floor for ids. */
+static size_t journal_header(char out[64], uint64_t last_id) {
+    struct wbuf w = {out, 64, 0};
+    wb_str(&w, JOURNAL_MAGIC);
+    wb_u64(&w, last_id);
+    wb_str(&w, "\n");
+    return w.len;
+}
+
+/* Rewrites the journal with only the backlog, under a new name renamed over the old one,
+ * so a crash at any point leaves one complete journal. The new file is locked before it
+ * takes the name. On failure the old file stays in use. */
+static void journal_compact(struct journal *j, const struct backlog *bl, uint64_t last_id,
+                            const struct logger *log) {
+    size_t plen = strlen(j->path);
+    char *tmp = malloc(plen + 5);
+    if (!tmp)
+        return;
+    memcpy(tmp, j->path, plen);
+    memcpy(tmp + plen, ".new", 5);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int r = fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0 ? -errno : 0;
+    char header[64];
+    struct iovec hv = {header, journal_header(header, last_id)};
+    uint64_t size = hv.iov_len;
+    if (r == 0)
+        r = journal_write_all(fd, &hv, 1);
+    char heads[16][JOURNAL_RECORD_HEAD];
+    struct iovec iov[32];
+    for (uint32_t i = 0; r == 0 && i < bl->count;) {
+        int n = 0;
+        for (; n < 16 && i < bl->count; n++, i++) {
+            const struct blob *ev = backlog_at(bl, i);
+            iov[2 * n].iov_base = heads[n];
+            iov[2 * n].iov_len =
+                journal_record_head(heads[n], ev->id, ev->topic->name, ev->bytes, ev->len);
+            iov[2 * n + 1].iov_base = (void *)ev->bytes;
+            iov[2 * n + 1].iov_len = ev->len;
+            size += iov[2 * n].iov_len + ev->len;
+        }
+        r = journal_write_all(fd, iov, 2 * n);
+    }
+    if (r == 0 && j->sync != SSE_JOURNAL_NONE && fdatasync(fd) < 0)
+        r = -errno;
+    if (r == 0 && rename(tmp, j->path) < 0)
+        r = -errno;
+    if (r < 0) {
+        j->errors++;
+        log_say(log, SSE_LOG_ERROR, "journal %s: compaction failed: %s; still appending", j->path,
+                strerror(-r));
+        if (fd >= 0) {
+            unlink(tmp);
+            close(fd);
+        }
+        free(tmp);
+        return;
+    }
+    /* The rename is durable once the directory is synced. */
+    char *slash = strrchr(j->path, '/');
+    char *dir = slash ? strndup(j->path, slash == j->path ? 1 : (size_t)(slash - j->path)) : NULL;
+    int dfd = open(dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        if (j->sync != SSE_JOURNAL_NONE)
+            fsync(dfd);
+        close(dfd);
+    }
+    free(dir);
+    free(tmp);
+    fcntl(fd, F_SETFL, O_APPEND);
+    close(j->fd);
+    j->fd = fd;
+    j->size = j->compacted = size;
+    j->dirty = false;
+    j->compactions++;
+    log_say(log, SSE_LOG_INFO, "journal %s: compacted to %llu bytes (%u events)", j->path,
+            (unsigned long long)size, bl->count);
+}
+
+/* After an append: compact when over the bound, but not before the file has doubled since
+ * the last compaction, so a backlog larger than the bound cannot make every publish
+ * rewrite the file. */
+static void journal_maybe_compact(struct journal *j, const struct backlog *bl, uint64_t last_id,
+                                  const struct logger *log) {
+    if (j->size > j->max_bytes && j->size >= 2 * j->compacted)
+        journal_compact(j, bl, last_id, log);
+}
+
+static void journal_close(struct journal *j, const struct logger *log) {
+    if (j->fd >= 0) {
+        if (j->dirty && j->sync != SSE_JOURNAL_NONE)
+            journal_sync_now(j, log);
+        close(j->fd);
+    }
+    j->fd = -1;
+    free(j->path);
+    j->path = NULL;
+}
+
+/* Puts one event read back from the journal into the backlog. */
+static bool journal_load_event(const struct journal_record *rec, struct topic_table *tt,
+                               struct backlog *bl) {
+    struct topic *t = topic_get(tt, rec->topic, rec->topic_len);
+    struct blob *ev = t ? blob_from(rec->bytes, rec->len) : NULL;
+    if (!ev) {
+        if (t)
+            topic_unref(t);
+        return false;
+    }
+    ev->id = rec->id;
+    ev->topic = t;
+    backlog_push(bl, ev);
+    blob_unref(ev);
+    return true;
+}
+
+/* Whether a valid record starts anywhere after buf[0] (records start lines). */
+static bool journal_valid_record_after(const char *buf, size_t len) {
+    struct journal_record rec;
+    for (size_t i = 1; i < len; i++)
+        if (buf[i - 1] == '\n' && buf[i] == '#' &&
+            journal_parse_record(buf + i, len - i, SIZE_MAX, &rec) > 0)
+            return true;
+    return false;
+}
+
+/* Reads the records of buf[0..len) (after the header) into the backlog. Returns how many
+ * bytes hold whole valid records (the rest is a torn end to cut off), or -1 with why. */
+static long journal_load_records(const char *buf, size_t len, size_t at, struct topic_table *tt,
+                                 struct backlog *bl, uint64_t *last_id, const char **why) {
+    uint64_t prev = 0;
+    while (at < len) {
+        struct journal_record rec;
+        long n = journal_parse_record(buf + at, len - at, SIZE_MAX, &rec);
+        if (n > 0 && rec.id <= prev)
+            n = -1; /* ids only ever increase */
+        if (n <= 0 && !journal_valid_record_after(buf + at, len - at))
+            return (long)at; /* a torn end */
+        if (n <= 0) {
+            *why = "a damaged record is followed by valid ones";
+            return -1;
+        }
+        if (!journal_load_event(&rec, tt, bl)) {
+            *why = "out of memory";
+            return -1;
+        }
+        prev = rec.id;
+        if (rec.id > *last_id)
+            *last_id = rec.id;
+        at += (size_t)n;
+    }
+    return (long)at;
+}
+
+/* Reads a whole file from offset 0 (start-up only). NULL with errno set on failure. */
+static char *journal_read_file(int fd, size_t *len) {
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return NULL;
+    size_t cap = (size_t)st.st_size + 1, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        ssize_t r = pread(fd, buf + n, cap - n, (off_t)n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            free(buf);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+        if (n == cap) { /* the file grew: only another writer could do that, but be safe */
+            char *bigger = realloc(buf, cap *= 2);
+            if (!bigger)
+                free(buf);
+            buf = bigger;
+        }
+    }
+    *len = n;
+    return buf;
+}
+
+/* Opens or creates the journal, locks it, reads its events into the backlog and raises
+ * *last_id to the highest id it knows. Returns NULL, or why it cannot be used. */
+static const char *journal_open(struct journal *j, const char *path, struct topic_table *tt,
+                                struct backlog *bl, uint64_t *last_id, const struct logger *log) {
+    j->path = strdup(path);
+    j->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (!j->path || j->fd < 0)
+        return strerror(j->path ? errno : ENOMEM);
+    if (flock(j->fd, LOCK_EX | LOCK_NB) < 0)
+        return errno == EWOULDBLOCK ? "in use by another process" : strerror(errno);
+    size_t len;
+    char *buf = journal_read_file(j->fd, &len);
+    if (!buf)
+        return strerror(errno);
+    const char *why = NULL;
+    const char *nl = memchr(buf, '\n', len < 64 ? len : 64);
+    size_t hlen = nl ? (size_t)(nl - buf) + 1 : 0;
+    uint64_t floor = 0;
+    long keep = 0;
+    if (!nl && len < 64) {
+        keep = 0; /* empty, or a header torn while the file was being created */
+    } else if (!nl || hlen <= strlen(JOURNAL_MAGIC) ||
+               memcmp(buf, JOURNAL_MAGIC, strlen(JOURNAL_MAGIC)) != 0 ||
+               !parse_u64(buf + strlen(JOURNAL_MAGIC), hlen - 1 - strlen(JOURNAL_MAGIC), &floor)) {
+        why = "not an sse-server journal (version 1)";
+    } else {
+        keep = journal_load_records(buf, len, hlen, tt, bl, last_id, &why);
+    }
+    free(buf);
+    if (why)
+        return why;
+    if (floor > *last_id)
+        *last_id = floor;
+    if ((size_t)keep < len) {
+        if (keep)
+            log_say(log, SSE_LOG_WARN, "journal %s: dropped a torn record at byte %ld (%zu bytes)",
+                    path, keep, len - (size_t)keep);
+        if (ftruncate(j->fd, keep) < 0)
+            return strerror(errno);
+    }
+    if (keep == 0) {
+        char header[64];
+        struct iovec hv = {header, journal_header(header, *last_id)};
+        keep = (long)hv.iov_len;
+        int r = journal_write_all(j->fd, &hv, 1);
+        if (r == 0 && j->sync != SSE_JOURNAL_NONE && fdatasync(j->fd) < 0)
+            r = -errno;
+        if (r < 0)
+            return strerror(-r);
+    }
+    j->size = j->compacted = (uint64_t)keep;
+    log_say(log, SSE_LOG_INFO, "journal %s: %llu bytes, %u events back in the backlog", path,
+            (unsigned long long)j->size, bl->count);
+    return NULL;
+}
+
+/* ==========================================================================================
+ * 7. Connections
  *
  * A connection reads a request, then either answers it (and, with keep-alive, reads the
  * next) or becomes a subscriber for good. Everything it sends goes through one output
@@ -1726,6 +2239,7 @@ struct sse_server {
     struct rng rng;            /* for jitter and the hash seed */
     struct topic_table topics; /* every topic with a subscriber, an event or retired */
     struct backlog backlog;    /* retained events */
+    struct journal journal;    /* events on disk; fd -1 without a journal */
     struct blob *stream_head;  /* cached stream response head for date_sec, or NULL */
     struct blob *retry_line;   /* "retry: N\n\n", or NULL when retry is off */
     struct blob *heartbeat;    /* ":\n" */
@@ -2104,7 +2618,7 @@ static void conn_reap(struct sse_server *srv) {
 }
 
 /* ==========================================================================================
- * 7. Endpoints
+ * 8. Endpoints
  *
  * The stream (WHATWG 9.2.2-9.2.4): the browser fails the EventSource for good on any status
  * but 200 or a Content-Type other than text/event-stream, and reconnects after `retry` ms on
@@ -2556,11 +3070,17 @@ static int publish_event(struct sse_server *srv, const char *topic, const char *
     sse_format_event(ev->bytes, n, id, event, data, len);
     ev->id = id;
     ev->topic = t;
+    if (srv->journal.fd >= 0 && journal_append(&srv->journal, ev, &srv->log, srv->now) < 0) {
+        blob_unref(ev); /* not on disk: nobody hears of it, and the id is not used */
+        return -EIO;
+    }
     srv->last_id = id;
     blob_unref(srv->id_line);
     srv->id_line = NULL;
     topic_retire_flag(t, false);
     backlog_push(&srv->backlog, ev);
+    if (srv->journal.fd >= 0)
+        journal_maybe_compact(&srv->journal, &srv->backlog, id, &srv->log);
     int queued = 0;
     for (struct sub *s = t->subs, *next; s; s = next) {
         next = s->next;
@@ -2607,6 +3127,8 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
     int r = publish_event(srv, b->topic, b->has_event ? b->event : NULL, b->data, b->have, &id);
     if (r == -EINVAL) {
         http_text(srv, c, 400, "the body must be valid UTF-8", NULL);
+    } else if (r == -EIO) {
+        http_text(srv, c, 503, "the event could not be stored; it was not published", NULL);
     } else if (r < 0) {
         http_text(srv, c, 500, "could not publish", NULL);
     } else {
@@ -2801,8 +3323,17 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         {"sse_proxy_errors_total", "counter", "Upstream failures (refused, timed out, invalid).",
          srv->m.proxy_errors_total},
         {"sse_relay_events_total", "counter", "Events published by relays.", srv->m.relayed_total},
+        {"sse_journal_bytes", "gauge", "Size of the journal file (0 without --journal).",
+         srv->journal.size},
+        {"sse_journal_syncs_total", "counter", "fdatasync() calls on the journal.",
+         srv->journal.syncs},
+        {"sse_journal_compactions_total", "counter", "Journal rewrites down to the backlog.",
+         srv->journal.compactions},
+        {"sse_journal_errors_total", "counter",
+         "Failed journal writes, syncs and compactions (failed writes were not published).",
+         srv->journal.errors},
     };
-    char out[4096];
+    char out[8192];
     struct wbuf w = {out, sizeof out, 0};
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         wb_str(&w, "# HELP ");
@@ -2895,7 +3426,7 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
 }
 
 /* ==========================================================================================
- * 8. The proxy and the relay
+ * 9. The proxy and the relay
  *
  * Proxy. A client connection is paired with a connection to the upstream. The request goes
  * up rebuilt: hop-by-hop headers dropped (RFC 9110 7.6.1: Connection and the fields it
@@ -3717,7 +4248,7 @@ static uint64_t metrics_relays_up(const struct sse_server *srv) {
 }
 
 /* ==========================================================================================
- * 9. Request dispatch
+ * 10. Request dispatch
  *
  * A parsed request is checked (framing, Host), its path and query decoded once, and handed
  * to its endpoint. Requests are read into a per-server scratch buffer; a connection holds a
@@ -3984,7 +4515,7 @@ static void http_response_done(struct sse_server *srv, struct conn *c) {
 }
 
 /* ==========================================================================================
- * 10. Inputs: publishing what arrives on a file descriptor
+ * 11. Inputs: publishing what arrives on a file descriptor
  *
  * Pipes, terminals and sockets are watched by epoll and read once per wake-up. Regular
  * files cannot be watched (epoll refuses them with EPERM) and never block, so they are read
@@ -4033,7 +4564,7 @@ static void input_read(struct sse_server *srv, struct input *in) {
 }
 
 /* ==========================================================================================
- * 11. The event loop
+ * 12. The event loop
  *
  * One epoll instance. Each iteration: wait (no longer than the nearest timer), handle what
  * is ready, fire due timers, write what was queued, free what was closed. Nothing in it
@@ -4226,6 +4757,9 @@ static int loop_next_timeout(const struct sse_server *srv) {
     for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++)
         if (!srv->relays[i].px && srv->relays[i].next_attempt < next)
             next = srv->relays[i].next_attempt;
+    int64_t sync_due = journal_deadline(&srv->journal);
+    if (sync_due >= 0 && sync_due < next)
+        next = sync_due;
     if (next == INT64_MAX)
         return -1;
     int64_t wait = next - clock_ms();
@@ -4322,6 +4856,7 @@ int sse_poll(struct sse_server *srv, int timeout_ms) {
             input_read(srv, (struct input *)h);
     }
     loop_timers(srv);
+    journal_tick(&srv->journal, &srv->log, srv->now);
     if (srv->stop_requested && !srv->stopping)
         loop_stop(srv);
     conn_flush_all(srv);
@@ -4353,7 +4888,7 @@ void sse_stop(struct sse_server *srv) {
 }
 
 /* ==========================================================================================
- * 12. The public API (documented in sse.h)
+ * 13. The public API (documented in sse.h)
  * ======================================================================================== */
 
 #if defined(__GNUC__)
@@ -4696,6 +5231,16 @@ static int api_relays(struct sse_server *srv, const struct sse_config *cfg, char
     return 0;
 }
 
+static const char *api_journal(struct sse_server *srv, const struct sse_config *cfg) {
+    if (cfg->journal_sync != SSE_JOURNAL_BATCH && cfg->journal_sync != SSE_JOURNAL_ALWAYS &&
+        cfg->journal_sync != SSE_JOURNAL_NONE)
+        return "invalid journal_sync";
+    srv->journal.sync = cfg->journal_sync;
+    srv->journal.max_bytes = cfg->journal_max_bytes ? cfg->journal_max_bytes : 64u << 20;
+    return journal_open(&srv->journal, cfg->journal_path, &srv->topics, &srv->backlog,
+                        &srv->last_id, &srv->log);
+}
+
 /* The first id: the wall clock in microseconds, so a restarted server starts above every id
  * the previous run handed out unless that run averaged over a million events a second. */
 static uint64_t api_id_seed(void) {
@@ -4712,7 +5257,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         api_error(err, errlen, "out of memory");
         return NULL;
     }
-    srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = -1;
+    srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = srv->journal.fd = -1;
     srv->log.fn = cfg->on_log;
     srv->log.user = cfg->user;
     const char *why = api_configure(srv, cfg);
@@ -4729,6 +5274,11 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->last_id = api_id_seed();
     srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
     srv->topics.seed = (uint32_t)rng_next(&srv->rng);
+    /* After the topic table's seed: the journal's events go into the table. */
+    if (cfg->journal_path && (why = api_journal(srv, cfg))) {
+        api_error(err, errlen, "journal %s: %s", cfg->journal_path, why);
+        goto fail;
+    }
     srv->timers[TIMER_REQUEST].duration = srv->header_timeout_ms;
     srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
     srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : INT64_MAX / 4;
@@ -4770,6 +5320,7 @@ void sse_server_free(struct sse_server *srv) {
     conn_reap(srv);
     while (srv->inputs)
         input_close(srv, srv->inputs);
+    journal_close(&srv->journal, &srv->log);
     backlog_free(&srv->backlog);
     blob_unref(srv->stream_head);
     blob_unref(srv->retry_line);

@@ -71,6 +71,18 @@ enum sse_input_format {
                         the WHATWG parser) */
 };
 
+/* When the journal (sse_config.journal_path) calls fdatasync(). Every mode writes an event
+ * to the file before it is delivered or acknowledged, so a crash of the process loses
+ * nothing; the modes differ in what a power loss or kernel crash can take. */
+enum sse_journal_sync {
+    SSE_JOURNAL_BATCH,  /* default: at most 1 s after a write: a power loss takes at most
+                           the last second of events; the loop waits for one fdatasync()
+                           per second of writes */
+    SSE_JOURNAL_ALWAYS, /* before every publish returns: nothing acknowledged is lost; each
+                           publish waits for the disk */
+    SSE_JOURNAL_NONE    /* never: the kernel writes back when it likes (typically 30 s) */
+};
+
 /* A reverse-proxy route: requests whose path (as sent) starts with prefix, at a '/'
  * boundary, go to upstream with the rest of the path and the query appended. The longest
  * prefix wins. The stream path, /publish, /metrics and /healthz keep their own meaning. */
@@ -118,6 +130,13 @@ struct sse_config {
                                      after this much upstream silence. 0 = none */
     const struct sse_relay *relays; /* upstream streams to relay, or NULL */
     size_t num_relays;              /* entries in relays */
+    const char *journal_path; /* append every event to this file before it is delivered, and
+                                 replay the file into the backlog at start (ids continue,
+                                 Last-Event-ID works across restarts); NULL = none. Created
+                                 mode 0600 if missing; locked, so one server per file */
+    enum sse_journal_sync journal_sync; /* see above; 0 = SSE_JOURNAL_BATCH */
+    size_t journal_max_bytes; /* beyond this the file is rewritten with just the backlog.
+                                 0 = 64 MiB */
     void (*on_log)(enum sse_log_level level, const char *msg, void *user);
     void *user; /* passed to on_log */
 };
@@ -145,7 +164,9 @@ const char *sse_url(const struct sse_server *srv);
  * id_out is not NULL. The event is formatted once and its bytes are shared by every
  * subscriber; they go out on the next loop iteration.
  * Returns the number of subscribers it was queued to, or -EINVAL (bad topic name, event type
- * with CR, LF or NUL, or data not valid UTF-8), -EMSGSIZE (over max_event_bytes), -ENOMEM.
+ * with CR, LF or NUL, or data not valid UTF-8), -EMSGSIZE (over max_event_bytes), -ENOMEM,
+ * or -EIO when the journal could not store it (then nobody received it). With a journal the
+ * event is in the file when this returns (and synced, with SSE_JOURNAL_ALWAYS).
  * Safe to call from on_log. */
 int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
                 size_t len, uint64_t *id_out);

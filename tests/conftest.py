@@ -22,6 +22,7 @@ class Server:
 
     def __init__(self, args, stdin=None, env=None, preexec_fn=None, wrapper=()):
         self.args = list(args)
+        self.wrapper = list(wrapper)
         if env is None:  # tokens in the caller's environment would change what is tested
             env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
         self.proc = subprocess.Popen(
@@ -99,14 +100,33 @@ class Server:
     def wait(self, timeout=5):
         return self.proc.wait(timeout=timeout)
 
+    def server_pid(self):
+        """The sse-server process: under a wrapper that forks (strace) its child."""
+        if self.wrapper:
+            try:
+                with open("/proc/%d/task/%d/children" % (self.pid, self.pid)) as f:
+                    children = [int(p) for p in f.read().split()]
+                if children:
+                    return children[0]
+            except OSError:
+                pass
+        return self.pid
+
     def stop(self):
-        """SIGTERM (so a sanitizer build gets to check for leaks at exit), then SIGKILL."""
+        """SIGTERM (so a sanitizer build gets to check for leaks at exit), then SIGKILL.
+        Under a wrapper the server itself is signalled: SIGTERM to strace would detach it
+        and leave the server running."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            target = self.server_pid()
+            os.kill(target, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGKILL)
+                for pid in {target, self.pid}:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
 

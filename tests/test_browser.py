@@ -189,3 +189,24 @@ def test_cors_from_another_origin(browser, start_server, cors):
     id_ = pub(srv.port, "across origins", topic="x")
     browser.wait("rec.events.length === 1")
     compare(browser, [{"data": "across origins", "id": id_}])
+
+
+def test_restart_with_journal_gives_every_event_exactly_once(browser, start_server, tmp_path):
+    journal = str(tmp_path / "journal")
+    args = ("--publish-token", "secret", "--root", PAGES, "--retry", "300", "--journal", journal)
+    first = start_server(*args)
+    port = first.port
+    browser.goto(harness_url(first.url, "/events/news", types=("reset",)))
+    browser.wait("rec.opens === 1")
+    ids = [pub(port, "before %d" % i, topic="news") for i in range(3)]
+    browser.wait("rec.events.length === 3")
+    first.stop()
+    browser.wait("rec.errors >= 1")
+    # Published while no server runs for the browser: straight into the journal's next run.
+    second = start_server("--listen", "127.0.0.1:%d" % port, *args)
+    ids += [pub(port, "after %d" % i, topic="news") for i in range(3)]
+    browser.wait("rec.opens === 2 && rec.events.length >= 6", timeout=15)
+    time.sleep(0.3)
+    data = ["before %d" % i for i in range(3)] + ["after %d" % i for i in range(3)]
+    compare(browser, [{"type": "message", "data": d, "id": i} for d, i in zip(data, ids)])
+    assert second.port == port

@@ -626,6 +626,92 @@ static void test_two_servers(void) {
     CHECK(sse_server_new(&cfg, err, sizeof err) == NULL && strstr(err, "invalid listen"));
 }
 
+/* A journal record for id, topic and formatted event bytes; returns its length. */
+static size_t journal_record(char *out, size_t cap, uint64_t id, const char *topic,
+                             const char *bytes) {
+    char head[JOURNAL_RECORD_HEAD];
+    size_t hlen = journal_record_head(head, id, topic, bytes, strlen(bytes));
+    size_t n = hlen + strlen(bytes);
+    if (n > cap)
+        return 0;
+    memcpy(out, head, hlen);
+    memcpy(out + hlen, bytes, strlen(bytes));
+    return n;
+}
+
+static long journal_parse_str(const char *s, size_t len, struct journal_record *rec) {
+    return journal_parse_record(s, len, SIZE_MAX, rec);
+}
+
+static bool canonical(uint64_t id, const char *s) {
+    return journal_event_canonical(id, s, strlen(s));
+}
+
+static void test_journal(void) {
+    /* CRC-32 as zlib computes it. */
+    CHECK(journal_crc32(0, "", 0) == 0);
+    CHECK(journal_crc32(0, "123456789", 9) == 0xCBF43926u);
+    CHECK(journal_crc32(journal_crc32(0, "1234", 4), "56789", 5) == 0xCBF43926u);
+    char head[JOURNAL_RECORD_HEAD];
+    const char *ev = "id: 42\nevent: e\ndata: a\ndata: b\n\n";
+    size_t hlen = journal_record_head(head, 42, "news", ev, strlen(ev));
+    char want[64];
+    int plen = snprintf(want, sizeof want, "#E 42 news %zu ", strlen(ev));
+    uint32_t crc = journal_crc32(journal_crc32(0, want, (size_t)plen), ev, strlen(ev));
+    snprintf(want + plen, sizeof want - (size_t)plen, "%08x\n", crc);
+    CHECK(hlen == strlen(want) && memcmp(head, want, hlen) == 0);
+
+    char rec_buf[256];
+    struct journal_record rec;
+    size_t n = journal_record(rec_buf, sizeof rec_buf, 42, "news", ev);
+    CHECK(journal_parse_str(rec_buf, n, &rec) == (long)n);
+    CHECK(rec.id == 42 && rec.topic_len == 4 && memcmp(rec.topic, "news", 4) == 0);
+    CHECK(rec.len == strlen(ev) && memcmp(rec.bytes, ev, rec.len) == 0);
+    /* Every prefix is incomplete (0), never valid or invalid. */
+    bool prefixes_ok = true;
+    for (size_t i = 0; i < n; i++)
+        prefixes_ok = prefixes_ok && journal_parse_str(rec_buf, i, &rec) == 0;
+    CHECK(prefixes_ok);
+    /* Any changed byte makes it invalid (or, in the length, incomplete). */
+    bool flips_caught = true;
+    for (size_t i = 0; i < n; i++) {
+        rec_buf[i] ^= 0x20;
+        long r = journal_parse_str(rec_buf, n, &rec);
+        flips_caught = flips_caught && r <= 0;
+        rec_buf[i] ^= 0x20;
+    }
+    CHECK(flips_caught);
+
+    /* Canonical events only: what the formatter makes, byte for byte. */
+    CHECK(canonical(7, "id: 7\ndata: x\n\n"));
+    CHECK(canonical(7, "id: 7\ndata:\n\n"));
+    CHECK(canonical(7, "id: 7\ndata:  x\ndata:\n\n"));
+    CHECK(!canonical(8, "id: 7\ndata: x\n\n"));       /* other id */
+    CHECK(!canonical(7, "id: 7\n\n"));                  /* no data */
+    CHECK(!canonical(7, "id: 7\ndata:x\n\n"));        /* no space */
+    CHECK(!canonical(7, "id: 7\ndata: x\nretry: 1\n\n"));
+    CHECK(!canonical(7, "id: 7\ndata: x\n"));          /* no blank line */
+    CHECK(!canonical(7, "id: 7\ndata: x\r\n\n"));    /* CR in data */
+    CHECK(!canonical(7, "id: 7\nevent: \ndata: x\n\n"));
+    CHECK(!canonical(7, "id: 7\ndata: \xff\n\n"));   /* not UTF-8 */
+    CHECK(!canonical(7, "id: 07\ndata: x\n\n"));
+
+    /* Record lines that are not ours. */
+    const char *bad[] = {
+        "#E 42 news 10 0000000\n0123456789",  "#E 042 news 1 00000000\nx",
+        "#E 0 news 1 00000000\nx",            "#E 42 bad/topic 1 00000000\nx",
+        "#E 42 news 1 0000000G\nx",           "#E 42 news 1 00000000 extra\nx",
+        "#X 42 news 1 00000000\nx",           "#E  42 news 1 00000000\nx",
+    };
+    bool bad_refused = true;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        bad_refused = bad_refused && journal_parse_str(bad[i], strlen(bad[i]), &rec) < 0;
+    CHECK(bad_refused);
+    char longline[JOURNAL_RECORD_HEAD + 8];
+    memset(longline, '#', sizeof longline);
+    CHECK(journal_parse_str(longline, sizeof longline, &rec) < 0);
+}
+
 int main(void) {
     test_format();
     test_utf8();
@@ -643,6 +729,7 @@ int main(void) {
     test_boundary();
     test_repair();
     test_whatwg_reader();
+    test_journal();
     test_two_servers();
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;

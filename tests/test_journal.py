@@ -1,0 +1,445 @@
+"""--journal: every event is in the file before it is acknowledged or delivered; the file is
+replayed into the backlog at start (ids continue, Last-Event-ID works across restarts); a
+torn end is dropped, damage elsewhere refuses to start; the file is compacted to the backlog;
+the sync modes make the fdatasync() calls they promise; a failed write is a 503 and nobody
+receives the event; and kill -9 at random moments never loses an acknowledged event."""
+
+import os
+import random
+import re
+import resource
+import signal
+import subprocess
+import threading
+import time
+import zlib
+
+import pytest
+
+from conftest import BINARY, Stream, metric_values, publish, request, unavailable
+
+HEADER_RE = re.compile(rb"sse-journal 1 (\d+)\n")
+
+
+def pub(port, data, topic="news", event=None):
+    r = publish(port, data.encode("utf-8") if isinstance(data, str) else data, topic=topic,
+                event=event)
+    assert r.status == 200, (r.status, r.body)
+    return r.json()["id"]
+
+
+def parse_journal(raw):
+    """Checks the file's format independently of the server: header, then records whose
+    length and CRC-32 (zlib's) match. Returns (floor, [(id, topic, bytes)])."""
+    m = HEADER_RE.match(raw)
+    assert m, raw[:80]
+    at, records = m.end(), []
+    while at < len(raw):
+        nl = raw.index(b"\n", at)
+        tag, id_, topic, length, crc = raw[at:nl].split(b" ")
+        assert tag == b"#E"
+        body = raw[nl + 1 : nl + 1 + int(length)]
+        assert len(body) == int(length)
+        assert "%08x" % zlib.crc32(b"#E %s %s %s " % (id_, topic, length) + body) == crc.decode()
+        assert body.startswith(b"id: " + id_ + b"\n") and body.endswith(b"\n\n")
+        records.append((id_.decode(), topic.decode(), body))
+        at = nl + 1 + int(length)
+    return int(m.group(1)), records
+
+
+def read_events(st, n, timeout=5):
+    """Reads n event blocks (skipping the prelude's id line); returns their bytes."""
+    out = []
+    while len(out) < n:
+        block = st.read_block(timeout)
+        if b"data" in block:
+            out.append(block)
+    return out
+
+
+@pytest.fixture
+def journal(tmp_path):
+    return str(tmp_path / "events.journal")
+
+
+def test_format_is_the_wire_bytes_with_length_and_crc(start_server, journal):
+    srv = start_server("--publish-token", "secret", "--journal", journal)
+    st = Stream(srv.port, "/events?topic=news&topic=other")
+    try:
+        assert st.read_block() == b"retry: 3000\n\n"
+        first = st.read_block()
+        payloads = [("one", None, "news"), ("two\nlines\r\nand CR\r", "update", "other"),
+                    ("h\u00e9llo \U0001F600", "news.v2", "news"), ("", None, "news")]
+        ids = [pub(srv.port, d, topic=t, event=e) for d, e, t in payloads]
+        got = read_events(st, len(ids))
+    finally:
+        st.close()
+    with open(journal, "rb") as f:
+        floor, records = parse_journal(f.read())
+    assert first == b"id: %d\n\n" % floor  # the header holds the id before any event
+    assert [r[0] for r in records] == ids
+    assert [r[1] for r in records] == [t for _, _, t in payloads]
+    assert [r[2] for r in records] == got  # exactly what subscribers received
+    assert os.stat(journal).st_mode & 0o777 == 0o600
+
+
+def test_restart_replays_and_ids_continue(start_server, journal):
+    srv = start_server("--publish-token", "secret", "--journal", journal)
+    ids = [pub(srv.port, "event %d" % i) for i in range(5)]
+    srv.stop()
+    assert srv.proc.returncode == 0
+    srv = start_server("--publish-token", "secret", "--journal", journal)
+    srv.wait_for_line(r"journal .*: \d+ bytes, 5 events back in the backlog")
+    st = Stream(srv.port, "/events/news", headers={"Last-Event-ID": ids[1]})
+    try:
+        assert st.read_block() == b"retry: 3000\n\n"
+        assert read_events(st, 3) == [
+            b"id: %s\ndata: event %d\n\n" % (ids[i].encode(), i) for i in (2, 3, 4)
+        ]
+        new = pub(srv.port, "after the restart")
+        assert int(new) > int(ids[-1])
+        assert read_events(st, 1) == [b"id: %s\ndata: after the restart\n\n" % new.encode()]
+    finally:
+        st.close()
+    # A new subscriber starts at the current id; the oldest journaled id replays everything.
+    st = Stream(srv.port, "/events/news")
+    try:
+        st.read_block()
+        assert st.read_block() == b"id: %s\n\n" % new.encode()
+    finally:
+        st.close()
+    st = Stream(srv.port, "/events/news", headers={"Last-Event-ID": ids[0]})
+    try:
+        st.read_block()
+        assert len(read_events(st, 5)) == 5
+        assert metric_values(srv.port)["sse_replays_total"] == 2
+    finally:
+        st.close()
+
+
+def test_without_journal_a_restart_resets(start_server):
+    srv = start_server("--publish-token", "secret")
+    old = pub(srv.port, "x")
+    srv.stop()
+    srv = start_server("--publish-token", "secret")
+    st = Stream(srv.port, "/events/news", headers={"Last-Event-ID": old})
+    try:
+        st.read_block()
+        assert b"event: reset\n" in st.read_block()
+    finally:
+        st.close()
+
+
+def write_journal(start_server, journal, n=3):
+    srv = start_server("--publish-token", "secret", "--journal", journal)
+    ids = [pub(srv.port, "event %d\nsecond line" % i) for i in range(n)]
+    srv.stop()
+    with open(journal, "rb") as f:
+        return ids, f.read()
+
+
+@pytest.mark.parametrize("cut", ["in the record line", "in the bytes", "bad crc at the end"])
+def test_torn_last_record_is_dropped(start_server, journal, cut):
+    ids, raw = write_journal(start_server, journal)
+    _, records = parse_journal(raw)
+    last = raw.rindex(b"#E ")
+    if cut == "in the record line":
+        torn = raw[: last + 10]
+    elif cut == "in the bytes":
+        torn = raw[:-7]
+    else:  # the length is all there but the bytes are not what was written (zeroed pages)
+        torn = raw[:-12] + b"\0" * 12
+    with open(journal, "wb") as f:
+        f.write(torn)
+    srv = start_server("--publish-token", "secret", "--journal", journal)
+    srv.wait_for_line(r"journal .*: dropped a torn record at byte %d \(%d bytes\)"
+                      % (last, len(torn) - last))
+    srv.wait_for_line(r"2 events back in the backlog")
+    with open(journal, "rb") as f:
+        assert f.read() == raw[:last]  # cut back to the last whole record
+    st = Stream(srv.port, "/events/news", headers={"Last-Event-ID": ids[0]})
+    try:
+        st.read_block()
+        assert read_events(st, 1) == [records[1][2]]
+        new = pub(srv.port, "appended after the cut")
+        assert read_events(st, 1)[0].startswith(b"id: %s\n" % new.encode())
+        assert st.nothing_pending(0.2)
+    finally:
+        st.close()
+    srv.stop()
+    with open(journal, "rb") as f:
+        _, records = parse_journal(f.read())
+    assert [r[0] for r in records] == ids[:2] + [new]
+
+
+def start_failing(journal, *args):
+    r = subprocess.run([BINARY, "--listen", "127.0.0.1:0", "--journal", journal, *args],
+                       capture_output=True, timeout=10)
+    return r.returncode, r.stderr.decode()
+
+
+def test_damage_before_valid_records_refuses_to_start(start_server, journal):
+    ids, raw = write_journal(start_server, journal)
+    damaged = raw.replace(b"data: event 0", b"data: evil! 0")
+    with open(journal, "wb") as f:
+        f.write(damaged)
+    code, err = start_failing(journal)
+    assert code == 1
+    assert err == ("sse-server: journal %s: a damaged record is followed by valid ones\n"
+                   % journal)
+    with open(journal, "rb") as f:
+        assert f.read() == damaged  # left for a person to look at
+
+
+@pytest.mark.parametrize("content", [b"hello world\n" * 10, b"sse-journal 2 5\n",
+                                     b"\x00" * 100])
+def test_not_a_journal_refuses_to_start(journal, content):
+    with open(journal, "wb") as f:
+        f.write(content)
+    code, err = start_failing(journal)
+    assert code == 1
+    assert err == "sse-server: journal %s: not an sse-server journal (version 1)\n" % journal
+
+
+def test_a_record_that_is_not_a_canonical_event_is_refused(start_server, journal):
+    """A record whose CRC matches but whose bytes are not what the formatter makes (a
+    forged file) is never served: alone at the end it is dropped as torn."""
+    ids, raw = write_journal(start_server, journal, n=1)
+    body = b"id: 99999999999999999\ndata: forged\nretry: 1\n\n"
+    line = b"#E 99999999999999999 news %d " % len(body)
+    record = line + b"%08x\n" % zlib.crc32(line + body) + body
+    with open(journal, "wb") as f:
+        f.write(raw + record)
+    srv = start_server("--journal", journal)
+    srv.wait_for_line(r"dropped a torn record at byte %d" % len(raw))
+    srv.wait_for_line(r"1 events back in the backlog")
+
+
+def test_one_server_per_journal(start_server, journal):
+    start_server("--journal", journal)
+    code, err = start_failing(journal)
+    assert code == 1
+    assert err == "sse-server: journal %s: in use by another process\n" % journal
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "no" / "such" / "dir" / "j")
+    code, err = start_failing(path)
+    assert code == 1
+    assert err == "sse-server: journal %s: No such file or directory\n" % path
+
+
+def test_compaction_keeps_the_backlog_and_bounds_the_file(start_server, journal):
+    srv = start_server("--publish-token", "secret", "--journal", journal, "--backlog", "5",
+                       "--journal-max-bytes", "4096")
+    ids = []
+    sizes = []
+    for i in range(300):
+        ids.append(pub(srv.port, "event %d " % i + "x" * 100))
+        sizes.append(os.path.getsize(journal))
+    m = metric_values(srv.port)
+    assert m["sse_journal_compactions_total"] >= 5
+    assert max(sizes) <= 2 * 4096 + 200
+    assert m["sse_journal_bytes"] == os.path.getsize(journal)
+    srv.wait_for_line(r"journal .*: compacted to \d+ bytes \(5 events\)")
+    srv.stop()
+    with open(journal, "rb") as f:
+        floor, records = parse_journal(f.read())
+    assert [r[0] for r in records] == ids[-len(records):]
+    assert len(records) >= 5
+    assert int(records[0][0]) <= floor <= int(records[-1][0])  # ids continue above it
+    assert not os.path.exists(journal + ".new")
+    srv = start_server("--publish-token", "secret", "--journal", journal, "--backlog", "5")
+    st = Stream(srv.port, "/events/news", headers={"Last-Event-ID": ids[-4]})
+    try:
+        st.read_block()
+        assert [b.split(b"\n")[0] for b in read_events(st, 3)] == [
+            b"id: " + i.encode() for i in ids[-3:]
+        ]
+    finally:
+        st.close()
+    st = Stream(srv.port, "/events/news", headers={"Last-Event-ID": ids[0]})
+    try:
+        st.read_block()
+        assert b"event: reset\n" in st.read_block()  # compacted away: said, not pretended
+    finally:
+        st.close()
+
+
+def count_fdatasync(start_server, tmp_path, mode, n=30):
+    strace = subprocess.run(["which", "strace"], capture_output=True).stdout.strip()
+    if not strace:
+        unavailable("strace is not installed")
+    trace = str(tmp_path / ("trace-" + mode))
+    journal = str(tmp_path / ("j-" + mode))
+    srv = start_server("--publish-token", "secret", "--journal", journal, "--journal-sync", mode,
+                       wrapper=[strace.decode(), "-f", "-qq", "-e", "trace=fdatasync", "-o", trace])
+    for i in range(n):
+        pub(srv.port, "e%d" % i)
+    time.sleep(1.5)  # a batch sync falls due within a second
+    pub(srv.port, "last")
+    with open(trace) as f:
+        return f.read().count("fdatasync(")
+
+
+def test_sync_modes_make_the_promised_fdatasync_calls(start_server, tmp_path):
+    with open(BINARY, "rb") as f:
+        if b"__asan_init" in f.read():
+            pytest.skip("a sanitizer build runs too slowly under strace for this count")
+    always = count_fdatasync(start_server, tmp_path, "always")
+    batch = count_fdatasync(start_server, tmp_path, "batch")
+    none = count_fdatasync(start_server, tmp_path, "none")
+    assert always >= 31 + 1  # every publish, and the new file's header
+    assert 2 <= batch <= 5  # the header, then about one per second of writes
+    assert none == 0
+
+
+def test_failed_write_is_503_and_nobody_receives_it(start_server, journal):
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    srv = start_server("--publish-token", "secret", "--journal", journal,
+                       preexec_fn=limit_file_size)
+    st = Stream(srv.port, "/events/news")
+    try:
+        st.read_block()
+        st.read_block()
+        acked = []
+        for i in range(100):
+            r = publish(srv.port, ("event %d " % i + "y" * 200).encode(), topic="news")
+            if r.status != 200:
+                break
+            acked.append(r.json()["id"])
+        assert r.status == 503, r
+        assert r.body == b"the event could not be stored; it was not published\n"
+        assert 3 <= len(acked) < 10
+        assert len(read_events(st, len(acked))) == len(acked)
+        assert st.nothing_pending(0.3)  # the refused event went to nobody
+        assert publish(srv.port, b"again " + b"y" * 300, topic="news").status == 503
+        assert metric_values(srv.port)["sse_journal_errors_total"] == 2
+        assert healthy_ok(srv.port)
+    finally:
+        st.close()
+    srv.stop()
+    with open(journal, "rb") as f:
+        _, records = parse_journal(f.read())  # no torn record left behind
+    assert [r[0] for r in records] == acked
+
+
+def healthy_ok(port):
+    return request(port, "GET", "/healthz").status == 200
+
+
+# ---- kill -9 at random moments ------------------------------------------------------------
+
+
+class Follower(threading.Thread):
+    """A subscriber that reconnects with its last id whenever its connection ends (also
+    while the server is down), collecting (id, data) of every event."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port, self.events, self.last_id = port, [], None
+        self.running = True
+        self.reconnects = 0
+
+    def run(self):
+        import socket
+
+        from conftest import build_request, recv_until
+
+        while self.running:
+            try:
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                sock.sendall(build_request("GET", "/events/news", headers))
+                _, buf = recv_until(sock, b"\r\n\r\n", 2)
+                while self.running:
+                    block, buf = recv_until(sock, b"\n\n", 30, buf)
+                    self.take(block)
+            except (OSError, AssertionError):
+                pass
+            finally:
+                sock.close()
+            self.reconnects += 1
+
+    def take(self, block):
+        fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+        if b"event" in fields:
+            assert fields[b"event"] != b"reset", block  # the journal makes every replay exact
+        if b"id" in fields:
+            self.last_id = fields[b"id"].decode()
+        if b"data" in fields:
+            self.events.append((fields[b"id"].decode(), fields[b"data"].decode()))
+
+
+def read_replay(port, after, until_id):
+    """(id, data) of every event after id `after`, up to and including id until_id."""
+    st = Stream(port, "/events/news", headers={"Last-Event-ID": after})
+    try:
+        raw = st.read_bytes_until(b"id: %s\n" % until_id.encode(), timeout=20)
+        raw += st.read_bytes_until(b"\n\n")
+    finally:
+        st.close()
+    seen = []
+    for block in raw.split(b"\n\n")[1:]:  # after the retry: line
+        if not block:
+            continue
+        lines = dict(l.split(b": ", 1) for l in block.split(b"\n") if b": " in l)
+        assert lines.get(b"event") != b"reset", block
+        seen.append((lines[b"id"].decode(), lines[b"data"].decode()))
+    return seen
+
+
+def test_kill_9_at_random_moments_loses_no_acknowledged_event(start_server, journal):
+    rng = random.Random(9)
+    args = ("--publish-token", "secret", "--journal", journal, "--backlog", "100000",
+            "--retry", "100")
+    srv = start_server(*args)
+    port = srv.port
+    st = Stream(port, "/events/news")
+    st.read_block()
+    base = st.read_block().split(b" ")[1].strip().decode()  # the id before any event
+    st.close()
+    follower = Follower(port)
+    follower.start()
+    acked, seq, rounds = [], 0, 0
+    deadline = time.monotonic() + 40
+    while rounds < 30 and time.monotonic() < deadline:
+        killer = threading.Timer(rng.uniform(0.05, 0.6), srv.signal, (signal.SIGKILL,))
+        killer.start()
+        while True:
+            try:
+                r = publish(srv.port, b"n-%d" % seq, topic="news")
+            except (OSError, AssertionError):
+                break  # killed mid-request: unacknowledged, may or may not be there
+            assert r.status == 200, r
+            acked.append((r.json()["id"], "n-%d" % seq))
+            seq += 1
+            time.sleep(0.002)
+        seq += 1
+        killer.join()
+        srv.wait(timeout=10)
+        rounds += 1
+        srv = start_server("--listen", "127.0.0.1:%d" % port, *args)
+        # Every acknowledged event is there, once, in order, whatever else is.
+        seen = read_replay(port, base, acked[-1][0])
+        ids = [int(i) for i, _ in seen]
+        assert ids == sorted(set(ids)), "duplicates or disorder"
+        assert [e for e in seen if e in set(acked)] == acked, "an acknowledged event is missing"
+    final = pub(port, "final")
+    seen = read_replay(port, base, final)
+    wait_deadline = time.monotonic() + 15
+    while (not follower.events or follower.events[-1][0] != final) and \
+            time.monotonic() < wait_deadline:
+        time.sleep(0.05)
+    follower.running = False
+    assert len(acked) > 100 and rounds >= 10, (len(acked), rounds)
+    # The follower reconnected with its last id after every kill and ends with the whole
+    # sequence: everything the server holds, each exactly once, in order.
+    assert follower.events == seen
+    assert follower.reconnects >= rounds
