@@ -1,5 +1,6 @@
 # sse-server. `make` builds ./sse-server; `make run` starts the demo; `make test` runs every
-# test (installing pytest from Debian when needed); `make asan` builds ./sse-server-asan.
+# test (installing pytest from Debian when needed); `make asan` builds ./sse-server-asan;
+# `make fuzz` runs every libFuzzer target for FUZZ_SECONDS seconds (needs clang).
 
 CC ?= cc
 CFLAGS ?= -O2 -g
@@ -12,7 +13,8 @@ SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 PYTHON = /usr/bin/python3
 BUILD = build
 
-.PHONY: all run test unit pytest deps asan clean format bench bench-smoke bench-tools
+.PHONY: all run test unit pytest deps asan clean format bench bench-smoke bench-tools fuzz \
+        fuzz-replay
 all: sse-server
 
 $(BUILD) $(BUILD)/asan:
@@ -87,7 +89,47 @@ unit: $(BUILD)/unit
 pytest: sse-server deps
 	$(PYTHON) -m pytest -q tests
 
-test: deps sse-server unit pytest
+test: deps sse-server unit fuzz-replay pytest
+
+# Fuzz targets (tests/fuzz/*.c) include sse.c like the unit tests. `make fuzz` builds them
+# with libFuzzer and runs them one after the other, FUZZ_SECONDS each; new corpus entries go
+# to build/fuzz/corpus, crashers to build/fuzz/crashes. Any crash, leak or sanitizer report
+# fails it. Crashers, once fixed, are kept under tests/fuzz/regressions/TARGET/; `make test`
+# replays those and the seed corpus through tests/fuzz/replay.c, with the compiler at hand.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = http_request query wire_reader format_roundtrip static_resolve http_response
+FUZZ_CC = clang
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+
+$(BUILD)/fuzz/bin $(BUILD)/fuzz/replay:
+	mkdir -p $@
+
+$(BUILD)/fuzz/bin/%: tests/fuzz/%.c tests/fuzz/fuzz.h sse.c sse.h | $(BUILD)/fuzz/bin
+	$(FUZZ_CC) $(WARNINGS) $(FUZZ_FLAGS) $< -o $@
+
+$(BUILD)/fuzz/replay/%: tests/fuzz/%.c tests/fuzz/replay.c tests/fuzz/fuzz.h sse.c sse.h \
+                        | $(BUILD)/fuzz/replay
+	$(CC) $(WARNINGS) -O1 -g $(SANITIZE) $< tests/fuzz/replay.c -o $@
+
+fuzz: $(addprefix $(BUILD)/fuzz/bin/,$(FUZZ_TARGETS))
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(BUILD)/fuzz/corpus/$$t $(BUILD)/fuzz/crashes/$$t || exit 1; \
+	  regressions=; [ -d tests/fuzz/regressions/$$t ] && regressions=tests/fuzz/regressions/$$t; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(BUILD)/fuzz/bin/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -detect_leaks=1 \
+	    -print_final_stats=1 -artifact_prefix=$(BUILD)/fuzz/crashes/$$t/ \
+	    $(BUILD)/fuzz/corpus/$$t tests/fuzz/corpus/$$t $$regressions \
+	    > $(BUILD)/fuzz/$$t.log 2>&1 \
+	    || { tail -n 60 $(BUILD)/fuzz/$$t.log; echo "fuzz: $$t failed" >&2; exit 1; }; \
+	  grep -E '^(Done|stat::number_of_executed_units)' $(BUILD)/fuzz/$$t.log || true; \
+	done
+
+fuzz-replay: $(addprefix $(BUILD)/fuzz/replay/,$(FUZZ_TARGETS))
+	@for t in $(FUZZ_TARGETS); do \
+	  ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(BUILD)/fuzz/replay/$$t tests/fuzz/corpus/$$t tests/fuzz/regressions/$$t || exit 1; \
+	done
 
 # Benchmarks (bench/run.py): `make bench` runs every scenario against the peers and writes
 # bench/RESULTS.md; `make bench-smoke` is the seconds-long version CI runs.
@@ -103,7 +145,7 @@ bench-smoke: bench-tools
 	$(PYTHON) bench/run.py --smoke
 
 format:
-	clang-format -i sse.c sse.h main.c tests/unit.c bench/sseload.c
+	clang-format -i sse.c sse.h main.c tests/unit.c bench/sseload.c tests/fuzz/*.c tests/fuzz/*.h
 
 clean:
 	rm -rf $(BUILD) sse-server sse-server-asan

@@ -384,7 +384,7 @@ typedef void (*wire_emit_fn)(void *ctx, const char *topic, const char *event, co
 struct wire_reader {
     enum sse_input_format format;   /* lines or text/event-stream blocks */
     size_t max_data;                /* largest payload; longer lines or blocks are skipped */
-    char *line;                     /* the line being collected (heap, grows to max_data+8) */
+    char *line;                     /* the line being collected (heap, to the feed's limit) */
     size_t line_len;                /* bytes in line */
     size_t line_cap;                /* allocated bytes at line */
     bool line_too_long;             /* the current line went over; skip to its end */
@@ -543,7 +543,11 @@ static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len,
         wire_reader_feed(r, bom, matched, emit, ctx); /* not a BOM after all */
     }
     bool sse = r->format == SSE_INPUT_SSE;
-    size_t limit = r->max_data + (sse ? 8 : 1);
+    /* A text/event-stream line is a field name and its value: room for "data: " and a whole
+     * payload, and for the longest id or event type even when max_data is tiny (an id line
+     * over the bound would spoil every event of a relayed stream). */
+    size_t limit =
+        sse ? (r->max_data > SSE_ID_MAX ? r->max_data : SSE_ID_MAX) + 8 : r->max_data + 1;
     size_t i = 0;
     while (i < len) {
         if (r->after_cr) {

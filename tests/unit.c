@@ -548,6 +548,16 @@ static void test_whatwg_reader(void) {
     wire_reader_feed(&r, "id: 9\n\n", 7, collect, &d);
     CHECK(d.len == 0 && strcmp(r.last_id, "9") == 0); /* "\xEF" "data" is an unknown field */
     wire_reader_free(&r);
+    /* a long id or event type still fits when max_data is tiny (found by the fuzzer) */
+    struct collected e = {.len = 0};
+    wire_reader_init(&r, SSE_INPUT_SSE, 2);
+    r.whatwg = true;
+    static const char ids[] = "id: 18446744073709551615\nevent: tick\ndata: 1\n\ndata: 123\n\n";
+    wire_reader_feed(&r, ids, sizeof ids - 1, collect, &e);
+    CHECK(e.len == strlen("-|tick|1;!event over max_event_bytes;") &&
+          memcmp(e.out, "-|tick|1;!event over max_event_bytes;", e.len) == 0);
+    CHECK(strcmp(r.last_id, "18446744073709551615") == 0);
+    wire_reader_free(&r);
 }
 
 /* ---- the public API: two servers in one process, driven by hand ---- */
