@@ -14,7 +14,7 @@ PYTHON = /usr/bin/python3
 BUILD = build
 
 .PHONY: all run test unit pytest deps asan clean format bench bench-smoke bench-tools fuzz \
-        fuzz-replay
+        fuzz-replay fuzz-deps
 all: sse-server
 
 $(BUILD) $(BUILD)/asan:
@@ -97,15 +97,28 @@ test: deps sse-server unit fuzz-replay pytest
 # fails it. Crashers, once fixed, are kept under tests/fuzz/regressions/TARGET/; `make test`
 # replays those and the seed corpus through tests/fuzz/replay.c, with the compiler at hand.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = http_request query wire_reader format_roundtrip static_resolve http_response
+FUZZ_TARGETS = http_request query wire_reader format_roundtrip static_resolve http_response \
+               journal
 FUZZ_CC = clang
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 
 $(BUILD)/fuzz/bin $(BUILD)/fuzz/replay:
 	mkdir -p $@
 
-$(BUILD)/fuzz/bin/%: tests/fuzz/%.c tests/fuzz/fuzz.h sse.c sse.h | $(BUILD)/fuzz/bin
+$(BUILD)/fuzz/bin/%: tests/fuzz/%.c tests/fuzz/fuzz.h sse.c sse.h | $(BUILD)/fuzz/bin fuzz-deps
 	$(FUZZ_CC) $(WARNINGS) $(FUZZ_FLAGS) $< -o $@
+
+# clang and its libFuzzer runtime, from Debian when missing (as root).
+fuzz-deps:
+	@mkdir -p $(BUILD)/fuzz; \
+	printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return (int)(d[0] + n); }\n' \
+	  > $(BUILD)/fuzz/probe.c; \
+	$(FUZZ_CC) -fsanitize=fuzzer $(BUILD)/fuzz/probe.c -o $(BUILD)/fuzz/probe 2>/dev/null && exit 0; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make fuzz needs clang and libclang-rt-14-dev" >&2; exit 1; fi; \
+	echo "make fuzz: installing clang libclang-rt-14-dev with apt-get"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang \
+	  libclang-rt-14-dev >/dev/null
 
 $(BUILD)/fuzz/replay/%: tests/fuzz/%.c tests/fuzz/replay.c tests/fuzz/fuzz.h sse.c sse.h \
                         | $(BUILD)/fuzz/replay
