@@ -528,7 +528,7 @@ static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len,
                              void *ctx) {
     /* WHATWG 9.2.6: the UTF-8 decode drops one leading BOM. It may arrive split. */
     static const char bom[3] = {'\xEF', '\xBB', '\xBF'};
-    while (r->whatwg && r->bom_seen < 4 && len) {
+    while (r->whatwg && r->bom_seen < sizeof bom && len) {
         if (buf[0] == bom[r->bom_seen]) {
             buf++;
             len--;
@@ -1210,7 +1210,7 @@ static bool http_bearer(const char *v, size_t len, const char **tok, size_t *tok
         i++;
     *tok = v + i;
     *tok_len = len - i;
-    return *tok_len > 0;
+    return i < len;
 }
 
 /* Compares a presented token with the secret in time that depends only on the secret's
@@ -4462,7 +4462,7 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
     } else {
         struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
         inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
-        p = ntohs(in4->sin_port);
+        p = ntohs(in4->sin_port); /* NOLINT(clang-analyzer-core.CallAndMessage): zeroed above */
         snprintf(srv->url, sizeof srv->url, "http://%s:%d/", addr, p);
     }
     srv->listener.fd = fd;
