@@ -1,6 +1,7 @@
 # sse-server. `make` builds ./sse-server; `make run` starts the demo; `make test` runs every
 # test (installing pytest from Debian when needed); `make asan` builds ./sse-server-asan;
-# `make fuzz` runs every libFuzzer target for FUZZ_SECONDS seconds (needs clang).
+# `make fuzz` runs every libFuzzer target for FUZZ_SECONDS seconds (needs clang);
+# `make lint` runs cppcheck and clang-tidy; `make valgrind` runs part of the suite under valgrind.
 
 CC ?= cc
 CFLAGS ?= -O2 -g
@@ -14,7 +15,7 @@ PYTHON = /usr/bin/python3
 BUILD = build
 
 .PHONY: all run test unit pytest deps asan clean format bench bench-smoke bench-tools fuzz \
-        fuzz-replay fuzz-deps
+        fuzz-replay fuzz-deps lint lint-cppcheck valgrind
 all: sse-server
 
 $(BUILD) $(BUILD)/asan:
@@ -53,12 +54,14 @@ asan: sse-server-asan $(BUILD)/unit
 run: sse-server
 	./sse-server --demo
 
-# Test dependencies: pytest, and the real clients and deployment tools the tests use (nginx,
-# chromium, curl, openssl, nghttp, strace, systemd-analyze) from Debian; playwright-core,
+# Test dependencies: pytest, the real clients and deployment tools the tests use (nginx,
+# chromium, curl, openssl, nghttp, strace, systemd-analyze) and the checkers CI runs (valgrind,
+# cppcheck, clang-tidy) from Debian; playwright-core,
 # eventsource and eventsource-parser from npm into tests/browser/node_modules (`npm ci`, from
 # the lock file). A temporary policy-rc.d keeps the nginx package from starting a system nginx.
 DEBIAN_TOOLS = nginx:nginx chromium:chromium curl:curl openssl:openssl nghttp:nghttp2-client \
-               strace:strace systemd-analyze:systemd node:nodejs npm:npm
+               strace:strace systemd-analyze:systemd node:nodejs npm:npm valgrind:valgrind \
+               cppcheck:cppcheck clang-tidy:clang-tidy
 deps:
 	@missing=; \
 	$(PYTHON) -c 'import pytest' 2>/dev/null || missing="$$missing python3-pytest"; \
@@ -156,6 +159,75 @@ bench: bench-tools
 
 bench-smoke: bench-tools
 	$(PYTHON) bench/run.py --smoke
+
+# Static analysis; any finding fails. cppcheck reads .ci/cppcheck-suppressions.xml and
+# `cppcheck-suppress` comments, clang-tidy reads .clang-tidy (checks and why some are off) and
+# compiles with the build's flags. The benchmark's load generator gets cppcheck only: it is a
+# measuring tool, not shipped, and clang-tidy's rules for its atoi() option parsing and
+# exit-time frees would be churn. `make -j2 lint` runs the clang-tidy jobs side by side.
+CPPCHECK = cppcheck --std=c11 --library=posix --enable=warning,style,performance,portability \
+           --inline-suppr --suppress-xml=.ci/cppcheck-suppressions.xml --error-exitcode=1 \
+           --quiet -I.
+TIDY_SRC = sse.c main.c tests/unit.c
+
+lint: lint-cppcheck $(TIDY_SRC:%=lint-tidy/%)
+
+lint-cppcheck:
+	$(CPPCHECK) sse.c main.c tests/unit.c bench/sseload.c
+
+.PHONY: $(TIDY_SRC:%=lint-tidy/%)
+$(TIDY_SRC:%=lint-tidy/%): lint-tidy/%: %
+	clang-tidy --quiet --warnings-as-errors='*' $< -- $(WARNINGS)
+
+# The black-box suite's representative part under valgrind (conftest.py reads
+# SSE_SERVER_WRAPPER): streaming, publishing, replay, static files, the proxy, relays and
+# hostile HTTP, about three and a half minutes. A leak or memory error makes the server exit 99 at
+# SIGTERM, which fails the test; valgrind's report is in the failure's stderr.
+VALGRIND = valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
+           --errors-for-leak-kinds=definite,indirect --error-exitcode=99 --num-callers=30
+T = tests/test_
+VALGRIND_TESTS = $(T)proxy.py $(T)relay.py \
+  $(T)replay.py::test_replay_query_with_topics \
+  $(T)replay.py::test_replay_only_stream_topics_in_order \
+  $(T)replay.py::test_reset_older_than_backlog $(T)replay.py::test_reset_requested_is_json_escaped \
+  $(T)replay.py::test_seam_no_gap_no_duplicate $(T)replay.py::test_large_replay_exact \
+  $(T)publish.py::test_published_event_arrives_with_returned_id \
+  $(T)publish.py::test_body_arriving_in_pieces $(T)publish.py::test_expect_100_continue \
+  $(T)publish.py::test_413_closes_connection $(T)publish.py::test_pipelined_publishes \
+  $(T)publish.py::test_max_size_event_reaches_idle_subscriber \
+  $(T)publish.py::test_delete_publish_json $(T)publish.py::test_wrong_tokens_401 \
+  $(T)publish.py::test_invalid_utf8_400_nothing_delivered $(T)publish.py::test_chunked_411 \
+  $(T)publish.py::test_content_length_and_transfer_encoding_400 \
+  $(T)publish.py::test_cors_on_publish_and_preflight \
+  $(T)stream.py::test_stream_head_exact $(T)stream.py::test_multi_topic_in_id_order \
+  $(T)stream.py::test_framing \
+  $(T)stream.py::test_retire_flushes_large_queue_before_eof \
+  $(T)stream.py::test_retire_closes_all_subscribers_of_topic \
+  $(T)stream.py::test_subscribe_token_wrong_401 $(T)stream.py::test_accept_json_406 \
+  $(T)stream.py::test_33_topics_rejected $(T)stream.py::test_cors_origin_with_credentials \
+  $(T)stream.py::test_heartbeat_one_second \
+  $(T)static.py::test_root_index $(T)static.py::test_big_binary_file_exact \
+  $(T)static.py::test_directory_without_slash_redirects \
+  $(T)static.py::test_if_modified_since_equal_304 $(T)static.py::test_symlink_to_file_outside_404 \
+  $(T)static.py::test_fifo_404_no_hang $(T)static.py::test_keep_alive_across_static_files \
+  $(T)static.py::test_bad_escapes_400 $(T)static.py::test_missing_file_404 \
+  $(T)static.py::test_head_static \
+  $(T)http.py::test_malformed_400 $(T)http.py::test_smuggling_shapes_400 \
+  $(T)http.py::test_65_headers_431 $(T)http.py::test_head_of_8195_bytes_431 \
+  $(T)http.py::test_pipelining_responses_in_order \
+  $(T)http.py::test_pipelined_junk_after_valid_request \
+  $(T)http.py::test_idle_keep_alive_closed_after_header_timeout \
+  $(T)http.py::test_unknown_method_405 $(T)http.py::test_other_versions_505 \
+  $(T)http.py::test_metrics_values_follow_publishing $(T)http.py::test_head_split_byte_by_byte \
+  $(T)journal.py::test_format_is_the_wire_bytes_with_length_and_crc \
+  $(T)journal.py::test_restart_replays_and_ids_continue \
+  $(T)journal.py::test_torn_last_record_is_dropped \
+  $(T)journal.py::test_compaction_keeps_the_backlog_and_bounds_the_file \
+  $(T)journal.py::test_failed_write_is_503_and_nobody_receives_it
+
+valgrind: sse-server deps
+	@command -v valgrind >/dev/null || { echo 'make valgrind needs valgrind' >&2; exit 1; }
+	SSE_SERVER_WRAPPER='$(VALGRIND)' $(PYTHON) -m pytest -q $(VALGRIND_TESTS)
 
 format:
 	clang-format -i sse.c sse.h main.c tests/unit.c bench/sseload.c tests/fuzz/*.c tests/fuzz/*.h

@@ -192,7 +192,7 @@ static void check_listen(const char *s) {
     const char *colon = s[0] == '[' ? strstr(s, "]:") : strrchr(s, ':');
     const char *port = colon ? colon + (s[0] == '[' ? 2 : 1) : NULL;
     if (!port || !*port || strspn(port, "0123456789") != strlen(port) || strlen(port) > 5 ||
-        atoi(port) > 65535)
+        strtol(port, NULL, 10) > 65535)
         die_usage("invalid value '%s' for --listen: expected HOST:PORT, :PORT or [IPV6]:PORT", s);
 }
 

@@ -531,7 +531,7 @@ static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len,
                              void *ctx) {
     /* WHATWG 9.2.6: the UTF-8 decode drops one leading BOM. It may arrive split. */
     static const char bom[3] = {'\xEF', '\xBB', '\xBF'};
-    while (r->whatwg && r->bom_seen < 4 && len) {
+    while (r->whatwg && r->bom_seen < sizeof bom && len) {
         if (buf[0] == bom[r->bom_seen]) {
             buf++;
             len--;
@@ -1217,7 +1217,7 @@ static bool http_bearer(const char *v, size_t len, const char **tok, size_t *tok
         i++;
     *tok = v + i;
     *tok_len = len - i;
-    return *tok_len > 0;
+    return i < len;
 }
 
 /* Compares a presented token with the secret in time that depends only on the secret's
@@ -1565,14 +1565,15 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
  * (WHATWG 9.2.4). The format is text, so `cat` shows it: a header line, then per event a
  * record line and the event's bytes exactly as they go on the wire:
  *
- *     sse-journal 1 1763781645000000           <- version; ids go on above this one
- *     #E 1763781645000001 news 47 8d1f0c2a     <- id, topic, length of what follows, and
+ *     sse-journal 1 1795335269661017           <- version; ids go on above this one
+ *     #E 1795335269661018 news 68 a850b4fd     <- id, topic, length of what follows, and
  *                                                 the CRC-32 of this line up to the CRC
  *                                                 followed by those bytes
- *     id: 1763781645000001
+ *     id: 1795335269661018
  *     event: headline
  *     data: line one
- *                                              <- (47 bytes end with the blank line)
+ *     data: line two
+ *                                              <- (the 68 bytes end with the blank line)
  *
  * A crash can tear only the end of the file (it is only ever appended to), so a record that
  * is cut short or fails its CRC with no valid record after it is dropped and the file cut
@@ -1679,9 +1680,10 @@ static bool journal_event_canonical(uint64_t id, const char *bytes, size_t len) 
     ok = ok && !first && at == len - 1 && wire_utf8_valid(data, dlen) &&
          sse_format_event(NULL, 0, id, has_event ? event : NULL, data, dlen) == len;
     if (ok) {
-        char *again = malloc(len);
+        size_t cap = len;
+        char *again = malloc(cap);
         ok = again &&
-             sse_format_event(again, len, id, has_event ? event : NULL, data, dlen) == len &&
+             sse_format_event(again, cap, id, has_event ? event : NULL, data, dlen) == len &&
              memcmp(again, bytes, len) == 0;
         free(again);
     }
@@ -1850,7 +1852,7 @@ static void journal_compact(struct journal *j, const struct backlog *bl, uint64_
     char heads[16][JOURNAL_RECORD_HEAD];
     struct iovec iov[32];
     for (uint32_t i = 0; r == 0 && i < bl->count;) {
-        int n = 0;
+        size_t n = 0;
         for (; n < 16 && i < bl->count; n++, i++) {
             const struct blob *ev = backlog_at(bl, i);
             iov[2 * n].iov_base = heads[n];
@@ -1860,7 +1862,7 @@ static void journal_compact(struct journal *j, const struct backlog *bl, uint64_
             iov[2 * n + 1].iov_len = ev->len;
             size += iov[2 * n].iov_len + ev->len;
         }
-        r = journal_write_all(fd, iov, 2 * n);
+        r = journal_write_all(fd, iov, (int)(2 * n));
     }
     if (r == 0 && j->sync != SSE_JOURNAL_NONE && fdatasync(fd) < 0)
         r = -errno;
@@ -5001,7 +5003,7 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
     } else {
         struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
         inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
-        p = ntohs(in4->sin_port);
+        p = ntohs(in4->sin_port); /* NOLINT(clang-analyzer-core.CallAndMessage): zeroed above */
         snprintf(srv->url, sizeof srv->url, "http://%s:%d/", addr, p);
     }
     srv->listener.fd = fd;

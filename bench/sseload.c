@@ -201,7 +201,6 @@ struct conn {
     int fd;
     uint8_t state;     /* enum state */
     bool chunked;      /* sub: the body is chunked */
-    bool after_cr;     /* sub: chunk framing: CR seen */
     uint8_t ch_state;  /* sub: chunk decoder state */
     uint64_t ch_left;  /* sub: chunk bytes left */
     char *head;        /* response head being collected (sub) or response buffer (pub) */

@@ -4,6 +4,7 @@ talk to it over plain sockets. Only the standard library and pytest are used."""
 import os
 import re
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,6 +16,11 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 BINARY = os.environ.get("SSE_SERVER_BIN", os.path.join(HERE, "..", "sse-server"))
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+# SSE_SERVER_WRAPPER="valgrind ..." runs every server under that command (make valgrind). A
+# wrapped server gets SLOW times longer to start and to exit, and must exit 0 on SIGTERM: the
+# wrapper's error exit status (valgrind's --error-exitcode) fails the test.
+WRAPPER = shlex.split(os.environ.get("SSE_SERVER_WRAPPER", ""))
+SLOW = 6 if WRAPPER else 1
 
 
 class Server:
@@ -26,7 +32,7 @@ class Server:
         if env is None:  # tokens in the caller's environment would change what is tested
             env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
         self.proc = subprocess.Popen(
-            [*wrapper, BINARY, "--listen", "127.0.0.1:0", *self.args],
+            [*(wrapper or WRAPPER), BINARY, "--listen", "127.0.0.1:0", *self.args],
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -35,11 +41,12 @@ class Server:
         )
         self.pid = self.proc.pid
         self.lines = []
+        self.terminated = False  # stopped by SIGTERM from stop(), not killed
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()
         try:
-            line = self.wait_for_line(r"listening on http://", timeout=10)
+            line = self.wait_for_line(r"listening on http://", timeout=10 * SLOW)
         except AssertionError:
             self.proc.kill()
             self.proc.wait(timeout=10)
@@ -98,7 +105,7 @@ class Server:
             os.kill(self.pid, sig)
 
     def wait(self, timeout=5):
-        return self.proc.wait(timeout=timeout)
+        return self.proc.wait(timeout=timeout * SLOW)
 
     def server_pid(self):
         """The sse-server process: under a wrapper that forks (strace) its child."""
@@ -120,7 +127,8 @@ class Server:
             target = self.server_pid()
             os.kill(target, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=5)
+                self.proc.wait(timeout=5 * SLOW)
+                self.terminated = True
             except subprocess.TimeoutExpired:
                 for pid in {target, self.pid}:
                     try:
@@ -158,6 +166,9 @@ def start_server():
         text = s.stderr_text()
         for marker in SANITIZER_MARKERS:
             assert marker not in text, "sanitizer report from sse-server:\n" + text
+        if WRAPPER and s.terminated:
+            assert s.proc.returncode == 0, "sse-server under %s exited %d:\n%s" % (
+                WRAPPER[0], s.proc.returncode, text)
 
 
 @pytest.fixture
