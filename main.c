@@ -71,6 +71,12 @@ static const char usage[] =
     "                            after a write, or never (default batch)\n"
     "  --journal-max-bytes BYTES  rewrite the journal with just the backlog beyond this\n"
     "                            (default 64m)\n"
+    "  --redis HOST:PORT         be one node of a hub sharing one event history through a\n"
+    "                            Redis stream: publish with XADD, deliver what XREAD\n"
+    "                            brings, ids are the stream's (default: none)\n"
+    "  --redis-stream KEY        the stream (default sse)\n"
+    "  --redis-password PASSWORD  AUTH with it (default: $SSE_REDIS_PASSWORD, else none)\n"
+    "  --redis-maxlen N          entries Redis keeps, XADD MAXLEN ~ N (default 100000)\n"
     "  --quiet                   log only warnings and errors\n"
     "  --verbose                 also log every connection opened and closed\n"
     "  --help                    show this help and exit\n"
@@ -106,7 +112,11 @@ enum option_id {
     OPT_RELAY,
     OPT_JOURNAL,
     OPT_JOURNAL_SYNC,
-    OPT_JOURNAL_MAX_BYTES
+    OPT_JOURNAL_MAX_BYTES,
+    OPT_REDIS,
+    OPT_REDIS_STREAM,
+    OPT_REDIS_PASSWORD,
+    OPT_REDIS_MAXLEN
 };
 
 static const struct option long_options[] = {
@@ -135,6 +145,10 @@ static const struct option long_options[] = {
     {"journal", required_argument, NULL, OPT_JOURNAL},
     {"journal-sync", required_argument, NULL, OPT_JOURNAL_SYNC},
     {"journal-max-bytes", required_argument, NULL, OPT_JOURNAL_MAX_BYTES},
+    {"redis", required_argument, NULL, OPT_REDIS},
+    {"redis-stream", required_argument, NULL, OPT_REDIS_STREAM},
+    {"redis-password", required_argument, NULL, OPT_REDIS_PASSWORD},
+    {"redis-maxlen", required_argument, NULL, OPT_REDIS_MAXLEN},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -335,6 +349,25 @@ static void parse_options(int argc, char **argv, struct options *o) {
             o->cfg.journal_max_bytes =
                 (size_t)parse_number("journal-max-bytes", optarg, 4096, 1LL << 40, true);
             break;
+        case OPT_REDIS:
+            if (!strchr(optarg, ':'))
+                die_usage("invalid value '%s' for --%s: expected HOST:PORT", optarg, "redis");
+            o->cfg.redis = optarg;
+            break;
+        case OPT_REDIS_STREAM:
+            if (!optarg[0] || strlen(optarg) > 255)
+                die_usage("invalid value '%s' for --%s: expected 1 to 255 bytes", optarg,
+                          "redis-stream");
+            o->cfg.redis_stream = optarg;
+            break;
+        case OPT_REDIS_PASSWORD:
+            if (!optarg[0])
+                die_usage("empty value for %s", name);
+            o->cfg.redis_password = optarg;
+            break;
+        case OPT_REDIS_MAXLEN:
+            o->cfg.redis_maxlen = (size_t)parse_number("redis-maxlen", optarg, 1, 1LL << 40, false);
+            break;
         case OPT_QUIET: o->log_level = SSE_LOG_WARN; break;
         case OPT_VERBOSE: o->log_level = SSE_LOG_DEBUG; break;
         case ':': die_usage("option '%s' needs a value", name);
@@ -351,6 +384,9 @@ static void parse_options(int argc, char **argv, struct options *o) {
     env = getenv("SSE_SUBSCRIBE_TOKEN");
     if (!o->cfg.subscribe_token && env && env[0])
         o->cfg.subscribe_token = env;
+    env = getenv("SSE_REDIS_PASSWORD");
+    if (!o->cfg.redis_password && env && env[0])
+        o->cfg.redis_password = env;
 }
 
 static void on_log(enum sse_log_level level, const char *msg, void *user) {

@@ -34,10 +34,11 @@
  *   8. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
  *                        metrics, static files
  *   9. Proxy and relay   upstream connections, unbuffered forwarding, the relay
- *  10. Request dispatch  checking, decoding and routing a request; reading requests
- *  11. Inputs            publishing what arrives on a file descriptor
- *  12. The event loop    epoll, accepting, timers, the graceful stop
- *  13. The public API
+ *  10. Redis Streams     many servers, one history: a RESP2 client for XADD and XREAD
+ *  11. Request dispatch  checking, decoding and routing a request; reading requests
+ *  12. Inputs            publishing what arrives on a file descriptor
+ *  13. The event loop    epoll, accepting, timers, the graceful stop
+ *  14. The public API
  * Sections 1 to 5 make no system calls (but the clock) and are unit-tested in tests/unit.c,
  * as is the journal's record format.
  */
@@ -319,17 +320,18 @@ static void wire_data_lines(struct wbuf *w, const char *data, size_t len) {
     }
 }
 
-size_t sse_format_event(char *buf, size_t cap, uint64_t id, const char *event, const char *data,
-                        size_t len) {
+/* An event with its id already as text (idlen 0: no id line); see sse_format_event(). */
+static size_t wire_format_event(char *buf, size_t cap, const char *id, size_t idlen,
+                                const char *event, const char *data, size_t len) {
     struct wbuf w = {buf, buf ? cap : 0, 0};
     if (event) {
         size_t elen = strlen(event);
         if (elen == 0 || memchr(event, '\r', elen) || memchr(event, '\n', elen))
             return 0;
     }
-    if (id) {
+    if (idlen) {
         wb_str(&w, "id: ");
-        wb_u64(&w, id);
+        wb_put(&w, id, idlen);
         wb_put(&w, "\n", 1);
     }
     if (event)
@@ -337,6 +339,51 @@ size_t sse_format_event(char *buf, size_t cap, uint64_t id, const char *event, c
     wire_data_lines(&w, data ? data : "", data ? len : 0);
     wb_put(&w, "\n", 1);
     return w.len;
+}
+
+size_t sse_format_event(char *buf, size_t cap, uint64_t id, const char *event, const char *data,
+                        size_t len) {
+    char text[24];
+    struct wbuf w = {text, sizeof text, 0};
+    if (id)
+        wb_u64(&w, id);
+    return wire_format_event(buf, cap, text, w.len, event, data, len);
+}
+
+/*
+ * Event ids. A server on its own numbers events in decimal (seeded from the clock, so a
+ * restart goes on above the last run). A node of a Redis hub uses the stream entry's id,
+ * "MS-SEQ", which every node sees the same. Inside, both are one uint64 "key" that orders
+ * events: the decimal number, or MS << ID_SEQ_BITS | SEQ. Only canonical text is accepted
+ * (no sign, no leading zeros), so each key has exactly one spelling.
+ */
+#define ID_SEQ_BITS 20
+
+static void wb_id(struct wbuf *w, bool redis, uint64_t key) {
+    if (!redis) {
+        wb_u64(w, key);
+        return;
+    }
+    wb_u64(w, key >> ID_SEQ_BITS);
+    wb_put(w, "-", 1);
+    wb_u64(w, key & ((1u << ID_SEQ_BITS) - 1));
+}
+
+static bool id_decimal(const char *s, size_t len, uint64_t *out) {
+    return (len == 1 || (len > 1 && s[0] != '0')) && parse_u64(s, len, out);
+}
+
+static bool id_parse(bool redis, const char *s, size_t len, uint64_t *key) {
+    if (!redis)
+        return id_decimal(s, len, key);
+    const char *dash = memchr(s, '-', len);
+    uint64_t ms, seq;
+    if (!dash || !id_decimal(s, (size_t)(dash - s), &ms) ||
+        !id_decimal(dash + 1, len - (size_t)(dash - s) - 1, &seq) || ms >> (64 - ID_SEQ_BITS) ||
+        seq >> ID_SEQ_BITS)
+        return false;
+    *key = ms << ID_SEQ_BITS | seq;
+    return true;
 }
 
 /* A JSON string literal for any bytes: quotes, backslashes and controls escaped, bytes that
@@ -837,22 +884,29 @@ static void topic_retire_flag(struct topic *t, bool retired) {
         topic_unref(t);
 }
 
-/* The backlog: a ring of the last cap events, oldest at head. Ids in it increase. */
+/* The backlog: a ring of the last cap events, oldest at head. Ids in it increase, and every
+ * event published after `base` is in it, so a client whose last id is base or later can be
+ * replayed exactly. Ids need not be consecutive (a Redis stream's are not). */
 struct backlog {
     struct blob **ring; /* cap slots */
     uint32_t cap;       /* 0 = replay disabled */
     uint32_t head;      /* index of the oldest event */
     uint32_t count;     /* events held */
+    uint64_t base;      /* the id just before the oldest event held */
 };
 
 static struct blob *backlog_at(const struct backlog *bl, uint32_t i) {
     return bl->ring[(bl->head + i) % bl->cap];
 }
 
-static void backlog_push(struct backlog *bl, struct blob *ev) {
+/* Adds an event; prev is the id of the event published just before it. */
+static void backlog_push(struct backlog *bl, struct blob *ev, uint64_t prev) {
     if (!bl->cap)
         return;
+    if (bl->count == 0)
+        bl->base = prev;
     if (bl->count == bl->cap) {
+        bl->base = bl->ring[bl->head]->id;
         blob_unref(bl->ring[bl->head]);
         bl->head = (bl->head + 1) % bl->cap;
         bl->count--;
@@ -880,7 +934,7 @@ static bool backlog_covers(const struct backlog *bl, uint64_t last, uint64_t cur
         return true;
     if (last > current || bl->count == 0)
         return false;
-    return last + 1 >= backlog_at(bl, 0)->id;
+    return last >= bl->base;
 }
 
 static void backlog_free(struct backlog *bl) {
@@ -1932,7 +1986,7 @@ static bool journal_load_event(const struct journal_record *rec, struct topic_ta
     }
     ev->id = rec->id;
     ev->topic = t;
-    backlog_push(bl, ev);
+    backlog_push(bl, ev, rec->id - 1);
     blob_unref(ev);
     return true;
 }
@@ -2085,6 +2139,7 @@ enum conn_state {
     CONN_LINGER,   /* writing what is left, then half-closing and waiting for the peer */
     CONN_PROXY,    /* a client whose request is being proxied (px says to where) */
     CONN_UPSTREAM, /* our connection to an upstream, for a proxied request or a relay */
+    CONN_WAIT,     /* a publish waiting for Redis to store the event */
     CONN_DEAD      /* closed; freed at the end of the loop iteration */
 };
 
@@ -2128,7 +2183,7 @@ static const char *const close_reason_text[] = {
     "retired",       "error", "send timeout",    "overload",       "upstream failed",
 };
 
-enum handle_kind { H_LISTEN, H_CONN, H_INPUT };
+enum handle_kind { H_LISTEN, H_CONN, H_INPUT, H_REDIS };
 
 /* What epoll hands back: every registered object starts with one. */
 struct handle {
@@ -2205,6 +2260,8 @@ struct input {
     struct wire_reader reader; /* turns its bytes into events */
 };
 
+struct redis_hub;
+
 struct sse_server {
     /* configuration, defaults applied, strings owned */
     char *stream_path; /* e.g. "/events" */
@@ -2246,6 +2303,7 @@ struct sse_server {
     struct topic_table topics; /* every topic with a subscriber, an event or retired */
     struct backlog backlog;    /* retained events */
     struct journal journal;    /* events on disk; fd -1 without a journal */
+    struct redis_hub *redis;   /* the hub this server is a node of, or NULL */
     struct blob *stream_head;  /* cached stream response head for date_sec, or NULL */
     struct blob *retry_line;   /* "retry: N\n\n", or NULL when retry is off */
     struct blob *heartbeat;    /* ":\n" */
@@ -2376,6 +2434,16 @@ static void conn_drop_output(struct conn *c) {
 static void proxy_conn_closed(struct sse_server *srv, struct conn *c);
 
 /* Closes at once: the descriptor now, the memory at the end of the iteration. */
+/* Section 10 (Redis) is called from here on: publishing and closing a waiting publisher. */
+static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
+                         const char *event, const char *data, size_t len);
+static void redis_forget(struct sse_server *srv, struct conn *c);
+static bool redis_positioned(const struct sse_server *srv);
+static bool redis_ready(const struct sse_server *srv);
+static uint64_t redis_reconnects(const struct sse_server *srv);
+static uint64_t redis_errors(const struct sse_server *srv);
+static uint64_t redis_received(const struct sse_server *srv);
+
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD)
         return;
@@ -2383,6 +2451,8 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
             close_reason_text[reason]);
     enum conn_state state = (enum conn_state)c->state;
     c->state = CONN_DEAD; /* first: the proxy below may close the peer, which looks back */
+    if (state == CONN_WAIT)
+        redis_forget(srv, c);
     if (c->px)
         proxy_conn_closed(srv, c);
     timer_unlink(srv, c);
@@ -2787,7 +2857,7 @@ static struct blob *stream_id_line(struct sse_server *srv) {
         char line[48];
         struct wbuf w = {line, sizeof line, 0};
         wb_str(&w, "id: ");
-        wb_u64(&w, srv->last_id);
+        wb_id(&w, srv->redis != NULL, srv->last_id);
         wb_str(&w, "\n\n");
         srv->id_line = blob_from(line, w.len);
     }
@@ -2804,18 +2874,21 @@ static struct blob *stream_reset_event(struct sse_server *srv, const char *asked
     wb_str(&w, ", \"oldest\": ");
     if (srv->backlog.count) {
         wb_str(&w, "\"");
-        wb_u64(&w, backlog_at(&srv->backlog, 0)->id);
+        wb_id(&w, srv->redis != NULL, backlog_at(&srv->backlog, 0)->id);
         wb_str(&w, "\"");
     } else {
         wb_str(&w, "null");
     }
     wb_str(&w, ", \"current\": \"");
-    wb_u64(&w, srv->last_id);
+    wb_id(&w, srv->redis != NULL, srv->last_id);
     wb_str(&w, "\"}");
-    size_t n = sse_format_event(NULL, 0, srv->last_id, "reset", data, w.len);
+    char id[48];
+    struct wbuf idw = {id, sizeof id, 0};
+    wb_id(&idw, srv->redis != NULL, srv->last_id);
+    size_t n = wire_format_event(NULL, 0, id, idw.len, "reset", data, w.len);
     struct blob *b = blob_new(n);
     if (b)
-        sse_format_event(b->bytes, n, srv->last_id, "reset", data, w.len);
+        wire_format_event(b->bytes, n, id, idw.len, "reset", data, w.len);
     return b;
 }
 
@@ -2833,8 +2906,7 @@ static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *
     if (!last)
         return conn_enqueue(srv, c, stream_id_line(srv));
     uint64_t id;
-    bool canonical = last_len == 1 || last[0] != '0';
-    if (!canonical || !parse_u64(last, last_len, &id) ||
+    if (!id_parse(srv->redis != NULL, last, last_len, &id) ||
         !backlog_covers(&srv->backlog, id, srv->last_id)) {
         srv->m.resets_total++;
         return conn_enqueue_owned(srv, c, stream_reset_event(srv, last, last_len));
@@ -3044,6 +3116,10 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
         stream_turn_away(srv, c, R_OVERLOAD);
         return;
     }
+    if (srv->redis && !redis_positioned(srv)) {
+        stream_turn_away(srv, c, R_OVERLOAD); /* no stream position yet: come back soon */
+        return;
+    }
     size_t last_len = 0;
     const char *last = stream_last_id(req, q, &last_len);
     stream_open(srv, c, names, lens, (size_t)n, last, last_len);
@@ -3051,40 +3127,52 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
 
 /* ---- publishing ------------------------------------------------------------------------ */
 
-/* The one publishing path (HTTP, inputs and sse_publish all end here): validate, assign the
- * id, format once, keep in the backlog, queue for every subscriber of the topic. */
-static int publish_event(struct sse_server *srv, const char *topic, const char *event,
-                         const char *data, size_t len, uint64_t *id_out) {
-    if (!topic)
-        topic = DEFAULT_TOPIC;
-    size_t tlen = strlen(topic);
-    if (!wire_topic_valid(topic, tlen) || (event && !wire_event_type_valid(event, strlen(event))))
+/* What every publishing path checks first: a valid topic (NULL means the default), event
+ * type and UTF-8 data within the size limit. 0, -EINVAL or -EMSGSIZE. */
+static int publish_check(const struct sse_server *srv, const char **topic, const char *event,
+                         const char *data, size_t len) {
+    if (!*topic)
+        *topic = DEFAULT_TOPIC;
+    if (!wire_topic_valid(*topic, strlen(*topic)) ||
+        (event && !wire_event_type_valid(event, strlen(event))))
         return -EINVAL;
     if (len > srv->max_event_bytes)
         return -EMSGSIZE;
     if (!wire_utf8_valid(data ? data : "", data ? len : 0))
         return -EINVAL;
-    uint64_t id = srv->last_id + 1;
-    size_t n = sse_format_event(NULL, 0, id, event, data, len);
-    struct topic *t = topic_get(&srv->topics, topic, tlen);
+    return 0;
+}
+
+/* Where every event ends up, whoever assigned its id (this server, or Redis): formatted
+ * once, written to the journal, kept in the backlog, queued for every subscriber of its
+ * topic. The event is checked already. Returns the subscribers it was queued to, or
+ * -ENOMEM, or -EIO when the journal could not store it (then nobody hears of it). */
+static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topic,
+                           const char *event, const char *data, size_t len) {
+    char text[48];
+    struct wbuf idw = {text, sizeof text, 0};
+    wb_id(&idw, srv->redis != NULL, id);
+    size_t n = wire_format_event(NULL, 0, text, idw.len, event, data, len);
+    struct topic *t = topic_get(&srv->topics, topic, strlen(topic));
     struct blob *ev = t ? blob_new(n) : NULL;
     if (!ev) {
         if (t)
             topic_unref(t);
         return -ENOMEM;
     }
-    sse_format_event(ev->bytes, n, id, event, data, len);
+    wire_format_event(ev->bytes, n, text, idw.len, event, data, len);
     ev->id = id;
     ev->topic = t;
     if (srv->journal.fd >= 0 && journal_append(&srv->journal, ev, &srv->log, srv->now) < 0) {
         blob_unref(ev); /* not on disk: nobody hears of it, and the id is not used */
         return -EIO;
     }
+    uint64_t prev = srv->last_id;
     srv->last_id = id;
     blob_unref(srv->id_line);
     srv->id_line = NULL;
     topic_retire_flag(t, false);
-    backlog_push(&srv->backlog, ev);
+    backlog_push(&srv->backlog, ev, prev);
     if (srv->journal.fd >= 0)
         journal_maybe_compact(&srv->journal, &srv->backlog, id, &srv->log);
     int queued = 0;
@@ -3094,9 +3182,26 @@ static int publish_event(struct sse_server *srv, const char *topic, const char *
     }
     blob_unref(ev);
     srv->m.published_total++;
-    if (id_out)
-        *id_out = id;
     return queued;
+}
+
+/* The one publishing path for everything but HTTP (inputs, relays, sse_publish): on its
+ * own the server assigns the next id and delivers at once; as a node of a Redis hub the
+ * event goes to Redis, and arrives back (with Redis's id) through the stream it follows. */
+static int publish_event(struct sse_server *srv, const char *topic, const char *event,
+                         const char *data, size_t len, uint64_t *id_out) {
+    int r = publish_check(srv, &topic, event, data, len);
+    if (r < 0)
+        return r;
+    if (srv->redis) {
+        if (id_out)
+            *id_out = 0;
+        return redis_publish(srv, NULL, topic, event, data, len);
+    }
+    r = publish_deliver(srv, srv->last_id + 1, topic, event, data, len);
+    if (r >= 0 && id_out)
+        *id_out = srv->last_id;
+    return r;
 }
 
 /* Closes the subscribers of a topic that follow nothing else, and answers 204 to new ones
@@ -3125,12 +3230,10 @@ static int publish_retire(struct sse_server *srv, const char *topic) {
     return closed;
 }
 
-/* The body has arrived: publish it and answer with the id. */
-static void publish_finish(struct sse_server *srv, struct conn *c) {
-    struct body *b = c->body;
-    c->body = NULL;
-    uint64_t id = 0;
-    int r = publish_event(srv, b->topic, b->has_event ? b->event : NULL, b->data, b->have, &id);
+/* Answers a publish: 200 with the id, the topic and the subscribers (of this server) it was
+ * queued to, or the error r. */
+static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64_t id,
+                           const char *topic) {
     if (r == -EINVAL) {
         http_text(srv, c, 400, "the body must be valid UTF-8", NULL);
     } else if (r == -EIO) {
@@ -3141,14 +3244,35 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
         char out[256];
         struct wbuf w = {out, sizeof out, 0};
         wb_str(&w, "{\"id\": \"");
-        wb_u64(&w, id);
+        wb_id(&w, srv->redis != NULL, id);
         wb_str(&w, "\", \"topic\": \"");
-        wb_str(&w, b->topic);
+        wb_str(&w, topic);
         wb_str(&w, "\", \"subscribers\": ");
         wb_u64(&w, (uint64_t)r);
         wb_str(&w, "}\n");
         http_json(srv, c, &w);
     }
+}
+
+/* The body has arrived: publish it and answer with the id. Through Redis the answer waits
+ * (CONN_WAIT) until Redis has stored the event and said its id. */
+static void publish_finish(struct sse_server *srv, struct conn *c) {
+    struct body *b = c->body;
+    c->body = NULL;
+    const char *topic = b->topic, *event = b->has_event ? b->event : NULL;
+    int r = publish_check(srv, &topic, event, b->data, b->have);
+    if (r == 0 && srv->redis) {
+        r = redis_publish(srv, c, topic, event, b->data, b->have);
+        if (r == 0) {
+            c->state = CONN_WAIT;
+            timer_set(srv, c, TIMER_SEND);
+            free(b);
+            return;
+        }
+    } else if (r == 0) {
+        r = publish_deliver(srv, srv->last_id + 1, topic, event, b->data, b->have);
+    }
+    publish_answer(srv, c, r, srv->last_id, topic);
     free(b);
 }
 
@@ -3338,6 +3462,15 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         {"sse_journal_errors_total", "counter",
          "Failed journal writes, syncs and compactions (failed writes were not published).",
          srv->journal.errors},
+        {"sse_redis_up", "gauge", "1 when both Redis links are up and following the stream.",
+         srv->redis && redis_ready(srv)},
+        {"sse_redis_reconnects_total", "counter", "Redis links lost.",
+         srv->redis ? redis_reconnects(srv) : 0},
+        {"sse_redis_errors_total", "counter",
+         "Publishes Redis did not take (answered 503) and stream entries skipped.",
+         srv->redis ? redis_errors(srv) : 0},
+        {"sse_redis_entries_total", "counter", "Stream entries delivered to local subscribers.",
+         srv->redis ? redis_received(srv) : 0},
     };
     char out[8192];
     struct wbuf w = {out, sizeof out, 0};
@@ -4254,7 +4387,649 @@ static uint64_t metrics_relays_up(const struct sse_server *srv) {
 }
 
 /* ==========================================================================================
- * 10. Request dispatch
+ * 10. Redis Streams: many servers, one history
+ *
+ * With a Redis address every server becomes a node of one hub. Publishing anywhere is an
+ * XADD to one stream, and every node follows that stream with XREAD BLOCK and delivers its
+ * entries to local subscribers through the same path as local events (publish_deliver), so
+ * every node delivers every event, in the stream's order, under the stream entry's id
+ * ("MS-SEQ"). A client may therefore reconnect to any node with its Last-Event-ID. A publish
+ * is acknowledged only once Redis has the event and said its id; while Redis cannot be
+ * reached publishing answers 503, subscribers stay connected (heartbeats go on), and the
+ * node reconnects with back-off and resumes XREAD after the last entry it delivered, so
+ * nothing in between is lost or delivered twice.
+ *
+ * Redis speaks RESP2 (redis.io/docs/reference/protocol-spec): a command is an array of bulk
+ * strings ("*2\r\n$4\r\nPING\r\n..."); a reply is a simple string (+), an error (-), an
+ * integer (:), a bulk string ($len, or $-1 for none) or an array (*n, or *-1) of replies.
+ * The reader below is bounded in depth, elements and length, and runs incrementally: it
+ * answers "incomplete" until a whole reply has arrived. Two connections per node: one for
+ * commands (AUTH, XADD), one that only follows the stream (XREAD BLOCK holds it).
+ * ======================================================================================== */
+
+#define RESP_MAX_DEPTH    8     /* arrays in arrays; XREAD's reply nests 5 deep */
+#define RESP_MAX_VALUES   65536 /* elements in one reply */
+#define REDIS_TIMEOUT_MS  5000  /* connecting, and waiting for a command's reply */
+#define REDIS_BLOCK_MS    10000 /* how long XREAD BLOCK waits for an entry */
+#define REDIS_BACKOFF_MAX 5000  /* longest wait between reconnection attempts */
+#define REDIS_WAITS_MAX   65536 /* publishes waiting for Redis at once */
+
+/* One value of a reply, in a flat array in reading order: an array's elements follow it. */
+struct resp_value {
+    char type;       /* '+', '-', ':', '$', '*'; '_' for a null bulk string or array */
+    const char *str; /* simple strings, errors, bulk strings: the bytes (in the input) */
+    size_t len;      /* their length; an array's element count */
+    int64_t integer; /* ':' values */
+};
+
+/* Appends the command argv[0..argc) (lengths lens) to w as a RESP array of bulk strings. */
+static void resp_command(struct wbuf *w, int argc, const char *const *argv, const size_t *lens) {
+    wb_str(w, "*");
+    wb_u64(w, (uint64_t)argc);
+    wb_str(w, "\r\n");
+    for (int i = 0; i < argc; i++) {
+        wb_str(w, "$");
+        wb_u64(w, lens[i]);
+        wb_str(w, "\r\n");
+        wb_put(w, argv[i], lens[i]);
+        wb_str(w, "\r\n");
+    }
+}
+
+/* A line ended by CRLF at buf[at..len): its end (the CR), or 0 when incomplete, -1 when a
+ * bare CR or LF is inside. */
+static long resp_line_end(const char *buf, size_t len, size_t at) {
+    for (size_t i = at; i < len; i++) {
+        if (buf[i] == '\r')
+            return i + 1 < len ? (buf[i + 1] == '\n' ? (long)i : -1) : 0;
+        if (buf[i] == '\n')
+            return -1;
+    }
+    return 0;
+}
+
+/* A signed decimal number filling s[0..len) exactly. */
+static bool resp_int(const char *s, size_t len, int64_t *out) {
+    bool neg = len > 0 && s[0] == '-';
+    uint64_t v;
+    if (!parse_u64(s + neg, len - neg, &v) || v > (uint64_t)INT64_MAX)
+        return false;
+    *out = neg ? -(int64_t)v : (int64_t)v;
+    return true;
+}
+
+/* Reads one whole reply from buf[0..len) into vals (cap entries, *n used). Returns the bytes
+ * it took, 0 when the reply is not complete yet, -1 when it is not RESP2 or over a bound
+ * (max_bulk bytes in one string, cap values, RESP_MAX_DEPTH arrays deep). */
+static long resp_read(const char *buf, size_t len, size_t max_bulk, struct resp_value *vals,
+                      size_t cap, size_t *n) {
+    size_t at = 0, left[RESP_MAX_DEPTH + 1]; /* elements still due at each open array */
+    int depth = 0;
+    *n = 0;
+    do {
+        if (at >= len)
+            return 0;
+        long end = resp_line_end(buf, len, at + 1);
+        if (end <= 0)
+            return end;
+        if (*n >= cap)
+            return -1;
+        struct resp_value *v = &vals[(*n)++];
+        const char *s = buf + at + 1;
+        size_t slen = (size_t)end - at - 1;
+        *v = (struct resp_value){buf[at], s, slen, 0};
+        at = (size_t)end + 2;
+        if (v->type == ':' && !resp_int(s, slen, &v->integer))
+            return -1;
+        if (v->type == '$' || v->type == '*') {
+            int64_t count;
+            if (!resp_int(s, slen, &count) || count < -1)
+                return -1;
+            if (count == -1) {
+                v->type = '_';
+                v->len = 0;
+            } else if (v->type == '$') {
+                if ((uint64_t)count > max_bulk)
+                    return -1;
+                if (len - at < (size_t)count + 2)
+                    return 0;
+                if (buf[at + (size_t)count] != '\r' || buf[at + (size_t)count + 1] != '\n')
+                    return -1;
+                v->str = buf + at;
+                v->len = (size_t)count;
+                at += (size_t)count + 2;
+            } else {
+                if ((uint64_t)count > cap || depth == RESP_MAX_DEPTH)
+                    return -1;
+                v->len = (size_t)count;
+                v->str = NULL;
+                if (count > 0) {
+                    left[++depth] = (size_t)count;
+                    continue;
+                }
+            }
+        } else if (v->type != '+' && v->type != '-' && v->type != ':') {
+            return -1;
+        }
+        while (depth > 0 && --left[depth] == 0) /* this value ends arrays */
+            depth--;
+    } while (depth > 0);
+    return (long)at;
+}
+
+/* The index of the value after vals[i] and everything inside it. */
+static size_t resp_skip(const struct resp_value *vals, size_t n, size_t i) {
+    size_t due = 1;
+    while (due && i < n) {
+        due--;
+        if (vals[i].type == '*')
+            due += vals[i].len;
+        i++;
+    }
+    return i;
+}
+
+enum redis_wait_kind { RW_AUTH, RW_XADD, RW_POSITION, RW_XREAD };
+
+/* A reply a link expects, in the order the commands went out. */
+struct redis_wait {
+    uint8_t kind;                   /* enum redis_wait_kind */
+    struct conn *c;                 /* the publisher waiting for an XADD's id, or NULL */
+    char topic[TOPIC_NAME_MAX + 1]; /* the XADD's topic, for the answer */
+};
+
+struct redis_link {
+    struct handle h;          /* fd (-1 while down) and kind H_REDIS; first, for epoll */
+    const char *name;         /* "commands" or "stream", for log lines */
+    bool connecting;          /* connect() in progress */
+    bool up;                  /* connected; what is queued is being sent */
+    char *in;                 /* bytes read and not yet parsed */
+    size_t in_len, in_cap;    /* bytes in `in`, and allocated */
+    char *out;                /* commands not yet sent */
+    size_t out_len, out_off;  /* bytes in `out`, and already sent */
+    size_t out_cap;           /* allocated */
+    struct redis_wait *waits; /* a ring of replies due */
+    uint32_t whead, wlen, wcap;
+    int64_t deadline;     /* connect or the first reply due by then; 0 = none */
+    int64_t next_attempt; /* when down: when to connect again */
+    unsigned failures;    /* attempts in a row that failed, for back-off */
+};
+
+struct redis_hub {
+    struct sockaddr_storage addr; /* Redis, resolved once at start */
+    socklen_t addr_len;
+    char where[280];          /* "HOST:PORT", for log lines */
+    char key[256];            /* the stream */
+    char *password;           /* for AUTH, or NULL */
+    uint64_t maxlen;          /* XADD MAXLEN ~ this */
+    size_t max_reply;         /* largest reply accepted */
+    uint32_t xread_count;     /* entries per XREAD */
+    struct redis_link cmd;    /* AUTH, XADD */
+    struct redis_link follow; /* XREAD BLOCK, following the stream */
+    bool positioned;          /* srv->last_id is a stream position (known since start) */
+    char after[48];           /* the id of the last entry read: XREAD goes on after it */
+    struct resp_value *vals;  /* scratch for the reader */
+    uint64_t reconnects;      /* links lost, for /metrics */
+    uint64_t errors;          /* failed publishes and refused entries */
+    uint64_t received;        /* stream entries delivered */
+};
+
+/* Appends a command to a link's output and the reply it expects to its queue. */
+static bool redis_send(struct sse_server *srv, struct redis_link *l, enum redis_wait_kind kind,
+                       struct conn *c, const char *topic, int argc, const char *const *argv,
+                       const size_t *lens) {
+    struct wbuf w = {NULL, 0, 0};
+    resp_command(&w, argc, argv, lens); /* measures */
+    if (l->wlen == l->wcap) {
+        uint32_t cap = l->wcap ? l->wcap * 2 : 16;
+        struct redis_wait *ring = cap <= REDIS_WAITS_MAX ? malloc(cap * sizeof *ring) : NULL;
+        if (!ring)
+            return false;
+        for (uint32_t i = 0; i < l->wlen; i++)
+            ring[i] = l->waits[(l->whead + i) % l->wcap];
+        free(l->waits);
+        l->waits = ring;
+        l->wcap = cap;
+        l->whead = 0;
+    }
+    if (l->out_len + w.len > l->out_cap) {
+        size_t cap = (l->out_len + w.len) * 2;
+        char *out = realloc(l->out, cap);
+        if (!out)
+            return false;
+        l->out = out;
+        l->out_cap = cap;
+    }
+    w = (struct wbuf){l->out + l->out_len, w.len, 0};
+    resp_command(&w, argc, argv, lens);
+    l->out_len += w.len;
+    struct redis_wait *rw = &l->waits[(l->whead + l->wlen++) % l->wcap];
+    rw->kind = (uint8_t)kind;
+    rw->c = c;
+    snprintf(rw->topic, sizeof rw->topic, "%s", topic ? topic : "");
+    if (!l->deadline)
+        l->deadline = srv->now + (kind == RW_XREAD ? REDIS_BLOCK_MS : 0) + REDIS_TIMEOUT_MS;
+    return true;
+}
+
+static void redis_flush(struct sse_server *srv, struct redis_link *l);
+static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why);
+
+/* The follower's next read: entries after the last one delivered, waiting up to
+ * REDIS_BLOCK_MS for one. */
+static void redis_follow_next(struct sse_server *srv) {
+    struct redis_hub *r = srv->redis;
+    char count[24], block[24];
+    struct wbuf cw = {count, sizeof count, 0}, bw = {block, sizeof block, 0};
+    wb_u64(&cw, r->xread_count);
+    wb_u64(&bw, REDIS_BLOCK_MS);
+    const char *argv[] = {"XREAD", "COUNT", count, "BLOCK", block, "STREAMS", r->key, r->after};
+    size_t lens[] = {5, 5, cw.len, 5, bw.len, 7, strlen(r->key), strlen(r->after)};
+    if (!redis_send(srv, &r->follow, RW_XREAD, NULL, NULL, 8, argv, lens))
+        redis_link_fail(srv, &r->follow, "out of memory");
+}
+
+/* Opens a link (non-blocking) and queues what it must say first: AUTH, and for the follower
+ * where to start reading. */
+static void redis_connect(struct sse_server *srv, struct redis_link *l) {
+    struct redis_hub *r = srv->redis;
+    int fd = socket(r->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = &l->h;
+    if (fd < 0 ||
+        (connect(fd, (const struct sockaddr *)&r->addr, r->addr_len) < 0 && errno != EINPROGRESS) ||
+        epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        l->h.fd = -1;
+        l->failures++;
+        l->next_attempt = srv->now + REDIS_BACKOFF_MAX;
+        log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link: %s", r->where, l->name, strerror(e));
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    l->h.fd = fd;
+    l->connecting = true;
+    l->deadline = srv->now + REDIS_TIMEOUT_MS;
+    bool ok = true;
+    if (r->password) {
+        const char *argv[] = {"AUTH", r->password};
+        size_t lens[] = {4, strlen(r->password)};
+        ok = redis_send(srv, l, RW_AUTH, NULL, NULL, 2, argv, lens);
+    }
+    if (ok && l == &r->follow && !r->positioned) {
+        const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
+        size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
+        ok = redis_send(srv, l, RW_POSITION, NULL, NULL, 6, argv, lens);
+    } else if (ok && l == &r->follow) {
+        redis_follow_next(srv);
+    }
+    if (!ok)
+        redis_link_fail(srv, l, "out of memory");
+}
+
+/* A link failed: everyone waiting on it hears so, and it is retried after a back-off that
+ * doubles from 100 ms up to REDIS_BACKOFF_MAX. */
+static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why) {
+    struct redis_hub *r = srv->redis;
+    if (l->h.fd >= 0) {
+        close(l->h.fd);
+        l->h.fd = -1;
+        r->reconnects++;
+        log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link lost: %s", r->where, l->name, why);
+    }
+    l->up = l->connecting = false;
+    l->in_len = l->out_len = l->out_off = 0;
+    l->deadline = 0;
+    while (l->wlen) {
+        struct redis_wait *rw = &l->waits[l->whead];
+        l->whead = (l->whead + 1) % l->wcap;
+        l->wlen--;
+        if (rw->kind == RW_XADD) {
+            r->errors++;
+            if (rw->c) {
+                rw->c->state = CONN_RESPOND; /* out of CONN_WAIT, so closing it is plain */
+                publish_answer(srv, rw->c, -EIO, 0, rw->topic);
+            }
+        }
+    }
+    unsigned shift = l->failures < 6 ? l->failures : 6;
+    int64_t backoff = (int64_t)100 << shift;
+    l->next_attempt = srv->now + (backoff < REDIS_BACKOFF_MAX ? backoff : REDIS_BACKOFF_MAX);
+    l->failures++;
+}
+
+/* How many subscribers of this server follow a topic (for a publish's answer). */
+static int redis_local_subscribers(struct sse_server *srv, const char *topic) {
+    struct topic *t = topic_find(&srv->topics, topic, strlen(topic));
+    int n = 0;
+    for (struct sub *s = t ? t->subs : NULL; s; s = s->next)
+        n++;
+    return n;
+}
+
+/* A value as a NUL-terminated string in out (cap bytes); false if it is no string or too
+ * long. */
+static bool redis_str(const struct resp_value *v, char *out, size_t cap) {
+    if (v->type != '$' || v->len >= cap)
+        return false;
+    memcpy(out, v->str, v->len);
+    out[v->len] = '\0';
+    return true;
+}
+
+/* One stream entry, [id, [field, value, ...]] at vals[i], to the local subscribers. Entries
+ * not written by sse-server (no valid topic, an invalid event type or data) are skipped
+ * and counted; the follower moves past them all the same. */
+static void redis_deliver_entry(struct sse_server *srv, const struct resp_value *vals, size_t n,
+                                size_t i) {
+    struct redis_hub *r = srv->redis;
+    char id[48], topic[TOPIC_NAME_MAX + 1] = "", event[EVENT_TYPE_MAX + 1];
+    const struct resp_value *data = NULL;
+    bool has_event = false, ok = i + 2 < n && vals[i].type == '*' && vals[i].len == 2 &&
+                                 redis_str(&vals[i + 1], id, sizeof id) &&
+                                 vals[i + 2].type == '*' && vals[i + 2].len % 2 == 0;
+    uint64_t key = 0;
+    if (ok)
+        memcpy(r->after, id, strlen(id) + 1); /* read, delivered or not */
+    ok = ok && id_parse(true, id, strlen(id), &key);
+    for (size_t f = i + 3; ok && f + 1 < i + 3 + vals[i + 2].len && f + 1 < n; f += 2) {
+        const struct resp_value *name = &vals[f], *value = &vals[f + 1];
+        ok = name->type == '$' && value->type == '$';
+        if (ok && bytes_eq(name->str, name->len, "topic"))
+            ok = redis_str(value, topic, sizeof topic);
+        else if (ok && bytes_eq(name->str, name->len, "event"))
+            ok = has_event = redis_str(value, event, sizeof event);
+        else if (ok && bytes_eq(name->str, name->len, "data"))
+            data = value;
+    }
+    const char *t = topic;
+    if (ok && data && key > srv->last_id &&
+        publish_check(srv, &t, has_event ? event : NULL, data->str, data->len) == 0 && topic[0] &&
+        publish_deliver(srv, key, topic, has_event ? event : NULL, data->str, data->len) >= 0) {
+        r->received++;
+        return;
+    }
+    r->errors++;
+    log_say(&srv->log, SSE_LOG_WARN, "redis %s: stream entry %.*s skipped: not an sse-server event",
+            r->where, vals[i + 1 < n ? i + 1 : i].type == '$' ? (int)vals[i + 1].len : 1,
+            vals[i + 1 < n ? i + 1 : i].type == '$' ? vals[i + 1].str : "?");
+}
+
+/* The follower's answers: where the stream ends (at start), then entries. */
+static bool redis_follow_reply(struct sse_server *srv, enum redis_wait_kind kind,
+                               const struct resp_value *vals, size_t n) {
+    struct redis_hub *r = srv->redis;
+    if (kind == RW_POSITION) {
+        char id[48] = "0-0";
+        if (vals[0].type != '*' || (vals[0].len && (n < 3 || !redis_str(&vals[2], id, sizeof id))))
+            return false;
+        uint64_t key;
+        if (!id_parse(true, id, strlen(id), &key))
+            return false;
+        srv->last_id = key;
+        memcpy(r->after, id, strlen(id) + 1);
+        blob_unref(srv->id_line);
+        srv->id_line = NULL;
+        r->positioned = true;
+        log_say(&srv->log, SSE_LOG_INFO, "redis %s: following stream %s after %s", r->where, r->key,
+                id);
+    } else if (vals[0].type == '*') { /* [[key, [entry, ...]]] */
+        if (n < 4 || vals[0].len != 1 || vals[1].type != '*' || vals[1].len != 2 ||
+            vals[2].type != '$' || vals[3].type != '*')
+            return false;
+        for (size_t i = 4, e = 0; e < vals[3].len && i < n; e++) {
+            redis_deliver_entry(srv, vals, n, i);
+            i = resp_skip(vals, n, i);
+        }
+    } else if (vals[0].type != '_') { /* '_': BLOCK ran out with nothing new */
+        return false;
+    }
+    redis_follow_next(srv);
+    return true;
+}
+
+/* The reply to the command at the head of a link's queue. False: the link is unusable. */
+static bool redis_reply(struct sse_server *srv, struct redis_link *l, const struct redis_wait *rw,
+                        const struct resp_value *vals, size_t n) {
+    struct redis_hub *r = srv->redis;
+    if (vals[0].type == '-' && rw->kind != RW_XADD) {
+        log_say(&srv->log, SSE_LOG_ERROR, "redis %s: %s link: %.*s", r->where, l->name,
+                (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str);
+        return false;
+    }
+    if (rw->kind == RW_AUTH)
+        return true;
+    if (rw->kind != RW_XADD)
+        return redis_follow_reply(srv, (enum redis_wait_kind)rw->kind, vals, n);
+    char id[48];
+    uint64_t key = 0;
+    bool stored = redis_str(&vals[0], id, sizeof id) && id_parse(true, id, strlen(id), &key);
+    if (!stored) {
+        r->errors++;
+        log_say(&srv->log, SSE_LOG_WARN, "redis %s: XADD failed: %.*s", r->where,
+                (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str ? vals[0].str : "");
+    }
+    if (rw->c)
+        publish_answer(srv, rw->c, stored ? redis_local_subscribers(srv, rw->topic) : -EIO, key,
+                       rw->topic);
+    return true;
+}
+
+/* Reads what Redis sent and handles every whole reply in it. */
+static void redis_read(struct sse_server *srv, struct redis_link *l) {
+    struct redis_hub *r = srv->redis;
+    for (;;) {
+        if (l->in_cap - l->in_len < 16384) {
+            size_t cap = l->in_cap ? l->in_cap * 2 : 65536;
+            char *in = cap <= r->max_reply + 65536 ? realloc(l->in, cap) : NULL;
+            if (!in) {
+                redis_link_fail(srv, l, "reply too large");
+                return;
+            }
+            l->in = in;
+            l->in_cap = cap;
+        }
+        ssize_t got = recv(l->h.fd, l->in + l->in_len, l->in_cap - l->in_len, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (got <= 0) {
+            redis_link_fail(srv, l, got == 0 ? "closed by Redis" : strerror(errno));
+            return;
+        }
+        l->in_len += (size_t)got;
+        size_t at = 0, n;
+        long used;
+        while ((used = resp_read(l->in + at, l->in_len - at, r->max_reply, r->vals, RESP_MAX_VALUES,
+                                 &n)) > 0) {
+            if (!l->wlen) {
+                redis_link_fail(srv, l, "a reply nobody asked for");
+                return;
+            }
+            struct redis_wait rw = l->waits[l->whead];
+            l->whead = (l->whead + 1) % l->wcap;
+            l->wlen--;
+            at += (size_t)used;
+            if (rw.kind == RW_XADD || rw.kind == RW_XREAD)
+                l->failures = 0; /* working, not merely connected */
+            if (!redis_reply(srv, l, &rw, r->vals, n)) {
+                redis_link_fail(srv, l, "unusable reply");
+                return;
+            }
+            if (l->h.fd < 0)
+                return; /* failed while handling the reply */
+            const struct redis_wait *next = l->wlen ? &l->waits[l->whead] : NULL;
+            l->deadline =
+                !next ? 0
+                      : srv->now + REDIS_TIMEOUT_MS + (next->kind == RW_XREAD ? REDIS_BLOCK_MS : 0);
+        }
+        if (used < 0) {
+            redis_link_fail(srv, l, "not RESP2");
+            return;
+        }
+        memmove(l->in, l->in + at, l->in_len - at);
+        l->in_len -= at;
+    }
+}
+
+/* Sends what is queued on a link, as far as the socket takes it. */
+static void redis_flush(struct sse_server *srv, struct redis_link *l) {
+    while (l->up && l->out_off < l->out_len) {
+        ssize_t w = send(l->h.fd, l->out + l->out_off, l->out_len - l->out_off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (w < 0) {
+            redis_link_fail(srv, l, strerror(errno));
+            return;
+        }
+        l->out_off += (size_t)w;
+    }
+    if (l->out_off == l->out_len)
+        l->out_off = l->out_len = 0;
+}
+
+static void redis_on_event(struct sse_server *srv, struct redis_link *l, uint32_t events) {
+    if (l->connecting) {
+        int err = 0;
+        socklen_t elen = sizeof err;
+        if (getsockopt(l->h.fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
+            err = errno;
+        if (err) {
+            redis_link_fail(srv, l, strerror(err));
+            return;
+        }
+        if (!(events & (EPOLLOUT | EPOLLIN)))
+            return;
+        l->connecting = false;
+        l->up = true;
+        log_say(&srv->log, SSE_LOG_INFO, "redis %s: %s link connected", srv->redis->where, l->name);
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        redis_read(srv, l);
+    if (l->h.fd >= 0)
+        redis_flush(srv, l);
+}
+
+/* XADD for a publish; c (or NULL) is answered when Redis replies. 0, or -EIO when Redis
+ * cannot take it now. */
+static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
+                         const char *event, const char *data, size_t len) {
+    struct redis_hub *r = srv->redis;
+    if (!r->cmd.up) {
+        r->errors++;
+        return -EIO;
+    }
+    char maxlen[24];
+    struct wbuf mw = {maxlen, sizeof maxlen, 0};
+    wb_u64(&mw, r->maxlen);
+    const char *argv[11] = {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", topic};
+    size_t lens[11] = {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(topic)};
+    int argc = 8;
+    if (event) {
+        argv[argc] = "event";
+        lens[argc++] = 5;
+        argv[argc] = event;
+        lens[argc++] = strlen(event);
+    }
+    argv[argc] = "data";
+    lens[argc++] = 4;
+    argv[argc] = data ? data : "";
+    lens[argc++] = data ? len : 0;
+    if (!redis_send(srv, &r->cmd, RW_XADD, c, topic, argc, argv, lens)) {
+        r->errors++;
+        return -EIO;
+    }
+    return 0;
+}
+
+/* A publisher waiting for Redis went away: its answer goes nowhere. */
+static void redis_forget(struct sse_server *srv, struct conn *c) {
+    struct redis_link *l = &srv->redis->cmd;
+    for (uint32_t i = 0; i < l->wlen; i++)
+        if (l->waits[(l->whead + i) % l->wcap].c == c)
+            l->waits[(l->whead + i) % l->wcap].c = NULL;
+}
+
+/* Once per loop iteration: send what was queued, reconnect what is down and due, give up on
+ * what has not answered in time. */
+static void redis_tick(struct sse_server *srv) {
+    struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
+    for (int i = 0; i < 2; i++) {
+        struct redis_link *l = links[i];
+        if (l->h.fd < 0 && !srv->stopping && srv->now >= l->next_attempt)
+            redis_connect(srv, l);
+        else if (l->h.fd >= 0 && l->deadline && srv->now >= l->deadline)
+            redis_link_fail(srv, l, l->connecting ? "connect timed out" : "no reply in time");
+        if (l->h.fd >= 0)
+            redis_flush(srv, l);
+    }
+}
+
+/* The next moment redis_tick() has something to do, or INT64_MAX. */
+static int64_t redis_next_deadline(const struct sse_server *srv) {
+    int64_t next = INT64_MAX;
+    const struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
+    for (int i = 0; i < 2; i++) {
+        const struct redis_link *l = links[i];
+        int64_t t = l->h.fd < 0   ? (srv->stopping ? INT64_MAX : l->next_attempt)
+                    : l->deadline ? l->deadline
+                                  : INT64_MAX;
+        if (l->out_len > l->out_off && l->up)
+            t = 0;
+        if (t < next)
+            next = t;
+    }
+    return next;
+}
+
+static bool redis_positioned(const struct sse_server *srv) {
+    return srv->redis->positioned;
+}
+
+static uint64_t redis_reconnects(const struct sse_server *srv) {
+    return srv->redis->reconnects;
+}
+
+static uint64_t redis_errors(const struct sse_server *srv) {
+    return srv->redis->errors;
+}
+
+static uint64_t redis_received(const struct sse_server *srv) {
+    return srv->redis->received;
+}
+
+/* Whether the node can take publishes and serve streams: both links up, position known. */
+static bool redis_ready(const struct sse_server *srv) {
+    const struct redis_hub *r = srv->redis;
+    return r->cmd.up && r->follow.up && r->positioned;
+}
+
+static void redis_free(struct sse_server *srv) {
+    struct redis_hub *r = srv->redis;
+    if (!r)
+        return;
+    struct redis_link *links[2] = {&r->cmd, &r->follow};
+    for (int i = 0; i < 2; i++) {
+        if (links[i]->h.fd >= 0)
+            close(links[i]->h.fd);
+        free(links[i]->in);
+        free(links[i]->out);
+        free(links[i]->waits);
+    }
+    free(r->password);
+    free(r->vals);
+    free(r);
+    srv->redis = NULL;
+}
+
+/* ==========================================================================================
+ * 11. Request dispatch
  *
  * A parsed request is checked (framing, Host), its path and query decoded once, and handed
  * to its endpoint. Requests are read into a per-server scratch buffer; a connection holds a
@@ -4382,6 +5157,8 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
     }
     if (bytes_eq(path, plen, "/metrics"))
         metrics_handle(srv, c, head);
+    else if (bytes_eq(path, plen, "/healthz") && srv->redis && !redis_ready(srv))
+        http_text(srv, c, 503, "redis unavailable", NULL);
     else if (bytes_eq(path, plen, "/healthz"))
         http_respond(srv, c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, head);
     else if (srv->root_fd >= 0)
@@ -4467,7 +5244,7 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
         used += proxy_forward_body(srv, c->px, buf + used, len - used);
     size_t left = len - used;
     if (left && (c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST ||
-                 c->state == CONN_PROXY)) {
+                 c->state == CONN_PROXY || c->state == CONN_WAIT)) {
         if (!held && !(held = malloc(sizeof *held))) {
             conn_close(srv, c, R_ERROR);
             return;
@@ -4521,7 +5298,7 @@ static void http_response_done(struct sse_server *srv, struct conn *c) {
 }
 
 /* ==========================================================================================
- * 11. Inputs: publishing what arrives on a file descriptor
+ * 12. Inputs: publishing what arrives on a file descriptor
  *
  * Pipes, terminals and sockets are watched by epoll and read once per wake-up. Regular
  * files cannot be watched (epoll refuses them with EPERM) and never block, so they are read
@@ -4570,7 +5347,7 @@ static void input_read(struct sse_server *srv, struct input *in) {
 }
 
 /* ==========================================================================================
- * 12. The event loop
+ * 13. The event loop
  *
  * One epoll instance. Each iteration: wait (no longer than the nearest timer), handle what
  * is ready, fire due timers, write what was queued, free what was closed. Nothing in it
@@ -4766,6 +5543,8 @@ static int loop_next_timeout(const struct sse_server *srv) {
     int64_t sync_due = journal_deadline(&srv->journal);
     if (sync_due >= 0 && sync_due < next)
         next = sync_due;
+    if (srv->redis && redis_next_deadline(srv) < next)
+        next = redis_next_deadline(srv);
     if (next == INT64_MAX)
         return -1;
     int64_t wait = next - clock_ms();
@@ -4805,7 +5584,8 @@ static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
         else
             conn_linger(srv, c, R_SHUTDOWN);
         break;
-    case CONN_RESPOND: c->flags &= (uint8_t)~CF_KEEP_ALIVE; break;
+    case CONN_RESPOND:
+    case CONN_WAIT: c->flags &= (uint8_t)~CF_KEEP_ALIVE; break;
     case CONN_REQUEST:
     case CONN_BODY:
     case CONN_PROXY: conn_close(srv, c, R_SHUTDOWN); break; /* a proxy closes its upstream */
@@ -4858,11 +5638,15 @@ int sse_poll(struct sse_server *srv, int timeout_ms) {
             loop_accept(srv);
         else if (h->kind == H_CONN)
             conn_on_event(srv, (struct conn *)h, events[i].events);
+        else if (h->kind == H_REDIS)
+            redis_on_event(srv, (struct redis_link *)h, events[i].events);
         else
             input_read(srv, (struct input *)h);
     }
     loop_timers(srv);
     journal_tick(&srv->journal, &srv->log, srv->now);
+    if (srv->redis)
+        redis_tick(srv);
     if (srv->stop_requested && !srv->stopping)
         loop_stop(srv);
     conn_flush_all(srv);
@@ -4894,7 +5678,7 @@ void sse_stop(struct sse_server *srv) {
 }
 
 /* ==========================================================================================
- * 13. The public API (documented in sse.h)
+ * 14. The public API (documented in sse.h)
  * ======================================================================================== */
 
 #if defined(__GNUC__)
@@ -5237,6 +6021,50 @@ static int api_relays(struct sse_server *srv, const struct sse_config *cfg, char
     return 0;
 }
 
+/* Makes the server a node of a Redis hub: resolves the address, connects both links (their
+ * first commands queue; replies arrive in the loop). */
+static const char *api_redis(struct sse_server *srv, const struct sse_config *cfg) {
+    if (cfg->journal_path)
+        return "cannot be used with a journal: Redis keeps the history";
+    struct redis_hub *r = calloc(1, sizeof *r);
+    if (!r)
+        return "out of memory";
+    srv->redis = r;
+    r->cmd.h.fd = r->follow.h.fd = -1;
+    r->cmd.h.kind = r->follow.h.kind = H_REDIS;
+    r->cmd.name = "commands";
+    r->follow.name = "stream";
+    char url[300];
+    struct upstream up = {0};
+    snprintf(url, sizeof url, "http://%s", cfg->redis);
+    const char *why = strchr(cfg->redis, '/') ? "expected HOST:PORT" : api_upstream(&up, url);
+    if (!why) {
+        memcpy(&r->addr, &up.addr, up.addr_len);
+        r->addr_len = up.addr_len;
+        snprintf(r->where, sizeof r->where, "%s", up.url + 7);
+    }
+    api_upstream_free(&up);
+    if (why)
+        return why;
+    const char *key = cfg->redis_stream ? cfg->redis_stream : "sse";
+    if (!key[0] || strlen(key) >= sizeof r->key)
+        return "the stream key must be 1 to 255 bytes";
+    memcpy(r->key, key, strlen(key) + 1);
+    r->password = cfg->redis_password ? strdup(cfg->redis_password) : NULL;
+    r->maxlen = cfg->redis_maxlen ? cfg->redis_maxlen : 100000;
+    size_t per_entry = srv->max_event_bytes + 2048;
+    r->xread_count = (uint32_t)((16u << 20) / per_entry);
+    r->xread_count = r->xread_count < 1 ? 1 : r->xread_count > 256 ? 256 : r->xread_count;
+    r->max_reply = r->xread_count * per_entry + 65536;
+    r->vals = malloc(RESP_MAX_VALUES * sizeof *r->vals);
+    if ((cfg->redis_password && !r->password) || !r->vals)
+        return "out of memory";
+    srv->last_id = 0; /* until the stream's position is known */
+    redis_connect(srv, &r->cmd);
+    redis_connect(srv, &r->follow);
+    return NULL;
+}
+
 static const char *api_journal(struct sse_server *srv, const struct sse_config *cfg) {
     if (cfg->journal_sync != SSE_JOURNAL_BATCH && cfg->journal_sync != SSE_JOURNAL_ALWAYS &&
         cfg->journal_sync != SSE_JOURNAL_NONE)
@@ -5312,6 +6140,10 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         goto fail;
     srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     loop_clock(srv);
+    if (cfg->redis && (why = api_redis(srv, cfg))) {
+        api_error(err, errlen, "redis %s: %s", cfg->redis, why);
+        goto fail;
+    }
     return srv;
 fail:
     sse_server_free(srv);
@@ -5327,6 +6159,7 @@ void sse_server_free(struct sse_server *srv) {
     while (srv->inputs)
         input_close(srv, srv->inputs);
     journal_close(&srv->journal, &srv->log);
+    redis_free(srv);
     backlog_free(&srv->backlog);
     blob_unref(srv->stream_head);
     blob_unref(srv->retry_line);

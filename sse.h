@@ -137,6 +137,12 @@ struct sse_config {
     enum sse_journal_sync journal_sync; /* see above; 0 = SSE_JOURNAL_BATCH */
     size_t journal_max_bytes; /* beyond this the file is rewritten with just the backlog.
                                  0 = 64 MiB */
+    const char *redis;          /* "HOST:PORT": make this server a node of a hub sharing one
+                                   event history through a Redis stream (resolved once,
+                                   here); NULL = none. Not with journal_path */
+    const char *redis_stream;   /* the stream's key. NULL = "sse" */
+    const char *redis_password; /* sent with AUTH when connecting; NULL = none */
+    size_t redis_maxlen;        /* XADD MAXLEN ~ this: entries Redis keeps. 0 = 100000 */
     void (*on_log)(enum sse_log_level level, const char *msg, void *user);
     void *user; /* passed to on_log */
 };
@@ -167,6 +173,9 @@ const char *sse_url(const struct sse_server *srv);
  * with CR, LF or NUL, or data not valid UTF-8), -EMSGSIZE (over max_event_bytes), -ENOMEM,
  * or -EIO when the journal could not store it (then nobody received it). With a journal the
  * event is in the file when this returns (and synced, with SSE_JOURNAL_ALWAYS).
+ * With redis set, the event is sent to Redis (XADD) and delivered, to this server's
+ * subscribers as to every other node's, when it comes back through the stream; then this
+ * returns 0, stores 0 in *id_out (Redis assigns the id), or -EIO when Redis is unreachable.
  * Safe to call from on_log. */
 int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
                 size_t len, uint64_t *id_out);

@@ -379,13 +379,13 @@ static void test_static(void) {
 }
 
 static void test_backlog(void) {
-    struct backlog bl = {calloc(3, sizeof(struct blob *)), 3, 0, 0};
+    struct backlog bl = {calloc(3, sizeof(struct blob *)), 3, 0, 0, 0};
     CHECK(!backlog_covers(&bl, 9, 10));
     CHECK(backlog_covers(&bl, 10, 10));
     for (uint64_t id = 11; id <= 15; id++) {
         struct blob *b = blob_from("x", 1);
         b->id = id;
-        backlog_push(&bl, b);
+        backlog_push(&bl, b, id - 1);
         blob_unref(b);
     }
     CHECK(bl.count == 3 && backlog_at(&bl, 0)->id == 13 && backlog_at(&bl, 2)->id == 15);
