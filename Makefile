@@ -61,7 +61,7 @@ run: sse-server
 # the lock file). A temporary policy-rc.d keeps the nginx package from starting a system nginx.
 DEBIAN_TOOLS = nginx:nginx chromium:chromium curl:curl openssl:openssl nghttp:nghttp2-client \
                strace:strace systemd-analyze:systemd node:nodejs npm:npm valgrind:valgrind \
-               cppcheck:cppcheck clang-tidy:clang-tidy
+               cppcheck:cppcheck clang-tidy:clang-tidy redis-server:redis-server
 deps:
 	@missing=; \
 	$(PYTHON) -c 'import pytest' 2>/dev/null || missing="$$missing python3-pytest"; \
@@ -101,7 +101,7 @@ test: deps sse-server unit fuzz-replay pytest
 # replays those and the seed corpus through tests/fuzz/replay.c, with the compiler at hand.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS = http_request query wire_reader format_roundtrip static_resolve http_response \
-               journal
+               journal resp
 FUZZ_CC = clang
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 

@@ -2437,7 +2437,7 @@ static void proxy_conn_closed(struct sse_server *srv, struct conn *c);
 /* Section 10 (Redis) is called from here on: publishing and closing a waiting publisher. */
 static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
                          const char *event, const char *data, size_t len);
-static void redis_forget(struct sse_server *srv, struct conn *c);
+static void redis_forget(struct sse_server *srv, const struct conn *c);
 static bool redis_positioned(const struct sse_server *srv);
 static bool redis_ready(const struct sse_server *srv);
 static uint64_t redis_reconnects(const struct sse_server *srv);
@@ -4949,7 +4949,7 @@ static int redis_publish(struct sse_server *srv, struct conn *c, const char *top
 }
 
 /* A publisher waiting for Redis went away: its answer goes nowhere. */
-static void redis_forget(struct sse_server *srv, struct conn *c) {
+static void redis_forget(struct sse_server *srv, const struct conn *c) {
     struct redis_link *l = &srv->redis->cmd;
     for (uint32_t i = 0; i < l->wlen; i++)
         if (l->waits[(l->whead + i) % l->wcap].c == c)
@@ -6024,8 +6024,6 @@ static int api_relays(struct sse_server *srv, const struct sse_config *cfg, char
 /* Makes the server a node of a Redis hub: resolves the address, connects both links (their
  * first commands queue; replies arrive in the loop). */
 static const char *api_redis(struct sse_server *srv, const struct sse_config *cfg) {
-    if (cfg->journal_path)
-        return "cannot be used with a journal: Redis keeps the history";
     struct redis_hub *r = calloc(1, sizeof *r);
     if (!r)
         return "out of memory";
@@ -6108,6 +6106,11 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->last_id = api_id_seed();
     srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
     srv->topics.seed = (uint32_t)rng_next(&srv->rng);
+    if (cfg->journal_path && cfg->redis) {
+        api_error(err, errlen, "redis %s: cannot be used with a journal: Redis keeps the history",
+                  cfg->redis);
+        goto fail;
+    }
     /* After the topic table's seed: the journal's events go into the table. */
     if (cfg->journal_path && (why = api_journal(srv, cfg))) {
         api_error(err, errlen, "journal %s: %s", cfg->journal_path, why);

@@ -725,6 +725,63 @@ static void test_journal(void) {
     CHECK(journal_parse_str(longline, sizeof longline, &rec) < 0);
 }
 
+static long resp_str(const char *s, struct resp_value *vals, size_t cap, size_t *n) {
+    return resp_read(s, strlen(s), 1024, vals, cap, n);
+}
+
+static void test_resp(void) {
+    char out[128];
+    struct wbuf w = {out, sizeof out, 0};
+    const char *argv[] = {"XADD", "k", ""};
+    size_t lens[] = {4, 1, 0};
+    resp_command(&w, 3, argv, lens);
+    CHECK(w.len == strlen("*3\r\n$4\r\nXADD\r\n$1\r\nk\r\n$0\r\n\r\n") &&
+          memcmp(out, "*3\r\n$4\r\nXADD\r\n$1\r\nk\r\n$0\r\n\r\n", w.len) == 0);
+
+    struct resp_value v[16];
+    size_t n;
+    CHECK(resp_str("+OK\r\n", v, 16, &n) == 5 && n == 1 && v[0].type == '+' && v[0].len == 2);
+    CHECK(resp_str("-ERR no\r\n", v, 16, &n) == 9 && v[0].type == '-');
+    CHECK(resp_str(":-42\r\n", v, 16, &n) == 6 && v[0].integer == -42);
+    CHECK(resp_str("$3\r\na\r\n\r\n", v, 16, &n) == 9 && v[0].len == 3 &&
+          memcmp(v[0].str, "a\r\n", 3) == 0); /* bulk strings may hold CRLF */
+    CHECK(resp_str("$-1\r\n", v, 16, &n) == 5 && v[0].type == '_');
+    CHECK(resp_str("*-1\r\n", v, 16, &n) == 5 && v[0].type == '_');
+    CHECK(resp_str("*0\r\n", v, 16, &n) == 4 && v[0].type == '*' && v[0].len == 0);
+    /* XREAD's shape: [[key, [[id, [f, v]]]]] */
+    const char *xread = "*1\r\n*2\r\n$3\r\nsse\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n"
+                        "$5\r\ntopic\r\n$1\r\nt\r\n";
+    CHECK(resp_str(xread, v, 16, &n) == (long)strlen(xread) && n == 9);
+    CHECK(resp_skip(v, n, 0) == 9 && resp_skip(v, n, 2) == 3 && resp_skip(v, n, 4) == 9);
+    /* Every strict prefix is incomplete, never a wrong answer. */
+    bool prefixes = true;
+    for (size_t i = 0; i < strlen(xread); i++)
+        prefixes = prefixes && resp_read(xread, i, 1024, v, 16, &n) == 0;
+    CHECK(prefixes);
+    CHECK(resp_str("+OK\n", v, 16, &n) == -1);                /* bare LF */
+    CHECK(resp_str("?x\r\n", v, 16, &n) == -1);               /* unknown type */
+    CHECK(resp_str("$5\r\nab\r\n", v, 16, &n) == 0);        /* bulk still arriving */
+    CHECK(resp_str("$2\r\nabc\r\n", v, 16, &n) == -1);      /* no CRLF after the bulk */
+    CHECK(resp_read("$2000\r\n", 7, 1024, v, 16, &n) == -1); /* over max_bulk */
+    CHECK(resp_str("*17\r\n", v, 16, &n) == -1);              /* over the values bound */
+    CHECK(resp_str(":12x\r\n", v, 16, &n) == -1);
+    CHECK(resp_str("*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", v, 16,
+                   &n) == -1); /* too deep */
+
+    uint64_t key;
+    CHECK(id_parse(true, "1700000000000-5", 15, &key) && key == (1700000000000ull << 20 | 5));
+    CHECK(id_parse(true, "0-0", 3, &key) && key == 0);
+    CHECK(!id_parse(true, "01-0", 4, &key) && !id_parse(true, "1-", 2, &key) &&
+          !id_parse(true, "1", 1, &key) && !id_parse(true, "1-1048576", 9, &key) &&
+          !id_parse(true, "-1", 2, &key));
+    CHECK(id_parse(false, "42", 2, &key) && key == 42 && !id_parse(false, "042", 3, &key) &&
+          !id_parse(false, "4-2", 3, &key));
+    char text[48];
+    struct wbuf tw = {text, sizeof text, 0};
+    wb_id(&tw, true, 1700000000000ull << 20 | 5);
+    CHECK(tw.len == 15 && memcmp(text, "1700000000000-5", 15) == 0);
+}
+
 int main(void) {
     test_format();
     test_utf8();
@@ -743,6 +800,7 @@ int main(void) {
     test_repair();
     test_whatwg_reader();
     test_journal();
+    test_resp();
     test_two_servers();
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
