@@ -656,7 +656,7 @@ static long journal_parse_str(const char *s, size_t len, struct journal_record *
     return journal_parse_record(s, len, SIZE_MAX, rec);
 }
 
-static bool canonical(uint64_t id, const char *s) {
+static bool event_is_canonical(uint64_t id, const char *s) {
     return journal_event_canonical(id, s, strlen(s));
 }
 
@@ -696,18 +696,18 @@ static void test_journal(void) {
     CHECK(flips_caught);
 
     /* Canonical events only: what the formatter makes, byte for byte. */
-    CHECK(canonical(7, "id: 7\ndata: x\n\n"));
-    CHECK(canonical(7, "id: 7\ndata:\n\n"));
-    CHECK(canonical(7, "id: 7\ndata:  x\ndata:\n\n"));
-    CHECK(!canonical(8, "id: 7\ndata: x\n\n"));       /* other id */
-    CHECK(!canonical(7, "id: 7\n\n"));                  /* no data */
-    CHECK(!canonical(7, "id: 7\ndata:x\n\n"));        /* no space */
-    CHECK(!canonical(7, "id: 7\ndata: x\nretry: 1\n\n"));
-    CHECK(!canonical(7, "id: 7\ndata: x\n"));          /* no blank line */
-    CHECK(!canonical(7, "id: 7\ndata: x\r\n\n"));    /* CR in data */
-    CHECK(!canonical(7, "id: 7\nevent: \ndata: x\n\n"));
-    CHECK(!canonical(7, "id: 7\ndata: \xff\n\n"));   /* not UTF-8 */
-    CHECK(!canonical(7, "id: 07\ndata: x\n\n"));
+    CHECK(event_is_canonical(7, "id: 7\ndata: x\n\n"));
+    CHECK(event_is_canonical(7, "id: 7\ndata:\n\n"));
+    CHECK(event_is_canonical(7, "id: 7\ndata:  x\ndata:\n\n"));
+    CHECK(!event_is_canonical(8, "id: 7\ndata: x\n\n"));       /* other id */
+    CHECK(!event_is_canonical(7, "id: 7\n\n"));                  /* no data */
+    CHECK(!event_is_canonical(7, "id: 7\ndata:x\n\n"));        /* no space */
+    CHECK(!event_is_canonical(7, "id: 7\ndata: x\nretry: 1\n\n"));
+    CHECK(!event_is_canonical(7, "id: 7\ndata: x\n"));          /* no blank line */
+    CHECK(!event_is_canonical(7, "id: 7\ndata: x\r\n\n"));    /* CR in data */
+    CHECK(!event_is_canonical(7, "id: 7\nevent: \ndata: x\n\n"));
+    CHECK(!event_is_canonical(7, "id: 7\ndata: \xff\n\n"));   /* not UTF-8 */
+    CHECK(!event_is_canonical(7, "id: 07\ndata: x\n\n"));
 
     /* Record lines that are not ours. */
     const char *bad[] = {
