@@ -648,7 +648,7 @@ static size_t journal_record(char *out, size_t cap, uint64_t id, const char *top
     if (n > cap)
         return 0;
     memcpy(out, head, hlen);
-    memcpy(out + hlen, bytes, strlen(bytes));
+    memcpy(out + hlen, bytes, n - hlen);
     return n;
 }
 
@@ -674,8 +674,8 @@ static void test_journal(void) {
     snprintf(want + plen, sizeof want - (size_t)plen, "%08x\n", crc);
     CHECK(hlen == strlen(want) && memcmp(head, want, hlen) == 0);
 
-    char rec_buf[256];
-    struct journal_record rec;
+    char rec_buf[256] = {0};
+    struct journal_record rec = {0};
     size_t n = journal_record(rec_buf, sizeof rec_buf, 42, "news", ev);
     CHECK(journal_parse_str(rec_buf, n, &rec) == (long)n);
     CHECK(rec.id == 42 && rec.topic_len == 4 && memcmp(rec.topic, "news", 4) == 0);
