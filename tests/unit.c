@@ -648,7 +648,7 @@ static size_t journal_record(char *out, size_t cap, uint64_t id, const char *top
     if (n > cap)
         return 0;
     memcpy(out, head, hlen);
-    memcpy(out + hlen, bytes, strlen(bytes));
+    memcpy(out + hlen, bytes, n - hlen);
     return n;
 }
 
@@ -656,7 +656,7 @@ static long journal_parse_str(const char *s, size_t len, struct journal_record *
     return journal_parse_record(s, len, SIZE_MAX, rec);
 }
 
-static bool canonical(uint64_t id, const char *s) {
+static bool event_is_canonical(uint64_t id, const char *s) {
     return journal_event_canonical(id, s, strlen(s));
 }
 
@@ -674,8 +674,8 @@ static void test_journal(void) {
     snprintf(want + plen, sizeof want - (size_t)plen, "%08x\n", crc);
     CHECK(hlen == strlen(want) && memcmp(head, want, hlen) == 0);
 
-    char rec_buf[256];
-    struct journal_record rec;
+    char rec_buf[256] = {0};
+    struct journal_record rec = {0};
     size_t n = journal_record(rec_buf, sizeof rec_buf, 42, "news", ev);
     CHECK(journal_parse_str(rec_buf, n, &rec) == (long)n);
     CHECK(rec.id == 42 && rec.topic_len == 4 && memcmp(rec.topic, "news", 4) == 0);
@@ -696,18 +696,18 @@ static void test_journal(void) {
     CHECK(flips_caught);
 
     /* Canonical events only: what the formatter makes, byte for byte. */
-    CHECK(canonical(7, "id: 7\ndata: x\n\n"));
-    CHECK(canonical(7, "id: 7\ndata:\n\n"));
-    CHECK(canonical(7, "id: 7\ndata:  x\ndata:\n\n"));
-    CHECK(!canonical(8, "id: 7\ndata: x\n\n"));       /* other id */
-    CHECK(!canonical(7, "id: 7\n\n"));                  /* no data */
-    CHECK(!canonical(7, "id: 7\ndata:x\n\n"));        /* no space */
-    CHECK(!canonical(7, "id: 7\ndata: x\nretry: 1\n\n"));
-    CHECK(!canonical(7, "id: 7\ndata: x\n"));          /* no blank line */
-    CHECK(!canonical(7, "id: 7\ndata: x\r\n\n"));    /* CR in data */
-    CHECK(!canonical(7, "id: 7\nevent: \ndata: x\n\n"));
-    CHECK(!canonical(7, "id: 7\ndata: \xff\n\n"));   /* not UTF-8 */
-    CHECK(!canonical(7, "id: 07\ndata: x\n\n"));
+    CHECK(event_is_canonical(7, "id: 7\ndata: x\n\n"));
+    CHECK(event_is_canonical(7, "id: 7\ndata:\n\n"));
+    CHECK(event_is_canonical(7, "id: 7\ndata:  x\ndata:\n\n"));
+    CHECK(!event_is_canonical(8, "id: 7\ndata: x\n\n"));       /* other id */
+    CHECK(!event_is_canonical(7, "id: 7\n\n"));                  /* no data */
+    CHECK(!event_is_canonical(7, "id: 7\ndata:x\n\n"));        /* no space */
+    CHECK(!event_is_canonical(7, "id: 7\ndata: x\nretry: 1\n\n"));
+    CHECK(!event_is_canonical(7, "id: 7\ndata: x\n"));          /* no blank line */
+    CHECK(!event_is_canonical(7, "id: 7\ndata: x\r\n\n"));    /* CR in data */
+    CHECK(!event_is_canonical(7, "id: 7\nevent: \ndata: x\n\n"));
+    CHECK(!event_is_canonical(7, "id: 7\ndata: \xff\n\n"));   /* not UTF-8 */
+    CHECK(!event_is_canonical(7, "id: 07\ndata: x\n\n"));
 
     /* Record lines that are not ours. */
     const char *bad[] = {
