@@ -48,8 +48,8 @@ static const char usage[] =
     "                            \"default\" (default: off)\n"
     "  --stdin-format lines|sse  sse: read blocks of topic:/event:/data: lines ended by a\n"
     "                            blank line (default lines)\n"
-    "  --demo                    publish demo events on topics \"time\" and \"stocks\"\n"
-    "                            (default: off)\n"
+    "  --demo                    publish demo events on topics \"time\", \"stocks\" and\n"
+    "                            \"news\" (default: off)\n"
     "  --cors ORIGIN             send Access-Control-Allow-Origin: ORIGIN (an origin or *)\n"
     "                            (default: no CORS headers)\n"
     "  --max-clients N           client connections served (default: open-file limit - 64)\n"
@@ -410,6 +410,7 @@ struct demo {
     uint64_t rng;       /* xorshift state */
     time_t last_second; /* last second a time event went out */
     double price[10];   /* current quote per symbol */
+    double first[10];   /* each symbol's first quote, for the headlines */
 };
 
 static const char *const demo_symbols[10] = {"ACME",  "GLOBX", "INITECH", "UMBRL", "HOOLI",
@@ -425,11 +426,11 @@ static uint64_t demo_rand(struct demo *d) {
 static void demo_init(struct demo *d) {
     d->rng = (uint64_t)time(NULL) * 2654435761u | 1;
     for (int i = 0; i < 10; i++)
-        d->price[i] = 20.0 + (double)(demo_rand(d) % 40000) / 100.0;
+        d->first[i] = d->price[i] = 20.0 + (double)(demo_rand(d) % 40000) / 100.0;
 }
 
 /* Called four times a second: one to three quotes on "stocks", the time on "time" once a
- * second. */
+ * second, and every five seconds a headline of two lines (two data: lines) on "news". */
 static void demo_tick(struct sse_server *srv, struct demo *d) {
     char buf[160];
     time_t now = time(NULL);
@@ -439,6 +440,17 @@ static void demo_tick(struct sse_server *srv, struct demo *d) {
         size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
         sse_publish(srv, "time", "time", buf, n, NULL);
         d->last_second = now;
+        if (now % 5 == 0) {
+            char line[160];
+            int i = (int)(demo_rand(d) % 10);
+            double pct = (d->price[i] / d->first[i] - 1.0) * 100.0;
+            int m = snprintf(line, sizeof line,
+                             "%s %s %.2f%% since the demo started\n"
+                             "last trade %.2f at %.8s UTC",
+                             demo_symbols[i], pct < 0 ? "down" : "up", pct < 0 ? -pct : pct,
+                             d->price[i], buf + 11);
+            sse_publish(srv, "news", "headline", line, (size_t)m, NULL);
+        }
     }
     int quotes = 1 + (int)(demo_rand(d) % 3);
     for (int q = 0; q < quotes; q++) {

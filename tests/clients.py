@@ -95,6 +95,9 @@ class Browser:
     def screenshot(self, path):
         return self.call("screenshot", path=path)
 
+    def viewport(self, width, height):
+        return self.call("viewport", width=width, height=height)
+
     def console(self):
         return self.call("console")
 

@@ -6,6 +6,7 @@ tests/browser/out/ for a person to look at."""
 
 import json
 import os
+import re
 import threading
 import time
 from urllib.parse import urlencode
@@ -45,8 +46,16 @@ def compare(browser, want):
     assert browser.eval("compare(%s)" % json.dumps(want)) == "ok"
 
 
-def test_demo_page_shows_time_and_stocks_over_one_connection(browser, start_server):
-    srv = start_server("--demo")
+def wire_lines(browser):
+    """The demo page's wire panel: [class, text] of each raw line shown."""
+    return browser.eval(
+        "Array.from(document.querySelectorAll('#wire .ln'))"
+        ".map(l => [l.className.replace('ln ', ''), l.textContent])"
+    )
+
+
+def test_demo_page_shows_time_stocks_news_and_the_wire(browser, start_server):
+    srv = start_server("--demo", "--heartbeat", "1")
     browser.goto(srv.url + "/")
     browser.wait(
         "document.querySelector('#clock').textContent.startsWith('20')"
@@ -55,15 +64,89 @@ def test_demo_page_shows_time_and_stocks_over_one_connection(browser, start_serv
         timeout=15,
     )
     assert browser.eval("document.querySelector('#state').textContent") == "OPEN"
-    # Both topics come over one stream: the server counts one subscriber.
-    assert metric_values(srv.port)["sse_subscribers"] == 1
+    # Three topics come over one EventSource; the wire panel's fetch() is the other subscriber.
+    assert metric_values(srv.port)["sse_subscribers"] == 2
     # A second tick of the clock arrives on the same connection.
     first = browser.eval("document.querySelector('#clock').textContent")
     browser.wait("document.querySelector('#clock').textContent !== %s" % json.dumps(first), 5)
-    assert metric_values(srv.port)["sse_connections_total"] <= 3  # page, stream, favicon
+    assert metric_values(srv.port)["sse_connections_total"] <= 4  # page, stream, wire, favicon
+    assert browser.eval("document.querySelector('#retry').textContent").startswith("3000 ms")
+
+    # The headline (every five seconds) is one event of two data: lines: two lines on the
+    # wire, one string with a newline in the EventSource's event.
+    browser.wait("document.querySelector('#headline-2').textContent.startsWith('last trade')", 8)
+    browser.wait("Array.from(document.querySelectorAll('#wire .f-event'))"
+                 ".some(l => l.textContent.startsWith('event: headline'))", 5)
+    lines = wire_lines(browser)
+    kinds = [k for k, _ in lines]
+    texts = [t for _, t in lines]
+    assert any(k == "f-retry" and t.startswith("retry: 3000\\n") for k, t in lines), lines
+    assert any(k == "f-id" and re.match(r"^id: \d+\\n$", t) for k, t in lines), lines
+    assert any(k == "f-event" and t == "event: quote\\n" for k, t in lines), lines
+    assert any(k == "f-data" and t.startswith('data: {"symbol":') for k, t in lines), lines
+    assert any(k == "f-blank" and t.startswith("\\n") for k, t in lines), lines
+    at = texts.index("event: headline\\n")
+    assert kinds[at + 1 : at + 4] == ["f-data", "f-data", "f-blank"], lines[at : at + 4]
+    assert texts[at + 2].startswith("data: last trade "), lines[at : at + 4]
+    dispatched = browser.eval(
+        "Array.from(document.querySelectorAll('#dispatched li')).map(l => l.textContent)")
+    assert any(d.startswith("headline") and "\u21b5\nlast trade" in d for d in dispatched)
+
     os.makedirs(OUT, exist_ok=True)
     path = browser.screenshot(os.path.join(OUT, "demo.png"))
     assert os.path.getsize(path) > 10000
+    # On a phone's width nothing runs off the side.
+    browser.viewport(390, 844)
+    assert browser.eval("document.documentElement.scrollWidth") <= 390
+    path = browser.screenshot(os.path.join(OUT, "demo-phone.png"))
+    assert os.path.getsize(path) > 10000
+
+    # Nothing is published on /events/quiet, so its bytes show the heartbeat comment.
+    browser.eval("(s => { s.value = 'quiet'; s.dispatchEvent(new Event('change')); })"
+                 "(document.querySelector('#wire-source'))")
+    browser.wait("document.querySelector('#wire .f-comment')", 5)
+    assert any(k == "f-comment" and t.startswith(":\\n") for k, t in wire_lines(browser))
+    assert browser.eval("document.querySelector('#wire-status').textContent").startswith(
+        "/events/quiet")
+
+
+def test_demo_page_drop_replays_and_restart_resets(browser, start_server):
+    srv = start_server("--demo")
+    browser.goto(srv.url + "/")
+    browser.wait("document.querySelector('#state').textContent === 'OPEN'"
+                 " && demoState.ids.length >= 5", 10)
+    browser.eval("document.querySelector('#drop').click()")
+    assert browser.eval("document.querySelector('#state').textContent") == "CLOSED"
+    # Three seconds away, then a new EventSource with ?lastEventId=: the missed events come
+    # back first, every one the wire connection saw while the page was away.
+    browser.wait("demoState.replayed > 0", 12)
+    assert browser.eval("document.querySelector('#state').textContent") == "OPEN"
+    assert browser.eval("document.querySelector('#reconnects').textContent") == "1"
+    state = browser.eval("demoState")
+    assert state["duplicates"] == 0
+    assert state["replayed"] == state["missed"] >= 6, state  # 3 s of a few events a second
+    # Every demo event is on the page's three topics and ids go up by one, so the page saw
+    # each id exactly once, in order, with no gap at the drop.
+    ids = [int(i) for i in state["ids"]]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    assert metric_values(srv.port)["sse_replays_total"] == 1
+    assert browser.eval("document.querySelectorAll('#dispatched .badge-replay').length") > 0
+    log = browser.eval("document.querySelector('#log').innerText")
+    assert "lastEventId=" in log and "nothing was lost" in log, log
+
+    browser.eval("document.querySelector('#restart').click()")
+    browser.wait("demoState.resets === 1", 10)
+    assert metric_values(srv.port)["sse_resets_total"] == 1
+    assert browser.eval("document.querySelector('#reconnects').textContent") == "2"
+    assert browser.eval("!document.querySelector('#notice').hidden")
+    assert "reset" in browser.eval("document.querySelector('#notice-text').textContent")
+    assert browser.eval("Array.from(document.querySelectorAll('#dispatched .type'))"
+                        ".some(t => t.textContent === 'reset')")
+    log = browser.eval("document.querySelector('#log').innerText")
+    assert "reloads its state" in log, log
+    # Live events go on after the reset: the cleared charts fill again.
+    browser.wait("document.querySelectorAll('#stocks > *').length >= 1", 5)
+    assert browser.eval("demoState.duplicates") == 0
 
 
 def test_event_types_and_multiline_data_arrive_exactly(browser, start_server):

@@ -287,15 +287,16 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 def test_demo_generator(start_server):
     srv = start_server("--demo")
-    st = Stream(srv.port, "/events?topic=time&topic=stocks")
+    st = Stream(srv.port, "/events?topic=time&topic=stocks&topic=news")
     try:
         assert st.status == 200
         assert st.header("Content-Type") == "text/event-stream"
-        seen_time = seen_quote = None
-        deadline = time.monotonic() + 4
-        while not (seen_time and seen_quote):
+        seen_time = seen_quote = seen_headline = None
+        deadline = time.monotonic() + 8  # a headline every five seconds
+        while not (seen_time and seen_quote and seen_headline):
             left = deadline - time.monotonic()
-            assert left > 0, "time: %r, quote: %r" % (seen_time, seen_quote)
+            assert left > 0, "time: %r, quote: %r, headline: %r" % (
+                seen_time, seen_quote, seen_headline)
             ev = st.read_event(timeout=left)
             assert ev["id"] is not None and re.match(r"^\d+$", ev["id"]), ev
             if ev["event"] == "time":
@@ -308,6 +309,11 @@ def test_demo_generator(start_server):
                     assert key in q, q
                 assert isinstance(q["symbol"], str) and q["symbol"]
                 seen_quote = ev
+            elif ev["event"] == "headline":
+                # Two lines, so two data: lines on the wire.
+                assert re.match(r"^[A-Z]+ (up|down) \d+\.\d\d% since the demo started\n"
+                                r"last trade \d+\.\d\d at \d\d:\d\d:\d\d UTC$", ev["data"]), ev
+                seen_headline = ev
     finally:
         st.close()
 

@@ -6,6 +6,7 @@
 //   {"op": "eval", "expr": E}                   the value of the JavaScript expression E
 //   {"op": "wait", "expr": E, "ms": MS}         wait until E is truthy, answer its value
 //   {"op": "screenshot", "path": P}             save a PNG of the whole page
+//   {"op": "viewport", "width": W, "height": H} resize the page's viewport (CSS pixels)
 //   {"op": "console"}                           the page's console lines and errors so far
 // Answers are {"ok": true, "value": V} or {"ok": false, "error": "..."}. End of stdin closes
 // the browser and exits.
@@ -41,6 +42,9 @@ async function handle(req) {
     case 'screenshot':
       await page.screenshot({ path: req.path, fullPage: true });
       return req.path;
+    case 'viewport':
+      await page.setViewportSize({ width: req.width, height: req.height });
+      return page.viewportSize();
     case 'console':
       return consoleLines;
     default:
