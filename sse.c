@@ -1605,7 +1605,7 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
 /* ==========================================================================================
  * 6. The journal
  *
- * With a journal, an event reaches the disk before anyone hears of it: publish_event()
+ * With a journal, an event reaches the disk before anyone hears of it: publish_deliver()
  * appends it here, and only then queues it for subscribers and answers the publisher. Once
  * write() has returned the bytes are in the kernel's page cache, so a crash of the process
  * (kill -9 included) loses no acknowledged event. What a power loss may take is the sync
