@@ -17,7 +17,7 @@ int main(int argc, char **argv) {
     signal(SIGINT, on_signal); /* a signal also ends sse_poll()'s wait early */
     signal(SIGTERM, on_signal);
     int r;
-    for (time_t last = time(NULL), t; (r = sse_poll(srv, 500)) > 0; last = t) { /* 2 Hz: no second skipped */
+    for (time_t last = time(NULL), t; (r = sse_poll(srv, 500)) > 0; last = t) { /* 2 Hz: no gaps */
         t = time(NULL);
         if (stop)
             sse_stop(srv); /* sse_poll() returns 0 once every stream is drained */
