@@ -1,7 +1,8 @@
 # sse-server. `make` builds ./sse-server; `make run` starts the demo; `make test` runs every
 # test (installing pytest from Debian when needed); `make asan` builds ./sse-server-asan;
 # `make fuzz` runs every libFuzzer target for FUZZ_SECONDS seconds (needs clang);
-# `make lint` runs cppcheck and clang-tidy; `make valgrind` runs part of the suite under valgrind.
+# `make lint` runs cppcheck and clang-tidy; `make valgrind` runs part of the suite under valgrind;
+# `make examples` builds the embedding examples into build/.
 
 CC ?= cc
 CFLAGS ?= -O2 -g
@@ -15,7 +16,7 @@ PYTHON = /usr/bin/python3
 BUILD = build
 
 .PHONY: all run test unit pytest deps asan clean format bench bench-smoke bench-tools fuzz \
-        fuzz-replay fuzz-deps lint lint-cppcheck valgrind
+        fuzz-replay fuzz-deps lint lint-cppcheck valgrind examples
 all: sse-server
 
 $(BUILD) $(BUILD)/asan:
@@ -44,6 +45,18 @@ $(BUILD)/asan/%.o: %.c sse.h | $(BUILD)/asan
 
 sse-server-asan: $(BUILD)/asan/sse.o $(BUILD)/asan/main.o $(BUILD)/demo_page.c
 	$(CC) -O1 -g $(SANITIZE) $^ -o $@
+
+# The examples (README: Embedding), linked with the library as built here;
+# tests/test_examples.py builds them from copies of sse.c and sse.h, as an embedder would.
+EXAMPLES = $(BUILD)/minimal $(BUILD)/embed-host
+
+examples: $(EXAMPLES)
+
+$(BUILD)/minimal: examples/minimal.c $(BUILD)/sse.o sse.h
+	$(CC) $(WARNINGS) $(CFLAGS) -I. $< $(BUILD)/sse.o -o $@
+
+$(BUILD)/embed-host: examples/embed/host.c $(BUILD)/sse.o sse.h
+	$(CC) $(WARNINGS) $(CFLAGS) -I. $< $(BUILD)/sse.o -o $@
 
 # Unit tests include sse.c itself, so they reach its static functions.
 $(BUILD)/unit: tests/unit.c sse.c sse.h | $(BUILD)
@@ -92,7 +105,7 @@ unit: $(BUILD)/unit
 pytest: sse-server deps
 	$(PYTHON) -m pytest -q tests
 
-test: deps sse-server unit fuzz-replay pytest
+test: deps sse-server examples unit fuzz-replay pytest
 
 # Fuzz targets (tests/fuzz/*.c) include sse.c like the unit tests. `make fuzz` builds them
 # with libFuzzer and runs them one after the other, FUZZ_SECONDS each; new corpus entries go
@@ -230,7 +243,8 @@ valgrind: sse-server deps
 	SSE_SERVER_WRAPPER='$(VALGRIND)' $(PYTHON) -m pytest -q $(VALGRIND_TESTS)
 
 format:
-	clang-format -i sse.c sse.h main.c tests/unit.c bench/sseload.c tests/fuzz/*.c tests/fuzz/*.h
+	clang-format -i sse.c sse.h main.c tests/unit.c bench/sseload.c tests/fuzz/*.c tests/fuzz/*.h \
+	  examples/minimal.c examples/embed/host.c
 
 clean:
 	rm -rf $(BUILD) sse-server sse-server-asan

@@ -119,6 +119,8 @@ static int64_t clock_ms(void) {
 struct logger {
     void (*fn)(enum sse_log_level level, const char *msg, void *user); /* NULL = silent */
     void *user;                                                        /* for fn */
+    unsigned *depth; /* counts calls of fn under way (the API refuses to re-enter the loop
+                        from fn), or NULL */
 };
 
 #if defined(__GNUC__)
@@ -133,7 +135,11 @@ log_say(const struct logger *log, enum sse_log_level level, const char *fmt, ...
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (log->depth)
+        ++*log->depth;
     log->fn(level, msg, log->user);
+    if (log->depth)
+        --*log->depth;
 }
 
 /* A small fast generator (splitmix64) for retry jitter and hash seeds; not for secrets. */
@@ -2283,6 +2289,9 @@ struct sse_server {
     struct relay *relays;       /* relayed upstream streams */
     size_t nrelays;             /* entries in relays */
     struct logger log;          /* where log lines go */
+    unsigned log_depth;         /* on_log calls under way: sse_poll() answers -EBUSY */
+    bool busy; /* in a publish or a retire, or being freed: an on_log callback's sse_publish()
+                  and sse_retire_topic() answer -EBUSY instead of re-entering */
 
     /* descriptors */
     int epfd;               /* the epoll instance, also sse_fd() */
@@ -2447,8 +2456,6 @@ static uint64_t redis_received(const struct sse_server *srv);
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD)
         return;
-    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u closed (%s)", c->serial,
-            close_reason_text[reason]);
     enum conn_state state = (enum conn_state)c->state;
     c->state = CONN_DEAD; /* first: the proxy below may close the peer, which looks back */
     if (state == CONN_WAIT)
@@ -2474,6 +2481,9 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
         srv->nconns--;
     c->tnext = srv->dead_list;
     srv->dead_list = c;
+    /* Last: the host's on_log may publish, which must find this connection gone. */
+    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u closed (%s)", c->serial,
+            close_reason_text[reason]);
 }
 
 /* Marks n written bytes as sent: releases finished blobs and counts deliveries. */
@@ -3147,8 +3157,8 @@ static int publish_check(const struct sse_server *srv, const char **topic, const
  * once, written to the journal, kept in the backlog, queued for every subscriber of its
  * topic. The event is checked already. Returns the subscribers it was queued to, or
  * -ENOMEM, or -EIO when the journal could not store it (then nobody hears of it). */
-static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topic,
-                           const char *event, const char *data, size_t len) {
+static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *topic,
+                               const char *event, const char *data, size_t len) {
     char text[48];
     struct wbuf idw = {text, sizeof text, 0};
     wb_id(&idw, srv->redis != NULL, id);
@@ -3185,6 +3195,18 @@ static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topi
     return queued;
 }
 
+/* While an event is delivered, a log line (a slow subscriber dropped, a journal error)
+ * reaches the host's on_log, which may call sse_publish(): srv->busy makes that one fail
+ * with -EBUSY rather than change the lists being walked. */
+static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topic,
+                           const char *event, const char *data, size_t len) {
+    bool was_busy = srv->busy;
+    srv->busy = true;
+    int r = publish_deliver_now(srv, id, topic, event, data, len);
+    srv->busy = was_busy;
+    return r;
+}
+
 /* The one publishing path for everything but HTTP (inputs, relays, sse_publish): on its
  * own the server assigns the next id and delivers at once; as a node of a Redis hub the
  * event goes to Redis, and arrives back (with Redis's id) through the stream it follows. */
@@ -3214,6 +3236,7 @@ static int publish_retire(struct sse_server *srv, const char *topic) {
     if (!t)
         return -ENOMEM;
     topic_retire_flag(t, true);
+    srv->busy = true; /* as in publish_deliver() */
     int closed = 0;
     for (struct sub *s = t->subs, *next; s; s = next) {
         next = s->next;
@@ -3226,6 +3249,7 @@ static int publish_retire(struct sse_server *srv, const char *topic) {
             closed++;
         }
     }
+    srv->busy = false;
     topic_unref(t);
     return closed;
 }
@@ -5614,6 +5638,8 @@ static void loop_stop(struct sse_server *srv) {
 }
 
 int sse_poll(struct sse_server *srv, int timeout_ms) {
+    if (srv->log_depth)
+        return -EBUSY; /* called from on_log, inside this loop */
     if (srv->stopped)
         return 0;
     loop_clock(srv);
@@ -6092,6 +6118,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = srv->journal.fd = -1;
     srv->log.fn = cfg->on_log;
     srv->log.user = cfg->user;
+    srv->log.depth = &srv->log_depth;
     const char *why = api_configure(srv, cfg);
     if (why) {
         api_error(err, errlen, "%s", why);
@@ -6156,6 +6183,7 @@ fail:
 void sse_server_free(struct sse_server *srv) {
     if (!srv)
         return;
+    srv->busy = true; /* closing logs; on_log must not publish into what is being freed */
     loop_each_conn(srv, loop_close_conn);
     srv->flush_list = NULL;
     conn_reap(srv);
@@ -6207,18 +6235,24 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
                 size_t len, uint64_t *id_out) {
     if (!srv || (!data && len))
         return -EINVAL;
+    if (srv->busy)
+        return -EBUSY;
     return publish_event(srv, topic, event, data, len, id_out);
 }
 
 int sse_retire_topic(struct sse_server *srv, const char *topic) {
     if (!srv || !topic)
         return -EINVAL;
+    if (srv->busy)
+        return -EBUSY;
     return publish_retire(srv, topic);
 }
 
 int sse_publish_from_fd(struct sse_server *srv, int fd, enum sse_input_format format) {
     if (!srv || fd < 0 || (format != SSE_INPUT_LINES && format != SSE_INPUT_SSE))
         return -EINVAL;
+    if (srv->busy)
+        return -EBUSY;
     struct input *in = calloc(1, sizeof *in);
     if (!in)
         return -ENOMEM;

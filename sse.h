@@ -28,10 +28,27 @@
  *     }
  *     sse_server_free(srv);
  *
+ * examples/minimal.c is that as a whole program; examples/embed/host.c drives the server from
+ * a loop of its own (sse_fd, sse_next_timeout_ms, sse_poll) next to its timers and signals.
+ *
  * Threads: none. A server belongs to the thread that drives it; no function here is
- * thread-safe, and none may be called from a signal handler. To publish from other threads,
- * write to a pipe and hand its read end to sse_publish_from_fd(). Several servers may live
- * in one process: the library has no global mutable state.
+ * thread-safe (sse_format_event(), which is pure, excepted), and none may be called from a
+ * signal handler: set a flag there, or read a signalfd, and call sse_stop() from the loop. To
+ * publish from other threads, write to a pipe and hand its read end to sse_publish_from_fd().
+ * Several servers may live in one process: the library has no global mutable state.
+ *
+ * Ownership: the caller owns what it passes in (config strings, event data, descriptors);
+ * the library copies what it keeps and never frees or closes the caller's memory or
+ * descriptors. What it returns (the server, sse_url()) is the library's, until
+ * sse_server_free().
+ *
+ * The on_log callback is the only call from the library into the host. It runs on the
+ * server's thread, inside sse_server_new(), sse_poll() (so sse_run()), sse_publish(),
+ * sse_retire_topic() and sse_server_free(). From it the host may call sse_publish(),
+ * sse_retire_topic() and sse_publish_from_fd() (they answer -EBUSY when the line was logged
+ * from inside a publish, a retire or sse_server_free()), sse_stop(), sse_url(), sse_fd(),
+ * sse_next_timeout_ms() and sse_format_event(). sse_poll() and sse_run() answer -EBUSY there,
+ * and sse_server_free() must not be called from it: free the server after sse_poll() returns.
  *
  * Errors: functions that can fail return a negative errno value (-EINVAL, -ENOMEM, ...) or
  * NULL plus a message in a caller-provided buffer. The library never prints, exits or aborts;
@@ -144,22 +161,28 @@ struct sse_config {
     const char *redis_password; /* sent with AUTH when connecting; NULL = none */
     size_t redis_maxlen;        /* XADD MAXLEN ~ this: entries Redis keeps. 0 = 100000 */
     void (*on_log)(enum sse_log_level level, const char *msg, void *user);
-    void *user; /* passed to on_log */
+    void *user; /* passed to on_log, never dereferenced by the library. on_log: NULL = silent;
+                   msg is one line without a newline (cut at 511 bytes), valid only during
+                   the call; the top of this file says what on_log may call */
 };
 
 /* ---- Lifecycle ------------------------------------------------------------------------- */
 
-/* Creates a server and starts listening. Returns NULL on failure and writes a one-line
- * reason into err (errlen bytes, may be 0). Blocking work (name lookup, bind) happens here
- * and never again. The caller owns the result and frees it with sse_server_free(). */
+/* Creates a server and starts listening. config NULL = every default; it is copied and may be
+ * freed on return. Returns NULL on failure and writes a one-line, NUL-terminated reason into
+ * err (errlen bytes; err may be NULL when errlen is 0). Blocking work (name lookup, bind,
+ * reading the journal) happens here and never again; on_log may already be called (the
+ * journal read back). The caller owns the result and frees it with sse_server_free(). */
 struct sse_server *sse_server_new(const struct sse_config *config, char *err, size_t errlen);
 
-/* Closes every connection at once and frees everything. NULL is allowed. For a graceful
- * exit call sse_stop() and drive the loop until it reports stopped first. */
+/* Closes every connection at once and frees everything, sse_fd() and sse_url() included (a
+ * host's epoll set forgets the closed descriptor by itself). NULL is allowed. Descriptors
+ * given to sse_publish_from_fd() stay open: they are the caller's. For a graceful exit call
+ * sse_stop() and drive the loop until sse_poll() returns 0 first. Never from on_log. */
 void sse_server_free(struct sse_server *srv);
 
 /* The address actually listened on, as "http://HOST:PORT/" (the real port when 0 was asked
- * for). Owned by the server; valid until sse_server_free(). */
+ * for). Never NULL. Owned by the server; valid until sse_server_free(). */
 const char *sse_url(const struct sse_server *srv);
 
 /* ---- Publishing ------------------------------------------------------------------------ */
@@ -169,52 +192,70 @@ const char *sse_url(const struct sse_server *srv);
  * increasing across topics, never reused after a restart) and stores it in *id_out when
  * id_out is not NULL. The event is formatted once and its bytes are shared by every
  * subscriber; they go out on the next loop iteration.
- * Returns the number of subscribers it was queued to, or -EINVAL (bad topic name, event type
- * with CR, LF or NUL, or data not valid UTF-8), -EMSGSIZE (over max_event_bytes), -ENOMEM,
- * or -EIO when the journal could not store it (then nobody received it). With a journal the
- * event is in the file when this returns (and synced, with SSE_JOURNAL_ALWAYS).
+ * Topic names are 1 to 64 of A-Z a-z 0-9 . _ -. topic, event and data are copied: the caller
+ * may reuse them on return. A subscriber that would lag more than client_buffer behind is
+ * dropped (its EventSource reconnects and replays) and not counted.
+ * Returns the number of subscribers it was queued to, or -EINVAL (srv NULL, bad topic name,
+ * event type empty or with CR, LF or NUL, data NULL with len > 0, or data not valid UTF-8),
+ * -EMSGSIZE (over max_event_bytes), -ENOMEM, -EIO when the journal could not store it (then
+ * nobody received it), or -EBUSY when called from on_log for a line logged inside a publish,
+ * a retire or sse_server_free(). With a journal the event is in the file when this returns
+ * (and synced, with SSE_JOURNAL_ALWAYS). After sse_stop() it still goes to the backlog and
+ * the journal, but to no subscriber.
  * With redis set, the event is sent to Redis (XADD) and delivered, to this server's
  * subscribers as to every other node's, when it comes back through the stream; then this
- * returns 0, stores 0 in *id_out (Redis assigns the id), or -EIO when Redis is unreachable.
- * Safe to call from on_log. */
+ * returns 0 and stores 0 in *id_out (Redis assigns the id), or -EIO when Redis cannot take
+ * it now. */
 int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
                 size_t len, uint64_t *id_out);
 
 /* Retires a topic: its subscribers get what is queued for them and are closed, and new
  * subscriptions to it are answered 204 (which tells EventSource to stop reconnecting) until
  * something is published there again. A subscriber that follows other topics as well stays.
- * Returns the number of subscribers closed, or -EINVAL for a bad topic name. */
+ * Returns the number of subscribers closed, or -EINVAL (srv or topic NULL, bad topic name),
+ * -ENOMEM, or -EBUSY from on_log as for sse_publish(). */
 int sse_retire_topic(struct sse_server *srv, const char *topic);
 
 /* Publishes what arrives on fd, read without ever blocking the loop, in the given format.
- * Lines or data that are not valid UTF-8 or are over max_event_bytes are skipped with a
- * warning. At end of input the server stops reading fd but keeps serving; it never closes
- * fd (the caller owns it). Returns 0 or a negative errno. */
+ * Pipes, sockets and terminals are watched; regular files are read a chunk per loop
+ * iteration. Lines or data that are not valid UTF-8 or are over max_event_bytes are skipped
+ * with a warning. At end of input, on a read error or at sse_stop() the server stops reading
+ * fd but keeps serving; it never closes fd (the caller owns it, and keeps it open until
+ * then or until sse_server_free()). Returns 0, or -EINVAL (srv NULL, fd negative, unknown
+ * format), -ENOMEM, -EBUSY (from on_log, as for sse_publish()), or the negative errno of
+ * epoll_ctl(). */
 int sse_publish_from_fd(struct sse_server *srv, int fd, enum sse_input_format format);
 
 /* ---- Driving the loop ------------------------------------------------------------------ */
 
 /* Runs the loop until sse_stop() has been called and every connection is closed. Returns 0,
- * or a negative errno if the loop itself failed. */
+ * or a negative errno if the loop itself failed (-EBUSY: called from on_log). */
 int sse_run(struct sse_server *srv);
 
-/* One loop iteration: sends what is queued, waits up to timeout_ms (-1 = no limit) for
- * network activity, handles it, runs due timers. Returns 1 while serving, 0 once stopped
- * (after sse_stop() and the drain), or a negative errno if epoll failed. */
+/* One loop iteration: sends what is queued, waits up to timeout_ms (-1 = no limit; 0 = never
+ * blocks) for network activity, handles it, runs due timers. It waits less when a timer of
+ * its own is due sooner, and returns early on activity or a signal. Returns 1 while serving,
+ * 0 once stopped (after sse_stop() and the drain; from then on every call returns 0), or a
+ * negative errno if epoll failed (-EBUSY: called from on_log, which runs inside it). */
 int sse_poll(struct sse_server *srv, int timeout_ms);
 
-/* For a host with its own loop: a file descriptor that becomes readable when the server has
- * work; then call sse_poll(srv, 0). Also call it when sse_next_timeout_ms() elapses. */
+/* For a host with its own loop: a file descriptor (the server's epoll instance; the same one
+ * until sse_server_free(), which closes it) that becomes readable when the server has work.
+ * Watch it for reading, level-triggered, in the host's epoll, poll or select; when it is
+ * readable, or sse_next_timeout_ms() has elapsed, call sse_poll(srv, 0). Calling
+ * sse_poll(srv, 0) after every wake-up, whatever woke the host, is simplest and correct. */
 int sse_fd(const struct sse_server *srv);
 
 /* Milliseconds until the server needs sse_poll() again even without activity on sse_fd():
- * 0 when it has work queued (for example after sse_publish()), -1 when it has no timer. */
+ * 0 when it has work queued (for example after sse_publish()), -1 when it has no timer.
+ * It changes with every call into the server: ask again right before each wait. */
 int sse_next_timeout_ms(const struct sse_server *srv);
 
 /* Starts a graceful stop: stops accepting, sends every subscriber a retry: with jitter (so
  * the clients of a restarting server come back spread out, not as a stampede), lets queued
- * bytes go out for at most half a second and closes every connection. sse_poll() then
- * returns 0. */
+ * bytes go out for at most half a second and closes every connection. Only sets a flag: the
+ * work happens in the following sse_poll() calls, the last of which returns 0. Calling it
+ * again changes nothing. Safe from on_log; not from a signal handler (see Threads above). */
 void sse_stop(struct sse_server *srv);
 
 /* ---- The wire format ------------------------------------------------------------------- */
@@ -226,7 +267,7 @@ void sse_stop(struct sse_server *srv);
  * may be NULL when cap is 0) and returns the number of bytes the event needs, so a caller can
  * size its buffer with a first call; the output is complete only when that number is at most
  * cap. Returns 0 if event contains CR, LF or NUL or is empty. The data is not checked for
- * UTF-8 here. */
+ * UTF-8 here. Needs no server, and may be called from any thread. */
 size_t sse_format_event(char *buf, size_t cap, uint64_t id, const char *event, const char *data,
                         size_t len);
 

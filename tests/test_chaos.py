@@ -19,6 +19,7 @@ import time
 import pytest
 
 from conftest import (
+    BINARY,
     Stream,
     build_request,
     connect,
@@ -217,6 +218,11 @@ def recv_all_quietly(s):
     return data
 
 
+def sanitized():
+    with open(BINARY, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def test_chaos(start_server):
     srv = start_server("--publish-token", "secret", "--client-buffer", "64k",
                        "--header-timeout", "2", "--heartbeat", "1", "--max-clients", "2000")
@@ -296,7 +302,8 @@ def test_chaos(start_server):
 
     # Nothing leaked and memory stayed bounded.
     assert settled_fd_count(srv, quiet=1, timeout=15) == base_fds
-    assert srv.rss_bytes() - base_rss < 64 << 20
+    if not sanitized():  # AddressSanitizer keeps freed memory in quarantine (256 MB)
+        assert srv.rss_bytes() - base_rss < 64 << 20
     assert m["sse_connections"] == 1  # this /metrics request
 
 

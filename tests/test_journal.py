@@ -406,6 +406,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_event(start_server, jour
     base = st.read_block().split(b" ")[1].strip().decode()  # the id before any event
     st.close()
     follower = Follower(port)
+    follower.last_id = base  # from the first event on, however late its thread connects
     follower.start()
     acked, seq, rounds = [], 0, 0
     deadline = time.monotonic() + 40

@@ -639,6 +639,68 @@ static void test_two_servers(void) {
     CHECK(sse_server_new(&cfg, err, sizeof err) == NULL && strstr(err, "invalid listen"));
 }
 
+/* A host that forwards its log to subscribers: on_log publishes every line on the topic whose
+ * subscribers are being dropped as too slow, and tries to drive the loop from inside. Nothing
+ * may recurse or touch a freed subscription; the calls that would re-enter answer -EBUSY. */
+struct log_forward {
+    struct sse_server *srv; /* NULL until created */
+    int published, busy;    /* results of the nested sse_publish() calls */
+    int poll_busy;          /* nested sse_poll() calls answered -EBUSY */
+};
+
+static void log_forward(enum sse_log_level level, const char *msg, void *user) {
+    struct log_forward *lf = user;
+    (void)level;
+    if (!lf->srv)
+        return;
+    int r = sse_publish(lf->srv, "t", "log", msg, strlen(msg), NULL);
+    lf->published += r >= 0;
+    lf->busy += r == -EBUSY;
+    lf->poll_busy += sse_poll(lf->srv, 0) == -EBUSY;
+}
+
+static void test_log_reentry(void) {
+    struct log_forward lf = {0};
+    struct sse_config cfg = {.listen = "127.0.0.1:0",
+                             .heartbeat_ms = SSE_OFF,
+                             .client_buffer = 64,
+                             .on_log = log_forward,
+                             .user = &lf};
+    char err[128], buf[4096], big[60];
+    lf.srv = sse_server_new(&cfg, err, sizeof err);
+    CHECK(lf.srv != NULL);
+    if (!lf.srv)
+        return;
+    struct sse_server *srvs[2] = {lf.srv, lf.srv};
+    int fds[3];
+    const char *req = "GET /events/t HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (int i = 0; i < 3; i++) {
+        fds[i] = connect_to(lf.srv);
+        CHECK(fds[i] >= 0 && send(fds[i], req, strlen(req), 0) > 0);
+        CHECK(read_until(srvs, fds[i], buf, sizeof buf, "retry: 3000\n\n"));
+    }
+    CHECK(lf.poll_busy > 0); /* "connection opened" lines came from inside sse_poll() */
+    memset(big, 'x', sizeof big);
+    CHECK(sse_publish(lf.srv, "t", NULL, big, sizeof big, NULL) == 3); /* queued, not sent */
+    int busy = lf.busy;
+    /* Over client_buffer: all three are dropped, each logging from inside the fan-out. */
+    CHECK(sse_publish(lf.srv, "t", NULL, big, sizeof big, NULL) == 0);
+    CHECK(lf.busy == busy + 3);
+    /* Outside a publish, on_log may publish: a new subscriber hears of a closed connection. */
+    int d = connect_to(lf.srv), e = connect_to(lf.srv);
+    CHECK(d >= 0 && e >= 0 && send(d, req, strlen(req), 0) > 0);
+    CHECK(read_until(srvs, d, buf, sizeof buf, "retry: 3000\n\n"));
+    close(e);
+    CHECK(read_until(srvs, d, buf, sizeof buf, " closed (client closed)\n\n") &&
+          strstr(buf, "event: log\ndata: connection #"));
+    CHECK(lf.published > 0);
+    CHECK(sse_retire_topic(lf.srv, "t") == 1);
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
+    close(d);
+    sse_server_free(lf.srv);
+}
+
 /* A journal record for id, topic and formatted event bytes; returns its length. */
 static size_t journal_record(char *out, size_t cap, uint64_t id, const char *topic,
                              const char *bytes) {
@@ -802,6 +864,7 @@ int main(void) {
     test_journal();
     test_resp();
     test_two_servers();
+    test_log_reentry();
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
