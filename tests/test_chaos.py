@@ -24,7 +24,6 @@ from conftest import (
     build_request,
     connect,
     metric_values,
-    publish,
     read_response,
     recv_until,
     request,
