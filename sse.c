@@ -2150,13 +2150,14 @@ enum conn_state {
 };
 
 enum conn_flag {
-    CF_KEEP_ALIVE = 1,  /* the current request allows another after it */
-    CF_OVER_LIMIT = 2,  /* accepted over max_clients, only to be told to come back */
-    CF_IN_FLUSH = 4,    /* in the server's flush list */
-    CF_SUBSCRIBER = 8,  /* has been a stream: count its bytes and events as deliveries */
-    CF_WR_SHUT = 16,    /* write side shut down while lingering */
-    CF_HTTP10 = 32,     /* the current request is HTTP/1.0 */
-    CF_BODY_UNREAD = 64 /* the current request has a body we have not read */
+    CF_KEEP_ALIVE = 1,   /* the current request allows another after it */
+    CF_OVER_LIMIT = 2,   /* accepted over max_clients, only to be told to come back */
+    CF_IN_FLUSH = 4,     /* in the server's flush list */
+    CF_SUBSCRIBER = 8,   /* has been a stream: count its bytes and events as deliveries */
+    CF_WR_SHUT = 16,     /* write side shut down while lingering */
+    CF_HTTP10 = 32,      /* the current request is HTTP/1.0 */
+    CF_BODY_UNREAD = 64, /* the current request has a body we have not read */
+    CF_REPLAYING = 128   /* catching up from Redis: live events wait (they are in the backlog) */
 };
 
 enum timer_id {
@@ -2452,13 +2453,14 @@ static bool redis_ready(const struct sse_server *srv);
 static uint64_t redis_reconnects(const struct sse_server *srv);
 static uint64_t redis_errors(const struct sse_server *srv);
 static uint64_t redis_received(const struct sse_server *srv);
+static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after);
 
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD)
         return;
     enum conn_state state = (enum conn_state)c->state;
     c->state = CONN_DEAD; /* first: the proxy below may close the peer, which looks back */
-    if (state == CONN_WAIT)
+    if (state == CONN_WAIT || (c->flags & CF_REPLAYING))
         redis_forget(srv, c);
     if (c->px)
         proxy_conn_closed(srv, c);
@@ -2909,25 +2911,36 @@ static bool stream_follows(const struct conn *c, const struct topic *t) {
     return false;
 }
 
-/* Queues what a subscriber must get before live events: everything retained after its
- * last id on its topics, or the reset event, or (no last id) the current id. */
-static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *last,
-                            size_t last_len) {
-    if (!last)
-        return conn_enqueue(srv, c, stream_id_line(srv));
-    uint64_t id;
-    if (!id_parse(srv->redis != NULL, last, last_len, &id) ||
-        !backlog_covers(&srv->backlog, id, srv->last_id)) {
-        srv->m.resets_total++;
-        return conn_enqueue_owned(srv, c, stream_reset_event(srv, last, last_len));
-    }
-    srv->m.replays_total++;
+/* Queues every retained event after id on the subscriber's topics. */
+static bool stream_replay_rest(struct sse_server *srv, struct conn *c, uint64_t id) {
     for (uint32_t i = backlog_after(&srv->backlog, id); i < srv->backlog.count; i++) {
         struct blob *ev = backlog_at(&srv->backlog, i);
         if (stream_follows(c, ev->topic) && !conn_enqueue(srv, c, ev))
             return false;
     }
     return true;
+}
+
+/* Queues what a subscriber must get before live events: everything retained after its
+ * last id on its topics, or the reset event, or (no last id) the current id. As a node of
+ * a Redis hub, what is older than the backlog comes from Redis (redis_replay). */
+static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *last,
+                            size_t last_len) {
+    if (!last)
+        return conn_enqueue(srv, c, stream_id_line(srv));
+    uint64_t id;
+    bool valid = id_parse(srv->redis != NULL, last, last_len, &id);
+    if (valid && srv->redis && id < srv->last_id &&
+        !backlog_covers(&srv->backlog, id, srv->last_id) && redis_replay(srv, c, id)) {
+        srv->m.replays_total++;
+        return true; /* from Redis, then the backlog (stream_replay_rest) */
+    }
+    if (!valid || !backlog_covers(&srv->backlog, id, srv->last_id)) {
+        srv->m.resets_total++;
+        return conn_enqueue_owned(srv, c, stream_reset_event(srv, last, last_len));
+    }
+    srv->m.replays_total++;
+    return stream_replay_rest(srv, c, id);
 }
 
 /* Turns the connection into a subscriber of the given topics. */
@@ -2978,6 +2991,8 @@ static void stream_open(struct sse_server *srv, struct conn *c, const char *cons
 /* Queues a live event for a subscriber, or drops the subscriber if it is too far behind
  * (it reconnects and catches up from the backlog; everyone else keeps real time). */
 static bool stream_push(struct sse_server *srv, struct conn *c, struct blob *ev) {
+    if (c->flags & CF_REPLAYING)
+        return false; /* it takes this event from the backlog when its replay ends */
     /* An idle subscriber always takes the event, so one event larger than the buffer is
      * delivered rather than dropping everyone. */
     if (c->qbytes && c->qbytes + ev->len > srv->client_buffer) {
@@ -4417,7 +4432,8 @@ static uint64_t metrics_relays_up(const struct sse_server *srv) {
  * XADD to one stream, and every node follows that stream with XREAD BLOCK and delivers its
  * entries to local subscribers through the same path as local events (publish_deliver), so
  * every node delivers every event, in the stream's order, under the stream entry's id
- * ("MS-SEQ"). A client may therefore reconnect to any node with its Last-Event-ID. A publish
+ * ("MS-SEQ"). A client may therefore reconnect to any node with its Last-Event-ID: what the
+ * node's backlog lacks, it fetches from Redis with XRANGE (redis_replay). A publish
  * is acknowledged only once Redis has the event and said its id; while Redis cannot be
  * reached publishing answers 503, subscribers stay connected (heartbeats go on), and the
  * node reconnects with back-off and resumes XREAD after the last entry it delivered, so
@@ -4553,13 +4569,15 @@ static size_t resp_skip(const struct resp_value *vals, size_t n, size_t i) {
     return i;
 }
 
-enum redis_wait_kind { RW_AUTH, RW_XADD, RW_POSITION, RW_XREAD };
+enum redis_wait_kind { RW_AUTH, RW_XADD, RW_POSITION, RW_XREAD, RW_XINFO, RW_XRANGE };
 
 /* A reply a link expects, in the order the commands went out. */
 struct redis_wait {
     uint8_t kind;                   /* enum redis_wait_kind */
-    struct conn *c;                 /* the publisher waiting for an XADD's id, or NULL */
+    struct conn *c;                 /* the publisher waiting for an XADD's id, or the
+                                       subscriber a replay is for; NULL once it is gone */
     char topic[TOPIC_NAME_MAX + 1]; /* the XADD's topic, for the answer */
+    uint64_t after;                 /* a replay's position: entries after this id */
 };
 
 struct redis_link {
@@ -4630,6 +4648,7 @@ static bool redis_send(struct sse_server *srv, struct redis_link *l, enum redis_
     struct redis_wait *rw = &l->waits[(l->whead + l->wlen++) % l->wcap];
     rw->kind = (uint8_t)kind;
     rw->c = c;
+    rw->after = 0;
     snprintf(rw->topic, sizeof rw->topic, "%s", topic ? topic : "");
     if (!l->deadline)
         l->deadline = srv->now + (kind == RW_XREAD ? REDIS_BLOCK_MS : 0) + REDIS_TIMEOUT_MS;
@@ -4711,7 +4730,9 @@ static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const 
         struct redis_wait *rw = &l->waits[l->whead];
         l->whead = (l->whead + 1) % l->wcap;
         l->wlen--;
-        if (rw->kind == RW_XADD) {
+        if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE) && rw->c) {
+            conn_close(srv, rw->c, R_UPSTREAM); /* it comes back with its last id */
+        } else if (rw->kind == RW_XADD) {
             r->errors++;
             if (rw->c) {
                 rw->c->state = CONN_RESPOND; /* out of CONN_WAIT, so closing it is plain */
@@ -4744,42 +4765,57 @@ static bool redis_str(const struct resp_value *v, char *out, size_t cap) {
     return true;
 }
 
-/* One stream entry, [id, [field, value, ...]] at vals[i], to the local subscribers. Entries
- * not written by sse-server (no valid topic, an invalid event type or data) are skipped
- * and counted; the follower moves past them all the same. */
-static void redis_deliver_entry(struct sse_server *srv, const struct resp_value *vals, size_t n,
-                                size_t i) {
-    struct redis_hub *r = srv->redis;
-    char id[48], topic[TOPIC_NAME_MAX + 1] = "", event[EVENT_TYPE_MAX + 1];
-    const struct resp_value *data = NULL;
-    bool has_event = false, ok = i + 2 < n && vals[i].type == '*' && vals[i].len == 2 &&
-                                 redis_str(&vals[i + 1], id, sizeof id) &&
-                                 vals[i + 2].type == '*' && vals[i + 2].len % 2 == 0;
-    uint64_t key = 0;
-    if (ok)
-        memcpy(r->after, id, strlen(id) + 1); /* read, delivered or not */
-    ok = ok && id_parse(true, id, strlen(id), &key);
+/* What sse-server writes into a stream entry, [id, [field, value, ...]] at vals[i]. */
+struct redis_entry {
+    char id[48];                    /* the entry id as Redis wrote it ("" if none) */
+    uint64_t key;                   /* the id as a key */
+    char topic[TOPIC_NAME_MAX + 1]; /* "topic" */
+    char event[EVENT_TYPE_MAX + 1]; /* "event", or "" */
+    const struct resp_value *data;  /* "data" */
+};
+
+/* Reads an entry; false if it is not an event sse-server would publish (e->id is still set
+ * when the entry has an id, so a reader can move past it). */
+static bool redis_entry(const struct sse_server *srv, const struct resp_value *vals, size_t n,
+                        size_t i, struct redis_entry *e) {
+    memset(e, 0, sizeof *e);
+    bool ok = i + 2 < n && vals[i].type == '*' && vals[i].len == 2 &&
+              redis_str(&vals[i + 1], e->id, sizeof e->id) && vals[i + 2].type == '*' &&
+              vals[i + 2].len % 2 == 0;
+    ok = ok && id_parse(true, e->id, strlen(e->id), &e->key);
     for (size_t f = i + 3; ok && f + 1 < i + 3 + vals[i + 2].len && f + 1 < n; f += 2) {
         const struct resp_value *name = &vals[f], *value = &vals[f + 1];
         ok = name->type == '$' && value->type == '$';
         if (ok && bytes_eq(name->str, name->len, "topic"))
-            ok = redis_str(value, topic, sizeof topic);
+            ok = redis_str(value, e->topic, sizeof e->topic);
         else if (ok && bytes_eq(name->str, name->len, "event"))
-            ok = has_event = redis_str(value, event, sizeof event);
+            ok = redis_str(value, e->event, sizeof e->event) && e->event[0];
         else if (ok && bytes_eq(name->str, name->len, "data"))
-            data = value;
+            e->data = value;
     }
-    const char *t = topic;
-    if (ok && data && key > srv->last_id &&
-        publish_check(srv, &t, has_event ? event : NULL, data->str, data->len) == 0 && topic[0] &&
-        publish_deliver(srv, key, topic, has_event ? event : NULL, data->str, data->len) >= 0) {
+    const char *t = e->topic;
+    return ok && e->data && e->topic[0] &&
+           publish_check(srv, &t, e->event[0] ? e->event : NULL, e->data->str, e->data->len) == 0;
+}
+
+/* One stream entry at vals[i] to the local subscribers. Entries not written by sse-server
+ * are skipped and counted; the follower moves past them all the same. */
+static void redis_deliver_entry(struct sse_server *srv, const struct resp_value *vals, size_t n,
+                                size_t i) {
+    struct redis_hub *r = srv->redis;
+    struct redis_entry e;
+    bool ok = redis_entry(srv, vals, n, i, &e);
+    if (e.id[0])
+        memcpy(r->after, e.id, strlen(e.id) + 1); /* read, delivered or not */
+    if (ok && e.key > srv->last_id &&
+        publish_deliver(srv, e.key, e.topic, e.event[0] ? e.event : NULL, e.data->str,
+                        e.data->len) >= 0) {
         r->received++;
         return;
     }
     r->errors++;
-    log_say(&srv->log, SSE_LOG_WARN, "redis %s: stream entry %.*s skipped: not an sse-server event",
-            r->where, vals[i + 1 < n ? i + 1 : i].type == '$' ? (int)vals[i + 1].len : 1,
-            vals[i + 1 < n ? i + 1 : i].type == '$' ? vals[i + 1].str : "?");
+    log_say(&srv->log, SSE_LOG_WARN, "redis %s: stream entry %s skipped: not an sse-server event",
+            r->where, e.id[0] ? e.id : "without an id");
 }
 
 /* The follower's answers: where the stream ends (at start), then entries. */
@@ -4815,10 +4851,148 @@ static bool redis_follow_reply(struct sse_server *srv, enum redis_wait_kind kind
     return true;
 }
 
+/*
+ * Replay from Redis. A client may come back with an id older than this node's backlog (the
+ * node started later, or the client was away long). Then the node asks Redis: XINFO STREAM
+ * says whether anything after that id was trimmed away (then only the reset event is
+ * honest), and XRANGE brings the entries after it, REDIS_REPLAY_PAGE at a time, until they
+ * reach what the backlog holds; the backlog then gives the rest, and live events follow.
+ * Until then the subscriber is CF_REPLAYING: live events skip it (it takes them from the
+ * backlog), so it sees every event once, in order. Replayed entries are formatted for this
+ * subscriber alone; a subscriber that falls client_buffer behind is dropped as slow.
+ */
+#define REDIS_REPLAY_PAGE 256
+
+static bool redis_replay_page(struct sse_server *srv, struct conn *c, uint64_t after) {
+    struct redis_hub *r = srv->redis;
+    char from[50] = "(", count[24];
+    struct wbuf fw = {from + 1, sizeof from - 1, 0}, cw = {count, sizeof count, 0};
+    wb_id(&fw, true, after);
+    wb_u64(&cw, REDIS_REPLAY_PAGE);
+    const char *argv[] = {"XRANGE", r->key, from, "+", "COUNT", count};
+    size_t lens[] = {6, strlen(r->key), fw.len + 1, 1, 5, cw.len};
+    if (!redis_send(srv, &r->cmd, RW_XRANGE, c, NULL, 6, argv, lens))
+        return false;
+    r->cmd.waits[(r->cmd.whead + r->cmd.wlen - 1) % r->cmd.wcap].after = after;
+    return true;
+}
+
+/* Starts a replay from Redis for a subscriber whose last id is `after`. False when Redis
+ * cannot be asked now (the caller sends the reset event instead). */
+static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after) {
+    struct redis_hub *r = srv->redis;
+    const char *argv[] = {"XINFO", "STREAM", r->key};
+    size_t lens[] = {5, 6, strlen(r->key)};
+    if (!r->cmd.up || !redis_send(srv, &r->cmd, RW_XINFO, c, NULL, 3, argv, lens))
+        return false;
+    r->cmd.waits[(r->cmd.whead + r->cmd.wlen - 1) % r->cmd.wcap].after = after;
+    c->flags |= CF_REPLAYING;
+    return true;
+}
+
+/* The end of a replay: the reset event instead (the history was trimmed, or Redis failed
+ * the request), or what the backlog holds after the last replayed id. */
+static void redis_replay_end(struct sse_server *srv, struct conn *c, uint64_t after, bool exact) {
+    c->flags &= (uint8_t)~CF_REPLAYING;
+    bool ok;
+    if (exact) {
+        ok = stream_replay_rest(srv, c, after);
+    } else {
+        char asked[48];
+        struct wbuf w = {asked, sizeof asked, 0};
+        wb_id(&w, true, after);
+        srv->m.replays_total--;
+        srv->m.resets_total++;
+        ok = conn_enqueue_owned(srv, c, stream_reset_event(srv, asked, w.len));
+    }
+    if (!ok)
+        conn_close(srv, c, R_ERROR);
+}
+
+/* XINFO STREAM's answer, a flat list of field and value. Trimming removes the oldest
+ * entries without saying which, so the replay is exact only when nothing was ever removed
+ * (entries-added equals length), or the client's id is not older than the first entry
+ * left; and not older than the last entry deleted from the middle (max-deleted-entry-id). */
+static void redis_replay_info(struct sse_server *srv, const struct redis_wait *rw,
+                              const struct resp_value *vals, size_t n) {
+    uint64_t deleted = 0, first = 0;
+    int64_t added = -1, length = -1;
+    for (size_t i = 1; vals[0].type == '*' && i + 1 < n; i = resp_skip(vals, n, i + 1)) {
+        char id[48];
+        const struct resp_value *name = &vals[i], *value = &vals[i + 1];
+        if (name->type != '$' && name->type != '+')
+            continue;
+        if (bytes_eq(name->str, name->len, "length") && value->type == ':')
+            length = value->integer;
+        else if (bytes_eq(name->str, name->len, "entries-added") && value->type == ':')
+            added = value->integer;
+        else if (bytes_eq(name->str, name->len, "max-deleted-entry-id") &&
+                 redis_str(value, id, sizeof id))
+            id_parse(true, id, strlen(id), &deleted);
+        else if (bytes_eq(name->str, name->len, "first-entry") && value->type == '*' && i + 2 < n &&
+                 redis_str(&vals[i + 2], id, sizeof id))
+            id_parse(true, id, strlen(id), &first);
+    }
+    bool removed = added < 0 || length < 0 || added != length;
+    bool exact = vals[0].type == '*' && rw->after >= deleted && (!removed || rw->after >= first);
+    if (!exact || !redis_replay_page(srv, rw->c, rw->after))
+        redis_replay_end(srv, rw->c, rw->after, false);
+}
+
+/* A page of XRANGE: entries up to what the backlog holds go to the subscriber; then the
+ * next page, or the backlog. */
+static void redis_replay_entries(struct sse_server *srv, const struct redis_wait *rw,
+                                 const struct resp_value *vals, size_t n) {
+    struct conn *c = rw->c;
+    if (vals[0].type != '*') {
+        redis_replay_end(srv, c, rw->after, false);
+        return;
+    }
+    uint64_t limit = srv->backlog.count ? srv->backlog.base : srv->last_id, after = rw->after;
+    bool done = vals[0].len < REDIS_REPLAY_PAGE;
+    for (size_t i = 1, e = 0; e < vals[0].len && i < n; e++, i = resp_skip(vals, n, i)) {
+        struct redis_entry ent;
+        bool ok = redis_entry(srv, vals, n, i, &ent);
+        if (!ent.id[0] || ent.key > limit) {
+            done = true; /* the backlog has it from here */
+            break;
+        }
+        after = ent.key;
+        struct topic *t = ok ? topic_find(&srv->topics, ent.topic, strlen(ent.topic)) : NULL;
+        if (!t || !stream_follows(c, t))
+            continue;
+        size_t len =
+            wire_format_event(NULL, 0, ent.id, strlen(ent.id), ent.event[0] ? ent.event : NULL,
+                              ent.data->str, ent.data->len);
+        struct blob *b = blob_new(len);
+        if (b)
+            wire_format_event(b->bytes, len, ent.id, strlen(ent.id),
+                              ent.event[0] ? ent.event : NULL, ent.data->str, ent.data->len);
+        if (!b || !conn_enqueue_owned(srv, c, b)) {
+            conn_close(srv, c, R_ERROR);
+            return;
+        }
+        if (c->qbytes > srv->client_buffer) {
+            srv->m.dropped_total++;
+            conn_close(srv, c, R_SLOW);
+            return;
+        }
+    }
+    if (done || !redis_replay_page(srv, c, after))
+        redis_replay_end(srv, c, after, done);
+}
+
 /* The reply to the command at the head of a link's queue. False: the link is unusable. */
 static bool redis_reply(struct sse_server *srv, struct redis_link *l, const struct redis_wait *rw,
                         const struct resp_value *vals, size_t n) {
     struct redis_hub *r = srv->redis;
+    if (rw->kind == RW_XINFO || rw->kind == RW_XRANGE) {
+        if (rw->c && rw->kind == RW_XINFO)
+            redis_replay_info(srv, rw, vals, n); /* an error: no stream, so no exact replay */
+        else if (rw->c)
+            redis_replay_entries(srv, rw, vals, n);
+        return true;
+    }
     if (vals[0].type == '-' && rw->kind != RW_XADD) {
         log_say(&srv->log, SSE_LOG_ERROR, "redis %s: %s link: %.*s", r->where, l->name,
                 (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str);

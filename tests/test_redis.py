@@ -155,12 +155,61 @@ def test_resume_on_another_node_with_last_event_id(start_server, redis):
         assert st.nothing_pending(0.3)
     finally:
         st.close()
-    # An id from before this node followed the stream is said so, not pretended.
+    # A node that started later fetches what the client missed from Redis (XRANGE), then
+    # goes on live: every event once, in order.
     late = node(start_server, redis)
     st = Stream(late.port, "/events/news", headers={"Last-Event-ID": first[0][0]})
     try:
         st.read_block()
-        assert b"event: reset\n" in st.read_block()
+        assert read_events(st, 9) == first[1:] + missed
+        live = pub(c.port, "live")
+        assert read_events(st, 1) == [(live, "live")]
+        assert st.nothing_pending(0.3)
+    finally:
+        st.close()
+    assert metric_values(late.port)["sse_replays_total"] == 1
+
+
+def test_replay_from_redis_pages_and_topics(start_server, redis):
+    a = node(start_server, redis)
+    start = Stream(a.port, "/events/news")
+    start.read_block()
+    base = start.read_block().split(b" ")[1].strip().decode()
+    start.close()
+    news = []
+    for i in range(700):
+        topic = "news" if i % 3 else "other"
+        id_ = pub(a.port, "n%d" % i, topic=topic)
+        if topic == "news":
+            news.append((id_, "n%d" % i))
+    late = node(start_server, redis, "--backlog", "50")
+    st = Stream(late.port, "/events/news", headers={"Last-Event-ID": base})
+    try:
+        st.read_block()
+        assert read_events(st, len(news)) == news  # three XRANGE pages, only its topic
+        more = [(pub(a.port, "m%d" % i), "m%d" % i) for i in range(60)]  # past the backlog
+        assert read_events(st, 60) == more
+        assert st.nothing_pending(0.3)
+    finally:
+        st.close()
+
+
+def test_trimmed_history_is_a_reset(start_server, redis):
+    a = node(start_server, redis, "--redis-maxlen", "10")
+    ids = [pub(a.port, "t%d" % i) for i in range(400)]
+    assert int(redis.command("XLEN", "sse")[1:-2]) < 400  # Redis trimmed whole nodes
+    late = node(start_server, redis, "--backlog", "5")
+    st = Stream(late.port, "/events/news", headers={"Last-Event-ID": ids[0]})
+    try:
+        st.read_block()
+        block = st.read_block()
+        assert b"event: reset\n" in block and ids[0].encode() in block
+    finally:
+        st.close()
+    st = Stream(late.port, "/events/news", headers={"Last-Event-ID": ids[-20]})
+    try:
+        st.read_block()
+        assert [i for i, _ in read_events(st, 19)] == ids[-19:]  # recent enough: exact
     finally:
         st.close()
 
