@@ -236,7 +236,10 @@ VALGRIND_TESTS = $(T)proxy.py $(T)relay.py \
   $(T)journal.py::test_restart_replays_and_ids_continue \
   $(T)journal.py::test_torn_last_record_is_dropped \
   $(T)journal.py::test_compaction_keeps_the_backlog_and_bounds_the_file \
-  $(T)journal.py::test_failed_write_is_503_and_nobody_receives_it
+  $(T)journal.py::test_failed_write_is_503_and_nobody_receives_it \
+  $(T)redis.py::test_every_node_delivers_every_event_once_in_order \
+  $(T)redis.py::test_replay_from_redis_pages_and_topics \
+  $(T)redis.py::test_redis_down_publish_503_subscribers_stay
 
 valgrind: sse-server deps
 	@command -v valgrind >/dev/null || { echo 'make valgrind needs valgrind' >&2; exit 1; }
