@@ -5126,8 +5126,8 @@ static int redis_publish(struct sse_server *srv, struct conn *c, const char *top
     char maxlen[24];
     struct wbuf mw = {maxlen, sizeof maxlen, 0};
     wb_u64(&mw, r->maxlen);
-    const char *argv[11] = {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", topic};
-    size_t lens[11] = {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(topic)};
+    const char *argv[12] = {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", topic};
+    size_t lens[12] = {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(topic)};
     int argc = 8;
     if (event) {
         argv[argc] = "event";
