@@ -68,8 +68,8 @@ run: sse-server
 	./sse-server --demo
 
 # Test dependencies: pytest, the real clients and deployment tools the tests use (nginx,
-# chromium, curl, openssl, nghttp, strace, systemd-analyze) and the checkers CI runs (valgrind,
-# cppcheck, clang-tidy) from Debian; playwright-core,
+# redis-server, chromium, curl, openssl, nghttp, strace, systemd-analyze) and the checkers CI
+# runs (valgrind, cppcheck, clang-tidy) from Debian; playwright-core,
 # eventsource and eventsource-parser from npm into tests/browser/node_modules (`npm ci`, from
 # the lock file). A temporary policy-rc.d keeps the nginx package from starting a system nginx.
 DEBIAN_TOOLS = nginx:nginx chromium:chromium curl:curl openssl:openssl nghttp:nghttp2-client \
