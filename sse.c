@@ -2454,6 +2454,7 @@ static uint64_t redis_reconnects(const struct sse_server *srv);
 static uint64_t redis_errors(const struct sse_server *srv);
 static uint64_t redis_received(const struct sse_server *srv);
 static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after);
+static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last);
 
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD)
@@ -2930,6 +2931,10 @@ static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *
         return conn_enqueue(srv, c, stream_id_line(srv));
     uint64_t id;
     bool valid = id_parse(srv->redis != NULL, last, last_len, &id);
+    if (valid && srv->redis && id > srv->last_id && redis_ahead(srv, c, id)) {
+        srv->m.replays_total++;
+        return true; /* when the follower reaches it (redis_ahead_done) */
+    }
     if (valid && srv->redis && id < srv->last_id &&
         !backlog_covers(&srv->backlog, id, srv->last_id) && redis_replay(srv, c, id)) {
         srv->m.replays_total++;
@@ -4569,7 +4574,7 @@ static size_t resp_skip(const struct resp_value *vals, size_t n, size_t i) {
     return i;
 }
 
-enum redis_wait_kind { RW_AUTH, RW_XADD, RW_POSITION, RW_XREAD, RW_XINFO, RW_XRANGE };
+enum redis_wait_kind { RW_AUTH, RW_XADD, RW_POSITION, RW_XREAD, RW_XINFO, RW_XRANGE, RW_XLAST };
 
 /* A reply a link expects, in the order the commands went out. */
 struct redis_wait {
@@ -4597,23 +4602,32 @@ struct redis_link {
     unsigned failures;    /* attempts in a row that failed, for back-off */
 };
 
+/* A subscriber that came back with an id this node's follower has not reached yet (it read
+ * the event on a node further ahead): it waits until the follower gets there. */
+struct redis_ahead {
+    struct conn *c;
+    uint64_t last; /* its last event id */
+};
+
 struct redis_hub {
     struct sockaddr_storage addr; /* Redis, resolved once at start */
     socklen_t addr_len;
-    char where[280];          /* "HOST:PORT", for log lines */
-    char key[256];            /* the stream */
-    char *password;           /* for AUTH, or NULL */
-    uint64_t maxlen;          /* XADD MAXLEN ~ this */
-    size_t max_reply;         /* largest reply accepted */
-    uint32_t xread_count;     /* entries per XREAD */
-    struct redis_link cmd;    /* AUTH, XADD */
-    struct redis_link follow; /* XREAD BLOCK, following the stream */
-    bool positioned;          /* srv->last_id is a stream position (known since start) */
-    char after[48];           /* the id of the last entry read: XREAD goes on after it */
-    struct resp_value *vals;  /* scratch for the reader */
-    uint64_t reconnects;      /* links lost, for /metrics */
-    uint64_t errors;          /* failed publishes and refused entries */
-    uint64_t received;        /* stream entries delivered */
+    char where[280];           /* "HOST:PORT", for log lines */
+    char key[256];             /* the stream */
+    char *password;            /* for AUTH, or NULL */
+    uint64_t maxlen;           /* XADD MAXLEN ~ this */
+    size_t max_reply;          /* largest reply accepted */
+    uint32_t xread_count;      /* entries per XREAD */
+    struct redis_link cmd;     /* AUTH, XADD */
+    struct redis_link follow;  /* XREAD BLOCK, following the stream */
+    bool positioned;           /* srv->last_id is a stream position (known since start) */
+    char after[48];            /* the id of the last entry read: XREAD goes on after it */
+    struct redis_ahead *ahead; /* subscribers whose last id this node has not read yet */
+    uint32_t nahead, ahead_cap;
+    struct resp_value *vals; /* scratch for the reader */
+    uint64_t reconnects;     /* links lost, for /metrics */
+    uint64_t errors;         /* failed publishes and refused entries */
+    uint64_t received;       /* stream entries delivered */
 };
 
 /* Appends a command to a link's output and the reply it expects to its queue. */
@@ -4730,7 +4744,7 @@ static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const 
         struct redis_wait *rw = &l->waits[l->whead];
         l->whead = (l->whead + 1) % l->wcap;
         l->wlen--;
-        if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE) && rw->c) {
+        if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE || rw->kind == RW_XLAST) && rw->c) {
             conn_close(srv, rw->c, R_UPSTREAM); /* it comes back with its last id */
         } else if (rw->kind == RW_XADD) {
             r->errors++;
@@ -4798,6 +4812,8 @@ static bool redis_entry(const struct sse_server *srv, const struct resp_value *v
            publish_check(srv, &t, e->event[0] ? e->event : NULL, e->data->str, e->data->len) == 0;
 }
 
+static void redis_ahead_done(struct sse_server *srv);
+
 /* One stream entry at vals[i] to the local subscribers. Entries not written by sse-server
  * are skipped and counted; the follower moves past them all the same. */
 static void redis_deliver_entry(struct sse_server *srv, const struct resp_value *vals, size_t n,
@@ -4811,6 +4827,7 @@ static void redis_deliver_entry(struct sse_server *srv, const struct resp_value 
         publish_deliver(srv, e.key, e.topic, e.event[0] ? e.event : NULL, e.data->str,
                         e.data->len) >= 0) {
         r->received++;
+        redis_ahead_done(srv);
         return;
     }
     r->errors++;
@@ -4982,10 +4999,78 @@ static void redis_replay_entries(struct sse_server *srv, const struct redis_wait
         redis_replay_end(srv, c, after, done);
 }
 
+/*
+ * A client may come back with an id this node has not read yet: it read the event on a
+ * node whose follower is a little ahead. Such an id is not a reset; the subscriber waits
+ * (CF_REPLAYING: live events skip it) until this node's follower passes the id, then
+ * takes what came after it from the backlog. XREVRANGE first tells whether the id exists
+ * at all: one newer than the stream's last entry was never issued, and gets the reset.
+ */
+static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last) {
+    struct redis_hub *r = srv->redis;
+    const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
+    size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
+    if (!r->cmd.up || !redis_send(srv, &r->cmd, RW_XLAST, c, NULL, 6, argv, lens))
+        return false;
+    r->cmd.waits[(r->cmd.whead + r->cmd.wlen - 1) % r->cmd.wcap].after = last;
+    c->flags |= CF_REPLAYING;
+    return true;
+}
+
+/* Subscribers waiting for the follower whose id it has now reached go on from the backlog
+ * (or from Redis, if a burst pushed their id out of the backlog meanwhile). */
+static void redis_ahead_done(struct sse_server *srv) {
+    struct redis_hub *r = srv->redis;
+    for (uint32_t i = 0; i < r->nahead; i++) {
+        struct redis_ahead a = r->ahead[i];
+        if (a.last > srv->last_id)
+            continue;
+        r->ahead[i--] = r->ahead[--r->nahead];
+        if (backlog_covers(&srv->backlog, a.last, srv->last_id))
+            redis_replay_end(srv, a.c, a.last, true);
+        else if (!redis_replay(srv, a.c, a.last))
+            redis_replay_end(srv, a.c, a.last, false);
+    }
+}
+
+/* XREVRANGE's answer: the stream's last entry. */
+static void redis_ahead_last(struct sse_server *srv, const struct redis_wait *rw,
+                             const struct resp_value *vals, size_t n) {
+    struct redis_hub *r = srv->redis;
+    char id[48];
+    uint64_t newest = 0;
+    bool exists = vals[0].type == '*' && vals[0].len == 1 && n >= 3 &&
+                  redis_str(&vals[2], id, sizeof id) && id_parse(true, id, strlen(id), &newest) &&
+                  rw->after <= newest;
+    if (exists && rw->after <= srv->last_id) {
+        redis_replay_end(srv, rw->c, rw->after, true); /* reached while we asked */
+        return;
+    }
+    if (exists && r->nahead == r->ahead_cap) {
+        uint32_t cap = r->ahead_cap ? r->ahead_cap * 2 : 8;
+        struct redis_ahead *more = realloc(r->ahead, cap * sizeof *more);
+        exists = more != NULL;
+        if (more) {
+            r->ahead = more;
+            r->ahead_cap = cap;
+        }
+    }
+    if (!exists) {
+        redis_replay_end(srv, rw->c, rw->after, false);
+        return;
+    }
+    r->ahead[r->nahead++] = (struct redis_ahead){rw->c, rw->after};
+}
+
 /* The reply to the command at the head of a link's queue. False: the link is unusable. */
 static bool redis_reply(struct sse_server *srv, struct redis_link *l, const struct redis_wait *rw,
                         const struct resp_value *vals, size_t n) {
     struct redis_hub *r = srv->redis;
+    if (rw->kind == RW_XLAST) {
+        if (rw->c)
+            redis_ahead_last(srv, rw, vals, n);
+        return true;
+    }
     if (rw->kind == RW_XINFO || rw->kind == RW_XRANGE) {
         if (rw->c && rw->kind == RW_XINFO)
             redis_replay_info(srv, rw, vals, n); /* an error: no stream, so no exact replay */
@@ -5148,10 +5233,14 @@ static int redis_publish(struct sse_server *srv, struct conn *c, const char *top
 
 /* A publisher waiting for Redis went away: its answer goes nowhere. */
 static void redis_forget(struct sse_server *srv, const struct conn *c) {
-    struct redis_link *l = &srv->redis->cmd;
+    struct redis_hub *r = srv->redis;
+    struct redis_link *l = &r->cmd;
     for (uint32_t i = 0; i < l->wlen; i++)
         if (l->waits[(l->whead + i) % l->wcap].c == c)
             l->waits[(l->whead + i) % l->wcap].c = NULL;
+    for (uint32_t i = 0; i < r->nahead; i++)
+        if (r->ahead[i].c == c)
+            r->ahead[i--] = r->ahead[--r->nahead];
 }
 
 /* Once per loop iteration: send what was queued, reconnect what is down and due, give up on
@@ -5222,6 +5311,7 @@ static void redis_free(struct sse_server *srv) {
     }
     free(r->password);
     free(r->vals);
+    free(r->ahead);
     free(r);
     srv->redis = NULL;
 }

@@ -327,3 +327,39 @@ def test_options(start_server, tmp_path):
         assert st.status == 200 and st.read_block().startswith(b"retry: ")
     finally:
         st.close()
+
+
+def test_resume_on_a_node_that_has_not_read_the_id_yet(start_server, redis):
+    """A client that read an event on one node may reconnect to a node whose follower has
+    not read it yet: it waits for the follower, then goes on, without a reset or a gap."""
+    a, b = node(start_server, redis), node(start_server, redis)
+    # Cut the followers (XREAD) so the nodes lag: they reconnect only after a back-off.
+    deadline = time.monotonic() + 10
+    while True:
+        clients = redis.command("CLIENT", "LIST").decode()
+        followers = [re.search(r"id=(\d+)", l).group(1) for l in clients.splitlines()
+                     if "cmd=xread" in l]
+        if len(followers) == 2:
+            break
+        assert time.monotonic() < deadline, clients
+        time.sleep(0.02)
+    for f in followers:
+        assert redis.command("CLIENT", "KILL", "ID", f) == b":1\r\n"
+    seen = pub(a.port, "read on a")
+    st = Stream(b.port, "/events/news", headers={"Last-Event-ID": seen})
+    try:
+        st.read_block()
+        after = pub(a.port, "after it")
+        assert read_events(st, 1) == [(after, "after it")]  # not the one it had, no reset
+        assert st.nothing_pending(0.3)
+    finally:
+        st.close()
+    m = metric_values(b.port)
+    assert m["sse_resets_total"] == 0 and m["sse_replays_total"] == 1
+    # An id newer than anything Redis issued is a reset, as locally.
+    st = Stream(b.port, "/events/news", headers={"Last-Event-ID": "99999999999999-0"})
+    try:
+        st.read_block()
+        assert b"event: reset\n" in st.read_block()
+    finally:
+        st.close()
