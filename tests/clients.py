@@ -114,7 +114,14 @@ class Browser:
 class TcpRelay:
     """Listens on a loopback port and pipes each connection to the server's port. sever()
     closes every open connection at once, as a network cut would; new connections are relayed
-    again. `requests` keeps the first bytes each client sent (its request head)."""
+    again. hold() makes new connections wait, accepted but not yet connected to the server
+    (a client that cannot get through), until release().
+
+    Every connection's bytes are kept both ways (the first KEEP bytes each), with the time
+    each piece arrived: heads() gives the first request head of each relayed connection,
+    exchanges() every request with the response the server gave it."""
+
+    KEEP = 1 << 20
 
     def __init__(self, target_port):
         self.target_port = target_port
@@ -124,7 +131,10 @@ class TcpRelay:
         self.port = self.listener.getsockname()[1]
         self.lock = threading.Lock()
         self.open = []
-        self.requests = []
+        self.conns = []  # per connection: bytes each way, when each client piece arrived
+        self.waiting = 0
+        self.passing = threading.Event()
+        self.passing.set()
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -134,31 +144,46 @@ class TcpRelay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            slot = {"head": b""}
-            with self.lock:
-                if self.closed:
-                    client.close()
-                    upstream.close()
-                    return
-                self.open.append((client, upstream))
-                self.requests.append(slot)
-            threading.Thread(target=self._pipe, args=(client, upstream, slot), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
-    def _pipe(self, src, dst, slot):
+    def _connect(self, client):
+        with self.lock:
+            self.waiting += 1
+        passing = self.passing.wait(timeout=60)
+        with self.lock:
+            self.waiting -= 1
+        try:
+            if not passing:
+                raise OSError("held for too long")
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        conn = {"up": bytearray(), "down": bytearray(), "arrivals": []}
+        with self.lock:
+            if self.closed:
+                client.close()
+                upstream.close()
+                return
+            self.open.append((client, upstream))
+            self.conns.append(conn)
+        threading.Thread(target=self._pipe, args=(client, upstream, conn, "up"),
+                         daemon=True).start()
+        threading.Thread(target=self._pipe, args=(upstream, client, conn, "down"),
+                         daemon=True).start()
+
+    def _pipe(self, src, dst, conn, way):
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if slot is not None and len(slot["head"]) < 8192:
-                    slot["head"] += data
+                with self.lock:
+                    kept = conn[way]
+                    if way == "up":
+                        conn["arrivals"].append((len(kept), time.monotonic()))
+                    kept += data[: max(0, self.KEEP - len(kept))]
                 dst.sendall(data)
         except OSError:
             pass
@@ -180,15 +205,77 @@ class TcpRelay:
                 s.close()
         return len(pairs)
 
+    def hold(self):
+        self.passing.clear()
+
+    def held(self):
+        """How many connections are waiting for release()."""
+        with self.lock:
+            return self.waiting
+
+    def release(self):
+        self.passing.set()
+
     def heads(self):
         with self.lock:
-            return [r["head"] for r in self.requests]
+            return [bytes(c["up"][:8192]) for c in self.conns]
+
+    def exchanges(self):
+        """Every request the clients sent, in the order they arrived: dicts with the request
+        head, the head of the server's response to it (None if none came) and `at`, the
+        time.monotonic() its first byte reached the relay."""
+        with self.lock:
+            conns = [(bytes(c["up"]), bytes(c["down"]), list(c["arrivals"])) for c in self.conns]
+        out = []
+        for up, down, arrivals in conns:
+            responses = [head for _, head in message_heads(down, responses=True)]
+            for i, (offset, head) in enumerate(message_heads(up, responses=False)):
+                at = max(t for start, t in arrivals if start <= offset)
+                out.append({"request": head, "response": responses[i] if i < len(responses)
+                            else None, "at": at})
+        return sorted(out, key=lambda e: e["at"])
 
     def close(self):
         with self.lock:
             self.closed = True
+        self.release()
         self.listener.close()
         self.sever()
+
+
+def message_heads(data, responses):
+    """(offset, head) of each HTTP/1.1 message in data, one after the other. A body is skipped
+    by its Content-Length; a response without one (other than 1xx, 204 and 304) runs to the
+    end of the connection. Enough for GETs and sse-server's answers (none to a HEAD)."""
+    heads, at = [], 0
+    while True:
+        end = data.find(b"\r\n\r\n", at)
+        if end < 0:
+            return heads
+        head = data[at : end + 4]
+        heads.append((at, head))
+        lines = head.split(b"\r\n")
+        length = None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if responses:
+            status = int(lines[0].split()[1])
+            if status in (204, 304) or status < 200:
+                length = 0
+            elif length is None:
+                return heads
+        at = end + 4 + (length or 0)
+
+
+def header_value(head, name):
+    """The value of header `name` in a message head, or None."""
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name.lower().encode():
+            return value.strip().decode()
+    return None
 
 
 def wait_until(predicate, timeout=10, interval=0.05, what="condition"):

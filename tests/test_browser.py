@@ -7,13 +7,14 @@ tests/browser/out/ for a person to look at."""
 import json
 import os
 import re
+import signal
 import threading
 import time
 from urllib.parse import urlencode
 
 import pytest
 
-from clients import HERE, Browser, TcpRelay, wait_until
+from clients import HERE, Browser, TcpRelay, header_value, wait_until
 from conftest import metric_values, publish
 
 PAGES = os.path.join(HERE, "browser", "pages")
@@ -177,7 +178,13 @@ def test_event_types_and_multiline_data_arrive_exactly(browser, start_server):
     assert browser.eval("rec.errors") == 0
 
 
+def stream_requests(relay, path):
+    """The requests for the stream at path that went through the relay, in order."""
+    return [x for x in relay.exchanges() if x["request"].startswith(b"GET %s " % path.encode())]
+
+
 def test_reconnects_after_cuts_with_last_event_id_and_loses_nothing(browser, start_server):
+    retry = 0.3
     srv = start_server("--publish-token", "secret", "--root", PAGES, "--retry", "300")
     relay = TcpRelay(srv.port)
     try:
@@ -192,24 +199,32 @@ def test_reconnects_after_cuts_with_last_event_id_and_loses_nothing(browser, sta
 
         t = threading.Thread(target=publisher)
         t.start()
-        for cut_at in (15, 35):
+        cuts = []
+        for n, cut_at in enumerate((15, 35)):
             wait_until(lambda: len(ids) >= cut_at, what="publishes")
+            # Connected again, with an event on this connection: the page's last id is a
+            # message's, not the id-only line a fresh stream starts with.
+            browser.wait("rec.opens === %d && rec.events.length > rec.eventsAtOpen[%d]" % (n + 1, n))
+            cuts.append(time.monotonic())
             assert relay.sever() >= 1
         t.join(timeout=30)
         assert len(ids) == total
         browser.wait("rec.events.length >= %d" % total, timeout=20)
         time.sleep(0.3)
         compare(browser, [{"data": "event %d" % i, "id": ids[i]} for i in range(total)])
-        assert browser.eval("rec.opens") >= 3
-        assert browser.eval("rec.errors") >= 2
-        resumed = [
-            h for h in relay.heads()
-            if h.startswith(b"GET /events/feed") and b"\r\nlast-event-id: " in h.lower()
-        ]
-        assert len(resumed) >= 2, relay.heads()
-        for head in resumed:
-            value = head.lower().split(b"\r\nlast-event-id: ")[1].split(b"\r\n")[0]
-            assert value.decode() in ids
+        assert browser.eval("rec.opens") == 3
+        errors = browser.eval("rec.errorLog")
+        assert [e["readyState"] for e in errors] == [0, 0], errors  # CONNECTING: it retries
+        streams = stream_requests(relay, "/events/feed")
+        assert len(streams) == 3, streams
+        assert header_value(streams[0]["request"], "Last-Event-ID") is None
+        for cut, error, resumed in zip(cuts, errors, streams[1:]):
+            # Each reconnect resumes from the last event the page had when the cut came,
+            # after waiting out the stream's retry: (at least roughly: half of it).
+            assert header_value(resumed["request"], "Last-Event-ID") == error["lastId"]
+            assert error["lastId"] in ids
+            assert resumed["at"] - cut >= retry / 2, (resumed["at"] - cut, retry)
+            assert resumed["response"].startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         relay.close()
 
@@ -243,17 +258,26 @@ def test_restart_on_same_port_sends_reset(browser, start_server):
 
 def test_retired_topic_makes_the_browser_stop(browser, start_server):
     srv = start_server("--publish-token", "secret", "--root", PAGES, "--retry", "200")
-    browser.goto(harness_url(srv.url, "/events/gone"))
-    browser.wait("rec.opens === 1")
-    assert browser.eval("es.readyState") == 1
-    r = publish(srv.port, b"", topic="gone", method="DELETE")
-    assert r.status == 200, r
-    browser.wait("es.readyState === 2", timeout=10)
-    # The browser's reconnect was answered 204 and it gave up: no further requests arrive.
-    connections = metric_values(srv.port)["sse_connections_total"]
-    time.sleep(1.5)
-    assert metric_values(srv.port)["sse_connections_total"] == connections + 1  # this one
-    assert browser.eval("rec.opens") == 1
+    relay = TcpRelay(srv.port)
+    try:
+        browser.goto(harness_url("http://127.0.0.1:%d" % relay.port, "/events/gone"))
+        browser.wait("rec.opens === 1")
+        assert browser.eval("es.readyState") == 1
+        r = publish(srv.port, b"", topic="gone", method="DELETE")
+        assert r.status == 200, r
+        browser.wait("es.readyState === 2", timeout=10)
+        # At retry: 200 a browser still trying would come back several times in 1.5 s.
+        time.sleep(1.5)
+        streams = stream_requests(relay, "/events/gone")
+        # The stream, then the browser's one reconnect, answered 204, and nothing after it.
+        status = [(x["response"] or b"").split(b"\r\n")[0] for x in streams]
+        assert status == [b"HTTP/1.1 200 OK", b"HTTP/1.1 204 No Content"], streams
+        assert browser.eval("rec.opens") == 1
+        # The close makes it reconnect (CONNECTING), the 204 makes it stop (CLOSED).
+        errors = browser.eval("rec.errorLog")
+        assert [e["readyState"] for e in errors] == [0, 2], errors
+    finally:
+        relay.close()
 
 
 @pytest.mark.parametrize("cors", [True, False])
@@ -279,17 +303,36 @@ def test_restart_with_journal_gives_every_event_exactly_once(browser, start_serv
     args = ("--publish-token", "secret", "--root", PAGES, "--retry", "300", "--journal", journal)
     first = start_server(*args)
     port = first.port
-    browser.goto(harness_url(first.url, "/events/news", types=("reset",)))
-    browser.wait("rec.opens === 1")
-    ids = [pub(port, "before %d" % i, topic="news") for i in range(3)]
-    browser.wait("rec.events.length === 3")
-    first.stop()
-    browser.wait("rec.errors >= 1")
-    # Published while no server runs for the browser: straight into the journal's next run.
-    second = start_server("--listen", "127.0.0.1:%d" % port, *args)
-    ids += [pub(port, "after %d" % i, topic="news") for i in range(3)]
-    browser.wait("rec.opens === 2 && rec.events.length >= 6", timeout=15)
-    time.sleep(0.3)
-    data = ["before %d" % i for i in range(3)] + ["after %d" % i for i in range(3)]
-    compare(browser, [{"type": "message", "data": d, "id": i} for d, i in zip(data, ids)])
-    assert second.port == port
+    relay = TcpRelay(port)
+    try:
+        browser.goto(harness_url("http://127.0.0.1:%d" % relay.port, "/events/news",
+                                 types=("reset",)))
+        browser.wait("rec.opens === 1")
+        ids = [pub(port, "before %d" % i, topic="news") for i in range(3)]
+        browser.wait("rec.events.length === 3")
+        # The browser cannot get through while the server crashes (kill -9: the journal keeps
+        # every acknowledged event through a process crash) and another takes its place.
+        relay.hold()
+        first.signal(signal.SIGKILL)
+        first.wait()
+        browser.wait("rec.errors === 1")
+        wait_until(lambda: relay.held() >= 1, what="the browser's reconnect")
+        second = start_server("--listen", "127.0.0.1:%d" % port, *args)
+        assert second.port == port
+        # Published while the browser is away: it can only get these from the journal's replay.
+        ids += [pub(port, "after %d" % i, topic="news") for i in range(3)]
+        assert browser.eval("rec.events.length") == 3
+        relay.release()
+        browser.wait("rec.opens === 2 && rec.events.length >= 6", timeout=15)
+        time.sleep(0.3)
+        data = ["before %d" % i for i in range(3)] + ["after %d" % i for i in range(3)]
+        # Every event once, in order, and no reset (the page listens for it).
+        compare(browser, [{"type": "message", "data": d, "id": i} for d, i in zip(data, ids)])
+        streams = stream_requests(relay, "/events/news")
+        assert len(streams) == 2, streams
+        assert browser.eval("rec.errorLog") == [{"lastId": ids[2], "readyState": 0}]
+        assert header_value(streams[1]["request"], "Last-Event-ID") == ids[2]
+        metrics = metric_values(port)
+        assert metrics["sse_replays_total"] == 1 and metrics["sse_resets_total"] == 0, metrics
+    finally:
+        relay.close()
