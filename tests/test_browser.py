@@ -204,7 +204,8 @@ def test_reconnects_after_cuts_with_last_event_id_and_loses_nothing(browser, sta
             wait_until(lambda: len(ids) >= cut_at, what="publishes")
             # Connected again, with an event on this connection: the page's last id is a
             # message's, not the id-only line a fresh stream starts with.
-            browser.wait("rec.opens === %d && rec.events.length > rec.eventsAtOpen[%d]" % (n + 1, n))
+            browser.wait("rec.opens === %d && rec.events.length > rec.eventsAtOpen[%d]"
+                         % (n + 1, n))
             cuts.append(time.monotonic())
             assert relay.sever() >= 1
         t.join(timeout=30)
