@@ -5,8 +5,9 @@ throwaway self-signed certificate from the openssl CLI. The seed article's whole
 checked: three EventSource streams share ONE HTTP/2 connection and each receives its events at
 once (curl --http2, and nghttp when installed).
 
-deploy/sse-server.service: systemd-analyze accepts the unit, rates its exposure, and every
-system call sse-server makes in a workload touching every feature is one its
+deploy/sse-server.service: systemd-analyze accepts the unit as shipped and with the journal
+enabled as its comments say, rates its exposure as README states, and every system call
+sse-server makes in a workload touching every feature, the journal included, is one its
 SystemCallFilter allows (traced with strace)."""
 
 import os
@@ -19,7 +20,7 @@ import time
 import pytest
 
 from clients import wait_until
-from conftest import BINARY, Stream, publish, request, unavailable
+from conftest import BINARY, Stream, metric_values, publish, request, unavailable
 from test_nginx import nginx_binary, start_nginx  # noqa: F401 (fixtures)
 
 DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy")
@@ -155,41 +156,83 @@ def unit_text():
         return f.read()
 
 
-def unit_for_this_binary(tmp_path):
+def journal_option():
+    """The journal's options as the unit's comments say to add them to ExecStart, checked
+    to name a file in the unit's StateDirectory (the one writable place it has)."""
+    text = unit_text()
+    m = re.search(r"^#\s+(--journal (\S+))$", text, re.M)
+    assert m, "the unit no longer says how to enable the journal"
+    state = re.findall(r"^StateDirectory=(\S+)$", text, re.M)
+    assert state and os.path.dirname(m.group(2)) == "/var/lib/" + state[0], (m.group(2), state)
+    return m.group(1)
+
+
+# The unit as shipped, and with the journal enabled as its comments and README say.
+UNITS = {"as shipped": "", "with the journal": "journal"}
+
+
+def unit_execstart(variant):
+    """ExecStart's command line in the given variant of the unit (a key of UNITS)."""
+    line = re.search(r"^ExecStart=(.*)$", unit_text(), re.M).group(1)
+    return line + (" " + journal_option() if UNITS[variant] else "")
+
+
+def unit_for_this_binary(tmp_path, variant):
     """The unit with ExecStart pointing at the binary under test (verify checks it exists)."""
     text = unit_text()
     assert text.count("ExecStart=/usr/local/bin/sse-server ") == 1
+    text = re.sub(r"^ExecStart=.*$", "ExecStart=" + unit_execstart(variant), text, flags=re.M)
     path = tmp_path / "sse-server.service"
     path.write_text(text.replace("/usr/local/bin/sse-server", os.path.abspath(BINARY)))
     return str(path)
 
 
-def test_unit_verifies_and_is_hardened(tmp_path):
+def readme_exposure():
+    """The exposure rating README's Deploying section states."""
+    with open(os.path.join(DEPLOY, "..", "README.md")) as f:
+        m = re.search(r"`systemd-analyze\s+security` rates both ([0-9.]+) \(\"(\w+)\"", f.read())
+    assert m, "README no longer states the unit's exposure rating"
+    return m.group(1), m.group(2)
+
+
+@pytest.mark.parametrize("variant", UNITS)
+def test_unit_verifies_and_is_hardened(tmp_path, variant):
     analyze = tool("systemd-analyze")
-    unit = unit_for_this_binary(tmp_path)
+    unit = unit_for_this_binary(tmp_path, variant)
     r = subprocess.run([analyze, "verify", unit], capture_output=True, timeout=60)
     assert r.returncode == 0 and r.stderr == b"", r.stderr.decode()
     r = subprocess.run([analyze, "security", "--offline=true", unit],
                        capture_output=True, timeout=60)
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", r.stdout.decode())
     assert m, r.stdout.decode()
-    assert float(m.group(1)) <= 1.5 and m.group(2) == "OK", r.stdout.decode()
+    assert m.groups() == readme_exposure(), r.stdout.decode()
 
 
-def test_unit_execstart_options_are_valid(tmp_path):
-    """The unit's options start a server (on port 0 here instead of 8080)."""
-    execstart = re.search(r"^ExecStart=(.*)$", unit_text(), re.M).group(1).split()
-    args = [a for a in execstart[1:]]
-    i = args.index("--listen")
-    args[i + 1] = "127.0.0.1:0"
-    proc = subprocess.Popen([BINARY, *args, "--verbose"], stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+@pytest.mark.parametrize("variant", UNITS)
+def test_unit_execstart_options_are_valid(tmp_path, variant):
+    """The unit's options start a server (on port 0 here instead of 8080, the journal in a
+    temporary directory instead of /var/lib/sse-server), which keeps an event in the journal."""
+    args = unit_execstart(variant).split()[1:]
+    args[args.index("--listen") + 1] = "127.0.0.1:0"
+    journal = str(tmp_path / "journal")
+    if "--journal" in args:
+        args[args.index("--journal") + 1] = journal
+    proc = subprocess.Popen([BINARY, *args, "--verbose", "--publish-token", "secret"],
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
-        line = proc.stderr.readline().decode()
-        assert "listening on http://127.0.0.1:" in line, line
+        lines = []
+        for _ in range(5):  # the journal's load is logged before it
+            lines.append(proc.stderr.readline().decode())
+            m = re.search(r"listening on http://127.0.0.1:(\d+)/", lines[-1])
+            if m:
+                break
+        assert m, lines
+        r = publish(int(m.group(1)), b"kept")
+        assert r.status == 200, r
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+    assert (b"\ndata: kept\n" in read(journal)) == bool(UNITS[variant])
 
 
 def expand_syscall_set(analyze, name, seen=None):
@@ -233,24 +276,40 @@ def test_every_syscall_is_allowed_by_the_unit(start_server, tmp_path):
     root.mkdir()
     (root / "index.html").write_bytes(b"<!doctype html>hello\n" * 100)
     upstream = start_server("--publish-token", "up")
+    # The journal as the unit's comments enable it, starting from a file with a torn end (cut
+    # off at start: ftruncate), small enough to be compacted (rename, fsync of the directory)
+    # and synced in batches (fdatasync) while it runs.
+    assert journal_option().startswith("--journal ")
+    journal = str(tmp_path / "journal")
+    before = start_server("--publish-token", "secret", "--journal", journal)
+    assert publish(before.port, b"before", topic="time").status == 200
+    before.stop()
+    with open(journal, "ab") as f:
+        f.write(b"#E 1 time 99 0")
     trace = str(tmp_path / "strace.out")
     srv = start_server(
         "--publish-token", "secret", "--root", str(root), "--demo", "--heartbeat", "1",
         "--proxy", "/up=http://127.0.0.1:%d" % upstream.port,
         "--relay", "relayed=http://127.0.0.1:%d/events/src" % upstream.port,
+        "--journal", journal, "--journal-max-bytes", "4k", "--backlog", "4",
         wrapper=[strace, "-f", "-qq", "-o", trace],
     )
+    srv.wait_for_line("dropped a torn record")
     st = Stream(srv.port, "/events?topic=time&topic=relayed")
     proxied = Stream(srv.port, "/up/events/src")
     assert request(srv.port, "GET", "/").status == 200
     assert request(srv.port, "GET", "/missing").status == 404
-    assert publish(srv.port, b"x" * 5000, topic="time").status == 200
+    for _ in range(3):
+        assert publish(srv.port, b"x" * 5000, topic="time").status == 200
     assert publish(upstream.port, b"via upstream", topic="src", token="up").status == 200
     st.read_bytes_until(b"data: via upstream\n", timeout=10)
     proxied.read_bytes_until(b"data: via upstream\n", timeout=10)
     assert request(srv.port, "GET", "/metrics").status == 200
     request(srv.port, raw=b"GARBAGE\r\n\r\n")
-    time.sleep(1.5)  # a heartbeat and a few demo ticks
+    time.sleep(1.5)  # a heartbeat, a few demo ticks and a journal sync
+    metrics = metric_values(srv.port)
+    assert metrics["sse_journal_compactions_total"] >= 1, metrics
+    assert metrics["sse_journal_syncs_total"] >= 1, metrics
     st.close()
     proxied.close()
     srv.stop()
@@ -262,6 +321,8 @@ def test_every_syscall_is_allowed_by_the_unit(start_server, tmp_path):
             if m:
                 used.add(m.group(1))
     assert {"epoll_wait", "accept4", "sendfile"} <= used, sorted(used)
+    assert {"flock", "fdatasync", "ftruncate", "fsync"} <= used, sorted(used)
+    assert used & {"rename", "renameat", "renameat2"}, sorted(used)
     # execve is strace starting the binary; systemd allows it before the filter applies.
     print("system calls made:", " ".join(sorted(used)))
     assert sorted(used - allowed - {"execve"}) == []
