@@ -72,6 +72,8 @@ run: sse-server
 # runs (valgrind, cppcheck, clang-tidy) from Debian; playwright-core,
 # eventsource and eventsource-parser from npm into tests/browser/node_modules (`npm ci`, from
 # the lock file). A temporary policy-rc.d keeps the nginx package from starting a system nginx.
+# Those npm packages need Node.js 20 or later, newer than Debian 12's nodejs (18): an older
+# node fails here, with a message, rather than in the tests.
 DEBIAN_TOOLS = nginx:nginx chromium:chromium curl:curl openssl:openssl nghttp:nghttp2-client \
                strace:strace systemd-analyze:systemd node:nodejs npm:npm valgrind:valgrind \
                cppcheck:cppcheck clang-tidy:clang-tidy redis-server:redis-server
@@ -91,6 +93,16 @@ deps:
 	      chmod +x /usr/sbin/policy-rc.d; guard=1; }; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	    status=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; [ $$status = 0 ] || exit $$status; \
+	  fi; \
+	fi; \
+	if command -v node >/dev/null; then \
+	  major=$$(node --version | sed -n 's/^v\([0-9][0-9]*\)\..*/\1/p'); \
+	  if [ "$${major:-0}" -lt 20 ]; then \
+	    echo "make test needs Node.js >= 20 (eventsource and playwright-core in" \
+	      "tests/browser/package-lock.json require it); node --version says" \
+	      "$$(node --version). Debian 12's nodejs package is Node 18:" \
+	      "install Node 20 or later." >&2; \
+	    exit 1; \
 	  fi; \
 	fi; \
 	if command -v npm >/dev/null && { [ ! -e tests/browser/node_modules/.package-lock.json ] || \
