@@ -21,7 +21,10 @@
  * When the connection drops the browser waits `retry` ms and asks again with the header
  * `Last-Event-ID: 1763781645000001`; we replay what it missed from a backlog.
  *
- * Map of this file. Each section only uses those above it, so it reads top to bottom:
+ * Map of this file. A section uses what is above it, so it reads top to bottom; the few
+ * calls up into later sections (from closing a connection into the proxy and Redis, from
+ * finished responses into dispatch, from /metrics into the relays) go through forward
+ * declarations, placed just above their first use:
  *   1. Basics            limits, clock, logging, random numbers, byte buffers
  *   2. Wire format       UTF-8, event framing, the event-stream reader (inputs, relay), JSON,
  *                        where events end in a stream passing through
@@ -2183,11 +2186,13 @@ enum close_reason {
     R_ERROR,
     R_SEND_TIMEOUT,
     R_OVERLOAD,
-    R_UPSTREAM
+    R_UPSTREAM,
+    R_RECONNECT
 };
 static const char *const close_reason_text[] = {
-    "client closed", "done",  "slow subscriber", "header timeout", "bad request",     "shutdown",
-    "retired",       "error", "send timeout",    "overload",       "upstream failed",
+    "client closed", "done",     "slow subscriber", "header timeout",
+    "bad request",   "shutdown", "retired",         "error",
+    "send timeout",  "overload", "upstream failed", "told to reconnect",
 };
 
 enum handle_kind { H_LISTEN, H_CONN, H_INPUT, H_REDIS };
@@ -2290,7 +2295,10 @@ struct sse_server {
     struct relay *relays;       /* relayed upstream streams */
     size_t nrelays;             /* entries in relays */
     struct logger log;          /* where log lines go */
-    unsigned log_depth;         /* on_log calls under way: sse_poll() answers -EBUSY */
+    unsigned log_depth;         /* on_log and on_request calls under way: sse_poll() answers
+                                   -EBUSY */
+    int (*on_request)(struct sse_server *, const struct sse_request *,
+                      void *); /* the host's routes, or NULL */
     bool busy; /* in a publish or a retire, or being freed: an on_log callback's sse_publish()
                   and sse_retire_topic() answer -EBUSY instead of re-entering */
 
@@ -2443,7 +2451,6 @@ static void conn_drop_output(struct conn *c) {
 
 static void proxy_conn_closed(struct sse_server *srv, struct conn *c);
 
-/* Closes at once: the descriptor now, the memory at the end of the iteration. */
 /* Section 10 (Redis) is called from here on: publishing and closing a waiting publisher. */
 static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
                          const char *event, const char *data, size_t len);
@@ -2456,6 +2463,7 @@ static uint64_t redis_received(const struct sse_server *srv);
 static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after);
 static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last);
 
+/* Closes at once: the descriptor now, the memory at the end of the iteration. */
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD)
         return;
@@ -2722,23 +2730,35 @@ static const char *http_reason(int status) {
     switch (status) {
     case 100: return "Continue";
     case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
     case 204: return "No Content";
     case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
     case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 406: return "Not Acceptable";
+    case 409: return "Conflict";
+    case 410: return "Gone";
     case 411: return "Length Required";
     case 413: return "Content Too Large";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
     case 505: return "HTTP Version Not Supported";
-    default: return "Internal Server Error";
+    default: return ""; /* the reason phrase is optional (RFC 9112 4) */
     }
 }
 
@@ -3246,32 +3266,46 @@ static int publish_event(struct sse_server *srv, const char *topic, const char *
     return r;
 }
 
-/* Closes the subscribers of a topic that follow nothing else, and answers 204 to new ones
- * until the next publish there. Returns how many were closed. */
-static int publish_retire(struct sse_server *srv, const char *topic) {
+/* Ends the streams of topic's subscribers (with retire, only those following nothing but
+ * retired topics) once their queues have gone out. Returns how many, or -EINVAL, -ENOMEM. */
+static int publish_end_subscribers(struct sse_server *srv, const char *topic, bool retire) {
     size_t tlen = strlen(topic);
     if (!wire_topic_valid(topic, tlen))
         return -EINVAL;
     struct topic *t = topic_get(&srv->topics, topic, tlen);
     if (!t)
         return -ENOMEM;
-    topic_retire_flag(t, true);
+    if (retire)
+        topic_retire_flag(t, true);
     srv->busy = true; /* as in publish_deliver() */
-    int closed = 0;
+    int ended = 0;
     for (struct sub *s = t->subs, *next; s; s = next) {
         next = s->next;
         struct conn *c = s->conn;
         bool all_retired = true;
-        for (uint16_t i = 0; i < c->nsubs; i++)
+        for (uint16_t i = 0; retire && i < c->nsubs; i++)
             all_retired = all_retired && c->subs[i].topic->retired;
         if (all_retired) {
-            conn_linger(srv, c, R_RETIRED);
-            closed++;
+            conn_linger(srv, c, retire ? R_RETIRED : R_RECONNECT);
+            ended++;
         }
     }
     srv->busy = false;
     topic_unref(t);
-    return closed;
+    return ended;
+}
+
+/* Retiring closes the subscribers of a topic that follow nothing else, and answers 204 to
+ * new ones until the next publish there: the one way to make an EventSource stop (WHATWG
+ * 9.2.3: a response other than 200 fails the connection for good). */
+static int publish_retire(struct sse_server *srv, const char *topic) {
+    return publish_end_subscribers(srv, topic, true);
+}
+
+/* Ending a stream without retiring is the opposite message: the end of the body tells an
+ * EventSource to reconnect after retry (9.2.3), with Last-Event-ID, and replay fills the gap. */
+static int publish_end_streams(struct sse_server *srv, const char *topic) {
+    return publish_end_subscribers(srv, topic, false);
 }
 
 /* Answers a publish: 200 with the id, the topic and the subscribers (of this server) it was
@@ -5319,8 +5353,8 @@ static void redis_free(struct sse_server *srv) {
 /* ==========================================================================================
  * 11. Request dispatch
  *
- * A parsed request is checked (framing, Host), its path and query decoded once, and handed
- * to its endpoint. Requests are read into a per-server scratch buffer; a connection holds a
+ * A parsed request is checked (framing, Host), its path and query decoded once, offered to
+ * the host's on_request, and handed to its endpoint. Requests are read into a per-server scratch buffer; a connection holds a
  * buffer of its own only while a head is incomplete or requests are pipelined.
  * ======================================================================================== */
 
@@ -5404,11 +5438,43 @@ static bool http_admit(struct sse_server *srv, struct conn *c, const struct http
     return true;
 }
 
-/* Hands the request to its endpoint: the stream prefix, /publish, /metrics, /healthz, then
- * static files or the built-in page. */
+/* What struct sse_request's impl points at while on_request runs. */
+struct host_request {
+    struct sse_server *srv;         /* the server asking */
+    struct conn *conn;              /* the connection to answer */
+    const struct http_request *req; /* the parsed head */
+    const struct http_query *query; /* its decoded parameters */
+    bool answered;                  /* sse_respond() has queued the answer */
+};
+
+/* Offers the request to the host's on_request. Returns true when the host answered it (or
+ * claimed it without an answer, which gets a 500). */
+static bool host_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                       const char *path, const struct http_query *q) {
+    char method[32];
+    if (!srv->on_request || req->method_len >= sizeof method)
+        return false;
+    memcpy(method, req->method, req->method_len);
+    method[req->method_len] = '\0';
+    struct host_request impl = {srv, c, req, q, false};
+    struct sse_request hreq = {method, path, &impl};
+    srv->log_depth++; /* sse_poll() must not run inside the callback */
+    int claimed = srv->on_request(srv, &hreq, srv->log.user);
+    srv->log_depth--;
+    if (claimed && !impl.answered) {
+        log_say(&srv->log, SSE_LOG_WARN, "on_request claimed %s without sse_respond(): 500", path);
+        http_text(srv, c, 500, "internal server error", NULL);
+    }
+    return claimed || impl.answered;
+}
+
+/* Hands the request to its endpoint: the host's routes, the stream prefix, /publish,
+ * /metrics, /healthz, then static files or the built-in page. */
 static void http_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
                        const char *target, size_t raw_path_len, size_t target_len, const char *path,
                        size_t plen, const struct http_query *q, uint64_t content_length) {
+    if (!(c->flags & CF_OVER_LIMIT) && host_route(srv, c, req, path, q))
+        return;
     size_t sp = srv->stream_path_len;
     if (plen >= sp && memcmp(path, srv->stream_path, sp) == 0 && (plen == sp || path[sp] == '/')) {
         stream_handle(srv, c, req, q, path + sp, plen - sp);
@@ -6382,6 +6448,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = srv->journal.fd = -1;
     srv->log.fn = cfg->on_log;
     srv->log.user = cfg->user;
+    srv->on_request = cfg->on_request;
     srv->log.depth = &srv->log_depth;
     const char *why = api_configure(srv, cfg);
     if (why) {
@@ -6510,6 +6577,43 @@ int sse_retire_topic(struct sse_server *srv, const char *topic) {
     if (srv->busy)
         return -EBUSY;
     return publish_retire(srv, topic);
+}
+
+int sse_respond(const struct sse_request *req, int status, const char *content_type,
+                const char *body, size_t len) {
+    struct host_request *impl = (struct host_request *)req->impl;
+    const char *ct = content_type ? content_type : "text/plain; charset=utf-8";
+    if (impl->answered || status < 200 || status > 599 || (len && !body) || !*ct ||
+        strlen(ct) > 256 || strpbrk(ct, "\r\n"))
+        return -EINVAL; /* a CR or LF would let the host's data write headers of its own */
+    if (len > impl->srv->max_event_bytes)
+        return -EMSGSIZE;
+    bool head = bytes_eq(impl->req->method, impl->req->method_len, "HEAD");
+    http_respond(impl->srv, impl->conn, status, ct, NULL, body, len, head);
+    impl->answered = true;
+    return 0;
+}
+
+const char *sse_request_header(const struct sse_request *req, const char *name, size_t *len) {
+    const struct host_request *impl = req->impl;
+    const struct http_header *h = http_header(impl->req, name);
+    *len = h ? h->value_len : 0;
+    return h ? h->value : NULL;
+}
+
+const char *sse_request_param(const struct sse_request *req, const char *name, size_t *len) {
+    const struct host_request *impl = req->impl;
+    const struct http_param *p = http_query_get(impl->query, name);
+    *len = p ? p->value_len : 0;
+    return p ? p->value : NULL;
+}
+
+int sse_end_streams(struct sse_server *srv, const char *topic) {
+    if (!srv || !topic)
+        return -EINVAL;
+    if (srv->busy)
+        return -EBUSY;
+    return publish_end_streams(srv, topic);
 }
 
 int sse_publish_from_fd(struct sse_server *srv, int fd, enum sse_input_format format) {

@@ -42,13 +42,20 @@
  * descriptors. What it returns (the server, sse_url()) is the library's, until
  * sse_server_free().
  *
- * The on_log callback is the only call from the library into the host. It runs on the
- * server's thread, inside sse_server_new(), sse_poll() (so sse_run()), sse_publish(),
- * sse_retire_topic() and sse_server_free(). From it the host may call sse_publish(),
- * sse_retire_topic() and sse_publish_from_fd() (they answer -EBUSY when the line was logged
- * from inside a publish, a retire or sse_server_free()), sse_stop(), sse_url(), sse_fd(),
- * sse_next_timeout_ms() and sse_format_event(). sse_poll() and sse_run() answer -EBUSY there,
- * and sse_server_free() must not be called from it: free the server after sse_poll() returns.
+ * Callbacks: on_log and on_request are the only calls from the library into the host, on
+ * the server's thread. on_log runs inside sse_server_new(), sse_poll() (so sse_run()),
+ * sse_publish(), sse_retire_topic(), sse_end_streams() and sse_server_free(); on_request
+ * only inside sse_poll(). From either the host may call sse_publish(), sse_retire_topic(),
+ * sse_end_streams() and sse_publish_from_fd() (from on_log they answer -EBUSY when the line
+ * was logged from inside a publish, a retire or sse_server_free()), sse_stop(), sse_url(),
+ * sse_fd(), sse_next_timeout_ms() and sse_format_event(). sse_poll() and sse_run() answer
+ * -EBUSY there, and sse_server_free() must not be called from them: free the server after
+ * sse_poll() returns.
+ *
+ * The server: every function taking a struct sse_server * needs a live one (from
+ * sse_server_new(), not yet freed); only sse_server_free(), sse_publish(),
+ * sse_retire_topic(), sse_end_streams() and sse_publish_from_fd() accept NULL (freeing
+ * nothing, or answering -EINVAL).
  *
  * Errors: functions that can fail return a negative errno value (-EINVAL, -ENOMEM, ...) or
  * NULL plus a message in a caller-provided buffer. The library never prints, exits or aborts;
@@ -116,6 +123,15 @@ struct sse_relay {
     const char *url;   /* "http://HOST[:PORT]/PATH[?QUERY]" serving text/event-stream */
 };
 
+struct sse_server;
+
+/* A request as on_request sees it. Every pointer is valid only during the call. */
+struct sse_request {
+    const char *method; /* "GET", "POST", ... NUL-terminated */
+    const char *path;   /* percent-decoded, NUL-terminated, starts with '/'; no query */
+    const void *impl;   /* the library's; read headers and parameters with the functions below */
+};
+
 /* Everything is optional: a zeroed struct is a working server on 127.0.0.1:8080. Strings
  * and arrays are copied by sse_server_new(), so they may be freed afterwards. */
 struct sse_config {
@@ -160,8 +176,12 @@ struct sse_config {
     const char *redis_stream;   /* the stream's key. NULL = "sse" */
     const char *redis_password; /* sent with AUTH when connecting; NULL = none */
     size_t redis_maxlen;        /* XADD MAXLEN ~ this: entries Redis keeps. 0 = 100000 */
+    /* A route of the host's own, asked about every request before the built-in endpoints
+       (see "Custom routes" below); NULL = none. */
+    int (*on_request)(struct sse_server *srv, const struct sse_request *req, void *user);
     void (*on_log)(enum sse_log_level level, const char *msg, void *user);
-    void *user; /* passed to on_log, never dereferenced by the library. on_log: NULL = silent;
+    void *user; /* passed to on_request and on_log, never dereferenced by the library.
+                   on_log: NULL = silent;
                    msg is one line without a newline (cut at 511 bytes), valid only during
                    the call; the top of this file says what on_log may call */
 };
@@ -225,6 +245,48 @@ int sse_retire_topic(struct sse_server *srv, const char *topic);
  * format), -ENOMEM, -EBUSY (from on_log, as for sse_publish()), or the negative errno of
  * epoll_ctl(). */
 int sse_publish_from_fd(struct sse_server *srv, int fd, enum sse_input_format format);
+
+/* Retires nothing, loses nothing: ends the stream of every subscriber of topic, whatever
+ * else it follows, once what is queued for it has gone out. Its EventSource sees the end of
+ * the response, waits retry ms and reconnects with Last-Event-ID, and the replay gives it
+ * what it missed meanwhile. For moving clients to another node or letting them pick up a new
+ * configuration; the demo page's Drop button uses it. Returns the number of streams ended,
+ * or -EINVAL (srv or topic NULL, bad topic name), -ENOMEM, or -EBUSY from on_log as for
+ * sse_publish(). */
+int sse_end_streams(struct sse_server *srv, const char *topic);
+
+/* ---- Custom routes --------------------------------------------------------------------- */
+
+/* sse_config.on_request is asked about every well-formed request before the built-in
+ * endpoints (the stream path, /publish, /metrics, /healthz, proxy routes, files), except
+ * those turned away over max_clients. It answers with sse_respond() and returns 1, or
+ * returns 0 to decline (the built-in routes take the request); returning 1 without an answer
+ * gets the client a 500 and a warning in the log. Tokens are the host's business here: the
+ * library checks nothing before asking (the cors_origin headers are added to the answer as
+ * to every response). A request body is never read for the
+ * host: answering a request that has one closes the connection after the answer. The
+ * callback runs inside sse_poll(); from it the host may call what on_log may (sse_publish(),
+ * sse_end_streams() and the rest work normally here), but not sse_poll(), sse_run() (-EBUSY)
+ * or sse_server_free().
+ *
+ * The functions below take the request on_request was given, and only during that call. */
+
+/* Answers the request: status (200 to 599), content_type (NULL = "text/plain;
+ * charset=utf-8"; at most 256 bytes, no CR or LF), and body[0..len) (copied before this
+ * returns; at most max_event_bytes). A HEAD request gets the head only. Returns 0, or
+ * -EINVAL (bad status or content type, body NULL with len > 0, or answered already) or
+ * -EMSGSIZE; then nothing was sent, and the host may answer again. */
+int sse_respond(const struct sse_request *req, int status, const char *content_type,
+                const char *body, size_t len);
+
+/* The value of the first header field called name (case-insensitive), without surrounding
+ * whitespace, as sent: not NUL-terminated, its length in *len. NULL when there is none. */
+const char *sse_request_header(const struct sse_request *req, const char *name, size_t *len);
+
+/* The value of the first query parameter called name, percent-decoded ("+" is a space): not
+ * NUL-terminated, its length in *len ("" when the parameter has no '='). NULL when there is
+ * none. */
+const char *sse_request_param(const struct sse_request *req, const char *name, size_t *len);
 
 /* ---- Driving the loop ------------------------------------------------------------------ */
 

@@ -639,6 +639,90 @@ static void test_two_servers(void) {
     CHECK(sse_server_new(&cfg, err, sizeof err) == NULL && strstr(err, "invalid listen"));
 }
 
+/* A host's own routes: on_request answers /hello (after trying answers sse_respond() must
+ * refuse), claims /claim without answering, and declines the rest. */
+struct host_probe {
+    int bad_answers; /* sse_respond() calls refused as they should be */
+    int poll_busy;   /* sse_poll() from inside answered -EBUSY */
+    int published;   /* sse_publish() from inside reached a subscriber */
+    char probe[32];  /* the X-Probe header and the q parameter, as "header|param" */
+};
+
+static int host_routes(struct sse_server *srv, const struct sse_request *req, void *user) {
+    struct host_probe *hp = user;
+    if (strcmp(req->path, "/claim") == 0)
+        return 1;
+    if (strcmp(req->path, "/hello") != 0)
+        return 0;
+    if (strcmp(req->method, "GET") != 0)
+        return sse_respond(req, 201, "text/x-test", "hi", 2) == 0;
+    size_t hlen, plen;
+    const char *h = sse_request_header(req, "x-probe", &hlen);
+    const char *p = sse_request_param(req, "q", &plen);
+    snprintf(hp->probe, sizeof hp->probe, "%.*s|%.*s", h ? (int)hlen : 4, h ? h : "none",
+             p ? (int)plen : 4, p ? p : "none");
+    hp->bad_answers += sse_respond(req, 200, "text/plain\r\nX-Injected: 1", "x", 1) == -EINVAL;
+    hp->bad_answers += sse_respond(req, 99, NULL, "x", 1) == -EINVAL;
+    hp->bad_answers += sse_respond(req, 200, NULL, NULL, 3) == -EINVAL;
+    hp->bad_answers += sse_respond(req, 200, "", "x", 1) == -EINVAL;
+    hp->poll_busy += sse_poll(srv, 0) == -EBUSY;
+    hp->published += sse_publish(srv, "t", NULL, "from a route", 12, NULL);
+    CHECK(sse_respond(req, 201, "text/x-test", "hi", 2) == 0);
+    hp->bad_answers += sse_respond(req, 200, NULL, "again", 5) == -EINVAL;
+    return 0; /* answered all the same */
+}
+
+static void test_host_routes(void) {
+    struct host_probe hp = {0};
+    struct sse_config cfg = {.listen = "127.0.0.1:0", .heartbeat_ms = SSE_OFF};
+    cfg.on_request = host_routes;
+    cfg.user = &hp;
+    char err[128], buf[4096];
+    struct sse_server *srv = sse_server_new(&cfg, err, sizeof err);
+    CHECK(srv != NULL);
+    if (!srv)
+        return;
+    struct sse_server *both[2] = {srv, srv};
+    int sub = connect_to(srv), other = connect_to(srv), c = connect_to(srv);
+    CHECK(sub >= 0 && other >= 0 && c >= 0);
+    if (sub < 0 || other < 0 || c < 0)
+        return;
+    const char *stream = "GET /events?topic=t&topic=u HTTP/1.1\r\nHost: x\r\n\r\n";
+    const char *stream_u = "GET /events/u HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(send(sub, stream, strlen(stream), 0) > 0 && send(other, stream_u, strlen(stream_u), 0));
+    CHECK(read_until(both, sub, buf, sizeof buf, "retry: 3000\n\n")); /* declined: built in */
+    CHECK(read_until(both, other, buf, sizeof buf, "retry: 3000\n\n"));
+    const char *hello = "GET /hello?q=a+b%21 HTTP/1.1\r\nHost: x\r\nX-Probe:  yes \r\n\r\n"
+                        "HEAD /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+                        "GET /claim HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(send(c, hello, strlen(hello), 0) > 0);
+    CHECK(read_until(both, c, buf, sizeof buf, "500 Internal Server Error"));
+    const char *first = strstr(buf, "HTTP/1.1 201 Created\r\n");
+    const char *second = first ? strstr(first + 1, "HTTP/1.1 201 Created\r\n") : NULL;
+    CHECK(first == buf && second && strstr(buf, "Content-Type: text/x-test\r\n"));
+    CHECK(first && strstr(first, "Content-Length: 2\r\n\r\nhiHTTP/1.1 201")); /* HEAD: no body */
+    CHECK(!strstr(buf, "X-Injected"));
+    CHECK(strcmp(hp.probe, "yes|a b!") == 0);
+    CHECK(hp.bad_answers == 5 && hp.poll_busy == 1 && hp.published == 1);
+    CHECK(read_until(both, sub, buf, sizeof buf, "data: from a route\n\n"));
+
+    /* Ending the streams of t ends sub (which also follows u), not other. */
+    CHECK(sse_end_streams(srv, "t") == 1);
+    CHECK(sse_end_streams(srv, "bad topic") == -EINVAL && sse_end_streams(NULL, "t") == -EINVAL);
+    bool ended = false;
+    for (int i = 0; i < 200 && !ended; i++) {
+        sse_poll(srv, 10);
+        ended = recv(sub, buf, sizeof buf, MSG_DONTWAIT) == 0;
+    }
+    CHECK(ended);
+    CHECK(sse_publish(srv, "u", NULL, "still here", 10, NULL) == 1);
+    CHECK(read_until(both, other, buf, sizeof buf, "data: still here\n\n"));
+    close(sub);
+    close(other);
+    close(c);
+    sse_server_free(srv);
+}
+
 /* A host that forwards its log to subscribers: on_log publishes every line on the topic whose
  * subscribers are being dropped as too slow, and tries to drive the loop from inside. Nothing
  * may recurse or touch a freed subscription; the calls that would re-enter answer -EBUSY. */
@@ -864,6 +948,7 @@ int main(void) {
     test_journal();
     test_resp();
     test_two_servers();
+    test_host_routes();
     test_log_reentry();
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
