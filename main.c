@@ -27,7 +27,8 @@
 extern const unsigned char demo_page[];
 extern const size_t demo_page_len;
 
-static const char usage[] =
+/* In parts: C11 compilers need only take string literals of 4095 bytes. */
+static const char *const usage[] = {
     "Usage: sse-server [options]\n"
     "A Server-Sent Events server: an EventSource endpoint with topics, replay and heartbeats.\n"
     "\n"
@@ -49,14 +50,15 @@ static const char usage[] =
     "  --stdin-format lines|sse  sse: read blocks of topic:/event:/data: lines ended by a\n"
     "                            blank line (default lines)\n"
     "  --demo                    publish demo events on topics \"time\", \"stocks\" and\n"
-    "                            \"news\" (default: off)\n"
+    "                            \"news\", and end a page's stream on POST\n"
+    "                            /demo/drop?topic=visitor-... (its Drop button) (default: off)\n"
     "  --cors ORIGIN             send Access-Control-Allow-Origin: ORIGIN (an origin or *)\n"
     "                            (default: no CORS headers)\n"
     "  --max-clients N           client connections served (default: open-file limit - 64)\n"
     "  --client-buffer BYTES     queued bytes at which a slow subscriber is dropped\n"
     "                            (default 1m)\n"
     "  --max-event-bytes BYTES   largest event payload, at most 64m (default 1m)\n"
-    "  --header-timeout SECONDS  deadline for a request head (default 10)\n"
+    "  --header-timeout SECONDS  deadline for a request head (default 10)\n",
     "  --proxy PREFIX=URL        forward requests under PREFIX to URL (http://HOST:PORT[/BASE]),\n"
     "                            streaming responses unbuffered; repeatable, longest prefix\n"
     "                            wins; HOST is resolved once at start (default: none)\n"
@@ -84,7 +86,8 @@ static const char usage[] =
     "\n"
     "BYTES accept a k, m or g suffix (powers of 1024).\n"
     "Endpoints: GET /events[/TOPIC][?topic=A&topic=B], POST|DELETE /publish?topic=T&event=E,\n"
-    "GET /metrics, GET /healthz. SIGTERM or SIGINT drain and exit 0.\n";
+    "GET /metrics, GET /healthz. SIGTERM or SIGINT drain and exit 0.\n",
+};
 
 enum option_id {
     OPT_LISTEN = 256,
@@ -235,7 +238,10 @@ static void parse_options(int argc, char **argv, struct options *o) {
     while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
         const char *name = optind > 1 ? argv[optind - 1] : "";
         switch (c) {
-        case 'h': fputs(usage, stdout); exit(0);
+        case 'h':
+            for (size_t i = 0; i < sizeof usage / sizeof usage[0]; i++)
+                fputs(usage[i], stdout);
+            exit(0);
         case OPT_VERSION: printf("sse-server %s\n", VERSION); exit(0);
         case OPT_LISTEN:
             check_listen(optarg);
@@ -467,6 +473,36 @@ static void demo_tick(struct sse_server *srv, struct demo *d) {
     }
 }
 
+/* The demo page's Drop button: POST /demo/drop?topic=visitor-... ends the streams of that
+ * page's own topic (every page subscribes to one with a random name, so a visitor can end
+ * only their own stream), and the browser reconnects by itself after retry, sending
+ * Last-Event-ID. Every other request goes to the built-in routes. */
+static int demo_route(struct sse_server *srv, const struct sse_request *req, void *user) {
+    const struct options *o = user;
+    static const char prefix[] = "visitor-";
+    if (!o->demo || strcmp(req->path, "/demo/drop") != 0 || strcmp(req->method, "POST") != 0)
+        return 0;
+    size_t len;
+    const char *topic = sse_request_param(req, "topic", &len);
+    char name[65];
+    int ended = -EINVAL;
+    if (topic && len < sizeof name && len > sizeof prefix - 1 &&
+        memcmp(topic, prefix, sizeof prefix - 1) == 0) {
+        memcpy(name, topic, len);
+        name[len] = '\0';
+        ended = sse_end_streams(srv, name);
+    }
+    if (ended < 0) {
+        static const char bad[] = "topic must be the page's own visitor-... topic\n";
+        sse_respond(req, 400, NULL, bad, sizeof bad - 1);
+    } else {
+        char body[64];
+        int n = snprintf(body, sizeof body, "{\"ended\": %d}\n", ended);
+        sse_respond(req, 200, "application/json", body, (size_t)n);
+    }
+    return 1;
+}
+
 /* ---- the loop -------------------------------------------------------------------------- */
 
 static int watch(int ep, int fd) {
@@ -532,6 +568,7 @@ int main(int argc, char **argv) {
     parse_options(argc, argv, &o);
     raise_nofile();
     o.cfg.on_log = on_log;
+    o.cfg.on_request = o.demo ? demo_route : NULL;
     o.cfg.user = &o;
     if (!o.cfg.static_root) {
         o.cfg.index_page = (const char *)demo_page;

@@ -318,6 +318,36 @@ def test_demo_generator(start_server):
         st.close()
 
 
+def test_demo_drop_ends_only_the_visitors_stream(start_server):
+    """--demo's own route (main.c through on_request): POST /demo/drop?topic=visitor-X ends
+    the streams following that topic, however many topics they follow, and nobody else's;
+    the stream ends cleanly (no 204), so an EventSource reconnects."""
+    srv = start_server("--demo")
+    mine = Stream(srv.port, "/events?topic=time&topic=visitor-1a2b")
+    other = Stream(srv.port, "/events?topic=time&topic=visitor-ffff")
+    try:
+        assert mine.read_event()["event"] == "time" and other.read_event()["event"] == "time"
+        r = request(srv.port, "POST", "/demo/drop?topic=visitor-1a2b")
+        assert (r.status, r.header("Content-Type"), r.body) == (
+            200, "application/json", b'{"ended": 1}\n')
+        rest = mine.read_until_closed()
+        assert rest == b"" or rest.endswith(b"\n\n"), rest  # whole events, then the end
+        assert other.read_event()["event"] == "time"  # still streaming
+        for path in ("/demo/drop?topic=time", "/demo/drop", "/demo/drop?topic=visitor-",
+                     "/demo/drop?topic=visitor-a%20b"):
+            r = request(srv.port, "POST", path)
+            assert (r.status, r.body) == (
+                400, b"topic must be the page's own visitor-... topic\n"), (path, r.body)
+        r = request(srv.port, "POST", "/demo/drop?topic=visitor-none")
+        assert (r.status, r.body) == (200, b'{"ended": 0}\n')
+        assert request(srv.port, "GET", "/demo/drop?topic=visitor-1a2b").status == 404
+    finally:
+        mine.close()
+        other.close()
+    plain = start_server()  # without --demo there is no such route
+    assert request(plain.port, "POST", "/demo/drop?topic=visitor-1a2b").status == 405
+
+
 def token_env(**values):
     import os
 
