@@ -112,42 +112,65 @@ def test_demo_page_shows_time_stocks_news_and_the_wire(browser, start_server):
 
 
 def test_demo_page_drop_replays_and_restart_resets(browser, start_server):
-    srv = start_server("--demo")
-    browser.goto(srv.url + "/")
-    browser.wait("document.querySelector('#state').textContent === 'OPEN'"
-                 " && demoState.ids.length >= 5", 10)
-    browser.eval("document.querySelector('#drop').click()")
-    assert browser.eval("document.querySelector('#state').textContent") == "CLOSED"
-    # Three seconds away, then a new EventSource with ?lastEventId=: the missed events come
-    # back first, every one the wire connection saw while the page was away.
-    browser.wait("demoState.replayed > 0", 12)
-    assert browser.eval("document.querySelector('#state').textContent") == "OPEN"
-    assert browser.eval("document.querySelector('#reconnects').textContent") == "1"
-    state = browser.eval("demoState")
-    assert state["duplicates"] == 0
-    assert state["replayed"] == state["missed"] >= 6, state  # 3 s of a few events a second
-    # Every demo event is on the page's three topics and ids go up by one, so the page saw
-    # each id exactly once, in order, with no gap at the drop.
-    ids = [int(i) for i in state["ids"]]
-    assert ids == list(range(ids[0], ids[0] + len(ids)))
-    assert metric_values(srv.port)["sse_replays_total"] == 1
-    assert browser.eval("document.querySelectorAll('#dispatched .badge-replay').length") > 0
-    log = browser.eval("document.querySelector('#log').innerText")
-    assert "lastEventId=" in log and "nothing was lost" in log, log
+    srv = start_server("--demo", "--retry", "1000")
+    relay = TcpRelay(srv.port)  # to see the browser's own reconnect on the wire
+    try:
+        browser.goto("http://127.0.0.1:%d/" % relay.port)
+        browser.wait("document.querySelector('#state').textContent === 'OPEN'"
+                     " && demoState.ids.length >= 5", 10)
+        visitor = browser.eval("document.querySelector('#stream-url').textContent")
+        assert re.fullmatch(r"/events\?topic=time&topic=stocks&topic=news"
+                            r"&topic=visitor-[0-9a-f]{16}", visitor), visitor
+        browser.eval("document.querySelector('#drop').click()")
+        # The server ends the page's stream (POST /demo/drop): the EventSource is CONNECTING,
+        # waits the retry and comes back by itself; the missed events come first, every one
+        # the wire connection saw while the page was away.
+        browser.wait("document.querySelector('#state').textContent === 'CONNECTING'", 5)
+        browser.wait("demoState.replayed > 0", 12)
+        assert browser.eval("document.querySelector('#state').textContent") == "OPEN"
+        assert browser.eval("document.querySelector('#reconnects').textContent") == "1"
+        state = browser.eval("demoState")
+        assert state["duplicates"] == 0
+        assert state["replayed"] == state["missed"] >= 2, state  # 1 s of a few events a second
+        # Every demo event is on the page's three topics and ids go up by one, so the page saw
+        # each id exactly once, in order, with no gap at the drop.
+        ids = [int(i) for i in state["ids"]]
+        assert ids == list(range(ids[0], ids[0] + len(ids)))
+        assert metric_values(srv.port)["sse_replays_total"] == 1
+        assert browser.eval("document.querySelectorAll('#dispatched .badge-replay').length") > 0
+        # On the wire: one POST answered 200, then the browser's own GET of the same URL with
+        # the Last-Event-ID header (not the query), a second or so after the stream ended.
+        drops = [x for x in relay.exchanges() if x["request"].startswith(b"POST /demo/drop?")]
+        assert len(drops) == 1 and drops[0]["response"].startswith(b"HTTP/1.1 200 OK\r\n")
+        streams = stream_requests(relay, visitor)
+        assert len(streams) == 2, streams
+        assert header_value(streams[0]["request"], "Last-Event-ID") is None
+        resumed = header_value(streams[1]["request"], "Last-Event-ID")
+        # ... carrying the id of the last event the page had when the stream ended.
+        assert resumed is not None and int(resumed) in ids, resumed
+        assert streams[1]["at"] - drops[0]["at"] >= 0.5, streams[1]["at"] - drops[0]["at"]
+        log = browser.eval("document.querySelector('#log').innerText")
+        assert "ended the response after event #%s" % resumed in log, log
+        assert "reconnected by itself" in log and "Last-Event-ID: %s" % resumed in log, log
+        assert "nothing was lost" in log, log
+        os.makedirs(OUT, exist_ok=True)  # what a learner sees after a drop: README's picture
+        assert os.path.getsize(browser.screenshot(os.path.join(OUT, "demo-drop.png"))) > 10000
 
-    browser.eval("document.querySelector('#restart').click()")
-    browser.wait("demoState.resets === 1", 10)
-    assert metric_values(srv.port)["sse_resets_total"] == 1
-    assert browser.eval("document.querySelector('#reconnects').textContent") == "2"
-    assert browser.eval("!document.querySelector('#notice').hidden")
-    assert "reset" in browser.eval("document.querySelector('#notice-text').textContent")
-    assert browser.eval("Array.from(document.querySelectorAll('#dispatched .type'))"
-                        ".some(t => t.textContent === 'reset')")
-    log = browser.eval("document.querySelector('#log').innerText")
-    assert "reloads its state" in log, log
-    # Live events go on after the reset: the cleared charts fill again.
-    browser.wait("document.querySelectorAll('#stocks > *').length >= 1", 5)
-    assert browser.eval("demoState.duplicates") == 0
+        browser.eval("document.querySelector('#restart').click()")
+        browser.wait("demoState.resets === 1", 10)
+        assert metric_values(srv.port)["sse_resets_total"] == 1
+        assert browser.eval("document.querySelector('#reconnects').textContent") == "2"
+        assert browser.eval("!document.querySelector('#notice').hidden")
+        assert "reset" in browser.eval("document.querySelector('#notice-text').textContent")
+        assert browser.eval("Array.from(document.querySelectorAll('#dispatched .type'))"
+                            ".some(t => t.textContent === 'reset')")
+        log = browser.eval("document.querySelector('#log').innerText")
+        assert "reloads its state" in log, log
+        # Live events go on after the reset: the cleared charts fill again.
+        browser.wait("document.querySelectorAll('#stocks > *').length >= 1", 5)
+        assert browser.eval("demoState.duplicates") == 0
+    finally:
+        relay.close()
 
 
 def test_event_types_and_multiline_data_arrive_exactly(browser, start_server):
