@@ -154,6 +154,13 @@ def check_host(binary, run):
         assert m, block
         ids.append(int(m.group(1)))
     assert ids[1] == ids[0] + 1
+    # The host's own route (on_request) answers with the latest line; the rest is declined
+    # and falls through to the server's routes.
+    latest = request(prog.port, "GET", "/load.json")
+    assert latest.status == 200 and latest.header("Content-Type") == "application/json"
+    assert re.fullmatch(rb'\{"load": "%s"\}\n' % LOADAVG.encode(), latest.body), latest.body
+    assert request(prog.port, "POST", "/load.json").status == 405  # declined: built-in answer
+    assert request(prog.port, "GET", "/healthz").body == b"ok\n"
     err = check_drain(prog, s)
     assert err == "host: signal %d, draining\n" % signal.SIGTERM, err
 

@@ -5,7 +5,8 @@
  *   - sse_fd(srv), the server's own epoll descriptor: readable when the server has network
  *     work. The host does nothing with it but call sse_poll(srv, 0), which never blocks;
  *   - a timerfd that fires every second: the host reads /proc/loadavg and publishes the line
- *     as an event of type "load" on topic "load";
+ *     as an event of type "load" on topic "load" (and answers GET /load.json with the latest
+ *     line itself, through on_request: a route of its own next to the server's);
  *   - a signalfd for SIGINT and SIGTERM: the host calls sse_stop(), stops its timer and keeps
  *     looping until the server has drained its streams (sse_poll() returns 0), then exits 0.
  * Each iteration waits no longer than sse_next_timeout_ms(), so the server's timers
@@ -16,6 +17,7 @@
  *     cc -std=c11 -O2 -Wall -Wextra host.c sse.c -o host
  *     ./host [HOST:PORT]        (default 127.0.0.1:8080; port 0 picks a free port)
  *     curl -N http://127.0.0.1:8080/events/load    (or open http://127.0.0.1:8080/)
+ *     curl http://127.0.0.1:8080/load.json
  *
  * Everything runs on one thread: the library is not thread-safe, and needs no locks here.
  */
@@ -43,18 +45,41 @@ static const char page[] =
     "});\n"
     "</script>\n";
 
-/* The library's log lines (connections, warnings) go to stderr with the prefix passed as the
- * user pointer. This runs inside sse_poll() and sse_publish(): it may call sse_stop() or
- * sse_publish() (see sse.h), but must not drive or free the server. */
+/* The host's state, passed to the callbacks as the user pointer. */
+struct host {
+    const char *name; /* prefix of log lines */
+    char load[128];   /* the latest /proc/loadavg line, "" before the first */
+};
+
+/* The library's log lines (connections, warnings) go to stderr with the host's name. This
+ * runs inside sse_poll() and sse_publish(): it may call sse_stop() or sse_publish() (see
+ * sse.h), but must not drive or free the server. */
 static void on_log(enum sse_log_level level, const char *msg, void *user) {
+    const struct host *h = user;
     if (level <= SSE_LOG_INFO)
-        fprintf(stderr, "%s: %s\n", (const char *)user, msg);
+        fprintf(stderr, "%s: %s\n", h->name, msg);
+}
+
+/* A route of the host's own: GET /load.json answers the latest line as JSON (503 before the
+ * first one). Every other request is declined (0) and goes to the server's own routes. */
+static int on_request(struct sse_server *srv, const struct sse_request *req, void *user) {
+    const struct host *h = user;
+    (void)srv;
+    if (strcmp(req->path, "/load.json") != 0 || strcmp(req->method, "GET") != 0)
+        return 0;
+    if (!h->load[0]) {
+        static const char none[] = "no reading yet\n";
+        return sse_respond(req, 503, NULL, none, sizeof none - 1) == 0;
+    }
+    char body[160]; /* /proc/loadavg holds only digits, dots, spaces and '/': no escaping */
+    int n = snprintf(body, sizeof body, "{\"load\": \"%s\"}\n", h->load);
+    return sse_respond(req, 200, "application/json", body, (size_t)n) == 0;
 }
 
 /* Publishes the first line of /proc/loadavg, such as "0.42 0.35 0.30 2/417 12345", on topic
  * "load". Reading procfs does not block. A failure is reported and the loop goes on. */
-static void publish_load(struct sse_server *srv) {
-    char line[128];
+static void publish_load(struct sse_server *srv, struct host *h) {
+    char line[sizeof h->load];
     FILE *f = fopen("/proc/loadavg", "r");
     if (!f || !fgets(line, sizeof line, f)) {
         fprintf(stderr, "host: cannot read /proc/loadavg: %s\n", strerror(errno));
@@ -64,6 +89,7 @@ static void publish_load(struct sse_server *srv) {
     }
     fclose(f);
     line[strcspn(line, "\n")] = '\0';
+    memcpy(h->load, line, sizeof line);
     /* Returns the number of subscribers it was queued to; they get it in sse_poll(). */
     int r = sse_publish(srv, "load", "load", line, strlen(line), NULL);
     if (r < 0)
@@ -78,7 +104,7 @@ static int watch(int ep, int fd) {
 
 /* The host's loop, until the server has stopped. Returns the exit status. On a signal it
  * closes the timer and sets *timer_fd to -1. */
-static int run(struct sse_server *srv, int ep, int signal_fd, int *timer_fd) {
+static int run(struct sse_server *srv, struct host *h, int ep, int signal_fd, int *timer_fd) {
     for (;;) {
         /* A host with timers of its own would wait for the nearer of the two deadlines. */
         struct epoll_event evs[3];
@@ -105,7 +131,7 @@ static int run(struct sse_server *srv, int ep, int signal_fd, int *timer_fd) {
             } else if (fd == *timer_fd) {
                 uint64_t ticks;
                 if (read(*timer_fd, &ticks, sizeof ticks) == (ssize_t)sizeof ticks)
-                    publish_load(srv);
+                    publish_load(srv, h);
             }
             /* fd == sse_fd(srv): nothing to do here; sse_poll() below does the work. */
         }
@@ -121,7 +147,7 @@ static int run(struct sse_server *srv, int ep, int signal_fd, int *timer_fd) {
 }
 
 int main(int argc, char **argv) {
-    static char prefix[] = "host"; /* on_log's user pointer */
+    static struct host h = {"host", ""}; /* the callbacks' user pointer */
     /* Signals arrive as reads on a descriptor, inside the loop: block them first. The library
      * never raises SIGPIPE, so the host need not ignore it. */
     sigset_t sigs;
@@ -135,7 +161,8 @@ int main(int argc, char **argv) {
     cfg.index_page = page;
     cfg.index_page_len = sizeof page - 1;
     cfg.on_log = on_log;
-    cfg.user = prefix;
+    cfg.on_request = on_request;
+    cfg.user = &h;
     char err[256];
     struct sse_server *srv = sse_server_new(&cfg, err, sizeof err);
     if (!srv) {
@@ -154,7 +181,7 @@ int main(int argc, char **argv) {
         watch(ep, signal_fd) < 0 || watch(ep, timer_fd) < 0) {
         fprintf(stderr, "host: cannot set up the event loop: %s\n", strerror(errno));
     } else {
-        status = run(srv, ep, signal_fd, &timer_fd);
+        status = run(srv, &h, ep, signal_fd, &timer_fd);
     }
     if (timer_fd >= 0)
         close(timer_fd);
