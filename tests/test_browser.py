@@ -72,6 +72,12 @@ def test_demo_page_shows_time_stocks_news_and_the_wire(browser, start_server):
     browser.wait("document.querySelector('#clock').textContent !== %s" % json.dumps(first), 5)
     assert metric_values(srv.port)["sse_connections_total"] <= 4  # page, stream, wire, favicon
     assert browser.eval("document.querySelector('#retry').textContent").startswith("3000 ms")
+    # The connection panel's last id is the id of the last event dispatched, and a symbol
+    # quoted twice has a sparkline: a polyline through as many points as quotes, up to 30.
+    assert browser.eval("document.querySelector('#last-id').textContent"
+                        " === demoState.ids[demoState.ids.length - 1]")
+    browser.wait("Array.from(document.querySelectorAll('#stocks svg polyline'))"
+                 ".some(p => (p.getAttribute('points') || '').split(' ').length >= 2)", 10)
 
     # The headline (every five seconds) is one event of two data: lines: two lines on the
     # wire, one string with a newline in the EventSource's event.
