@@ -179,6 +179,17 @@ def test_demo_page_drop_replays_and_restart_resets(browser, start_server):
         relay.close()
 
 
+def test_demo_page_drop_without_demo_mode_says_so(browser, start_server):
+    srv = start_server()  # the built-in page, but no --demo: no /demo/drop route
+    browser.goto(srv.url + "/")
+    browser.wait("document.querySelector('#state').textContent === 'OPEN'", 10)
+    browser.eval("document.querySelector('#drop').click()")
+    browser.wait("document.querySelector('#log').innerText.includes('it needs --demo')", 5)
+    assert "(405)" in browser.eval("document.querySelector('#log').innerText")
+    assert browser.eval("document.querySelector('#state').textContent") == "OPEN"
+    assert not browser.eval("document.querySelector('#drop').disabled")
+
+
 def test_event_types_and_multiline_data_arrive_exactly(browser, start_server):
     srv = start_server("--publish-token", "secret", "--root", PAGES)
     browser.goto(harness_url(srv.url, "/events/mix", types=("price", "news")))
