@@ -5354,8 +5354,9 @@ static void redis_free(struct sse_server *srv) {
  * 11. Request dispatch
  *
  * A parsed request is checked (framing, Host), its path and query decoded once, offered to
- * the host's on_request, and handed to its endpoint. Requests are read into a per-server scratch buffer; a connection holds a
- * buffer of its own only while a head is incomplete or requests are pipelined.
+ * the host's on_request, and handed to its endpoint. Requests are read into a per-server
+ * scratch buffer; a connection holds a buffer of its own only while a head is incomplete or
+ * requests are pipelined.
  * ======================================================================================== */
 
 /* Framing checks that keep a request from being read two ways (RFC 9112 6.3): one
@@ -6581,7 +6582,7 @@ int sse_retire_topic(struct sse_server *srv, const char *topic) {
 
 int sse_respond(const struct sse_request *req, int status, const char *content_type,
                 const char *body, size_t len) {
-    struct host_request *impl = (struct host_request *)req->impl;
+    struct host_request *impl = req->impl;
     const char *ct = content_type ? content_type : "text/plain; charset=utf-8";
     if (impl->answered || status < 200 || status > 599 || (len && !body) || !*ct ||
         strlen(ct) > 256 || strpbrk(ct, "\r\n"))

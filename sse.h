@@ -129,7 +129,7 @@ struct sse_server;
 struct sse_request {
     const char *method; /* "GET", "POST", ... NUL-terminated */
     const char *path;   /* percent-decoded, NUL-terminated, starts with '/'; no query */
-    const void *impl;   /* the library's; read headers and parameters with the functions below */
+    void *impl;         /* the library's; read headers and parameters with the functions below */
 };
 
 /* Everything is optional: a zeroed struct is a working server on 127.0.0.1:8080. Strings
@@ -260,14 +260,14 @@ int sse_end_streams(struct sse_server *srv, const char *topic);
 /* sse_config.on_request is asked about every well-formed request before the built-in
  * endpoints (the stream path, /publish, /metrics, /healthz, proxy routes, files), except
  * those turned away over max_clients. It answers with sse_respond() and returns 1, or
- * returns 0 to decline (the built-in routes take the request); returning 1 without an answer
- * gets the client a 500 and a warning in the log. Tokens are the host's business here: the
- * library checks nothing before asking (the cors_origin headers are added to the answer as
- * to every response). A request body is never read for the
- * host: answering a request that has one closes the connection after the answer. The
- * callback runs inside sse_poll(); from it the host may call what on_log may (sse_publish(),
- * sse_end_streams() and the rest work normally here), but not sse_poll(), sse_run() (-EBUSY)
- * or sse_server_free().
+ * returns 0 to decline (the built-in routes take the request); an answer counts whatever it
+ * returns, and returning 1 without one gets the client a 500 and a warning in the log.
+ * Tokens are the host's business here: the library checks nothing before asking (the
+ * cors_origin headers are added to the answer as to every response). A request body is never
+ * read for the host: answering a request that has one closes the connection after the
+ * answer. The callback runs inside sse_poll(); from it the host may call what on_log may
+ * (sse_publish(), sse_end_streams() and the rest work normally here), but not sse_poll(),
+ * sse_run() (-EBUSY) or sse_server_free().
  *
  * The functions below take the request on_request was given, and only during that call. */
 
