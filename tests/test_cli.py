@@ -340,6 +340,10 @@ def test_demo_drop_ends_only_the_visitors_stream(start_server):
                 400, b"topic must be the page's own visitor-... topic\n"), (path, r.body)
         r = request(srv.port, "POST", "/demo/drop?topic=visitor-none")
         assert (r.status, r.body) == (200, b'{"ended": 0}\n')
+        assert r.header("Connection") is None  # keep-alive
+        # A host route never reads a body, so the connection cannot be reused after one.
+        r = request(srv.port, "POST", "/demo/drop?topic=visitor-none", body=b"unread")
+        assert (r.status, r.header("Connection")) == (200, "close")
         assert request(srv.port, "GET", "/demo/drop?topic=visitor-1a2b").status == 404
     finally:
         mine.close()
