@@ -4514,6 +4514,13 @@ static uint64_t metrics_relays_up(const struct sse_server *srv) {
  * node reconnects with back-off and resumes XREAD after the last entry it delivered, so
  * nothing in between is lost or delivered twice.
  *
+ * Publishers that cannot be told 503 wait instead. While Redis cannot take events (the
+ * command link is down, not through AUTH, or past the hold mark) inputs are not read and
+ * relays drop their upstream, to fetch again from the last upstream id Redis took; XADDs
+ * from inputs and sse_publish() that were not yet written when the link failed are kept,
+ * in order, and sent after AUTH on the next link. A written XADD without its answer may or
+ * may not be stored: its HTTP publisher is told exactly that, and others send it again.
+ *
  * Redis speaks RESP2 (redis.io/docs/reference/protocol-spec): a command is an array of bulk
  * strings ("*2\r\n$4\r\nPING\r\n..."); a reply is a simple string (+), an error (-), an
  * integer (:), a bulk string ($len, or $-1 for none) or an array (*n, or *-1) of replies.
