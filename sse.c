@@ -4667,6 +4667,7 @@ struct redis_wait {
                                        subscriber a replay is for; NULL once it is gone */
     char topic[TOPIC_NAME_MAX + 1]; /* the XADD's topic, for the answer */
     uint64_t after;                 /* a replay's position: entries after this id */
+    bool http;                      /* an XADD for POST /publish (c NULL: the client left) */
     struct relay *relay;            /* the relay whose event an XADD carries, or NULL */
     char *up_id;                    /* that event's upstream id (owned), with relay */
     size_t end;                     /* where the command ends in all the link ever queued
@@ -4757,7 +4758,7 @@ static struct redis_wait *redis_expect(struct sse_server *srv, struct redis_link
                                        enum redis_wait_kind kind, struct conn *c, const char *topic,
                                        size_t len) {
     struct redis_wait *rw = &l->waits[(l->whead + l->wlen++) % l->wcap];
-    *rw = (struct redis_wait){.kind = (uint8_t)kind, .c = c, .len = len};
+    *rw = (struct redis_wait){.kind = (uint8_t)kind, .c = c, .http = c != NULL, .len = len};
     rw->end = l->out_pos + l->out_len;
     snprintf(rw->topic, sizeof rw->topic, "%s", topic ? topic : "");
     if (!l->deadline)
@@ -4897,7 +4898,8 @@ static void redis_rotate(char *buf, size_t n, size_t k) {
 
 /* An XADD still on the command link when it failed. Sent whole, its outcome is unknown:
  * Redis may have stored it and gone before answering. An HTTP publisher hears exactly that
- * (503; it can look before publishing again); a relay fetches it again from the last
+ * (503; it can look before publishing again; one that left is not published for, as it had
+ * no answer and may publish again itself); a relay fetches it again from the last
  * upstream id Redis answered for; an input's or sse_publish()'s event cannot be fetched
  * again, so it is sent again: it may be stored twice, but is never lost. Not sent whole,
  * it was not stored (Redis drops a command cut short): the publisher gets 503, the relay
@@ -4906,9 +4908,11 @@ static void redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct
     struct redis_hub *r = srv->redis;
     bool sent = rw->end <= l->out_pos + l->out_off;
     r->unknown += sent;
-    if (rw->c) {
+    if (rw->http) {
+        r->errors += !sent; /* a publisher that left had no answer: it may publish again */
+        if (!rw->c)
+            return;
         rw->c->state = CONN_RESPOND; /* out of CONN_WAIT, so closing it is plain */
-        r->errors += !sent;
         if (sent)
             http_text(srv, rw->c, 503,
                       "Redis went away before answering: the outcome is unknown, the event may "
