@@ -1983,6 +1983,7 @@ static void journal_compact(struct journal *j, const struct backlog *bl, uint64_
         j->errors++;
         log_say(log, SSE_LOG_ERROR, "journal %s: compaction failed: %s; still appending", j->path,
                 strerror(-r));
+        j->compacted = j->size; /* next try once the file doubled, not at every publish */
         if (fd >= 0) {
             unlink(tmp);
             close(fd);

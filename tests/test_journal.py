@@ -333,7 +333,7 @@ def strace_path():
     return path
 
 
-def start_faulty(start_server, tmp_path, journal, mode, *inject, trace="fdatasync"):
+def start_faulty(start_server, tmp_path, journal, mode, *inject, trace="fdatasync", extra=()):
     """A journaling server under strace, which makes the syscalls in inject fail
     (strace's -e inject=...), and writes each traced call, timestamped, to tmp_path/trace."""
     args = [strace_path(), "-f", "-qq", "-ttt", "-e", "trace=" + trace]
@@ -341,7 +341,7 @@ def start_faulty(start_server, tmp_path, journal, mode, *inject, trace="fdatasyn
         args += ["-e", "inject=" + fault]
     args += ["-o", str(tmp_path / "trace")]
     return start_server("--publish-token", "secret", "--journal", journal, "--journal-sync",
-                        mode, wrapper=args)
+                        mode, *extra, wrapper=args)
 
 
 def syncs_traced(tmp_path):
@@ -424,6 +424,21 @@ def test_failing_syncs_in_batch_mode_back_off(start_server, tmp_path, journal):
     assert [r for _, r in syncs[:5]] == ["0", "-1", "-1", "-1", "0"]
     gaps = [b[0] - a[0] for a, b in zip(syncs[1:5], syncs[2:5])]
     assert min(gaps) >= 0.9, gaps  # one attempt per period (lower bound: noise only adds)
+
+
+def test_a_failing_compaction_is_not_retried_at_every_publish(start_server, tmp_path, journal):
+    """Every rename() fails, so no compaction completes: the server keeps appending (the
+    old file stays whole) and tries again only once the file has doubled, not by copying
+    the backlog at every publish."""
+    srv = start_faulty(start_server, tmp_path, journal, "none", "rename:error=EACCES",
+                       trace="rename", extra=("--backlog", "5", "--journal-max-bytes", "4096"))
+    ids = [pub(srv.port, "event %d " % i + "x" * 100) for i in range(300)]
+    m = metric_values(srv.port)
+    assert m["sse_journal_compactions_total"] == 0
+    assert 1 <= m["sse_journal_errors_total"] <= 5, m  # 4 KiB, then 8, 16, 32: not 270
+    srv.stop()
+    assert not os.path.exists(journal + ".new")
+    assert journal_ids(journal) == ids  # every event, in the file that stayed in use
 
 
 def test_a_new_journal_is_durable_with_its_directory(start_server, tmp_path):
