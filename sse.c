@@ -1810,6 +1810,8 @@ struct journal {
     uint64_t syncs;             /* fdatasync() calls, for /metrics */
     uint64_t compactions;       /* compactions done */
     uint64_t errors;            /* failed writes, syncs and compactions */
+    bool failing;               /* the last fdatasync() failed (logged once per streak) */
+    bool stuck;                 /* a failed record could not be cut off: no more appends */
 };
 
 /* Writes every byte of the iovecs, resuming after short writes and EINTR. 0 or -errno. */
@@ -1835,21 +1837,49 @@ static int journal_write_all(int fd, struct iovec *iov, int n) {
     return 0;
 }
 
-static int journal_sync_now(struct journal *j, const struct logger *log) {
+/* A failed fdatasync() leaves unknown which dirty pages reached the disk, and Linux reports
+ * the error only once, so a later success says nothing about them. Always mode therefore
+ * cuts the unsynced record off (journal_append); batch mode, whose events were
+ * acknowledged already, tries again a period later: logged when the failures start and
+ * when they end, not on every attempt. */
+static int journal_sync_now(struct journal *j, const struct logger *log, int64_t now) {
     if (fdatasync(j->fd) < 0) {
         j->errors++;
-        log_say(log, SSE_LOG_ERROR, "journal %s: fdatasync: %s", j->path, strerror(errno));
+        j->dirty_since = now; /* batch mode: the next attempt is a period away */
+        if (!j->failing)
+            log_say(log, SSE_LOG_ERROR, "journal %s: fdatasync: %s%s", j->path, strerror(errno),
+                    j->sync == SSE_JOURNAL_BATCH ? "; trying again every second" : "");
+        j->failing = true;
         return -EIO;
     }
+    if (j->failing)
+        log_say(log, SSE_LOG_INFO, "journal %s: fdatasync works again", j->path);
+    j->failing = false;
     j->syncs++;
     j->dirty = false;
     return 0;
 }
 
+/* Cuts the file back to its last whole record after a failed append. If even that fails
+ * the file's end is unknown (a torn or unsynced record may follow), and appending after
+ * it would bury that record under valid ones, which a restart refuses as damage: so the
+ * journal takes no more events until the server restarts and reads the file back. */
+static void journal_cut_back(struct journal *j, const struct logger *log) {
+    if (ftruncate(j->fd, (off_t)j->size) == 0)
+        return;
+    j->stuck = true;
+    log_say(log, SSE_LOG_ERROR,
+            "journal %s: cannot cut back a failed record: %s; refusing to publish until restart "
+            "(the record may be replayed then)",
+            j->path, strerror(errno));
+}
+
 /* Appends one event. On failure the file is cut back to where it was, so a failed append
- * leaves no torn record behind, and the caller must not publish the event. */
+ * leaves no torn or unsynced record behind, and the caller must not publish the event. */
 static int journal_append(struct journal *j, const struct blob *ev, const struct logger *log,
                           int64_t now) {
+    if (j->stuck)
+        return -EIO;
     char head[JOURNAL_RECORD_HEAD];
     size_t hlen = journal_record_head(head, ev->id, ev->topic->name, ev->bytes, ev->len);
     struct iovec iov[2] = {{head, hlen}, {(void *)ev->bytes, ev->len}};
@@ -1858,17 +1888,21 @@ static int journal_append(struct journal *j, const struct blob *ev, const struct
         j->errors++;
         log_say(log, SSE_LOG_ERROR, "journal %s: write: %s; the event was not published", j->path,
                 strerror(-r));
-        if (ftruncate(j->fd, (off_t)j->size) < 0)
-            log_say(log, SSE_LOG_ERROR, "journal %s: cannot cut back a failed write: %s", j->path,
-                    strerror(errno));
+        journal_cut_back(j, log);
         return -EIO;
+    }
+    if (j->sync == SSE_JOURNAL_ALWAYS) {
+        if (journal_sync_now(j, log, now) < 0) {
+            journal_cut_back(j, log);
+            return -EIO;
+        }
+        j->size += hlen + ev->len;
+        return 0;
     }
     j->size += hlen + ev->len;
     if (!j->dirty)
         j->dirty_since = now;
     j->dirty = true;
-    if (j->sync == SSE_JOURNAL_ALWAYS)
-        return journal_sync_now(j, log);
     return 0;
 }
 
@@ -1882,7 +1916,7 @@ static int64_t journal_deadline(const struct journal *j) {
 static void journal_tick(struct journal *j, const struct logger *log, int64_t now) {
     int64_t due = journal_deadline(j);
     if (due >= 0 && now >= due)
-        journal_sync_now(j, log);
+        journal_sync_now(j, log, now);
 }
 
 /* The header line, with the floor for ids. */
@@ -1892,6 +1926,20 @@ static size_t journal_header(char out[64], uint64_t last_id) {
     wb_u64(&w, last_id);
     wb_str(&w, "\n");
     return w.len;
+}
+
+/* A new name (a created file, a rename) is durable only once its directory is synced:
+ * fdatasync() of the file covers its data, not the entry that finds it. */
+static void journal_sync_dir(const char *path, const struct logger *log) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : NULL;
+    int dfd = open(dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) < 0)
+        log_say(log, SSE_LOG_WARN, "journal %s: cannot sync its directory: %s", path,
+                strerror(errno));
+    if (dfd >= 0)
+        close(dfd);
+    free(dir);
 }
 
 /* Rewrites the journal with only the backlog, under a new name renamed over the old one,
@@ -1935,6 +1983,7 @@ static void journal_compact(struct journal *j, const struct backlog *bl, uint64_
         j->errors++;
         log_say(log, SSE_LOG_ERROR, "journal %s: compaction failed: %s; still appending", j->path,
                 strerror(-r));
+        j->compacted = j->size; /* next try once the file doubled, not at every publish */
         if (fd >= 0) {
             unlink(tmp);
             close(fd);
@@ -1942,16 +1991,8 @@ static void journal_compact(struct journal *j, const struct backlog *bl, uint64_
         free(tmp);
         return;
     }
-    /* The rename is durable once the directory is synced. */
-    char *slash = strrchr(j->path, '/');
-    char *dir = slash ? strndup(j->path, slash == j->path ? 1 : (size_t)(slash - j->path)) : NULL;
-    int dfd = open(dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        if (j->sync != SSE_JOURNAL_NONE)
-            fsync(dfd);
-        close(dfd);
-    }
-    free(dir);
+    if (j->sync != SSE_JOURNAL_NONE)
+        journal_sync_dir(j->path, log);
     free(tmp);
     fcntl(fd, F_SETFL, O_APPEND);
     close(j->fd);
@@ -1975,7 +2016,7 @@ static void journal_maybe_compact(struct journal *j, const struct backlog *bl, u
 static void journal_close(struct journal *j, const struct logger *log) {
     if (j->fd >= 0) {
         if (j->dirty && j->sync != SSE_JOURNAL_NONE)
-            journal_sync_now(j, log);
+            journal_sync_now(j, log, 0);
         close(j->fd);
     }
     j->fd = -1;
@@ -2116,6 +2157,8 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
             r = -errno;
         if (r < 0)
             return strerror(-r);
+        if (j->sync != SSE_JOURNAL_NONE)
+            journal_sync_dir(path, log);
     }
     j->size = j->compacted = (uint64_t)keep;
     log_say(log, SSE_LOG_INFO, "journal %s: %llu bytes, %u events back in the backlog", path,
@@ -5806,6 +5849,8 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
         metrics_handle(srv, c, head);
     else if (bytes_eq(path, plen, "/healthz") && srv->redis && !redis_ready(srv))
         http_text(srv, c, 503, "redis unavailable", NULL);
+    else if (bytes_eq(path, plen, "/healthz") && srv->journal.stuck)
+        http_text(srv, c, 503, "journal unusable", NULL);
     else if (bytes_eq(path, plen, "/healthz"))
         http_respond(srv, c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, head);
     else if (srv->root_fd >= 0)

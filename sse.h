@@ -103,7 +103,8 @@ enum sse_journal_sync {
                            the last second of events; the loop waits for one fdatasync()
                            per second of writes */
     SSE_JOURNAL_ALWAYS, /* before every publish returns: nothing acknowledged is lost; each
-                           publish waits for the disk */
+                           publish waits for the disk, and one whose sync fails is refused
+                           (-EIO) and cut off the file */
     SSE_JOURNAL_NONE    /* never: the kernel writes back when it likes (typically 30 s) */
 };
 
@@ -168,8 +169,10 @@ struct sse_config {
                                  Last-Event-ID works across restarts); NULL = none. Created
                                  mode 0600 if missing; locked, so one server per file */
     enum sse_journal_sync journal_sync; /* see above; 0 = SSE_JOURNAL_BATCH */
-    size_t journal_max_bytes; /* beyond this the file is rewritten with just the backlog.
-                                 0 = 64 MiB */
+    size_t journal_max_bytes; /* beyond this the file is rewritten with just the backlog
+                                 (but not before it doubled since the last rewrite): it
+                                 stays under this or twice the backlog's bytes, whichever is
+                                 larger, plus one event. 0 = 64 MiB */
     const char *redis;          /* "HOST:PORT": make this server a node of a hub sharing one
                                    event history through a Redis stream (resolved once,
                                    here); NULL = none. Not with journal_path */

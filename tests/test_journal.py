@@ -326,6 +326,157 @@ def test_failed_write_is_503_and_nobody_receives_it(start_server, journal):
     assert [r[0] for r in records] == acked
 
 
+def strace_path():
+    path = subprocess.run(["which", "strace"], capture_output=True).stdout.strip().decode()
+    if not path:
+        unavailable("strace is not installed")
+    return path
+
+
+def start_faulty(start_server, tmp_path, journal, mode, *inject, trace="fdatasync", extra=()):
+    """A journaling server under strace, which makes the syscalls in inject fail
+    (strace's -e inject=...), and writes each traced call, timestamped, to tmp_path/trace."""
+    args = [strace_path(), "-f", "-qq", "-ttt", "-e", "trace=" + trace]
+    for fault in inject:
+        args += ["-e", "inject=" + fault]
+    args += ["-o", str(tmp_path / "trace")]
+    return start_server("--publish-token", "secret", "--journal", journal, "--journal-sync",
+                        mode, *extra, wrapper=args)
+
+
+def syncs_traced(tmp_path):
+    """(time, result) of each fdatasync() in the trace."""
+    with open(tmp_path / "trace") as f:
+        return [(float(m.group(1)), m.group(2)) for m in
+                re.finditer(r"(\d+\.\d+) fdatasync\(\d+\)\s+= (-?\d+)", f.read())]
+
+
+def journal_ids(journal):
+    with open(journal, "rb") as f:
+        return [r[0] for r in parse_journal(f.read())[1]]
+
+
+def test_failed_sync_with_always_is_503_and_leaves_no_record(start_server, tmp_path, journal):
+    """Syncs 1 (the new file's header), 2 and 3 work, 4 and 5 fail, then they work again.
+    Linux reports a failed fdatasync() once and may have dropped the dirty pages, so an
+    event whose sync failed is neither acknowledged nor left in the file to come back at
+    the next start."""
+    srv = start_faulty(start_server, tmp_path, journal, "always",
+                       "fdatasync:error=EIO:when=4..5")
+    st = Stream(srv.port, "/events/news")
+    try:
+        st.read_block()
+        st.read_block()
+        answers = [publish(srv.port, b"e%d" % i, topic="news") for i in range(5)]
+        assert [r.status for r in answers] == [200, 200, 503, 503, 200]
+        assert answers[2].body == b"the event could not be stored; it was not published\n"
+        acked = [answers[i].json()["id"] for i in (0, 1, 4)]
+        got = read_events(st, 3)
+        assert [b.split(b"\n")[0] for b in got] == [b"id: " + i.encode() for i in acked]
+        assert st.nothing_pending(0.3)
+        m = metric_values(srv.port)
+        assert m["sse_journal_errors_total"] == 2
+        assert healthy_ok(srv.port)
+        srv.wait_for_line(r"fdatasync works again")
+    finally:
+        st.close()
+    srv.stop()
+    log = srv.stderr_text()
+    assert log.count("fdatasync: Input/output error") == 1, log  # once per streak
+    assert [r for _, r in syncs_traced(tmp_path)] == ["0", "0", "0", "-1", "-1", "0"]
+    assert journal_ids(journal) == acked  # the failed records were cut off
+
+
+def test_a_record_that_cannot_be_cut_off_stops_publishing(start_server, tmp_path, journal):
+    """Sync 4 fails and so does cutting its record off: appending after that record would
+    hide it under valid ones (a restart would refuse the file as damaged), so nothing more
+    is published until a restart, and /healthz says so."""
+    srv = start_faulty(start_server, tmp_path, journal, "always",
+                       "fdatasync:error=EIO:when=4", "ftruncate:error=EIO",
+                       trace="fdatasync,ftruncate")
+    answers = [publish(srv.port, b"e%d" % i, topic="news") for i in range(4)]
+    assert [r.status for r in answers] == [200, 200, 503, 503]
+    r = request(srv.port, "GET", "/healthz")
+    assert (r.status, r.body) == (503, b"journal unusable\n")
+    srv.wait_for_line(r"cannot cut back a failed record: Input/output error; refusing to "
+                      r"publish until restart")
+    srv.stop()
+    srv = start_server("--publish-token", "secret", "--journal", journal)
+    assert healthy_ok(srv.port)  # the restart reads the file back, the last record whole
+    assert journal_ids(journal)[:2] == [answers[0].json()["id"], answers[1].json()["id"]]
+    assert publish(srv.port, b"after", topic="news").status == 200
+
+
+def test_failing_syncs_in_batch_mode_back_off(start_server, tmp_path, journal):
+    """Syncs 2 to 4 fail. The events were acknowledged already (batch mode's trade), so the
+    server tries again a period later, not in a loop that would spin the CPU and flood
+    the log, and says once that syncs fail and once that they work again."""
+    srv = start_faulty(start_server, tmp_path, journal, "batch", "fdatasync:error=EIO:when=2..4")
+    assert publish(srv.port, b"one", topic="news").status == 200
+    srv.wait_for_line(r"fdatasync works again", timeout=15)
+    assert publish(srv.port, b"two", topic="news").status == 200  # publishing never stopped
+    m = metric_values(srv.port)
+    assert (m["sse_journal_errors_total"], m["sse_journal_syncs_total"]) == (3, 1)
+    srv.stop()
+    log = srv.stderr_text()
+    assert log.count("fdatasync: Input/output error; trying again every second") == 1, log
+    syncs = syncs_traced(tmp_path)
+    assert [r for _, r in syncs[:5]] == ["0", "-1", "-1", "-1", "0"]
+    gaps = [b[0] - a[0] for a, b in zip(syncs[1:5], syncs[2:5])]
+    assert min(gaps) >= 0.9, gaps  # one attempt per period (lower bound: noise only adds)
+
+
+def test_a_failing_compaction_is_not_retried_at_every_publish(start_server, tmp_path, journal):
+    """Every rename() fails, so no compaction completes: the server keeps appending (the
+    old file stays whole) and tries again only once the file has doubled, not by copying
+    the backlog at every publish."""
+    srv = start_faulty(start_server, tmp_path, journal, "none", "rename:error=EACCES",
+                       trace="rename", extra=("--backlog", "5", "--journal-max-bytes", "4096"))
+    ids = [pub(srv.port, "event %d " % i + "x" * 100) for i in range(300)]
+    m = metric_values(srv.port)
+    assert m["sse_journal_compactions_total"] == 0
+    assert 1 <= m["sse_journal_errors_total"] <= 5, m  # 4 KiB, then 8, 16, 32: not 270
+    srv.stop()
+    assert not os.path.exists(journal + ".new")
+    assert journal_ids(journal) == ids  # every event, in the file that stayed in use
+
+
+def test_a_new_journal_is_durable_with_its_directory(start_server, tmp_path):
+    """fdatasync() makes the file's bytes durable, not the directory entry that finds it:
+    a new journal's directory is synced too (except with --journal-sync none)."""
+    for mode, synced in (("batch", True), ("none", False)):
+        sub = tmp_path / mode
+        sub.mkdir()
+        srv = start_faulty(start_server, sub, str(sub / "journal"), mode,
+                           trace="openat,fsync,fdatasync")
+        srv.stop()
+        with open(sub / "trace") as f:
+            trace = f.read()
+        m = re.search(r'openat\(AT_FDCWD, "%s", O_RDONLY\|O_CLOEXEC\|O_DIRECTORY\) = (\d+)'
+                      % re.escape(str(sub)), trace)
+        fsynced = bool(m) and re.search(r"fsync\(%s\)\s+= 0" % m.group(1), trace) is not None
+        assert fsynced == synced, trace
+
+
+def test_a_backlog_larger_than_the_bound_doubles_between_compactions(start_server, journal):
+    """The documented bound: the file stays under the larger of --journal-max-bytes and
+    twice the backlog's size, plus one event, and a backlog larger than the bound does
+    not make every publish rewrite the file."""
+    srv = start_server("--publish-token", "secret", "--journal", journal, "--backlog", "40",
+                       "--journal-max-bytes", "4096")
+    record = 0
+    sizes = []
+    for i in range(240):
+        pub(srv.port, "event %03d " % i + "z" * 500)
+        sizes.append(os.path.getsize(journal))
+        record = max(record, sizes[-1] - sizes[-2] if len(sizes) > 1 else 0)
+    m = metric_values(srv.port)
+    backlog_bytes = 40 * record
+    assert max(sizes) <= max(4096, 2 * backlog_bytes) + record
+    assert m["sse_journal_compactions_total"] <= 240 // 40 + 4  # 8, 16, 32 events, then 40s
+    assert m["sse_journal_compactions_total"] >= 240 // 40
+
+
 def healthy_ok(port):
     return request(port, "GET", "/healthz").status == 200
 

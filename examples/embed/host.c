@@ -21,7 +21,8 @@
  *
  * Everything runs on one thread: the library is not thread-safe, and needs no locks here.
  */
-#define _POSIX_C_SOURCE 200809L /* sigprocmask(), read() and close() under -std=c11 */
+/* sigprocmask(), read() and close() under -std=c11 */
+#define _POSIX_C_SOURCE 200809L /* NOLINT(bugprone-reserved-identifier,cert-dcl37-c) */
 #include "sse.h"
 
 #include <errno.h>
@@ -84,10 +85,10 @@ static void publish_load(struct sse_server *srv, struct host *h) {
     if (!f || !fgets(line, sizeof line, f)) {
         fprintf(stderr, "host: cannot read /proc/loadavg: %s\n", strerror(errno));
         if (f)
-            fclose(f);
+            (void)fclose(f); /* read-only: nothing to lose */
         return;
     }
-    fclose(f);
+    (void)fclose(f);
     line[strcspn(line, "\n")] = '\0';
     memcpy(h->load, line, sizeof line);
     /* Returns the number of subscribers it was queued to; they get it in sse_poll(). */

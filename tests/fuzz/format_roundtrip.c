@@ -12,7 +12,7 @@
  * the parser joins them with LF). The reader refuses event types that are not UTF-8 or over
  * EVENT_TYPE_MAX bytes, as publishing does: then exactly one skipped event comes back.
  */
-#include "../../sse.c"
+#include "../../sse.c" /* NOLINT(bugprone-suspicious-include): its static functions */
 #include "fuzz.h"
 
 struct got {

@@ -6,7 +6,7 @@
  * and the result never depends on where the bytes stop: every prefix of the input parses
  * as "incomplete" or exactly as the whole does, the way a head arriving in pieces must.
  */
-#include "../../sse.c"
+#include "../../sse.c" /* NOLINT(bugprone-suspicious-include): its static functions */
 #include "fuzz.h"
 
 /* The parser's result on buf[0..len), with the views checked against the buffer. */

@@ -9,7 +9,7 @@
  * bytes than it was given; and the decoded bytes are exactly what a plain model of RFC 9112
  * 7.1 (as this decoder accepts it) finds.
  */
-#include "../../sse.c"
+#include "../../sse.c" /* NOLINT(bugprone-suspicious-include): its static functions */
 #include "fuzz.h"
 
 static long check_parse(const char *buf, size_t len, struct http_response *res) {

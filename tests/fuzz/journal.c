@@ -7,7 +7,7 @@
  * boundary. Mode 1 writes a record for an event made from the rest and reads it back:
  * the same id, topic and bytes.
  */
-#include "../../sse.c"
+#include "../../sse.c" /* NOLINT(bugprone-suspicious-include): its static functions */
 #include "fuzz.h"
 
 static void check_record(const char *buf, size_t len, long n, const struct journal_record *rec) {

@@ -6,7 +6,7 @@
  * blocks of exactly the promised size, so a write past it is caught. The first byte picks
  * plus_is_space for the decoder; the rest is the input.
  */
-#include "../../sse.c"
+#include "../../sse.c" /* NOLINT(bugprone-suspicious-include): its static functions */
 #include "fuzz.h"
 
 static int model_hex(unsigned char c) {

@@ -5,7 +5,7 @@
  * reply reads as incomplete. A reply is also re-encoded from its values (as resp_command
  * would for bulk strings) and must read back the same.
  */
-#include "../../sse.c"
+#include "../../sse.c" /* NOLINT(bugprone-suspicious-include): its static functions */
 #include "fuzz.h"
 
 static void check_reply(const char *buf, long used, const struct resp_value *vals, size_t n) {

@@ -7,7 +7,7 @@
  * and equals a plain model: the non-empty, non-"." segments joined by '/'. It refuses
  * exactly what the model refuses: no leading '/', a NUL, a ".." segment, or no room.
  */
-#include "../../sse.c"
+#include "../../sse.c" /* NOLINT(bugprone-suspicious-include): its static functions */
 #include "fuzz.h"
 
 /* The model's answer, written into out (room for len + 2 bytes); -1 when refused. */
