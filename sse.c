@@ -4946,15 +4946,16 @@ static void redis_rotate(char *buf, size_t n, size_t k) {
  * upstream id Redis answered for; an input's or sse_publish()'s event cannot be fetched
  * again, so it is sent again: it may be stored twice, but is never lost. Not sent whole,
  * it was not stored (Redis drops a command cut short): the publisher gets 503, the relay
- * fetches it again, the rest is kept and sent after reconnecting. */
-static void redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct redis_wait *rw) {
+ * fetches it again, the rest is kept and sent after reconnecting. Returns whether it was
+ * kept. */
+static bool redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct redis_wait *rw) {
     struct redis_hub *r = srv->redis;
     bool sent = rw->end <= l->out_pos + l->out_off;
     r->unknown += sent;
     if (rw->http) {
         r->errors += !sent; /* a publisher that left had no answer: it may publish again */
         if (!rw->c)
-            return;
+            return false;
         rw->c->state = CONN_RESPOND; /* out of CONN_WAIT, so closing it is plain */
         if (sent)
             http_text(srv, rw->c, 503,
@@ -4963,12 +4964,17 @@ static void redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct
                       NULL);
         else
             publish_answer(srv, rw->c, -EIO, 0, rw->topic);
-    } else if (rw->relay) {
-        rw->relay->pending--;
-    } else if (!redis_keep(r, l->out + (rw->end - rw->len - l->out_pos), rw->len)) {
-        r->errors++;
-        log_say(&srv->log, SSE_LOG_ERROR, "redis %s: out of memory: an event was lost", r->where);
+        return false;
     }
+    if (rw->relay) {
+        rw->relay->pending--;
+        return false;
+    }
+    if (redis_keep(r, l->out + (rw->end - rw->len - l->out_pos), rw->len))
+        return true;
+    r->errors++;
+    log_say(&srv->log, SSE_LOG_ERROR, "redis %s: out of memory: an event was lost", r->where);
+    return false;
 }
 
 /* A link failed: everyone waiting on it hears so, and it is retried after a back-off that
@@ -4985,7 +4991,7 @@ static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const 
     l->up = l->connecting = l->ready = false;
     l->in_len = 0;
     l->deadline = 0;
-    uint32_t nlater = r->nkept; /* kept already: they came after all that is on the link */
+    uint32_t nlater = r->nkept, kept = 0; /* kept already: came after all that is on the link */
     size_t later = r->kept_len;
     while (l->wlen) {
         struct redis_wait *rw = &l->waits[l->whead];
@@ -4994,10 +5000,10 @@ static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const 
         if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE || rw->kind == RW_XLAST) && rw->c)
             conn_close(srv, rw->c, R_UPSTREAM); /* it comes back with its last id */
         else if (rw->kind == RW_XADD)
-            redis_xadd_lost(srv, l, rw);
+            kept += redis_xadd_lost(srv, l, rw);
         free(rw->up_id);
     }
-    if (nlater && r->nkept > nlater) {
+    if (nlater && kept) {
         redis_rotate(r->kept, r->kept_len, later);
         redis_rotate((char *)r->kept_lens, r->nkept * sizeof *r->kept_lens,
                      nlater * sizeof *r->kept_lens);

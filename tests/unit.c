@@ -987,6 +987,10 @@ static void test_redis_kept(void) {
     }
     int cmd = follow == a ? b : a;
     CHECK(follow >= 0);
+    if (follow < 0) {
+        sse_server_free(srv);
+        return;
+    }
     CHECK(send(follow, "*0\r\n", 4, 0) == 4);
     buf[0] = '\0';
     CHECK(redis_fake_read(srv, follow, buf, sizeof buf, "XREAD"));
@@ -1005,6 +1009,10 @@ static void test_redis_kept(void) {
     for (int64_t deadline = clock_ms() + 3000; cmd < 0 && clock_ms() < deadline;)
         cmd = redis_fake_accept(srv, ls);
     CHECK(cmd >= 0);
+    if (cmd < 0) {
+        sse_server_free(srv);
+        return;
+    }
     buf[0] = '\0';
     CHECK(redis_fake_read(srv, cmd, buf, sizeof buf, "while down\r\n"));
     const char *w = strstr(buf, "written"), *q = strstr(buf, "queued"),
