@@ -6034,10 +6034,12 @@ static void input_close(struct sse_server *srv, struct input *in) {
 static void input_hold(struct sse_server *srv, struct input *in, bool hold) {
     struct epoll_event ev = {.events = EPOLLIN};
     ev.data.ptr = in;
+    if (in->polled && epoll_ctl(srv->epfd, hold ? EPOLL_CTL_DEL : EPOLL_CTL_ADD, in->h.fd, &ev) &&
+        !hold)
+        return; /* still held: input_resume() tries again next iteration */
     in->held = hold;
-    if (in->polled)
-        epoll_ctl(srv->epfd, hold ? EPOLL_CTL_DEL : EPOLL_CTL_ADD, in->h.fd, &ev);
-    log_say(&srv->log, SSE_LOG_INFO, "input: %s fd %d",
+    /* An outage is worth a line; the hold mark may come and go many times a second. */
+    log_say(&srv->log, redis_ready(srv) ? SSE_LOG_DEBUG : SSE_LOG_INFO, "input: %s fd %d",
             hold ? "Redis cannot take events: holding" : "reading again", in->h.fd);
 }
 
