@@ -462,16 +462,24 @@ def test_relay_across_a_redis_outage_loses_nothing(start_server, redis):
 
 
 class FakeRedis:
-    """Answers the follower (an empty stream; XREAD never answered) and closes the command
-    link as soon as an XADD has arrived, without answering it."""
+    """Answers the follower (an empty stream; XREAD never answered). On the command link, by
+    default, closes the link as soon as an XADD has arrived, without answering it; with
+    hold=True it takes XADDs without answering them until release(), then answers every one
+    (ids 1-1, 1-2, ...). xadds counts the XADDs received, data collects their payloads."""
 
-    def __init__(self):
+    XADD = b"\r\n$4\r\nXADD\r\n"
+
+    def __init__(self, hold=False):
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
         self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
+        self.hold, self.released, self.answered = hold, False, 0
+        self.lock = threading.Lock()
         self.xadds = 0
+        self.received = b""  # the command link's bytes (hold mode)
+        self.cmd = None
         self.stop = threading.Event()
         self.conns = []
         self.thread = threading.Thread(target=self.accept, daemon=True)
@@ -486,6 +494,20 @@ class FakeRedis:
             self.conns.append(c)
             threading.Thread(target=self.serve, args=(c,), daemon=True).start()
 
+    def answer(self):
+        with self.lock:
+            if self.released and self.cmd:
+                self.cmd.sendall(b"".join(b"$%d\r\n1-%d\r\n" % (len(b"1-%d" % i), i)
+                                          for i in range(self.answered + 1, self.xadds + 1)))
+                self.answered = self.xadds
+
+    def release(self):
+        self.released = True
+        self.answer()
+
+    def data(self):
+        return re.findall(rb"\$4\r\ndata\r\n\$\d+\r\n([^\r]*)\r\n", self.received)
+
     def serve(self, c):
         c.settimeout(30)
         buf = b""
@@ -498,6 +520,13 @@ class FakeRedis:
                 if b"XREVRANGE" in buf:
                     buf = b""
                     c.sendall(b"*0\r\n")
+                elif self.hold and b"XADD" in buf:
+                    with self.lock:
+                        self.cmd = c
+                        self.received += buf
+                        self.xadds = self.received.count(self.XADD)
+                    buf = b""
+                    self.answer()
                 elif b"XADD" in buf and buf.endswith(b"\r\n"):
                     self.xadds += 1
                     c.close()  # read, and gone before answering
@@ -510,6 +539,44 @@ class FakeRedis:
         self.listener.close()
         for c in self.conns:
             c.close()
+
+
+def test_stdin_past_the_hold_mark_waits_for_redis(start_server):
+    """Redis slower than the input: with 16384 XADDs unanswered the node stops reading its
+    input (memory stays bounded; the writer blocks on the full pipe) and reads on, losing
+    nothing, once Redis answers."""
+    fake = FakeRedis(hold=True)
+    lines = [b"x%05d" % i for i in range(60000)]
+    try:
+        srv = start_server("--redis", "127.0.0.1:%d" % fake.port, "--stdin",
+                           stdin=subprocess.PIPE)
+        srv.wait_for_line(r"following stream sse after 0-0")
+
+        def write():
+            srv.proc.stdin.write(b"".join(l + b"\n" for l in lines))
+            srv.proc.stdin.flush()
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        last, since = -1, time.monotonic()
+        deadline = since + 20
+        while time.monotonic() - since < 1.0:  # until no XADD came for a second
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+            if fake.xadds != last:
+                last, since = fake.xadds, time.monotonic()
+        # The hold mark, plus at most the events of the one 64 KiB read that crossed it.
+        assert 16384 <= last <= 16384 + 65536 // 7, last
+        assert writer.is_alive()  # blocked: the pipe holds the rest
+        fake.release()
+        deadline = time.monotonic() + 20
+        while fake.xadds < len(lines):
+            assert time.monotonic() < deadline, fake.xadds
+            time.sleep(0.1)
+        writer.join(5)
+        assert fake.data() == lines  # every line once, in order
+    finally:
+        fake.close()
 
 
 def test_publish_unanswered_when_the_link_dies_is_503_outcome_unknown(start_server):
