@@ -4578,13 +4578,15 @@ static uint64_t metrics_relays_up(const struct sse_server *srv) {
 #define REDIS_BLOCK_MS    10000 /* how long XREAD BLOCK waits for an entry */
 #define REDIS_BACKOFF_MAX 5000  /* longest wait between reconnection attempts */
 #define REDIS_WAITS_MAX   65536 /* publishes waiting for Redis at once */
-/* The hold mark. With this many XADD bytes not yet sent, or this many commands waiting for a
- * reply (or kept), inputs are not read, relays stop taking events and HTTP publishing
- * answers 503, until Redis catches up. An input is read only below the mark, and at most
- * INPUT_CHUNK bytes at a time, so the queue stays within the mark plus one chunk's events. */
+/* The hold mark. With this many bytes of commands on the command link not yet answered (sent
+ * or not), or this many commands waiting for a reply, the link takes no more, and with as
+ * many kept, inputs are not read, relays stop taking events and HTTP publishing answers
+ * 503, until Redis catches up. An input is read only below the mark, at most INPUT_CHUNK
+ * bytes at a time, so what is kept stays within the mark plus one read's events; beyond
+ * that only sse_publish() keeps events, up to REDIS_KEPT_MAX bytes, then says -EAGAIN. */
 #define REDIS_HOLD_BYTES (1u << 20)
 #define REDIS_HOLD_WAITS 16384
-#define REDIS_KEPT_MAX   (8u << 20) /* kept XADD bytes past which sse_publish() says -EAGAIN */
+#define REDIS_KEPT_MAX   (8u << 20)
 
 /* One value of a reply, in a flat array in reading order: an array's elements follow it. */
 struct resp_value {
@@ -4824,6 +4826,18 @@ static struct redis_wait *redis_send(struct sse_server *srv, struct redis_link *
     return redis_expect(srv, l, kind, c, topic, w.len);
 }
 
+/* Bytes of a link's output whose replies are still due: from the oldest waiting command on
+ * (what came before it is answered and may be dropped). */
+static size_t redis_live(const struct redis_link *l) {
+    const struct redis_wait *head = l->wlen ? &l->waits[l->whead] : NULL;
+    return head ? l->out_pos + l->out_len - (head->end - head->len) : 0;
+}
+
+/* Whether a link is past the hold mark. */
+static bool redis_behind(const struct redis_link *l) {
+    return redis_live(l) >= REDIS_HOLD_BYTES || l->wlen >= REDIS_HOLD_WAITS;
+}
+
 /* Keeps an XADD (n bytes at cmd) for when the command link can take it. */
 static bool redis_keep(struct redis_hub *r, const char *cmd, size_t n) {
     if (r->nkept == r->kept_lens_cap) {
@@ -4848,14 +4862,14 @@ static bool redis_keep(struct redis_hub *r, const char *cmd, size_t n) {
     return true;
 }
 
-/* Moves kept XADDs, oldest first, to the command link once it is through AUTH; what does not
- * fit (REDIS_WAITS_MAX) waits for the next tick. */
+/* Moves kept XADDs, oldest first, to the command link once it is through AUTH, up to the
+ * hold mark; the rest waits for a later tick. */
 static void redis_send_kept(struct sse_server *srv) {
     struct redis_hub *r = srv->redis;
     struct redis_link *l = &r->cmd;
     uint32_t i = 0;
     size_t at = 0;
-    for (; l->ready && i < r->nkept && redis_room(l, r->kept_lens[i]); i++) {
+    for (; l->ready && !redis_behind(l) && i < r->nkept && redis_room(l, r->kept_lens[i]); i++) {
         memcpy(l->out + l->out_len, r->kept + at, r->kept_lens[i]);
         l->out_len += r->kept_lens[i];
         redis_expect(srv, l, RW_XADD, NULL, NULL, r->kept_lens[i]);
@@ -5396,8 +5410,7 @@ static bool redis_reply(struct sse_server *srv, struct redis_link *l, const stru
  * fail first, its bytes may be sent again (redis_xadd_lost). Bytes move only when that frees
  * half the buffer, so trimming costs linear time. */
 static void redis_out_trim(struct redis_link *l) {
-    const struct redis_wait *head = l->wlen ? &l->waits[l->whead] : NULL;
-    size_t from = head ? head->end - head->len - l->out_pos : l->out_len;
+    size_t from = l->out_len - redis_live(l);
     if (!from || (from < l->out_len && from * 2 < l->out_len))
         return;
     memmove(l->out, l->out + from, l->out_len - from);
@@ -5508,13 +5521,12 @@ static void redis_on_event(struct sse_server *srv, struct redis_link *l, uint32_
         redis_flush(srv, l);
 }
 
-/* Whether inputs may be read and relays take events: the command link is through AUTH and
- * below the hold mark. */
+/* Whether inputs may be read, relays take events and HTTP publish: the command link is
+ * through AUTH, and it and what is kept are below the hold mark. */
 static bool redis_can_take(const struct sse_server *srv) {
     const struct redis_hub *r = srv->redis;
-    const struct redis_link *l = &r->cmd;
-    return l->ready && r->kept_len + l->out_len - l->out_off < REDIS_HOLD_BYTES &&
-           l->wlen + r->nkept < REDIS_HOLD_WAITS;
+    return r->cmd.ready && !redis_behind(&r->cmd) && r->kept_len < REDIS_HOLD_BYTES &&
+           r->nkept < REDIS_HOLD_WAITS;
 }
 
 /* An XADD for a publish. From HTTP (c, answered when Redis replies): 0, or -EIO when Redis
@@ -5525,12 +5537,8 @@ static bool redis_can_take(const struct sse_server *srv) {
 static int redis_xadd(struct sse_server *srv, struct conn *c, struct relay *relay,
                       const char *topic, const char *event, const char *data, size_t len) {
     struct redis_hub *r = srv->redis;
-    bool direct = (c || relay) ? redis_can_take(srv) : r->cmd.ready && !r->nkept;
+    bool direct = redis_can_take(srv) && (c || relay || !r->nkept);
     char *up_id = relay && direct ? strdup(relay->reader.last_id) : NULL;
-    if ((c || relay) && (!direct || (relay && !up_id))) {
-        r->errors += c != NULL;
-        return c ? -EIO : -EAGAIN;
-    }
     char maxlen[24];
     struct wbuf mw = {maxlen, sizeof maxlen, 0};
     wb_u64(&mw, r->maxlen);
@@ -5547,8 +5555,9 @@ static int redis_xadd(struct sse_server *srv, struct conn *c, struct relay *rela
     lens[argc++] = 4;
     argv[argc] = data ? data : "";
     lens[argc++] = data ? len : 0;
-    struct redis_wait *rw =
-        direct ? redis_send(srv, &r->cmd, RW_XADD, c, topic, argc, argv, lens) : NULL;
+    struct redis_wait *rw = direct && (!relay || up_id)
+                                ? redis_send(srv, &r->cmd, RW_XADD, c, topic, argc, argv, lens)
+                                : NULL;
     if (rw && relay) {
         rw->relay = relay;
         rw->up_id = up_id;

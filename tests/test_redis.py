@@ -542,9 +542,10 @@ class FakeRedis:
 
 
 def test_stdin_past_the_hold_mark_waits_for_redis(start_server):
-    """Redis slower than the input: with 16384 XADDs unanswered the node stops reading its
-    input (memory stays bounded; the writer blocks on the full pipe) and reads on, losing
-    nothing, once Redis answers."""
+    """Redis slower than the input: with 1 MiB of XADDs unanswered (the hold mark; or 16384
+    commands, whichever comes first) the command link takes no more and the node stops
+    reading its input (memory stays bounded; the writer blocks on the full pipe), and reads
+    on, losing nothing, once Redis answers."""
     fake = FakeRedis(hold=True)
     lines = [b"x%05d" % i for i in range(60000)]
     try:
@@ -565,8 +566,12 @@ def test_stdin_past_the_hold_mark_waits_for_redis(start_server):
             time.sleep(0.1)
             if fake.xadds != last:
                 last, since = fake.xadds, time.monotonic()
-        # The hold mark, plus at most the events of the one 64 KiB read that crossed it.
-        assert 16384 <= last <= 16384 + 65536 // 7, last
+        # Exactly up to the hold mark: the command that crosses 1 MiB is the last one sent.
+        xadd = (b"*10\r\n$4\r\nXADD\r\n$3\r\nsse\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n"
+                b"$6\r\n100000\r\n$1\r\n*\r\n$5\r\ntopic\r\n$7\r\ndefault\r\n"
+                b"$4\r\ndata\r\n$6\r\nx00000\r\n")
+        assert fake.received.startswith(xadd)
+        assert last == -(-(1 << 20) // len(xadd)), last
         assert writer.is_alive()  # blocked: the pipe holds the rest
         fake.release()
         deadline = time.monotonic() + 20
