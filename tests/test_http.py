@@ -10,7 +10,17 @@ import time
 
 import pytest
 
-from conftest import Stream, connect, healthy, publish, read_response, recv_all, request
+from conftest import (
+    CLOSE_REASONS,
+    Stream,
+    closed_by_reason,
+    connect,
+    healthy,
+    publish,
+    read_response,
+    recv_all,
+    request,
+)
 
 IMF_FIXDATE = re.compile(
     r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
@@ -581,23 +591,6 @@ def test_bad_requests_counted(server):
     exchange_closing(server.port, b"GET /healthz HTTP/2.0\r\nHost: localhost\r\n\r\n")
     m1, _ = metrics(server.port)
     assert m1["sse_bad_requests_total"] - m0["sse_bad_requests_total"] == 2
-
-
-CLOSE_REASONS = [
-    "client_closed", "done", "slow_subscriber", "header_timeout", "bad_request", "shutdown",
-    "retired", "error", "send_timeout", "overload", "upstream_failed", "reconnect", "reset",
-]
-
-
-def closed_by_reason(values):
-    """The sse_connections_closed_total series of a scrape, by reason; also checks that
-    closed + open == accepted, which holds at every scrape."""
-    closed = {r: values['sse_connections_closed_total{reason="%s"}' % r] for r in CLOSE_REASONS}
-    n = len([k for k in values if k.startswith("sse_connections_closed_total")])
-    assert n == len(CLOSE_REASONS), values
-    assert sum(closed.values()) + values["sse_connections"] == values["sse_connections_total"], (
-        closed, values["sse_connections"], values["sse_connections_total"])
-    return closed
 
 
 class Closes:
