@@ -2194,14 +2194,15 @@ enum close_reason {
     R_COUNT
 };
 static const char *const close_reason_text[R_COUNT] = {
-    "client closed", "done",     "slow subscriber", "header timeout",    "bad request",
-    "shutdown",      "retired",  "error",           "send timeout",      "overload",
-    "upstream failed", "told to reconnect", "reset",
+    "client closed", "done",     "slow subscriber", "header timeout",
+    "bad request",   "shutdown", "retired",         "error",
+    "send timeout",  "overload", "upstream failed", "told to reconnect",
+    "reset",
 };
 /* The same, as the reason label of sse_connections_closed_total. */
 static const char *const close_reason_label[R_COUNT] = {
-    "client_closed", "done",     "slow_subscriber", "header_timeout",  "bad_request",
-    "shutdown",      "retired",  "error",           "send_timeout",    "overload",
+    "client_closed",   "done",      "slow_subscriber", "header_timeout", "bad_request",
+    "shutdown",        "retired",   "error",           "send_timeout",   "overload",
     "upstream_failed", "reconnect", "reset",
 };
 
@@ -2260,18 +2261,18 @@ struct timer_list {
 
 /* Counters behind /metrics. */
 struct metrics {
-    uint64_t connections_total;  /* accepted */
-    uint64_t rejected_total;     /* turned away: over max_clients or out of descriptors */
-    uint64_t published_total;    /* events published */
-    uint64_t delivered_total;    /* events written out completely to subscribers */
-    uint64_t bytes_total;        /* bytes written to subscribers */
-    uint64_t dropped_total;      /* subscribers dropped for being too slow */
-    uint64_t replays_total;      /* subscriptions resumed exactly from a Last-Event-ID */
-    uint64_t resets_total;       /* subscriptions sent the reset event instead */
-    uint64_t bad_requests_total; /* requests answered 400, 411, 413, 431 or 505 */
-    uint64_t proxied_total;      /* requests passed to an upstream */
-    uint64_t proxy_errors_total; /* upstreams that failed a request or a relay */
-    uint64_t relayed_total;      /* events published by relays */
+    uint64_t connections_total;     /* accepted */
+    uint64_t rejected_total;        /* turned away: over max_clients or out of descriptors */
+    uint64_t published_total;       /* events published */
+    uint64_t delivered_total;       /* events written out completely to subscribers */
+    uint64_t bytes_total;           /* bytes written to subscribers */
+    uint64_t dropped_total;         /* subscribers dropped for being too slow */
+    uint64_t replays_total;         /* subscriptions resumed exactly from a Last-Event-ID */
+    uint64_t resets_total;          /* subscriptions sent the reset event instead */
+    uint64_t bad_requests_total;    /* requests answered 400, 411, 413, 431 or 505 */
+    uint64_t proxied_total;         /* requests passed to an upstream */
+    uint64_t proxy_errors_total;    /* upstreams that failed a request or a relay */
+    uint64_t relayed_total;         /* events published by relays */
     uint64_t closed_total[R_COUNT]; /* client connections closed, by enum close_reason */
 };
 
@@ -3518,8 +3519,7 @@ static void publish_handle(struct sse_server *srv, struct conn *c, const struct 
 static uint64_t metrics_relays_up(const struct sse_server *srv);
 
 /* The # HELP and # TYPE lines that open a metric family (its samples follow). */
-static void metrics_family(struct wbuf *w, const char *name, const char *type,
-                           const char *help) {
+static void metrics_family(struct wbuf *w, const char *name, const char *type, const char *help) {
     wb_str(w, "# HELP ");
     wb_str(w, name);
     wb_put(w, " ", 1);
