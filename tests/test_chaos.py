@@ -13,6 +13,7 @@ That CR, LF and NUL cannot reach a response head or a stream, and errors carry n
 details, is shown byte for byte in test_injection.py."""
 
 import collections
+import itertools
 import os
 import random
 import re
@@ -86,10 +87,17 @@ class Chaos:
         self.outcomes = collections.Counter()  # close reason -> connections seen to get it
         self.failures = []  # "client: what was wrong"
         self.os_errors = collections.Counter()  # client -> attempts cut short by a socket error
+        self.kinds = itertools.cycle(sorted(GARBAGE))  # every kind in turn, across threads
+        self.answered = collections.Counter()  # garbage kind -> attempts answered right
 
-    def outcome(self, reason):
+    def outcome(self, reason, kind=None):
+        """A connection the client saw answered as it must be, to be closed for reason
+        (None: closed by the client); kind: the garbage it sent."""
         with self.lock:
-            self.outcomes[reason] += 1
+            if reason:
+                self.outcomes[reason] += 1
+            if kind:
+                self.answered[kind] += 1
 
     def spawn(self, name, fn, *args):
         def loop():
@@ -263,7 +271,9 @@ def answer(data, kind):
 
 
 def garbage(chaos, rng, port):
-    kind = rng.choice(sorted(GARBAGE))
+    """Sends the next kind of garbage and checks the answer; reports the close it means."""
+    with chaos.lock:
+        kind = next(chaos.kinds)
     payload, expect = GARBAGE[kind]
     try:
         s = connect(port, timeout=10)
@@ -274,7 +284,8 @@ def garbage(chaos, rng, port):
                 assert (r.status, r.body) == (expect[1], expect[2] + b"\n"), (kind, r.raw_head)
                 assert r.header("Connection") is None, (kind, r.raw_head)
                 assert b"Set-Cookie" not in r.raw_head, (kind, r.raw_head)
-                return  # the server keeps the connection; we close it (client_closed)
+                chaos.outcome(None, kind)  # the server keeps it; we close it (client_closed)
+                return
             data, end = recv_to_close(s, 10)
         finally:
             s.close()
@@ -283,17 +294,17 @@ def garbage(chaos, rng, port):
     assert end != "timeout", (kind, "still open after 10 s", data[:200])
     if expect[0] == "silent" or (expect[0] == "random" and data == b""):
         assert data == b"", (kind, data[:200])
-        chaos.outcome("header_timeout")
+        chaos.outcome("header_timeout", kind)
         return
     status, head, body, rest = answer(data, kind)
     assert rest == b"" and b"\r\nConnection: close\r\n" in head, (kind, data[:300])
     if expect[0] == "random":
         assert status in (400, 431, 505), (kind, data[:300])
-        chaos.outcome("bad_request")
+        chaos.outcome("bad_request", kind)
         return
     assert head.startswith(b"HTTP/1.1 %d " % expect[1]) and body == expect[2] + b"\n", (
         kind, data[:300])
-    chaos.outcome("bad_request" if expect[0] == "refused" else "done")
+    chaos.outcome("bad_request" if expect[0] == "refused" else "done", kind)
 
 
 def pipelined_junk(chaos, rng, port):
@@ -418,6 +429,7 @@ def test_chaos(start_server):
             assert closed, "a subscriber that never reads was not dropped"
         s.close()
     assert all(n > 0 for n in chaos.counts.values()), chaos.counts
+    assert set(chaos.answered) == set(GARBAGE), chaos.answered  # every kind, answered right
 
     # /metrics accounts for every connection, once all but the scrape's own have closed.
     end = time.monotonic() + 15
@@ -429,10 +441,11 @@ def test_chaos(start_server):
     assert m["sse_connections"] == 1  # this /metrics request
     closed = closed_by_reason(m)  # and sum(closed) + sse_connections == sse_connections_total
     report = (closed, dict(chaos.outcomes), dict(chaos.os_errors), chaos.counts)
-    print("chaos: %.0f s, %d events; attempts %s; closes %s; seen by the clients %s; socket "
-          "errors %s" % (SECONDS, len(published), chaos.counts,
-                         {r: n for r, n in closed.items() if n}, dict(chaos.outcomes),
-                         dict(chaos.os_errors)))
+    print("chaos: %.0f s, %d events; attempts %s; garbage answered %s; closes %s; seen by the "
+          "clients %s; socket errors %s" % (SECONDS, len(published), chaos.counts,
+                                            dict(chaos.answered),
+                                            {r: n for r, n in closed.items() if n},
+                                            dict(chaos.outcomes), dict(chaos.os_errors)))
     assert closed["slow_subscriber"] == m["sse_subscribers_dropped_total"] == dropped, report
     for reason in ("error", "send_timeout", "overload", "upstream_failed", "retired",
                    "reconnect", "shutdown"):
