@@ -2261,19 +2261,19 @@ struct timer_list {
 
 /* Counters behind /metrics. */
 struct metrics {
-    uint64_t connections_total;     /* accepted */
-    uint64_t rejected_total;        /* turned away: over max_clients or out of descriptors */
-    uint64_t published_total;       /* events published */
-    uint64_t delivered_total;       /* events written out completely to subscribers */
-    uint64_t bytes_total;           /* bytes written to subscribers */
-    uint64_t dropped_total;         /* subscribers dropped for being too slow */
-    uint64_t replays_total;         /* subscriptions resumed exactly from a Last-Event-ID */
-    uint64_t resets_total;          /* subscriptions sent the reset event instead */
-    uint64_t bad_requests_total;    /* requests answered 400, 411, 413, 431 or 505 */
-    uint64_t proxied_total;         /* requests passed to an upstream */
-    uint64_t proxy_errors_total;    /* upstreams that failed a request or a relay */
-    uint64_t relayed_total;         /* events published by relays */
-    uint64_t closed_total[R_COUNT]; /* client connections closed, by enum close_reason */
+    uint64_t connections_total;  /* accepted */
+    uint64_t rejected_total;     /* turned away: over max_clients or out of descriptors */
+    uint64_t published_total;    /* events published */
+    uint64_t delivered_total;    /* events written out completely to subscribers */
+    uint64_t bytes_total;        /* bytes written to subscribers */
+    uint64_t dropped_total;      /* subscribers dropped for being too slow */
+    uint64_t replays_total;      /* subscriptions resumed exactly from a Last-Event-ID */
+    uint64_t resets_total;       /* subscriptions sent the reset event instead */
+    uint64_t bad_requests_total; /* requests answered 400, 411, 413, 431 or 505 */
+    uint64_t proxied_total;      /* requests passed to an upstream */
+    uint64_t proxy_errors_total; /* upstreams that failed a request or a relay */
+    uint64_t relayed_total;      /* events published by relays */
+    uint64_t closed[R_COUNT];    /* client connections closed, by enum close_reason */
 };
 
 /* A descriptor whose bytes are published (sse_publish_from_fd). */
@@ -2503,7 +2503,7 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
     else
         srv->nconns--;
     if (state != CONN_UPSTREAM) /* every accepted connection passes here once */
-        srv->m.closed_total[reason]++;
+        srv->m.closed[reason]++;
     c->tnext = srv->dead_list;
     srv->dead_list = c;
     /* Last: the host's on_log may publish, which must find this connection gone. */
@@ -3608,7 +3608,7 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         wb_str(&w, "sse_connections_closed_total{reason=\"");
         wb_str(&w, close_reason_label[r]);
         wb_str(&w, "\"} ");
-        wb_u64(&w, srv->m.closed_total[r]);
+        wb_u64(&w, srv->m.closed[r]);
         wb_put(&w, "\n", 1);
     }
     if (w.len > w.cap) { /* not with these rows: at 2^64-1 each, under 5 KiB */
