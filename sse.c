@@ -2324,6 +2324,7 @@ struct input {
     struct handle h;           /* fd and kind (H_INPUT) */
     struct input *next;        /* next input */
     bool polled;               /* in epoll; false for regular files, read every iteration */
+    bool held;                 /* not read (out of epoll): Redis cannot take events now */
     struct wire_reader reader; /* turns its bytes into events */
 };
 
@@ -2515,6 +2516,7 @@ static bool redis_ready(const struct sse_server *srv);
 static uint64_t redis_reconnects(const struct sse_server *srv);
 static uint64_t redis_errors(const struct sse_server *srv);
 static uint64_t redis_received(const struct sse_server *srv);
+static uint64_t redis_unknown(const struct sse_server *srv);
 static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after);
 static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last);
 
@@ -3635,6 +3637,9 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
          srv->redis ? redis_errors(srv) : 0},
         {"sse_redis_entries_total", "counter", "Stream entries delivered to local subscribers.",
          srv->redis ? redis_received(srv) : 0},
+        {"sse_redis_publish_unknown_total", "counter",
+         "XADDs sent but not answered when the link died: stored or not, nobody knows.",
+         srv->redis ? redis_unknown(srv) : 0},
     };
     char out[8192];
     struct wbuf w = {out, sizeof out, 0};
@@ -3750,7 +3755,10 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
  * Relay. The same upstream machinery with the server itself as the client: the body goes
  * through the WHATWG parser (the wire_reader of section 2) and every event is published on
  * a local topic with a local id. After a drop it reconnects when `retry` has passed, sending
- * Last-Event-ID, and backs off while attempts keep failing.
+ * Last-Event-ID, and backs off while attempts keep failing. As a node of a Redis hub the
+ * upstream is the relay's memory: when Redis cannot take an event the relay drops the
+ * connection, and reconnects, once Redis has answered every XADD it sent, with the last
+ * upstream id whose event Redis took, so what Redis missed is fetched again.
  * ======================================================================================== */
 
 #define PROXY_BUFFER         (64u << 10) /* bytes queued one way before reading the other side stops */
@@ -3783,6 +3791,11 @@ struct relay {
     struct proxy *px;               /* the connection in progress, or NULL between attempts */
     int64_t next_attempt;           /* when to connect next, monotonic ms */
     unsigned failures;              /* attempts in a row that got no stream, for back-off */
+    char taken[SSE_ID_MAX + 1];     /* with Redis: the upstream id up to which Redis took
+                                       every event; the next connection resumes there */
+    uint32_t pending;               /* with Redis: its XADDs not answered yet */
+    bool halted;                    /* with Redis: Redis could not take an event; the rest
+                                       of this connection is ignored, fetched again later */
 };
 
 /* One proxied exchange or one relay connection; shared by both connections involved. */
@@ -3822,6 +3835,9 @@ static bool proxy_connecting(const struct conn *c) {
 static void relay_schedule(struct sse_server *srv, struct relay *r, bool failed);
 static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
                        size_t len, const char *skipped);
+static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
+                               const char *data, size_t len);
+static bool redis_relay_may_connect(const struct sse_server *srv, const struct relay *relay);
 
 /* Ends an exchange: the client (if still there) goes on alone, the upstream is closed, a
  * relay is scheduled to reconnect. */
@@ -3932,7 +3948,14 @@ static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *dat
     if (!n)
         return true;
     if (px->relay) {
-        wire_reader_feed(&px->relay->reader, data, n, relay_emit, px->relay);
+        struct relay *r = px->relay;
+        wire_reader_feed(&r->reader, data, n, relay_emit, r);
+        if (r->halted) {
+            proxy_release(srv, px, R_UPSTREAM);
+            return false;
+        }
+        if (r->srv->redis && !r->pending) /* Redis answered for all: it took everything */
+            memcpy(r->taken, r->reader.last_id, sizeof r->taken);
         return true;
     }
     struct conn *c = px->client;
@@ -4467,6 +4490,8 @@ static void relay_emit(void *ctx, const char *topic, const char *event, const ch
     struct relay *r = ctx;
     struct sse_server *srv = r->srv;
     (void)topic;
+    if (r->halted)
+        return;
     if (skipped) {
         log_say(&srv->log, SSE_LOG_WARN, "relay %s: skipped an event: %s", r->topic, skipped);
         return;
@@ -4481,9 +4506,12 @@ static void relay_emit(void *ctx, const char *topic, const char *event, const ch
         data = repaired;
         len = w.len <= w.cap ? w.len : 0;
     }
-    int rc = publish_event(srv, r->topic, event, data, len, NULL);
+    int rc = srv->redis ? redis_relay_publish(srv, r, event, data, len)
+                        : publish_event(srv, r->topic, event, data, len, NULL);
     if (rc >= 0)
         srv->m.relayed_total++;
+    else if (rc == -EAGAIN)
+        r->halted = true; /* proxy_pass() drops the connection */
     else
         log_say(&srv->log, SSE_LOG_WARN, "relay %s: could not publish an event: %s", r->topic,
                 rc == -EMSGSIZE ? "over --max-event-bytes" : "invalid event type");
@@ -4509,6 +4537,14 @@ static void relay_schedule(struct sse_server *srv, struct relay *r, bool failed)
  * text/event-stream, Last-Event-ID when an id is known. The parser starts a new stream. */
 static void relay_connect(struct sse_server *srv, struct relay *r) {
     struct wire_reader *rd = &r->reader;
+    if (srv->redis && !redis_relay_may_connect(srv, r)) {
+        r->next_attempt = srv->now + 100; /* Redis cannot take events yet: look again soon */
+        return;
+    }
+    if (srv->redis) {
+        r->halted = false;
+        memcpy(rd->last_id, r->taken, sizeof rd->last_id);
+    }
     rd->line_len = rd->data_len = 0;
     rd->line_too_long = rd->after_cr = rd->has_data = false;
     rd->block_error = NULL;
@@ -4565,6 +4601,13 @@ static uint64_t metrics_relays_up(const struct sse_server *srv) {
  * node reconnects with back-off and resumes XREAD after the last entry it delivered, so
  * nothing in between is lost or delivered twice.
  *
+ * Publishers that cannot be told 503 wait instead. While Redis cannot take events (the
+ * command link is down, not through AUTH, or past the hold mark) inputs are not read and
+ * relays drop their upstream, to fetch again from the last upstream id Redis took; XADDs
+ * from inputs and sse_publish() that were not yet written when the link failed are kept,
+ * in order, and sent after AUTH on the next link. A written XADD without its answer may or
+ * may not be stored: its HTTP publisher is told exactly that, and others send it again.
+ *
  * Redis speaks RESP2 (redis.io/docs/reference/protocol-spec): a command is an array of bulk
  * strings ("*2\r\n$4\r\nPING\r\n..."); a reply is a simple string (+), an error (-), an
  * integer (:), a bulk string ($len, or $-1 for none) or an array (*n, or *-1) of replies.
@@ -4579,6 +4622,13 @@ static uint64_t metrics_relays_up(const struct sse_server *srv) {
 #define REDIS_BLOCK_MS    10000 /* how long XREAD BLOCK waits for an entry */
 #define REDIS_BACKOFF_MAX 5000  /* longest wait between reconnection attempts */
 #define REDIS_WAITS_MAX   65536 /* publishes waiting for Redis at once */
+/* The hold mark. With this many XADD bytes not yet sent, or this many commands waiting for a
+ * reply (or kept), inputs are not read, relays stop taking events and HTTP publishing
+ * answers 503, until Redis catches up. An input is read only below the mark, and at most
+ * INPUT_CHUNK bytes at a time, so the queue stays within the mark plus one chunk's events. */
+#define REDIS_HOLD_BYTES (1u << 20)
+#define REDIS_HOLD_WAITS 16384
+#define REDIS_KEPT_MAX   (8u << 20) /* kept XADD bytes past which sse_publish() says -EAGAIN */
 
 /* One value of a reply, in a flat array in reading order: an array's elements follow it. */
 struct resp_value {
@@ -4704,6 +4754,12 @@ struct redis_wait {
                                        subscriber a replay is for; NULL once it is gone */
     char topic[TOPIC_NAME_MAX + 1]; /* the XADD's topic, for the answer */
     uint64_t after;                 /* a replay's position: entries after this id */
+    bool http;                      /* an XADD for POST /publish (c NULL: the client left) */
+    struct relay *relay;            /* the relay whose event an XADD carries, or NULL */
+    char *up_id;                    /* that event's upstream id (owned), with relay */
+    size_t end;                     /* where the command ends in all the link ever queued
+                                       (out_pos counts): sent whole once written passes it */
+    size_t len;                     /* the command's bytes */
 };
 
 struct redis_link {
@@ -4711,11 +4767,13 @@ struct redis_link {
     const char *name;         /* "commands" or "stream", for log lines */
     bool connecting;          /* connect() in progress */
     bool up;                  /* connected; what is queued is being sent */
+    bool ready;               /* up and AUTH accepted (or none needed): XADDs may go */
     char *in;                 /* bytes read and not yet parsed */
     size_t in_len, in_cap;    /* bytes in `in`, and allocated */
     char *out;                /* commands not yet sent */
     size_t out_len, out_off;  /* bytes in `out`, and already sent */
     size_t out_cap;           /* allocated */
+    size_t out_pos;           /* bytes sent and dropped from `out` since connecting */
     struct redis_wait *waits; /* a ring of replies due */
     uint32_t whead, wlen, wcap;
     int64_t deadline;     /* connect or the first reply due by then; 0 = none */
@@ -4745,18 +4803,20 @@ struct redis_hub {
     char after[48];            /* the id of the last entry read: XREAD goes on after it */
     struct redis_ahead *ahead; /* subscribers whose last id this node has not read yet */
     uint32_t nahead, ahead_cap;
-    struct resp_value *vals; /* scratch for the reader */
-    uint64_t reconnects;     /* links lost, for /metrics */
-    uint64_t errors;         /* failed publishes and refused entries */
-    uint64_t received;       /* stream entries delivered */
+    struct resp_value *vals;       /* scratch for the reader */
+    char *kept;                    /* XADDs from inputs and sse_publish() the command link could
+                                      not take (down, or not through AUTH yet), in order */
+    size_t kept_len, kept_cap;     /* bytes in kept, and allocated */
+    size_t *kept_lens;             /* each kept command's length */
+    uint32_t nkept, kept_lens_cap; /* kept commands, and room in kept_lens */
+    uint64_t reconnects;           /* links lost, for /metrics */
+    uint64_t errors;               /* failed publishes and refused entries */
+    uint64_t received;             /* stream entries delivered */
+    uint64_t unknown;              /* XADDs written but not answered when the link died */
 };
 
-/* Appends a command to a link's output and the reply it expects to its queue. */
-static bool redis_send(struct sse_server *srv, struct redis_link *l, enum redis_wait_kind kind,
-                       struct conn *c, const char *topic, int argc, const char *const *argv,
-                       const size_t *lens) {
-    struct wbuf w = {NULL, 0, 0};
-    resp_command(&w, argc, argv, lens); /* measures */
+/* Room in a link's ring for one more reply, and in its output for n more bytes. */
+static bool redis_room(struct redis_link *l, size_t n) {
     if (l->wlen == l->wcap) {
         uint32_t cap = l->wcap ? l->wcap * 2 : 16;
         struct redis_wait *ring = cap <= REDIS_WAITS_MAX ? malloc(cap * sizeof *ring) : NULL;
@@ -4769,25 +4829,89 @@ static bool redis_send(struct sse_server *srv, struct redis_link *l, enum redis_
         l->wcap = cap;
         l->whead = 0;
     }
-    if (l->out_len + w.len > l->out_cap) {
-        size_t cap = (l->out_len + w.len) * 2;
+    if (l->out_len + n > l->out_cap) {
+        size_t cap = (l->out_len + n) * 2;
         char *out = realloc(l->out, cap);
         if (!out)
             return false;
         l->out = out;
         l->out_cap = cap;
     }
-    w = (struct wbuf){l->out + l->out_len, w.len, 0};
-    resp_command(&w, argc, argv, lens);
-    l->out_len += w.len;
+    return true;
+}
+
+/* The reply due for the len bytes just appended to a link's output (redis_room first). */
+static struct redis_wait *redis_expect(struct sse_server *srv, struct redis_link *l,
+                                       enum redis_wait_kind kind, struct conn *c, const char *topic,
+                                       size_t len) {
     struct redis_wait *rw = &l->waits[(l->whead + l->wlen++) % l->wcap];
-    rw->kind = (uint8_t)kind;
-    rw->c = c;
-    rw->after = 0;
+    *rw = (struct redis_wait){.kind = (uint8_t)kind, .c = c, .http = c != NULL, .len = len};
+    rw->end = l->out_pos + l->out_len;
     snprintf(rw->topic, sizeof rw->topic, "%s", topic ? topic : "");
     if (!l->deadline)
         l->deadline = srv->now + (kind == RW_XREAD ? REDIS_BLOCK_MS : 0) + REDIS_TIMEOUT_MS;
+    return rw;
+}
+
+/* Appends a command to a link's output and the reply it expects to its queue; returns that
+ * entry (for the caller's details), or NULL when out of memory or over REDIS_WAITS_MAX. */
+static struct redis_wait *redis_send(struct sse_server *srv, struct redis_link *l,
+                                     enum redis_wait_kind kind, struct conn *c, const char *topic,
+                                     int argc, const char *const *argv, const size_t *lens) {
+    struct wbuf w = {NULL, 0, 0};
+    resp_command(&w, argc, argv, lens); /* measures */
+    if (!redis_room(l, w.len))
+        return NULL;
+    w = (struct wbuf){l->out + l->out_len, w.len, 0};
+    resp_command(&w, argc, argv, lens);
+    l->out_len += w.len;
+    return redis_expect(srv, l, kind, c, topic, w.len);
+}
+
+/* Keeps an XADD (n bytes at cmd) for when the command link can take it. */
+static bool redis_keep(struct redis_hub *r, const char *cmd, size_t n) {
+    if (r->nkept == r->kept_lens_cap) {
+        uint32_t cap = r->kept_lens_cap ? r->kept_lens_cap * 2 : 64;
+        size_t *lens = realloc(r->kept_lens, cap * sizeof *lens);
+        if (!lens)
+            return false;
+        r->kept_lens = lens;
+        r->kept_lens_cap = cap;
+    }
+    if (r->kept_len + n > r->kept_cap) {
+        size_t cap = (r->kept_len + n) * 2;
+        char *kept = realloc(r->kept, cap);
+        if (!kept)
+            return false;
+        r->kept = kept;
+        r->kept_cap = cap;
+    }
+    memcpy(r->kept + r->kept_len, cmd, n);
+    r->kept_len += n;
+    r->kept_lens[r->nkept++] = n;
     return true;
+}
+
+/* Moves kept XADDs, oldest first, to the command link once it is through AUTH; what does not
+ * fit (REDIS_WAITS_MAX) waits for the next tick. */
+static void redis_send_kept(struct sse_server *srv) {
+    struct redis_hub *r = srv->redis;
+    struct redis_link *l = &r->cmd;
+    uint32_t i = 0;
+    size_t at = 0;
+    for (; l->ready && i < r->nkept && redis_room(l, r->kept_lens[i]); i++) {
+        memcpy(l->out + l->out_len, r->kept + at, r->kept_lens[i]);
+        l->out_len += r->kept_lens[i];
+        redis_expect(srv, l, RW_XADD, NULL, NULL, r->kept_lens[i]);
+        at += r->kept_lens[i];
+    }
+    if (!i)
+        return;
+    log_say(&srv->log, SSE_LOG_INFO, "redis %s: sending %u kept events", r->where, i);
+    memmove(r->kept, r->kept + at, r->kept_len - at);
+    r->kept_len -= at;
+    memmove(r->kept_lens, r->kept_lens + i, (r->nkept - i) * sizeof *r->kept_lens);
+    r->nkept -= i;
 }
 
 static void redis_flush(struct sse_server *srv, struct redis_link *l);
@@ -4848,8 +4972,52 @@ static void redis_connect(struct sse_server *srv, struct redis_link *l) {
         redis_link_fail(srv, l, "out of memory");
 }
 
+/* Rotates buf[0..n) left by k bytes, in place: buf[k..n) comes first, then buf[0..k). */
+static void redis_rotate(char *buf, size_t n, size_t k) {
+    size_t parts[3][2] = {{0, k}, {k, n}, {0, n}};
+    for (int p = 0; p < 3; p++)
+        for (size_t a = parts[p][0], b = parts[p][1]; a + 1 < b; a++, b--) {
+            char t = buf[a];
+            buf[a] = buf[b - 1];
+            buf[b - 1] = t;
+        }
+}
+
+/* An XADD still on the command link when it failed. Sent whole, its outcome is unknown:
+ * Redis may have stored it and gone before answering. An HTTP publisher hears exactly that
+ * (503; it can look before publishing again; one that left is not published for, as it had
+ * no answer and may publish again itself); a relay fetches it again from the last
+ * upstream id Redis answered for; an input's or sse_publish()'s event cannot be fetched
+ * again, so it is sent again: it may be stored twice, but is never lost. Not sent whole,
+ * it was not stored (Redis drops a command cut short): the publisher gets 503, the relay
+ * fetches it again, the rest is kept and sent after reconnecting. */
+static void redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct redis_wait *rw) {
+    struct redis_hub *r = srv->redis;
+    bool sent = rw->end <= l->out_pos + l->out_off;
+    r->unknown += sent;
+    if (rw->http) {
+        r->errors += !sent; /* a publisher that left had no answer: it may publish again */
+        if (!rw->c)
+            return;
+        rw->c->state = CONN_RESPOND; /* out of CONN_WAIT, so closing it is plain */
+        if (sent)
+            http_text(srv, rw->c, 503,
+                      "Redis went away before answering: the outcome is unknown, the event may "
+                      "have been stored; check before publishing it again",
+                      NULL);
+        else
+            publish_answer(srv, rw->c, -EIO, 0, rw->topic);
+    } else if (rw->relay) {
+        rw->relay->pending--;
+    } else if (!redis_keep(r, l->out + (rw->end - rw->len - l->out_pos), rw->len)) {
+        r->errors++;
+        log_say(&srv->log, SSE_LOG_ERROR, "redis %s: out of memory: an event was lost", r->where);
+    }
+}
+
 /* A link failed: everyone waiting on it hears so, and it is retried after a back-off that
- * doubles from 100 ms up to REDIS_BACKOFF_MAX. */
+ * doubles from 100 ms up to REDIS_BACKOFF_MAX. Losing the command link also stops the
+ * relays: they reconnect, from the last id Redis took, once it can take events again. */
 static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why) {
     struct redis_hub *r = srv->redis;
     if (l->h.fd >= 0) {
@@ -4858,23 +5026,30 @@ static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const 
         r->reconnects++;
         log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link lost: %s", r->where, l->name, why);
     }
-    l->up = l->connecting = false;
-    l->in_len = l->out_len = l->out_off = 0;
+    l->up = l->connecting = l->ready = false;
+    l->in_len = 0;
     l->deadline = 0;
+    uint32_t nlater = r->nkept; /* kept already: they came after all that is on the link */
+    size_t later = r->kept_len;
     while (l->wlen) {
         struct redis_wait *rw = &l->waits[l->whead];
         l->whead = (l->whead + 1) % l->wcap;
         l->wlen--;
-        if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE || rw->kind == RW_XLAST) && rw->c) {
+        if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE || rw->kind == RW_XLAST) && rw->c)
             conn_close(srv, rw->c, R_UPSTREAM); /* it comes back with its last id */
-        } else if (rw->kind == RW_XADD) {
-            r->errors++;
-            if (rw->c) {
-                rw->c->state = CONN_RESPOND; /* out of CONN_WAIT, so closing it is plain */
-                publish_answer(srv, rw->c, -EIO, 0, rw->topic);
-            }
-        }
+        else if (rw->kind == RW_XADD)
+            redis_xadd_lost(srv, l, rw);
+        free(rw->up_id);
     }
+    if (nlater && r->nkept > nlater) {
+        redis_rotate(r->kept, r->kept_len, later);
+        redis_rotate((char *)r->kept_lens, r->nkept * sizeof *r->kept_lens,
+                     nlater * sizeof *r->kept_lens);
+    }
+    l->out_len = l->out_off = l->out_pos = 0;
+    for (size_t i = 0; l == &r->cmd && i < srv->nrelays; i++)
+        if (srv->relays[i].px)
+            proxy_release(srv, srv->relays[i].px, R_UPSTREAM);
     unsigned shift = l->failures < 6 ? l->failures : 6;
     int64_t backoff = (int64_t)100 << shift;
     l->next_attempt = srv->now + (backoff < REDIS_BACKOFF_MAX ? backoff : REDIS_BACKOFF_MAX);
@@ -5009,10 +5184,10 @@ static bool redis_replay_page(struct sse_server *srv, struct conn *c, uint64_t a
     wb_u64(&cw, REDIS_REPLAY_PAGE);
     const char *argv[] = {"XRANGE", r->key, from, "+", "COUNT", count};
     size_t lens[] = {6, strlen(r->key), fw.len + 1, 1, 5, cw.len};
-    if (!redis_send(srv, &r->cmd, RW_XRANGE, c, NULL, 6, argv, lens))
-        return false;
-    r->cmd.waits[(r->cmd.whead + r->cmd.wlen - 1) % r->cmd.wcap].after = after;
-    return true;
+    struct redis_wait *rw = redis_send(srv, &r->cmd, RW_XRANGE, c, NULL, 6, argv, lens);
+    if (rw)
+        rw->after = after;
+    return rw != NULL;
 }
 
 /* Starts a replay from Redis for a subscriber whose last id is `after`. False when Redis
@@ -5021,9 +5196,11 @@ static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after)
     struct redis_hub *r = srv->redis;
     const char *argv[] = {"XINFO", "STREAM", r->key};
     size_t lens[] = {5, 6, strlen(r->key)};
-    if (!r->cmd.up || !redis_send(srv, &r->cmd, RW_XINFO, c, NULL, 3, argv, lens))
+    struct redis_wait *rw =
+        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XINFO, c, NULL, 3, argv, lens) : NULL;
+    if (!rw)
         return false;
-    r->cmd.waits[(r->cmd.whead + r->cmd.wlen - 1) % r->cmd.wcap].after = after;
+    rw->after = after;
     c->flags |= CF_REPLAYING;
     return true;
 }
@@ -5131,9 +5308,11 @@ static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last) {
     struct redis_hub *r = srv->redis;
     const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
     size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
-    if (!r->cmd.up || !redis_send(srv, &r->cmd, RW_XLAST, c, NULL, 6, argv, lens))
+    struct redis_wait *rw =
+        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XLAST, c, NULL, 6, argv, lens) : NULL;
+    if (!rw)
         return false;
-    r->cmd.waits[(r->cmd.whead + r->cmd.wlen - 1) % r->cmd.wcap].after = last;
+    rw->after = last;
     c->flags |= CF_REPLAYING;
     return true;
 }
@@ -5183,6 +5362,28 @@ static void redis_ahead_last(struct sse_server *srv, const struct redis_wait *rw
     r->ahead[r->nahead++] = (struct redis_ahead){rw->c, rw->after};
 }
 
+/* Redis answered a relay's XADD. Stored: Redis has every event of the relay up to this one.
+ * Refused: the relay fetches it again from the last id Redis took, so the XADDs after it,
+ * sent already, must no longer move that id on. */
+static void redis_relay_answered(struct sse_server *srv, const struct redis_wait *rw, bool stored) {
+    struct relay *relay = rw->relay;
+    struct redis_link *l = &srv->redis->cmd;
+    relay->pending--;
+    if (stored && rw->up_id) {
+        memcpy(relay->taken, rw->up_id, strlen(rw->up_id) + 1);
+        return;
+    }
+    for (uint32_t i = 0; !stored && i < l->wlen; i++) {
+        struct redis_wait *later = &l->waits[(l->whead + i) % l->wcap];
+        if (later->relay == relay) {
+            free(later->up_id);
+            later->up_id = NULL;
+        }
+    }
+    if (!stored && relay->px)
+        proxy_release(srv, relay->px, R_UPSTREAM);
+}
+
 /* The reply to the command at the head of a link's queue. False: the link is unusable. */
 static bool redis_reply(struct sse_server *srv, struct redis_link *l, const struct redis_wait *rw,
                         const struct resp_value *vals, size_t n) {
@@ -5200,12 +5401,17 @@ static bool redis_reply(struct sse_server *srv, struct redis_link *l, const stru
         return true;
     }
     if (vals[0].type == '-' && rw->kind != RW_XADD) {
-        log_say(&srv->log, SSE_LOG_ERROR, "redis %s: %s link: %.*s", r->where, l->name,
+        log_say(&srv->log, SSE_LOG_ERROR, "redis %s: %s link: %s%.*s", r->where, l->name,
+                rw->kind == RW_AUTH ? "AUTH refused (check --redis-password): " : "",
                 (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str);
         return false;
     }
-    if (rw->kind == RW_AUTH)
+    if (rw->kind == RW_AUTH) {
+        l->ready = true;
+        if (l == &r->cmd)
+            redis_send_kept(srv);
         return true;
+    }
     if (rw->kind != RW_XADD)
         return redis_follow_reply(srv, (enum redis_wait_kind)rw->kind, vals, n);
     char id[48];
@@ -5216,10 +5422,26 @@ static bool redis_reply(struct sse_server *srv, struct redis_link *l, const stru
         log_say(&srv->log, SSE_LOG_WARN, "redis %s: XADD failed: %.*s", r->where,
                 (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str ? vals[0].str : "");
     }
+    if (rw->relay)
+        redis_relay_answered(srv, rw, stored);
     if (rw->c)
         publish_answer(srv, rw->c, stored ? redis_local_subscribers(srv, rw->topic) : -EIO, key,
                        rw->topic);
     return true;
+}
+
+/* Drops the output before the oldest command still waiting for its reply: should the link
+ * fail first, its bytes may be sent again (redis_xadd_lost). Bytes move only when that frees
+ * half the buffer, so trimming costs linear time. */
+static void redis_out_trim(struct redis_link *l) {
+    const struct redis_wait *head = l->wlen ? &l->waits[l->whead] : NULL;
+    size_t from = head ? head->end - head->len - l->out_pos : l->out_len;
+    if (!from || (from < l->out_len && from * 2 < l->out_len))
+        return;
+    memmove(l->out, l->out + from, l->out_len - from);
+    l->out_len -= from;
+    l->out_off -= from;
+    l->out_pos += from;
 }
 
 /* Reads what Redis sent and handles every whole reply in it. */
@@ -5260,7 +5482,9 @@ static void redis_read(struct sse_server *srv, struct redis_link *l) {
             at += (size_t)used;
             if (rw.kind == RW_XADD || rw.kind == RW_XREAD)
                 l->failures = 0; /* working, not merely connected */
-            if (!redis_reply(srv, l, &rw, r->vals, n)) {
+            bool usable = redis_reply(srv, l, &rw, r->vals, n);
+            free(rw.up_id);
+            if (!usable) {
                 redis_link_fail(srv, l, "unusable reply");
                 return;
             }
@@ -5277,6 +5501,7 @@ static void redis_read(struct sse_server *srv, struct redis_link *l) {
         }
         memmove(l->in, l->in + at, l->in_len - at);
         l->in_len -= at;
+        redis_out_trim(l);
     }
 }
 
@@ -5294,8 +5519,6 @@ static void redis_flush(struct sse_server *srv, struct redis_link *l) {
         }
         l->out_off += (size_t)w;
     }
-    if (l->out_off == l->out_len)
-        l->out_off = l->out_len = 0;
 }
 
 static void redis_on_event(struct sse_server *srv, struct redis_link *l, uint32_t events) {
@@ -5312,7 +5535,10 @@ static void redis_on_event(struct sse_server *srv, struct redis_link *l, uint32_
             return;
         l->connecting = false;
         l->up = true;
+        l->ready = !srv->redis->password; /* else once AUTH is answered */
         log_say(&srv->log, SSE_LOG_INFO, "redis %s: %s link connected", srv->redis->where, l->name);
+        if (l->ready && l == &srv->redis->cmd)
+            redis_send_kept(srv);
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         redis_read(srv, l);
@@ -5320,14 +5546,28 @@ static void redis_on_event(struct sse_server *srv, struct redis_link *l, uint32_
         redis_flush(srv, l);
 }
 
-/* XADD for a publish; c (or NULL) is answered when Redis replies. 0, or -EIO when Redis
- * cannot take it now. */
-static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
-                         const char *event, const char *data, size_t len) {
+/* Whether inputs may be read and relays take events: the command link is through AUTH and
+ * below the hold mark. */
+static bool redis_can_take(const struct sse_server *srv) {
+    const struct redis_hub *r = srv->redis;
+    const struct redis_link *l = &r->cmd;
+    return l->ready && r->kept_len + l->out_len - l->out_off < REDIS_HOLD_BYTES &&
+           l->wlen + r->nkept < REDIS_HOLD_WAITS;
+}
+
+/* An XADD for a publish. From HTTP (c, answered when Redis replies): 0, or -EIO when Redis
+ * cannot take it now (down, or past the hold mark). From a relay: 0, or -EAGAIN when Redis
+ * cannot take it now (the relay fetches it again later). From an input or sse_publish(): 0
+ * once it is on the link or kept for it (in order: nothing overtakes what is kept), or
+ * -ENOMEM. */
+static int redis_xadd(struct sse_server *srv, struct conn *c, struct relay *relay,
+                      const char *topic, const char *event, const char *data, size_t len) {
     struct redis_hub *r = srv->redis;
-    if (!r->cmd.up) {
-        r->errors++;
-        return -EIO;
+    bool direct = (c || relay) ? redis_can_take(srv) : r->cmd.ready && !r->nkept;
+    char *up_id = relay && direct ? strdup(relay->reader.last_id) : NULL;
+    if ((c || relay) && (!direct || (relay && !up_id))) {
+        r->errors += c != NULL;
+        return c ? -EIO : -EAGAIN;
     }
     char maxlen[24];
     struct wbuf mw = {maxlen, sizeof maxlen, 0};
@@ -5345,11 +5585,52 @@ static int redis_publish(struct sse_server *srv, struct conn *c, const char *top
     lens[argc++] = 4;
     argv[argc] = data ? data : "";
     lens[argc++] = data ? len : 0;
-    if (!redis_send(srv, &r->cmd, RW_XADD, c, topic, argc, argv, lens)) {
-        r->errors++;
-        return -EIO;
+    struct redis_wait *rw =
+        direct ? redis_send(srv, &r->cmd, RW_XADD, c, topic, argc, argv, lens) : NULL;
+    if (rw && relay) {
+        rw->relay = relay;
+        rw->up_id = up_id;
+        relay->pending++;
     }
-    return 0;
+    if (rw)
+        return 0;
+    free(up_id);
+    if (c || relay) {
+        r->errors += c != NULL;
+        return c ? -EIO : -EAGAIN;
+    }
+    struct wbuf w = {NULL, 0, 0};
+    resp_command(&w, argc, argv, lens); /* measures */
+    char *cmd = malloc(w.len);
+    w = (struct wbuf){cmd, cmd ? w.len : 0, 0};
+    resp_command(&w, argc, argv, lens);
+    bool kept = cmd && redis_keep(r, cmd, w.len);
+    free(cmd);
+    return kept ? 0 : -ENOMEM;
+}
+
+static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
+                         const char *event, const char *data, size_t len) {
+    return redis_xadd(srv, c, NULL, topic, event, data, len);
+}
+
+/* A relay's event: see redis_xadd(). The event is checked first, as publish_event() does. */
+static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
+                               const char *data, size_t len) {
+    const char *topic = relay->topic;
+    int r = publish_check(srv, &topic, event, data, len);
+    return r < 0 ? r : redis_xadd(srv, NULL, relay, topic, event, data, len);
+}
+
+/* A relay reconnects only when Redis can take its events and has answered all it sent,
+ * so the last id Redis took is final. */
+static bool redis_relay_may_connect(const struct sse_server *srv, const struct relay *relay) {
+    return redis_can_take(srv) && !relay->pending;
+}
+
+/* Whether sse_publish() may keep one more event: below REDIS_KEPT_MAX. */
+static bool redis_may_keep(const struct sse_server *srv) {
+    return srv->redis->kept_len < REDIS_KEPT_MAX;
 }
 
 /* A publisher waiting for Redis went away: its answer goes nowhere. */
@@ -5368,6 +5649,8 @@ static void redis_forget(struct sse_server *srv, const struct conn *c) {
  * what has not answered in time. */
 static void redis_tick(struct sse_server *srv) {
     struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
+    if (srv->redis->nkept)
+        redis_send_kept(srv); /* what did not fit when the link came up */
     for (int i = 0; i < 2; i++) {
         struct redis_link *l = links[i];
         if (l->h.fd < 0 && !srv->stopping && srv->now >= l->next_attempt)
@@ -5412,10 +5695,15 @@ static uint64_t redis_received(const struct sse_server *srv) {
     return srv->redis->received;
 }
 
-/* Whether the node can take publishes and serve streams: both links up, position known. */
+static uint64_t redis_unknown(const struct sse_server *srv) {
+    return srv->redis->unknown;
+}
+
+/* Whether the node can take publishes and serve streams: both links through AUTH, position
+ * known. */
 static bool redis_ready(const struct sse_server *srv) {
     const struct redis_hub *r = srv->redis;
-    return r->cmd.up && r->follow.up && r->positioned;
+    return r->cmd.ready && r->follow.ready && r->positioned;
 }
 
 static void redis_free(struct sse_server *srv) {
@@ -5426,12 +5714,16 @@ static void redis_free(struct sse_server *srv) {
     for (int i = 0; i < 2; i++) {
         if (links[i]->h.fd >= 0)
             close(links[i]->h.fd);
+        for (uint32_t w = 0; w < links[i]->wlen; w++)
+            free(links[i]->waits[(links[i]->whead + w) % links[i]->wcap].up_id);
         free(links[i]->in);
         free(links[i]->out);
         free(links[i]->waits);
     }
     free(r->password);
     free(r->vals);
+    free(r->kept);
+    free(r->kept_lens);
     free(r->ahead);
     free(r);
     srv->redis = NULL;
@@ -5776,8 +6068,32 @@ static void input_close(struct sse_server *srv, struct input *in) {
     free(in);
 }
 
+/* Stops or resumes reading an input. Held, a pipe's writer blocks once the pipe is full:
+ * nothing is dropped. Out of epoll rather than with no events asked, since epoll reports a
+ * hang-up whatever was asked, and a held input would spin on it. */
+static void input_hold(struct sse_server *srv, struct input *in, bool hold) {
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.ptr = in;
+    in->held = hold;
+    if (in->polled)
+        epoll_ctl(srv->epfd, hold ? EPOLL_CTL_DEL : EPOLL_CTL_ADD, in->h.fd, &ev);
+    log_say(&srv->log, SSE_LOG_INFO, "input: %s fd %d",
+            hold ? "Redis cannot take events: holding" : "reading again", in->h.fd);
+}
+
+/* Held inputs are read again once Redis can take events (each loop iteration). */
+static void input_resume(struct sse_server *srv) {
+    for (struct input *in = srv->inputs; in; in = in->next)
+        if (in->held && redis_can_take(srv))
+            input_hold(srv, in, false);
+}
+
 static void input_read(struct sse_server *srv, struct input *in) {
     char buf[INPUT_CHUNK];
+    if (srv->redis && !redis_can_take(srv)) {
+        input_hold(srv, in, true); /* read only below the hold mark (section 10) */
+        return;
+    }
     ssize_t n = read(in->h.fd, buf, sizeof buf);
     if (n > 0) {
         wire_reader_feed(&in->reader, buf, (size_t)n, input_emit, srv);
@@ -5970,7 +6286,7 @@ static int loop_next_timeout(const struct sse_server *srv) {
     if (srv->flush_list || (srv->stop_requested && !srv->stopping))
         return 0;
     for (const struct input *in = srv->inputs; in; in = in->next)
-        if (!in->polled)
+        if (!in->polled && !in->held)
             return 0;
     int64_t next = INT64_MAX;
     for (int t = 0; t < TIMER_COUNT; t++)
@@ -6066,7 +6382,7 @@ int sse_poll(struct sse_server *srv, int timeout_ms) {
     conn_reap(srv);
     for (struct input *in = srv->inputs, *next; in; in = next) {
         next = in->next;
-        if (!in->polled)
+        if (!in->polled && !in->held)
             input_read(srv, in);
     }
     int wait = loop_next_timeout(srv);
@@ -6090,8 +6406,10 @@ int sse_poll(struct sse_server *srv, int timeout_ms) {
     }
     loop_timers(srv);
     journal_tick(&srv->journal, &srv->log, srv->now);
-    if (srv->redis)
+    if (srv->redis) {
         redis_tick(srv);
+        input_resume(srv);
+    }
     if (srv->stop_requested && !srv->stopping)
         loop_stop(srv);
     conn_flush_all(srv);
@@ -6657,6 +6975,8 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
         return -EINVAL;
     if (srv->busy)
         return -EBUSY;
+    if (srv->redis && !redis_may_keep(srv))
+        return -EAGAIN; /* as many events kept for Redis as memory allows */
     return publish_event(srv, topic, event, data, len, id_out);
 }
 

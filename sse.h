@@ -225,10 +225,16 @@ const char *sse_url(const struct sse_server *srv);
  * a retire or sse_server_free(). With a journal the event is in the file when this returns
  * (and synced, with SSE_JOURNAL_ALWAYS). After sse_stop() it still goes to the backlog and
  * the journal, but to no subscriber.
- * With redis set, the event is sent to Redis (XADD) and delivered, to this server's
- * subscribers as to every other node's, when it comes back through the stream; then this
- * returns 0 and stores 0 in *id_out (Redis assigns the id), or -EIO when Redis cannot take
- * it now. */
+ * With redis set, 0 means queued for Redis, not yet stored: the event goes to Redis (XADD)
+ * and is delivered, to this server's subscribers as to every other node's, when it comes
+ * back through the stream; *id_out gets 0 (Redis assigns the id, the subscribers see it).
+ * If Redis refuses the XADD, the event is logged, counted in sse_redis_errors_total, and
+ * nobody receives it. While the link to Redis is down (or AUTH has not been accepted yet)
+ * the event is kept in memory, after those kept before it, and sent once the link is back
+ * and through AUTH; kept events are lost only if the server is freed first (or memory runs
+ * out: -ENOMEM). An event whose XADD was written but not answered when the link died is
+ * sent again: it may be stored twice, never lost. Past 8 MiB of kept events this returns
+ * -EAGAIN (nothing kept; try again once the link is back). */
 int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
                 size_t len, uint64_t *id_out);
 

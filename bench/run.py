@@ -17,6 +17,8 @@ Scenarios:
   S3 fan-out throughput: 1,000 subscribers, the publisher as fast as the server accepts
   S4 proxy: direct vs through sse-server --proxy vs through nginx proxy_buffering off
   S5 cost per event: instructions per delivered event under callgrind
+  S6 Redis: publish-to-receive latency and CPU per delivered event, local vs --redis
+  S7 cluster: one node vs two nodes of one Redis hub behind nginx (deploy/nginx-cluster.conf)
 
 Python 3 standard library only. Every server is a child process, killed by PID at the end
 whatever happens. As root it installs what is missing (nginx, libnginx-mod-nchan, valgrind
@@ -53,6 +55,8 @@ FULL = {
     "s3_n": 1000, "s3_secs": 15,
     "s4_n": 1000, "s4_rate": 10, "s4_secs": 15, "s4_tp_n": 100, "s4_tp_secs": 10,
     "s5_n": 100, "s5_events": 1000, "s5_rate": 100,
+    "s6_ns": [100, 1000], "s6_rate": 100, "s6_secs": 10,
+    "s7_n": 1000, "s7_rate": 100, "s7_secs": 10,
     "ready_timeout": 180,
 }
 SMOKE = {
@@ -61,6 +65,8 @@ SMOKE = {
     "s3_n": 50, "s3_secs": 1.5,
     "s4_n": 50, "s4_rate": 10, "s4_secs": 1.5, "s4_tp_n": 20, "s4_tp_secs": 1.5,
     "s5_n": 10, "s5_events": 50, "s5_rate": 50,
+    "s6_ns": [10, 20], "s6_rate": 20, "s6_secs": 1,
+    "s7_n": 20, "s7_rate": 20, "s7_secs": 1,
     "ready_timeout": 20,
 }
 # The publisher when it goes as fast as the server accepts (S3, S4): this many keep-alive
@@ -81,7 +87,7 @@ LOAD_AT_START = []
 S1_LAST_END = [0.0]
 
 ALL_SERVERS = ["sse-server", "nchan", "node-http", "better-sse"]
-SCENARIOS = ["S1", "S2", "S3", "S4", "S5"]
+SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"]
 
 
 class BenchError(Exception):
@@ -279,7 +285,8 @@ def ensure_peers(notes):
         missing.append("valgrind")
     if missing:
         apt_install(missing, notes)
-    have = {"nginx": find_nginx(), "valgrind": shutil.which("valgrind")}
+    have = {"nginx": find_nginx(), "valgrind": shutil.which("valgrind"),
+            "redis": shutil.which("redis-server")}
     have["nchan"] = bool(have["nginx"] and os.path.exists(NCHAN_MODULE))
     node, npm = shutil.which("node"), shutil.which("npm")
     have["node"] = node
@@ -304,6 +311,8 @@ def ensure_peers(notes):
         notes.append("The nchan module is not installed: nchan skipped.")
     if not have["valgrind"]:
         notes.append("valgrind is not installed: S5 skipped.")
+    if not have["redis"]:
+        notes.append("redis-server is not installed: S6 and S7 skipped.")
     return have
 
 
@@ -592,13 +601,14 @@ class CpuWindow:
 
     def __init__(self, server_pids, subs):
         self.server_pids, self.t0 = list(server_pids), time.time()
-        self.srv0 = sum(cpu_seconds(p) for p in self.server_pids)
+        self.each0 = [cpu_seconds(p) for p in self.server_pids]
         self.sub0 = sum(cpu_seconds(p.pid) for p in subs.procs)
 
     def end(self, res):
         wall = max(1e-6, time.time() - self.t0)
-        srv = sum(cpu_seconds(p) for p in self.server_pids) - self.srv0
-        res["server_cpu"] = srv / wall
+        each = [cpu_seconds(p) - c0 for p, c0 in zip(self.server_pids, self.each0)]
+        res["server_cpu"] = sum(each) / wall
+        res["server_cpu_s"] = each  # CPU seconds of each server process, in order
         res["sub_cpu_frac"] = (res["sub_cpu"] - self.sub0) / wall
 
 
@@ -779,6 +789,156 @@ def s4_proxy(R, have, C):
         R.stop(up.proc)
     if not have["nginx"]:
         out["nginx proxy_buffering off"] = {"error": "nginx not installed"}
+    return out
+
+
+def start_redis(R, have):
+    """A redis-server on a free loopback port, append-only file synced every second (the
+    setting README's "Scaling out" recommends short of `always`)."""
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="redis-", dir=R.tmp)
+    p = R.spawn([have["redis"], "--port", str(port), "--bind", "127.0.0.1", "--dir", d,
+                 "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                 "--daemonize", "no"], "redis-server")
+    wait_listening(R, p, port)
+    return port, p
+
+
+def start_node(R, redis_port):
+    """sse-server as a node of the hub at redis_port, once /healthz says it follows."""
+    port = free_port()
+    p = R.spawn(sse_args(port) + ["--redis", "127.0.0.1:%d" % redis_port], "sse-node")
+    wait_listening(R, p, port)
+    deadline = time.time() + 15
+    while True:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=2):
+                break
+        except OSError:
+            if time.time() > deadline:
+                raise BenchError("node on port %d never became ready: %s" % (port, R.tail(p)))
+            time.sleep(0.05)
+    return Server("sse-node", p, port, "/events/bench", "/publish?topic=bench",
+                  ["Authorization: Bearer " + TOKEN])
+
+
+def children(pid):
+    """PIDs whose parent is pid (nginx's workers)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            f = read("/proc/%s/stat" % d).rsplit(")", 1)[-1].split()
+            if len(f) > 1 and int(f[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def per_event(res, i):
+    """Microseconds of CPU of server process i per delivered event."""
+    return 1e6 * res["server_cpu_s"][i] / res["events"] if res.get("events") else None
+
+
+def s6_redis(R, have, C):
+    """The same fan-out, locally published vs through Redis, on this one machine."""
+    out = {}
+    for n in C["s6_ns"]:
+        for mode in ("local", "redis"):
+            key = "%s %d" % (mode, n)
+            procs = []
+            try:
+                if mode == "local":
+                    srv = start_server(R, "sse-server", have)
+                    pids = [srv.proc.pid]
+                else:
+                    rport, rp = start_redis(R, have)
+                    procs.append(rp)
+                    srv = start_node(R, rport)
+                    pids = [srv.proc.pid, rp.pid]
+                procs.append(srv.proc)
+                res = latency_run(R, srv, srv, n, C["s6_rate"], C["s6_secs"], pids)
+                check_server(R, srv)
+                res["n"] = n
+                res["sse_us"] = per_event(res, 0)
+                res["redis_us"] = per_event(res, 1) if mode == "redis" else None
+                out[key] = res
+            except BenchError as e:
+                out[key] = {"error": str(e), "n": n}
+            finally:
+                for p in reversed(procs):
+                    R.stop(p)
+    return out
+
+
+def cluster_nginx(R, have, node_ports):
+    """deploy/nginx-cluster.conf with only its machine-specific lines changed (as
+    tests/test_cluster.py runs it); one node is both upstream servers."""
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="nginx-cluster-", dir=R.tmp)
+    with open(os.path.join(ROOT, "deploy", "nginx-cluster.conf")) as f:
+        text = f.read()
+    ports = list(node_ports) * (2 // len(node_ports))
+    for old, new in [
+        ("listen 8080;", "listen 127.0.0.1:%d;" % port),
+        ("server 127.0.0.1:8081 ", "server 127.0.0.1:%d " % ports[0]),
+        ("server 127.0.0.1:8082 ", "server 127.0.0.1:%d " % ports[1]),
+        ("pid /run/nginx.pid;", "pid %s/nginx.pid;" % d),
+        ("error_log /var/log/nginx/error.log;", "error_log %s/error.log;" % d),
+        ("access_log /var/log/nginx/access.log cluster;", "access_log off;"),
+        ("http {\n", "http {\n" + "".join("    %s_temp_path %s/%s;\n" % (k, d, k) for k in
+                                          ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))),
+    ]:
+        if text.count(old) != 1:
+            raise BenchError("deploy/nginx-cluster.conf no longer has %r" % old)
+        text = text.replace(old, new)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(text)
+    p = R.spawn([have["nginx"], "-p", d, "-c", conf, "-e", d + "/error.log", "-g",
+                 "daemon off;"], "nginx-cluster")
+    wait_listening(R, p, port)
+    return port, p
+
+
+def s7_cluster(R, have, C):
+    """N subscribers of one hub: one node direct, one node behind nginx, two nodes behind
+    nginx (least_conn spreads the subscribers); the publisher goes the same way."""
+    out = {}
+    for label, nodes, via_nginx in (("1 node, direct", 1, False), ("1 node, nginx", 1, True),
+                                    ("2 nodes, nginx", 2, True)):
+        procs = []
+        try:
+            if via_nginx and not have["nginx"]:
+                raise BenchError("nginx not installed")
+            rport, rp = start_redis(R, have)
+            procs.append(rp)
+            ns = [start_node(R, rport) for _ in range(nodes)]
+            procs += [x.proc for x in ns]
+            pids = [x.proc.pid for x in ns] + [rp.pid]
+            via = ns[0]
+            if via_nginx:
+                nport, np_ = cluster_nginx(R, have, [x.port for x in ns])
+                procs.append(np_)
+                time.sleep(0.2)
+                pids += [np_.pid] + children(np_.pid)
+                via = Server("nginx", np_, nport, "/events/bench", "/publish?topic=bench",
+                             ["Authorization: Bearer " + TOKEN])
+            m0 = [metrics(x.port) for x in ns]
+            res = latency_run(R, via, via, C["s7_n"], C["s7_rate"], C["s7_secs"], pids)
+            for x in ns:
+                check_server(R, x)
+            res["per_node"] = [metric_delta(a, metrics(x.port), "sse_events_delivered_total")
+                               for a, x in zip(m0, ns)]
+            k = len(ns)
+            res["nodes_us"] = 1e6 * sum(res["server_cpu_s"][:k]) / max(1, res["events"])
+            res["redis_us"] = per_event(res, k)
+            res["nginx_us"] = (1e6 * sum(res["server_cpu_s"][k + 1:]) / max(1, res["events"])
+                               if via_nginx else None)
+            out[label] = res
+        except BenchError as e:
+            out[label] = {"error": str(e)}
+        finally:
+            for p in reversed(procs):
+                R.stop(p)
     return out
 
 
@@ -1131,6 +1291,59 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
             add("- **%.0f instructions per delivered event.**" % res["per_event"])
             add("")
 
+    def us(x):
+        return "%.1f" % x if x is not None else "-"
+
+    if "S6" in results:
+        res = results["S6"]
+        add("## S6: local publishing vs the Redis path, one machine\n")
+        add("The same fan-out twice per subscriber count: a plain sse-server publishing locally, "
+            "and one node of a hub (`--redis`, redis-server on loopback with `appendonly yes`, "
+            "`appendfsync everysec`), where the publish is an `XADD` and delivery waits for the "
+            "node's `XREAD BLOCK` to bring the entry back. %g events/s of %d bytes for %g s; "
+            "latency is publish (the publisher's clock in the event) to receive. CPU per "
+            "delivered event = the process's CPU time over the window / deliveries (perf's "
+            "instruction counter is not available here, so CPU time from /proc/PID/stat); "
+            "redis-server's own CPU is its own column."
+            % (C["s6_rate"], EVENT_BYTES, C["s6_secs"]))
+        add("")
+        add("| mode | subscribers | deliveries / expected | p50 ms | p99 ms | max ms | sse-server "
+            "CPU us / delivered event | redis-server CPU us / delivered event |")
+        add("|---|---|---|---|---|---|---|---|")
+        for label, r in res.items():
+            if "error" in r:
+                add(errrow(label, r, 8))
+                continue
+            add("| %s | %d / %d | %d / %d | %s | **%s** | %s | %s | %s |"
+                % (label.split()[0], r["connected"], r["connections"], r["events"],
+                   r["expected"], lat(r, "p50"), lat(r, "p99"), lat(r, "max"), us(r["sse_us"]),
+                   us(r["redis_us"])))
+        add("")
+
+    if "S7" in results:
+        res = results["S7"]
+        add("## S7: one node vs two nodes behind nginx\n")
+        add("%d subscribers of one hub, %g events/s of %d bytes for %g s, published the same "
+            "way the subscribers connect: straight to one node, or through "
+            "deploy/nginx-cluster.conf (only its ports and paths changed; `least_conn`, "
+            "keep-alive to the nodes) in front of one node or of two. Everything, nginx's two "
+            "workers and redis-server included, shares this machine's %s cores, so a second "
+            "node adds work here instead of capacity."
+            % (C["s7_n"], C["s7_rate"], EVENT_BYTES, C["s7_secs"], info["nproc"]))
+        add("")
+        add("| setup | subscribers | deliveries / expected | per node | p50 ms | p99 ms | max ms "
+            "| CPU us / delivered event: nodes / redis / nginx |")
+        add("|---|---|---|---|---|---|---|---|")
+        for label, r in res.items():
+            if "error" in r:
+                add(errrow(label, r, 8))
+                continue
+            add("| %s | %d / %d | %d / %d | %s | %s | **%s** | %s | %s / %s / %s |"
+                % (label, r["connected"], r["connections"], r["events"], r["expected"],
+                   " + ".join(str(x) for x in r["per_node"]), lat(r, "p50"), lat(r, "p99"),
+                   lat(r, "max"), us(r["nodes_us"]), us(r["redis_us"]), us(r["nginx_us"])))
+        add("")
+
     analysis = os.path.join(BENCH, "analysis.md")
     if not smoke and os.path.exists(analysis):
         add(read(analysis).rstrip() + "\n")
@@ -1180,6 +1393,9 @@ def summary(results, servers):
                         x["tp"]["events_per_s"]))
         else:
             s.append("S4 %-26s error: %s" % (label, x.get("error")))
+    for scen in ("S6", "S7"):
+        for label, x in results.get(scen, {}).items():
+            s.append("%s %-16s %s" % (scen, label, brief(scen, x)))
     r = results.get("S5")
     if r:
         s.append("S5 " + ("%.0f instructions per delivered event" % r["per_event"]
@@ -1257,6 +1473,16 @@ def main():
                     results["S4"] = {"direct": {"error": str(e)}}
                 for label, r in results["S4"].items():
                     log("   %-26s %s" % (label, brief("S4", r)))
+            elif scen in ("S6", "S7"):
+                if not have["redis"]:
+                    continue
+                fn = {"S6": s6_redis, "S7": s7_cluster}[scen]
+                try:
+                    results[scen] = fn(R, have, C)
+                except BenchError as e:
+                    results[scen] = {"run": {"error": str(e)}}
+                for label, r in results[scen].items():
+                    log("   %-16s %s" % (label, brief(scen, r)))
             elif scen == "S5":
                 if not have["valgrind"]:
                     continue
@@ -1321,6 +1547,9 @@ def brief(scen, r):
         return ("p50 %s p99 %s ms; %.0f events/s" % (lat(r["lat"], "p50"), lat(r["lat"], "p99"),
                                                      r["tp"]["events_per_s"])
                 if "tp" in r else "")
+    if scen in ("S6", "S7"):
+        return "%d/%d deliveries, p50 %s p99 %s ms" % (r["events"], r["expected"],
+                                                        lat(r, "p50"), lat(r, "p99"))
     if scen == "S5" and "per_event" in r:
         return "%.0f instructions per delivered event" % r["per_event"]
     return ""

@@ -32,7 +32,8 @@ def free_port():
 
 
 class Redis:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, *args):
+        self.args = list(args)  # more redis-server options, e.g. --requirepass
         self.binary = shutil.which("redis-server")
         if not self.binary:
             unavailable("redis-server is not installed (apt-get install redis-server)")
@@ -46,7 +47,7 @@ class Redis:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
              "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-             "--daemonize", "no", "--logfile", os.path.join(self.dir, "log")],
+             "--daemonize", "no", "--logfile", os.path.join(self.dir, "log"), *self.args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -54,7 +55,7 @@ class Redis:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
@@ -85,9 +86,9 @@ def redis(tmp_path):
     r.stop()
 
 
-def node(start_server, redis, *args):
+def node(start_server, redis, *args, **kw):
     srv = start_server("--publish-token", "secret", "--redis", "127.0.0.1:%d" % redis.port,
-                       "--retry", "200", *args)
+                       "--retry", "200", *args, **kw)
     srv.wait_for_line(r"following stream sse after")
     return srv
 
@@ -363,3 +364,200 @@ def test_resume_on_a_node_that_has_not_read_the_id_yet(start_server, redis):
         assert b"event: reset\n" in st.read_block()
     finally:
         st.close()
+
+
+def wait_ready(*nodes, timeout=15):
+    deadline = time.monotonic() + timeout
+    while any(request(n.port, "GET", "/healthz").status != 200 for n in nodes):
+        assert time.monotonic() < deadline, "nodes did not reconnect"
+        time.sleep(0.1)
+
+
+def read_data(st, n, timeout=10):
+    """n events: their ids strictly increase (each once); returns their data, in order."""
+    got = read_events(st, n, timeout)
+    ids = [tuple(int(x) for x in i.split("-")) for i, _ in got]
+    assert ids == sorted(set(ids)), ids
+    return [d for _, d in got]
+
+
+def test_stdin_across_a_redis_outage_loses_nothing(start_server, redis):
+    """What stdin brings while Redis is down is not dropped: the node stops reading its
+    input (the pipe holds it) and publishes it once Redis is back, once, in order."""
+    a = node(start_server, redis, "--stdin", stdin=subprocess.PIPE)
+    b = node(start_server, redis)
+    streams = [Stream(n.port, "/events") for n in (a, b)]
+
+    def feed(lines):
+        a.proc.stdin.write(b"".join(b"%s\n" % l.encode() for l in lines))
+        a.proc.stdin.flush()
+
+    try:
+        for st in streams:
+            st.read_block()
+            st.read_block()
+        batches = [["before %d" % i for i in range(20)], ["during %d" % i for i in range(300)],
+                   ["after %d" % i for i in range(20)]]
+        feed(batches[0])
+        for st in streams:
+            assert read_data(st, 20) == batches[0]
+        redis.kill()
+        a.wait_for_line(r"commands link lost")
+        feed(batches[1])  # held in the pipe: the node does not read it while Redis is down
+        time.sleep(0.5)
+        redis.start()
+        wait_ready(a, b)
+        feed(batches[2])
+        want = batches[0] + batches[1] + batches[2]
+        for st in streams:
+            assert read_data(st, len(want) - 20) == want[20:]
+            assert st.nothing_pending(0.3)
+    finally:
+        for st in streams:
+            st.close()
+    assert redis.command("XLEN", "sse") == b":340\r\n"
+    a.wait_for_line(r"input: Redis cannot take events: holding fd 0")
+    assert metric_values(a.port)["sse_redis_publish_unknown_total"] == 0
+
+
+def test_relay_across_a_redis_outage_loses_nothing(start_server, redis):
+    """A relay stops taking upstream events while Redis is down and, once it is back,
+    reconnects with the last upstream id Redis took: the events published upstream
+    meanwhile arrive, once, in order, on every node."""
+    origin = start_server("--publish-token", "secret", "--retry", "200")
+    a = node(start_server, redis, "--relay", "news=http://127.0.0.1:%d/events/src" % origin.port)
+    b = node(start_server, redis)
+    a.wait_for_line(r"relay news: following")
+    streams = [Stream(n.port, "/events/news") for n in (a, b)]
+
+    def upstream(prefix, n):
+        sent = []
+        for i in range(n):
+            r = publish(origin.port, b"%s %d" % (prefix.encode(), i), topic="src")
+            assert r.status == 200, r
+            sent.append("%s %d" % (prefix, i))
+        return sent
+
+    try:
+        for st in streams:
+            st.read_block()
+            st.read_block()
+        want = upstream("before", 10)
+        for st in streams:
+            assert read_data(st, 10) == want
+        redis.kill()
+        a.wait_for_line(r"commands link lost")
+        during = upstream("during", 30)
+        time.sleep(0.5)
+        redis.start()
+        wait_ready(a, b)
+        after = upstream("after", 10)
+        for st in streams:
+            assert read_data(st, 40) == during + after
+            assert st.nothing_pending(0.5)
+    finally:
+        for st in streams:
+            st.close()
+    assert redis.command("XLEN", "sse") == b":50\r\n"
+
+
+class FakeRedis:
+    """Answers the follower (an empty stream; XREAD never answered) and closes the command
+    link as soon as an XADD has arrived, without answering it."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.xadds = 0
+        self.stop = threading.Event()
+        self.conns = []
+        self.thread = threading.Thread(target=self.accept, daemon=True)
+        self.thread.start()
+
+    def accept(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.conns.append(c)
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c):
+        c.settimeout(30)
+        buf = b""
+        try:
+            while not self.stop.is_set():
+                got = c.recv(65536)
+                if not got:
+                    return
+                buf += got
+                if b"XREVRANGE" in buf:
+                    buf = b""
+                    c.sendall(b"*0\r\n")
+                elif b"XADD" in buf and buf.endswith(b"\r\n"):
+                    self.xadds += 1
+                    c.close()  # read, and gone before answering
+                    return
+        except OSError:
+            pass
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_publish_unanswered_when_the_link_dies_is_503_outcome_unknown(start_server):
+    fake = FakeRedis()
+    try:
+        srv = start_server("--publish-token", "secret", "--redis", "127.0.0.1:%d" % fake.port)
+        srv.wait_for_line(r"following stream sse after 0-0")
+        wait_ready(srv)
+        r = publish(srv.port, b"maybe stored", topic="news")
+        assert r.status == 503
+        assert r.body == (b"Redis went away before answering: the outcome is unknown, the event "
+                          b"may have been stored; check before publishing it again\n")
+        assert fake.xadds == 1
+        m = metric_values(srv.port)
+        assert m["sse_redis_publish_unknown_total"] == 1
+    finally:
+        fake.close()
+
+
+def test_redis_password(start_server, tmp_path):
+    password = "s3cret-Pa55word"
+    redis = Redis(tmp_path, "--requirepass", password)
+    try:
+        good = node(start_server, redis, "--redis-password", password)
+        st = Stream(good.port, "/events/news")
+        try:
+            st.read_block()
+            st.read_block()
+            id_ = pub(good.port, "authenticated")
+            assert read_events(st, 1) == [(id_, "authenticated")]
+        finally:
+            st.close()
+        bad = start_server("--publish-token", "secret", "--redis", "127.0.0.1:%d" % redis.port,
+                           "--redis-password", "wrong-" + password)
+        line = bad.wait_for_line(r"AUTH refused")
+        assert "check --redis-password" in line and "WRONGPASS" in line, line
+        bodies = []
+        for _ in range(3):
+            h = request(bad.port, "GET", "/healthz")
+            p = publish(bad.port, b"x", topic="news")
+            assert h.status == 503 and p.status == 503, (h.status, p.status)
+            bodies += [h.raw_head + h.body, p.raw_head + p.body]
+            time.sleep(0.2)
+        m = request(bad.port, "GET", "/metrics")
+        assert metric_values(bad.port)["sse_redis_up"] == 0
+        bodies += [m.body, request(good.port, "GET", "/metrics").body]
+        for text in bodies + [good.stderr_text(), bad.stderr_text()]:
+            t = text if isinstance(text, str) else text.decode("latin-1")
+            assert password not in t, t
+    finally:
+        redis.stop()

@@ -845,22 +845,22 @@ static void test_journal(void) {
     CHECK(event_is_canonical(7, "id: 7\ndata: x\n\n"));
     CHECK(event_is_canonical(7, "id: 7\ndata:\n\n"));
     CHECK(event_is_canonical(7, "id: 7\ndata:  x\ndata:\n\n"));
-    CHECK(!event_is_canonical(8, "id: 7\ndata: x\n\n"));       /* other id */
-    CHECK(!event_is_canonical(7, "id: 7\n\n"));                  /* no data */
-    CHECK(!event_is_canonical(7, "id: 7\ndata:x\n\n"));        /* no space */
+    CHECK(!event_is_canonical(8, "id: 7\ndata: x\n\n")); /* other id */
+    CHECK(!event_is_canonical(7, "id: 7\n\n"));          /* no data */
+    CHECK(!event_is_canonical(7, "id: 7\ndata:x\n\n"));  /* no space */
     CHECK(!event_is_canonical(7, "id: 7\ndata: x\nretry: 1\n\n"));
-    CHECK(!event_is_canonical(7, "id: 7\ndata: x\n"));          /* no blank line */
-    CHECK(!event_is_canonical(7, "id: 7\ndata: x\r\n\n"));    /* CR in data */
+    CHECK(!event_is_canonical(7, "id: 7\ndata: x\n"));     /* no blank line */
+    CHECK(!event_is_canonical(7, "id: 7\ndata: x\r\n\n")); /* CR in data */
     CHECK(!event_is_canonical(7, "id: 7\nevent: \ndata: x\n\n"));
-    CHECK(!event_is_canonical(7, "id: 7\ndata: \xff\n\n"));   /* not UTF-8 */
+    CHECK(!event_is_canonical(7, "id: 7\ndata: \xff\n\n")); /* not UTF-8 */
     CHECK(!event_is_canonical(7, "id: 07\ndata: x\n\n"));
 
     /* Record lines that are not ours. */
     const char *bad[] = {
-        "#E 42 news 10 0000000\n0123456789",  "#E 042 news 1 00000000\nx",
-        "#E 0 news 1 00000000\nx",            "#E 42 bad/topic 1 00000000\nx",
-        "#E 42 news 1 0000000G\nx",           "#E 42 news 1 00000000 extra\nx",
-        "#X 42 news 1 00000000\nx",           "#E  42 news 1 00000000\nx",
+        "#E 42 news 10 0000000\n0123456789", "#E 042 news 1 00000000\nx",
+        "#E 0 news 1 00000000\nx",           "#E 42 bad/topic 1 00000000\nx",
+        "#E 42 news 1 0000000G\nx",          "#E 42 news 1 00000000 extra\nx",
+        "#X 42 news 1 00000000\nx",          "#E  42 news 1 00000000\nx",
     };
     bool bad_refused = true;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
@@ -904,15 +904,15 @@ static void test_resp(void) {
     for (size_t i = 0; i < strlen(xread); i++)
         prefixes = prefixes && resp_read(xread, i, 1024, v, 16, &n) == 0;
     CHECK(prefixes);
-    CHECK(resp_str("+OK\n", v, 16, &n) == -1);                /* bare LF */
-    CHECK(resp_str("?x\r\n", v, 16, &n) == -1);               /* unknown type */
-    CHECK(resp_str("$5\r\nab\r\n", v, 16, &n) == 0);        /* bulk still arriving */
-    CHECK(resp_str("$2\r\nabc\r\n", v, 16, &n) == -1);      /* no CRLF after the bulk */
+    CHECK(resp_str("+OK\n", v, 16, &n) == -1);               /* bare LF */
+    CHECK(resp_str("?x\r\n", v, 16, &n) == -1);              /* unknown type */
+    CHECK(resp_str("$5\r\nab\r\n", v, 16, &n) == 0);         /* bulk still arriving */
+    CHECK(resp_str("$2\r\nabc\r\n", v, 16, &n) == -1);       /* no CRLF after the bulk */
     CHECK(resp_read("$2000\r\n", 7, 1024, v, 16, &n) == -1); /* over max_bulk */
-    CHECK(resp_str("*17\r\n", v, 16, &n) == -1);              /* over the values bound */
+    CHECK(resp_str("*17\r\n", v, 16, &n) == -1);             /* over the values bound */
     CHECK(resp_str(":12x\r\n", v, 16, &n) == -1);
-    CHECK(resp_str("*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", v, 16,
-                   &n) == -1); /* too deep */
+    CHECK(resp_str("*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", v, 16, &n) ==
+          -1); /* too deep */
 
     uint64_t key;
     CHECK(id_parse(true, "1700000000000-5", 15, &key) && key == (1700000000000ull << 20 | 5));
@@ -926,6 +926,95 @@ static void test_resp(void) {
     struct wbuf tw = {text, sizeof text, 0};
     wb_id(&tw, true, 1700000000000ull << 20 | 5);
     CHECK(tw.len == 15 && memcmp(text, "1700000000000-5", 15) == 0);
+}
+
+/* ---- Redis: XADDs kept across a lost link (the test plays Redis on a socket) ---- */
+
+/* Polls srv until fd has buffered bytes containing want (kept in buf), or 2 s pass. */
+static bool redis_fake_read(struct sse_server *srv, int fd, char *buf, size_t cap,
+                            const char *want) {
+    size_t len = strlen(buf);
+    for (int64_t deadline = clock_ms() + 2000; clock_ms() < deadline;) {
+        sse_poll(srv, 10);
+        ssize_t n = recv(fd, buf + len, cap - 1 - len, MSG_DONTWAIT);
+        len += n > 0 ? (size_t)n : 0;
+        buf[len] = '\0';
+        if (strstr(buf, want))
+            return true;
+    }
+    fprintf(stderr, "  wanted %s, have: %s\n", want, buf);
+    return false;
+}
+
+/* Polls srv until the fake Redis at ls has a connection, and returns it. */
+static int redis_fake_accept(struct sse_server *srv, int ls) {
+    for (int64_t deadline = clock_ms() + 2000; clock_ms() < deadline;) {
+        sse_poll(srv, 10);
+        int fd = accept4(ls, NULL, NULL, SOCK_NONBLOCK);
+        if (fd >= 0)
+            return fd;
+    }
+    return -1;
+}
+
+/* An XADD not yet written when the command link drops is kept and sent on the next link;
+ * one written but unanswered is sent again (it may be stored twice, never lost); while the
+ * link is down sse_publish() keeps events, in order after those. */
+static void test_redis_kept(void) {
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t salen = sizeof sa;
+    CHECK(ls >= 0 && bind(ls, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(ls, 8) == 0 &&
+          getsockname(ls, (struct sockaddr *)&sa, &salen) == 0);
+    char where[32], err[128], buf[8192] = "";
+    snprintf(where, sizeof where, "127.0.0.1:%d", ntohs(sa.sin_port));
+    struct sse_config cfg = {.listen = "127.0.0.1:0", .redis = where};
+    struct sse_server *srv = sse_server_new(&cfg, err, sizeof err);
+    CHECK(srv != NULL);
+    if (!srv)
+        return;
+    int a = redis_fake_accept(srv, ls), b = redis_fake_accept(srv, ls);
+    CHECK(a >= 0 && b >= 0);
+    /* The follower asks where the stream ends at once; the command link says nothing. */
+    int follow = -1;
+    for (int64_t deadline = clock_ms() + 2000; follow < 0 && clock_ms() < deadline;) {
+        sse_poll(srv, 10);
+        if (recv(a, buf, sizeof buf - 1, MSG_DONTWAIT) > 0)
+            follow = a;
+        else if (recv(b, buf, sizeof buf - 1, MSG_DONTWAIT) > 0)
+            follow = b;
+    }
+    int cmd = follow == a ? b : a;
+    CHECK(follow >= 0);
+    CHECK(send(follow, "*0\r\n", 4, 0) == 4);
+    buf[0] = '\0';
+    CHECK(redis_fake_read(srv, follow, buf, sizeof buf, "XREAD"));
+    CHECK(sse_publish(srv, "t", NULL, "written", 7, NULL) == 0);
+    buf[0] = '\0';
+    CHECK(redis_fake_read(srv, cmd, buf, sizeof buf, "written\r\n"));
+    CHECK(sse_publish(srv, "t", NULL, "queued", 6, NULL) == 0); /* not flushed: no poll yet */
+    close(cmd);                                                 /* neither was answered */
+    for (int i = 0; i < 200 && srv->redis->cmd.ready; i++)
+        sse_poll(srv, 1); /* the node sees the loss (and reconnects 100 ms later) */
+    CHECK(srv->redis->nkept == 2 && !srv->redis->cmd.ready);
+    CHECK(srv->redis->unknown == 1 && srv->redis->errors == 0);
+    CHECK(sse_publish(srv, "t", NULL, "while down", 10, NULL) == 0);
+    CHECK(srv->redis->nkept == 3);
+    cmd = -1;
+    for (int64_t deadline = clock_ms() + 3000; cmd < 0 && clock_ms() < deadline;)
+        cmd = redis_fake_accept(srv, ls);
+    CHECK(cmd >= 0);
+    buf[0] = '\0';
+    CHECK(redis_fake_read(srv, cmd, buf, sizeof buf, "while down\r\n"));
+    const char *w = strstr(buf, "written"), *q = strstr(buf, "queued"),
+               *d = strstr(buf, "while down");
+    CHECK(w && q && d && w < q && q < d && srv->redis->nkept == 0);
+    CHECK(strncmp(buf, "*10\r\n$4\r\nXADD\r\n", 15) == 0); /* whole commands, from the start */
+    close(cmd);
+    close(follow);
+    close(ls);
+    sse_server_free(srv);
 }
 
 int main(void) {
@@ -950,6 +1039,7 @@ int main(void) {
     test_two_servers();
     test_host_routes();
     test_log_reentry();
+    test_redis_kept();
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
