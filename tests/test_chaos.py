@@ -39,6 +39,11 @@ SECONDS = float(os.environ.get("SSE_CHAOS_SECONDS", "60"))
 EVENT_DATA = 8000  # bytes per event: enough to overrun a stalled reader's buffers in seconds
 
 
+# Attempts per client at most, spread evenly over the run so that the tight loops (resets,
+# reconnects, pipelined junk) last as long as the rest: bounded in count as well as time.
+ATTEMPTS_MAX = 100000
+
+
 class Subscriber(threading.Thread):
     """A well-behaved subscriber: reads everything, records (id, seq) of every event."""
 
@@ -103,7 +108,12 @@ class Chaos:
         def loop():
             rng = random.Random(name)
             n = 0
-            while time.monotonic() < self.deadline and n < 100000:
+            start = time.monotonic()
+            span = max(self.deadline - start, 1.0)
+            while time.monotonic() < self.deadline and n < ATTEMPTS_MAX:
+                ahead = n - ATTEMPTS_MAX * (time.monotonic() - start) / span
+                if ahead > 0:  # spread the attempts over the whole run, not its first half
+                    time.sleep(ahead * span / ATTEMPTS_MAX)
                 try:
                     fn(self, rng, *args)
                 except AssertionError as e:
