@@ -2218,24 +2218,35 @@ enum timer_id {
 };
 #define TIMER_NONE 0xFF
 
+/* Why a connection closed. Each client connection is closed exactly once, in conn_close(),
+ * which counts it under its reason: /metrics's sse_connections_closed_total. */
 enum close_reason {
-    R_CLIENT_CLOSED,
-    R_DONE,
-    R_SLOW,
-    R_HEADER_TIMEOUT,
-    R_BAD_REQUEST,
-    R_SHUTDOWN,
-    R_RETIRED,
-    R_ERROR,
-    R_SEND_TIMEOUT,
-    R_OVERLOAD,
-    R_UPSTREAM,
-    R_RECONNECT
+    R_CLIENT_CLOSED,  /* the peer closed its side (end of input) */
+    R_DONE,           /* answered, without keep-alive */
+    R_SLOW,           /* a subscriber more than client_buffer behind */
+    R_HEADER_TIMEOUT, /* no complete request head (or body) within header_timeout */
+    R_BAD_REQUEST,    /* answered 4xx/505 for a request whose framing can't be trusted */
+    R_SHUTDOWN,       /* sse_stop() */
+    R_RETIRED,        /* its topics were retired */
+    R_ERROR,          /* our failure: out of memory or buffer space */
+    R_SEND_TIMEOUT,   /* a response made no progress for SEND_TIMEOUT_MS */
+    R_OVERLOAD,       /* over max_clients, or no stream position yet: told to come back */
+    R_UPSTREAM,       /* the upstream of a proxied request or a relay failed */
+    R_RECONNECT,      /* its stream was ended so that it reconnects */
+    R_RESET,          /* the socket failed: reset, broken pipe, timed out (EPOLLERR) */
+    R_COUNT
 };
-static const char *const close_reason_text[] = {
+static const char *const close_reason_text[R_COUNT] = {
     "client closed", "done",     "slow subscriber", "header timeout",
     "bad request",   "shutdown", "retired",         "error",
     "send timeout",  "overload", "upstream failed", "told to reconnect",
+    "reset",
+};
+/* The same, as the reason label of sse_connections_closed_total. */
+static const char *const close_reason_label[R_COUNT] = {
+    "client_closed",   "done",      "slow_subscriber", "header_timeout", "bad_request",
+    "shutdown",        "retired",   "error",           "send_timeout",   "overload",
+    "upstream_failed", "reconnect", "reset",
 };
 
 enum handle_kind { H_LISTEN, H_CONN, H_INPUT, H_REDIS };
@@ -2305,6 +2316,7 @@ struct metrics {
     uint64_t proxied_total;      /* requests passed to an upstream */
     uint64_t proxy_errors_total; /* upstreams that failed a request or a relay */
     uint64_t relayed_total;      /* events published by relays */
+    uint64_t closed[R_COUNT];    /* client connections closed, by enum close_reason */
 };
 
 /* A descriptor whose bytes are published (sse_publish_from_fd). */
@@ -2535,11 +2547,22 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
         srv->noverflow--;
     else
         srv->nconns--;
+    if (state != CONN_UPSTREAM) /* every accepted connection passes here once */
+        srv->m.closed[reason]++;
     c->tnext = srv->dead_list;
     srv->dead_list = c;
     /* Last: the host's on_log may publish, which must find this connection gone. */
     log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u closed (%s)", c->serial,
             close_reason_text[reason]);
+}
+
+/* Why a client connection closes when its socket ends under it: for one already closing,
+ * the reason it was closing for; else a reset when the socket failed (ECONNRESET, EPIPE,
+ * ETIMEDOUT from a read or write, EPOLLERR), or the client's close at the end of input. */
+static enum close_reason conn_gone(const struct conn *c, bool failed) {
+    if (c->state == CONN_LINGER)
+        return (enum close_reason)c->reason;
+    return failed ? R_RESET : R_CLIENT_CLOSED;
 }
 
 /* Marks n written bytes as sent: releases finished blobs and counts deliveries. */
@@ -2590,7 +2613,8 @@ static ssize_t conn_sendfile(int out, int in, off_t *off, size_t n) {
 }
 
 /* Writes as much of the queue, then the file, as the socket takes. Returns 0 when all is
- * written, 1 when the socket is full (an EPOLLOUT edge will come), -1 on a dead peer. */
+ * written, 1 when the socket is full (an EPOLLOUT edge will come), -1 on a dead peer, -2 when
+ * the file shrank under us. */
 static int conn_write(struct sse_server *srv, struct conn *c) {
     while (c->qlen) {
         struct iovec iov[WRITE_IOV_MAX];
@@ -2624,7 +2648,7 @@ static int conn_write(struct sse_server *srv, struct conn *c) {
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return 1;
         if (w <= 0)
-            return -1; /* an error, or the file shrank under us */
+            return w < 0 ? -1 : -2;
         timer_set(srv, c, TIMER_SEND);
     }
     if (c->file_fd >= 0) {
@@ -2646,8 +2670,7 @@ static void conn_discard_input(struct sse_server *srv, struct conn *c) {
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
-        conn_close(srv, c,
-                   c->state == CONN_LINGER ? (enum close_reason)c->reason : R_CLIENT_CLOSED);
+        conn_close(srv, c, conn_gone(c, n < 0));
         return;
     }
 }
@@ -2682,9 +2705,9 @@ static void conn_flush(struct sse_server *srv, struct conn *c) {
     int r = conn_write(srv, c);
     if (r < 0) {
         conn_close(srv, c,
-                   c->state == CONN_LINGER     ? (enum close_reason)c->reason
-                   : c->state == CONN_UPSTREAM ? R_UPSTREAM
-                                               : R_CLIENT_CLOSED);
+                   c->state == CONN_UPSTREAM ? R_UPSTREAM
+                   : r == -2                 ? R_ERROR
+                                             : conn_gone(c, true));
         return;
     }
     if (c->px)
@@ -2712,7 +2735,7 @@ static bool conn_send(struct sse_server *srv, struct conn *c, const struct iovec
         struct msghdr mh = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
         ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            conn_close(srv, c, c->state == CONN_UPSTREAM ? R_UPSTREAM : R_CLIENT_CLOSED);
+            conn_close(srv, c, c->state == CONN_UPSTREAM ? R_UPSTREAM : conn_gone(c, true));
             return false;
         }
         sent = w > 0 ? (size_t)w : 0;
@@ -3420,7 +3443,7 @@ static void publish_body_read(struct sse_server *srv, struct conn *c) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         if (n <= 0) {
-            conn_close(srv, c, n == 0 ? R_CLIENT_CLOSED : R_ERROR);
+            conn_close(srv, c, conn_gone(c, n < 0));
             return;
         }
         b->have += (size_t)n;
@@ -3540,13 +3563,33 @@ static void publish_handle(struct sse_server *srv, struct conn *c, const struct 
 
 static uint64_t metrics_relays_up(const struct sse_server *srv);
 
+/* The # HELP and # TYPE lines that open a metric family (its samples follow). */
+static void metrics_family(struct wbuf *w, const char *name, const char *type, const char *help) {
+    wb_str(w, "# HELP ");
+    wb_str(w, name);
+    wb_put(w, " ", 1);
+    wb_str(w, help);
+    wb_str(w, "\n# TYPE ");
+    wb_str(w, name);
+    wb_put(w, " ", 1);
+    wb_str(w, type);
+    wb_put(w, "\n", 1);
+}
+
+/* The Prometheus text format (0.0.4): one family per row, then the closes by reason. Every
+ * accepted connection is open or closed once under one reason, so
+ *   sum(sse_connections_closed_total) + sse_connections == sse_connections_total
+ * holds at every scrape. Over-limit connections count as accepted and open while answered;
+ * sse_connections_rejected_total counts them too (when answered), and the connections
+ * closed at accept (beyond OVERFLOW_MAX, out of descriptors), which were never accepted. */
 static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_only) {
     const struct {
         const char *name, *type, *help;
         uint64_t value;
     } rows[] = {
         {"sse_subscribers", "gauge", "Subscribers connected now.", srv->nsubscribers},
-        {"sse_connections", "gauge", "Client connections open now.", srv->nconns},
+        {"sse_connections", "gauge", "Client connections open now, over --max-clients or not.",
+         (uint64_t)srv->nconns + srv->noverflow},
         {"sse_backlog_events", "gauge", "Events retained for replay.", srv->backlog.count},
         {"sse_connections_total", "counter", "Client connections accepted.",
          srv->m.connections_total},
@@ -3601,21 +3644,22 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
     char out[8192];
     struct wbuf w = {out, sizeof out, 0};
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-        wb_str(&w, "# HELP ");
-        wb_str(&w, rows[i].name);
-        wb_put(&w, " ", 1);
-        wb_str(&w, rows[i].help);
-        wb_str(&w, "\n# TYPE ");
-        wb_str(&w, rows[i].name);
-        wb_put(&w, " ", 1);
-        wb_str(&w, rows[i].type);
-        wb_put(&w, "\n", 1);
+        metrics_family(&w, rows[i].name, rows[i].type, rows[i].help);
         wb_str(&w, rows[i].name);
         wb_put(&w, " ", 1);
         wb_u64(&w, rows[i].value);
         wb_put(&w, "\n", 1);
     }
-    if (w.len > w.cap) {
+    metrics_family(&w, "sse_connections_closed_total", "counter",
+                   "Client connections closed, by reason (closed + open = accepted).");
+    for (int r = 0; r < R_COUNT; r++) {
+        wb_str(&w, "sse_connections_closed_total{reason=\"");
+        wb_str(&w, close_reason_label[r]);
+        wb_str(&w, "\"} ");
+        wb_u64(&w, srv->m.closed[r]);
+        wb_put(&w, "\n", 1);
+    }
+    if (w.len > w.cap) { /* not with these rows: at 2^64-1 each, under 5 KiB */
         conn_close(srv, c, R_ERROR);
         return;
     }
@@ -3891,7 +3935,7 @@ static void proxy_client_read(struct sse_server *srv, struct conn *c) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         if (n <= 0) {
-            conn_close(srv, c, n == 0 ? R_CLIENT_CLOSED : R_ERROR);
+            conn_close(srv, c, conn_gone(c, n < 0));
             return;
         }
         proxy_forward_body(srv, c->px, buf, (size_t)n);
@@ -5834,10 +5878,12 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
     if (c->flags & CF_OVER_LIMIT) { /* EventSource must not see a 5xx (WHATWG 9.2.3) */
         srv->m.rejected_total++;
         c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-        if (http_is_eventsource(req))
+        if (http_is_eventsource(req)) {
             stream_turn_away(srv, c, R_OVERLOAD);
-        else
+        } else {
             http_text(srv, c, 503, "too many connections", "Retry-After: 1\r\n");
+            c->reason = R_OVERLOAD;
+        }
         return;
     }
     if (bytes_eq(path, plen, "/publish")) {
@@ -5984,7 +6030,7 @@ static void http_read(struct sse_server *srv, struct conn *c) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         if (n <= 0) {
-            conn_close(srv, c, n == 0 ? R_CLIENT_CLOSED : R_ERROR);
+            conn_close(srv, c, conn_gone(c, n < 0));
             return;
         }
         http_take(srv, c, buf, len + (size_t)n);
@@ -6201,10 +6247,7 @@ static void conn_on_event(struct sse_server *srv, struct conn *c, uint32_t event
         return;
     }
     if (events & (EPOLLERR | EPOLLHUP)) {
-        conn_close(srv, c,
-                   c->state == CONN_LINGER ? (enum close_reason)c->reason
-                   : (events & EPOLLERR)   ? R_ERROR
-                                           : R_CLIENT_CLOSED);
+        conn_close(srv, c, conn_gone(c, (events & EPOLLERR) != 0));
         return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP)) {

@@ -135,6 +135,8 @@ struct sse_request {
 
 /* Everything is optional: a zeroed struct is a working server on 127.0.0.1:8080. Strings
  * and arrays are copied by sse_server_new(), so they may be freed afterwards. */
+/* Its comments are aligned by hand, in groups, within 100 columns: */
+/* clang-format off */
 struct sse_config {
     const char *listen;          /* "HOST:PORT", ":PORT" (all addresses), "[::1]:PORT"; port 0
                                     picks a free port. NULL = "127.0.0.1:8080". HOST may be a
@@ -188,6 +190,7 @@ struct sse_config {
                    msg is one line without a newline (cut at 511 bytes), valid only during
                    the call; the top of this file says what on_log may call */
 };
+/* clang-format on */
 
 /* ---- Lifecycle ------------------------------------------------------------------------- */
 

@@ -445,6 +445,24 @@ def metric_values(port):
     return values
 
 
+# The reason labels of sse_connections_closed_total, in the order /metrics lists them.
+CLOSE_REASONS = [
+    "client_closed", "done", "slow_subscriber", "header_timeout", "bad_request", "shutdown",
+    "retired", "error", "send_timeout", "overload", "upstream_failed", "reconnect", "reset",
+]
+
+
+def closed_by_reason(values):
+    """The sse_connections_closed_total series of a scrape (metric_values), by reason. Checks
+    that there is one per reason and that closed + open == accepted, true at every scrape."""
+    closed = {r: values['sse_connections_closed_total{reason="%s"}' % r] for r in CLOSE_REASONS}
+    series = [k for k in values if k.startswith("sse_connections_closed_total")]
+    assert len(series) == len(CLOSE_REASONS), series
+    assert sum(closed.values()) + values["sse_connections"] == values["sse_connections_total"], (
+        closed, values["sse_connections"], values["sse_connections_total"])
+    return closed
+
+
 def settled_fd_count(srv, quiet=0.5, timeout=5):
     """The server's fd count once it has not changed for `quiet` seconds (connections of
     earlier requests may still be closing)."""

@@ -1,14 +1,27 @@
 """HTTP/1.x parsing and connection handling: keep-alive, pipelining, HTTP/1.0, hostile and
 malformed input (each followed by a check that the same server still serves /healthz),
-header timeout (slowloris, idle keep-alive), /healthz, /metrics, HEAD, the built-in page."""
+header timeout (slowloris, idle keep-alive), /healthz, /metrics (every close counted under
+its reason), HEAD, the built-in page."""
 
 import re
 import select
+import socket
+import struct
 import time
 
 import pytest
 
-from conftest import Stream, connect, healthy, publish, read_response, recv_all, request
+from conftest import (
+    CLOSE_REASONS,
+    Stream,
+    closed_by_reason,
+    connect,
+    healthy,
+    publish,
+    read_response,
+    recv_all,
+    request,
+)
 
 IMF_FIXDATE = re.compile(
     r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
@@ -579,6 +592,179 @@ def test_bad_requests_counted(server):
     exchange_closing(server.port, b"GET /healthz HTTP/2.0\r\nHost: localhost\r\n\r\n")
     m1, _ = metrics(server.port)
     assert m1["sse_bad_requests_total"] - m0["sse_bad_requests_total"] == 2
+
+
+class Closes:
+    """Scrapes /metrics and compares closes by reason with a first scrape. Every scrape is a
+    connection of its own (Connection: close), closed as done once its answer is read: a
+    scrape expects one done for each scrape before it."""
+
+    def __init__(self, port, start=None):
+        """start: the first scrape's closes, or None to take one now."""
+        self.port, self.scrapes = port, 0
+        self.start = start if start is not None else self.scrape()
+
+    def scrape(self):
+        values, _ = metrics(self.port)
+        self.scrapes += 1
+        return closed_by_reason(values)
+
+    def expect(self, **want):
+        """Waits (up to 10 s) until the closes since the first scrape are exactly want plus
+        the scrapes' own dones; fails at once when any series goes past it. Counters only
+        grow, so a series past its expectation can never come back."""
+        want = {r: n for r, n in want.items() if n}
+        deadline = time.monotonic() + 10
+        while True:
+            own = self.scrapes
+            now = self.scrape()
+            expected = dict(want, done=want.get("done", 0) + own)
+            got = {r: now[r] - self.start.get(r, 0) for r in CLOSE_REASONS}
+            got = {r: n for r, n in got.items() if n}
+            if got == expected:
+                return
+            assert all(got.get(r, 0) <= expected.get(r, 0) for r in CLOSE_REASONS), (got, expected)
+            assert time.monotonic() < deadline, (got, expected)
+            time.sleep(0.05)
+
+
+ZERO_CLOSES = {r: 0 for r in CLOSE_REASONS}
+
+
+def test_close_reason_client_closed(server):
+    """The client closes between keep-alive requests, or before its first."""
+    closes = Closes(server.port)
+    s = connect(server.port)
+    s.sendall(GET_HEALTHZ)
+    assert read_response(s)[0].status == 200
+    s.close()
+    connect(server.port).close()
+    closes.expect(client_closed=2)
+
+
+def test_close_reason_done(server):
+    closes = Closes(server.port)
+    healthy(server.port)  # Connection: close
+    closes.expect(done=1)
+
+
+def test_close_reason_bad_request(server):
+    closes = Closes(server.port)
+    assert_error(*exchange_closing(server.port, MALFORMED["garbage"]), 400)
+    closes.expect(bad_request=1)
+
+
+def test_close_reason_reset(server):
+    """A subscriber that resets its connection (RST, not FIN): the socket failed."""
+    closes = Closes(server.port)
+    st = Stream(server.port, "/events")
+    assert st.read_block() == b"retry: 3000\n\n"
+    st.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    st.close()
+    closes.expect(reset=1)
+
+
+def test_close_reason_header_timeout(start_server):
+    srv = start_server("--header-timeout", "1")
+    closes = Closes(srv.port)
+    s = connect(srv.port)
+    try:
+        assert recv_all(s, timeout=10) == b""
+    finally:
+        s.close()
+    closes.expect(header_timeout=1)
+
+
+def test_close_reason_slow_subscriber(start_server):
+    """A subscriber that never reads, behind 16 KB events with --client-buffer 16k, is
+    dropped: one slow_subscriber close, and sse_subscribers_dropped_total says the same."""
+    srv = start_server("--publish-token", "secret", "--client-buffer", "16k")
+    closes = Closes(srv.port)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", srv.port))
+    slow.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    try:
+        published = 0
+        while True:
+            values, _ = metrics(srv.port)
+            closes.scrapes += 1
+            if values["sse_subscribers_dropped_total"]:
+                break
+            assert published < 500, "a subscriber that never reads was not dropped"
+            assert publish(srv.port, "x" * 16000).status == 200
+            published += 1
+        assert values["sse_subscribers_dropped_total"] == 1
+        closes.expect(slow_subscriber=1, done=published)
+    finally:
+        slow.close()
+
+
+def test_close_reason_retired(server):
+    closes = Closes(server.port)
+    st = Stream(server.port, "/events/going")
+    assert st.read_block() == b"retry: 3000\n\n"
+    r = publish(server.port, b"", topic="going", method="DELETE")
+    assert (r.status, r.json()) == (200, {"topic": "going", "closed": 1})
+    st.read_until_closed()
+    st.close()
+    closes.expect(retired=1, done=1)
+
+
+def test_close_reason_reconnect(start_server):
+    """The demo's Drop button ends a stream so that it reconnects."""
+    srv = start_server("--demo")
+    closes = Closes(srv.port)
+    st = Stream(srv.port, "/events/visitor-closes")
+    assert st.read_block() == b"retry: 3000\n\n"
+    r = request(srv.port, "POST", "/demo/drop?topic=visitor-closes")
+    assert (r.status, r.body) == (200, b'{"ended": 1}\n')
+    st.read_until_closed()
+    st.close()
+    closes.expect(reconnect=1, done=1)
+
+
+def test_close_reason_overload(start_server):
+    """With --max-clients 1 and a stream holding the one place, a second stream is told to
+    come back (overload), and so is any /metrics request that comes before the server has
+    seen the first stream close (its 503 counts as an overload too)."""
+    srv = start_server("--max-clients", "1")
+    first = Stream(srv.port, "/events")
+    assert first.read_block() == b"retry: 3000\n\n"
+    second = Stream(srv.port, "/events")
+    assert second.status == 200
+    assert re.fullmatch(rb"retry: \d+\n\n", second.read_until_closed())
+    second.close()
+    first.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    first.close()  # a reset, whatever it has not read yet
+    turned_away = 0
+    while True:
+        r = request(srv.port, "GET", "/metrics")
+        if r.status == 200:
+            break
+        assert r.status == 503 and turned_away < 100, (r.raw_head, r.body)
+        turned_away += 1
+        time.sleep(0.05)
+    closes = Closes(srv.port, start=ZERO_CLOSES)
+    closes.scrapes = 1  # the 200 closes as done; the 503s before it as overload
+    closes.expect(reset=1, overload=1 + turned_away)
+
+
+def test_metrics_fit_their_buffer_at_any_value(server):
+    """/metrics is built in an 8 KiB buffer: with every sample at 2^64-1 (20 digits) it must
+    still fit, with room for a few more rows."""
+    r = request(server.port, "GET", "/metrics")
+    worst = len(r.body)
+    for line in r.body.decode().split("\n"):
+        if line and not line.startswith("#"):
+            worst += 20 - len(line.split(" ")[1])
+    assert worst <= 6 * 1024, worst
+    text = r.body.decode()
+    assert text.count("# HELP sse_connections_closed_total ") == 1
+    assert text.count("# TYPE sse_connections_closed_total counter\n") == 1
+    family = text.split("# TYPE sse_connections_closed_total counter\n")[1].split("\n")
+    assert [re.fullmatch(r'sse_connections_closed_total\{reason="([a-z_]+)"\} \d+', line).group(1)
+            for line in family[: len(CLOSE_REASONS)]] == CLOSE_REASONS
 
 
 def test_head_healthz_no_body(server):
