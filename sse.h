@@ -233,11 +233,12 @@ const char *sse_url(const struct sse_server *srv);
  * back through the stream; *id_out gets 0 (Redis assigns the id, the subscribers see it).
  * If Redis refuses the XADD, the event is logged, counted in sse_redis_errors_total, and
  * nobody receives it. While the link to Redis is down (or AUTH has not been accepted yet,
- * or Redis is behind: 1 MiB or 16384 commands unanswered) the event is kept in memory, after
- * those kept before it, and sent once the link is back, through AUTH and caught up; kept
- * events are lost only if the server is freed first (or memory runs out: -ENOMEM). An event whose XADD was written but not answered when the link died is
- * sent again: it may be stored twice, never lost. Past 8 MiB of kept events this returns
- * -EAGAIN (nothing kept; try again once the link is back). */
+ * or Redis is behind: 1 MiB or 16384 commands unanswered) the event is kept in memory,
+ * after those kept before it, and sent once the link is back, through AUTH and caught up;
+ * kept events are lost only if the server is freed first (or memory runs out: -ENOMEM). An
+ * event whose XADD was written but not answered when the link died is sent again: it may
+ * be stored twice, never lost. Past 8 MiB of kept events this returns -EAGAIN (nothing
+ * kept; try again once the link is back). */
 int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
                 size_t len, uint64_t *id_out);
 
