@@ -16,7 +16,7 @@ Scenarios:
   S2 fan-out latency: 10,000 subscribers, 10 events/s of 100 bytes
   S3 fan-out throughput: 1,000 subscribers, the publisher as fast as the server accepts
   S4 proxy: direct vs through sse-server --proxy vs through nginx proxy_buffering off
-  S5 cost per event: instructions per delivered event under callgrind
+  S5 cost per event: instructions per delivered event under callgrind, local and --redis
   S6 Redis: publish-to-receive latency and CPU per delivered event, local vs --redis
   S7 cluster: one node vs two nodes of one Redis hub behind nginx (deploy/nginx-cluster.conf)
 
@@ -804,12 +804,14 @@ def start_redis(R, have):
     return port, p
 
 
-def start_node(R, redis_port):
-    """sse-server as a node of the hub at redis_port, once /healthz says it follows."""
+def start_node(R, redis_port, wrap=None):
+    """sse-server as a node of the hub at redis_port (under wrap, a command such as
+    valgrind, if given), once /healthz says it follows."""
     port = free_port()
-    p = R.spawn(sse_args(port) + ["--redis", "127.0.0.1:%d" % redis_port], "sse-node")
-    wait_listening(R, p, port)
-    deadline = time.time() + 15
+    p = R.spawn((wrap or []) + sse_args(port) + ["--redis", "127.0.0.1:%d" % redis_port],
+                "sse-node")
+    wait_listening(R, p, port, 60.0 if wrap else 30.0)
+    deadline = time.time() + (60 if wrap else 15)
     while True:
         try:
             with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=2):
@@ -952,13 +954,20 @@ def callgrind_total(path):
     return total
 
 
-def s5_callgrind(R, have, C):
+def s5_callgrind(R, have, C, redis=False):
+    """With redis, sse-server is a node of a hub (a plain redis-server beside it, not
+    counted): the publish becomes an XADD and delivery waits for XREAD to bring it back."""
     n, events, rate = C["s5_n"], C["s5_events"], C["s5_rate"]
     out = {}
     for label, count in (("idle", 0), ("events", events)):
-        cg = os.path.join(R.tmp, "callgrind.%s.out" % label)
+        cg = os.path.join(R.tmp, "callgrind.%s%s.out" % ("redis." if redis else "", label))
         wrap = [have["valgrind"], "--tool=callgrind", "--callgrind-out-file=" + cg]
-        srv = start_server(R, "sse-server", have, wrap=wrap)
+        rp = None
+        if redis:
+            rport, rp = start_redis(R, have)
+            srv = start_node(R, rport, wrap=wrap)
+        else:
+            srv = start_server(R, "sse-server", have, wrap=wrap)
         try:
             if count:
                 res = latency_run(R, srv, srv, n, rate, count / rate)
@@ -974,6 +983,8 @@ def s5_callgrind(R, have, C):
                                  % (srv.proc.returncode, R.tail(srv.proc)))
         finally:
             R.stop(srv.proc)
+            if rp:
+                R.stop(rp)
         out[label] = {"ir": callgrind_total(cg), "events": res["events"],
                       "connected": res["connected"], "dropped": res["dropped"]}
     deliveries = out["events"]["events"]
@@ -1290,6 +1301,25 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
             add("")
             add("- **%.0f instructions per delivered event.**" % res["per_event"])
             add("")
+            rr = res.get("redis")
+            if rr and "error" in rr:
+                add("Through Redis: error: %s\n" % rr["error"])
+            elif rr:
+                add("The same with sse-server as a node of a hub (`--redis`; redis-server beside "
+                    "it is not counted, see S6 for its CPU): the publish becomes an `XADD` "
+                    "and every event comes back over the node's `XREAD BLOCK` link.")
+                add("")
+                add("| workload | Ir (instructions) | events delivered |")
+                add("|---|---|---|")
+                add("| node, %d subscribers, no events | %d | %d |"
+                    % (C["s5_n"], rr["idle"]["ir"], rr["idle"]["events"]))
+                add("| node, %d subscribers, %d events | %d | %d / %d |"
+                    % (C["s5_n"], C["s5_events"], rr["events"]["ir"], rr["events"]["events"],
+                       rr["deliveries_expected"]))
+                add("")
+                add("- **%.0f instructions per delivered event through Redis** (%s of local)."
+                    % (rr["per_event"], ratio(rr["per_event"], res["per_event"])))
+                add("")
 
     def us(x):
         return "%.1f" % x if x is not None else "-"
@@ -1400,6 +1430,8 @@ def summary(results, servers):
     if r:
         s.append("S5 " + ("%.0f instructions per delivered event" % r["per_event"]
                           if "per_event" in r else "error: %s" % r.get("error")))
+        if "redis" in r:
+            s.append("S5 through Redis: " + brief("S5", r["redis"]))
     return "\n".join(s)
 
 
@@ -1491,6 +1523,12 @@ def main():
                 except BenchError as e:
                     results["S5"] = {"error": str(e)}
                 log("   %s" % brief("S5", results["S5"]))
+                if have["redis"]:
+                    try:
+                        results["S5"]["redis"] = s5_callgrind(R, have, C, redis=True)
+                    except BenchError as e:
+                        results["S5"]["redis"] = {"error": str(e)}
+                    log("   redis: %s" % brief("S5", results["S5"]["redis"]))
             R.stop_all()
             check_quiet("after " + scen)
     finally:
@@ -1552,6 +1590,8 @@ def brief(scen, r):
                                                         lat(r, "p50"), lat(r, "p99"))
     if scen == "S5" and "per_event" in r:
         return "%.0f instructions per delivered event" % r["per_event"]
+    if scen == "S5" and "error" in r:
+        return "error: %s" % r["error"]
     return ""
 
 
