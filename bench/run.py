@@ -1278,6 +1278,16 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
                 add("- versus direct: sse-server %s, nginx %s." % (ratio(a, dd), ratio(b, dd)))
         add("")
 
+    def s5_table(r, who):
+        add("| workload | Ir (instructions) | events delivered |")
+        add("|---|---|---|")
+        add("| %s%d subscribers, no events | %d | %d |"
+            % (who, C["s5_n"], r["idle"]["ir"], r["idle"]["events"]))
+        add("| %s%d subscribers, %d events | %d | %d / %d |"
+            % (who, C["s5_n"], C["s5_events"], r["events"]["ir"], r["events"]["events"],
+               r["deliveries_expected"]))
+        add("")
+
     if "S5" in results:
         res = results["S5"]
         add("## S5: instructions per delivered event (callgrind)\n")
@@ -1291,14 +1301,7 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
                 "subscribers. Deterministic: compare it exactly between commits."
                 % (C["s5_n"], C["s5_events"], C["s5_rate"], C["s5_n"]))
             add("")
-            add("| workload | Ir (instructions) | events delivered |")
-            add("|---|---|---|")
-            add("| %d subscribers, no events | %d | %d |" % (C["s5_n"], res["idle"]["ir"],
-                                                           res["idle"]["events"]))
-            add("| %d subscribers, %d events | %d | %d / %d |"
-                % (C["s5_n"], C["s5_events"], res["events"]["ir"], res["events"]["events"],
-                   res["deliveries_expected"]))
-            add("")
+            s5_table(res, "")
             add("- **%.0f instructions per delivered event.**" % res["per_event"])
             add("")
             rr = res.get("redis")
@@ -1309,14 +1312,7 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
                     "it is not counted, see S6 for its CPU): the publish becomes an `XADD` "
                     "and every event comes back over the node's `XREAD BLOCK` link.")
                 add("")
-                add("| workload | Ir (instructions) | events delivered |")
-                add("|---|---|---|")
-                add("| node, %d subscribers, no events | %d | %d |"
-                    % (C["s5_n"], rr["idle"]["ir"], rr["idle"]["events"]))
-                add("| node, %d subscribers, %d events | %d | %d / %d |"
-                    % (C["s5_n"], C["s5_events"], rr["events"]["ir"], rr["events"]["events"],
-                       rr["deliveries_expected"]))
-                add("")
+                s5_table(rr, "node, ")
                 add("- **%.0f instructions per delivered event through Redis** (%s of local)."
                     % (rr["per_event"], ratio(rr["per_event"], res["per_event"])))
                 add("")
