@@ -3754,8 +3754,9 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
  *
  * Relay. The same upstream machinery with the server itself as the client: the body goes
  * through the WHATWG parser (the wire_reader of section 2) and every event is published on
- * a local topic with a local id. After a drop it reconnects when `retry` has passed, sending
- * Last-Event-ID, and backs off while attempts keep failing. As a node of a Redis hub the
+ * a local topic with a local id. After a drop it reconnects when `retry` has passed (but
+ * never sooner than RELAY_RETRY_FLOOR_MS), sending Last-Event-ID, and backs off while
+ * attempts deliver no event, so no upstream is ever hammered. As a node of a Redis hub the
  * upstream is the relay's memory: when Redis cannot take an event the relay drops the
  * connection, and reconnects, once Redis has answered every XADD it sent, with the last
  * upstream id whose event Redis took, so what Redis missed is fetched again.
@@ -3764,7 +3765,8 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
 #define PROXY_BUFFER         (64u << 10) /* bytes queued one way before reading the other side stops */
 #define PROXY_READ           16384       /* bytes read from either side at a time */
 #define RELAY_RETRY_MS       3000        /* reconnection time until the upstream sends retry: */
-#define RELAY_BACKOFF_MAX_MS 60000
+#define RELAY_RETRY_FLOOR_MS 250   /* the shortest wait between attempts, whatever retry: says */
+#define RELAY_BACKOFF_MAX_MS 30000 /* the longest back-off (a longer retry: is still honoured) */
 
 enum body_framing { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
 
@@ -3790,7 +3792,9 @@ struct relay {
     struct sse_server *srv;         /* for publishing from the reader's callback */
     struct proxy *px;               /* the connection in progress, or NULL between attempts */
     int64_t next_attempt;           /* when to connect next, monotonic ms */
-    unsigned failures;              /* attempts in a row that got no stream, for back-off */
+    unsigned failures;              /* attempts in a row that delivered no event (no stream,
+                                       or a stream that ended empty), for back-off */
+    bool delivered;                 /* the current connection delivered an event */
     char taken[SSE_ID_MAX + 1];     /* with Redis: the upstream id up to which Redis took
                                        every event; the next connection resumes there */
     uint32_t pending;               /* with Redis: its XADDs not answered yet */
@@ -3832,7 +3836,7 @@ static bool proxy_connecting(const struct conn *c) {
     return c->state == CONN_UPSTREAM && c->px && !c->px->connected;
 }
 
-static void relay_schedule(struct sse_server *srv, struct relay *r, bool failed);
+static void relay_schedule(struct sse_server *srv, struct relay *r);
 static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
                        size_t len, const char *skipped);
 static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
@@ -3850,7 +3854,7 @@ static void proxy_release(struct sse_server *srv, struct proxy *px, enum close_r
     }
     if (px->relay) {
         px->relay->px = NULL;
-        relay_schedule(srv, px->relay, !px->head_done);
+        relay_schedule(srv, px->relay);
     }
     free(px->head);
     free(px);
@@ -4492,6 +4496,7 @@ static void relay_emit(void *ctx, const char *topic, const char *event, const ch
     (void)topic;
     if (r->halted)
         return;
+    r->delivered = true; /* the upstream is serving events: no back-off after this stream */
     if (skipped) {
         log_say(&srv->log, SSE_LOG_WARN, "relay %s: skipped an event: %s", r->topic, skipped);
         return;
@@ -4518,15 +4523,36 @@ static void relay_emit(void *ctx, const char *topic, const char *event, const ch
     free(repaired);
 }
 
-/* Schedules the next attempt: after the reconnection time (retry: from the upstream, else
- * 3 s), doubled for every attempt in a row that failed, up to a minute. */
-static void relay_schedule(struct sse_server *srv, struct relay *r, bool failed) {
-    r->failures = failed ? r->failures + 1 : 0;
-    int64_t delay = r->reader.retry_ms >= 0 ? r->reader.retry_ms : RELAY_RETRY_MS;
-    for (unsigned i = 1; i < r->failures && delay < RELAY_BACKOFF_MAX_MS; i++)
-        delay *= 2;
-    if (r->failures > 1 && delay > RELAY_BACKOFF_MAX_MS)
-        delay = RELAY_BACKOFF_MAX_MS;
+/* The wait before a relay's next attempt, for an upstream whose reconnection time is
+ * retry_ms (-1: none sent yet, RELAY_RETRY_MS) after `failures` attempts in a row that
+ * delivered no event; `random` is a uniform draw. Never under RELAY_RETRY_FLOOR_MS: an
+ * upstream that sends `retry: 0` and closes must not get a reconnect storm (WHATWG 9.2.3
+ * lets the user agent wait longer than the reconnection time, and suggests exponential
+ * back-off when attempts fail). From the second failure on the wait doubles up to
+ * RELAY_BACKOFF_MAX_MS (or the reconnection time if longer), with "equal jitter": a draw
+ * from [d/2, d], so relays failing together spread out, and below the cap each wait is
+ * at least the previous one. */
+static int64_t relay_backoff_ms(int64_t retry_ms, unsigned failures, uint64_t random) {
+    int64_t base = retry_ms >= 0 ? retry_ms : RELAY_RETRY_MS;
+    if (base < RELAY_RETRY_FLOOR_MS)
+        base = RELAY_RETRY_FLOOR_MS;
+    if (failures < 2)
+        return base;
+    int64_t cap = base > RELAY_BACKOFF_MAX_MS ? base : RELAY_BACKOFF_MAX_MS;
+    int64_t d = base;
+    for (unsigned i = 1; i < failures && d < cap; i++)
+        d = d > cap / 2 ? cap : d * 2;
+    int64_t half = d / 2;
+    int64_t delay = d - half + (int64_t)(random % (uint64_t)(half + 1));
+    return delay < base ? base : delay;
+}
+
+/* Schedules the next attempt (relay_backoff_ms): an attempt that delivered no event counts
+ * as failed, whether it got no stream or a stream that ended empty; an event resets it. */
+static void relay_schedule(struct sse_server *srv, struct relay *r) {
+    r->failures = r->delivered ? 0 : r->failures + 1;
+    r->delivered = false;
+    int64_t delay = relay_backoff_ms(r->reader.retry_ms, r->failures, rng_next(&srv->rng));
     r->next_attempt = srv->now + delay;
     if (!srv->stopping)
         log_say(&srv->log, SSE_LOG_INFO, "relay %s: reconnecting to %s in %lld ms", r->topic,
@@ -4566,7 +4592,7 @@ static void relay_connect(struct sse_server *srv, struct relay *r) {
     wb_str(&w, "Connection: close\r\n\r\n");
     struct proxy *px = calloc(1, sizeof *px);
     if (!px) {
-        relay_schedule(srv, r, true);
+        relay_schedule(srv, r);
         return;
     }
     px->target = &r->up;

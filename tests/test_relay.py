@@ -623,10 +623,13 @@ def test_relay_retries_non_stream_answers_with_growing_delay(start_server, upstr
         # the stream ended (reconnect after retry), then every attempt fails: the delay grows
         wait_until(lambda: len(reconnect_delays(relay, "feed", start)) >= 5, 10, "5 reconnects")
         delays = reconnect_delays(relay, "feed", start)
-        assert delays[0] == 200, delays
+        assert delays[0] == 250, delays  # retry: 200, raised to the 250 ms floor
         failures = delays[1:]
-        assert failures[0] in (200, 400), delays
-        assert all(b == 2 * a for a, b in zip(failures, failures[1:])), delays
+        assert failures[0] == 250, delays  # the first failure waits the reconnection time
+        # then the wait doubles, drawn from [d/2, d] (jitter): never shorter than the last
+        for k, d in enumerate(failures[1:], start=1):
+            assert 250 * 2**k // 2 <= d <= 250 * 2**k, delays
+        assert all(a <= b for a, b in zip(failures, failures[1:])), delays
         assert up.request_count() - n_before >= 4
         why = "404" if mode == "404" else "text/event-stream"
         pattern = r"upstream http://127\.0\.0\.1:%d .*%s" % (up.port, why)
@@ -644,6 +647,111 @@ def test_relay_retries_non_stream_answers_with_growing_delay(start_server, upstr
         assert metric_values(relay.port)["sse_relays_connected"] == 1
         last = up.wait_requests(up.request_count())[-1]
         assert dict(last["headers"]).get("Last-Event-ID") == "1", last
+    finally:
+        sub.close()
+
+
+class CountingUpstream:
+    """Answers every connection on 127.0.0.1 with a 200 text/event-stream head, then `body`
+    (with `{n}` replaced by the connection's number), then closes; records when each
+    connection arrived (monotonic seconds)."""
+
+    def __init__(self, body):
+        self.body = body
+        self.times = []
+        self.lock = threading.Lock()
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(128)
+        self.ls.settimeout(0.05)
+        self.port = self.ls.getsockname()[1]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done.is_set():
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                continue
+            with self.lock:
+                self.times.append(time.monotonic())
+                n = len(self.times)
+            try:
+                s.settimeout(2)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    got = s.recv(4096)
+                    if not got:
+                        break
+                    head += got
+                s.sendall(Upstream.HEAD + self.body.replace(b"{n}", b"%d" % n))
+            except OSError:
+                pass
+            s.close()
+
+    def count(self):
+        with self.lock:
+            return len(self.times)
+
+    def close(self):
+        self.done.set()
+        self.thread.join(timeout=5)
+        self.ls.close()
+
+
+@pytest.fixture
+def counting_upstream():
+    made = []
+
+    def make(body):
+        u = CountingUpstream(body)
+        made.append(u)
+        return u
+
+    yield make
+    for u in made:
+        u.close()
+
+
+def test_relay_retry_zero_and_close_backs_off(start_server, counting_upstream):
+    """An upstream that answers `retry: 0` and closes at once, with no event: the relay keeps
+    a floor between attempts and backs off exponentially (jittered), instead of reconnecting
+    as fast as the loop turns (tens of thousands of connections in seconds)."""
+    up = counting_upstream(b"retry: 0\n\n")
+    relay = start_relay(start_server, "http://127.0.0.1:%d/s" % up.port)
+    relay.wait_for_line(r"relay feed: reconnecting to \S+ in \d+ ms$")
+    time.sleep(3)
+    n = up.count()
+    assert 2 <= n <= 10, "%d connections in 3 s" % n
+    delays = reconnect_delays(relay, "feed")
+    assert len(delays) >= 3, delays
+    assert delays[0] == 250, delays  # the floor (retry: 0), then the back-off
+    for k, d in enumerate(delays[1:], start=1):
+        assert 250 * 2**k // 2 <= d <= 250 * 2**k, delays
+    assert all(a <= b for a, b in zip(delays, delays[1:])), delays
+    with up.lock:
+        gaps = [b - a for a, b in zip(up.times, up.times[1:])]
+    assert all(g >= 0.2 for g in gaps), gaps
+    assert gaps[-1] > gaps[0], gaps  # the gaps grow
+    healthy(relay.port)
+
+
+def test_relay_back_off_resets_after_an_event(start_server, counting_upstream):
+    """An upstream that delivers one event per connection, then closes with `retry: 0`: each
+    stream delivered, so the relay does not back off, but still waits the floor."""
+    up = counting_upstream(b"retry: 0\n\nid: {n}\ndata: event {n}\n\n")
+    relay = start_relay(start_server, "http://127.0.0.1:%d/s" % up.port)
+    sub = Stream(relay.port, "/events/feed")
+    try:
+        got = read_events(sub, 6, timeout=15)
+        assert [e["data"] for e in got] == ["event %d" % i for i in range(1, 7)]
+        delays = reconnect_delays(relay, "feed")
+        assert len(delays) >= 5 and set(delays) == {250}, delays
+        with up.lock:
+            gaps = [b - a for a, b in zip(up.times, up.times[1:])]
+        assert len(gaps) >= 5 and all(g >= 0.2 for g in gaps), gaps
     finally:
         sub.close()
 

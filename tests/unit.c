@@ -1025,6 +1025,35 @@ static void test_redis_kept(void) {
     sse_server_free(srv);
 }
 
+/* The relay's wait between attempts: the floor, the doubling, the jitter, the cap. */
+static void test_relay_backoff(void) {
+    CHECK(relay_backoff_ms(-1, 0, 0) == RELAY_RETRY_MS);
+    CHECK(relay_backoff_ms(-1, 1, 99) == RELAY_RETRY_MS);     /* one failure: no jitter yet */
+    CHECK(relay_backoff_ms(0, 0, 0) == RELAY_RETRY_FLOOR_MS); /* retry: 0 */
+    CHECK(relay_backoff_ms(0, 1, 0) == RELAY_RETRY_FLOOR_MS);
+    CHECK(relay_backoff_ms(1000, 0, 5) == 1000);
+    CHECK(relay_backoff_ms(1000, 2, 0) == 1000); /* d = 2000, from [1000, 2000] */
+    CHECK(relay_backoff_ms(1000, 2, 1000) == 2000);
+    CHECK(relay_backoff_ms(1000, 2, 1001) == 1000); /* the draw wraps */
+    CHECK(relay_backoff_ms(1000, 3, 2000) == 4000);
+    CHECK(relay_backoff_ms(1000, 40, 15000) == RELAY_BACKOFF_MAX_MS); /* capped, no overflow */
+    CHECK(relay_backoff_ms(1000, UINT_MAX, 0) == RELAY_BACKOFF_MAX_MS / 2);
+    CHECK(relay_backoff_ms(90000, 0, 0) == 90000); /* a longer retry: is honoured */
+    CHECK(relay_backoff_ms(90000, 5, 7) == 90000);
+    CHECK(relay_backoff_ms(INT32_MAX, 9, UINT64_MAX) == INT32_MAX);
+    bool rising = true, bounded = true;
+    int64_t last = 0;
+    for (unsigned f = 0; f < 20; f++) /* below the cap, each wait at least the last */
+        for (uint64_t draw = 0; draw < 3; draw++) {
+            int64_t d = relay_backoff_ms(0, f, draw == 0 ? 0 : draw == 1 ? UINT64_MAX : f * 7919);
+            rising = rising && (draw != 0 || d >= last || last > RELAY_BACKOFF_MAX_MS / 2);
+            bounded = bounded && d >= RELAY_RETRY_FLOOR_MS && d <= RELAY_BACKOFF_MAX_MS;
+            if (draw == 1)
+                last = d;
+        }
+    CHECK(rising && bounded);
+}
+
 int main(void) {
     test_format();
     test_utf8();
@@ -1048,6 +1077,7 @@ int main(void) {
     test_host_routes();
     test_log_reentry();
     test_redis_kept();
+    test_relay_backoff();
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
