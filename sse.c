@@ -4645,6 +4645,7 @@ static uint64_t metrics_relays_up(const struct sse_server *srv) {
 #define RESP_MAX_DEPTH    8     /* arrays in arrays; XREAD's reply nests 5 deep */
 #define RESP_MAX_VALUES   65536 /* elements in one reply */
 #define REDIS_TIMEOUT_MS  5000  /* connecting, and waiting for a command's reply */
+#define REDIS_PING_MS     3000  /* a link with no reply due this long is probed with PING */
 #define REDIS_BLOCK_MS    10000 /* how long XREAD BLOCK waits for an entry */
 #define REDIS_BACKOFF_MAX 5000  /* longest wait between reconnection attempts */
 #define REDIS_WAITS_MAX   65536 /* publishes waiting for Redis at once */
@@ -4773,7 +4774,16 @@ static size_t resp_skip(const struct resp_value *vals, size_t n, size_t i) {
     return i;
 }
 
-enum redis_wait_kind { RW_AUTH, RW_XADD, RW_POSITION, RW_XREAD, RW_XINFO, RW_XRANGE, RW_XLAST };
+enum redis_wait_kind {
+    RW_AUTH,
+    RW_XADD,
+    RW_POSITION,
+    RW_XREAD,
+    RW_XINFO,
+    RW_XRANGE,
+    RW_XLAST,
+    RW_PING
+};
 
 /* A reply a link expects, in the order the commands went out. */
 struct redis_wait {
@@ -4804,7 +4814,8 @@ struct redis_link {
     size_t out_pos;           /* bytes sent and dropped from `out` since connecting */
     struct redis_wait *waits; /* a ring of replies due */
     uint32_t whead, wlen, wcap;
-    int64_t deadline;     /* connect or the first reply due by then; 0 = none */
+    int64_t deadline;     /* connect, or the oldest reply due, by then; 0 = none (idle) */
+    int64_t idle_since;   /* since when no reply is due: PING at idle_since + REDIS_PING_MS */
     int64_t next_attempt; /* when down: when to connect again */
     unsigned failures;    /* attempts in a row that failed, for back-off */
 };
@@ -4879,6 +4890,18 @@ static struct redis_wait *redis_expect(struct sse_server *srv, struct redis_link
     if (!l->deadline)
         l->deadline = srv->now + (kind == RW_XREAD ? REDIS_BLOCK_MS : 0) + REDIS_TIMEOUT_MS;
     return rw;
+}
+
+/* After a reply (or once connected): the deadline follows the oldest reply still due,
+ * REDIS_TIMEOUT_MS from now (plus the BLOCK time for XREAD). With none due there is no
+ * deadline, and the link is idle from now: an idle link is never "late", it is probed with
+ * a PING of its own after REDIS_PING_MS (redis_tick), whose PONG is due like any reply. */
+static void redis_rearm(struct sse_server *srv, struct redis_link *l) {
+    const struct redis_wait *next = l->wlen ? &l->waits[l->whead] : NULL;
+    l->deadline =
+        !next ? 0 : srv->now + REDIS_TIMEOUT_MS + (next->kind == RW_XREAD ? REDIS_BLOCK_MS : 0);
+    if (!next)
+        l->idle_since = srv->now;
 }
 
 /* Appends a command to a link's output and the reply it expects to its queue; returns that
@@ -5452,6 +5475,8 @@ static bool redis_reply(struct sse_server *srv, struct redis_link *l, const stru
                 (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str);
         return false;
     }
+    if (rw->kind == RW_PING)
+        return true; /* PONG: the link is alive */
     if (rw->kind == RW_AUTH) {
         l->ready = true;
         if (l == &r->cmd)
@@ -5525,7 +5550,7 @@ static void redis_read(struct sse_server *srv, struct redis_link *l) {
             l->whead = (l->whead + 1) % l->wcap;
             l->wlen--;
             at += (size_t)used;
-            if (rw.kind == RW_XADD || rw.kind == RW_XREAD)
+            if (rw.kind == RW_XADD || rw.kind == RW_XREAD || rw.kind == RW_PING)
                 l->failures = 0; /* working, not merely connected */
             bool usable = redis_reply(srv, l, &rw, r->vals, n);
             free(rw.up_id);
@@ -5535,10 +5560,7 @@ static void redis_read(struct sse_server *srv, struct redis_link *l) {
             }
             if (l->h.fd < 0)
                 return; /* failed while handling the reply */
-            const struct redis_wait *next = l->wlen ? &l->waits[l->whead] : NULL;
-            l->deadline =
-                !next ? 0
-                      : srv->now + REDIS_TIMEOUT_MS + (next->kind == RW_XREAD ? REDIS_BLOCK_MS : 0);
+            redis_rearm(srv, l);
         }
         if (used < 0) {
             redis_link_fail(srv, l, "not RESP2");
@@ -5582,6 +5604,7 @@ static void redis_on_event(struct sse_server *srv, struct redis_link *l, uint32_
         l->up = true;
         l->ready = !srv->redis->password; /* else once AUTH is answered */
         log_say(&srv->log, SSE_LOG_INFO, "redis %s: %s link connected", srv->redis->where, l->name);
+        redis_rearm(srv, l); /* the connect deadline is over: replies due, if any, or idle */
         if (l->ready && l == &srv->redis->cmd)
             redis_send_kept(srv);
     }
@@ -5686,18 +5709,34 @@ static void redis_forget(struct sse_server *srv, const struct conn *c) {
             r->ahead[i--] = r->ahead[--r->nahead];
 }
 
+/* Probes an idle link: Redis answers PING with PONG (RESP2 simple string), so a link that
+ * died without a FIN or RST (a host gone, a NAT that forgot us) is found within
+ * REDIS_PING_MS + REDIS_TIMEOUT_MS instead of at the next publish. */
+static void redis_ping(struct sse_server *srv, struct redis_link *l) {
+    const char *argv[] = {"PING"};
+    size_t lens[] = {4};
+    if (!redis_send(srv, l, RW_PING, NULL, NULL, 1, argv, lens))
+        redis_link_fail(srv, l, "out of memory");
+}
+
 /* Once per loop iteration: send what was queued, reconnect what is down and due, give up on
- * what has not answered in time. */
+ * what has not answered in time, probe what has been idle for REDIS_PING_MS. */
 static void redis_tick(struct sse_server *srv) {
     struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
     if (srv->redis->nkept)
         redis_send_kept(srv); /* what did not fit when the link came up */
     for (int i = 0; i < 2; i++) {
         struct redis_link *l = links[i];
+        bool ping = l->wlen && l->waits[l->whead].kind == RW_PING;
         if (l->h.fd < 0 && !srv->stopping && srv->now >= l->next_attempt)
             redis_connect(srv, l);
         else if (l->h.fd >= 0 && l->deadline && srv->now >= l->deadline)
-            redis_link_fail(srv, l, l->connecting ? "connect timed out" : "no reply in time");
+            redis_link_fail(srv, l,
+                            l->connecting ? "connect timed out"
+                            : ping        ? "no reply in time (PING unanswered)"
+                                          : "no reply in time");
+        else if (l->h.fd >= 0 && l->up && !l->wlen && srv->now >= l->idle_since + REDIS_PING_MS)
+            redis_ping(srv, l);
         if (l->h.fd >= 0)
             redis_flush(srv, l);
     }
@@ -5709,9 +5748,10 @@ static int64_t redis_next_deadline(const struct sse_server *srv) {
     const struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
     for (int i = 0; i < 2; i++) {
         const struct redis_link *l = links[i];
-        int64_t t = l->h.fd < 0   ? (srv->stopping ? INT64_MAX : l->next_attempt)
-                    : l->deadline ? l->deadline
-                                  : INT64_MAX;
+        int64_t t = l->h.fd < 0         ? (srv->stopping ? INT64_MAX : l->next_attempt)
+                    : l->deadline       ? l->deadline
+                    : l->up && !l->wlen ? l->idle_since + REDIS_PING_MS
+                                        : INT64_MAX;
         if (l->out_len > l->out_off && l->up)
             t = 0;
         if (t < next)

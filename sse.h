@@ -118,7 +118,9 @@ struct sse_proxy_route {
 
 /* A relay: the server follows an upstream event stream the way an EventSource does
  * (reconnecting with Last-Event-ID, honouring retry:) and republishes every event on a
- * local topic, with a local id. */
+ * local topic, with a local id. It waits at least 250 ms between attempts whatever retry:
+ * says, and while attempts deliver no event it backs off exponentially with jitter, up to
+ * 30 s (or retry:, if longer); an event resets the back-off. */
 struct sse_relay {
     const char *topic; /* local topic the events go to */
     const char *url;   /* "http://HOST[:PORT]/PATH[?QUERY]" serving text/event-stream */

@@ -472,10 +472,11 @@ def test_relay_across_a_redis_outage_loses_nothing(start_server, redis):
 
 
 class FakeRedis:
-    """Answers the follower (an empty stream; XREAD never answered). On the command link, by
-    default, closes the link as soon as an XADD has arrived, without answering it; with
-    hold=True it takes XADDs without answering them until release(), then answers every one
-    (ids 1-1, 1-2, ...). xadds counts the XADDs received, data collects their payloads."""
+    """Answers the follower (an empty stream; XREAD never answered) and an idle link's PING.
+    On the command link, by default, closes the link as soon as an XADD has arrived, without
+    answering it; with hold=True it takes XADDs without answering them until release(), then
+    answers every one (ids 1-1, 1-2, ...). xadds counts the XADDs received, data collects
+    their payloads."""
 
     XADD = b"\r\n$4\r\nXADD\r\n"
 
@@ -527,7 +528,10 @@ class FakeRedis:
                 if not got:
                     return
                 buf += got
-                if b"XREVRANGE" in buf:
+                if buf == b"*1\r\n$4\r\nPING\r\n":  # an idle link's probe
+                    buf = b""
+                    c.sendall(b"+PONG\r\n")
+                elif b"XREVRANGE" in buf:
                     buf = b""
                     c.sendall(b"*0\r\n")
                 elif self.hold and b"XADD" in buf:
