@@ -2519,6 +2519,7 @@ static uint64_t redis_received(const struct sse_server *srv);
 static uint64_t redis_unknown(const struct sse_server *srv);
 static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after);
 static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last);
+static bool redis_backlog_covers(const struct sse_server *srv, uint64_t last);
 
 /* Closes at once: the descriptor now, the memory at the end of the iteration. */
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
@@ -3023,12 +3024,13 @@ static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *
         srv->m.replays_total++;
         return true; /* when the follower reaches it (redis_ahead_done) */
     }
-    if (valid && srv->redis && id < srv->last_id &&
-        !backlog_covers(&srv->backlog, id, srv->last_id) && redis_replay(srv, c, id)) {
+    bool covered = valid && (srv->redis ? redis_backlog_covers(srv, id)
+                                        : backlog_covers(&srv->backlog, id, srv->last_id));
+    if (valid && srv->redis && id < srv->last_id && !covered && redis_replay(srv, c, id)) {
         srv->m.replays_total++;
         return true; /* from Redis, then the backlog (stream_replay_rest) */
     }
-    if (!valid || !backlog_covers(&srv->backlog, id, srv->last_id)) {
+    if (!covered) {
         srv->m.resets_total++;
         return conn_enqueue_owned(srv, c, stream_reset_event(srv, last, last_len));
     }
@@ -5245,6 +5247,20 @@ static bool redis_follow_reply(struct sse_server *srv, enum redis_wait_kind kind
  */
 #define REDIS_REPLAY_PAGE 256
 
+/* Whether a node's backlog alone replays exactly after `last`: the local rule
+ * (backlog_covers), but stream ids are sparse. The backlog holds every entry the follower
+ * delivered after `base` (the stream's position when the node started, or the last entry
+ * evicted), so an id between base and the first entry held was never an entry this node
+ * read: it may come from a stream Redis has since lost (restarted empty) or from an entry
+ * deleted before this node read it. Only Redis can say whether such an id is covered
+ * (redis_replay_info); the backlog covers base itself and ids from its first entry on. */
+static bool redis_backlog_covers(const struct sse_server *srv, uint64_t last) {
+    const struct backlog *bl = &srv->backlog;
+    if (!backlog_covers(bl, last, srv->last_id))
+        return false;
+    return last == srv->last_id || last == bl->base || last >= backlog_at(bl, 0)->id;
+}
+
 static bool redis_replay_page(struct sse_server *srv, struct conn *c, uint64_t after) {
     struct redis_hub *r = srv->redis;
     char from[50] = "(", count[24];
@@ -5293,14 +5309,21 @@ static void redis_replay_end(struct sse_server *srv, struct conn *c, uint64_t af
         conn_close(srv, c, R_ERROR);
 }
 
-/* XINFO STREAM's answer, a flat list of field and value. Trimming removes the oldest
- * entries without saying which, so the replay is exact only when nothing was ever removed
- * (entries-added equals length), or the client's id is not older than the first entry
- * left; and not older than the last entry deleted from the middle (max-deleted-entry-id). */
+/* XINFO STREAM's answer, a flat list of field and value. The rule is the backlog's
+ * (backlog_covers): a replay is exact only when the history provably holds every entry after
+ * the client's id. Stream ids are sparse, so "provably" means: the id is not older than the
+ * first entry the stream holds (everything after it is still there), or it is 0-0 (the
+ * position of an empty stream) and nothing was ever removed (entries-added equals length);
+ * and no entry after it was deleted from the middle (max-deleted-entry-id). An id older
+ * than the first entry is never covered, even when nothing was trimmed: the stream may have
+ * been created again since the client read it (Redis without persistence restarts empty,
+ * and a stream that was deleted starts over), and its entries before the first are gone
+ * without a trace. No stream at all (an error) is no proof either. */
 static void redis_replay_info(struct sse_server *srv, const struct redis_wait *rw,
                               const struct resp_value *vals, size_t n) {
     uint64_t deleted = 0, first = 0;
     int64_t added = -1, length = -1;
+    bool have_first = false;
     for (size_t i = 1; vals[0].type == '*' && i + 1 < n; i = resp_skip(vals, n, i + 1)) {
         char id[48];
         const struct resp_value *name = &vals[i], *value = &vals[i + 1];
@@ -5315,10 +5338,11 @@ static void redis_replay_info(struct sse_server *srv, const struct redis_wait *r
             id_parse(true, id, strlen(id), &deleted);
         else if (bytes_eq(name->str, name->len, "first-entry") && value->type == '*' && i + 2 < n &&
                  redis_str(&vals[i + 2], id, sizeof id))
-            id_parse(true, id, strlen(id), &first);
+            have_first = id_parse(true, id, strlen(id), &first);
     }
     bool removed = added < 0 || length < 0 || added != length;
-    bool exact = vals[0].type == '*' && rw->after >= deleted && (!removed || rw->after >= first);
+    bool exact = vals[0].type == '*' && rw->after >= deleted &&
+                 ((length > 0 && have_first && rw->after >= first) || (rw->after == 0 && !removed));
     if (!exact || !redis_replay_page(srv, rw->c, rw->after))
         redis_replay_end(srv, rw->c, rw->after, false);
 }
@@ -5395,7 +5419,7 @@ static void redis_ahead_done(struct sse_server *srv) {
         if (a.last > srv->last_id)
             continue;
         r->ahead[i--] = r->ahead[--r->nahead];
-        if (backlog_covers(&srv->backlog, a.last, srv->last_id))
+        if (redis_backlog_covers(srv, a.last))
             redis_replay_end(srv, a.c, a.last, true);
         else if (!redis_replay(srv, a.c, a.last))
             redis_replay_end(srv, a.c, a.last, false);

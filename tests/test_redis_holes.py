@@ -135,3 +135,118 @@ def test_idle_link_probe_finds_a_dead_link(start_server):
         assert request(srv.port, "GET", "/healthz").status == 503
     finally:
         fake.close()
+
+
+# ---- never a silent gap, whatever Redis lost -----------------------------------------------
+
+
+def volatile_redis(tmp_path):
+    """A redis-server without persistence: killed and started again, it comes back empty."""
+    return Redis(tmp_path, "--appendonly", "no")
+
+
+def reset_block(requested, oldest, current):
+    """The reset event exactly as the local backlog sends it (stream_reset_event)."""
+    data = '{"requested": %s, "oldest": %s, "current": "%s"}' % (
+        json.dumps(requested), '"%s"' % oldest if oldest else "null", current)
+    return ("id: %s\nevent: reset\ndata: %s\n\n" % (current, data)).encode()
+
+
+def resume(port, last_id, topic="news"):
+    """A stream resuming from last_id: the retry: block is read; returns the Stream."""
+    st = Stream(port, "/events/" + topic, headers={"Last-Event-ID": last_id})
+    assert st.status == 200
+    assert st.read_block().startswith(b"retry: ")
+    return st
+
+
+def test_resume_after_redis_lost_its_data_is_a_reset(start_server, tmp_path):
+    """Redis without persistence restarts empty; events are published again. A client that
+    read the old stream resumes on a fresh node: the new stream cannot prove it holds what
+    came after the client's id (its first entry is newer, and the entries in between are
+    gone), so the client gets the reset event, byte for byte as from the local backlog, and
+    never the newer events alone. Both ways a fresh node decides: from its backlog (started
+    before the new events) and from Redis (started after them, its backlog empty)."""
+    redis = volatile_redis(tmp_path)
+    try:
+        a = node(start_server, redis)
+        old = [pub(a.port, "old %d" % i) for i in range(20)]
+        a.stop()
+        redis.kill()
+        redis.start()
+        assert redis.command("XLEN", "sse") == b":0\r\n"  # gone
+        b = node(start_server, redis)  # follows the new stream from its start (0-0)
+        new = [pub(b.port, "new %d" % i) for i in range(19)]
+        c = node(start_server, redis)  # started after the new events: nothing in its backlog
+        since_c = []  # what c has followed (its backlog)
+        for srv in (c, b, c, b):
+            for asked in (old[0], old[-1]):
+                oldest = new[0] if srv is b else (since_c[0] if since_c else None)
+                st = resume(srv.port, asked)
+                try:
+                    assert st.read_block() == reset_block(asked, oldest, new[-1])
+                    assert st.nothing_pending(0.3), st.buf  # none of the 19: a reset, no gap
+                    after = pub(b.port, "live")
+                    assert read_events(st, 1) == [(after, "live")]  # and live events follow
+                    new.append(after)
+                    since_c.append(after)
+                finally:
+                    st.close()
+    finally:
+        redis.stop()
+
+
+def test_resume_from_a_trimmed_id_is_a_reset(start_server, tmp_path):
+    """MAXLEN trimming removed the entries after the client's id: reset, exactly; an id the
+    stream still holds replays exactly."""
+    redis = volatile_redis(tmp_path)
+    try:
+        a = node(start_server, redis, "--redis-maxlen", "10")
+        ids = [pub(a.port, "t%d" % i) for i in range(400)]
+        assert int(redis.command("XLEN", "sse")[1:-2]) < 400
+        late = node(start_server, redis, "--backlog", "5")
+        st = resume(late.port, ids[0])
+        try:
+            assert st.read_block() == reset_block(ids[0], None, ids[-1])
+            assert st.nothing_pending(0.3), st.buf
+        finally:
+            st.close()
+        st = resume(late.port, ids[-8])
+        try:
+            assert read_events(st, 7) == [(i, "t%d" % (393 + k)) for k, i in enumerate(ids[-7:])]
+            assert st.nothing_pending(0.3), st.buf
+        finally:
+            st.close()
+    finally:
+        redis.stop()
+
+
+def test_covered_resume_replays_exactly_without_reset(start_server, tmp_path):
+    """Nothing lost: a fresh node (5-event backlog) replays from Redis and then its backlog,
+    every event after the client's id once, in order, no reset; also from the position a
+    client was given when the stream was still empty (0-0: nothing was ever removed)."""
+    redis = volatile_redis(tmp_path)
+    try:
+        a = node(start_server, redis)
+        first = Stream(a.port, "/events/news")
+        try:
+            first.read_block()
+            position = re.search(rb"id: (\S+)", first.read_block()).group(1).decode()
+        finally:
+            first.close()
+        assert position == "0-0"
+        events = [(pub(a.port, "e%d" % i), "e%d" % i) for i in range(30)]
+        late = node(start_server, redis, "--backlog", "5")
+        for k in (9, 27, None):
+            asked = events[k][0] if k is not None else position
+            expected = events[k + 1:] if k is not None else events
+            st = resume(late.port, asked)
+            try:
+                assert read_events(st, len(expected)) == expected
+                assert st.nothing_pending(0.3), st.buf
+            finally:
+                st.close()
+        resets = re.search(rb"sse_resets_total (\d+)", request(late.port, "GET", "/metrics").body)
+        assert resets and resets.group(1) == b"0"
+    finally:
+        redis.stop()

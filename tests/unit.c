@@ -1054,6 +1054,35 @@ static void test_relay_backoff(void) {
     CHECK(rising && bounded);
 }
 
+/* A node's backlog covers a stream id (sparse ids) only from its base or its first entry on. */
+static void test_redis_backlog_covers(void) {
+    static struct sse_server node; /* only backlog and last_id are read */
+    node.backlog = (struct backlog){calloc(2, sizeof(struct blob *)), 2, 0, 0, 0};
+    node.last_id = 100; /* the stream's position when the node started */
+    CHECK(redis_backlog_covers(&node, 100) && !redis_backlog_covers(&node, 99));
+    uint64_t prev = 100;
+    for (uint64_t id = 200; id <= 300; id += 100) {
+        struct blob *b = blob_from("x", 1);
+        b->id = id;
+        backlog_push(&node.backlog, b, prev);
+        blob_unref(b);
+        node.last_id = prev = id;
+    }
+    CHECK(redis_backlog_covers(&node, 100));  /* the position: every entry after it is held */
+    CHECK(!redis_backlog_covers(&node, 150)); /* never an entry the node read: ask Redis */
+    CHECK(redis_backlog_covers(&node, 200) && redis_backlog_covers(&node, 250));
+    CHECK(redis_backlog_covers(&node, 300) && !redis_backlog_covers(&node, 301));
+    CHECK(!redis_backlog_covers(&node, 99) && !redis_backlog_covers(&node, 0));
+    struct blob *b = blob_from("x", 1);
+    b->id = 400;
+    backlog_push(&node.backlog, b, 300); /* evicts 200: base 200 */
+    blob_unref(b);
+    node.last_id = 400;
+    CHECK(redis_backlog_covers(&node, 200) && !redis_backlog_covers(&node, 250));
+    CHECK(!redis_backlog_covers(&node, 100) && redis_backlog_covers(&node, 300));
+    backlog_free(&node.backlog);
+}
+
 int main(void) {
     test_format();
     test_utf8();
@@ -1078,6 +1107,7 @@ int main(void) {
     test_log_reentry();
     test_redis_kept();
     test_relay_backoff();
+    test_redis_backlog_covers();
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
