@@ -179,7 +179,11 @@ struct sse_config {
                                  larger, plus one event. 0 = 64 MiB */
     const char *redis;          /* "HOST:PORT": make this server a node of a hub sharing one
                                    event history through a Redis stream (resolved once,
-                                   here); NULL = none. Not with journal_path */
+                                   here); NULL = none. Not with journal_path. An idle link
+                                   is probed with PING every 3 s (no PONG within 5 s: lost).
+                                   A Last-Event-ID the stream cannot prove it covers (older
+                                   than its first entry: trimmed, or Redis lost its data)
+                                   gets the reset event, as with the local backlog */
     const char *redis_stream;   /* the stream's key. NULL = "sse" */
     const char *redis_password; /* sent with AUTH when connecting; NULL = none */
     size_t redis_maxlen;        /* XADD MAXLEN ~ this: entries Redis keeps. 0 = 100000 */
