@@ -1045,7 +1045,10 @@ static void test_relay_backoff(void) {
     int64_t last = 0;
     for (unsigned f = 0; f < 20; f++) /* below the cap, each wait at least the last */
         for (uint64_t draw = 0; draw < 3; draw++) {
-            int64_t d = relay_backoff_ms(0, f, draw == 0 ? 0 : draw == 1 ? UINT64_MAX : f * 7919);
+            int64_t d = relay_backoff_ms(0, f,
+                                         draw == 0   ? 0
+                                         : draw == 1 ? UINT64_MAX
+                                                     : (uint64_t)f * 7919);
             rising = rising && (draw != 0 || d >= last || last > RELAY_BACKOFF_MAX_MS / 2);
             bounded = bounded && d >= RELAY_RETRY_FLOOR_MS && d <= RELAY_BACKOFF_MAX_MS;
             if (draw == 1)
