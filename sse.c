@@ -91,21 +91,25 @@
 #ifndef SSE_MAX_TOPICS_PER_STREAM
 #define SSE_MAX_TOPICS_PER_STREAM 32
 #endif
+#ifndef SSE_RETIRED_MAX
+#define SSE_RETIRED_MAX 4096 /* retired topics remembered; the oldest is forgotten first */
+#endif
 
-#define TOPIC_NAME_MAX      64          /* topic names are [A-Za-z0-9._-]{1,64} */
-#define SSE_ID_MAX          512         /* longest upstream event id the relay keeps */
-#define EVENT_TYPE_MAX      256         /* longest event: type we accept */
-#define EVENT_BYTES_LIMIT   (64u << 20) /* the largest max_event_bytes one may configure */
-#define QUERY_PARAMS_MAX    64          /* parameters in one query string */
-#define WRITE_IOV_MAX       64          /* queued blobs handed to one sendmsg() */
-#define ACCEPT_BATCH        64          /* accepts per wake-up, so accepting cannot starve others */
-#define OVERFLOW_MAX        256         /* connections over max_clients held just to answer them */
-#define FD_RESERVE          64          /* descriptors kept back from the max_clients default */
-#define DRAIN_MS            500         /* how long sse_stop() lets queued bytes go out */
-#define LINGER_MS           2000        /* how long a closing connection may take to drain */
-#define SEND_TIMEOUT_MS     60000       /* an ordinary response making no progress is dropped */
-#define TCP_USER_TIMEOUT_MS 60000       /* unacknowledged data this old means the peer vanished */
-#define INPUT_CHUNK         65536       /* bytes read from an input per wake-up */
+#define TOPIC_NAME_MAX        64          /* topic names are [A-Za-z0-9._-]{1,64} */
+#define SSE_ID_MAX            512         /* longest upstream event id the relay keeps */
+#define EVENT_TYPE_MAX        256         /* longest event: type we accept */
+#define EVENT_BYTES_LIMIT     (64u << 20) /* the largest max_event_bytes one may configure */
+#define QUERY_PARAMS_MAX      64          /* parameters in one query string */
+#define WRITE_IOV_MAX         64          /* queued blobs handed to one sendmsg() */
+#define ACCEPT_BATCH          64  /* accepts per wake-up, so accepting cannot starve others */
+#define OVERFLOW_MAX          256 /* connections over max_clients held just to answer them */
+#define FD_RESERVE            64  /* descriptors kept back from the max_clients default */
+#define BACKLOG_BYTES_DEFAULT (64u << 20) /* bytes of events the backlog may hold */
+#define DRAIN_MS              500         /* how long sse_stop() lets queued bytes go out */
+#define LINGER_MS             2000        /* how long a closing connection may take to drain */
+#define SEND_TIMEOUT_MS       60000       /* an ordinary response making no progress is dropped */
+#define TCP_USER_TIMEOUT_MS   60000       /* unacknowledged data this old means the peer vanished */
+#define INPUT_CHUNK           65536       /* bytes read from an input per wake-up */
 
 #define DEFAULT_LISTEN      "127.0.0.1:8080"
 #define DEFAULT_STREAM_PATH "/events"
@@ -760,20 +764,27 @@ struct sub {
 
 struct topic_table;
 struct topic {
-    struct topic *next;        /* next in the hash chain */
-    struct topic_table *table; /* the table it lives in, to unlink itself */
-    struct sub *subs;          /* subscribers, newest first */
-    uint32_t refs;             /* subscriptions + events + 1 while retired */
-    uint32_t hash;             /* of name, with the table's seed */
-    bool retired;              /* new subscriptions get 204 until the next publish */
+    struct topic *next;          /* next in the hash chain */
+    struct topic_table *table;   /* the table it lives in, to unlink itself */
+    struct sub *subs;            /* subscribers, newest first */
+    struct topic *rprev, *rnext; /* neighbours in the table's retired list, if retired */
+    uint32_t refs;               /* subscriptions + events + 1 while retired */
+    uint32_t hash;               /* of name, with the table's seed */
+    bool retired;                /* new subscriptions get 204 until the next publish */
     char name[TOPIC_NAME_MAX + 1];
 };
 
+/* Topics live while something holds them: a subscription, an event (in the backlog or a
+ * queue), or retirement. The first two are bounded by the connections and the backlog; the
+ * third by SSE_RETIRED_MAX, beyond which the oldest retirement is forgotten (and the topic
+ * freed if nothing else holds it), so a flood of DELETEs on new names costs bounded memory. */
 struct topic_table {
-    struct topic **buckets; /* chains; nbuckets is a power of two */
-    uint32_t nbuckets;      /* allocated chains */
-    uint32_t count;         /* topics stored */
-    uint32_t seed;          /* random, so names cannot be chosen to collide */
+    struct topic **buckets;                  /* chains; nbuckets is a power of two */
+    uint32_t nbuckets;                       /* allocated chains */
+    uint32_t count;                          /* topics stored */
+    uint32_t seed;                           /* random, so names cannot be chosen to collide */
+    struct topic *retired_old, *retired_new; /* retired topics, oldest retirement first */
+    uint32_t nretired;                       /* topics in that list */
 };
 
 static struct blob *blob_new(size_t len) {
@@ -829,8 +840,8 @@ static struct topic *topic_find(struct topic_table *tt, const char *name, size_t
     return NULL;
 }
 
-static bool topic_table_grow(struct topic_table *tt) {
-    uint32_t n = tt->nbuckets ? tt->nbuckets * 2 : 64;
+/* Rehashes into n chains (a power of two, at least 64). False when out of memory. */
+static bool topic_table_resize(struct topic_table *tt, uint32_t n) {
     struct topic **b = calloc(n, sizeof *b);
     if (!b)
         return false;
@@ -855,7 +866,7 @@ static struct topic *topic_get(struct topic_table *tt, const char *name, size_t 
         t->refs++;
         return t;
     }
-    if (tt->count >= tt->nbuckets && !topic_table_grow(tt))
+    if (tt->count >= tt->nbuckets && !topic_table_resize(tt, tt->nbuckets ? tt->nbuckets * 2 : 64))
         return NULL;
     t = calloc(1, sizeof *t);
     if (!t)
@@ -881,47 +892,82 @@ static void topic_unref(struct topic *t) {
     *pp = t->next;
     tt->count--;
     free(t);
+    if (tt->nbuckets > 64 && tt->count < tt->nbuckets / 4) /* give back what a flood grew */
+        topic_table_resize(tt, tt->nbuckets / 2);          /* (kept as is if out of memory) */
 }
 
+/* Marks a topic retired (holding it, newest in the retired list) or live again. Beyond
+ * SSE_RETIRED_MAX retirements the oldest is forgotten, which may free that topic. */
 static void topic_retire_flag(struct topic *t, bool retired) {
     if (t->retired == retired)
         return;
+    struct topic_table *tt = t->table;
     t->retired = retired;
-    if (retired)
+    if (retired) {
         t->refs++;
-    else
-        topic_unref(t);
+        t->rprev = tt->retired_new;
+        t->rnext = NULL;
+        *(t->rprev ? &t->rprev->rnext : &tt->retired_old) = t;
+        tt->retired_new = t;
+        if (++tt->nretired > SSE_RETIRED_MAX)
+            topic_retire_flag(tt->retired_old, false);
+        return;
+    }
+    *(t->rprev ? &t->rprev->rnext : &tt->retired_old) = t->rnext;
+    *(t->rnext ? &t->rnext->rprev : &tt->retired_new) = t->rprev;
+    t->rprev = t->rnext = NULL;
+    tt->nretired--;
+    topic_unref(t);
 }
 
-/* The backlog: a ring of the last cap events, oldest at head. Ids in it increase, and every
- * event published after `base` is in it, so a client whose last id is base or later can be
- * replayed exactly. Ids need not be consecutive (a Redis stream's are not). */
+/* The backlog: a ring of the last events, oldest at head, bounded twice: at most cap events
+ * and at most max_bytes bytes of them (an event's bytes are its blob's len: the formatted
+ * event exactly as it goes on the wire, shared by every queue that holds it). Ids in it
+ * increase, and every event published after `base` is in it, so a client whose last id is
+ * base or later can be replayed exactly. Ids need not be consecutive (a Redis stream's are
+ * not). */
 struct backlog {
     struct blob **ring; /* cap slots */
     uint32_t cap;       /* 0 = replay disabled */
     uint32_t head;      /* index of the oldest event */
     uint32_t count;     /* events held */
     uint64_t base;      /* the id just before the oldest event held */
+    size_t bytes;       /* sum of the len of the events held */
+    size_t max_bytes;   /* bytes may not pass this: the oldest events go first */
 };
 
 static struct blob *backlog_at(const struct backlog *bl, uint32_t i) {
     return bl->ring[(bl->head + i) % bl->cap];
 }
 
-/* Adds an event; prev is the id of the event published just before it. */
+/* Evicts the oldest event; base moves up to its id, so a resume from before it is a reset. */
+static void backlog_evict(struct backlog *bl) {
+    struct blob *old = bl->ring[bl->head];
+    bl->base = old->id;
+    bl->bytes -= old->len;
+    blob_unref(old);
+    bl->head = (bl->head + 1) % bl->cap;
+    bl->count--;
+}
+
+/* Adds an event, evicting the oldest ones while either bound would be passed; prev is the
+ * id of the event published just before it. An event bigger than max_bytes on its own is
+ * not kept: the backlog is left empty with base at its id, so only a client that has it
+ * already resumes exactly. */
 static void backlog_push(struct backlog *bl, struct blob *ev, uint64_t prev) {
     if (!bl->cap)
         return;
     if (bl->count == 0)
         bl->base = prev;
-    if (bl->count == bl->cap) {
-        bl->base = bl->ring[bl->head]->id;
-        blob_unref(bl->ring[bl->head]);
-        bl->head = (bl->head + 1) % bl->cap;
-        bl->count--;
+    while (bl->count && (bl->count == bl->cap || bl->bytes + ev->len > bl->max_bytes))
+        backlog_evict(bl);
+    if (ev->len > bl->max_bytes) {
+        bl->base = ev->id;
+        return;
     }
     bl->ring[(bl->head + bl->count) % bl->cap] = blob_ref(ev);
     bl->count++;
+    bl->bytes += ev->len;
 }
 
 /* Index of the first retained event with an id greater than id (count if none). */
@@ -3591,6 +3637,10 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         {"sse_connections", "gauge", "Client connections open now, over --max-clients or not.",
          (uint64_t)srv->nconns + srv->noverflow},
         {"sse_backlog_events", "gauge", "Events retained for replay.", srv->backlog.count},
+        {"sse_backlog_bytes", "gauge", "Bytes of the events retained for replay, as sent.",
+         srv->backlog.bytes},
+        {"sse_topics", "gauge", "Topics held: subscribed, in the backlog or retired.",
+         srv->topics.count},
         {"sse_connections_total", "counter", "Client connections accepted.",
          srv->m.connections_total},
         {"sse_connections_rejected_total", "counter",
@@ -6645,6 +6695,7 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->cors_headers = api_strdup(cors, &failed);
     srv->backlog.ring = backlog ? calloc(backlog, sizeof *srv->backlog.ring) : NULL;
     srv->backlog.cap = srv->backlog.ring ? backlog : 0;
+    srv->backlog.max_bytes = cfg->backlog_bytes ? cfg->backlog_bytes : BACKLOG_BYTES_DEFAULT;
     failed = failed || (backlog && !srv->backlog.ring);
     return failed ? "out of memory" : NULL;
 }

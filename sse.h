@@ -151,10 +151,21 @@ struct sse_config {
     const char *cors_origin;     /* "*" or one origin for Access-Control-Allow-Origin; NULL =
                                     no CORS headers */
     int backlog;                 /* events kept for replay. 0 = 1024; SSE_OFF = none */
+    size_t backlog_bytes;        /* and the bytes they may hold: the oldest go first when
+                                    either bound is passed. An event counts the bytes it
+                                    has on the wire (its id:, event: and data: lines and the
+                                    blank line), held once whatever queues share it; one
+                                    bigger than this on its own is not kept. 0 = 64 MiB */
     int heartbeat_ms;            /* comment line after this much silence. 0 = 15000; SSE_OFF */
     int retry_ms;                /* sent as retry: when a stream opens. 0 = 3000; SSE_OFF =
                                     send none (the browser's default applies) */
-    int max_clients;             /* client connections; 0 = RLIMIT_NOFILE minus a reserve */
+    int max_clients;             /* client connections; 0 = RLIMIT_NOFILE minus a reserve
+                                    for over-limit answers, relays and the server's own
+                                    descriptors, halved with proxy routes or static_root
+                                    (a client may then hold a second descriptor) */
+    int max_clients_per_ip;      /* client connections from one address; more are answered
+                                    as over max_clients (a stream request gets 200 and a
+                                    retry: line, then the connection closes). 0 = no limit */
     int header_timeout_ms;       /* deadline for a whole request head. 0 = 10000 */
     size_t client_buffer;        /* bytes a subscriber may have queued before it is dropped.
                                     0 = 1 MiB */
