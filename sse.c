@@ -2097,10 +2097,12 @@ static bool journal_valid_record_after(const char *buf, size_t len) {
     return false;
 }
 
-/* Reads the records of buf[0..len) (after the header) into the backlog. Returns how many
- * bytes hold whole valid records (the rest is a torn end to cut off), or -1 with why. */
+/* Reads the records of buf[0..len) (after the header) into the backlog, counting them in
+ * *loaded (the backlog keeps fewer when its bounds are passed). Returns how many bytes hold
+ * whole valid records (the rest is a torn end to cut off), or -1 with why. */
 static long journal_load_records(const char *buf, size_t len, size_t at, struct topic_table *tt,
-                                 struct backlog *bl, uint64_t *last_id, const char **why) {
+                                 struct backlog *bl, uint64_t *last_id, uint32_t *loaded,
+                                 const char **why) {
     uint64_t prev = 0;
     while (at < len) {
         struct journal_record rec;
@@ -2118,6 +2120,7 @@ static long journal_load_records(const char *buf, size_t len, size_t at, struct 
             return -1;
         }
         prev = rec.id;
+        ++*loaded;
         if (rec.id > *last_id)
             *last_id = rec.id;
         at += (size_t)n;
@@ -2173,6 +2176,7 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
     size_t hlen = nl ? (size_t)(nl - buf) + 1 : 0;
     uint64_t floor = 0;
     long keep = 0;
+    uint32_t loaded = 0;
     if (!nl && len < 64) {
         keep = 0; /* empty, or a header torn while the file was being created */
     } else if (!nl || hlen <= strlen(JOURNAL_MAGIC) ||
@@ -2180,7 +2184,7 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
                !parse_u64(buf + strlen(JOURNAL_MAGIC), hlen - 1 - strlen(JOURNAL_MAGIC), &floor)) {
         why = "not an sse-server journal (version 1)";
     } else {
-        keep = journal_load_records(buf, len, hlen, tt, bl, last_id, &why);
+        keep = journal_load_records(buf, len, hlen, tt, bl, last_id, &loaded, &why);
     }
     free(buf);
     if (why)
@@ -2207,6 +2211,10 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
             journal_sync_dir(path, log);
     }
     j->size = j->compacted = (uint64_t)keep;
+    if (loaded > bl->count) /* the file holds events the backlog could not keep (a smaller
+                               backlog or backlog_bytes than last time): rewrite it at the
+                               first append over max_bytes, rather than once it doubled */
+        j->compacted = 0;
     log_say(log, SSE_LOG_INFO, "journal %s: %llu bytes, %u events back in the backlog", path,
             (unsigned long long)j->size, bl->count);
     return NULL;

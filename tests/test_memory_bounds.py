@@ -1,0 +1,170 @@
+"""Memory bounds: the backlog is bounded by bytes as well as events (--backlog-bytes, also
+when a journal is read back at start and compacted), retired topics are not kept forever,
+descriptors are reserved for the over-limit answer, and --max-clients-per-ip."""
+
+import json
+import os
+import resource
+import socket
+import time
+
+from conftest import (Stream, build_request, connect, metric_values, publish, read_response,
+                      recv_all, recv_until)
+
+
+def ev(id_, data):
+    return ("id: %s\ndata: %s\n\n" % (id_, data)).encode("utf-8")
+
+
+def reset_bytes(current, requested, oldest):
+    return ('id: %s\nevent: reset\ndata: {"requested": "%s", "oldest": "%s", "current": "%s"}'
+            "\n\n" % (current, requested, oldest, current)).encode("utf-8")
+
+
+def pub(port, data, topic=None):
+    r = publish(port, data, topic=topic)
+    assert r.status == 200, (r.status, r.body)
+    return r.json()["id"]
+
+
+def expect_resume(port, last_id, want):
+    st = Stream(port, "/events", {"Last-Event-ID": last_id})
+    try:
+        assert st.status == 200
+        assert st.read_exactly(len(b"retry: 3000\n\n")) == b"retry: 3000\n\n"
+        assert st.read_exactly(len(want)) == want
+        assert st.nothing_pending(0.3)
+    finally:
+        st.close()
+
+
+def expect_reset(port, last_id, oldest):
+    """A resume from last_id gets the reset event naming oldest (whatever the current id)."""
+    st = Stream(port, "/events", {"Last-Event-ID": last_id})
+    try:
+        assert st.read_exactly(len(b"retry: 3000\n\n")) == b"retry: 3000\n\n"
+        block = st.read_block()
+        current = block.split(b"\n")[0][4:].decode()
+        assert block == reset_bytes(current, last_id, oldest), block
+    finally:
+        st.close()
+
+
+def kept_by_bytes(events, bound):
+    """How many of the newest events fit in bound bytes, counted as they go on the wire."""
+    total, n = 0, 0
+    for e in reversed(events):
+        if total + len(e) > bound:
+            break
+        total += len(e)
+        n += 1
+    return n, total
+
+
+# ---- 7: the backlog's byte bound ----------------------------------------------------------
+
+
+def test_backlog_bytes_bound_evicts_oldest(start_server):
+    srv = start_server("--publish-token", "secret", "--backlog-bytes", "1k")
+    datas = ["%d:" % i + "x" * 200 for i in range(10)]
+    ids = [pub(srv.port, d) for d in datas]
+    wire = [ev(i, d) for i, d in zip(ids, datas)]
+    n, total = kept_by_bytes(wire, 1024)
+    assert n == 4  # each event is about 230 bytes on the wire
+    m = metric_values(srv.port)
+    assert (m["sse_backlog_events"], m["sse_backlog_bytes"]) == (n, total)
+    oldest = len(ids) - n
+    # Resuming from just before the oldest kept event is exact; from before that, a reset.
+    expect_resume(srv.port, ids[oldest - 1], b"".join(wire[oldest:]))
+    expect_resume(srv.port, ids[oldest - 2], reset_bytes(ids[-1], ids[oldest - 2], ids[oldest]))
+    # An event larger than the whole bound is delivered but not kept.
+    big = "y" * 2000
+    live = Stream(srv.port, "/events")
+    try:
+        live.read_block()
+        live.read_block()
+        big_id = pub(srv.port, big)
+        assert live.read_exactly(len(ev(big_id, big))) == ev(big_id, big)
+    finally:
+        live.close()
+    m = metric_values(srv.port)
+    assert (m["sse_backlog_events"], m["sse_backlog_bytes"]) == (0, 0)
+    expect_resume(srv.port, big_id, b"")
+    expect_resume(srv.port, ids[-1], ('id: %s\nevent: reset\ndata: {"requested": "%s", '
+                                      '"oldest": null, "current": "%s"}\n\n'
+                                      % (big_id, ids[-1], big_id)).encode())
+
+
+def test_journal_read_back_within_backlog_bytes(start_server, tmp_path):
+    """A journal written under a large bound, read back under a small one, holds only what
+    the small one allows, and compaction rewrites the file with just that."""
+    journal = str(tmp_path / "j")
+    srv = start_server("--publish-token", "secret", "--journal", journal)
+    datas = ["%d:" % i + "z" * 300 for i in range(30)]
+    ids = [pub(srv.port, d) for d in datas]
+    srv.stop()
+    wire = [ev(i, d) for i, d in zip(ids, datas)]
+    srv = start_server("--publish-token", "secret", "--journal", journal, "--backlog-bytes",
+                       "2k", "--journal-max-bytes", "4k")
+    n, total = kept_by_bytes(wire, 2048)
+    assert n == 6
+    srv.wait_for_line(r"%d events back in the backlog" % n)
+    m = metric_values(srv.port)
+    assert (m["sse_backlog_events"], m["sse_backlog_bytes"]) == (n, total)
+    oldest = len(ids) - n
+    expect_resume(srv.port, ids[oldest - 1], b"".join(wire[oldest:]))
+    expect_reset(srv.port, ids[oldest - 2], ids[oldest])
+    # The file (about 10 KiB, over --journal-max-bytes) is compacted to the backlog at the
+    # next publish: it then holds just the kept events.
+    last = pub(srv.port, "after")
+    wire.append(ev(last, "after"))
+    n, total = kept_by_bytes(wire, 2048)
+    raw = open(journal, "rb").read()
+    assert raw.count(b"\n#E ") + raw.startswith(b"#E ") == n, raw[:200]
+    assert all(w in raw for w in wire[-n:]) and wire[-n - 1] not in raw
+    m = metric_values(srv.port)
+    assert (m["sse_backlog_events"], m["sse_backlog_bytes"]) == (n, total)
+
+
+# ---- 8: retired topics ------------------------------------------------------------------
+
+
+def delete_many(port, names, batch=200):
+    """DELETE /publish?topic=NAME for every name, pipelined on one keep-alive connection."""
+    s = connect(port, timeout=10)
+    try:
+        for at in range(0, len(names), batch):
+            chunk = names[at:at + batch]
+            s.sendall(b"".join(build_request("DELETE", "/publish?topic=" + name,
+                                             {"Authorization": "Bearer secret"})
+                               for name in chunk))
+            rest = b""
+            for name in chunk:
+                r, rest = read_response(s, timeout=10, buf=rest)
+                assert r.status == 200 and r.json() == {"topic": name, "closed": 0}, r.body
+    finally:
+        s.close()
+
+
+def test_retired_topics_are_bounded(start_server):
+    srv = start_server("--publish-token", "secret")
+    base = metric_values(srv.port).get("sse_topics", 0)
+    delete_many(srv.port, ["a%d" % i for i in range(5000)])
+    rss_5k = srv.rss_bytes()
+    delete_many(srv.port, ["b%d" % i for i in range(15000)])
+    # 15000 more retirements on new names cost (almost) nothing more: 2 MB before the fix.
+    assert srv.rss_bytes() - rss_5k < 512 * 1024, (rss_5k, srv.rss_bytes())
+    # The last 4096 retirements are remembered (README), nothing beyond.
+    assert metric_values(srv.port).get("sse_topics") == base + 4096
+    # The newest retirements still answer 204; the forgotten ones open a stream again.
+    st = Stream(srv.port, "/events/b14999")
+    assert st.status == 204
+    st.close()
+    st = Stream(srv.port, "/events/b0")
+    assert st.status == 200
+    st.close()
+    # A publish on a retired topic makes it live again, and it leaves the bound's count.
+    pub(srv.port, "back", topic="b14998")
+    st = Stream(srv.port, "/events/b14998")
+    assert st.status == 200
+    st.close()
