@@ -95,15 +95,21 @@
 #define SSE_RETIRED_MAX 4096 /* retired topics remembered; the oldest is forgotten first */
 #endif
 
-#define TOPIC_NAME_MAX        64          /* topic names are [A-Za-z0-9._-]{1,64} */
-#define SSE_ID_MAX            512         /* longest upstream event id the relay keeps */
-#define EVENT_TYPE_MAX        256         /* longest event: type we accept */
-#define EVENT_BYTES_LIMIT     (64u << 20) /* the largest max_event_bytes one may configure */
-#define QUERY_PARAMS_MAX      64          /* parameters in one query string */
-#define WRITE_IOV_MAX         64          /* queued blobs handed to one sendmsg() */
-#define ACCEPT_BATCH          64  /* accepts per wake-up, so accepting cannot starve others */
-#define OVERFLOW_MAX          256 /* connections over max_clients held just to answer them */
-#define FD_RESERVE            64  /* descriptors kept back from the max_clients default */
+#define TOPIC_NAME_MAX    64          /* topic names are [A-Za-z0-9._-]{1,64} */
+#define SSE_ID_MAX        512         /* longest upstream event id the relay keeps */
+#define EVENT_TYPE_MAX    256         /* longest event: type we accept */
+#define EVENT_BYTES_LIMIT (64u << 20) /* the largest max_event_bytes one may configure */
+#define QUERY_PARAMS_MAX  64          /* parameters in one query string */
+#define WRITE_IOV_MAX     64          /* queued blobs handed to one sendmsg() */
+#define ACCEPT_BATCH      64          /* accepts per wake-up, so accepting cannot starve others */
+#define OVERFLOW_MAX      256         /* connections over max_clients held just to answer them */
+#define FD_OWN                                                                                     \
+    64 /* the server's own descriptors: stdio, listener, epoll, the                                \
+          spare, the static root, the journal with its rewrite and                                 \
+          directory, Redis's two links, a few inputs and the host's */
+#define FD_RESERVE                                                                                 \
+    (OVERFLOW_MAX + FD_OWN)               /* kept back from the max_clients default, so the        \
+                                    over-limit answer never runs out of descriptors */
 #define BACKLOG_BYTES_DEFAULT (64u << 20) /* bytes of events the backlog may hold */
 #define DRAIN_MS              500         /* how long sse_stop() lets queued bytes go out */
 #define LINGER_MS             2000        /* how long a closing connection may take to drain */
@@ -2349,7 +2355,85 @@ struct conn {
     off_t file_off, file_end;   /* what of it is left to send */
     struct sub *subs;           /* topics followed (subscribers only) */
     struct proxy *px;           /* proxied request or upstream connection, else NULL */
+    struct ip_count *ip;        /* its address's count (max_clients_per_ip), else NULL */
 };
+
+/* Client connections served per address, for max_clients_per_ip: a chained hash table
+ * keyed by the address (IPv4 as IPv4-mapped IPv6) with a random seed, so addresses cannot
+ * be chosen to collide. An entry lives only while its count is above zero, so there are
+ * never more entries than connections, and the table shrinks back as they close. */
+struct ip_count {
+    struct ip_count *next; /* next in the hash chain */
+    uint32_t n;            /* connections served from addr */
+    uint32_t hash;         /* of addr, with the table's seed */
+    unsigned char addr[16];
+};
+
+struct ip_table {
+    struct ip_count **buckets; /* chains; nbuckets is a power of two */
+    uint32_t nbuckets;         /* allocated chains */
+    uint32_t count;            /* entries */
+    uint32_t seed;             /* random */
+};
+
+/* Rehashes into n chains (a power of two). False when out of memory. */
+static bool ip_table_resize(struct ip_table *t, uint32_t n) {
+    struct ip_count **b = calloc(n, sizeof *b);
+    if (!b)
+        return false;
+    for (uint32_t i = 0; i < t->nbuckets; i++) {
+        for (struct ip_count *e = t->buckets[i], *next; e; e = next) {
+            next = e->next;
+            e->next = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    }
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = n;
+    return true;
+}
+
+/* The entry of a peer's address, created with count 0 if new; NULL when out of memory. */
+static struct ip_count *ip_table_get(struct ip_table *t, const struct sockaddr_storage *sa) {
+    unsigned char key[16] = {0};
+    if (sa->ss_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+    } else if (sa->ss_family == AF_INET) {
+        key[10] = key[11] = 0xFF;
+        memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    }
+    uint32_t h = topic_hash(t->seed, (const char *)key, sizeof key);
+    for (struct ip_count *e = t->nbuckets ? t->buckets[h & (t->nbuckets - 1)] : NULL; e;
+         e = e->next)
+        if (e->hash == h && memcmp(e->addr, key, sizeof key) == 0)
+            return e;
+    if (t->count >= t->nbuckets && !ip_table_resize(t, t->nbuckets ? t->nbuckets * 2 : 64))
+        return NULL;
+    struct ip_count *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    memcpy(e->addr, key, sizeof key);
+    e->hash = h;
+    e->next = t->buckets[h & (t->nbuckets - 1)];
+    t->buckets[h & (t->nbuckets - 1)] = e;
+    t->count++;
+    return e;
+}
+
+/* Counts one connection less from e's address; at zero the entry goes. */
+static void ip_table_put(struct ip_table *t, struct ip_count *e) {
+    if (!e || (e->n && --e->n))
+        return;
+    struct ip_count **pp = &t->buckets[e->hash & (t->nbuckets - 1)];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    t->count--;
+    free(e);
+    if (t->nbuckets > 64 && t->count < t->nbuckets / 4)
+        ip_table_resize(t, t->nbuckets / 2);
+}
 
 struct timer_list {
     struct conn *head, *tail; /* soonest deadline first */
@@ -2390,23 +2474,24 @@ struct sse_server {
     size_t stream_path_len;
     char *index_page; /* built-in page, or NULL */
     size_t index_page_len;
-    char *publish_token;        /* NULL = publishing over HTTP is off */
-    char *subscribe_token;      /* NULL = open subscriptions */
-    char *cors_headers;         /* ready-made Access-Control-Allow-* lines, or "" */
-    char *root_real;            /* real path of the static root, or NULL */
-    int64_t heartbeat_ms;       /* 0 = none */
-    int64_t retry_ms;           /* 0 = no retry: line */
-    uint32_t max_clients;       /* client connections served */
-    int64_t header_timeout_ms;  /* deadline for a request head */
-    size_t client_buffer;       /* queued bytes at which a subscriber is dropped */
-    size_t max_event_bytes;     /* largest payload */
-    struct proxy_route *routes; /* reverse-proxy routes, longest prefix first */
-    size_t nroutes;             /* entries in routes */
-    struct relay *relays;       /* relayed upstream streams */
-    size_t nrelays;             /* entries in relays */
-    struct logger log;          /* where log lines go */
-    unsigned log_depth;         /* on_log and on_request calls under way: sse_poll() answers
-                                   -EBUSY */
+    char *publish_token;         /* NULL = publishing over HTTP is off */
+    char *subscribe_token;       /* NULL = open subscriptions */
+    char *cors_headers;          /* ready-made Access-Control-Allow-* lines, or "" */
+    char *root_real;             /* real path of the static root, or NULL */
+    int64_t heartbeat_ms;        /* 0 = none */
+    int64_t retry_ms;            /* 0 = no retry: line */
+    uint32_t max_clients;        /* client connections served */
+    uint32_t max_clients_per_ip; /* of them from one address; 0 = no limit */
+    int64_t header_timeout_ms;   /* deadline for a request head */
+    size_t client_buffer;        /* queued bytes at which a subscriber is dropped */
+    size_t max_event_bytes;      /* largest payload */
+    struct proxy_route *routes;  /* reverse-proxy routes, longest prefix first */
+    size_t nroutes;              /* entries in routes */
+    struct relay *relays;        /* relayed upstream streams */
+    size_t nrelays;              /* entries in relays */
+    struct logger log;           /* where log lines go */
+    unsigned log_depth;          /* on_log and on_request calls under way: sse_poll() answers
+                                    -EBUSY */
     int (*on_request)(struct sse_server *, const struct sse_request *,
                       void *); /* the host's routes, or NULL */
     bool busy; /* in a publish or a retire, or being freed: an on_log callback's sse_publish()
@@ -2444,6 +2529,7 @@ struct sse_server {
     struct conn *dead_list;      /* closed, to free */
     uint32_t nconns;             /* open client connections (not counting over-limit ones) */
     uint32_t noverflow;          /* over-limit connections being answered */
+    struct ip_table per_ip;      /* served connections by address (max_clients_per_ip) */
     uint32_t nsubscribers;       /* connections in CONN_STREAM */
     uint32_t nupstreams;         /* connections in CONN_UPSTREAM */
     uint32_t next_serial;        /* for log lines */
@@ -2601,6 +2687,8 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
         srv->noverflow--;
     else
         srv->nconns--;
+    ip_table_put(&srv->per_ip, c->ip);
+    c->ip = NULL;
     if (state != CONN_UPSTREAM) /* every accepted connection passes here once */
         srv->m.closed[reason]++;
     c->tnext = srv->dead_list;
@@ -6204,11 +6292,24 @@ static void loop_clock(struct sse_server *srv) {
     }
 }
 
+/* Takes an accepted connection: served, or over max_clients or max_clients_per_ip and
+ * held only to be told to come back, or (beyond OVERFLOW_MAX of those) closed at once. */
 static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_storage *sa) {
-    struct conn *c = calloc(1, sizeof *c);
+    bool over = srv->nconns >= srv->max_clients;
+    struct ip_count *ip = NULL;
+    if (!over && srv->max_clients_per_ip) {
+        ip = ip_table_get(&srv->per_ip, sa);
+        over = !ip || ip->n >= srv->max_clients_per_ip;
+        if (ip && !over)
+            ip->n++;
+        else
+            ip = NULL;
+    }
+    struct conn *c = over && srv->noverflow >= OVERFLOW_MAX ? NULL : calloc(1, sizeof *c);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
     ev.data.ptr = c;
     if (!c || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        ip_table_put(&srv->per_ip, ip);
         free(c);
         close(fd);
         srv->m.rejected_total++;
@@ -6219,7 +6320,8 @@ static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_stora
     c->file_fd = -1;
     c->timer = TIMER_NONE;
     c->serial = ++srv->next_serial;
-    if (srv->nconns >= srv->max_clients) {
+    c->ip = ip;
+    if (over) {
         c->flags |= CF_OVER_LIMIT;
         srv->noverflow++;
     } else {
@@ -6243,7 +6345,7 @@ static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_stora
             port = ntohs(in6->sin6_port);
         }
         log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened from %s:%d%s", c->serial, addr,
-                port, (c->flags & CF_OVER_LIMIT) ? " (over --max-clients)" : "");
+                port, (c->flags & CF_OVER_LIMIT) ? " (over the client limits)" : "");
     }
 }
 
@@ -6287,11 +6389,6 @@ static void loop_accept(struct sse_server *srv) {
                 continue;
             }
             return; /* EAGAIN: nothing more waiting */
-        }
-        if (srv->nconns >= srv->max_clients && srv->noverflow >= OVERFLOW_MAX) {
-            close(fd);
-            srv->m.rejected_total++;
-            continue;
         }
         conn_new(srv, fd, &sa);
     }
@@ -6643,7 +6740,7 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
 /* Applies defaults and checks ranges. Returns NULL or what is wrong. */
 static const char *api_configure(struct sse_server *srv, const struct sse_config *cfg) {
     if (cfg->backlog < SSE_OFF || cfg->heartbeat_ms < SSE_OFF || cfg->retry_ms < SSE_OFF ||
-        cfg->max_clients < 0 || cfg->header_timeout_ms < 0)
+        cfg->max_clients < 0 || cfg->max_clients_per_ip < 0 || cfg->header_timeout_ms < 0)
         return "negative value in configuration";
     if (cfg->max_event_bytes > EVENT_BYTES_LIMIT)
         return "max_event_bytes is over 64 MiB";
@@ -6657,14 +6754,19 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->header_timeout_ms = cfg->header_timeout_ms ? cfg->header_timeout_ms : 10000;
     srv->client_buffer = cfg->client_buffer ? cfg->client_buffer : 1u << 20;
     srv->max_event_bytes = cfg->max_event_bytes ? cfg->max_event_bytes : 1u << 20;
+    srv->max_clients_per_ip = (uint32_t)cfg->max_clients_per_ip;
     if (cfg->max_clients) {
         srv->max_clients = (uint32_t)cfg->max_clients;
     } else {
+        /* What is left once the over-limit answers, the relays' upstreams and our own have
+         * theirs; halved when a client may hold a second one (an upstream, a file). */
         struct rlimit rl;
         rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-        srv->max_clients = n > FD_RESERVE + 1
-                               ? (uint32_t)(n - FD_RESERVE > 10000000 ? 10000000 : n - FD_RESERVE)
-                               : 1;
+        rlim_t reserve = FD_RESERVE + (rlim_t)cfg->num_relays;
+        rlim_t left = n > reserve ? n - reserve : 0;
+        if (cfg->num_proxy_routes || cfg->static_root)
+            left /= 2;
+        srv->max_clients = left < 1 ? 1 : left > 10000000 ? 10000000 : (uint32_t)left;
     }
     const char *sp = cfg->stream_path ? cfg->stream_path : DEFAULT_STREAM_PATH;
     size_t splen = strlen(sp);
@@ -6947,6 +7049,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->last_id = api_id_seed();
     srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
     srv->topics.seed = (uint32_t)rng_next(&srv->rng);
+    srv->per_ip.seed = (uint32_t)rng_next(&srv->rng);
     if (cfg->journal_path && cfg->redis) {
         api_error(err, errlen, "redis %s: cannot be used with a journal: Redis keeps the history",
                   cfg->redis);
@@ -7018,6 +7121,7 @@ void sse_server_free(struct sse_server *srv) {
         }
     }
     free(srv->topics.buckets);
+    free(srv->per_ip.buckets); /* its entries went with the connections */
     int fds[] = {srv->listener.fd, srv->reserve_fd, srv->root_fd, srv->epfd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (fds[i] >= 0)

@@ -3,6 +3,7 @@ when a journal is read back at start and compacted), retired topics are not kept
 descriptors are reserved for the over-limit answer, and --max-clients-per-ip."""
 
 import json
+import re
 import os
 import resource
 import socket
@@ -168,3 +169,139 @@ def test_retired_topics_are_bounded(start_server):
     st = Stream(srv.port, "/events/b14998")
     assert st.status == 200
     st.close()
+
+
+# ---- 9: descriptors for the over-limit answer, and --max-clients-per-ip --------------------
+
+STREAM_HEAD = re.compile(rb"HTTP/1\.1 200 OK\r\nDate: [^\r\n]+ GMT\r\nContent-Type: "
+                         rb"text/event-stream\r\nCache-Control: no-cache, no-transform\r\n"
+                         rb"X-Accel-Buffering: no\r\n\r\n")
+
+
+def open_stream(port, source="127.0.0.1", timeout=5):
+    """A stream request from source. Returns (True, socket) for a subscription (its retry
+    and id blocks arrived and it stays open) or (False, everything up to the close) for the
+    over-limit answer."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                 source_address=(source, 0))
+    s.sendall(build_request("GET", "/events"))
+    return read_stream_start(s, timeout)
+
+
+def read_stream_start(s, timeout=5):
+    head, data = recv_until(s, b"\r\n\r\n", timeout)
+    assert STREAM_HEAD.fullmatch(head), head
+    deadline = time.monotonic() + timeout
+    while not re.fullmatch(rb"retry: 3000\n\nid: \d+\n\n", data):
+        assert time.monotonic() < deadline, data
+        s.settimeout(deadline - time.monotonic())
+        try:
+            chunk = s.recv(4096)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            s.close()
+            return False, head + data
+        data += chunk
+    return True, s
+
+
+def assert_over_limit_answer(raw):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert STREAM_HEAD.fullmatch(head + b"\r\n\r\n"), raw
+    m = re.fullmatch(rb"retry: (\d+)\n\n", body)
+    assert m and 3000 <= int(m.group(1)) <= 6000, raw
+
+
+def test_over_limit_answer_when_descriptors_run_out(start_server):
+    """Without --max-clients the default leaves descriptors for OVERFLOW_MAX (256) over-limit
+    answers and the server's own: with 512 descriptors, 192 clients are served and 100 more
+    all get the whole 200 + retry: answer (before, 448 were served and the descriptors ran
+    out after about 60 over-limit ones, which were closed unanswered)."""
+
+    def nofile():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+
+    srv = start_server("--heartbeat", "0", preexec_fn=nofile)
+    served, extra = [], []
+    try:
+        for _ in range(600):
+            ok, got = open_stream(srv.port)
+            if not ok:
+                assert_over_limit_answer(got)
+                break
+            served.append(got)
+        assert len(served) == 512 - 256 - 64
+        for _ in range(100):
+            extra.append(connect(srv.port))
+        time.sleep(0.5)  # all accepted (or, before, shed for want of descriptors)
+        for s in extra:
+            s.sendall(build_request("GET", "/events"))
+        for s in extra:
+            assert_over_limit_answer(recv_all(s, timeout=5))
+    finally:
+        for s in served + extra:
+            s.close()
+
+
+def request_from(source, port, method, path, headers=None, body=b""):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    try:
+        s.sendall(build_request(method, path, headers, body, close=True))
+        return read_response(s)[0]
+    finally:
+        s.close()
+
+
+def metrics_from(source, port):
+    r = request_from(source, port, "GET", "/metrics")
+    assert r.status == 200, r.raw_head
+    return dict(line.rsplit(" ", 1) for line in r.body.decode().split("\n")
+                if line and not line.startswith("#"))
+
+
+def test_max_clients_per_ip(start_server):
+    srv = start_server("--publish-token", "secret", "--max-clients-per-ip", "2",
+                       "--heartbeat", "0")
+    a_ok, a = open_stream(srv.port)
+    b_ok, b = open_stream(srv.port)
+    other = []
+    try:
+        assert a_ok and b_ok
+        # A third stream from 127.0.0.1: the over-limit answer, whole.
+        ok, raw = open_stream(srv.port)
+        assert not ok
+        assert_over_limit_answer(raw)
+        # An ordinary request from it: 503 as over --max-clients.
+        r = request_from("127.0.0.1", srv.port, "GET", "/healthz")
+        assert (r.status, r.header("Retry-After"), r.body) == (503, "1", b"too many connections\n")
+        # Other addresses are counted apart.
+        for source in ("127.0.0.2", "127.0.0.2", "127.0.0.3"):
+            ok, s = open_stream(srv.port, source)
+            assert ok, s
+            other.append(s)
+        ok, raw = open_stream(srv.port, "127.0.0.2")
+        assert not ok
+        assert_over_limit_answer(raw)
+        # Events reach the subscribers that were served.
+        r = request_from("127.0.0.4", srv.port, "POST", "/publish",
+                         {"Authorization": "Bearer secret"}, b"hello")
+        assert r.status == 200, r.body
+        id_ = r.json()["id"]
+        for s in [a, b] + other:
+            assert recv_until(s, b"\n\n")[0] == ev(id_, "hello")
+        # A connection closing frees its place.
+        a.close()
+        deadline = time.monotonic() + 5
+        while metrics_from("127.0.0.4", srv.port)["sse_subscribers"] != "4":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ok, a = open_stream(srv.port)
+        assert ok, a
+        m = metrics_from("127.0.0.4", srv.port)
+        assert m["sse_subscribers"] == "5"
+        assert m['sse_connections_closed_total{reason="overload"}'] == "3"
+    finally:
+        for s in [a, b] + other:
+            if not isinstance(s, bytes):
+                s.close()
