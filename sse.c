@@ -770,13 +770,14 @@ struct sub {
 
 struct topic_table;
 struct topic {
-    struct topic *next;          /* next in the hash chain */
-    struct topic_table *table;   /* the table it lives in, to unlink itself */
-    struct sub *subs;            /* subscribers, newest first */
-    struct topic *rprev, *rnext; /* neighbours in the table's retired list, if retired */
-    uint32_t refs;               /* subscriptions + events + 1 while retired */
-    uint32_t hash;               /* of name, with the table's seed */
-    bool retired;                /* new subscriptions get 204 until the next publish */
+    struct topic *next;        /* next in the hash chain */
+    struct topic_table *table; /* the table it lives in, to unlink itself */
+    struct sub *subs;          /* subscribers, newest first */
+    uint32_t refs;             /* subscriptions + events + 1 while retired */
+    uint32_t hash;             /* of name, with the table's seed */
+    uint32_t retire_seq;       /* while retired: the number of its retirement, which says
+                                  where in the table's ring it is */
+    bool retired;              /* new subscriptions get 204 until the next publish */
     char name[TOPIC_NAME_MAX + 1];
 };
 
@@ -785,12 +786,16 @@ struct topic {
  * third by SSE_RETIRED_MAX, beyond which the oldest retirement is forgotten (and the topic
  * freed if nothing else holds it), so a flood of DELETEs on new names costs bounded memory. */
 struct topic_table {
-    struct topic **buckets;                  /* chains; nbuckets is a power of two */
-    uint32_t nbuckets;                       /* allocated chains */
-    uint32_t count;                          /* topics stored */
-    uint32_t seed;                           /* random, so names cannot be chosen to collide */
-    struct topic *retired_old, *retired_new; /* retired topics, oldest retirement first */
-    uint32_t nretired;                       /* topics in that list */
+    struct topic **buckets; /* chains; nbuckets is a power of two */
+    uint32_t nbuckets;      /* allocated chains */
+    uint32_t count;         /* topics stored */
+    uint32_t seed;          /* random, so names cannot be chosen to collide */
+    struct topic **retired; /* a ring of the last SSE_RETIRED_MAX retirements, each slot
+                               holding its topic's retired reference or NULL once the topic
+                               was published to again; allocated at the first retirement */
+    uint32_t retired_head;  /* slot of the oldest retirement */
+    uint32_t nretired;      /* slots in use from retired_head, NULL ones included */
+    uint32_t retire_seq;    /* retirements so far: the newest slot's number */
 };
 
 static struct blob *blob_new(size_t len) {
@@ -902,28 +907,43 @@ static void topic_unref(struct topic *t) {
         topic_table_resize(tt, tt->nbuckets / 2);          /* (kept as is if out of memory) */
 }
 
-/* Marks a topic retired (holding it, newest in the retired list) or live again. Beyond
- * SSE_RETIRED_MAX retirements the oldest is forgotten, which may free that topic. */
-static void topic_retire_flag(struct topic *t, bool retired) {
-    if (t->retired == retired)
-        return;
+/* Ring slot of a retired topic: its retirement's number counted from the oldest slot's
+ * (unsigned arithmetic: numbers may wrap, the ring is far smaller). */
+static struct topic **topic_retired_slot(struct topic_table *tt, const struct topic *t) {
+    uint32_t oldest = tt->retire_seq - tt->nretired + 1;
+    return &tt->retired[(tt->retired_head + (t->retire_seq - oldest)) % SSE_RETIRED_MAX];
+}
+
+/* Marks a topic retired (held by the newest slot of the ring) or live again (its slot let
+ * go, which may free it). Beyond SSE_RETIRED_MAX retirements the oldest is forgotten. False
+ * only when retiring needs the ring and there is no memory for it. */
+static bool topic_retire_flag(struct topic *t, bool retired) {
     struct topic_table *tt = t->table;
-    t->retired = retired;
-    if (retired) {
-        t->refs++;
-        t->rprev = tt->retired_new;
-        t->rnext = NULL;
-        *(t->rprev ? &t->rprev->rnext : &tt->retired_old) = t;
-        tt->retired_new = t;
-        if (++tt->nretired > SSE_RETIRED_MAX)
-            topic_retire_flag(tt->retired_old, false);
-        return;
+    if (t->retired == retired)
+        return true;
+    if (!retired) {
+        struct topic **slot = topic_retired_slot(tt, t);
+        *slot = NULL;
+        t->retired = false;
+        topic_unref(t);
+        return true;
     }
-    *(t->rprev ? &t->rprev->rnext : &tt->retired_old) = t->rnext;
-    *(t->rnext ? &t->rnext->rprev : &tt->retired_new) = t->rprev;
-    t->rprev = t->rnext = NULL;
-    tt->nretired--;
-    topic_unref(t);
+    if (!tt->retired && !(tt->retired = malloc(SSE_RETIRED_MAX * sizeof *tt->retired)))
+        return false;
+    if (tt->nretired == SSE_RETIRED_MAX) {
+        struct topic *old = tt->retired[tt->retired_head];
+        tt->retired_head = (tt->retired_head + 1) % SSE_RETIRED_MAX;
+        tt->nretired--;
+        if (old) {
+            old->retired = false;
+            topic_unref(old);
+        }
+    }
+    t->retired = true;
+    t->retire_seq = ++tt->retire_seq;
+    t->refs++;
+    tt->retired[(tt->retired_head + tt->nretired++) % SSE_RETIRED_MAX] = t;
+    return true;
 }
 
 /* The backlog: a ring of the last events, oldest at head, bounded twice: at most cap events
@@ -3485,8 +3505,10 @@ static int publish_end_subscribers(struct sse_server *srv, const char *topic, bo
     struct topic *t = topic_get(&srv->topics, topic, tlen);
     if (!t)
         return -ENOMEM;
-    if (retire)
-        topic_retire_flag(t, true);
+    if (retire && !topic_retire_flag(t, true)) {
+        topic_unref(t);
+        return -ENOMEM;
+    }
     srv->busy = true; /* as in publish_deliver() */
     int ended = 0;
     for (struct sub *s = t->subs, *next; s; s = next) {
@@ -7121,6 +7143,7 @@ void sse_server_free(struct sse_server *srv) {
         }
     }
     free(srv->topics.buckets);
+    free(srv->topics.retired);
     free(srv->per_ip.buckets); /* its entries went with the connections */
     int fds[] = {srv->listener.fd, srv->reserve_fd, srv->root_fd, srv->epfd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)

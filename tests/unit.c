@@ -436,7 +436,7 @@ static void test_topics(void) {
         snprintf(name, sizeof name, "t%d", i);
         topic_unref(topic_find(&tt, name, strlen(name)));
     }
-    topic_retire_flag(a, true);
+    CHECK(topic_retire_flag(a, true));
     topic_unref(a);
     topic_unref(a);
     CHECK(tt.count == 1 && a->retired);
@@ -461,9 +461,14 @@ static void test_topics(void) {
         if (t)
             topic_retire_flag(t, false);
     }
-    CHECK(tt.nretired == 0 && tt.count == 1 && tt.nbuckets == 64);
+    CHECK(tt.nretired == SSE_RETIRED_MAX && tt.count == 1 && tt.nbuckets == 64);
+    CHECK(topic_retire_flag(held, true) && held->retired && held->refs == 2);
+    CHECK(*topic_retired_slot(&tt, held) == held && tt.nretired == SSE_RETIRED_MAX);
+    topic_retire_flag(held, false);
+    CHECK(!held->retired && held->refs == 1);
     topic_unref(held);
-    CHECK(tt.count == 0 && !tt.retired_old && !tt.retired_new);
+    CHECK(tt.count == 0);
+    free(tt.retired);
     free(tt.buckets);
 }
 
