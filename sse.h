@@ -66,7 +66,8 @@
  * blocked around sendfile), and it does not install signal handlers.
  *
  * Compile-time knobs (define before compiling sse.c): SSE_HEAD_MAX (largest request head,
- * default 8192 bytes), SSE_MAX_HEADERS (default 64), SSE_MAX_TOPICS_PER_STREAM (default 32).
+ * default 8192 bytes), SSE_MAX_HEADERS (default 64), SSE_MAX_TOPICS_PER_STREAM (default 32),
+ * SSE_RETIRED_MAX (retirements remembered, see sse_retire_topic(); default 4096).
  */
 #ifndef SSE_H
 #define SSE_H
@@ -256,6 +257,8 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
 /* Retires a topic: its subscribers get what is queued for them and are closed, and new
  * subscriptions to it are answered 204 (which tells EventSource to stop reconnecting) until
  * something is published there again. A subscriber that follows other topics as well stays.
+ * The last SSE_RETIRED_MAX retirements are remembered; an older one is forgotten (and its
+ * topic freed once nothing else holds it), so retiring new names costs bounded memory.
  * Returns the number of subscribers closed, or -EINVAL (srv or topic NULL, bad topic name),
  * -ENOMEM, or -EBUSY from on_log as for sse_publish(). */
 int sse_retire_topic(struct sse_server *srv, const char *topic);
