@@ -9,7 +9,7 @@ import resource
 import socket
 import time
 
-from conftest import (Stream, build_request, connect, metric_values, publish, read_response,
+from conftest import (BINARY, WRAPPER, Stream, build_request, connect, metric_values, publish, read_response,
                       recv_all, recv_until)
 
 
@@ -130,6 +130,13 @@ def test_journal_read_back_within_backlog_bytes(start_server, tmp_path):
 # ---- 8: retired topics ------------------------------------------------------------------
 
 
+def plain_allocator():
+    """False under AddressSanitizer (freed memory waits in a 256 MB quarantine) or a wrapper
+    such as valgrind: RSS then says nothing about what the server holds."""
+    with open(BINARY, "rb") as f:
+        return b"__asan_init" not in f.read() and not WRAPPER
+
+
 def delete_many(port, names, batch=200):
     """DELETE /publish?topic=NAME for every name, pipelined on one keep-alive connection."""
     s = connect(port, timeout=10)
@@ -154,7 +161,8 @@ def test_retired_topics_are_bounded(start_server):
     rss_5k = srv.rss_bytes()
     delete_many(srv.port, ["b%d" % i for i in range(15000)])
     # 15000 more retirements on new names cost (almost) nothing more: 2 MB before the fix.
-    assert srv.rss_bytes() - rss_5k < 512 * 1024, (rss_5k, srv.rss_bytes())
+    if plain_allocator():
+        assert srv.rss_bytes() - rss_5k < 512 * 1024, (rss_5k, srv.rss_bytes())
     # The last 4096 retirements are remembered (README), nothing beyond.
     assert metric_values(srv.port).get("sse_topics") == base + 4096
     # The newest retirements still answer 204; the forgotten ones open a stream again.
