@@ -95,27 +95,27 @@
 #define SSE_RETIRED_MAX 4096 /* retired topics remembered; the oldest is forgotten first */
 #endif
 
-#define TOPIC_NAME_MAX    64          /* topic names are [A-Za-z0-9._-]{1,64} */
-#define SSE_ID_MAX        512         /* longest upstream event id the relay keeps */
-#define EVENT_TYPE_MAX    256         /* longest event: type we accept */
-#define EVENT_BYTES_LIMIT (64u << 20) /* the largest max_event_bytes one may configure */
-#define QUERY_PARAMS_MAX  64          /* parameters in one query string */
-#define WRITE_IOV_MAX     64          /* queued blobs handed to one sendmsg() */
-#define ACCEPT_BATCH      64          /* accepts per wake-up, so accepting cannot starve others */
-#define OVERFLOW_MAX      256         /* connections over max_clients held just to answer them */
-#define FD_OWN                                                                                     \
-    64 /* the server's own descriptors: stdio, listener, epoll, the                                \
-          spare, the static root, the journal with its rewrite and                                 \
-          directory, Redis's two links, a few inputs and the host's */
-#define FD_RESERVE                                                                                 \
-    (OVERFLOW_MAX + FD_OWN)               /* kept back from the max_clients default, so the        \
-                                    over-limit answer never runs out of descriptors */
-#define BACKLOG_BYTES_DEFAULT (64u << 20) /* bytes of events the backlog may hold */
-#define DRAIN_MS              500         /* how long sse_stop() lets queued bytes go out */
-#define LINGER_MS             2000        /* how long a closing connection may take to drain */
-#define SEND_TIMEOUT_MS       60000       /* an ordinary response making no progress is dropped */
-#define TCP_USER_TIMEOUT_MS   60000       /* unacknowledged data this old means the peer vanished */
-#define INPUT_CHUNK           65536       /* bytes read from an input per wake-up */
+#define TOPIC_NAME_MAX      64          /* topic names are [A-Za-z0-9._-]{1,64} */
+#define SSE_ID_MAX          512         /* longest upstream event id the relay keeps */
+#define EVENT_TYPE_MAX      256         /* longest event: type we accept */
+#define EVENT_BYTES_LIMIT   (64u << 20) /* the largest max_event_bytes one may configure */
+#define QUERY_PARAMS_MAX    64          /* parameters in one query string */
+#define WRITE_IOV_MAX       64          /* queued blobs handed to one sendmsg() */
+#define ACCEPT_BATCH        64          /* accepts per wake-up, so accepting cannot starve others */
+#define OVERFLOW_MAX        256         /* connections over max_clients held just to answer them */
+#define FD_OWN              64          /* descriptors of our own: listener, epoll, journal... */
+#define FD_RESERVE          320         /* OVERFLOW_MAX + FD_OWN, kept from max_clients' default */
+#define BACKLOG_BYTES       (64u << 20) /* bytes of events the backlog may hold by default */
+#define DRAIN_MS            500         /* how long sse_stop() lets queued bytes go out */
+#define LINGER_MS           2000        /* how long a closing connection may take to drain */
+#define SEND_TIMEOUT_MS     60000       /* an ordinary response making no progress is dropped */
+#define TCP_USER_TIMEOUT_MS 60000       /* unacknowledged data this old means the peer vanished */
+#define INPUT_CHUNK         65536       /* bytes read from an input per wake-up */
+/* The max_clients default keeps back a descriptor for every connection over max_clients that
+ * may be held to be answered, so the documented 200 + retry: can always be sent, and FD_OWN
+ * for the server's own: stdio, listener, epoll, the spare, the static root, the journal with
+ * its rewrite and directory, Redis's two links, a few inputs and the host's own. */
+_Static_assert(FD_RESERVE == OVERFLOW_MAX + FD_OWN, "the reserve covers the over-limit answers");
 
 #define DEFAULT_LISTEN      "127.0.0.1:8080"
 #define DEFAULT_STREAM_PATH "/events"
@@ -2494,24 +2494,24 @@ struct sse_server {
     size_t stream_path_len;
     char *index_page; /* built-in page, or NULL */
     size_t index_page_len;
-    char *publish_token;         /* NULL = publishing over HTTP is off */
-    char *subscribe_token;       /* NULL = open subscriptions */
-    char *cors_headers;          /* ready-made Access-Control-Allow-* lines, or "" */
-    char *root_real;             /* real path of the static root, or NULL */
-    int64_t heartbeat_ms;        /* 0 = none */
-    int64_t retry_ms;            /* 0 = no retry: line */
-    uint32_t max_clients;        /* client connections served */
-    uint32_t max_clients_per_ip; /* of them from one address; 0 = no limit */
-    int64_t header_timeout_ms;   /* deadline for a request head */
-    size_t client_buffer;        /* queued bytes at which a subscriber is dropped */
-    size_t max_event_bytes;      /* largest payload */
-    struct proxy_route *routes;  /* reverse-proxy routes, longest prefix first */
-    size_t nroutes;              /* entries in routes */
-    struct relay *relays;        /* relayed upstream streams */
-    size_t nrelays;              /* entries in relays */
-    struct logger log;           /* where log lines go */
-    unsigned log_depth;          /* on_log and on_request calls under way: sse_poll() answers
-                                    -EBUSY */
+    char *publish_token;        /* NULL = publishing over HTTP is off */
+    char *subscribe_token;      /* NULL = open subscriptions */
+    char *cors_headers;         /* ready-made Access-Control-Allow-* lines, or "" */
+    char *root_real;            /* real path of the static root, or NULL */
+    int64_t heartbeat_ms;       /* 0 = none */
+    int64_t retry_ms;           /* 0 = no retry: line */
+    uint32_t max_clients;       /* client connections served */
+    uint32_t max_per_ip;        /* of them from one address; 0 = no limit */
+    int64_t header_timeout_ms;  /* deadline for a request head */
+    size_t client_buffer;       /* queued bytes at which a subscriber is dropped */
+    size_t max_event_bytes;     /* largest payload */
+    struct proxy_route *routes; /* reverse-proxy routes, longest prefix first */
+    size_t nroutes;             /* entries in routes */
+    struct relay *relays;       /* relayed upstream streams */
+    size_t nrelays;             /* entries in relays */
+    struct logger log;          /* where log lines go */
+    unsigned log_depth;         /* on_log and on_request calls under way: sse_poll() answers
+                                   -EBUSY */
     int (*on_request)(struct sse_server *, const struct sse_request *,
                       void *); /* the host's routes, or NULL */
     bool busy; /* in a publish or a retire, or being freed: an on_log callback's sse_publish()
@@ -6319,9 +6319,9 @@ static void loop_clock(struct sse_server *srv) {
 static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_storage *sa) {
     bool over = srv->nconns >= srv->max_clients;
     struct ip_count *ip = NULL;
-    if (!over && srv->max_clients_per_ip) {
+    if (!over && srv->max_per_ip) {
         ip = ip_table_get(&srv->per_ip, sa);
-        over = !ip || ip->n >= srv->max_clients_per_ip;
+        over = !ip || ip->n >= srv->max_per_ip;
         if (ip && !over)
             ip->n++;
         else
@@ -6776,7 +6776,7 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->header_timeout_ms = cfg->header_timeout_ms ? cfg->header_timeout_ms : 10000;
     srv->client_buffer = cfg->client_buffer ? cfg->client_buffer : 1u << 20;
     srv->max_event_bytes = cfg->max_event_bytes ? cfg->max_event_bytes : 1u << 20;
-    srv->max_clients_per_ip = (uint32_t)cfg->max_clients_per_ip;
+    srv->max_per_ip = (uint32_t)cfg->max_clients_per_ip;
     if (cfg->max_clients) {
         srv->max_clients = (uint32_t)cfg->max_clients;
     } else {
@@ -6827,7 +6827,7 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->cors_headers = api_strdup(cors, &failed);
     srv->backlog.ring = backlog ? calloc(backlog, sizeof *srv->backlog.ring) : NULL;
     srv->backlog.cap = srv->backlog.ring ? backlog : 0;
-    srv->backlog.max_bytes = cfg->backlog_bytes ? cfg->backlog_bytes : BACKLOG_BYTES_DEFAULT;
+    srv->backlog.max_bytes = cfg->backlog_bytes ? cfg->backlog_bytes : BACKLOG_BYTES;
     failed = failed || (backlog && !srv->backlog.ring);
     return failed ? "out of memory" : NULL;
 }
