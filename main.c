@@ -38,6 +38,8 @@ static const char *const usage[] = {
     "                            page at /)\n"
     "  --stream PATH             EventSource endpoint prefix (default /events)\n"
     "  --backlog N               events kept for replay, all topics (default 1024; 0 = none)\n"
+    "  --backlog-bytes BYTES     and the bytes they may hold, counted as sent; the oldest\n"
+    "                            go first when either bound is passed (default 64m)\n"
     "  --heartbeat SECONDS       comment line after this much silence (default 15; 0 = none)\n"
     "  --retry MS                retry: sent when a stream opens (default 3000; 0 = none)\n"
     "  --publish-token TOKEN     enable POST/DELETE /publish with Authorization: Bearer TOKEN\n"
@@ -54,7 +56,10 @@ static const char *const usage[] = {
     "                            /demo/drop?topic=visitor-... (its Drop button) (default: off)\n"
     "  --cors ORIGIN             send Access-Control-Allow-Origin: ORIGIN (an origin or *)\n"
     "                            (default: no CORS headers)\n"
-    "  --max-clients N           client connections served (default: open-file limit - 64)\n"
+    "  --max-clients N           client connections served (default: the open-file limit\n"
+    "                            less a reserve; see README)\n"
+    "  --max-clients-per-ip N    connections served per client address; more are told to\n"
+    "                            come back, as over --max-clients (default 0 = no limit)\n"
     "  --client-buffer BYTES     queued bytes at which a slow subscriber is dropped\n"
     "                            (default 1m)\n"
     "  --max-event-bytes BYTES   largest event payload, at most 64m (default 1m)\n"
@@ -95,6 +100,7 @@ enum option_id {
     OPT_ROOT,
     OPT_STREAM,
     OPT_BACKLOG,
+    OPT_BACKLOG_BYTES,
     OPT_HEARTBEAT,
     OPT_RETRY,
     OPT_PUBLISH_TOKEN,
@@ -104,6 +110,7 @@ enum option_id {
     OPT_DEMO,
     OPT_CORS,
     OPT_MAX_CLIENTS,
+    OPT_MAX_CLIENTS_PER_IP,
     OPT_CLIENT_BUFFER,
     OPT_MAX_EVENT_BYTES,
     OPT_HEADER_TIMEOUT,
@@ -128,6 +135,7 @@ static const struct option long_options[] = {
     {"root", required_argument, NULL, OPT_ROOT},
     {"stream", required_argument, NULL, OPT_STREAM},
     {"backlog", required_argument, NULL, OPT_BACKLOG},
+    {"backlog-bytes", required_argument, NULL, OPT_BACKLOG_BYTES},
     {"heartbeat", required_argument, NULL, OPT_HEARTBEAT},
     {"retry", required_argument, NULL, OPT_RETRY},
     {"publish-token", required_argument, NULL, OPT_PUBLISH_TOKEN},
@@ -137,6 +145,7 @@ static const struct option long_options[] = {
     {"demo", no_argument, NULL, OPT_DEMO},
     {"cors", required_argument, NULL, OPT_CORS},
     {"max-clients", required_argument, NULL, OPT_MAX_CLIENTS},
+    {"max-clients-per-ip", required_argument, NULL, OPT_MAX_CLIENTS_PER_IP},
     {"client-buffer", required_argument, NULL, OPT_CLIENT_BUFFER},
     {"max-event-bytes", required_argument, NULL, OPT_MAX_EVENT_BYTES},
     {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
@@ -260,6 +269,10 @@ static void parse_options(int argc, char **argv, struct options *o) {
             o->cfg.backlog = n ? (int)n : SSE_OFF;
             break;
         }
+        case OPT_BACKLOG_BYTES:
+            o->cfg.backlog_bytes =
+                (size_t)parse_number("backlog-bytes", optarg, 1, 1LL << 40, true);
+            break;
         case OPT_HEARTBEAT: {
             long long n = parse_number("heartbeat", optarg, 0, 86400, false);
             o->cfg.heartbeat_ms = n ? (int)n * 1000 : SSE_OFF;
@@ -290,6 +303,10 @@ static void parse_options(int argc, char **argv, struct options *o) {
         case OPT_CORS: o->cfg.cors_origin = optarg; break;
         case OPT_MAX_CLIENTS:
             o->cfg.max_clients = (int)parse_number("max-clients", optarg, 1, 10000000, false);
+            break;
+        case OPT_MAX_CLIENTS_PER_IP:
+            o->cfg.max_clients_per_ip =
+                (int)parse_number("max-clients-per-ip", optarg, 0, 10000000, false);
             break;
         case OPT_CLIENT_BUFFER:
             o->cfg.client_buffer =

@@ -91,6 +91,9 @@
 #ifndef SSE_MAX_TOPICS_PER_STREAM
 #define SSE_MAX_TOPICS_PER_STREAM 32
 #endif
+#ifndef SSE_RETIRED_MAX
+#define SSE_RETIRED_MAX 4096 /* retired topics remembered; the oldest is forgotten first */
+#endif
 
 #define TOPIC_NAME_MAX      64          /* topic names are [A-Za-z0-9._-]{1,64} */
 #define SSE_ID_MAX          512         /* longest upstream event id the relay keeps */
@@ -100,12 +103,19 @@
 #define WRITE_IOV_MAX       64          /* queued blobs handed to one sendmsg() */
 #define ACCEPT_BATCH        64          /* accepts per wake-up, so accepting cannot starve others */
 #define OVERFLOW_MAX        256         /* connections over max_clients held just to answer them */
-#define FD_RESERVE          64          /* descriptors kept back from the max_clients default */
+#define FD_OWN              64          /* descriptors of our own: listener, epoll, journal... */
+#define FD_RESERVE          320         /* OVERFLOW_MAX + FD_OWN, kept from max_clients' default */
+#define BACKLOG_BYTES       (64u << 20) /* bytes of events the backlog may hold by default */
 #define DRAIN_MS            500         /* how long sse_stop() lets queued bytes go out */
 #define LINGER_MS           2000        /* how long a closing connection may take to drain */
 #define SEND_TIMEOUT_MS     60000       /* an ordinary response making no progress is dropped */
 #define TCP_USER_TIMEOUT_MS 60000       /* unacknowledged data this old means the peer vanished */
 #define INPUT_CHUNK         65536       /* bytes read from an input per wake-up */
+/* The max_clients default keeps back a descriptor for every connection over max_clients that
+ * may be held to be answered, so the documented 200 + retry: can always be sent, and FD_OWN
+ * for the server's own: stdio, listener, epoll, the spare, the static root, the journal with
+ * its rewrite and directory, Redis's two links, a few inputs and the host's own. */
+_Static_assert(FD_RESERVE == OVERFLOW_MAX + FD_OWN, "the reserve covers the over-limit answers");
 
 #define DEFAULT_LISTEN      "127.0.0.1:8080"
 #define DEFAULT_STREAM_PATH "/events"
@@ -765,15 +775,27 @@ struct topic {
     struct sub *subs;          /* subscribers, newest first */
     uint32_t refs;             /* subscriptions + events + 1 while retired */
     uint32_t hash;             /* of name, with the table's seed */
+    uint32_t retire_seq;       /* while retired: the number of its retirement, which says
+                                  where in the table's ring it is */
     bool retired;              /* new subscriptions get 204 until the next publish */
     char name[TOPIC_NAME_MAX + 1];
 };
 
+/* Topics live while something holds them: a subscription, an event (in the backlog or a
+ * queue), or retirement. The first two are bounded by the connections and the backlog; the
+ * third by SSE_RETIRED_MAX, beyond which the oldest retirement is forgotten (and the topic
+ * freed if nothing else holds it), so a flood of DELETEs on new names costs bounded memory. */
 struct topic_table {
     struct topic **buckets; /* chains; nbuckets is a power of two */
     uint32_t nbuckets;      /* allocated chains */
     uint32_t count;         /* topics stored */
     uint32_t seed;          /* random, so names cannot be chosen to collide */
+    struct topic **retired; /* a ring of the last SSE_RETIRED_MAX retirements, each slot
+                               holding its topic's retired reference or NULL once the topic
+                               was published to again; allocated at the first retirement */
+    uint32_t retired_head;  /* slot of the oldest retirement */
+    uint32_t nretired;      /* slots in use from retired_head, NULL ones included */
+    uint32_t retire_seq;    /* retirements so far: the newest slot's number */
 };
 
 static struct blob *blob_new(size_t len) {
@@ -829,8 +851,8 @@ static struct topic *topic_find(struct topic_table *tt, const char *name, size_t
     return NULL;
 }
 
-static bool topic_table_grow(struct topic_table *tt) {
-    uint32_t n = tt->nbuckets ? tt->nbuckets * 2 : 64;
+/* Rehashes into n chains (a power of two, at least 64). False when out of memory. */
+static bool topic_table_resize(struct topic_table *tt, uint32_t n) {
     struct topic **b = calloc(n, sizeof *b);
     if (!b)
         return false;
@@ -855,7 +877,7 @@ static struct topic *topic_get(struct topic_table *tt, const char *name, size_t 
         t->refs++;
         return t;
     }
-    if (tt->count >= tt->nbuckets && !topic_table_grow(tt))
+    if (tt->count >= tt->nbuckets && !topic_table_resize(tt, tt->nbuckets ? tt->nbuckets * 2 : 64))
         return NULL;
     t = calloc(1, sizeof *t);
     if (!t)
@@ -881,47 +903,97 @@ static void topic_unref(struct topic *t) {
     *pp = t->next;
     tt->count--;
     free(t);
+    if (tt->nbuckets > 64 && tt->count < tt->nbuckets / 4) /* give back what a flood grew */
+        topic_table_resize(tt, tt->nbuckets / 2);          /* (kept as is if out of memory) */
 }
 
-static void topic_retire_flag(struct topic *t, bool retired) {
+/* Ring slot of a retired topic: its retirement's number counted from the oldest slot's
+ * (unsigned arithmetic: numbers may wrap, the ring is far smaller). */
+static struct topic **topic_retired_slot(struct topic_table *tt, const struct topic *t) {
+    uint32_t oldest = tt->retire_seq - tt->nretired + 1;
+    return &tt->retired[(tt->retired_head + (t->retire_seq - oldest)) % SSE_RETIRED_MAX];
+}
+
+/* Marks a topic retired (held by the newest slot of the ring) or live again (its slot let
+ * go, which may free it). Beyond SSE_RETIRED_MAX retirements the oldest is forgotten. False
+ * only when retiring needs the ring and there is no memory for it. */
+static bool topic_retire_flag(struct topic *t, bool retired) {
+    struct topic_table *tt = t->table;
     if (t->retired == retired)
-        return;
-    t->retired = retired;
-    if (retired)
-        t->refs++;
-    else
+        return true;
+    if (!retired) {
+        struct topic **slot = topic_retired_slot(tt, t);
+        *slot = NULL;
+        t->retired = false;
         topic_unref(t);
+        return true;
+    }
+    if (!tt->retired && !(tt->retired = malloc(SSE_RETIRED_MAX * sizeof *tt->retired)))
+        return false;
+    if (tt->nretired == SSE_RETIRED_MAX) {
+        struct topic *old = tt->retired[tt->retired_head];
+        tt->retired_head = (tt->retired_head + 1) % SSE_RETIRED_MAX;
+        tt->nretired--;
+        if (old) {
+            old->retired = false;
+            topic_unref(old);
+        }
+    }
+    t->retired = true;
+    t->retire_seq = ++tt->retire_seq;
+    t->refs++;
+    tt->retired[(tt->retired_head + tt->nretired++) % SSE_RETIRED_MAX] = t;
+    return true;
 }
 
-/* The backlog: a ring of the last cap events, oldest at head. Ids in it increase, and every
- * event published after `base` is in it, so a client whose last id is base or later can be
- * replayed exactly. Ids need not be consecutive (a Redis stream's are not). */
+/* The backlog: a ring of the last events, oldest at head, bounded twice: at most cap events
+ * and at most max_bytes bytes of them (an event's bytes are its blob's len: the formatted
+ * event exactly as it goes on the wire, shared by every queue that holds it). Ids in it
+ * increase, and every event published after `base` is in it, so a client whose last id is
+ * base or later can be replayed exactly. Ids need not be consecutive (a Redis stream's are
+ * not). */
 struct backlog {
     struct blob **ring; /* cap slots */
     uint32_t cap;       /* 0 = replay disabled */
     uint32_t head;      /* index of the oldest event */
     uint32_t count;     /* events held */
     uint64_t base;      /* the id just before the oldest event held */
+    size_t bytes;       /* sum of the len of the events held */
+    size_t max_bytes;   /* bytes may not pass this: the oldest events go first */
 };
 
 static struct blob *backlog_at(const struct backlog *bl, uint32_t i) {
     return bl->ring[(bl->head + i) % bl->cap];
 }
 
-/* Adds an event; prev is the id of the event published just before it. */
+/* Evicts the oldest event; base moves up to its id, so a resume from before it is a reset. */
+static void backlog_evict(struct backlog *bl) {
+    struct blob *old = bl->ring[bl->head];
+    bl->base = old->id;
+    bl->bytes -= old->len;
+    blob_unref(old);
+    bl->head = (bl->head + 1) % bl->cap;
+    bl->count--;
+}
+
+/* Adds an event, evicting the oldest ones while either bound would be passed; prev is the
+ * id of the event published just before it. An event bigger than max_bytes on its own is
+ * not kept: the backlog is left empty with base at its id, so only a client that has it
+ * already resumes exactly. */
 static void backlog_push(struct backlog *bl, struct blob *ev, uint64_t prev) {
     if (!bl->cap)
         return;
     if (bl->count == 0)
         bl->base = prev;
-    if (bl->count == bl->cap) {
-        bl->base = bl->ring[bl->head]->id;
-        blob_unref(bl->ring[bl->head]);
-        bl->head = (bl->head + 1) % bl->cap;
-        bl->count--;
+    while (bl->count && (bl->count == bl->cap || bl->bytes + ev->len > bl->max_bytes))
+        backlog_evict(bl);
+    if (ev->len > bl->max_bytes) {
+        bl->base = ev->id;
+        return;
     }
     bl->ring[(bl->head + bl->count) % bl->cap] = blob_ref(ev);
     bl->count++;
+    bl->bytes += ev->len;
 }
 
 /* Index of the first retained event with an id greater than id (count if none). */
@@ -2051,10 +2123,12 @@ static bool journal_valid_record_after(const char *buf, size_t len) {
     return false;
 }
 
-/* Reads the records of buf[0..len) (after the header) into the backlog. Returns how many
- * bytes hold whole valid records (the rest is a torn end to cut off), or -1 with why. */
+/* Reads the records of buf[0..len) (after the header) into the backlog, counting them in
+ * *loaded (the backlog keeps fewer when its bounds are passed). Returns how many bytes hold
+ * whole valid records (the rest is a torn end to cut off), or -1 with why. */
 static long journal_load_records(const char *buf, size_t len, size_t at, struct topic_table *tt,
-                                 struct backlog *bl, uint64_t *last_id, const char **why) {
+                                 struct backlog *bl, uint64_t *last_id, uint32_t *loaded,
+                                 const char **why) {
     uint64_t prev = 0;
     while (at < len) {
         struct journal_record rec;
@@ -2072,6 +2146,7 @@ static long journal_load_records(const char *buf, size_t len, size_t at, struct 
             return -1;
         }
         prev = rec.id;
+        ++*loaded;
         if (rec.id > *last_id)
             *last_id = rec.id;
         at += (size_t)n;
@@ -2127,6 +2202,7 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
     size_t hlen = nl ? (size_t)(nl - buf) + 1 : 0;
     uint64_t floor = 0;
     long keep = 0;
+    uint32_t loaded = 0;
     if (!nl && len < 64) {
         keep = 0; /* empty, or a header torn while the file was being created */
     } else if (!nl || hlen <= strlen(JOURNAL_MAGIC) ||
@@ -2134,7 +2210,7 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
                !parse_u64(buf + strlen(JOURNAL_MAGIC), hlen - 1 - strlen(JOURNAL_MAGIC), &floor)) {
         why = "not an sse-server journal (version 1)";
     } else {
-        keep = journal_load_records(buf, len, hlen, tt, bl, last_id, &why);
+        keep = journal_load_records(buf, len, hlen, tt, bl, last_id, &loaded, &why);
     }
     free(buf);
     if (why)
@@ -2161,6 +2237,10 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
             journal_sync_dir(path, log);
     }
     j->size = j->compacted = (uint64_t)keep;
+    if (loaded > bl->count) /* the file holds events the backlog could not keep (a smaller
+                               backlog or backlog_bytes than last time): rewrite it at the
+                               first append over max_bytes, rather than once it doubled */
+        j->compacted = 0;
     log_say(log, SSE_LOG_INFO, "journal %s: %llu bytes, %u events back in the backlog", path,
             (unsigned long long)j->size, bl->count);
     return NULL;
@@ -2295,7 +2375,85 @@ struct conn {
     off_t file_off, file_end;   /* what of it is left to send */
     struct sub *subs;           /* topics followed (subscribers only) */
     struct proxy *px;           /* proxied request or upstream connection, else NULL */
+    struct ip_count *ip;        /* its address's count (max_clients_per_ip), else NULL */
 };
+
+/* Client connections served per address, for max_clients_per_ip: a chained hash table
+ * keyed by the address (IPv4 as IPv4-mapped IPv6) with a random seed, so addresses cannot
+ * be chosen to collide. An entry lives only while its count is above zero, so there are
+ * never more entries than connections, and the table shrinks back as they close. */
+struct ip_count {
+    struct ip_count *next; /* next in the hash chain */
+    uint32_t n;            /* connections served from addr */
+    uint32_t hash;         /* of addr, with the table's seed */
+    unsigned char addr[16];
+};
+
+struct ip_table {
+    struct ip_count **buckets; /* chains; nbuckets is a power of two */
+    uint32_t nbuckets;         /* allocated chains */
+    uint32_t count;            /* entries */
+    uint32_t seed;             /* random */
+};
+
+/* Rehashes into n chains (a power of two). False when out of memory. */
+static bool ip_table_resize(struct ip_table *t, uint32_t n) {
+    struct ip_count **b = calloc(n, sizeof *b);
+    if (!b)
+        return false;
+    for (uint32_t i = 0; i < t->nbuckets; i++) {
+        for (struct ip_count *e = t->buckets[i], *next; e; e = next) {
+            next = e->next;
+            e->next = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    }
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = n;
+    return true;
+}
+
+/* The entry of a peer's address, created with count 0 if new; NULL when out of memory. */
+static struct ip_count *ip_table_get(struct ip_table *t, const struct sockaddr_storage *sa) {
+    unsigned char key[16] = {0};
+    if (sa->ss_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+    } else if (sa->ss_family == AF_INET) {
+        key[10] = key[11] = 0xFF;
+        memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    }
+    uint32_t h = topic_hash(t->seed, (const char *)key, sizeof key);
+    for (struct ip_count *e = t->nbuckets ? t->buckets[h & (t->nbuckets - 1)] : NULL; e;
+         e = e->next)
+        if (e->hash == h && memcmp(e->addr, key, sizeof key) == 0)
+            return e;
+    if (t->count >= t->nbuckets && !ip_table_resize(t, t->nbuckets ? t->nbuckets * 2 : 64))
+        return NULL;
+    struct ip_count *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    memcpy(e->addr, key, sizeof key);
+    e->hash = h;
+    e->next = t->buckets[h & (t->nbuckets - 1)];
+    t->buckets[h & (t->nbuckets - 1)] = e;
+    t->count++;
+    return e;
+}
+
+/* Counts one connection less from e's address; at zero the entry goes. */
+static void ip_table_put(struct ip_table *t, struct ip_count *e) {
+    if (!e || (e->n && --e->n))
+        return;
+    struct ip_count **pp = &t->buckets[e->hash & (t->nbuckets - 1)];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    t->count--;
+    free(e);
+    if (t->nbuckets > 64 && t->count < t->nbuckets / 4)
+        ip_table_resize(t, t->nbuckets / 2);
+}
 
 struct timer_list {
     struct conn *head, *tail; /* soonest deadline first */
@@ -2343,6 +2501,7 @@ struct sse_server {
     int64_t heartbeat_ms;       /* 0 = none */
     int64_t retry_ms;           /* 0 = no retry: line */
     uint32_t max_clients;       /* client connections served */
+    uint32_t max_per_ip;        /* of them from one address; 0 = no limit */
     int64_t header_timeout_ms;  /* deadline for a request head */
     size_t client_buffer;       /* queued bytes at which a subscriber is dropped */
     size_t max_event_bytes;     /* largest payload */
@@ -2390,6 +2549,7 @@ struct sse_server {
     struct conn *dead_list;      /* closed, to free */
     uint32_t nconns;             /* open client connections (not counting over-limit ones) */
     uint32_t noverflow;          /* over-limit connections being answered */
+    struct ip_table per_ip;      /* served connections by address (max_clients_per_ip) */
     uint32_t nsubscribers;       /* connections in CONN_STREAM */
     uint32_t nupstreams;         /* connections in CONN_UPSTREAM */
     uint32_t next_serial;        /* for log lines */
@@ -2548,6 +2708,8 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
         srv->noverflow--;
     else
         srv->nconns--;
+    ip_table_put(&srv->per_ip, c->ip);
+    c->ip = NULL;
     if (state != CONN_UPSTREAM) /* every accepted connection passes here once */
         srv->m.closed[reason]++;
     c->tnext = srv->dead_list;
@@ -3345,8 +3507,10 @@ static int publish_end_subscribers(struct sse_server *srv, const char *topic, bo
     struct topic *t = topic_get(&srv->topics, topic, tlen);
     if (!t)
         return -ENOMEM;
-    if (retire)
-        topic_retire_flag(t, true);
+    if (retire && !topic_retire_flag(t, true)) {
+        topic_unref(t);
+        return -ENOMEM;
+    }
     srv->busy = true; /* as in publish_deliver() */
     int ended = 0;
     for (struct sub *s = t->subs, *next; s; s = next) {
@@ -3593,6 +3757,10 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         {"sse_connections", "gauge", "Client connections open now, over --max-clients or not.",
          (uint64_t)srv->nconns + srv->noverflow},
         {"sse_backlog_events", "gauge", "Events retained for replay.", srv->backlog.count},
+        {"sse_backlog_bytes", "gauge", "Bytes of the events retained for replay, as sent.",
+         srv->backlog.bytes},
+        {"sse_topics", "gauge", "Topics held: subscribed, in the backlog or retired.",
+         srv->topics.count},
         {"sse_connections_total", "counter", "Client connections accepted.",
          srv->m.connections_total},
         {"sse_connections_rejected_total", "counter",
@@ -6236,11 +6404,24 @@ static void loop_clock(struct sse_server *srv) {
     }
 }
 
+/* Takes an accepted connection: served, or over max_clients or max_clients_per_ip and
+ * held only to be told to come back, or (beyond OVERFLOW_MAX of those) closed at once. */
 static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_storage *sa) {
-    struct conn *c = calloc(1, sizeof *c);
+    bool over = srv->nconns >= srv->max_clients;
+    struct ip_count *ip = NULL;
+    if (!over && srv->max_per_ip) {
+        ip = ip_table_get(&srv->per_ip, sa);
+        over = !ip || ip->n >= srv->max_per_ip;
+        if (ip && !over)
+            ip->n++;
+        else
+            ip = NULL;
+    }
+    struct conn *c = over && srv->noverflow >= OVERFLOW_MAX ? NULL : calloc(1, sizeof *c);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
     ev.data.ptr = c;
     if (!c || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        ip_table_put(&srv->per_ip, ip);
         free(c);
         close(fd);
         srv->m.rejected_total++;
@@ -6251,7 +6432,8 @@ static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_stora
     c->file_fd = -1;
     c->timer = TIMER_NONE;
     c->serial = ++srv->next_serial;
-    if (srv->nconns >= srv->max_clients) {
+    c->ip = ip;
+    if (over) {
         c->flags |= CF_OVER_LIMIT;
         srv->noverflow++;
     } else {
@@ -6275,7 +6457,7 @@ static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_stora
             port = ntohs(in6->sin6_port);
         }
         log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened from %s:%d%s", c->serial, addr,
-                port, (c->flags & CF_OVER_LIMIT) ? " (over --max-clients)" : "");
+                port, (c->flags & CF_OVER_LIMIT) ? " (over the client limits)" : "");
     }
 }
 
@@ -6319,11 +6501,6 @@ static void loop_accept(struct sse_server *srv) {
                 continue;
             }
             return; /* EAGAIN: nothing more waiting */
-        }
-        if (srv->nconns >= srv->max_clients && srv->noverflow >= OVERFLOW_MAX) {
-            close(fd);
-            srv->m.rejected_total++;
-            continue;
         }
         conn_new(srv, fd, &sa);
     }
@@ -6675,7 +6852,7 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
 /* Applies defaults and checks ranges. Returns NULL or what is wrong. */
 static const char *api_configure(struct sse_server *srv, const struct sse_config *cfg) {
     if (cfg->backlog < SSE_OFF || cfg->heartbeat_ms < SSE_OFF || cfg->retry_ms < SSE_OFF ||
-        cfg->max_clients < 0 || cfg->header_timeout_ms < 0)
+        cfg->max_clients < 0 || cfg->max_clients_per_ip < 0 || cfg->header_timeout_ms < 0)
         return "negative value in configuration";
     if (cfg->max_event_bytes > EVENT_BYTES_LIMIT)
         return "max_event_bytes is over 64 MiB";
@@ -6689,14 +6866,19 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->header_timeout_ms = cfg->header_timeout_ms ? cfg->header_timeout_ms : 10000;
     srv->client_buffer = cfg->client_buffer ? cfg->client_buffer : 1u << 20;
     srv->max_event_bytes = cfg->max_event_bytes ? cfg->max_event_bytes : 1u << 20;
+    srv->max_per_ip = (uint32_t)cfg->max_clients_per_ip;
     if (cfg->max_clients) {
         srv->max_clients = (uint32_t)cfg->max_clients;
     } else {
+        /* What is left once the over-limit answers, the relays' upstreams and our own have
+         * theirs; halved when a client may hold a second one (an upstream, a file). */
         struct rlimit rl;
         rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-        srv->max_clients = n > FD_RESERVE + 1
-                               ? (uint32_t)(n - FD_RESERVE > 10000000 ? 10000000 : n - FD_RESERVE)
-                               : 1;
+        rlim_t reserve = FD_RESERVE + (rlim_t)cfg->num_relays;
+        rlim_t left = n > reserve ? n - reserve : 0;
+        if (cfg->num_proxy_routes || cfg->static_root)
+            left /= 2;
+        srv->max_clients = left < 1 ? 1 : left > 10000000 ? 10000000 : (uint32_t)left;
     }
     const char *sp = cfg->stream_path ? cfg->stream_path : DEFAULT_STREAM_PATH;
     size_t splen = strlen(sp);
@@ -6735,6 +6917,7 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->cors_headers = api_strdup(cors, &failed);
     srv->backlog.ring = backlog ? calloc(backlog, sizeof *srv->backlog.ring) : NULL;
     srv->backlog.cap = srv->backlog.ring ? backlog : 0;
+    srv->backlog.max_bytes = cfg->backlog_bytes ? cfg->backlog_bytes : BACKLOG_BYTES;
     failed = failed || (backlog && !srv->backlog.ring);
     return failed ? "out of memory" : NULL;
 }
@@ -6978,6 +7161,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->last_id = api_id_seed();
     srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
     srv->topics.seed = (uint32_t)rng_next(&srv->rng);
+    srv->per_ip.seed = (uint32_t)rng_next(&srv->rng);
     if (cfg->journal_path && cfg->redis) {
         api_error(err, errlen, "redis %s: cannot be used with a journal: Redis keeps the history",
                   cfg->redis);
@@ -7049,6 +7233,8 @@ void sse_server_free(struct sse_server *srv) {
         }
     }
     free(srv->topics.buckets);
+    free(srv->topics.retired);
+    free(srv->per_ip.buckets); /* its entries went with the connections */
     int fds[] = {srv->listener.fd, srv->reserve_fd, srv->root_fd, srv->epfd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (fds[i] >= 0)

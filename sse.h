@@ -66,7 +66,8 @@
  * blocked around sendfile), and it does not install signal handlers.
  *
  * Compile-time knobs (define before compiling sse.c): SSE_HEAD_MAX (largest request head,
- * default 8192 bytes), SSE_MAX_HEADERS (default 64), SSE_MAX_TOPICS_PER_STREAM (default 32).
+ * default 8192 bytes), SSE_MAX_HEADERS (default 64), SSE_MAX_TOPICS_PER_STREAM (default 32),
+ * SSE_RETIRED_MAX (retirements remembered, see sse_retire_topic(); default 4096).
  */
 #ifndef SSE_H
 #define SSE_H
@@ -153,10 +154,21 @@ struct sse_config {
     const char *cors_origin;     /* "*" or one origin for Access-Control-Allow-Origin; NULL =
                                     no CORS headers */
     int backlog;                 /* events kept for replay. 0 = 1024; SSE_OFF = none */
+    size_t backlog_bytes;        /* and the bytes they may hold: the oldest go first when
+                                    either bound is passed. An event counts the bytes it
+                                    has on the wire (its id:, event: and data: lines and the
+                                    blank line), held once whatever queues share it; one
+                                    bigger than this on its own is not kept. 0 = 64 MiB */
     int heartbeat_ms;            /* comment line after this much silence. 0 = 15000; SSE_OFF */
     int retry_ms;                /* sent as retry: when a stream opens. 0 = 3000; SSE_OFF =
                                     send none (the browser's default applies) */
-    int max_clients;             /* client connections; 0 = RLIMIT_NOFILE minus a reserve */
+    int max_clients;             /* client connections; 0 = RLIMIT_NOFILE minus a reserve
+                                    for over-limit answers, relays and the server's own
+                                    descriptors, halved with proxy routes or static_root
+                                    (a client may then hold a second descriptor) */
+    int max_clients_per_ip;      /* client connections from one address; more are answered
+                                    as over max_clients (a stream request gets 200 and a
+                                    retry: line, then the connection closes). 0 = no limit */
     int header_timeout_ms;       /* deadline for a whole request head. 0 = 10000 */
     size_t client_buffer;        /* bytes a subscriber may have queued before it is dropped.
                                     0 = 1 MiB */
@@ -251,6 +263,8 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
 /* Retires a topic: its subscribers get what is queued for them and are closed, and new
  * subscriptions to it are answered 204 (which tells EventSource to stop reconnecting) until
  * something is published there again. A subscriber that follows other topics as well stays.
+ * The last SSE_RETIRED_MAX retirements are remembered; an older one is forgotten (and its
+ * topic freed once nothing else holds it), so retiring new names costs bounded memory.
  * Returns the number of subscribers closed, or -EINVAL (srv or topic NULL, bad topic name),
  * -ENOMEM, or -EBUSY from on_log as for sse_publish(). */
 int sse_retire_topic(struct sse_server *srv, const char *topic);

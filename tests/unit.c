@@ -379,7 +379,7 @@ static void test_static(void) {
 }
 
 static void test_backlog(void) {
-    struct backlog bl = {calloc(3, sizeof(struct blob *)), 3, 0, 0, 0};
+    struct backlog bl = {calloc(3, sizeof(struct blob *)), 3, 0, 0, 0, 0, SIZE_MAX};
     CHECK(!backlog_covers(&bl, 9, 10));
     CHECK(backlog_covers(&bl, 10, 10));
     for (uint64_t id = 11; id <= 15; id++) {
@@ -396,7 +396,29 @@ static void test_backlog(void) {
     CHECK(!backlog_covers(&bl, 11, 15));
     CHECK(backlog_covers(&bl, 15, 15));
     CHECK(!backlog_covers(&bl, 16, 15));
+    CHECK(bl.bytes == 3);
     backlog_free(&bl);
+
+    /* The byte bound: events of 4, 4 and 5 bytes under a bound of 9 keep the last two; an
+     * event bigger than the bound empties the backlog. */
+    struct backlog bb = {calloc(8, sizeof(struct blob *)), 8, 0, 0, 0, 0, 9};
+    const char *texts[] = {"aaaa", "bbbb", "ccccc", "0123456789", "dd"};
+    for (uint64_t i = 0; i < 5; i++) {
+        struct blob *b = blob_from(texts[i], strlen(texts[i]));
+        b->id = 21 + i;
+        backlog_push(&bb, b, 20 + i);
+        blob_unref(b);
+        if (i == 1)
+            CHECK(bb.count == 2 && bb.bytes == 8 && bb.base == 20);
+        if (i == 2)
+            CHECK(bb.count == 2 && bb.bytes == 9 && bb.base == 21 && backlog_covers(&bb, 21, 23) &&
+                  !backlog_covers(&bb, 20, 23));
+        if (i == 3)
+            CHECK(bb.count == 0 && bb.bytes == 0 && !backlog_covers(&bb, 23, 24));
+    }
+    CHECK(bb.count == 1 && bb.bytes == 2 && backlog_covers(&bb, 24, 25));
+    CHECK(!backlog_covers(&bb, 23, 25));
+    backlog_free(&bb);
 }
 
 static void test_topics(void) {
@@ -414,12 +436,39 @@ static void test_topics(void) {
         snprintf(name, sizeof name, "t%d", i);
         topic_unref(topic_find(&tt, name, strlen(name)));
     }
-    topic_retire_flag(a, true);
+    CHECK(topic_retire_flag(a, true));
     topic_unref(a);
     topic_unref(a);
     CHECK(tt.count == 1 && a->retired);
     topic_retire_flag(a, false);
     CHECK(tt.count == 0 && topic_find(&tt, "a", 1) == NULL);
+    /* Retirements beyond SSE_RETIRED_MAX forget the oldest, freeing what nothing else
+     * holds; the table shrinks back as they go. */
+    struct topic *held = topic_get(&tt, "held", 4);
+    topic_retire_flag(held, true);
+    for (int i = 0; i < SSE_RETIRED_MAX + 10; i++) {
+        snprintf(name, sizeof name, "r%d", i);
+        struct topic *t = topic_get(&tt, name, strlen(name));
+        topic_retire_flag(t, true);
+        topic_unref(t);
+    }
+    CHECK(tt.nretired == SSE_RETIRED_MAX && tt.count == SSE_RETIRED_MAX + 1);
+    CHECK(!held->retired && topic_find(&tt, "held", 4) == held && held->refs == 1);
+    CHECK(topic_find(&tt, "r9", 2) == NULL && topic_find(&tt, "r10", 3)->retired);
+    for (int i = 0; i < SSE_RETIRED_MAX + 10; i++) {
+        snprintf(name, sizeof name, "r%d", i);
+        struct topic *t = topic_find(&tt, name, strlen(name));
+        if (t)
+            topic_retire_flag(t, false);
+    }
+    CHECK(tt.nretired == SSE_RETIRED_MAX && tt.count == 1 && tt.nbuckets == 64);
+    CHECK(topic_retire_flag(held, true) && held->retired && held->refs == 2);
+    CHECK(*topic_retired_slot(&tt, held) == held && tt.nretired == SSE_RETIRED_MAX);
+    topic_retire_flag(held, false);
+    CHECK(!held->retired && held->refs == 1);
+    topic_unref(held);
+    CHECK(tt.count == 0);
+    free(tt.retired);
     free(tt.buckets);
 }
 

@@ -34,22 +34,27 @@ static void read_records(const char *buf, size_t len) {
         check_record(buf, len, n, &rec);
 
     struct topic_table tt = {.seed = 7};
-    struct backlog bl = {.ring = calloc(8, sizeof(struct blob *)), .cap = 8};
+    struct backlog bl = {.ring = calloc(8, sizeof(struct blob *)), .cap = 8, .max_bytes = 1024};
     FUZZ_CHECK(bl.ring != NULL);
     uint64_t last_id = 0;
     const char *why = NULL;
-    long keep = journal_load_records(buf, len, 0, &tt, &bl, &last_id, &why);
+    uint32_t loaded = 0;
+    long keep = journal_load_records(buf, len, 0, &tt, &bl, &last_id, &loaded, &why);
+    FUZZ_CHECK(loaded >= bl.count);
     FUZZ_CHECK(keep == -1 ? why != NULL : (size_t)keep <= len && why == NULL);
     for (long at = 0; keep > 0 && at < keep;) { /* kept bytes are whole records */
         long r = journal_parse_record(buf + at, (size_t)(keep - at), SIZE_MAX, &rec);
         FUZZ_CHECK(r > 0);
         at += r;
     }
+    size_t held = 0; /* both bounds hold, and bytes counts exactly what is held */
     for (uint32_t i = 0; i < bl.count; i++) {
         const struct blob *ev = backlog_at(&bl, i);
+        held += ev->len;
         FUZZ_CHECK(i == 0 || backlog_at(&bl, i - 1)->id < ev->id);
         FUZZ_CHECK(ev->id <= last_id && journal_event_canonical(ev->id, ev->bytes, ev->len));
     }
+    FUZZ_CHECK(held == bl.bytes && held <= bl.max_bytes && bl.count <= bl.cap);
     backlog_free(&bl);
     FUZZ_CHECK(tt.count == 0); /* the events held the only references to their topics */
     free(tt.buckets);
