@@ -1109,7 +1109,8 @@ static void test_relay_backoff(void) {
 /* A node's backlog covers a stream id (sparse ids) only from its base or its first entry on. */
 static void test_redis_backlog_covers(void) {
     static struct sse_server node; /* only backlog and last_id are read */
-    node.backlog = (struct backlog){calloc(2, sizeof(struct blob *)), 2, 0, 0, 0};
+    node.backlog =
+        (struct backlog){.ring = calloc(2, sizeof(struct blob *)), .cap = 2, .max_bytes = SIZE_MAX};
     node.last_id = 100; /* the stream's position when the node started */
     CHECK(redis_backlog_covers(&node, 100) && !redis_backlog_covers(&node, 99));
     uint64_t prev = 100;
