@@ -3816,14 +3816,14 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
         close(fd);
         if (path[path_len - 1] != '/') {
             /* Redirect to the directory's own URL so relative links in its index resolve.
-             * Built from the decoded path alone, never from the raw target: an absolute-form
+             * Built from the resolved path alone, never from the raw target: an absolute-form
              * "http://evil.example/sub" or a "//sub" would send the browser to another host.
              * The query goes as sent (ASCII without spaces or CR/LF: safe in a header). */
             char loc[3 * SSE_HEAD_MAX + 32];
             struct wbuf w = {loc, sizeof loc - 1, 0};
             const char *qm = memchr(req->target, '?', req->target_len);
-            wb_str(&w, "Location: ");
-            http_path_encode(&w, path, path_len);
+            wb_str(&w, "Location: /");
+            http_path_encode(&w, rel, (size_t)n);
             wb_str(&w, "/");
             if (qm)
                 wb_put(&w, qm, req->target_len - (size_t)(qm - req->target));
