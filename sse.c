@@ -4070,7 +4070,7 @@ static void proxy_client_read(struct sse_server *srv, struct conn *c) {
 static void proxy_send_timer(struct sse_server *srv, struct proxy *px, struct conn *c) {
     if (px->stream || !px->head_done || c != px->client)
         return;
-    if (c->qlen == 0 && c->file_fd < 0) {
+    if (c->qlen == 0) {
         if (c->timer != TIMER_NEVER)
             timer_set(srv, c, TIMER_NEVER);
     } else if (c->timer != TIMER_SEND || c->qbytes < px->client_q) {
