@@ -3855,8 +3855,10 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
  * 9. The proxy and the relay
  *
  * Proxy. A client connection is paired with a connection to the upstream. The request goes
- * up rebuilt: hop-by-hop headers dropped (RFC 9110 7.6.1: Connection and the fields it
- * names, Keep-Alive, Proxy-*, TE, Trailer, Upgrade), X-Forwarded-* and X-Real-IP added.
+ * up rebuilt: its path canonical and without dot segments, so it stays under the route's
+ * base; hop-by-hop headers dropped (RFC 9110 7.6.1: Connection and the fields it names,
+ * but never the framing or Host, Keep-Alive, Proxy-*, TE, Trailer, Upgrade); one
+ * Content-Length of our own; X-Forwarded-*, X-Real-IP and Forwarded set by us alone.
  * The response comes down as it arrives: every read from the upstream is queued for the
  * client in the same loop iteration and written at its end, never held back for more. The
  * upstream's framing (Content-Length, chunked or close) is decoded, so an event stream goes
