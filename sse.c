@@ -1251,6 +1251,115 @@ static long http_percent_decode(const char *in, size_t len, char *out, bool plus
     return (long)o;
 }
 
+/* Whether c is unreserved (RFC 3986 2.3): an escape of it means the character itself. */
+static bool http_is_unreserved(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
+}
+
+/* Writes the canonical form of the raw (still percent-encoded) path in[0..len) into out
+ * (room for cap bytes): escapes of unreserved characters decoded ("%2e" is '.', RFC 3986
+ * 6.2.2.2), the others in upper case (6.2.2.1), so a dot segment cannot hide in an escape.
+ * Returns its length, or -1 for what a proxy must not pass on because some server behind it
+ * would read it as another path: a malformed escape or %00; a slash or backslash hidden as
+ * %2F or %5C (many servers decode before splitting); a raw backslash (a separator on
+ * Windows and to some frameworks); a double-encoded dot, slash or backslash ("%252e", for
+ * servers that decode twice, and "%2500" likewise); or an output that does not fit. */
+static long http_path_canon(const char *in, size_t len, char *out, size_t cap) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (c == '\\' || o >= cap)
+            return -1;
+        if (c != '%') {
+            out[o++] = (char)c;
+            continue;
+        }
+        int hi = i + 2 < len ? http_hex(in[i + 1]) : -1, lo = hi >= 0 ? http_hex(in[i + 2]) : -1;
+        if (lo < 0 || (hi == 0 && lo == 0))
+            return -1;
+        unsigned char d = (unsigned char)(hi * 16 + lo);
+        i += 2;
+        if (d == '/' || d == '\\')
+            return -1;
+        if (http_is_unreserved(d)) {
+            out[o++] = (char)d;
+            continue;
+        }
+        if (o + 3 > cap)
+            return -1;
+        out[o++] = '%';
+        out[o++] = hex[hi];
+        out[o++] = hex[lo];
+    }
+    for (size_t i = 0; i + 4 < o; i++) { /* "%25" then an escape of '.', '/' or '\' */
+        if (memcmp(out + i, "%25", 3) != 0)
+            continue;
+        int hi = http_hex(out[i + 3]), lo = http_hex(out[i + 4]);
+        if (hi >= 0 && lo >= 0 && strchr("./\\", hi * 16 + lo))
+            return -1;
+    }
+    return (long)o;
+}
+
+/* Appends the decoded path p[0..len) percent-encoded as a path-absolute URL path: every
+ * byte but unreserved characters, sub-delims, ':', '@' and '/' escaped (RFC 3986 3.3), and
+ * leading slashes collapsed into one, so the result can never read as "//host/..." (a
+ * network-path reference to another host), nor "/\\host" (browsers read '\\' as '/'). */
+static void http_path_encode(struct wbuf *w, const char *p, size_t len) {
+    static const char hex[] = "0123456789ABCDEF";
+    while (len > 1 && p[0] == '/' && p[1] == '/') {
+        p++;
+        len--;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (http_is_unreserved(c) || (c && strchr("!$&'()*+,;=:@/", c))) {
+            wb_put(w, p + i, 1);
+        } else {
+            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+            wb_put(w, e, 3);
+        }
+    }
+}
+
+/* Removes the dot segments of the path p[0..len) in place (RFC 3986 5.2.4): "/a/./b/../c"
+ * becomes "/a/c", "/a/.." becomes "/". Returns the new length, or -1 if p does not start
+ * with '/' or a ".." would climb above the root ("/../x"), which RFC 3986 silently drops
+ * but which only an attack sends. */
+static long http_path_remove_dots(char *p, size_t len) {
+    if (len == 0 || p[0] != '/')
+        return -1;
+    size_t o = 0, i = 1;
+    for (;;) {
+        size_t s = i;
+        while (i < len && p[i] != '/')
+            i++;
+        size_t n = i - s;
+        bool last = i >= len;
+        if (n == 2 && p[s] == '.' && p[s + 1] == '.') {
+            if (o == 0)
+                return -1;
+            while (o > 0 && p[--o] != '/') /* drop the last segment and its '/' */
+                ;
+        } else if (!(n == 1 && p[s] == '.')) {
+            p[o++] = '/';
+            memmove(p + o, p + s, n);
+            o += n;
+            if (last)
+                break;
+            i++;
+            continue;
+        }
+        if (last) {
+            p[o++] = '/'; /* "/a/b/.." is the directory "/a/" */
+            break;
+        }
+        i++;
+    }
+    return (long)o;
+}
 struct http_param {
     const char *key; /* decoded name */
     size_t key_len;
@@ -3877,13 +3986,21 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
         close(fd);
         if (path[path_len - 1] != '/') {
             /* Redirect to the directory's own URL so relative links in its index resolve.
-             * The raw target is ASCII without spaces or CR/LF: safe in a header. */
-            char loc[SSE_HEAD_MAX + 32];
+             * Built from the resolved path alone, never from the raw target: an absolute-form
+             * "http://evil.example/sub" or a "//sub" would send the browser to another host.
+             * The query goes as sent (ASCII without spaces or CR/LF: safe in a header). */
+            char loc[3 * SSE_HEAD_MAX + 32];
+            struct wbuf w = {loc, sizeof loc - 1, 0};
             const char *qm = memchr(req->target, '?', req->target_len);
-            size_t plen = qm ? (size_t)(qm - req->target) : req->target_len;
-            snprintf(loc, sizeof loc, "Location: %.*s/%.*s\r\n", (int)plen, req->target,
-                     (int)(req->target_len - plen), req->target + plen);
-            http_text(srv, c, 301, "moved", loc);
+            wb_str(&w, "Location: /");
+            http_path_encode(&w, rel, (size_t)n);
+            wb_str(&w, "/");
+            if (qm)
+                wb_put(&w, qm, req->target_len - (size_t)(qm - req->target));
+            wb_str(&w, "\r\n");
+            loc[w.len <= w.cap ? w.len : 0] = '\0';
+            http_text(srv, c, w.len <= w.cap ? 301 : 404, w.len <= w.cap ? "moved" : "not found",
+                      w.len <= w.cap ? loc : NULL);
             return;
         }
         memcpy(rel + n, "/index.html", sizeof "/index.html");
@@ -3908,8 +4025,10 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
  * 9. The proxy and the relay
  *
  * Proxy. A client connection is paired with a connection to the upstream. The request goes
- * up rebuilt: hop-by-hop headers dropped (RFC 9110 7.6.1: Connection and the fields it
- * names, Keep-Alive, Proxy-*, TE, Trailer, Upgrade), X-Forwarded-* and X-Real-IP added.
+ * up rebuilt: its path canonical and without dot segments, so it stays under the route's
+ * base; hop-by-hop headers dropped (RFC 9110 7.6.1: Connection and the fields it names,
+ * but never the framing or Host, Keep-Alive, Proxy-*, TE, Trailer, Upgrade); one
+ * Content-Length of our own; X-Forwarded-*, X-Real-IP and Forwarded set by us alone.
  * The response comes down as it arrives: every read from the upstream is queued for the
  * client in the same loop iteration and written at its end, never held back for more. The
  * upstream's framing (Content-Length, chunked or close) is decoded, so an event stream goes
@@ -3980,6 +4099,8 @@ struct proxy {
     struct conn *up;               /* the upstream connection; NULL once closed */
     uint64_t req_left;             /* request body bytes still to forward */
     uint64_t body_left;            /* BODY_LENGTH: response body bytes still to come */
+    size_t client_q;               /* the client's queued bytes when last looked at, to tell
+                                      progress from the send timeout's point of view */
     struct inbuf *head;            /* the response head being collected, or NULL */
     struct http_chunked chunked;   /* BODY_CHUNKED: the decoder */
     struct wire_boundary boundary; /* event streams: where the events end */
@@ -4116,6 +4237,24 @@ static void proxy_client_read(struct sse_server *srv, struct conn *c) {
     }
 }
 
+/* A proxied response that is not an event stream gets the send timeout of our own
+ * responses: while bytes wait for the client, SEND_TIMEOUT_MS without one of them taken
+ * drops it (and so the upstream). With nothing queued the clock stops: then the upstream is
+ * the slow side. Streams keep the client-buffer rule instead (PROXY_BUFFER, then reading
+ * the upstream pauses, as a subscriber's queue would). Called after bytes were queued for
+ * the client and after each write to it. */
+static void proxy_send_timer(struct sse_server *srv, struct proxy *px, struct conn *c) {
+    if (px->stream || !px->head_done || c != px->client)
+        return;
+    if (c->qlen == 0) {
+        if (c->timer != TIMER_NEVER)
+            timer_set(srv, c, TIMER_NEVER);
+    } else if (c->timer != TIMER_SEND || c->qbytes < px->client_q) {
+        timer_set(srv, c, TIMER_SEND); /* bytes left the queue: progress */
+    }
+    px->client_q = c->qbytes;
+}
+
 /* Hands decoded response body bytes on: to the client (re-chunked if need be), or to the
  * relay's parser. Returns false if the exchange ended meanwhile. */
 static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *data, size_t n) {
@@ -4143,6 +4282,7 @@ static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *dat
         wire_boundary_scan(&px->boundary, data, n);
         timer_set(srv, c, TIMER_PROXY); /* the upstream spoke: restart the heartbeat clock */
     }
+    proxy_send_timer(srv, px, c);
     if (c->qbytes >= PROXY_BUFFER)
         px->up_paused = true;
     return true;
@@ -4183,7 +4323,12 @@ static bool proxy_body(struct sse_server *srv, struct proxy *px, char *buf, size
 }
 
 /* Whether a header of a message with these headers is hop-by-hop (RFC 9110 7.6.1): one of
- * the fixed names, or one that a Connection header names. */
+ * the fixed names, or one that a Connection header names. A Connection token never makes
+ * Content-Length, Transfer-Encoding or Host hop-by-hop: they frame and route the message,
+ * and a client that names them there (Connection: Content-Length) wants the proxy to drop
+ * the framing and forward the body bytes unframed, which the next server would read as a
+ * second request of the attacker's choosing (request smuggling). RFC 9110 7.6.1 lets a
+ * proxy keep such fields; we ignore the token. */
 static bool http_hop_by_hop(const struct http_header *all, size_t n, const struct http_header *h) {
     static const char *const fixed[] = {"Connection", "Keep-Alive", "TE",
                                         "Trailer",    "Upgrade",    "Transfer-Encoding"};
@@ -4192,6 +4337,9 @@ static bool http_hop_by_hop(const struct http_header *all, size_t n, const struc
             return true;
     if (h->name_len >= 6 && ascii_ieq(h->name, 6, "Proxy-"))
         return true;
+    if (ascii_ieq(h->name, h->name_len, "Content-Length") ||
+        ascii_ieq(h->name, h->name_len, "Host"))
+        return false;
     for (size_t i = 0; i < n; i++) {
         const struct http_header *c = &all[i];
         const char *item;
@@ -4350,7 +4498,10 @@ static bool proxy_response(struct sse_server *srv, struct proxy *px,
             return false;
         }
         px->head_done = true;
-        timer_set(srv, c, px->stream ? TIMER_PROXY : TIMER_NEVER);
+        if (px->stream)
+            timer_set(srv, c, TIMER_PROXY);
+        else
+            proxy_send_timer(srv, px, c);
     }
     if (framing == BODY_NONE) {
         proxy_finish(srv, px);
@@ -4476,6 +4627,7 @@ static void proxy_up_event(struct sse_server *srv, struct conn *up, uint32_t eve
 /* Room in a queue again: resume reading the side that was paused for it. */
 static void proxy_after_write(struct sse_server *srv, struct conn *c) {
     struct proxy *px = c->px;
+    proxy_send_timer(srv, px, c);
     if (c == px->client && px->up_paused && c->qbytes < PROXY_BUFFER) {
         px->up_paused = false;
         if (px->up)
@@ -4550,15 +4702,93 @@ static void conn_peer(const struct conn *c, char *out, size_t cap) {
     }
 }
 
-/* The request as the upstream gets it: same method, base path + the rest of the path and
- * the query, end-to-end headers as sent (Host and Last-Event-ID untouched), the
- * X-Forwarded-* set, and Connection: close (one upstream connection per request). */
+/* Whether a header name, with '_' read as '-', is one the proxy frames, routes or sets
+ * itself. Servers behind it (CGI, WSGI, PHP) turn '-' into '_' in header names, so to them
+ * "X_Real_IP" is X-Real-IP: a client must not slip its own value past us that way (nginx
+ * drops names with '_' for the same reason). */
+static bool proxy_reserved_name(const char *name, size_t len) {
+    static const char *const reserved[] = {"X-Forwarded-For",
+                                           "X-Forwarded-Host",
+                                           "X-Forwarded-Port",
+                                           "X-Forwarded-Proto",
+                                           "X-Real-IP",
+                                           "Forwarded",
+                                           "Content-Length",
+                                           "Transfer-Encoding",
+                                           "Host",
+                                           "Connection",
+                                           "Expect"};
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
+        const char *r = reserved[i];
+        size_t j = 0;
+        while (j < len && r[j] &&
+               (ascii_lower(name[j]) == ascii_lower(r[j]) || (name[j] == '_' && r[j] == '-')))
+            j++;
+        if (j == len && !r[j])
+            return true;
+    }
+    return false;
+}
+
+/* Whether a client's Forwarded value ends outside a quoted string (RFC 7239 4), so an
+ * element appended after ", " is parsed as an element of its own. */
+static bool proxy_forwarded_closed(const char *v, size_t len) {
+    bool quoted = false;
+    for (size_t i = 0; i < len; i++) {
+        if (quoted && v[i] == '\\')
+            i++;
+        else if (v[i] == '"')
+            quoted = !quoted;
+    }
+    return !quoted;
+}
+
+/* Appends our Forwarded header (RFC 7239): the client's elements when every one of them is
+ * well closed (else none: they could swallow ours), then for=PEER;host=HOST;proto=http, so
+ * the last element is always what we saw. */
+static void proxy_forwarded(struct wbuf *w, const struct http_request *req, const char *peer) {
+    bool keep = true, any = false;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Forwarded"))
+            keep = keep && proxy_forwarded_closed(h->value, h->value_len);
+    }
+    wb_str(w, "Forwarded: ");
+    for (size_t i = 0; i < req->num_headers && keep; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Forwarded") && h->value_len) {
+            wb_str(w, any ? ", " : "");
+            wb_put(w, h->value, h->value_len);
+            any = true;
+        }
+    }
+    bool v6 = strchr(peer, ':') != NULL; /* an IPv6 address is quoted and bracketed (6) */
+    wb_str(w, any ? ", for=" : "for=");
+    wb_str(w, v6 ? "\"[" : "");
+    wb_str(w, peer);
+    wb_str(w, v6 ? "]\"" : "");
+    const struct http_header *host = http_header(req, "Host");
+    if (host && host->value_len) { /* a quoted-string: a port's ':' is no token character */
+        wb_str(w, ";host=\"");
+        for (size_t i = 0; i < host->value_len; i++) {
+            if (host->value[i] == '"' || host->value[i] == '\\')
+                wb_put(w, "\\", 1);
+            wb_put(w, host->value + i, 1);
+        }
+        wb_str(w, "\"");
+    }
+    wb_str(w, ";proto=http\r\n");
+}
+
+/* The request as the upstream gets it: same method, base path + the rest of the
+ * (normalised) path and the query, end-to-end headers as sent (Host and Last-Event-ID
+ * untouched), one Content-Length of our own when the client sent one (the body we forward
+ * is exactly that long), X-Forwarded-*, X-Real-IP and Forwarded set, and Connection: close
+ * (one upstream connection per request). Client headers that name themselves like one of
+ * ours with '_' for '-' are dropped. */
 static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
                                        const struct http_request *req, const struct upstream *u,
                                        const char *rest, size_t rest_len) {
-    static const char *const replaced[] = {"X-Forwarded-For",  "X-Forwarded-Host",
-                                           "X-Forwarded-Port", "X-Forwarded-Proto",
-                                           "X-Real-IP",        "Expect"};
     char head[2 * SSE_HEAD_MAX], peer[INET6_ADDRSTRLEN];
     struct wbuf w = {head, sizeof head, 0};
     conn_peer(c, peer, sizeof peer);
@@ -4571,14 +4801,20 @@ static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
     wb_str(&w, " HTTP/1.1\r\n");
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct http_header *h = &req->headers[i];
-        bool skip = http_hop_by_hop(req->headers, req->num_headers, h);
-        for (size_t j = 0; j < sizeof replaced / sizeof replaced[0] && !skip; j++)
-            skip = ascii_ieq(h->name, h->name_len, replaced[j]);
-        if (skip)
+        bool ours =
+            proxy_reserved_name(h->name, h->name_len) && !ascii_ieq(h->name, h->name_len, "Host");
+        if (ours || http_hop_by_hop(req->headers, req->num_headers, h))
             continue;
         wb_put(&w, h->name, h->name_len);
         wb_str(&w, ": ");
         wb_put(&w, h->value, h->value_len);
+        wb_str(&w, "\r\n");
+    }
+    uint64_t length; /* http_admit() checked: one value, digits only, no Transfer-Encoding */
+    const struct http_header *cl = http_header(req, "Content-Length");
+    if (cl && parse_u64(cl->value, cl->value_len, &length)) {
+        wb_str(&w, "Content-Length: ");
+        wb_u64(&w, length);
         wb_str(&w, "\r\n");
     }
     bool forwarded_for = false; /* earlier proxies' list, then the peer appended */
@@ -4601,7 +4837,9 @@ static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
     wb_u64(&w, (uint64_t)srv->port);
     wb_str(&w, "\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ");
     wb_str(&w, peer);
-    wb_str(&w, "\r\nConnection: close\r\n\r\n");
+    wb_str(&w, "\r\n");
+    proxy_forwarded(&w, req, peer);
+    wb_str(&w, "Connection: close\r\n\r\n");
     return w.len <= w.cap ? blob_from(head, w.len) : NULL;
 }
 
@@ -4645,7 +4883,7 @@ static void proxy_start(struct sse_server *srv, struct conn *c, const struct htt
         conn_close(srv, c, R_ERROR);
 }
 
-/* The longest route whose prefix starts the path as sent, at a '/' boundary; or NULL. */
+/* The longest route whose prefix starts the path, at a '/' boundary; or NULL. */
 static const struct proxy_route *proxy_match(const struct sse_server *srv, const char *path,
                                              size_t len) {
     for (size_t i = 0; i < srv->nroutes; i++) { /* sorted longest first */
@@ -4655,6 +4893,39 @@ static const struct proxy_route *proxy_match(const struct sse_server *srv, const
             return r;
     }
     return NULL;
+}
+
+/* Passes the request to the upstream of the route its path falls under, if any. The raw
+ * path is made canonical and its dot segments removed (RFC 3986 6.2.2, 5.2.4) before the
+ * route is chosen, and the upstream gets that path under its base: what reaches it can
+ * never climb out of the base, however the dots were spelled. Refused with 400: what
+ * http_path_canon() refuses, a ".." above the root, dot segments that move the request
+ * from one route to another or out of a route ("/api/../admin"), and for a route a path
+ * that does not decode to UTF-8 ("%c0%ae" is an overlong '.' to a lax decoder). Browsers
+ * remove dot segments before sending, so no honest client meets these. Returns false when
+ * no route takes the path (nothing sent); true when the request was passed on or refused. */
+static bool proxy_dispatch(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                           const char *target, size_t raw_path_len, size_t target_len,
+                           uint64_t content_length) {
+    if (srv->nroutes == 0)
+        return false;
+    char path[SSE_HEAD_MAX];
+    long n = http_path_canon(target, raw_path_len, path, sizeof path);
+    const struct proxy_route *named = n >= 0 ? proxy_match(srv, path, (size_t)n) : NULL;
+    long m = n >= 0 ? http_path_remove_dots(path, (size_t)n) : -1;
+    const struct proxy_route *route = m >= 0 ? proxy_match(srv, path, (size_t)m) : NULL;
+    size_t query = target_len - raw_path_len;
+    if (m < 0 || named != route || (size_t)m + query > sizeof path ||
+        (route && !wire_utf8_valid(srv->path, strlen(srv->path)))) {
+        http_fail(srv, c, 400, "path not allowed through the proxy");
+        return true;
+    }
+    if (!route)
+        return false;
+    memcpy(path + m, target + raw_path_len, query); /* the query goes as sent */
+    proxy_start(srv, c, req, route, path + route->prefix_len, (size_t)m + query - route->prefix_len,
+                content_length);
+    return true;
 }
 
 /* Every event the relay's parser dispatches is published on the relay's topic. Bytes that
@@ -6149,12 +6420,8 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
         return;
     }
     bool builtin = bytes_eq(path, plen, "/metrics") || bytes_eq(path, plen, "/healthz");
-    const struct proxy_route *route = builtin ? NULL : proxy_match(srv, target, raw_path_len);
-    if (route) {
-        proxy_start(srv, c, req, route, target + route->prefix_len, target_len - route->prefix_len,
-                    content_length);
+    if (!builtin && proxy_dispatch(srv, c, req, target, raw_path_len, target_len, content_length))
         return;
-    }
     static const char read_only[] = "Allow: GET, HEAD, OPTIONS\r\n";
     bool head = bytes_eq(req->method, req->method_len, "HEAD");
     if (!head && !bytes_eq(req->method, req->method_len, "GET")) {

@@ -109,9 +109,15 @@ enum sse_journal_sync {
     SSE_JOURNAL_NONE    /* never: the kernel writes back when it likes (typically 30 s) */
 };
 
-/* A reverse-proxy route: requests whose path (as sent) starts with prefix, at a '/'
- * boundary, go to upstream with the rest of the path and the query appended. The longest
- * prefix wins. The stream path, /publish, /metrics and /healthz keep their own meaning. */
+/* A reverse-proxy route: requests whose path starts with prefix, at a '/' boundary, go to
+ * upstream with the rest of the path and the query appended. The longest prefix wins. The
+ * path is matched and sent up canonical (RFC 3986: escapes of unreserved characters such
+ * as %2e decoded) and without dot segments, so the upstream never gets a path outside its
+ * base; paths whose dot segments leave a route or the root, encoded slashes or backslashes
+ * (%2f, %5c), raw backslashes, double-encoded dots and paths that do not decode to UTF-8
+ * get 400. Connection never strips Content-Length or Host from what goes up; the client's
+ * forwarding headers (also spelt with '_') are replaced by ours, Forwarded gets our element
+ * last. The stream path, /publish, /metrics and /healthz keep their own meaning. */
 struct sse_proxy_route {
     const char *prefix;   /* "/api" matches /api and /api/x, not /apix; "/" matches all */
     const char *upstream; /* "http://HOST[:PORT][/BASE]"; HOST is resolved once, at start */

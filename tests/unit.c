@@ -378,6 +378,60 @@ static void test_static(void) {
     CHECK(strcmp(static_content_type("noext"), "application/octet-stream") == 0);
 }
 
+/* The proxy's path: canonical escapes, then dot segments removed; NULL = refused. */
+static bool proxy_path_is(const char *raw, const char *want) {
+    char out[64];
+    long n = http_path_canon(raw, strlen(raw), out, sizeof out);
+    long m = n >= 0 ? http_path_remove_dots(out, (size_t)n) : -1;
+    if (!want)
+        return m == -1;
+    return m == (long)strlen(want) && memcmp(out, want, (size_t)m) == 0;
+}
+
+static bool encodes_to(const char *path, const char *want) {
+    char out[64];
+    struct wbuf w = {out, sizeof out, 0};
+    http_path_encode(&w, path, strlen(path));
+    return w.len == strlen(want) && memcmp(out, want, w.len) == 0;
+}
+
+static void test_proxy_path(void) {
+    CHECK(proxy_path_is("/", "/"));
+    CHECK(proxy_path_is("/a/b/../c", "/a/c"));
+    CHECK(proxy_path_is("/a/./b/.", "/a/b/"));
+    CHECK(proxy_path_is("/a/b/..", "/a/"));
+    CHECK(proxy_path_is("/a/..", "/"));
+    CHECK(proxy_path_is("/a//../b", "/a/b"));
+    CHECK(proxy_path_is("/a/%2e%2E/b", "/b"));
+    CHECK(proxy_path_is("/a/.%2e/b", "/b"));
+    CHECK(proxy_path_is("/%7e%41%3f%2a%c3%a9", "/~A%3F%2A%C3%A9"));
+    CHECK(proxy_path_is("/...", "/..."));
+    CHECK(proxy_path_is("/..a/.b", "/..a/.b"));
+    CHECK(proxy_path_is("/..", NULL));
+    CHECK(proxy_path_is("/a/../..", NULL));
+    CHECK(proxy_path_is("/%2e%2e/x", NULL));
+    CHECK(proxy_path_is("/a%2fb", NULL));
+    CHECK(proxy_path_is("/a%5Cb", NULL));
+    CHECK(proxy_path_is("/a\\b", NULL));
+    CHECK(proxy_path_is("/%252e%252e", NULL));
+    CHECK(proxy_path_is("/%25%32%65", NULL));
+    CHECK(proxy_path_is("/%252F", NULL));
+    CHECK(proxy_path_is("/%2541", "/%2541"));
+    CHECK(proxy_path_is("/a%", NULL));
+    CHECK(proxy_path_is("/a%4", NULL));
+    CHECK(proxy_path_is("/a%zz", NULL));
+    CHECK(proxy_path_is("/a%00", NULL));
+    CHECK(proxy_path_is("a/b", NULL));
+    CHECK(proxy_path_is("", NULL));
+    char out[4];
+    CHECK(http_path_canon("/abcd", 5, out, sizeof out) == -1);
+    CHECK(http_path_canon("/ab", 3, out, sizeof out) == 3);
+    CHECK(http_path_canon("/a%3f", 5, out, sizeof out) == -1);
+    CHECK(encodes_to("//evil.example/x", "/evil.example/x"));
+    CHECK(encodes_to("/a b/\\c?%\"", "/a%20b/%5Cc%3F%25%22"));
+    CHECK(encodes_to("/caf\xc3\xa9/~-._!$&'()*+,;=:@", "/caf%C3%A9/~-._!$&'()*+,;=:@"));
+}
+
 static void test_backlog(void) {
     struct backlog bl = {calloc(3, sizeof(struct blob *)), 3, 0, 0, 0, 0, SIZE_MAX};
     CHECK(!backlog_covers(&bl, 9, 10));
@@ -1146,6 +1200,7 @@ int main(void) {
     test_decode();
     test_http_helpers();
     test_static();
+    test_proxy_path();
     test_backlog();
     test_topics();
     test_response_parse();
