@@ -40,6 +40,9 @@ static const char *const usage[] = {
     "  --backlog N               events kept for replay, all topics (default 1024; 0 = none)\n"
     "  --heartbeat SECONDS       comment line after this much silence (default 15; 0 = none)\n"
     "  --retry MS                retry: sent when a stream opens (default 3000; 0 = none)\n"
+    "  --no-position-event       a stream with no last event id starts with a bare id:\n"
+    "                            block (Chromium records it), not the event of type\n"
+    "                            \"position\" that every client records\n"
     "  --publish-token TOKEN     enable POST/DELETE /publish with Authorization: Bearer TOKEN\n"
     "                            (default: $SSE_PUBLISH_TOKEN, else publishing over HTTP is\n"
     "                            off)\n"
@@ -97,6 +100,7 @@ enum option_id {
     OPT_BACKLOG,
     OPT_HEARTBEAT,
     OPT_RETRY,
+    OPT_NO_POSITION_EVENT,
     OPT_PUBLISH_TOKEN,
     OPT_SUBSCRIBE_TOKEN,
     OPT_STDIN,
@@ -130,6 +134,7 @@ static const struct option long_options[] = {
     {"backlog", required_argument, NULL, OPT_BACKLOG},
     {"heartbeat", required_argument, NULL, OPT_HEARTBEAT},
     {"retry", required_argument, NULL, OPT_RETRY},
+    {"no-position-event", no_argument, NULL, OPT_NO_POSITION_EVENT},
     {"publish-token", required_argument, NULL, OPT_PUBLISH_TOKEN},
     {"subscribe-token", required_argument, NULL, OPT_SUBSCRIBE_TOKEN},
     {"stdin", no_argument, NULL, OPT_STDIN},
@@ -270,6 +275,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
             o->cfg.retry_ms = n ? (int)n : SSE_OFF;
             break;
         }
+        case OPT_NO_POSITION_EVENT: o->cfg.position_event = SSE_OFF; break;
         case OPT_PUBLISH_TOKEN:
         case OPT_SUBSCRIBE_TOKEN:
             if (!optarg[0])

@@ -154,6 +154,15 @@ struct sse_config {
     int heartbeat_ms;            /* comment line after this much silence. 0 = 15000; SSE_OFF */
     int retry_ms;                /* sent as retry: when a stream opens. 0 = 3000; SSE_OFF =
                                     send none (the browser's default applies) */
+    int position_event;          /* how a stream that asked for no last event id learns the
+                                    current one. 0 = as the event "id: CURRENT", "event:
+                                    position", "data:" (dispatched, so every client records
+                                    the id: Firefox, Safari and the npm eventsource package
+                                    take an id only from an event they fire; onmessage never
+                                    sees it, type "position"). SSE_OFF = an id-only block
+                                    "id: CURRENT" + blank line, which fires nothing and only
+                                    Chromium records: for clients that handle every event
+                                    alike */
     int max_clients;             /* client connections; 0 = RLIMIT_NOFILE minus a reserve */
     int header_timeout_ms;       /* deadline for a whole request head. 0 = 10000 */
     size_t client_buffer;        /* bytes a subscriber may have queued before it is dropped.
