@@ -202,7 +202,7 @@ def test_equals_form(start_server):
     try:
         assert st.status == 200
         assert st.read_block() == b"retry: 1234\n\n"
-        assert re.match(rb"^id: \d+\n\n$", st.read_block())
+        assert re.match(rb"^id: \d+\nevent: position\ndata:\n\n$", st.read_block())
     finally:
         st.close()
     r = request(srv.port, "GET", "/events")

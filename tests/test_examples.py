@@ -135,7 +135,7 @@ def test_minimal_sigint_and_default_topic_untouched(minimal, run):
     assert other.read_block() == b"retry: 3000\n\n"
     time.sleep(1.2)
     block = other.read_block()  # the id line sent on subscribing, then nothing
-    assert re.fullmatch(rb"id: \d+\n\n", block), block
+    assert re.fullmatch(rb"id: \d+\nevent: position\ndata:\n\n", block), block
     assert other.nothing_pending(0.1)
     check_drain(prog, other, signal.SIGINT)
 

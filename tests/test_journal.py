@@ -18,7 +18,7 @@ import pytest
 
 from conftest import BINARY, Stream, metric_values, publish, request, unavailable
 
-HEADER_RE = re.compile(rb"sse-journal 1 (\d+)\n")
+HEADER_RE = re.compile(rb"(sse-journal 2 (\d+) )([0-9a-f]{8})\n")
 
 
 def pub(port, data, topic="news", event=None):
@@ -33,6 +33,7 @@ def parse_journal(raw):
     length and CRC-32 (zlib's) match. Returns (floor, [(id, topic, bytes)])."""
     m = HEADER_RE.match(raw)
     assert m, raw[:80]
+    assert "%08x" % zlib.crc32(m.group(1)) == m.group(3).decode()  # the header's own CRC
     at, records = m.end(), []
     while at < len(raw):
         nl = raw.index(b"\n", at)
@@ -44,15 +45,15 @@ def parse_journal(raw):
         assert body.startswith(b"id: " + id_ + b"\n") and body.endswith(b"\n\n")
         records.append((id_.decode(), topic.decode(), body))
         at = nl + 1 + int(length)
-    return int(m.group(1)), records
+    return int(m.group(2)), records
 
 
 def read_events(st, n, timeout=5):
-    """Reads n event blocks (skipping the prelude's id line); returns their bytes."""
+    """Reads n event blocks (skipping the prelude's position event); returns their bytes."""
     out = []
     while len(out) < n:
         block = st.read_block(timeout)
-        if b"data" in block:
+        if b"data" in block and b"\nevent: position\n" not in block:
             out.append(block)
     return out
 
@@ -76,7 +77,7 @@ def test_format_is_the_wire_bytes_with_length_and_crc(start_server, journal):
         st.close()
     with open(journal, "rb") as f:
         floor, records = parse_journal(f.read())
-    assert first == b"id: %d\n\n" % floor  # the header holds the id before any event
+    assert first == b"id: %d\nevent: position\ndata:\n\n" % floor  # the header holds the id before any event
     assert [r[0] for r in records] == ids
     assert [r[1] for r in records] == [t for _, _, t in payloads]
     assert [r[2] for r in records] == got  # exactly what subscribers received
@@ -105,7 +106,7 @@ def test_restart_replays_and_ids_continue(start_server, journal):
     st = Stream(srv.port, "/events/news")
     try:
         st.read_block()
-        assert st.read_block() == b"id: %s\n\n" % new.encode()
+        assert st.read_block() == b"id: %s\nevent: position\ndata:\n\n" % new.encode()
     finally:
         st.close()
     st = Stream(srv.port, "/events/news", headers={"Last-Event-ID": ids[0]})
@@ -191,14 +192,14 @@ def test_damage_before_valid_records_refuses_to_start(start_server, journal):
         assert f.read() == damaged  # left for a person to look at
 
 
-@pytest.mark.parametrize("content", [b"hello world\n" * 10, b"sse-journal 2 5\n",
-                                     b"\x00" * 100])
+@pytest.mark.parametrize("content", [b"hello world\n" * 10, b"sse-journal 3 5\n",
+                                     b"sse-journal 2 5\n", b"\x00" * 100])
 def test_not_a_journal_refuses_to_start(journal, content):
     with open(journal, "wb") as f:
         f.write(content)
     code, err = start_failing(journal)
     assert code == 1
-    assert err == "sse-server: journal %s: not an sse-server journal (version 1)\n" % journal
+    assert err == "sse-server: journal %s: not an sse-server journal (version 1 or 2)\n" % journal
 
 
 def test_a_record_that_is_not_a_canonical_event_is_refused(start_server, journal):
@@ -317,7 +318,8 @@ def test_failed_write_is_503_and_nobody_receives_it(start_server, journal):
         assert st.nothing_pending(0.3)  # the refused event went to nobody
         assert publish(srv.port, b"again " + b"y" * 300, topic="news").status == 503
         assert metric_values(srv.port)["sse_journal_errors_total"] == 2
-        assert healthy_ok(srv.port)
+        r = request(srv.port, "GET", "/healthz")  # the file cannot grow: said, not hidden
+        assert (r.status, r.body) == (503, b"journal cannot write\n")
     finally:
         st.close()
     srv.stop()
@@ -554,7 +556,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_event(start_server, jour
     port = srv.port
     st = Stream(port, "/events/news")
     st.read_block()
-    base = st.read_block().split(b" ")[1].strip().decode()  # the id before any event
+    base = st.read_block().split(b"\n")[0].split(b" ")[1].decode()  # the id before any event
     st.close()
     follower = Follower(port)
     follower.last_id = base  # from the first event on, however late its thread connects

@@ -62,7 +62,7 @@ def subscribe(port, path="/events", retry=3000):
     assert STREAM_HEAD.match(st.raw_head), st.raw_head
     assert st.read_block() == b"retry: %d\n\n" % retry
     blk = st.read_block()
-    assert re.match(rb"^id: \d+\n\n$", blk), blk
+    assert re.match(rb"^id: \d+\nevent: position\ndata:\n\n$", blk), blk
     st.initial_id = int(blk[4:-2])
     return st
 

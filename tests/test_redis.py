@@ -118,7 +118,7 @@ def test_every_node_delivers_every_event_once_in_order(start_server, redis):
     try:
         for st in streams:
             assert st.read_block() == b"retry: 200\n\n"
-            assert re.fullmatch(rb"id: 0-0\n\n", st.read_block())
+            assert re.fullmatch(rb"id: 0-0\nevent: position\ndata:\n\n", st.read_block())
         acked = []
         for i in range(30):
             event = "update" if i % 2 else None
