@@ -619,7 +619,7 @@ def test_ids_never_wrap_past_2_64(start_server, journal, version):
     st = Stream(srv.port, "/events/news")
     try:
         st.read_block()
-        assert st.read_block() == b"id: %d\nevent: position\ndata:\n\n" % (top - 2)
+        assert st.read_block().startswith(b"id: %d\n" % (top - 2))
         assert [pub(srv.port, "e%d" % i) for i in range(2)] == [str(top - 1), str(top)]
         for _ in range(3):
             r = publish(srv.port, b"one too many", topic="news")
