@@ -23,6 +23,7 @@ OPTIONS = [
     ("--backlog", "1024"),
     ("--heartbeat", "15"),
     ("--retry", "3000"),
+    ("--no-position-event", None),
     ("--publish-token", ANY),
     ("--subscribe-token", ANY),
     ("--stdin", ANY),
