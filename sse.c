@@ -6204,7 +6204,8 @@ static void input_emit(void *ctx, const char *topic, const char *event, const ch
     if (r == -EINVAL)
         log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event that is not valid UTF-8");
     else if (r < 0)
-        log_say(&srv->log, SSE_LOG_WARN, "input: could not publish: %s", strerror(-r));
+        log_say(&srv->log, SSE_LOG_WARN, "input: could not publish: %s",
+                r == -EOVERFLOW ? "id space exhausted" : strerror(-r));
 }
 
 static void input_close(struct sse_server *srv, struct input *in) {

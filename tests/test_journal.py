@@ -706,3 +706,26 @@ def test_a_full_disk_is_reported_by_healthz_until_writing_works(start_server, tm
         probes = re.findall(r"fallocate\(\d+, FALLOC_FL_KEEP_SIZE, \d+, \d+\)\s+= (-?\d+)",
                             f.read())
     assert probes == ["-1", "-1", "0"], probes
+
+
+def test_stdin_stops_at_the_end_of_the_id_space(start_server, journal):
+    """The input path checks the id space as publishing over HTTP does: the last id taken,
+    the next lines are refused with a log line, never given id 0."""
+    top = 2**64 - 1
+    with open(journal, "wb") as f:
+        f.write(header_v2(top - 1))
+    srv = start_server("--stdin", "--journal", journal, stdin=subprocess.PIPE)
+    st = Stream(srv.port, "/events/default")
+    try:
+        st.read_block()
+        st.read_block()
+        srv.proc.stdin.write(b"last\nnone left\nnor here\n")
+        srv.proc.stdin.flush()
+        assert read_events(st, 1) == [b"id: %d\ndata: last\n\n" % top]
+        srv.wait_for_line(r"input: could not publish: id space exhausted")
+        assert st.nothing_pending(0.3)
+    finally:
+        st.close()
+    srv.stop()
+    assert journal_ids(journal) == [str(top)]
+    assert srv.stderr_text().count("input: could not publish: id space exhausted") == 2
