@@ -2249,10 +2249,8 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
     j->size = j->compacted = (uint64_t)keep;
     log_say(log, SSE_LOG_INFO, "journal %s: %llu bytes, %u events back in the backlog", path,
             (unsigned long long)j->size, bl->count);
-    if (keep > 0 && version == 1) { /* rewritten with a checked header; on failure read on */
-        journal_compact(j, bl, *last_id, log, 0);
-        j->cannot_write = false;
-    }
+    if (keep > 0 && version == 1) /* rewritten with a checked header; on failure read on */
+        journal_compact(j, bl, *last_id, log, clock_ms());
     return NULL;
 }
 
