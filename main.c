@@ -42,6 +42,9 @@ static const char *const usage[] = {
     "                            go first when either bound is passed (default 64m)\n"
     "  --heartbeat SECONDS       comment line after this much silence (default 15; 0 = none)\n"
     "  --retry MS                retry: sent when a stream opens (default 3000; 0 = none)\n"
+    "  --no-position-event       a stream with no last event id starts with a bare id:\n"
+    "                            block (Chromium records it), not the event of type\n"
+    "                            \"position\" that every client records\n"
     "  --publish-token TOKEN     enable POST/DELETE /publish with Authorization: Bearer TOKEN\n"
     "                            (default: $SSE_PUBLISH_TOKEN, else publishing over HTTP is\n"
     "                            off)\n"
@@ -103,6 +106,7 @@ enum option_id {
     OPT_BACKLOG_BYTES,
     OPT_HEARTBEAT,
     OPT_RETRY,
+    OPT_NO_POSITION_EVENT,
     OPT_PUBLISH_TOKEN,
     OPT_SUBSCRIBE_TOKEN,
     OPT_STDIN,
@@ -138,6 +142,7 @@ static const struct option long_options[] = {
     {"backlog-bytes", required_argument, NULL, OPT_BACKLOG_BYTES},
     {"heartbeat", required_argument, NULL, OPT_HEARTBEAT},
     {"retry", required_argument, NULL, OPT_RETRY},
+    {"no-position-event", no_argument, NULL, OPT_NO_POSITION_EVENT},
     {"publish-token", required_argument, NULL, OPT_PUBLISH_TOKEN},
     {"subscribe-token", required_argument, NULL, OPT_SUBSCRIBE_TOKEN},
     {"stdin", no_argument, NULL, OPT_STDIN},
@@ -283,6 +288,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
             o->cfg.retry_ms = n ? (int)n : SSE_OFF;
             break;
         }
+        case OPT_NO_POSITION_EVENT: o->cfg.position_event = SSE_OFF; break;
         case OPT_PUBLISH_TOKEN:
         case OPT_SUBSCRIBE_TOKEN:
             if (!optarg[0])

@@ -1809,7 +1809,8 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
  * (WHATWG 9.2.4). The format is text, so `cat` shows it: a header line, then per event a
  * record line and the event's bytes exactly as they go on the wire:
  *
- *     sse-journal 1 1795335269661017           <- version; ids go on above this one
+ *     sse-journal 2 1795335269661017 5d4ad1a0  <- version; ids go on above this one; the
+ *                                                 CRC-32 of this line up to the CRC
  *     #E 1795335269661018 news 68 a850b4fd     <- id, topic, length of what follows, and
  *                                                 the CRC-32 of this line up to the CRC
  *                                                 followed by those bytes
@@ -1826,13 +1827,24 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
  * is kept under max_bytes by rewriting it with just the backlog (compaction), atomically:
  * a new file, synced, renamed over the old one. An exclusive flock() keeps a second server
  * from writing the same journal.
+ *
+ * The header is checked as the records are: a floor that changed on disk would make ids
+ * jump (up to the end of the id space) or go back below ids clients hold. Version 1 files
+ * (written before the header had a CRC) are still read, then compacted at once so the file
+ * in use has a checked header; their floor is taken on trust, as it always was.
  * ======================================================================================== */
 
-#define JOURNAL_MAGIC       "sse-journal 1 "
+#define JOURNAL_MAGIC       "sse-journal 2 "
+#define JOURNAL_MAGIC_V1    "sse-journal 1 "
+#define JOURNAL_HEADER_MAX  64   /* longest header line, with its LF */
+#define JOURNAL_PROBE_MS    1000 /* while writes fail: how often to try whether they work */
+#define JOURNAL_PROBE_MIN   4096 /* the least space a probe asks for */
 #define JOURNAL_RECORD_HEAD 128  /* longest "#E id topic len crc\n" line */
 #define JOURNAL_BATCH_MS    1000 /* batch mode: fdatasync() this long after a write at most */
 _Static_assert(3 + 20 + 1 + TOPIC_NAME_MAX + 1 + 20 + 1 + 8 + 1 <= JOURNAL_RECORD_HEAD,
                "the longest record line fits");
+_Static_assert(sizeof JOURNAL_MAGIC - 1 + 20 + 1 + 8 + 1 <= JOURNAL_HEADER_MAX,
+               "the longest header line fits");
 
 /* CRC-32 as in zlib and Python's zlib.crc32 (reflected, polynomial 0xEDB88320; chained by
  * passing the previous result, starting from 0), bit by bit: no table, so no global state;
@@ -1993,6 +2005,9 @@ struct journal {
     uint64_t errors;            /* failed writes, syncs and compactions */
     bool failing;               /* the last fdatasync() failed (logged once per streak) */
     bool stuck;                 /* a failed record could not be cut off: no more appends */
+    bool cannot_write;          /* the last write (append, compaction, probe) failed */
+    int64_t probe_at;           /* while cannot_write: when to try again (ms) */
+    uint64_t probe_bytes;       /* while cannot_write: the space the failed write needed */
 };
 
 /* Writes every byte of the iovecs, resuming after short writes and EINTR. 0 or -errno. */
@@ -2041,6 +2056,34 @@ static int journal_sync_now(struct journal *j, const struct logger *log, int64_t
     return 0;
 }
 
+/* A write to the journal's disk failed (needing bytes of space): /healthz answers 503
+ * "journal cannot write" until a write succeeds again, an append or the probe
+ * (journal_probe), so a full disk is visible before the next publish fails. */
+static void journal_write_failed(struct journal *j, uint64_t bytes, int64_t now) {
+    j->errors++;
+    j->cannot_write = true;
+    j->probe_at = now + JOURNAL_PROBE_MS;
+    j->probe_bytes = bytes > JOURNAL_PROBE_MIN ? bytes : JOURNAL_PROBE_MIN;
+}
+
+static void journal_write_worked(struct journal *j, const struct logger *log) {
+    if (!j->cannot_write)
+        return;
+    j->cannot_write = false;
+    log_say(log, SSE_LOG_INFO, "journal %s: writing works again", j->path);
+}
+
+/* While writes fail: asks for the space the failed write needed past the end of the file,
+ * without changing its size or contents (fallocate(2), FALLOC_FL_KEEP_SIZE; the blocks are
+ * the next appends' anyway). Where the file system cannot do that, only the next append
+ * tells. */
+static void journal_probe(struct journal *j, const struct logger *log, int64_t now) {
+    if (fallocate(j->fd, FALLOC_FL_KEEP_SIZE, (off_t)j->size, (off_t)j->probe_bytes) == 0)
+        journal_write_worked(j, log);
+    else
+        j->probe_at = now + JOURNAL_PROBE_MS;
+}
+
 /* Cuts the file back to its last whole record after a failed append. If even that fails
  * the file's end is unknown (a torn or unsynced record may follow), and appending after
  * it would bury that record under valid ones, which a restart refuses as damage: so the
@@ -2066,12 +2109,13 @@ static int journal_append(struct journal *j, const struct blob *ev, const struct
     struct iovec iov[2] = {{head, hlen}, {(void *)ev->bytes, ev->len}};
     int r = journal_write_all(j->fd, iov, 2);
     if (r < 0) {
-        j->errors++;
+        journal_write_failed(j, hlen + ev->len, now);
         log_say(log, SSE_LOG_ERROR, "journal %s: write: %s; the event was not published", j->path,
                 strerror(-r));
         journal_cut_back(j, log);
         return -EIO;
     }
+    journal_write_worked(j, log);
     if (j->sync == SSE_JOURNAL_ALWAYS) {
         if (journal_sync_now(j, log, now) < 0) {
             journal_cut_back(j, log);
@@ -2088,25 +2132,69 @@ static int journal_append(struct journal *j, const struct blob *ev, const struct
 }
 
 /* Batch mode: when the next fdatasync() is due (ms on the loop's clock), or -1. */
-static int64_t journal_deadline(const struct journal *j) {
+static int64_t journal_sync_deadline(const struct journal *j) {
     if (j->fd < 0 || !j->dirty || j->sync != SSE_JOURNAL_BATCH)
         return -1;
     return j->dirty_since + JOURNAL_BATCH_MS;
 }
 
-static void journal_tick(struct journal *j, const struct logger *log, int64_t now) {
-    int64_t due = journal_deadline(j);
-    if (due >= 0 && now >= due)
-        journal_sync_now(j, log, now);
+/* When the journal next needs the loop: a batch fdatasync() or a probe (ms), or -1. */
+static int64_t journal_deadline(const struct journal *j) {
+    int64_t due = journal_sync_deadline(j);
+    if (j->fd >= 0 && j->cannot_write && !j->stuck && (due < 0 || j->probe_at < due))
+        due = j->probe_at;
+    return due;
 }
 
-/* The header line, with the floor for ids. */
-static size_t journal_header(char out[64], uint64_t last_id) {
-    struct wbuf w = {out, 64, 0};
+static void journal_tick(struct journal *j, const struct logger *log, int64_t now) {
+    int64_t due = journal_sync_deadline(j);
+    if (due >= 0 && now >= due)
+        journal_sync_now(j, log, now);
+    if (j->fd >= 0 && j->cannot_write && !j->stuck && now >= j->probe_at)
+        journal_probe(j, log, now);
+}
+
+/* The header line, with the floor for ids and the CRC-32 of the line up to the CRC (as a
+ * record line has). Returns its length. */
+static size_t journal_header(char out[JOURNAL_HEADER_MAX], uint64_t last_id) {
+    static const char hex[] = "0123456789abcdef";
+    struct wbuf w = {out, JOURNAL_HEADER_MAX, 0};
     wb_str(&w, JOURNAL_MAGIC);
     wb_u64(&w, last_id);
+    wb_str(&w, " ");
+    uint32_t crc = journal_crc32(0, out, w.len);
+    for (int shift = 28; shift >= 0; shift -= 4)
+        wb_put(&w, &hex[(crc >> shift) & 15u], 1);
     wb_str(&w, "\n");
     return w.len;
+}
+
+/* Reads the header at buf[0..len): "sse-journal 2 FLOOR CRC" (or version 1, "sse-journal
+ * 1 FLOOR", with *version set to 1). Returns its length with the LF, 0 when buf ends before
+ * a header could end (an empty file, or one torn while it was created), -1 when it is not
+ * a journal's header, -2 when it is one whose CRC does not match (damaged or edited). */
+static long journal_parse_header(const char *buf, size_t len, uint64_t *floor, int *version) {
+    const char *nl = memchr(buf, '\n', len < JOURNAL_HEADER_MAX ? len : JOURNAL_HEADER_MAX);
+    if (!nl)
+        return len < JOURNAL_HEADER_MAX ? 0 : -1;
+    size_t hlen = (size_t)(nl - buf), mlen = strlen(JOURNAL_MAGIC);
+    if (hlen > mlen && memcmp(buf, JOURNAL_MAGIC_V1, mlen) == 0) {
+        *version = 1; /* read as version 1 always was */
+        return parse_u64(buf + mlen, hlen - mlen, floor) ? (long)hlen + 1 : -1;
+    }
+    if (hlen < mlen + 1 + 1 + 8 || memcmp(buf, JOURNAL_MAGIC, mlen) != 0 || buf[hlen - 9] != ' ' ||
+        !id_decimal(buf + mlen, hlen - 9 - mlen, floor))
+        return -1;
+    uint32_t crc = 0;
+    for (size_t i = hlen - 8; i < hlen; i++) {
+        char c = buf[i];
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0)
+            return -1;
+        crc = crc << 4 | (uint32_t)v;
+    }
+    *version = 2;
+    return journal_crc32(0, buf, hlen - 8) == crc ? (long)hlen + 1 : -2;
 }
 
 /* A new name (a created file, a rename) is durable only once its directory is synced:
@@ -2127,7 +2215,7 @@ static void journal_sync_dir(const char *path, const struct logger *log) {
  * so a crash at any point leaves one complete journal. The new file is locked before it
  * takes the name. On failure the old file stays in use. */
 static void journal_compact(struct journal *j, const struct backlog *bl, uint64_t last_id,
-                            const struct logger *log) {
+                            const struct logger *log, int64_t now) {
     size_t plen = strlen(j->path);
     char *tmp = malloc(plen + 5);
     if (!tmp)
@@ -2136,7 +2224,7 @@ static void journal_compact(struct journal *j, const struct backlog *bl, uint64_
     memcpy(tmp + plen, ".new", 5);
     int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     int r = fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0 ? -errno : 0;
-    char header[64];
+    char header[JOURNAL_HEADER_MAX];
     struct iovec hv = {header, journal_header(header, last_id)};
     uint64_t size = hv.iov_len;
     if (r == 0)
@@ -2161,7 +2249,7 @@ static void journal_compact(struct journal *j, const struct backlog *bl, uint64_
     if (r == 0 && rename(tmp, j->path) < 0)
         r = -errno;
     if (r < 0) {
-        j->errors++;
+        journal_write_failed(j, size, now);
         log_say(log, SSE_LOG_ERROR, "journal %s: compaction failed: %s; still appending", j->path,
                 strerror(-r));
         j->compacted = j->size; /* next try once the file doubled, not at every publish */
@@ -2181,6 +2269,7 @@ static void journal_compact(struct journal *j, const struct backlog *bl, uint64_
     j->size = j->compacted = size;
     j->dirty = false;
     j->compactions++;
+    journal_write_worked(j, log);
     log_say(log, SSE_LOG_INFO, "journal %s: compacted to %llu bytes (%u events)", j->path,
             (unsigned long long)size, bl->count);
 }
@@ -2189,9 +2278,9 @@ static void journal_compact(struct journal *j, const struct backlog *bl, uint64_
  * the last compaction, so a backlog larger than the bound cannot make every publish
  * rewrite the file. */
 static void journal_maybe_compact(struct journal *j, const struct backlog *bl, uint64_t last_id,
-                                  const struct logger *log) {
+                                  const struct logger *log, int64_t now) {
     if (j->size > j->max_bytes && j->size >= 2 * j->compacted)
-        journal_compact(j, bl, last_id, log);
+        journal_compact(j, bl, last_id, log, now);
 }
 
 static void journal_close(struct journal *j, const struct logger *log) {
@@ -2307,20 +2396,17 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
     if (!buf)
         return strerror(errno);
     const char *why = NULL;
-    const char *nl = memchr(buf, '\n', len < 64 ? len : 64);
-    size_t hlen = nl ? (size_t)(nl - buf) + 1 : 0;
     uint64_t floor = 0;
-    long keep = 0;
+    int version = 2;
     uint32_t loaded = 0;
-    if (!nl && len < 64) {
-        keep = 0; /* empty, or a header torn while the file was being created */
-    } else if (!nl || hlen <= strlen(JOURNAL_MAGIC) ||
-               memcmp(buf, JOURNAL_MAGIC, strlen(JOURNAL_MAGIC)) != 0 ||
-               !parse_u64(buf + strlen(JOURNAL_MAGIC), hlen - 1 - strlen(JOURNAL_MAGIC), &floor)) {
-        why = "not an sse-server journal (version 1)";
-    } else {
-        keep = journal_load_records(buf, len, hlen, tt, bl, last_id, &loaded, &why);
-    }
+    long hlen = journal_parse_header(buf, len, &floor, &version), keep = 0;
+    if (hlen == -1)
+        why = "not an sse-server journal (version 1 or 2)";
+    else if (hlen == -2)
+        why = "the header fails its CRC check (damaged or edited): refusing to guess where ids "
+              "go on";
+    else if (hlen > 0) /* 0: empty, or a header torn while the file was being created */
+        keep = journal_load_records(buf, len, (size_t)hlen, tt, bl, last_id, &loaded, &why);
     free(buf);
     if (why)
         return why;
@@ -2334,7 +2420,7 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
             return strerror(errno);
     }
     if (keep == 0) {
-        char header[64];
+        char header[JOURNAL_HEADER_MAX];
         struct iovec hv = {header, journal_header(header, *last_id)};
         keep = (long)hv.iov_len;
         int r = journal_write_all(j->fd, &hv, 1);
@@ -2352,6 +2438,8 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
         j->compacted = 0;
     log_say(log, SSE_LOG_INFO, "journal %s: %llu bytes, %u events back in the backlog", path,
             (unsigned long long)j->size, bl->count);
+    if (keep > 0 && version == 1) /* rewritten with a checked header; on failure read on */
+        journal_compact(j, bl, *last_id, log, clock_ms());
     return NULL;
 }
 
@@ -2609,6 +2697,7 @@ struct sse_server {
     char *root_real;            /* real path of the static root, or NULL */
     int64_t heartbeat_ms;       /* 0 = none */
     int64_t retry_ms;           /* 0 = no retry: line */
+    bool position_event;        /* open with the position event, not the id-only block */
     uint32_t max_clients;       /* client connections served */
     uint32_t max_per_ip;        /* of them from one address; 0 = no limit */
     int64_t header_timeout_ms;  /* deadline for a request head */
@@ -2649,7 +2738,7 @@ struct sse_server {
     struct blob *stream_head;  /* cached stream response head for date_sec, or NULL */
     struct blob *retry_line;   /* "retry: N\n\n", or NULL when retry is off */
     struct blob *heartbeat;    /* ":\n" */
-    struct blob *id_line;      /* cached "id: last_id\n\n", or NULL */
+    struct blob *id_line;      /* cached position event or id-only block, or NULL */
     struct blob *continue_100; /* "HTTP/1.1 100 Continue\r\n\r\n" */
 
     /* connections */
@@ -3223,16 +3312,33 @@ static void stream_turn_away(struct sse_server *srv, struct conn *c, enum close_
     conn_linger(srv, c, why);
 }
 
-/* "id: CURRENT" and a blank line: updates the client's last event id without firing an
- * event (WHATWG 9.2.6: the id is taken at dispatch even when the data buffer is empty). */
+/* What a subscriber that sent no last event id gets first: the current id, so that a client
+ * that drops before its first event still resumes exactly where it started. By default as
+ * the position event, "id: CURRENT\nevent: position\ndata:\n\n": an event that is
+ * dispatched (it has a data line, empty), because only Chromium takes the id of a block that
+ * dispatches nothing as the WHATWG parser says (9.2.6: "set the last event ID string ... If
+ * the data buffer is an empty string ... return"); Firefox, Safari and the npm eventsource
+ * package record an id only with an event they fire. Its type is "position", so onmessage
+ * and listeners of other types never see it. With position_event off, "id: CURRENT" and a
+ * blank line: the same id for Chromium, no event for anyone. */
 static struct blob *stream_id_line(struct sse_server *srv) {
     if (!srv->id_line) {
-        char line[48];
-        struct wbuf w = {line, sizeof line, 0};
-        wb_str(&w, "id: ");
+        char id[48];
+        struct wbuf w = {id, sizeof id, 0};
         wb_id(&w, srv->redis != NULL, srv->last_id);
-        wb_str(&w, "\n\n");
-        srv->id_line = blob_from(line, w.len);
+        if (srv->position_event) {
+            size_t n = wire_format_event(NULL, 0, id, w.len, "position", "", 0);
+            srv->id_line = blob_new(n);
+            if (srv->id_line)
+                wire_format_event(srv->id_line->bytes, n, id, w.len, "position", "", 0);
+        } else {
+            char line[56];
+            struct wbuf lw = {line, sizeof line, 0};
+            wb_str(&lw, "id: ");
+            wb_put(&lw, id, w.len);
+            wb_str(&lw, "\n\n");
+            srv->id_line = blob_from(line, lw.len);
+        }
     }
     return srv->id_line;
 }
@@ -3565,7 +3671,7 @@ static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *
     topic_retire_flag(t, false);
     backlog_push(&srv->backlog, ev, prev);
     if (srv->journal.fd >= 0)
-        journal_maybe_compact(&srv->journal, &srv->backlog, id, &srv->log);
+        journal_maybe_compact(&srv->journal, &srv->backlog, id, &srv->log, srv->now);
     int queued = 0;
     for (struct sub *s = t->subs, *next; s; s = next) {
         next = s->next;
@@ -3588,6 +3694,18 @@ static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topi
     return r;
 }
 
+/* Delivers an event under the next id of a server on its own. Ids never wrap: past
+ * UINT64_MAX an id would come out smaller than the ones clients hold (their Last-Event-ID
+ * would then skip or repeat events, and the journal would refuse the file at the next
+ * start), so once the last id is UINT64_MAX nothing more is published: -EOVERFLOW, and
+ * /healthz answers 503. Otherwise as publish_deliver(). */
+static int publish_local(struct sse_server *srv, const char *topic, const char *event,
+                         const char *data, size_t len) {
+    if (srv->last_id == UINT64_MAX)
+        return -EOVERFLOW;
+    return publish_deliver(srv, srv->last_id + 1, topic, event, data, len);
+}
+
 /* The one publishing path for everything but HTTP (inputs, relays, sse_publish): on its
  * own the server assigns the next id and delivers at once; as a node of a Redis hub the
  * event goes to Redis, and arrives back (with Redis's id) through the stream it follows. */
@@ -3601,7 +3719,7 @@ static int publish_event(struct sse_server *srv, const char *topic, const char *
             *id_out = 0;
         return redis_publish(srv, NULL, topic, event, data, len);
     }
-    r = publish_deliver(srv, srv->last_id + 1, topic, event, data, len);
+    r = publish_local(srv, topic, event, data, len);
     if (r >= 0 && id_out)
         *id_out = srv->last_id;
     return r;
@@ -3659,6 +3777,10 @@ static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64
         http_text(srv, c, 400, "the body must be valid UTF-8", NULL);
     } else if (r == -EIO) {
         http_text(srv, c, 503, "the event could not be stored; it was not published", NULL);
+    } else if (r == -EOVERFLOW) {
+        http_text(srv, c, 503,
+                  "id space exhausted: the last id is 18446744073709551615; it was not published",
+                  NULL);
     } else if (r < 0) {
         http_text(srv, c, 500, "could not publish", NULL);
     } else {
@@ -3691,7 +3813,7 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
             return;
         }
     } else if (r == 0) {
-        r = publish_deliver(srv, srv->last_id + 1, topic, event, b->data, b->have);
+        r = publish_local(srv, topic, event, b->data, b->have);
     }
     publish_answer(srv, c, r, srv->last_id, topic);
     free(b);
@@ -4942,6 +5064,10 @@ static void relay_emit(void *ctx, const char *topic, const char *event, const ch
         log_say(&srv->log, SSE_LOG_WARN, "relay %s: skipped an event: %s", r->topic, skipped);
         return;
     }
+    /* An upstream sse-server's position event (stream_id_line) is its current id, not
+     * content: the reader has taken the id for Last-Event-ID; nothing to publish. */
+    if (event && len == 0 && strcmp(event, "position") == 0)
+        return;
     char *repaired = NULL;
     if (!wire_utf8_valid(data, len)) {
         struct wbuf w = {NULL, 0, 0};
@@ -4960,7 +5086,10 @@ static void relay_emit(void *ctx, const char *topic, const char *event, const ch
         r->halted = true; /* proxy_pass() drops the connection */
     else
         log_say(&srv->log, SSE_LOG_WARN, "relay %s: could not publish an event: %s", r->topic,
-                rc == -EMSGSIZE ? "over --max-event-bytes" : "invalid event type");
+                rc == -EMSGSIZE    ? "over --max-event-bytes"
+                : rc == -EINVAL    ? "invalid event type"
+                : rc == -EOVERFLOW ? "id space exhausted"
+                                   : strerror(-rc));
     free(repaired);
 }
 
@@ -6437,6 +6566,10 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
         http_text(srv, c, 503, "redis unavailable", NULL);
     else if (bytes_eq(path, plen, "/healthz") && srv->journal.stuck)
         http_text(srv, c, 503, "journal unusable", NULL);
+    else if (bytes_eq(path, plen, "/healthz") && srv->journal.cannot_write)
+        http_text(srv, c, 503, "journal cannot write", NULL);
+    else if (bytes_eq(path, plen, "/healthz") && !srv->redis && srv->last_id == UINT64_MAX)
+        http_text(srv, c, 503, "id space exhausted", NULL);
     else if (bytes_eq(path, plen, "/healthz"))
         http_respond(srv, c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, head);
     else if (srv->root_fd >= 0)
@@ -6594,7 +6727,8 @@ static void input_emit(void *ctx, const char *topic, const char *event, const ch
     if (r == -EINVAL)
         log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event that is not valid UTF-8");
     else if (r < 0)
-        log_say(&srv->log, SSE_LOG_WARN, "input: could not publish: %s", strerror(-r));
+        log_say(&srv->log, SSE_LOG_WARN, "input: could not publish: %s",
+                r == -EOVERFLOW ? "id space exhausted" : strerror(-r));
 }
 
 static void input_close(struct sse_server *srv, struct input *in) {
@@ -7130,6 +7264,9 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
                         : cfg->heartbeat_ms == SSE_OFF ? 0
                                                        : cfg->heartbeat_ms;
     srv->retry_ms = cfg->retry_ms == 0 ? 3000 : cfg->retry_ms == SSE_OFF ? 0 : cfg->retry_ms;
+    if (cfg->position_event != 0 && cfg->position_event != SSE_OFF)
+        return "invalid position_event: 0 (send it) or SSE_OFF";
+    srv->position_event = cfg->position_event == 0;
     srv->header_timeout_ms = cfg->header_timeout_ms ? cfg->header_timeout_ms : 10000;
     srv->client_buffer = cfg->client_buffer ? cfg->client_buffer : 1u << 20;
     srv->max_event_bytes = cfg->max_event_bytes ? cfg->max_event_bytes : 1u << 20;

@@ -168,6 +168,15 @@ struct sse_config {
     int heartbeat_ms;            /* comment line after this much silence. 0 = 15000; SSE_OFF */
     int retry_ms;                /* sent as retry: when a stream opens. 0 = 3000; SSE_OFF =
                                     send none (the browser's default applies) */
+    int position_event;          /* how a stream that asked for no last event id learns the
+                                    current one. 0 = as the event "id: CURRENT", "event:
+                                    position", "data:" (dispatched, so every client records
+                                    the id: Firefox, Safari and the npm eventsource package
+                                    take an id only from an event they fire; onmessage never
+                                    sees it, type "position"). SSE_OFF = an id-only block
+                                    "id: CURRENT" + blank line, which fires nothing and only
+                                    Chromium records: for clients that handle every event
+                                    alike */
     int max_clients;             /* client connections; 0 = RLIMIT_NOFILE minus a reserve
                                     for over-limit answers, relays and the server's own
                                     descriptors, halved with proxy routes or static_root
@@ -189,7 +198,11 @@ struct sse_config {
     const char *journal_path; /* append every event to this file before it is delivered, and
                                  replay the file into the backlog at start (ids continue,
                                  Last-Event-ID works across restarts); NULL = none. Created
-                                 mode 0600 if missing; locked, so one server per file */
+                                 mode 0600 if missing; locked, so one server per file. Its
+                                 header carries a CRC-32 (a header that fails it is
+                                 refused); version 1 files (no CRC) are read and rewritten.
+                                 While a write fails (a full disk) /healthz answers 503
+                                 "journal cannot write", until a write or a probe works */
     enum sse_journal_sync journal_sync; /* see above; 0 = SSE_JOURNAL_BATCH */
     size_t journal_max_bytes; /* beyond this the file is rewritten with just the backlog
                                  (but not before it doubled since the last rewrite): it
@@ -248,10 +261,13 @@ const char *sse_url(const struct sse_server *srv);
  * Returns the number of subscribers it was queued to, or -EINVAL (srv NULL, bad topic name,
  * event type empty or with CR, LF or NUL, data NULL with len > 0, or data not valid UTF-8),
  * -EMSGSIZE (over max_event_bytes), -ENOMEM, -EIO when the journal could not store it (then
- * nobody received it), or -EBUSY when called from on_log for a line logged inside a publish,
- * a retire or sse_server_free(). With a journal the event is in the file when this returns
- * (and synced, with SSE_JOURNAL_ALWAYS). After sse_stop() it still goes to the backlog and
- * the journal, but to no subscriber.
+ * nobody received it), -EOVERFLOW when the id space is exhausted (the last id is
+ * UINT64_MAX, which only a journal whose floor says so can bring near: ids never wrap, so
+ * nothing more is published, and /healthz answers 503 "id space exhausted"), or -EBUSY when
+ * called from on_log for a line logged inside a publish, a retire or sse_server_free(). With
+ * a journal the event is in the file when this returns (and synced, with
+ * SSE_JOURNAL_ALWAYS). After sse_stop() it still goes to the backlog and the journal, but to
+ * no subscriber.
  * With redis set, 0 means queued for Redis, not yet stored: the event goes to Redis (XADD)
  * and is delivered, to this server's subscribers as to every other node's, when it comes
  * back through the stream; *id_out gets 0 (Redis assigns the id, the subscribers see it).

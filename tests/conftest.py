@@ -372,16 +372,19 @@ class Stream:
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
-    def read_event(self, timeout=5):
+    def read_event(self, timeout=5, position=False):
         """Reads the next block that holds a data: line and returns it parsed as a dict with
         id, event, data (WHATWG rules); blocks without data (id-only, comments) are skipped
-        but the id is remembered."""
+        but the id is remembered, and so is the position event a stream opens with (type
+        "position", empty data) unless position is True."""
         while True:
             block = self.read_block(timeout)
             ev = parse_block(block)
             if ev.get("id") is not None:
                 self.last_id = ev["id"]
-            if ev.get("data") is not None:
+            if ev.get("data") is None:
+                continue
+            if position or not (ev.get("event") == "position" and ev["data"] == ""):
                 return ev
 
     def read_until_closed(self, timeout=5):

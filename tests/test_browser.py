@@ -218,6 +218,30 @@ def test_event_types_and_multiline_data_arrive_exactly(browser, start_server):
     assert browser.eval("rec.errors") == 0
 
 
+def test_position_event_reaches_its_listener_and_never_onmessage(browser, start_server):
+    """A stream opened without a last event id starts with the position event: dispatched
+    (so every engine records its id, not only Chromium), of type "position", so neither
+    onmessage nor message listeners see it."""
+    srv = start_server("--publish-token", "secret", "--root", PAGES)
+    cur = pub(srv.port, "before", topic="elsewhere")
+    browser.goto(harness_url(srv.url, "/events/pos", types=("position",)))
+    browser.wait("rec.events.length >= 1")
+    compare(browser, [{"type": "position", "data": "", "id": cur}])
+    id_ = pub(srv.port, "after", topic="pos")
+    browser.wait("rec.events.length >= 2")
+    time.sleep(0.2)  # nothing more may arrive
+    compare(browser, [{"type": "position", "data": "", "id": cur},
+                      {"type": "message", "data": "after", "id": id_}])
+    assert browser.eval("rec.onmessage") == 1
+    browser.goto(harness_url(srv.url, "/events/pos"))  # nobody listens to "position"
+    browser.wait("rec.opens === 1")
+    id2 = pub(srv.port, "again", topic="pos")
+    browser.wait("rec.events.length >= 1")
+    time.sleep(0.2)
+    compare(browser, [{"type": "message", "data": "again", "id": id2}])
+    assert browser.eval("rec.onmessage") == 1
+
+
 def stream_requests(relay, path):
     """The requests for the stream at path that went through the relay, in order."""
     return [x for x in relay.exchanges() if x["request"].startswith(b"GET %s " % path.encode())]

@@ -24,6 +24,7 @@ OPTIONS = [
     ("--backlog-bytes", ("67108864", "64m", "64M", "64 MiB", "64MiB")),
     ("--heartbeat", "15"),
     ("--retry", "3000"),
+    ("--no-position-event", None),
     ("--publish-token", ANY),
     ("--subscribe-token", ANY),
     ("--stdin", ANY),
@@ -208,7 +209,7 @@ def test_equals_form(start_server):
     try:
         assert st.status == 200
         assert st.read_block() == b"retry: 1234\n\n"
-        assert re.match(rb"^id: \d+\n\n$", st.read_block())
+        assert re.match(rb"^id: \d+\nevent: position\ndata:\n\n$", st.read_block())
     finally:
         st.close()
     r = request(srv.port, "GET", "/events")

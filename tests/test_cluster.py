@@ -22,7 +22,8 @@ from test_redis import node, redis  # noqa: F401 (redis: a redis-server, test_re
 
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy",
                     "nginx-cluster.conf")
-HEAD = b"retry: 200\n\nid: 0-0\n\n"  # a new stream on a fresh hub (the nodes run --retry 200)
+# A new stream on a fresh hub (the nodes run --retry 200).
+HEAD = b"retry: 200\n\nid: 0-0\nevent: position\ndata:\n\n"
 EVENT_RE = re.compile(rb"id: ([1-9][0-9]*-[0-9]+)\nevent: tick\ndata: (p[0-9]+)\n"
                       rb"data: second line\n\n")
 

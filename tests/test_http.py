@@ -546,7 +546,7 @@ def test_metrics_values_follow_publishing(server):
     try:
         assert sub.status == 200
         assert sub.read_block() == b"retry: 3000\n\n"
-        assert re.match(rb"^id: \d+\n\n$", sub.read_block())
+        assert re.match(rb"^id: \d+\nevent: position\ndata:\n\n$", sub.read_block())
         m0, _ = metrics(port)
         assert m0["sse_subscribers"] == 1
         assert m0["sse_backlog_events"] == 0

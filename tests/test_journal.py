@@ -18,7 +18,7 @@ import pytest
 
 from conftest import BINARY, Stream, metric_values, publish, request, unavailable
 
-HEADER_RE = re.compile(rb"sse-journal 1 (\d+)\n")
+HEADER_RE = re.compile(rb"(sse-journal 2 (\d+) )([0-9a-f]{8})\n")
 
 
 def pub(port, data, topic="news", event=None):
@@ -33,6 +33,7 @@ def parse_journal(raw):
     length and CRC-32 (zlib's) match. Returns (floor, [(id, topic, bytes)])."""
     m = HEADER_RE.match(raw)
     assert m, raw[:80]
+    assert "%08x" % zlib.crc32(m.group(1)) == m.group(3).decode()  # the header's own CRC
     at, records = m.end(), []
     while at < len(raw):
         nl = raw.index(b"\n", at)
@@ -44,15 +45,15 @@ def parse_journal(raw):
         assert body.startswith(b"id: " + id_ + b"\n") and body.endswith(b"\n\n")
         records.append((id_.decode(), topic.decode(), body))
         at = nl + 1 + int(length)
-    return int(m.group(1)), records
+    return int(m.group(2)), records
 
 
 def read_events(st, n, timeout=5):
-    """Reads n event blocks (skipping the prelude's id line); returns their bytes."""
+    """Reads n event blocks (skipping the prelude's position event); returns their bytes."""
     out = []
     while len(out) < n:
         block = st.read_block(timeout)
-        if b"data" in block:
+        if b"data" in block and b"\nevent: position\n" not in block:
             out.append(block)
     return out
 
@@ -76,7 +77,8 @@ def test_format_is_the_wire_bytes_with_length_and_crc(start_server, journal):
         st.close()
     with open(journal, "rb") as f:
         floor, records = parse_journal(f.read())
-    assert first == b"id: %d\n\n" % floor  # the header holds the id before any event
+    # The header holds the id before any event.
+    assert first == b"id: %d\nevent: position\ndata:\n\n" % floor
     assert [r[0] for r in records] == ids
     assert [r[1] for r in records] == [t for _, _, t in payloads]
     assert [r[2] for r in records] == got  # exactly what subscribers received
@@ -105,7 +107,7 @@ def test_restart_replays_and_ids_continue(start_server, journal):
     st = Stream(srv.port, "/events/news")
     try:
         st.read_block()
-        assert st.read_block() == b"id: %s\n\n" % new.encode()
+        assert st.read_block() == b"id: %s\nevent: position\ndata:\n\n" % new.encode()
     finally:
         st.close()
     st = Stream(srv.port, "/events/news", headers={"Last-Event-ID": ids[0]})
@@ -191,14 +193,14 @@ def test_damage_before_valid_records_refuses_to_start(start_server, journal):
         assert f.read() == damaged  # left for a person to look at
 
 
-@pytest.mark.parametrize("content", [b"hello world\n" * 10, b"sse-journal 2 5\n",
-                                     b"\x00" * 100])
+@pytest.mark.parametrize("content", [b"hello world\n" * 10, b"sse-journal 3 5\n",
+                                     b"sse-journal 2 5\n", b"\x00" * 100])
 def test_not_a_journal_refuses_to_start(journal, content):
     with open(journal, "wb") as f:
         f.write(content)
     code, err = start_failing(journal)
     assert code == 1
-    assert err == "sse-server: journal %s: not an sse-server journal (version 1)\n" % journal
+    assert err == "sse-server: journal %s: not an sse-server journal (version 1 or 2)\n" % journal
 
 
 def test_a_record_that_is_not_a_canonical_event_is_refused(start_server, journal):
@@ -317,7 +319,8 @@ def test_failed_write_is_503_and_nobody_receives_it(start_server, journal):
         assert st.nothing_pending(0.3)  # the refused event went to nobody
         assert publish(srv.port, b"again " + b"y" * 300, topic="news").status == 503
         assert metric_values(srv.port)["sse_journal_errors_total"] == 2
-        assert healthy_ok(srv.port)
+        r = request(srv.port, "GET", "/healthz")  # the file cannot grow: said, not hidden
+        assert (r.status, r.body) == (503, b"journal cannot write\n")
     finally:
         st.close()
     srv.stop()
@@ -554,7 +557,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_event(start_server, jour
     port = srv.port
     st = Stream(port, "/events/news")
     st.read_block()
-    base = st.read_block().split(b" ")[1].strip().decode()  # the id before any event
+    base = st.read_block().split(b"\n")[0].split(b" ")[1].decode()  # the id before any event
     st.close()
     follower = Follower(port)
     follower.last_id = base  # from the first event on, however late its thread connects
@@ -595,3 +598,134 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_event(start_server, jour
     # sequence: everything the server holds, each exactly once, in order.
     assert follower.events == seen
     assert follower.reconnects >= rounds
+
+
+# ---- the id space and the header's CRC ----------------------------------------------------
+
+
+def header_v2(floor):
+    line = b"sse-journal 2 %d " % floor
+    return line + b"%08x\n" % zlib.crc32(line)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_ids_never_wrap_past_2_64(start_server, journal, version):
+    """A journal whose floor is 2^64 - 3: two publishes take the last two ids, then the id
+    space is exhausted: 503 (never id 0), /healthz says so, and the file still starts."""
+    top = 2**64 - 1
+    with open(journal, "wb") as f:
+        f.write(header_v2(top - 2) if version == 2 else b"sse-journal 1 %d\n" % (top - 2))
+    srv = start_server("--publish-token", "secret", "--journal", journal)
+    st = Stream(srv.port, "/events/news")
+    try:
+        st.read_block()
+        assert st.read_block().startswith(b"id: %d\n" % (top - 2))
+        assert [pub(srv.port, "e%d" % i) for i in range(2)] == [str(top - 1), str(top)]
+        for _ in range(3):
+            r = publish(srv.port, b"one too many", topic="news")
+            assert (r.status, r.body) == (503, b"id space exhausted: the last id is "
+                                               b"18446744073709551615; it was not published\n")
+        r = request(srv.port, "GET", "/healthz")
+        assert (r.status, r.body) == (503, b"id space exhausted\n")
+        assert read_events(st, 2) == [b"id: %d\ndata: e%d\n\n" % (top - 1 + i, i)
+                                      for i in range(2)]
+        assert st.nothing_pending(0.3)
+    finally:
+        st.close()
+    srv.stop()
+    assert journal_ids(journal) == [str(top - 1), str(top)]
+    srv = start_server("--publish-token", "secret", "--journal", journal)
+    srv.wait_for_line(r"2 events back in the backlog")  # not refused at the next start
+    assert publish(srv.port, b"still full", topic="news").status == 503
+
+
+@pytest.mark.parametrize("how", ["floor changed", "crc changed", "crc missing"])
+def test_a_header_that_fails_its_crc_is_refused(start_server, journal, how):
+    ids, raw = write_journal(start_server, journal)
+    header, rest = raw.split(b"\n", 1)
+    magic, floor, crc = header.split(b" ")[:2], header.split(b" ")[2], header.split(b" ")[3]
+    if how == "floor changed":
+        header = b" ".join(magic + [b"18446744073709551614", crc])
+    elif how == "crc changed":
+        header = b" ".join(magic + [floor, b"%08x" % (int(crc, 16) ^ 1)])
+    else:
+        header = b" ".join(magic + [floor])
+    damaged = header + b"\n" + rest
+    with open(journal, "wb") as f:
+        f.write(damaged)
+    code, err = start_failing(journal)
+    assert code == 1
+    if how == "crc missing":
+        assert err == ("sse-server: journal %s: not an sse-server journal (version 1 or 2)\n"
+                       % journal)
+    else:
+        assert err == ("sse-server: journal %s: the header fails its CRC check (damaged or "
+                       "edited): refusing to guess where ids go on\n" % journal)
+    with open(journal, "rb") as f:
+        assert f.read() == damaged  # left for a person to look at
+
+
+def test_a_version_1_journal_is_read_and_rewritten_with_a_checked_header(start_server, journal):
+    """Files written before the header had a CRC still load (ids go on above them), and are
+    compacted at once into version 2."""
+    ids, raw = write_journal(start_server, journal)
+    header, rest = raw.split(b"\n", 1)
+    floor = int(header.split(b" ")[2])
+    with open(journal, "wb") as f:
+        f.write(b"sse-journal 1 %d\n" % floor + rest)
+    srv = start_server("--publish-token", "secret", "--journal", journal)
+    srv.wait_for_line(r"3 events back in the backlog")
+    srv.wait_for_line(r"compacted to \d+ bytes \(3 events\)")
+    assert journal_ids(journal) == ids  # parse_journal: a version 2 header with its CRC
+    new = pub(srv.port, "after the upgrade")
+    assert int(new) > int(ids[-1])
+    st = Stream(srv.port, "/events/news", headers={"Last-Event-ID": ids[0]})
+    try:
+        st.read_block()
+        assert [b.split(b"\n")[0] for b in read_events(st, 3)] == [
+            b"id: " + i.encode() for i in ids[1:] + [new]]
+    finally:
+        st.close()
+
+
+def test_a_full_disk_is_reported_by_healthz_until_writing_works(start_server, tmp_path, journal):
+    """The second event's write fails with ENOSPC: the publish is a 503, and /healthz says
+    "journal cannot write" (not 200) until a probe (fallocate, once a second, the first two
+    failing too) finds space again; then publishing works."""
+    srv = start_faulty(start_server, tmp_path, journal, "none", "writev:error=ENOSPC:when=3",
+                       "fallocate:error=ENOSPC:when=1..2", trace="writev,fallocate")
+    assert publish(srv.port, b"one", topic="news").status == 200
+    r = publish(srv.port, b"two", topic="news")
+    assert (r.status, r.body) == (503, b"the event could not be stored; it was not published\n")
+    r = request(srv.port, "GET", "/healthz")
+    assert (r.status, r.body) == (503, b"journal cannot write\n")
+    srv.wait_for_line(r"writing works again", timeout=15)
+    assert healthy_ok(srv.port)
+    assert publish(srv.port, b"three", topic="news").status == 200
+    with open(tmp_path / "trace") as f:
+        probes = re.findall(r"fallocate\(\d+, FALLOC_FL_KEEP_SIZE, \d+, \d+\)\s+= (-?\d+)",
+                            f.read())
+    assert probes == ["-1", "-1", "0"], probes
+
+
+def test_stdin_stops_at_the_end_of_the_id_space(start_server, journal):
+    """The input path checks the id space as publishing over HTTP does: the last id taken,
+    the next lines are refused with a log line, never given id 0."""
+    top = 2**64 - 1
+    with open(journal, "wb") as f:
+        f.write(b"sse-journal 1 %d\n" % (top - 1))  # version 1: today's reader too
+    srv = start_server("--stdin", "--journal", journal, stdin=subprocess.PIPE)
+    st = Stream(srv.port, "/events/default")
+    try:
+        st.read_block()
+        st.read_block()
+        srv.proc.stdin.write(b"last\nnone left\nnor here\n")
+        srv.proc.stdin.flush()
+        assert read_events(st, 1) == [b"id: %d\ndata: last\n\n" % top]
+        srv.wait_for_line(r"input: could not publish: id space exhausted")
+        assert st.nothing_pending(0.3)
+    finally:
+        st.close()
+    srv.stop()
+    assert journal_ids(journal) == [str(top)]
+    assert srv.stderr_text().count("input: could not publish: id space exhausted") == 2

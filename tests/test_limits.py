@@ -62,8 +62,8 @@ def subscribe(port, path="/events", retry=3000):
     assert STREAM_HEAD.match(st.raw_head), st.raw_head
     assert st.read_block() == b"retry: %d\n\n" % retry
     blk = st.read_block()
-    assert re.match(rb"^id: \d+\n\n$", blk), blk
-    st.initial_id = int(blk[4:-2])
+    assert re.match(rb"^id: \d+\nevent: position\ndata:\n\n$", blk), blk
+    st.initial_id = int(blk.split(b"\n")[0][4:])
     return st
 
 
@@ -93,7 +93,7 @@ def try_stream(port, timeout=3):
     data = st.buf
     deadline = time.monotonic() + timeout
     while True:
-        if re.match(rb"^retry: \d+\n\nid: \d+\n\n$", data):
+        if re.match(rb"^retry: \d+\n\nid: \d+\nevent: position\ndata:\n\n$", data):
             return True, st
         left = deadline - time.monotonic()
         assert left > 0, data
@@ -311,7 +311,7 @@ def test_slow_subscriber_dropped_others_keep_up(start_server):
         data = slow_buf + read_all_reset_ok(slow, 15)
     finally:
         slow.close()
-    m = re.match(rb"^retry: 3000\n\nid: \d+\n\n", data)
+    m = re.match(rb"^retry: 3000\n\nid: \d+\nevent: position\ndata:\n\n", data)
     assert m, data[:200]
     rest = data[m.end():]
     stream = b"".join(b"id: %s\ndata: %s\n\n" % (i.encode(), d.encode()) for i, d in expected)

@@ -47,6 +47,9 @@ def test_eventsource_parser_reads_every_framing_case(start_server):
     finally:
         st.close()
     assert raw.startswith(b"retry: 3000\n\nid: ")
+    # The position event comes first: the id before any event, dispatched with empty data.
+    position = raw.split(b"\n")[2][4:].decode()
+    want.insert(0, {"event": "position", "id": position, "data": ""})
     for seed in (1, 2, 3):
         seen = parse_with_eventsource_parser(raw, seed)
         assert seen["errors"] == []
@@ -168,5 +171,39 @@ def test_eventsource_package_receives_and_resumes_after_a_cut(start_server, node
         heads = relay.heads()
         assert len(heads) == 2
         assert b"\r\nlast-event-id: %s\r\n" % want[4][2].encode() in heads[1].lower()
+    finally:
+        relay.close()
+
+
+def test_eventsource_package_resumes_when_cut_before_its_first_event(start_server,
+                                                                     node_client):
+    """The package (through eventsource-parser) takes a last event id only from an event it
+    dispatches, as Firefox and Safari do: the id-only block a stream once opened with was
+    lost on it. Connect, no event yet, the connection is cut, an event is published: the
+    client comes back with the position event's id as Last-Event-ID and gets the event, and
+    its message listener never sees the position event."""
+    srv = start_server("--publish-token", "secret", "--retry", "500")
+    relay = TcpRelay(srv.port)
+    try:
+        es = node_client("http://127.0.0.1:%d/events/n" % relay.port)
+        es.wait(lambda seen: any(s["kind"] == "open" for s in seen))
+        deadline = time.monotonic() + 10
+        while True:  # the retry: block and the position have passed the relay
+            with relay.lock:
+                down = bytes(relay.conns[0]["down"])
+            if down.count(b"\n\n") >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        position = down.split(b"\r\n\r\n", 1)[1].split(b"\n\n")[1].split(b"\n")[0][4:]
+        time.sleep(1)  # for the client to read them
+        assert relay.sever() == 1
+        id_ = pub(srv.port, "first", "n")  # while the client waits out retry: 500
+        es.wait(lambda seen: len(es.events()) >= 1)
+        time.sleep(0.3)
+        es.drain()
+        assert es.events() == [("message", "first", id_)]
+        heads = relay.heads()
+        assert len(heads) == 2
+        assert b"\r\nlast-event-id: %s\r\n" % position in heads[1].lower()
     finally:
         relay.close()

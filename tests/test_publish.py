@@ -31,7 +31,7 @@ def read_prelude(st):
     want = b"retry: 3000\n\n"
     assert st.read_exactly(len(want)) == want
     blk = st.read_block()
-    m = re.fullmatch(rb"id: (\d+)\n\n", blk)
+    m = re.fullmatch(rb"id: (\d+)\nevent: position\ndata:\n\n", blk)
     assert m, blk
     return m.group(1).decode()
 

@@ -848,3 +848,24 @@ def test_relay_rejected_at_start_up_exit_1(value, message):
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("sse-server: ") and message in lines[0], err
     assert "listening" not in err
+
+
+def test_relay_does_not_republish_the_origins_position_event(start_server):
+    """An sse-server origin opens the relay's stream with its position event (type
+    "position", empty data): the relay keeps its id for Last-Event-ID and publishes nothing,
+    so its own subscribers get only the origin's events."""
+    origin, relay = origin_and_relay(start_server)
+    sub = Stream(relay.port, "/events/feed")
+    try:
+        sub.read_block()  # retry:
+        assert sub.read_block().startswith(b"id: ")  # the relay's own position
+        time.sleep(0.3)
+        m = metric_values(relay.port)
+        assert (m["sse_events_published_total"], m["sse_relay_events_total"]) == (0, 0), m
+        assert sub.nothing_pending(0.2)
+        publish(origin.port, "one", topic="news")
+        ev = sub.read_event()
+        assert (ev["event"], ev["data"]) == (None, "one")
+        assert metric_values(relay.port)["sse_relay_events_total"] == 1
+    finally:
+        sub.close()

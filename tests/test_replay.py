@@ -48,7 +48,7 @@ def expect_bytes(st, want, timeout=5):
 def read_prelude(st):
     expect_retry(st)
     blk = st.read_block()
-    m = re.fullmatch(rb"id: (\d+)\n\n", blk)
+    m = re.fullmatch(rb"id: (\d+)\nevent: position\ndata:\n\n", blk)
     assert m, blk
     return m.group(1).decode()
 

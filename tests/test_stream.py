@@ -51,15 +51,15 @@ def pub_raw_path(port, path, data=b"", token="secret"):
 
 
 def read_prelude(st, retry=3000, initial_id=True):
-    """Reads `retry: N\\n\\n` (unless retry is 0) and the `id: CURRENT\\n\\n` line; returns
-    CURRENT (or None when initial_id is False)."""
+    """Reads `retry: N\\n\\n` (unless retry is 0) and the position event (`id: CURRENT`,
+    `event: position`, an empty `data:`); returns CURRENT (or None when initial_id is False)."""
     if retry:
         want = b"retry: %d\n\n" % retry
         assert st.read_exactly(len(want)) == want
     if not initial_id:
         return None
     blk = st.read_block()
-    m = re.fullmatch(rb"id: (\d+)\n\n", blk)
+    m = re.fullmatch(rb"id: (\d+)\nevent: position\ndata:\n\n", blk)
     assert m, blk
     return m.group(1).decode()
 
@@ -131,7 +131,7 @@ def test_prelude_is_retry_then_current_id(server):
     cur = pub(server.port, "x", topic="elsewhere")
     st = Stream(server.port)
     try:
-        want = b"retry: 3000\n\nid: %s\n\n" % cur.encode()
+        want = b"retry: 3000\n\nid: %s\nevent: position\ndata:\n\n" % cur.encode()
         expect_bytes(st, want)
         assert st.nothing_pending(0.3)
     finally:
@@ -160,6 +160,19 @@ def test_initial_id_follows_latest_publish(server):
         st.close()
 
 
+def test_no_position_event_opens_with_a_bare_id_block(start_server):
+    """--no-position-event: the current id alone, in a block that dispatches nothing (for
+    clients that handle every event alike; only Chromium records its id)."""
+    s = start_server("--no-position-event", "--publish-token", "secret")
+    cur = pub(s.port, "x", topic="elsewhere")
+    st = Stream(s.port)
+    try:
+        expect_bytes(st, b"retry: 3000\n\nid: %s\n\n" % cur.encode())
+        assert st.nothing_pending(0.3)
+    finally:
+        st.close()
+
+
 def test_retry_option(start_server):
     s = start_server("--retry", "1234")
     st = Stream(s.port)
@@ -167,7 +180,7 @@ def test_retry_option(start_server):
         check_stream_head(st.raw_head)
         blk = st.read_block()
         assert blk == b"retry: 1234\n\n"
-        assert re.fullmatch(rb"id: \d+\n\n", st.read_block())
+        assert re.fullmatch(rb"id: \d+\nevent: position\ndata:\n\n", st.read_block())
     finally:
         st.close()
 
@@ -178,7 +191,7 @@ def test_retry_zero_sends_no_retry_line(start_server):
     try:
         check_stream_head(st.raw_head)
         blk = st.read_block()
-        assert re.fullmatch(rb"id: \d+\n\n", blk), blk
+        assert re.fullmatch(rb"id: \d+\nevent: position\ndata:\n\n", blk), blk
     finally:
         st.close()
 

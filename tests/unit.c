@@ -974,6 +974,67 @@ static void test_journal(void) {
     CHECK(journal_parse_str(longline, sizeof longline, &rec) < 0);
 }
 
+/* The journal's header: version 2 carries the CRC-32 of the line up to the CRC, as a record
+ * line does; version 1 (no CRC) is still read; every prefix of a header is incomplete. */
+static void test_journal_header(void) {
+    char h[JOURNAL_HEADER_MAX];
+    size_t n = journal_header(h, 18446744073709551615u);
+    const char *want_line = "sse-journal 2 18446744073709551615 ";
+    size_t plen = strlen(want_line);
+    CHECK(n == plen + 9 && memcmp(h, want_line, plen) == 0 && h[n - 1] == '\n');
+    char crc[9];
+    snprintf(crc, sizeof crc, "%08x", journal_crc32(0, want_line, plen));
+    CHECK(memcmp(h + plen, crc, 8) == 0);
+    uint64_t floor = 0;
+    int version = 0;
+    CHECK(journal_parse_header(h, n, &floor, &version) == (long)n);
+    CHECK(floor == UINT64_MAX && version == 2);
+    char buf[JOURNAL_HEADER_MAX + 16];
+    memcpy(buf, h, n);
+    memcpy(buf + n, "#E 1", 4); /* records follow: the header's length is still n */
+    CHECK(journal_parse_header(buf, n + 4, &floor, &version) == (long)n);
+    bool prefixes_ok = true;
+    for (size_t i = 0; i < n; i++)
+        prefixes_ok = prefixes_ok && journal_parse_header(h, i, &floor, &version) == 0;
+    CHECK(prefixes_ok);
+    n = journal_header(h, 1795335269661017u);
+    CHECK(journal_parse_header(h, n, &floor, &version) == (long)n && floor == 1795335269661017u);
+    bool flips_refused = true; /* any changed character: refused, and never read as valid */
+    for (size_t i = 0; i + 1 < n; i++) {
+        memcpy(buf, h, n);
+        buf[i] = buf[i] == '7' ? '8' : '7';
+        flips_refused = flips_refused && journal_parse_header(buf, n, &floor, &version) < 0;
+    }
+    CHECK(flips_refused);
+    memcpy(buf, h, n);
+    buf[n - 2] = buf[n - 2] == 'a' ? 'b' : 'a'; /* a CRC digit: well formed, CRC wrong */
+    CHECK(journal_parse_header(buf, n, &floor, &version) == -2);
+    const char *v1 = "sse-journal 1 42\n";
+    CHECK(journal_parse_header(v1, strlen(v1), &floor, &version) == (long)strlen(v1));
+    CHECK(floor == 42 && version == 1);
+    static const char *const bad[] = {
+        "sse-journal 1 \n",
+        "sse-journal 1 -1\n",
+        "sse-journal 1 x\n",
+        "sse-journal 2 5\n",
+        "sse-journal 2 5 0000000\n",
+        "sse-journal 2 5 0000000G\n",
+        "sse-journal 2 05 00000000\n",
+        "sse-journal 2  00000000\n",
+        "sse-journal 3 5 00000000\n",
+        "sse-journal 1 18446744073709551616\n",
+        "hello\n",
+    };
+    bool bad_refused = true;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        bad_refused =
+            bad_refused && journal_parse_header(bad[i], strlen(bad[i]), &floor, &version) == -1;
+    CHECK(bad_refused);
+    char longline[JOURNAL_HEADER_MAX + 8];
+    memset(longline, '1', sizeof longline);
+    CHECK(journal_parse_header(longline, sizeof longline, &floor, &version) == -1);
+}
+
 static long resp_str(const char *s, struct resp_value *vals, size_t cap, size_t *n) {
     return resp_read(s, strlen(s), 1024, vals, cap, n);
 }
@@ -1209,6 +1270,7 @@ int main(void) {
     test_repair();
     test_whatwg_reader();
     test_journal();
+    test_journal_header();
     test_resp();
     test_two_servers();
     test_host_routes();

@@ -1,7 +1,8 @@
 /*
  * Fuzz target: the journal's record format (section 6 of sse.c). The first byte picks a
- * mode. Mode 0 reads the rest as the records of a journal file, as start-up does: the
- * records accepted must be canonical (their record line is exactly what the writer makes,
+ * mode. Mode 0 reads the rest as a journal's header (one read back must be exactly what
+ * the writer makes of its floor, its prefixes incomplete), and as the records of a journal
+ * file, as start-up does: the records accepted must be canonical (their record line is exactly what the writer makes,
  * their bytes what the formatter makes), ids must increase in the backlog, every prefix of
  * an accepted record must read as incomplete, and what is kept must end on a record
  * boundary. Mode 1 writes a record for an event made from the rest and reads it back:
@@ -26,7 +27,26 @@ static void check_record(const char *buf, size_t len, long n, const struct journ
     }
 }
 
+/* The header: a header read back is exactly what the writer makes of its floor (version
+ * 2), and every prefix of it reads as incomplete. */
+static void read_header(const char *buf, size_t len) {
+    uint64_t floor = 0;
+    int version = 0;
+    long n = journal_parse_header(buf, len, &floor, &version);
+    FUZZ_CHECK(n >= -2 && n <= JOURNAL_HEADER_MAX && (size_t)(n > 0 ? n : 0) <= len);
+    if (n <= 0 || version != 2)
+        return;
+    char head[JOURNAL_HEADER_MAX];
+    FUZZ_CHECK(journal_header(head, floor) == (size_t)n && memcmp(head, buf, (size_t)n) == 0);
+    for (size_t i = 0; i < (size_t)n; i++) {
+        char *prefix = fuzz_copy(buf, i);
+        FUZZ_CHECK(journal_parse_header(prefix, i, &floor, &version) == 0);
+        free(prefix);
+    }
+}
+
 static void read_records(const char *buf, size_t len) {
+    read_header(buf, len);
     struct journal_record rec;
     long n = journal_parse_record(buf, len, SIZE_MAX, &rec);
     FUZZ_CHECK(n >= -1);
