@@ -200,7 +200,7 @@ def read_stream_start(s, timeout=5):
     head, data = recv_until(s, b"\r\n\r\n", timeout)
     assert STREAM_HEAD.fullmatch(head), head
     deadline = time.monotonic() + timeout
-    while not re.fullmatch(rb"retry: 3000\n\nid: \d+\n\n", data):
+    while not re.fullmatch(rb"retry: 3000\n\nid: \d+\nevent: position\ndata:\n\n", data):
         assert time.monotonic() < deadline, data
         s.settimeout(deadline - time.monotonic())
         try:
