@@ -65,6 +65,10 @@ static const char *const usage[] = {
     "                            come back, as over --max-clients (default 0 = no limit)\n"
     "  --client-buffer BYTES     queued bytes at which a slow subscriber is dropped\n"
     "                            (default 1m)\n"
+    "  --pace-high-water BYTES   flow control: a subscriber with more than this queued lags;\n"
+    "                            while more than 1 in 10 lag, publishers wait (inputs are\n"
+    "                            not read, HTTP publishes are held) (default: client buffer\n"
+    "                            / 8; at least the client buffer = no flow control)\n"
     "  --max-event-bytes BYTES   largest event payload, at most 64m (default 1m)\n"
     "  --header-timeout SECONDS  deadline for a request head (default 10)\n",
     "  --proxy PREFIX=URL        forward requests under PREFIX to URL (http://HOST:PORT[/BASE]),\n"
@@ -116,6 +120,7 @@ enum option_id {
     OPT_MAX_CLIENTS,
     OPT_MAX_CLIENTS_PER_IP,
     OPT_CLIENT_BUFFER,
+    OPT_PACE_HIGH_WATER,
     OPT_MAX_EVENT_BYTES,
     OPT_HEADER_TIMEOUT,
     OPT_QUIET,
@@ -152,6 +157,7 @@ static const struct option long_options[] = {
     {"max-clients", required_argument, NULL, OPT_MAX_CLIENTS},
     {"max-clients-per-ip", required_argument, NULL, OPT_MAX_CLIENTS_PER_IP},
     {"client-buffer", required_argument, NULL, OPT_CLIENT_BUFFER},
+    {"pace-high-water", required_argument, NULL, OPT_PACE_HIGH_WATER},
     {"max-event-bytes", required_argument, NULL, OPT_MAX_EVENT_BYTES},
     {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
     {"quiet", no_argument, NULL, OPT_QUIET},
@@ -317,6 +323,10 @@ static void parse_options(int argc, char **argv, struct options *o) {
         case OPT_CLIENT_BUFFER:
             o->cfg.client_buffer =
                 (size_t)parse_number("client-buffer", optarg, 1, 1LL << 40, true);
+            break;
+        case OPT_PACE_HIGH_WATER:
+            o->cfg.pace_high_water =
+                (size_t)parse_number("pace-high-water", optarg, 1, 1LL << 40, true);
             break;
         case OPT_MAX_EVENT_BYTES:
             o->cfg.max_event_bytes =

@@ -2469,6 +2469,7 @@ enum conn_state {
     CONN_PROXY,    /* a client whose request is being proxied (px says to where) */
     CONN_UPSTREAM, /* our connection to an upstream, for a proxied request or a relay */
     CONN_WAIT,     /* a publish waiting for Redis to store the event */
+    CONN_PACED,    /* a publish held (body read) until the subscribers catch up */
     CONN_DEAD      /* closed; freed at the end of the loop iteration */
 };
 
@@ -2490,6 +2491,7 @@ enum timer_id {
     TIMER_LINGER,  /* LINGER_MS: a closing connection's last chance */
     TIMER_CONNECT, /* proxy_connect_timeout_ms: an upstream connect */
     TIMER_PROXY,   /* proxy_heartbeat_ms: a proxied stream's heartbeat */
+    TIMER_PACED,   /* PACE_PUBLISH_WAIT_MS: a held publish is answered 503 by then */
     TIMER_NEVER,   /* no deadline (upstreams, proxied non-stream responses) */
     TIMER_COUNT
 };
@@ -2558,6 +2560,7 @@ struct conn {
     uint8_t timer;              /* enum timer_id it is listed in, or TIMER_NONE */
     uint8_t reason;             /* enum close_reason to log when a linger ends */
     uint16_t nsubs;             /* entries in subs */
+    uint8_t lag;                /* enum lag_state and LAG_WROTE (subscribers): flow control */
     uint32_t serial;            /* number for log lines */
     struct conn *tprev, *tnext; /* neighbours in the timer list (tnext: dead list too) */
     struct conn *flush_next;    /* next in the flush list */
@@ -2685,6 +2688,26 @@ struct input {
 
 struct redis_hub;
 
+/* Flow control's state (see "flow control" below). */
+struct pace {
+    size_t high, low;           /* queued bytes: a subscriber lags from high until back at low */
+    uint32_t lagging;           /* subscribers lagging and counted (LAG_HIGH) */
+    uint32_t behind;            /* subscribers lagging but left behind (LAG_BEHIND) */
+    bool held;                  /* too many lag: publishers are held */
+    bool resume_due;            /* the hold just ended: held publishers are to be resumed */
+    uint8_t cause;              /* enum pace_cause of the hold being timed, PACE_OPEN if none */
+    int64_t held_since;         /* when held last became true */
+    int64_t minority_since;     /* during a hold, since when the lagging are a minority; or 0 */
+    int64_t next_check;         /* during a hold, when the lagging that wrote nothing are left
+                                   behind; 0 = at the next iteration, which starts the watch */
+    int64_t gate_since;         /* when the gate last closed, for the time held */
+    uint64_t held_ms[3];        /* ms the gate was closed, by enum pace_cause */
+    uint64_t holds[3];          /* times it closed, by enum pace_cause */
+    uint64_t left_behind_total; /* subscribers left behind */
+    uint64_t publish_timeouts;  /* HTTP publishes answered 503 after waiting */
+    bool (*can_take)(const struct sse_server *srv); /* a storing part's own answer, or NULL */
+};
+
 struct sse_server {
     /* configuration, defaults applied, strings owned */
     char *stream_path; /* e.g. "/events" */
@@ -2758,6 +2781,7 @@ struct sse_server {
     bool stopping;               /* draining: not accepting, subscribers told to retry */
     bool stopped;                /* everything closed after sse_stop() */
     int64_t stop_deadline;       /* when stopping turns into closing everything */
+    struct pace pace;            /* flow control */
     struct metrics m;
 
     char scratch[SSE_HEAD_MAX]; /* a request head read in one go */
@@ -2804,6 +2828,99 @@ static void conn_flush_later(struct sse_server *srv, struct conn *c) {
     srv->flush_list = c;
 }
 
+/* ---- flow control: publishers wait for the subscribers --------------------------------
+ *
+ * Publishing can outrun delivery: an input can be read faster than a thousand sockets are
+ * written. Queueing the difference only delays the drop of every subscriber at client_buffer.
+ * So the core paces its publishers to the subscribers instead, the way TCP paces a sender:
+ * when more than one subscriber in PACE_SHARE has more than the high-water mark queued, the
+ * core takes no new event (inputs and relays are not read, so their writers block and TCP
+ * pushes back; HTTP publishes wait; sse_publish() says -EAGAIN) until no more than one in
+ * 2 * PACE_SHARE is above the low-water mark. One subscriber merely slower than the rest
+ * must not pace them all: with many subscribers it is under the share; with few, a lagging
+ * subscriber is left behind (no longer counted, and dropped at client_buffer as before, to
+ * resume with Last-Event-ID) when it took no bytes at all for PACE_PATIENCE_MS of a hold (it
+ * stalled), or when the lagging have been a minority of the hold for PACE_PATIENCE_MS (the
+ * others caught up and it did not). Nor may subscribers that stopped reading altogether (a
+ * majority of stalled phones, or a client that opened many streams and reads none) stop
+ * publishing for good: a hold that lasts PACE_MAX_HOLD_MS leaves every lagging one behind.
+ * A part that stores events before they are delivered (Redis) may close the gate too, through
+ * can_take: one answer for every publisher. */
+
+#define PACE_SHARE           10    /* hold when more than 1 subscriber in 10 lags */
+#define PACE_PATIENCE_MS     1000  /* a lagging minority this old in a hold is left behind */
+#define PACE_MAX_HOLD_MS     10000 /* a hold this long leaves every lagging subscriber behind */
+#define PACE_PUBLISH_WAIT_MS 5000  /* a held HTTP publish is answered 503 after this */
+
+enum lag_state {
+    LAG_NONE,      /* at most the low-water mark queued, or between the marks on its way down */
+    LAG_HIGH,      /* passed the high-water mark and not back under the low one: counted */
+    LAG_BEHIND,    /* lagging, but left behind by the others: not counted */
+    LAG_STATE = 3, /* the bits of conn.lag that hold the state */
+    LAG_WROTE = 4, /* conn.lag: bytes went out since the last check of a hold */
+};
+
+enum pace_cause { PACE_OPEN, PACE_SUBSCRIBERS, PACE_STORE, PACE_CAUSES };
+static const char *const pace_cause_label[PACE_CAUSES] = {"", "subscribers", "store"};
+
+/* May the core take another event now? PACE_OPEN, or why not. */
+static enum pace_cause pace_gate(const struct sse_server *srv) {
+    if (srv->pace.held)
+        return PACE_SUBSCRIBERS;
+    if (srv->pace.can_take && !srv->pace.can_take(srv))
+        return PACE_STORE;
+    return PACE_OPEN;
+}
+
+/* Subscribers that count: those not left behind. */
+static uint32_t pace_counted(const struct sse_server *srv) {
+    return srv->nsubscribers - srv->pace.behind;
+}
+
+/* Re-decides the hold after the lagging or the subscribers changed (cheap: two compares). */
+static void pace_check(struct sse_server *srv) {
+    struct pace *p = &srv->pace;
+    uint64_t n = pace_counted(srv);
+    if (!p->held && (uint64_t)p->lagging * PACE_SHARE > n) {
+        p->held = true;
+        p->held_since = srv->now;
+        p->minority_since = 0;
+        p->next_check = 0;
+    } else if (p->held && (uint64_t)p->lagging * 2 * PACE_SHARE <= n) {
+        p->held = false;
+        p->resume_due = true; /* acted on at the end of the loop iteration */
+    }
+}
+
+/* A subscriber's queue changed: it starts lagging at the high-water mark, and stops at the
+ * low one (the gap keeps a subscriber near the mark from flapping the hold). */
+static void pace_note(struct sse_server *srv, struct conn *c) {
+    struct pace *p = &srv->pace;
+    unsigned state = c->lag & LAG_STATE;
+    if (state == LAG_NONE && c->qbytes >= p->high) {
+        c->lag = (uint8_t)((c->lag & ~LAG_STATE) | LAG_HIGH);
+        p->lagging++;
+    } else if (state != LAG_NONE && c->qbytes <= p->low) {
+        if (state == LAG_HIGH)
+            p->lagging--;
+        else
+            p->behind--;
+        c->lag = (uint8_t)(c->lag & ~LAG_STATE);
+    } else {
+        return;
+    }
+    pace_check(srv);
+}
+
+/* A subscriber stops being one (closed, lingering): it no longer counts either way. */
+static void pace_forget(struct sse_server *srv, struct conn *c) {
+    if ((c->lag & LAG_STATE) == LAG_HIGH)
+        srv->pace.lagging--;
+    else if ((c->lag & LAG_STATE) == LAG_BEHIND)
+        srv->pace.behind--;
+    c->lag = LAG_NONE;
+}
+
 /* Appends a reference to b to the output queue. False when out of memory. */
 static bool conn_enqueue(struct sse_server *srv, struct conn *c, struct blob *b) {
     if (c->qlen == c->qcap) {
@@ -2821,6 +2938,8 @@ static bool conn_enqueue(struct sse_server *srv, struct conn *c, struct blob *b)
     c->q[(c->qhead + c->qlen) & (c->qcap - 1)] = blob_ref(b);
     c->qlen++;
     c->qbytes += b->len;
+    if (c->state == CONN_STREAM)
+        pace_note(srv, c);
     conn_flush_later(srv, c);
     return true;
 }
@@ -2890,8 +3009,11 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
     if (c->px)
         proxy_conn_closed(srv, c);
     timer_unlink(srv, c);
-    if (state == CONN_STREAM)
+    if (state == CONN_STREAM) {
         srv->nsubscribers--;
+        pace_forget(srv, c);
+        pace_check(srv);
+    }
     conn_unsubscribe(c);
     conn_drop_output(c);
     free(c->in);
@@ -2931,6 +3053,10 @@ static void conn_consume(struct sse_server *srv, struct conn *c, size_t n) {
     if (c->flags & CF_SUBSCRIBER)
         srv->m.bytes_total += n;
     c->qbytes -= n;
+    if (c->state == CONN_STREAM) {
+        c->lag |= LAG_WROTE;
+        pace_note(srv, c);
+    }
     while (n) {
         struct blob *b = c->q[c->qhead];
         size_t left = b->len - c->qoff;
@@ -3042,8 +3168,11 @@ static void conn_discard_input(struct sse_server *srv, struct conn *c) {
 static void conn_linger(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD || c->state == CONN_LINGER)
         return;
-    if (c->state == CONN_STREAM)
+    if (c->state == CONN_STREAM) {
         srv->nsubscribers--;
+        pace_forget(srv, c);
+        pace_check(srv);
+    }
     conn_unsubscribe(c);
     free(c->body);
     c->body = NULL;
@@ -3440,7 +3569,8 @@ static void stream_open(struct sse_server *srv, struct conn *c, const char *cons
     c->state = CONN_STREAM;
     c->flags |= CF_SUBSCRIBER;
     srv->nsubscribers++;
-    free(c->in); /* anything pipelined after a stream request is meaningless */
+    pace_check(srv); /* one more subscriber may end a hold */
+    free(c->in);     /* anything pipelined after a stream request is meaningless */
     c->in = NULL;
     /* A peer that vanished without a FIN is found by unacknowledged heartbeats timing out
      * (TCP_USER_TIMEOUT), or by keepalive probes when the stream is quiet. */
@@ -3800,6 +3930,11 @@ static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64
 /* The body has arrived: publish it and answer with the id. Through Redis the answer waits
  * (CONN_WAIT) until Redis has stored the event and said its id. */
 static void publish_finish(struct sse_server *srv, struct conn *c) {
+    if (srv->pace.held) { /* flow control: wait for the subscribers, body kept */
+        c->state = CONN_PACED;
+        timer_set(srv, c, TIMER_PACED);
+        return;
+    }
     struct body *b = c->body;
     c->body = NULL;
     const char *topic = b->topic, *event = b->has_event ? b->event : NULL;
@@ -3817,6 +3952,17 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
     }
     publish_answer(srv, c, r, srv->last_id, topic);
     free(b);
+}
+
+/* A publish held by flow control for PACE_PUBLISH_WAIT_MS (or at a stop) is refused: the
+ * publisher may send it again later, and nothing was published. */
+static void publish_paced_timeout(struct sse_server *srv, struct conn *c) {
+    free(c->body);
+    c->body = NULL;
+    c->state = CONN_BODY; /* out of CONN_PACED, so the answer is an ordinary one */
+    srv->pace.publish_timeouts++;
+    http_text(srv, c, 503, "subscribers are behind; the event was not published, send it again",
+              "Retry-After: 1\r\n");
 }
 
 /* Takes up to n bytes of body; publishes when it is complete. Returns bytes taken. */
@@ -3973,6 +4119,34 @@ static void metrics_family(struct wbuf *w, const char *name, const char *type, c
     wb_put(w, "\n", 1);
 }
 
+/* Flow control's holds by cause: how often the gate closed and for how long, the hold under
+ * way included. */
+static void metrics_pace(const struct sse_server *srv, struct wbuf *w) {
+    const struct pace *p = &srv->pace;
+    metrics_family(w, "sse_publish_holds_total", "counter",
+                   "Times publishers were held (inputs and relays not read), by cause.");
+    for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++) {
+        wb_str(w, "sse_publish_holds_total{cause=\"");
+        wb_str(w, pace_cause_label[i]);
+        wb_str(w, "\"} ");
+        wb_u64(w, p->holds[i]);
+        wb_put(w, "\n", 1);
+    }
+    metrics_family(w, "sse_inputs_held_seconds_total", "counter",
+                   "Seconds publishers were held, by cause.");
+    for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++) {
+        uint64_t ms = p->held_ms[i] + (p->cause == i ? (uint64_t)(srv->now - p->gate_since) : 0);
+        char frac[8];
+        snprintf(frac, sizeof frac, ".%03u", (unsigned)(ms % 1000));
+        wb_str(w, "sse_inputs_held_seconds_total{cause=\"");
+        wb_str(w, pace_cause_label[i]);
+        wb_str(w, "\"} ");
+        wb_u64(w, ms / 1000);
+        wb_str(w, frac);
+        wb_put(w, "\n", 1);
+    }
+}
+
 /* The Prometheus text format (0.0.4): one family per row, then the closes by reason. Every
  * accepted connection is open or closed once under one reason, so
  *   sum(sse_connections_closed_total) + sse_connections == sse_connections_total
@@ -4005,6 +4179,17 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         {"sse_subscribers_dropped_total", "counter",
          "Subscribers disconnected for falling more than --client-buffer behind.",
          srv->m.dropped_total},
+        {"sse_subscribers_lagging", "gauge",
+         "Subscribers past the flow-control high-water mark, counted for holding publishers.",
+         srv->pace.lagging},
+        {"sse_subscribers_left_behind", "gauge",
+         "Subscribers still lagging after the others caught up: not waited for.", srv->pace.behind},
+        {"sse_subscribers_left_behind_total", "counter",
+         "Subscribers left behind by flow control (then dropped, or caught up).",
+         srv->pace.left_behind_total},
+        {"sse_publish_wait_timeouts_total", "counter",
+         "HTTP publishes answered 503 after waiting for subscribers to catch up.",
+         srv->pace.publish_timeouts},
         {"sse_replays_total", "counter", "Subscriptions resumed exactly from a Last-Event-ID.",
          srv->m.replays_total},
         {"sse_resets_total", "counter", "Subscriptions sent the reset event instead.",
@@ -4042,7 +4227,7 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
          "XADDs sent but not answered when the link died: stored or not, nobody knows.",
          srv->redis ? redis_unknown(srv) : 0},
     };
-    char out[8192];
+    char out[16384];
     struct wbuf w = {out, sizeof out, 0};
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         metrics_family(&w, rows[i].name, rows[i].type, rows[i].help);
@@ -4060,7 +4245,8 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         wb_u64(&w, srv->m.closed[r]);
         wb_put(&w, "\n", 1);
     }
-    if (w.len > w.cap) { /* not with these rows: at 2^64-1 each, under 5 KiB */
+    metrics_pace(srv, &w);
+    if (w.len > w.cap) { /* not with these rows: at 2^64-1 each, under 7 KiB */
         conn_close(srv, c, R_ERROR);
         return;
     }
@@ -4692,6 +4878,8 @@ static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_em
     char buf[PROXY_READ];
     while (up->state == CONN_UPSTREAM && up->px && up->px->connected && !up->px->up_paused) {
         struct proxy *px = up->px;
+        if (px->relay && px->head_done && srv->pace.held)
+            return; /* flow control (section 7): TCP pushes back; pace_resume() reads on */
         ssize_t n = read(up->h.fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
@@ -6655,7 +6843,7 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
         used += proxy_forward_body(srv, c->px, buf + used, len - used);
     size_t left = len - used;
     if (left && (c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST ||
-                 c->state == CONN_PROXY || c->state == CONN_WAIT)) {
+                 c->state == CONN_PROXY || c->state == CONN_WAIT || c->state == CONN_PACED)) {
         if (!held && !(held = malloc(sizeof *held))) {
             conn_close(srv, c, R_ERROR);
             return;
@@ -6752,22 +6940,23 @@ static void input_hold(struct sse_server *srv, struct input *in, bool hold) {
         !hold)
         return; /* still held: input_resume() tries again next iteration */
     in->held = hold;
-    /* An outage is worth a line; the hold mark may come and go many times a second. */
-    log_say(&srv->log, redis_ready(srv) ? SSE_LOG_DEBUG : SSE_LOG_INFO, "input: %s fd %d",
-            hold ? "Redis cannot take events: holding" : "reading again", in->h.fd);
+    /* An outage is worth a line; a hold for pacing may come and go many times a second. */
+    log_say(&srv->log, srv->redis && !redis_ready(srv) ? SSE_LOG_INFO : SSE_LOG_DEBUG,
+            "input: %s fd %d",
+            hold ? "the server cannot take events now: holding" : "reading again", in->h.fd);
 }
 
-/* Held inputs are read again once Redis can take events (each loop iteration). */
+/* Held inputs are read again once the gate opens (checked each loop iteration). */
 static void input_resume(struct sse_server *srv) {
     for (struct input *in = srv->inputs; in; in = in->next)
-        if (in->held && redis_can_take(srv))
+        if (in->held && pace_gate(srv) == PACE_OPEN)
             input_hold(srv, in, false);
 }
 
 static void input_read(struct sse_server *srv, struct input *in) {
     char buf[INPUT_CHUNK];
-    if (srv->redis && !redis_can_take(srv)) {
-        input_hold(srv, in, true); /* read only below the hold mark (section 10) */
+    if (pace_gate(srv) != PACE_OPEN) {
+        input_hold(srv, in, true); /* flow control (section 7): the writer waits */
         return;
     }
     ssize_t n = read(in->h.fd, buf, sizeof buf);
@@ -6948,6 +7137,8 @@ static void loop_timers(struct sse_server *srv) {
                 stream_heartbeat(srv, c);
             else if (t == TIMER_PROXY)
                 proxy_heartbeat(srv, c);
+            else if (t == TIMER_PACED)
+                publish_paced_timeout(srv, c);
             else if (c->state == CONN_UPSTREAM && c->px)
                 proxy_fail(srv, c->px, 504,
                            t == TIMER_CONNECT ? "did not accept the connection in time"
@@ -6966,6 +7157,76 @@ static void loop_timers(struct sse_server *srv) {
     }
 }
 
+enum leave { LEAVE_NONE, LEAVE_STALLED, LEAVE_ALL };
+
+/* Leaves behind lagging subscribers (flow control, section 7): those that took no bytes
+ * since the last watch (LEAVE_STALLED), or all of them (LEAVE_ALL); LEAVE_NONE only starts a
+ * watch. They no longer hold the publishers, and are dropped at client_buffer unless they
+ * catch up. Every subscriber is in the heartbeat list. */
+static void loop_leave_behind(struct sse_server *srv, enum leave which) {
+    struct pace *p = &srv->pace;
+    uint32_t n = 0;
+    for (struct conn *c = srv->timers[TIMER_STREAM].head; c; c = c->tnext) {
+        bool wrote = c->lag & LAG_WROTE;
+        c->lag &= (uint8_t)~LAG_WROTE; /* the next watch starts now */
+        if (which != LEAVE_NONE && c->state == CONN_STREAM && (c->lag & LAG_STATE) == LAG_HIGH &&
+            !(which == LEAVE_STALLED && wrote)) {
+            c->lag = LAG_BEHIND;
+            n++;
+        }
+    }
+    if (n == 0)
+        return;
+    p->lagging -= n;
+    p->behind += n;
+    p->left_behind_total += n;
+    log_say(&srv->log, SSE_LOG_INFO,
+            "flow control: %u subscriber(s) could not keep up with the others; publishing goes "
+            "on without waiting for them",
+            n);
+    pace_check(srv);
+}
+
+/* Once per iteration: the lagging minority left behind, the time the gate was closed, and
+ * the publishers held by it resumed once it opens. */
+static void loop_pace(struct sse_server *srv) {
+    struct pace *p = &srv->pace;
+    if (p->held && (uint64_t)p->lagging * 2 <= pace_counted(srv)) {
+        if (!p->minority_since)
+            p->minority_since = srv->now;
+        else if (srv->now - p->minority_since >= PACE_PATIENCE_MS)
+            loop_leave_behind(srv, LEAVE_ALL);
+    } else {
+        p->minority_since = 0;
+    }
+    if (p->held && srv->now >= p->next_check) {
+        loop_leave_behind(srv, p->next_check ? LEAVE_STALLED : LEAVE_NONE);
+        p->next_check = srv->now + PACE_PATIENCE_MS;
+    }
+    if (p->held && srv->now - p->held_since >= PACE_MAX_HOLD_MS)
+        loop_leave_behind(srv, LEAVE_ALL);
+    enum pace_cause cause = pace_gate(srv);
+    if (cause != p->cause) {
+        if (p->cause != PACE_OPEN)
+            p->held_ms[p->cause] += (uint64_t)(srv->now - p->gate_since);
+        if (cause != PACE_OPEN)
+            p->holds[cause]++;
+        p->gate_since = srv->now;
+        p->cause = (uint8_t)cause;
+    }
+    while (srv->timers[TIMER_PACED].head && !p->held)
+        publish_finish(srv, srv->timers[TIMER_PACED].head); /* in the order they came */
+    if (p->resume_due && !p->held) {
+        p->resume_due = false;
+        for (size_t i = 0; i < srv->nrelays; i++) {
+            struct proxy *px = srv->relays[i].px;
+            if (px && px->up && px->head_done)
+                proxy_up_read(srv, px->up, true);
+        }
+    }
+    input_resume(srv);
+}
+
 /* Milliseconds until something is due; 0 when work is waiting, -1 when nothing is timed. */
 static int loop_next_timeout(const struct sse_server *srv) {
     if (srv->flush_list || (srv->stop_requested && !srv->stopping))
@@ -6981,6 +7242,12 @@ static int loop_next_timeout(const struct sse_server *srv) {
         next = srv->stop_deadline;
     if (srv->accept_paused_until && srv->accept_paused_until < next)
         next = srv->accept_paused_until;
+    if (srv->pace.minority_since && srv->pace.minority_since + PACE_PATIENCE_MS < next)
+        next = srv->pace.minority_since + PACE_PATIENCE_MS;
+    if (srv->pace.held && srv->pace.held_since + PACE_MAX_HOLD_MS < next)
+        next = srv->pace.held_since + PACE_MAX_HOLD_MS;
+    if (srv->pace.held && srv->pace.next_check < next)
+        next = srv->pace.next_check;
     for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++)
         if (!srv->relays[i].px && srv->relays[i].next_attempt < next)
             next = srv->relays[i].next_attempt;
@@ -7030,6 +7297,10 @@ static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
         break;
     case CONN_RESPOND:
     case CONN_WAIT: c->flags &= (uint8_t)~CF_KEEP_ALIVE; break;
+    case CONN_PACED:
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+        publish_paced_timeout(srv, c);
+        break;
     case CONN_REQUEST:
     case CONN_BODY:
     case CONN_PROXY: conn_close(srv, c, R_SHUTDOWN); break; /* a proxy closes its upstream */
@@ -7091,10 +7362,9 @@ int sse_poll(struct sse_server *srv, int timeout_ms) {
     }
     loop_timers(srv);
     journal_tick(&srv->journal, &srv->log, srv->now);
-    if (srv->redis) {
+    if (srv->redis)
         redis_tick(srv);
-        input_resume(srv);
-    }
+    loop_pace(srv);
     if (srv->stop_requested && !srv->stopping)
         loop_stop(srv);
     conn_flush_all(srv);
@@ -7269,6 +7539,10 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->position_event = cfg->position_event == 0;
     srv->header_timeout_ms = cfg->header_timeout_ms ? cfg->header_timeout_ms : 10000;
     srv->client_buffer = cfg->client_buffer ? cfg->client_buffer : 1u << 20;
+    srv->pace.high = cfg->pace_high_water ? cfg->pace_high_water : srv->client_buffer / 8;
+    if (srv->pace.high >= srv->client_buffer)
+        srv->pace.high = SIZE_MAX; /* flow control off: nobody ever lags */
+    srv->pace.low = srv->pace.high / 4;
     srv->max_event_bytes = cfg->max_event_bytes ? cfg->max_event_bytes : 1u << 20;
     srv->max_per_ip = (uint32_t)cfg->max_clients_per_ip;
     if (cfg->max_clients) {
@@ -7485,6 +7759,7 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
     if (!r)
         return "out of memory";
     srv->redis = r;
+    srv->pace.can_take = redis_can_take; /* inputs and relays wait below the hold mark */
     r->cmd.h.fd = r->follow.h.fd = -1;
     r->cmd.h.kind = r->follow.h.kind = H_REDIS;
     r->cmd.name = "commands";
@@ -7584,6 +7859,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
     srv->timers[TIMER_PROXY].duration =
         cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : INT64_MAX / 4;
+    srv->timers[TIMER_PACED].duration = PACE_PUBLISH_WAIT_MS;
     srv->timers[TIMER_NEVER].duration = INT64_MAX / 4;
     char retry[48];
     snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
@@ -7672,9 +7948,15 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
         return -EINVAL;
     if (srv->busy)
         return -EBUSY;
+    if (srv->pace.held)
+        return -EAGAIN; /* the subscribers are behind: flow control (section 7) */
     if (srv->redis && !redis_may_keep(srv))
         return -EAGAIN; /* as many events kept for Redis as memory allows */
     return publish_event(srv, topic, event, data, len, id_out);
+}
+
+int sse_publish_ready(const struct sse_server *srv) {
+    return pace_gate(srv) == PACE_OPEN;
 }
 
 int sse_retire_topic(struct sse_server *srv, const char *topic) {

@@ -188,6 +188,11 @@ struct sse_config {
     size_t client_buffer;        /* bytes a subscriber may have queued before it is dropped.
                                     0 = 1 MiB */
     size_t max_event_bytes;      /* largest event payload. 0 = 1 MiB; at most 64 MiB */
+    size_t pace_high_water;      /* flow control: a subscriber with more than this queued
+                                    lags; when more than 1 in 10 subscribers lag, publishers
+                                    are held (see sse_publish_ready()). 0 = client_buffer
+                                    / 8; client_buffer or more = no flow control (slow
+                                    subscribers are dropped, publishers never wait) */
     const struct sse_proxy_route *proxy_routes; /* reverse-proxy routes, or NULL */
     size_t num_proxy_routes;                    /* entries in proxy_routes */
     int proxy_connect_timeout_ms; /* connecting to an upstream. 0 = 5000 */
@@ -263,11 +268,12 @@ const char *sse_url(const struct sse_server *srv);
  * -EMSGSIZE (over max_event_bytes), -ENOMEM, -EIO when the journal could not store it (then
  * nobody received it), -EOVERFLOW when the id space is exhausted (the last id is
  * UINT64_MAX, which only a journal whose floor says so can bring near: ids never wrap, so
- * nothing more is published, and /healthz answers 503 "id space exhausted"), or -EBUSY when
- * called from on_log for a line logged inside a publish, a retire or sse_server_free(). With
- * a journal the event is in the file when this returns (and synced, with
- * SSE_JOURNAL_ALWAYS). After sse_stop() it still goes to the backlog and the journal, but to
- * no subscriber.
+ * nothing more is published, and /healthz answers 503 "id space exhausted"), -EAGAIN while
+ * the subscribers are behind (nothing was published; see sse_publish_ready()), or -EBUSY
+ * when called from on_log for a line logged inside a publish, a retire or
+ * sse_server_free(). With a journal the event is in the file when this returns (and synced,
+ * with SSE_JOURNAL_ALWAYS). After sse_stop() it still goes to the backlog and the journal,
+ * but to no subscriber.
  * With redis set, 0 means queued for Redis, not yet stored: the event goes to Redis (XADD)
  * and is delivered, to this server's subscribers as to every other node's, when it comes
  * back through the stream; *id_out gets 0 (Redis assigns the id, the subscribers see it).
@@ -281,6 +287,20 @@ const char *sse_url(const struct sse_server *srv);
  * kept; try again once the link is back). */
 int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
                 size_t len, uint64_t *id_out);
+
+/* Flow control: whether the server takes events now. While more than 1 subscriber in 10
+ * has more than pace_high_water bytes queued, the server paces its publishers rather than
+ * queue what it cannot deliver (and drop everyone at client_buffer): it stops reading
+ * inputs (their writers block), relays (TCP pushes back on the upstream) and HTTP publishes
+ * (answered once the subscribers caught up, or 503 + Retry-After after 5 s), and
+ * sse_publish() answers -EAGAIN. It takes events again once no more than 1 in 20 lags.
+ * A subscriber slower than the rest does not pace them for long: one that takes no bytes
+ * for a second of a hold, or that still lags a second after the others caught up, is left
+ * behind (dropped at client_buffer unless it catches up), and a hold ends after 10 s
+ * whatever lags. As a node of a Redis hub this is also 0 while Redis is behind (see
+ * sse_publish(); publishing still works then, up to 8 MiB kept). A host with a producer of
+ * its own checks this after sse_poll() and holds its producer while it is 0. */
+int sse_publish_ready(const struct sse_server *srv);
 
 /* Retires a topic: its subscribers get what is queued for them and are closed, and new
  * subscriptions to it are answered 204 (which tells EventSource to stop reconnecting) until

@@ -437,14 +437,14 @@ def healthy(port):
 
 
 def metric_values(port):
-    """The samples of /metrics as a dict name -> int."""
+    """The samples of /metrics as a dict name -> int (float for the seconds counters)."""
     r = request(port, "GET", "/metrics")
     assert r.status == 200, (r.raw_head, r.body)
     values = {}
     for line in r.body.decode("utf-8").split("\n"):
         if line and not line.startswith("#"):
             name, value = line.split(" ")
-            values[name] = int(value)
+            values[name] = float(value) if "." in value else int(value)
     return values
 
 

@@ -167,7 +167,7 @@ def test_max_clients(start_server):
         for line in r.body.decode().split("\n"):
             if line and not line.startswith("#"):
                 k, v = line.split(" ")
-                values[k] = int(v)
+                values[k] = float(v) if "." in v else int(v)
         assert values["sse_connections_rejected_total"] == 2 + extra_rejected
         assert values["sse_subscribers"] == 1
     finally:

@@ -851,6 +851,7 @@ static void test_log_reentry(void) {
     struct sse_config cfg = {.listen = "127.0.0.1:0",
                              .heartbeat_ms = SSE_OFF,
                              .client_buffer = 64,
+                             .pace_high_water = 64, /* no flow control: drops are tested */
                              .on_log = log_forward,
                              .user = &lf};
     char err[128], buf[4096], big[60];
@@ -1251,6 +1252,45 @@ static void test_redis_backlog_covers(void) {
     backlog_free(&node.backlog);
 }
 
+/* Flow control through the API: a subscriber that does not read passes the high-water mark,
+ * sse_publish() answers -EAGAIN and sse_publish_ready() 0, nothing of it published; once it
+ * has read everything, the server takes events again. */
+static void test_pace_api(void) {
+    struct sse_config cfg = {.listen = "127.0.0.1:0",
+                             .heartbeat_ms = SSE_OFF,
+                             .client_buffer = 64u << 20,
+                             .pace_high_water = 4096};
+    char err[128];
+    static char big[60000], buf[1 << 16];
+    memset(big, 'x', sizeof big);
+    struct sse_server *srv = sse_server_new(&cfg, err, sizeof err);
+    CHECK(srv != NULL);
+    if (!srv)
+        return;
+    int sub = connect_to(srv);
+    const char *req = "GET /events HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(sub >= 0 && send(sub, req, strlen(req), 0) > 0);
+    for (int i = 0; i < 100 && srv->nsubscribers == 0; i++)
+        sse_poll(srv, 10);
+    CHECK(sse_publish_ready(srv) == 1);
+    int r = 0, published = 0;
+    for (; published < 2000 && (r = sse_publish(srv, NULL, NULL, big, sizeof big, NULL)) == 1;
+         published++)
+        sse_poll(srv, 0); /* what the kernel takes leaves; the rest stays queued */
+    CHECK(r == -EAGAIN && sse_publish_ready(srv) == 0);
+    CHECK(srv->m.published_total == (uint64_t)published);
+    bool ready = false; /* read it all: the hold ends (or, at worst, it is left behind) */
+    for (int64_t end = clock_ms() + 10000; !ready && clock_ms() < end;) {
+        sse_poll(srv, 1);
+        while (recv(sub, buf, sizeof buf, MSG_DONTWAIT) > 0)
+            ;
+        ready = sse_publish_ready(srv);
+    }
+    CHECK(ready && sse_publish(srv, NULL, NULL, "x", 1, NULL) == 1);
+    close(sub);
+    sse_server_free(srv);
+}
+
 int main(void) {
     test_format();
     test_utf8();
@@ -1274,6 +1314,7 @@ int main(void) {
     test_resp();
     test_two_servers();
     test_host_routes();
+    test_pace_api();
     test_log_reentry();
     test_redis_kept();
     test_relay_backoff();

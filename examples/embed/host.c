@@ -91,8 +91,12 @@ static void publish_load(struct sse_server *srv, struct host *h) {
     (void)fclose(f);
     line[strcspn(line, "\n")] = '\0';
     memcpy(h->load, line, sizeof line);
-    /* Returns the number of subscribers it was queued to; they get it in sse_poll(). */
+    /* Returns the number of subscribers it was queued to; they get it in sse_poll(). While
+     * the subscribers are behind it answers -EAGAIN (flow control, sse_publish_ready()): a
+     * load sample is worth nothing late, so this one is skipped. */
     int r = sse_publish(srv, "load", "load", line, strlen(line), NULL);
+    if (r == -EAGAIN)
+        return;
     if (r < 0)
         fprintf(stderr, "host: cannot publish: %s\n", strerror(-r));
 }

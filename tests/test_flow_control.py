@@ -1,0 +1,301 @@
+"""Flow control: when publishing outruns delivery, the publishers are paced, not the
+subscribers dropped. Every way of publishing goes through one gate: --stdin (the writer
+blocks on a full pipe), relays (the upstream is not read: TCP pushes back), HTTP publishes
+(answered once the subscribers caught up, or 503 + Retry-After after a bound). A subscriber
+slower than the rest does not pace them: it is left behind and dropped at --client-buffer.
+
+The load comes from tests/flowreader.py processes (several, since one Python process reads
+slower than the server writes). Every stream checks that it got 1, 2, 3, ... with no gap.
+Durations are bounded (SSE_FLOW_SECONDS, default 10, for the firehoses) and nothing
+here asserts a speed: only counts, order and what /metrics says."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from conftest import metric_values, publish, request
+from upstream import Upstream
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FLOW_SECONDS = float(os.environ.get("SSE_FLOW_SECONDS", "10"))
+PAD = "x" * 90  # events of about 100 bytes of data
+
+
+class Readers:
+    """`procs` flowreader processes with `per` streams each on path."""
+
+    def __init__(self, port, path, procs, per, rate=0, timeout=180):
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, os.path.join(HERE, "flowreader.py"), str(port), path, str(per),
+                 str(rate), str(timeout)],
+                stdout=subprocess.PIPE, text=True)
+            for _ in range(procs)
+        ]
+        for p in self.procs:
+            assert p.stdout.readline().strip() == "ready"
+
+    def results(self, timeout=200):
+        out = []
+        for p in self.procs:
+            line = p.stdout.readline()
+            p.wait(timeout=timeout)
+            out.extend(json.loads(line))
+        return out
+
+    def kill(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def wait_subscribers(port, n, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metric_values(port)["sse_subscribers"] >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError("subscribers did not connect")
+
+
+def numbered_lines(start, count, pad=PAD):
+    return "".join("%d %s\n" % (i, pad) for i in range(start, start + count)).encode()
+
+
+def firehose(fd, seconds, pad=PAD):
+    """Writes numbered lines to the non-blocking pipe fd as fast as it takes them, for
+    seconds. Returns (the last number written, seconds spent waiting for room)."""
+    os.set_blocking(fd, False)
+    n, waited, pending = 0, 0.0, b""
+    import select
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end or pending:
+        if not pending:
+            if time.monotonic() >= end:
+                break
+            pending = numbered_lines(n + 1, 200, pad)
+            n += 200
+        try:
+            pending = pending[os.write(fd, pending):]
+        except BlockingIOError:
+            t = time.monotonic()
+            select.select([], [fd], [], 1.0)
+            waited += time.monotonic() - t
+    os.set_blocking(fd, True)
+    os.write(fd, b"END\n")
+    return n, waited
+
+
+def check_everyone_got_everything(results, last):
+    assert results, "no streams"
+    bad = [r for r in results if not (r["in_order"] and r["end"] and r["last"] == last
+                                      and r["count"] == last)]
+    assert not bad, "%d of %d streams incomplete, e.g. %r" % (len(bad), len(results), bad[:3])
+
+
+def stdin_run(start_server, procs, per, seconds, slow=0, pad=PAD):
+    """A --stdin firehose into procs * per subscribers (plus `slow` readers at 1 KiB/s) for
+    seconds, --client-buffer 256k. Returns (results of the normal readers, slow results,
+    last, waited, metrics)."""
+    r_fd, w_fd = os.pipe()
+    srv = start_server("--stdin", "--client-buffer", "256k", stdin=r_fd)
+    os.close(r_fd)
+    readers = slow_readers = None
+    try:
+        readers = Readers(srv.port, "/events", procs, per)
+        if slow:
+            slow_readers = Readers(srv.port, "/events", 1, slow, rate=1024, timeout=seconds + 5)
+        wait_subscribers(srv.port, procs * per + slow)
+        last, waited = firehose(w_fd, seconds, pad)
+        os.close(w_fd)
+        w_fd = -1
+        results = readers.results()
+        slow_results = slow_readers.results() if slow_readers else []
+        return results, slow_results, last, waited, metric_values(srv.port)
+    finally:
+        if w_fd >= 0:
+            os.close(w_fd)
+        for r in (readers, slow_readers):
+            if r:
+                r.kill()
+
+
+def test_stdin_firehose_paces_the_writer_and_drops_nobody(start_server):
+    """200 subscribers, --stdin written as fast as the pipe takes it: every subscriber gets
+    every event in order, none is dropped, and the writer was held (it waited on the pipe)."""
+    results, _, last, waited, m = stdin_run(start_server, 2, 100, FLOW_SECONDS)
+    check_everyone_got_everything(results, last)
+    assert m["sse_subscribers_dropped_total"] == 0
+    assert m['sse_publish_holds_total{cause="subscribers"}'] > 0
+    assert m['sse_inputs_held_seconds_total{cause="subscribers"}'] > 0
+    assert waited > 0, "the writer never had to wait"
+    print("firehose: %d events to 200 subscribers, writer waited %.1f s, held %.1f s" % (
+        last, waited, m['sse_inputs_held_seconds_total{cause="subscribers"}']))
+
+
+def test_slow_reader_does_not_pace_the_others(start_server):
+    """The same firehose into 100 subscribers, with and without one more that reads 1 KiB/s:
+    the slow one is dropped, the others get everything, and the rate does not fall to the
+    slow reader's (a slow reader pacing everyone would cut it by orders of magnitude; the
+    issue's 10% bound is measured by bench/, not asserted on a shared machine)."""
+    seconds, pad = max(3.0, FLOW_SECONDS / 2), "z" * 1000  # bytes enough to fill the kernel's
+    results, _, alone, _, _ = stdin_run(start_server, 2, 50, seconds, pad=pad)  # buffers too
+    check_everyone_got_everything(results, alone)
+    results, slow, with_slow, _, m = stdin_run(start_server, 2, 50, seconds, slow=1, pad=pad)
+    check_everyone_got_everything(results, with_slow)
+    assert not slow[0]["end"], slow  # (what the kernel had of it still trickles in)
+    assert m["sse_subscribers_dropped_total"] == 1
+    assert m['sse_connections_closed_total{reason="slow_subscriber"}'] == 1
+    assert m["sse_subscribers_lagging"] == 0
+    print("rate with a slow reader / without: %d / %d events = %.2f" % (
+        with_slow, alone, with_slow / alone))
+    assert with_slow >= alone * 0.5, (with_slow, alone)
+
+
+def test_stalled_subscriber_among_few_is_left_behind(start_server):
+    """5 subscribers that read and one that never does: the stalled one holds the writer
+    only until the watch sees it took nothing, then is left behind and dropped; the five get
+    everything."""
+    r_fd, w_fd = os.pipe()
+    srv = start_server("--stdin", "--client-buffer", "256k", stdin=r_fd)
+    os.close(r_fd)
+    stalled = __import__("socket").create_connection(("127.0.0.1", srv.port))
+    stalled.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    readers = None
+    try:
+        readers = Readers(srv.port, "/events", 1, 5)
+        wait_subscribers(srv.port, 6)
+        last, _ = firehose(w_fd, 4)
+        os.close(w_fd)
+        w_fd = -1
+        check_everyone_got_everything(readers.results(), last)
+        m = metric_values(srv.port)
+        assert m["sse_subscribers_left_behind_total"] >= 1
+        assert m["sse_subscribers_dropped_total"] == 1
+        assert srv.wait_for_line(r"flow control: \d+ subscriber\(s\) could not keep up")
+    finally:
+        stalled.close()
+        if w_fd >= 0:
+            os.close(w_fd)
+        if readers:
+            readers.kill()
+
+
+def test_relay_is_paced_by_its_subscribers(start_server):
+    """An upstream sending numbered events as fast as its socket takes them: the relay stops
+    reading it while the subscribers lag (its sends block), and every subscriber gets every
+    event in order."""
+    state = {"last": 0, "blocked": 0.0}
+    go, done = threading.Event(), threading.Event()
+
+    def handler(conn, req):
+        conn.send_head(200, "OK", [("Content-Type", "text/event-stream")])
+        go.wait(60)  # until every subscriber is there
+        sock = conn.sock
+        sock.settimeout(30)
+        n = 0
+        end = time.monotonic() + FLOW_SECONDS / 2
+        while time.monotonic() < end:
+            block = "".join("data: %d %s\n\n" % (i, PAD) for i in range(n + 1, n + 101))
+            t = time.monotonic()
+            sock.sendall(block.encode())
+            state["blocked"] = max(state["blocked"], time.monotonic() - t)
+            n += 100
+        sock.sendall(b"data: END\n\n")
+        state["last"] = n
+        done.set()
+        conn.wait_eof(60)
+
+    up = Upstream(handler=handler).start()
+    readers = None
+    try:
+        srv = start_server("--relay", "feed=" + up.url + "/s")
+        readers = Readers(srv.port, "/events/feed", 2, 20)
+        wait_subscribers(srv.port, 40)
+        go.set()
+        assert done.wait(FLOW_SECONDS + 60)
+        results = readers.results()
+        check_everyone_got_everything(results, state["last"])
+        m = metric_values(srv.port)
+        assert m["sse_subscribers_dropped_total"] == 0
+        assert m['sse_publish_holds_total{cause="subscribers"}'] > 0
+        assert state["blocked"] > 0.05, "the upstream was never pushed back"
+    finally:
+        if readers:
+            readers.kill()
+        up.stop()
+
+
+def test_http_publisher_is_paced(start_server):
+    """A publisher POSTing numbered events back to back on one keep-alive connection: every
+    answer is 200 (some wait for the subscribers), every subscriber gets everything."""
+    import socket
+
+    from conftest import build_request, read_response
+
+    srv = start_server("--publish-token", "secret", "--pace-high-water", "16k")
+    readers = Readers(srv.port, "/events", 2, 20)
+    try:
+        wait_subscribers(srv.port, 40)
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        n, buf = 0, b""
+        end = time.monotonic() + FLOW_SECONDS / 2
+        body = ("%s" % PAD * 20)
+        while time.monotonic() < end:
+            n += 1
+            s.sendall(build_request("POST", "/publish", {"Authorization": "Bearer secret"},
+                                    ("%d %s" % (n, body)).encode()))
+            r, buf = read_response(s, timeout=30, buf=buf)
+            assert r.status == 200, (r.raw_head, r.body)
+        s.sendall(build_request("POST", "/publish", {"Authorization": "Bearer secret"}, b"END"))
+        r, buf = read_response(s, timeout=30, buf=buf)
+        assert r.status == 200
+        s.close()
+        check_everyone_got_everything(readers.results(), n)
+        m = metric_values(srv.port)
+        assert m["sse_subscribers_dropped_total"] == 0
+        assert m["sse_events_published_total"] == n + 1
+        assert m['sse_publish_holds_total{cause="subscribers"}'] > 0
+    finally:
+        readers.kill()
+
+
+def test_http_publish_held_too_long_gets_503(start_server):
+    """Two subscribers that read steadily (2 MB/s) but have 16 MB queued hold the publishers
+    longer than a publish may wait (5 s): that publish is answered 503 with Retry-After and
+    not published; once they caught up, publishing works again. (They take bytes often
+    enough not to count as stalled: the kernel holds a few MB of a loopback socket's
+    output, and tells the server of room only when a third of that is free.)"""
+    srv = start_server("--publish-token", "secret", "--pace-high-water", "16m",
+                       "--client-buffer", "64m")
+    readers = Readers(srv.port, "/events", 1, 2, rate=2 << 20, timeout=60)
+    try:
+        wait_subscribers(srv.port, 2)
+        big = "y" * 60000
+        published = 0
+        while metric_values(srv.port)["sse_subscribers_lagging"] < 2:  # past the mark
+            assert published < 1000
+            assert publish(srv.port, big).status == 200
+            published += 1
+        t = time.monotonic()
+        r = publish(srv.port, "late")
+        waited = time.monotonic() - t
+        assert (r.status, r.header("Retry-After")) == (503, "1"), (r.raw_head, r.body)
+        assert r.body == b"subscribers are behind; the event was not published, send it again\n"
+        assert waited >= 4.5, waited
+        m = metric_values(srv.port)
+        assert m["sse_publish_wait_timeouts_total"] == 1
+        assert m["sse_events_published_total"] == published
+        deadline = time.monotonic() + 30
+        while metric_values(srv.port)["sse_subscribers_lagging"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert publish(srv.port, "again").status == 200
+    finally:
+        readers.kill()
+
