@@ -2840,15 +2840,17 @@ static void conn_flush_later(struct sse_server *srv, struct conn *c) {
  * must not pace them all: with many subscribers it is under the share; with few, a lagging
  * subscriber is left behind (no longer counted, and dropped at client_buffer as before, to
  * resume with Last-Event-ID) when it took no bytes at all for PACE_PATIENCE_MS of a hold (it
- * stalled), or when the lagging have been a minority of the hold for PACE_PATIENCE_MS (the
- * others caught up and it did not). Nor may subscribers that stopped reading altogether (a
+ * stalled), or when the lagging have been a minority of the hold for twice that (the others
+ * caught up and it did not). Nor may subscribers that stopped reading altogether (a
  * majority of stalled phones, or a client that opened many streams and reads none) stop
  * publishing for good: a hold that lasts PACE_MAX_HOLD_MS leaves every lagging one behind.
  * A part that stores events before they are delivered (Redis) may close the gate too, through
  * can_take: one answer for every publisher. */
 
-#define PACE_SHARE           10    /* hold when more than 1 subscriber in 10 lags */
-#define PACE_PATIENCE_MS     1000  /* a lagging minority this old in a hold is left behind */
+#define PACE_SHARE 10 /* hold when more than 1 subscriber in 10 lags */
+#define PACE_PATIENCE_MS                                                                           \
+    1000                           /* a subscriber that took nothing for this long of a hold,      \
+                                      or (twice this) a lagging minority, is left behind */
 #define PACE_MAX_HOLD_MS     10000 /* a hold this long leaves every lagging subscriber behind */
 #define PACE_PUBLISH_WAIT_MS 5000  /* a held HTTP publish is answered 503 after this */
 
@@ -4879,7 +4881,7 @@ static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_em
     while (up->state == CONN_UPSTREAM && up->px && up->px->connected && !up->px->up_paused) {
         struct proxy *px = up->px;
         if (px->relay && px->head_done && srv->pace.held)
-            return; /* flow control (section 7): TCP pushes back; pace_resume() reads on */
+            return; /* flow control (section 7): TCP pushes back; loop_pace() reads on */
         ssize_t n = read(up->h.fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
@@ -6933,7 +6935,7 @@ static void input_close(struct sse_server *srv, struct input *in) {
 /* Stops or resumes reading an input. Held, a pipe's writer blocks once the pipe is full:
  * nothing is dropped. Out of epoll rather than with no events asked, since epoll reports a
  * hang-up whatever was asked, and a held input would spin on it. */
-static void input_hold(struct sse_server *srv, struct input *in, bool hold) {
+static void input_hold(struct sse_server *srv, struct input *in, bool hold, enum pace_cause why) {
     struct epoll_event ev = {.events = EPOLLIN};
     ev.data.ptr = in;
     if (in->polled && epoll_ctl(srv->epfd, hold ? EPOLL_CTL_DEL : EPOLL_CTL_ADD, in->h.fd, &ev) &&
@@ -6943,20 +6945,24 @@ static void input_hold(struct sse_server *srv, struct input *in, bool hold) {
     /* An outage is worth a line; a hold for pacing may come and go many times a second. */
     log_say(&srv->log, srv->redis && !redis_ready(srv) ? SSE_LOG_INFO : SSE_LOG_DEBUG,
             "input: %s fd %d",
-            hold ? "the server cannot take events now: holding" : "reading again", in->h.fd);
+            !hold                     ? "reading again"
+            : why == PACE_SUBSCRIBERS ? "subscribers are behind: holding"
+                                      : "Redis cannot take events: holding",
+            in->h.fd);
 }
 
 /* Held inputs are read again once the gate opens (checked each loop iteration). */
 static void input_resume(struct sse_server *srv) {
     for (struct input *in = srv->inputs; in; in = in->next)
         if (in->held && pace_gate(srv) == PACE_OPEN)
-            input_hold(srv, in, false);
+            input_hold(srv, in, false, PACE_OPEN);
 }
 
 static void input_read(struct sse_server *srv, struct input *in) {
     char buf[INPUT_CHUNK];
-    if (pace_gate(srv) != PACE_OPEN) {
-        input_hold(srv, in, true); /* flow control (section 7): the writer waits */
+    enum pace_cause why = pace_gate(srv);
+    if (why != PACE_OPEN) {
+        input_hold(srv, in, true, why); /* flow control (section 7): the writer waits */
         return;
     }
     ssize_t n = read(in->h.fd, buf, sizeof buf);
@@ -7194,7 +7200,7 @@ static void loop_pace(struct sse_server *srv) {
     if (p->held && (uint64_t)p->lagging * 2 <= pace_counted(srv)) {
         if (!p->minority_since)
             p->minority_since = srv->now;
-        else if (srv->now - p->minority_since >= PACE_PATIENCE_MS)
+        else if (srv->now - p->minority_since >= 2 * PACE_PATIENCE_MS)
             loop_leave_behind(srv, LEAVE_ALL);
     } else {
         p->minority_since = 0;
@@ -7242,8 +7248,8 @@ static int loop_next_timeout(const struct sse_server *srv) {
         next = srv->stop_deadline;
     if (srv->accept_paused_until && srv->accept_paused_until < next)
         next = srv->accept_paused_until;
-    if (srv->pace.minority_since && srv->pace.minority_since + PACE_PATIENCE_MS < next)
-        next = srv->pace.minority_since + PACE_PATIENCE_MS;
+    if (srv->pace.minority_since && srv->pace.minority_since + 2 * PACE_PATIENCE_MS < next)
+        next = srv->pace.minority_since + 2 * PACE_PATIENCE_MS;
     if (srv->pace.held && srv->pace.held_since + PACE_MAX_HOLD_MS < next)
         next = srv->pace.held_since + PACE_MAX_HOLD_MS;
     if (srv->pace.held && srv->pace.next_check < next)

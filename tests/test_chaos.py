@@ -66,8 +66,8 @@ class Subscriber(threading.Thread):
                     return
                 self.buf += chunk
                 *blocks, self.buf = self.buf.split(b"\n\n")
-                for block in blocks:
-                    m = re.match(rb"id: (\d+)\ndata: seq-(\d+):", block)
+                for block in blocks:  # a heartbeat (":" line) may open a block
+                    m = re.match(rb"(?::[^\n]*\n)*id: (\d+)\ndata: seq-(\d+):", block)
                     if m:
                         self.events.append((m.group(1).decode(), int(m.group(2))))
         except OSError as e:

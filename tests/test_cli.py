@@ -34,6 +34,7 @@ OPTIONS = [
     ("--max-clients", ANY),
     ("--max-clients-per-ip", "0"),
     ("--client-buffer", ("1048576", "1m", "1M", "1 MiB", "1MiB")),
+    ("--pace-high-water", ANY),
     ("--max-event-bytes", ("1048576", "1m", "1M", "1 MiB", "1MiB")),
     ("--header-timeout", "10"),
     ("--quiet", None),
@@ -135,6 +136,8 @@ BAD_VALUES = [
     ["--max-clients-per-ip", "-1"],
     ["--max-clients-per-ip", "some"],
     ["--client-buffer", "12q"],
+    ["--pace-high-water", "0"],
+    ["--pace-high-water", "lots"],
     ["--header-timeout", "soon"],
     ["--stream", "noslash"],
     ["--backlog"],  # missing value
