@@ -2888,6 +2888,7 @@ static void pace_check(struct sse_server *srv) {
         p->held_since = srv->now;
         p->minority_since = 0;
         p->next_check = 0;
+        p->resume_due = false; /* what it would have resumed is still to be held */
     } else if (p->held && (uint64_t)p->lagging * 2 * PACE_SHARE <= n) {
         p->held = false;
         p->resume_due = true; /* acted on at the end of the loop iteration */
@@ -7235,8 +7236,8 @@ static void loop_pace(struct sse_server *srv) {
 
 /* Milliseconds until something is due; 0 when work is waiting, -1 when nothing is timed. */
 static int loop_next_timeout(const struct sse_server *srv) {
-    if (srv->flush_list || (srv->stop_requested && !srv->stopping))
-        return 0;
+    if (srv->flush_list || (srv->stop_requested && !srv->stopping) || srv->pace.resume_due)
+        return 0; /* (a hold that ended is acted on at once: nothing else may wake us) */
     for (const struct input *in = srv->inputs; in; in = in->next)
         if (!in->polled && !in->held)
             return 0;
@@ -7370,10 +7371,11 @@ int sse_poll(struct sse_server *srv, int timeout_ms) {
     journal_tick(&srv->journal, &srv->log, srv->now);
     if (srv->redis)
         redis_tick(srv);
-    loop_pace(srv);
     if (srv->stop_requested && !srv->stopping)
         loop_stop(srv);
     conn_flush_all(srv);
+    loop_pace(srv); /* after the writes, which may have ended a hold; what it reads waits for
+                       the flush at the top of the next call, which comes at once */
     if (srv->stopping && (srv->nconns + srv->noverflow == 0 || srv->now >= srv->stop_deadline)) {
         loop_each_conn(srv, loop_close_conn);
         srv->stopped = true;
