@@ -2840,19 +2840,20 @@ static void conn_flush_later(struct sse_server *srv, struct conn *c) {
  * must not pace them all: with many subscribers it is under the share; with few, a lagging
  * subscriber is left behind (no longer counted, and dropped at client_buffer as before, to
  * resume with Last-Event-ID) when it took no bytes at all for PACE_PATIENCE_MS of a hold (it
- * stalled), or when the lagging have been a minority of the hold for twice that (the others
- * caught up and it did not). Nor may subscribers that stopped reading altogether (a
+ * stalled), or when the lagging have been a minority of the hold for PACE_MINORITY_MS (the
+ * others caught up and it did not). Nor may subscribers that stopped reading altogether (a
  * majority of stalled phones, or a client that opened many streams and reads none) stop
  * publishing for good: a hold that lasts PACE_MAX_HOLD_MS leaves every lagging one behind.
  * A part that stores events before they are delivered (Redis) may close the gate too, through
  * can_take: one answer for every publisher. */
 
-#define PACE_SHARE 10 /* hold when more than 1 subscriber in 10 lags */
-#define PACE_PATIENCE_MS                                                                           \
-    1000                           /* a subscriber that took nothing for this long of a hold,      \
-                                      or (twice this) a lagging minority, is left behind */
+/* clang-format off */
+#define PACE_SHARE           10    /* hold when more than 1 subscriber in 10 lags */
+#define PACE_PATIENCE_MS     1000  /* took nothing this long in a hold: left behind */
+#define PACE_MINORITY_MS     2000  /* a lagging minority this long in a hold: left behind */
 #define PACE_MAX_HOLD_MS     10000 /* a hold this long leaves every lagging subscriber behind */
 #define PACE_PUBLISH_WAIT_MS 5000  /* a held HTTP publish is answered 503 after this */
+/* clang-format on */
 
 enum lag_state {
     LAG_NONE,      /* at most the low-water mark queued, or between the marks on its way down */
@@ -7201,7 +7202,7 @@ static void loop_pace(struct sse_server *srv) {
     if (p->held && (uint64_t)p->lagging * 2 <= pace_counted(srv)) {
         if (!p->minority_since)
             p->minority_since = srv->now;
-        else if (srv->now - p->minority_since >= 2 * PACE_PATIENCE_MS)
+        else if (srv->now - p->minority_since >= PACE_MINORITY_MS)
             loop_leave_behind(srv, LEAVE_ALL);
     } else {
         p->minority_since = 0;
@@ -7249,8 +7250,8 @@ static int loop_next_timeout(const struct sse_server *srv) {
         next = srv->stop_deadline;
     if (srv->accept_paused_until && srv->accept_paused_until < next)
         next = srv->accept_paused_until;
-    if (srv->pace.minority_since && srv->pace.minority_since + 2 * PACE_PATIENCE_MS < next)
-        next = srv->pace.minority_since + 2 * PACE_PATIENCE_MS;
+    if (srv->pace.minority_since && srv->pace.minority_since + PACE_MINORITY_MS < next)
+        next = srv->pace.minority_since + PACE_MINORITY_MS;
     if (srv->pace.held && srv->pace.held_since + PACE_MAX_HOLD_MS < next)
         next = srv->pace.held_since + PACE_MAX_HOLD_MS;
     if (srv->pace.held && srv->pace.next_check < next)
