@@ -762,7 +762,7 @@ def test_no_heartbeat_while_events_flow(start_server):
         want = b""
         for i in range(10):
             want += ev(pub(s.port, "tick %d" % i), "tick %d" % i)
-            time.sleep(0.2)
+            time.sleep(0.2)  # events 0.2 s apart for 2 s: the point (no heartbeat among them)
         expect_bytes(st, want)
         # then, with silence, the heartbeat comes
         assert st.read_exactly(2, timeout=5) == b":\n"
