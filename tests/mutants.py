@@ -96,8 +96,7 @@ WARNINGS = ["-std=c11", "-Wall", "-Wextra"]
 
 
 def plant(name, source):
-    """The mutant's source, or raises SystemExit-worthy ValueError when the fragment is not
-    there exactly once."""
+    """The mutant's source; ValueError when the fragment is not there exactly once."""
     _, find, replace, _ = MUTANTS[name]
     n = source.count(find)
     if n != 1:
