@@ -272,3 +272,10 @@ format:
 
 clean:
 	rm -rf $(BUILD) sse-server sse-server-asan
+
+# The mutation check (tests/mutants.py): plants each of a handful of plausible one-line bugs
+# in a copy of sse.c, builds it into build/mutants/NAME/, runs the tests named to catch it
+# against that binary, and fails if one is missed. About two minutes.
+.PHONY: mutants
+mutants: sse-server
+	$(PYTHON) tests/mutants.py

@@ -231,12 +231,13 @@ def test_every_event_once_and_failover_with_last_event_id(start_server, redis,  
                 except (OSError, AssertionError, ValueError) as e:
                     errors.append((n, repr(e)))
                 n += 1
-                time.sleep(0.01)
+                time.sleep(0.01)  # a steady pace, not a wait
 
         t = threading.Thread(target=publisher)
         t.start()
         try:
-            time.sleep(0.3)
+            wait_until(lambda: len(results) >= 10 or not t.is_alive(),
+                       what="publishes before node 0 stops")
             nodes[0].stop()  # SIGTERM: drains, each stream gets a jittered retry: and its end
             assert nodes[0].terminated
             on_dead = [s for s, w in zip(subs, where) if w == 0]
@@ -258,7 +259,9 @@ def test_every_event_once_and_failover_with_last_event_id(start_server, redis,  
                 s, w = open_stream(nginx.port, nodes[1:], last_id=got[-1][0])
                 moved.append((got, s))
             assert subscriber_counts(nodes[1:]) == [6]
-            time.sleep(1)  # live events on the new connections, publishes all to node 1
+            # live events on the new connections, publishes all to node 1
+            wait_until(lambda: sum(r[0] > reconnected for r in results) >= 25
+                       or not t.is_alive(), what="25 publishes after the move")
         finally:
             stop.set()
             t.join(timeout=30)

@@ -136,7 +136,7 @@ def test_nghttp_three_streams_one_connection(start_server, start_nginx, certific
         [nghttp, "-v", "-t", "3", base + "/events/a", base + "/events/b", base + "/events/c"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-    time.sleep(1)
+    wait_until(lambda: metric_values(srv.port)["sse_subscribers"] == 3, what="nghttp's streams")
     ids = [publish(srv.port, b"to " + t, topic=t.decode()).json()["id"] for t in (b"a", b"b", b"c")]
     out, _ = proc.communicate(timeout=30)
     text = out.decode("utf-8", "replace")

@@ -215,6 +215,21 @@ def test_percent_encoded_controls(srv, where):
         check(srv.port, "%s, %s" % (where, name), build(pct_value(c)), want, c + TAIL)
 
 
+TOPIC_PLACES = ["topic in the stream path", "topic in ?topic=", "topic of a publish",
+                "path under the stream prefix with a token"]
+
+
+@pytest.mark.parametrize("where", TOPIC_PLACES)
+def test_a_control_alone_makes_a_topic_invalid(srv, where):
+    """The same cases with nothing else wrong in the name ("a%0Db" rather than the tail
+    above, whose ':' and space are invalid in a topic on their own): the control byte alone
+    must make the topic invalid."""
+    build, rule = ENCODED[where]
+    for name, c in CONTROLS.items():
+        if c != b"\x00":
+            check(srv.port, "%s, %s alone" % (where, name), build(pct(c) + b"b"), rule(c), c)
+
+
 # ---- the same, raw ------------------------------------------------------------------------
 
 

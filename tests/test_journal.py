@@ -496,8 +496,16 @@ class Follower(threading.Thread):
         self.port, self.events, self.last_id = port, [], None
         self.running = True
         self.reconnects = 0
+        self.failure = None  # what made take() fail: the test asserts it stayed None
 
     def run(self):
+        try:
+            self.follow()
+        except BaseException as e:  # a failed check in take(): kept for the test to raise
+            self.failure = e
+            self.running = False
+
+    def follow(self):
         import socket
 
         from conftest import build_request, recv_until
@@ -506,20 +514,29 @@ class Follower(threading.Thread):
             try:
                 sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.05)  # the server is down: poll for it to come back
                 continue
             headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
             try:
-                sock.sendall(build_request("GET", "/events/news", headers))
-                _, buf = recv_until(sock, b"\r\n\r\n", 2)
-                while self.running:
-                    block, buf = recv_until(sock, b"\n\n", 30, buf)
-                    self.take(block)
-            except (OSError, AssertionError):
-                pass
+                self.read(sock, build_request("GET", "/events/news", headers), recv_until)
             finally:
                 sock.close()
             self.reconnects += 1
+
+    def read(self, sock, req, recv_until):
+        """One connection. recv_until's AssertionError (closed, timed out) and socket errors
+        end it (the server was killed); take()'s failed checks are not caught here."""
+        try:
+            sock.sendall(req)
+            _, buf = recv_until(sock, b"\r\n\r\n", 2)
+        except (OSError, AssertionError):
+            return
+        while self.running:
+            try:
+                block, buf = recv_until(sock, b"\n\n", 30, buf)
+            except (OSError, AssertionError):
+                return
+            self.take(block)
 
     def take(self, block):
         fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
@@ -590,9 +607,10 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_event(start_server, jour
     seen = read_replay(port, base, final)
     wait_deadline = time.monotonic() + 15
     while (not follower.events or follower.events[-1][0] != final) and \
-            time.monotonic() < wait_deadline:
+            follower.failure is None and time.monotonic() < wait_deadline:
         time.sleep(0.05)
     follower.running = False
+    assert follower.failure is None, "the follower: %r" % follower.failure
     assert len(acked) > 100 and rounds >= 10, (len(acked), rounds)
     # The follower reconnected with its last id after every kill and ends with the whole
     # sequence: everything the server holds, each exactly once, in order.

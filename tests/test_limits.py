@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 
+from clients import wait_until
 from conftest import (
     Stream,
     build_request,
@@ -143,8 +144,9 @@ def test_max_clients(start_server):
         assert a.nothing_pending(0.1) and b.nothing_pending(0.1)
 
         # after one subscriber leaves, a new subscriber works
+        fds = srv.fd_count()
         b.close()
-        time.sleep(0.3)
+        wait_until(lambda: srv.fd_count() < fds, what="the server to close b's connection")
         extra_rejected = 0
         for _ in range(20):
             ok, d = try_stream(port)
@@ -153,8 +155,9 @@ def test_max_clients(start_server):
             extra_rejected += 1
             time.sleep(0.2)
         assert ok, "no new subscription accepted after a subscriber left"
+        fds = srv.fd_count()
         d.close()
-        time.sleep(0.3)
+        wait_until(lambda: srv.fd_count() < fds, what="the server to close d's connection")
         for _ in range(20):
             r = request(port, "GET", "/metrics")
             if r.status == 200:

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from clients import wait_until
 from conftest import BINARY, Stream, metric_values, publish, request, unavailable
 
 ID_RE = re.compile(r"^[1-9][0-9]*-[0-9]+$")
@@ -156,7 +157,8 @@ def test_resume_on_another_node_with_last_event_id(start_server, redis):
     finally:
         st.close()
     missed = [(pub(a.port, "m%d" % i), "m%d" % i) for i in range(5)]
-    time.sleep(0.3)  # let C's follower take them in
+    wait_until(lambda: metric_values(c.port)["sse_redis_entries_total"] >= 10,
+               what="C's follower to take in all ten events")
     st = Stream(c.port, "/events/news", headers={"Last-Event-ID": first[-1][0]})
     try:
         st.read_block()
@@ -239,11 +241,7 @@ def test_redis_down_publish_503_subscribers_stay(start_server, redis):
         assert metric_values(a.port)["sse_redis_up"] == 0
         assert st.read_exactly(2, timeout=5) == b":\n"  # the stream lives on, heartbeats too
         redis.start()
-        deadline = time.monotonic() + 15
-        while request(a.port, "GET", "/healthz").status != 200 or \
-                request(b.port, "GET", "/healthz").status != 200:
-            assert time.monotonic() < deadline, "nodes did not reconnect"
-            time.sleep(0.1)
+        wait_ready(a, b)
         after = pub(a.port, "after")
         assert read_events(st, 1) == [(after, "after")]  # same connection, nothing twice
         assert st.nothing_pending(0.3)
@@ -273,19 +271,26 @@ def test_redis_restart_during_steady_publish_loses_nothing(start_server, redis):
                 assert r.status == 503, r
                 refused[0] += 1
             i += 1
-            time.sleep(0.005)
+            time.sleep(0.005)  # a steady pace, not a wait
+
+    def more_acked(n, what):
+        have = len(acked)
+        wait_until(lambda: len(acked) >= have + n or not t.is_alive(), timeout=20, what=what)
+        assert t.is_alive(), "the publisher thread failed"
 
     t = threading.Thread(target=publisher)
     t.start()
     try:
-        time.sleep(0.5)
+        more_acked(20, "publishes before Redis is killed")
         redis.kill()
-        time.sleep(0.5)
+        have = refused[0]
+        wait_until(lambda: refused[0] > have or not t.is_alive(), timeout=20,
+                   what="a publish refused while Redis is down")
         redis.start()
-        time.sleep(1.5)
+        more_acked(20, "publishes after Redis is back")
         redis.kill()
         redis.start()
-        time.sleep(1.5)
+        more_acked(20, "publishes after the second restart")
     finally:
         stop.set()
         t.join(timeout=30)
@@ -335,16 +340,13 @@ def test_resume_on_a_node_that_has_not_read_the_id_yet(start_server, redis):
     not read it yet: it waits for the follower, then goes on, without a reset or a gap."""
     a, b = node(start_server, redis), node(start_server, redis)
     # Cut the followers (XREAD) so the nodes lag: they reconnect only after a back-off.
-    deadline = time.monotonic() + 10
-    while True:
+    def followers():
         clients = redis.command("CLIENT", "LIST").decode()
-        followers = [re.search(r"id=(\d+)", l).group(1) for l in clients.splitlines()
-                     if "cmd=xread" in l]
-        if len(followers) == 2:
-            break
-        assert time.monotonic() < deadline, clients
-        time.sleep(0.02)
-    for f in followers:
+        ids = [re.search(r"id=(\d+)", l).group(1) for l in clients.splitlines()
+               if "cmd=xread" in l]
+        return ids if len(ids) == 2 else None
+
+    for f in wait_until(followers, interval=0.02, what="both nodes' XREAD in CLIENT LIST"):
         assert redis.command("CLIENT", "KILL", "ID", f) == b":1\r\n"
     seen = pub(a.port, "read on a")
     st = Stream(b.port, "/events/news", headers={"Last-Event-ID": seen})
@@ -367,10 +369,8 @@ def test_resume_on_a_node_that_has_not_read_the_id_yet(start_server, redis):
 
 
 def wait_ready(*nodes, timeout=15):
-    deadline = time.monotonic() + timeout
-    while any(request(n.port, "GET", "/healthz").status != 200 for n in nodes):
-        assert time.monotonic() < deadline, "nodes did not reconnect"
-        time.sleep(0.1)
+    wait_until(lambda: all(request(n.port, "GET", "/healthz").status == 200 for n in nodes),
+               timeout=timeout, interval=0.1, what="the nodes to reconnect")
 
 
 def read_data(st, n, timeout=10):
@@ -412,8 +412,9 @@ def test_stdin_across_a_redis_outage_loses_nothing(start_server, redis):
         settle(a)
         redis.kill()
         a.wait_for_line(r"commands link lost")
+        seen = len(a.lines)
         feed(batches[1])  # held in the pipe: the node does not read it while Redis is down
-        time.sleep(0.5)
+        a.wait_for_line(r"input: Redis cannot take events: holding fd 0", start=seen)
         redis.start()
         wait_ready(a, b)
         feed(batches[2])
@@ -455,10 +456,12 @@ def test_relay_across_a_redis_outage_loses_nothing(start_server, redis):
         for st in streams:
             assert read_data(st, 10) == want
         settle(a)
+        seen = len(a.lines)
         redis.kill()
         a.wait_for_line(r"commands link lost")
         during = upstream("during", 30)
-        time.sleep(0.5)
+        # the relay lets go of its upstream (and reconnects only once Redis is back)
+        a.wait_for_line(r"relay news: reconnecting", start=seen)
         redis.start()
         wait_ready(a, b)
         after = upstream("after", 10)
@@ -575,6 +578,7 @@ def test_stdin_past_the_hold_mark_waits_for_redis(start_server):
         writer.start()
         last, since = -1, time.monotonic()
         deadline = since + 20
+        # A quiet second is the condition itself: no more XADDs come (the hold mark).
         while time.monotonic() - since < 1.0:  # until no XADD came for a second
             assert time.monotonic() < deadline
             time.sleep(0.1)
@@ -588,10 +592,7 @@ def test_stdin_past_the_hold_mark_waits_for_redis(start_server):
         assert last == -(-(1 << 20) // len(xadd)), last
         assert writer.is_alive()  # blocked: the pipe holds the rest
         fake.release()
-        deadline = time.monotonic() + 20
-        while fake.xadds < len(lines):
-            assert time.monotonic() < deadline, fake.xadds
-            time.sleep(0.1)
+        wait_until(lambda: fake.xadds >= len(lines), timeout=20, what="every line's XADD")
         writer.join(5)
         assert fake.data() == lines  # every line once, in order
     finally:
@@ -638,7 +639,7 @@ def test_redis_password(start_server, tmp_path):
             p = publish(bad.port, b"x", topic="news")
             assert h.status == 503 and p.status == 503, (h.status, p.status)
             bodies += [h.raw_head + h.body, p.raw_head + p.body]
-            time.sleep(0.2)
+            time.sleep(0.2)  # samples spread over time, across the node's AUTH retries
         m = request(bad.port, "GET", "/metrics")
         assert metric_values(bad.port)["sse_redis_up"] == 0
         bodies += [m.body, request(good.port, "GET", "/metrics").body]

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import Stream, build_request, connect, publish, read_response
+from conftest import Stream, build_request, connect, metric_values, publish, read_response
 
 
 def ev(id_, *lines, event=None):
@@ -175,6 +175,43 @@ def test_last_id_equal_current_without_publish(start_server):
         expect_bytes(st, ev(live, "first"))
     finally:
         st.close()
+
+
+def test_replays_and_resets_counted(start_server):
+    """sse_replays_total counts each subscription resumed exactly from a last id (header or
+    query, with or without events to send), sse_resets_total each one sent the reset event;
+    a stream without a last id counts as neither."""
+    s = start_server("--publish-token", "secret", "--backlog", "3")
+    ids = [pub(s.port, "e%d" % i) for i in range(6)]
+
+    def counts():
+        m = metric_values(s.port)
+        return m["sse_replays_total"], m["sse_resets_total"]
+
+    def subscribe(path="/events", headers=None, want=None):
+        st = Stream(s.port, path, headers)
+        try:
+            expect_retry(st)
+            if want is not None:
+                expect_bytes(st, want)
+            else:
+                st.read_block()
+        finally:
+            st.close()
+
+    assert counts() == (0, 0)
+    subscribe()  # no last id: the position event
+    assert counts() == (0, 0)
+    subscribe(headers={"Last-Event-ID": ids[4]}, want=ev(ids[5], "e5"))
+    assert counts() == (1, 0)
+    subscribe("/events?lastEventId=%s" % ids[3], want=ev(ids[4], "e4"))
+    assert counts() == (2, 0)
+    subscribe(headers={"Last-Event-ID": ids[5]}, want=b"")  # nothing missed: still exact
+    assert counts() == (3, 0)
+    subscribe(headers={"Last-Event-ID": ids[0]}, want=reset_bytes(ids[5], ids[0], ids[3]))
+    assert counts() == (3, 1)
+    subscribe(headers={"Last-Event-ID": "nonsense"})
+    assert counts() == (3, 2)
 
 
 # ---- reset --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import resource
 import socket
 import time
 
+from clients import wait_until
 from conftest import Stream, connect, metric_values, recv_all, request
 
 
@@ -36,9 +37,10 @@ def test_emfile_sheds_without_spinning(start_server):
     for k in knockers:
         k.close()
     # Freeing descriptors makes the server whole again.
+    fds = srv.fd_count()
     for st in subscribers[:10]:
         st.close()
-    time.sleep(0.3)
+    wait_until(lambda: srv.fd_count() <= fds - 10, what="the server to close ten streams")
     assert request(srv.port, "GET", "/healthz").body == b"ok\n"
     st = Stream(srv.port)
     assert st.status == 200

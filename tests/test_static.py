@@ -343,6 +343,15 @@ def test_traversal_refused(static, path):
     healthy(static.port)
 
 
+@pytest.mark.parametrize("path", ["/sub/../readme.txt", "/sub/%2e%2e/readme.txt",
+                                  "/linkdir_in/../readme.txt", "/sub/../sub/inner.txt"])
+def test_dot_dot_inside_the_root_refused(static, path):
+    """A ".." segment is refused even when it would stay inside the root (the kernel's
+    RESOLVE_BENEATH would allow it: only the server's own rule refuses it)."""
+    assert_not_found(get(static.port, path))
+    assert get(static.port, "/readme.txt").body == FILES["readme.txt"][0]
+
+
 def test_symlink_to_file_outside_404(static):
     assert_not_found(get(static.port, "/link_out.txt"))
     assert_not_found(get(static.port, "/rel_link_out.txt"))

@@ -2,7 +2,6 @@
 
 import re
 import subprocess
-import time
 
 from conftest import Stream, publish, request
 
@@ -98,10 +97,7 @@ def test_lines_invalid_utf8_skipped(start_server):
         assert rest == b"data: good line\n\n"
         assert st.nothing_pending(0.3)
         # the skipped line is reported on stderr
-        deadline = time.monotonic() + 5
-        while len(s.lines) <= n_lines and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(s.lines) > n_lines, s.stderr_text()
+        s.wait_for_line(r".", timeout=5, start=n_lines)
     finally:
         st.close()
 
@@ -114,7 +110,7 @@ def test_lines_eof_keeps_serving(start_server):
         feed(s, b"last line\n")
         assert read_event_bytes(st)[1] == b"data: last line\n\n"
         s.proc.stdin.close()
-        time.sleep(0.5)
+        s.wait_for_line(r"input: end of input on fd 0")
         assert s.proc.poll() is None
         r = request(s.port, "GET", "/healthz")
         assert r.status == 200
@@ -130,7 +126,7 @@ def test_lines_eof_keeps_serving(start_server):
 
 def test_lines_eof_with_empty_input(start_server):
     s = start_server("--stdin")  # stdin is /dev/null: immediate EOF
-    time.sleep(0.3)
+    s.wait_for_line(r"input: end of input on fd 0")
     assert s.proc.poll() is None
     r = request(s.port, "GET", "/healthz")
     assert r.status == 200

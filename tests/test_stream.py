@@ -160,6 +160,29 @@ def test_initial_id_follows_latest_publish(server):
         st.close()
 
 
+def test_initial_id_refreshed_by_each_publish(start_server):
+    """The opening id is the latest id at the moment of subscribing, also when streams have
+    opened before (the server keeps that block between publishes, so each publish must
+    replace it). Checked exactly, with and without the position event."""
+    for extra, shape in (((), b"id: %s\nevent: position\ndata:\n\n"),
+                         (("--no-position-event",), b"id: %s\n\n")):
+        s = start_server("--publish-token", "secret", *extra)
+        cur = None
+        for i in range(4):
+            st = Stream(s.port, "/events/watch")
+            try:
+                got = st.read_block() + st.read_block()  # the retry block, the opening id
+                if cur is None:  # before any publish: the clock seed
+                    seed = re.escape(shape).replace(b"%s", rb"\d+")
+                    assert re.fullmatch(b"retry: 3000\n\n" + seed, got), got
+                else:
+                    assert got == b"retry: 3000\n\n" + shape % cur.encode(), (i, cur, got)
+                assert st.nothing_pending(0.1)
+            finally:
+                st.close()
+            cur = pub(s.port, "e%d" % i, topic="elsewhere")
+
+
 def test_no_position_event_opens_with_a_bare_id_block(start_server):
     """--no-position-event: the current id alone, in a block that dispatches nothing (for
     clients that handle every event alike; only Chromium records its id)."""
@@ -490,6 +513,25 @@ def test_heartbeat_one_second(start_server):
         st.close()
 
 
+def test_heartbeat_comes_at_its_interval(start_server):
+    """--heartbeat 1: heartbeats one second apart, not two (or half a second). Five
+    heartbeats are timed as they arrive; the mean of the four gaps must be within
+    [0.8, 1.6] s, loose enough for a busy machine (a late read shortens the next gap as much
+    as it lengthens this one) and still far from 2 s and 0.5 s."""
+    s = start_server("--heartbeat", "1")
+    st = Stream(s.port)
+    try:
+        read_prelude(st)
+        times = []
+        for _ in range(5):
+            assert st.read_exactly(2, timeout=5) == b":\n"
+            times.append(time.monotonic())
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert 0.8 <= sum(gaps) / len(gaps) <= 1.6, gaps
+    finally:
+        st.close()
+
+
 def test_heartbeat_zero_disabled(start_server):
     s = start_server("--heartbeat", "0")
     st = Stream(s.port)
@@ -720,7 +762,7 @@ def test_no_heartbeat_while_events_flow(start_server):
         want = b""
         for i in range(10):
             want += ev(pub(s.port, "tick %d" % i), "tick %d" % i)
-            time.sleep(0.2)
+            time.sleep(0.2)  # events 0.2 s apart for 2 s: the point (no heartbeat among them)
         expect_bytes(st, want)
         # then, with silence, the heartbeat comes
         assert st.read_exactly(2, timeout=5) == b":\n"
