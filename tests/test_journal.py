@@ -63,6 +63,7 @@ def journal(tmp_path):
     return str(tmp_path / "events.journal")
 
 
+@pytest.mark.valgrind
 def test_format_is_the_wire_bytes_with_length_and_crc(start_server, journal):
     srv = start_server("--publish-token", "secret", "--journal", journal)
     st = Stream(srv.port, "/events?topic=news&topic=other")
@@ -85,6 +86,7 @@ def test_format_is_the_wire_bytes_with_length_and_crc(start_server, journal):
     assert os.stat(journal).st_mode & 0o777 == 0o600
 
 
+@pytest.mark.valgrind
 def test_restart_replays_and_ids_continue(start_server, journal):
     srv = start_server("--publish-token", "secret", "--journal", journal)
     ids = [pub(srv.port, "event %d" % i) for i in range(5)]
@@ -140,6 +142,7 @@ def write_journal(start_server, journal, n=3):
         return ids, f.read()
 
 
+@pytest.mark.valgrind
 @pytest.mark.parametrize("cut", ["in the record line", "in the bytes", "bad crc at the end"])
 def test_torn_last_record_is_dropped(start_server, journal, cut):
     ids, raw = write_journal(start_server, journal)
@@ -231,6 +234,7 @@ def test_missing_directory_is_a_clear_error(tmp_path):
     assert err == "sse-server: journal %s: No such file or directory\n" % path
 
 
+@pytest.mark.valgrind
 def test_compaction_keeps_the_backlog_and_bounds_the_file(start_server, journal):
     srv = start_server("--publish-token", "secret", "--journal", journal, "--backlog", "5",
                        "--journal-max-bytes", "4096")
@@ -296,6 +300,7 @@ def test_sync_modes_make_the_promised_fdatasync_calls(start_server, tmp_path):
     assert none == 0
 
 
+@pytest.mark.valgrind
 def test_failed_write_is_503_and_nobody_receives_it(start_server, journal):
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))

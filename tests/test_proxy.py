@@ -41,6 +41,8 @@ from upstream import (
     reply_raw,
 )
 
+pytestmark = pytest.mark.valgrind
+
 STREAM_HEAD = re.compile(
     rb"^HTTP/1\.1 200 OK\r\n"
     rb"Date: [^\r\n]+ GMT\r\n"

@@ -112,6 +112,7 @@ def read_events(st, n, timeout=10):
     return out
 
 
+@pytest.mark.valgrind
 def test_every_node_delivers_every_event_once_in_order(start_server, redis):
     nodes = [node(start_server, redis) for _ in range(3)]
     streams = [Stream(n.port, "/events/news") for n in nodes]
@@ -179,6 +180,7 @@ def test_resume_on_another_node_with_last_event_id(start_server, redis):
     assert metric_values(late.port)["sse_replays_total"] == 1
 
 
+@pytest.mark.valgrind
 def test_replay_from_redis_pages_and_topics(start_server, redis):
     a = node(start_server, redis)
     start = Stream(a.port, "/events/news")
@@ -223,6 +225,7 @@ def test_trimmed_history_is_a_reset(start_server, redis):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_redis_down_publish_503_subscribers_stay(start_server, redis):
     a, b = node(start_server, redis), node(start_server, redis, "--heartbeat", "1")
     st = Stream(b.port, "/events/news")

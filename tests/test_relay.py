@@ -15,6 +15,8 @@ import pytest
 
 from conftest import BINARY, Stream, healthy, metric_values, publish
 
+pytestmark = pytest.mark.valgrind
+
 # ---- a controllable upstream ---------------------------------------------------------------
 
 

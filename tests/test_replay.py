@@ -83,6 +83,7 @@ def test_replay_by_query(server, name):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_replay_query_with_topics(server):
     ids = [pub(server.port, "m%d" % i, topic=("a", "b")[i % 2]) for i in range(4)]
     st = Stream(server.port, "/events?topic=a&lastEventId=%s&topic=b" % ids[1])
@@ -116,6 +117,7 @@ def test_header_wins_even_when_query_is_garbage(server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_replay_only_stream_topics_in_order(server):
     port = server.port
     marker = pub(port, "marker", topic="z")
@@ -180,6 +182,7 @@ def test_last_id_equal_current_without_publish(start_server):
 # ---- reset --------------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_reset_older_than_backlog(start_server):
     s = start_server("--publish-token", "secret", "--backlog", "3")
     ids = [pub(s.port, "e%d" % i) for i in range(10)]
@@ -239,6 +242,7 @@ def test_reset_non_numeric(server, bad):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_reset_requested_is_json_escaped(server):
     first = pub(server.port, "x")
     bad = 'a"b\\c'
@@ -292,6 +296,7 @@ def test_reset_backlog_zero_nothing_published(start_server):
 # ---- the seam -----------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_seam_no_gap_no_duplicate(start_server):
     s = start_server("--publish-token", "secret", "--heartbeat", "0")
     port = s.port
@@ -402,6 +407,7 @@ def test_replay_after_restart_is_reset(start_server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_large_replay_exact(server):
     """A replay of most of a full default backlog (1024) arrives whole and in order."""
     port = server.port

@@ -116,6 +116,7 @@ def open_raw_stream(port, raw, timeout=5):
 # ---- head and prelude ---------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_stream_head_exact(server):
     st = Stream(server.port)
     try:
@@ -221,6 +222,7 @@ FRAMING_CASES = {
 }
 
 
+@pytest.mark.valgrind
 @pytest.mark.parametrize("case", sorted(FRAMING_CASES))
 def test_framing(server, case):
     payload, event, want_lines = FRAMING_CASES[case]
@@ -306,6 +308,7 @@ def test_topic_64_chars_ok(server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_multi_topic_in_id_order(server):
     st = Stream(server.port, "/events?topic=a&topic=b")
     try:
@@ -352,6 +355,7 @@ def test_32_topics_ok(server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_33_topics_rejected(server):
     q = "&".join("topic=t%d" % i for i in range(33))
     r = get(server.port, "/events?" + q)
@@ -393,6 +397,7 @@ def test_invalid_topic_names(server):
 # ---- Accept -------------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_accept_json_406(server):
     r = get(server.port, "/events", {"Accept": "application/json"})
     assert r.status == 406
@@ -436,6 +441,7 @@ def test_subscribe_token_missing_401(start_server):
     assert r.header("WWW-Authenticate") == "Bearer"
 
 
+@pytest.mark.valgrind
 def test_subscribe_token_wrong_401(start_server):
     s = start_server("--subscribe-token", "tok123")
     for path, headers in (
@@ -479,6 +485,7 @@ def test_subscribe_token_query_ok(start_server):
 # ---- heartbeat ----------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_heartbeat_one_second(start_server):
     s = start_server("--heartbeat", "1")
     st = Stream(s.port)
@@ -610,6 +617,7 @@ def test_retire_topic_without_subscribers(server):
     assert get(server.port, "/events/nobody").status == 204
 
 
+@pytest.mark.valgrind
 def test_retire_closes_all_subscribers_of_topic(server):
     port = server.port
     subs = [Stream(port, "/events/job") for _ in range(3)]
@@ -631,6 +639,7 @@ def test_retire_closes_all_subscribers_of_topic(server):
 # ---- CORS ---------------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_cors_origin_with_credentials(start_server):
     s = start_server("--cors", "https://example.com")
     st = Stream(s.port, "/events", {"Origin": "https://evil.example"})
@@ -681,6 +690,7 @@ def test_no_cors_never_echoes_origin(server):
     assert b"evil" not in r.raw_head
 
 
+@pytest.mark.valgrind
 def test_retire_flushes_large_queue_before_eof(start_server):
     """Everything queued for a subscriber that reads slowly arrives before the EOF."""
     import socket
