@@ -67,49 +67,11 @@ asan: sse-server-asan $(BUILD)/unit
 run: sse-server
 	./sse-server --demo
 
-# Test dependencies: pytest, the real clients and deployment tools the tests use (nginx,
-# redis-server, chromium, curl, openssl, nghttp, strace, systemd-analyze) and the checkers CI
-# runs (valgrind, cppcheck, clang-tidy) from Debian; playwright-core,
-# eventsource and eventsource-parser from npm into tests/browser/node_modules (`npm ci`, from
-# the lock file). A temporary policy-rc.d keeps the nginx package from starting a system nginx.
-# Those npm packages need Node.js 20 or later, newer than Debian 12's nodejs (18): an older
-# node fails here, with a message, rather than in the tests.
-DEBIAN_TOOLS = nginx:nginx chromium:chromium curl:curl openssl:openssl nghttp:nghttp2-client \
-               strace:strace systemd-analyze:systemd node:nodejs npm:npm valgrind:valgrind \
-               cppcheck:cppcheck clang-tidy:clang-tidy redis-server:redis-server
+# Test dependencies (pytest, the real clients and tools the tests use, the checkers CI runs,
+# the npm packages of tests/browser): tests/install-deps.sh says what is missing and which test
+# needs it, then installs it as root or names it otherwise.
 deps:
-	@missing=; \
-	$(PYTHON) -c 'import pytest' 2>/dev/null || missing="$$missing python3-pytest"; \
-	for pair in $(DEBIAN_TOOLS); do \
-	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair#*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	    echo "make test needs:$$missing (sudo apt-get install$$missing)" >&2; \
-	    case "$$missing" in *pytest*) exit 1;; esac; \
-	  else \
-	    echo "make test: installing$$missing with apt-get"; \
-	    guard=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
-	      chmod +x /usr/sbin/policy-rc.d; guard=1; }; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	    status=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; [ $$status = 0 ] || exit $$status; \
-	  fi; \
-	fi; \
-	if command -v node >/dev/null; then \
-	  major=$$(node --version | sed -n 's/^v\([0-9][0-9]*\)\..*/\1/p'); \
-	  if [ "$${major:-0}" -lt 20 ]; then \
-	    echo "make test needs Node.js >= 20 (eventsource and playwright-core in" \
-	      "tests/browser/package-lock.json require it); node --version says" \
-	      "$$(node --version). Debian 12's nodejs package is Node 18:" \
-	      "install Node 20 or later." >&2; \
-	    exit 1; \
-	  fi; \
-	fi; \
-	if command -v npm >/dev/null && { [ ! -e tests/browser/node_modules/.package-lock.json ] || \
-	    [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; }; then \
-	  echo "make test: npm ci in tests/browser"; \
-	  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
-	fi
+	@sh tests/install-deps.sh $(PYTHON)
 
 unit: $(BUILD)/unit
 	$(BUILD)/unit
