@@ -1,6 +1,7 @@
 """Shared fixtures for the black-box tests: start the real sse-server binary on port 0 and
 talk to it over plain sockets. Only the standard library and pytest are used."""
 
+import json
 import os
 import re
 import select
@@ -478,3 +479,87 @@ def settled_fd_count(srv, quiet=0.5, timeout=5):
         if m != n:
             n, since = m, time.monotonic()
     return n
+
+
+# ---- helpers more than one test file uses --------------------------------------------------
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a process (nginx, redis-server,
+    an upstream) that must be told its port before it starts."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def ev(id_, *lines, event=None):
+    """The exact bytes of one event as the server frames it: one data: line per line."""
+    out = "id: %s\n" % id_
+    if event is not None:
+        out += "event: %s\n" % event
+    for line in lines:
+        out += ("data: %s\n" % line) if line != "" else "data:\n"
+    return (out + "\n").encode("utf-8")
+
+
+def reset_bytes(current, requested, oldest):
+    """The exact bytes of the reset event a stream opens with when the requested id cannot be
+    replayed (oldest None: nothing is kept)."""
+    o = "null" if oldest is None else '"%s"' % oldest
+    return (
+        'id: %s\nevent: reset\ndata: {"requested": %s, "oldest": %s, "current": "%s"}\n\n'
+        % (current, json.dumps(requested), o, current)
+    ).encode("utf-8")
+
+
+def pub(port, data, topic=None, event=None, token="secret"):
+    """Publishes data over HTTP, requires 200 and returns the event's id."""
+    r = publish(port, data, topic=topic, event=event, token=token)
+    assert r.status == 200, (r.status, r.body)
+    return r.json()["id"]
+
+
+def read_prelude(st, retry=3000, initial_id=True):
+    """Reads `retry: N\\n\\n` (unless retry is 0) and the position event (`id: CURRENT`,
+    `event: position`, an empty `data:`); returns CURRENT (or None when initial_id is False)."""
+    if retry:
+        want = b"retry: %d\n\n" % retry
+        assert st.read_exactly(len(want)) == want
+    if not initial_id:
+        return None
+    blk = st.read_block()
+    m = re.fullmatch(rb"id: (\d+)\nevent: position\ndata:\n\n", blk)
+    assert m, blk
+    return m.group(1).decode()
+
+
+def expect_bytes(st, want, timeout=5):
+    """The next len(want) bytes of the stream are exactly want."""
+    got = st.read_exactly(len(want), timeout)
+    assert got == want
+
+
+def wait_metric(port, name, pred, timeout=10):
+    """Scrapes /metrics until pred(value of name) holds; returns that scrape (metric_values)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metric_values(port)
+        if pred(m[name]):
+            return m
+        assert time.monotonic() < deadline, "%s stuck at %r" % (name, m[name])
+        time.sleep(0.05)
+
+
+def exchange_closing(port, raw, timeout=5):
+    """Sends raw bytes on a fresh connection, reads one response, then requires the server
+    to close the connection. Returns (Response, bytes after the response before EOF)."""
+    s = connect(port, timeout)
+    try:
+        s.sendall(raw)
+        resp, rest = read_response(s, timeout)
+        tail = rest + recv_all(s, timeout)
+    finally:
+        s.close()
+    return resp, tail

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import pytest
 
 from clients import HERE, Browser, TcpRelay, header_value, wait_until
-from conftest import metric_values, publish
+from conftest import metric_values, pub, publish
 
 PAGES = os.path.join(HERE, "browser", "pages")
 OUT = os.path.join(HERE, "browser", "out")
@@ -35,12 +35,6 @@ def harness_url(origin, stream, types=(), credentials=False):
     if credentials:
         query["credentials"] = "1"
     return "%s/harness.html?%s" % (origin, urlencode(query))
-
-
-def pub(port, data, topic=None, event=None):
-    r = publish(port, data.encode("utf-8"), topic=topic, event=event)
-    assert r.status == 200, r
-    return r.json()["id"]
 
 
 def compare(browser, want):

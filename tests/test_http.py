@@ -16,6 +16,7 @@ from conftest import (
     Stream,
     closed_by_reason,
     connect,
+    exchange_closing,
     healthy,
     publish,
     read_response,
@@ -35,19 +36,6 @@ GET_HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 
-
-
-def exchange_closing(port, raw, timeout=5):
-    """Sends raw bytes on a fresh connection, reads one response, then requires the server
-    to close the connection. Returns (Response, bytes after the response before EOF)."""
-    s = connect(port, timeout)
-    try:
-        s.sendall(raw)
-        resp, rest = read_response(s, timeout)
-        tail = rest + recv_all(s, timeout)
-    finally:
-        s.close()
-    return resp, tail
 
 
 def assert_error(resp, tail, status):

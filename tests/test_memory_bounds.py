@@ -9,23 +9,10 @@ import resource
 import socket
 import time
 
-from conftest import (BINARY, WRAPPER, Stream, build_request, connect, metric_values, publish, read_response,
-                      recv_all, recv_until)
-
-
-def ev(id_, data):
-    return ("id: %s\ndata: %s\n\n" % (id_, data)).encode("utf-8")
-
-
-def reset_bytes(current, requested, oldest):
-    return ('id: %s\nevent: reset\ndata: {"requested": "%s", "oldest": "%s", "current": "%s"}'
-            "\n\n" % (current, requested, oldest, current)).encode("utf-8")
-
-
-def pub(port, data, topic=None):
-    r = publish(port, data, topic=topic)
-    assert r.status == 200, (r.status, r.body)
-    return r.json()["id"]
+from conftest import (
+    BINARY, WRAPPER, Stream, build_request, connect, ev, metric_values, pub, read_response,
+    recv_all, recv_until, reset_bytes,
+)
 
 
 def expect_resume(port, last_id, want):

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import (
     BINARY,
+    Response,
+    Stream,
     build_request,
     connect,
     healthy,
@@ -26,9 +28,8 @@ from conftest import (
     recv_all,
     recv_until,
     request,
-    Response,
     settled_fd_count,
-    Stream,
+    wait_metric,
 )
 from upstream import (
     Upstream,
@@ -159,16 +160,6 @@ def collect_for(sock, seconds, buf=b""):
             chunk = sock.recv(65536)
             assert chunk, "connection closed early; got %r" % data
             data += chunk
-
-
-def wait_metric(port, name, pred, timeout=10):
-    deadline = time.monotonic() + timeout
-    while True:
-        m = metric_values(port)
-        if pred(m[name]):
-            return m
-        assert time.monotonic() < deadline, "%s stuck at %r" % (name, m[name])
-        time.sleep(0.05)
 
 
 def open_request(port, method, path, headers=None, body=b"", version="HTTP/1.1"):

@@ -10,7 +10,10 @@ from conftest import (
     Stream,
     build_request,
     connect,
+    ev,
+    expect_bytes,
     publish,
+    read_prelude,
     read_response,
     recv_until,
     request,
@@ -18,28 +21,6 @@ from conftest import (
 
 PUB_RE = re.compile(rb'\{"id": "(\d+)", "topic": "([A-Za-z0-9._-]+)", "subscribers": (\d+)\}\n')
 AUTH = {"Authorization": "Bearer secret"}
-
-
-def ev(id_, *lines, event=None):
-    out = "id: %s\n" % id_
-    if event is not None:
-        out += "event: %s\n" % event
-    for line in lines:
-        out += ("data: %s\n" % line) if line != "" else "data:\n"
-    return (out + "\n").encode("utf-8")
-
-
-def read_prelude(st):
-    want = b"retry: 3000\n\n"
-    assert st.read_exactly(len(want)) == want
-    blk = st.read_block()
-    m = re.fullmatch(rb"id: (\d+)\nevent: position\ndata:\n\n", blk)
-    assert m, blk
-    return m.group(1).decode()
-
-
-def expect_bytes(st, want, timeout=5):
-    assert st.read_exactly(len(want), timeout) == want
 
 
 def parse_ok(r, topic="default"):

@@ -18,17 +18,9 @@ import time
 
 import pytest
 
-from conftest import BINARY, Stream, metric_values, publish, request, unavailable
+from conftest import BINARY, Stream, free_port, metric_values, publish, request, unavailable
 
 ID_RE = re.compile(r"^[1-9][0-9]*-[0-9]+$")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Redis:

@@ -1,7 +1,6 @@
 """Replay of missed events (Last-Event-ID header and query spellings), the reset signal, the
 seam between replay and live events, and restarts."""
 
-import json
 import random
 import re
 import threading
@@ -10,39 +9,14 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import Stream, build_request, connect, publish, read_response
-
-
-def ev(id_, *lines, event=None):
-    out = "id: %s\n" % id_
-    if event is not None:
-        out += "event: %s\n" % event
-    for line in lines:
-        out += ("data: %s\n" % line) if line != "" else "data:\n"
-    return (out + "\n").encode("utf-8")
-
-
-def reset_bytes(current, requested, oldest):
-    o = "null" if oldest is None else '"%s"' % oldest
-    return (
-        'id: %s\nevent: reset\ndata: {"requested": %s, "oldest": %s, "current": "%s"}\n\n'
-        % (current, json.dumps(requested), o, current)
-    ).encode("utf-8")
-
-
-def pub(port, data, topic=None, event=None):
-    r = publish(port, data, topic=topic, event=event)
-    assert r.status == 200, (r.status, r.body)
-    return r.json()["id"]
+from conftest import (
+    Stream, build_request, connect, ev, expect_bytes, pub, read_response, reset_bytes,
+)
 
 
 def expect_retry(st, retry=3000):
     want = b"retry: %d\n\n" % retry
     assert st.read_exactly(len(want)) == want
-
-
-def expect_bytes(st, want, timeout=5):
-    assert st.read_exactly(len(want), timeout) == want
 
 
 def read_prelude(st):

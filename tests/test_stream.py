@@ -10,8 +10,11 @@ from conftest import (
     Stream,
     build_request,
     connect,
+    ev,
+    expect_bytes,
     parse_head,
-    publish,
+    pub,
+    read_prelude,
     read_response,
     recv_until,
     request,
@@ -28,45 +31,10 @@ STREAM_HEADERS = [
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def ev(id_, *lines, event=None):
-    """The exact bytes of one event as the server frames it."""
-    out = "id: %s\n" % id_
-    if event is not None:
-        out += "event: %s\n" % event
-    for line in lines:
-        out += ("data: %s\n" % line) if line != "" else "data:\n"
-    return (out + "\n").encode("utf-8")
-
-
-def pub(port, data, topic=None, event=None, token="secret"):
-    r = publish(port, data, topic=topic, event=event, token=token)
-    assert r.status == 200, (r.status, r.body)
-    return r.json()["id"]
-
-
 def pub_raw_path(port, path, data=b"", token="secret"):
     r = request(port, "POST", path, {"Authorization": "Bearer " + token}, data)
     assert r.status == 200, (r.status, r.body)
     return r.json()["id"]
-
-
-def read_prelude(st, retry=3000, initial_id=True):
-    """Reads `retry: N\\n\\n` (unless retry is 0) and the position event (`id: CURRENT`,
-    `event: position`, an empty `data:`); returns CURRENT (or None when initial_id is False)."""
-    if retry:
-        want = b"retry: %d\n\n" % retry
-        assert st.read_exactly(len(want)) == want
-    if not initial_id:
-        return None
-    blk = st.read_block()
-    m = re.fullmatch(rb"id: (\d+)\nevent: position\ndata:\n\n", blk)
-    assert m, blk
-    return m.group(1).decode()
-
-
-def expect_bytes(st, want, timeout=5):
-    got = st.read_exactly(len(want), timeout)
-    assert got == want
 
 
 def check_stream_head(raw_head, extra=()):
