@@ -357,6 +357,7 @@ def test_cors_from_another_origin(browser, start_server, cors):
     compare(browser, [{"data": "across origins", "id": id_}])
 
 
+@pytest.mark.journal
 def test_restart_with_journal_gives_every_event_exactly_once(browser, start_server, tmp_path):
     journal = str(tmp_path / "journal")
     args = ("--publish-token", "secret", "--root", PAGES, "--retry", "300", "--journal", journal)

@@ -208,7 +208,8 @@ def test_unit_verifies_and_is_hardened(tmp_path, variant):
     assert m.groups() == readme_exposure(), r.stdout.decode()
 
 
-@pytest.mark.parametrize("variant", UNITS)
+@pytest.mark.parametrize("variant", [pytest.param(v, marks=[pytest.mark.journal] if UNITS[v] else [])
+                                     for v in UNITS])
 def test_unit_execstart_options_are_valid(tmp_path, variant):
     """The unit's options start a server (on port 0 here instead of 8080, the journal in a
     temporary directory instead of /var/lib/sse-server), which keeps an event in the journal."""
@@ -265,6 +266,9 @@ def allowed_syscalls(analyze):
     return allowed
 
 
+@pytest.mark.relay
+@pytest.mark.proxy
+@pytest.mark.journal
 def test_every_syscall_is_allowed_by_the_unit(start_server, tmp_path):
     analyze, strace = tool("systemd-analyze"), tool("strace")
     with open(BINARY, "rb") as f:

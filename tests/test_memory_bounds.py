@@ -9,6 +9,8 @@ import resource
 import socket
 import time
 
+import pytest
+
 from conftest import (
     BINARY, WRAPPER, Stream, build_request, connect, ev, metric_values, pub, read_response,
     recv_all, recv_until, reset_bytes,
@@ -83,6 +85,7 @@ def test_backlog_bytes_bound_evicts_oldest(start_server):
                                       % (big_id, ids[-1], big_id)).encode())
 
 
+@pytest.mark.journal
 def test_journal_read_back_within_backlog_bytes(start_server, tmp_path):
     """A journal written under a large bound, read back under a small one, holds only what
     the small one allows, and compaction rewrites the file with just that."""

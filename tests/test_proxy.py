@@ -42,7 +42,7 @@ from upstream import (
     reply_raw,
 )
 
-pytestmark = pytest.mark.valgrind
+pytestmark = [pytest.mark.valgrind, pytest.mark.proxy]
 
 STREAM_HEAD = re.compile(
     rb"^HTTP/1\.1 200 OK\r\n"

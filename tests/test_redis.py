@@ -20,6 +20,8 @@ import pytest
 
 from conftest import BINARY, Stream, free_port, metric_values, publish, request, unavailable
 
+pytestmark = pytest.mark.redis
+
 ID_RE = re.compile(r"^[1-9][0-9]*-[0-9]+$")
 
 
@@ -303,6 +305,7 @@ def test_redis_restart_during_steady_publish_loses_nothing(start_server, redis):
     assert seen[0] == seen[1] == seen[2]  # every node, the same sequence
 
 
+@pytest.mark.journal
 def test_options(start_server, tmp_path):
     def run(*args):
         return subprocess.run([BINARY, "--listen", "127.0.0.1:0", *args], capture_output=True,
@@ -424,6 +427,7 @@ def test_stdin_across_a_redis_outage_loses_nothing(start_server, redis):
     assert metric_values(a.port)["sse_redis_publish_unknown_total"] == 0
 
 
+@pytest.mark.relay
 def test_relay_across_a_redis_outage_loses_nothing(start_server, redis):
     """A relay stops taking upstream events while Redis is down and, once it is back,
     reconnects with the last upstream id Redis took: the events published upstream

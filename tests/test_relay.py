@@ -15,7 +15,7 @@ import pytest
 
 from conftest import BINARY, Stream, free_port, healthy, metric_values, publish
 
-pytestmark = pytest.mark.valgrind
+pytestmark = [pytest.mark.valgrind, pytest.mark.relay]
 
 # ---- a controllable upstream ---------------------------------------------------------------
 
