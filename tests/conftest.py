@@ -140,12 +140,50 @@ class Server:
         self._reader.join(timeout=5)
 
 
+# ---- skips: SSE_TESTS_STRICT=1 (CI) makes a skip a failure ----------------------------------
+# In CI `make test` has installed every tool and package the tests use, so a test that cannot
+# run there has found a fault, not a missing tool. A test skips in one of two ways:
+# - unavailable(why): something it needs is missing here (a tool, a package, a privilege, a
+#   kernel behaviour CI has): a skip on a developer's machine, a failure under strict;
+# - not_applicable(why), or a skipif whose reason starts with "not applicable: ": the test
+#   cannot apply to this build or machine even when everything is installed (no IPv6 loopback;
+#   a sanitizer build, which makes system calls and runs at speeds of its own). These stay
+#   skips under strict, with the reason shown.
+# Under strict, pytest_runtest_makereport turns any other skip into a failure.
+STRICT = os.environ.get("SSE_TESTS_STRICT") == "1"
+NOT_APPLICABLE = "not applicable: "
+
+
 def unavailable(why):
-    """A tool a test needs is missing: skip, or fail under SSE_TESTS_STRICT=1 (CI), where
-    `make test` has installed everything."""
-    if os.environ.get("SSE_TESTS_STRICT") == "1":
+    """Something the test needs is missing here: skip, or fail under SSE_TESTS_STRICT=1."""
+    if STRICT:
         pytest.fail(why + " (SSE_TESTS_STRICT=1)")
     pytest.skip(why)
+
+
+def not_applicable(why):
+    """The test cannot apply to this build or machine (see above): skip, also under strict."""
+    pytest.skip(NOT_APPLICABLE + why)
+
+
+def skip_reason(report):
+    """The reason a skipped report gives, without pytest's "Skipped: " prefix."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under SSE_TESTS_STRICT=1, a skip that does not say it is not applicable fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = skip_reason(report)
+        if not reason.startswith(NOT_APPLICABLE):
+            report.outcome = "failed"
+            report.longrepr = ("skipped under SSE_TESTS_STRICT=1, where every test must run "
+                               "unless it is not applicable: %s" % reason)
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ import time
 import pytest
 
 from clients import wait_until
-from conftest import BINARY, Stream, metric_values, publish, request, unavailable
+from conftest import (BINARY, Stream, metric_values, not_applicable, publish, request,
+                      unavailable)
 from test_nginx import nginx_binary, start_nginx  # noqa: F401 (fixtures)
 
 DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy")
@@ -273,7 +274,8 @@ def test_every_syscall_is_allowed_by_the_unit(start_server, tmp_path):
     analyze, strace = tool("systemd-analyze"), tool("strace")
     with open(BINARY, "rb") as f:
         if b"__asan_init" in f.read():
-            pytest.skip("a sanitizer build makes system calls of its own (ptrace for LeakSanitizer)")
+            not_applicable("a sanitizer build makes system calls of its own (ptrace for "
+                           "LeakSanitizer) that the unit rightly forbids")
     allowed = allowed_syscalls(analyze)
     assert {"epoll_wait", "sendfile", "writev", "accept4"} <= allowed
     root = tmp_path / "www"
