@@ -1,5 +1,5 @@
 # sse-server. `make` builds ./sse-server; `make run` starts the demo; `make test` runs every
-# test (installing pytest from Debian when needed); `make asan` builds ./sse-server-asan;
+# test (tests/install-deps.sh installs what the tests need, as root, or names it); `make asan` builds ./sse-server-asan;
 # `make fuzz` runs every libFuzzer target for FUZZ_SECONDS seconds (needs clang);
 # `make lint` runs cppcheck and clang-tidy; `make valgrind` runs part of the suite under valgrind;
 # `make examples` builds the embedding examples into build/.
