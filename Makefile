@@ -1,6 +1,7 @@
 # sse-server. `make` builds ./sse-server; `make run` starts the demo; `make test` runs every
-# test (tests/install-deps.sh installs what the tests need, as root, or names it); `make asan` builds ./sse-server-asan;
-# `make fuzz` runs every libFuzzer target for FUZZ_SECONDS seconds (needs clang);
+# test (tests/install-deps.sh installs what the tests need, as root, or names it);
+# `make asan` builds ./sse-server-asan; `make fuzz` runs every libFuzzer target for
+# FUZZ_SECONDS seconds (needs clang);
 # `make lint` runs cppcheck and clang-tidy; `make valgrind` runs part of the suite under valgrind;
 # `make examples` builds the embedding examples into build/.
 
