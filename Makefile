@@ -1,6 +1,7 @@
 # sse-server. `make` builds ./sse-server; `make run` starts the demo; `make test` runs every
-# test (installing pytest from Debian when needed); `make asan` builds ./sse-server-asan;
-# `make fuzz` runs every libFuzzer target for FUZZ_SECONDS seconds (needs clang);
+# test (tests/install-deps.sh installs what the tests need, as root, or names it);
+# `make asan` builds ./sse-server-asan; `make fuzz` runs every libFuzzer target for
+# FUZZ_SECONDS seconds (needs clang);
 # `make lint` runs cppcheck and clang-tidy; `make valgrind` runs part of the suite under valgrind;
 # `make examples` builds the embedding examples into build/.
 
@@ -67,49 +68,11 @@ asan: sse-server-asan $(BUILD)/unit
 run: sse-server
 	./sse-server --demo
 
-# Test dependencies: pytest, the real clients and deployment tools the tests use (nginx,
-# redis-server, chromium, curl, openssl, nghttp, strace, systemd-analyze) and the checkers CI
-# runs (valgrind, cppcheck, clang-tidy) from Debian; playwright-core,
-# eventsource and eventsource-parser from npm into tests/browser/node_modules (`npm ci`, from
-# the lock file). A temporary policy-rc.d keeps the nginx package from starting a system nginx.
-# Those npm packages need Node.js 20 or later, newer than Debian 12's nodejs (18): an older
-# node fails here, with a message, rather than in the tests.
-DEBIAN_TOOLS = nginx:nginx chromium:chromium curl:curl openssl:openssl nghttp:nghttp2-client \
-               strace:strace systemd-analyze:systemd node:nodejs npm:npm valgrind:valgrind \
-               cppcheck:cppcheck clang-tidy:clang-tidy redis-server:redis-server
+# Test dependencies (pytest, the real clients and tools the tests use, the checkers CI runs,
+# the npm packages of tests/browser): tests/install-deps.sh says what is missing and which test
+# needs it, then installs it as root or names it otherwise.
 deps:
-	@missing=; \
-	$(PYTHON) -c 'import pytest' 2>/dev/null || missing="$$missing python3-pytest"; \
-	for pair in $(DEBIAN_TOOLS); do \
-	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair#*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	    echo "make test needs:$$missing (sudo apt-get install$$missing)" >&2; \
-	    case "$$missing" in *pytest*) exit 1;; esac; \
-	  else \
-	    echo "make test: installing$$missing with apt-get"; \
-	    guard=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
-	      chmod +x /usr/sbin/policy-rc.d; guard=1; }; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	    status=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; [ $$status = 0 ] || exit $$status; \
-	  fi; \
-	fi; \
-	if command -v node >/dev/null; then \
-	  major=$$(node --version | sed -n 's/^v\([0-9][0-9]*\)\..*/\1/p'); \
-	  if [ "$${major:-0}" -lt 20 ]; then \
-	    echo "make test needs Node.js >= 20 (eventsource and playwright-core in" \
-	      "tests/browser/package-lock.json require it); node --version says" \
-	      "$$(node --version). Debian 12's nodejs package is Node 18:" \
-	      "install Node 20 or later." >&2; \
-	    exit 1; \
-	  fi; \
-	fi; \
-	if command -v npm >/dev/null && { [ ! -e tests/browser/node_modules/.package-lock.json ] || \
-	    [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; }; then \
-	  echo "make test: npm ci in tests/browser"; \
-	  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
-	fi
+	@sh tests/install-deps.sh $(PYTHON)
 
 unit: $(BUILD)/unit
 	$(BUILD)/unit
@@ -214,57 +177,15 @@ $(TIDY_FUZZ:%=lint-tidy-fuzz/%): lint-tidy-fuzz/%: %
 	clang-tidy --quiet --warnings-as-errors='*' --checks='-clang-analyzer-*' $< -- $(WARNINGS) -I.
 
 # The black-box suite's representative part under valgrind (conftest.py reads
-# SSE_SERVER_WRAPPER): streaming, publishing, replay, static files, the proxy, relays and
-# hostile HTTP, about three and a half minutes. A leak or memory error makes the server exit 99 at
-# SIGTERM, which fails the test; valgrind's report is in the failure's stderr.
+# SSE_SERVER_WRAPPER): the tests marked @pytest.mark.valgrind (streaming, publishing, replay,
+# static files, the proxy, relays, the journal, Redis and hostile HTTP), about three and a half
+# minutes. A leak or memory error makes the server exit 99 at SIGTERM, which fails the test;
+# valgrind's report is in the failure's stderr.
 VALGRIND = valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
            --errors-for-leak-kinds=definite,indirect --error-exitcode=99 --num-callers=30
-T = tests/test_
-VALGRIND_TESTS = $(T)proxy.py $(T)relay.py \
-  $(T)replay.py::test_replay_query_with_topics \
-  $(T)replay.py::test_replay_only_stream_topics_in_order \
-  $(T)replay.py::test_reset_older_than_backlog $(T)replay.py::test_reset_requested_is_json_escaped \
-  $(T)replay.py::test_seam_no_gap_no_duplicate $(T)replay.py::test_large_replay_exact \
-  $(T)publish.py::test_published_event_arrives_with_returned_id \
-  $(T)publish.py::test_body_arriving_in_pieces $(T)publish.py::test_expect_100_continue \
-  $(T)publish.py::test_413_closes_connection $(T)publish.py::test_pipelined_publishes \
-  $(T)publish.py::test_max_size_event_reaches_idle_subscriber \
-  $(T)publish.py::test_delete_publish_json $(T)publish.py::test_wrong_tokens_401 \
-  $(T)publish.py::test_invalid_utf8_400_nothing_delivered $(T)publish.py::test_chunked_411 \
-  $(T)publish.py::test_content_length_and_transfer_encoding_400 \
-  $(T)publish.py::test_cors_on_publish_and_preflight \
-  $(T)stream.py::test_stream_head_exact $(T)stream.py::test_multi_topic_in_id_order \
-  $(T)stream.py::test_framing \
-  $(T)stream.py::test_retire_flushes_large_queue_before_eof \
-  $(T)stream.py::test_retire_closes_all_subscribers_of_topic \
-  $(T)stream.py::test_subscribe_token_wrong_401 $(T)stream.py::test_accept_json_406 \
-  $(T)stream.py::test_33_topics_rejected $(T)stream.py::test_cors_origin_with_credentials \
-  $(T)stream.py::test_heartbeat_one_second \
-  $(T)static.py::test_root_index $(T)static.py::test_big_binary_file_exact \
-  $(T)static.py::test_directory_without_slash_redirects \
-  $(T)static.py::test_if_modified_since_equal_304 $(T)static.py::test_symlink_to_file_outside_404 \
-  $(T)static.py::test_fifo_404_no_hang $(T)static.py::test_keep_alive_across_static_files \
-  $(T)static.py::test_bad_escapes_400 $(T)static.py::test_missing_file_404 \
-  $(T)static.py::test_head_static \
-  $(T)http.py::test_malformed_400 $(T)http.py::test_smuggling_shapes_400 \
-  $(T)http.py::test_65_headers_431 $(T)http.py::test_head_of_8195_bytes_431 \
-  $(T)http.py::test_pipelining_responses_in_order \
-  $(T)http.py::test_pipelined_junk_after_valid_request \
-  $(T)http.py::test_idle_keep_alive_closed_after_header_timeout \
-  $(T)http.py::test_unknown_method_405 $(T)http.py::test_other_versions_505 \
-  $(T)http.py::test_metrics_values_follow_publishing $(T)http.py::test_head_split_byte_by_byte \
-  $(T)journal.py::test_format_is_the_wire_bytes_with_length_and_crc \
-  $(T)journal.py::test_restart_replays_and_ids_continue \
-  $(T)journal.py::test_torn_last_record_is_dropped \
-  $(T)journal.py::test_compaction_keeps_the_backlog_and_bounds_the_file \
-  $(T)journal.py::test_failed_write_is_503_and_nobody_receives_it \
-  $(T)redis.py::test_every_node_delivers_every_event_once_in_order \
-  $(T)redis.py::test_replay_from_redis_pages_and_topics \
-  $(T)redis.py::test_redis_down_publish_503_subscribers_stay
-
 valgrind: sse-server deps
 	@command -v valgrind >/dev/null || { echo 'make valgrind needs valgrind' >&2; exit 1; }
-	SSE_SERVER_WRAPPER='$(VALGRIND)' $(PYTHON) -m pytest -q $(VALGRIND_TESTS)
+	SSE_SERVER_WRAPPER='$(VALGRIND)' $(PYTHON) -m pytest -q -m valgrind tests
 
 format:
 	clang-format -i sse.c sse.h main.c tests/unit.c bench/sseload.c tests/fuzz/*.c tests/fuzz/*.h \

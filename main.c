@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,156 +28,16 @@
 extern const unsigned char demo_page[];
 extern const size_t demo_page_len;
 
-/* In parts: C11 compilers need only take string literals of 4095 bytes. */
-static const char *const usage[] = {
-    "Usage: sse-server [options]\n"
-    "A Server-Sent Events server: an EventSource endpoint with topics, replay and heartbeats.\n"
-    "\n"
-    "  --listen HOST:PORT        address to listen on (default 127.0.0.1:8080; :PORT for all\n"
-    "                            addresses, [::1]:PORT for IPv6, port 0 for any free port)\n"
-    "  --root DIR                serve static files from DIR (default: the built-in demo\n"
-    "                            page at /)\n"
-    "  --stream PATH             EventSource endpoint prefix (default /events)\n"
-    "  --backlog N               events kept for replay, all topics (default 1024; 0 = none)\n"
-    "  --backlog-bytes BYTES     and the bytes they may hold, counted as sent; the oldest\n"
-    "                            go first when either bound is passed (default 64m)\n"
-    "  --heartbeat SECONDS       comment line after this much silence (default 15; 0 = none)\n"
-    "  --retry MS                retry: sent when a stream opens (default 3000; 0 = none)\n"
-    "  --no-position-event       a stream with no last event id starts with a bare id:\n"
-    "                            block (Chromium records it), not the event of type\n"
-    "                            \"position\" that every client records\n"
-    "  --publish-token TOKEN     enable POST/DELETE /publish with Authorization: Bearer TOKEN\n"
-    "                            (default: $SSE_PUBLISH_TOKEN, else publishing over HTTP is\n"
-    "                            off)\n"
-    "  --subscribe-token TOKEN   require Authorization: Bearer TOKEN or ?token=TOKEN from\n"
-    "                            subscribers (default: $SSE_SUBSCRIBE_TOKEN, else none)\n"
-    "  --stdin                   publish each line of standard input as an event on topic\n"
-    "                            \"default\" (default: off)\n"
-    "  --stdin-format lines|sse  sse: read blocks of topic:/event:/data: lines ended by a\n"
-    "                            blank line (default lines)\n"
-    "  --demo                    publish demo events on topics \"time\", \"stocks\" and\n"
-    "                            \"news\", and end a page's stream on POST\n"
-    "                            /demo/drop?topic=visitor-... (its Drop button) (default: off)\n"
-    "  --cors ORIGIN             send Access-Control-Allow-Origin: ORIGIN (an origin or *)\n"
-    "                            (default: no CORS headers)\n"
-    "  --max-clients N           client connections served (default: the open-file limit\n"
-    "                            less a reserve; see README)\n"
-    "  --max-clients-per-ip N    connections served per client address; more are told to\n"
-    "                            come back, as over --max-clients (default 0 = no limit)\n"
-    "  --client-buffer BYTES     queued bytes at which a slow subscriber is dropped\n"
-    "                            (default 1m)\n"
-    "  --pace-high-water BYTES   flow control: a subscriber with more than this queued lags;\n"
-    "                            while more than 1 in 10 lag, publishers wait (inputs are\n"
-    "                            not read, HTTP publishes are held) (default: client buffer\n"
-    "                            / 8; at least the client buffer = no flow control)\n"
-    "  --max-event-bytes BYTES   largest event payload, at most 64m (default 1m)\n"
-    "  --header-timeout SECONDS  deadline for a request head (default 10)\n",
-    "  --proxy PREFIX=URL        forward requests under PREFIX to URL (http://HOST:PORT[/BASE]),\n"
-    "                            streaming responses unbuffered; repeatable, longest prefix\n"
-    "                            wins; HOST is resolved once at start (default: none)\n"
-    "  --proxy-connect-timeout SECONDS  connecting to an upstream (default 5)\n"
-    "  --proxy-heartbeat SECONDS  comment line between events of a proxied stream after this\n"
-    "                            much upstream silence (default 0 = none)\n"
-    "  --relay TOPIC=URL         follow the event stream at URL like an EventSource and\n"
-    "                            republish its events on TOPIC; repeatable (default: none)\n"
-    "  --journal FILE            append every event to FILE before acknowledging it, and\n"
-    "                            replay FILE into the backlog at start (default: none)\n"
-    "  --journal-sync always|batch|none  fdatasync before every acknowledgement, at most 1 s\n"
-    "                            after a write, or never (default batch)\n"
-    "  --journal-max-bytes BYTES  rewrite the journal with just the backlog beyond this;\n"
-    "                            the file stays under this or twice the backlog's bytes,\n"
-    "                            whichever is larger, plus one event (default 64m)\n"
-    "  --redis HOST:PORT         be one node of a hub sharing one event history through a\n"
-    "                            Redis stream: publish with XADD, deliver what XREAD\n"
-    "                            brings, ids are the stream's (default: none)\n"
-    "  --redis-stream KEY        the stream (default sse)\n"
-    "  --redis-password PASSWORD  AUTH with it (default: $SSE_REDIS_PASSWORD, else none)\n"
-    "  --redis-maxlen N          entries Redis keeps, XADD MAXLEN ~ N (default 100000)\n"
-    "  --quiet                   log only warnings and errors\n"
-    "  --verbose                 also log every connection opened and closed\n"
-    "  --help                    show this help and exit\n"
-    "  --version                 show the version and exit\n"
-    "\n"
-    "BYTES accept a k, m or g suffix (powers of 1024).\n"
-    "Endpoints: GET /events[/TOPIC][?topic=A&topic=B], POST|DELETE /publish?topic=T&event=E,\n"
-    "GET /metrics, GET /healthz. SIGTERM or SIGINT drain and exit 0.\n",
-};
-
-enum option_id {
-    OPT_LISTEN = 256,
-    OPT_ROOT,
-    OPT_STREAM,
-    OPT_BACKLOG,
-    OPT_BACKLOG_BYTES,
-    OPT_HEARTBEAT,
-    OPT_RETRY,
-    OPT_NO_POSITION_EVENT,
-    OPT_PUBLISH_TOKEN,
-    OPT_SUBSCRIBE_TOKEN,
-    OPT_STDIN,
-    OPT_STDIN_FORMAT,
-    OPT_DEMO,
-    OPT_CORS,
-    OPT_MAX_CLIENTS,
-    OPT_MAX_CLIENTS_PER_IP,
-    OPT_CLIENT_BUFFER,
-    OPT_PACE_HIGH_WATER,
-    OPT_MAX_EVENT_BYTES,
-    OPT_HEADER_TIMEOUT,
-    OPT_QUIET,
-    OPT_VERBOSE,
-    OPT_VERSION,
-    OPT_PROXY,
-    OPT_PROXY_CONNECT_TIMEOUT,
-    OPT_PROXY_HEARTBEAT,
-    OPT_RELAY,
-    OPT_JOURNAL,
-    OPT_JOURNAL_SYNC,
-    OPT_JOURNAL_MAX_BYTES,
-    OPT_REDIS,
-    OPT_REDIS_STREAM,
-    OPT_REDIS_PASSWORD,
-    OPT_REDIS_MAXLEN
-};
-
-static const struct option long_options[] = {
-    {"listen", required_argument, NULL, OPT_LISTEN},
-    {"root", required_argument, NULL, OPT_ROOT},
-    {"stream", required_argument, NULL, OPT_STREAM},
-    {"backlog", required_argument, NULL, OPT_BACKLOG},
-    {"backlog-bytes", required_argument, NULL, OPT_BACKLOG_BYTES},
-    {"heartbeat", required_argument, NULL, OPT_HEARTBEAT},
-    {"retry", required_argument, NULL, OPT_RETRY},
-    {"no-position-event", no_argument, NULL, OPT_NO_POSITION_EVENT},
-    {"publish-token", required_argument, NULL, OPT_PUBLISH_TOKEN},
-    {"subscribe-token", required_argument, NULL, OPT_SUBSCRIBE_TOKEN},
-    {"stdin", no_argument, NULL, OPT_STDIN},
-    {"stdin-format", required_argument, NULL, OPT_STDIN_FORMAT},
-    {"demo", no_argument, NULL, OPT_DEMO},
-    {"cors", required_argument, NULL, OPT_CORS},
-    {"max-clients", required_argument, NULL, OPT_MAX_CLIENTS},
-    {"max-clients-per-ip", required_argument, NULL, OPT_MAX_CLIENTS_PER_IP},
-    {"client-buffer", required_argument, NULL, OPT_CLIENT_BUFFER},
-    {"pace-high-water", required_argument, NULL, OPT_PACE_HIGH_WATER},
-    {"max-event-bytes", required_argument, NULL, OPT_MAX_EVENT_BYTES},
-    {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
-    {"quiet", no_argument, NULL, OPT_QUIET},
-    {"verbose", no_argument, NULL, OPT_VERBOSE},
-    {"proxy", required_argument, NULL, OPT_PROXY},
-    {"proxy-connect-timeout", required_argument, NULL, OPT_PROXY_CONNECT_TIMEOUT},
-    {"proxy-heartbeat", required_argument, NULL, OPT_PROXY_HEARTBEAT},
-    {"relay", required_argument, NULL, OPT_RELAY},
-    {"journal", required_argument, NULL, OPT_JOURNAL},
-    {"journal-sync", required_argument, NULL, OPT_JOURNAL_SYNC},
-    {"journal-max-bytes", required_argument, NULL, OPT_JOURNAL_MAX_BYTES},
-    {"redis", required_argument, NULL, OPT_REDIS},
-    {"redis-stream", required_argument, NULL, OPT_REDIS_STREAM},
-    {"redis-password", required_argument, NULL, OPT_REDIS_PASSWORD},
-    {"redis-maxlen", required_argument, NULL, OPT_REDIS_MAXLEN},
-    {"help", no_argument, NULL, 'h'},
-    {"version", no_argument, NULL, OPT_VERSION},
-    {NULL, 0, NULL, 0},
-};
+/* The optional parts of the library (sse.h): built without one, its options are refused. */
+#ifndef SSE_ENABLE_PROXY
+#define SSE_ENABLE_PROXY 1
+#endif
+#ifndef SSE_ENABLE_JOURNAL
+#define SSE_ENABLE_JOURNAL 1
+#endif
+#ifndef SSE_ENABLE_REDIS
+#define SSE_ENABLE_REDIS 1
+#endif
 
 struct options {
     struct sse_config cfg;              /* what the library gets */
@@ -186,6 +47,34 @@ struct options {
     enum sse_log_level log_level;       /* highest level printed */
     struct sse_proxy_route *routes;     /* --proxy, argc entries */
     struct sse_relay *relays;           /* --relay, argc entries */
+};
+
+/* ---- the options: one table drives getopt_long, the parsing and --help ----------------- */
+
+struct opt;
+/* Parses and stores one option's value. val is its value (NULL for a switch), given the
+ * command-line word that named the option ("--journal" or "--journal=x"), for messages. */
+typedef void opt_store(struct options *o, const struct opt *op, const char *val,
+                       const char *given);
+
+/* One command-line option. */
+struct opt {
+    const char *name;   /* --NAME */
+    const char *arg;    /* its value's name in --help; NULL = a switch that takes none */
+    const char *help;   /* what it does, for --help, which wraps it */
+    const char *dflt;   /* the default, for --help; NULL = nothing to say */
+    opt_store *store;   /* parses the value into *o, or exits 2 with a usage error */
+    size_t field;       /* offsetof(struct options, the field store sets); 0 = no field */
+    long long min, max; /* numbers: the range accepted, before OPT_SECONDS */
+    unsigned flags;     /* OPT_ below */
+    const char *off;    /* the part's switch when this build was made without it, or NULL */
+};
+
+enum {
+    OPT_SIZE = 1,      /* a number may end in k, m or g (powers of 1024) */
+    OPT_SECONDS = 2,   /* a number of seconds, stored as milliseconds */
+    OPT_ZERO_OFF = 4,  /* 0 is stored as SSE_OFF */
+    OPT_NONEMPTY = 8,  /* a text may not be empty */
 };
 
 #if defined(__GNUC__)
@@ -225,13 +114,118 @@ static long long parse_number(const char *opt, const char *s, long long min, lon
     return v;
 }
 
+/* The field of *o that op names. */
+static void *opt_field(struct options *o, const struct opt *op) {
+    return (char *)o + op->field;
+}
+
+/* A number as op's flags say: seconds become milliseconds, 0 may mean SSE_OFF. */
+static long long opt_number(const struct opt *op, const char *val) {
+    long long n = parse_number(op->name, val, op->min, op->max, op->flags & OPT_SIZE);
+    if (n == 0 && (op->flags & OPT_ZERO_OFF))
+        return SSE_OFF;
+    return op->flags & OPT_SECONDS ? n * 1000 : n;
+}
+
+static void store_int(struct options *o, const struct opt *op, const char *val,
+                      const char *given) {
+    (void)given;
+    *(int *)opt_field(o, op) = (int)opt_number(op, val);
+}
+
+static void store_size(struct options *o, const struct opt *op, const char *val,
+                       const char *given) {
+    (void)given;
+    *(size_t *)opt_field(o, op) = (size_t)opt_number(op, val);
+}
+
+static void store_text(struct options *o, const struct opt *op, const char *val,
+                       const char *given) {
+    if ((op->flags & OPT_NONEMPTY) && !val[0])
+        die_usage("empty value for %s", given);
+    *(const char **)opt_field(o, op) = val;
+}
+
+static void store_true(struct options *o, const struct opt *op, const char *val,
+                       const char *given) {
+    (void)val, (void)given;
+    *(bool *)opt_field(o, op) = true;
+}
+
+static void store_off(struct options *o, const struct opt *op, const char *val,
+                      const char *given) {
+    (void)val, (void)given;
+    *(int *)opt_field(o, op) = SSE_OFF;
+}
+
+static void store_quiet(struct options *o, const struct opt *op, const char *val,
+                        const char *given) {
+    (void)op, (void)val, (void)given;
+    o->log_level = SSE_LOG_WARN;
+}
+
+static void store_verbose(struct options *o, const struct opt *op, const char *val,
+                          const char *given) {
+    (void)op, (void)val, (void)given;
+    o->log_level = SSE_LOG_DEBUG;
+}
+
 /* Checks the shape HOST:PORT, :PORT or [V6]:PORT so a typo is a usage error (exit 2). */
-static void check_listen(const char *s) {
+static void store_listen(struct options *o, const struct opt *op, const char *s,
+                         const char *given) {
     const char *colon = s[0] == '[' ? strstr(s, "]:") : strrchr(s, ':');
     const char *port = colon ? colon + (s[0] == '[' ? 2 : 1) : NULL;
     if (!port || !*port || strspn(port, "0123456789") != strlen(port) || strlen(port) > 5 ||
         strtol(port, NULL, 10) > 65535)
         die_usage("invalid value '%s' for --listen: expected HOST:PORT, :PORT or [IPV6]:PORT", s);
+    store_text(o, op, s, given);
+}
+
+static void store_stream(struct options *o, const struct opt *op, const char *val,
+                         const char *given) {
+    if (val[0] != '/' || strlen(val) < 2 || val[strlen(val) - 1] == '/')
+        die_usage("invalid value '%s' for --%s: expected a path such as /events", val, op->name);
+    store_text(o, op, val, given);
+}
+
+static void store_redis(struct options *o, const struct opt *op, const char *val,
+                        const char *given) {
+    if (!strchr(val, ':'))
+        die_usage("invalid value '%s' for --%s: expected HOST:PORT", val, op->name);
+    store_text(o, op, val, given);
+}
+
+static void store_redis_stream(struct options *o, const struct opt *op, const char *val,
+                               const char *given) {
+    if (!val[0] || strlen(val) > 255)
+        die_usage("invalid value '%s' for --%s: expected 1 to 255 bytes", val, op->name);
+    store_text(o, op, val, given);
+}
+
+/* The index of val in names (n of them), or a usage error that lists them as expected. */
+static int choose(const struct opt *op, const char *val, const char *const *names, int n,
+                  const char *expected) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(val, names[i]))
+            return i;
+    die_usage("invalid value '%s' for --%s: expected %s", val, op->name, expected);
+}
+
+static void store_stdin_format(struct options *o, const struct opt *op, const char *val,
+                               const char *given) {
+    static const char *const names[] = {"lines", "sse"};
+    static const enum sse_input_format values[] = {SSE_INPUT_LINES, SSE_INPUT_SSE};
+    (void)given;
+    o->stdin_format = values[choose(op, val, names, 2, "lines or sse")];
+}
+
+static void store_journal_sync(struct options *o, const struct opt *op, const char *val,
+                               const char *given) {
+    static const char *const names[] = {"always", "batch", "none"};
+    static const enum sse_journal_sync values[] = {SSE_JOURNAL_ALWAYS, SSE_JOURNAL_BATCH,
+                                                   SSE_JOURNAL_NONE};
+    (void)given;
+    o->cfg.journal_sync = values[choose(op, val, names, 3, "always, batch or none")];
 }
 
 /* Splits "LEFT=RIGHT": LEFT is a copy (argv stays as it was, for ps), RIGHT points into arg. */
@@ -245,7 +239,234 @@ static void split_pair(const char *arg, const char *opt, const char *shape, char
     *right = eq + 1;
 }
 
+static void store_proxy(struct options *o, const struct opt *op, const char *val,
+                        const char *given) {
+    struct sse_proxy_route *r = &o->routes[o->cfg.num_proxy_routes++];
+    char *prefix;
+    const char *url;
+    (void)given;
+    split_pair(val, op->name, "PREFIX=http://HOST:PORT[/BASE]", &prefix, &url);
+    if (prefix[0] != '/' || strncmp(url, "http://", 7) != 0)
+        die_usage("invalid value '%s=%s' for --proxy: expected PREFIX=http://HOST:PORT[/BASE]",
+                  prefix, url);
+    r->prefix = prefix;
+    r->upstream = url;
+}
+
+static void store_relay(struct options *o, const struct opt *op, const char *val,
+                        const char *given) {
+    struct sse_relay *r = &o->relays[o->cfg.num_relays++];
+    char *topic;
+    const char *url;
+    (void)given;
+    split_pair(val, op->name, "TOPIC=http://HOST:PORT/PATH", &topic, &url);
+    if (strncmp(url, "http://", 7) != 0)
+        die_usage("invalid value '%s=%s' for --relay: expected TOPIC=http://HOST:PORT/PATH",
+                  topic, url);
+    r->topic = topic;
+    r->url = url;
+}
+
+static opt_store store_help, store_version; /* they print the table: defined after it */
+
+#define F(member) offsetof(struct options, member)
+#define INT(member, lo, hi, fl) store_int, F(member), lo, hi, fl
+#define SIZE(member, lo, hi, fl) store_size, F(member), lo, hi, fl
+#define TEXT(member, fl) store_text, F(member), 0, 0, fl
+#define CALL(fn) fn, 0, 0, 0, 0
+/* An option of a part: refused (exit 2) when this build was made without the part. */
+#define PART(sw) ((sw) ? NULL : #sw)
+#define PROXY PART(SSE_ENABLE_PROXY)
+#define JOURNAL PART(SSE_ENABLE_JOURNAL)
+#define REDIS PART(SSE_ENABLE_REDIS)
+#define GiB (1LL << 30)
+
+static const struct opt opts[] = {
+    {"listen", "HOST:PORT",
+     "address to listen on; :PORT for all addresses, [::1]:PORT for IPv6, port 0 for any free "
+     "port",
+     "127.0.0.1:8080", store_listen, F(cfg.listen), 0, 0, 0, NULL},
+    {"root", "DIR", "serve static files from DIR", "the built-in page at /",
+     TEXT(cfg.static_root, 0), NULL},
+    {"stream", "PATH", "EventSource endpoint prefix", "/events", store_stream,
+     F(cfg.stream_path), 0, 0, 0, NULL},
+    {"backlog", "N", "events kept for replay, all topics; 0 = none", "1024",
+     INT(cfg.backlog, 0, 100000000, OPT_ZERO_OFF), NULL},
+    {"backlog-bytes", "BYTES",
+     "and the bytes they may hold, counted as sent; the oldest go first when either bound is "
+     "passed",
+     "64m", SIZE(cfg.backlog_bytes, 1, 1024 * GiB, OPT_SIZE), NULL},
+    {"heartbeat", "SECONDS", "comment line after this much silence; 0 = none", "15",
+     INT(cfg.heartbeat_ms, 0, 86400, OPT_SECONDS | OPT_ZERO_OFF), NULL},
+    {"retry", "MS", "retry: sent when a stream opens; 0 = none", "3000",
+     INT(cfg.retry_ms, 0, 86400000, OPT_ZERO_OFF), NULL},
+    {"no-position-event", NULL,
+     "a stream with no last event id starts with a bare id: block (Chromium records it), not "
+     "the event of type \"position\" that every client records",
+     NULL, store_off, F(cfg.position_event), 0, 0, 0, NULL},
+    {"publish-token", "TOKEN", "enable POST/DELETE /publish with Authorization: Bearer TOKEN",
+     "$SSE_PUBLISH_TOKEN, else publishing over HTTP is off",
+     TEXT(cfg.publish_token, OPT_NONEMPTY), NULL},
+    {"subscribe-token", "TOKEN",
+     "require Authorization: Bearer TOKEN or ?token=TOKEN from subscribers",
+     "$SSE_SUBSCRIBE_TOKEN, else none", TEXT(cfg.subscribe_token, OPT_NONEMPTY), NULL},
+    {"stdin", NULL, "publish each line of standard input as an event on topic \"default\"",
+     "off", store_true, F(read_stdin), 0, 0, 0, NULL},
+    {"stdin-format", "lines|sse",
+     "sse: read blocks of topic:/event:/data: lines ended by a blank line", "lines",
+     CALL(store_stdin_format), NULL},
+    {"demo", NULL,
+     "publish demo events on topics \"time\", \"stocks\" and \"news\", and end a page's stream "
+     "on POST /demo/drop?topic=visitor-... (its Drop button)",
+     "off", store_true, F(demo), 0, 0, 0, NULL},
+    {"cors", "ORIGIN", "send Access-Control-Allow-Origin: ORIGIN (an origin or *)",
+     "no CORS headers", TEXT(cfg.cors_origin, 0), NULL},
+    {"max-clients", "N", "client connections served",
+     "the open-file limit less a reserve; see README",
+     INT(cfg.max_clients, 1, 10000000, 0), NULL},
+    {"max-clients-per-ip", "N",
+     "connections served per client address; more are told to come back, as when all client "
+     "connections are taken; 0 = no limit",
+     "0", INT(cfg.max_clients_per_ip, 0, 10000000, 0), NULL},
+    {"client-buffer", "BYTES", "queued bytes at which a slow subscriber is dropped", "1m",
+     SIZE(cfg.client_buffer, 1, 1024 * GiB, OPT_SIZE), NULL},
+    {"pace-high-water", "BYTES",
+     "flow control: a subscriber with more than this queued lags; while more than 1 in 10 "
+     "lag, publishers wait (inputs are not read, HTTP publishes are held); at least the client "
+     "buffer = no flow control",
+     "client buffer / 8", SIZE(cfg.pace_high_water, 1, 1024 * GiB, OPT_SIZE), NULL},
+    {"max-event-bytes", "BYTES", "largest event payload, at most 64m", "1m",
+     SIZE(cfg.max_event_bytes, 1, 64LL << 20, OPT_SIZE), NULL},
+    {"header-timeout", "SECONDS", "deadline for a request head", "10",
+     INT(cfg.header_timeout_ms, 1, 86400, OPT_SECONDS), NULL},
+    {"proxy", "PREFIX=URL",
+     "forward requests under PREFIX to URL (http://HOST:PORT[/BASE]), streaming responses "
+     "unbuffered; repeatable, longest prefix wins; HOST is resolved once at start",
+     "none", CALL(store_proxy), PROXY},
+    {"proxy-connect-timeout", "SECONDS", "connecting to an upstream", "5",
+     INT(cfg.proxy_connect_timeout_ms, 1, 3600, OPT_SECONDS), PROXY},
+    {"proxy-heartbeat", "SECONDS",
+     "comment line between events of a proxied stream after this much upstream silence; "
+     "0 = none",
+     "0", INT(cfg.proxy_heartbeat_ms, 0, 86400, OPT_SECONDS), PROXY},
+    {"relay", "TOPIC=URL",
+     "follow the event stream at URL like an EventSource and republish its events on TOPIC; "
+     "repeatable",
+     "none", CALL(store_relay), PROXY},
+    {"journal", "FILE",
+     "append every event to FILE before acknowledging it, and replay FILE into the backlog at "
+     "start",
+     "none", TEXT(cfg.journal_path, OPT_NONEMPTY), JOURNAL},
+    {"journal-sync", "always|batch|none",
+     "fdatasync before every acknowledgement, at most 1 s after a write, or never", "batch",
+     CALL(store_journal_sync), JOURNAL},
+    {"journal-max-bytes", "BYTES",
+     "rewrite the journal with just the backlog beyond this; the file stays under this or "
+     "twice the backlog's bytes, whichever is larger, plus one event",
+     "64m", SIZE(cfg.journal_max_bytes, 4096, 1024 * GiB, OPT_SIZE), JOURNAL},
+    {"redis", "HOST:PORT",
+     "be one node of a hub sharing one event history through a Redis stream: publish with "
+     "XADD, deliver what XREAD brings, ids are the stream's",
+     "none", store_redis, F(cfg.redis), 0, 0, 0, REDIS},
+    {"redis-stream", "KEY", "the stream", "sse", store_redis_stream, F(cfg.redis_stream), 0, 0,
+     0, REDIS},
+    {"redis-password", "PASSWORD", "AUTH with it", "$SSE_REDIS_PASSWORD, else none",
+     TEXT(cfg.redis_password, OPT_NONEMPTY), REDIS},
+    {"redis-maxlen", "N", "entries Redis keeps, XADD MAXLEN ~ N", "100000",
+     SIZE(cfg.redis_maxlen, 1, 1024 * GiB, 0), REDIS},
+    {"quiet", NULL, "log only warnings and errors", NULL, CALL(store_quiet), NULL},
+    {"verbose", NULL, "also log every connection opened and closed", NULL, CALL(store_verbose),
+     NULL},
+    {"help", NULL, "show this help and exit", NULL, CALL(store_help), NULL},
+    {"version", NULL, "show the version and exit", NULL, CALL(store_version), NULL},
+};
+#define NUM_OPTS (sizeof opts / sizeof opts[0])
+#define OPT_CODE 256 /* getopt_long returns OPT_CODE + the option's index in opts */
+
+#define HELP_COLUMN 28 /* where --help's descriptions start */
+#define HELP_WIDTH 92  /* and the column no line of it passes */
+
+/* Prints text from column col on, breaking lines at spaces before HELP_WIDTH and indenting
+ * the next to HELP_COLUMN; "(default:" stays with the word after it. */
+static void help_wrap(const char *text, int col) {
+    bool line_start = true;
+    for (const char *p = text; *p;) {
+        size_t n = strcspn(p, " ");
+        if (n == 9 && !strncmp(p, "(default:", 9) && p[n])
+            n += 1 + strcspn(p + n + 1, " ");
+        if (!line_start && col + 1 + (int)n > HELP_WIDTH) {
+            printf("\n%*s", HELP_COLUMN, "");
+            col = HELP_COLUMN;
+            line_start = true;
+        }
+        if (!line_start)
+            col += putchar(' ') != EOF;
+        col += (int)fwrite(p, 1, n, stdout);
+        line_start = false;
+        p += n;
+        p += strspn(p, " ");
+    }
+    putchar('\n');
+}
+
+static void store_help(struct options *o, const struct opt *op, const char *val,
+                       const char *given) {
+    (void)o, (void)op, (void)val, (void)given;
+    fputs("Usage: sse-server [options]\n"
+          "A Server-Sent Events server: an EventSource endpoint with topics, replay and "
+          "heartbeats.\n\n",
+          stdout);
+    for (size_t i = 0; i < NUM_OPTS; i++) {
+        const struct opt *p = &opts[i];
+        char head[64], text[512];
+        snprintf(head, sizeof head, "--%s%s%s", p->name, p->arg ? " " : "", p->arg ? p->arg : "");
+        snprintf(text, sizeof text, "%s%s%s%s%s%s", p->help, p->dflt ? " (default: " : "",
+                 p->dflt ? p->dflt : "", p->dflt ? ")" : "",
+                 p->off ? " (not in this build: built without " : "", p->off ? p->off : "");
+        if (p->off)
+            strncat(text, ")", sizeof text - strlen(text) - 1);
+        help_wrap(text, printf("  %-*s  ", HELP_COLUMN - 4, head));
+    }
+    fputs("\nBYTES accept a k, m or g suffix (powers of 1024).\n"
+          "Endpoints: GET /events[/TOPIC][?topic=A&topic=B], POST|DELETE "
+          "/publish?topic=T&event=E,\n"
+          "GET /metrics, GET /healthz. SIGTERM or SIGINT drain and exit 0.\n",
+          stdout);
+    exit(0);
+}
+
+static void store_version(struct options *o, const struct opt *op, const char *val,
+                          const char *given) {
+    (void)o, (void)op, (void)val, (void)given;
+    printf("sse-server %s\n", VERSION);
+    exit(0);
+}
+
+/* Tokens on the command line show in every local user's `ps`; the environment does not (a
+ * systemd EnvironmentFile, say). The option wins when both are given. */
+static void options_from_env(struct options *o) {
+    static const struct {
+        const char *var; /* the environment variable */
+        size_t field;    /* offsetof(struct options, the field it fills when still unset) */
+    } vars[] = {
+        {"SSE_PUBLISH_TOKEN", F(cfg.publish_token)},
+        {"SSE_SUBSCRIBE_TOKEN", F(cfg.subscribe_token)},
+        {"SSE_REDIS_PASSWORD", F(cfg.redis_password)},
+    };
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char **field = (const char **)((char *)o + vars[i].field);
+        const char *env = getenv(vars[i].var);
+        if (!*field && env && env[0])
+            *field = env;
+    }
+}
+
 static void parse_options(int argc, char **argv, struct options *o) {
+    struct option longopts[NUM_OPTS + 1];
+    for (size_t i = 0; i < NUM_OPTS; i++)
+        longopts[i] = (struct option){opts[i].name, opts[i].arg ? required_argument : no_argument,
+                                      NULL, OPT_CODE + (int)i};
+    longopts[NUM_OPTS] = (struct option){NULL, 0, NULL, 0};
     memset(o, 0, sizeof *o);
     o->log_level = SSE_LOG_INFO;
     o->routes = calloc((size_t)argc, sizeof *o->routes);
@@ -256,177 +477,22 @@ static void parse_options(int argc, char **argv, struct options *o) {
     o->cfg.relays = o->relays;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
-        const char *name = optind > 1 ? argv[optind - 1] : "";
-        switch (c) {
-        case 'h':
-            for (size_t i = 0; i < sizeof usage / sizeof usage[0]; i++)
-                fputs(usage[i], stdout);
-            exit(0);
-        case OPT_VERSION: printf("sse-server %s\n", VERSION); exit(0);
-        case OPT_LISTEN:
-            check_listen(optarg);
-            o->cfg.listen = optarg;
-            break;
-        case OPT_ROOT: o->cfg.static_root = optarg; break;
-        case OPT_STREAM:
-            if (optarg[0] != '/' || strlen(optarg) < 2 || optarg[strlen(optarg) - 1] == '/')
-                die_usage("invalid value '%s' for --%s: expected a path such as /events", optarg,
-                          "stream");
-            o->cfg.stream_path = optarg;
-            break;
-        case OPT_BACKLOG: {
-            long long n = parse_number("backlog", optarg, 0, 100000000, false);
-            o->cfg.backlog = n ? (int)n : SSE_OFF;
-            break;
-        }
-        case OPT_BACKLOG_BYTES:
-            o->cfg.backlog_bytes =
-                (size_t)parse_number("backlog-bytes", optarg, 1, 1LL << 40, true);
-            break;
-        case OPT_HEARTBEAT: {
-            long long n = parse_number("heartbeat", optarg, 0, 86400, false);
-            o->cfg.heartbeat_ms = n ? (int)n * 1000 : SSE_OFF;
-            break;
-        }
-        case OPT_RETRY: {
-            long long n = parse_number("retry", optarg, 0, 86400000, false);
-            o->cfg.retry_ms = n ? (int)n : SSE_OFF;
-            break;
-        }
-        case OPT_NO_POSITION_EVENT: o->cfg.position_event = SSE_OFF; break;
-        case OPT_PUBLISH_TOKEN:
-        case OPT_SUBSCRIBE_TOKEN:
-            if (!optarg[0])
-                die_usage("empty value for %s", name);
-            *(c == OPT_PUBLISH_TOKEN ? &o->cfg.publish_token : &o->cfg.subscribe_token) = optarg;
-            break;
-        case OPT_STDIN: o->read_stdin = true; break;
-        case OPT_STDIN_FORMAT:
-            if (!strcmp(optarg, "lines"))
-                o->stdin_format = SSE_INPUT_LINES;
-            else if (!strcmp(optarg, "sse"))
-                o->stdin_format = SSE_INPUT_SSE;
-            else
-                die_usage("invalid value '%s' for --%s: expected lines or sse", optarg,
-                          "stdin-format");
-            break;
-        case OPT_DEMO: o->demo = true; break;
-        case OPT_CORS: o->cfg.cors_origin = optarg; break;
-        case OPT_MAX_CLIENTS:
-            o->cfg.max_clients = (int)parse_number("max-clients", optarg, 1, 10000000, false);
-            break;
-        case OPT_MAX_CLIENTS_PER_IP:
-            o->cfg.max_clients_per_ip =
-                (int)parse_number("max-clients-per-ip", optarg, 0, 10000000, false);
-            break;
-        case OPT_CLIENT_BUFFER:
-            o->cfg.client_buffer =
-                (size_t)parse_number("client-buffer", optarg, 1, 1LL << 40, true);
-            break;
-        case OPT_PACE_HIGH_WATER:
-            o->cfg.pace_high_water =
-                (size_t)parse_number("pace-high-water", optarg, 1, 1LL << 40, true);
-            break;
-        case OPT_MAX_EVENT_BYTES:
-            o->cfg.max_event_bytes =
-                (size_t)parse_number("max-event-bytes", optarg, 1, 64LL << 20, true);
-            break;
-        case OPT_HEADER_TIMEOUT:
-            o->cfg.header_timeout_ms =
-                (int)parse_number("header-timeout", optarg, 1, 86400, false) * 1000;
-            break;
-        case OPT_PROXY: {
-            struct sse_proxy_route *r = &o->routes[o->cfg.num_proxy_routes++];
-            char *prefix;
-            const char *url;
-            split_pair(optarg, "proxy", "PREFIX=http://HOST:PORT[/BASE]", &prefix, &url);
-            if (prefix[0] != '/' || strncmp(url, "http://", 7) != 0)
-                die_usage(
-                    "invalid value '%s=%s' for --proxy: expected PREFIX=http://HOST:PORT[/BASE]",
-                    prefix, url);
-            r->prefix = prefix;
-            r->upstream = url;
-            break;
-        }
-        case OPT_RELAY: {
-            struct sse_relay *r = &o->relays[o->cfg.num_relays++];
-            char *topic;
-            const char *url;
-            split_pair(optarg, "relay", "TOPIC=http://HOST:PORT/PATH", &topic, &url);
-            if (strncmp(url, "http://", 7) != 0)
-                die_usage("invalid value '%s=%s' for --relay: expected TOPIC=http://HOST:PORT/PATH",
-                          topic, url);
-            r->topic = topic;
-            r->url = url;
-            break;
-        }
-        case OPT_PROXY_CONNECT_TIMEOUT:
-            o->cfg.proxy_connect_timeout_ms =
-                (int)parse_number("proxy-connect-timeout", optarg, 1, 3600, false) * 1000;
-            break;
-        case OPT_PROXY_HEARTBEAT:
-            o->cfg.proxy_heartbeat_ms =
-                (int)parse_number("proxy-heartbeat", optarg, 0, 86400, false) * 1000;
-            break;
-        case OPT_JOURNAL:
-            if (!optarg[0])
-                die_usage("empty value for %s", name);
-            o->cfg.journal_path = optarg;
-            break;
-        case OPT_JOURNAL_SYNC:
-            if (!strcmp(optarg, "batch"))
-                o->cfg.journal_sync = SSE_JOURNAL_BATCH;
-            else if (!strcmp(optarg, "always"))
-                o->cfg.journal_sync = SSE_JOURNAL_ALWAYS;
-            else if (!strcmp(optarg, "none"))
-                o->cfg.journal_sync = SSE_JOURNAL_NONE;
-            else
-                die_usage("invalid value '%s' for --%s: expected always, batch or none", optarg,
-                          "journal-sync");
-            break;
-        case OPT_JOURNAL_MAX_BYTES:
-            o->cfg.journal_max_bytes =
-                (size_t)parse_number("journal-max-bytes", optarg, 4096, 1LL << 40, true);
-            break;
-        case OPT_REDIS:
-            if (!strchr(optarg, ':'))
-                die_usage("invalid value '%s' for --%s: expected HOST:PORT", optarg, "redis");
-            o->cfg.redis = optarg;
-            break;
-        case OPT_REDIS_STREAM:
-            if (!optarg[0] || strlen(optarg) > 255)
-                die_usage("invalid value '%s' for --%s: expected 1 to 255 bytes", optarg,
-                          "redis-stream");
-            o->cfg.redis_stream = optarg;
-            break;
-        case OPT_REDIS_PASSWORD:
-            if (!optarg[0])
-                die_usage("empty value for %s", name);
-            o->cfg.redis_password = optarg;
-            break;
-        case OPT_REDIS_MAXLEN:
-            o->cfg.redis_maxlen = (size_t)parse_number("redis-maxlen", optarg, 1, 1LL << 40, false);
-            break;
-        case OPT_QUIET: o->log_level = SSE_LOG_WARN; break;
-        case OPT_VERBOSE: o->log_level = SSE_LOG_DEBUG; break;
-        case ':': die_usage("option '%s' needs a value", name);
-        default: die_usage("unknown option '%s'", name);
-        }
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        const char *given = optind > 1 ? argv[optind - 1] : "";
+        if (c == 'h')
+            store_help(o, NULL, NULL, given);
+        if (c == ':')
+            die_usage("option '%s' needs a value", given);
+        if (c < OPT_CODE || c >= OPT_CODE + (int)NUM_OPTS)
+            die_usage("unknown option '%s'", given);
+        const struct opt *op = &opts[c - OPT_CODE];
+        if (op->off)
+            die_usage("--%s: built without %s", op->name, op->off);
+        op->store(o, op, optarg, given);
     }
     if (optind < argc)
         die_usage("unexpected argument '%s'", argv[optind]);
-    /* Tokens on the command line show in every local user's `ps`; the environment does not
-     * (a systemd EnvironmentFile, say). The option wins when both are given. */
-    const char *env = getenv("SSE_PUBLISH_TOKEN");
-    if (!o->cfg.publish_token && env && env[0])
-        o->cfg.publish_token = env;
-    env = getenv("SSE_SUBSCRIBE_TOKEN");
-    if (!o->cfg.subscribe_token && env && env[0])
-        o->cfg.subscribe_token = env;
-    env = getenv("SSE_REDIS_PASSWORD");
-    if (!o->cfg.redis_password && env && env[0])
-        o->cfg.redis_password = env;
+    options_from_env(o);
 }
 
 static void on_log(enum sse_log_level level, const char *msg, void *user) {

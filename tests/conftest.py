@@ -1,6 +1,7 @@
 """Shared fixtures for the black-box tests: start the real sse-server binary on port 0 and
 talk to it over plain sockets. Only the standard library and pytest are used."""
 
+import json
 import os
 import re
 import select
@@ -139,12 +140,50 @@ class Server:
         self._reader.join(timeout=5)
 
 
+# ---- skips: SSE_TESTS_STRICT=1 (CI) makes a skip a failure ----------------------------------
+# In CI `make test` has installed every tool and package the tests use, so a test that cannot
+# run there has found a fault, not a missing tool. A test skips in one of two ways:
+# - unavailable(why): something it needs is missing here (a tool, a package, a privilege, a
+#   kernel behaviour CI has): a skip on a developer's machine, a failure under strict;
+# - not_applicable(why), or a skipif whose reason starts with "not applicable: ": the test
+#   cannot apply to this build or machine even when everything is installed (no IPv6 loopback;
+#   a sanitizer build, which makes system calls and runs at speeds of its own). These stay
+#   skips under strict, with the reason shown.
+# Under strict, pytest_runtest_makereport turns any other skip into a failure.
+STRICT = os.environ.get("SSE_TESTS_STRICT") == "1"
+NOT_APPLICABLE = "not applicable: "
+
+
 def unavailable(why):
-    """A tool a test needs is missing: skip, or fail under SSE_TESTS_STRICT=1 (CI), where
-    `make test` has installed everything."""
-    if os.environ.get("SSE_TESTS_STRICT") == "1":
+    """Something the test needs is missing here: skip, or fail under SSE_TESTS_STRICT=1."""
+    if STRICT:
         pytest.fail(why + " (SSE_TESTS_STRICT=1)")
     pytest.skip(why)
+
+
+def not_applicable(why):
+    """The test cannot apply to this build or machine (see above): skip, also under strict."""
+    pytest.skip(NOT_APPLICABLE + why)
+
+
+def skip_reason(report):
+    """The reason a skipped report gives, without pytest's "Skipped: " prefix."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under SSE_TESTS_STRICT=1, a skip that does not say it is not applicable fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = skip_reason(report)
+        if not reason.startswith(NOT_APPLICABLE):
+            report.outcome = "failed"
+            report.longrepr = ("skipped under SSE_TESTS_STRICT=1, where every test must run "
+                               "unless it is not applicable: %s" % reason)
 
 
 @pytest.fixture
@@ -478,3 +517,87 @@ def settled_fd_count(srv, quiet=0.5, timeout=5):
         if m != n:
             n, since = m, time.monotonic()
     return n
+
+
+# ---- helpers more than one test file uses --------------------------------------------------
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a process (nginx, redis-server,
+    an upstream) that must be told its port before it starts."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def ev(id_, *lines, event=None):
+    """The exact bytes of one event as the server frames it: one data: line per line."""
+    out = "id: %s\n" % id_
+    if event is not None:
+        out += "event: %s\n" % event
+    for line in lines:
+        out += ("data: %s\n" % line) if line != "" else "data:\n"
+    return (out + "\n").encode("utf-8")
+
+
+def reset_bytes(current, requested, oldest):
+    """The exact bytes of the reset event a stream opens with when the requested id cannot be
+    replayed (oldest None: nothing is kept)."""
+    o = "null" if oldest is None else '"%s"' % oldest
+    return (
+        'id: %s\nevent: reset\ndata: {"requested": %s, "oldest": %s, "current": "%s"}\n\n'
+        % (current, json.dumps(requested), o, current)
+    ).encode("utf-8")
+
+
+def pub(port, data, topic=None, event=None, token="secret"):
+    """Publishes data over HTTP, requires 200 and returns the event's id."""
+    r = publish(port, data, topic=topic, event=event, token=token)
+    assert r.status == 200, (r.status, r.body)
+    return r.json()["id"]
+
+
+def read_prelude(st, retry=3000, initial_id=True):
+    """Reads `retry: N\\n\\n` (unless retry is 0) and the position event (`id: CURRENT`,
+    `event: position`, an empty `data:`); returns CURRENT (or None when initial_id is False)."""
+    if retry:
+        want = b"retry: %d\n\n" % retry
+        assert st.read_exactly(len(want)) == want
+    if not initial_id:
+        return None
+    blk = st.read_block()
+    m = re.fullmatch(rb"id: (\d+)\nevent: position\ndata:\n\n", blk)
+    assert m, blk
+    return m.group(1).decode()
+
+
+def expect_bytes(st, want, timeout=5):
+    """The next len(want) bytes of the stream are exactly want."""
+    got = st.read_exactly(len(want), timeout)
+    assert got == want
+
+
+def wait_metric(port, name, pred, timeout=10):
+    """Scrapes /metrics until pred(value of name) holds; returns that scrape (metric_values)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metric_values(port)
+        if pred(m[name]):
+            return m
+        assert time.monotonic() < deadline, "%s stuck at %r" % (name, m[name])
+        time.sleep(0.05)
+
+
+def exchange_closing(port, raw, timeout=5):
+    """Sends raw bytes on a fresh connection, reads one response, then requires the server
+    to close the connection. Returns (Response, bytes after the response before EOF)."""
+    s = connect(port, timeout)
+    try:
+        s.sendall(raw)
+        resp, rest = read_response(s, timeout)
+        tail = rest + recv_all(s, timeout)
+    finally:
+        s.close()
+    return resp, tail

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import pytest
 
 from clients import HERE, Browser, TcpRelay, header_value, wait_until
-from conftest import metric_values, publish
+from conftest import metric_values, pub, publish
 
 PAGES = os.path.join(HERE, "browser", "pages")
 OUT = os.path.join(HERE, "browser", "out")
@@ -35,12 +35,6 @@ def harness_url(origin, stream, types=(), credentials=False):
     if credentials:
         query["credentials"] = "1"
     return "%s/harness.html?%s" % (origin, urlencode(query))
-
-
-def pub(port, data, topic=None, event=None):
-    r = publish(port, data.encode("utf-8"), topic=topic, event=event)
-    assert r.status == 200, r
-    return r.json()["id"]
 
 
 def compare(browser, want):
@@ -363,6 +357,7 @@ def test_cors_from_another_origin(browser, start_server, cors):
     compare(browser, [{"data": "across origins", "id": id_}])
 
 
+@pytest.mark.journal
 def test_restart_with_journal_gives_every_event_exactly_once(browser, start_server, tmp_path):
     journal = str(tmp_path / "journal")
     args = ("--publish-token", "secret", "--root", PAGES, "--retry", "300", "--journal", journal)

@@ -180,7 +180,8 @@ def healthz_over(family, addr):
     assert (resp.status, resp.body) == (200, b"ok\n")
 
 
-@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not ipv6_loopback(),
+                    reason="not applicable: this machine has no IPv6 loopback (::1)")
 def test_listen_ipv6(start_server):
     srv = start_server("--listen", "[::1]:0")
     line = srv.wait_for_line(r"listening on")

@@ -15,10 +15,14 @@ import select
 import threading
 import time
 
+import pytest
+
 from clients import wait_until
 from conftest import build_request, connect, metric_values, parse_head, publish, recv_until
 from test_nginx import nginx_binary, start_nginx  # noqa: F401 (fixtures)
 from test_redis import node, redis  # noqa: F401 (redis: a redis-server, test_redis.Redis)
+
+pytestmark = pytest.mark.redis
 
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy",
                     "nginx-cluster.conf")

@@ -20,7 +20,8 @@ import time
 import pytest
 
 from clients import wait_until
-from conftest import BINARY, Stream, metric_values, publish, request, unavailable
+from conftest import (BINARY, Stream, metric_values, not_applicable, publish, request,
+                      unavailable)
 from test_nginx import nginx_binary, start_nginx  # noqa: F401 (fixtures)
 
 DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy")
@@ -208,7 +209,8 @@ def test_unit_verifies_and_is_hardened(tmp_path, variant):
     assert m.groups() == readme_exposure(), r.stdout.decode()
 
 
-@pytest.mark.parametrize("variant", UNITS)
+@pytest.mark.parametrize("variant", [pytest.param(v, marks=[pytest.mark.journal] if UNITS[v] else [])
+                                     for v in UNITS])
 def test_unit_execstart_options_are_valid(tmp_path, variant):
     """The unit's options start a server (on port 0 here instead of 8080, the journal in a
     temporary directory instead of /var/lib/sse-server), which keeps an event in the journal."""
@@ -265,11 +267,15 @@ def allowed_syscalls(analyze):
     return allowed
 
 
+@pytest.mark.relay
+@pytest.mark.proxy
+@pytest.mark.journal
 def test_every_syscall_is_allowed_by_the_unit(start_server, tmp_path):
     analyze, strace = tool("systemd-analyze"), tool("strace")
     with open(BINARY, "rb") as f:
         if b"__asan_init" in f.read():
-            pytest.skip("a sanitizer build makes system calls of its own (ptrace for LeakSanitizer)")
+            not_applicable("a sanitizer build makes system calls of its own (ptrace for "
+                           "LeakSanitizer) that the unit rightly forbids")
     allowed = allowed_syscalls(analyze)
     assert {"epoll_wait", "sendfile", "writev", "accept4"} <= allowed
     root = tmp_path / "www"

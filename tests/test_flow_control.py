@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from conftest import metric_values, publish, request
 from upstream import Upstream
 
@@ -189,6 +191,7 @@ def test_stalled_subscriber_among_few_is_left_behind(start_server):
             readers.kill()
 
 
+@pytest.mark.relay
 def test_relay_is_paced_by_its_subscribers(start_server):
     """An upstream sending numbered events as fast as its socket takes them: the relay stops
     reading it while the subscribers lag (its sends block), and every subscriber gets every

@@ -16,6 +16,7 @@ from conftest import (
     Stream,
     closed_by_reason,
     connect,
+    exchange_closing,
     healthy,
     publish,
     read_response,
@@ -35,19 +36,6 @@ GET_HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 
-
-
-def exchange_closing(port, raw, timeout=5):
-    """Sends raw bytes on a fresh connection, reads one response, then requires the server
-    to close the connection. Returns (Response, bytes after the response before EOF)."""
-    s = connect(port, timeout)
-    try:
-        s.sendall(raw)
-        resp, rest = read_response(s, timeout)
-        tail = rest + recv_all(s, timeout)
-    finally:
-        s.close()
-    return resp, tail
 
 
 def assert_error(resp, tail, status):
@@ -127,6 +115,7 @@ def test_keep_alive_two_requests_one_connection(server):
         s.close()
 
 
+@pytest.mark.valgrind
 def test_pipelining_responses_in_order(server):
     s = connect(server.port)
     try:
@@ -230,6 +219,7 @@ def test_absolute_form_target(server):
     assert (resp.status, resp.body) == (200, b"ok\n")
 
 
+@pytest.mark.valgrind
 def test_pipelined_junk_after_valid_request(server):
     s = connect(server.port)
     try:
@@ -284,11 +274,13 @@ def test_head_of_exactly_8192_bytes_ok(server):
     assert (resp.status, resp.body) == (200, b"ok\n")
 
 
+@pytest.mark.valgrind
 def test_head_of_8195_bytes_431(server):
     # 8193 bytes of request line and header lines even without the final blank line
     bad_request(server.port, _head_of_size(8195), 431)
 
 
+@pytest.mark.valgrind
 def test_head_split_byte_by_byte(server):
     s = connect(server.port)
     try:
@@ -309,6 +301,7 @@ def test_head_split_byte_by_byte(server):
         s.close()
 
 
+@pytest.mark.valgrind
 def test_65_headers_431(server):
     hs = b"".join(b"X-H%d: v\r\n" % i for i in range(64))  # + Host = 65
     raw = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + hs + b"\r\n"
@@ -347,16 +340,19 @@ MALFORMED = {
 }
 
 
+@pytest.mark.valgrind
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_malformed_400(server, name):
     bad_request(server.port, MALFORMED[name], 400)
 
 
+@pytest.mark.valgrind
 @pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/1.2", b"HTTP/0.9", b"HTTP/3.0"])
 def test_other_versions_505(server, version):
     bad_request(server.port, b"GET /healthz " + version + b"\r\nHost: localhost\r\n\r\n", 505)
 
 
+@pytest.mark.valgrind
 def test_unknown_method_405(server):
     resp, tail = exchange_closing(
         server.port, b"BREW /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -410,6 +406,7 @@ SMUGGLING = {
 }
 
 
+@pytest.mark.valgrind
 @pytest.mark.parametrize("name", sorted(SMUGGLING))
 def test_smuggling_shapes_400(server, name):
     bad_request(server.port, SMUGGLING[name], 400)
@@ -475,6 +472,7 @@ def test_silent_connection_closed_after_header_timeout(start_server):
     healthy(srv.port)
 
 
+@pytest.mark.valgrind
 def test_idle_keep_alive_closed_after_header_timeout(start_server):
     srv = start_server("--header-timeout", "1")
     s = connect(srv.port)
@@ -540,6 +538,7 @@ def test_metrics_names_and_types(server):
     assert r.header("Content-Length") == str(len(r.body))
 
 
+@pytest.mark.valgrind
 def test_metrics_values_follow_publishing(server):
     port = server.port
     sub = Stream(port, "/events")

@@ -16,7 +16,8 @@ import zlib
 
 import pytest
 
-from conftest import BINARY, Stream, metric_values, publish, request, unavailable
+from conftest import (BINARY, Stream, metric_values, not_applicable, publish, request,
+                      unavailable)
 
 HEADER_RE = re.compile(rb"(sse-journal 2 (\d+) )([0-9a-f]{8})\n")
 
@@ -63,6 +64,8 @@ def journal(tmp_path):
     return str(tmp_path / "events.journal")
 
 
+@pytest.mark.journal
+@pytest.mark.valgrind
 def test_format_is_the_wire_bytes_with_length_and_crc(start_server, journal):
     srv = start_server("--publish-token", "secret", "--journal", journal)
     st = Stream(srv.port, "/events?topic=news&topic=other")
@@ -85,6 +88,8 @@ def test_format_is_the_wire_bytes_with_length_and_crc(start_server, journal):
     assert os.stat(journal).st_mode & 0o777 == 0o600
 
 
+@pytest.mark.journal
+@pytest.mark.valgrind
 def test_restart_replays_and_ids_continue(start_server, journal):
     srv = start_server("--publish-token", "secret", "--journal", journal)
     ids = [pub(srv.port, "event %d" % i) for i in range(5)]
@@ -140,6 +145,8 @@ def write_journal(start_server, journal, n=3):
         return ids, f.read()
 
 
+@pytest.mark.journal
+@pytest.mark.valgrind
 @pytest.mark.parametrize("cut", ["in the record line", "in the bytes", "bad crc at the end"])
 def test_torn_last_record_is_dropped(start_server, journal, cut):
     ids, raw = write_journal(start_server, journal)
@@ -180,6 +187,7 @@ def start_failing(journal, *args):
     return r.returncode, r.stderr.decode()
 
 
+@pytest.mark.journal
 def test_damage_before_valid_records_refuses_to_start(start_server, journal):
     ids, raw = write_journal(start_server, journal)
     damaged = raw.replace(b"data: event 0", b"data: evil! 0")
@@ -195,6 +203,7 @@ def test_damage_before_valid_records_refuses_to_start(start_server, journal):
 
 @pytest.mark.parametrize("content", [b"hello world\n" * 10, b"sse-journal 3 5\n",
                                      b"sse-journal 2 5\n", b"\x00" * 100])
+@pytest.mark.journal
 def test_not_a_journal_refuses_to_start(journal, content):
     with open(journal, "wb") as f:
         f.write(content)
@@ -203,6 +212,7 @@ def test_not_a_journal_refuses_to_start(journal, content):
     assert err == "sse-server: journal %s: not an sse-server journal (version 1 or 2)\n" % journal
 
 
+@pytest.mark.journal
 def test_a_record_that_is_not_a_canonical_event_is_refused(start_server, journal):
     """A record whose CRC matches but whose bytes are not what the formatter makes (a
     forged file) is never served: alone at the end it is dropped as torn."""
@@ -217,6 +227,7 @@ def test_a_record_that_is_not_a_canonical_event_is_refused(start_server, journal
     srv.wait_for_line(r"1 events back in the backlog")
 
 
+@pytest.mark.journal
 def test_one_server_per_journal(start_server, journal):
     start_server("--journal", journal)
     code, err = start_failing(journal)
@@ -224,6 +235,7 @@ def test_one_server_per_journal(start_server, journal):
     assert err == "sse-server: journal %s: in use by another process\n" % journal
 
 
+@pytest.mark.journal
 def test_missing_directory_is_a_clear_error(tmp_path):
     path = str(tmp_path / "no" / "such" / "dir" / "j")
     code, err = start_failing(path)
@@ -231,6 +243,8 @@ def test_missing_directory_is_a_clear_error(tmp_path):
     assert err == "sse-server: journal %s: No such file or directory\n" % path
 
 
+@pytest.mark.journal
+@pytest.mark.valgrind
 def test_compaction_keeps_the_backlog_and_bounds_the_file(start_server, journal):
     srv = start_server("--publish-token", "secret", "--journal", journal, "--backlog", "5",
                        "--journal-max-bytes", "4096")
@@ -284,10 +298,12 @@ def count_fdatasync(start_server, tmp_path, mode, n=30):
         return f.read().count("fdatasync(")
 
 
+@pytest.mark.journal
 def test_sync_modes_make_the_promised_fdatasync_calls(start_server, tmp_path):
     with open(BINARY, "rb") as f:
         if b"__asan_init" in f.read():
-            pytest.skip("a sanitizer build runs too slowly under strace for this count")
+            not_applicable("a sanitizer build runs too slowly under strace for the batch "
+                           "count to mean anything")
     always = count_fdatasync(start_server, tmp_path, "always")
     batch = count_fdatasync(start_server, tmp_path, "batch")
     none = count_fdatasync(start_server, tmp_path, "none")
@@ -296,6 +312,8 @@ def test_sync_modes_make_the_promised_fdatasync_calls(start_server, tmp_path):
     assert none == 0
 
 
+@pytest.mark.journal
+@pytest.mark.valgrind
 def test_failed_write_is_503_and_nobody_receives_it(start_server, journal):
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
@@ -359,6 +377,7 @@ def journal_ids(journal):
         return [r[0] for r in parse_journal(f.read())[1]]
 
 
+@pytest.mark.journal
 def test_failed_sync_with_always_is_503_and_leaves_no_record(start_server, tmp_path, journal):
     """Syncs 1 (the new file's header), 2 and 3 work, 4 and 5 fail, then they work again.
     Linux reports a failed fdatasync() once and may have dropped the dirty pages, so an
@@ -390,6 +409,7 @@ def test_failed_sync_with_always_is_503_and_leaves_no_record(start_server, tmp_p
     assert journal_ids(journal) == acked  # the failed records were cut off
 
 
+@pytest.mark.journal
 def test_a_record_that_cannot_be_cut_off_stops_publishing(start_server, tmp_path, journal):
     """Sync 4 fails and so does cutting its record off: appending after that record would
     hide it under valid ones (a restart would refuse the file as damaged), so nothing more
@@ -410,6 +430,7 @@ def test_a_record_that_cannot_be_cut_off_stops_publishing(start_server, tmp_path
     assert publish(srv.port, b"after", topic="news").status == 200
 
 
+@pytest.mark.journal
 def test_failing_syncs_in_batch_mode_back_off(start_server, tmp_path, journal):
     """Syncs 2 to 4 fail. The events were acknowledged already (batch mode's trade), so the
     server tries again a period later, not in a loop that would spin the CPU and flood
@@ -429,6 +450,7 @@ def test_failing_syncs_in_batch_mode_back_off(start_server, tmp_path, journal):
     assert min(gaps) >= 0.9, gaps  # one attempt per period (lower bound: noise only adds)
 
 
+@pytest.mark.journal
 def test_a_failing_compaction_is_not_retried_at_every_publish(start_server, tmp_path, journal):
     """Every rename() fails, so no compaction completes: the server keeps appending (the
     old file stays whole) and tries again only once the file has doubled, not by copying
@@ -444,6 +466,7 @@ def test_a_failing_compaction_is_not_retried_at_every_publish(start_server, tmp_
     assert journal_ids(journal) == ids  # every event, in the file that stayed in use
 
 
+@pytest.mark.journal
 def test_a_new_journal_is_durable_with_its_directory(start_server, tmp_path):
     """fdatasync() makes the file's bytes durable, not the directory entry that finds it:
     a new journal's directory is synced too (except with --journal-sync none)."""
@@ -461,6 +484,7 @@ def test_a_new_journal_is_durable_with_its_directory(start_server, tmp_path):
         assert fsynced == synced, trace
 
 
+@pytest.mark.journal
 def test_a_backlog_larger_than_the_bound_doubles_between_compactions(start_server, journal):
     """The documented bound: the file stays under the larger of --journal-max-bytes and
     twice the backlog's size, plus one event, and a backlog larger than the bound does
@@ -566,6 +590,7 @@ def read_replay(port, after, until_id):
     return seen
 
 
+@pytest.mark.journal
 def test_kill_9_at_random_moments_loses_no_acknowledged_event(start_server, journal):
     rng = random.Random(9)
     args = ("--publish-token", "secret", "--journal", journal, "--backlog", "100000",
@@ -626,6 +651,7 @@ def header_v2(floor):
     return line + b"%08x\n" % zlib.crc32(line)
 
 
+@pytest.mark.journal
 @pytest.mark.parametrize("version", [1, 2])
 def test_ids_never_wrap_past_2_64(start_server, journal, version):
     """A journal whose floor is 2^64 - 3: two publishes take the last two ids, then the id
@@ -657,6 +683,7 @@ def test_ids_never_wrap_past_2_64(start_server, journal, version):
     assert publish(srv.port, b"still full", topic="news").status == 503
 
 
+@pytest.mark.journal
 @pytest.mark.parametrize("how", ["floor changed", "crc changed", "crc missing"])
 def test_a_header_that_fails_its_crc_is_refused(start_server, journal, how):
     ids, raw = write_journal(start_server, journal)
@@ -683,6 +710,7 @@ def test_a_header_that_fails_its_crc_is_refused(start_server, journal, how):
         assert f.read() == damaged  # left for a person to look at
 
 
+@pytest.mark.journal
 def test_a_version_1_journal_is_read_and_rewritten_with_a_checked_header(start_server, journal):
     """Files written before the header had a CRC still load (ids go on above them), and are
     compacted at once into version 2."""
@@ -706,6 +734,7 @@ def test_a_version_1_journal_is_read_and_rewritten_with_a_checked_header(start_s
         st.close()
 
 
+@pytest.mark.journal
 def test_a_full_disk_is_reported_by_healthz_until_writing_works(start_server, tmp_path, journal):
     """The second event's write fails with ENOSPC: the publish is a 503, and /healthz says
     "journal cannot write" (not 200) until a probe (fallocate, once a second, the first two
@@ -726,6 +755,7 @@ def test_a_full_disk_is_reported_by_healthz_until_writing_works(start_server, tm
     assert probes == ["-1", "-1", "0"], probes
 
 
+@pytest.mark.journal
 def test_stdin_stops_at_the_end_of_the_id_space(start_server, journal):
     """The input path checks the id space as publishing over HTTP does: the last id taken,
     the next lines are refused with a log line, never given id 0."""

@@ -13,6 +13,7 @@ from conftest import (
     Stream,
     build_request,
     connect,
+    exchange_closing,
     healthy,
     metric_values,
     parse_block,
@@ -22,6 +23,7 @@ from conftest import (
     recv_until,
     request,
     settled_fd_count,
+    wait_metric,
 )
 
 STREAM_HEAD = re.compile(
@@ -46,16 +48,6 @@ STREAM_HEAD = re.compile(
 
 
 
-def wait_metric(port, name, pred, timeout=10):
-    deadline = time.monotonic() + timeout
-    while True:
-        m = metric_values(port)
-        if pred(m[name]):
-            return m
-        assert time.monotonic() < deadline, "%s stuck at %r" % (name, m[name])
-        time.sleep(0.05)
-
-
 def subscribe(port, path="/events", retry=3000):
     """A real subscription: exact head, retry block, then the initial id block."""
     st = Stream(port, path)
@@ -71,17 +63,6 @@ def subscribe(port, path="/events", retry=3000):
 def read_all_reset_ok(sock, timeout=10):
     """Everything until EOF or reset."""
     return recv_all(sock, timeout)
-
-
-def exchange_closing(port, raw, timeout=5):
-    s = connect(port, timeout)
-    try:
-        s.sendall(raw)
-        resp, rest = read_response(s, timeout)
-        tail = rest + recv_all(s, timeout)
-    finally:
-        s.close()
-    return resp, tail
 
 
 def try_stream(port, timeout=3):

@@ -9,23 +9,12 @@ import resource
 import socket
 import time
 
-from conftest import (BINARY, WRAPPER, Stream, build_request, connect, metric_values, publish, read_response,
-                      recv_all, recv_until)
+import pytest
 
-
-def ev(id_, data):
-    return ("id: %s\ndata: %s\n\n" % (id_, data)).encode("utf-8")
-
-
-def reset_bytes(current, requested, oldest):
-    return ('id: %s\nevent: reset\ndata: {"requested": "%s", "oldest": "%s", "current": "%s"}'
-            "\n\n" % (current, requested, oldest, current)).encode("utf-8")
-
-
-def pub(port, data, topic=None):
-    r = publish(port, data, topic=topic)
-    assert r.status == 200, (r.status, r.body)
-    return r.json()["id"]
+from conftest import (
+    BINARY, WRAPPER, Stream, build_request, connect, ev, metric_values, pub, read_response,
+    recv_all, recv_until, reset_bytes,
+)
 
 
 def expect_resume(port, last_id, want):
@@ -96,6 +85,7 @@ def test_backlog_bytes_bound_evicts_oldest(start_server):
                                       % (big_id, ids[-1], big_id)).encode())
 
 
+@pytest.mark.journal
 def test_journal_read_back_within_backlog_bytes(start_server, tmp_path):
     """A journal written under a large bound, read back under a small one, holds only what
     the small one allows, and compaction rewrites the file with just that."""

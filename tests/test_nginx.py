@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from conftest import build_request, connect, metric_values, parse_head, publish, unavailable
+from conftest import (
+    build_request, connect, free_port, metric_values, parse_head, publish, unavailable,
+)
 
 POLICY_RC = "/usr/sbin/policy-rc.d"
 
@@ -83,14 +85,6 @@ def nginx_binary():
     if not path:
         unavailable("nginx is not installed and could not be installed: %s" % why)
     return path
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def proxy_conf(d, port, upstream_port):

@@ -13,14 +13,8 @@ import time
 import pytest
 
 from clients import CLIENTS, TcpRelay, require_node_packages
-from conftest import Stream, publish
+from conftest import Stream, pub
 from test_stream import FRAMING_CASES
-
-
-def pub(port, data, topic=None, event=None):
-    r = publish(port, data.encode("utf-8"), topic=topic, event=event)
-    assert r.status == 200, r
-    return r.json()["id"]
 
 
 def parse_with_eventsource_parser(raw, seed=1):

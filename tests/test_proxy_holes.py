@@ -255,6 +255,7 @@ def test_framing_direct(start_server, name, lines, body, verdict):
         assert got[1][1] == b"ok\n", (name, got)
 
 
+@pytest.mark.proxy
 @pytest.mark.parametrize("name,lines,body,verdict", FRAMING, ids=[c[0] for c in FRAMING])
 def test_framing_through_proxy(start_server, recorder, name, lines, body, verdict):
     srv = start_server("--proxy", "/api=%s/base" % recorder.url)
@@ -288,6 +289,7 @@ def test_framing_through_proxy(start_server, recorder, name, lines, body, verdic
         assert [r["line"] for r in reqs[1]] == ["GET /base/sentinel HTTP/1.1"], (name, conns)
 
 
+@pytest.mark.proxy
 def test_connection_content_length_smuggling(start_server, recorder):
     # The issue's own reproduction: a body that holds a second request, outside the base,
     # with the attacker's X-Real-IP; Connection names Content-Length.
@@ -305,6 +307,7 @@ def test_connection_content_length_smuggling(start_server, recorder):
         assert reqs[0]["body"] == BODY_REQUEST
 
 
+@pytest.mark.proxy
 def test_connection_host_kept(start_server, recorder):
     srv = start_server("--proxy", "/api=%s/base" % recorder.url)
     r = request(srv.port, raw=b"GET /api/h HTTP/1.1\r\nHost: site.example\r\n"
@@ -374,6 +377,7 @@ def remove_dots(path):
     return b"/" + b"/".join(out)
 
 
+@pytest.mark.proxy
 def test_dot_segments_through_proxy(start_server, recorder):
     # --proxy /ngx=UP/public: nothing the upstream gets may leave /public for any reading of
     # the path; a climb is refused with 400 or answered locally, never forwarded.
@@ -403,6 +407,7 @@ def test_dot_segments_through_proxy(start_server, recorder):
     assert len(recorder.wait(forwarded, timeout=0.2)) == forwarded
 
 
+@pytest.mark.proxy
 def test_dot_segments_normalised_within_base(start_server, recorder):
     # Dot segments that stay inside the route are resolved before the request goes up, and
     # escapes of unreserved characters are decoded; other escapes go as sent (upper case).
@@ -440,6 +445,7 @@ def test_dot_segments_direct(start_server, tmp_path):
 # ---- 3. spoofed client addresses ---------------------------------------------------------------
 
 
+@pytest.mark.proxy
 def test_spoofed_forwarding_headers_dropped(start_server, recorder):
     srv = start_server("--proxy", "/api=%s" % recorder.url)
     spoofs = [("X_Real_IP", "6.6.6.6"), ("x_real_ip", "6.6.6.6"), ("X-Real_IP", "6.6.6.6"),
@@ -463,6 +469,7 @@ def test_spoofed_forwarding_headers_dropped(start_server, recorder):
         'for=6.6.6.6;proto=https, for=7.7.7.7, for=127.0.0.1;host="site.example";proto=http')
 
 
+@pytest.mark.proxy
 def test_forwarded_unclosed_quote_dropped(start_server, recorder):
     # An unterminated quoted string would swallow our element: the client's value goes.
     srv = start_server("--proxy", "/api=%s" % recorder.url)
@@ -476,6 +483,7 @@ def test_forwarded_unclosed_quote_dropped(start_server, recorder):
 # ---- 4. the send timeout of proxied responses -------------------------------------------------
 
 
+@pytest.mark.proxy
 def test_proxied_response_send_timeout(start_server):
     # A client that asks for a large proxied response and never reads is dropped once no
     # byte has left for SEND_TIMEOUT_MS (60 s), and the upstream connection with it. Slow:

@@ -4,11 +4,16 @@ validation, UTF-8, size limits, body framing, Expect: 100-continue, keep-alive."
 import re
 import time
 
+import pytest
+
 from conftest import (
     Stream,
     build_request,
     connect,
+    ev,
+    expect_bytes,
     publish,
+    read_prelude,
     read_response,
     recv_until,
     request,
@@ -16,28 +21,6 @@ from conftest import (
 
 PUB_RE = re.compile(rb'\{"id": "(\d+)", "topic": "([A-Za-z0-9._-]+)", "subscribers": (\d+)\}\n')
 AUTH = {"Authorization": "Bearer secret"}
-
-
-def ev(id_, *lines, event=None):
-    out = "id: %s\n" % id_
-    if event is not None:
-        out += "event: %s\n" % event
-    for line in lines:
-        out += ("data: %s\n" % line) if line != "" else "data:\n"
-    return (out + "\n").encode("utf-8")
-
-
-def read_prelude(st):
-    want = b"retry: 3000\n\n"
-    assert st.read_exactly(len(want)) == want
-    blk = st.read_block()
-    m = re.fullmatch(rb"id: (\d+)\nevent: position\ndata:\n\n", blk)
-    assert m, blk
-    return m.group(1).decode()
-
-
-def expect_bytes(st, want, timeout=5):
-    assert st.read_exactly(len(want), timeout) == want
 
 
 def parse_ok(r, topic="default"):
@@ -83,6 +66,7 @@ def test_missing_authorization_401(server):
     is_text_error(r)
 
 
+@pytest.mark.valgrind
 def test_wrong_tokens_401(server):
     for tok in ("secreT", "terces", "xxxxxx", "secre", "s", "secretx", "secret1", ""):
         r = publish(server.port, "x", token=tok)
@@ -181,6 +165,7 @@ def test_ids_strictly_increasing_across_topics(server):
     assert all(x < y for x, y in zip(ids, ids[1:]))
 
 
+@pytest.mark.valgrind
 def test_published_event_arrives_with_returned_id(server):
     st = Stream(server.port, "/events/live")
     try:
@@ -251,6 +236,7 @@ def test_query_plus_is_space(server):
 # ---- body ---------------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_invalid_utf8_400_nothing_delivered(server):
     st = Stream(server.port)
     try:
@@ -289,6 +275,7 @@ def test_max_event_bytes(start_server):
     parse_ok(post(s.port, "/publish", b""))
 
 
+@pytest.mark.valgrind
 def test_413_closes_connection(start_server):
     s = start_server("--publish-token", "secret", "--max-event-bytes", "10")
     raw = build_request("POST", "/publish", AUTH, b"0123456789ABCDEF")
@@ -306,6 +293,7 @@ def test_413_closes_connection(start_server):
         sock.close()
 
 
+@pytest.mark.valgrind
 def test_chunked_411(server):
     raw = (
         b"POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n"
@@ -316,6 +304,7 @@ def test_chunked_411(server):
     assert r.status == 411
 
 
+@pytest.mark.valgrind
 def test_content_length_and_transfer_encoding_400(server):
     st = Stream(server.port)
     try:
@@ -332,6 +321,7 @@ def test_content_length_and_transfer_encoding_400(server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_expect_100_continue(server):
     st = Stream(server.port)
     try:
@@ -376,6 +366,7 @@ def test_keep_alive_two_publishes(server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_pipelined_publishes(server):
     st = Stream(server.port)
     s = connect(server.port)
@@ -400,6 +391,7 @@ def test_pipelined_publishes(server):
 # ---- DELETE and methods -------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_delete_publish_json(server):
     r = request(server.port, "DELETE", "/publish?topic=gone", AUTH)
     assert r.status == 200
@@ -439,6 +431,7 @@ def test_default_max_event_bytes_1mib(start_server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_max_size_event_reaches_idle_subscriber(server):
     """With the defaults a 1 MiB payload frames to more than --client-buffer (1 MiB), but an
     idle subscriber always takes one event: it is delivered whole, not counted as a drop."""
@@ -455,6 +448,7 @@ def test_max_size_event_reaches_idle_subscriber(server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_cors_on_publish_and_preflight(start_server):
     s = start_server("--publish-token", "secret", "--cors", "https://example.com")
     r = request(s.port, "OPTIONS", "/publish", {"Origin": "https://evil.example"})
@@ -479,6 +473,7 @@ def test_options_publish_without_cors(server):
     assert b"Access-Control" not in r.raw_head
 
 
+@pytest.mark.valgrind
 def test_body_arriving_in_pieces(server):
     """A publish whose head and body arrive over several reads, with a pipelined request
     right behind the body, is read exactly: nothing of the body is lost or taken for the

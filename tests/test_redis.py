@@ -19,17 +19,11 @@ import time
 import pytest
 
 from clients import wait_until
-from conftest import BINARY, Stream, metric_values, publish, request, unavailable
+from conftest import BINARY, Stream, free_port, metric_values, publish, request, unavailable
+
+pytestmark = pytest.mark.redis
 
 ID_RE = re.compile(r"^[1-9][0-9]*-[0-9]+$")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Redis:
@@ -113,6 +107,7 @@ def read_events(st, n, timeout=10):
     return out
 
 
+@pytest.mark.valgrind
 def test_every_node_delivers_every_event_once_in_order(start_server, redis):
     nodes = [node(start_server, redis) for _ in range(3)]
     streams = [Stream(n.port, "/events/news") for n in nodes]
@@ -181,6 +176,7 @@ def test_resume_on_another_node_with_last_event_id(start_server, redis):
     assert metric_values(late.port)["sse_replays_total"] == 1
 
 
+@pytest.mark.valgrind
 def test_replay_from_redis_pages_and_topics(start_server, redis):
     a = node(start_server, redis)
     start = Stream(a.port, "/events/news")
@@ -225,6 +221,7 @@ def test_trimmed_history_is_a_reset(start_server, redis):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_redis_down_publish_503_subscribers_stay(start_server, redis):
     a, b = node(start_server, redis), node(start_server, redis, "--heartbeat", "1")
     st = Stream(b.port, "/events/news")
@@ -313,6 +310,7 @@ def test_redis_restart_during_steady_publish_loses_nothing(start_server, redis):
     assert seen[0] == seen[1] == seen[2]  # every node, the same sequence
 
 
+@pytest.mark.journal
 def test_options(start_server, tmp_path):
     def run(*args):
         return subprocess.run([BINARY, "--listen", "127.0.0.1:0", *args], capture_output=True,
@@ -430,6 +428,7 @@ def test_stdin_across_a_redis_outage_loses_nothing(start_server, redis):
     assert metric_values(a.port)["sse_redis_publish_unknown_total"] == 0
 
 
+@pytest.mark.relay
 def test_relay_across_a_redis_outage_loses_nothing(start_server, redis):
     """A relay stops taking upstream events while Redis is down and, once it is back,
     reconnects with the last upstream id Redis took: the events published upstream

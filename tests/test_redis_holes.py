@@ -14,8 +14,12 @@ import socket
 import threading
 import time
 
+import pytest
+
 from conftest import Stream, request
 from test_redis import Redis, node, pub, read_events, redis  # noqa: F401 (redis: a fixture)
+
+pytestmark = pytest.mark.redis
 
 # ---- an idle node stays healthy ------------------------------------------------------------
 

@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from conftest import BINARY, Stream, healthy, metric_values, publish
+from conftest import BINARY, Stream, free_port, healthy, metric_values, publish
+
+pytestmark = [pytest.mark.valgrind, pytest.mark.relay]
 
 # ---- a controllable upstream ---------------------------------------------------------------
 
@@ -254,14 +256,6 @@ def lines_matching(srv, pattern, start=0):
 def reconnect_delays(srv, topic, start=0):
     pattern = r"relay %s: reconnecting to \S+ in (\d+) ms" % topic
     return [int(m.group(1)) for m in lines_matching(srv, pattern, start)]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start_relay(start_server, url, *extra, topic="feed"):

@@ -1,7 +1,6 @@
 """Replay of missed events (Last-Event-ID header and query spellings), the reset signal, the
 seam between replay and live events, and restarts."""
 
-import json
 import random
 import re
 import threading
@@ -10,39 +9,15 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import Stream, build_request, connect, metric_values, publish, read_response
-
-
-def ev(id_, *lines, event=None):
-    out = "id: %s\n" % id_
-    if event is not None:
-        out += "event: %s\n" % event
-    for line in lines:
-        out += ("data: %s\n" % line) if line != "" else "data:\n"
-    return (out + "\n").encode("utf-8")
-
-
-def reset_bytes(current, requested, oldest):
-    o = "null" if oldest is None else '"%s"' % oldest
-    return (
-        'id: %s\nevent: reset\ndata: {"requested": %s, "oldest": %s, "current": "%s"}\n\n'
-        % (current, json.dumps(requested), o, current)
-    ).encode("utf-8")
-
-
-def pub(port, data, topic=None, event=None):
-    r = publish(port, data, topic=topic, event=event)
-    assert r.status == 200, (r.status, r.body)
-    return r.json()["id"]
+from conftest import (
+    Stream, build_request, connect, ev, expect_bytes, metric_values, pub, read_response,
+    reset_bytes,
+)
 
 
 def expect_retry(st, retry=3000):
     want = b"retry: %d\n\n" % retry
     assert st.read_exactly(len(want)) == want
-
-
-def expect_bytes(st, want, timeout=5):
-    assert st.read_exactly(len(want), timeout) == want
 
 
 def read_prelude(st):
@@ -83,6 +58,7 @@ def test_replay_by_query(server, name):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_replay_query_with_topics(server):
     ids = [pub(server.port, "m%d" % i, topic=("a", "b")[i % 2]) for i in range(4)]
     st = Stream(server.port, "/events?topic=a&lastEventId=%s&topic=b" % ids[1])
@@ -116,6 +92,7 @@ def test_header_wins_even_when_query_is_garbage(server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_replay_only_stream_topics_in_order(server):
     port = server.port
     marker = pub(port, "marker", topic="z")
@@ -217,6 +194,7 @@ def test_replays_and_resets_counted(start_server):
 # ---- reset --------------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_reset_older_than_backlog(start_server):
     s = start_server("--publish-token", "secret", "--backlog", "3")
     ids = [pub(s.port, "e%d" % i) for i in range(10)]
@@ -276,6 +254,7 @@ def test_reset_non_numeric(server, bad):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_reset_requested_is_json_escaped(server):
     first = pub(server.port, "x")
     bad = 'a"b\\c'
@@ -329,6 +308,7 @@ def test_reset_backlog_zero_nothing_published(start_server):
 # ---- the seam -----------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_seam_no_gap_no_duplicate(start_server):
     s = start_server("--publish-token", "secret", "--heartbeat", "0")
     port = s.port
@@ -439,6 +419,7 @@ def test_replay_after_restart_is_reset(start_server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_large_replay_exact(server):
     """A replay of most of a full default backlog (1024) arrives whole and in order."""
     port = server.port

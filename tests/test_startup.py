@@ -1,5 +1,6 @@
 """Start-up: names resolved once, start-up failures exit 1, and the documented defaults."""
 
+import re
 import subprocess
 
 from conftest import BINARY, Stream, request
@@ -46,7 +47,8 @@ def test_dotfiles_inside_root_are_served(start_server, tmp_path):
 def test_default_heartbeat_and_retry_are_documented_values(start_server):
     """--help says 15 s heartbeat and 3000 ms retry; the stream says retry: 3000."""
     help_text = run("--help").stdout.decode()
-    assert "(default 15; 0 = none)" in help_text and "(default 3000; 0 = none)" in help_text
+    assert re.search(r"--heartbeat SECONDS [^(]*; 0 = none \(default: 15\)", help_text), help_text
+    assert re.search(r"--retry MS [^(]*; 0 = none \(default: 3000\)", help_text), help_text
     srv = start_server()
     st = Stream(srv.port)
     assert st.read_block() == b"retry: 3000\n\n"

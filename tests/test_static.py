@@ -140,6 +140,7 @@ def test_file_type_length_body(static, name):
     assert IMF_FIXDATE.match(r.header("Date", ""))
 
 
+@pytest.mark.valgrind
 def test_big_binary_file_exact(static):
     big = static.site["big"]
     s = connect(static.port, 20)
@@ -159,6 +160,7 @@ def test_big_binary_file_exact(static):
         assert r.body == big
 
 
+@pytest.mark.valgrind
 def test_keep_alive_across_static_files(static):
     s = connect(static.port)
     try:
@@ -182,6 +184,7 @@ def test_keep_alive_across_static_files(static):
     assert rs[3].body == FILES["data.json"][0]
 
 
+@pytest.mark.valgrind
 def test_head_static(static):
     r = get(static.port, "/readme.txt", method=b"HEAD")
     assert r.status == 200
@@ -213,6 +216,7 @@ def test_put_static_405(static):
 # ---- If-Modified-Since --------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_if_modified_since_equal_304(static):
     lm = http_date(static.site["root"] / "readme.txt")
     s = connect(static.port)
@@ -266,6 +270,7 @@ def test_if_modified_since_garbage_200(static, value):
 # ---- directories --------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_root_index(static):
     r = get(static.port, "/")
     assert r.status == 200
@@ -282,6 +287,7 @@ def test_directory_with_slash_serves_index(static):
     assert (r.status, r.body) == (200, b"inner\n")
 
 
+@pytest.mark.valgrind
 def test_directory_without_slash_redirects(static):
     r = get(static.port, "/sub")
     assert r.status == 301
@@ -296,6 +302,7 @@ def test_directory_without_index_404(static):
     assert_not_found(get(static.port, "/emptydir/"))
 
 
+@pytest.mark.valgrind
 def test_missing_file_404(static):
     r = get(static.port, "/missing.txt")
     assert_not_found(r)
@@ -352,6 +359,7 @@ def test_dot_dot_inside_the_root_refused(static, path):
     assert get(static.port, "/readme.txt").body == FILES["readme.txt"][0]
 
 
+@pytest.mark.valgrind
 def test_symlink_to_file_outside_404(static):
     assert_not_found(get(static.port, "/link_out.txt"))
     assert_not_found(get(static.port, "/rel_link_out.txt"))
@@ -371,6 +379,7 @@ def test_symlink_inside_root_200(static):
     assert (r.status, r.body) == (200, b"inner\n")
 
 
+@pytest.mark.valgrind
 def test_fifo_404_no_hang(static):
     r = get(static.port, "/fifo.txt")
     assert_not_found(r)
@@ -379,6 +388,7 @@ def test_fifo_404_no_hang(static):
     assert r.status == 200
 
 
+@pytest.mark.valgrind
 @pytest.mark.parametrize("path", ["/%00", "/readme.txt%00.html", "/%zz", "/read%4"])
 def test_bad_escapes_400(static, path):
     r = get(static.port, path)

@@ -3,16 +3,7 @@
 import re
 import subprocess
 
-from conftest import Stream, publish, request
-
-
-def read_prelude(st):
-    want = b"retry: 3000\n\n"
-    assert st.read_exactly(len(want)) == want
-    blk = st.read_block()
-    m = re.fullmatch(rb"id: (\d+)\nevent: position\ndata:\n\n", blk)
-    assert m, blk
-    return m.group(1).decode()
+from conftest import Stream, publish, read_prelude, request
 
 
 def feed(server, data):

@@ -10,8 +10,11 @@ from conftest import (
     Stream,
     build_request,
     connect,
+    ev,
+    expect_bytes,
     parse_head,
-    publish,
+    pub,
+    read_prelude,
     read_response,
     recv_until,
     request,
@@ -28,45 +31,10 @@ STREAM_HEADERS = [
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def ev(id_, *lines, event=None):
-    """The exact bytes of one event as the server frames it."""
-    out = "id: %s\n" % id_
-    if event is not None:
-        out += "event: %s\n" % event
-    for line in lines:
-        out += ("data: %s\n" % line) if line != "" else "data:\n"
-    return (out + "\n").encode("utf-8")
-
-
-def pub(port, data, topic=None, event=None, token="secret"):
-    r = publish(port, data, topic=topic, event=event, token=token)
-    assert r.status == 200, (r.status, r.body)
-    return r.json()["id"]
-
-
 def pub_raw_path(port, path, data=b"", token="secret"):
     r = request(port, "POST", path, {"Authorization": "Bearer " + token}, data)
     assert r.status == 200, (r.status, r.body)
     return r.json()["id"]
-
-
-def read_prelude(st, retry=3000, initial_id=True):
-    """Reads `retry: N\\n\\n` (unless retry is 0) and the position event (`id: CURRENT`,
-    `event: position`, an empty `data:`); returns CURRENT (or None when initial_id is False)."""
-    if retry:
-        want = b"retry: %d\n\n" % retry
-        assert st.read_exactly(len(want)) == want
-    if not initial_id:
-        return None
-    blk = st.read_block()
-    m = re.fullmatch(rb"id: (\d+)\nevent: position\ndata:\n\n", blk)
-    assert m, blk
-    return m.group(1).decode()
-
-
-def expect_bytes(st, want, timeout=5):
-    got = st.read_exactly(len(want), timeout)
-    assert got == want
 
 
 def check_stream_head(raw_head, extra=()):
@@ -116,6 +84,7 @@ def open_raw_stream(port, raw, timeout=5):
 # ---- head and prelude ---------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_stream_head_exact(server):
     st = Stream(server.port)
     try:
@@ -244,6 +213,7 @@ FRAMING_CASES = {
 }
 
 
+@pytest.mark.valgrind
 @pytest.mark.parametrize("case", sorted(FRAMING_CASES))
 def test_framing(server, case):
     payload, event, want_lines = FRAMING_CASES[case]
@@ -329,6 +299,7 @@ def test_topic_64_chars_ok(server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_multi_topic_in_id_order(server):
     st = Stream(server.port, "/events?topic=a&topic=b")
     try:
@@ -375,6 +346,7 @@ def test_32_topics_ok(server):
         st.close()
 
 
+@pytest.mark.valgrind
 def test_33_topics_rejected(server):
     q = "&".join("topic=t%d" % i for i in range(33))
     r = get(server.port, "/events?" + q)
@@ -416,6 +388,7 @@ def test_invalid_topic_names(server):
 # ---- Accept -------------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_accept_json_406(server):
     r = get(server.port, "/events", {"Accept": "application/json"})
     assert r.status == 406
@@ -459,6 +432,7 @@ def test_subscribe_token_missing_401(start_server):
     assert r.header("WWW-Authenticate") == "Bearer"
 
 
+@pytest.mark.valgrind
 def test_subscribe_token_wrong_401(start_server):
     s = start_server("--subscribe-token", "tok123")
     for path, headers in (
@@ -502,6 +476,7 @@ def test_subscribe_token_query_ok(start_server):
 # ---- heartbeat ----------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_heartbeat_one_second(start_server):
     s = start_server("--heartbeat", "1")
     st = Stream(s.port)
@@ -652,6 +627,7 @@ def test_retire_topic_without_subscribers(server):
     assert get(server.port, "/events/nobody").status == 204
 
 
+@pytest.mark.valgrind
 def test_retire_closes_all_subscribers_of_topic(server):
     port = server.port
     subs = [Stream(port, "/events/job") for _ in range(3)]
@@ -673,6 +649,7 @@ def test_retire_closes_all_subscribers_of_topic(server):
 # ---- CORS ---------------------------------------------------------------------------------
 
 
+@pytest.mark.valgrind
 def test_cors_origin_with_credentials(start_server):
     s = start_server("--cors", "https://example.com")
     st = Stream(s.port, "/events", {"Origin": "https://evil.example"})
@@ -723,6 +700,7 @@ def test_no_cors_never_echoes_origin(server):
     assert b"evil" not in r.raw_head
 
 
+@pytest.mark.valgrind
 def test_retire_flushes_large_queue_before_eof(start_server):
     """Everything queued for a subscriber that reads slowly arrives before the EOF."""
     import socket
