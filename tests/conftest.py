@@ -173,6 +173,23 @@ def skip_reason(report):
     return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
 
 
+# The markers (the settings a pytest.ini would hold, kept here so the top level stays small).
+# A marker not listed is an error (--strict-markers), so a typo cannot quietly select nothing.
+MARKERS = {
+    "valgrind": "the representative subset `make valgrind` runs under valgrind",
+    "proxy": "needs the reverse proxy (--proxy; SSE_ENABLE_PROXY)",
+    "relay": "needs relays (--relay; SSE_ENABLE_PROXY)",
+    "journal": "needs the journal (--journal; SSE_ENABLE_JOURNAL)",
+    "redis": "needs Redis (--redis; SSE_ENABLE_REDIS)",
+}
+
+
+def pytest_configure(config):
+    config.option.strict_markers = True
+    for name, meaning in MARKERS.items():
+        config.addinivalue_line("markers", "%s: %s" % (name, meaning))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under SSE_TESTS_STRICT=1, a skip that does not say it is not applicable fails."""
