@@ -1060,15 +1060,21 @@ def s8_series(R, name, have, C, n):
         sub_wait_ready(R, subs, READY_TIMEOUT[0])
 
     def step(rate, secs, kind):
-        if state.get("dirty"):
-            fresh()
-        r = s8_step(R, state["srv"], state["subs"], rate, secs)
-        r["kind"] = kind
-        steps.append(r)
-        log("      %-7s %8.0f events/s: %s" % (kind, rate, "held, p99 %s ms" % ms(r["p99"])
-                                               if r["held"] else "failed (%s)" % r["why"]))
-        state["dirty"] = not r["held"]
-        return r["held"]
+        # Load from elsewhere on the machine only ever makes a step fail: a failed step is
+        # tried once more (on a fresh server) before it counts.
+        for attempt in (1, 2):
+            if state.get("dirty"):
+                fresh()
+            r = s8_step(R, state["srv"], state["subs"], rate, secs)
+            r["kind"] = kind if attempt == 1 else kind + " again"
+            steps.append(r)
+            log("      %-13s %8.0f events/s: %s"
+                % (r["kind"], rate, "held, p99 %s ms" % ms(r["p99"]) if r["held"]
+                   else "failed (%s)" % r["why"]))
+            state["dirty"] = not r["held"]
+            if r["held"]:
+                return True
+        return False
 
     t_end = time.time() + C["s8_budget"]
     try:
@@ -1094,7 +1100,7 @@ def s8_series(R, name, have, C, n):
             R.stop(state["srv"].proc)
             for p in state["subs"].procs:
                 R.stop(p)
-    held = [r for r in steps if r["kind"] == "confirm" and r["held"]]
+    held = [r for r in steps if r["kind"].startswith("confirm") and r["held"]]
     return {"n": n, "steps": steps, "best": held[-1] if held else None,
             "budget_out": time.time() >= t_end}
 
@@ -1607,7 +1613,8 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
             "a low start; steps of %g s then go up by 25%% from the last short step that held, "
             "or down by 20%% until one holds; the figure is the last %g s step that held, so "
             "it is within 25%% below the true limit. A failed step restarts the server and "
-            "its subscribers. At most %g s per server and subscriber count; subscribers are "
+            "its subscribers and is tried once more before it counts (load from elsewhere "
+            "on the machine can only make a step fail). At most %g s per server and subscriber count; subscribers are "
             "read by %s sseload processes."
             % (C["s8_secs"], S8_P99_MS, EVENT_BYTES, RATE_PUB["connections"],
                RATE_PUB["pipeline"], C["s8_probe_secs"], C["s8_secs"], C["s8_secs"],
