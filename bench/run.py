@@ -1637,7 +1637,10 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
                     b = x["best"]
                     cells.append("**%.0f** (%s / %s)" % (b["rate"], ms(b["p50"]), ms(b["p99"])))
                 else:
-                    cells.append("none held")
+                    low = min(x.get("steps") or [{}], key=lambda r: r.get("rate", 0))
+                    cells.append("**none held** (the lowest, %.0f/s: p99 %s ms)"
+                                 % (low.get("rate", 0), ms(low.get("p99")))
+                                 if low else "**none held**")
             add("| %s | %s |" % (name, " | ".join(cells)))
         add("")
         for n in C["s8_ns"]:
