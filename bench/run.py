@@ -62,7 +62,7 @@ FULL = {
     "s6_ns": [100, 1000], "s6_rate": 100, "s6_secs": 10,
     "s7_n": 1000, "s7_rate": 100, "s7_secs": 10,
     "s8_ns": [1000, 10000], "s8_secs": 20, "s8_probe_secs": 3, "s8_per_proc": 5000, "s8_probes": 9,
-    "s8_start": {1000: 100, 10000: 10}, "s8_budget": 200,
+    "s8_start": {1000: 25, 10000: 4}, "s8_budget": 150,
     "s9_n": 1000, "s9_secs": 10, "s9_runs": 3,
     "ready_timeout": 180,
 }
@@ -1079,15 +1079,20 @@ def s8_series(R, name, have, C, n):
     t_end = time.time() + C["s8_budget"]
     try:
         fresh()
-        rate, probe = float(C["s8_start"][n]), None
-        for _ in range(C["s8_probes"]):
-            if not step(rate, C["s8_probe_secs"], "probe"):
-                break
-            probe = rate
-            rate *= 2
-        rate = probe or float(C["s8_start"][n]) * 0.8
+        rate, probe, failed = float(C["s8_start"][n]), None, None
+        for _ in range(C["s8_probes"]):  # up from a rate that held, else down to one
+            if step(rate, C["s8_probe_secs"], "probe"):
+                probe = rate
+                if failed:
+                    break
+            else:
+                failed = rate
+                if probe or rate / 2 < 1:
+                    break
+            rate = rate * 2 if not failed else rate / 2
+        rate = probe
         best = None
-        while time.time() < t_end and rate >= 1:
+        while probe and time.time() < t_end:
             if step(rate, C["s8_secs"], "confirm"):
                 best = rate
                 rate *= 1.25
@@ -1095,6 +1100,8 @@ def s8_series(R, name, have, C, n):
                 break
             else:
                 rate *= 0.8
+                if rate < 1:
+                    break
     finally:
         if state:
             R.stop(state["srv"].proc)
@@ -1610,8 +1617,8 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
             "Events of %d bytes, published over HTTP at a fixed rate (%d connection, up to %d "
             "requests in flight; each event stamped with the time it was due, so a server that "
             "makes the publisher wait shows it as latency). Steps of %g s double the rate from "
-            "a low start; steps of %g s then go up by 25%% from the last short step that held, "
-            "or down by 20%% until one holds; the figure is the last %g s step that held, so "
+            "a low start (or halve it until one holds, down to 1 event/s); steps of %g s then "
+            "go up by 25%% from the last short step that held, or down by 20%% until one holds; the figure is the last %g s step that held, so "
             "it is within 25%% below the true limit. A failed step restarts the server and "
             "its subscribers and is tried once more before it counts (load from elsewhere "
             "on the machine can only make a step fail). At most %g s per server and subscriber count; subscribers are "
