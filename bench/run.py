@@ -1312,9 +1312,9 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
         "threads can take it past 100%), and what the load generator takes is CPU the server "
         "could not use: with two cores, server plus load generator near 200% means the machine "
         "was the limit.")
-    add("- The publisher at a fixed rate (S2, S4 latency, S5, S8) keeps up to %d requests in flight "
-        "so the schedule holds while a server is busy fanning out; each event carries the time "
-        "sseload wrote it." % RATE_PUB["pipeline"])
+    add("- The publisher at a fixed rate (S2, S4 latency, S5, S8) keeps up to %d requests in "
+        "flight so the schedule holds while a server is busy fanning out; each event carries "
+        "the time it was due." % RATE_PUB["pipeline"])
     add("- The fast publisher (S3, S4 throughput) uses %d keep-alive connections with %d "
         "requests in flight each, the same for every server." % (FAST_PUB["connections"],
                                                                  FAST_PUB["pipeline"]))

@@ -17,7 +17,8 @@
  * subscriber, the events received and the gaps (an event whose number is not the previous
  * one's plus one: lost or reordered). Each prints one JSON line (`gen` on stderr); `sub` also
  * prints one on SIGUSR1 for the window since the previous one (or since it was ready) and
- * starts a new window, so one set of subscribers can measure several publish rates in turn. The parser is written for the streams servers send (LF or CRLF line ends); it is
+ * starts a new window, so one set of subscribers can measure several publish rates in turn.
+ * The parser is written for the streams servers send (LF or CRLF line ends); it is
  * independent of sse.c on purpose: a measuring tool should not share code with what it
  * measures.
  */
@@ -249,8 +250,8 @@ struct load {
     long settled;      /* connections with a head or a failure */
     long connected, failed, dropped;
     uint64_t events, bytes, published, errors, sent;
-    uint64_t gaps;         /* sub: events whose number did not follow the previous one's */
-    long window_dropped;   /* sub: `dropped` when the current window began */
+    uint64_t gaps;       /* sub: events whose number did not follow the previous one's */
+    long window_dropped; /* sub: `dropped` when the current window began */
     bool measuring;
     uint64_t t_start, t_ready;
     struct hist *hist;
