@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Benchmark driver: sse-server against its peers, side by side, in one run (issue 4).
 
-    make bench          # full run (~10 minutes), writes bench/RESULTS.md
+    make bench          # full run (~25 minutes, S8 about 12 of them), writes bench/RESULTS.md
     make bench-smoke    # seconds-long run with tiny N; writes a temporary file, prints its path
 
     /usr/bin/python3 bench/run.py [--smoke] [--out PATH] [--only S1,S3] [--servers sse-server,nchan]
@@ -1759,6 +1759,11 @@ def summary(results, servers):
     for scen in ("S6", "S7"):
         for label, x in results.get(scen, {}).items():
             s.append("%s %-16s %s" % (scen, label, brief(scen, x)))
+    for n in servers:
+        if n in results.get("S8", {}):
+            s.append("S8 %-11s %s" % (n, brief("S8", results["S8"][n])))
+    for i, r in enumerate(results.get("S9", {}).get("runs", [])):
+        s.append("S9 run %d       %s" % (i + 1, brief("S9", r)))
     r = results.get("S5")
     if r:
         s.append("S5 " + ("%.0f instructions per delivered event" % r["per_event"]
@@ -1903,6 +1908,9 @@ def main():
               if isinstance(r, dict) and "error" in r] if results else []
     if "S5" in results and "error" in results["S5"]:
         errors.append(1)
+    errors += [1 for by_n in results.get("S8", {}).values() for x in by_n.values()
+               if "error" in x]
+    errors += [1 for x in results.get("S9", {}).get("runs", []) if "error" in x]
     if errors:
         log("%d measurement(s) failed: see the report; the servers' and sseload's stderr are "
             "kept in %s" % (len(errors), tmp))
