@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Benchmark driver: sse-server against its peers, side by side, in one run (issue 4).
 
-    make bench          # full run (~10 minutes), writes bench/RESULTS.md
+    make bench          # full run (~25 minutes, S8 about 12 of them), writes bench/RESULTS.md
     make bench-smoke    # seconds-long run with tiny N; writes a temporary file, prints its path
 
     /usr/bin/python3 bench/run.py [--smoke] [--out PATH] [--only S1,S3] [--servers sse-server,nchan]
@@ -19,6 +19,10 @@ Scenarios:
   S5 cost per event: instructions per delivered event under callgrind, local and --redis
   S6 Redis: publish-to-receive latency and CPU per delivered event, local vs --redis
   S7 cluster: one node vs two nodes of one Redis hub behind nginx (deploy/nginx-cluster.conf)
+  S8 sustained throughput: the highest publish rate held for 20 s at 1,000 and 10,000
+     subscribers with p99 latency <= 100 ms, no subscriber dropped, no event lost
+  S9 firehose: `sseload gen | sse-server --stdin` at 1,000 subscribers, three runs: nothing
+     dropped, no gap (flow control paces the writer)
 
 Python 3 standard library only. Every server is a child process, killed by PID at the end
 whatever happens. As root it installs what is missing (nginx, libnginx-mod-nchan, valgrind
@@ -57,6 +61,9 @@ FULL = {
     "s5_n": 100, "s5_events": 1000, "s5_rate": 100,
     "s6_ns": [100, 1000], "s6_rate": 100, "s6_secs": 10,
     "s7_n": 1000, "s7_rate": 100, "s7_secs": 10,
+    "s8_ns": [1000, 10000], "s8_secs": 20, "s8_probe_secs": 3, "s8_per_proc": 5000, "s8_probes": 9,
+    "s8_start": {1000: 25, 10000: 4}, "s8_budget": 150,
+    "s9_n": 1000, "s9_secs": 10, "s9_runs": 3,
     "ready_timeout": 180,
 }
 SMOKE = {
@@ -67,6 +74,9 @@ SMOKE = {
     "s5_n": 10, "s5_events": 50, "s5_rate": 50,
     "s6_ns": [10, 20], "s6_rate": 20, "s6_secs": 1,
     "s7_n": 20, "s7_rate": 20, "s7_secs": 1,
+    "s8_ns": [50], "s8_secs": 1, "s8_probe_secs": 0.5, "s8_per_proc": 25, "s8_probes": 1,
+    "s8_start": {50: 200}, "s8_budget": 3,
+    "s9_n": 20, "s9_secs": 1, "s9_runs": 1,
     "ready_timeout": 20,
 }
 # The publisher when it goes as fast as the server accepts (S3, S4): this many keep-alive
@@ -76,6 +86,11 @@ FAST_PUB = {"connections": 2, "pipeline": 16}
 # still busy fanning out the previous event, so the schedule holds (open loop) whatever the
 # server's answer time; each event carries the time sseload wrote it.
 RATE_PUB = {"connections": 1, "pipeline": 8}
+
+# S8's bar: p99 publish-to-receive latency of a step at most this, nothing dropped or lost.
+S8_P99_MS = 100.0
+HELD_METRIC = 'sse_inputs_held_seconds_total{cause="subscribers"}'
+HOLDS_METRIC = 'sse_publish_holds_total{cause="subscribers"}'
 
 # How long all subscribers of one sseload run may take to get their response head.
 READY_TIMEOUT = [180.0]
@@ -87,7 +102,7 @@ LOAD_AT_START = []
 S1_LAST_END = [0.0]
 
 ALL_SERVERS = ["sse-server", "nchan", "node-http", "better-sse"]
-SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"]
+SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"]
 
 
 class BenchError(Exception):
@@ -337,12 +352,12 @@ class Runner:
         self.scenario = ""
         self.seq = 0
 
-    def spawn(self, cmd, name, stdout=None, cwd=None):
+    def spawn(self, cmd, name, stdout=None, cwd=None, stdin=subprocess.DEVNULL):
         self.seq += 1
         err = open(os.path.join(self.tmp, "%02d-%s.err" % (self.seq, name)), "w+")
         out = stdout if stdout is not None else err
         self.commands.append((self.scenario, " ".join(shlex.quote(c) for c in cmd)))
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd)
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=stdin, cwd=cwd)
         p.errfile = err
         p.name = name
         self.procs.append(p)
@@ -546,6 +561,41 @@ def read_json(R, p, what):
                          % (what, p.returncode, text[-300:], R.tail(p)))
 
 
+def hist_ms(hist, q):
+    """The q-quantile in ms of a histogram [[us, count], ...] sorted by us, as sseload's."""
+    total = sum(c for _, c in hist)
+    want, seen = int(q * total), 0
+    for us, c in hist:
+        seen += c
+        if seen > want:
+            return us / 1000.0
+    return hist[-1][0] / 1000.0 if hist else 0.0
+
+
+def merge_subs(results):
+    """One summary of several sseload sub summaries (or windows): counts add up, per-subscriber
+    counts take the extremes, latency percentiles come from the merged histograms."""
+    m = dict(results[0])
+    for r in results[1:]:
+        for k in ("connections", "connected", "failed", "dropped", "open", "events", "bytes",
+                  "events_per_s", "bytes_per_s", "gaps"):
+            m[k] += r[k]
+        m["seconds"] = max(m["seconds"], r["seconds"])
+        m["per_sub_min"] = min(m["per_sub_min"], r["per_sub_min"])
+        m["per_sub_max"] = max(m["per_sub_max"], r["per_sub_max"])
+    if len(results) > 1:
+        merged = {}
+        for r in results:
+            for us, c in r["hist"]:
+                merged[us] = merged.get(us, 0) + c
+        h = sorted(merged.items())
+        m["latency_ms"] = {"samples": sum(c for _, c in h), "p50": hist_ms(h, 0.50),
+                           "p90": hist_ms(h, 0.90), "p99": hist_ms(h, 0.99),
+                           "max": max(r["latency_ms"]["max"] for r in results)}
+    m.pop("hist", None)
+    return m
+
+
 def sub_finish(R, subs, timeout):
     """Waits for every sub process, returns the merged summary."""
     deadline = time.time() + timeout
@@ -556,16 +606,33 @@ def sub_finish(R, subs, timeout):
         results.append(read_json(R, p, "sseload sub"))
         cpu += getattr(p, "cpu", 0.0)
         R.stop(p)
-    m = dict(results[0])
-    for r in results[1:]:
-        for k in ("connections", "connected", "failed", "dropped", "events", "bytes",
-                  "events_per_s", "bytes_per_s"):
-            m[k] += r[k]
-        m["seconds"] = max(m["seconds"], r["seconds"])
-        m["latency_ms"] = None  # percentiles of several processes do not merge; unused there
-    m["raw"] = results
+    m = merge_subs(results)
     m["sub_cpu"] = cpu
     return m
+
+
+def sub_window(R, subs, timeout=10.0):
+    """Ends the subscribers' current window (SIGUSR1: each sseload sub prints its summary of
+    it and starts another); returns the merged summary of the window."""
+    counts = []
+    for p in subs.procs:
+        p.outfile.seek(0)
+        counts.append(len(p.outfile.read().splitlines()))
+        os.kill(p.pid, signal.SIGUSR1)
+    deadline = time.time() + timeout
+    results = []
+    for p, n in zip(subs.procs, counts):
+        while True:
+            p.outfile.seek(0)
+            lines = p.outfile.read().split("\n")
+            if len(lines) > n + 1:  # line n is complete: a newline follows it
+                results.append(json.loads(lines[n]))
+                break
+            if try_reap(p) or time.time() > deadline:
+                raise BenchError("sseload sub did not report its window (status %s): %s"
+                                 % (p.returncode, R.tail(p)))
+            time.sleep(0.02)
+    return merge_subs(results)
 
 
 def pub_cmd(srv, rate, count=None, duration=None, size=EVENT_BYTES, pipeline=1, connections=1):
@@ -944,6 +1011,177 @@ def s7_cluster(R, have, C):
     return out
 
 
+def s8_step(R, srv, subs, rate, secs):
+    """One step of S8: `rate` events/s for `secs` to the subscribers already connected (their
+    window restarted first); returns the step's figures and whether it held."""
+    sub_window(R, subs)
+    count = max(1, int(rate * secs))
+    t = time.time()
+    pub = pub_start(R, srv, rate=rate, count=count, duration=secs + 2, **RATE_PUB)
+    pres = pub_finish(R, pub, secs + 30)
+    time.sleep(1.0)  # events later than this are far past the 100 ms the step allows
+    w = sub_window(R, subs)
+    check_server(R, srv)
+    n = subs.n
+    lat = w["latency_ms"]["p99"] if w["latency_ms"]["samples"] else None
+    why = []
+    if pres["published"] < count or pres["errors"]:
+        why.append("%d of %d published (%d errors)" % (pres["published"], count, pres["errors"]))
+    if w["dropped"] or w["open"] < n:
+        why.append("%d of %d subscribers open" % (w["open"], n))
+    if w["per_sub_min"] < pres["published"] or w["gaps"]:
+        why.append("lost: a subscriber got %d of %d, %d gaps"
+                   % (w["per_sub_min"], pres["published"], w["gaps"]))
+    if lat is None or lat > S8_P99_MS:
+        why.append("p99 %s ms" % ms(lat))
+    return {"rate": rate, "secs": secs, "published": pres["published"], "count": count,
+            "p50": w["latency_ms"]["p50"], "p99": lat, "open": w["open"],
+            "per_sub_min": w["per_sub_min"], "gaps": w["gaps"], "held": not why,
+            "why": "; ".join(why), "wall": time.time() - t}
+
+
+def s8_series(R, name, have, C, n):
+    """The highest rate `name` sustains at n subscribers: short probe steps doubling the rate
+    from a low start find the neighbourhood; steps of the full length then go up by 25% from
+    the last probe that held (or down by 20% until one holds). A failed step may leave
+    subscribers dropped or events queued, so the next begins with a fresh server."""
+    steps = []
+    state = {}
+
+    def fresh():
+        if state:
+            R.stop(state["srv"].proc)
+            for p in state["subs"].procs:
+                R.stop(p)
+        srv = start_server(R, name, have)
+        procs = max(1, (n + C["s8_per_proc"] - 1) // C["s8_per_proc"])
+        subs = sub_start(R, srv.sub_url, n, C["s8_budget"] + 300, procs=procs)
+        state.update(srv=srv, subs=subs, dirty=False)
+        sub_wait_ready(R, subs, READY_TIMEOUT[0])
+
+    def step(rate, secs, kind):
+        # Load from elsewhere on the machine only ever makes a step fail: a failed step is
+        # tried once more (on a fresh server) before it counts.
+        for attempt in (1, 2):
+            if state.get("dirty"):
+                fresh()
+            r = s8_step(R, state["srv"], state["subs"], rate, secs)
+            r["kind"] = kind if attempt == 1 else kind + " again"
+            steps.append(r)
+            log("      %-13s %8.0f events/s: %s"
+                % (r["kind"], rate, "held, p99 %s ms" % ms(r["p99"]) if r["held"]
+                   else "failed (%s)" % r["why"]))
+            state["dirty"] = not r["held"]
+            if r["held"]:
+                return True
+        return False
+
+    t_end = time.time() + C["s8_budget"]
+    try:
+        fresh()
+        rate, probe, failed = float(C["s8_start"][n]), None, None
+        for _ in range(C["s8_probes"]):  # up from a rate that held, else down to one
+            if step(rate, C["s8_probe_secs"], "probe"):
+                probe = rate
+                if failed:
+                    break
+            else:
+                failed = rate
+                if probe or rate / 2 < 1:
+                    break
+            rate = rate * 2 if not failed else rate / 2
+        rate = probe
+        best = None
+        while probe and time.time() < t_end:
+            if step(rate, C["s8_secs"], "confirm"):
+                best = rate
+                rate *= 1.25
+            elif best is not None:
+                break
+            else:
+                rate *= 0.8
+                if rate < 1:
+                    break
+    finally:
+        if state:
+            R.stop(state["srv"].proc)
+            for p in state["subs"].procs:
+                R.stop(p)
+    held = [r for r in steps if r["kind"].startswith("confirm") and r["held"]]
+    return {"n": n, "steps": steps, "best": held[-1] if held else None,
+            "budget_out": time.time() >= t_end}
+
+
+def s8_sustained(R, name, have, C):
+    out = {}
+    for n in C["s8_ns"]:
+        log("   %s, %d subscribers" % (name, n))
+        try:
+            out[n] = s8_series(R, name, have, C, n)
+        except BenchError as e:
+            out[n] = {"error": str(e), "n": n}
+    return out
+
+
+def s9_firehose(R, have, C):
+    """`sseload gen | sse-server --stdin` with the server's default --client-buffer: the input
+    as fast as the server reads it, n subscribers; every subscriber must get every event in
+    order and none be dropped (flow control paces the writer instead)."""
+    runs = []
+    n, secs = C["s9_n"], C["s9_secs"]
+    for i in range(C["s9_runs"]):
+        port = free_port()
+        rfd, wfd = os.pipe()
+        srv_p = R.spawn([SSE, "--listen", "127.0.0.1:%d" % port, "--stdin", "--quiet",
+                         "--heartbeat", "0", "--max-clients", "30000"], "sse-server-stdin",
+                        stdin=rfd)
+        os.close(rfd)
+        gen = None
+        try:
+            wait_listening(R, srv_p, port)
+            m0 = metrics(port)
+            subs = sub_start(R, "http://127.0.0.1:%d/events/default" % port, n, secs + 60)
+            sub_wait_ready(R, subs, READY_TIMEOUT[0])
+            gen = R.spawn([SSELOAD, "gen", "--duration", "%g" % secs, "--size",
+                           str(EVENT_BYTES)], "sseload-gen", stdout=wfd)
+            os.close(wfd)
+            wfd = None
+            reap(R, gen, secs + 60, "sseload gen")
+            gen.errfile.seek(0)
+            g = json.loads(gen.errfile.read().strip().splitlines()[-1])
+            deadline = time.time() + 60  # the queues drain
+            while time.time() < deadline:
+                d = metrics(port).get("sse_events_delivered_total", 0) - \
+                    m0.get("sse_events_delivered_total", 0)
+                if d >= g["events"] * n:
+                    break
+                time.sleep(0.2)
+            time.sleep(0.5)
+            w = sub_window(R, subs)
+            m1 = metrics(port)
+            check_server(R, Server("sse-server", srv_p, port, "", ""))
+            runs.append({"events": g["events"], "rate": g["rate"], "n": n, "open": w["open"],
+                         "dropped": w["dropped"], "per_sub_min": w["per_sub_min"],
+                         "per_sub_max": w["per_sub_max"], "gaps": w["gaps"],
+                         "p50": w["latency_ms"]["p50"], "p99": w["latency_ms"]["p99"],
+                         "held_s": metric_delta(m0, m1, HELD_METRIC),
+                         "holds": metric_delta(m0, m1, HOLDS_METRIC),
+                         "server_dropped": metric_delta(m0, m1,
+                                                        "sse_subscribers_dropped_total")})
+            for p in subs.procs:
+                R.stop(p)
+        except BenchError as e:
+            runs.append({"error": str(e)})
+        finally:
+            if wfd is not None:
+                os.close(wfd)
+            if gen:
+                R.stop(gen)
+            R.stop(srv_p)
+        log("   run %d: %s" % (i + 1, brief("S9", runs[-1])))
+    return {"runs": runs}
+
+
 def callgrind_total(path):
     total = None
     for line in read(path).splitlines():
@@ -1074,9 +1312,9 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
         "threads can take it past 100%), and what the load generator takes is CPU the server "
         "could not use: with two cores, server plus load generator near 200% means the machine "
         "was the limit.")
-    add("- The publisher at a fixed rate (S2, S4 latency, S5) keeps up to %d requests in flight "
-        "so the schedule holds while a server is busy fanning out; each event carries the time "
-        "sseload wrote it." % RATE_PUB["pipeline"])
+    add("- The publisher at a fixed rate (S2, S4 latency, S5, S8) keeps up to %d requests in "
+        "flight so the schedule holds while a server is busy fanning out; each event carries "
+        "the time it was due." % RATE_PUB["pipeline"])
     add("- The fast publisher (S3, S4 throughput) uses %d keep-alive connections with %d "
         "requests in flight each, the same for every server." % (FAST_PUB["connections"],
                                                                  FAST_PUB["pipeline"]))
@@ -1370,6 +1608,105 @@ def report(C, smoke, info, vers, notes, results, R, started, elapsed, servers):
                    lat(r, "max"), us(r["nodes_us"]), us(r["redis_us"]), us(r["nginx_us"])))
         add("")
 
+    if "S8" in results:
+        res = results["S8"]
+        add("## S8: sustained throughput at p99 <= %.0f ms\n" % S8_P99_MS)
+        add("The highest publish rate each server sustains for %g s with the 99th-percentile "
+            "publish-to-receive latency at or under %.0f ms, no subscriber dropped and nothing "
+            "lost (every subscriber got every published event, each numbered, in order). "
+            "Events of %d bytes, published over HTTP at a fixed rate (%d connection, up to %d "
+            "requests in flight; each event stamped with the time it was due, so a server that "
+            "makes the publisher wait shows it as latency). Steps of %g s double the rate from "
+            "a low start (or halve it until one holds, down to 1 event/s); steps of %g s then "
+            "go up by 25%% from the last short step that held, or down by 20%% until one "
+            "holds; the figure is the last %g s step that held, so it is within 25%% below "
+            "the true limit (\"at least\" where time ran out before a step failed). A failed "
+            "step restarts the server and its subscribers and is tried once more before it "
+            "counts (load from elsewhere on the machine can only make a step fail). At most "
+            "%g s per server and subscriber count (a step under way finishes); subscribers "
+            "are read by %s sseload processes."
+            % (C["s8_secs"], S8_P99_MS, EVENT_BYTES, RATE_PUB["connections"],
+               RATE_PUB["pipeline"], C["s8_probe_secs"], C["s8_secs"], C["s8_secs"],
+               C["s8_budget"], " / ".join("%d (at %d)" % ((n + C["s8_per_proc"] - 1)
+                                                         // C["s8_per_proc"], n)
+                                          for n in C["s8_ns"])))
+        add("")
+        add("| server | " + " | ".join("%d subscribers: events/s (p50 / p99 ms)" % n
+                                       for n in C["s8_ns"]) + " |")
+        add("|---|" + "---|" * len(C["s8_ns"]))
+        for name in servers:
+            if name not in res:
+                continue
+            cells = []
+            for n in C["s8_ns"]:
+                x = res[name].get(n, {})
+                if "error" in x:
+                    cells.append("error: " + x["error"])
+                elif x.get("best"):
+                    b = x["best"]
+                    more = x.get("budget_out") and x["steps"][-1]["held"]
+                    cells.append("%s**%.0f** (%s / %s)" % ("at least " if more else "", b["rate"],
+                                                           ms(b["p50"]), ms(b["p99"])))
+                else:
+                    low = min(x.get("steps") or [{}], key=lambda r: r.get("rate", 0))
+                    cells.append("**none held** (the lowest, %.0f/s: p99 %s ms)"
+                                 % (low.get("rate", 0), ms(low.get("p99")))
+                                 if low else "**none held**")
+            add("| %s | %s |" % (name, " | ".join(cells)))
+        add("")
+        for n in C["s8_ns"]:
+            o = res.get("sse-server", {}).get(n, {}).get("best")
+            peers = [(res[x][n]["best"]["rate"], x) for x in servers if x != "sse-server" and
+                     res.get(x, {}).get(n, {}).get("best")]
+            if o and peers:
+                best, bname = max(peers)
+                target = " (target at least 3x): %s" % met(o["rate"] >= 3 * best) \
+                    if n == max(C["s8_ns"]) // 10 or n == 1000 else ""
+                add("- %d subscribers: sse-server / best peer (%s) = %s%s."
+                    % (n, bname, ratio(o["rate"], best), target))
+        add("")
+        add("<details><summary>Every step</summary>\n")
+        add("| server | subscribers | step | events/s | published / scheduled | p50 ms | "
+            "p99 ms | open | fewest events per subscriber | gaps | result |")
+        add("|---|---|---|---|---|---|---|---|---|---|---|")
+        for name in servers:
+            for n in C["s8_ns"]:
+                for r in res.get(name, {}).get(n, {}).get("steps", []):
+                    add("| %s | %d | %s %gs | %.0f | %d / %d | %s | %s | %d | %d | %d | %s |"
+                        % (name, n, r["kind"], r["secs"], r["rate"], r["published"],
+                           r["count"], ms(r["p50"]), ms(r["p99"]), r["open"],
+                           r["per_sub_min"], r["gaps"],
+                           "held" if r["held"] else "failed: " + r["why"]))
+        add("\n</details>\n")
+
+    if "S9" in results:
+        runs = results["S9"]["runs"]
+        add("## S9: a firehose into `--stdin`\n")
+        add("`sseload gen --duration %g | sse-server --stdin` (default `--client-buffer`, so "
+            "flow control's high-water mark is its default), %d subscribers connected first; "
+            "the generator writes numbered events of %d bytes as fast as the server reads "
+            "them. Every subscriber must get every event, in order, and none be dropped: the "
+            "writer is paced instead (time held from `/metrics`)."
+            % (C["s9_secs"], C["s9_n"], EVENT_BYTES))
+        add("")
+        add("| run | events written | events/s written | subscribers open / N | dropped | "
+            "events per subscriber (fewest / most) | gaps | p50 / p99 ms | held (holds) |")
+        add("|---|---|---|---|---|---|---|---|---|")
+        for i, r in enumerate(runs):
+            if "error" in r:
+                add("| %d | error: %s | | | | | | | |" % (i + 1, r["error"]))
+                continue
+            add("| %d | %d | %.0f | %d / %d | %d | %d / %d | %d | %s / %s | %s s (%s) |"
+                % (i + 1, r["events"], r["rate"], r["open"], r["n"], r["dropped"],
+                   r["per_sub_min"], r["per_sub_max"], r["gaps"], ms(r["p50"]), ms(r["p99"]),
+                   r["held_s"], r["holds"]))
+        add("")
+        ok = runs and all("error" not in r and r["dropped"] == 0 and r["gaps"] == 0 and
+                          r["per_sub_min"] == r["events"] and r["open"] == r["n"] for r in runs)
+        add("- Zero dropped and zero gaps in every run, every event to every subscriber: %s."
+            % met(ok))
+        add("")
+
     analysis = os.path.join(BENCH, "analysis.md")
     if not smoke and os.path.exists(analysis):
         add(read(analysis).rstrip() + "\n")
@@ -1422,6 +1759,11 @@ def summary(results, servers):
     for scen in ("S6", "S7"):
         for label, x in results.get(scen, {}).items():
             s.append("%s %-16s %s" % (scen, label, brief(scen, x)))
+    for n in servers:
+        if n in results.get("S8", {}):
+            s.append("S8 %-11s %s" % (n, brief("S8", results["S8"][n])))
+    for i, r in enumerate(results.get("S9", {}).get("runs", [])):
+        s.append("S9 run %d       %s" % (i + 1, brief("S9", r)))
     r = results.get("S5")
     if r:
         s.append("S5 " + ("%.0f instructions per delivered event" % r["per_event"]
@@ -1511,6 +1853,15 @@ def main():
                     results[scen] = {"run": {"error": str(e)}}
                 for label, r in results[scen].items():
                     log("   %-16s %s" % (label, brief(scen, r)))
+            elif scen == "S8":
+                results["S8"] = {}
+                for name in servers:
+                    t = time.time()
+                    results["S8"][name] = s8_sustained(R, name, have, C)
+                    log("   %-11s %5.1f s  %s" % (name, time.time() - t,
+                                                 brief("S8", results["S8"][name])))
+            elif scen == "S9":
+                results["S9"] = s9_firehose(R, have, C)
             elif scen == "S5":
                 if not have["valgrind"]:
                     continue
@@ -1557,6 +1908,9 @@ def main():
               if isinstance(r, dict) and "error" in r] if results else []
     if "S5" in results and "error" in results["S5"]:
         errors.append(1)
+    errors += [1 for by_n in results.get("S8", {}).values() for x in by_n.values()
+               if "error" in x]
+    errors += [1 for x in results.get("S9", {}).get("runs", []) if "error" in x]
     if errors:
         log("%d measurement(s) failed: see the report; the servers' and sseload's stderr are "
             "kept in %s" % (len(errors), tmp))
@@ -1584,6 +1938,19 @@ def brief(scen, r):
     if scen in ("S6", "S7"):
         return "%d/%d deliveries, p50 %s p99 %s ms" % (r["events"], r["expected"],
                                                         lat(r, "p50"), lat(r, "p99"))
+    if scen == "S8":
+        return "; ".join("%d: %s" % (n, "error: " + x["error"] if "error" in x else
+                                     "%.0f events/s (p99 %s ms)" % (x["best"]["rate"],
+                                                                   ms(x["best"]["p99"]))
+                                     if x["best"] else "none held")
+                         for n, x in r.items())
+    if scen == "S9":
+        if "error" in r:
+            return "error: " + r["error"]
+        return ("%d events at %.0f/s, %d/%d open, %d dropped, per subscriber %d..%d, %d gaps, "
+                "p99 %s ms, held %s s" % (r["events"], r["rate"], r["open"], r["n"],
+                                          r["dropped"], r["per_sub_min"], r["per_sub_max"],
+                                          r["gaps"], ms(r["p99"]), r["held_s"]))
     if scen == "S5" and "per_event" in r:
         return "%.0f instructions per delivered event" % r["per_event"]
     if scen == "S5" and "error" in r:

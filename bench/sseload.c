@@ -4,14 +4,21 @@
  *   sseload sub --url http://127.0.0.1:8080/events/bench --connections 1000 --duration 10
  *   sseload pub --url http://127.0.0.1:8080/publish?topic=bench --rate 10 --duration 10 \
  *               --header 'Authorization: Bearer bench'
+ *   sseload gen --duration 10 | sse-server --stdin
  *
  * One epoll loop, non-blocking sockets, no dependencies. `sub` opens N subscribers (spread
  * over source addresses 127.0.0.1..127.0.0.K to pass the ephemeral ports of one address),
  * decodes chunked or close-delimited bodies, splits the event stream into events and, when
  * an event's data starts with "t=<CLOCK_MONOTONIC ns>" (what `pub` sends), records the
  * publish-to-receive latency in a histogram. `pub` POSTs such events over keep-alive
- * connections at a fixed rate or as fast as the server accepts them. Each prints one JSON
- * line. The parser is written for the streams servers send (LF or CRLF line ends); it is
+ * connections at a fixed rate or as fast as the server accepts them; `gen` writes such events
+ * as lines to its standard output as fast as the reader takes them (for `--stdin`). Each
+ * event's data is "t=<ns> n=<sequence number from 0> xxx...", so `sub` also counts, per
+ * subscriber, the events received and the gaps (an event whose number is not the previous
+ * one's plus one: lost or reordered). Each prints one JSON line (`gen` on stderr); `sub` also
+ * prints one on SIGUSR1 for the window since the previous one (or since it was ready) and
+ * starts a new window, so one set of subscribers can measure several publish rates in turn.
+ * The parser is written for the streams servers send (LF or CRLF line ends); it is
  * independent of sse.c on purpose: a measuring tool should not share code with what it
  * measures.
  */
@@ -53,7 +60,8 @@ static void die(const char *msg) {
 /* ---- options ----------------------------------------------------------------------------- */
 
 struct options {
-    bool pub;                         /* pub mode, else sub */
+    bool pub;                         /* pub mode, else sub (or gen) */
+    bool gen;                         /* gen mode: events as lines on stdout */
     struct sockaddr_in addr;          /* server */
     char host[256];                   /* Host header */
     char path[2048];                  /* path and query */
@@ -101,9 +109,10 @@ static void parse_options(int argc, char **argv, struct options *o) {
     o->size = 100;
     o->pipeline = 1;
     o->head_timeout = 30;
-    if (argc < 2 || (strcmp(argv[1], "sub") && strcmp(argv[1], "pub")))
-        die("usage: sseload sub|pub --url URL [options] (see bench/sseload.c)");
+    if (argc < 2 || (strcmp(argv[1], "sub") && strcmp(argv[1], "pub") && strcmp(argv[1], "gen")))
+        die("usage: sseload sub|pub|gen [--url URL] [options] (see bench/sseload.c)");
     o->pub = !strcmp(argv[1], "pub");
+    o->gen = !strcmp(argv[1], "gen");
     const char *url = NULL;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -137,15 +146,16 @@ static void parse_options(int argc, char **argv, struct options *o) {
         else
             die("unknown option (see bench/sseload.c)");
     }
-    if (!url)
+    if (!url && !o->gen)
         die("--url is required");
-    parse_url(o, url);
+    if (url)
+        parse_url(o, url);
     if (o->connections < 0)
         o->connections = o->pub ? 1 : 100;
     if (o->duration < 0)
-        o->duration = o->pub && o->count ? 1e9 : 10;
+        o->duration = (o->pub || o->gen) && o->count ? 1e9 : 10;
     if (o->connections < 1 || o->sources < 1 || o->sources > 250 || o->pipeline < 1 ||
-        o->size < 24 || o->size > (1u << 20))
+        o->size < 48 || o->size > (1u << 20))
         die("option out of range");
 }
 
@@ -193,6 +203,20 @@ static double hist_ms(const struct hist *h, double q) {
     return (double)h->max_us / 1000.0;
 }
 
+/* Prints the histogram as "[[us,count],...]" over its non-empty buckets (each bucket by its
+ * lower bound), so that a driver can merge those of several processes. */
+static void hist_print(const struct hist *h) {
+    fputc('[', stdout);
+    const char *sep = "";
+    for (size_t i = 0; i < HIST_BUCKETS; i++)
+        if (h->n[i]) {
+            printf("%s[%llu,%llu]", sep, (unsigned long long)hist_value(i),
+                   (unsigned long long)h->n[i]);
+            sep = ",";
+        }
+    fputc(']', stdout);
+}
+
 /* ---- connections ------------------------------------------------------------------------- */
 
 enum state { S_IDLE, S_CONNECTING, S_HEAD, S_BODY, S_DONE };
@@ -209,6 +233,9 @@ struct conn {
     char line[40];     /* sub: its first bytes */
     bool has_data;     /* sub: the event being read has data */
     uint64_t t;        /* sub: its timestamp, 0 if none */
+    uint64_t seq;      /* sub: its sequence number (n=), UINT64_MAX if none */
+    uint64_t last_seq; /* sub: the previous event's, UINT64_MAX before the first */
+    uint64_t got;      /* sub: events received in the current window */
     int in_flight;     /* pub: requests sent, not answered */
     char *out;         /* pub: bytes to send */
     size_t out_len, out_off;
@@ -223,6 +250,8 @@ struct load {
     long settled;      /* connections with a head or a failure */
     long connected, failed, dropped;
     uint64_t events, bytes, published, errors, sent;
+    uint64_t gaps;       /* sub: events whose number did not follow the previous one's */
+    long window_dropped; /* sub: `dropped` when the current window began */
     bool measuring;
     uint64_t t_start, t_ready;
     struct hist *hist;
@@ -267,6 +296,7 @@ static void conn_open(struct load *L, long i) {
     }
     c->fd = fd;
     c->state = S_CONNECTING;
+    c->seq = c->last_seq = UINT64_MAX;
     L->connecting++;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                              .data.u64 = (uint64_t)i};
@@ -289,11 +319,18 @@ static void sub_line_done(struct load *L, struct conn *c, uint64_t now) {
     if (c->line_len == 0 || (c->line_len == 1 && c->line[0] == '\r')) { /* dispatch */
         if (c->has_data && L->measuring) {
             L->events++;
+            c->got++;
             if (c->t && now > c->t)
                 hist_add(L->hist, (now - c->t) / 1000);
         }
+        if (c->has_data && c->seq != UINT64_MAX) {
+            if (c->last_seq != UINT64_MAX && c->seq != c->last_seq + 1)
+                L->gaps++;
+            c->last_seq = c->seq;
+        }
         c->has_data = false;
         c->t = 0;
+        c->seq = UINT64_MAX;
     } else if (n >= 5 && !memcmp(c->line, "data:", 5)) {
         if (!c->has_data) {
             size_t p = n > 5 && c->line[5] == ' ' ? 6 : 5;
@@ -302,6 +339,12 @@ static void sub_line_done(struct load *L, struct conn *c, uint64_t now) {
                 for (p += 2; p < n && c->line[p] >= '0' && c->line[p] <= '9'; p++)
                     t = t * 10 + (uint64_t)(c->line[p] - '0');
                 c->t = t;
+                if (p + 3 < n && !memcmp(c->line + p, " n=", 3)) {
+                    uint64_t seq = 0;
+                    for (p += 3; p < n && c->line[p] >= '0' && c->line[p] <= '9'; p++)
+                        seq = seq * 10 + (uint64_t)(c->line[p] - '0');
+                    c->seq = seq;
+                }
             }
         }
         c->has_data = true;
@@ -476,7 +519,8 @@ static void pub_queue(struct load *L, struct conn *c) {
      * send it: otherwise a saturated server's queueing would not show in the latency. */
     uint64_t stamp =
         L->o->rate > 0 ? L->t_start + (uint64_t)((double)L->sent * 1e9 / L->o->rate) : now_ns();
-    int t = snprintf(body, size, "t=%llu ", (unsigned long long)stamp);
+    int t = snprintf(body, size, "t=%llu n=%llu ", (unsigned long long)stamp,
+                     (unsigned long long)L->sent);
     memset(body + t, 'x', size - (size_t)t);
     char head[4096];
     int h = snprintf(head, sizeof head,
@@ -560,6 +604,41 @@ static void pub_readable(struct load *L, struct conn *c) {
     }
 }
 
+/* ---- gen ----------------------------------------------------------------------------------- */
+
+/* Writes events as lines to stdout (blocking) for o->count events or o->duration seconds,
+ * as fast as the reader takes them, a batch of lines per write. */
+static void gen_run(struct options *o) {
+    enum { BATCH = 64 };
+    size_t line = o->size + 1;
+    char *buf = malloc(BATCH * line);
+    if (!buf)
+        die("out of memory");
+    uint64_t sent = 0, t0 = now_ns(), deadline = t0 + (uint64_t)(o->duration * 1e9), now = t0;
+    while ((!o->count || sent < o->count) && now < deadline) {
+        size_t len = 0;
+        for (int i = 0; i < BATCH && (!o->count || sent < o->count); i++, sent++) {
+            int t = snprintf(buf + len, line, "t=%llu n=%llu ", (unsigned long long)now,
+                             (unsigned long long)sent);
+            memset(buf + len + t, 'x', o->size - (size_t)t);
+            buf[len + o->size] = '\n';
+            len += line;
+        }
+        for (size_t off = 0; off < len;) {
+            ssize_t n = write(STDOUT_FILENO, buf + off, len - off);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                die("write to stdout failed");
+            off += (size_t)n;
+        }
+        now = now_ns();
+    }
+    double secs = (double)(now - t0) / 1e9;
+    fprintf(stderr, "{\"mode\":\"gen\",\"events\":%llu,\"seconds\":%.3f,\"rate\":%.1f}\n",
+            (unsigned long long)sent, secs, secs > 0 ? (double)sent / secs : 0.0);
+}
+
 /* ---- the loop ------------------------------------------------------------------------------ */
 
 static void write_ready(const char *path) {
@@ -567,6 +646,55 @@ static void write_ready(const char *path) {
     if (f) {
         fputs("ready\n", f);
         fclose(f);
+    }
+}
+
+static volatile sig_atomic_t window_due; /* SIGUSR1: report the window, start another */
+
+static void on_usr1(int sig) {
+    (void)sig;
+    window_due = 1;
+}
+
+/* sub: prints the summary of the window since L->t_ready; with `window`, also restarts the
+ * counts (events, bytes, gaps, latency, per-subscriber events) for the next window. */
+static void sub_report(struct load *L, bool window) {
+    const struct hist *h = L->hist;
+    uint64_t now = now_ns(), lo = UINT64_MAX, hi = 0;
+    double secs = L->t_ready ? (double)(now - L->t_ready) / 1e9 : 0.0;
+    long open = 0;
+    for (long i = 0; i < L->o->connections; i++) {
+        struct conn *c = &L->conns[i];
+        if (c->state != S_BODY)
+            continue;
+        open++;
+        lo = c->got < lo ? c->got : lo;
+        hi = c->got > hi ? c->got : hi;
+        if (window) { /* the next window's events may come from a new publisher, from n=0 */
+            c->got = 0;
+            c->last_seq = UINT64_MAX;
+        }
+    }
+    printf("{\"mode\":\"sub\",\"window\":%s,\"connections\":%ld,\"connected\":%ld,"
+           "\"failed\":%ld,\"dropped\":%ld,\"open\":%ld,\"events\":%llu,\"bytes\":%llu,"
+           "\"seconds\":%.3f,\"events_per_s\":%.1f,\"bytes_per_s\":%.1f,"
+           "\"per_sub_min\":%llu,\"per_sub_max\":%llu,\"gaps\":%llu,"
+           "\"latency_ms\":{\"samples\":%llu,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,"
+           "\"max\":%.3f},\"hist\":",
+           window ? "true" : "false", L->o->connections, L->connected, L->failed,
+           L->dropped - L->window_dropped, open, (unsigned long long)L->events,
+           (unsigned long long)L->bytes, secs, secs > 0 ? (double)L->events / secs : 0.0,
+           secs > 0 ? (double)L->bytes / secs : 0.0, (unsigned long long)(open ? lo : 0),
+           (unsigned long long)hi, (unsigned long long)L->gaps, (unsigned long long)h->count,
+           hist_ms(h, 0.50), hist_ms(h, 0.90), hist_ms(h, 0.99), (double)h->max_us / 1000.0);
+    hist_print(h);
+    printf("}\n");
+    fflush(stdout);
+    if (window) {
+        L->events = L->bytes = L->gaps = 0;
+        L->window_dropped = L->dropped;
+        L->t_ready = now;
+        memset(L->hist, 0, sizeof *L->hist);
     }
 }
 
@@ -586,6 +714,11 @@ static void run(struct load *L) {
     open_more(L);
     for (;;) {
         uint64_t now = now_ns();
+        if (window_due && !o->pub) {
+            window_due = 0;
+            if (L->measuring)
+                sub_report(L, true);
+        }
         if (!o->pub && !L->measuring && L->settled >= o->connections) {
             L->measuring = true;
             L->t_ready = now;
@@ -668,6 +801,11 @@ int main(int argc, char **argv) {
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     signal(SIGPIPE, SIG_IGN);
+    if (o.gen) {
+        gen_run(&o);
+        return 0;
+    }
+    signal(SIGUSR1, on_usr1);
     struct load L = {.o = &o};
     L.ep = epoll_create1(EPOLL_CLOEXEC);
     L.conns = calloc((size_t)o.connections, sizeof *L.conns);
@@ -684,15 +822,7 @@ int main(int argc, char **argv) {
                (unsigned long long)L.published, (unsigned long long)L.errors, L.dropped, secs,
                secs > 0 ? (double)L.published / secs : 0.0);
     } else {
-        const struct hist *h = L.hist;
-        printf("{\"mode\":\"sub\",\"connections\":%ld,\"connected\":%ld,\"failed\":%ld,"
-               "\"dropped\":%ld,\"events\":%llu,\"bytes\":%llu,\"seconds\":%.3f,"
-               "\"events_per_s\":%.1f,\"bytes_per_s\":%.1f,\"latency_ms\":{\"samples\":%llu,"
-               "\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"max\":%.3f}}\n",
-               o.connections, L.connected, L.failed, L.dropped, (unsigned long long)L.events,
-               (unsigned long long)L.bytes, secs, secs > 0 ? (double)L.events / secs : 0.0,
-               secs > 0 ? (double)L.bytes / secs : 0.0, (unsigned long long)h->count,
-               hist_ms(h, 0.50), hist_ms(h, 0.90), hist_ms(h, 0.99), (double)h->max_us / 1000.0);
+        sub_report(&L, false);
     }
     fflush(stdout);
     return 0;
