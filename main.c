@@ -54,8 +54,7 @@ struct options {
 struct opt;
 /* Parses and stores one option's value. val is its value (NULL for a switch), given the
  * command-line word that named the option ("--journal" or "--journal=x"), for messages. */
-typedef void opt_store(struct options *o, const struct opt *op, const char *val,
-                       const char *given);
+typedef void opt_store(struct options *o, const struct opt *op, const char *val, const char *given);
 
 /* One command-line option. */
 struct opt {
@@ -71,10 +70,10 @@ struct opt {
 };
 
 enum {
-    OPT_SIZE = 1,      /* a number may end in k, m or g (powers of 1024) */
-    OPT_SECONDS = 2,   /* a number of seconds, stored as milliseconds */
-    OPT_ZERO_OFF = 4,  /* 0 is stored as SSE_OFF */
-    OPT_NONEMPTY = 8,  /* a text may not be empty */
+    OPT_SIZE = 1,     /* a number may end in k, m or g (powers of 1024) */
+    OPT_SECONDS = 2,  /* a number of seconds, stored as milliseconds */
+    OPT_ZERO_OFF = 4, /* 0 is stored as SSE_OFF */
+    OPT_NONEMPTY = 8, /* a text may not be empty */
 };
 
 #if defined(__GNUC__)
@@ -127,8 +126,7 @@ static long long opt_number(const struct opt *op, const char *val) {
     return op->flags & OPT_SECONDS ? n * 1000 : n;
 }
 
-static void store_int(struct options *o, const struct opt *op, const char *val,
-                      const char *given) {
+static void store_int(struct options *o, const struct opt *op, const char *val, const char *given) {
     (void)given;
     *(int *)opt_field(o, op) = (int)opt_number(op, val);
 }
@@ -152,8 +150,7 @@ static void store_true(struct options *o, const struct opt *op, const char *val,
     *(bool *)opt_field(o, op) = true;
 }
 
-static void store_off(struct options *o, const struct opt *op, const char *val,
-                      const char *given) {
+static void store_off(struct options *o, const struct opt *op, const char *val, const char *given) {
     (void)val, (void)given;
     *(int *)opt_field(o, op) = SSE_OFF;
 }
@@ -261,25 +258,25 @@ static void store_relay(struct options *o, const struct opt *op, const char *val
     (void)given;
     split_pair(val, op->name, "TOPIC=http://HOST:PORT/PATH", &topic, &url);
     if (strncmp(url, "http://", 7) != 0)
-        die_usage("invalid value '%s=%s' for --relay: expected TOPIC=http://HOST:PORT/PATH",
-                  topic, url);
+        die_usage("invalid value '%s=%s' for --relay: expected TOPIC=http://HOST:PORT/PATH", topic,
+                  url);
     r->topic = topic;
     r->url = url;
 }
 
 static opt_store store_help, store_version; /* they print the table: defined after it */
 
-#define F(member) offsetof(struct options, member)
-#define INT(member, lo, hi, fl) store_int, F(member), lo, hi, fl
+#define F(member)                offsetof(struct options, member)
+#define INT(member, lo, hi, fl)  store_int, F(member), lo, hi, fl
 #define SIZE(member, lo, hi, fl) store_size, F(member), lo, hi, fl
-#define TEXT(member, fl) store_text, F(member), 0, 0, fl
-#define CALL(fn) fn, 0, 0, 0, 0
+#define TEXT(member, fl)         store_text, F(member), 0, 0, fl
+#define CALL(fn)                 fn, 0, 0, 0, 0
 /* An option of a part: refused (exit 2) when this build was made without the part. */
 #define PART(sw) ((sw) ? NULL : #sw)
-#define PROXY PART(SSE_ENABLE_PROXY)
-#define JOURNAL PART(SSE_ENABLE_JOURNAL)
-#define REDIS PART(SSE_ENABLE_REDIS)
-#define GiB (1LL << 30)
+#define PROXY    PART(SSE_ENABLE_PROXY)
+#define JOURNAL  PART(SSE_ENABLE_JOURNAL)
+#define REDIS    PART(SSE_ENABLE_REDIS)
+#define GiB      (1LL << 30)
 
 static const struct opt opts[] = {
     {"listen", "HOST:PORT",
@@ -288,8 +285,8 @@ static const struct opt opts[] = {
      "127.0.0.1:8080", store_listen, F(cfg.listen), 0, 0, 0, NULL},
     {"root", "DIR", "serve static files from DIR", "the built-in page at /",
      TEXT(cfg.static_root, 0), NULL},
-    {"stream", "PATH", "EventSource endpoint prefix", "/events", store_stream,
-     F(cfg.stream_path), 0, 0, 0, NULL},
+    {"stream", "PATH", "EventSource endpoint prefix", "/events", store_stream, F(cfg.stream_path),
+     0, 0, 0, NULL},
     {"backlog", "N", "events kept for replay, all topics; 0 = none", "1024",
      INT(cfg.backlog, 0, 100000000, OPT_ZERO_OFF), NULL},
     {"backlog-bytes", "BYTES",
@@ -305,13 +302,13 @@ static const struct opt opts[] = {
      "the event of type \"position\" that every client records",
      NULL, store_off, F(cfg.position_event), 0, 0, 0, NULL},
     {"publish-token", "TOKEN", "enable POST/DELETE /publish with Authorization: Bearer TOKEN",
-     "$SSE_PUBLISH_TOKEN, else publishing over HTTP is off",
-     TEXT(cfg.publish_token, OPT_NONEMPTY), NULL},
+     "$SSE_PUBLISH_TOKEN, else publishing over HTTP is off", TEXT(cfg.publish_token, OPT_NONEMPTY),
+     NULL},
     {"subscribe-token", "TOKEN",
      "require Authorization: Bearer TOKEN or ?token=TOKEN from subscribers",
      "$SSE_SUBSCRIBE_TOKEN, else none", TEXT(cfg.subscribe_token, OPT_NONEMPTY), NULL},
-    {"stdin", NULL, "publish each line of standard input as an event on topic \"default\"",
-     "off", store_true, F(read_stdin), 0, 0, 0, NULL},
+    {"stdin", NULL, "publish each line of standard input as an event on topic \"default\"", "off",
+     store_true, F(read_stdin), 0, 0, 0, NULL},
     {"stdin-format", "lines|sse",
      "sse: read blocks of topic:/event:/data: lines ended by a blank line", "lines",
      CALL(store_stdin_format), NULL},
@@ -322,8 +319,7 @@ static const struct opt opts[] = {
     {"cors", "ORIGIN", "send Access-Control-Allow-Origin: ORIGIN (an origin or *)",
      "no CORS headers", TEXT(cfg.cors_origin, 0), NULL},
     {"max-clients", "N", "client connections served",
-     "the open-file limit less a reserve; see README",
-     INT(cfg.max_clients, 1, 10000000, 0), NULL},
+     "the open-file limit less a reserve; see README", INT(cfg.max_clients, 1, 10000000, 0), NULL},
     {"max-clients-per-ip", "N",
      "connections served per client address; more are told to come back, as when all client "
      "connections are taken; 0 = no limit",
@@ -335,6 +331,10 @@ static const struct opt opts[] = {
      "lag, publishers wait (inputs are not read, HTTP publishes are held); at least the client "
      "buffer = no flow control",
      "client buffer / 8", SIZE(cfg.pace_high_water, 1, 1024 * GiB, OPT_SIZE), NULL},
+    {"publish-wait", "MS",
+     "how long an HTTP publish held by flow control waits for the subscribers before it is "
+     "answered 503 with Retry-After (and not published)",
+     "5000", INT(cfg.publish_wait_ms, 1, 3600000, 0), NULL},
     {"max-event-bytes", "BYTES", "largest event payload, at most 64m", "1m",
      SIZE(cfg.max_event_bytes, 1, 64LL << 20, OPT_SIZE), NULL},
     {"header-timeout", "SECONDS", "deadline for a request head", "10",
@@ -368,8 +368,8 @@ static const struct opt opts[] = {
      "be one node of a hub sharing one event history through a Redis stream: publish with "
      "XADD, deliver what XREAD brings, ids are the stream's",
      "none", store_redis, F(cfg.redis), 0, 0, 0, REDIS},
-    {"redis-stream", "KEY", "the stream", "sse", store_redis_stream, F(cfg.redis_stream), 0, 0,
-     0, REDIS},
+    {"redis-stream", "KEY", "the stream", "sse", store_redis_stream, F(cfg.redis_stream), 0, 0, 0,
+     REDIS},
     {"redis-password", "PASSWORD", "AUTH with it", "$SSE_REDIS_PASSWORD, else none",
      TEXT(cfg.redis_password, OPT_NONEMPTY), REDIS},
     {"redis-maxlen", "N", "entries Redis keeps, XADD MAXLEN ~ N", "100000",
@@ -384,7 +384,7 @@ static const struct opt opts[] = {
 #define OPT_CODE 256 /* getopt_long returns OPT_CODE + the option's index in opts */
 
 #define HELP_COLUMN 28 /* where --help's descriptions start */
-#define HELP_WIDTH 92  /* and the column no line of it passes */
+#define HELP_WIDTH  92 /* and the column no line of it passes */
 
 /* Prints text from column col on, breaking lines at spaces before HELP_WIDTH and indenting
  * the next to HELP_COLUMN; "(default:" stays with the word after it. */

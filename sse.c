@@ -2491,7 +2491,7 @@ enum timer_id {
     TIMER_LINGER,  /* LINGER_MS: a closing connection's last chance */
     TIMER_CONNECT, /* proxy_connect_timeout_ms: an upstream connect */
     TIMER_PROXY,   /* proxy_heartbeat_ms: a proxied stream's heartbeat */
-    TIMER_PACED,   /* PACE_PUBLISH_WAIT_MS: a held publish is answered 503 by then */
+    TIMER_PACED,   /* publish_wait_ms: a held publish is answered 503 by then */
     TIMER_NEVER,   /* no deadline (upstreams, proxied non-stream responses) */
     TIMER_COUNT
 };
@@ -2852,7 +2852,7 @@ static void conn_flush_later(struct sse_server *srv, struct conn *c) {
 #define PACE_PATIENCE_MS     1000  /* took nothing this long in a hold: left behind */
 #define PACE_MINORITY_MS     2000  /* a lagging minority this long in a hold: left behind */
 #define PACE_MAX_HOLD_MS     10000 /* a hold this long leaves every lagging subscriber behind */
-#define PACE_PUBLISH_WAIT_MS 5000  /* a held HTTP publish is answered 503 after this */
+#define PACE_PUBLISH_WAIT_MS 5000  /* publish_wait_ms's default: then a held publish gets 503 */
 /* clang-format on */
 
 enum lag_state {
@@ -3958,7 +3958,7 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
     free(b);
 }
 
-/* A publish held by flow control for PACE_PUBLISH_WAIT_MS (or at a stop) is refused: the
+/* A publish held by flow control for publish_wait_ms (or at a stop) is refused: the
  * publisher may send it again later, and nothing was published. */
 static void publish_paced_timeout(struct sse_server *srv, struct conn *c) {
     free(c->body);
@@ -7868,7 +7868,8 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
     srv->timers[TIMER_PROXY].duration =
         cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : INT64_MAX / 4;
-    srv->timers[TIMER_PACED].duration = PACE_PUBLISH_WAIT_MS;
+    srv->timers[TIMER_PACED].duration =
+        cfg->publish_wait_ms > 0 ? cfg->publish_wait_ms : PACE_PUBLISH_WAIT_MS;
     srv->timers[TIMER_NEVER].duration = INT64_MAX / 4;
     char retry[48];
     snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);

@@ -193,6 +193,9 @@ struct sse_config {
                                     are held (see sse_publish_ready()). 0 = client_buffer
                                     / 8; client_buffer or more = no flow control (slow
                                     subscribers are dropped, publishers never wait) */
+    int publish_wait_ms;         /* flow control: how long an HTTP publish held for lagging
+                                    subscribers waits before it is answered 503 with
+                                    Retry-After (not published). 0 = 5000 */
     const struct sse_proxy_route *proxy_routes; /* reverse-proxy routes, or NULL */
     size_t num_proxy_routes;                    /* entries in proxy_routes */
     int proxy_connect_timeout_ms; /* connecting to an upstream. 0 = 5000 */
@@ -292,7 +295,7 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
  * has more than pace_high_water bytes queued, the server paces its publishers rather than
  * queue what it cannot deliver (and drop everyone at client_buffer): it stops reading
  * inputs (their writers block), relays (TCP pushes back on the upstream) and HTTP publishes
- * (answered once the subscribers caught up, or 503 + Retry-After after 5 s), and
+ * (answered once the subscribers caught up, or 503 + Retry-After after publish_wait_ms), and
  * sse_publish() answers -EAGAIN. It takes events again once no more than 1 in 20 lags.
  * A subscriber slower than the rest does not pace them for long: one that takes no bytes
  * for a second of a hold, or that still lags two seconds after the others caught up, is left

@@ -35,6 +35,7 @@ OPTIONS = [
     ("--max-clients-per-ip", "0"),
     ("--client-buffer", ("1048576", "1m", "1M", "1 MiB", "1MiB")),
     ("--pace-high-water", ANY),
+    ("--publish-wait", "5000"),
     ("--max-event-bytes", ("1048576", "1m", "1M", "1 MiB", "1MiB")),
     ("--header-timeout", "10"),
     ("--quiet", None),
@@ -138,6 +139,7 @@ BAD_VALUES = [
     ["--client-buffer", "12q"],
     ["--pace-high-water", "0"],
     ["--pace-high-water", "lots"],
+    ["--publish-wait", "0"],
     ["--header-timeout", "soon"],
     ["--stream", "noslash"],
     ["--backlog"],  # missing value
