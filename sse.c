@@ -2528,12 +2528,12 @@ static const char *const close_reason_label[R_COUNT] = {
     "upstream_failed", "reconnect", "reset",
 };
 
-enum handle_kind { H_LISTEN, H_CONN, H_INPUT, H_REDIS };
-
-/* What epoll hands back: every registered object starts with one. */
+/* What epoll hands back: every registered object starts with one, and names in on_event who
+ * handles its readiness, so the loop calls it without knowing what is behind it (as redis's
+ * ae.c calls the procs a file event registered). */
 struct handle {
     int fd; /* the descriptor */
-    enum handle_kind kind;
+    void (*on_event)(struct sse_server *srv, struct handle *h, uint32_t events); /* EPOLL* */
 };
 
 /* A request head collected across reads, or bytes pipelined after a request. */
@@ -2554,7 +2554,7 @@ struct body {
 };
 
 struct conn {
-    struct handle h;            /* fd and kind (H_CONN); first, for epoll */
+    struct handle h;            /* fd and conn_on_event (or the proxy's); first, for epoll */
     uint8_t state;              /* enum conn_state */
     uint8_t flags;              /* enum conn_flag */
     uint8_t timer;              /* enum timer_id it is listed in, or TIMER_NONE */
@@ -2679,7 +2679,7 @@ struct metrics {
 
 /* A descriptor whose bytes are published (sse_publish_from_fd). */
 struct input {
-    struct handle h;           /* fd and kind (H_INPUT) */
+    struct handle h;           /* fd and input_on_event; first, for epoll */
     struct input *next;        /* next input */
     bool polled;               /* in epoll; false for regular files, read every iteration */
     bool held;                 /* not read (out of epoll): Redis cannot take events now */
@@ -4918,7 +4918,11 @@ static void proxy_up_connected(struct sse_server *srv, struct conn *up) {
     conn_flush(srv, up);
 }
 
-static void proxy_up_event(struct sse_server *srv, struct conn *up, uint32_t events) {
+/* An upstream connection's on_event. */
+static void proxy_up_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct conn *up = (struct conn *)h;
+    if (up->state == CONN_DEAD)
+        return;
     if (!up->px) {
         conn_close(srv, up, R_UPSTREAM);
         return;
@@ -4982,7 +4986,7 @@ static bool proxy_connect(struct sse_server *srv, struct proxy *px) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     up->h.fd = fd;
-    up->h.kind = H_CONN;
+    up->h.on_event = proxy_up_event;
     up->file_fd = -1;
     up->timer = TIMER_NONE;
     up->serial = ++srv->next_serial;
@@ -5561,7 +5565,7 @@ struct redis_wait {
 };
 
 struct redis_link {
-    struct handle h;          /* fd (-1 while down) and kind H_REDIS; first, for epoll */
+    struct handle h;          /* fd (-1 while down) and redis_on_event; first, for epoll */
     const char *name;         /* "commands" or "stream", for log lines */
     bool connecting;          /* connect() in progress */
     bool up;                  /* connected; what is queued is being sent */
@@ -6370,7 +6374,9 @@ static void redis_flush(struct sse_server *srv, struct redis_link *l) {
     }
 }
 
-static void redis_on_event(struct sse_server *srv, struct redis_link *l, uint32_t events) {
+/* A Redis link's on_event. */
+static void redis_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct redis_link *l = (struct redis_link *)h;
     if (l->connecting) {
         int err = 0;
         socklen_t elen = sizeof err;
@@ -6979,6 +6985,12 @@ static void input_read(struct sse_server *srv, struct input *in) {
     }
 }
 
+/* An input's on_event: readable (or hung up, which read() reports as its end). */
+static void input_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    (void)events;
+    input_read(srv, (struct input *)h);
+}
+
 /* ==========================================================================================
  * 13. The event loop
  *
@@ -6998,6 +7010,30 @@ static void loop_clock(struct sse_server *srv) {
         blob_unref(srv->stream_head);
         srv->stream_head = NULL;
     }
+}
+
+/* A client connection's on_event. */
+static void conn_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct conn *c = (struct conn *)h;
+    if (c->state == CONN_DEAD)
+        return;
+    if (events & (EPOLLERR | EPOLLHUP)) {
+        conn_close(srv, c, conn_gone(c, (events & EPOLLERR) != 0));
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP)) {
+        if (c->state == CONN_REQUEST || c->state == CONN_BODY)
+            http_read(srv, c);
+        else if (c->state == CONN_STREAM || c->state == CONN_LINGER)
+            conn_discard_input(srv, c);
+        else if (c->state == CONN_PROXY && c->px && c->px->req_left)
+            proxy_client_read(srv, c);
+        else if (c->state == CONN_PROXY && (events & EPOLLRDHUP))
+            conn_close(srv, c, R_CLIENT_CLOSED); /* gone: the upstream is closed with it */
+        /* CONN_RESPOND, CONN_PROXY: the next request is read when the response is out */
+    }
+    if ((events & EPOLLOUT) && c->state != CONN_DEAD && (c->qlen || c->file_fd >= 0))
+        conn_flush(srv, c);
 }
 
 /* Takes an accepted connection: served, or over max_clients or max_clients_per_ip and
@@ -7024,7 +7060,7 @@ static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_stora
         return;
     }
     c->h.fd = fd;
-    c->h.kind = H_CONN;
+    c->h.on_event = conn_on_event;
     c->file_fd = -1;
     c->timer = TIMER_NONE;
     c->serial = ++srv->next_serial;
@@ -7081,7 +7117,10 @@ static void loop_shed(struct sse_server *srv) {
     srv->accept_paused_until = srv->now + 100;
 }
 
-static void loop_accept(struct sse_server *srv) {
+/* The listener's on_event: accepts what is waiting. */
+static void loop_accept(struct sse_server *srv, struct handle *h, uint32_t events) {
+    (void)h;
+    (void)events;
     for (int i = 0; i < ACCEPT_BATCH && srv->listener.fd >= 0; i++) {
         struct sockaddr_storage sa = {0};
         socklen_t salen = sizeof sa;
@@ -7100,32 +7139,6 @@ static void loop_accept(struct sse_server *srv) {
         }
         conn_new(srv, fd, &sa);
     }
-}
-
-static void conn_on_event(struct sse_server *srv, struct conn *c, uint32_t events) {
-    if (c->state == CONN_DEAD)
-        return;
-    if (c->state == CONN_UPSTREAM) {
-        proxy_up_event(srv, c, events);
-        return;
-    }
-    if (events & (EPOLLERR | EPOLLHUP)) {
-        conn_close(srv, c, conn_gone(c, (events & EPOLLERR) != 0));
-        return;
-    }
-    if (events & (EPOLLIN | EPOLLRDHUP)) {
-        if (c->state == CONN_REQUEST || c->state == CONN_BODY)
-            http_read(srv, c);
-        else if (c->state == CONN_STREAM || c->state == CONN_LINGER)
-            conn_discard_input(srv, c);
-        else if (c->state == CONN_PROXY && c->px && c->px->req_left)
-            proxy_client_read(srv, c);
-        else if (c->state == CONN_PROXY && (events & EPOLLRDHUP))
-            conn_close(srv, c, R_CLIENT_CLOSED); /* gone: the upstream is closed with it */
-        /* CONN_RESPOND, CONN_PROXY: the next request is read when the response is out */
-    }
-    if ((events & EPOLLOUT) && c->state != CONN_DEAD && (c->qlen || c->file_fd >= 0))
-        conn_flush(srv, c);
 }
 
 static void loop_timers(struct sse_server *srv) {
@@ -7357,14 +7370,7 @@ int sse_poll(struct sse_server *srv, int timeout_ms) {
     loop_clock(srv);
     for (int i = 0; i < n; i++) {
         struct handle *h = events[i].data.ptr;
-        if (h->kind == H_LISTEN)
-            loop_accept(srv);
-        else if (h->kind == H_CONN)
-            conn_on_event(srv, (struct conn *)h, events[i].events);
-        else if (h->kind == H_REDIS)
-            redis_on_event(srv, (struct redis_link *)h, events[i].events);
-        else
-            input_read(srv, (struct input *)h);
+        h->on_event(srv, h, events[i].events);
     }
     loop_timers(srv);
     journal_tick(&srv->journal, &srv->log, srv->now);
@@ -7516,7 +7522,7 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
     }
     srv->listener.fd = fd;
     srv->port = p;
-    srv->listener.kind = H_LISTEN;
+    srv->listener.on_event = loop_accept;
     struct epoll_event ev = {.events = EPOLLIN};
     ev.data.ptr = &srv->listener;
     if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
@@ -7767,7 +7773,7 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
     srv->redis = r;
     srv->pace.can_take = redis_can_take; /* inputs and relays wait below the hold mark */
     r->cmd.h.fd = r->follow.h.fd = -1;
-    r->cmd.h.kind = r->follow.h.kind = H_REDIS;
+    r->cmd.h.on_event = r->follow.h.on_event = redis_on_event;
     r->cmd.name = "commands";
     r->follow.name = "stream";
     char url[300];
@@ -8019,7 +8025,7 @@ int sse_publish_from_fd(struct sse_server *srv, int fd, enum sse_input_format fo
     if (!in)
         return -ENOMEM;
     in->h.fd = fd;
-    in->h.kind = H_INPUT;
+    in->h.on_event = input_on_event;
     wire_reader_init(&in->reader, format, srv->max_event_bytes);
     struct epoll_event ev = {.events = EPOLLIN};
     ev.data.ptr = in;
