@@ -2481,7 +2481,7 @@ enum conn_flag {
     CF_WR_SHUT = 16,     /* write side shut down while lingering */
     CF_HTTP10 = 32,      /* the current request is HTTP/1.0 */
     CF_BODY_UNREAD = 64, /* the current request has a body we have not read */
-    CF_REPLAYING = 128   /* catching up from Redis: live events wait (they are in the backlog) */
+    CF_REPLAYING = 128   /* its history answers later: live events wait (in the backlog) */
 };
 
 enum timer_id {
@@ -2708,6 +2708,57 @@ struct pace {
     bool (*can_take)(const struct sse_server *srv); /* a storing part's own answer, or NULL */
 };
 
+/*
+ * The history (a seam). What stands behind Last-Event-ID: the core always keeps the backlog
+ * of recent events; a history decides how new events get their ids and whether an id a
+ * client comes back with can be replayed exactly. The in-memory backlog is the default
+ * (history_backlog below); the journal wraps it (an event is on disk before anyone hears of
+ * it) and Redis is another (Redis assigns the ids; what is older than the backlog comes from
+ * the stream). The answer itself (replay, or the reset event) is given in one place,
+ * stream_answer(), whichever history decided. A NULL hook is the backlog's behaviour.
+ */
+enum history_answer {
+    HISTORY_RESET,   /* the id cannot be replayed exactly: the reset event */
+    HISTORY_COVERED, /* the backlog holds every event after the id */
+    HISTORY_LATER    /* the history answers later, through stream_answer_later() */
+};
+
+struct history_ops {
+    /* Publishes a checked event that has no id yet. Returns the subscribers it was queued
+     * to with *id set, or 0 with *id 0 when the history says the id later (c, if not NULL,
+     * is answered then), or a negative errno. NULL: the next id, delivered at once. */
+    int (*append)(struct sse_server *srv, struct conn *c, const char *topic, const char *event,
+                  const char *data, size_t len, uint64_t *id);
+    /* Stores an event that has its id, before the backlog keeps it; negative: not stored,
+     * nobody hears of it. NULL: nothing to store. */
+    int (*store)(struct sse_server *srv, const struct blob *ev);
+    /* After the backlog kept an event (the journal compacts). NULL: nothing. */
+    void (*kept)(struct sse_server *srv, uint64_t id);
+    /* Whether every event after id can be replayed. NULL: backlog_covers(). */
+    enum history_answer (*covers)(struct sse_server *srv, struct conn *c, uint64_t id);
+    /* A connection waiting for the history (a publish or a replay) closed. NULL: none. */
+    void (*forget)(struct sse_server *srv, const struct conn *c);
+    void (*tick)(struct sse_server *srv);              /* once an iteration, or NULL */
+    int64_t (*deadline)(const struct sse_server *srv); /* when tick is due, INT64_MAX: never */
+    void (*format_id)(struct wbuf *w, uint64_t key);   /* an id as the wire spells it */
+    bool (*parse_id)(const char *s, size_t len, uint64_t *key); /* and back: canonical only */
+    void (*free)(struct sse_server *srv);                       /* at sse_server_free(), or NULL */
+};
+
+static void history_decimal_id(struct wbuf *w, uint64_t key) {
+    wb_id(w, false, key);
+}
+
+static bool history_decimal_parse(const char *s, size_t len, uint64_t *key) {
+    return id_parse(false, s, len, key);
+}
+
+/* The default history: decimal ids from this server, the backlog alone answers. */
+static const struct history_ops history_backlog = {
+    .format_id = history_decimal_id,
+    .parse_id = history_decimal_parse,
+};
+
 struct sse_server {
     /* configuration, defaults applied, strings owned */
     char *stream_path; /* e.g. "/events" */
@@ -2752,17 +2803,18 @@ struct sse_server {
     char date[32];   /* IMF-fixdate of date_sec, for Date headers */
 
     /* events */
-    uint64_t last_id;          /* last id assigned (the seed before any publish) */
-    struct rng rng;            /* for jitter and the hash seed */
-    struct topic_table topics; /* every topic with a subscriber, an event or retired */
-    struct backlog backlog;    /* retained events */
-    struct journal journal;    /* events on disk; fd -1 without a journal */
-    struct redis_hub *redis;   /* the hub this server is a node of, or NULL */
-    struct blob *stream_head;  /* cached stream response head for date_sec, or NULL */
-    struct blob *retry_line;   /* "retry: N\n\n", or NULL when retry is off */
-    struct blob *heartbeat;    /* ":\n" */
-    struct blob *id_line;      /* cached position event or id-only block, or NULL */
-    struct blob *continue_100; /* "HTTP/1.1 100 Continue\r\n\r\n" */
+    uint64_t last_id;                  /* last id assigned (the seed before any publish) */
+    struct rng rng;                    /* for jitter and the hash seed */
+    struct topic_table topics;         /* every topic with a subscriber, an event or retired */
+    struct backlog backlog;            /* retained events */
+    const struct history_ops *history; /* behind Last-Event-ID: history_backlog or a part's */
+    struct journal journal;            /* events on disk; fd -1 without a journal */
+    struct redis_hub *redis;           /* the hub this server is a node of, or NULL */
+    struct blob *stream_head;          /* cached stream response head for date_sec, or NULL */
+    struct blob *retry_line;           /* "retry: N\n\n", or NULL when retry is off */
+    struct blob *heartbeat;            /* ":\n" */
+    struct blob *id_line;              /* cached position event or id-only block, or NULL */
+    struct blob *continue_100;         /* "HTTP/1.1 100 Continue\r\n\r\n" */
 
     /* connections */
     struct timer_list timers[TIMER_COUNT];
@@ -2987,18 +3039,12 @@ static void conn_drop_output(struct conn *c) {
 static void proxy_conn_closed(struct sse_server *srv, struct conn *c);
 
 /* Section 10 (Redis) is called from here on: publishing and closing a waiting publisher. */
-static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
-                         const char *event, const char *data, size_t len);
-static void redis_forget(struct sse_server *srv, const struct conn *c);
 static bool redis_positioned(const struct sse_server *srv);
 static bool redis_ready(const struct sse_server *srv);
 static uint64_t redis_reconnects(const struct sse_server *srv);
 static uint64_t redis_errors(const struct sse_server *srv);
 static uint64_t redis_received(const struct sse_server *srv);
 static uint64_t redis_unknown(const struct sse_server *srv);
-static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after);
-static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last);
-static bool redis_backlog_covers(const struct sse_server *srv, uint64_t last);
 
 /* Closes at once: the descriptor now, the memory at the end of the iteration. */
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
@@ -3006,8 +3052,8 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
         return;
     enum conn_state state = (enum conn_state)c->state;
     c->state = CONN_DEAD; /* first: the proxy below may close the peer, which looks back */
-    if (state == CONN_WAIT || (c->flags & CF_REPLAYING))
-        redis_forget(srv, c);
+    if ((state == CONN_WAIT || (c->flags & CF_REPLAYING)) && srv->history->forget)
+        srv->history->forget(srv, c);
     if (c->px)
         proxy_conn_closed(srv, c);
     timer_unlink(srv, c);
@@ -3456,7 +3502,7 @@ static struct blob *stream_id_line(struct sse_server *srv) {
     if (!srv->id_line) {
         char id[48];
         struct wbuf w = {id, sizeof id, 0};
-        wb_id(&w, srv->redis != NULL, srv->last_id);
+        srv->history->format_id(&w, srv->last_id);
         if (srv->position_event) {
             size_t n = wire_format_event(NULL, 0, id, w.len, "position", "", 0);
             srv->id_line = blob_new(n);
@@ -3484,17 +3530,17 @@ static struct blob *stream_reset_event(struct sse_server *srv, const char *asked
     wb_str(&w, ", \"oldest\": ");
     if (srv->backlog.count) {
         wb_str(&w, "\"");
-        wb_id(&w, srv->redis != NULL, backlog_at(&srv->backlog, 0)->id);
+        srv->history->format_id(&w, backlog_at(&srv->backlog, 0)->id);
         wb_str(&w, "\"");
     } else {
         wb_str(&w, "null");
     }
     wb_str(&w, ", \"current\": \"");
-    wb_id(&w, srv->redis != NULL, srv->last_id);
+    srv->history->format_id(&w, srv->last_id);
     wb_str(&w, "\"}");
     char id[48];
     struct wbuf idw = {id, sizeof id, 0};
-    wb_id(&idw, srv->redis != NULL, srv->last_id);
+    srv->history->format_id(&idw, srv->last_id);
     size_t n = wire_format_event(NULL, 0, id, idw.len, "reset", data, w.len);
     struct blob *b = blob_new(n);
     if (b)
@@ -3519,31 +3565,52 @@ static bool stream_replay_rest(struct sse_server *srv, struct conn *c, uint64_t 
     return true;
 }
 
+/* The answer to a Last-Event-ID, whichever history decided: covered, every retained event
+ * after `after` on the subscriber's topics; otherwise the reset event naming the id asked
+ * for (WHATWG 9.2.4 leaves it to the server what it sends after a Last-Event-ID; we never
+ * pretend a gap is not there). Counts the replay or the reset. */
+static bool stream_answer(struct sse_server *srv, struct conn *c, const char *asked,
+                          size_t asked_len, uint64_t after, bool covered) {
+    if (covered) {
+        srv->m.replays_total++;
+        return stream_replay_rest(srv, c, after);
+    }
+    srv->m.resets_total++;
+    return conn_enqueue_owned(srv, c, stream_reset_event(srv, asked, asked_len));
+}
+
+/* A history that answered HISTORY_LATER answers here: the subscriber stops waiting (live
+ * events reach it again) and gets stream_answer()'s answer, or is closed if that fails. */
+static void stream_answer_later(struct sse_server *srv, struct conn *c, uint64_t after,
+                                bool covered) {
+    c->flags &= (uint8_t)~CF_REPLAYING;
+    char asked[48];
+    struct wbuf w = {asked, sizeof asked, 0};
+    srv->history->format_id(&w, after);
+    if (!stream_answer(srv, c, asked, w.len, after, covered))
+        conn_close(srv, c, R_ERROR);
+}
+
 /* Queues what a subscriber must get before live events: everything retained after its
- * last id on its topics, or the reset event, or (no last id) the current id. As a node of
- * a Redis hub, what is older than the backlog comes from Redis (redis_replay). */
+ * last id on its topics, or the reset event, or (no last id) the current id. The history
+ * decides; one that must ask elsewhere (Redis) answers later, and until then the
+ * subscriber is CF_REPLAYING: live events skip it, it takes them from the backlog. */
 static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *last,
                             size_t last_len) {
     if (!last)
         return conn_enqueue(srv, c, stream_id_line(srv));
-    uint64_t id;
-    bool valid = id_parse(srv->redis != NULL, last, last_len, &id);
-    if (valid && srv->redis && id > srv->last_id && redis_ahead(srv, c, id)) {
-        srv->m.replays_total++;
-        return true; /* when the follower reaches it (redis_ahead_done) */
+    const struct history_ops *h = srv->history;
+    uint64_t id = 0;
+    enum history_answer a = HISTORY_RESET;
+    if (h->parse_id(last, last_len, &id))
+        a = h->covers                                         ? h->covers(srv, c, id)
+            : backlog_covers(&srv->backlog, id, srv->last_id) ? HISTORY_COVERED
+                                                              : HISTORY_RESET;
+    if (a == HISTORY_LATER) {
+        c->flags |= CF_REPLAYING;
+        return true;
     }
-    bool covered = valid && (srv->redis ? redis_backlog_covers(srv, id)
-                                        : backlog_covers(&srv->backlog, id, srv->last_id));
-    if (valid && srv->redis && id < srv->last_id && !covered && redis_replay(srv, c, id)) {
-        srv->m.replays_total++;
-        return true; /* from Redis, then the backlog (stream_replay_rest) */
-    }
-    if (!covered) {
-        srv->m.resets_total++;
-        return conn_enqueue_owned(srv, c, stream_reset_event(srv, last, last_len));
-    }
-    srv->m.replays_total++;
-    return stream_replay_rest(srv, c, id);
+    return stream_answer(srv, c, last, last_len, id, a == HISTORY_COVERED);
 }
 
 /* Turns the connection into a subscriber of the given topics. */
@@ -3780,7 +3847,7 @@ static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *
                                const char *event, const char *data, size_t len) {
     char text[48];
     struct wbuf idw = {text, sizeof text, 0};
-    wb_id(&idw, srv->redis != NULL, id);
+    srv->history->format_id(&idw, id);
     size_t n = wire_format_event(NULL, 0, text, idw.len, event, data, len);
     struct topic *t = topic_get(&srv->topics, topic, strlen(topic));
     struct blob *ev = t ? blob_new(n) : NULL;
@@ -3792,8 +3859,8 @@ static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *
     wire_format_event(ev->bytes, n, text, idw.len, event, data, len);
     ev->id = id;
     ev->topic = t;
-    if (srv->journal.fd >= 0 && journal_append(&srv->journal, ev, &srv->log, srv->now) < 0) {
-        blob_unref(ev); /* not on disk: nobody hears of it, and the id is not used */
+    if (srv->history->store && srv->history->store(srv, ev) < 0) {
+        blob_unref(ev); /* not stored: nobody hears of it, and the id is not used */
         return -EIO;
     }
     uint64_t prev = srv->last_id;
@@ -3802,8 +3869,8 @@ static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *
     srv->id_line = NULL;
     topic_retire_flag(t, false);
     backlog_push(&srv->backlog, ev, prev);
-    if (srv->journal.fd >= 0)
-        journal_maybe_compact(&srv->journal, &srv->backlog, id, &srv->log, srv->now);
+    if (srv->history->kept)
+        srv->history->kept(srv, id);
     int queued = 0;
     for (struct sub *s = t->subs, *next; s; s = next) {
         next = s->next;
@@ -3838,22 +3905,28 @@ static int publish_local(struct sse_server *srv, const char *topic, const char *
     return publish_deliver(srv, srv->last_id + 1, topic, event, data, len);
 }
 
-/* The one publishing path for everything but HTTP (inputs, relays, sse_publish): on its
- * own the server assigns the next id and delivers at once; as a node of a Redis hub the
- * event goes to Redis, and arrives back (with Redis's id) through the stream it follows. */
+/* Hands a checked event to the history (history_ops.append): by default the server
+ * assigns the next id and delivers at once; a history that assigns ids elsewhere (Redis)
+ * sets *id to 0, and the event arrives back with its id. */
+static int publish_append(struct sse_server *srv, struct conn *c, const char *topic,
+                          const char *event, const char *data, size_t len, uint64_t *id) {
+    if (srv->history->append)
+        return srv->history->append(srv, c, topic, event, data, len, id);
+    int r = publish_local(srv, topic, event, data, len);
+    *id = r >= 0 ? srv->last_id : 0;
+    return r;
+}
+
+/* The one publishing path for everything but HTTP (inputs, relays, sse_publish). */
 static int publish_event(struct sse_server *srv, const char *topic, const char *event,
                          const char *data, size_t len, uint64_t *id_out) {
     int r = publish_check(srv, &topic, event, data, len);
     if (r < 0)
         return r;
-    if (srv->redis) {
-        if (id_out)
-            *id_out = 0;
-        return redis_publish(srv, NULL, topic, event, data, len);
-    }
-    r = publish_local(srv, topic, event, data, len);
-    if (r >= 0 && id_out)
-        *id_out = srv->last_id;
+    uint64_t id = 0;
+    r = publish_append(srv, NULL, topic, event, data, len, &id);
+    if (id_out)
+        *id_out = id;
     return r;
 }
 
@@ -3919,7 +3992,7 @@ static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64
         char out[256];
         struct wbuf w = {out, sizeof out, 0};
         wb_str(&w, "{\"id\": \"");
-        wb_id(&w, srv->redis != NULL, id);
+        srv->history->format_id(&w, id);
         wb_str(&w, "\", \"topic\": \"");
         wb_str(&w, topic);
         wb_str(&w, "\", \"subscribers\": ");
@@ -3929,8 +4002,8 @@ static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64
     }
 }
 
-/* The body has arrived: publish it and answer with the id. Through Redis the answer waits
- * (CONN_WAIT) until Redis has stored the event and said its id. */
+/* The body has arrived: publish it and answer with the id. When the history says the id
+ * later (Redis), the answer waits (CONN_WAIT) until it has. */
 static void publish_finish(struct sse_server *srv, struct conn *c) {
     if (srv->pace.held) { /* flow control: wait for the subscribers, body kept */
         c->state = CONN_PACED;
@@ -3941,18 +4014,16 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
     c->body = NULL;
     const char *topic = b->topic, *event = b->has_event ? b->event : NULL;
     int r = publish_check(srv, &topic, event, b->data, b->have);
-    if (r == 0 && srv->redis) {
-        r = redis_publish(srv, c, topic, event, b->data, b->have);
-        if (r == 0) {
-            c->state = CONN_WAIT;
-            timer_set(srv, c, TIMER_SEND);
-            free(b);
-            return;
-        }
-    } else if (r == 0) {
-        r = publish_local(srv, topic, event, b->data, b->have);
+    uint64_t id = 0;
+    if (r == 0)
+        r = publish_append(srv, c, topic, event, b->data, b->have, &id);
+    if (r >= 0 && id == 0) { /* the history answers when it has the id */
+        c->state = CONN_WAIT;
+        timer_set(srv, c, TIMER_SEND);
+        free(b);
+        return;
     }
-    publish_answer(srv, c, r, srv->last_id, topic);
+    publish_answer(srv, c, r, id, topic);
     free(b);
 }
 
@@ -4330,6 +4401,42 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
     else
         http_text(srv, c, 404, "not found", NULL);
 }
+
+/* ---- the journal as a history ---------------------------------------------------------
+ * The backlog's ids and answers, with every event written to the journal before anyone
+ * hears of it (journal_append), and compacted after the backlog kept it. */
+
+static int history_journal_store(struct sse_server *srv, const struct blob *ev) {
+    return srv->journal.fd >= 0 ? journal_append(&srv->journal, ev, &srv->log, srv->now) : 0;
+}
+
+static void history_journal_kept(struct sse_server *srv, uint64_t id) {
+    if (srv->journal.fd >= 0)
+        journal_maybe_compact(&srv->journal, &srv->backlog, id, &srv->log, srv->now);
+}
+
+static void history_journal_tick(struct sse_server *srv) {
+    journal_tick(&srv->journal, &srv->log, srv->now);
+}
+
+static int64_t history_journal_deadline(const struct sse_server *srv) {
+    int64_t due = journal_deadline(&srv->journal);
+    return due < 0 ? INT64_MAX : due;
+}
+
+static void history_journal_free(struct sse_server *srv) {
+    journal_close(&srv->journal, &srv->log);
+}
+
+static const struct history_ops history_journal = {
+    .store = history_journal_store,
+    .kept = history_journal_kept,
+    .tick = history_journal_tick,
+    .deadline = history_journal_deadline,
+    .format_id = history_decimal_id,
+    .parse_id = history_decimal_parse,
+    .free = history_journal_free,
+};
 
 /* ==========================================================================================
  * 9. The proxy and the relay
@@ -6048,27 +6155,7 @@ static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after)
     if (!rw)
         return false;
     rw->after = after;
-    c->flags |= CF_REPLAYING;
     return true;
-}
-
-/* The end of a replay: the reset event instead (the history was trimmed, or Redis failed
- * the request), or what the backlog holds after the last replayed id. */
-static void redis_replay_end(struct sse_server *srv, struct conn *c, uint64_t after, bool exact) {
-    c->flags &= (uint8_t)~CF_REPLAYING;
-    bool ok;
-    if (exact) {
-        ok = stream_replay_rest(srv, c, after);
-    } else {
-        char asked[48];
-        struct wbuf w = {asked, sizeof asked, 0};
-        wb_id(&w, true, after);
-        srv->m.replays_total--;
-        srv->m.resets_total++;
-        ok = conn_enqueue_owned(srv, c, stream_reset_event(srv, asked, w.len));
-    }
-    if (!ok)
-        conn_close(srv, c, R_ERROR);
 }
 
 /* XINFO STREAM's answer, a flat list of field and value. The rule is the backlog's
@@ -6106,7 +6193,7 @@ static void redis_replay_info(struct sse_server *srv, const struct redis_wait *r
     bool exact = vals[0].type == '*' && rw->after >= deleted &&
                  ((length > 0 && have_first && rw->after >= first) || (rw->after == 0 && !removed));
     if (!exact || !redis_replay_page(srv, rw->c, rw->after))
-        redis_replay_end(srv, rw->c, rw->after, false);
+        stream_answer_later(srv, rw->c, rw->after, false);
 }
 
 /* A page of XRANGE: entries up to what the backlog holds go to the subscriber; then the
@@ -6115,7 +6202,7 @@ static void redis_replay_entries(struct sse_server *srv, const struct redis_wait
                                  const struct resp_value *vals, size_t n) {
     struct conn *c = rw->c;
     if (vals[0].type != '*') {
-        redis_replay_end(srv, c, rw->after, false);
+        stream_answer_later(srv, c, rw->after, false);
         return;
     }
     uint64_t limit = srv->backlog.count ? srv->backlog.base : srv->last_id, after = rw->after;
@@ -6149,7 +6236,7 @@ static void redis_replay_entries(struct sse_server *srv, const struct redis_wait
         }
     }
     if (done || !redis_replay_page(srv, c, after))
-        redis_replay_end(srv, c, after, done);
+        stream_answer_later(srv, c, after, done);
 }
 
 /*
@@ -6168,7 +6255,6 @@ static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last) {
     if (!rw)
         return false;
     rw->after = last;
-    c->flags |= CF_REPLAYING;
     return true;
 }
 
@@ -6182,9 +6268,9 @@ static void redis_ahead_done(struct sse_server *srv) {
             continue;
         r->ahead[i--] = r->ahead[--r->nahead];
         if (redis_backlog_covers(srv, a.last))
-            redis_replay_end(srv, a.c, a.last, true);
+            stream_answer_later(srv, a.c, a.last, true);
         else if (!redis_replay(srv, a.c, a.last))
-            redis_replay_end(srv, a.c, a.last, false);
+            stream_answer_later(srv, a.c, a.last, false);
     }
 }
 
@@ -6198,7 +6284,7 @@ static void redis_ahead_last(struct sse_server *srv, const struct redis_wait *rw
                   redis_str(&vals[2], id, sizeof id) && id_parse(true, id, strlen(id), &newest) &&
                   rw->after <= newest;
     if (exists && rw->after <= srv->last_id) {
-        redis_replay_end(srv, rw->c, rw->after, true); /* reached while we asked */
+        stream_answer_later(srv, rw->c, rw->after, true); /* reached while we asked */
         return;
     }
     if (exists && r->nahead == r->ahead_cap) {
@@ -6211,7 +6297,7 @@ static void redis_ahead_last(struct sse_server *srv, const struct redis_wait *rw
         }
     }
     if (!exists) {
-        redis_replay_end(srv, rw->c, rw->after, false);
+        stream_answer_later(srv, rw->c, rw->after, false);
         return;
     }
     r->ahead[r->nahead++] = (struct redis_ahead){rw->c, rw->after};
@@ -6597,6 +6683,49 @@ static void redis_free(struct sse_server *srv) {
     free(r);
     srv->redis = NULL;
 }
+
+/* ---- Redis as a history ------------------------------------------------------------------
+ * Redis assigns the ids (stream entry ids, "MS-SEQ"), so a publish goes to the stream and
+ * comes back through the follower; an id the backlog cannot answer for is asked of Redis. */
+
+static int redis_history_append(struct sse_server *srv, struct conn *c, const char *topic,
+                                const char *event, const char *data, size_t len, uint64_t *id) {
+    *id = 0; /* the follower brings it back with its id */
+    return redis_publish(srv, c, topic, event, data, len);
+}
+
+/* A client ahead of this node's follower waits for it (redis_ahead); the backlog answers
+ * for what it provably holds (redis_backlog_covers); an older id is asked of Redis
+ * (redis_replay). What cannot be asked is a reset. */
+static enum history_answer redis_history_covers(struct sse_server *srv, struct conn *c,
+                                                uint64_t id) {
+    if (id > srv->last_id && redis_ahead(srv, c, id))
+        return HISTORY_LATER; /* when the follower reaches it (redis_ahead_done) */
+    if (redis_backlog_covers(srv, id))
+        return HISTORY_COVERED;
+    if (id < srv->last_id && redis_replay(srv, c, id))
+        return HISTORY_LATER; /* from Redis, then the backlog (stream_replay_rest) */
+    return HISTORY_RESET;
+}
+
+static void redis_history_id(struct wbuf *w, uint64_t key) {
+    wb_id(w, true, key);
+}
+
+static bool redis_history_parse(const char *s, size_t len, uint64_t *key) {
+    return id_parse(true, s, len, key);
+}
+
+static const struct history_ops history_redis = {
+    .append = redis_history_append,
+    .covers = redis_history_covers,
+    .forget = redis_forget,
+    .tick = redis_tick,
+    .deadline = redis_next_deadline,
+    .format_id = redis_history_id,
+    .parse_id = redis_history_parse,
+    .free = redis_free,
+};
 
 /* ==========================================================================================
  * 11. Request dispatch
@@ -7270,11 +7399,8 @@ static int loop_next_timeout(const struct sse_server *srv) {
     for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++)
         if (!srv->relays[i].px && srv->relays[i].next_attempt < next)
             next = srv->relays[i].next_attempt;
-    int64_t sync_due = journal_deadline(&srv->journal);
-    if (sync_due >= 0 && sync_due < next)
-        next = sync_due;
-    if (srv->redis && redis_next_deadline(srv) < next)
-        next = redis_next_deadline(srv);
+    if (srv->history->deadline && srv->history->deadline(srv) < next)
+        next = srv->history->deadline(srv);
     if (next == INT64_MAX)
         return -1;
     int64_t wait = next - clock_ms();
@@ -7373,9 +7499,8 @@ int sse_poll(struct sse_server *srv, int timeout_ms) {
         h->on_event(srv, h, events[i].events);
     }
     loop_timers(srv);
-    journal_tick(&srv->journal, &srv->log, srv->now);
-    if (srv->redis)
-        redis_tick(srv);
+    if (srv->history->tick)
+        srv->history->tick(srv);
     loop_pace(srv);
     if (srv->stop_requested && !srv->stopping)
         loop_stop(srv);
@@ -7771,6 +7896,7 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
     if (!r)
         return "out of memory";
     srv->redis = r;
+    srv->history = &history_redis;
     srv->pace.can_take = redis_can_take; /* inputs and relays wait below the hold mark */
     r->cmd.h.fd = r->follow.h.fd = -1;
     r->cmd.h.on_event = r->follow.h.on_event = redis_on_event;
@@ -7811,6 +7937,7 @@ static const char *api_journal(struct sse_server *srv, const struct sse_config *
     if (cfg->journal_sync != SSE_JOURNAL_BATCH && cfg->journal_sync != SSE_JOURNAL_ALWAYS &&
         cfg->journal_sync != SSE_JOURNAL_NONE)
         return "invalid journal_sync";
+    srv->history = &history_journal; /* from here on journal_close() frees what it opened */
     srv->journal.sync = cfg->journal_sync;
     srv->journal.max_bytes = cfg->journal_max_bytes ? cfg->journal_max_bytes : 64u << 20;
     return journal_open(&srv->journal, cfg->journal_path, &srv->topics, &srv->backlog,
@@ -7838,6 +7965,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->log.user = cfg->user;
     srv->on_request = cfg->on_request;
     srv->log.depth = &srv->log_depth;
+    srv->history = &history_backlog;
     const char *why = api_configure(srv, cfg);
     if (why) {
         api_error(err, errlen, "%s", why);
@@ -7910,8 +8038,8 @@ void sse_server_free(struct sse_server *srv) {
     conn_reap(srv);
     while (srv->inputs)
         input_close(srv, srv->inputs);
-    journal_close(&srv->journal, &srv->log);
-    redis_free(srv);
+    if (srv->history->free)
+        srv->history->free(srv);
     backlog_free(&srv->backlog);
     blob_unref(srv->stream_head);
     blob_unref(srv->retry_line);
