@@ -1372,6 +1372,17 @@ struct http_query {
     struct http_param params[QUERY_PARAMS_MAX]; /* in order of appearance */
 };
 
+/* A request's target, checked and decoded once, as routing sees it. */
+struct http_target {
+    const char *raw;            /* the target as sent (origin form), path and query */
+    size_t raw_len;             /* bytes at raw */
+    size_t raw_path_len;        /* of them, the path (up to '?') */
+    const char *path;           /* the percent-decoded path, NUL-terminated */
+    size_t path_len;            /* bytes at path */
+    const struct http_query *q; /* the decoded query */
+    uint64_t content_length;    /* of the body, 0 without one */
+};
+
 /* Splits and decodes a query string (without '?'). scratch must hold len bytes; the views
  * point into it. Returns 0, or -1 for a bad escape or more than QUERY_PARAMS_MAX params. */
 static int http_parse_query(const char *q, size_t len, char *scratch, struct http_query *out) {
@@ -2709,6 +2720,31 @@ struct pace {
 };
 
 /*
+ * Parts (a seam). What an optional part adds to HTTP: its routes (tried after the core's
+ * own paths, before static files), its /metrics rows (after the core's) and a reason for
+ * /healthz to answer 503. A part registers one of these at sse_server_new() (api_part),
+ * whether or not the configuration uses it, so /metrics has the same families either way.
+ */
+#define PARTS_MAX     4  /* parts registered: the proxy, the journal, Redis, one to come */
+#define PART_ROWS_MAX 16 /* /metrics rows one part may add */
+
+/* One /metrics family with its one sample. */
+struct metrics_row {
+    const char *name, *type, *help; /* metric name, "gauge" or "counter", # HELP text */
+    uint64_t value;                 /* the sample */
+};
+
+struct part_ops {
+    /* Answers a request that is the part's and returns true, or returns false. NULL: none. */
+    bool (*route)(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                  const struct http_target *t);
+    /* Fills up to PART_ROWS_MAX rows, returns how many. NULL: none. */
+    size_t (*metrics)(const struct sse_server *srv, struct metrics_row *rows);
+    /* Why the server is unhealthy (/healthz says it with a 503), or NULL. NULL: never. */
+    const char *(*unhealthy)(const struct sse_server *srv);
+};
+
+/*
  * The history (a seam). What stands behind Last-Event-ID: the core always keeps the backlog
  * of recent events; a history decides how new events get their ids and whether an id a
  * client comes back with can be replayed exactly. The in-memory backlog is the default
@@ -2835,6 +2871,8 @@ struct sse_server {
     int64_t stop_deadline;       /* when stopping turns into closing everything */
     struct pace pace;            /* flow control */
     struct metrics m;
+    const struct part_ops *parts[PARTS_MAX]; /* what the enabled parts add to HTTP */
+    size_t nparts;                           /* entries in parts */
 
     char scratch[SSE_HEAD_MAX]; /* a request head read in one go */
     char decoded[SSE_HEAD_MAX]; /* decoded query of the request being handled */
@@ -2900,9 +2938,9 @@ static void conn_flush_later(struct sse_server *srv, struct conn *c) {
  * can_take: one answer for every publisher. */
 
 #define PACE_SHARE 10 /* hold when more than 1 subscriber in 10 lags */
-#define PACE_PATIENCE_MS                                                                           \
-    1000                           /* a subscriber that took nothing for this long of a hold,      \
-                                      or (twice this) a lagging minority, is left behind */
+/* A subscriber that took nothing for this long of a hold, or (twice this) a lagging
+ * minority, is left behind. 64-bit, as the clock it is added to. */
+#define PACE_PATIENCE_MS     INT64_C(1000)
 #define PACE_MAX_HOLD_MS     10000 /* a hold this long leaves every lagging subscriber behind */
 #define PACE_PUBLISH_WAIT_MS 5000  /* a held HTTP publish is answered 503 after this */
 
@@ -4177,8 +4215,6 @@ static void publish_handle(struct sse_server *srv, struct conn *c, const struct 
 
 /* ---- metrics, health, static files ----------------------------------------------------- */
 
-static uint64_t metrics_relays_up(const struct sse_server *srv);
-
 /* The # HELP and # TYPE lines that open a metric family (its samples follow). */
 static void metrics_family(struct wbuf *w, const char *name, const char *type, const char *help) {
     wb_str(w, "# HELP ");
@@ -4190,6 +4226,17 @@ static void metrics_family(struct wbuf *w, const char *name, const char *type, c
     wb_put(w, " ", 1);
     wb_str(w, type);
     wb_put(w, "\n", 1);
+}
+
+/* Writes each row as a family with its one sample. */
+static void metrics_rows(struct wbuf *w, const struct metrics_row *rows, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        metrics_family(w, rows[i].name, rows[i].type, rows[i].help);
+        wb_str(w, rows[i].name);
+        wb_put(w, " ", 1);
+        wb_u64(w, rows[i].value);
+        wb_put(w, "\n", 1);
+    }
 }
 
 /* Flow control's holds by cause: how often the gate closed and for how long, the hold under
@@ -4227,10 +4274,7 @@ static void metrics_pace(const struct sse_server *srv, struct wbuf *w) {
  * sse_connections_rejected_total counts them too (when answered), and the connections
  * closed at accept (beyond OVERFLOW_MAX, out of descriptors), which were never accepted. */
 static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_only) {
-    const struct {
-        const char *name, *type, *help;
-        uint64_t value;
-    } rows[] = {
+    const struct metrics_row rows[] = {
         {"sse_subscribers", "gauge", "Subscribers connected now.", srv->nsubscribers},
         {"sse_connections", "gauge", "Client connections open now, over --max-clients or not.",
          (uint64_t)srv->nconns + srv->noverflow},
@@ -4269,45 +4313,14 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
          srv->m.resets_total},
         {"sse_bad_requests_total", "counter", "Requests refused as malformed or too large.",
          srv->m.bad_requests_total},
-        {"sse_upstream_connections", "gauge", "Connections to upstreams open now.",
-         srv->nupstreams},
-        {"sse_relays_connected", "gauge", "Relays receiving their upstream stream now.",
-         metrics_relays_up(srv)},
-        {"sse_proxied_requests_total", "counter", "Requests passed to an upstream.",
-         srv->m.proxied_total},
-        {"sse_proxy_errors_total", "counter", "Upstream failures (refused, timed out, invalid).",
-         srv->m.proxy_errors_total},
-        {"sse_relay_events_total", "counter", "Events published by relays.", srv->m.relayed_total},
-        {"sse_journal_bytes", "gauge", "Size of the journal file (0 without --journal).",
-         srv->journal.size},
-        {"sse_journal_syncs_total", "counter", "fdatasync() calls on the journal.",
-         srv->journal.syncs},
-        {"sse_journal_compactions_total", "counter", "Journal rewrites down to the backlog.",
-         srv->journal.compactions},
-        {"sse_journal_errors_total", "counter",
-         "Failed journal writes, syncs and compactions (failed writes were not published).",
-         srv->journal.errors},
-        {"sse_redis_up", "gauge", "1 when both Redis links are up and following the stream.",
-         srv->redis && redis_ready(srv)},
-        {"sse_redis_reconnects_total", "counter", "Redis links lost.",
-         srv->redis ? redis_reconnects(srv) : 0},
-        {"sse_redis_errors_total", "counter",
-         "Publishes Redis did not take (answered 503) and stream entries skipped.",
-         srv->redis ? redis_errors(srv) : 0},
-        {"sse_redis_entries_total", "counter", "Stream entries delivered to local subscribers.",
-         srv->redis ? redis_received(srv) : 0},
-        {"sse_redis_publish_unknown_total", "counter",
-         "XADDs sent but not answered when the link died: stored or not, nobody knows.",
-         srv->redis ? redis_unknown(srv) : 0},
     };
     char out[16384];
     struct wbuf w = {out, sizeof out, 0};
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-        metrics_family(&w, rows[i].name, rows[i].type, rows[i].help);
-        wb_str(&w, rows[i].name);
-        wb_put(&w, " ", 1);
-        wb_u64(&w, rows[i].value);
-        wb_put(&w, "\n", 1);
+    metrics_rows(&w, rows, sizeof rows / sizeof rows[0]);
+    for (size_t i = 0; i < srv->nparts; i++) {
+        struct metrics_row part_rows[PART_ROWS_MAX];
+        if (srv->parts[i]->metrics)
+            metrics_rows(&w, part_rows, srv->parts[i]->metrics(srv, part_rows));
     }
     metrics_family(&w, "sse_connections_closed_total", "counter",
                    "Client connections closed, by reason (closed + open = accepted).");
@@ -4427,6 +4440,32 @@ static int64_t history_journal_deadline(const struct sse_server *srv) {
 static void history_journal_free(struct sse_server *srv) {
     journal_close(&srv->journal, &srv->log);
 }
+
+static size_t history_journal_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    const struct metrics_row mine[] = {
+        {"sse_journal_bytes", "gauge", "Size of the journal file (0 without --journal).",
+         srv->journal.size},
+        {"sse_journal_syncs_total", "counter", "fdatasync() calls on the journal.",
+         srv->journal.syncs},
+        {"sse_journal_compactions_total", "counter", "Journal rewrites down to the backlog.",
+         srv->journal.compactions},
+        {"sse_journal_errors_total", "counter",
+         "Failed journal writes, syncs and compactions (failed writes were not published).",
+         srv->journal.errors},
+    };
+    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
+    memcpy(rows, mine, sizeof mine);
+    return sizeof mine / sizeof mine[0];
+}
+
+static const char *history_journal_unhealthy(const struct sse_server *srv) {
+    return srv->journal.stuck          ? "journal unusable"
+           : srv->journal.cannot_write ? "journal cannot write"
+                                       : NULL;
+}
+
+static const struct part_ops part_journal = {.metrics = history_journal_metrics,
+                                             .unhealthy = history_journal_unhealthy};
 
 static const struct history_ops history_journal = {
     .store = history_journal_store,
@@ -4985,6 +5024,9 @@ static void proxy_up_eof(struct sse_server *srv, struct proxy *px) {
  * this wake-up (until_empty says so): then read on to see the end. */
 static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_empty) {
     char buf[PROXY_READ];
+    /* up->px and px->up point at each other, and proxy_release() clears both before it
+     * frees px, which the analyzer cannot know */
+    /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc) */
     while (up->state == CONN_UPSTREAM && up->px && up->px->connected && !up->px->up_paused) {
         struct proxy *px = up->px;
         if (px->relay && px->head_done && srv->pace.held)
@@ -5477,12 +5519,38 @@ static void relay_connect(struct sse_server *srv, struct relay *r) {
         proxy_fail(srv, px, 502, "could not be written to");
 }
 
-static uint64_t metrics_relays_up(const struct sse_server *srv) {
+static uint64_t proxy_relays_up(const struct sse_server *srv) {
     uint64_t n = 0;
     for (size_t i = 0; i < srv->nrelays; i++)
         n += srv->relays[i].px && srv->relays[i].px->head_done;
     return n;
 }
+
+/* ---- the proxy as a part: its routes and /metrics rows --------------------------------- */
+
+static bool proxy_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                        const struct http_target *t) {
+    return proxy_dispatch(srv, c, req, t->raw, t->raw_path_len, t->raw_len, t->content_length);
+}
+
+static size_t proxy_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    const struct metrics_row mine[] = {
+        {"sse_upstream_connections", "gauge", "Connections to upstreams open now.",
+         srv->nupstreams},
+        {"sse_relays_connected", "gauge", "Relays receiving their upstream stream now.",
+         proxy_relays_up(srv)},
+        {"sse_proxied_requests_total", "counter", "Requests passed to an upstream.",
+         srv->m.proxied_total},
+        {"sse_proxy_errors_total", "counter", "Upstream failures (refused, timed out, invalid).",
+         srv->m.proxy_errors_total},
+        {"sse_relay_events_total", "counter", "Events published by relays.", srv->m.relayed_total},
+    };
+    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
+    memcpy(rows, mine, sizeof mine);
+    return sizeof mine / sizeof mine[0];
+}
+
+static const struct part_ops part_proxy = {.route = proxy_route, .metrics = proxy_metrics};
 
 /* ==========================================================================================
  * 10. Redis Streams: many servers, one history
@@ -6010,7 +6078,8 @@ static int redis_local_subscribers(struct sse_server *srv, const char *topic) {
 static bool redis_str(const struct resp_value *v, char *out, size_t cap) {
     if (v->type != '$' || v->len >= cap)
         return false;
-    memcpy(out, v->str, v->len);
+    if (v->len) /* a null bulk string ($-1) has no bytes, and str may be NULL */
+        memcpy(out, v->str, v->len);
     out[v->len] = '\0';
     return true;
 }
@@ -6716,6 +6785,32 @@ static bool redis_history_parse(const char *s, size_t len, uint64_t *key) {
     return id_parse(true, s, len, key);
 }
 
+static size_t redis_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    const struct metrics_row mine[] = {
+        {"sse_redis_up", "gauge", "1 when both Redis links are up and following the stream.",
+         srv->redis && redis_ready(srv)},
+        {"sse_redis_reconnects_total", "counter", "Redis links lost.",
+         srv->redis ? redis_reconnects(srv) : 0},
+        {"sse_redis_errors_total", "counter",
+         "Publishes Redis did not take (answered 503) and stream entries skipped.",
+         srv->redis ? redis_errors(srv) : 0},
+        {"sse_redis_entries_total", "counter", "Stream entries delivered to local subscribers.",
+         srv->redis ? redis_received(srv) : 0},
+        {"sse_redis_publish_unknown_total", "counter",
+         "XADDs sent but not answered when the link died: stored or not, nobody knows.",
+         srv->redis ? redis_unknown(srv) : 0},
+    };
+    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
+    memcpy(rows, mine, sizeof mine);
+    return sizeof mine / sizeof mine[0];
+}
+
+static const char *redis_unhealthy(const struct sse_server *srv) {
+    return srv->redis && !redis_ready(srv) ? "redis unavailable" : NULL;
+}
+
+static const struct part_ops part_redis = {.metrics = redis_metrics, .unhealthy = redis_unhealthy};
+
 static const struct history_ops history_redis = {
     .append = redis_history_append,
     .covers = redis_history_covers,
@@ -6846,11 +6941,25 @@ static bool host_route(struct sse_server *srv, struct conn *c, const struct http
     return claimed || impl.answered;
 }
 
-/* Hands the request to its endpoint: the host's routes, the stream prefix, /publish,
- * /metrics, /healthz, then static files or the built-in page. */
+/* Why /healthz answers 503: what a part says, or the id space exhausted (ids assigned
+ * here, publish_local), or NULL when healthy. */
+static const char *http_unhealthy(const struct sse_server *srv) {
+    for (size_t i = 0; i < srv->nparts; i++) {
+        const char *why = srv->parts[i]->unhealthy ? srv->parts[i]->unhealthy(srv) : NULL;
+        if (why)
+            return why;
+    }
+    return !srv->history->append && srv->last_id == UINT64_MAX ? "id space exhausted" : NULL;
+}
+
+/* Hands the request to its endpoint: the host's routes, the stream prefix, /publish, the
+ * parts' routes (the proxy's prefixes), /metrics, /healthz, then static files or the
+ * built-in page. */
 static void http_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                       const char *target, size_t raw_path_len, size_t target_len, const char *path,
-                       size_t plen, const struct http_query *q, uint64_t content_length) {
+                       const struct http_target *t) {
+    const char *path = t->path;
+    size_t plen = t->path_len;
+    const struct http_query *q = t->q;
     if (!(c->flags & CF_OVER_LIMIT) && host_route(srv, c, req, path, q))
         return;
     size_t sp = srv->stream_path_len;
@@ -6870,13 +6979,15 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
         return;
     }
     if (bytes_eq(path, plen, "/publish")) {
-        publish_handle(srv, c, req, q, content_length);
+        publish_handle(srv, c, req, q, t->content_length);
         return;
     }
     bool builtin = bytes_eq(path, plen, "/metrics") || bytes_eq(path, plen, "/healthz");
-    if (!builtin && proxy_dispatch(srv, c, req, target, raw_path_len, target_len, content_length))
-        return;
+    for (size_t i = 0; !builtin && i < srv->nparts; i++)
+        if (srv->parts[i]->route && srv->parts[i]->route(srv, c, req, t))
+            return;
     static const char read_only[] = "Allow: GET, HEAD, OPTIONS\r\n";
+    const char *unhealthy;
     bool head = bytes_eq(req->method, req->method_len, "HEAD");
     if (!head && !bytes_eq(req->method, req->method_len, "GET")) {
         if (bytes_eq(req->method, req->method_len, "OPTIONS"))
@@ -6887,14 +6998,8 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
     }
     if (bytes_eq(path, plen, "/metrics"))
         metrics_handle(srv, c, head);
-    else if (bytes_eq(path, plen, "/healthz") && srv->redis && !redis_ready(srv))
-        http_text(srv, c, 503, "redis unavailable", NULL);
-    else if (bytes_eq(path, plen, "/healthz") && srv->journal.stuck)
-        http_text(srv, c, 503, "journal unusable", NULL);
-    else if (bytes_eq(path, plen, "/healthz") && srv->journal.cannot_write)
-        http_text(srv, c, 503, "journal cannot write", NULL);
-    else if (bytes_eq(path, plen, "/healthz") && !srv->redis && srv->last_id == UINT64_MAX)
-        http_text(srv, c, 503, "id space exhausted", NULL);
+    else if (bytes_eq(path, plen, "/healthz") && (unhealthy = http_unhealthy(srv)))
+        http_text(srv, c, 503, unhealthy, NULL);
     else if (bytes_eq(path, plen, "/healthz"))
         http_respond(srv, c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, head);
     else if (srv->root_fd >= 0)
@@ -6933,8 +7038,9 @@ static void http_handle(struct sse_server *srv, struct conn *c, const struct htt
         return;
     }
     srv->path[path_len] = '\0';
-    http_route(srv, c, req, target, raw_path_len, target_len, srv->path, (size_t)path_len, &q,
-               content_length);
+    const struct http_target t = {target,           target_len, raw_path_len,  srv->path,
+                                  (size_t)path_len, &q,         content_length};
+    http_route(srv, c, req, &t);
 }
 
 /* Parses the request in buf[0..len) (the server's scratch buffer or the connection's own)
@@ -7944,6 +8050,14 @@ static const char *api_journal(struct sse_server *srv, const struct sse_config *
                         &srv->last_id, &srv->log);
 }
 
+/* Plugs in what the parts add to HTTP, in the order their /metrics rows are listed. */
+static void api_parts(struct sse_server *srv) {
+    static const struct part_ops *const parts[] = {&part_proxy, &part_journal, &part_redis};
+    _Static_assert(sizeof parts / sizeof parts[0] <= PARTS_MAX, "room for every part");
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        srv->parts[srv->nparts++] = parts[i];
+}
+
 /* The first id: the wall clock in microseconds, so a restarted server starts above every id
  * the previous run handed out unless that run averaged over a million events a second. */
 static uint64_t api_id_seed(void) {
@@ -7966,6 +8080,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->on_request = cfg->on_request;
     srv->log.depth = &srv->log_depth;
     srv->history = &history_backlog;
+    api_parts(srv);
     const char *why = api_configure(srv, cfg);
     if (why) {
         api_error(err, errlen, "%s", why);
