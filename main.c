@@ -202,6 +202,17 @@ die_usage(const char *fmt, ...) {
     exit(2);
 }
 
+/* A part this binary was built without (sse.h's SSE_ENABLE_* switches) cannot be asked
+ * for: the words of sse_server_new(), and a usage error's exit status. */
+static void refuse_missing_parts(const struct sse_config *cfg) {
+    if (!SSE_ENABLE_PROXY && (cfg->num_proxy_routes || cfg->num_relays))
+        die_usage("--proxy, --relay: built without SSE_ENABLE_PROXY");
+    if (!SSE_ENABLE_JOURNAL && cfg->journal_path)
+        die_usage("--journal: built without SSE_ENABLE_JOURNAL");
+    if (!SSE_ENABLE_REDIS && cfg->redis)
+        die_usage("--redis: built without SSE_ENABLE_REDIS");
+}
+
 /* A whole number in [min, max]; with sizes, an optional k/m/g suffix multiplies by 1024^n. */
 static long long parse_number(const char *opt, const char *s, long long min, long long max,
                               bool size) {
@@ -600,6 +611,7 @@ static int run(struct sse_server *srv, const struct options *o, int sigfd) {
 int main(int argc, char **argv) {
     struct options o;
     parse_options(argc, argv, &o);
+    refuse_missing_parts(&o.cfg);
     raise_nofile();
     o.cfg.on_log = on_log;
     o.cfg.on_request = o.demo ? demo_route : NULL;

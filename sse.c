@@ -1804,657 +1804,6 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
 }
 
 /* ==========================================================================================
- * 6. The journal
- *
- * With a journal, an event reaches the disk before anyone hears of it: publish_deliver()
- * appends it here, and only then queues it for subscribers and answers the publisher. Once
- * write() has returned the bytes are in the kernel's page cache, so a crash of the process
- * (kill -9 included) loses no acknowledged event. What a power loss may take is the sync
- * mode's trade: "always" calls fdatasync() before acknowledging (nothing acknowledged is
- * lost, every publish waits for the disk), "batch" calls it at most JOURNAL_BATCH_MS after a
- * write (at most that much of the last acknowledged events), "none" leaves it to the kernel
- * (typically 30 s).
- *
- * On start the file is read back into the backlog, so ids continue above the last one and
- * a client reconnecting with Last-Event-ID after a restart gets exactly what it missed
- * (WHATWG 9.2.4). The format is text, so `cat` shows it: a header line, then per event a
- * record line and the event's bytes exactly as they go on the wire:
- *
- *     sse-journal 2 1795335269661017 5d4ad1a0  <- version; ids go on above this one; the
- *                                                 CRC-32 of this line up to the CRC
- *     #E 1795335269661018 news 68 a850b4fd     <- id, topic, length of what follows, and
- *                                                 the CRC-32 of this line up to the CRC
- *                                                 followed by those bytes
- *     id: 1795335269661018
- *     event: headline
- *     data: line one
- *     data: line two
- *                                              <- (the 68 bytes end with the blank line)
- *
- * A crash can tear only the end of the file (it is only ever appended to), so a record that
- * is cut short or fails its CRC with no valid record after it is dropped and the file cut
- * back to the last whole record; a bad record with valid ones after it is damage from
- * elsewhere, and the server refuses to start rather than silently lose the rest. The file
- * is kept under max_bytes by rewriting it with just the backlog (compaction), atomically:
- * a new file, synced, renamed over the old one. An exclusive flock() keeps a second server
- * from writing the same journal.
- *
- * The header is checked as the records are: a floor that changed on disk would make ids
- * jump (up to the end of the id space) or go back below ids clients hold. Version 1 files
- * (written before the header had a CRC) are still read, then compacted at once so the file
- * in use has a checked header; their floor is taken on trust, as it always was.
- * ======================================================================================== */
-
-#define JOURNAL_MAGIC       "sse-journal 2 "
-#define JOURNAL_MAGIC_V1    "sse-journal 1 "
-#define JOURNAL_HEADER_MAX  64   /* longest header line, with its LF */
-#define JOURNAL_PROBE_MS    1000 /* while writes fail: how often to try whether they work */
-#define JOURNAL_PROBE_MIN   4096 /* the least space a probe asks for */
-#define JOURNAL_RECORD_HEAD 128  /* longest "#E id topic len crc\n" line */
-#define JOURNAL_BATCH_MS    1000 /* batch mode: fdatasync() this long after a write at most */
-_Static_assert(3 + 20 + 1 + TOPIC_NAME_MAX + 1 + 20 + 1 + 8 + 1 <= JOURNAL_RECORD_HEAD,
-               "the longest record line fits");
-_Static_assert(sizeof JOURNAL_MAGIC - 1 + 20 + 1 + 8 + 1 <= JOURNAL_HEADER_MAX,
-               "the longest header line fits");
-
-/* CRC-32 as in zlib and Python's zlib.crc32 (reflected, polynomial 0xEDB88320; chained by
- * passing the previous result, starting from 0), bit by bit: no table, so no global state;
- * it runs once per event, over bytes just formatted. */
-static uint32_t journal_crc32(uint32_t crc, const char *p, size_t n) {
-    crc = ~crc;
-    for (size_t i = 0; i < n; i++) {
-        crc ^= (unsigned char)p[i];
-        for (int k = 0; k < 8; k++)
-            crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
-    }
-    return ~crc;
-}
-
-/* Writes the record line for an event (its wire bytes, their id and topic) into out, which
- * holds JOURNAL_RECORD_HEAD bytes. Returns its length. */
-static size_t journal_record_head(char out[JOURNAL_RECORD_HEAD], uint64_t id, const char *topic,
-                                  const char *bytes, size_t len) {
-    static const char hex[] = "0123456789abcdef";
-    struct wbuf w = {out, JOURNAL_RECORD_HEAD, 0};
-    wb_str(&w, "#E ");
-    wb_u64(&w, id);
-    wb_str(&w, " ");
-    wb_str(&w, topic);
-    wb_str(&w, " ");
-    wb_u64(&w, len);
-    wb_str(&w, " ");
-    uint32_t crc = journal_crc32(journal_crc32(0, out, w.len), bytes, len);
-    for (int shift = 28; shift >= 0; shift -= 4)
-        wb_put(&w, &hex[(crc >> shift) & 15u], 1);
-    wb_str(&w, "\n");
-    return w.len;
-}
-
-/* One record found in a journal: the event's id, topic and wire bytes (pointers into the
- * buffer parsed). */
-struct journal_record {
-    uint64_t id;
-    const char *topic;
-    size_t topic_len;
-    const char *bytes;
-    size_t len;
-};
-
-/* Whether bytes[0..len) are exactly what sse_format_event() makes of some event with this
- * id: parsed back into event type and data and formatted again, byte for byte. So nothing
- * but a well-formed event is ever served from a journal, whatever the file holds. */
-static bool journal_event_canonical(uint64_t id, const char *bytes, size_t len) {
-    char prefix[32];
-    struct wbuf w = {prefix, sizeof prefix, 0};
-    wb_str(&w, "id: ");
-    wb_u64(&w, id);
-    wb_str(&w, "\n");
-    if (len < w.len + 1 || memcmp(bytes, prefix, w.len) != 0 || bytes[len - 1] != '\n')
-        return false;
-    size_t at = w.len;
-    char event[EVENT_TYPE_MAX + 1];
-    bool has_event = false;
-    if (len - at > 7 && memcmp(bytes + at, "event: ", 7) == 0) {
-        const char *end = memchr(bytes + at + 7, '\n', len - at - 7);
-        size_t elen = end ? (size_t)(end - bytes) - at - 7 : 0;
-        if (!end || !wire_event_type_valid(bytes + at + 7, elen))
-            return false;
-        memcpy(event, bytes + at + 7, elen);
-        event[elen] = '\0';
-        has_event = true;
-        at += 7 + elen + 1;
-    }
-    char *data = malloc(len); /* the data is shorter than the bytes framing it */
-    if (!data)
-        return false;
-    size_t dlen = 0;
-    bool ok = true, first = true;
-    while (ok && at < len - 1) { /* data lines, up to the final blank line */
-        const char *end = memchr(bytes + at, '\n', len - 1 - at);
-        size_t llen = end ? (size_t)(end - bytes) - at : 0;
-        ok = end && llen >= 5 && memcmp(bytes + at, "data:", 5) == 0 &&
-             (llen == 5 || bytes[at + 5] == ' ');
-        if (ok) {
-            size_t vlen = llen > 5 ? llen - 6 : 0;
-            if (!first)
-                data[dlen++] = '\n';
-            memcpy(data + dlen, bytes + at + (llen > 5 ? 6 : 5), vlen);
-            dlen += vlen;
-            first = false;
-            at += llen + 1;
-        }
-    }
-    ok = ok && !first && at == len - 1 && wire_utf8_valid(data, dlen) &&
-         sse_format_event(NULL, 0, id, has_event ? event : NULL, data, dlen) == len;
-    if (ok) {
-        size_t cap = len;
-        char *again = malloc(cap);
-        ok = again &&
-             sse_format_event(again, cap, id, has_event ? event : NULL, data, dlen) == len &&
-             memcmp(again, bytes, len) == 0;
-        free(again);
-    }
-    free(data);
-    return ok;
-}
-
-/* Parses the record at buf[0..len). Returns its total length, 0 when buf ends inside it
- * (torn, or more to read), or -1 when it is not a valid record. */
-static long journal_parse_record(const char *buf, size_t len, size_t max_bytes,
-                                 struct journal_record *rec) {
-    const char *nl = memchr(buf, '\n', len < JOURNAL_RECORD_HEAD ? len : JOURNAL_RECORD_HEAD);
-    if (!nl)
-        return len < JOURNAL_RECORD_HEAD ? 0 : -1;
-    size_t hlen = (size_t)(nl - buf);
-    if (hlen < 3 || memcmp(buf, "#E ", 3) != 0)
-        return -1;
-    const char *field[4];
-    size_t flen[4], n = 0;
-    for (size_t i = 3, start = 3; i <= hlen; i++) {
-        if (i < hlen && buf[i] != ' ')
-            continue;
-        if (n == 4 || i == start)
-            return -1;
-        field[n] = buf + start;
-        flen[n++] = i - start;
-        start = i + 1;
-    }
-    uint64_t id, size;
-    if (n != 4 || !parse_u64(field[0], flen[0], &id) || id == 0 ||
-        (flen[0] > 1 && field[0][0] == '0') || !wire_topic_valid(field[1], flen[1]) ||
-        !parse_u64(field[2], flen[2], &size) || size > max_bytes || flen[3] != 8)
-        return -1;
-    uint32_t crc = 0;
-    for (size_t i = 0; i < 8; i++) {
-        char c = field[3][i];
-        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-        if (v < 0)
-            return -1;
-        crc = crc << 4 | (uint32_t)v;
-    }
-    if (size > len - hlen - 1)
-        return 0;
-    const char *bytes = nl + 1;
-    uint32_t want = journal_crc32(journal_crc32(0, buf, (size_t)(field[3] - buf)), bytes, size);
-    if (want != crc || !journal_event_canonical(id, bytes, size))
-        return -1;
-    *rec = (struct journal_record){id, field[1], flen[1], bytes, size};
-    return (long)(hlen + 1 + size);
-}
-
-struct journal {
-    int fd;                     /* the open journal, or -1: no journal */
-    char *path;                 /* its name, for compaction's rename */
-    enum sse_journal_sync sync; /* when to fdatasync() */
-    uint64_t max_bytes;         /* compact beyond this size */
-    uint64_t size;              /* bytes in the file */
-    uint64_t compacted;         /* size right after the last compaction or load */
-    bool dirty;                 /* written since the last fdatasync() */
-    int64_t dirty_since;        /* when it became dirty (ms) */
-    uint64_t syncs;             /* fdatasync() calls, for /metrics */
-    uint64_t compactions;       /* compactions done */
-    uint64_t errors;            /* failed writes, syncs and compactions */
-    bool failing;               /* the last fdatasync() failed (logged once per streak) */
-    bool stuck;                 /* a failed record could not be cut off: no more appends */
-    bool cannot_write;          /* the last write (append, compaction, probe) failed */
-    int64_t probe_at;           /* while cannot_write: when to try again (ms) */
-    uint64_t probe_bytes;       /* while cannot_write: the space the failed write needed */
-};
-
-/* Writes every byte of the iovecs, resuming after short writes and EINTR. 0 or -errno. */
-static int journal_write_all(int fd, struct iovec *iov, int n) {
-    while (n > 0) {
-        ssize_t w = writev(fd, iov, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        size_t done = (size_t)w;
-        while (n > 0 && done >= iov->iov_len) {
-            done -= iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n > 0) {
-            iov->iov_base = (char *)iov->iov_base + done;
-            iov->iov_len -= done;
-        }
-    }
-    return 0;
-}
-
-/* A failed fdatasync() leaves unknown which dirty pages reached the disk, and Linux reports
- * the error only once, so a later success says nothing about them. Always mode therefore
- * cuts the unsynced record off (journal_append); batch mode, whose events were
- * acknowledged already, tries again a period later: logged when the failures start and
- * when they end, not on every attempt. */
-static int journal_sync_now(struct journal *j, const struct logger *log, int64_t now) {
-    if (fdatasync(j->fd) < 0) {
-        j->errors++;
-        j->dirty_since = now; /* batch mode: the next attempt is a period away */
-        if (!j->failing)
-            log_say(log, SSE_LOG_ERROR, "journal %s: fdatasync: %s%s", j->path, strerror(errno),
-                    j->sync == SSE_JOURNAL_BATCH ? "; trying again every second" : "");
-        j->failing = true;
-        return -EIO;
-    }
-    if (j->failing)
-        log_say(log, SSE_LOG_INFO, "journal %s: fdatasync works again", j->path);
-    j->failing = false;
-    j->syncs++;
-    j->dirty = false;
-    return 0;
-}
-
-/* A write to the journal's disk failed (needing bytes of space): /healthz answers 503
- * "journal cannot write" until a write succeeds again, an append or the probe
- * (journal_probe), so a full disk is visible before the next publish fails. */
-static void journal_write_failed(struct journal *j, uint64_t bytes, int64_t now) {
-    j->errors++;
-    j->cannot_write = true;
-    j->probe_at = now + JOURNAL_PROBE_MS;
-    j->probe_bytes = bytes > JOURNAL_PROBE_MIN ? bytes : JOURNAL_PROBE_MIN;
-}
-
-static void journal_write_worked(struct journal *j, const struct logger *log) {
-    if (!j->cannot_write)
-        return;
-    j->cannot_write = false;
-    log_say(log, SSE_LOG_INFO, "journal %s: writing works again", j->path);
-}
-
-/* While writes fail: asks for the space the failed write needed past the end of the file,
- * without changing its size or contents (fallocate(2), FALLOC_FL_KEEP_SIZE; the blocks are
- * the next appends' anyway). Where the file system cannot do that, only the next append
- * tells. */
-static void journal_probe(struct journal *j, const struct logger *log, int64_t now) {
-    if (fallocate(j->fd, FALLOC_FL_KEEP_SIZE, (off_t)j->size, (off_t)j->probe_bytes) == 0)
-        journal_write_worked(j, log);
-    else
-        j->probe_at = now + JOURNAL_PROBE_MS;
-}
-
-/* Cuts the file back to its last whole record after a failed append. If even that fails
- * the file's end is unknown (a torn or unsynced record may follow), and appending after
- * it would bury that record under valid ones, which a restart refuses as damage: so the
- * journal takes no more events until the server restarts and reads the file back. */
-static void journal_cut_back(struct journal *j, const struct logger *log) {
-    if (ftruncate(j->fd, (off_t)j->size) == 0)
-        return;
-    j->stuck = true;
-    log_say(log, SSE_LOG_ERROR,
-            "journal %s: cannot cut back a failed record: %s; refusing to publish until restart "
-            "(the record may be replayed then)",
-            j->path, strerror(errno));
-}
-
-/* Appends one event. On failure the file is cut back to where it was, so a failed append
- * leaves no torn or unsynced record behind, and the caller must not publish the event. */
-static int journal_append(struct journal *j, const struct blob *ev, const struct logger *log,
-                          int64_t now) {
-    if (j->stuck)
-        return -EIO;
-    char head[JOURNAL_RECORD_HEAD];
-    size_t hlen = journal_record_head(head, ev->id, ev->topic->name, ev->bytes, ev->len);
-    struct iovec iov[2] = {{head, hlen}, {(void *)ev->bytes, ev->len}};
-    int r = journal_write_all(j->fd, iov, 2);
-    if (r < 0) {
-        journal_write_failed(j, hlen + ev->len, now);
-        log_say(log, SSE_LOG_ERROR, "journal %s: write: %s; the event was not published", j->path,
-                strerror(-r));
-        journal_cut_back(j, log);
-        return -EIO;
-    }
-    journal_write_worked(j, log);
-    if (j->sync == SSE_JOURNAL_ALWAYS) {
-        if (journal_sync_now(j, log, now) < 0) {
-            journal_cut_back(j, log);
-            return -EIO;
-        }
-        j->size += hlen + ev->len;
-        return 0;
-    }
-    j->size += hlen + ev->len;
-    if (!j->dirty)
-        j->dirty_since = now;
-    j->dirty = true;
-    return 0;
-}
-
-/* Batch mode: when the next fdatasync() is due (ms on the loop's clock), or -1. */
-static int64_t journal_sync_deadline(const struct journal *j) {
-    if (j->fd < 0 || !j->dirty || j->sync != SSE_JOURNAL_BATCH)
-        return -1;
-    return j->dirty_since + JOURNAL_BATCH_MS;
-}
-
-/* When the journal next needs the loop: a batch fdatasync() or a probe (ms), or -1. */
-static int64_t journal_deadline(const struct journal *j) {
-    int64_t due = journal_sync_deadline(j);
-    if (j->fd >= 0 && j->cannot_write && !j->stuck && (due < 0 || j->probe_at < due))
-        due = j->probe_at;
-    return due;
-}
-
-static void journal_tick(struct journal *j, const struct logger *log, int64_t now) {
-    int64_t due = journal_sync_deadline(j);
-    if (due >= 0 && now >= due)
-        journal_sync_now(j, log, now);
-    if (j->fd >= 0 && j->cannot_write && !j->stuck && now >= j->probe_at)
-        journal_probe(j, log, now);
-}
-
-/* The header line, with the floor for ids and the CRC-32 of the line up to the CRC (as a
- * record line has). Returns its length. */
-static size_t journal_header(char out[JOURNAL_HEADER_MAX], uint64_t last_id) {
-    static const char hex[] = "0123456789abcdef";
-    struct wbuf w = {out, JOURNAL_HEADER_MAX, 0};
-    wb_str(&w, JOURNAL_MAGIC);
-    wb_u64(&w, last_id);
-    wb_str(&w, " ");
-    uint32_t crc = journal_crc32(0, out, w.len);
-    for (int shift = 28; shift >= 0; shift -= 4)
-        wb_put(&w, &hex[(crc >> shift) & 15u], 1);
-    wb_str(&w, "\n");
-    return w.len;
-}
-
-/* Reads the header at buf[0..len): "sse-journal 2 FLOOR CRC" (or version 1, "sse-journal
- * 1 FLOOR", with *version set to 1). Returns its length with the LF, 0 when buf ends before
- * a header could end (an empty file, or one torn while it was created), -1 when it is not
- * a journal's header, -2 when it is one whose CRC does not match (damaged or edited). */
-static long journal_parse_header(const char *buf, size_t len, uint64_t *floor, int *version) {
-    const char *nl = memchr(buf, '\n', len < JOURNAL_HEADER_MAX ? len : JOURNAL_HEADER_MAX);
-    if (!nl)
-        return len < JOURNAL_HEADER_MAX ? 0 : -1;
-    size_t hlen = (size_t)(nl - buf), mlen = strlen(JOURNAL_MAGIC);
-    if (hlen > mlen && memcmp(buf, JOURNAL_MAGIC_V1, mlen) == 0) {
-        *version = 1; /* read as version 1 always was */
-        return parse_u64(buf + mlen, hlen - mlen, floor) ? (long)hlen + 1 : -1;
-    }
-    if (hlen < mlen + 1 + 1 + 8 || memcmp(buf, JOURNAL_MAGIC, mlen) != 0 || buf[hlen - 9] != ' ' ||
-        !id_decimal(buf + mlen, hlen - 9 - mlen, floor))
-        return -1;
-    uint32_t crc = 0;
-    for (size_t i = hlen - 8; i < hlen; i++) {
-        char c = buf[i];
-        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-        if (v < 0)
-            return -1;
-        crc = crc << 4 | (uint32_t)v;
-    }
-    *version = 2;
-    return journal_crc32(0, buf, hlen - 8) == crc ? (long)hlen + 1 : -2;
-}
-
-/* A new name (a created file, a rename) is durable only once its directory is synced:
- * fdatasync() of the file covers its data, not the entry that finds it. */
-static void journal_sync_dir(const char *path, const struct logger *log) {
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : NULL;
-    int dfd = open(dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) < 0)
-        log_say(log, SSE_LOG_WARN, "journal %s: cannot sync its directory: %s", path,
-                strerror(errno));
-    if (dfd >= 0)
-        close(dfd);
-    free(dir);
-}
-
-/* Rewrites the journal with only the backlog, under a new name renamed over the old one,
- * so a crash at any point leaves one complete journal. The new file is locked before it
- * takes the name. On failure the old file stays in use. */
-static void journal_compact(struct journal *j, const struct backlog *bl, uint64_t last_id,
-                            const struct logger *log, int64_t now) {
-    size_t plen = strlen(j->path);
-    char *tmp = malloc(plen + 5);
-    if (!tmp)
-        return;
-    memcpy(tmp, j->path, plen);
-    memcpy(tmp + plen, ".new", 5);
-    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    int r = fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0 ? -errno : 0;
-    char header[JOURNAL_HEADER_MAX];
-    struct iovec hv = {header, journal_header(header, last_id)};
-    uint64_t size = hv.iov_len;
-    if (r == 0)
-        r = journal_write_all(fd, &hv, 1);
-    char heads[16][JOURNAL_RECORD_HEAD];
-    struct iovec iov[32];
-    for (uint32_t i = 0; r == 0 && i < bl->count;) {
-        size_t n = 0;
-        for (; n < 16 && i < bl->count; n++, i++) {
-            const struct blob *ev = backlog_at(bl, i);
-            iov[2 * n].iov_base = heads[n];
-            iov[2 * n].iov_len =
-                journal_record_head(heads[n], ev->id, ev->topic->name, ev->bytes, ev->len);
-            iov[2 * n + 1].iov_base = (void *)ev->bytes;
-            iov[2 * n + 1].iov_len = ev->len;
-            size += iov[2 * n].iov_len + ev->len;
-        }
-        r = journal_write_all(fd, iov, (int)(2 * n));
-    }
-    if (r == 0 && j->sync != SSE_JOURNAL_NONE && fdatasync(fd) < 0)
-        r = -errno;
-    if (r == 0 && rename(tmp, j->path) < 0)
-        r = -errno;
-    if (r < 0) {
-        journal_write_failed(j, size, now);
-        log_say(log, SSE_LOG_ERROR, "journal %s: compaction failed: %s; still appending", j->path,
-                strerror(-r));
-        j->compacted = j->size; /* next try once the file doubled, not at every publish */
-        if (fd >= 0) {
-            unlink(tmp);
-            close(fd);
-        }
-        free(tmp);
-        return;
-    }
-    if (j->sync != SSE_JOURNAL_NONE)
-        journal_sync_dir(j->path, log);
-    free(tmp);
-    fcntl(fd, F_SETFL, O_APPEND);
-    close(j->fd);
-    j->fd = fd;
-    j->size = j->compacted = size;
-    j->dirty = false;
-    j->compactions++;
-    journal_write_worked(j, log);
-    log_say(log, SSE_LOG_INFO, "journal %s: compacted to %llu bytes (%u events)", j->path,
-            (unsigned long long)size, bl->count);
-}
-
-/* After an append: compact when over the bound, but not before the file has doubled since
- * the last compaction, so a backlog larger than the bound cannot make every publish
- * rewrite the file. */
-static void journal_maybe_compact(struct journal *j, const struct backlog *bl, uint64_t last_id,
-                                  const struct logger *log, int64_t now) {
-    if (j->size > j->max_bytes && j->size >= 2 * j->compacted)
-        journal_compact(j, bl, last_id, log, now);
-}
-
-static void journal_close(struct journal *j, const struct logger *log) {
-    if (j->fd >= 0) {
-        if (j->dirty && j->sync != SSE_JOURNAL_NONE)
-            journal_sync_now(j, log, 0);
-        close(j->fd);
-    }
-    j->fd = -1;
-    free(j->path);
-    j->path = NULL;
-}
-
-/* Puts one event read back from the journal into the backlog. */
-static bool journal_load_event(const struct journal_record *rec, struct topic_table *tt,
-                               struct backlog *bl) {
-    struct topic *t = topic_get(tt, rec->topic, rec->topic_len);
-    struct blob *ev = t ? blob_from(rec->bytes, rec->len) : NULL;
-    if (!ev) {
-        if (t)
-            topic_unref(t);
-        return false;
-    }
-    ev->id = rec->id;
-    ev->topic = t;
-    backlog_push(bl, ev, rec->id - 1);
-    blob_unref(ev);
-    return true;
-}
-
-/* Whether a valid record starts anywhere after buf[0] (records start lines). */
-static bool journal_valid_record_after(const char *buf, size_t len) {
-    struct journal_record rec;
-    for (size_t i = 1; i < len; i++)
-        if (buf[i - 1] == '\n' && buf[i] == '#' &&
-            journal_parse_record(buf + i, len - i, SIZE_MAX, &rec) > 0)
-            return true;
-    return false;
-}
-
-/* Reads the records of buf[0..len) (after the header) into the backlog, counting them in
- * *loaded (the backlog keeps fewer when its bounds are passed). Returns how many bytes hold
- * whole valid records (the rest is a torn end to cut off), or -1 with why. */
-static long journal_load_records(const char *buf, size_t len, size_t at, struct topic_table *tt,
-                                 struct backlog *bl, uint64_t *last_id, uint32_t *loaded,
-                                 const char **why) {
-    uint64_t prev = 0;
-    while (at < len) {
-        struct journal_record rec;
-        long n = journal_parse_record(buf + at, len - at, SIZE_MAX, &rec);
-        if (n > 0 && rec.id <= prev)
-            n = -1; /* ids only ever increase */
-        if (n <= 0 && !journal_valid_record_after(buf + at, len - at))
-            return (long)at; /* a torn end */
-        if (n <= 0) {
-            *why = "a damaged record is followed by valid ones";
-            return -1;
-        }
-        if (!journal_load_event(&rec, tt, bl)) {
-            *why = "out of memory";
-            return -1;
-        }
-        prev = rec.id;
-        ++*loaded;
-        if (rec.id > *last_id)
-            *last_id = rec.id;
-        at += (size_t)n;
-    }
-    return (long)at;
-}
-
-/* Reads a whole file from offset 0 (start-up only). NULL with errno set on failure. */
-static char *journal_read_file(int fd, size_t *len) {
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return NULL;
-    size_t cap = (size_t)st.st_size + 1, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        ssize_t r = pread(fd, buf + n, cap - n, (off_t)n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            free(buf);
-            return NULL;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-        if (n == cap) { /* the file grew: only another writer could do that, but be safe */
-            char *bigger = realloc(buf, cap *= 2);
-            if (!bigger)
-                free(buf);
-            buf = bigger;
-        }
-    }
-    *len = n;
-    return buf;
-}
-
-/* Opens or creates the journal, locks it, reads its events into the backlog and raises
- * *last_id to the highest id it knows. Returns NULL, or why it cannot be used. */
-static const char *journal_open(struct journal *j, const char *path, struct topic_table *tt,
-                                struct backlog *bl, uint64_t *last_id, const struct logger *log) {
-    j->path = strdup(path);
-    j->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    if (!j->path || j->fd < 0)
-        return strerror(j->path ? errno : ENOMEM);
-    if (flock(j->fd, LOCK_EX | LOCK_NB) < 0)
-        return errno == EWOULDBLOCK ? "in use by another process" : strerror(errno);
-    size_t len;
-    char *buf = journal_read_file(j->fd, &len);
-    if (!buf)
-        return strerror(errno);
-    const char *why = NULL;
-    uint64_t floor = 0;
-    int version = 2;
-    uint32_t loaded = 0;
-    long hlen = journal_parse_header(buf, len, &floor, &version), keep = 0;
-    if (hlen == -1)
-        why = "not an sse-server journal (version 1 or 2)";
-    else if (hlen == -2)
-        why = "the header fails its CRC check (damaged or edited): refusing to guess where ids "
-              "go on";
-    else if (hlen > 0) /* 0: empty, or a header torn while the file was being created */
-        keep = journal_load_records(buf, len, (size_t)hlen, tt, bl, last_id, &loaded, &why);
-    free(buf);
-    if (why)
-        return why;
-    if (floor > *last_id)
-        *last_id = floor;
-    if ((size_t)keep < len) {
-        if (keep)
-            log_say(log, SSE_LOG_WARN, "journal %s: dropped a torn record at byte %ld (%zu bytes)",
-                    path, keep, len - (size_t)keep);
-        if (ftruncate(j->fd, keep) < 0)
-            return strerror(errno);
-    }
-    if (keep == 0) {
-        char header[JOURNAL_HEADER_MAX];
-        struct iovec hv = {header, journal_header(header, *last_id)};
-        keep = (long)hv.iov_len;
-        int r = journal_write_all(j->fd, &hv, 1);
-        if (r == 0 && j->sync != SSE_JOURNAL_NONE && fdatasync(j->fd) < 0)
-            r = -errno;
-        if (r < 0)
-            return strerror(-r);
-        if (j->sync != SSE_JOURNAL_NONE)
-            journal_sync_dir(path, log);
-    }
-    j->size = j->compacted = (uint64_t)keep;
-    if (loaded > bl->count) /* the file holds events the backlog could not keep (a smaller
-                               backlog or backlog_bytes than last time): rewrite it at the
-                               first append over max_bytes, rather than once it doubled */
-        j->compacted = 0;
-    log_say(log, SSE_LOG_INFO, "journal %s: %llu bytes, %u events back in the backlog", path,
-            (unsigned long long)j->size, bl->count);
-    if (keep > 0 && version == 1) /* rewritten with a checked header; on failure read on */
-        journal_compact(j, bl, *last_id, log, clock_ms());
-    return NULL;
-}
-
-/* ==========================================================================================
  * 7. Connections
  *
  * A connection reads a request, then either answers it (and, with keep-alive, reads the
@@ -2844,7 +2193,7 @@ struct sse_server {
     struct topic_table topics;         /* every topic with a subscriber, an event or retired */
     struct backlog backlog;            /* retained events */
     const struct history_ops *history; /* behind Last-Event-ID: history_backlog or a part's */
-    struct journal journal;            /* events on disk; fd -1 without a journal */
+    void *history_self;                /* the history's own state, NULL for the backlog */
     struct redis_hub *redis;           /* the hub this server is a node of, or NULL */
     struct blob *stream_head;          /* cached stream response head for date_sec, or NULL */
     struct blob *retry_line;           /* "retry: N\n\n", or NULL when retry is off */
@@ -4414,68 +3763,6 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
     else
         http_text(srv, c, 404, "not found", NULL);
 }
-
-/* ---- the journal as a history ---------------------------------------------------------
- * The backlog's ids and answers, with every event written to the journal before anyone
- * hears of it (journal_append), and compacted after the backlog kept it. */
-
-static int history_journal_store(struct sse_server *srv, const struct blob *ev) {
-    return srv->journal.fd >= 0 ? journal_append(&srv->journal, ev, &srv->log, srv->now) : 0;
-}
-
-static void history_journal_kept(struct sse_server *srv, uint64_t id) {
-    if (srv->journal.fd >= 0)
-        journal_maybe_compact(&srv->journal, &srv->backlog, id, &srv->log, srv->now);
-}
-
-static void history_journal_tick(struct sse_server *srv) {
-    journal_tick(&srv->journal, &srv->log, srv->now);
-}
-
-static int64_t history_journal_deadline(const struct sse_server *srv) {
-    int64_t due = journal_deadline(&srv->journal);
-    return due < 0 ? INT64_MAX : due;
-}
-
-static void history_journal_free(struct sse_server *srv) {
-    journal_close(&srv->journal, &srv->log);
-}
-
-static size_t history_journal_metrics(const struct sse_server *srv, struct metrics_row *rows) {
-    const struct metrics_row mine[] = {
-        {"sse_journal_bytes", "gauge", "Size of the journal file (0 without --journal).",
-         srv->journal.size},
-        {"sse_journal_syncs_total", "counter", "fdatasync() calls on the journal.",
-         srv->journal.syncs},
-        {"sse_journal_compactions_total", "counter", "Journal rewrites down to the backlog.",
-         srv->journal.compactions},
-        {"sse_journal_errors_total", "counter",
-         "Failed journal writes, syncs and compactions (failed writes were not published).",
-         srv->journal.errors},
-    };
-    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
-    memcpy(rows, mine, sizeof mine);
-    return sizeof mine / sizeof mine[0];
-}
-
-static const char *history_journal_unhealthy(const struct sse_server *srv) {
-    return srv->journal.stuck          ? "journal unusable"
-           : srv->journal.cannot_write ? "journal cannot write"
-                                       : NULL;
-}
-
-static const struct part_ops part_journal = {.metrics = history_journal_metrics,
-                                             .unhealthy = history_journal_unhealthy};
-
-static const struct history_ops history_journal = {
-    .store = history_journal_store,
-    .kept = history_journal_kept,
-    .tick = history_journal_tick,
-    .deadline = history_journal_deadline,
-    .format_id = history_decimal_id,
-    .parse_id = history_decimal_parse,
-    .free = history_journal_free,
-};
 
 /* ==========================================================================================
  * 9. The proxy and the relay
@@ -7638,6 +6925,757 @@ void sse_stop(struct sse_server *srv) {
     srv->stop_requested = true;
 }
 
+#if SSE_ENABLE_JOURNAL
+/* ==========================================================================================
+ * Part II: the journal (SSE_ENABLE_JOURNAL)
+ *
+ * Adds: events on disk before they are acknowledged, read back at start. Plugs into the
+ * history seam (history_journal: the backlog's ids and answers, with a store before the
+ * backlog keeps an event, a compaction after, a batch fdatasync() as its tick) and the parts
+ * seam (part_journal: its /metrics rows and /healthz reasons). Uses the core's backlog,
+ * topic table and logger; names no other part.
+ *
+ * With a journal, an event reaches the disk before anyone hears of it: publish_deliver()
+ * appends it here, and only then queues it for subscribers and answers the publisher. Once
+ * write() has returned the bytes are in the kernel's page cache, so a crash of the process
+ * (kill -9 included) loses no acknowledged event. What a power loss may take is the sync
+ * mode's trade: "always" calls fdatasync() before acknowledging (nothing acknowledged is
+ * lost, every publish waits for the disk), "batch" calls it at most JOURNAL_BATCH_MS after a
+ * write (at most that much of the last acknowledged events), "none" leaves it to the kernel
+ * (typically 30 s).
+ *
+ * On start the file is read back into the backlog, so ids continue above the last one and
+ * a client reconnecting with Last-Event-ID after a restart gets exactly what it missed
+ * (WHATWG 9.2.4). The format is text, so `cat` shows it: a header line, then per event a
+ * record line and the event's bytes exactly as they go on the wire:
+ *
+ *     sse-journal 2 1795335269661017 5d4ad1a0  <- version; ids go on above this one; the
+ *                                                 CRC-32 of this line up to the CRC
+ *     #E 1795335269661018 news 68 a850b4fd     <- id, topic, length of what follows, and
+ *                                                 the CRC-32 of this line up to the CRC
+ *                                                 followed by those bytes
+ *     id: 1795335269661018
+ *     event: headline
+ *     data: line one
+ *     data: line two
+ *                                              <- (the 68 bytes end with the blank line)
+ *
+ * A crash can tear only the end of the file (it is only ever appended to), so a record that
+ * is cut short or fails its CRC with no valid record after it is dropped and the file cut
+ * back to the last whole record; a bad record with valid ones after it is damage from
+ * elsewhere, and the server refuses to start rather than silently lose the rest. The file
+ * is kept under max_bytes by rewriting it with just the backlog (compaction), atomically:
+ * a new file, synced, renamed over the old one. An exclusive flock() keeps a second server
+ * from writing the same journal.
+ *
+ * The header is checked as the records are: a floor that changed on disk would make ids
+ * jump (up to the end of the id space) or go back below ids clients hold. Version 1 files
+ * (written before the header had a CRC) are still read, then compacted at once so the file
+ * in use has a checked header; their floor is taken on trust, as it always was.
+ * ======================================================================================== */
+
+#define JOURNAL_MAGIC       "sse-journal 2 "
+#define JOURNAL_MAGIC_V1    "sse-journal 1 "
+#define JOURNAL_HEADER_MAX  64   /* longest header line, with its LF */
+#define JOURNAL_PROBE_MS    1000 /* while writes fail: how often to try whether they work */
+#define JOURNAL_PROBE_MIN   4096 /* the least space a probe asks for */
+#define JOURNAL_RECORD_HEAD 128  /* longest "#E id topic len crc\n" line */
+#define JOURNAL_BATCH_MS    1000 /* batch mode: fdatasync() this long after a write at most */
+_Static_assert(3 + 20 + 1 + TOPIC_NAME_MAX + 1 + 20 + 1 + 8 + 1 <= JOURNAL_RECORD_HEAD,
+               "the longest record line fits");
+_Static_assert(sizeof JOURNAL_MAGIC - 1 + 20 + 1 + 8 + 1 <= JOURNAL_HEADER_MAX,
+               "the longest header line fits");
+
+/* CRC-32 as in zlib and Python's zlib.crc32 (reflected, polynomial 0xEDB88320; chained by
+ * passing the previous result, starting from 0), bit by bit: no table, so no global state;
+ * it runs once per event, over bytes just formatted. */
+static uint32_t journal_crc32(uint32_t crc, const char *p, size_t n) {
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= (unsigned char)p[i];
+        for (int k = 0; k < 8; k++)
+            crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+/* Writes the record line for an event (its wire bytes, their id and topic) into out, which
+ * holds JOURNAL_RECORD_HEAD bytes. Returns its length. */
+static size_t journal_record_head(char out[JOURNAL_RECORD_HEAD], uint64_t id, const char *topic,
+                                  const char *bytes, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    struct wbuf w = {out, JOURNAL_RECORD_HEAD, 0};
+    wb_str(&w, "#E ");
+    wb_u64(&w, id);
+    wb_str(&w, " ");
+    wb_str(&w, topic);
+    wb_str(&w, " ");
+    wb_u64(&w, len);
+    wb_str(&w, " ");
+    uint32_t crc = journal_crc32(journal_crc32(0, out, w.len), bytes, len);
+    for (int shift = 28; shift >= 0; shift -= 4)
+        wb_put(&w, &hex[(crc >> shift) & 15u], 1);
+    wb_str(&w, "\n");
+    return w.len;
+}
+
+/* One record found in a journal: the event's id, topic and wire bytes (pointers into the
+ * buffer parsed). */
+struct journal_record {
+    uint64_t id;
+    const char *topic;
+    size_t topic_len;
+    const char *bytes;
+    size_t len;
+};
+
+/* Whether bytes[0..len) are exactly what sse_format_event() makes of some event with this
+ * id: parsed back into event type and data and formatted again, byte for byte. So nothing
+ * but a well-formed event is ever served from a journal, whatever the file holds. */
+static bool journal_event_canonical(uint64_t id, const char *bytes, size_t len) {
+    char prefix[32];
+    struct wbuf w = {prefix, sizeof prefix, 0};
+    wb_str(&w, "id: ");
+    wb_u64(&w, id);
+    wb_str(&w, "\n");
+    if (len < w.len + 1 || memcmp(bytes, prefix, w.len) != 0 || bytes[len - 1] != '\n')
+        return false;
+    size_t at = w.len;
+    char event[EVENT_TYPE_MAX + 1];
+    bool has_event = false;
+    if (len - at > 7 && memcmp(bytes + at, "event: ", 7) == 0) {
+        const char *end = memchr(bytes + at + 7, '\n', len - at - 7);
+        size_t elen = end ? (size_t)(end - bytes) - at - 7 : 0;
+        if (!end || !wire_event_type_valid(bytes + at + 7, elen))
+            return false;
+        memcpy(event, bytes + at + 7, elen);
+        event[elen] = '\0';
+        has_event = true;
+        at += 7 + elen + 1;
+    }
+    char *data = malloc(len); /* the data is shorter than the bytes framing it */
+    if (!data)
+        return false;
+    size_t dlen = 0;
+    bool ok = true, first = true;
+    while (ok && at < len - 1) { /* data lines, up to the final blank line */
+        const char *end = memchr(bytes + at, '\n', len - 1 - at);
+        size_t llen = end ? (size_t)(end - bytes) - at : 0;
+        ok = end && llen >= 5 && memcmp(bytes + at, "data:", 5) == 0 &&
+             (llen == 5 || bytes[at + 5] == ' ');
+        if (ok) {
+            size_t vlen = llen > 5 ? llen - 6 : 0;
+            if (!first)
+                data[dlen++] = '\n';
+            memcpy(data + dlen, bytes + at + (llen > 5 ? 6 : 5), vlen);
+            dlen += vlen;
+            first = false;
+            at += llen + 1;
+        }
+    }
+    ok = ok && !first && at == len - 1 && wire_utf8_valid(data, dlen) &&
+         sse_format_event(NULL, 0, id, has_event ? event : NULL, data, dlen) == len;
+    if (ok) {
+        size_t cap = len;
+        char *again = malloc(cap);
+        ok = again &&
+             sse_format_event(again, cap, id, has_event ? event : NULL, data, dlen) == len &&
+             memcmp(again, bytes, len) == 0;
+        free(again);
+    }
+    free(data);
+    return ok;
+}
+
+/* Parses the record at buf[0..len). Returns its total length, 0 when buf ends inside it
+ * (torn, or more to read), or -1 when it is not a valid record. */
+static long journal_parse_record(const char *buf, size_t len, size_t max_bytes,
+                                 struct journal_record *rec) {
+    const char *nl = memchr(buf, '\n', len < JOURNAL_RECORD_HEAD ? len : JOURNAL_RECORD_HEAD);
+    if (!nl)
+        return len < JOURNAL_RECORD_HEAD ? 0 : -1;
+    size_t hlen = (size_t)(nl - buf);
+    if (hlen < 3 || memcmp(buf, "#E ", 3) != 0)
+        return -1;
+    const char *field[4];
+    size_t flen[4], n = 0;
+    for (size_t i = 3, start = 3; i <= hlen; i++) {
+        if (i < hlen && buf[i] != ' ')
+            continue;
+        if (n == 4 || i == start)
+            return -1;
+        field[n] = buf + start;
+        flen[n++] = i - start;
+        start = i + 1;
+    }
+    uint64_t id, size;
+    if (n != 4 || !parse_u64(field[0], flen[0], &id) || id == 0 ||
+        (flen[0] > 1 && field[0][0] == '0') || !wire_topic_valid(field[1], flen[1]) ||
+        !parse_u64(field[2], flen[2], &size) || size > max_bytes || flen[3] != 8)
+        return -1;
+    uint32_t crc = 0;
+    for (size_t i = 0; i < 8; i++) {
+        char c = field[3][i];
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0)
+            return -1;
+        crc = crc << 4 | (uint32_t)v;
+    }
+    if (size > len - hlen - 1)
+        return 0;
+    const char *bytes = nl + 1;
+    uint32_t want = journal_crc32(journal_crc32(0, buf, (size_t)(field[3] - buf)), bytes, size);
+    if (want != crc || !journal_event_canonical(id, bytes, size))
+        return -1;
+    *rec = (struct journal_record){id, field[1], flen[1], bytes, size};
+    return (long)(hlen + 1 + size);
+}
+
+struct journal {
+    int fd;                     /* the open journal, or -1: no journal */
+    char *path;                 /* its name, for compaction's rename */
+    enum sse_journal_sync sync; /* when to fdatasync() */
+    uint64_t max_bytes;         /* compact beyond this size */
+    uint64_t size;              /* bytes in the file */
+    uint64_t compacted;         /* size right after the last compaction or load */
+    bool dirty;                 /* written since the last fdatasync() */
+    int64_t dirty_since;        /* when it became dirty (ms) */
+    uint64_t syncs;             /* fdatasync() calls, for /metrics */
+    uint64_t compactions;       /* compactions done */
+    uint64_t errors;            /* failed writes, syncs and compactions */
+    bool failing;               /* the last fdatasync() failed (logged once per streak) */
+    bool stuck;                 /* a failed record could not be cut off: no more appends */
+    bool cannot_write;          /* the last write (append, compaction, probe) failed */
+    int64_t probe_at;           /* while cannot_write: when to try again (ms) */
+    uint64_t probe_bytes;       /* while cannot_write: the space the failed write needed */
+};
+
+/* Writes every byte of the iovecs, resuming after short writes and EINTR. 0 or -errno. */
+static int journal_write_all(int fd, struct iovec *iov, int n) {
+    while (n > 0) {
+        ssize_t w = writev(fd, iov, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        size_t done = (size_t)w;
+        while (n > 0 && done >= iov->iov_len) {
+            done -= iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= done;
+        }
+    }
+    return 0;
+}
+
+/* A failed fdatasync() leaves unknown which dirty pages reached the disk, and Linux reports
+ * the error only once, so a later success says nothing about them. Always mode therefore
+ * cuts the unsynced record off (journal_append); batch mode, whose events were
+ * acknowledged already, tries again a period later: logged when the failures start and
+ * when they end, not on every attempt. */
+static int journal_sync_now(struct journal *j, const struct logger *log, int64_t now) {
+    if (fdatasync(j->fd) < 0) {
+        j->errors++;
+        j->dirty_since = now; /* batch mode: the next attempt is a period away */
+        if (!j->failing)
+            log_say(log, SSE_LOG_ERROR, "journal %s: fdatasync: %s%s", j->path, strerror(errno),
+                    j->sync == SSE_JOURNAL_BATCH ? "; trying again every second" : "");
+        j->failing = true;
+        return -EIO;
+    }
+    if (j->failing)
+        log_say(log, SSE_LOG_INFO, "journal %s: fdatasync works again", j->path);
+    j->failing = false;
+    j->syncs++;
+    j->dirty = false;
+    return 0;
+}
+
+/* A write to the journal's disk failed (needing bytes of space): /healthz answers 503
+ * "journal cannot write" until a write succeeds again, an append or the probe
+ * (journal_probe), so a full disk is visible before the next publish fails. */
+static void journal_write_failed(struct journal *j, uint64_t bytes, int64_t now) {
+    j->errors++;
+    j->cannot_write = true;
+    j->probe_at = now + JOURNAL_PROBE_MS;
+    j->probe_bytes = bytes > JOURNAL_PROBE_MIN ? bytes : JOURNAL_PROBE_MIN;
+}
+
+static void journal_write_worked(struct journal *j, const struct logger *log) {
+    if (!j->cannot_write)
+        return;
+    j->cannot_write = false;
+    log_say(log, SSE_LOG_INFO, "journal %s: writing works again", j->path);
+}
+
+/* While writes fail: asks for the space the failed write needed past the end of the file,
+ * without changing its size or contents (fallocate(2), FALLOC_FL_KEEP_SIZE; the blocks are
+ * the next appends' anyway). Where the file system cannot do that, only the next append
+ * tells. */
+static void journal_probe(struct journal *j, const struct logger *log, int64_t now) {
+    if (fallocate(j->fd, FALLOC_FL_KEEP_SIZE, (off_t)j->size, (off_t)j->probe_bytes) == 0)
+        journal_write_worked(j, log);
+    else
+        j->probe_at = now + JOURNAL_PROBE_MS;
+}
+
+/* Cuts the file back to its last whole record after a failed append. If even that fails
+ * the file's end is unknown (a torn or unsynced record may follow), and appending after
+ * it would bury that record under valid ones, which a restart refuses as damage: so the
+ * journal takes no more events until the server restarts and reads the file back. */
+static void journal_cut_back(struct journal *j, const struct logger *log) {
+    if (ftruncate(j->fd, (off_t)j->size) == 0)
+        return;
+    j->stuck = true;
+    log_say(log, SSE_LOG_ERROR,
+            "journal %s: cannot cut back a failed record: %s; refusing to publish until restart "
+            "(the record may be replayed then)",
+            j->path, strerror(errno));
+}
+
+/* Appends one event. On failure the file is cut back to where it was, so a failed append
+ * leaves no torn or unsynced record behind, and the caller must not publish the event. */
+static int journal_append(struct journal *j, const struct blob *ev, const struct logger *log,
+                          int64_t now) {
+    if (j->stuck)
+        return -EIO;
+    char head[JOURNAL_RECORD_HEAD];
+    size_t hlen = journal_record_head(head, ev->id, ev->topic->name, ev->bytes, ev->len);
+    struct iovec iov[2] = {{head, hlen}, {(void *)ev->bytes, ev->len}};
+    int r = journal_write_all(j->fd, iov, 2);
+    if (r < 0) {
+        journal_write_failed(j, hlen + ev->len, now);
+        log_say(log, SSE_LOG_ERROR, "journal %s: write: %s; the event was not published", j->path,
+                strerror(-r));
+        journal_cut_back(j, log);
+        return -EIO;
+    }
+    journal_write_worked(j, log);
+    if (j->sync == SSE_JOURNAL_ALWAYS) {
+        if (journal_sync_now(j, log, now) < 0) {
+            journal_cut_back(j, log);
+            return -EIO;
+        }
+        j->size += hlen + ev->len;
+        return 0;
+    }
+    j->size += hlen + ev->len;
+    if (!j->dirty)
+        j->dirty_since = now;
+    j->dirty = true;
+    return 0;
+}
+
+/* Batch mode: when the next fdatasync() is due (ms on the loop's clock), or -1. */
+static int64_t journal_sync_deadline(const struct journal *j) {
+    if (j->fd < 0 || !j->dirty || j->sync != SSE_JOURNAL_BATCH)
+        return -1;
+    return j->dirty_since + JOURNAL_BATCH_MS;
+}
+
+/* When the journal next needs the loop: a batch fdatasync() or a probe (ms), or -1. */
+static int64_t journal_deadline(const struct journal *j) {
+    int64_t due = journal_sync_deadline(j);
+    if (j->fd >= 0 && j->cannot_write && !j->stuck && (due < 0 || j->probe_at < due))
+        due = j->probe_at;
+    return due;
+}
+
+static void journal_tick(struct journal *j, const struct logger *log, int64_t now) {
+    int64_t due = journal_sync_deadline(j);
+    if (due >= 0 && now >= due)
+        journal_sync_now(j, log, now);
+    if (j->fd >= 0 && j->cannot_write && !j->stuck && now >= j->probe_at)
+        journal_probe(j, log, now);
+}
+
+/* The header line, with the floor for ids and the CRC-32 of the line up to the CRC (as a
+ * record line has). Returns its length. */
+static size_t journal_header(char out[JOURNAL_HEADER_MAX], uint64_t last_id) {
+    static const char hex[] = "0123456789abcdef";
+    struct wbuf w = {out, JOURNAL_HEADER_MAX, 0};
+    wb_str(&w, JOURNAL_MAGIC);
+    wb_u64(&w, last_id);
+    wb_str(&w, " ");
+    uint32_t crc = journal_crc32(0, out, w.len);
+    for (int shift = 28; shift >= 0; shift -= 4)
+        wb_put(&w, &hex[(crc >> shift) & 15u], 1);
+    wb_str(&w, "\n");
+    return w.len;
+}
+
+/* Reads the header at buf[0..len): "sse-journal 2 FLOOR CRC" (or version 1, "sse-journal
+ * 1 FLOOR", with *version set to 1). Returns its length with the LF, 0 when buf ends before
+ * a header could end (an empty file, or one torn while it was created), -1 when it is not
+ * a journal's header, -2 when it is one whose CRC does not match (damaged or edited). */
+static long journal_parse_header(const char *buf, size_t len, uint64_t *floor, int *version) {
+    const char *nl = memchr(buf, '\n', len < JOURNAL_HEADER_MAX ? len : JOURNAL_HEADER_MAX);
+    if (!nl)
+        return len < JOURNAL_HEADER_MAX ? 0 : -1;
+    size_t hlen = (size_t)(nl - buf), mlen = strlen(JOURNAL_MAGIC);
+    if (hlen > mlen && memcmp(buf, JOURNAL_MAGIC_V1, mlen) == 0) {
+        *version = 1; /* read as version 1 always was */
+        return parse_u64(buf + mlen, hlen - mlen, floor) ? (long)hlen + 1 : -1;
+    }
+    if (hlen < mlen + 1 + 1 + 8 || memcmp(buf, JOURNAL_MAGIC, mlen) != 0 || buf[hlen - 9] != ' ' ||
+        !id_decimal(buf + mlen, hlen - 9 - mlen, floor))
+        return -1;
+    uint32_t crc = 0;
+    for (size_t i = hlen - 8; i < hlen; i++) {
+        char c = buf[i];
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0)
+            return -1;
+        crc = crc << 4 | (uint32_t)v;
+    }
+    *version = 2;
+    return journal_crc32(0, buf, hlen - 8) == crc ? (long)hlen + 1 : -2;
+}
+
+/* A new name (a created file, a rename) is durable only once its directory is synced:
+ * fdatasync() of the file covers its data, not the entry that finds it. */
+static void journal_sync_dir(const char *path, const struct logger *log) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : NULL;
+    int dfd = open(dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) < 0)
+        log_say(log, SSE_LOG_WARN, "journal %s: cannot sync its directory: %s", path,
+                strerror(errno));
+    if (dfd >= 0)
+        close(dfd);
+    free(dir);
+}
+
+/* Rewrites the journal with only the backlog, under a new name renamed over the old one,
+ * so a crash at any point leaves one complete journal. The new file is locked before it
+ * takes the name. On failure the old file stays in use. */
+static void journal_compact(struct journal *j, const struct backlog *bl, uint64_t last_id,
+                            const struct logger *log, int64_t now) {
+    size_t plen = strlen(j->path);
+    char *tmp = malloc(plen + 5);
+    if (!tmp)
+        return;
+    memcpy(tmp, j->path, plen);
+    memcpy(tmp + plen, ".new", 5);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int r = fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0 ? -errno : 0;
+    char header[JOURNAL_HEADER_MAX];
+    struct iovec hv = {header, journal_header(header, last_id)};
+    uint64_t size = hv.iov_len;
+    if (r == 0)
+        r = journal_write_all(fd, &hv, 1);
+    char heads[16][JOURNAL_RECORD_HEAD];
+    struct iovec iov[32];
+    for (uint32_t i = 0; r == 0 && i < bl->count;) {
+        size_t n = 0;
+        for (; n < 16 && i < bl->count; n++, i++) {
+            const struct blob *ev = backlog_at(bl, i);
+            iov[2 * n].iov_base = heads[n];
+            iov[2 * n].iov_len =
+                journal_record_head(heads[n], ev->id, ev->topic->name, ev->bytes, ev->len);
+            iov[2 * n + 1].iov_base = (void *)ev->bytes;
+            iov[2 * n + 1].iov_len = ev->len;
+            size += iov[2 * n].iov_len + ev->len;
+        }
+        r = journal_write_all(fd, iov, (int)(2 * n));
+    }
+    if (r == 0 && j->sync != SSE_JOURNAL_NONE && fdatasync(fd) < 0)
+        r = -errno;
+    if (r == 0 && rename(tmp, j->path) < 0)
+        r = -errno;
+    if (r < 0) {
+        journal_write_failed(j, size, now);
+        log_say(log, SSE_LOG_ERROR, "journal %s: compaction failed: %s; still appending", j->path,
+                strerror(-r));
+        j->compacted = j->size; /* next try once the file doubled, not at every publish */
+        if (fd >= 0) {
+            unlink(tmp);
+            close(fd);
+        }
+        free(tmp);
+        return;
+    }
+    if (j->sync != SSE_JOURNAL_NONE)
+        journal_sync_dir(j->path, log);
+    free(tmp);
+    fcntl(fd, F_SETFL, O_APPEND);
+    close(j->fd);
+    j->fd = fd;
+    j->size = j->compacted = size;
+    j->dirty = false;
+    j->compactions++;
+    journal_write_worked(j, log);
+    log_say(log, SSE_LOG_INFO, "journal %s: compacted to %llu bytes (%u events)", j->path,
+            (unsigned long long)size, bl->count);
+}
+
+/* After an append: compact when over the bound, but not before the file has doubled since
+ * the last compaction, so a backlog larger than the bound cannot make every publish
+ * rewrite the file. */
+static void journal_maybe_compact(struct journal *j, const struct backlog *bl, uint64_t last_id,
+                                  const struct logger *log, int64_t now) {
+    if (j->size > j->max_bytes && j->size >= 2 * j->compacted)
+        journal_compact(j, bl, last_id, log, now);
+}
+
+static void journal_close(struct journal *j, const struct logger *log) {
+    if (j->fd >= 0) {
+        if (j->dirty && j->sync != SSE_JOURNAL_NONE)
+            journal_sync_now(j, log, 0);
+        close(j->fd);
+    }
+    j->fd = -1;
+    free(j->path);
+    j->path = NULL;
+}
+
+/* Puts one event read back from the journal into the backlog. */
+static bool journal_load_event(const struct journal_record *rec, struct topic_table *tt,
+                               struct backlog *bl) {
+    struct topic *t = topic_get(tt, rec->topic, rec->topic_len);
+    struct blob *ev = t ? blob_from(rec->bytes, rec->len) : NULL;
+    if (!ev) {
+        if (t)
+            topic_unref(t);
+        return false;
+    }
+    ev->id = rec->id;
+    ev->topic = t;
+    backlog_push(bl, ev, rec->id - 1);
+    blob_unref(ev);
+    return true;
+}
+
+/* Whether a valid record starts anywhere after buf[0] (records start lines). */
+static bool journal_valid_record_after(const char *buf, size_t len) {
+    struct journal_record rec;
+    for (size_t i = 1; i < len; i++)
+        if (buf[i - 1] == '\n' && buf[i] == '#' &&
+            journal_parse_record(buf + i, len - i, SIZE_MAX, &rec) > 0)
+            return true;
+    return false;
+}
+
+/* Reads the records of buf[0..len) (after the header) into the backlog, counting them in
+ * *loaded (the backlog keeps fewer when its bounds are passed). Returns how many bytes hold
+ * whole valid records (the rest is a torn end to cut off), or -1 with why. */
+static long journal_load_records(const char *buf, size_t len, size_t at, struct topic_table *tt,
+                                 struct backlog *bl, uint64_t *last_id, uint32_t *loaded,
+                                 const char **why) {
+    uint64_t prev = 0;
+    while (at < len) {
+        struct journal_record rec;
+        long n = journal_parse_record(buf + at, len - at, SIZE_MAX, &rec);
+        if (n > 0 && rec.id <= prev)
+            n = -1; /* ids only ever increase */
+        if (n <= 0 && !journal_valid_record_after(buf + at, len - at))
+            return (long)at; /* a torn end */
+        if (n <= 0) {
+            *why = "a damaged record is followed by valid ones";
+            return -1;
+        }
+        if (!journal_load_event(&rec, tt, bl)) {
+            *why = "out of memory";
+            return -1;
+        }
+        prev = rec.id;
+        ++*loaded;
+        if (rec.id > *last_id)
+            *last_id = rec.id;
+        at += (size_t)n;
+    }
+    return (long)at;
+}
+
+/* Reads a whole file from offset 0 (start-up only). NULL with errno set on failure. */
+static char *journal_read_file(int fd, size_t *len) {
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return NULL;
+    size_t cap = (size_t)st.st_size + 1, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        ssize_t r = pread(fd, buf + n, cap - n, (off_t)n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            free(buf);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+        if (n == cap) { /* the file grew: only another writer could do that, but be safe */
+            char *bigger = realloc(buf, cap *= 2);
+            if (!bigger)
+                free(buf);
+            buf = bigger;
+        }
+    }
+    *len = n;
+    return buf;
+}
+
+/* Opens or creates the journal, locks it, reads its events into the backlog and raises
+ * *last_id to the highest id it knows. Returns NULL, or why it cannot be used. */
+static const char *journal_open(struct journal *j, const char *path, struct topic_table *tt,
+                                struct backlog *bl, uint64_t *last_id, const struct logger *log) {
+    j->path = strdup(path);
+    j->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (!j->path || j->fd < 0)
+        return strerror(j->path ? errno : ENOMEM);
+    if (flock(j->fd, LOCK_EX | LOCK_NB) < 0)
+        return errno == EWOULDBLOCK ? "in use by another process" : strerror(errno);
+    size_t len;
+    char *buf = journal_read_file(j->fd, &len);
+    if (!buf)
+        return strerror(errno);
+    const char *why = NULL;
+    uint64_t floor = 0;
+    int version = 2;
+    uint32_t loaded = 0;
+    long hlen = journal_parse_header(buf, len, &floor, &version), keep = 0;
+    if (hlen == -1)
+        why = "not an sse-server journal (version 1 or 2)";
+    else if (hlen == -2)
+        why = "the header fails its CRC check (damaged or edited): refusing to guess where ids "
+              "go on";
+    else if (hlen > 0) /* 0: empty, or a header torn while the file was being created */
+        keep = journal_load_records(buf, len, (size_t)hlen, tt, bl, last_id, &loaded, &why);
+    free(buf);
+    if (why)
+        return why;
+    if (floor > *last_id)
+        *last_id = floor;
+    if ((size_t)keep < len) {
+        if (keep)
+            log_say(log, SSE_LOG_WARN, "journal %s: dropped a torn record at byte %ld (%zu bytes)",
+                    path, keep, len - (size_t)keep);
+        if (ftruncate(j->fd, keep) < 0)
+            return strerror(errno);
+    }
+    if (keep == 0) {
+        char header[JOURNAL_HEADER_MAX];
+        struct iovec hv = {header, journal_header(header, *last_id)};
+        keep = (long)hv.iov_len;
+        int r = journal_write_all(j->fd, &hv, 1);
+        if (r == 0 && j->sync != SSE_JOURNAL_NONE && fdatasync(j->fd) < 0)
+            r = -errno;
+        if (r < 0)
+            return strerror(-r);
+        if (j->sync != SSE_JOURNAL_NONE)
+            journal_sync_dir(path, log);
+    }
+    j->size = j->compacted = (uint64_t)keep;
+    if (loaded > bl->count) /* the file holds events the backlog could not keep (a smaller
+                               backlog or backlog_bytes than last time): rewrite it at the
+                               first append over max_bytes, rather than once it doubled */
+        j->compacted = 0;
+    log_say(log, SSE_LOG_INFO, "journal %s: %llu bytes, %u events back in the backlog", path,
+            (unsigned long long)j->size, bl->count);
+    if (keep > 0 && version == 1) /* rewritten with a checked header; on failure read on */
+        journal_compact(j, bl, *last_id, log, clock_ms());
+    return NULL;
+}
+
+/* ---- the journal as a history ---------------------------------------------------------
+ * The backlog's ids and answers, with every event written to the journal before anyone
+ * hears of it (journal_append), and compacted after the backlog kept it. */
+
+/* The journal, in a hook of history_journal (so it is the history). */
+static struct journal *journal_of(const struct sse_server *srv) {
+    return srv->history_self;
+}
+
+static void history_journal_free(struct sse_server *srv) {
+    journal_close(journal_of(srv), &srv->log);
+    free(srv->history_self);
+    srv->history_self = NULL;
+}
+
+/* The journal, or NULL when the history is another (part_journal's hooks ask). */
+static struct journal *journal_of_any(const struct sse_server *srv) {
+    return srv->history->free == history_journal_free ? srv->history_self : NULL;
+}
+
+static int history_journal_store(struct sse_server *srv, const struct blob *ev) {
+    return journal_of(srv)->fd >= 0 ? journal_append(journal_of(srv), ev, &srv->log, srv->now) : 0;
+}
+
+static void history_journal_kept(struct sse_server *srv, uint64_t id) {
+    if (journal_of(srv)->fd >= 0)
+        journal_maybe_compact(journal_of(srv), &srv->backlog, id, &srv->log, srv->now);
+}
+
+static void history_journal_tick(struct sse_server *srv) {
+    journal_tick(journal_of(srv), &srv->log, srv->now);
+}
+
+static int64_t history_journal_deadline(const struct sse_server *srv) {
+    int64_t due = journal_deadline(journal_of(srv));
+    return due < 0 ? INT64_MAX : due;
+}
+
+static size_t history_journal_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    static const struct journal none = {.fd = -1};
+    const struct journal *j = journal_of_any(srv) ? journal_of_any(srv) : &none;
+    const struct metrics_row mine[] = {
+        {"sse_journal_bytes", "gauge", "Size of the journal file (0 without --journal).", j->size},
+        {"sse_journal_syncs_total", "counter", "fdatasync() calls on the journal.", j->syncs},
+        {"sse_journal_compactions_total", "counter", "Journal rewrites down to the backlog.",
+         j->compactions},
+        {"sse_journal_errors_total", "counter",
+         "Failed journal writes, syncs and compactions (failed writes were not published).",
+         j->errors},
+    };
+    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
+    memcpy(rows, mine, sizeof mine);
+    return sizeof mine / sizeof mine[0];
+}
+
+static const char *history_journal_unhealthy(const struct sse_server *srv) {
+    const struct journal *j = journal_of_any(srv);
+    return !j                ? NULL
+           : j->stuck        ? "journal unusable"
+           : j->cannot_write ? "journal cannot write"
+                             : NULL;
+}
+
+static const struct part_ops part_journal = {.metrics = history_journal_metrics,
+                                             .unhealthy = history_journal_unhealthy};
+
+static const struct history_ops history_journal = {
+    .store = history_journal_store,
+    .kept = history_journal_kept,
+    .tick = history_journal_tick,
+    .deadline = history_journal_deadline,
+    .format_id = history_decimal_id,
+    .parse_id = history_decimal_parse,
+    .free = history_journal_free,
+};
+
+static const char *api_journal(struct sse_server *srv, const struct sse_config *cfg) {
+    if (cfg->journal_sync != SSE_JOURNAL_BATCH && cfg->journal_sync != SSE_JOURNAL_ALWAYS &&
+        cfg->journal_sync != SSE_JOURNAL_NONE)
+        return "invalid journal_sync";
+    struct journal *j = calloc(1, sizeof *j);
+    if (!j)
+        return "out of memory";
+    j->fd = -1;
+    srv->history = &history_journal; /* from here on history_journal_free() frees it */
+    srv->history_self = j;
+    j->sync = cfg->journal_sync;
+    j->max_bytes = cfg->journal_max_bytes ? cfg->journal_max_bytes : 64u << 20;
+    return journal_open(j, cfg->journal_path, &srv->topics, &srv->backlog, &srv->last_id,
+                        &srv->log);
+}
+#endif /* SSE_ENABLE_JOURNAL */
+
 /* ==========================================================================================
  * 14. The public API (documented in sse.h)
  * ======================================================================================== */
@@ -8039,23 +8077,13 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
     return NULL;
 }
 
-static const char *api_journal(struct sse_server *srv, const struct sse_config *cfg) {
-    if (cfg->journal_sync != SSE_JOURNAL_BATCH && cfg->journal_sync != SSE_JOURNAL_ALWAYS &&
-        cfg->journal_sync != SSE_JOURNAL_NONE)
-        return "invalid journal_sync";
-    srv->history = &history_journal; /* from here on journal_close() frees what it opened */
-    srv->journal.sync = cfg->journal_sync;
-    srv->journal.max_bytes = cfg->journal_max_bytes ? cfg->journal_max_bytes : 64u << 20;
-    return journal_open(&srv->journal, cfg->journal_path, &srv->topics, &srv->backlog,
-                        &srv->last_id, &srv->log);
-}
-
 /* Plugs in what the parts add to HTTP, in the order their /metrics rows are listed. */
 static void api_parts(struct sse_server *srv) {
-    static const struct part_ops *const parts[] = {&part_proxy, &part_journal, &part_redis};
-    _Static_assert(sizeof parts / sizeof parts[0] <= PARTS_MAX, "room for every part");
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
-        srv->parts[srv->nparts++] = parts[i];
+    srv->parts[srv->nparts++] = &part_proxy;
+#if SSE_ENABLE_JOURNAL
+    srv->parts[srv->nparts++] = &part_journal;
+#endif
+    srv->parts[srv->nparts++] = &part_redis;
 }
 
 /* The first id: the wall clock in microseconds, so a restarted server starts above every id
@@ -8074,7 +8102,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         api_error(err, errlen, "out of memory");
         return NULL;
     }
-    srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = srv->journal.fd = -1;
+    srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = -1;
     srv->log.fn = cfg->on_log;
     srv->log.user = cfg->user;
     srv->on_request = cfg->on_request;
@@ -8102,7 +8130,12 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         goto fail;
     }
     /* After the topic table's seed: the journal's events go into the table. */
-    if (cfg->journal_path && (why = api_journal(srv, cfg))) {
+#if SSE_ENABLE_JOURNAL
+    why = cfg->journal_path ? api_journal(srv, cfg) : NULL;
+#else
+    why = cfg->journal_path ? "built without SSE_ENABLE_JOURNAL" : NULL;
+#endif
+    if (why) {
         api_error(err, errlen, "journal %s: %s", cfg->journal_path, why);
         goto fail;
     }
