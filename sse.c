@@ -21,29 +21,38 @@
  * When the connection drops the browser waits `retry` ms and asks again with the header
  * `Last-Event-ID: 1763781645000001`; we replay what it missed from a backlog.
  *
- * Map of this file. A section uses what is above it, so it reads top to bottom; the few
- * calls up into later sections (from closing a connection into the proxy and Redis, from
- * finished responses into dispatch, from /metrics into the relays) go through forward
- * declarations, placed just above their first use:
- *   1. Basics            limits, clock, logging, random numbers, byte buffers
+ * Map of this file. A section uses what is above it, so it reads top to bottom.
+ *
+ * Part I, the core: a server on its own, with the in-memory backlog as its history.
+ *   1. Basics            limits, clock, logging, random numbers, byte buffers, event ids
  *   2. Wire format       UTF-8, event framing, the event-stream reader (inputs, relay), JSON,
  *                        where events end in a stream passing through
  *   3. Events and topics shared reference-counted bytes, the topic table, the backlog
  *   4. HTTP parsing      request and response heads, percent-decoding, queries, Accept,
  *                        tokens, dates, chunked transfer coding
  *   5. Static files      path resolution that never leaves the root, content types
- *   6. The journal       events on disk before they are acknowledged, read back at start
- *   7. Connections       the per-client state, the output queue, timers, closing
- *   8. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
+ *   6. Connections       the per-client state, the seams (a handle per descriptor with its
+ *                        on_event; the parts' routes, /metrics rows and /healthz reasons; the
+ *                        history behind Last-Event-ID), flow control, the output queue,
+ *                        timers, closing
+ *   7. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
  *                        metrics, static files
- *   9. Proxy and relay   upstream connections, unbuffered forwarding, the relay
- *  10. Redis Streams     many servers, one history: a RESP2 client for XADD and XREAD
- *  11. Request dispatch  checking, decoding and routing a request; reading requests
- *  12. Inputs            publishing what arrives on a file descriptor
- *  13. The event loop    epoll, accepting, timers, the graceful stop
- *  14. The public API
- * Sections 1 to 5 make no system calls (but the clock) and are unit-tested in tests/unit.c,
- * as is the journal's record format.
+ *   8. Proxy and relay   upstream connections, unbuffered forwarding, the relay
+ *   9. Redis Streams     many servers, one history: a RESP2 client for XADD and XREAD
+ *  10. Request dispatch  checking, decoding and routing a request; reading requests
+ *  11. Inputs            publishing what arrives on a file descriptor
+ *  12. The event loop    epoll, accepting, timers, the graceful stop
+ * Part II, the parts, each behind its switch (sse.h) and plugged into the seams:
+ *      The journal       SSE_ENABLE_JOURNAL: events on disk before they are acknowledged
+ * Part III, assembly:
+ *  13. The public API    sse_server_new() plugs the enabled parts in
+ * Still to move (issue 16): sections 8 and 9 are to become parts after the journal, behind
+ * SSE_ENABLE_PROXY and SSE_ENABLE_REDIS; until then the core reaches them through the few
+ * forward declarations placed just above their first use (closing a connection into the
+ * proxy, the relay into Redis).
+ * Sections 1 to 4 make no system calls but the clock, and are unit-tested in tests/unit.c,
+ * as are section 5's path rules (which open files), the journal's record format and the
+ * Redis reply reader.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -1804,7 +1813,7 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
 }
 
 /* ==========================================================================================
- * 7. Connections
+ * 6. Connections
  *
  * A connection reads a request, then either answers it (and, with keep-alive, reads the
  * next) or becomes a subscriber for good. Everything it sends goes through one output
@@ -2066,6 +2075,7 @@ struct pace {
     uint64_t left_behind_total; /* subscribers left behind */
     uint64_t publish_timeouts;  /* HTTP publishes answered 503 after waiting */
     bool (*can_take)(const struct sse_server *srv); /* a storing part's own answer, or NULL */
+    const char *store;                              /* its name for log lines, with can_take */
 };
 
 /*
@@ -2128,6 +2138,9 @@ struct history_ops {
     void (*format_id)(struct wbuf *w, uint64_t key);   /* an id as the wire spells it */
     bool (*parse_id)(const char *s, size_t len, uint64_t *key); /* and back: canonical only */
     void (*free)(struct sse_server *srv);                       /* at sse_server_free(), or NULL */
+    /* Whether the current id is known (Redis: once the stream's position was read); until
+     * then a subscriber is told to come back. NULL: always. */
+    bool (*positioned)(const struct sse_server *srv);
 };
 
 static void history_decimal_id(struct wbuf *w, uint64_t key) {
@@ -2426,12 +2439,6 @@ static void conn_drop_output(struct conn *c) {
 static void proxy_conn_closed(struct sse_server *srv, struct conn *c);
 
 /* Section 10 (Redis) is called from here on: publishing and closing a waiting publisher. */
-static bool redis_positioned(const struct sse_server *srv);
-static bool redis_ready(const struct sse_server *srv);
-static uint64_t redis_reconnects(const struct sse_server *srv);
-static uint64_t redis_errors(const struct sse_server *srv);
-static uint64_t redis_received(const struct sse_server *srv);
-static uint64_t redis_unknown(const struct sse_server *srv);
 
 /* Closes at once: the descriptor now, the memory at the end of the iteration. */
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
@@ -2708,7 +2715,7 @@ static void conn_reap(struct sse_server *srv) {
 }
 
 /* ==========================================================================================
- * 8. Endpoints
+ * 7. Endpoints
  *
  * The stream (WHATWG 9.2.2-9.2.4): the browser fails the EventSource for good on any status
  * but 200 or a Content-Type other than text/event-stream, and reconnects after `retry` ms on
@@ -3199,8 +3206,8 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
         stream_turn_away(srv, c, R_OVERLOAD);
         return;
     }
-    if (srv->redis && !redis_positioned(srv)) {
-        stream_turn_away(srv, c, R_OVERLOAD); /* no stream position yet: come back soon */
+    if (srv->history->positioned && !srv->history->positioned(srv)) {
+        stream_turn_away(srv, c, R_OVERLOAD); /* no current id yet: come back soon */
         return;
     }
     size_t last_len = 0;
@@ -3765,7 +3772,7 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
 }
 
 /* ==========================================================================================
- * 9. The proxy and the relay
+ * 8. The proxy and the relay
  *
  * Proxy. A client connection is paired with a connection to the upstream. The request goes
  * up rebuilt: its path canonical and without dot segments, so it stays under the route's
@@ -4317,7 +4324,7 @@ static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_em
     while (up->state == CONN_UPSTREAM && up->px && up->px->connected && !up->px->up_paused) {
         struct proxy *px = up->px;
         if (px->relay && px->head_done && srv->pace.held)
-            return; /* flow control (section 7): TCP pushes back; loop_pace() reads on */
+            return; /* flow control (section 6): TCP pushes back; loop_pace() reads on */
         ssize_t n = read(up->h.fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
@@ -4840,7 +4847,7 @@ static size_t proxy_metrics(const struct sse_server *srv, struct metrics_row *ro
 static const struct part_ops part_proxy = {.route = proxy_route, .metrics = proxy_metrics};
 
 /* ==========================================================================================
- * 10. Redis Streams: many servers, one history
+ * 9. Redis Streams: many servers, one history
  *
  * With a Redis address every server becomes a node of one hub. Publishing anywhere is an
  * XADD to one stream, and every node follows that stream with XREAD BLOCK and delivers its
@@ -6107,10 +6114,11 @@ static const struct history_ops history_redis = {
     .format_id = redis_history_id,
     .parse_id = redis_history_parse,
     .free = redis_free,
+    .positioned = redis_positioned,
 };
 
 /* ==========================================================================================
- * 11. Request dispatch
+ * 10. Request dispatch
  *
  * A parsed request is checked (framing, Host), its path and query decoded once, offered to
  * the host's on_request, and handed to its endpoint. Requests are read into a per-server
@@ -6427,7 +6435,7 @@ static void http_response_done(struct sse_server *srv, struct conn *c) {
 }
 
 /* ==========================================================================================
- * 12. Inputs: publishing what arrives on a file descriptor
+ * 11. Inputs: publishing what arrives on a file descriptor
  *
  * Pipes, terminals and sockets are watched by epoll and read once per wake-up. Regular
  * files cannot be watched (epoll refuses them with EPERM) and never block, so they are read
@@ -6471,11 +6479,11 @@ static void input_hold(struct sse_server *srv, struct input *in, bool hold, enum
         return; /* still held: input_resume() tries again next iteration */
     in->held = hold;
     /* An outage is worth a line; a hold for pacing may come and go many times a second. */
-    log_say(&srv->log, srv->redis && !redis_ready(srv) ? SSE_LOG_INFO : SSE_LOG_DEBUG,
-            "input: %s fd %d",
+    log_say(&srv->log, http_unhealthy(srv) ? SSE_LOG_INFO : SSE_LOG_DEBUG, "input: %s%s fd %d",
+            !hold || why == PACE_SUBSCRIBERS ? "" : srv->pace.store,
             !hold                     ? "reading again"
             : why == PACE_SUBSCRIBERS ? "subscribers are behind: holding"
-                                      : "Redis cannot take events: holding",
+                                      : " cannot take events: holding",
             in->h.fd);
 }
 
@@ -6490,7 +6498,7 @@ static void input_read(struct sse_server *srv, struct input *in) {
     char buf[INPUT_CHUNK];
     enum pace_cause why = pace_gate(srv);
     if (why != PACE_OPEN) {
-        input_hold(srv, in, true, why); /* flow control (section 7): the writer waits */
+        input_hold(srv, in, true, why); /* flow control (section 6): the writer waits */
         return;
     }
     ssize_t n = read(in->h.fd, buf, sizeof buf);
@@ -6514,7 +6522,7 @@ static void input_on_event(struct sse_server *srv, struct handle *h, uint32_t ev
 }
 
 /* ==========================================================================================
- * 13. The event loop
+ * 12. The event loop
  *
  * One epoll instance. Each iteration: wait (no longer than the nearest timer), handle what
  * is ready, fire due timers, write what was queued, free what was closed. Nothing in it
@@ -6700,7 +6708,7 @@ static void loop_timers(struct sse_server *srv) {
 
 enum leave { LEAVE_NONE, LEAVE_STALLED, LEAVE_ALL };
 
-/* Leaves behind lagging subscribers (flow control, section 7): those that took no bytes
+/* Leaves behind lagging subscribers (flow control, section 6): those that took no bytes
  * since the last watch (LEAVE_STALLED), or all of them (LEAVE_ALL); LEAVE_NONE only starts a
  * watch. They no longer hold the publishers, and are dropped at client_buffer unless they
  * catch up. Every subscriber is in the heartbeat list. */
@@ -7677,7 +7685,7 @@ static const char *api_journal(struct sse_server *srv, const struct sse_config *
 #endif /* SSE_ENABLE_JOURNAL */
 
 /* ==========================================================================================
- * 14. The public API (documented in sse.h)
+ * 13. The public API (documented in sse.h)
  * ======================================================================================== */
 
 #if defined(__GNUC__)
@@ -8042,6 +8050,7 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
     srv->redis = r;
     srv->history = &history_redis;
     srv->pace.can_take = redis_can_take; /* inputs and relays wait below the hold mark */
+    srv->pace.store = "Redis";
     r->cmd.h.fd = r->follow.h.fd = -1;
     r->cmd.h.on_event = r->follow.h.on_event = redis_on_event;
     r->cmd.name = "commands";
@@ -8237,7 +8246,7 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
     if (srv->busy)
         return -EBUSY;
     if (srv->pace.held)
-        return -EAGAIN; /* the subscribers are behind: flow control (section 7) */
+        return -EAGAIN; /* the subscribers are behind: flow control (section 6) */
     if (srv->redis && !redis_may_keep(srv))
         return -EAGAIN; /* as many events kept for Redis as memory allows */
     return publish_event(srv, topic, event, data, len, id_out);
