@@ -120,6 +120,7 @@
 #define SEND_TIMEOUT_MS     60000       /* an ordinary response making no progress is dropped */
 #define TCP_USER_TIMEOUT_MS 60000       /* unacknowledged data this old means the peer vanished */
 #define INPUT_CHUNK         65536       /* bytes read from an input per wake-up */
+#define NEVER_MS            (INT64_MAX / 4) /* a timer that never fires, yet adds to a clock */
 /* The max_clients default keeps back a descriptor for every connection over max_clients that
  * may be held to be answered, so the documented 200 + retry: can always be sent, and FD_OWN
  * for the server's own: stdio, listener, epoll, the spare, the static root, the journal with
@@ -3623,13 +3624,8 @@ static void metrics_pace(const struct sse_server *srv, struct wbuf *w) {
     }
 }
 
-/* The Prometheus text format (0.0.4): one family per row, then the closes by reason. Every
- * accepted connection is open or closed once under one reason, so
- *   sum(sse_connections_closed_total) + sse_connections == sse_connections_total
- * holds at every scrape. Over-limit connections count as accepted and open while answered;
- * sse_connections_rejected_total counts them too (when answered), and the connections
- * closed at accept (beyond OVERFLOW_MAX, out of descriptors), which were never accepted. */
-static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_only) {
+/* The core's own rows. */
+static void metrics_core(const struct sse_server *srv, struct wbuf *w) {
     const struct metrics_row rows[] = {
         {"sse_subscribers", "gauge", "Subscribers connected now.", srv->nsubscribers},
         {"sse_connections", "gauge", "Client connections open now, over --max-clients or not.",
@@ -3670,9 +3666,19 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         {"sse_bad_requests_total", "counter", "Requests refused as malformed or too large.",
          srv->m.bad_requests_total},
     };
+    metrics_rows(w, rows, sizeof rows / sizeof rows[0]);
+}
+
+/* The Prometheus text format (0.0.4): one family per row, then the closes by reason. Every
+ * accepted connection is open or closed once under one reason, so
+ *   sum(sse_connections_closed_total) + sse_connections == sse_connections_total
+ * holds at every scrape. Over-limit connections count as accepted and open while answered;
+ * sse_connections_rejected_total counts them too (when answered), and the connections
+ * closed at accept (beyond OVERFLOW_MAX, out of descriptors), which were never accepted. */
+static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_only) {
     char out[16384];
     struct wbuf w = {out, sizeof out, 0};
-    metrics_rows(&w, rows, sizeof rows / sizeof rows[0]);
+    metrics_core(srv, &w);
     for (size_t i = 0; i < srv->nparts; i++) {
         struct metrics_row part_rows[PART_ROWS_MAX];
         if (srv->parts[i]->metrics)
@@ -7736,6 +7742,27 @@ static bool api_split_listen(const char *spec, char *host, size_t host_cap, char
     return true;
 }
 
+/* The address the listener fd is bound to, as sse_url() and X-Forwarded-Port give it. */
+static void api_url(struct sse_server *srv, int fd) {
+    struct sockaddr_storage sa = {0};
+    socklen_t salen = sizeof sa;
+    char addr[INET6_ADDRSTRLEN] = "?";
+    int p = 0;
+    getsockname(fd, (struct sockaddr *)&sa, &salen);
+    if (sa.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
+        p = ntohs(in6->sin6_port);
+        snprintf(srv->url, sizeof srv->url, "http://[%s]:%d/", addr, p);
+    } else {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
+        inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
+        p = ntohs(in4->sin_port); /* NOLINT(clang-analyzer-core.CallAndMessage): zeroed above */
+        snprintf(srv->url, sizeof srv->url, "http://%s:%d/", addr, p);
+    }
+    srv->port = p;
+}
+
 /* Binds and listens (the only name lookup there will ever be happens here), registers the
  * listener and fills srv->url. Returns 0 or -1 with err filled. */
 static int api_listen(struct sse_server *srv, const char *spec, char *err, size_t errlen) {
@@ -7781,24 +7808,8 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
         api_error(err, errlen, "cannot listen on %s: %s", spec, strerror(saved));
         return -1;
     }
-    struct sockaddr_storage sa = {0};
-    socklen_t salen = sizeof sa;
-    char addr[INET6_ADDRSTRLEN] = "?";
-    int p = 0;
-    getsockname(fd, (struct sockaddr *)&sa, &salen);
-    if (sa.ss_family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
-        p = ntohs(in6->sin6_port);
-        snprintf(srv->url, sizeof srv->url, "http://[%s]:%d/", addr, p);
-    } else {
-        struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
-        inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
-        p = ntohs(in4->sin_port); /* NOLINT(clang-analyzer-core.CallAndMessage): zeroed above */
-        snprintf(srv->url, sizeof srv->url, "http://%s:%d/", addr, p);
-    }
+    api_url(srv, fd);
     srv->listener.fd = fd;
-    srv->port = p;
     srv->listener.on_event = loop_accept;
     struct epoll_event ev = {.events = EPOLLIN};
     ev.data.ptr = &srv->listener;
@@ -7807,6 +7818,44 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
         return -1;
     }
     return 0;
+}
+
+/* max_clients, or by default what is left once the over-limit answers, the relays'
+ * upstreams and our own have their descriptors; halved when a client may hold a second one
+ * (an upstream, a file). */
+static uint32_t api_max_clients(const struct sse_config *cfg) {
+    if (cfg->max_clients)
+        return (uint32_t)cfg->max_clients;
+    struct rlimit rl;
+    rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+    rlim_t reserve = FD_RESERVE + (rlim_t)cfg->num_relays;
+    rlim_t left = n > reserve ? n - reserve : 0;
+    if (cfg->num_proxy_routes || cfg->static_root)
+        left /= 2;
+    return left < 1 ? 1 : left > 10000000 ? 10000000 : (uint32_t)left;
+}
+
+/* Checks the stream path sp (splen bytes), the tokens and the CORS origin: NULL, or why
+ * not. */
+static const char *api_check_strings(const struct sse_config *cfg, const char *sp, size_t splen) {
+    if (splen < 2 || sp[0] != '/' || sp[splen - 1] == '/' || strpbrk(sp, "?#%") ||
+        !strcmp(sp, "/publish") || !strcmp(sp, "/metrics") || !strcmp(sp, "/healthz"))
+        return "stream path must look like /events (no trailing slash, not a reserved path)";
+    for (size_t i = 0; i < splen; i++)
+        if (sp[i] <= 0x20 || sp[i] >= 0x7F)
+            return "stream path must be printable ASCII";
+    if ((cfg->publish_token && !cfg->publish_token[0]) ||
+        (cfg->subscribe_token && !cfg->subscribe_token[0]))
+        return "tokens must not be empty";
+    if (cfg->cors_origin) {
+        size_t n = strlen(cfg->cors_origin);
+        if (n == 0 || n > 512)
+            return "CORS origin must be * or an origin such as https://example.com";
+        for (size_t i = 0; i < n; i++)
+            if (cfg->cors_origin[i] <= 0x20 || cfg->cors_origin[i] >= 0x7F)
+                return "CORS origin must be * or an origin such as https://example.com";
+    }
+    return NULL;
 }
 
 /* Applies defaults and checks ranges. Returns NULL or what is wrong. */
@@ -7834,38 +7883,12 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->pace.low = srv->pace.high / 4;
     srv->max_event_bytes = cfg->max_event_bytes ? cfg->max_event_bytes : 1u << 20;
     srv->max_per_ip = (uint32_t)cfg->max_clients_per_ip;
-    if (cfg->max_clients) {
-        srv->max_clients = (uint32_t)cfg->max_clients;
-    } else {
-        /* What is left once the over-limit answers, the relays' upstreams and our own have
-         * theirs; halved when a client may hold a second one (an upstream, a file). */
-        struct rlimit rl;
-        rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-        rlim_t reserve = FD_RESERVE + (rlim_t)cfg->num_relays;
-        rlim_t left = n > reserve ? n - reserve : 0;
-        if (cfg->num_proxy_routes || cfg->static_root)
-            left /= 2;
-        srv->max_clients = left < 1 ? 1 : left > 10000000 ? 10000000 : (uint32_t)left;
-    }
+    srv->max_clients = api_max_clients(cfg);
     const char *sp = cfg->stream_path ? cfg->stream_path : DEFAULT_STREAM_PATH;
     size_t splen = strlen(sp);
-    if (splen < 2 || sp[0] != '/' || sp[splen - 1] == '/' || strpbrk(sp, "?#%") ||
-        !strcmp(sp, "/publish") || !strcmp(sp, "/metrics") || !strcmp(sp, "/healthz"))
-        return "stream path must look like /events (no trailing slash, not a reserved path)";
-    for (size_t i = 0; i < splen; i++)
-        if (sp[i] <= 0x20 || sp[i] >= 0x7F)
-            return "stream path must be printable ASCII";
-    if ((cfg->publish_token && !cfg->publish_token[0]) ||
-        (cfg->subscribe_token && !cfg->subscribe_token[0]))
-        return "tokens must not be empty";
-    if (cfg->cors_origin) {
-        size_t n = strlen(cfg->cors_origin);
-        if (n == 0 || n > 512)
-            return "CORS origin must be * or an origin such as https://example.com";
-        for (size_t i = 0; i < n; i++)
-            if (cfg->cors_origin[i] <= 0x20 || cfg->cors_origin[i] >= 0x7F)
-                return "CORS origin must be * or an origin such as https://example.com";
-    }
+    const char *why = api_check_strings(cfg, sp, splen);
+    if (why)
+        return why;
     bool failed = false;
     srv->stream_path = api_strdup(sp, &failed);
     srv->stream_path_len = splen;
@@ -8103,6 +8126,46 @@ static uint64_t api_id_seed(void) {
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* Plugs in the journal as the history when the configuration asks for it, or refuses it
+ * (with Redis, or built without it). 0, or -1 with err set. */
+static int api_journal_history(struct sse_server *srv, const struct sse_config *cfg, char *err,
+                               size_t errlen) {
+    if (cfg->journal_path && cfg->redis) {
+        api_error(err, errlen, "redis %s: cannot be used with a journal: Redis keeps the history",
+                  cfg->redis);
+        return -1;
+    }
+#if SSE_ENABLE_JOURNAL
+    const char *why = cfg->journal_path ? api_journal(srv, cfg) : NULL;
+#else
+    (void)srv;
+    const char *why = cfg->journal_path ? "built without SSE_ENABLE_JOURNAL" : NULL;
+#endif
+    if (why)
+        api_error(err, errlen, "journal %s: %s", cfg->journal_path, why);
+    return why ? -1 : 0;
+}
+
+/* The timers' durations and the ready-made blobs every stream shares; false out of memory. */
+static bool api_prepare(struct sse_server *srv, const struct sse_config *cfg) {
+    srv->timers[TIMER_REQUEST].duration = srv->header_timeout_ms;
+    srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
+    srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : NEVER_MS;
+    srv->timers[TIMER_LINGER].duration = LINGER_MS;
+    srv->timers[TIMER_CONNECT].duration =
+        cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
+    srv->timers[TIMER_PROXY].duration =
+        cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : NEVER_MS;
+    srv->timers[TIMER_PACED].duration = PACE_PUBLISH_WAIT_MS;
+    srv->timers[TIMER_NEVER].duration = NEVER_MS;
+    char retry[48];
+    snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
+    srv->heartbeat = blob_from(":\n", 2);
+    srv->continue_100 = blob_from("HTTP/1.1 100 Continue\r\n\r\n", 25);
+    srv->retry_line = srv->retry_ms ? blob_from(retry, strlen(retry)) : NULL;
+    return srv->heartbeat && srv->continue_100 && (!srv->retry_ms || srv->retry_line);
+}
+
 struct sse_server *sse_server_new(const struct sse_config *config, char *err, size_t errlen) {
     static const struct sse_config defaults;
     const struct sse_config *cfg = config ? config : &defaults;
@@ -8133,37 +8196,10 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
     srv->topics.seed = (uint32_t)rng_next(&srv->rng);
     srv->per_ip.seed = (uint32_t)rng_next(&srv->rng);
-    if (cfg->journal_path && cfg->redis) {
-        api_error(err, errlen, "redis %s: cannot be used with a journal: Redis keeps the history",
-                  cfg->redis);
-        goto fail;
-    }
     /* After the topic table's seed: the journal's events go into the table. */
-#if SSE_ENABLE_JOURNAL
-    why = cfg->journal_path ? api_journal(srv, cfg) : NULL;
-#else
-    why = cfg->journal_path ? "built without SSE_ENABLE_JOURNAL" : NULL;
-#endif
-    if (why) {
-        api_error(err, errlen, "journal %s: %s", cfg->journal_path, why);
+    if (api_journal_history(srv, cfg, err, errlen) < 0)
         goto fail;
-    }
-    srv->timers[TIMER_REQUEST].duration = srv->header_timeout_ms;
-    srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
-    srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : INT64_MAX / 4;
-    srv->timers[TIMER_LINGER].duration = LINGER_MS;
-    srv->timers[TIMER_CONNECT].duration =
-        cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
-    srv->timers[TIMER_PROXY].duration =
-        cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : INT64_MAX / 4;
-    srv->timers[TIMER_PACED].duration = PACE_PUBLISH_WAIT_MS;
-    srv->timers[TIMER_NEVER].duration = INT64_MAX / 4;
-    char retry[48];
-    snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
-    srv->heartbeat = blob_from(":\n", 2);
-    srv->continue_100 = blob_from("HTTP/1.1 100 Continue\r\n\r\n", 25);
-    srv->retry_line = srv->retry_ms ? blob_from(retry, strlen(retry)) : NULL;
-    if (!srv->heartbeat || !srv->continue_100 || (srv->retry_ms && !srv->retry_line)) {
+    if (!api_prepare(srv, cfg)) {
         api_error(err, errlen, "out of memory");
         goto fail;
     }
