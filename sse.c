@@ -6784,7 +6784,10 @@ static void loop_pace(struct sse_server *srv) {
 
 /* Milliseconds until something is due; 0 when work is waiting, -1 when nothing is timed. */
 static int loop_next_timeout(const struct sse_server *srv) {
-    if (srv->flush_list || (srv->stop_requested && !srv->stopping))
+    /* A hold may end in the last flush of an iteration, after loop_pace(): the relays and
+     * publishes it held are resumed by the next one, at once, not at the next timer. */
+    if (srv->flush_list || (srv->stop_requested && !srv->stopping) ||
+        (srv->pace.resume_due && !srv->pace.held))
         return 0;
     for (const struct input *in = srv->inputs; in; in = in->next)
         if (!in->polled && !in->held)
