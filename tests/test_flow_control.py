@@ -301,11 +301,15 @@ def test_http_publish_held_too_long_gets_503(start_server):
         m = metric_values(srv.port)
         assert m["sse_publish_wait_timeouts_total"] == 1
         assert m["sse_events_published_total"] == 1
-        r = publish(srv.port, "again")  # waits for the watch, then goes out
-        assert r.status == 200, (r.raw_head, r.body)
+        deadline = time.monotonic() + 10  # the watch: a second of taking nothing
+        while metric_values(srv.port)["sse_subscribers_left_behind"] < 2:
+            assert time.monotonic() < deadline, "the stalled subscribers were not left behind"
+            time.sleep(0.05)
         m = metric_values(srv.port)
         assert (m["sse_subscribers_left_behind"], m["sse_subscribers_lagging"]) == (2, 0)
-        assert m["sse_events_published_total"] == 2
+        r = publish(srv.port, "again")
+        assert r.status == 200, (r.raw_head, r.body)
+        assert metric_values(srv.port)["sse_events_published_total"] == 2
     finally:
         for s in subs:
             s.close()
