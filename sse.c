@@ -2067,7 +2067,8 @@ struct pace {
     bool resume_due;            /* the hold just ended: held publishers are to be resumed */
     uint8_t cause;              /* enum pace_cause of the hold being timed, PACE_OPEN if none */
     int64_t held_since;         /* when held last became true */
-    int64_t minority_since;     /* during a hold, since when the lagging are a minority; or 0 */
+    int64_t minority_since;     /* during a hold, since when the lagging are a quarter of the
+                                   subscribers or fewer; or 0 */
     int64_t next_check;         /* during a hold, when the lagging that wrote nothing are left
                                    behind; 0 = at the next iteration, which starts the watch */
     int64_t gate_since;         /* when the gate last closed, for the time held */
@@ -2293,8 +2294,9 @@ static void conn_flush_later(struct sse_server *srv, struct conn *c) {
  * must not pace them all: with many subscribers it is under the share; with few, a lagging
  * subscriber is left behind (no longer counted, and dropped at client_buffer as before, to
  * resume with Last-Event-ID) when it took no bytes at all for PACE_PATIENCE_MS of a hold (it
- * stalled), or when the lagging have been a minority of the hold for PACE_MINORITY_MS (the
- * others caught up and it did not). Nor may subscribers that stopped reading altogether (a
+ * stalled), or when the lagging have been a small minority (a quarter or less) for
+ * PACE_MINORITY_MS of the hold (the others caught up and it did not; a larger share is
+ * where the pace is, not a straggler). Nor may subscribers that stopped reading altogether (a
  * majority of stalled phones, or a client that opened many streams and reads none) stop
  * publishing for good: a hold that lasts PACE_MAX_HOLD_MS leaves every lagging one behind.
  * A part that stores events before they are delivered (Redis) may close the gate too, through
@@ -3681,9 +3683,10 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
     struct wbuf w = {out, sizeof out, 0};
     metrics_core(srv, &w);
     for (size_t i = 0; i < srv->nparts; i++) {
-        struct metrics_row part_rows[PART_ROWS_MAX];
-        if (srv->parts[i]->metrics)
+        if (srv->parts[i]->metrics) {
+            struct metrics_row part_rows[PART_ROWS_MAX];
             metrics_rows(&w, part_rows, srv->parts[i]->metrics(srv, part_rows));
+        }
     }
     metrics_family(&w, "sse_connections_closed_total", "counter",
                    "Client connections closed, by reason (closed + open = accepted).");
@@ -6747,7 +6750,7 @@ static void loop_leave_behind(struct sse_server *srv, enum leave which) {
  * the publishers held by it resumed once it opens. */
 static void loop_pace(struct sse_server *srv) {
     struct pace *p = &srv->pace;
-    if (p->held && (uint64_t)p->lagging * 2 <= pace_counted(srv)) {
+    if (p->held && (uint64_t)p->lagging * 4 <= pace_counted(srv)) {
         if (!p->minority_since)
             p->minority_since = srv->now;
         else if (srv->now - p->minority_since >= PACE_MINORITY_MS)

@@ -316,11 +316,11 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
  * (answered once the subscribers caught up, or 503 + Retry-After after publish_wait_ms), and
  * sse_publish() answers -EAGAIN. It takes events again once no more than 1 in 20 lags.
  * A subscriber slower than the rest does not pace them for long: one that takes no bytes
- * for a second of a hold, or that still lags two seconds after the others caught up, is left
- * behind (dropped at client_buffer unless it catches up), and a hold ends after 10 s
- * whatever lags. As a node of a Redis hub this is also 0 while Redis is behind (see
- * sse_publish(); publishing still works then, up to 8 MiB kept). A host with a producer of
- * its own checks this after sse_poll() and holds its producer while it is 0. */
+ * for a second of a hold, or that still lags two seconds after three in four of the
+ * subscribers caught up, is left behind (dropped at client_buffer unless it catches up),
+ * and a hold ends after 10 s whatever lags. As a node of a Redis hub this is also 0 while Redis is
+ * behind (see sse_publish(); publishing still works then, up to 8 MiB kept). A host with a producer
+ * of its own checks this after sse_poll() and holds its producer while it is 0. */
 int sse_publish_ready(const struct sse_server *srv);
 
 /* Retires a topic: its subscribers get what is queued for them and are closed, and new
