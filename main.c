@@ -28,17 +28,6 @@
 extern const unsigned char demo_page[];
 extern const size_t demo_page_len;
 
-/* The optional parts of the library (sse.h): built without one, its options are refused. */
-#ifndef SSE_ENABLE_PROXY
-#define SSE_ENABLE_PROXY 1
-#endif
-#ifndef SSE_ENABLE_JOURNAL
-#define SSE_ENABLE_JOURNAL 1
-#endif
-#ifndef SSE_ENABLE_REDIS
-#define SSE_ENABLE_REDIS 1
-#endif
-
 struct options {
     struct sse_config cfg;              /* what the library gets */
     bool read_stdin;                    /* --stdin */

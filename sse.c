@@ -21,29 +21,38 @@
  * When the connection drops the browser waits `retry` ms and asks again with the header
  * `Last-Event-ID: 1763781645000001`; we replay what it missed from a backlog.
  *
- * Map of this file. A section uses what is above it, so it reads top to bottom; the few
- * calls up into later sections (from closing a connection into the proxy and Redis, from
- * finished responses into dispatch, from /metrics into the relays) go through forward
- * declarations, placed just above their first use:
- *   1. Basics            limits, clock, logging, random numbers, byte buffers
+ * Map of this file. A section uses what is above it, so it reads top to bottom.
+ *
+ * Part I, the core: a server on its own, with the in-memory backlog as its history.
+ *   1. Basics            limits, clock, logging, random numbers, byte buffers, event ids
  *   2. Wire format       UTF-8, event framing, the event-stream reader (inputs, relay), JSON,
  *                        where events end in a stream passing through
  *   3. Events and topics shared reference-counted bytes, the topic table, the backlog
  *   4. HTTP parsing      request and response heads, percent-decoding, queries, Accept,
  *                        tokens, dates, chunked transfer coding
  *   5. Static files      path resolution that never leaves the root, content types
- *   6. The journal       events on disk before they are acknowledged, read back at start
- *   7. Connections       the per-client state, the output queue, timers, closing
- *   8. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
+ *   6. Connections       the per-client state, the seams (a handle per descriptor with its
+ *                        on_event; the parts' routes, /metrics rows and /healthz reasons; the
+ *                        history behind Last-Event-ID), flow control, the output queue,
+ *                        timers, closing
+ *   7. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
  *                        metrics, static files
- *   9. Proxy and relay   upstream connections, unbuffered forwarding, the relay
- *  10. Redis Streams     many servers, one history: a RESP2 client for XADD and XREAD
- *  11. Request dispatch  checking, decoding and routing a request; reading requests
- *  12. Inputs            publishing what arrives on a file descriptor
- *  13. The event loop    epoll, accepting, timers, the graceful stop
- *  14. The public API
- * Sections 1 to 5 make no system calls (but the clock) and are unit-tested in tests/unit.c,
- * as is the journal's record format.
+ *   8. Proxy and relay   upstream connections, unbuffered forwarding, the relay
+ *   9. Redis Streams     many servers, one history: a RESP2 client for XADD and XREAD
+ *  10. Request dispatch  checking, decoding and routing a request; reading requests
+ *  11. Inputs            publishing what arrives on a file descriptor
+ *  12. The event loop    epoll, accepting, timers, the graceful stop
+ * Part II, the parts, each behind its switch (sse.h) and plugged into the seams:
+ *      The journal       SSE_ENABLE_JOURNAL: events on disk before they are acknowledged
+ * Part III, assembly:
+ *  13. The public API    sse_server_new() plugs the enabled parts in
+ * Still to move (issue 16): sections 8 and 9 are to become parts after the journal, behind
+ * SSE_ENABLE_PROXY and SSE_ENABLE_REDIS; until then the core reaches them through the few
+ * forward declarations placed just above their first use (closing a connection into the
+ * proxy, the relay into Redis).
+ * Sections 1 to 4 make no system calls but the clock, and are unit-tested in tests/unit.c,
+ * as are section 5's path rules (which open files), the journal's record format and the
+ * Redis reply reader.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -111,6 +120,7 @@
 #define SEND_TIMEOUT_MS     60000       /* an ordinary response making no progress is dropped */
 #define TCP_USER_TIMEOUT_MS 60000       /* unacknowledged data this old means the peer vanished */
 #define INPUT_CHUNK         65536       /* bytes read from an input per wake-up */
+#define NEVER_MS            (INT64_MAX / 4) /* a timer that never fires, yet adds to a clock */
 /* The max_clients default keeps back a descriptor for every connection over max_clients that
  * may be held to be answered, so the documented 200 + retry: can always be sent, and FD_OWN
  * for the server's own: stdio, listener, epoll, the spare, the static root, the journal with
@@ -1372,6 +1382,17 @@ struct http_query {
     struct http_param params[QUERY_PARAMS_MAX]; /* in order of appearance */
 };
 
+/* A request's target, checked and decoded once, as routing sees it. */
+struct http_target {
+    const char *raw;            /* the target as sent (origin form), path and query */
+    size_t raw_len;             /* bytes at raw */
+    size_t raw_path_len;        /* of them, the path (up to '?') */
+    const char *path;           /* the percent-decoded path, NUL-terminated */
+    size_t path_len;            /* bytes at path */
+    const struct http_query *q; /* the decoded query */
+    uint64_t content_length;    /* of the body, 0 without one */
+};
+
 /* Splits and decodes a query string (without '?'). scratch must hold len bytes; the views
  * point into it. Returns 0, or -1 for a bad escape or more than QUERY_PARAMS_MAX params. */
 static int http_parse_query(const char *q, size_t len, char *scratch, struct http_query *out) {
@@ -1793,7 +1814,5147 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
 }
 
 /* ==========================================================================================
- * 6. The journal
+ * 6. Connections
+ *
+ * A connection reads a request, then either answers it (and, with keep-alive, reads the
+ * next) or becomes a subscriber for good. Everything it sends goes through one output
+ * queue of blobs, written with sendmsg() over an iovec (one system call for many events),
+ * then an optional file with sendfile(). Writes are attempted at the end of each loop
+ * iteration, so events published in one iteration leave in one system call per subscriber.
+ *
+ * Sockets are registered once, edge-triggered for input and output, so a busy subscriber
+ * costs no epoll_ctl() calls. Timers are four FIFO lists, one per duration (all entries of a
+ * list share a duration, so appending keeps each list sorted): request deadlines, stalled
+ * responses, heartbeats, and connections closing. Closing is deferred: a closed connection
+ * is marked dead and freed at the end of the iteration, so no handler frees a connection
+ * another handler still holds.
+ * ======================================================================================== */
+
+enum conn_state {
+    CONN_REQUEST,  /* reading a request head, or idle between keep-alive requests */
+    CONN_BODY,     /* reading a publish body */
+    CONN_RESPOND,  /* writing an ordinary response */
+    CONN_STREAM,   /* a subscriber */
+    CONN_LINGER,   /* writing what is left, then half-closing and waiting for the peer */
+    CONN_PROXY,    /* a client whose request is being proxied (px says to where) */
+    CONN_UPSTREAM, /* our connection to an upstream, for a proxied request or a relay */
+    CONN_WAIT,     /* a publish waiting for Redis to store the event */
+    CONN_PACED,    /* a publish held (body read) until the subscribers catch up */
+    CONN_DEAD      /* closed; freed at the end of the loop iteration */
+};
+
+enum conn_flag {
+    CF_KEEP_ALIVE = 1,   /* the current request allows another after it */
+    CF_OVER_LIMIT = 2,   /* accepted over max_clients, only to be told to come back */
+    CF_IN_FLUSH = 4,     /* in the server's flush list */
+    CF_SUBSCRIBER = 8,   /* has been a stream: count its bytes and events as deliveries */
+    CF_WR_SHUT = 16,     /* write side shut down while lingering */
+    CF_HTTP10 = 32,      /* the current request is HTTP/1.0 */
+    CF_BODY_UNREAD = 64, /* the current request has a body we have not read */
+    CF_REPLAYING = 128   /* its history answers later: live events wait (in the backlog) */
+};
+
+enum timer_id {
+    TIMER_REQUEST, /* header_timeout: a request head (or body) must arrive by then */
+    TIMER_SEND,    /* SEND_TIMEOUT_MS: a response, or an upstream's head, without progress */
+    TIMER_STREAM,  /* heartbeat_ms: a subscriber's heartbeat */
+    TIMER_LINGER,  /* LINGER_MS: a closing connection's last chance */
+    TIMER_CONNECT, /* proxy_connect_timeout_ms: an upstream connect */
+    TIMER_PROXY,   /* proxy_heartbeat_ms: a proxied stream's heartbeat */
+    TIMER_PACED,   /* publish_wait_ms: a held publish is answered 503 by then */
+    TIMER_NEVER,   /* no deadline (upstreams, proxied non-stream responses) */
+    TIMER_COUNT
+};
+#define TIMER_NONE 0xFF
+
+/* Why a connection closed. Each client connection is closed exactly once, in conn_close(),
+ * which counts it under its reason: /metrics's sse_connections_closed_total. */
+enum close_reason {
+    R_CLIENT_CLOSED,  /* the peer closed its side (end of input) */
+    R_DONE,           /* answered, without keep-alive */
+    R_SLOW,           /* a subscriber more than client_buffer behind */
+    R_HEADER_TIMEOUT, /* no complete request head (or body) within header_timeout */
+    R_BAD_REQUEST,    /* answered 4xx/505 for a request whose framing can't be trusted */
+    R_SHUTDOWN,       /* sse_stop() */
+    R_RETIRED,        /* its topics were retired */
+    R_ERROR,          /* our failure: out of memory or buffer space */
+    R_SEND_TIMEOUT,   /* a response made no progress for SEND_TIMEOUT_MS */
+    R_OVERLOAD,       /* over max_clients, or no stream position yet: told to come back */
+    R_UPSTREAM,       /* the upstream of a proxied request or a relay failed */
+    R_RECONNECT,      /* its stream was ended so that it reconnects */
+    R_RESET,          /* the socket failed: reset, broken pipe, timed out (EPOLLERR) */
+    R_COUNT
+};
+static const char *const close_reason_text[R_COUNT] = {
+    "client closed", "done",     "slow subscriber", "header timeout",
+    "bad request",   "shutdown", "retired",         "error",
+    "send timeout",  "overload", "upstream failed", "told to reconnect",
+    "reset",
+};
+/* The same, as the reason label of sse_connections_closed_total. */
+static const char *const close_reason_label[R_COUNT] = {
+    "client_closed",   "done",      "slow_subscriber", "header_timeout", "bad_request",
+    "shutdown",        "retired",   "error",           "send_timeout",   "overload",
+    "upstream_failed", "reconnect", "reset",
+};
+
+/* What epoll hands back: every registered object starts with one, and names in on_event who
+ * handles its readiness, so the loop calls it without knowing what is behind it (as redis's
+ * ae.c calls the procs a file event registered). */
+struct handle {
+    int fd; /* the descriptor */
+    void (*on_event)(struct sse_server *srv, struct handle *h, uint32_t events); /* EPOLL* */
+};
+
+/* A request head collected across reads, or bytes pipelined after a request. */
+struct inbuf {
+    uint32_t len;     /* bytes in data */
+    uint32_t scanned; /* bytes already searched for the end of the head */
+    char data[SSE_HEAD_MAX];
+};
+
+/* A publish whose body is still arriving. */
+struct body {
+    size_t need;                    /* Content-Length */
+    size_t have;                    /* bytes in data */
+    bool has_event;                 /* event holds an event type */
+    char topic[TOPIC_NAME_MAX + 1]; /* validated topic */
+    char event[EVENT_TYPE_MAX + 1]; /* validated event type */
+    char data[];                    /* need bytes */
+};
+
+struct conn {
+    struct handle h;            /* fd and conn_on_event (or the proxy's); first, for epoll */
+    uint8_t state;              /* enum conn_state */
+    uint8_t flags;              /* enum conn_flag */
+    uint8_t timer;              /* enum timer_id it is listed in, or TIMER_NONE */
+    uint8_t reason;             /* enum close_reason to log when a linger ends */
+    uint16_t nsubs;             /* entries in subs */
+    uint8_t lag;                /* enum lag_state and LAG_WROTE (subscribers): flow control */
+    uint32_t serial;            /* number for log lines */
+    struct conn *tprev, *tnext; /* neighbours in the timer list (tnext: dead list too) */
+    struct conn *flush_next;    /* next in the flush list */
+    int64_t deadline;           /* when its timer fires, monotonic ms */
+    struct inbuf *in;           /* partial head or pipelined bytes; NULL when none */
+    struct body *body;          /* publish body being read; NULL when none */
+    struct blob **q;            /* output queue: a ring of qcap (power of two) slots */
+    uint32_t qhead, qlen, qcap; /* ring index of the first blob, blobs queued, slots */
+    uint32_t qoff;              /* bytes of the first blob already written */
+    size_t qbytes;              /* bytes queued and not yet written */
+    int file_fd;                /* file to send after the queue, or -1 */
+    off_t file_off, file_end;   /* what of it is left to send */
+    struct sub *subs;           /* topics followed (subscribers only) */
+    struct proxy *px;           /* proxied request or upstream connection, else NULL */
+    struct ip_count *ip;        /* its address's count (max_clients_per_ip), else NULL */
+};
+
+/* Client connections served per address, for max_clients_per_ip: a chained hash table
+ * keyed by the address (IPv4 as IPv4-mapped IPv6) with a random seed, so addresses cannot
+ * be chosen to collide. An entry lives only while its count is above zero, so there are
+ * never more entries than connections, and the table shrinks back as they close. */
+struct ip_count {
+    struct ip_count *next; /* next in the hash chain */
+    uint32_t n;            /* connections served from addr */
+    uint32_t hash;         /* of addr, with the table's seed */
+    unsigned char addr[16];
+};
+
+struct ip_table {
+    struct ip_count **buckets; /* chains; nbuckets is a power of two */
+    uint32_t nbuckets;         /* allocated chains */
+    uint32_t count;            /* entries */
+    uint32_t seed;             /* random */
+};
+
+/* Rehashes into n chains (a power of two). False when out of memory. */
+static bool ip_table_resize(struct ip_table *t, uint32_t n) {
+    struct ip_count **b = calloc(n, sizeof *b);
+    if (!b)
+        return false;
+    for (uint32_t i = 0; i < t->nbuckets; i++) {
+        for (struct ip_count *e = t->buckets[i], *next; e; e = next) {
+            next = e->next;
+            e->next = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    }
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = n;
+    return true;
+}
+
+/* The entry of a peer's address, created with count 0 if new; NULL when out of memory. */
+static struct ip_count *ip_table_get(struct ip_table *t, const struct sockaddr_storage *sa) {
+    unsigned char key[16] = {0};
+    if (sa->ss_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+    } else if (sa->ss_family == AF_INET) {
+        key[10] = key[11] = 0xFF;
+        memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    }
+    uint32_t h = topic_hash(t->seed, (const char *)key, sizeof key);
+    for (struct ip_count *e = t->nbuckets ? t->buckets[h & (t->nbuckets - 1)] : NULL; e;
+         e = e->next)
+        if (e->hash == h && memcmp(e->addr, key, sizeof key) == 0)
+            return e;
+    if (t->count >= t->nbuckets && !ip_table_resize(t, t->nbuckets ? t->nbuckets * 2 : 64))
+        return NULL;
+    struct ip_count *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    memcpy(e->addr, key, sizeof key);
+    e->hash = h;
+    e->next = t->buckets[h & (t->nbuckets - 1)];
+    t->buckets[h & (t->nbuckets - 1)] = e;
+    t->count++;
+    return e;
+}
+
+/* Counts one connection less from e's address; at zero the entry goes. */
+static void ip_table_put(struct ip_table *t, struct ip_count *e) {
+    if (!e || (e->n && --e->n))
+        return;
+    struct ip_count **pp = &t->buckets[e->hash & (t->nbuckets - 1)];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    t->count--;
+    free(e);
+    if (t->nbuckets > 64 && t->count < t->nbuckets / 4)
+        ip_table_resize(t, t->nbuckets / 2);
+}
+
+struct timer_list {
+    struct conn *head, *tail; /* soonest deadline first */
+    int64_t duration;         /* ms from being listed to the deadline */
+};
+
+/* Counters behind /metrics. */
+struct metrics {
+    uint64_t connections_total;  /* accepted */
+    uint64_t rejected_total;     /* turned away: over max_clients or out of descriptors */
+    uint64_t published_total;    /* events published */
+    uint64_t delivered_total;    /* events written out completely to subscribers */
+    uint64_t bytes_total;        /* bytes written to subscribers */
+    uint64_t dropped_total;      /* subscribers dropped for being too slow */
+    uint64_t replays_total;      /* subscriptions resumed exactly from a Last-Event-ID */
+    uint64_t resets_total;       /* subscriptions sent the reset event instead */
+    uint64_t bad_requests_total; /* requests answered 400, 411, 413, 431 or 505 */
+    uint64_t proxied_total;      /* requests passed to an upstream */
+    uint64_t proxy_errors_total; /* upstreams that failed a request or a relay */
+    uint64_t relayed_total;      /* events published by relays */
+    uint64_t closed[R_COUNT];    /* client connections closed, by enum close_reason */
+};
+
+/* A descriptor whose bytes are published (sse_publish_from_fd). */
+struct input {
+    struct handle h;           /* fd and input_on_event; first, for epoll */
+    struct input *next;        /* next input */
+    bool polled;               /* in epoll; false for regular files, read every iteration */
+    bool held;                 /* not read (out of epoll): Redis cannot take events now */
+    struct wire_reader reader; /* turns its bytes into events */
+};
+
+struct redis_hub;
+
+/* Flow control's state (see "flow control" below). */
+struct pace {
+    size_t high, low;           /* queued bytes: a subscriber lags from high until back at low */
+    uint32_t lagging;           /* subscribers lagging and counted (LAG_HIGH) */
+    uint32_t behind;            /* subscribers lagging but left behind (LAG_BEHIND) */
+    bool held;                  /* too many lag: publishers are held */
+    bool resume_due;            /* the hold just ended: held publishers are to be resumed */
+    uint8_t cause;              /* enum pace_cause of the hold being timed, PACE_OPEN if none */
+    int64_t held_since;         /* when held last became true */
+    int64_t minority_since;     /* during a hold, since when the lagging are a quarter of the
+                                   subscribers or fewer; or 0 */
+    int64_t next_check;         /* during a hold, when the lagging that wrote nothing are left
+                                   behind; 0 = at the next iteration, which starts the watch */
+    int64_t gate_since;         /* when the gate last closed, for the time held */
+    uint64_t held_ms[3];        /* ms the gate was closed, by enum pace_cause */
+    uint64_t holds[3];          /* times it closed, by enum pace_cause */
+    uint64_t left_behind_total; /* subscribers left behind */
+    uint64_t publish_timeouts;  /* HTTP publishes answered 503 after waiting */
+    bool (*can_take)(const struct sse_server *srv); /* a storing part's own answer, or NULL */
+    const char *store;                              /* its name for log lines, with can_take */
+};
+
+/*
+ * Parts (a seam). What an optional part adds to HTTP: its routes (tried after the core's
+ * own paths, before static files), its /metrics rows (after the core's) and a reason for
+ * /healthz to answer 503. A part registers one of these at sse_server_new() (api_part),
+ * whether or not the configuration uses it, so /metrics has the same families either way.
+ */
+#define PARTS_MAX     4  /* parts registered: the proxy, the journal, Redis, one to come */
+#define PART_ROWS_MAX 16 /* /metrics rows one part may add */
+
+/* One /metrics family with its one sample. */
+struct metrics_row {
+    const char *name, *type, *help; /* metric name, "gauge" or "counter", # HELP text */
+    uint64_t value;                 /* the sample */
+};
+
+struct part_ops {
+    /* Answers a request that is the part's and returns true, or returns false. NULL: none. */
+    bool (*route)(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                  const struct http_target *t);
+    /* Fills up to PART_ROWS_MAX rows, returns how many. NULL: none. */
+    size_t (*metrics)(const struct sse_server *srv, struct metrics_row *rows);
+    /* Why the server is unhealthy (/healthz says it with a 503), or NULL. NULL: never. */
+    const char *(*unhealthy)(const struct sse_server *srv);
+};
+
+/*
+ * The history (a seam). What stands behind Last-Event-ID: the core always keeps the backlog
+ * of recent events; a history decides how new events get their ids and whether an id a
+ * client comes back with can be replayed exactly. The in-memory backlog is the default
+ * (history_backlog below); the journal wraps it (an event is on disk before anyone hears of
+ * it) and Redis is another (Redis assigns the ids; what is older than the backlog comes from
+ * the stream). The answer itself (replay, or the reset event) is given in one place,
+ * stream_answer(), whichever history decided. A NULL hook is the backlog's behaviour.
+ */
+enum history_answer {
+    HISTORY_RESET,   /* the id cannot be replayed exactly: the reset event */
+    HISTORY_COVERED, /* the backlog holds every event after the id */
+    HISTORY_LATER    /* the history answers later, through stream_answer_later() */
+};
+
+struct history_ops {
+    /* Publishes a checked event that has no id yet. Returns the subscribers it was queued
+     * to with *id set, or 0 with *id 0 when the history says the id later (c, if not NULL,
+     * is answered then), or a negative errno. NULL: the next id, delivered at once. */
+    int (*append)(struct sse_server *srv, struct conn *c, const char *topic, const char *event,
+                  const char *data, size_t len, uint64_t *id);
+    /* Stores an event that has its id, before the backlog keeps it; negative: not stored,
+     * nobody hears of it. NULL: nothing to store. */
+    int (*store)(struct sse_server *srv, const struct blob *ev);
+    /* After the backlog kept an event (the journal compacts). NULL: nothing. */
+    void (*kept)(struct sse_server *srv, uint64_t id);
+    /* Whether every event after id can be replayed. NULL: backlog_covers(). */
+    enum history_answer (*covers)(struct sse_server *srv, struct conn *c, uint64_t id);
+    /* A connection waiting for the history (a publish or a replay) closed. NULL: none. */
+    void (*forget)(struct sse_server *srv, const struct conn *c);
+    void (*tick)(struct sse_server *srv);              /* once an iteration, or NULL */
+    int64_t (*deadline)(const struct sse_server *srv); /* when tick is due, INT64_MAX: never */
+    void (*format_id)(struct wbuf *w, uint64_t key);   /* an id as the wire spells it */
+    bool (*parse_id)(const char *s, size_t len, uint64_t *key); /* and back: canonical only */
+    void (*free)(struct sse_server *srv);                       /* at sse_server_free(), or NULL */
+    /* Whether the current id is known (Redis: once the stream's position was read); until
+     * then a subscriber is told to come back. NULL: always. */
+    bool (*positioned)(const struct sse_server *srv);
+};
+
+static void history_decimal_id(struct wbuf *w, uint64_t key) {
+    wb_id(w, false, key);
+}
+
+static bool history_decimal_parse(const char *s, size_t len, uint64_t *key) {
+    return id_parse(false, s, len, key);
+}
+
+/* The default history: decimal ids from this server, the backlog alone answers. */
+static const struct history_ops history_backlog = {
+    .format_id = history_decimal_id,
+    .parse_id = history_decimal_parse,
+};
+
+struct sse_server {
+    /* configuration, defaults applied, strings owned */
+    char *stream_path; /* e.g. "/events" */
+    size_t stream_path_len;
+    char *index_page; /* built-in page, or NULL */
+    size_t index_page_len;
+    char *publish_token;        /* NULL = publishing over HTTP is off */
+    char *subscribe_token;      /* NULL = open subscriptions */
+    char *cors_headers;         /* ready-made Access-Control-Allow-* lines, or "" */
+    char *root_real;            /* real path of the static root, or NULL */
+    int64_t heartbeat_ms;       /* 0 = none */
+    int64_t retry_ms;           /* 0 = no retry: line */
+    bool position_event;        /* open with the position event, not the id-only block */
+    uint32_t max_clients;       /* client connections served */
+    uint32_t max_per_ip;        /* of them from one address; 0 = no limit */
+    int64_t header_timeout_ms;  /* deadline for a request head */
+    size_t client_buffer;       /* queued bytes at which a subscriber is dropped */
+    size_t max_event_bytes;     /* largest payload */
+    struct proxy_route *routes; /* reverse-proxy routes, longest prefix first */
+    size_t nroutes;             /* entries in routes */
+    struct relay *relays;       /* relayed upstream streams */
+    size_t nrelays;             /* entries in relays */
+    struct logger log;          /* where log lines go */
+    unsigned log_depth;         /* on_log and on_request calls under way: sse_poll() answers
+                                   -EBUSY */
+    int (*on_request)(struct sse_server *, const struct sse_request *,
+                      void *); /* the host's routes, or NULL */
+    bool busy; /* in a publish or a retire, or being freed: an on_log callback's sse_publish()
+                  and sse_retire_topic() answer -EBUSY instead of re-entering */
+
+    /* descriptors */
+    int epfd;               /* the epoll instance, also sse_fd() */
+    struct handle listener; /* listening socket; fd -1 once stopping */
+    int reserve_fd;         /* spare descriptor released to shed load on EMFILE */
+    int root_fd;            /* static root directory, or -1 */
+    char url[80];           /* "http://HOST:PORT/" */
+    int port;               /* the port listened on, for X-Forwarded-Port */
+
+    /* time */
+    int64_t now;     /* monotonic ms, refreshed every iteration */
+    time_t date_sec; /* second that date describes */
+    char date[32];   /* IMF-fixdate of date_sec, for Date headers */
+
+    /* events */
+    uint64_t last_id;                  /* last id assigned (the seed before any publish) */
+    struct rng rng;                    /* for jitter and the hash seed */
+    struct topic_table topics;         /* every topic with a subscriber, an event or retired */
+    struct backlog backlog;            /* retained events */
+    const struct history_ops *history; /* behind Last-Event-ID: history_backlog or a part's */
+    void *history_self;                /* the history's own state, NULL for the backlog */
+    struct redis_hub *redis;           /* the hub this server is a node of, or NULL */
+    struct blob *stream_head;          /* cached stream response head for date_sec, or NULL */
+    struct blob *retry_line;           /* "retry: N\n\n", or NULL when retry is off */
+    struct blob *heartbeat;            /* ":\n" */
+    struct blob *id_line;              /* cached position event or id-only block, or NULL */
+    struct blob *continue_100;         /* "HTTP/1.1 100 Continue\r\n\r\n" */
+
+    /* connections */
+    struct timer_list timers[TIMER_COUNT];
+    struct conn *flush_list;     /* connections with output to attempt */
+    struct conn *dead_list;      /* closed, to free */
+    uint32_t nconns;             /* open client connections (not counting over-limit ones) */
+    uint32_t noverflow;          /* over-limit connections being answered */
+    struct ip_table per_ip;      /* served connections by address (max_clients_per_ip) */
+    uint32_t nsubscribers;       /* connections in CONN_STREAM */
+    uint32_t nupstreams;         /* connections in CONN_UPSTREAM */
+    uint32_t next_serial;        /* for log lines */
+    int64_t emfile_logged;       /* last time EMFILE was logged (rate limit) */
+    int64_t accept_paused_until; /* listener muted after EMFILE until then; 0 = not */
+    struct input *inputs;        /* descriptors being published from */
+    bool stop_requested;         /* sse_stop() was called; acted on inside sse_poll() */
+    bool stopping;               /* draining: not accepting, subscribers told to retry */
+    bool stopped;                /* everything closed after sse_stop() */
+    int64_t stop_deadline;       /* when stopping turns into closing everything */
+    struct pace pace;            /* flow control */
+    struct metrics m;
+    const struct part_ops *parts[PARTS_MAX]; /* what the enabled parts add to HTTP */
+    size_t nparts;                           /* entries in parts */
+
+    char scratch[SSE_HEAD_MAX]; /* a request head read in one go */
+    char decoded[SSE_HEAD_MAX]; /* decoded query of the request being handled */
+    char path[SSE_HEAD_MAX];    /* decoded path of the request being handled */
+};
+
+static void timer_unlink(struct sse_server *srv, struct conn *c) {
+    if (c->timer == TIMER_NONE)
+        return;
+    struct timer_list *tl = &srv->timers[c->timer];
+    if (c->tprev)
+        c->tprev->tnext = c->tnext;
+    else
+        tl->head = c->tnext;
+    if (c->tnext)
+        c->tnext->tprev = c->tprev;
+    else
+        tl->tail = c->tprev;
+    c->tprev = c->tnext = NULL;
+    c->timer = TIMER_NONE;
+}
+
+/* (Re)starts a connection's timer: it fires the list's duration from now. */
+static void timer_set(struct sse_server *srv, struct conn *c, enum timer_id which) {
+    timer_unlink(srv, c);
+    struct timer_list *tl = &srv->timers[which];
+    c->timer = (uint8_t)which;
+    c->deadline = srv->now + tl->duration;
+    c->tprev = tl->tail;
+    c->tnext = NULL;
+    if (tl->tail)
+        tl->tail->tnext = c;
+    else
+        tl->head = c;
+    tl->tail = c;
+}
+
+static void conn_flush_later(struct sse_server *srv, struct conn *c) {
+    if (c->flags & CF_IN_FLUSH)
+        return;
+    c->flags |= CF_IN_FLUSH;
+    c->flush_next = srv->flush_list;
+    srv->flush_list = c;
+}
+
+/* ---- flow control: publishers wait for the subscribers --------------------------------
+ *
+ * Publishing can outrun delivery: an input can be read faster than a thousand sockets are
+ * written. Queueing the difference only delays the drop of every subscriber at client_buffer.
+ * So the core paces its publishers to the subscribers instead, the way TCP paces a sender:
+ * when more than one subscriber in PACE_SHARE has more than the high-water mark queued, the
+ * core takes no new event (inputs and relays are not read, so their writers block and TCP
+ * pushes back; HTTP publishes wait; sse_publish() says -EAGAIN) until no more than one in
+ * 2 * PACE_SHARE is above the low-water mark. One subscriber merely slower than the rest
+ * must not pace them all: with many subscribers it is under the share; with few, a lagging
+ * subscriber is left behind (no longer counted, and dropped at client_buffer as before, to
+ * resume with Last-Event-ID) when it took no bytes at all for PACE_PATIENCE_MS of a hold (it
+ * stalled), or when the lagging have been a small minority (a quarter or less) for
+ * PACE_MINORITY_MS of the hold (the others caught up and it did not; a larger share is
+ * where the pace is, not a straggler). Nor may subscribers that stopped reading altogether (a
+ * majority of stalled phones, or a client that opened many streams and reads none) stop
+ * publishing for good: a hold that lasts PACE_MAX_HOLD_MS leaves every lagging one behind.
+ * A part that stores events before they are delivered (Redis) may close the gate too, through
+ * can_take: one answer for every publisher. */
+
+/* clang-format off */
+#define PACE_SHARE           10    /* hold when more than 1 subscriber in 10 lags */
+#define PACE_PATIENCE_MS     1000  /* took nothing this long in a hold: left behind */
+#define PACE_MINORITY_MS     2000  /* a lagging minority this long in a hold: left behind */
+#define PACE_MAX_HOLD_MS     10000 /* a hold this long leaves every lagging subscriber behind */
+#define PACE_PUBLISH_WAIT_MS 5000  /* publish_wait_ms's default: then a held publish gets 503 */
+/* clang-format on */
+
+enum lag_state {
+    LAG_NONE,      /* at most the low-water mark queued, or between the marks on its way down */
+    LAG_HIGH,      /* passed the high-water mark and not back under the low one: counted */
+    LAG_BEHIND,    /* lagging, but left behind by the others: not counted */
+    LAG_STATE = 3, /* the bits of conn.lag that hold the state */
+    LAG_WROTE = 4, /* conn.lag: bytes went out since the last check of a hold */
+};
+
+enum pace_cause { PACE_OPEN, PACE_SUBSCRIBERS, PACE_STORE, PACE_CAUSES };
+static const char *const pace_cause_label[PACE_CAUSES] = {"", "subscribers", "store"};
+
+/* May the core take another event now? PACE_OPEN, or why not. */
+static enum pace_cause pace_gate(const struct sse_server *srv) {
+    if (srv->pace.held)
+        return PACE_SUBSCRIBERS;
+    if (srv->pace.can_take && !srv->pace.can_take(srv))
+        return PACE_STORE;
+    return PACE_OPEN;
+}
+
+/* Subscribers that count: those not left behind. */
+static uint32_t pace_counted(const struct sse_server *srv) {
+    return srv->nsubscribers - srv->pace.behind;
+}
+
+/* Re-decides the hold after the lagging or the subscribers changed (cheap: two compares). */
+static void pace_check(struct sse_server *srv) {
+    struct pace *p = &srv->pace;
+    uint64_t n = pace_counted(srv);
+    if (!p->held && (uint64_t)p->lagging * PACE_SHARE > n) {
+        p->held = true;
+        p->held_since = srv->now;
+        p->minority_since = 0;
+        p->next_check = 0;
+    } else if (p->held && (uint64_t)p->lagging * 2 * PACE_SHARE <= n) {
+        p->held = false;
+        p->resume_due = true; /* acted on at the end of the loop iteration */
+    }
+}
+
+/* A subscriber's queue changed: it starts lagging at the high-water mark, and stops at the
+ * low one (the gap keeps a subscriber near the mark from flapping the hold). */
+static void pace_note(struct sse_server *srv, struct conn *c) {
+    struct pace *p = &srv->pace;
+    unsigned state = c->lag & LAG_STATE;
+    if (state == LAG_NONE && c->qbytes >= p->high) {
+        c->lag = (uint8_t)((c->lag & ~LAG_STATE) | LAG_HIGH);
+        p->lagging++;
+    } else if (state != LAG_NONE && c->qbytes <= p->low) {
+        if (state == LAG_HIGH)
+            p->lagging--;
+        else
+            p->behind--;
+        c->lag = (uint8_t)(c->lag & ~LAG_STATE);
+    } else {
+        return;
+    }
+    pace_check(srv);
+}
+
+/* A subscriber stops being one (closed, lingering): it no longer counts either way. */
+static void pace_forget(struct sse_server *srv, struct conn *c) {
+    if ((c->lag & LAG_STATE) == LAG_HIGH)
+        srv->pace.lagging--;
+    else if ((c->lag & LAG_STATE) == LAG_BEHIND)
+        srv->pace.behind--;
+    c->lag = LAG_NONE;
+}
+
+/* Appends a reference to b to the output queue. False when out of memory. */
+static bool conn_enqueue(struct sse_server *srv, struct conn *c, struct blob *b) {
+    if (c->qlen == c->qcap) {
+        uint32_t ncap = c->qcap ? c->qcap * 2 : 4;
+        struct blob **q = malloc(ncap * sizeof *q);
+        if (!q)
+            return false;
+        for (uint32_t i = 0; i < c->qlen; i++)
+            q[i] = c->q[(c->qhead + i) & (c->qcap - 1)];
+        free(c->q);
+        c->q = q;
+        c->qcap = ncap;
+        c->qhead = 0;
+    }
+    c->q[(c->qhead + c->qlen) & (c->qcap - 1)] = blob_ref(b);
+    c->qlen++;
+    c->qbytes += b->len;
+    if (c->state == CONN_STREAM)
+        pace_note(srv, c);
+    conn_flush_later(srv, c);
+    return true;
+}
+
+/* Takes a blob we own (refs 1) into the queue and drops our reference. */
+static bool conn_enqueue_owned(struct sse_server *srv, struct conn *c, struct blob *b) {
+    if (!b)
+        return false;
+    bool ok = conn_enqueue(srv, c, b);
+    blob_unref(b);
+    return ok;
+}
+
+/* Leaves every topic the connection follows. */
+static void conn_unsubscribe(struct conn *c) {
+    for (uint16_t i = 0; i < c->nsubs; i++) {
+        struct sub *s = &c->subs[i];
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            s->topic->subs = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        topic_unref(s->topic);
+    }
+    free(c->subs);
+    c->subs = NULL;
+    c->nsubs = 0;
+}
+
+static void conn_drop_output(struct conn *c) {
+    for (uint32_t i = 0; i < c->qlen; i++)
+        blob_unref(c->q[(c->qhead + i) & (c->qcap - 1)]);
+    free(c->q);
+    c->q = NULL;
+    c->qlen = c->qcap = c->qhead = c->qoff = 0;
+    c->qbytes = 0;
+    if (c->file_fd >= 0)
+        close(c->file_fd);
+    c->file_fd = -1;
+}
+
+static void proxy_conn_closed(struct sse_server *srv, struct conn *c);
+
+/* Section 10 (Redis) is called from here on: publishing and closing a waiting publisher. */
+
+/* Closes at once: the descriptor now, the memory at the end of the iteration. */
+static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
+    if (c->state == CONN_DEAD)
+        return;
+    enum conn_state state = (enum conn_state)c->state;
+    c->state = CONN_DEAD; /* first: the proxy below may close the peer, which looks back */
+    if ((state == CONN_WAIT || (c->flags & CF_REPLAYING)) && srv->history->forget)
+        srv->history->forget(srv, c);
+    if (c->px)
+        proxy_conn_closed(srv, c);
+    timer_unlink(srv, c);
+    if (state == CONN_STREAM) {
+        srv->nsubscribers--;
+        pace_forget(srv, c);
+        pace_check(srv);
+    }
+    conn_unsubscribe(c);
+    conn_drop_output(c);
+    free(c->in);
+    free(c->body);
+    c->in = NULL;
+    c->body = NULL;
+    close(c->h.fd);
+    c->h.fd = -1;
+    if (state == CONN_UPSTREAM)
+        srv->nupstreams--;
+    else if (c->flags & CF_OVER_LIMIT)
+        srv->noverflow--;
+    else
+        srv->nconns--;
+    ip_table_put(&srv->per_ip, c->ip);
+    c->ip = NULL;
+    if (state != CONN_UPSTREAM) /* every accepted connection passes here once */
+        srv->m.closed[reason]++;
+    c->tnext = srv->dead_list;
+    srv->dead_list = c;
+    /* Last: the host's on_log may publish, which must find this connection gone. */
+    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u closed (%s)", c->serial,
+            close_reason_text[reason]);
+}
+
+/* Why a client connection closes when its socket ends under it: for one already closing,
+ * the reason it was closing for; else a reset when the socket failed (ECONNRESET, EPIPE,
+ * ETIMEDOUT from a read or write, EPOLLERR), or the client's close at the end of input. */
+static enum close_reason conn_gone(const struct conn *c, bool failed) {
+    if (c->state == CONN_LINGER)
+        return (enum close_reason)c->reason;
+    return failed ? R_RESET : R_CLIENT_CLOSED;
+}
+
+/* Marks n written bytes as sent: releases finished blobs and counts deliveries. */
+static void conn_consume(struct sse_server *srv, struct conn *c, size_t n) {
+    if (c->flags & CF_SUBSCRIBER)
+        srv->m.bytes_total += n;
+    c->qbytes -= n;
+    if (c->state == CONN_STREAM) {
+        c->lag |= LAG_WROTE;
+        pace_note(srv, c);
+    }
+    while (n) {
+        struct blob *b = c->q[c->qhead];
+        size_t left = b->len - c->qoff;
+        if (n < left) {
+            c->qoff += (uint32_t)n;
+            return;
+        }
+        n -= left;
+        if (b->topic && (c->flags & CF_SUBSCRIBER))
+            srv->m.delivered_total++;
+        blob_unref(b);
+        c->qhead = (c->qhead + 1) & (c->qcap - 1);
+        c->qlen--;
+        c->qoff = 0;
+    }
+    if (c->qlen == 0 && c->qcap > 8) {
+        free(c->q);
+        c->q = NULL;
+        c->qcap = c->qhead = 0;
+    }
+}
+
+/* sendfile() can raise SIGPIPE and has no MSG_NOSIGNAL, so SIGPIPE is blocked around it in
+ * this thread and a SIGPIPE it raised is consumed, leaving the host's handling untouched. */
+static ssize_t conn_sendfile(int out, int in, off_t *off, size_t n) {
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigpending(&pending);
+    bool was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    ssize_t r = sendfile(out, in, off, n);
+    int saved = errno;
+    if (r < 0 && errno == EPIPE && !was_pending) {
+        struct timespec zero = {0, 0};
+        sigtimedwait(&pipe_set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = saved;
+    return r;
+}
+
+/* Writes as much of the queue, then the file, as the socket takes. Returns 0 when all is
+ * written, 1 when the socket is full (an EPOLLOUT edge will come), -1 on a dead peer, -2 when
+ * the file shrank under us. */
+static int conn_write(struct sse_server *srv, struct conn *c) {
+    while (c->qlen) {
+        struct iovec iov[WRITE_IOV_MAX];
+        size_t n = 0, total = 0;
+        for (uint32_t i = 0; i < c->qlen && n < WRITE_IOV_MAX; i++, n++) {
+            struct blob *b = c->q[(c->qhead + i) & (c->qcap - 1)];
+            size_t off = i == 0 ? c->qoff : 0;
+            iov[n].iov_base = b->bytes + off;
+            iov[n].iov_len = b->len - off;
+            total += iov[n].iov_len;
+        }
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = n};
+        ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+        }
+        conn_consume(srv, c, (size_t)w);
+        if (c->state == CONN_RESPOND)
+            timer_set(srv, c, TIMER_SEND);
+        if ((size_t)w < total)
+            return 1;
+    }
+    while (c->file_fd >= 0 && c->file_off < c->file_end) {
+        size_t chunk = (size_t)(c->file_end - c->file_off);
+        ssize_t w =
+            conn_sendfile(c->h.fd, c->file_fd, &c->file_off, chunk > 1u << 20 ? 1u << 20 : chunk);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 1;
+        if (w <= 0)
+            return w < 0 ? -1 : -2;
+        timer_set(srv, c, TIMER_SEND);
+    }
+    if (c->file_fd >= 0) {
+        close(c->file_fd);
+        c->file_fd = -1;
+    }
+    return 0;
+}
+
+/* Reads and throws away whatever the peer sends (subscribers and closing connections have
+ * nothing more to say). Closes the connection at end of input or on an error. */
+static void conn_discard_input(struct sse_server *srv, struct conn *c) {
+    char sink[4096];
+    for (;;) {
+        ssize_t n = read(c->h.fd, sink, sizeof sink);
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        conn_close(srv, c, conn_gone(c, n < 0));
+        return;
+    }
+}
+
+/* Stops reading requests and following topics; what is queued still goes out, then the
+ * write side is shut and the peer given LINGER_MS to close (so it reads our last bytes
+ * rather than a reset). */
+static void conn_linger(struct sse_server *srv, struct conn *c, enum close_reason reason) {
+    if (c->state == CONN_DEAD || c->state == CONN_LINGER)
+        return;
+    if (c->state == CONN_STREAM) {
+        srv->nsubscribers--;
+        pace_forget(srv, c);
+        pace_check(srv);
+    }
+    conn_unsubscribe(c);
+    free(c->body);
+    c->body = NULL;
+    free(c->in);
+    c->in = NULL;
+    c->state = CONN_LINGER;
+    c->reason = (uint8_t)reason;
+    timer_set(srv, c, TIMER_LINGER);
+    conn_flush_later(srv, c);
+}
+
+static void http_response_done(struct sse_server *srv, struct conn *c);
+static void proxy_after_write(struct sse_server *srv, struct conn *c);
+static bool proxy_connecting(const struct conn *c);
+
+/* Writes what is pending and moves the connection on when its output is done. */
+static void conn_flush(struct sse_server *srv, struct conn *c) {
+    if (c->state == CONN_DEAD || proxy_connecting(c))
+        return;
+    int r = conn_write(srv, c);
+    if (r < 0) {
+        conn_close(srv, c,
+                   c->state == CONN_UPSTREAM ? R_UPSTREAM
+                   : r == -2                 ? R_ERROR
+                                             : conn_gone(c, true));
+        return;
+    }
+    if (c->px)
+        proxy_after_write(srv, c); /* room again: resume reading the other side */
+    if (r > 0)
+        return;
+    if (c->state == CONN_RESPOND) {
+        http_response_done(srv, c);
+    } else if (c->state == CONN_LINGER && !(c->flags & CF_WR_SHUT)) {
+        c->flags |= CF_WR_SHUT;
+        shutdown(c->h.fd, SHUT_WR);
+        conn_discard_input(srv, c);
+    }
+}
+
+/* Sends the bytes of iov[0..n) at once when nothing is queued ahead of them, and queues
+ * what the socket did not take. For the proxy, where each read from an upstream should
+ * leave without waiting for the end of the iteration. False if the connection failed and
+ * was closed. */
+static bool conn_send(struct sse_server *srv, struct conn *c, const struct iovec *iov, int n) {
+    size_t total = 0, sent = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    if (c->qlen == 0 && c->file_fd < 0 && !proxy_connecting(c)) {
+        struct msghdr mh = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            conn_close(srv, c, c->state == CONN_UPSTREAM ? R_UPSTREAM : conn_gone(c, true));
+            return false;
+        }
+        sent = w > 0 ? (size_t)w : 0;
+    }
+    if (sent == total)
+        return true;
+    struct blob *b = blob_new(total - sent);
+    if (!b) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        const char *p = iov[i].iov_base;
+        size_t len = iov[i].iov_len, skip = sent < len ? sent : len;
+        sent -= skip;
+        memcpy(b->bytes + o, p + skip, len - skip);
+        o += len - skip;
+    }
+    if (!conn_enqueue_owned(srv, c, b)) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    return true;
+}
+
+/* Writes every connection with pending output. Handlers only queue; this is where bytes
+ * leave, once per loop iteration, so a burst of events goes out in one system call. */
+static void conn_flush_all(struct sse_server *srv) {
+    while (srv->flush_list) {
+        struct conn *c = srv->flush_list;
+        srv->flush_list = c->flush_next;
+        c->flags &= (uint8_t)~CF_IN_FLUSH;
+        conn_flush(srv, c);
+    }
+}
+
+/* Frees closed connections. Only after conn_flush_all(): the flush list may name them. */
+static void conn_reap(struct sse_server *srv) {
+    while (srv->dead_list) {
+        struct conn *c = srv->dead_list;
+        srv->dead_list = c->tnext;
+        free(c);
+    }
+}
+
+/* ==========================================================================================
+ * 7. Endpoints
+ *
+ * The stream (WHATWG 9.2.2-9.2.4): the browser fails the EventSource for good on any status
+ * but 200 or a Content-Type other than text/event-stream, and reconnects after `retry` ms on
+ * a clean end of body. So passing trouble (overload, shutdown) is answered 200 + retry: +
+ * close, 204 is kept for "stop for good", and 4xx only for requests that will stay wrong.
+ * The response is close-delimited (no chunking): the spec warns that chunking by a layer
+ * unaware of the timing can hurt streams, and HTTP/1.0 clients know nothing else.
+ * Publishing, metrics and static files are ordinary HTTP/1.1 (RFC 9110, RFC 9112).
+ * ======================================================================================== */
+
+static const char *http_reason(int status) {
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return ""; /* the reason phrase is optional (RFC 9112 4) */
+    }
+}
+
+/* Queues a whole response: status line, Date, Content-Type (when ctype), Content-Length
+ * (except for 204 and 304), Connection when it differs from the version's default, the CORS
+ * lines, extra (ready-made header lines), then the body unless head_only. */
+static void http_respond(struct sse_server *srv, struct conn *c, int status, const char *ctype,
+                         const char *extra, const char *body, size_t body_len, bool head_only) {
+    char head[SSE_HEAD_MAX + 1024];
+    struct wbuf w = {head, sizeof head, 0};
+    if (c->flags & CF_BODY_UNREAD)
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the unread body would be taken for a request */
+    wb_str(&w, "HTTP/1.1 ");
+    wb_u64(&w, (uint64_t)status);
+    wb_put(&w, " ", 1);
+    wb_str(&w, http_reason(status));
+    wb_str(&w, "\r\nDate: ");
+    wb_str(&w, srv->date);
+    wb_str(&w, "\r\n");
+    if (ctype) {
+        wb_str(&w, "Content-Type: ");
+        wb_str(&w, ctype);
+        wb_str(&w, "\r\n");
+    }
+    if (status != 204 && status != 304) {
+        wb_str(&w, "Content-Length: ");
+        wb_u64(&w, body_len);
+        wb_str(&w, "\r\n");
+    }
+    if (!(c->flags & CF_KEEP_ALIVE))
+        wb_str(&w, "Connection: close\r\n");
+    else if (c->flags & CF_HTTP10)
+        wb_str(&w, "Connection: keep-alive\r\n");
+    wb_str(&w, srv->cors_headers);
+    if (extra)
+        wb_str(&w, extra);
+    wb_str(&w, "\r\n");
+    size_t blen = head_only || status == 204 || status == 304 ? 0 : body_len;
+    struct blob *b = w.len <= w.cap ? blob_new(w.len + blen) : NULL;
+    if (!b) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    memcpy(b->bytes, head, w.len);
+    if (blen)
+        memcpy(b->bytes + w.len, body, blen);
+    if (!conn_enqueue_owned(srv, c, b)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    c->state = CONN_RESPOND;
+    c->reason = R_DONE;
+    timer_set(srv, c, TIMER_SEND);
+}
+
+/* A short text/plain answer: msg plus a newline. */
+static void http_text(struct sse_server *srv, struct conn *c, int status, const char *msg,
+                      const char *extra) {
+    char body[256];
+    int n = snprintf(body, sizeof body, "%s\n", msg);
+    http_respond(srv, c, status, "text/plain; charset=utf-8", extra, body, n < 0 ? 0 : (size_t)n,
+                 false);
+}
+
+/* Answers a request that is wrong in itself and closes after: its framing can't be trusted. */
+static void http_fail(struct sse_server *srv, struct conn *c, int status, const char *msg) {
+    srv->m.bad_requests_total++;
+    c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u: %d %s", c->serial, status, msg);
+    http_text(srv, c, status, msg, NULL);
+    c->reason = R_BAD_REQUEST;
+}
+
+static void http_json(struct sse_server *srv, struct conn *c, struct wbuf *w) {
+    if (w->len > w->cap) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    http_respond(srv, c, 200, "application/json", NULL, w->p, w->len, false);
+}
+
+/* ---- the stream ------------------------------------------------------------------------ */
+
+/* The response head every subscriber gets, rebuilt when the Date second changes. */
+static struct blob *stream_head(struct sse_server *srv) {
+    if (!srv->stream_head) {
+        char head[1024];
+        struct wbuf w = {head, sizeof head, 0};
+        wb_str(&w, "HTTP/1.1 200 OK\r\nDate: ");
+        wb_str(&w, srv->date);
+        wb_str(&w, "\r\nContent-Type: text/event-stream\r\n"
+                   "Cache-Control: no-cache, no-transform\r\n"
+                   "X-Accel-Buffering: no\r\n");
+        wb_str(&w, srv->cors_headers);
+        wb_str(&w, "\r\n");
+        if (w.len <= w.cap)
+            srv->stream_head = blob_from(head, w.len);
+    }
+    return srv->stream_head;
+}
+
+/* "retry: J" with J drawn from [retry, 2 * retry], so clients sent away at the same moment
+ * do not all come back at the same moment. */
+static struct blob *stream_retry_jitter(struct sse_server *srv) {
+    uint64_t base = srv->retry_ms ? (uint64_t)srv->retry_ms : 3000;
+    char line[48];
+    struct wbuf w = {line, sizeof line, 0};
+    wb_str(&w, "retry: ");
+    wb_u64(&w, base + rng_next(&srv->rng) % (base + 1));
+    wb_str(&w, "\n\n");
+    return blob_from(line, w.len);
+}
+
+/* 200 + retry: + close, for a stream request we cannot serve now. */
+static void stream_turn_away(struct sse_server *srv, struct conn *c, enum close_reason why) {
+    struct blob *head = stream_head(srv);
+    if (!head || !conn_enqueue(srv, c, head) ||
+        !conn_enqueue_owned(srv, c, stream_retry_jitter(srv))) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    conn_linger(srv, c, why);
+}
+
+/* What a subscriber that sent no last event id gets first: the current id, so that a client
+ * that drops before its first event still resumes exactly where it started. By default as
+ * the position event, "id: CURRENT\nevent: position\ndata:\n\n": an event that is
+ * dispatched (it has a data line, empty), because only Chromium takes the id of a block that
+ * dispatches nothing as the WHATWG parser says (9.2.6: "set the last event ID string ... If
+ * the data buffer is an empty string ... return"); Firefox, Safari and the npm eventsource
+ * package record an id only with an event they fire. Its type is "position", so onmessage
+ * and listeners of other types never see it. With position_event off, "id: CURRENT" and a
+ * blank line: the same id for Chromium, no event for anyone. */
+static struct blob *stream_id_line(struct sse_server *srv) {
+    if (!srv->id_line) {
+        char id[48];
+        struct wbuf w = {id, sizeof id, 0};
+        srv->history->format_id(&w, srv->last_id);
+        if (srv->position_event) {
+            size_t n = wire_format_event(NULL, 0, id, w.len, "position", "", 0);
+            srv->id_line = blob_new(n);
+            if (srv->id_line)
+                wire_format_event(srv->id_line->bytes, n, id, w.len, "position", "", 0);
+        } else {
+            char line[56];
+            struct wbuf lw = {line, sizeof line, 0};
+            wb_str(&lw, "id: ");
+            wb_put(&lw, id, w.len);
+            wb_str(&lw, "\n\n");
+            srv->id_line = blob_from(line, lw.len);
+        }
+    }
+    return srv->id_line;
+}
+
+/* The reset event: the requested id cannot be replayed exactly; the data tells the
+ * application which ids are known so it can reload its state. */
+static struct blob *stream_reset_event(struct sse_server *srv, const char *asked, size_t len) {
+    char data[2048];
+    struct wbuf w = {data, sizeof data, 0};
+    wb_str(&w, "{\"requested\": ");
+    wire_json_string(&w, asked, len > 256 ? 256 : len);
+    wb_str(&w, ", \"oldest\": ");
+    if (srv->backlog.count) {
+        wb_str(&w, "\"");
+        srv->history->format_id(&w, backlog_at(&srv->backlog, 0)->id);
+        wb_str(&w, "\"");
+    } else {
+        wb_str(&w, "null");
+    }
+    wb_str(&w, ", \"current\": \"");
+    srv->history->format_id(&w, srv->last_id);
+    wb_str(&w, "\"}");
+    char id[48];
+    struct wbuf idw = {id, sizeof id, 0};
+    srv->history->format_id(&idw, srv->last_id);
+    size_t n = wire_format_event(NULL, 0, id, idw.len, "reset", data, w.len);
+    struct blob *b = blob_new(n);
+    if (b)
+        wire_format_event(b->bytes, n, id, idw.len, "reset", data, w.len);
+    return b;
+}
+
+static bool stream_follows(const struct conn *c, const struct topic *t) {
+    for (uint16_t i = 0; i < c->nsubs; i++)
+        if (c->subs[i].topic == t)
+            return true;
+    return false;
+}
+
+/* Queues every retained event after id on the subscriber's topics. */
+static bool stream_replay_rest(struct sse_server *srv, struct conn *c, uint64_t id) {
+    for (uint32_t i = backlog_after(&srv->backlog, id); i < srv->backlog.count; i++) {
+        struct blob *ev = backlog_at(&srv->backlog, i);
+        if (stream_follows(c, ev->topic) && !conn_enqueue(srv, c, ev))
+            return false;
+    }
+    return true;
+}
+
+/* The answer to a Last-Event-ID, whichever history decided: covered, every retained event
+ * after `after` on the subscriber's topics; otherwise the reset event naming the id asked
+ * for (WHATWG 9.2.4 leaves it to the server what it sends after a Last-Event-ID; we never
+ * pretend a gap is not there). Counts the replay or the reset. */
+static bool stream_answer(struct sse_server *srv, struct conn *c, const char *asked,
+                          size_t asked_len, uint64_t after, bool covered) {
+    if (covered) {
+        srv->m.replays_total++;
+        return stream_replay_rest(srv, c, after);
+    }
+    srv->m.resets_total++;
+    return conn_enqueue_owned(srv, c, stream_reset_event(srv, asked, asked_len));
+}
+
+/* A history that answered HISTORY_LATER answers here: the subscriber stops waiting (live
+ * events reach it again) and gets stream_answer()'s answer, or is closed if that fails. */
+static void stream_answer_later(struct sse_server *srv, struct conn *c, uint64_t after,
+                                bool covered) {
+    c->flags &= (uint8_t)~CF_REPLAYING;
+    char asked[48];
+    struct wbuf w = {asked, sizeof asked, 0};
+    srv->history->format_id(&w, after);
+    if (!stream_answer(srv, c, asked, w.len, after, covered))
+        conn_close(srv, c, R_ERROR);
+}
+
+/* Queues what a subscriber must get before live events: everything retained after its
+ * last id on its topics, or the reset event, or (no last id) the current id. The history
+ * decides; one that must ask elsewhere (Redis) answers later, and until then the
+ * subscriber is CF_REPLAYING: live events skip it, it takes them from the backlog. */
+static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *last,
+                            size_t last_len) {
+    if (!last)
+        return conn_enqueue(srv, c, stream_id_line(srv));
+    const struct history_ops *h = srv->history;
+    uint64_t id = 0;
+    enum history_answer a = HISTORY_RESET;
+    if (h->parse_id(last, last_len, &id))
+        a = h->covers                                         ? h->covers(srv, c, id)
+            : backlog_covers(&srv->backlog, id, srv->last_id) ? HISTORY_COVERED
+                                                              : HISTORY_RESET;
+    if (a == HISTORY_LATER) {
+        c->flags |= CF_REPLAYING;
+        return true;
+    }
+    return stream_answer(srv, c, last, last_len, id, a == HISTORY_COVERED);
+}
+
+/* Turns the connection into a subscriber of the given topics. */
+static void stream_open(struct sse_server *srv, struct conn *c, const char *const *names,
+                        const size_t *lens, size_t n, const char *last, size_t last_len) {
+    c->subs = calloc(n, sizeof *c->subs);
+    for (size_t i = 0; c->subs && i < n; i++) {
+        struct topic *t = topic_get(&srv->topics, names[i], lens[i]);
+        if (!t)
+            break;
+        struct sub *s = &c->subs[i];
+        s->topic = t;
+        s->conn = c;
+        s->next = t->subs;
+        if (t->subs)
+            t->subs->prev = s;
+        t->subs = s;
+        c->nsubs = (uint16_t)(i + 1);
+    }
+    struct blob *head = stream_head(srv);
+    if (c->nsubs != n || !head) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    c->state = CONN_STREAM;
+    c->flags |= CF_SUBSCRIBER;
+    srv->nsubscribers++;
+    pace_check(srv); /* one more subscriber may end a hold */
+    free(c->in);     /* anything pipelined after a stream request is meaningless */
+    c->in = NULL;
+    /* A peer that vanished without a FIN is found by unacknowledged heartbeats timing out
+     * (TCP_USER_TIMEOUT), or by keepalive probes when the stream is quiet. */
+    int on = 1, idle = 60, intvl = 10, cnt = 3;
+    unsigned user_timeout = TCP_USER_TIMEOUT_MS;
+    setsockopt(c->h.fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    setsockopt(c->h.fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+    if (!conn_enqueue(srv, c, head) ||
+        (srv->retry_line && !conn_enqueue(srv, c, srv->retry_line)) ||
+        !stream_catch_up(srv, c, last, last_len)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    timer_set(srv, c, TIMER_STREAM);
+}
+
+/* Queues a live event for a subscriber, or drops the subscriber if it is too far behind
+ * (it reconnects and catches up from the backlog; everyone else keeps real time). */
+static bool stream_push(struct sse_server *srv, struct conn *c, struct blob *ev) {
+    if (c->flags & CF_REPLAYING)
+        return false; /* it takes this event from the backlog when its replay ends */
+    /* An idle subscriber always takes the event, so one event larger than the buffer is
+     * delivered rather than dropping everyone. */
+    if (c->qbytes && c->qbytes + ev->len > srv->client_buffer) {
+        srv->m.dropped_total++;
+        conn_close(srv, c, R_SLOW);
+        return false;
+    }
+    if (!conn_enqueue(srv, c, ev)) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    timer_set(srv, c, TIMER_STREAM);
+    return true;
+}
+
+/* Heartbeat (WHATWG 9.2.7 suggests a comment every 15 s or so against proxies that drop
+ * quiet connections). Skipped while bytes are queued: then the line is not quiet. */
+static void stream_heartbeat(struct sse_server *srv, struct conn *c) {
+    if (c->qlen == 0 && !conn_enqueue(srv, c, srv->heartbeat)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    timer_set(srv, c, TIMER_STREAM);
+}
+
+/* Collects the topics of a stream request: the path segment after the prefix and every
+ * topic= parameter, de-duplicated; "default" when none. Returns the count, or -1 with *why. */
+static int stream_topics(const char *rest, size_t rest_len, const struct http_query *q,
+                         const char **names, size_t *lens, const char **why) {
+    int n = 0;
+    for (size_t i = 0; i <= q->n; i++) {
+        const char *name;
+        size_t len;
+        if (i == q->n) {
+            if (rest_len == 0)
+                break;
+            name = rest + 1;
+            len = rest_len - 1;
+        } else if (bytes_eq(q->params[i].key, q->params[i].key_len, "topic")) {
+            name = q->params[i].value;
+            len = q->params[i].value_len;
+        } else {
+            continue;
+        }
+        if (!wire_topic_valid(name, len)) {
+            *why = "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
+            return -1;
+        }
+        bool dup = false;
+        for (int j = 0; j < n; j++)
+            dup = dup || (lens[j] == len && memcmp(names[j], name, len) == 0);
+        if (dup)
+            continue;
+        if (n == SSE_MAX_TOPICS_PER_STREAM) {
+            *why = "too many topics for one stream";
+            return -1;
+        }
+        names[n] = name;
+        lens[n++] = len;
+    }
+    if (n == 0) {
+        names[0] = DEFAULT_TOPIC;
+        lens[0] = strlen(DEFAULT_TOPIC);
+        n = 1;
+    }
+    return n;
+}
+
+/* The client's last event id: the Last-Event-ID header, else one of the query parameter
+ * spellings that polyfills and other servers use (the first connection of an EventSource
+ * cannot carry the header). */
+static const char *stream_last_id(const struct http_request *req, const struct http_query *q,
+                                  size_t *len) {
+    const struct http_header *h = http_header(req, "Last-Event-ID");
+    if (h && h->value_len) {
+        *len = h->value_len;
+        return h->value;
+    }
+    static const char *const names[] = {"lastEventId", "last_event_id", "lastEventID",
+                                        "Last-Event-ID"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const struct http_param *p = http_query_get(q, names[i]);
+        if (p && p->value_len) {
+            *len = p->value_len;
+            return p->value;
+        }
+    }
+    return NULL;
+}
+
+/* Whether the request carries the token as "Authorization: Bearer" or (only when
+ * allow_query, since EventSource cannot set headers) as ?token=. */
+static bool http_token_ok(const struct http_request *req, const struct http_query *q,
+                          const char *secret, bool allow_query) {
+    size_t slen = strlen(secret);
+    const struct http_header *h = http_header(req, "Authorization");
+    const char *tok;
+    size_t tlen;
+    if (h && http_bearer(h->value, h->value_len, &tok, &tlen) && ct_equal(tok, tlen, secret, slen))
+        return true;
+    const struct http_param *p = allow_query ? http_query_get(q, "token") : NULL;
+    return p && ct_equal(p->value, p->value_len, secret, slen);
+}
+
+static void stream_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                          const struct http_query *q, const char *rest, size_t rest_len) {
+    if (ascii_ieq(req->method, req->method_len, "OPTIONS")) {
+        http_respond(srv, c, 204, NULL, "Allow: GET, OPTIONS\r\n", NULL, 0, false);
+        return;
+    }
+    if (!bytes_eq(req->method, req->method_len, "GET")) {
+        http_text(srv, c, 405, "method not allowed", "Allow: GET, OPTIONS\r\n");
+        return;
+    }
+    const char *names[SSE_MAX_TOPICS_PER_STREAM];
+    size_t lens[SSE_MAX_TOPICS_PER_STREAM];
+    const char *why = NULL;
+    int n = stream_topics(rest, rest_len, q, names, lens, &why);
+    if (n < 0) {
+        http_text(srv, c, 400, why, NULL);
+        return;
+    }
+    if (srv->subscribe_token && !http_token_ok(req, q, srv->subscribe_token, true)) {
+        http_text(srv, c, 401, "subscribing needs a token", "WWW-Authenticate: Bearer\r\n");
+        return;
+    }
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Accept") &&
+            !http_accepts_event_stream(h->value, h->value_len, true)) {
+            http_text(srv, c, 406, "this endpoint only sends text/event-stream", NULL);
+            return;
+        }
+    }
+    bool all_retired = true;
+    for (int i = 0; i < n && all_retired; i++) {
+        struct topic *t = topic_find(&srv->topics, names[i], lens[i]);
+        all_retired = t && t->retired;
+    }
+    if (all_retired) {
+        http_respond(srv, c, 204, NULL, NULL, NULL, 0, false);
+        return;
+    }
+    if (c->flags & CF_OVER_LIMIT) {
+        srv->m.rejected_total++;
+        stream_turn_away(srv, c, R_OVERLOAD);
+        return;
+    }
+    if (srv->history->positioned && !srv->history->positioned(srv)) {
+        stream_turn_away(srv, c, R_OVERLOAD); /* no current id yet: come back soon */
+        return;
+    }
+    size_t last_len = 0;
+    const char *last = stream_last_id(req, q, &last_len);
+    stream_open(srv, c, names, lens, (size_t)n, last, last_len);
+}
+
+/* ---- publishing ------------------------------------------------------------------------ */
+
+/* What every publishing path checks first: a valid topic (NULL means the default), event
+ * type and UTF-8 data within the size limit. 0, -EINVAL or -EMSGSIZE. */
+static int publish_check(const struct sse_server *srv, const char **topic, const char *event,
+                         const char *data, size_t len) {
+    if (!*topic)
+        *topic = DEFAULT_TOPIC;
+    if (!wire_topic_valid(*topic, strlen(*topic)) ||
+        (event && !wire_event_type_valid(event, strlen(event))))
+        return -EINVAL;
+    if (len > srv->max_event_bytes)
+        return -EMSGSIZE;
+    if (!wire_utf8_valid(data ? data : "", data ? len : 0))
+        return -EINVAL;
+    return 0;
+}
+
+/* Where every event ends up, whoever assigned its id (this server, or Redis): formatted
+ * once, written to the journal, kept in the backlog, queued for every subscriber of its
+ * topic. The event is checked already. Returns the subscribers it was queued to, or
+ * -ENOMEM, or -EIO when the journal could not store it (then nobody hears of it). */
+static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *topic,
+                               const char *event, const char *data, size_t len) {
+    char text[48];
+    struct wbuf idw = {text, sizeof text, 0};
+    srv->history->format_id(&idw, id);
+    size_t n = wire_format_event(NULL, 0, text, idw.len, event, data, len);
+    struct topic *t = topic_get(&srv->topics, topic, strlen(topic));
+    struct blob *ev = t ? blob_new(n) : NULL;
+    if (!ev) {
+        if (t)
+            topic_unref(t);
+        return -ENOMEM;
+    }
+    wire_format_event(ev->bytes, n, text, idw.len, event, data, len);
+    ev->id = id;
+    ev->topic = t;
+    if (srv->history->store && srv->history->store(srv, ev) < 0) {
+        blob_unref(ev); /* not stored: nobody hears of it, and the id is not used */
+        return -EIO;
+    }
+    uint64_t prev = srv->last_id;
+    srv->last_id = id;
+    blob_unref(srv->id_line);
+    srv->id_line = NULL;
+    topic_retire_flag(t, false);
+    backlog_push(&srv->backlog, ev, prev);
+    if (srv->history->kept)
+        srv->history->kept(srv, id);
+    int queued = 0;
+    for (struct sub *s = t->subs, *next; s; s = next) {
+        next = s->next;
+        queued += stream_push(srv, s->conn, ev);
+    }
+    blob_unref(ev);
+    srv->m.published_total++;
+    return queued;
+}
+
+/* While an event is delivered, a log line (a slow subscriber dropped, a journal error)
+ * reaches the host's on_log, which may call sse_publish(): srv->busy makes that one fail
+ * with -EBUSY rather than change the lists being walked. */
+static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topic,
+                           const char *event, const char *data, size_t len) {
+    bool was_busy = srv->busy;
+    srv->busy = true;
+    int r = publish_deliver_now(srv, id, topic, event, data, len);
+    srv->busy = was_busy;
+    return r;
+}
+
+/* Delivers an event under the next id of a server on its own. Ids never wrap: past
+ * UINT64_MAX an id would come out smaller than the ones clients hold (their Last-Event-ID
+ * would then skip or repeat events, and the journal would refuse the file at the next
+ * start), so once the last id is UINT64_MAX nothing more is published: -EOVERFLOW, and
+ * /healthz answers 503. Otherwise as publish_deliver(). */
+static int publish_local(struct sse_server *srv, const char *topic, const char *event,
+                         const char *data, size_t len) {
+    if (srv->last_id == UINT64_MAX)
+        return -EOVERFLOW;
+    return publish_deliver(srv, srv->last_id + 1, topic, event, data, len);
+}
+
+/* Hands a checked event to the history (history_ops.append): by default the server
+ * assigns the next id and delivers at once; a history that assigns ids elsewhere (Redis)
+ * sets *id to 0, and the event arrives back with its id. */
+static int publish_append(struct sse_server *srv, struct conn *c, const char *topic,
+                          const char *event, const char *data, size_t len, uint64_t *id) {
+    if (srv->history->append)
+        return srv->history->append(srv, c, topic, event, data, len, id);
+    int r = publish_local(srv, topic, event, data, len);
+    *id = r >= 0 ? srv->last_id : 0;
+    return r;
+}
+
+/* The one publishing path for everything but HTTP (inputs, relays, sse_publish). */
+static int publish_event(struct sse_server *srv, const char *topic, const char *event,
+                         const char *data, size_t len, uint64_t *id_out) {
+    int r = publish_check(srv, &topic, event, data, len);
+    if (r < 0)
+        return r;
+    uint64_t id = 0;
+    r = publish_append(srv, NULL, topic, event, data, len, &id);
+    if (id_out)
+        *id_out = id;
+    return r;
+}
+
+/* Ends the streams of topic's subscribers (with retire, only those following nothing but
+ * retired topics) once their queues have gone out. Returns how many, or -EINVAL, -ENOMEM. */
+static int publish_end_subscribers(struct sse_server *srv, const char *topic, bool retire) {
+    size_t tlen = strlen(topic);
+    if (!wire_topic_valid(topic, tlen))
+        return -EINVAL;
+    struct topic *t = topic_get(&srv->topics, topic, tlen);
+    if (!t)
+        return -ENOMEM;
+    if (retire && !topic_retire_flag(t, true)) {
+        topic_unref(t);
+        return -ENOMEM;
+    }
+    srv->busy = true; /* as in publish_deliver() */
+    int ended = 0;
+    for (struct sub *s = t->subs, *next; s; s = next) {
+        next = s->next;
+        struct conn *c = s->conn;
+        bool all_retired = true;
+        for (uint16_t i = 0; retire && i < c->nsubs; i++)
+            all_retired = all_retired && c->subs[i].topic->retired;
+        if (all_retired) {
+            conn_linger(srv, c, retire ? R_RETIRED : R_RECONNECT);
+            ended++;
+        }
+    }
+    srv->busy = false;
+    topic_unref(t);
+    return ended;
+}
+
+/* Retiring closes the subscribers of a topic that follow nothing else, and answers 204 to
+ * new ones until the next publish there: the one way to make an EventSource stop (WHATWG
+ * 9.2.3: a response other than 200 fails the connection for good). */
+static int publish_retire(struct sse_server *srv, const char *topic) {
+    return publish_end_subscribers(srv, topic, true);
+}
+
+/* Ending a stream without retiring is the opposite message: the end of the body tells an
+ * EventSource to reconnect after retry (9.2.3), with Last-Event-ID, and replay fills the gap. */
+static int publish_end_streams(struct sse_server *srv, const char *topic) {
+    return publish_end_subscribers(srv, topic, false);
+}
+
+/* Answers a publish: 200 with the id, the topic and the subscribers (of this server) it was
+ * queued to, or the error r. */
+static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64_t id,
+                           const char *topic) {
+    if (r == -EINVAL) {
+        http_text(srv, c, 400, "the body must be valid UTF-8", NULL);
+    } else if (r == -EIO) {
+        http_text(srv, c, 503, "the event could not be stored; it was not published", NULL);
+    } else if (r == -EOVERFLOW) {
+        http_text(srv, c, 503,
+                  "id space exhausted: the last id is 18446744073709551615; it was not published",
+                  NULL);
+    } else if (r < 0) {
+        http_text(srv, c, 500, "could not publish", NULL);
+    } else {
+        char out[256];
+        struct wbuf w = {out, sizeof out, 0};
+        wb_str(&w, "{\"id\": \"");
+        srv->history->format_id(&w, id);
+        wb_str(&w, "\", \"topic\": \"");
+        wb_str(&w, topic);
+        wb_str(&w, "\", \"subscribers\": ");
+        wb_u64(&w, (uint64_t)r);
+        wb_str(&w, "}\n");
+        http_json(srv, c, &w);
+    }
+}
+
+/* The body has arrived: publish it and answer with the id. When the history says the id
+ * later (Redis), the answer waits (CONN_WAIT) until it has. */
+static void publish_finish(struct sse_server *srv, struct conn *c) {
+    if (srv->pace.held) { /* flow control: wait for the subscribers, body kept */
+        c->state = CONN_PACED;
+        timer_set(srv, c, TIMER_PACED);
+        return;
+    }
+    struct body *b = c->body;
+    c->body = NULL;
+    const char *topic = b->topic, *event = b->has_event ? b->event : NULL;
+    int r = publish_check(srv, &topic, event, b->data, b->have);
+    uint64_t id = 0;
+    if (r == 0)
+        r = publish_append(srv, c, topic, event, b->data, b->have, &id);
+    if (r >= 0 && id == 0) { /* the history answers when it has the id */
+        c->state = CONN_WAIT;
+        timer_set(srv, c, TIMER_SEND);
+        free(b);
+        return;
+    }
+    publish_answer(srv, c, r, id, topic);
+    free(b);
+}
+
+/* A publish held by flow control for publish_wait_ms (or at a stop) is refused: the
+ * publisher may send it again later, and nothing was published. */
+static void publish_paced_timeout(struct sse_server *srv, struct conn *c) {
+    free(c->body);
+    c->body = NULL;
+    c->state = CONN_BODY; /* out of CONN_PACED, so the answer is an ordinary one */
+    srv->pace.publish_timeouts++;
+    http_text(srv, c, 503, "subscribers are behind; the event was not published, send it again",
+              "Retry-After: 1\r\n");
+}
+
+/* Takes up to n bytes of body; publishes when it is complete. Returns bytes taken. */
+static size_t publish_body_feed(struct sse_server *srv, struct conn *c, const char *p, size_t n) {
+    struct body *b = c->body;
+    size_t take = b->need - b->have < n ? b->need - b->have : n;
+    memcpy(b->data + b->have, p, take);
+    b->have += take;
+    if (b->have == b->need)
+        publish_finish(srv, c);
+    return take;
+}
+
+/* Reads the body from the socket until it is complete or the socket is empty. */
+static void publish_body_read(struct sse_server *srv, struct conn *c) {
+    while (c->state == CONN_BODY) {
+        struct body *b = c->body;
+        ssize_t n = read(c->h.fd, b->data + b->have, b->need - b->have);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            conn_close(srv, c, conn_gone(c, n < 0));
+            return;
+        }
+        b->have += (size_t)n;
+        if (b->have == b->need)
+            publish_finish(srv, c);
+    }
+}
+
+/* Validates the ?topic= and ?event= of a publish into *topic and *event ("" when absent).
+ * Returns NULL or what is wrong. */
+static const char *publish_params(const struct http_query *q, char *topic, char *event) {
+    const struct http_param *t = http_query_get(q, "topic");
+    const struct http_param *e = http_query_get(q, "event");
+    if (t && !wire_topic_valid(t->value, t->value_len))
+        return "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
+    if (e && !wire_event_type_valid(e->value, e->value_len))
+        return "invalid event type: 1 to 256 bytes of UTF-8 without CR, LF or NUL";
+    strcpy(topic, DEFAULT_TOPIC);
+    if (t) {
+        memcpy(topic, t->value, t->value_len);
+        topic[t->value_len] = '\0';
+    }
+    event[0] = '\0';
+    if (e) {
+        memcpy(event, e->value, e->value_len);
+        event[e->value_len] = '\0';
+    }
+    return NULL;
+}
+
+/* Sets the connection up to receive a publish body of content_length bytes (asking for it
+ * with 100 Continue when the client waits for that), or publishes at once when empty. */
+static void publish_expect_body(struct sse_server *srv, struct conn *c,
+                                const struct http_request *req, const char *topic,
+                                const char *event, uint64_t content_length) {
+    if (content_length > srv->max_event_bytes) {
+        http_fail(srv, c, 413, "event over --max-event-bytes");
+        return;
+    }
+    struct body *b = malloc(sizeof *b + content_length);
+    if (!b) {
+        http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
+        return;
+    }
+    b->need = (size_t)content_length;
+    b->have = 0;
+    b->has_event = event[0] != '\0';
+    strcpy(b->topic, topic);
+    strcpy(b->event, event);
+    c->body = b;
+    c->flags &= (uint8_t)~CF_BODY_UNREAD;
+    c->state = CONN_BODY;
+    timer_set(srv, c, TIMER_REQUEST);
+    const struct http_header *expect = http_header(req, "Expect");
+    if (expect && content_length && !(c->flags & CF_HTTP10) &&
+        ascii_ieq(expect->value, expect->value_len, "100-continue") &&
+        !conn_enqueue(srv, c, srv->continue_100)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    if (content_length == 0)
+        publish_finish(srv, c);
+}
+
+static void publish_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                           const struct http_query *q, uint64_t content_length) {
+    static const char allow[] = "Allow: POST, DELETE, OPTIONS\r\n";
+    bool post = bytes_eq(req->method, req->method_len, "POST");
+    bool del = bytes_eq(req->method, req->method_len, "DELETE");
+    if (bytes_eq(req->method, req->method_len, "OPTIONS")) {
+        http_respond(srv, c, 204, NULL,
+                     *srv->cors_headers ? "Allow: POST, DELETE, OPTIONS\r\n"
+                                          "Access-Control-Allow-Methods: POST, DELETE, OPTIONS\r\n"
+                                          "Access-Control-Allow-Headers: Authorization, "
+                                          "Content-Type, Last-Event-ID\r\n"
+                                          "Access-Control-Max-Age: 600\r\n"
+                                        : allow,
+                     NULL, 0, false);
+        return;
+    }
+    if (!post && !del) {
+        http_text(srv, c, 405, "method not allowed", allow);
+        return;
+    }
+    if (!srv->publish_token) {
+        http_text(srv, c, 403,
+                  "publishing over HTTP is disabled: start sse-server with --publish-token", NULL);
+        return;
+    }
+    if (!http_token_ok(req, q, srv->publish_token, false)) {
+        http_text(srv, c, 401, "publishing needs Authorization: Bearer <token>",
+                  "WWW-Authenticate: Bearer\r\n");
+        return;
+    }
+    char topic[TOPIC_NAME_MAX + 1], event[EVENT_TYPE_MAX + 1];
+    const char *why = publish_params(q, topic, event);
+    if (why) {
+        http_text(srv, c, 400, why, NULL);
+        return;
+    }
+    if (del) {
+        char out[256];
+        struct wbuf w = {out, sizeof out, 0};
+        int closed = publish_retire(srv, topic);
+        wb_str(&w, "{\"topic\": \"");
+        wb_str(&w, topic);
+        wb_str(&w, "\", \"closed\": ");
+        wb_u64(&w, closed > 0 ? (uint64_t)closed : 0);
+        wb_str(&w, "}\n");
+        http_json(srv, c, &w);
+        return;
+    }
+    publish_expect_body(srv, c, req, topic, event, content_length);
+}
+
+/* ---- metrics, health, static files ----------------------------------------------------- */
+
+/* The # HELP and # TYPE lines that open a metric family (its samples follow). */
+static void metrics_family(struct wbuf *w, const char *name, const char *type, const char *help) {
+    wb_str(w, "# HELP ");
+    wb_str(w, name);
+    wb_put(w, " ", 1);
+    wb_str(w, help);
+    wb_str(w, "\n# TYPE ");
+    wb_str(w, name);
+    wb_put(w, " ", 1);
+    wb_str(w, type);
+    wb_put(w, "\n", 1);
+}
+
+/* Writes each row as a family with its one sample. */
+static void metrics_rows(struct wbuf *w, const struct metrics_row *rows, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        metrics_family(w, rows[i].name, rows[i].type, rows[i].help);
+        wb_str(w, rows[i].name);
+        wb_put(w, " ", 1);
+        wb_u64(w, rows[i].value);
+        wb_put(w, "\n", 1);
+    }
+}
+
+/* Flow control's holds by cause: how often the gate closed and for how long, the hold under
+ * way included. */
+static void metrics_pace(const struct sse_server *srv, struct wbuf *w) {
+    const struct pace *p = &srv->pace;
+    metrics_family(w, "sse_publish_holds_total", "counter",
+                   "Times publishers were held (inputs and relays not read), by cause.");
+    for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++) {
+        wb_str(w, "sse_publish_holds_total{cause=\"");
+        wb_str(w, pace_cause_label[i]);
+        wb_str(w, "\"} ");
+        wb_u64(w, p->holds[i]);
+        wb_put(w, "\n", 1);
+    }
+    metrics_family(w, "sse_inputs_held_seconds_total", "counter",
+                   "Seconds publishers were held, by cause.");
+    for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++) {
+        uint64_t ms = p->held_ms[i] + (p->cause == i ? (uint64_t)(srv->now - p->gate_since) : 0);
+        char frac[8];
+        snprintf(frac, sizeof frac, ".%03u", (unsigned)(ms % 1000));
+        wb_str(w, "sse_inputs_held_seconds_total{cause=\"");
+        wb_str(w, pace_cause_label[i]);
+        wb_str(w, "\"} ");
+        wb_u64(w, ms / 1000);
+        wb_str(w, frac);
+        wb_put(w, "\n", 1);
+    }
+}
+
+/* The core's own rows. */
+static void metrics_core(const struct sse_server *srv, struct wbuf *w) {
+    const struct metrics_row rows[] = {
+        {"sse_subscribers", "gauge", "Subscribers connected now.", srv->nsubscribers},
+        {"sse_connections", "gauge", "Client connections open now, over --max-clients or not.",
+         (uint64_t)srv->nconns + srv->noverflow},
+        {"sse_backlog_events", "gauge", "Events retained for replay.", srv->backlog.count},
+        {"sse_backlog_bytes", "gauge", "Bytes of the events retained for replay, as sent.",
+         srv->backlog.bytes},
+        {"sse_topics", "gauge", "Topics held: subscribed, in the backlog or retired.",
+         srv->topics.count},
+        {"sse_connections_total", "counter", "Client connections accepted.",
+         srv->m.connections_total},
+        {"sse_connections_rejected_total", "counter",
+         "Connections turned away: over --max-clients or out of file descriptors.",
+         srv->m.rejected_total},
+        {"sse_events_published_total", "counter", "Events published.", srv->m.published_total},
+        {"sse_events_delivered_total", "counter", "Events written out to subscribers.",
+         srv->m.delivered_total},
+        {"sse_bytes_delivered_total", "counter", "Bytes written to subscribers.",
+         srv->m.bytes_total},
+        {"sse_subscribers_dropped_total", "counter",
+         "Subscribers disconnected for falling more than --client-buffer behind.",
+         srv->m.dropped_total},
+        {"sse_subscribers_lagging", "gauge",
+         "Subscribers past the flow-control high-water mark, counted for holding publishers.",
+         srv->pace.lagging},
+        {"sse_subscribers_left_behind", "gauge",
+         "Subscribers still lagging after the others caught up: not waited for.", srv->pace.behind},
+        {"sse_subscribers_left_behind_total", "counter",
+         "Subscribers left behind by flow control (then dropped, or caught up).",
+         srv->pace.left_behind_total},
+        {"sse_publish_wait_timeouts_total", "counter",
+         "HTTP publishes answered 503 after waiting for subscribers to catch up.",
+         srv->pace.publish_timeouts},
+        {"sse_replays_total", "counter", "Subscriptions resumed exactly from a Last-Event-ID.",
+         srv->m.replays_total},
+        {"sse_resets_total", "counter", "Subscriptions sent the reset event instead.",
+         srv->m.resets_total},
+        {"sse_bad_requests_total", "counter", "Requests refused as malformed or too large.",
+         srv->m.bad_requests_total},
+    };
+    metrics_rows(w, rows, sizeof rows / sizeof rows[0]);
+}
+
+/* The Prometheus text format (0.0.4): one family per row, then the closes by reason. Every
+ * accepted connection is open or closed once under one reason, so
+ *   sum(sse_connections_closed_total) + sse_connections == sse_connections_total
+ * holds at every scrape. Over-limit connections count as accepted and open while answered;
+ * sse_connections_rejected_total counts them too (when answered), and the connections
+ * closed at accept (beyond OVERFLOW_MAX, out of descriptors), which were never accepted. */
+static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_only) {
+    char out[16384];
+    struct wbuf w = {out, sizeof out, 0};
+    metrics_core(srv, &w);
+    for (size_t i = 0; i < srv->nparts; i++) {
+        if (srv->parts[i]->metrics) {
+            struct metrics_row part_rows[PART_ROWS_MAX];
+            metrics_rows(&w, part_rows, srv->parts[i]->metrics(srv, part_rows));
+        }
+    }
+    metrics_family(&w, "sse_connections_closed_total", "counter",
+                   "Client connections closed, by reason (closed + open = accepted).");
+    for (int r = 0; r < R_COUNT; r++) {
+        wb_str(&w, "sse_connections_closed_total{reason=\"");
+        wb_str(&w, close_reason_label[r]);
+        wb_str(&w, "\"} ");
+        wb_u64(&w, srv->m.closed[r]);
+        wb_put(&w, "\n", 1);
+    }
+    metrics_pace(srv, &w);
+    if (w.len > w.cap) { /* not with these rows: at 2^64-1 each, under 7 KiB */
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    http_respond(srv, c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, out, w.len,
+                 head_only);
+}
+
+/* Answers 304 or queues the file's head and hands the descriptor to the writer. Takes fd. */
+static void static_send(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                        int fd, const struct stat *st, const char *name, bool head_only) {
+    char extra[128], modified[32];
+    http_format_date(st->st_mtime, modified);
+    snprintf(extra, sizeof extra, "Last-Modified: %s\r\nX-Content-Type-Options: nosniff\r\n",
+             modified);
+    const struct http_header *ims = http_header(req, "If-Modified-Since");
+    time_t since;
+    if (ims && http_parse_date(ims->value, ims->value_len, &since) && st->st_mtime <= since) {
+        close(fd);
+        http_respond(srv, c, 304, NULL, extra, NULL, 0, false);
+        return;
+    }
+    /* The head claims st_size bytes; the writer sends exactly that many or closes. */
+    http_respond(srv, c, 200, static_content_type(name), extra, NULL, (size_t)st->st_size, true);
+    if (c->state != CONN_RESPOND || head_only || st->st_size == 0) {
+        close(fd);
+        return;
+    }
+    c->file_fd = fd;
+    c->file_off = 0;
+    c->file_end = st->st_size;
+}
+
+static void static_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                          const char *path, size_t path_len, bool head_only) {
+    char rel[SSE_HEAD_MAX + 16];
+    long n = static_resolve(path, path_len, rel, SSE_HEAD_MAX);
+    int fd = -1;
+    if (n >= 0)
+        fd = static_open(srv->root_fd, srv->root_real, rel);
+    else
+        errno = ENOENT;
+    struct stat st;
+    bool is_dir = fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+    if (is_dir) {
+        close(fd);
+        if (path[path_len - 1] != '/') {
+            /* Redirect to the directory's own URL so relative links in its index resolve.
+             * Built from the resolved path alone, never from the raw target: an absolute-form
+             * "http://evil.example/sub" or a "//sub" would send the browser to another host.
+             * The query goes as sent (ASCII without spaces or CR/LF: safe in a header). */
+            char loc[3 * SSE_HEAD_MAX + 32];
+            struct wbuf w = {loc, sizeof loc - 1, 0};
+            const char *qm = memchr(req->target, '?', req->target_len);
+            wb_str(&w, "Location: /");
+            http_path_encode(&w, rel, (size_t)n);
+            wb_str(&w, "/");
+            if (qm)
+                wb_put(&w, qm, req->target_len - (size_t)(qm - req->target));
+            wb_str(&w, "\r\n");
+            loc[w.len <= w.cap ? w.len : 0] = '\0';
+            http_text(srv, c, w.len <= w.cap ? 301 : 404, w.len <= w.cap ? "moved" : "not found",
+                      w.len <= w.cap ? loc : NULL);
+            return;
+        }
+        memcpy(rel + n, "/index.html", sizeof "/index.html");
+        fd = static_open(srv->root_fd, srv->root_real, rel);
+    }
+    /* "/file.txt/" names a directory that is not there, as it would for the kernel. */
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        (path[path_len - 1] != '/' || is_dir)) {
+        static_send(srv, c, req, fd, &st, rel, head_only);
+        return;
+    }
+    int err = errno;
+    if (fd >= 0)
+        close(fd);
+    if (fd < 0 && (err == EMFILE || err == ENFILE))
+        http_text(srv, c, 503, "out of file descriptors", "Retry-After: 1\r\n");
+    else
+        http_text(srv, c, 404, "not found", NULL);
+}
+
+/* ==========================================================================================
+ * 8. The proxy and the relay
+ *
+ * Proxy. A client connection is paired with a connection to the upstream. The request goes
+ * up rebuilt: its path canonical and without dot segments, so it stays under the route's
+ * base; hop-by-hop headers dropped (RFC 9110 7.6.1: Connection and the fields it names,
+ * but never the framing or Host, Keep-Alive, Proxy-*, TE, Trailer, Upgrade); one
+ * Content-Length of our own; X-Forwarded-*, X-Real-IP and Forwarded set by us alone.
+ * The response comes down as it arrives: every read from the upstream is queued for the
+ * client in the same loop iteration and written at its end, never held back for more. The
+ * upstream's framing (Content-Length, chunked or close) is decoded, so an event stream goes
+ * to the client close-delimited like our own, with a heartbeat slipped in between two events
+ * when the upstream is quiet. Each direction holds at most PROXY_BUFFER bytes; past that,
+ * reading the other side stops until the queue drains, so memory stays bounded.
+ *
+ * Failure. Before the response starts, an ordinary request gets 502 or 504, but an
+ * EventSource request gets 200 + retry: + close: any other status makes the browser stop
+ * for good (WHATWG 9.2.3). After the response started, the client connection is closed and
+ * EventSource reconnects with its Last-Event-ID.
+ *
+ * Relay. The same upstream machinery with the server itself as the client: the body goes
+ * through the WHATWG parser (the wire_reader of section 2) and every event is published on
+ * a local topic with a local id. After a drop it reconnects when `retry` has passed (but
+ * never sooner than RELAY_RETRY_FLOOR_MS), sending Last-Event-ID, and backs off while
+ * attempts deliver no event, so no upstream is ever hammered. As a node of a Redis hub the
+ * upstream is the relay's memory: when Redis cannot take an event the relay drops the
+ * connection, and reconnects, once Redis has answered every XADD it sent, with the last
+ * upstream id whose event Redis took, so what Redis missed is fetched again.
+ * ======================================================================================== */
+
+#define PROXY_BUFFER         (64u << 10) /* bytes queued one way before reading the other side stops */
+#define PROXY_READ           16384       /* bytes read from either side at a time */
+#define RELAY_RETRY_MS       3000        /* reconnection time until the upstream sends retry: */
+#define RELAY_RETRY_FLOOR_MS 250   /* the shortest wait between attempts, whatever retry: says */
+#define RELAY_BACKOFF_MAX_MS 30000 /* the longest back-off (a longer retry: is still honoured) */
+
+enum body_framing { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
+
+/* Where an upstream lives, resolved once at start-up. */
+struct upstream {
+    struct sockaddr_storage addr; /* its address */
+    socklen_t addr_len;           /* bytes used in addr */
+    char *url;                    /* "http://HOST:PORT" as configured, for messages */
+    char *host;                   /* "HOST:PORT", the relay's Host header */
+    char *path;                   /* base path (proxy, no final '/') or path and query (relay) */
+};
+
+struct proxy_route {
+    char *prefix;       /* matched against the path as sent; no final '/' ("" for "/") */
+    size_t prefix_len;  /* bytes in prefix */
+    struct upstream up; /* where matching requests go */
+};
+
+struct relay {
+    char topic[TOPIC_NAME_MAX + 1]; /* local topic the events are published on */
+    struct upstream up;             /* the upstream stream */
+    struct wire_reader reader;      /* WHATWG parser; keeps the upstream's last event id */
+    struct sse_server *srv;         /* for publishing from the reader's callback */
+    struct proxy *px;               /* the connection in progress, or NULL between attempts */
+    int64_t next_attempt;           /* when to connect next, monotonic ms */
+    unsigned failures;              /* attempts in a row that delivered no event (no stream,
+                                       or a stream that ended empty), for back-off */
+    bool delivered;                 /* the current connection delivered an event */
+    char taken[SSE_ID_MAX + 1];     /* with Redis: the upstream id up to which Redis took
+                                       every event; the next connection resumes there */
+    uint32_t pending;               /* with Redis: its XADDs not answered yet */
+    bool halted;                    /* with Redis: Redis could not take an event; the rest
+                                       of this connection is ignored, fetched again later */
+};
+
+/* One proxied exchange or one relay connection; shared by both connections involved. */
+struct proxy {
+    const struct upstream *target; /* the upstream */
+    struct relay *relay;           /* the relay this feeds, or NULL for a proxied request */
+    struct conn *client;           /* the client; NULL for a relay or once it has gone */
+    struct conn *up;               /* the upstream connection; NULL once closed */
+    uint64_t req_left;             /* request body bytes still to forward */
+    uint64_t body_left;            /* BODY_LENGTH: response body bytes still to come */
+    size_t client_q;               /* the client's queued bytes when last looked at, to tell
+                                      progress from the send timeout's point of view */
+    struct inbuf *head;            /* the response head being collected, or NULL */
+    struct http_chunked chunked;   /* BODY_CHUNKED: the decoder */
+    struct wire_boundary boundary; /* event streams: where the events end */
+    uint8_t framing;               /* enum body_framing of the response */
+    bool connected;                /* the upstream accepted the connection */
+    bool head_done;                /* the response head was passed on (or, relay, accepted) */
+    bool head_request;             /* the request was HEAD: the response has no body */
+    bool eventsource;              /* the client asked for text/event-stream by name */
+    bool stream;                   /* the response is text/event-stream */
+    bool rechunk;                  /* the client gets the body chunked */
+    bool client_paused;            /* not reading the client: the upstream's queue is full */
+    bool up_paused;                /* not reading the upstream: the client's queue is full */
+};
+
+/* An EventSource request: a GET whose Accept names text/event-stream (browsers send exactly
+ * that). Such a request must never be answered with a 5xx for a passing failure. */
+static bool http_is_eventsource(const struct http_request *req) {
+    const struct http_header *accept = http_header(req, "Accept");
+    return bytes_eq(req->method, req->method_len, "GET") && accept &&
+           http_accepts_event_stream(accept->value, accept->value_len, false);
+}
+
+static bool proxy_connecting(const struct conn *c) {
+    return c->state == CONN_UPSTREAM && c->px && !c->px->connected;
+}
+
+static void relay_schedule(struct sse_server *srv, struct relay *r);
+static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
+                       size_t len, const char *skipped);
+static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
+                               const char *data, size_t len);
+static bool redis_relay_may_connect(const struct sse_server *srv, const struct relay *relay);
+
+/* Ends an exchange: the client (if still there) goes on alone, the upstream is closed, a
+ * relay is scheduled to reconnect. */
+static void proxy_release(struct sse_server *srv, struct proxy *px, enum close_reason why) {
+    if (px->client)
+        px->client->px = NULL;
+    if (px->up) {
+        px->up->px = NULL;
+        conn_close(srv, px->up, why);
+    }
+    if (px->relay) {
+        px->relay->px = NULL;
+        relay_schedule(srv, px->relay);
+    }
+    free(px->head);
+    free(px);
+}
+
+/* The upstream failed. Before the response started, the client gets an answer (502/504,
+ * or 200 + retry: + close for EventSource); after, it is closed once its queue is sent. */
+static void proxy_fail(struct sse_server *srv, struct proxy *px, int status, const char *why) {
+    srv->m.proxy_errors_total++;
+    log_say(&srv->log, SSE_LOG_WARN, "upstream %s %s", px->target->url, why);
+    struct conn *c = px->client;
+    bool started = px->head_done, eventsource = px->eventsource, body_unread = px->req_left > 0;
+    char msg[200];
+    snprintf(msg, sizeof msg, "upstream %s %s", px->target->url, why);
+    proxy_release(srv, px, R_UPSTREAM);
+    if (!c || c->state == CONN_DEAD)
+        return;
+    if (started) {
+        conn_linger(srv, c, R_UPSTREAM);
+        return;
+    }
+    if (body_unread)
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+    if (eventsource)
+        stream_turn_away(srv, c, R_UPSTREAM);
+    else
+        http_text(srv, c, status, msg, NULL);
+}
+
+/* The response is complete: the client waits for its queue to drain, then goes on. */
+static void proxy_finish(struct sse_server *srv, struct proxy *px) {
+    struct conn *c = px->client;
+    if (c && px->rechunk && !conn_enqueue_owned(srv, c, blob_from("0\r\n\r\n", 5)))
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+    if (c && px->req_left)
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the rest of its body would read as a request */
+    proxy_release(srv, px, R_DONE);
+    if (!c || c->state == CONN_DEAD)
+        return;
+    c->state = CONN_RESPOND;
+    c->reason = R_DONE;
+    timer_set(srv, c, TIMER_SEND);
+    conn_flush_later(srv, c);
+}
+
+/* A connection of either side closed under us (error, reset, timeout). */
+static void proxy_conn_closed(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = c->px;
+    c->px = NULL;
+    if (c == px->client) {
+        px->client = NULL;
+        proxy_release(srv, px, R_CLIENT_CLOSED);
+    } else {
+        px->up = NULL;
+        proxy_fail(srv, px, 502, "closed the connection");
+    }
+}
+
+/* Forwards up to n bytes of the client's request body. Returns the bytes taken. */
+static size_t proxy_forward_body(struct sse_server *srv, struct proxy *px, const char *p,
+                                 size_t n) {
+    size_t take = n < px->req_left ? n : (size_t)px->req_left;
+    if (!take)
+        return 0;
+    px->req_left -= take;
+    struct iovec iov = {(void *)(uintptr_t)p, take};
+    if (px->up && !conn_send(srv, px->up, &iov, 1))
+        return take; /* the upstream was closed: the client has its answer */
+    if (px->up && px->up->qbytes >= PROXY_BUFFER)
+        px->client_paused = true;
+    return take;
+}
+
+/* Reads the request body from the client while the upstream's queue has room. */
+static void proxy_client_read(struct sse_server *srv, struct conn *c) {
+    char buf[PROXY_READ];
+    while (c->state == CONN_PROXY && c->px && c->px->req_left && !c->px->client_paused) {
+        size_t want = c->px->req_left < sizeof buf ? (size_t)c->px->req_left : sizeof buf;
+        ssize_t n = read(c->h.fd, buf, want);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            conn_close(srv, c, conn_gone(c, n < 0));
+            return;
+        }
+        proxy_forward_body(srv, c->px, buf, (size_t)n);
+    }
+}
+
+/* A proxied response that is not an event stream gets the send timeout of our own
+ * responses: while bytes wait for the client, SEND_TIMEOUT_MS without one of them taken
+ * drops it (and so the upstream). With nothing queued the clock stops: then the upstream is
+ * the slow side. Streams keep the client-buffer rule instead (PROXY_BUFFER, then reading
+ * the upstream pauses, as a subscriber's queue would). Called after bytes were queued for
+ * the client and after each write to it. */
+static void proxy_send_timer(struct sse_server *srv, struct proxy *px, struct conn *c) {
+    if (px->stream || !px->head_done || c != px->client)
+        return;
+    if (c->qlen == 0) {
+        if (c->timer != TIMER_NEVER)
+            timer_set(srv, c, TIMER_NEVER);
+    } else if (c->timer != TIMER_SEND || c->qbytes < px->client_q) {
+        timer_set(srv, c, TIMER_SEND); /* bytes left the queue: progress */
+    }
+    px->client_q = c->qbytes;
+}
+
+/* Hands decoded response body bytes on: to the client (re-chunked if need be), or to the
+ * relay's parser. Returns false if the exchange ended meanwhile. */
+static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *data, size_t n) {
+    if (!n)
+        return true;
+    if (px->relay) {
+        struct relay *r = px->relay;
+        wire_reader_feed(&r->reader, data, n, relay_emit, r);
+        if (r->halted) {
+            proxy_release(srv, px, R_UPSTREAM);
+            return false;
+        }
+        if (r->srv->redis && !r->pending) /* Redis answered for all: it took everything */
+            memcpy(r->taken, r->reader.last_id, sizeof r->taken);
+        return true;
+    }
+    struct conn *c = px->client;
+    char size[24];
+    struct iovec iov[3] = {{size, 0}, {(void *)(uintptr_t)data, n}, {"\r\n", 2}};
+    if (px->rechunk)
+        iov[0].iov_len = (size_t)snprintf(size, sizeof size, "%zx\r\n", n);
+    if (!conn_send(srv, c, px->rechunk ? iov : iov + 1, px->rechunk ? 3 : 1))
+        return false;
+    if (px->stream) {
+        wire_boundary_scan(&px->boundary, data, n);
+        timer_set(srv, c, TIMER_PROXY); /* the upstream spoke: restart the heartbeat clock */
+    }
+    proxy_send_timer(srv, px, c);
+    if (c->qbytes >= PROXY_BUFFER)
+        px->up_paused = true;
+    return true;
+}
+
+/* Takes response body bytes as read (framing included); decoded in place. Returns false if
+ * the exchange ended. */
+static bool proxy_body(struct sse_server *srv, struct proxy *px, char *buf, size_t n) {
+    switch (px->framing) {
+    case BODY_LENGTH: {
+        size_t take = n < px->body_left ? n : (size_t)px->body_left;
+        px->body_left -= take;
+        if (!proxy_pass(srv, px, buf, take))
+            return false;
+        if (px->body_left == 0) {
+            proxy_finish(srv, px);
+            return false;
+        }
+        return true;
+    }
+    case BODY_CHUNKED: {
+        long d = http_dechunk(&px->chunked, buf, n);
+        if (d < 0) {
+            proxy_fail(srv, px, 502, "sent malformed chunked framing");
+            return false;
+        }
+        if (!proxy_pass(srv, px, buf, (size_t)d))
+            return false;
+        if (px->chunked.state == CH_DONE) {
+            proxy_finish(srv, px);
+            return false;
+        }
+        return true;
+    }
+    case BODY_CLOSE: return proxy_pass(srv, px, buf, n);
+    default: return true;
+    }
+}
+
+/* Whether a header of a message with these headers is hop-by-hop (RFC 9110 7.6.1): one of
+ * the fixed names, or one that a Connection header names. A Connection token never makes
+ * Content-Length, Transfer-Encoding or Host hop-by-hop: they frame and route the message,
+ * and a client that names them there (Connection: Content-Length) wants the proxy to drop
+ * the framing and forward the body bytes unframed, which the next server would read as a
+ * second request of the attacker's choosing (request smuggling). RFC 9110 7.6.1 lets a
+ * proxy keep such fields; we ignore the token. */
+static bool http_hop_by_hop(const struct http_header *all, size_t n, const struct http_header *h) {
+    static const char *const fixed[] = {"Connection", "Keep-Alive", "TE",
+                                        "Trailer",    "Upgrade",    "Transfer-Encoding"};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (ascii_ieq(h->name, h->name_len, fixed[i]))
+            return true;
+    if (h->name_len >= 6 && ascii_ieq(h->name, 6, "Proxy-"))
+        return true;
+    if (ascii_ieq(h->name, h->name_len, "Content-Length") ||
+        ascii_ieq(h->name, h->name_len, "Host"))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        const struct http_header *c = &all[i];
+        const char *item;
+        size_t len, pos = 0;
+        if (!ascii_ieq(c->name, c->name_len, "Connection"))
+            continue;
+        while (http_next_item(c->value, c->value_len, &pos, ',', &item, &len))
+            if (ascii_ieq_range(item, len, h->name, h->name_len))
+                return true;
+    }
+    return false;
+}
+
+/* How the upstream's response body is framed (RFC 9112 6.3), or -1 when it cannot be told. */
+static int proxy_framing(const struct proxy *px, const struct http_response *res,
+                         uint64_t *length) {
+    bool te = false, chunked = false, have_cl = false;
+    for (size_t i = 0; i < res->num_headers; i++) {
+        const struct http_header *h = &res->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding")) {
+            const char *item = NULL, *last = NULL;
+            size_t len = 0, last_len = 0, pos = 0;
+            while (http_next_item(h->value, h->value_len, &pos, ',', &item, &len)) {
+                last = item;
+                last_len = len;
+            }
+            te = true;
+            chunked = last && ascii_ieq(last, last_len, "chunked");
+        } else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
+            uint64_t v;
+            if (!parse_u64(h->value, h->value_len, &v) || (have_cl && v != *length))
+                return -1;
+            have_cl = true;
+            *length = v;
+        }
+    }
+    if (px->head_request || res->status == 204 || res->status == 304 || res->status < 200)
+        return BODY_NONE;
+    if (te)
+        return chunked ? BODY_CHUNKED : BODY_CLOSE;
+    if (have_cl)
+        return *length ? BODY_LENGTH : BODY_NONE;
+    return BODY_CLOSE;
+}
+
+static bool http_is_event_stream(const struct http_header *all, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const struct http_header *h = &all[i];
+        if (!ascii_ieq(h->name, h->name_len, "Content-Type"))
+            continue;
+        const char *semi = memchr(h->value, ';', h->value_len);
+        size_t len = semi ? (size_t)(semi - h->value) : h->value_len;
+        while (len && (h->value[len - 1] == ' ' || h->value[len - 1] == '\t'))
+            len--;
+        return ascii_ieq(h->value, len, "text/event-stream");
+    }
+    return false;
+}
+
+static bool http_has_header(const struct http_header *all, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (ascii_ieq(all[i].name, all[i].name_len, name))
+            return true;
+    return false;
+}
+
+/* Builds the response head the client gets: the upstream's status and end-to-end headers,
+ * our own framing, and for event streams what keeps proxies further down from buffering. */
+static struct blob *proxy_client_head(struct proxy *px, const struct http_response *res,
+                                      uint64_t length, bool keep_alive, bool http10) {
+    char head[SSE_HEAD_MAX + 512];
+    struct wbuf w = {head, sizeof head, 0};
+    wb_str(&w, "HTTP/1.1 ");
+    wb_u64(&w, (uint64_t)res->status);
+    wb_put(&w, " ", 1);
+    wb_put(&w, res->reason, res->reason_len);
+    wb_str(&w, "\r\n");
+    for (size_t i = 0; i < res->num_headers; i++) {
+        const struct http_header *h = &res->headers[i];
+        if (http_hop_by_hop(res->headers, res->num_headers, h) ||
+            ascii_ieq(h->name, h->name_len, "Content-Length"))
+            continue;
+        wb_put(&w, h->name, h->name_len);
+        wb_str(&w, ": ");
+        wb_put(&w, h->value, h->value_len);
+        wb_str(&w, "\r\n");
+    }
+    if (px->stream && !http_has_header(res->headers, res->num_headers, "X-Accel-Buffering"))
+        wb_str(&w, "X-Accel-Buffering: no\r\n");
+    if (px->stream && !http_has_header(res->headers, res->num_headers, "Cache-Control"))
+        wb_str(&w, "Cache-Control: no-cache\r\n");
+    if (px->rechunk)
+        wb_str(&w, "Transfer-Encoding: chunked\r\n");
+    else if (px->framing == BODY_LENGTH ||
+             (px->framing == BODY_NONE &&
+              http_has_header(res->headers, res->num_headers, "Content-Length"))) {
+        wb_str(&w, "Content-Length: ");
+        wb_u64(&w, length);
+        wb_str(&w, "\r\n");
+    }
+    if (!px->stream && !keep_alive)
+        wb_str(&w, "Connection: close\r\n");
+    else if (!px->stream && http10)
+        wb_str(&w, "Connection: keep-alive\r\n");
+    wb_str(&w, "\r\n");
+    return w.len <= w.cap ? blob_from(head, w.len) : NULL;
+}
+
+/* A relay accepts only 200 text/event-stream; its parser starts a fresh stream. */
+static bool relay_accept(struct sse_server *srv, struct proxy *px,
+                         const struct http_response *res) {
+    if (res->status != 200 || !px->stream) {
+        char why[96];
+        snprintf(why, sizeof why, "answered %d%s instead of a stream", res->status,
+                 px->stream ? "" : " without text/event-stream");
+        proxy_fail(srv, px, 502, why);
+        return false;
+    }
+    px->head_done = true;
+    log_say(&srv->log, SSE_LOG_INFO, "relay %s: following %s%s", px->relay->topic, px->target->url,
+            px->target->path);
+    return true;
+}
+
+/* The upstream's response head is complete: decide the framing both ways and pass the head
+ * on. Returns false if the exchange ended. */
+static bool proxy_response(struct sse_server *srv, struct proxy *px,
+                           const struct http_response *res) {
+    uint64_t length = 0;
+    int framing = proxy_framing(px, res, &length);
+    if (framing < 0) {
+        proxy_fail(srv, px, 502, "sent an invalid Content-Length");
+        return false;
+    }
+    px->framing = (uint8_t)framing;
+    px->stream = http_is_event_stream(res->headers, res->num_headers);
+    px->body_left = length;
+    timer_set(srv, px->up, TIMER_NEVER);
+    if (px->relay) {
+        if (!relay_accept(srv, px, res))
+            return false;
+    } else if (px->eventsource && res->status >= 500) {
+        char why[48];
+        snprintf(why, sizeof why, "answered %d", res->status);
+        proxy_fail(srv, px, 502, why);
+        return false;
+    } else {
+        struct conn *c = px->client;
+        bool http10 = c->flags & CF_HTTP10;
+        if (px->stream || framing == BODY_CLOSE || (framing == BODY_CHUNKED && http10))
+            c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the end of the body is the close */
+        px->rechunk = framing == BODY_CHUNKED && !http10 && !px->stream;
+        if (!conn_enqueue_owned(
+                srv, c, proxy_client_head(px, res, length, c->flags & CF_KEEP_ALIVE, http10))) {
+            proxy_fail(srv, px, 502, "sent a response head too large to pass on");
+            return false;
+        }
+        px->head_done = true;
+        if (px->stream)
+            timer_set(srv, c, TIMER_PROXY);
+        else
+            proxy_send_timer(srv, px, c);
+    }
+    if (framing == BODY_NONE) {
+        proxy_finish(srv, px);
+        return false;
+    }
+    return true;
+}
+
+/* Collects the response head; skips 1xx interim responses; passes the head on, then the
+ * body bytes that came with it. Returns false if the exchange ended. */
+static bool proxy_head_bytes(struct sse_server *srv, struct proxy *px, char *buf, size_t n) {
+    if (!px->head && !(px->head = calloc(1, sizeof *px->head))) {
+        proxy_fail(srv, px, 502, "could not be read (out of memory)");
+        return false;
+    }
+    struct inbuf *h = px->head;
+    size_t take = n < SSE_HEAD_MAX - h->len ? n : SSE_HEAD_MAX - h->len;
+    memcpy(h->data + h->len, buf, take);
+    h->len += (uint32_t)take;
+    for (;;) {
+        struct http_response res;
+        long r = http_parse_response(h->data, h->len, &res);
+        if (r == HTTP_INCOMPLETE && h->len < SSE_HEAD_MAX)
+            return true; /* everything read is in h (take == n) */
+        if (r == HTTP_INCOMPLETE || r < 0 || res.status == 101) {
+            proxy_fail(srv, px, 502,
+                       r == HTTP_INCOMPLETE  ? "sent an oversized response head"
+                       : r == HTTP_TOO_LARGE ? "sent too many header fields"
+                                             : "sent an invalid response head");
+            return false;
+        }
+        if (res.status < 200) { /* 1xx: an interim response, the real one follows */
+            memmove(h->data, h->data + r, h->len - (size_t)r);
+            h->len -= (uint32_t)r;
+            size_t more = n - take < SSE_HEAD_MAX - h->len ? n - take : SSE_HEAD_MAX - h->len;
+            memcpy(h->data + h->len, buf + take, more);
+            h->len += (uint32_t)more;
+            take += more;
+            continue;
+        }
+        px->head = NULL; /* the views in res point into h until it is freed below */
+        bool alive = proxy_response(srv, px, &res);
+        if (alive && h->len > (size_t)r)
+            alive = proxy_body(srv, px, h->data + r, h->len - (size_t)r);
+        if (alive && n > take) /* the rest of this read did not fit in the head buffer */
+            alive = proxy_body(srv, px, buf + take, n - take);
+        free(h);
+        return alive;
+    }
+}
+
+/* The upstream closed its side: the end of a close-delimited body, or a failure. */
+static void proxy_up_eof(struct sse_server *srv, struct proxy *px) {
+    if (px->head_done && px->framing == BODY_CLOSE)
+        proxy_finish(srv, px);
+    else
+        proxy_fail(srv, px, 502,
+                   px->head_done ? "closed the connection mid-response"
+                                 : "closed the connection without answering");
+}
+
+/* Reads from the upstream while the client's queue has room. A short read means the socket
+ * is empty (edge-triggered epoll reports any later arrival), unless the peer's FIN came with
+ * this wake-up (until_empty says so): then read on to see the end. */
+static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_empty) {
+    char buf[PROXY_READ];
+    /* up->px and px->up point at each other, and proxy_release() clears both before it
+     * frees px, which the analyzer cannot know */
+    /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc) */
+    while (up->state == CONN_UPSTREAM && up->px && up->px->connected && !up->px->up_paused) {
+        struct proxy *px = up->px;
+        if (px->relay && px->head_done && srv->pace.held)
+            return; /* flow control (section 6): TCP pushes back; loop_pace() reads on */
+        ssize_t n = read(up->h.fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n < 0) {
+            proxy_fail(srv, px, 502, "reset the connection");
+            return;
+        }
+        if (n == 0) {
+            proxy_up_eof(srv, px);
+            return;
+        }
+        bool alive = px->head_done ? proxy_body(srv, px, buf, (size_t)n)
+                                   : proxy_head_bytes(srv, px, buf, (size_t)n);
+        if (!alive || ((size_t)n < sizeof buf && !until_empty))
+            return;
+    }
+}
+
+/* The non-blocking connect finished, one way or the other. */
+static void proxy_up_connected(struct sse_server *srv, struct conn *up) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(up->h.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err) {
+        proxy_fail(srv, up->px, 502,
+                   err == ECONNREFUSED ? "refused the connection" : "could not be reached");
+        return;
+    }
+    up->px->connected = true;
+    timer_set(srv, up, TIMER_SEND); /* now the response head must come */
+    conn_flush(srv, up);
+}
+
+/* An upstream connection's on_event. */
+static void proxy_up_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct conn *up = (struct conn *)h;
+    if (up->state == CONN_DEAD)
+        return;
+    if (!up->px) {
+        conn_close(srv, up, R_UPSTREAM);
+        return;
+    }
+    if (!up->px->connected) {
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+            return;
+        proxy_up_connected(srv, up);
+        if (up->state != CONN_UPSTREAM)
+            return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        proxy_up_read(srv, up, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+    if ((events & EPOLLOUT) && up->state == CONN_UPSTREAM && up->qlen)
+        conn_flush(srv, up);
+}
+
+/* Room in a queue again: resume reading the side that was paused for it. */
+static void proxy_after_write(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = c->px;
+    proxy_send_timer(srv, px, c);
+    if (c == px->client && px->up_paused && c->qbytes < PROXY_BUFFER) {
+        px->up_paused = false;
+        if (px->up)
+            proxy_up_read(srv, px->up, true);
+    } else if (c == px->up && px->client_paused && c->qbytes < PROXY_BUFFER) {
+        px->client_paused = false;
+        if (px->client)
+            proxy_client_read(srv, px->client);
+    }
+}
+
+/* The proxy's heartbeat: a comment, only between two events, after upstream silence. */
+static void proxy_heartbeat(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = c->px;
+    if (px && px->stream && wire_at_event_end(&px->boundary) && c->qlen == 0 &&
+        !conn_enqueue(srv, c, srv->heartbeat)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    timer_set(srv, c, TIMER_PROXY);
+}
+
+/* Opens a non-blocking connection to the exchange's upstream. False (errno set) on failure. */
+static bool proxy_connect(struct sse_server *srv, struct proxy *px) {
+    const struct upstream *u = px->target;
+    int fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    int r = connect(fd, (const struct sockaddr *)&u->addr, u->addr_len);
+    struct conn *up = (r == 0 || errno == EINPROGRESS) ? calloc(1, sizeof *up) : NULL;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = up;
+    if (!up || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int e = errno;
+        free(up);
+        close(fd);
+        errno = e;
+        return false;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    up->h.fd = fd;
+    up->h.on_event = proxy_up_event;
+    up->file_fd = -1;
+    up->timer = TIMER_NONE;
+    up->serial = ++srv->next_serial;
+    up->state = CONN_UPSTREAM;
+    up->px = px;
+    px->up = up;
+    px->connected = r == 0;
+    srv->nupstreams++;
+    timer_set(srv, up, r == 0 ? TIMER_SEND : TIMER_CONNECT);
+    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened to upstream %s", up->serial, u->url);
+    return true;
+}
+
+/* The client's address as text, for X-Forwarded-For and X-Real-IP. */
+static void conn_peer(const struct conn *c, char *out, size_t cap) {
+    struct sockaddr_storage sa = {0};
+    socklen_t len = sizeof sa;
+    snprintf(out, cap, "unknown");
+    if (getpeername(c->h.fd, (struct sockaddr *)&sa, &len) < 0)
+        return;
+    if (sa.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, out, (socklen_t)cap);
+    } else if (sa.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            inet_ntop(AF_INET, &a->s6_addr[12], out, (socklen_t)cap);
+        else
+            inet_ntop(AF_INET6, a, out, (socklen_t)cap);
+    }
+}
+
+/* Whether a header name, with '_' read as '-', is one the proxy frames, routes or sets
+ * itself. Servers behind it (CGI, WSGI, PHP) turn '-' into '_' in header names, so to them
+ * "X_Real_IP" is X-Real-IP: a client must not slip its own value past us that way (nginx
+ * drops names with '_' for the same reason). */
+static bool proxy_reserved_name(const char *name, size_t len) {
+    static const char *const reserved[] = {"X-Forwarded-For",
+                                           "X-Forwarded-Host",
+                                           "X-Forwarded-Port",
+                                           "X-Forwarded-Proto",
+                                           "X-Real-IP",
+                                           "Forwarded",
+                                           "Content-Length",
+                                           "Transfer-Encoding",
+                                           "Host",
+                                           "Connection",
+                                           "Expect"};
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
+        const char *r = reserved[i];
+        size_t j = 0;
+        while (j < len && r[j] &&
+               (ascii_lower(name[j]) == ascii_lower(r[j]) || (name[j] == '_' && r[j] == '-')))
+            j++;
+        if (j == len && !r[j])
+            return true;
+    }
+    return false;
+}
+
+/* Whether a client's Forwarded value ends outside a quoted string (RFC 7239 4), so an
+ * element appended after ", " is parsed as an element of its own. */
+static bool proxy_forwarded_closed(const char *v, size_t len) {
+    bool quoted = false;
+    for (size_t i = 0; i < len; i++) {
+        if (quoted && v[i] == '\\')
+            i++;
+        else if (v[i] == '"')
+            quoted = !quoted;
+    }
+    return !quoted;
+}
+
+/* Appends our Forwarded header (RFC 7239): the client's elements when every one of them is
+ * well closed (else none: they could swallow ours), then for=PEER;host=HOST;proto=http, so
+ * the last element is always what we saw. */
+static void proxy_forwarded(struct wbuf *w, const struct http_request *req, const char *peer) {
+    bool keep = true, any = false;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Forwarded"))
+            keep = keep && proxy_forwarded_closed(h->value, h->value_len);
+    }
+    wb_str(w, "Forwarded: ");
+    for (size_t i = 0; i < req->num_headers && keep; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Forwarded") && h->value_len) {
+            wb_str(w, any ? ", " : "");
+            wb_put(w, h->value, h->value_len);
+            any = true;
+        }
+    }
+    bool v6 = strchr(peer, ':') != NULL; /* an IPv6 address is quoted and bracketed (6) */
+    wb_str(w, any ? ", for=" : "for=");
+    wb_str(w, v6 ? "\"[" : "");
+    wb_str(w, peer);
+    wb_str(w, v6 ? "]\"" : "");
+    const struct http_header *host = http_header(req, "Host");
+    if (host && host->value_len) { /* a quoted-string: a port's ':' is no token character */
+        wb_str(w, ";host=\"");
+        for (size_t i = 0; i < host->value_len; i++) {
+            if (host->value[i] == '"' || host->value[i] == '\\')
+                wb_put(w, "\\", 1);
+            wb_put(w, host->value + i, 1);
+        }
+        wb_str(w, "\"");
+    }
+    wb_str(w, ";proto=http\r\n");
+}
+
+/* The request as the upstream gets it: same method, base path + the rest of the
+ * (normalised) path and the query, end-to-end headers as sent (Host and Last-Event-ID
+ * untouched), one Content-Length of our own when the client sent one (the body we forward
+ * is exactly that long), X-Forwarded-*, X-Real-IP and Forwarded set, and Connection: close
+ * (one upstream connection per request). Client headers that name themselves like one of
+ * ours with '_' for '-' are dropped. */
+static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
+                                       const struct http_request *req, const struct upstream *u,
+                                       const char *rest, size_t rest_len) {
+    char head[2 * SSE_HEAD_MAX], peer[INET6_ADDRSTRLEN];
+    struct wbuf w = {head, sizeof head, 0};
+    conn_peer(c, peer, sizeof peer);
+    wb_put(&w, req->method, req->method_len);
+    wb_put(&w, " ", 1);
+    wb_str(&w, u->path);
+    if (rest_len == 0 || rest[0] == '?')
+        wb_put(&w, "/", u->path[0] ? 0 : 1);
+    wb_put(&w, rest, rest_len);
+    wb_str(&w, " HTTP/1.1\r\n");
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        bool ours =
+            proxy_reserved_name(h->name, h->name_len) && !ascii_ieq(h->name, h->name_len, "Host");
+        if (ours || http_hop_by_hop(req->headers, req->num_headers, h))
+            continue;
+        wb_put(&w, h->name, h->name_len);
+        wb_str(&w, ": ");
+        wb_put(&w, h->value, h->value_len);
+        wb_str(&w, "\r\n");
+    }
+    uint64_t length; /* http_admit() checked: one value, digits only, no Transfer-Encoding */
+    const struct http_header *cl = http_header(req, "Content-Length");
+    if (cl && parse_u64(cl->value, cl->value_len, &length)) {
+        wb_str(&w, "Content-Length: ");
+        wb_u64(&w, length);
+        wb_str(&w, "\r\n");
+    }
+    bool forwarded_for = false; /* earlier proxies' list, then the peer appended */
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "X-Forwarded-For") && h->value_len) {
+            wb_str(&w, forwarded_for ? ", " : "X-Forwarded-For: ");
+            wb_put(&w, h->value, h->value_len);
+            forwarded_for = true;
+        }
+    }
+    wb_str(&w, forwarded_for ? ", " : "X-Forwarded-For: ");
+    wb_str(&w, peer);
+    const struct http_header *host = http_header(req, "Host");
+    if (host) {
+        wb_str(&w, "\r\nX-Forwarded-Host: ");
+        wb_put(&w, host->value, host->value_len);
+    }
+    wb_str(&w, "\r\nX-Forwarded-Port: ");
+    wb_u64(&w, (uint64_t)srv->port);
+    wb_str(&w, "\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ");
+    wb_str(&w, peer);
+    wb_str(&w, "\r\n");
+    proxy_forwarded(&w, req, peer);
+    wb_str(&w, "Connection: close\r\n\r\n");
+    return w.len <= w.cap ? blob_from(head, w.len) : NULL;
+}
+
+/* Passes a request on to the upstream of its route. rest is what follows the prefix in
+ * the request-target as sent (path and query). */
+static void proxy_start(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                        const struct proxy_route *route, const char *rest, size_t rest_len,
+                        uint64_t content_length) {
+    struct proxy *px = calloc(1, sizeof *px);
+    struct blob *head = px ? proxy_request_head(srv, c, req, &route->up, rest, rest_len) : NULL;
+    if (!head) {
+        free(px);
+        http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
+        return;
+    }
+    px->target = &route->up;
+    px->client = c;
+    px->req_left = content_length;
+    px->head_request = bytes_eq(req->method, req->method_len, "HEAD");
+    px->eventsource = http_is_eventsource(req);
+    c->px = px;
+    c->flags &= (uint8_t)~CF_BODY_UNREAD;
+    c->state = CONN_PROXY;
+    timer_set(srv, c, TIMER_NEVER);
+    srv->m.proxied_total++;
+    if (!proxy_connect(srv, px)) {
+        blob_unref(head);
+        proxy_fail(srv, px, 502,
+                   errno == EMFILE || errno == ENFILE ? "could not be reached (out of descriptors)"
+                                                      : "could not be reached");
+        return;
+    }
+    if (!conn_enqueue_owned(srv, px->up, head)) {
+        proxy_fail(srv, px, 502, "could not be written to (out of memory)");
+        return;
+    }
+    const struct http_header *expect = http_header(req, "Expect");
+    if (expect && content_length && !(c->flags & CF_HTTP10) &&
+        ascii_ieq(expect->value, expect->value_len, "100-continue") &&
+        !conn_enqueue(srv, c, srv->continue_100))
+        conn_close(srv, c, R_ERROR);
+}
+
+/* The longest route whose prefix starts the path, at a '/' boundary; or NULL. */
+static const struct proxy_route *proxy_match(const struct sse_server *srv, const char *path,
+                                             size_t len) {
+    for (size_t i = 0; i < srv->nroutes; i++) { /* sorted longest first */
+        const struct proxy_route *r = &srv->routes[i];
+        if (len >= r->prefix_len && memcmp(path, r->prefix, r->prefix_len) == 0 &&
+            (len == r->prefix_len || path[r->prefix_len] == '/'))
+            return r;
+    }
+    return NULL;
+}
+
+/* Passes the request to the upstream of the route its path falls under, if any. The raw
+ * path is made canonical and its dot segments removed (RFC 3986 6.2.2, 5.2.4) before the
+ * route is chosen, and the upstream gets that path under its base: what reaches it can
+ * never climb out of the base, however the dots were spelled. Refused with 400: what
+ * http_path_canon() refuses, a ".." above the root, dot segments that move the request
+ * from one route to another or out of a route ("/api/../admin"), and for a route a path
+ * that does not decode to UTF-8 ("%c0%ae" is an overlong '.' to a lax decoder). Browsers
+ * remove dot segments before sending, so no honest client meets these. Returns false when
+ * no route takes the path (nothing sent); true when the request was passed on or refused. */
+static bool proxy_dispatch(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                           const char *target, size_t raw_path_len, size_t target_len,
+                           uint64_t content_length) {
+    if (srv->nroutes == 0)
+        return false;
+    char path[SSE_HEAD_MAX];
+    long n = http_path_canon(target, raw_path_len, path, sizeof path);
+    const struct proxy_route *named = n >= 0 ? proxy_match(srv, path, (size_t)n) : NULL;
+    long m = n >= 0 ? http_path_remove_dots(path, (size_t)n) : -1;
+    const struct proxy_route *route = m >= 0 ? proxy_match(srv, path, (size_t)m) : NULL;
+    size_t query = target_len - raw_path_len;
+    if (m < 0 || named != route || (size_t)m + query > sizeof path ||
+        (route && !wire_utf8_valid(srv->path, strlen(srv->path)))) {
+        http_fail(srv, c, 400, "path not allowed through the proxy");
+        return true;
+    }
+    if (!route)
+        return false;
+    memcpy(path + m, target + raw_path_len, query); /* the query goes as sent */
+    proxy_start(srv, c, req, route, path + route->prefix_len, (size_t)m + query - route->prefix_len,
+                content_length);
+    return true;
+}
+
+/* Every event the relay's parser dispatches is published on the relay's topic. Bytes that
+ * are not UTF-8 become U+FFFD, as in a browser. */
+static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
+                       size_t len, const char *skipped) {
+    struct relay *r = ctx;
+    struct sse_server *srv = r->srv;
+    (void)topic;
+    if (r->halted)
+        return;
+    r->delivered = true; /* the upstream is serving events: no back-off after this stream */
+    if (skipped) {
+        log_say(&srv->log, SSE_LOG_WARN, "relay %s: skipped an event: %s", r->topic, skipped);
+        return;
+    }
+    /* An upstream sse-server's position event (stream_id_line) is its current id, not
+     * content: the reader has taken the id for Last-Event-ID; nothing to publish. */
+    if (event && len == 0 && strcmp(event, "position") == 0)
+        return;
+    char *repaired = NULL;
+    if (!wire_utf8_valid(data, len)) {
+        struct wbuf w = {NULL, 0, 0};
+        wire_utf8_repair(&w, data, len);
+        repaired = malloc(w.len ? w.len : 1);
+        w = (struct wbuf){repaired, repaired ? w.len : 0, 0};
+        wire_utf8_repair(&w, data, len);
+        data = repaired;
+        len = w.len <= w.cap ? w.len : 0;
+    }
+    int rc = srv->redis ? redis_relay_publish(srv, r, event, data, len)
+                        : publish_event(srv, r->topic, event, data, len, NULL);
+    if (rc >= 0)
+        srv->m.relayed_total++;
+    else if (rc == -EAGAIN)
+        r->halted = true; /* proxy_pass() drops the connection */
+    else
+        log_say(&srv->log, SSE_LOG_WARN, "relay %s: could not publish an event: %s", r->topic,
+                rc == -EMSGSIZE    ? "over --max-event-bytes"
+                : rc == -EINVAL    ? "invalid event type"
+                : rc == -EOVERFLOW ? "id space exhausted"
+                                   : strerror(-rc));
+    free(repaired);
+}
+
+/* The wait before a relay's next attempt, for an upstream whose reconnection time is
+ * retry_ms (-1: none sent yet, RELAY_RETRY_MS) after `failures` attempts in a row that
+ * delivered no event; `random` is a uniform draw. Never under RELAY_RETRY_FLOOR_MS: an
+ * upstream that sends `retry: 0` and closes must not get a reconnect storm (WHATWG 9.2.3
+ * lets the user agent wait longer than the reconnection time, and suggests exponential
+ * back-off when attempts fail). From the second failure on the wait doubles up to
+ * RELAY_BACKOFF_MAX_MS (or the reconnection time if longer), with "equal jitter": a draw
+ * from [d/2, d], so relays failing together spread out, and below the cap each wait is
+ * at least the previous one. */
+static int64_t relay_backoff_ms(int64_t retry_ms, unsigned failures, uint64_t random) {
+    int64_t base = retry_ms >= 0 ? retry_ms : RELAY_RETRY_MS;
+    if (base < RELAY_RETRY_FLOOR_MS)
+        base = RELAY_RETRY_FLOOR_MS;
+    if (failures < 2)
+        return base;
+    int64_t cap = base > RELAY_BACKOFF_MAX_MS ? base : RELAY_BACKOFF_MAX_MS;
+    int64_t d = base;
+    for (unsigned i = 1; i < failures && d < cap; i++)
+        d = d > cap / 2 ? cap : d * 2;
+    int64_t half = d / 2;
+    int64_t delay = d - half + (int64_t)(random % (uint64_t)(half + 1));
+    return delay < base ? base : delay;
+}
+
+/* Schedules the next attempt (relay_backoff_ms): an attempt that delivered no event counts
+ * as failed, whether it got no stream or a stream that ended empty; an event resets it. */
+static void relay_schedule(struct sse_server *srv, struct relay *r) {
+    r->failures = r->delivered ? 0 : r->failures + 1;
+    r->delivered = false;
+    int64_t delay = relay_backoff_ms(r->reader.retry_ms, r->failures, rng_next(&srv->rng));
+    r->next_attempt = srv->now + delay;
+    if (!srv->stopping)
+        log_say(&srv->log, SSE_LOG_INFO, "relay %s: reconnecting to %s in %lld ms", r->topic,
+                r->up.url, (long long)delay);
+}
+
+/* Connects to the relay's upstream as an EventSource would: GET, Accept:
+ * text/event-stream, Last-Event-ID when an id is known. The parser starts a new stream. */
+static void relay_connect(struct sse_server *srv, struct relay *r) {
+    struct wire_reader *rd = &r->reader;
+    if (srv->redis && !redis_relay_may_connect(srv, r)) {
+        r->next_attempt = srv->now + 100; /* Redis cannot take events yet: look again soon */
+        return;
+    }
+    if (srv->redis) {
+        r->halted = false;
+        memcpy(rd->last_id, r->taken, sizeof rd->last_id);
+    }
+    rd->line_len = rd->data_len = 0;
+    rd->line_too_long = rd->after_cr = rd->has_data = false;
+    rd->block_error = NULL;
+    rd->event[0] = '\0';
+    rd->bom_seen = 0;
+    memcpy(rd->id_buf, rd->last_id, sizeof rd->id_buf);
+    char head[SSE_ID_MAX + 1024];
+    struct wbuf w = {head, sizeof head, 0};
+    wb_str(&w, "GET ");
+    wb_str(&w, r->up.path);
+    wb_str(&w, " HTTP/1.1\r\nHost: ");
+    wb_str(&w, r->up.host);
+    wb_str(&w, "\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
+    if (rd->last_id[0]) {
+        wb_str(&w, "Last-Event-ID: ");
+        wb_str(&w, rd->last_id);
+        wb_str(&w, "\r\n");
+    }
+    wb_str(&w, "Connection: close\r\n\r\n");
+    struct proxy *px = calloc(1, sizeof *px);
+    if (!px) {
+        relay_schedule(srv, r);
+        return;
+    }
+    px->target = &r->up;
+    px->relay = r;
+    r->px = px;
+    if (!proxy_connect(srv, px)) {
+        proxy_fail(srv, px, 502, "could not be reached");
+        return;
+    }
+    if (!conn_enqueue_owned(srv, px->up, w.len <= w.cap ? blob_from(head, w.len) : NULL))
+        proxy_fail(srv, px, 502, "could not be written to");
+}
+
+static uint64_t proxy_relays_up(const struct sse_server *srv) {
+    uint64_t n = 0;
+    for (size_t i = 0; i < srv->nrelays; i++)
+        n += srv->relays[i].px && srv->relays[i].px->head_done;
+    return n;
+}
+
+/* ---- the proxy as a part: its routes and /metrics rows --------------------------------- */
+
+static bool proxy_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                        const struct http_target *t) {
+    return proxy_dispatch(srv, c, req, t->raw, t->raw_path_len, t->raw_len, t->content_length);
+}
+
+static size_t proxy_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    const struct metrics_row mine[] = {
+        {"sse_upstream_connections", "gauge", "Connections to upstreams open now.",
+         srv->nupstreams},
+        {"sse_relays_connected", "gauge", "Relays receiving their upstream stream now.",
+         proxy_relays_up(srv)},
+        {"sse_proxied_requests_total", "counter", "Requests passed to an upstream.",
+         srv->m.proxied_total},
+        {"sse_proxy_errors_total", "counter", "Upstream failures (refused, timed out, invalid).",
+         srv->m.proxy_errors_total},
+        {"sse_relay_events_total", "counter", "Events published by relays.", srv->m.relayed_total},
+    };
+    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
+    memcpy(rows, mine, sizeof mine);
+    return sizeof mine / sizeof mine[0];
+}
+
+static const struct part_ops part_proxy = {.route = proxy_route, .metrics = proxy_metrics};
+
+/* ==========================================================================================
+ * 9. Redis Streams: many servers, one history
+ *
+ * With a Redis address every server becomes a node of one hub. Publishing anywhere is an
+ * XADD to one stream, and every node follows that stream with XREAD BLOCK and delivers its
+ * entries to local subscribers through the same path as local events (publish_deliver), so
+ * every node delivers every event, in the stream's order, under the stream entry's id
+ * ("MS-SEQ"). A client may therefore reconnect to any node with its Last-Event-ID: what the
+ * node's backlog lacks, it fetches from Redis with XRANGE (redis_replay). A publish
+ * is acknowledged only once Redis has the event and said its id; while Redis cannot be
+ * reached publishing answers 503, subscribers stay connected (heartbeats go on), and the
+ * node reconnects with back-off and resumes XREAD after the last entry it delivered, so
+ * nothing in between is lost or delivered twice.
+ *
+ * Publishers that cannot be told 503 wait instead. While Redis cannot take events (the
+ * command link is down, not through AUTH, or past the hold mark) inputs are not read and
+ * relays drop their upstream, to fetch again from the last upstream id Redis took; XADDs
+ * from inputs and sse_publish() that were not yet written when the link failed are kept,
+ * in order, and sent after AUTH on the next link. A written XADD without its answer may or
+ * may not be stored: its HTTP publisher is told exactly that, and others send it again.
+ *
+ * Redis speaks RESP2 (redis.io/docs/reference/protocol-spec): a command is an array of bulk
+ * strings ("*2\r\n$4\r\nPING\r\n..."); a reply is a simple string (+), an error (-), an
+ * integer (:), a bulk string ($len, or $-1 for none) or an array (*n, or *-1) of replies.
+ * The reader below is bounded in depth, elements and length, and runs incrementally: it
+ * answers "incomplete" until a whole reply has arrived. Two connections per node: one for
+ * commands (AUTH, XADD), one that only follows the stream (XREAD BLOCK holds it).
+ * ======================================================================================== */
+
+#define RESP_MAX_DEPTH    8     /* arrays in arrays; XREAD's reply nests 5 deep */
+#define RESP_MAX_VALUES   65536 /* elements in one reply */
+#define REDIS_TIMEOUT_MS  5000  /* connecting, and waiting for a command's reply */
+#define REDIS_PING_MS     3000  /* a link with no reply due this long is probed with PING */
+#define REDIS_BLOCK_MS    10000 /* how long XREAD BLOCK waits for an entry */
+#define REDIS_BACKOFF_MAX 5000  /* longest wait between reconnection attempts */
+#define REDIS_WAITS_MAX   65536 /* publishes waiting for Redis at once */
+/* The hold mark. With this many bytes of commands on the command link not yet answered (sent
+ * or not), or this many commands waiting for a reply, the link takes no more, and with as
+ * many kept, inputs are not read, relays stop taking events and HTTP publishing answers
+ * 503, until Redis catches up. An input is read only below the mark, at most INPUT_CHUNK
+ * bytes at a time, so what is kept stays within the mark plus one read's events; beyond
+ * that only sse_publish() keeps events, up to REDIS_KEPT_MAX bytes, then says -EAGAIN. */
+#define REDIS_HOLD_BYTES (1u << 20)
+#define REDIS_HOLD_WAITS 16384
+#define REDIS_KEPT_MAX   (8u << 20)
+
+/* One value of a reply, in a flat array in reading order: an array's elements follow it. */
+struct resp_value {
+    char type;       /* '+', '-', ':', '$', '*'; '_' for a null bulk string or array */
+    const char *str; /* simple strings, errors, bulk strings: the bytes (in the input) */
+    size_t len;      /* their length; an array's element count */
+    int64_t integer; /* ':' values */
+};
+
+/* Appends the command argv[0..argc) (lengths lens) to w as a RESP array of bulk strings. */
+static void resp_command(struct wbuf *w, int argc, const char *const *argv, const size_t *lens) {
+    wb_str(w, "*");
+    wb_u64(w, (uint64_t)argc);
+    wb_str(w, "\r\n");
+    for (int i = 0; i < argc; i++) {
+        wb_str(w, "$");
+        wb_u64(w, lens[i]);
+        wb_str(w, "\r\n");
+        wb_put(w, argv[i], lens[i]);
+        wb_str(w, "\r\n");
+    }
+}
+
+/* A line ended by CRLF at buf[at..len): its end (the CR), or 0 when incomplete, -1 when a
+ * bare CR or LF is inside. */
+static long resp_line_end(const char *buf, size_t len, size_t at) {
+    for (size_t i = at; i < len; i++) {
+        if (buf[i] == '\r')
+            return i + 1 < len ? (buf[i + 1] == '\n' ? (long)i : -1) : 0;
+        if (buf[i] == '\n')
+            return -1;
+    }
+    return 0;
+}
+
+/* A signed decimal number filling s[0..len) exactly. */
+static bool resp_int(const char *s, size_t len, int64_t *out) {
+    bool neg = len > 0 && s[0] == '-';
+    uint64_t v;
+    if (!parse_u64(s + neg, len - neg, &v) || v > (uint64_t)INT64_MAX)
+        return false;
+    *out = neg ? -(int64_t)v : (int64_t)v;
+    return true;
+}
+
+/* Reads one whole reply from buf[0..len) into vals (cap entries, *n used). Returns the bytes
+ * it took, 0 when the reply is not complete yet, -1 when it is not RESP2 or over a bound
+ * (max_bulk bytes in one string, cap values, RESP_MAX_DEPTH arrays deep). */
+static long resp_read(const char *buf, size_t len, size_t max_bulk, struct resp_value *vals,
+                      size_t cap, size_t *n) {
+    size_t at = 0, left[RESP_MAX_DEPTH + 1]; /* elements still due at each open array */
+    int depth = 0;
+    *n = 0;
+    do {
+        if (at >= len)
+            return 0;
+        long end = resp_line_end(buf, len, at + 1);
+        if (end <= 0)
+            return end;
+        if (*n >= cap)
+            return -1;
+        struct resp_value *v = &vals[(*n)++];
+        const char *s = buf + at + 1;
+        size_t slen = (size_t)end - at - 1;
+        *v = (struct resp_value){buf[at], s, slen, 0};
+        at = (size_t)end + 2;
+        if (v->type == ':' && !resp_int(s, slen, &v->integer))
+            return -1;
+        if (v->type == '$' || v->type == '*') {
+            int64_t count;
+            if (!resp_int(s, slen, &count) || count < -1)
+                return -1;
+            if (count == -1) {
+                v->type = '_';
+                v->len = 0;
+            } else if (v->type == '$') {
+                if ((uint64_t)count > max_bulk)
+                    return -1;
+                if (len - at < (size_t)count + 2)
+                    return 0;
+                if (buf[at + (size_t)count] != '\r' || buf[at + (size_t)count + 1] != '\n')
+                    return -1;
+                v->str = buf + at;
+                v->len = (size_t)count;
+                at += (size_t)count + 2;
+            } else {
+                if ((uint64_t)count > cap || depth == RESP_MAX_DEPTH)
+                    return -1;
+                v->len = (size_t)count;
+                v->str = NULL;
+                if (count > 0) {
+                    left[++depth] = (size_t)count;
+                    continue;
+                }
+            }
+        } else if (v->type != '+' && v->type != '-' && v->type != ':') {
+            return -1;
+        }
+        while (depth > 0 && --left[depth] == 0) /* this value ends arrays */
+            depth--;
+    } while (depth > 0);
+    return (long)at;
+}
+
+/* The index of the value after vals[i] and everything inside it. */
+static size_t resp_skip(const struct resp_value *vals, size_t n, size_t i) {
+    size_t due = 1;
+    while (due && i < n) {
+        due--;
+        if (vals[i].type == '*')
+            due += vals[i].len;
+        i++;
+    }
+    return i;
+}
+
+enum redis_wait_kind {
+    RW_AUTH,
+    RW_XADD,
+    RW_POSITION,
+    RW_XREAD,
+    RW_XINFO,
+    RW_XRANGE,
+    RW_XLAST,
+    RW_PING
+};
+
+/* A reply a link expects, in the order the commands went out. */
+struct redis_wait {
+    uint8_t kind;                   /* enum redis_wait_kind */
+    struct conn *c;                 /* the publisher waiting for an XADD's id, or the
+                                       subscriber a replay is for; NULL once it is gone */
+    char topic[TOPIC_NAME_MAX + 1]; /* the XADD's topic, for the answer */
+    uint64_t after;                 /* a replay's position: entries after this id */
+    bool http;                      /* an XADD for POST /publish (c NULL: the client left) */
+    struct relay *relay;            /* the relay whose event an XADD carries, or NULL */
+    char *up_id;                    /* that event's upstream id (owned), with relay */
+    size_t end;                     /* where the command ends in all the link ever queued
+                                       (out_pos counts): sent whole once written passes it */
+    size_t len;                     /* the command's bytes */
+};
+
+struct redis_link {
+    struct handle h;          /* fd (-1 while down) and redis_on_event; first, for epoll */
+    const char *name;         /* "commands" or "stream", for log lines */
+    bool connecting;          /* connect() in progress */
+    bool up;                  /* connected; what is queued is being sent */
+    bool ready;               /* up and AUTH accepted (or none needed): XADDs may go */
+    char *in;                 /* bytes read and not yet parsed */
+    size_t in_len, in_cap;    /* bytes in `in`, and allocated */
+    char *out;                /* commands not yet sent */
+    size_t out_len, out_off;  /* bytes in `out`, and already sent */
+    size_t out_cap;           /* allocated */
+    size_t out_pos;           /* bytes sent and dropped from `out` since connecting */
+    struct redis_wait *waits; /* a ring of replies due */
+    uint32_t whead, wlen, wcap;
+    int64_t deadline;     /* connect, or the oldest reply due, by then; 0 = none (idle) */
+    int64_t idle_since;   /* since when no reply is due: PING at idle_since + REDIS_PING_MS */
+    int64_t next_attempt; /* when down: when to connect again */
+    unsigned failures;    /* attempts in a row that failed, for back-off */
+};
+
+/* A subscriber that came back with an id this node's follower has not reached yet (it read
+ * the event on a node further ahead): it waits until the follower gets there. */
+struct redis_ahead {
+    struct conn *c;
+    uint64_t last; /* its last event id */
+};
+
+struct redis_hub {
+    struct sockaddr_storage addr; /* Redis, resolved once at start */
+    socklen_t addr_len;
+    char where[280];           /* "HOST:PORT", for log lines */
+    char key[256];             /* the stream */
+    char *password;            /* for AUTH, or NULL */
+    uint64_t maxlen;           /* XADD MAXLEN ~ this */
+    size_t max_reply;          /* largest reply accepted */
+    uint32_t xread_count;      /* entries per XREAD */
+    struct redis_link cmd;     /* AUTH, XADD */
+    struct redis_link follow;  /* XREAD BLOCK, following the stream */
+    bool positioned;           /* srv->last_id is a stream position (known since start) */
+    char after[48];            /* the id of the last entry read: XREAD goes on after it */
+    struct redis_ahead *ahead; /* subscribers whose last id this node has not read yet */
+    uint32_t nahead, ahead_cap;
+    struct resp_value *vals;       /* scratch for the reader */
+    char *kept;                    /* XADDs from inputs and sse_publish() the command link could
+                                      not take (down, or not through AUTH yet), in order */
+    size_t kept_len, kept_cap;     /* bytes in kept, and allocated */
+    size_t *kept_lens;             /* each kept command's length */
+    uint32_t nkept, kept_lens_cap; /* kept commands, and room in kept_lens */
+    uint64_t reconnects;           /* links lost, for /metrics */
+    uint64_t errors;               /* failed publishes and refused entries */
+    uint64_t received;             /* stream entries delivered */
+    uint64_t unknown;              /* XADDs written but not answered when the link died */
+};
+
+/* Room in a link's ring for one more reply, and in its output for n more bytes. */
+static bool redis_room(struct redis_link *l, size_t n) {
+    if (l->wlen == l->wcap) {
+        uint32_t cap = l->wcap ? l->wcap * 2 : 16;
+        struct redis_wait *ring = cap <= REDIS_WAITS_MAX ? malloc(cap * sizeof *ring) : NULL;
+        if (!ring)
+            return false;
+        for (uint32_t i = 0; i < l->wlen; i++)
+            ring[i] = l->waits[(l->whead + i) % l->wcap];
+        free(l->waits);
+        l->waits = ring;
+        l->wcap = cap;
+        l->whead = 0;
+    }
+    if (l->out_len + n > l->out_cap) {
+        size_t cap = (l->out_len + n) * 2;
+        char *out = realloc(l->out, cap);
+        if (!out)
+            return false;
+        l->out = out;
+        l->out_cap = cap;
+    }
+    return true;
+}
+
+/* The reply due for the len bytes just appended to a link's output (redis_room first). */
+static struct redis_wait *redis_expect(struct sse_server *srv, struct redis_link *l,
+                                       enum redis_wait_kind kind, struct conn *c, const char *topic,
+                                       size_t len) {
+    struct redis_wait *rw = &l->waits[(l->whead + l->wlen++) % l->wcap];
+    *rw = (struct redis_wait){.kind = (uint8_t)kind, .c = c, .http = c != NULL, .len = len};
+    rw->end = l->out_pos + l->out_len;
+    snprintf(rw->topic, sizeof rw->topic, "%s", topic ? topic : "");
+    if (!l->deadline)
+        l->deadline = srv->now + (kind == RW_XREAD ? REDIS_BLOCK_MS : 0) + REDIS_TIMEOUT_MS;
+    return rw;
+}
+
+/* After a reply (or once connected): the deadline follows the oldest reply still due,
+ * REDIS_TIMEOUT_MS from now (plus the BLOCK time for XREAD). With none due there is no
+ * deadline, and the link is idle from now: an idle link is never "late", it is probed with
+ * a PING of its own after REDIS_PING_MS (redis_tick), whose PONG is due like any reply. */
+static void redis_rearm(struct sse_server *srv, struct redis_link *l) {
+    const struct redis_wait *next = l->wlen ? &l->waits[l->whead] : NULL;
+    l->deadline =
+        !next ? 0 : srv->now + REDIS_TIMEOUT_MS + (next->kind == RW_XREAD ? REDIS_BLOCK_MS : 0);
+    if (!next)
+        l->idle_since = srv->now;
+}
+
+/* Appends a command to a link's output and the reply it expects to its queue; returns that
+ * entry (for the caller's details), or NULL when out of memory or over REDIS_WAITS_MAX. */
+static struct redis_wait *redis_send(struct sse_server *srv, struct redis_link *l,
+                                     enum redis_wait_kind kind, struct conn *c, const char *topic,
+                                     int argc, const char *const *argv, const size_t *lens) {
+    struct wbuf w = {NULL, 0, 0};
+    resp_command(&w, argc, argv, lens); /* measures */
+    if (!redis_room(l, w.len))
+        return NULL;
+    w = (struct wbuf){l->out + l->out_len, w.len, 0};
+    resp_command(&w, argc, argv, lens);
+    l->out_len += w.len;
+    return redis_expect(srv, l, kind, c, topic, w.len);
+}
+
+/* Bytes of a link's output whose replies are still due: from the oldest waiting command on
+ * (what came before it is answered and may be dropped). */
+static size_t redis_live(const struct redis_link *l) {
+    const struct redis_wait *head = l->wlen ? &l->waits[l->whead] : NULL;
+    return head ? l->out_pos + l->out_len - (head->end - head->len) : 0;
+}
+
+/* Whether a link is past the hold mark. */
+static bool redis_behind(const struct redis_link *l) {
+    return redis_live(l) >= REDIS_HOLD_BYTES || l->wlen >= REDIS_HOLD_WAITS;
+}
+
+/* Keeps an XADD (n bytes at cmd) for when the command link can take it. */
+static bool redis_keep(struct redis_hub *r, const char *cmd, size_t n) {
+    if (r->nkept == r->kept_lens_cap) {
+        uint32_t cap = r->kept_lens_cap ? r->kept_lens_cap * 2 : 64;
+        size_t *lens = realloc(r->kept_lens, cap * sizeof *lens);
+        if (!lens)
+            return false;
+        r->kept_lens = lens;
+        r->kept_lens_cap = cap;
+    }
+    if (r->kept_len + n > r->kept_cap) {
+        size_t cap = (r->kept_len + n) * 2;
+        char *kept = realloc(r->kept, cap);
+        if (!kept)
+            return false;
+        r->kept = kept;
+        r->kept_cap = cap;
+    }
+    memcpy(r->kept + r->kept_len, cmd, n);
+    r->kept_len += n;
+    r->kept_lens[r->nkept++] = n;
+    return true;
+}
+
+/* Moves kept XADDs, oldest first, to the command link once it is through AUTH, up to the
+ * hold mark; the rest waits for a later tick. */
+static void redis_send_kept(struct sse_server *srv) {
+    struct redis_hub *r = srv->redis;
+    struct redis_link *l = &r->cmd;
+    uint32_t i = 0;
+    size_t at = 0;
+    for (; l->ready && !redis_behind(l) && i < r->nkept && redis_room(l, r->kept_lens[i]); i++) {
+        memcpy(l->out + l->out_len, r->kept + at, r->kept_lens[i]);
+        l->out_len += r->kept_lens[i];
+        redis_expect(srv, l, RW_XADD, NULL, NULL, r->kept_lens[i]);
+        at += r->kept_lens[i];
+    }
+    if (!i)
+        return;
+    log_say(&srv->log, SSE_LOG_INFO, "redis %s: sending %u kept events", r->where, i);
+    memmove(r->kept, r->kept + at, r->kept_len - at);
+    r->kept_len -= at;
+    memmove(r->kept_lens, r->kept_lens + i, (r->nkept - i) * sizeof *r->kept_lens);
+    r->nkept -= i;
+}
+
+static void redis_flush(struct sse_server *srv, struct redis_link *l);
+static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why);
+
+/* The follower's next read: entries after the last one delivered, waiting up to
+ * REDIS_BLOCK_MS for one. */
+static void redis_follow_next(struct sse_server *srv) {
+    struct redis_hub *r = srv->redis;
+    char count[24], block[24];
+    struct wbuf cw = {count, sizeof count, 0}, bw = {block, sizeof block, 0};
+    wb_u64(&cw, r->xread_count);
+    wb_u64(&bw, REDIS_BLOCK_MS);
+    const char *argv[] = {"XREAD", "COUNT", count, "BLOCK", block, "STREAMS", r->key, r->after};
+    size_t lens[] = {5, 5, cw.len, 5, bw.len, 7, strlen(r->key), strlen(r->after)};
+    if (!redis_send(srv, &r->follow, RW_XREAD, NULL, NULL, 8, argv, lens))
+        redis_link_fail(srv, &r->follow, "out of memory");
+}
+
+/* Opens a link (non-blocking) and queues what it must say first: AUTH, and for the follower
+ * where to start reading. */
+static void redis_connect(struct sse_server *srv, struct redis_link *l) {
+    struct redis_hub *r = srv->redis;
+    int fd = socket(r->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = &l->h;
+    if (fd < 0 ||
+        (connect(fd, (const struct sockaddr *)&r->addr, r->addr_len) < 0 && errno != EINPROGRESS) ||
+        epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        l->h.fd = -1;
+        l->failures++;
+        l->next_attempt = srv->now + REDIS_BACKOFF_MAX;
+        log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link: %s", r->where, l->name, strerror(e));
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    l->h.fd = fd;
+    l->connecting = true;
+    l->deadline = srv->now + REDIS_TIMEOUT_MS;
+    bool ok = true;
+    if (r->password) {
+        const char *argv[] = {"AUTH", r->password};
+        size_t lens[] = {4, strlen(r->password)};
+        ok = redis_send(srv, l, RW_AUTH, NULL, NULL, 2, argv, lens);
+    }
+    if (ok && l == &r->follow && !r->positioned) {
+        const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
+        size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
+        ok = redis_send(srv, l, RW_POSITION, NULL, NULL, 6, argv, lens);
+    } else if (ok && l == &r->follow) {
+        redis_follow_next(srv);
+    }
+    if (!ok)
+        redis_link_fail(srv, l, "out of memory");
+}
+
+/* Rotates buf[0..n) left by k bytes, in place: buf[k..n) comes first, then buf[0..k). */
+static void redis_rotate(char *buf, size_t n, size_t k) {
+    size_t parts[3][2] = {{0, k}, {k, n}, {0, n}};
+    for (int p = 0; p < 3; p++)
+        for (size_t a = parts[p][0], b = parts[p][1]; a + 1 < b; a++, b--) {
+            char t = buf[a];
+            buf[a] = buf[b - 1];
+            buf[b - 1] = t;
+        }
+}
+
+/* An XADD still on the command link when it failed. Sent whole, its outcome is unknown:
+ * Redis may have stored it and gone before answering. An HTTP publisher hears exactly that
+ * (503; it can look before publishing again; one that left is not published for, as it had
+ * no answer and may publish again itself); a relay fetches it again from the last
+ * upstream id Redis answered for; an input's or sse_publish()'s event cannot be fetched
+ * again, so it is sent again: it may be stored twice, but is never lost. Not sent whole,
+ * it was not stored (Redis drops a command cut short): the publisher gets 503, the relay
+ * fetches it again, the rest is kept and sent after reconnecting. Returns whether it was
+ * kept. */
+static bool redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct redis_wait *rw) {
+    struct redis_hub *r = srv->redis;
+    bool sent = rw->end <= l->out_pos + l->out_off;
+    r->unknown += sent;
+    if (rw->http) {
+        r->errors += !sent; /* a publisher that left had no answer: it may publish again */
+        if (!rw->c)
+            return false;
+        rw->c->state = CONN_RESPOND; /* out of CONN_WAIT, so closing it is plain */
+        if (sent)
+            http_text(srv, rw->c, 503,
+                      "Redis went away before answering: the outcome is unknown, the event may "
+                      "have been stored; check before publishing it again",
+                      NULL);
+        else
+            publish_answer(srv, rw->c, -EIO, 0, rw->topic);
+        return false;
+    }
+    if (rw->relay) {
+        rw->relay->pending--;
+        return false;
+    }
+    if (redis_keep(r, l->out + (rw->end - rw->len - l->out_pos), rw->len))
+        return true;
+    r->errors++;
+    log_say(&srv->log, SSE_LOG_ERROR, "redis %s: out of memory: an event was lost", r->where);
+    return false;
+}
+
+/* A link failed: everyone waiting on it hears so, and it is retried after a back-off that
+ * doubles from 100 ms up to REDIS_BACKOFF_MAX. Losing the command link also stops the
+ * relays: they reconnect, from the last id Redis took, once it can take events again. */
+static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why) {
+    struct redis_hub *r = srv->redis;
+    if (l->h.fd >= 0) {
+        close(l->h.fd);
+        l->h.fd = -1;
+        r->reconnects++;
+        log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link lost: %s", r->where, l->name, why);
+    }
+    l->up = l->connecting = l->ready = false;
+    l->in_len = 0;
+    l->deadline = 0;
+    uint32_t nlater = r->nkept, kept = 0; /* kept already: came after all that is on the link */
+    size_t later = r->kept_len;
+    while (l->wlen) {
+        struct redis_wait *rw = &l->waits[l->whead];
+        l->whead = (l->whead + 1) % l->wcap;
+        l->wlen--;
+        if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE || rw->kind == RW_XLAST) && rw->c)
+            conn_close(srv, rw->c, R_UPSTREAM); /* it comes back with its last id */
+        else if (rw->kind == RW_XADD)
+            kept += redis_xadd_lost(srv, l, rw);
+        free(rw->up_id);
+    }
+    if (nlater && kept) {
+        redis_rotate(r->kept, r->kept_len, later);
+        redis_rotate((char *)r->kept_lens, r->nkept * sizeof *r->kept_lens,
+                     nlater * sizeof *r->kept_lens);
+    }
+    l->out_len = l->out_off = l->out_pos = 0;
+    for (size_t i = 0; l == &r->cmd && i < srv->nrelays; i++)
+        if (srv->relays[i].px)
+            proxy_release(srv, srv->relays[i].px, R_UPSTREAM);
+    unsigned shift = l->failures < 6 ? l->failures : 6;
+    int64_t backoff = (int64_t)100 << shift;
+    l->next_attempt = srv->now + (backoff < REDIS_BACKOFF_MAX ? backoff : REDIS_BACKOFF_MAX);
+    l->failures++;
+}
+
+/* How many subscribers of this server follow a topic (for a publish's answer). */
+static int redis_local_subscribers(struct sse_server *srv, const char *topic) {
+    struct topic *t = topic_find(&srv->topics, topic, strlen(topic));
+    int n = 0;
+    for (struct sub *s = t ? t->subs : NULL; s; s = s->next)
+        n++;
+    return n;
+}
+
+/* A value as a NUL-terminated string in out (cap bytes); false if it is no string or too
+ * long. */
+static bool redis_str(const struct resp_value *v, char *out, size_t cap) {
+    if (v->type != '$' || v->len >= cap)
+        return false;
+    if (v->len) /* a null bulk string ($-1) has no bytes, and str may be NULL */
+        memcpy(out, v->str, v->len);
+    out[v->len] = '\0';
+    return true;
+}
+
+/* What sse-server writes into a stream entry, [id, [field, value, ...]] at vals[i]. */
+struct redis_entry {
+    char id[48];                    /* the entry id as Redis wrote it ("" if none) */
+    uint64_t key;                   /* the id as a key */
+    char topic[TOPIC_NAME_MAX + 1]; /* "topic" */
+    char event[EVENT_TYPE_MAX + 1]; /* "event", or "" */
+    const struct resp_value *data;  /* "data" */
+};
+
+/* Reads an entry; false if it is not an event sse-server would publish (e->id is still set
+ * when the entry has an id, so a reader can move past it). */
+static bool redis_entry(const struct sse_server *srv, const struct resp_value *vals, size_t n,
+                        size_t i, struct redis_entry *e) {
+    memset(e, 0, sizeof *e);
+    bool ok = i + 2 < n && vals[i].type == '*' && vals[i].len == 2 &&
+              redis_str(&vals[i + 1], e->id, sizeof e->id) && vals[i + 2].type == '*' &&
+              vals[i + 2].len % 2 == 0;
+    ok = ok && id_parse(true, e->id, strlen(e->id), &e->key);
+    for (size_t f = i + 3; ok && f + 1 < i + 3 + vals[i + 2].len && f + 1 < n; f += 2) {
+        const struct resp_value *name = &vals[f], *value = &vals[f + 1];
+        ok = name->type == '$' && value->type == '$';
+        if (ok && bytes_eq(name->str, name->len, "topic"))
+            ok = redis_str(value, e->topic, sizeof e->topic);
+        else if (ok && bytes_eq(name->str, name->len, "event"))
+            ok = redis_str(value, e->event, sizeof e->event) && e->event[0];
+        else if (ok && bytes_eq(name->str, name->len, "data"))
+            e->data = value;
+    }
+    const char *t = e->topic;
+    return ok && e->data && e->topic[0] &&
+           publish_check(srv, &t, e->event[0] ? e->event : NULL, e->data->str, e->data->len) == 0;
+}
+
+static void redis_ahead_done(struct sse_server *srv);
+
+/* One stream entry at vals[i] to the local subscribers. Entries not written by sse-server
+ * are skipped and counted; the follower moves past them all the same. */
+static void redis_deliver_entry(struct sse_server *srv, const struct resp_value *vals, size_t n,
+                                size_t i) {
+    struct redis_hub *r = srv->redis;
+    struct redis_entry e;
+    bool ok = redis_entry(srv, vals, n, i, &e);
+    if (e.id[0])
+        memcpy(r->after, e.id, strlen(e.id) + 1); /* read, delivered or not */
+    if (ok && e.key > srv->last_id &&
+        publish_deliver(srv, e.key, e.topic, e.event[0] ? e.event : NULL, e.data->str,
+                        e.data->len) >= 0) {
+        r->received++;
+        redis_ahead_done(srv);
+        return;
+    }
+    r->errors++;
+    log_say(&srv->log, SSE_LOG_WARN, "redis %s: stream entry %s skipped: not an sse-server event",
+            r->where, e.id[0] ? e.id : "without an id");
+}
+
+/* The follower's answers: where the stream ends (at start), then entries. */
+static bool redis_follow_reply(struct sse_server *srv, enum redis_wait_kind kind,
+                               const struct resp_value *vals, size_t n) {
+    struct redis_hub *r = srv->redis;
+    if (kind == RW_POSITION) {
+        char id[48] = "0-0";
+        if (vals[0].type != '*' || (vals[0].len && (n < 3 || !redis_str(&vals[2], id, sizeof id))))
+            return false;
+        uint64_t key;
+        if (!id_parse(true, id, strlen(id), &key))
+            return false;
+        srv->last_id = key;
+        memcpy(r->after, id, strlen(id) + 1);
+        blob_unref(srv->id_line);
+        srv->id_line = NULL;
+        r->positioned = true;
+        log_say(&srv->log, SSE_LOG_INFO, "redis %s: following stream %s after %s", r->where, r->key,
+                id);
+    } else if (vals[0].type == '*') { /* [[key, [entry, ...]]] */
+        if (n < 4 || vals[0].len != 1 || vals[1].type != '*' || vals[1].len != 2 ||
+            vals[2].type != '$' || vals[3].type != '*')
+            return false;
+        for (size_t i = 4, e = 0; e < vals[3].len && i < n; e++) {
+            redis_deliver_entry(srv, vals, n, i);
+            i = resp_skip(vals, n, i);
+        }
+    } else if (vals[0].type != '_') { /* '_': BLOCK ran out with nothing new */
+        return false;
+    }
+    redis_follow_next(srv);
+    return true;
+}
+
+/*
+ * Replay from Redis. A client may come back with an id older than this node's backlog (the
+ * node started later, or the client was away long). Then the node asks Redis: XINFO STREAM
+ * says whether anything after that id was trimmed away (then only the reset event is
+ * honest), and XRANGE brings the entries after it, REDIS_REPLAY_PAGE at a time, until they
+ * reach what the backlog holds; the backlog then gives the rest, and live events follow.
+ * Until then the subscriber is CF_REPLAYING: live events skip it (it takes them from the
+ * backlog), so it sees every event once, in order. Replayed entries are formatted for this
+ * subscriber alone; a subscriber that falls client_buffer behind is dropped as slow.
+ */
+#define REDIS_REPLAY_PAGE 256
+
+/* Whether a node's backlog alone replays exactly after `last`: the local rule
+ * (backlog_covers), but stream ids are sparse. The backlog holds every entry the follower
+ * delivered after `base` (the stream's position when the node started, or the last entry
+ * evicted), so an id between base and the first entry held was never an entry this node
+ * read: it may come from a stream Redis has since lost (restarted empty) or from an entry
+ * deleted before this node read it. Only Redis can say whether such an id is covered
+ * (redis_replay_info); the backlog covers base itself and ids from its first entry on. */
+static bool redis_backlog_covers(const struct sse_server *srv, uint64_t last) {
+    const struct backlog *bl = &srv->backlog;
+    if (!backlog_covers(bl, last, srv->last_id))
+        return false;
+    return last == srv->last_id || last == bl->base || last >= backlog_at(bl, 0)->id;
+}
+
+static bool redis_replay_page(struct sse_server *srv, struct conn *c, uint64_t after) {
+    struct redis_hub *r = srv->redis;
+    char from[50] = "(", count[24];
+    struct wbuf fw = {from + 1, sizeof from - 1, 0}, cw = {count, sizeof count, 0};
+    wb_id(&fw, true, after);
+    wb_u64(&cw, REDIS_REPLAY_PAGE);
+    const char *argv[] = {"XRANGE", r->key, from, "+", "COUNT", count};
+    size_t lens[] = {6, strlen(r->key), fw.len + 1, 1, 5, cw.len};
+    struct redis_wait *rw = redis_send(srv, &r->cmd, RW_XRANGE, c, NULL, 6, argv, lens);
+    if (rw)
+        rw->after = after;
+    return rw != NULL;
+}
+
+/* Starts a replay from Redis for a subscriber whose last id is `after`. False when Redis
+ * cannot be asked now (the caller sends the reset event instead). */
+static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after) {
+    struct redis_hub *r = srv->redis;
+    const char *argv[] = {"XINFO", "STREAM", r->key};
+    size_t lens[] = {5, 6, strlen(r->key)};
+    struct redis_wait *rw =
+        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XINFO, c, NULL, 3, argv, lens) : NULL;
+    if (!rw)
+        return false;
+    rw->after = after;
+    return true;
+}
+
+/* XINFO STREAM's answer, a flat list of field and value. The rule is the backlog's
+ * (backlog_covers): a replay is exact only when the history provably holds every entry after
+ * the client's id. Stream ids are sparse, so "provably" means: the id is not older than the
+ * first entry the stream holds (everything after it is still there), or it is 0-0 (the
+ * position of an empty stream) and nothing was ever removed (entries-added equals length);
+ * and no entry after it was deleted from the middle (max-deleted-entry-id). An id older
+ * than the first entry is never covered, even when nothing was trimmed: the stream may have
+ * been created again since the client read it (Redis without persistence restarts empty,
+ * and a stream that was deleted starts over), and its entries before the first are gone
+ * without a trace. No stream at all (an error) is no proof either. */
+static void redis_replay_info(struct sse_server *srv, const struct redis_wait *rw,
+                              const struct resp_value *vals, size_t n) {
+    uint64_t deleted = 0, first = 0;
+    int64_t added = -1, length = -1;
+    bool have_first = false;
+    for (size_t i = 1; vals[0].type == '*' && i + 1 < n; i = resp_skip(vals, n, i + 1)) {
+        char id[48];
+        const struct resp_value *name = &vals[i], *value = &vals[i + 1];
+        if (name->type != '$' && name->type != '+')
+            continue;
+        if (bytes_eq(name->str, name->len, "length") && value->type == ':')
+            length = value->integer;
+        else if (bytes_eq(name->str, name->len, "entries-added") && value->type == ':')
+            added = value->integer;
+        else if (bytes_eq(name->str, name->len, "max-deleted-entry-id") &&
+                 redis_str(value, id, sizeof id))
+            id_parse(true, id, strlen(id), &deleted);
+        else if (bytes_eq(name->str, name->len, "first-entry") && value->type == '*' && i + 2 < n &&
+                 redis_str(&vals[i + 2], id, sizeof id))
+            have_first = id_parse(true, id, strlen(id), &first);
+    }
+    bool removed = added < 0 || length < 0 || added != length;
+    bool exact = vals[0].type == '*' && rw->after >= deleted &&
+                 ((length > 0 && have_first && rw->after >= first) || (rw->after == 0 && !removed));
+    if (!exact || !redis_replay_page(srv, rw->c, rw->after))
+        stream_answer_later(srv, rw->c, rw->after, false);
+}
+
+/* A page of XRANGE: entries up to what the backlog holds go to the subscriber; then the
+ * next page, or the backlog. */
+static void redis_replay_entries(struct sse_server *srv, const struct redis_wait *rw,
+                                 const struct resp_value *vals, size_t n) {
+    struct conn *c = rw->c;
+    if (vals[0].type != '*') {
+        stream_answer_later(srv, c, rw->after, false);
+        return;
+    }
+    uint64_t limit = srv->backlog.count ? srv->backlog.base : srv->last_id, after = rw->after;
+    bool done = vals[0].len < REDIS_REPLAY_PAGE;
+    for (size_t i = 1, e = 0; e < vals[0].len && i < n; e++, i = resp_skip(vals, n, i)) {
+        struct redis_entry ent;
+        bool ok = redis_entry(srv, vals, n, i, &ent);
+        if (!ent.id[0] || ent.key > limit) {
+            done = true; /* the backlog has it from here */
+            break;
+        }
+        after = ent.key;
+        struct topic *t = ok ? topic_find(&srv->topics, ent.topic, strlen(ent.topic)) : NULL;
+        if (!t || !stream_follows(c, t))
+            continue;
+        size_t len =
+            wire_format_event(NULL, 0, ent.id, strlen(ent.id), ent.event[0] ? ent.event : NULL,
+                              ent.data->str, ent.data->len);
+        struct blob *b = blob_new(len);
+        if (b)
+            wire_format_event(b->bytes, len, ent.id, strlen(ent.id),
+                              ent.event[0] ? ent.event : NULL, ent.data->str, ent.data->len);
+        if (!b || !conn_enqueue_owned(srv, c, b)) {
+            conn_close(srv, c, R_ERROR);
+            return;
+        }
+        if (c->qbytes > srv->client_buffer) {
+            srv->m.dropped_total++;
+            conn_close(srv, c, R_SLOW);
+            return;
+        }
+    }
+    if (done || !redis_replay_page(srv, c, after))
+        stream_answer_later(srv, c, after, done);
+}
+
+/*
+ * A client may come back with an id this node has not read yet: it read the event on a
+ * node whose follower is a little ahead. Such an id is not a reset; the subscriber waits
+ * (CF_REPLAYING: live events skip it) until this node's follower passes the id, then
+ * takes what came after it from the backlog. XREVRANGE first tells whether the id exists
+ * at all: one newer than the stream's last entry was never issued, and gets the reset.
+ */
+static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last) {
+    struct redis_hub *r = srv->redis;
+    const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
+    size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
+    struct redis_wait *rw =
+        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XLAST, c, NULL, 6, argv, lens) : NULL;
+    if (!rw)
+        return false;
+    rw->after = last;
+    return true;
+}
+
+/* Subscribers waiting for the follower whose id it has now reached go on from the backlog
+ * (or from Redis, if a burst pushed their id out of the backlog meanwhile). */
+static void redis_ahead_done(struct sse_server *srv) {
+    struct redis_hub *r = srv->redis;
+    for (uint32_t i = 0; i < r->nahead; i++) {
+        struct redis_ahead a = r->ahead[i];
+        if (a.last > srv->last_id)
+            continue;
+        r->ahead[i--] = r->ahead[--r->nahead];
+        if (redis_backlog_covers(srv, a.last))
+            stream_answer_later(srv, a.c, a.last, true);
+        else if (!redis_replay(srv, a.c, a.last))
+            stream_answer_later(srv, a.c, a.last, false);
+    }
+}
+
+/* XREVRANGE's answer: the stream's last entry. */
+static void redis_ahead_last(struct sse_server *srv, const struct redis_wait *rw,
+                             const struct resp_value *vals, size_t n) {
+    struct redis_hub *r = srv->redis;
+    char id[48];
+    uint64_t newest = 0;
+    bool exists = vals[0].type == '*' && vals[0].len == 1 && n >= 3 &&
+                  redis_str(&vals[2], id, sizeof id) && id_parse(true, id, strlen(id), &newest) &&
+                  rw->after <= newest;
+    if (exists && rw->after <= srv->last_id) {
+        stream_answer_later(srv, rw->c, rw->after, true); /* reached while we asked */
+        return;
+    }
+    if (exists && r->nahead == r->ahead_cap) {
+        uint32_t cap = r->ahead_cap ? r->ahead_cap * 2 : 8;
+        struct redis_ahead *more = realloc(r->ahead, cap * sizeof *more);
+        exists = more != NULL;
+        if (more) {
+            r->ahead = more;
+            r->ahead_cap = cap;
+        }
+    }
+    if (!exists) {
+        stream_answer_later(srv, rw->c, rw->after, false);
+        return;
+    }
+    r->ahead[r->nahead++] = (struct redis_ahead){rw->c, rw->after};
+}
+
+/* Redis answered a relay's XADD. Stored: Redis has every event of the relay up to this one.
+ * Refused: the relay fetches it again from the last id Redis took, so the XADDs after it,
+ * sent already, must no longer move that id on. */
+static void redis_relay_answered(struct sse_server *srv, const struct redis_wait *rw, bool stored) {
+    struct relay *relay = rw->relay;
+    struct redis_link *l = &srv->redis->cmd;
+    relay->pending--;
+    if (stored && rw->up_id) {
+        memcpy(relay->taken, rw->up_id, strlen(rw->up_id) + 1);
+        return;
+    }
+    for (uint32_t i = 0; !stored && i < l->wlen; i++) {
+        struct redis_wait *later = &l->waits[(l->whead + i) % l->wcap];
+        if (later->relay == relay) {
+            free(later->up_id);
+            later->up_id = NULL;
+        }
+    }
+    if (!stored && relay->px)
+        proxy_release(srv, relay->px, R_UPSTREAM);
+}
+
+/* The reply to the command at the head of a link's queue. False: the link is unusable. */
+static bool redis_reply(struct sse_server *srv, struct redis_link *l, const struct redis_wait *rw,
+                        const struct resp_value *vals, size_t n) {
+    struct redis_hub *r = srv->redis;
+    if (rw->kind == RW_XLAST) {
+        if (rw->c)
+            redis_ahead_last(srv, rw, vals, n);
+        return true;
+    }
+    if (rw->kind == RW_XINFO || rw->kind == RW_XRANGE) {
+        if (rw->c && rw->kind == RW_XINFO)
+            redis_replay_info(srv, rw, vals, n); /* an error: no stream, so no exact replay */
+        else if (rw->c)
+            redis_replay_entries(srv, rw, vals, n);
+        return true;
+    }
+    if (vals[0].type == '-' && rw->kind != RW_XADD) {
+        log_say(&srv->log, SSE_LOG_ERROR, "redis %s: %s link: %s%.*s", r->where, l->name,
+                rw->kind == RW_AUTH ? "AUTH refused (check --redis-password): " : "",
+                (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str);
+        return false;
+    }
+    if (rw->kind == RW_PING)
+        return true; /* PONG: the link is alive */
+    if (rw->kind == RW_AUTH) {
+        l->ready = true;
+        if (l == &r->cmd)
+            redis_send_kept(srv);
+        return true;
+    }
+    if (rw->kind != RW_XADD)
+        return redis_follow_reply(srv, (enum redis_wait_kind)rw->kind, vals, n);
+    char id[48];
+    uint64_t key = 0;
+    bool stored = redis_str(&vals[0], id, sizeof id) && id_parse(true, id, strlen(id), &key);
+    if (!stored) {
+        r->errors++;
+        log_say(&srv->log, SSE_LOG_WARN, "redis %s: XADD failed: %.*s", r->where,
+                (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str ? vals[0].str : "");
+    }
+    if (rw->relay)
+        redis_relay_answered(srv, rw, stored);
+    if (rw->c)
+        publish_answer(srv, rw->c, stored ? redis_local_subscribers(srv, rw->topic) : -EIO, key,
+                       rw->topic);
+    return true;
+}
+
+/* Drops the output before the oldest command still waiting for its reply: should the link
+ * fail first, its bytes may be sent again (redis_xadd_lost). Bytes move only when that frees
+ * half the buffer, so trimming costs linear time. */
+static void redis_out_trim(struct redis_link *l) {
+    size_t from = l->out_len - redis_live(l);
+    if (!from || (from < l->out_len && from * 2 < l->out_len))
+        return;
+    memmove(l->out, l->out + from, l->out_len - from);
+    l->out_len -= from;
+    l->out_off -= from;
+    l->out_pos += from;
+}
+
+/* Reads what Redis sent and handles every whole reply in it. */
+static void redis_read(struct sse_server *srv, struct redis_link *l) {
+    struct redis_hub *r = srv->redis;
+    for (;;) {
+        if (l->in_cap - l->in_len < 16384) {
+            size_t cap = l->in_cap ? l->in_cap * 2 : 65536;
+            char *in = cap <= r->max_reply + 65536 ? realloc(l->in, cap) : NULL;
+            if (!in) {
+                redis_link_fail(srv, l, "reply too large");
+                return;
+            }
+            l->in = in;
+            l->in_cap = cap;
+        }
+        ssize_t got = recv(l->h.fd, l->in + l->in_len, l->in_cap - l->in_len, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (got <= 0) {
+            redis_link_fail(srv, l, got == 0 ? "closed by Redis" : strerror(errno));
+            return;
+        }
+        l->in_len += (size_t)got;
+        size_t at = 0, n;
+        long used;
+        while ((used = resp_read(l->in + at, l->in_len - at, r->max_reply, r->vals, RESP_MAX_VALUES,
+                                 &n)) > 0) {
+            if (!l->wlen) {
+                redis_link_fail(srv, l, "a reply nobody asked for");
+                return;
+            }
+            struct redis_wait rw = l->waits[l->whead];
+            l->whead = (l->whead + 1) % l->wcap;
+            l->wlen--;
+            at += (size_t)used;
+            if (rw.kind == RW_XADD || rw.kind == RW_XREAD || rw.kind == RW_PING)
+                l->failures = 0; /* working, not merely connected */
+            bool usable = redis_reply(srv, l, &rw, r->vals, n);
+            free(rw.up_id);
+            if (!usable) {
+                redis_link_fail(srv, l, "unusable reply");
+                return;
+            }
+            if (l->h.fd < 0)
+                return; /* failed while handling the reply */
+            redis_rearm(srv, l);
+        }
+        if (used < 0) {
+            redis_link_fail(srv, l, "not RESP2");
+            return;
+        }
+        memmove(l->in, l->in + at, l->in_len - at);
+        l->in_len -= at;
+        redis_out_trim(l);
+    }
+}
+
+/* Sends what is queued on a link, as far as the socket takes it. */
+static void redis_flush(struct sse_server *srv, struct redis_link *l) {
+    while (l->up && l->out_off < l->out_len) {
+        ssize_t w = send(l->h.fd, l->out + l->out_off, l->out_len - l->out_off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (w < 0) {
+            redis_link_fail(srv, l, strerror(errno));
+            return;
+        }
+        l->out_off += (size_t)w;
+    }
+}
+
+/* A Redis link's on_event. */
+static void redis_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct redis_link *l = (struct redis_link *)h;
+    if (l->connecting) {
+        int err = 0;
+        socklen_t elen = sizeof err;
+        if (getsockopt(l->h.fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
+            err = errno;
+        if (err) {
+            redis_link_fail(srv, l, strerror(err));
+            return;
+        }
+        if (!(events & (EPOLLOUT | EPOLLIN)))
+            return;
+        l->connecting = false;
+        l->up = true;
+        l->ready = !srv->redis->password; /* else once AUTH is answered */
+        log_say(&srv->log, SSE_LOG_INFO, "redis %s: %s link connected", srv->redis->where, l->name);
+        redis_rearm(srv, l); /* the connect deadline is over: replies due, if any, or idle */
+        if (l->ready && l == &srv->redis->cmd)
+            redis_send_kept(srv);
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        redis_read(srv, l);
+    if (l->h.fd >= 0)
+        redis_flush(srv, l);
+}
+
+/* Whether inputs may be read, relays take events and HTTP publish: the command link is
+ * through AUTH, and it and what is kept are below the hold mark. */
+static bool redis_can_take(const struct sse_server *srv) {
+    const struct redis_hub *r = srv->redis;
+    return r->cmd.ready && !redis_behind(&r->cmd) && r->kept_len < REDIS_HOLD_BYTES &&
+           r->nkept < REDIS_HOLD_WAITS;
+}
+
+/* An XADD for a publish. From HTTP (c, answered when Redis replies): 0, or -EIO when Redis
+ * cannot take it now (down, or past the hold mark). From a relay: 0, or -EAGAIN when Redis
+ * cannot take it now (the relay fetches it again later). From an input or sse_publish(): 0
+ * once it is on the link or kept for it (in order: nothing overtakes what is kept), or
+ * -ENOMEM. */
+static int redis_xadd(struct sse_server *srv, struct conn *c, struct relay *relay,
+                      const char *topic, const char *event, const char *data, size_t len) {
+    struct redis_hub *r = srv->redis;
+    bool direct = redis_can_take(srv) && (c || relay || !r->nkept);
+    char *up_id = relay && direct ? strdup(relay->reader.last_id) : NULL;
+    char maxlen[24];
+    struct wbuf mw = {maxlen, sizeof maxlen, 0};
+    wb_u64(&mw, r->maxlen);
+    const char *argv[12] = {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", topic};
+    size_t lens[12] = {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(topic)};
+    int argc = 8;
+    if (event) {
+        argv[argc] = "event";
+        lens[argc++] = 5;
+        argv[argc] = event;
+        lens[argc++] = strlen(event);
+    }
+    argv[argc] = "data";
+    lens[argc++] = 4;
+    argv[argc] = data ? data : "";
+    lens[argc++] = data ? len : 0;
+    struct redis_wait *rw = direct && (!relay || up_id)
+                                ? redis_send(srv, &r->cmd, RW_XADD, c, topic, argc, argv, lens)
+                                : NULL;
+    if (rw && relay) {
+        rw->relay = relay;
+        rw->up_id = up_id;
+        relay->pending++;
+    }
+    if (rw)
+        return 0;
+    free(up_id);
+    if (c || relay) {
+        r->errors += c != NULL;
+        return c ? -EIO : -EAGAIN;
+    }
+    struct wbuf w = {NULL, 0, 0};
+    resp_command(&w, argc, argv, lens); /* measures */
+    char *cmd = malloc(w.len);
+    w = (struct wbuf){cmd, cmd ? w.len : 0, 0};
+    resp_command(&w, argc, argv, lens);
+    bool kept = cmd && redis_keep(r, cmd, w.len);
+    free(cmd);
+    return kept ? 0 : -ENOMEM;
+}
+
+static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
+                         const char *event, const char *data, size_t len) {
+    return redis_xadd(srv, c, NULL, topic, event, data, len);
+}
+
+/* A relay's event: see redis_xadd(). The event is checked first, as publish_event() does. */
+static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
+                               const char *data, size_t len) {
+    const char *topic = relay->topic;
+    int r = publish_check(srv, &topic, event, data, len);
+    return r < 0 ? r : redis_xadd(srv, NULL, relay, topic, event, data, len);
+}
+
+/* A relay reconnects only when Redis can take its events and has answered all it sent,
+ * so the last id Redis took is final. */
+static bool redis_relay_may_connect(const struct sse_server *srv, const struct relay *relay) {
+    return redis_can_take(srv) && !relay->pending;
+}
+
+/* Whether sse_publish() may keep one more event: below REDIS_KEPT_MAX. */
+static bool redis_may_keep(const struct sse_server *srv) {
+    return srv->redis->kept_len < REDIS_KEPT_MAX;
+}
+
+/* A publisher waiting for Redis went away: its answer goes nowhere. */
+static void redis_forget(struct sse_server *srv, const struct conn *c) {
+    struct redis_hub *r = srv->redis;
+    struct redis_link *l = &r->cmd;
+    for (uint32_t i = 0; i < l->wlen; i++)
+        if (l->waits[(l->whead + i) % l->wcap].c == c)
+            l->waits[(l->whead + i) % l->wcap].c = NULL;
+    for (uint32_t i = 0; i < r->nahead; i++)
+        if (r->ahead[i].c == c)
+            r->ahead[i--] = r->ahead[--r->nahead];
+}
+
+/* Probes an idle link: Redis answers PING with PONG (RESP2 simple string), so a link that
+ * died without a FIN or RST (a host gone, a NAT that forgot us) is found within
+ * REDIS_PING_MS + REDIS_TIMEOUT_MS instead of at the next publish. */
+static void redis_ping(struct sse_server *srv, struct redis_link *l) {
+    const char *argv[] = {"PING"};
+    size_t lens[] = {4};
+    if (!redis_send(srv, l, RW_PING, NULL, NULL, 1, argv, lens))
+        redis_link_fail(srv, l, "out of memory");
+}
+
+/* Once per loop iteration: send what was queued, reconnect what is down and due, give up on
+ * what has not answered in time, probe what has been idle for REDIS_PING_MS. */
+static void redis_tick(struct sse_server *srv) {
+    struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
+    if (srv->redis->nkept)
+        redis_send_kept(srv); /* what did not fit when the link came up */
+    for (int i = 0; i < 2; i++) {
+        struct redis_link *l = links[i];
+        bool ping = l->wlen && l->waits[l->whead].kind == RW_PING;
+        if (l->h.fd < 0 && !srv->stopping && srv->now >= l->next_attempt)
+            redis_connect(srv, l);
+        else if (l->h.fd >= 0 && l->deadline && srv->now >= l->deadline)
+            redis_link_fail(srv, l,
+                            l->connecting ? "connect timed out"
+                            : ping        ? "no reply in time (PING unanswered)"
+                                          : "no reply in time");
+        else if (l->h.fd >= 0 && l->up && !l->wlen && srv->now >= l->idle_since + REDIS_PING_MS)
+            redis_ping(srv, l);
+        if (l->h.fd >= 0)
+            redis_flush(srv, l);
+    }
+}
+
+/* The next moment redis_tick() has something to do, or INT64_MAX. */
+static int64_t redis_next_deadline(const struct sse_server *srv) {
+    int64_t next = INT64_MAX;
+    const struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
+    for (int i = 0; i < 2; i++) {
+        const struct redis_link *l = links[i];
+        int64_t t = l->h.fd < 0         ? (srv->stopping ? INT64_MAX : l->next_attempt)
+                    : l->deadline       ? l->deadline
+                    : l->up && !l->wlen ? l->idle_since + REDIS_PING_MS
+                                        : INT64_MAX;
+        if (l->out_len > l->out_off && l->up)
+            t = 0;
+        if (t < next)
+            next = t;
+    }
+    return next;
+}
+
+static bool redis_positioned(const struct sse_server *srv) {
+    return srv->redis->positioned;
+}
+
+static uint64_t redis_reconnects(const struct sse_server *srv) {
+    return srv->redis->reconnects;
+}
+
+static uint64_t redis_errors(const struct sse_server *srv) {
+    return srv->redis->errors;
+}
+
+static uint64_t redis_received(const struct sse_server *srv) {
+    return srv->redis->received;
+}
+
+static uint64_t redis_unknown(const struct sse_server *srv) {
+    return srv->redis->unknown;
+}
+
+/* Whether the node can take publishes and serve streams: both links through AUTH, position
+ * known. */
+static bool redis_ready(const struct sse_server *srv) {
+    const struct redis_hub *r = srv->redis;
+    return r->cmd.ready && r->follow.ready && r->positioned;
+}
+
+static void redis_free(struct sse_server *srv) {
+    struct redis_hub *r = srv->redis;
+    if (!r)
+        return;
+    struct redis_link *links[2] = {&r->cmd, &r->follow};
+    for (int i = 0; i < 2; i++) {
+        if (links[i]->h.fd >= 0)
+            close(links[i]->h.fd);
+        for (uint32_t w = 0; w < links[i]->wlen; w++)
+            free(links[i]->waits[(links[i]->whead + w) % links[i]->wcap].up_id);
+        free(links[i]->in);
+        free(links[i]->out);
+        free(links[i]->waits);
+    }
+    free(r->password);
+    free(r->vals);
+    free(r->kept);
+    free(r->kept_lens);
+    free(r->ahead);
+    free(r);
+    srv->redis = NULL;
+}
+
+/* ---- Redis as a history ------------------------------------------------------------------
+ * Redis assigns the ids (stream entry ids, "MS-SEQ"), so a publish goes to the stream and
+ * comes back through the follower; an id the backlog cannot answer for is asked of Redis. */
+
+static int redis_history_append(struct sse_server *srv, struct conn *c, const char *topic,
+                                const char *event, const char *data, size_t len, uint64_t *id) {
+    *id = 0; /* the follower brings it back with its id */
+    return redis_publish(srv, c, topic, event, data, len);
+}
+
+/* A client ahead of this node's follower waits for it (redis_ahead); the backlog answers
+ * for what it provably holds (redis_backlog_covers); an older id is asked of Redis
+ * (redis_replay). What cannot be asked is a reset. */
+static enum history_answer redis_history_covers(struct sse_server *srv, struct conn *c,
+                                                uint64_t id) {
+    if (id > srv->last_id && redis_ahead(srv, c, id))
+        return HISTORY_LATER; /* when the follower reaches it (redis_ahead_done) */
+    if (redis_backlog_covers(srv, id))
+        return HISTORY_COVERED;
+    if (id < srv->last_id && redis_replay(srv, c, id))
+        return HISTORY_LATER; /* from Redis, then the backlog (stream_replay_rest) */
+    return HISTORY_RESET;
+}
+
+static void redis_history_id(struct wbuf *w, uint64_t key) {
+    wb_id(w, true, key);
+}
+
+static bool redis_history_parse(const char *s, size_t len, uint64_t *key) {
+    return id_parse(true, s, len, key);
+}
+
+static size_t redis_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    const struct metrics_row mine[] = {
+        {"sse_redis_up", "gauge", "1 when both Redis links are up and following the stream.",
+         srv->redis && redis_ready(srv)},
+        {"sse_redis_reconnects_total", "counter", "Redis links lost.",
+         srv->redis ? redis_reconnects(srv) : 0},
+        {"sse_redis_errors_total", "counter",
+         "Publishes Redis did not take (answered 503) and stream entries skipped.",
+         srv->redis ? redis_errors(srv) : 0},
+        {"sse_redis_entries_total", "counter", "Stream entries delivered to local subscribers.",
+         srv->redis ? redis_received(srv) : 0},
+        {"sse_redis_publish_unknown_total", "counter",
+         "XADDs sent but not answered when the link died: stored or not, nobody knows.",
+         srv->redis ? redis_unknown(srv) : 0},
+    };
+    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
+    memcpy(rows, mine, sizeof mine);
+    return sizeof mine / sizeof mine[0];
+}
+
+static const char *redis_unhealthy(const struct sse_server *srv) {
+    return srv->redis && !redis_ready(srv) ? "redis unavailable" : NULL;
+}
+
+static const struct part_ops part_redis = {.metrics = redis_metrics, .unhealthy = redis_unhealthy};
+
+static const struct history_ops history_redis = {
+    .append = redis_history_append,
+    .covers = redis_history_covers,
+    .forget = redis_forget,
+    .tick = redis_tick,
+    .deadline = redis_next_deadline,
+    .format_id = redis_history_id,
+    .parse_id = redis_history_parse,
+    .free = redis_free,
+    .positioned = redis_positioned,
+};
+
+/* ==========================================================================================
+ * 10. Request dispatch
+ *
+ * A parsed request is checked (framing, Host), its path and query decoded once, offered to
+ * the host's on_request, and handed to its endpoint. Requests are read into a per-server
+ * scratch buffer; a connection holds a buffer of its own only while a head is incomplete or
+ * requests are pipelined.
+ * ======================================================================================== */
+
+/* Framing checks that keep a request from being read two ways (RFC 9112 6.3): one
+ * Content-Length value, digits only, and never together with Transfer-Encoding. */
+static int http_framing(const struct http_request *req, uint64_t *content_length,
+                        const char **why) {
+    *content_length = 0;
+    bool have_cl = false, te = false;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding")) {
+            te = true;
+        } else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
+            uint64_t v;
+            if (!parse_u64(h->value, h->value_len, &v) || (have_cl && v != *content_length)) {
+                *why = "invalid or conflicting Content-Length";
+                return 400;
+            }
+            have_cl = true;
+            *content_length = v;
+        }
+    }
+    if (te && have_cl) {
+        *why = "Content-Length together with Transfer-Encoding";
+        return 400;
+    }
+    if (te) {
+        *why = "request bodies need Content-Length";
+        return 411;
+    }
+    return 0;
+}
+
+/* The path part of a request-target, for origin-form ("/p?q") and absolute-form
+ * ("http://host/p?q", RFC 9112 3.2.2). False for anything else. */
+static bool http_target_path(const struct http_request *req, const char **path, size_t *len) {
+    const char *t = req->target;
+    size_t n = req->target_len;
+    if (n > 7 && ascii_ieq(t, 7, "http://")) {
+        const char *slash = memchr(t + 7, '/', n - 7);
+        const char *qm = memchr(t + 7, '?', n - 7);
+        if (!slash || (qm && qm < slash))
+            return false;
+        n -= (size_t)(slash - t);
+        t = slash;
+    }
+    if (n == 0 || t[0] != '/')
+        return false;
+    *path = t;
+    *len = n;
+    return true;
+}
+
+/* Sets the connection's flags for this request and refuses requests that are wrong in
+ * themselves (RFC 9112 3.2: HTTP/1.1 needs exactly one Host). Returns false when it has
+ * answered. */
+static bool http_admit(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                       uint64_t *content_length) {
+    const struct http_header *conn_h = http_header(req, "Connection");
+    bool close_asked = conn_h && http_list_has(conn_h->value, conn_h->value_len, "close");
+    bool keep_asked = conn_h && http_list_has(conn_h->value, conn_h->value_len, "keep-alive");
+    c->flags &= (uint8_t) ~(CF_KEEP_ALIVE | CF_HTTP10 | CF_BODY_UNREAD);
+    if (req->minor == 0)
+        c->flags |= CF_HTTP10;
+    if (!close_asked && (req->minor == 1 || keep_asked) && !srv->stopping)
+        c->flags |= CF_KEEP_ALIVE;
+    size_t hosts = http_header_count(req, "Host");
+    if (hosts > 1 || (hosts == 0 && req->minor == 1)) {
+        http_fail(srv, c, 400, "HTTP/1.1 needs exactly one Host header");
+        return false;
+    }
+    const char *why = NULL;
+    int status = http_framing(req, content_length, &why);
+    if (status) {
+        http_fail(srv, c, status, why);
+        return false;
+    }
+    if (*content_length)
+        c->flags |= CF_BODY_UNREAD;
+    return true;
+}
+
+/* What struct sse_request's impl points at while on_request runs. */
+struct host_request {
+    struct sse_server *srv;         /* the server asking */
+    struct conn *conn;              /* the connection to answer */
+    const struct http_request *req; /* the parsed head */
+    const struct http_query *query; /* its decoded parameters */
+    bool answered;                  /* sse_respond() has queued the answer */
+};
+
+/* Offers the request to the host's on_request. Returns true when the host answered it (or
+ * claimed it without an answer, which gets a 500). */
+static bool host_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                       const char *path, const struct http_query *q) {
+    char method[32];
+    if (!srv->on_request || req->method_len >= sizeof method)
+        return false;
+    memcpy(method, req->method, req->method_len);
+    method[req->method_len] = '\0';
+    struct host_request impl = {srv, c, req, q, false};
+    struct sse_request hreq = {method, path, &impl};
+    srv->log_depth++; /* sse_poll() must not run inside the callback */
+    int claimed = srv->on_request(srv, &hreq, srv->log.user);
+    srv->log_depth--;
+    if (claimed && !impl.answered) {
+        log_say(&srv->log, SSE_LOG_WARN, "on_request claimed %s without sse_respond(): 500", path);
+        http_text(srv, c, 500, "internal server error", NULL);
+    }
+    return claimed || impl.answered;
+}
+
+/* Why /healthz answers 503: what a part says, or the id space exhausted (ids assigned
+ * here, publish_local), or NULL when healthy. */
+static const char *http_unhealthy(const struct sse_server *srv) {
+    for (size_t i = 0; i < srv->nparts; i++) {
+        const char *why = srv->parts[i]->unhealthy ? srv->parts[i]->unhealthy(srv) : NULL;
+        if (why)
+            return why;
+    }
+    return !srv->history->append && srv->last_id == UINT64_MAX ? "id space exhausted" : NULL;
+}
+
+/* Hands the request to its endpoint: the host's routes, the stream prefix, /publish, the
+ * parts' routes (the proxy's prefixes), /metrics, /healthz, then static files or the
+ * built-in page. */
+static void http_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                       const struct http_target *t) {
+    const char *path = t->path;
+    size_t plen = t->path_len;
+    const struct http_query *q = t->q;
+    if (!(c->flags & CF_OVER_LIMIT) && host_route(srv, c, req, path, q))
+        return;
+    size_t sp = srv->stream_path_len;
+    if (plen >= sp && memcmp(path, srv->stream_path, sp) == 0 && (plen == sp || path[sp] == '/')) {
+        stream_handle(srv, c, req, q, path + sp, plen - sp);
+        return;
+    }
+    if (c->flags & CF_OVER_LIMIT) { /* EventSource must not see a 5xx (WHATWG 9.2.3) */
+        srv->m.rejected_total++;
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+        if (http_is_eventsource(req)) {
+            stream_turn_away(srv, c, R_OVERLOAD);
+        } else {
+            http_text(srv, c, 503, "too many connections", "Retry-After: 1\r\n");
+            c->reason = R_OVERLOAD;
+        }
+        return;
+    }
+    if (bytes_eq(path, plen, "/publish")) {
+        publish_handle(srv, c, req, q, t->content_length);
+        return;
+    }
+    bool builtin = bytes_eq(path, plen, "/metrics") || bytes_eq(path, plen, "/healthz");
+    for (size_t i = 0; !builtin && i < srv->nparts; i++)
+        if (srv->parts[i]->route && srv->parts[i]->route(srv, c, req, t))
+            return;
+    static const char read_only[] = "Allow: GET, HEAD, OPTIONS\r\n";
+    const char *unhealthy;
+    bool head = bytes_eq(req->method, req->method_len, "HEAD");
+    if (!head && !bytes_eq(req->method, req->method_len, "GET")) {
+        if (bytes_eq(req->method, req->method_len, "OPTIONS"))
+            http_respond(srv, c, 204, NULL, read_only, NULL, 0, false);
+        else
+            http_text(srv, c, 405, "method not allowed", read_only);
+        return;
+    }
+    if (bytes_eq(path, plen, "/metrics"))
+        metrics_handle(srv, c, head);
+    else if (bytes_eq(path, plen, "/healthz") && (unhealthy = http_unhealthy(srv)))
+        http_text(srv, c, 503, unhealthy, NULL);
+    else if (bytes_eq(path, plen, "/healthz"))
+        http_respond(srv, c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, head);
+    else if (srv->root_fd >= 0)
+        static_handle(srv, c, req, path, plen, head);
+    else if (srv->index_page && (bytes_eq(path, plen, "/") || bytes_eq(path, plen, "/index.html")))
+        http_respond(srv, c, 200, "text/html; charset=utf-8", NULL, srv->index_page,
+                     srv->index_page_len, head);
+    else
+        http_text(srv, c, 404, "not found", NULL);
+}
+
+/* Checks a parsed request, decodes its path and query (once, here) and routes it. */
+static void http_handle(struct sse_server *srv, struct conn *c, const struct http_request *req) {
+    uint64_t content_length;
+    if (!http_admit(srv, c, req, &content_length))
+        return;
+    if (bytes_eq(req->method, req->method_len, "OPTIONS") && req->target_len == 1 &&
+        req->target[0] == '*') {
+        http_respond(srv, c, 204, NULL, "Allow: GET, HEAD, POST, DELETE, OPTIONS\r\n", NULL, 0,
+                     false);
+        return;
+    }
+    const char *target;
+    size_t target_len;
+    if (!http_target_path(req, &target, &target_len)) {
+        http_fail(srv, c, 400, "invalid request target");
+        return;
+    }
+    const char *qm = memchr(target, '?', target_len);
+    size_t raw_path_len = qm ? (size_t)(qm - target) : target_len;
+    long path_len = http_percent_decode(target, raw_path_len, srv->path, false);
+    struct http_query q;
+    if (path_len < 0 || http_parse_query(qm ? qm + 1 : "", qm ? target_len - raw_path_len - 1 : 0,
+                                         srv->decoded, &q) < 0) {
+        http_fail(srv, c, 400, "malformed percent-escape, %00 or too many parameters in URL");
+        return;
+    }
+    srv->path[path_len] = '\0';
+    const struct http_target t = {target,           target_len, raw_path_len,  srv->path,
+                                  (size_t)path_len, &q,         content_length};
+    http_route(srv, c, req, &t);
+}
+
+/* Parses the request in buf[0..len) (the server's scratch buffer or the connection's own)
+ * and handles it; keeps an incomplete head, a body's first bytes and pipelined requests. */
+static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t len) {
+    struct inbuf *held = c->in && buf == c->in->data ? c->in : NULL;
+    size_t from = held && held->scanned > 3 ? held->scanned - 3 : 0;
+    struct http_request req;
+    long r = http_head_end(buf, len, from) ? http_parse_request(buf, len, &req) : HTTP_INCOMPLETE;
+    if (r == HTTP_INCOMPLETE) {
+        if (len >= SSE_HEAD_MAX) {
+            http_fail(srv, c, 431, "request head over 8 KiB");
+            return;
+        }
+        if (!held) {
+            held = c->in = malloc(sizeof *c->in);
+            if (!held) {
+                conn_close(srv, c, R_ERROR);
+                return;
+            }
+            memcpy(held->data, buf, len);
+        }
+        held->len = (uint32_t)len;
+        held->scanned = (uint32_t)len;
+        return;
+    }
+    if (r < 0) {
+        http_fail(srv, c,
+                  r == HTTP_TOO_LARGE     ? 431
+                  : r == HTTP_BAD_VERSION ? 505
+                                          : 400,
+                  r == HTTP_TOO_LARGE     ? "too many header fields"
+                  : r == HTTP_BAD_VERSION ? "only HTTP/1.0 and HTTP/1.1 are served"
+                                          : "malformed request");
+        return;
+    }
+    c->in = NULL; /* req points into held: keep it alive until we are done */
+    http_handle(srv, c, &req);
+    size_t used = (size_t)r;
+    if (c->state == CONN_BODY)
+        used += publish_body_feed(srv, c, buf + used, len - used);
+    else if (c->state == CONN_PROXY && c->px)
+        used += proxy_forward_body(srv, c->px, buf + used, len - used);
+    size_t left = len - used;
+    if (left && (c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST ||
+                 c->state == CONN_PROXY || c->state == CONN_WAIT || c->state == CONN_PACED)) {
+        if (!held && !(held = malloc(sizeof *held))) {
+            conn_close(srv, c, R_ERROR);
+            return;
+        }
+        memmove(held->data, buf + used, left);
+        held->len = (uint32_t)left;
+        held->scanned = 0;
+        c->in = held;
+        held = NULL;
+    }
+    free(held);
+    if (c->state == CONN_PROXY && c->px && c->px->req_left)
+        proxy_client_read(srv, c); /* the rest of the body may wait in the socket already */
+}
+
+/* Reads requests (or a body) from the socket until it is empty or a response is under way. */
+static void http_read(struct sse_server *srv, struct conn *c) {
+    while (c->state == CONN_REQUEST || c->state == CONN_BODY) {
+        if (c->state == CONN_BODY) {
+            publish_body_read(srv, c);
+            if (c->state == CONN_BODY)
+                return; /* the socket is empty */
+            continue;
+        }
+        char *buf = c->in ? c->in->data : srv->scratch;
+        size_t len = c->in ? c->in->len : 0;
+        ssize_t n = read(c->h.fd, buf + len, SSE_HEAD_MAX - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            conn_close(srv, c, conn_gone(c, n < 0));
+            return;
+        }
+        http_take(srv, c, buf, len + (size_t)n);
+    }
+}
+
+/* A response has gone out: close, or wait for the next request on the same connection. */
+static void http_response_done(struct sse_server *srv, struct conn *c) {
+    if (!(c->flags & CF_KEEP_ALIVE)) {
+        conn_linger(srv, c, (enum close_reason)c->reason);
+        return;
+    }
+    c->state = CONN_REQUEST;
+    timer_set(srv, c, TIMER_REQUEST);
+    if (c->in)
+        http_take(srv, c, c->in->data, c->in->len);
+    http_read(srv, c);
+}
+
+/* ==========================================================================================
+ * 11. Inputs: publishing what arrives on a file descriptor
+ *
+ * Pipes, terminals and sockets are watched by epoll and read once per wake-up. Regular
+ * files cannot be watched (epoll refuses them with EPERM) and never block, so they are read
+ * a chunk per loop iteration instead, letting the loop serve clients in between.
+ * ======================================================================================== */
+
+static void input_emit(void *ctx, const char *topic, const char *event, const char *data,
+                       size_t len, const char *skipped) {
+    struct sse_server *srv = ctx;
+    if (skipped) {
+        log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event: %s", skipped);
+        return;
+    }
+    int r = publish_event(srv, topic, event, data, len, NULL);
+    if (r == -EINVAL)
+        log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event that is not valid UTF-8");
+    else if (r < 0)
+        log_say(&srv->log, SSE_LOG_WARN, "input: could not publish: %s",
+                r == -EOVERFLOW ? "id space exhausted" : strerror(-r));
+}
+
+static void input_close(struct sse_server *srv, struct input *in) {
+    struct input **pp = &srv->inputs;
+    while (*pp != in)
+        pp = &(*pp)->next;
+    *pp = in->next;
+    if (in->polled)
+        epoll_ctl(srv->epfd, EPOLL_CTL_DEL, in->h.fd, NULL);
+    wire_reader_free(&in->reader);
+    free(in);
+}
+
+/* Stops or resumes reading an input. Held, a pipe's writer blocks once the pipe is full:
+ * nothing is dropped. Out of epoll rather than with no events asked, since epoll reports a
+ * hang-up whatever was asked, and a held input would spin on it. */
+static void input_hold(struct sse_server *srv, struct input *in, bool hold, enum pace_cause why) {
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.ptr = in;
+    if (in->polled && epoll_ctl(srv->epfd, hold ? EPOLL_CTL_DEL : EPOLL_CTL_ADD, in->h.fd, &ev) &&
+        !hold)
+        return; /* still held: input_resume() tries again next iteration */
+    in->held = hold;
+    /* An outage is worth a line; a hold for pacing may come and go many times a second. */
+    log_say(&srv->log, http_unhealthy(srv) ? SSE_LOG_INFO : SSE_LOG_DEBUG, "input: %s%s fd %d",
+            !hold || why == PACE_SUBSCRIBERS ? "" : srv->pace.store,
+            !hold                     ? "reading again"
+            : why == PACE_SUBSCRIBERS ? "subscribers are behind: holding"
+                                      : " cannot take events: holding",
+            in->h.fd);
+}
+
+/* Held inputs are read again once the gate opens (checked each loop iteration). */
+static void input_resume(struct sse_server *srv) {
+    for (struct input *in = srv->inputs; in; in = in->next)
+        if (in->held && pace_gate(srv) == PACE_OPEN)
+            input_hold(srv, in, false, PACE_OPEN);
+}
+
+static void input_read(struct sse_server *srv, struct input *in) {
+    char buf[INPUT_CHUNK];
+    enum pace_cause why = pace_gate(srv);
+    if (why != PACE_OPEN) {
+        input_hold(srv, in, true, why); /* flow control (section 6): the writer waits */
+        return;
+    }
+    ssize_t n = read(in->h.fd, buf, sizeof buf);
+    if (n > 0) {
+        wire_reader_feed(&in->reader, buf, (size_t)n, input_emit, srv);
+    } else if (n == 0) {
+        wire_reader_finish(&in->reader, input_emit, srv);
+        log_say(&srv->log, SSE_LOG_INFO, "input: end of input on fd %d", in->h.fd);
+        input_close(srv, in);
+    } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+        log_say(&srv->log, SSE_LOG_WARN, "input: read failed on fd %d: %s", in->h.fd,
+                strerror(errno));
+        input_close(srv, in);
+    }
+}
+
+/* An input's on_event: readable (or hung up, which read() reports as its end). */
+static void input_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    (void)events;
+    input_read(srv, (struct input *)h);
+}
+
+/* ==========================================================================================
+ * 12. The event loop
+ *
+ * One epoll instance. Each iteration: wait (no longer than the nearest timer), handle what
+ * is ready, fire due timers, write what was queued, free what was closed. Nothing in it
+ * blocks: sockets are non-blocking, names were resolved at start-up, and files are only
+ * opened and sent with sendfile() from the page cache.
+ * ======================================================================================== */
+
+/* Refreshes the clocks; a new second also means a new Date header. */
+static void loop_clock(struct sse_server *srv) {
+    srv->now = clock_ms();
+    time_t t = time(NULL);
+    if (t != srv->date_sec) {
+        srv->date_sec = t;
+        http_format_date(t, srv->date);
+        blob_unref(srv->stream_head);
+        srv->stream_head = NULL;
+    }
+}
+
+/* A client connection's on_event. */
+static void conn_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct conn *c = (struct conn *)h;
+    if (c->state == CONN_DEAD)
+        return;
+    if (events & (EPOLLERR | EPOLLHUP)) {
+        conn_close(srv, c, conn_gone(c, (events & EPOLLERR) != 0));
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP)) {
+        if (c->state == CONN_REQUEST || c->state == CONN_BODY)
+            http_read(srv, c);
+        else if (c->state == CONN_STREAM || c->state == CONN_LINGER)
+            conn_discard_input(srv, c);
+        else if (c->state == CONN_PROXY && c->px && c->px->req_left)
+            proxy_client_read(srv, c);
+        else if (c->state == CONN_PROXY && (events & EPOLLRDHUP))
+            conn_close(srv, c, R_CLIENT_CLOSED); /* gone: the upstream is closed with it */
+        /* CONN_RESPOND, CONN_PROXY: the next request is read when the response is out */
+    }
+    if ((events & EPOLLOUT) && c->state != CONN_DEAD && (c->qlen || c->file_fd >= 0))
+        conn_flush(srv, c);
+}
+
+/* Takes an accepted connection: served, or over max_clients or max_clients_per_ip and
+ * held only to be told to come back, or (beyond OVERFLOW_MAX of those) closed at once. */
+static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_storage *sa) {
+    bool over = srv->nconns >= srv->max_clients;
+    struct ip_count *ip = NULL;
+    if (!over && srv->max_per_ip) {
+        ip = ip_table_get(&srv->per_ip, sa);
+        over = !ip || ip->n >= srv->max_per_ip;
+        if (ip && !over)
+            ip->n++;
+        else
+            ip = NULL;
+    }
+    struct conn *c = over && srv->noverflow >= OVERFLOW_MAX ? NULL : calloc(1, sizeof *c);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = c;
+    if (!c || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        ip_table_put(&srv->per_ip, ip);
+        free(c);
+        close(fd);
+        srv->m.rejected_total++;
+        return;
+    }
+    c->h.fd = fd;
+    c->h.on_event = conn_on_event;
+    c->file_fd = -1;
+    c->timer = TIMER_NONE;
+    c->serial = ++srv->next_serial;
+    c->ip = ip;
+    if (over) {
+        c->flags |= CF_OVER_LIMIT;
+        srv->noverflow++;
+    } else {
+        srv->nconns++;
+    }
+    srv->m.connections_total++;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->state = CONN_REQUEST;
+    timer_set(srv, c, TIMER_REQUEST);
+    if (srv->log.fn) {
+        char addr[INET6_ADDRSTRLEN] = "?";
+        int port = 0;
+        if (sa->ss_family == AF_INET) {
+            const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
+            inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
+            port = ntohs(in4->sin_port);
+        } else if (sa->ss_family == AF_INET6) {
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+            inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
+            port = ntohs(in6->sin6_port);
+        }
+        log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened from %s:%d%s", c->serial, addr,
+                port, (c->flags & CF_OVER_LIMIT) ? " (over the client limits)" : "");
+    }
+}
+
+/* Out of descriptors with connections waiting: with a level-triggered listener that would
+ * spin. Release the spare descriptor, accept and close one connection with it, take the
+ * spare back. If even that fails, stop listening for a moment. */
+static void loop_shed(struct sse_server *srv) {
+    srv->m.rejected_total++;
+    if (srv->now - srv->emfile_logged >= 1000) {
+        srv->emfile_logged = srv->now;
+        log_say(&srv->log, SSE_LOG_WARN, "out of file descriptors: turning connections away");
+    }
+    if (srv->reserve_fd >= 0) {
+        close(srv->reserve_fd);
+        int fd = accept4(srv->listener.fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0)
+            close(fd);
+        srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0)
+            return;
+    }
+    struct epoll_event ev = {.events = 0};
+    ev.data.ptr = &srv->listener;
+    epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
+    srv->accept_paused_until = srv->now + 100;
+}
+
+/* The listener's on_event: accepts what is waiting. */
+static void loop_accept(struct sse_server *srv, struct handle *h, uint32_t events) {
+    (void)h;
+    (void)events;
+    for (int i = 0; i < ACCEPT_BATCH && srv->listener.fd >= 0; i++) {
+        struct sockaddr_storage sa = {0};
+        socklen_t salen = sizeof sa;
+        int fd =
+            accept4(srv->listener.fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE) {
+                loop_shed(srv);
+                if (srv->accept_paused_until)
+                    return;
+                continue;
+            }
+            return; /* EAGAIN: nothing more waiting */
+        }
+        conn_new(srv, fd, &sa);
+    }
+}
+
+static void loop_timers(struct sse_server *srv) {
+    if (srv->accept_paused_until && srv->now >= srv->accept_paused_until && srv->listener.fd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN};
+        ev.data.ptr = &srv->listener;
+        epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
+        srv->accept_paused_until = 0;
+    }
+    for (int t = 0; t < TIMER_COUNT; t++) {
+        struct timer_list *tl = &srv->timers[t];
+        while (tl->head && tl->head->deadline <= srv->now) {
+            struct conn *c = tl->head;
+            if (t == TIMER_STREAM)
+                stream_heartbeat(srv, c);
+            else if (t == TIMER_PROXY)
+                proxy_heartbeat(srv, c);
+            else if (t == TIMER_PACED)
+                publish_paced_timeout(srv, c);
+            else if (c->state == CONN_UPSTREAM && c->px)
+                proxy_fail(srv, c->px, 504,
+                           t == TIMER_CONNECT ? "did not accept the connection in time"
+                                              : "did not answer in time");
+            else
+                conn_close(srv, c,
+                           t == TIMER_REQUEST ? R_HEADER_TIMEOUT
+                           : t == TIMER_SEND  ? R_SEND_TIMEOUT
+                                              : (enum close_reason)c->reason);
+        }
+    }
+    for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++) {
+        struct relay *r = &srv->relays[i];
+        if (!r->px && r->next_attempt <= srv->now)
+            relay_connect(srv, r);
+    }
+}
+
+enum leave { LEAVE_NONE, LEAVE_STALLED, LEAVE_ALL };
+
+/* Leaves behind lagging subscribers (flow control, section 6): those that took no bytes
+ * since the last watch (LEAVE_STALLED), or all of them (LEAVE_ALL); LEAVE_NONE only starts a
+ * watch. They no longer hold the publishers, and are dropped at client_buffer unless they
+ * catch up. Every subscriber is in the heartbeat list. */
+static void loop_leave_behind(struct sse_server *srv, enum leave which) {
+    struct pace *p = &srv->pace;
+    uint32_t n = 0;
+    for (struct conn *c = srv->timers[TIMER_STREAM].head; c; c = c->tnext) {
+        bool wrote = c->lag & LAG_WROTE;
+        c->lag &= (uint8_t)~LAG_WROTE; /* the next watch starts now */
+        if (which != LEAVE_NONE && c->state == CONN_STREAM && (c->lag & LAG_STATE) == LAG_HIGH &&
+            !(which == LEAVE_STALLED && wrote)) {
+            c->lag = LAG_BEHIND;
+            n++;
+        }
+    }
+    if (n == 0)
+        return;
+    p->lagging -= n;
+    p->behind += n;
+    p->left_behind_total += n;
+    log_say(&srv->log, SSE_LOG_INFO,
+            "flow control: %u subscriber(s) could not keep up with the others; publishing goes "
+            "on without waiting for them",
+            n);
+    pace_check(srv);
+}
+
+/* Once per iteration: the lagging minority left behind, the time the gate was closed, and
+ * the publishers held by it resumed once it opens. */
+static void loop_pace(struct sse_server *srv) {
+    struct pace *p = &srv->pace;
+    if (p->held && (uint64_t)p->lagging * 4 <= pace_counted(srv)) {
+        if (!p->minority_since)
+            p->minority_since = srv->now;
+        else if (srv->now - p->minority_since >= PACE_MINORITY_MS)
+            loop_leave_behind(srv, LEAVE_ALL);
+    } else {
+        p->minority_since = 0;
+    }
+    if (p->held && srv->now >= p->next_check) {
+        loop_leave_behind(srv, p->next_check ? LEAVE_STALLED : LEAVE_NONE);
+        p->next_check = srv->now + PACE_PATIENCE_MS;
+    }
+    if (p->held && srv->now - p->held_since >= PACE_MAX_HOLD_MS)
+        loop_leave_behind(srv, LEAVE_ALL);
+    enum pace_cause cause = pace_gate(srv);
+    if (cause != p->cause) {
+        if (p->cause != PACE_OPEN)
+            p->held_ms[p->cause] += (uint64_t)(srv->now - p->gate_since);
+        if (cause != PACE_OPEN)
+            p->holds[cause]++;
+        p->gate_since = srv->now;
+        p->cause = (uint8_t)cause;
+    }
+    while (srv->timers[TIMER_PACED].head && !p->held)
+        publish_finish(srv, srv->timers[TIMER_PACED].head); /* in the order they came */
+    if (p->resume_due && !p->held) {
+        p->resume_due = false;
+        for (size_t i = 0; i < srv->nrelays; i++) {
+            struct proxy *px = srv->relays[i].px;
+            if (px && px->up && px->head_done)
+                proxy_up_read(srv, px->up, true);
+        }
+    }
+    input_resume(srv);
+}
+
+/* Milliseconds until something is due; 0 when work is waiting, -1 when nothing is timed. */
+static int loop_next_timeout(const struct sse_server *srv) {
+    /* A hold may end in the last flush of an iteration, after loop_pace(): the relays and
+     * publishes it held are resumed by the next one, at once, not at the next timer. */
+    if (srv->flush_list || (srv->stop_requested && !srv->stopping) ||
+        (srv->pace.resume_due && !srv->pace.held))
+        return 0;
+    for (const struct input *in = srv->inputs; in; in = in->next)
+        if (!in->polled && !in->held)
+            return 0;
+    int64_t next = INT64_MAX;
+    for (int t = 0; t < TIMER_COUNT; t++)
+        if (srv->timers[t].head && srv->timers[t].head->deadline < next)
+            next = srv->timers[t].head->deadline;
+    if (srv->stopping && srv->stop_deadline < next)
+        next = srv->stop_deadline;
+    if (srv->accept_paused_until && srv->accept_paused_until < next)
+        next = srv->accept_paused_until;
+    if (srv->pace.minority_since && srv->pace.minority_since + PACE_MINORITY_MS < next)
+        next = srv->pace.minority_since + PACE_MINORITY_MS;
+    if (srv->pace.held && srv->pace.held_since + PACE_MAX_HOLD_MS < next)
+        next = srv->pace.held_since + PACE_MAX_HOLD_MS;
+    if (srv->pace.held && srv->pace.next_check < next)
+        next = srv->pace.next_check;
+    for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++)
+        if (!srv->relays[i].px && srv->relays[i].next_attempt < next)
+            next = srv->relays[i].next_attempt;
+    if (srv->history->deadline && srv->history->deadline(srv) < next)
+        next = srv->history->deadline(srv);
+    if (next == INT64_MAX)
+        return -1;
+    int64_t wait = next - clock_ms();
+    return wait <= 0 ? 0 : wait > INT_MAX ? INT_MAX : (int)wait;
+}
+
+/* Applies fn to every open connection (each is in exactly one timer list). fn may close
+ * any connection, so the list is copied first; closed ones are skipped. */
+static void loop_each_conn(struct sse_server *srv, void (*fn)(struct sse_server *, struct conn *)) {
+    size_t n = 0, i = 0;
+    for (int t = 0; t < TIMER_COUNT; t++)
+        for (struct conn *c = srv->timers[t].head; c; c = c->tnext)
+            n++;
+    struct conn **all = malloc((n ? n : 1) * sizeof *all);
+    if (!all) { /* out of memory: only closing is possible, one list head at a time */
+        for (int t = 0; t < TIMER_COUNT; t++)
+            while (srv->timers[t].head)
+                conn_close(srv, srv->timers[t].head, R_ERROR);
+        return;
+    }
+    for (int t = 0; t < TIMER_COUNT; t++)
+        for (struct conn *c = srv->timers[t].head; c; c = c->tnext)
+            all[i++] = c;
+    for (i = 0; i < n; i++)
+        if (all[i]->state != CONN_DEAD)
+            fn(srv, all[i]);
+    free(all);
+}
+
+/* The start of a graceful stop, for one connection: subscribers get a jittered retry: so a
+ * restart is not met by every client at once; idle and half-read requests are closed. */
+static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
+    switch (c->state) {
+    case CONN_STREAM:
+        if (!conn_enqueue_owned(srv, c, stream_retry_jitter(srv)))
+            conn_close(srv, c, R_ERROR);
+        else
+            conn_linger(srv, c, R_SHUTDOWN);
+        break;
+    case CONN_RESPOND:
+    case CONN_WAIT: c->flags &= (uint8_t)~CF_KEEP_ALIVE; break;
+    case CONN_PACED:
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+        publish_paced_timeout(srv, c);
+        break;
+    case CONN_REQUEST:
+    case CONN_BODY:
+    case CONN_PROXY: conn_close(srv, c, R_SHUTDOWN); break; /* a proxy closes its upstream */
+    case CONN_UPSTREAM:
+        if (c->px && c->px->relay)
+            proxy_release(srv, c->px, R_SHUTDOWN);
+        break;
+    default: break;
+    }
+}
+
+static void loop_close_conn(struct sse_server *srv, struct conn *c) {
+    conn_close(srv, c, R_SHUTDOWN);
+}
+
+static void loop_stop(struct sse_server *srv) {
+    srv->stopping = true;
+    srv->stop_deadline = srv->now + DRAIN_MS;
+    if (srv->listener.fd >= 0) {
+        close(srv->listener.fd);
+        srv->listener.fd = -1;
+    }
+    while (srv->inputs)
+        input_close(srv, srv->inputs);
+    loop_each_conn(srv, loop_stop_conn);
+}
+
+int sse_poll(struct sse_server *srv, int timeout_ms) {
+    if (srv->log_depth)
+        return -EBUSY; /* called from on_log, inside this loop */
+    if (srv->stopped)
+        return 0;
+    loop_clock(srv);
+    conn_flush_all(srv);
+    conn_reap(srv);
+    for (struct input *in = srv->inputs, *next; in; in = next) {
+        next = in->next;
+        if (!in->polled && !in->held)
+            input_read(srv, in);
+    }
+    int wait = loop_next_timeout(srv);
+    if (timeout_ms >= 0 && (wait < 0 || timeout_ms < wait))
+        wait = timeout_ms;
+    struct epoll_event events[256];
+    int n = epoll_wait(srv->epfd, events, 256, wait);
+    if (n < 0 && errno != EINTR)
+        return -errno;
+    loop_clock(srv);
+    for (int i = 0; i < n; i++) {
+        struct handle *h = events[i].data.ptr;
+        h->on_event(srv, h, events[i].events);
+    }
+    loop_timers(srv);
+    if (srv->history->tick)
+        srv->history->tick(srv);
+    loop_pace(srv);
+    if (srv->stop_requested && !srv->stopping)
+        loop_stop(srv);
+    conn_flush_all(srv);
+    if (srv->stopping && (srv->nconns + srv->noverflow == 0 || srv->now >= srv->stop_deadline)) {
+        loop_each_conn(srv, loop_close_conn);
+        srv->stopped = true;
+    }
+    conn_reap(srv);
+    return srv->stopped ? 0 : 1;
+}
+
+int sse_run(struct sse_server *srv) {
+    int r;
+    while ((r = sse_poll(srv, -1)) > 0)
+        ;
+    return r;
+}
+
+int sse_fd(const struct sse_server *srv) {
+    return srv->epfd;
+}
+
+int sse_next_timeout_ms(const struct sse_server *srv) {
+    return loop_next_timeout(srv);
+}
+
+void sse_stop(struct sse_server *srv) {
+    srv->stop_requested = true;
+}
+
+#if SSE_ENABLE_JOURNAL
+/* ==========================================================================================
+ * Part II: the journal (SSE_ENABLE_JOURNAL)
+ *
+ * Adds: events on disk before they are acknowledged, read back at start. Plugs into the
+ * history seam (history_journal: the backlog's ids and answers, with a store before the
+ * backlog keeps an event, a compaction after, a batch fdatasync() as its tick) and the parts
+ * seam (part_journal: its /metrics rows and /healthz reasons). Uses the core's backlog,
+ * topic table and logger; names no other part.
  *
  * With a journal, an event reaches the disk before anyone hears of it: publish_deliver()
  * appends it here, and only then queues it for subscribers and answers the publisher. Once
@@ -2443,4969 +7604,101 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
     return NULL;
 }
 
-/* ==========================================================================================
- * 7. Connections
- *
- * A connection reads a request, then either answers it (and, with keep-alive, reads the
- * next) or becomes a subscriber for good. Everything it sends goes through one output
- * queue of blobs, written with sendmsg() over an iovec (one system call for many events),
- * then an optional file with sendfile(). Writes are attempted at the end of each loop
- * iteration, so events published in one iteration leave in one system call per subscriber.
- *
- * Sockets are registered once, edge-triggered for input and output, so a busy subscriber
- * costs no epoll_ctl() calls. Timers are four FIFO lists, one per duration (all entries of a
- * list share a duration, so appending keeps each list sorted): request deadlines, stalled
- * responses, heartbeats, and connections closing. Closing is deferred: a closed connection
- * is marked dead and freed at the end of the iteration, so no handler frees a connection
- * another handler still holds.
- * ======================================================================================== */
+/* ---- the journal as a history ---------------------------------------------------------
+ * The backlog's ids and answers, with every event written to the journal before anyone
+ * hears of it (journal_append), and compacted after the backlog kept it. */
 
-enum conn_state {
-    CONN_REQUEST,  /* reading a request head, or idle between keep-alive requests */
-    CONN_BODY,     /* reading a publish body */
-    CONN_RESPOND,  /* writing an ordinary response */
-    CONN_STREAM,   /* a subscriber */
-    CONN_LINGER,   /* writing what is left, then half-closing and waiting for the peer */
-    CONN_PROXY,    /* a client whose request is being proxied (px says to where) */
-    CONN_UPSTREAM, /* our connection to an upstream, for a proxied request or a relay */
-    CONN_WAIT,     /* a publish waiting for Redis to store the event */
-    CONN_PACED,    /* a publish held (body read) until the subscribers catch up */
-    CONN_DEAD      /* closed; freed at the end of the loop iteration */
-};
-
-enum conn_flag {
-    CF_KEEP_ALIVE = 1,   /* the current request allows another after it */
-    CF_OVER_LIMIT = 2,   /* accepted over max_clients, only to be told to come back */
-    CF_IN_FLUSH = 4,     /* in the server's flush list */
-    CF_SUBSCRIBER = 8,   /* has been a stream: count its bytes and events as deliveries */
-    CF_WR_SHUT = 16,     /* write side shut down while lingering */
-    CF_HTTP10 = 32,      /* the current request is HTTP/1.0 */
-    CF_BODY_UNREAD = 64, /* the current request has a body we have not read */
-    CF_REPLAYING = 128   /* catching up from Redis: live events wait (they are in the backlog) */
-};
-
-enum timer_id {
-    TIMER_REQUEST, /* header_timeout: a request head (or body) must arrive by then */
-    TIMER_SEND,    /* SEND_TIMEOUT_MS: a response, or an upstream's head, without progress */
-    TIMER_STREAM,  /* heartbeat_ms: a subscriber's heartbeat */
-    TIMER_LINGER,  /* LINGER_MS: a closing connection's last chance */
-    TIMER_CONNECT, /* proxy_connect_timeout_ms: an upstream connect */
-    TIMER_PROXY,   /* proxy_heartbeat_ms: a proxied stream's heartbeat */
-    TIMER_PACED,   /* publish_wait_ms: a held publish is answered 503 by then */
-    TIMER_NEVER,   /* no deadline (upstreams, proxied non-stream responses) */
-    TIMER_COUNT
-};
-#define TIMER_NONE 0xFF
-
-/* Why a connection closed. Each client connection is closed exactly once, in conn_close(),
- * which counts it under its reason: /metrics's sse_connections_closed_total. */
-enum close_reason {
-    R_CLIENT_CLOSED,  /* the peer closed its side (end of input) */
-    R_DONE,           /* answered, without keep-alive */
-    R_SLOW,           /* a subscriber more than client_buffer behind */
-    R_HEADER_TIMEOUT, /* no complete request head (or body) within header_timeout */
-    R_BAD_REQUEST,    /* answered 4xx/505 for a request whose framing can't be trusted */
-    R_SHUTDOWN,       /* sse_stop() */
-    R_RETIRED,        /* its topics were retired */
-    R_ERROR,          /* our failure: out of memory or buffer space */
-    R_SEND_TIMEOUT,   /* a response made no progress for SEND_TIMEOUT_MS */
-    R_OVERLOAD,       /* over max_clients, or no stream position yet: told to come back */
-    R_UPSTREAM,       /* the upstream of a proxied request or a relay failed */
-    R_RECONNECT,      /* its stream was ended so that it reconnects */
-    R_RESET,          /* the socket failed: reset, broken pipe, timed out (EPOLLERR) */
-    R_COUNT
-};
-static const char *const close_reason_text[R_COUNT] = {
-    "client closed", "done",     "slow subscriber", "header timeout",
-    "bad request",   "shutdown", "retired",         "error",
-    "send timeout",  "overload", "upstream failed", "told to reconnect",
-    "reset",
-};
-/* The same, as the reason label of sse_connections_closed_total. */
-static const char *const close_reason_label[R_COUNT] = {
-    "client_closed",   "done",      "slow_subscriber", "header_timeout", "bad_request",
-    "shutdown",        "retired",   "error",           "send_timeout",   "overload",
-    "upstream_failed", "reconnect", "reset",
-};
-
-enum handle_kind { H_LISTEN, H_CONN, H_INPUT, H_REDIS };
-
-/* What epoll hands back: every registered object starts with one. */
-struct handle {
-    int fd; /* the descriptor */
-    enum handle_kind kind;
-};
-
-/* A request head collected across reads, or bytes pipelined after a request. */
-struct inbuf {
-    uint32_t len;     /* bytes in data */
-    uint32_t scanned; /* bytes already searched for the end of the head */
-    char data[SSE_HEAD_MAX];
-};
-
-/* A publish whose body is still arriving. */
-struct body {
-    size_t need;                    /* Content-Length */
-    size_t have;                    /* bytes in data */
-    bool has_event;                 /* event holds an event type */
-    char topic[TOPIC_NAME_MAX + 1]; /* validated topic */
-    char event[EVENT_TYPE_MAX + 1]; /* validated event type */
-    char data[];                    /* need bytes */
-};
-
-struct conn {
-    struct handle h;            /* fd and kind (H_CONN); first, for epoll */
-    uint8_t state;              /* enum conn_state */
-    uint8_t flags;              /* enum conn_flag */
-    uint8_t timer;              /* enum timer_id it is listed in, or TIMER_NONE */
-    uint8_t reason;             /* enum close_reason to log when a linger ends */
-    uint16_t nsubs;             /* entries in subs */
-    uint8_t lag;                /* enum lag_state and LAG_WROTE (subscribers): flow control */
-    uint32_t serial;            /* number for log lines */
-    struct conn *tprev, *tnext; /* neighbours in the timer list (tnext: dead list too) */
-    struct conn *flush_next;    /* next in the flush list */
-    int64_t deadline;           /* when its timer fires, monotonic ms */
-    struct inbuf *in;           /* partial head or pipelined bytes; NULL when none */
-    struct body *body;          /* publish body being read; NULL when none */
-    struct blob **q;            /* output queue: a ring of qcap (power of two) slots */
-    uint32_t qhead, qlen, qcap; /* ring index of the first blob, blobs queued, slots */
-    uint32_t qoff;              /* bytes of the first blob already written */
-    size_t qbytes;              /* bytes queued and not yet written */
-    int file_fd;                /* file to send after the queue, or -1 */
-    off_t file_off, file_end;   /* what of it is left to send */
-    struct sub *subs;           /* topics followed (subscribers only) */
-    struct proxy *px;           /* proxied request or upstream connection, else NULL */
-    struct ip_count *ip;        /* its address's count (max_clients_per_ip), else NULL */
-};
-
-/* Client connections served per address, for max_clients_per_ip: a chained hash table
- * keyed by the address (IPv4 as IPv4-mapped IPv6) with a random seed, so addresses cannot
- * be chosen to collide. An entry lives only while its count is above zero, so there are
- * never more entries than connections, and the table shrinks back as they close. */
-struct ip_count {
-    struct ip_count *next; /* next in the hash chain */
-    uint32_t n;            /* connections served from addr */
-    uint32_t hash;         /* of addr, with the table's seed */
-    unsigned char addr[16];
-};
-
-struct ip_table {
-    struct ip_count **buckets; /* chains; nbuckets is a power of two */
-    uint32_t nbuckets;         /* allocated chains */
-    uint32_t count;            /* entries */
-    uint32_t seed;             /* random */
-};
-
-/* Rehashes into n chains (a power of two). False when out of memory. */
-static bool ip_table_resize(struct ip_table *t, uint32_t n) {
-    struct ip_count **b = calloc(n, sizeof *b);
-    if (!b)
-        return false;
-    for (uint32_t i = 0; i < t->nbuckets; i++) {
-        for (struct ip_count *e = t->buckets[i], *next; e; e = next) {
-            next = e->next;
-            e->next = b[e->hash & (n - 1)];
-            b[e->hash & (n - 1)] = e;
-        }
-    }
-    free(t->buckets);
-    t->buckets = b;
-    t->nbuckets = n;
-    return true;
-}
-
-/* The entry of a peer's address, created with count 0 if new; NULL when out of memory. */
-static struct ip_count *ip_table_get(struct ip_table *t, const struct sockaddr_storage *sa) {
-    unsigned char key[16] = {0};
-    if (sa->ss_family == AF_INET6) {
-        memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
-    } else if (sa->ss_family == AF_INET) {
-        key[10] = key[11] = 0xFF;
-        memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
-    }
-    uint32_t h = topic_hash(t->seed, (const char *)key, sizeof key);
-    for (struct ip_count *e = t->nbuckets ? t->buckets[h & (t->nbuckets - 1)] : NULL; e;
-         e = e->next)
-        if (e->hash == h && memcmp(e->addr, key, sizeof key) == 0)
-            return e;
-    if (t->count >= t->nbuckets && !ip_table_resize(t, t->nbuckets ? t->nbuckets * 2 : 64))
-        return NULL;
-    struct ip_count *e = calloc(1, sizeof *e);
-    if (!e)
-        return NULL;
-    memcpy(e->addr, key, sizeof key);
-    e->hash = h;
-    e->next = t->buckets[h & (t->nbuckets - 1)];
-    t->buckets[h & (t->nbuckets - 1)] = e;
-    t->count++;
-    return e;
-}
-
-/* Counts one connection less from e's address; at zero the entry goes. */
-static void ip_table_put(struct ip_table *t, struct ip_count *e) {
-    if (!e || (e->n && --e->n))
-        return;
-    struct ip_count **pp = &t->buckets[e->hash & (t->nbuckets - 1)];
-    while (*pp != e)
-        pp = &(*pp)->next;
-    *pp = e->next;
-    t->count--;
-    free(e);
-    if (t->nbuckets > 64 && t->count < t->nbuckets / 4)
-        ip_table_resize(t, t->nbuckets / 2);
-}
-
-struct timer_list {
-    struct conn *head, *tail; /* soonest deadline first */
-    int64_t duration;         /* ms from being listed to the deadline */
-};
-
-/* Counters behind /metrics. */
-struct metrics {
-    uint64_t connections_total;  /* accepted */
-    uint64_t rejected_total;     /* turned away: over max_clients or out of descriptors */
-    uint64_t published_total;    /* events published */
-    uint64_t delivered_total;    /* events written out completely to subscribers */
-    uint64_t bytes_total;        /* bytes written to subscribers */
-    uint64_t dropped_total;      /* subscribers dropped for being too slow */
-    uint64_t replays_total;      /* subscriptions resumed exactly from a Last-Event-ID */
-    uint64_t resets_total;       /* subscriptions sent the reset event instead */
-    uint64_t bad_requests_total; /* requests answered 400, 411, 413, 431 or 505 */
-    uint64_t proxied_total;      /* requests passed to an upstream */
-    uint64_t proxy_errors_total; /* upstreams that failed a request or a relay */
-    uint64_t relayed_total;      /* events published by relays */
-    uint64_t closed[R_COUNT];    /* client connections closed, by enum close_reason */
-};
-
-/* A descriptor whose bytes are published (sse_publish_from_fd). */
-struct input {
-    struct handle h;           /* fd and kind (H_INPUT) */
-    struct input *next;        /* next input */
-    bool polled;               /* in epoll; false for regular files, read every iteration */
-    bool held;                 /* not read (out of epoll): Redis cannot take events now */
-    struct wire_reader reader; /* turns its bytes into events */
-};
-
-struct redis_hub;
-
-/* Flow control's state (see "flow control" below). */
-struct pace {
-    size_t high, low;           /* queued bytes: a subscriber lags from high until back at low */
-    uint32_t lagging;           /* subscribers lagging and counted (LAG_HIGH) */
-    uint32_t behind;            /* subscribers lagging but left behind (LAG_BEHIND) */
-    bool held;                  /* too many lag: publishers are held */
-    bool resume_due;            /* the hold just ended: held publishers are to be resumed */
-    uint8_t cause;              /* enum pace_cause of the hold being timed, PACE_OPEN if none */
-    int64_t held_since;         /* when held last became true */
-    int64_t minority_since;     /* during a hold, since when the lagging are a minority; or 0 */
-    int64_t next_check;         /* during a hold, when the lagging that wrote nothing are left
-                                   behind; 0 = at the next iteration, which starts the watch */
-    int64_t gate_since;         /* when the gate last closed, for the time held */
-    uint64_t held_ms[3];        /* ms the gate was closed, by enum pace_cause */
-    uint64_t holds[3];          /* times it closed, by enum pace_cause */
-    uint64_t left_behind_total; /* subscribers left behind */
-    uint64_t publish_timeouts;  /* HTTP publishes answered 503 after waiting */
-    bool (*can_take)(const struct sse_server *srv); /* a storing part's own answer, or NULL */
-};
-
-struct sse_server {
-    /* configuration, defaults applied, strings owned */
-    char *stream_path; /* e.g. "/events" */
-    size_t stream_path_len;
-    char *index_page; /* built-in page, or NULL */
-    size_t index_page_len;
-    char *publish_token;        /* NULL = publishing over HTTP is off */
-    char *subscribe_token;      /* NULL = open subscriptions */
-    char *cors_headers;         /* ready-made Access-Control-Allow-* lines, or "" */
-    char *root_real;            /* real path of the static root, or NULL */
-    int64_t heartbeat_ms;       /* 0 = none */
-    int64_t retry_ms;           /* 0 = no retry: line */
-    bool position_event;        /* open with the position event, not the id-only block */
-    uint32_t max_clients;       /* client connections served */
-    uint32_t max_per_ip;        /* of them from one address; 0 = no limit */
-    int64_t header_timeout_ms;  /* deadline for a request head */
-    size_t client_buffer;       /* queued bytes at which a subscriber is dropped */
-    size_t max_event_bytes;     /* largest payload */
-    struct proxy_route *routes; /* reverse-proxy routes, longest prefix first */
-    size_t nroutes;             /* entries in routes */
-    struct relay *relays;       /* relayed upstream streams */
-    size_t nrelays;             /* entries in relays */
-    struct logger log;          /* where log lines go */
-    unsigned log_depth;         /* on_log and on_request calls under way: sse_poll() answers
-                                   -EBUSY */
-    int (*on_request)(struct sse_server *, const struct sse_request *,
-                      void *); /* the host's routes, or NULL */
-    bool busy; /* in a publish or a retire, or being freed: an on_log callback's sse_publish()
-                  and sse_retire_topic() answer -EBUSY instead of re-entering */
-
-    /* descriptors */
-    int epfd;               /* the epoll instance, also sse_fd() */
-    struct handle listener; /* listening socket; fd -1 once stopping */
-    int reserve_fd;         /* spare descriptor released to shed load on EMFILE */
-    int root_fd;            /* static root directory, or -1 */
-    char url[80];           /* "http://HOST:PORT/" */
-    int port;               /* the port listened on, for X-Forwarded-Port */
-
-    /* time */
-    int64_t now;     /* monotonic ms, refreshed every iteration */
-    time_t date_sec; /* second that date describes */
-    char date[32];   /* IMF-fixdate of date_sec, for Date headers */
-
-    /* events */
-    uint64_t last_id;          /* last id assigned (the seed before any publish) */
-    struct rng rng;            /* for jitter and the hash seed */
-    struct topic_table topics; /* every topic with a subscriber, an event or retired */
-    struct backlog backlog;    /* retained events */
-    struct journal journal;    /* events on disk; fd -1 without a journal */
-    struct redis_hub *redis;   /* the hub this server is a node of, or NULL */
-    struct blob *stream_head;  /* cached stream response head for date_sec, or NULL */
-    struct blob *retry_line;   /* "retry: N\n\n", or NULL when retry is off */
-    struct blob *heartbeat;    /* ":\n" */
-    struct blob *id_line;      /* cached position event or id-only block, or NULL */
-    struct blob *continue_100; /* "HTTP/1.1 100 Continue\r\n\r\n" */
-
-    /* connections */
-    struct timer_list timers[TIMER_COUNT];
-    struct conn *flush_list;     /* connections with output to attempt */
-    struct conn *dead_list;      /* closed, to free */
-    uint32_t nconns;             /* open client connections (not counting over-limit ones) */
-    uint32_t noverflow;          /* over-limit connections being answered */
-    struct ip_table per_ip;      /* served connections by address (max_clients_per_ip) */
-    uint32_t nsubscribers;       /* connections in CONN_STREAM */
-    uint32_t nupstreams;         /* connections in CONN_UPSTREAM */
-    uint32_t next_serial;        /* for log lines */
-    int64_t emfile_logged;       /* last time EMFILE was logged (rate limit) */
-    int64_t accept_paused_until; /* listener muted after EMFILE until then; 0 = not */
-    struct input *inputs;        /* descriptors being published from */
-    bool stop_requested;         /* sse_stop() was called; acted on inside sse_poll() */
-    bool stopping;               /* draining: not accepting, subscribers told to retry */
-    bool stopped;                /* everything closed after sse_stop() */
-    int64_t stop_deadline;       /* when stopping turns into closing everything */
-    struct pace pace;            /* flow control */
-    struct metrics m;
-
-    char scratch[SSE_HEAD_MAX]; /* a request head read in one go */
-    char decoded[SSE_HEAD_MAX]; /* decoded query of the request being handled */
-    char path[SSE_HEAD_MAX];    /* decoded path of the request being handled */
-};
-
-static void timer_unlink(struct sse_server *srv, struct conn *c) {
-    if (c->timer == TIMER_NONE)
-        return;
-    struct timer_list *tl = &srv->timers[c->timer];
-    if (c->tprev)
-        c->tprev->tnext = c->tnext;
-    else
-        tl->head = c->tnext;
-    if (c->tnext)
-        c->tnext->tprev = c->tprev;
-    else
-        tl->tail = c->tprev;
-    c->tprev = c->tnext = NULL;
-    c->timer = TIMER_NONE;
-}
-
-/* (Re)starts a connection's timer: it fires the list's duration from now. */
-static void timer_set(struct sse_server *srv, struct conn *c, enum timer_id which) {
-    timer_unlink(srv, c);
-    struct timer_list *tl = &srv->timers[which];
-    c->timer = (uint8_t)which;
-    c->deadline = srv->now + tl->duration;
-    c->tprev = tl->tail;
-    c->tnext = NULL;
-    if (tl->tail)
-        tl->tail->tnext = c;
-    else
-        tl->head = c;
-    tl->tail = c;
-}
-
-static void conn_flush_later(struct sse_server *srv, struct conn *c) {
-    if (c->flags & CF_IN_FLUSH)
-        return;
-    c->flags |= CF_IN_FLUSH;
-    c->flush_next = srv->flush_list;
-    srv->flush_list = c;
-}
-
-/* ---- flow control: publishers wait for the subscribers --------------------------------
- *
- * Publishing can outrun delivery: an input can be read faster than a thousand sockets are
- * written. Queueing the difference only delays the drop of every subscriber at client_buffer.
- * So the core paces its publishers to the subscribers instead, the way TCP paces a sender:
- * when more than one subscriber in PACE_SHARE has more than the high-water mark queued, the
- * core takes no new event (inputs and relays are not read, so their writers block and TCP
- * pushes back; HTTP publishes wait; sse_publish() says -EAGAIN) until no more than one in
- * 2 * PACE_SHARE is above the low-water mark. One subscriber merely slower than the rest
- * must not pace them all: with many subscribers it is under the share; with few, a lagging
- * subscriber is left behind (no longer counted, and dropped at client_buffer as before, to
- * resume with Last-Event-ID) when it took no bytes at all for PACE_PATIENCE_MS of a hold (it
- * stalled), or when the lagging have been a minority of the hold for PACE_MINORITY_MS (the
- * others caught up and it did not). Nor may subscribers that stopped reading altogether (a
- * majority of stalled phones, or a client that opened many streams and reads none) stop
- * publishing for good: a hold that lasts PACE_MAX_HOLD_MS leaves every lagging one behind.
- * A part that stores events before they are delivered (Redis) may close the gate too, through
- * can_take: one answer for every publisher. */
-
-/* clang-format off */
-#define PACE_SHARE           10    /* hold when more than 1 subscriber in 10 lags */
-#define PACE_PATIENCE_MS     1000  /* took nothing this long in a hold: left behind */
-#define PACE_MINORITY_MS     2000  /* a lagging minority this long in a hold: left behind */
-#define PACE_MAX_HOLD_MS     10000 /* a hold this long leaves every lagging subscriber behind */
-#define PACE_PUBLISH_WAIT_MS 5000  /* publish_wait_ms's default: then a held publish gets 503 */
-/* clang-format on */
-
-enum lag_state {
-    LAG_NONE,      /* at most the low-water mark queued, or between the marks on its way down */
-    LAG_HIGH,      /* passed the high-water mark and not back under the low one: counted */
-    LAG_BEHIND,    /* lagging, but left behind by the others: not counted */
-    LAG_STATE = 3, /* the bits of conn.lag that hold the state */
-    LAG_WROTE = 4, /* conn.lag: bytes went out since the last check of a hold */
-};
-
-enum pace_cause { PACE_OPEN, PACE_SUBSCRIBERS, PACE_STORE, PACE_CAUSES };
-static const char *const pace_cause_label[PACE_CAUSES] = {"", "subscribers", "store"};
-
-/* May the core take another event now? PACE_OPEN, or why not. */
-static enum pace_cause pace_gate(const struct sse_server *srv) {
-    if (srv->pace.held)
-        return PACE_SUBSCRIBERS;
-    if (srv->pace.can_take && !srv->pace.can_take(srv))
-        return PACE_STORE;
-    return PACE_OPEN;
-}
-
-/* Subscribers that count: those not left behind. */
-static uint32_t pace_counted(const struct sse_server *srv) {
-    return srv->nsubscribers - srv->pace.behind;
-}
-
-/* Re-decides the hold after the lagging or the subscribers changed (cheap: two compares). */
-static void pace_check(struct sse_server *srv) {
-    struct pace *p = &srv->pace;
-    uint64_t n = pace_counted(srv);
-    if (!p->held && (uint64_t)p->lagging * PACE_SHARE > n) {
-        p->held = true;
-        p->held_since = srv->now;
-        p->minority_since = 0;
-        p->next_check = 0;
-        p->resume_due = false; /* what it would have resumed is still to be held */
-    } else if (p->held && (uint64_t)p->lagging * 2 * PACE_SHARE <= n) {
-        p->held = false;
-        p->resume_due = true; /* acted on at the end of the loop iteration */
-    }
-}
-
-/* A subscriber's queue changed: it starts lagging at the high-water mark, and stops at the
- * low one (the gap keeps a subscriber near the mark from flapping the hold). */
-static void pace_note(struct sse_server *srv, struct conn *c) {
-    struct pace *p = &srv->pace;
-    unsigned state = c->lag & LAG_STATE;
-    if (state == LAG_NONE && c->qbytes >= p->high) {
-        c->lag = (uint8_t)((c->lag & ~LAG_STATE) | LAG_HIGH);
-        p->lagging++;
-    } else if (state != LAG_NONE && c->qbytes <= p->low) {
-        if (state == LAG_HIGH)
-            p->lagging--;
-        else
-            p->behind--;
-        c->lag = (uint8_t)(c->lag & ~LAG_STATE);
-    } else {
-        return;
-    }
-    pace_check(srv);
-}
-
-/* A subscriber stops being one (closed, lingering): it no longer counts either way. */
-static void pace_forget(struct sse_server *srv, struct conn *c) {
-    if ((c->lag & LAG_STATE) == LAG_HIGH)
-        srv->pace.lagging--;
-    else if ((c->lag & LAG_STATE) == LAG_BEHIND)
-        srv->pace.behind--;
-    c->lag = LAG_NONE;
-}
-
-/* Appends a reference to b to the output queue. False when out of memory. */
-static bool conn_enqueue(struct sse_server *srv, struct conn *c, struct blob *b) {
-    if (c->qlen == c->qcap) {
-        uint32_t ncap = c->qcap ? c->qcap * 2 : 4;
-        struct blob **q = malloc(ncap * sizeof *q);
-        if (!q)
-            return false;
-        for (uint32_t i = 0; i < c->qlen; i++)
-            q[i] = c->q[(c->qhead + i) & (c->qcap - 1)];
-        free(c->q);
-        c->q = q;
-        c->qcap = ncap;
-        c->qhead = 0;
-    }
-    c->q[(c->qhead + c->qlen) & (c->qcap - 1)] = blob_ref(b);
-    c->qlen++;
-    c->qbytes += b->len;
-    if (c->state == CONN_STREAM)
-        pace_note(srv, c);
-    conn_flush_later(srv, c);
-    return true;
-}
-
-/* Takes a blob we own (refs 1) into the queue and drops our reference. */
-static bool conn_enqueue_owned(struct sse_server *srv, struct conn *c, struct blob *b) {
-    if (!b)
-        return false;
-    bool ok = conn_enqueue(srv, c, b);
-    blob_unref(b);
-    return ok;
-}
-
-/* Leaves every topic the connection follows. */
-static void conn_unsubscribe(struct conn *c) {
-    for (uint16_t i = 0; i < c->nsubs; i++) {
-        struct sub *s = &c->subs[i];
-        if (s->prev)
-            s->prev->next = s->next;
-        else
-            s->topic->subs = s->next;
-        if (s->next)
-            s->next->prev = s->prev;
-        topic_unref(s->topic);
-    }
-    free(c->subs);
-    c->subs = NULL;
-    c->nsubs = 0;
-}
-
-static void conn_drop_output(struct conn *c) {
-    for (uint32_t i = 0; i < c->qlen; i++)
-        blob_unref(c->q[(c->qhead + i) & (c->qcap - 1)]);
-    free(c->q);
-    c->q = NULL;
-    c->qlen = c->qcap = c->qhead = c->qoff = 0;
-    c->qbytes = 0;
-    if (c->file_fd >= 0)
-        close(c->file_fd);
-    c->file_fd = -1;
-}
-
-static void proxy_conn_closed(struct sse_server *srv, struct conn *c);
-
-/* Section 10 (Redis) is called from here on: publishing and closing a waiting publisher. */
-static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
-                         const char *event, const char *data, size_t len);
-static void redis_forget(struct sse_server *srv, const struct conn *c);
-static bool redis_positioned(const struct sse_server *srv);
-static bool redis_ready(const struct sse_server *srv);
-static uint64_t redis_reconnects(const struct sse_server *srv);
-static uint64_t redis_errors(const struct sse_server *srv);
-static uint64_t redis_received(const struct sse_server *srv);
-static uint64_t redis_unknown(const struct sse_server *srv);
-static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after);
-static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last);
-static bool redis_backlog_covers(const struct sse_server *srv, uint64_t last);
-
-/* Closes at once: the descriptor now, the memory at the end of the iteration. */
-static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
-    if (c->state == CONN_DEAD)
-        return;
-    enum conn_state state = (enum conn_state)c->state;
-    c->state = CONN_DEAD; /* first: the proxy below may close the peer, which looks back */
-    if (state == CONN_WAIT || (c->flags & CF_REPLAYING))
-        redis_forget(srv, c);
-    if (c->px)
-        proxy_conn_closed(srv, c);
-    timer_unlink(srv, c);
-    if (state == CONN_STREAM) {
-        srv->nsubscribers--;
-        pace_forget(srv, c);
-        pace_check(srv);
-    }
-    conn_unsubscribe(c);
-    conn_drop_output(c);
-    free(c->in);
-    free(c->body);
-    c->in = NULL;
-    c->body = NULL;
-    close(c->h.fd);
-    c->h.fd = -1;
-    if (state == CONN_UPSTREAM)
-        srv->nupstreams--;
-    else if (c->flags & CF_OVER_LIMIT)
-        srv->noverflow--;
-    else
-        srv->nconns--;
-    ip_table_put(&srv->per_ip, c->ip);
-    c->ip = NULL;
-    if (state != CONN_UPSTREAM) /* every accepted connection passes here once */
-        srv->m.closed[reason]++;
-    c->tnext = srv->dead_list;
-    srv->dead_list = c;
-    /* Last: the host's on_log may publish, which must find this connection gone. */
-    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u closed (%s)", c->serial,
-            close_reason_text[reason]);
-}
-
-/* Why a client connection closes when its socket ends under it: for one already closing,
- * the reason it was closing for; else a reset when the socket failed (ECONNRESET, EPIPE,
- * ETIMEDOUT from a read or write, EPOLLERR), or the client's close at the end of input. */
-static enum close_reason conn_gone(const struct conn *c, bool failed) {
-    if (c->state == CONN_LINGER)
-        return (enum close_reason)c->reason;
-    return failed ? R_RESET : R_CLIENT_CLOSED;
-}
-
-/* Marks n written bytes as sent: releases finished blobs and counts deliveries. */
-static void conn_consume(struct sse_server *srv, struct conn *c, size_t n) {
-    if (c->flags & CF_SUBSCRIBER)
-        srv->m.bytes_total += n;
-    c->qbytes -= n;
-    if (c->state == CONN_STREAM) {
-        c->lag |= LAG_WROTE;
-        pace_note(srv, c);
-    }
-    while (n) {
-        struct blob *b = c->q[c->qhead];
-        size_t left = b->len - c->qoff;
-        if (n < left) {
-            c->qoff += (uint32_t)n;
-            return;
-        }
-        n -= left;
-        if (b->topic && (c->flags & CF_SUBSCRIBER))
-            srv->m.delivered_total++;
-        blob_unref(b);
-        c->qhead = (c->qhead + 1) & (c->qcap - 1);
-        c->qlen--;
-        c->qoff = 0;
-    }
-    if (c->qlen == 0 && c->qcap > 8) {
-        free(c->q);
-        c->q = NULL;
-        c->qcap = c->qhead = 0;
-    }
-}
-
-/* sendfile() can raise SIGPIPE and has no MSG_NOSIGNAL, so SIGPIPE is blocked around it in
- * this thread and a SIGPIPE it raised is consumed, leaving the host's handling untouched. */
-static ssize_t conn_sendfile(int out, int in, off_t *off, size_t n) {
-    sigset_t pipe_set, old, pending;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    sigpending(&pending);
-    bool was_pending = sigismember(&pending, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-    ssize_t r = sendfile(out, in, off, n);
-    int saved = errno;
-    if (r < 0 && errno == EPIPE && !was_pending) {
-        struct timespec zero = {0, 0};
-        sigtimedwait(&pipe_set, NULL, &zero);
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    errno = saved;
-    return r;
-}
-
-/* Writes as much of the queue, then the file, as the socket takes. Returns 0 when all is
- * written, 1 when the socket is full (an EPOLLOUT edge will come), -1 on a dead peer, -2 when
- * the file shrank under us. */
-static int conn_write(struct sse_server *srv, struct conn *c) {
-    while (c->qlen) {
-        struct iovec iov[WRITE_IOV_MAX];
-        size_t n = 0, total = 0;
-        for (uint32_t i = 0; i < c->qlen && n < WRITE_IOV_MAX; i++, n++) {
-            struct blob *b = c->q[(c->qhead + i) & (c->qcap - 1)];
-            size_t off = i == 0 ? c->qoff : 0;
-            iov[n].iov_base = b->bytes + off;
-            iov[n].iov_len = b->len - off;
-            total += iov[n].iov_len;
-        }
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = n};
-        ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
-        }
-        conn_consume(srv, c, (size_t)w);
-        if (c->state == CONN_RESPOND)
-            timer_set(srv, c, TIMER_SEND);
-        if ((size_t)w < total)
-            return 1;
-    }
-    while (c->file_fd >= 0 && c->file_off < c->file_end) {
-        size_t chunk = (size_t)(c->file_end - c->file_off);
-        ssize_t w =
-            conn_sendfile(c->h.fd, c->file_fd, &c->file_off, chunk > 1u << 20 ? 1u << 20 : chunk);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return 1;
-        if (w <= 0)
-            return w < 0 ? -1 : -2;
-        timer_set(srv, c, TIMER_SEND);
-    }
-    if (c->file_fd >= 0) {
-        close(c->file_fd);
-        c->file_fd = -1;
-    }
-    return 0;
-}
-
-/* Reads and throws away whatever the peer sends (subscribers and closing connections have
- * nothing more to say). Closes the connection at end of input or on an error. */
-static void conn_discard_input(struct sse_server *srv, struct conn *c) {
-    char sink[4096];
-    for (;;) {
-        ssize_t n = read(c->h.fd, sink, sizeof sink);
-        if (n > 0)
-            continue;
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        conn_close(srv, c, conn_gone(c, n < 0));
-        return;
-    }
-}
-
-/* Stops reading requests and following topics; what is queued still goes out, then the
- * write side is shut and the peer given LINGER_MS to close (so it reads our last bytes
- * rather than a reset). */
-static void conn_linger(struct sse_server *srv, struct conn *c, enum close_reason reason) {
-    if (c->state == CONN_DEAD || c->state == CONN_LINGER)
-        return;
-    if (c->state == CONN_STREAM) {
-        srv->nsubscribers--;
-        pace_forget(srv, c);
-        pace_check(srv);
-    }
-    conn_unsubscribe(c);
-    free(c->body);
-    c->body = NULL;
-    free(c->in);
-    c->in = NULL;
-    c->state = CONN_LINGER;
-    c->reason = (uint8_t)reason;
-    timer_set(srv, c, TIMER_LINGER);
-    conn_flush_later(srv, c);
-}
-
-static void http_response_done(struct sse_server *srv, struct conn *c);
-static void proxy_after_write(struct sse_server *srv, struct conn *c);
-static bool proxy_connecting(const struct conn *c);
-
-/* Writes what is pending and moves the connection on when its output is done. */
-static void conn_flush(struct sse_server *srv, struct conn *c) {
-    if (c->state == CONN_DEAD || proxy_connecting(c))
-        return;
-    int r = conn_write(srv, c);
-    if (r < 0) {
-        conn_close(srv, c,
-                   c->state == CONN_UPSTREAM ? R_UPSTREAM
-                   : r == -2                 ? R_ERROR
-                                             : conn_gone(c, true));
-        return;
-    }
-    if (c->px)
-        proxy_after_write(srv, c); /* room again: resume reading the other side */
-    if (r > 0)
-        return;
-    if (c->state == CONN_RESPOND) {
-        http_response_done(srv, c);
-    } else if (c->state == CONN_LINGER && !(c->flags & CF_WR_SHUT)) {
-        c->flags |= CF_WR_SHUT;
-        shutdown(c->h.fd, SHUT_WR);
-        conn_discard_input(srv, c);
-    }
-}
-
-/* Sends the bytes of iov[0..n) at once when nothing is queued ahead of them, and queues
- * what the socket did not take. For the proxy, where each read from an upstream should
- * leave without waiting for the end of the iteration. False if the connection failed and
- * was closed. */
-static bool conn_send(struct sse_server *srv, struct conn *c, const struct iovec *iov, int n) {
-    size_t total = 0, sent = 0;
-    for (int i = 0; i < n; i++)
-        total += iov[i].iov_len;
-    if (c->qlen == 0 && c->file_fd < 0 && !proxy_connecting(c)) {
-        struct msghdr mh = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
-        ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            conn_close(srv, c, c->state == CONN_UPSTREAM ? R_UPSTREAM : conn_gone(c, true));
-            return false;
-        }
-        sent = w > 0 ? (size_t)w : 0;
-    }
-    if (sent == total)
-        return true;
-    struct blob *b = blob_new(total - sent);
-    if (!b) {
-        conn_close(srv, c, R_ERROR);
-        return false;
-    }
-    size_t o = 0;
-    for (int i = 0; i < n; i++) {
-        const char *p = iov[i].iov_base;
-        size_t len = iov[i].iov_len, skip = sent < len ? sent : len;
-        sent -= skip;
-        memcpy(b->bytes + o, p + skip, len - skip);
-        o += len - skip;
-    }
-    if (!conn_enqueue_owned(srv, c, b)) {
-        conn_close(srv, c, R_ERROR);
-        return false;
-    }
-    return true;
-}
-
-/* Writes every connection with pending output. Handlers only queue; this is where bytes
- * leave, once per loop iteration, so a burst of events goes out in one system call. */
-static void conn_flush_all(struct sse_server *srv) {
-    while (srv->flush_list) {
-        struct conn *c = srv->flush_list;
-        srv->flush_list = c->flush_next;
-        c->flags &= (uint8_t)~CF_IN_FLUSH;
-        conn_flush(srv, c);
-    }
-}
-
-/* Frees closed connections. Only after conn_flush_all(): the flush list may name them. */
-static void conn_reap(struct sse_server *srv) {
-    while (srv->dead_list) {
-        struct conn *c = srv->dead_list;
-        srv->dead_list = c->tnext;
-        free(c);
-    }
-}
-
-/* ==========================================================================================
- * 8. Endpoints
- *
- * The stream (WHATWG 9.2.2-9.2.4): the browser fails the EventSource for good on any status
- * but 200 or a Content-Type other than text/event-stream, and reconnects after `retry` ms on
- * a clean end of body. So passing trouble (overload, shutdown) is answered 200 + retry: +
- * close, 204 is kept for "stop for good", and 4xx only for requests that will stay wrong.
- * The response is close-delimited (no chunking): the spec warns that chunking by a layer
- * unaware of the timing can hurt streams, and HTTP/1.0 clients know nothing else.
- * Publishing, metrics and static files are ordinary HTTP/1.1 (RFC 9110, RFC 9112).
- * ======================================================================================== */
-
-static const char *http_reason(int status) {
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return ""; /* the reason phrase is optional (RFC 9112 4) */
-    }
-}
-
-/* Queues a whole response: status line, Date, Content-Type (when ctype), Content-Length
- * (except for 204 and 304), Connection when it differs from the version's default, the CORS
- * lines, extra (ready-made header lines), then the body unless head_only. */
-static void http_respond(struct sse_server *srv, struct conn *c, int status, const char *ctype,
-                         const char *extra, const char *body, size_t body_len, bool head_only) {
-    char head[SSE_HEAD_MAX + 1024];
-    struct wbuf w = {head, sizeof head, 0};
-    if (c->flags & CF_BODY_UNREAD)
-        c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the unread body would be taken for a request */
-    wb_str(&w, "HTTP/1.1 ");
-    wb_u64(&w, (uint64_t)status);
-    wb_put(&w, " ", 1);
-    wb_str(&w, http_reason(status));
-    wb_str(&w, "\r\nDate: ");
-    wb_str(&w, srv->date);
-    wb_str(&w, "\r\n");
-    if (ctype) {
-        wb_str(&w, "Content-Type: ");
-        wb_str(&w, ctype);
-        wb_str(&w, "\r\n");
-    }
-    if (status != 204 && status != 304) {
-        wb_str(&w, "Content-Length: ");
-        wb_u64(&w, body_len);
-        wb_str(&w, "\r\n");
-    }
-    if (!(c->flags & CF_KEEP_ALIVE))
-        wb_str(&w, "Connection: close\r\n");
-    else if (c->flags & CF_HTTP10)
-        wb_str(&w, "Connection: keep-alive\r\n");
-    wb_str(&w, srv->cors_headers);
-    if (extra)
-        wb_str(&w, extra);
-    wb_str(&w, "\r\n");
-    size_t blen = head_only || status == 204 || status == 304 ? 0 : body_len;
-    struct blob *b = w.len <= w.cap ? blob_new(w.len + blen) : NULL;
-    if (!b) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    memcpy(b->bytes, head, w.len);
-    if (blen)
-        memcpy(b->bytes + w.len, body, blen);
-    if (!conn_enqueue_owned(srv, c, b)) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    c->state = CONN_RESPOND;
-    c->reason = R_DONE;
-    timer_set(srv, c, TIMER_SEND);
-}
-
-/* A short text/plain answer: msg plus a newline. */
-static void http_text(struct sse_server *srv, struct conn *c, int status, const char *msg,
-                      const char *extra) {
-    char body[256];
-    int n = snprintf(body, sizeof body, "%s\n", msg);
-    http_respond(srv, c, status, "text/plain; charset=utf-8", extra, body, n < 0 ? 0 : (size_t)n,
-                 false);
-}
-
-/* Answers a request that is wrong in itself and closes after: its framing can't be trusted. */
-static void http_fail(struct sse_server *srv, struct conn *c, int status, const char *msg) {
-    srv->m.bad_requests_total++;
-    c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u: %d %s", c->serial, status, msg);
-    http_text(srv, c, status, msg, NULL);
-    c->reason = R_BAD_REQUEST;
-}
-
-static void http_json(struct sse_server *srv, struct conn *c, struct wbuf *w) {
-    if (w->len > w->cap) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    http_respond(srv, c, 200, "application/json", NULL, w->p, w->len, false);
-}
-
-/* ---- the stream ------------------------------------------------------------------------ */
-
-/* The response head every subscriber gets, rebuilt when the Date second changes. */
-static struct blob *stream_head(struct sse_server *srv) {
-    if (!srv->stream_head) {
-        char head[1024];
-        struct wbuf w = {head, sizeof head, 0};
-        wb_str(&w, "HTTP/1.1 200 OK\r\nDate: ");
-        wb_str(&w, srv->date);
-        wb_str(&w, "\r\nContent-Type: text/event-stream\r\n"
-                   "Cache-Control: no-cache, no-transform\r\n"
-                   "X-Accel-Buffering: no\r\n");
-        wb_str(&w, srv->cors_headers);
-        wb_str(&w, "\r\n");
-        if (w.len <= w.cap)
-            srv->stream_head = blob_from(head, w.len);
-    }
-    return srv->stream_head;
-}
-
-/* "retry: J" with J drawn from [retry, 2 * retry], so clients sent away at the same moment
- * do not all come back at the same moment. */
-static struct blob *stream_retry_jitter(struct sse_server *srv) {
-    uint64_t base = srv->retry_ms ? (uint64_t)srv->retry_ms : 3000;
-    char line[48];
-    struct wbuf w = {line, sizeof line, 0};
-    wb_str(&w, "retry: ");
-    wb_u64(&w, base + rng_next(&srv->rng) % (base + 1));
-    wb_str(&w, "\n\n");
-    return blob_from(line, w.len);
-}
-
-/* 200 + retry: + close, for a stream request we cannot serve now. */
-static void stream_turn_away(struct sse_server *srv, struct conn *c, enum close_reason why) {
-    struct blob *head = stream_head(srv);
-    if (!head || !conn_enqueue(srv, c, head) ||
-        !conn_enqueue_owned(srv, c, stream_retry_jitter(srv))) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    conn_linger(srv, c, why);
-}
-
-/* What a subscriber that sent no last event id gets first: the current id, so that a client
- * that drops before its first event still resumes exactly where it started. By default as
- * the position event, "id: CURRENT\nevent: position\ndata:\n\n": an event that is
- * dispatched (it has a data line, empty), because only Chromium takes the id of a block that
- * dispatches nothing as the WHATWG parser says (9.2.6: "set the last event ID string ... If
- * the data buffer is an empty string ... return"); Firefox, Safari and the npm eventsource
- * package record an id only with an event they fire. Its type is "position", so onmessage
- * and listeners of other types never see it. With position_event off, "id: CURRENT" and a
- * blank line: the same id for Chromium, no event for anyone. */
-static struct blob *stream_id_line(struct sse_server *srv) {
-    if (!srv->id_line) {
-        char id[48];
-        struct wbuf w = {id, sizeof id, 0};
-        wb_id(&w, srv->redis != NULL, srv->last_id);
-        if (srv->position_event) {
-            size_t n = wire_format_event(NULL, 0, id, w.len, "position", "", 0);
-            srv->id_line = blob_new(n);
-            if (srv->id_line)
-                wire_format_event(srv->id_line->bytes, n, id, w.len, "position", "", 0);
-        } else {
-            char line[56];
-            struct wbuf lw = {line, sizeof line, 0};
-            wb_str(&lw, "id: ");
-            wb_put(&lw, id, w.len);
-            wb_str(&lw, "\n\n");
-            srv->id_line = blob_from(line, lw.len);
-        }
-    }
-    return srv->id_line;
-}
-
-/* The reset event: the requested id cannot be replayed exactly; the data tells the
- * application which ids are known so it can reload its state. */
-static struct blob *stream_reset_event(struct sse_server *srv, const char *asked, size_t len) {
-    char data[2048];
-    struct wbuf w = {data, sizeof data, 0};
-    wb_str(&w, "{\"requested\": ");
-    wire_json_string(&w, asked, len > 256 ? 256 : len);
-    wb_str(&w, ", \"oldest\": ");
-    if (srv->backlog.count) {
-        wb_str(&w, "\"");
-        wb_id(&w, srv->redis != NULL, backlog_at(&srv->backlog, 0)->id);
-        wb_str(&w, "\"");
-    } else {
-        wb_str(&w, "null");
-    }
-    wb_str(&w, ", \"current\": \"");
-    wb_id(&w, srv->redis != NULL, srv->last_id);
-    wb_str(&w, "\"}");
-    char id[48];
-    struct wbuf idw = {id, sizeof id, 0};
-    wb_id(&idw, srv->redis != NULL, srv->last_id);
-    size_t n = wire_format_event(NULL, 0, id, idw.len, "reset", data, w.len);
-    struct blob *b = blob_new(n);
-    if (b)
-        wire_format_event(b->bytes, n, id, idw.len, "reset", data, w.len);
-    return b;
-}
-
-static bool stream_follows(const struct conn *c, const struct topic *t) {
-    for (uint16_t i = 0; i < c->nsubs; i++)
-        if (c->subs[i].topic == t)
-            return true;
-    return false;
-}
-
-/* Queues every retained event after id on the subscriber's topics. */
-static bool stream_replay_rest(struct sse_server *srv, struct conn *c, uint64_t id) {
-    for (uint32_t i = backlog_after(&srv->backlog, id); i < srv->backlog.count; i++) {
-        struct blob *ev = backlog_at(&srv->backlog, i);
-        if (stream_follows(c, ev->topic) && !conn_enqueue(srv, c, ev))
-            return false;
-    }
-    return true;
-}
-
-/* Queues what a subscriber must get before live events: everything retained after its
- * last id on its topics, or the reset event, or (no last id) the current id. As a node of
- * a Redis hub, what is older than the backlog comes from Redis (redis_replay). */
-static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *last,
-                            size_t last_len) {
-    if (!last)
-        return conn_enqueue(srv, c, stream_id_line(srv));
-    uint64_t id;
-    bool valid = id_parse(srv->redis != NULL, last, last_len, &id);
-    if (valid && srv->redis && id > srv->last_id && redis_ahead(srv, c, id)) {
-        srv->m.replays_total++;
-        return true; /* when the follower reaches it (redis_ahead_done) */
-    }
-    bool covered = valid && (srv->redis ? redis_backlog_covers(srv, id)
-                                        : backlog_covers(&srv->backlog, id, srv->last_id));
-    if (valid && srv->redis && id < srv->last_id && !covered && redis_replay(srv, c, id)) {
-        srv->m.replays_total++;
-        return true; /* from Redis, then the backlog (stream_replay_rest) */
-    }
-    if (!covered) {
-        srv->m.resets_total++;
-        return conn_enqueue_owned(srv, c, stream_reset_event(srv, last, last_len));
-    }
-    srv->m.replays_total++;
-    return stream_replay_rest(srv, c, id);
-}
-
-/* Turns the connection into a subscriber of the given topics. */
-static void stream_open(struct sse_server *srv, struct conn *c, const char *const *names,
-                        const size_t *lens, size_t n, const char *last, size_t last_len) {
-    c->subs = calloc(n, sizeof *c->subs);
-    for (size_t i = 0; c->subs && i < n; i++) {
-        struct topic *t = topic_get(&srv->topics, names[i], lens[i]);
-        if (!t)
-            break;
-        struct sub *s = &c->subs[i];
-        s->topic = t;
-        s->conn = c;
-        s->next = t->subs;
-        if (t->subs)
-            t->subs->prev = s;
-        t->subs = s;
-        c->nsubs = (uint16_t)(i + 1);
-    }
-    struct blob *head = stream_head(srv);
-    if (c->nsubs != n || !head) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    c->state = CONN_STREAM;
-    c->flags |= CF_SUBSCRIBER;
-    srv->nsubscribers++;
-    pace_check(srv); /* one more subscriber may end a hold */
-    free(c->in);     /* anything pipelined after a stream request is meaningless */
-    c->in = NULL;
-    /* A peer that vanished without a FIN is found by unacknowledged heartbeats timing out
-     * (TCP_USER_TIMEOUT), or by keepalive probes when the stream is quiet. */
-    int on = 1, idle = 60, intvl = 10, cnt = 3;
-    unsigned user_timeout = TCP_USER_TIMEOUT_MS;
-    setsockopt(c->h.fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
-    if (!conn_enqueue(srv, c, head) ||
-        (srv->retry_line && !conn_enqueue(srv, c, srv->retry_line)) ||
-        !stream_catch_up(srv, c, last, last_len)) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    timer_set(srv, c, TIMER_STREAM);
-}
-
-/* Queues a live event for a subscriber, or drops the subscriber if it is too far behind
- * (it reconnects and catches up from the backlog; everyone else keeps real time). */
-static bool stream_push(struct sse_server *srv, struct conn *c, struct blob *ev) {
-    if (c->flags & CF_REPLAYING)
-        return false; /* it takes this event from the backlog when its replay ends */
-    /* An idle subscriber always takes the event, so one event larger than the buffer is
-     * delivered rather than dropping everyone. */
-    if (c->qbytes && c->qbytes + ev->len > srv->client_buffer) {
-        srv->m.dropped_total++;
-        conn_close(srv, c, R_SLOW);
-        return false;
-    }
-    if (!conn_enqueue(srv, c, ev)) {
-        conn_close(srv, c, R_ERROR);
-        return false;
-    }
-    timer_set(srv, c, TIMER_STREAM);
-    return true;
+/* The journal, in a hook of history_journal (so it is the history). */
+static struct journal *journal_of(const struct sse_server *srv) {
+    return srv->history_self;
 }
 
-/* Heartbeat (WHATWG 9.2.7 suggests a comment every 15 s or so against proxies that drop
- * quiet connections). Skipped while bytes are queued: then the line is not quiet. */
-static void stream_heartbeat(struct sse_server *srv, struct conn *c) {
-    if (c->qlen == 0 && !conn_enqueue(srv, c, srv->heartbeat)) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    timer_set(srv, c, TIMER_STREAM);
+static void history_journal_free(struct sse_server *srv) {
+    journal_close(journal_of(srv), &srv->log);
+    free(srv->history_self);
+    srv->history_self = NULL;
 }
 
-/* Collects the topics of a stream request: the path segment after the prefix and every
- * topic= parameter, de-duplicated; "default" when none. Returns the count, or -1 with *why. */
-static int stream_topics(const char *rest, size_t rest_len, const struct http_query *q,
-                         const char **names, size_t *lens, const char **why) {
-    int n = 0;
-    for (size_t i = 0; i <= q->n; i++) {
-        const char *name;
-        size_t len;
-        if (i == q->n) {
-            if (rest_len == 0)
-                break;
-            name = rest + 1;
-            len = rest_len - 1;
-        } else if (bytes_eq(q->params[i].key, q->params[i].key_len, "topic")) {
-            name = q->params[i].value;
-            len = q->params[i].value_len;
-        } else {
-            continue;
-        }
-        if (!wire_topic_valid(name, len)) {
-            *why = "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
-            return -1;
-        }
-        bool dup = false;
-        for (int j = 0; j < n; j++)
-            dup = dup || (lens[j] == len && memcmp(names[j], name, len) == 0);
-        if (dup)
-            continue;
-        if (n == SSE_MAX_TOPICS_PER_STREAM) {
-            *why = "too many topics for one stream";
-            return -1;
-        }
-        names[n] = name;
-        lens[n++] = len;
-    }
-    if (n == 0) {
-        names[0] = DEFAULT_TOPIC;
-        lens[0] = strlen(DEFAULT_TOPIC);
-        n = 1;
-    }
-    return n;
+/* The journal, or NULL when the history is another (part_journal's hooks ask). */
+static struct journal *journal_of_any(const struct sse_server *srv) {
+    return srv->history->free == history_journal_free ? srv->history_self : NULL;
 }
 
-/* The client's last event id: the Last-Event-ID header, else one of the query parameter
- * spellings that polyfills and other servers use (the first connection of an EventSource
- * cannot carry the header). */
-static const char *stream_last_id(const struct http_request *req, const struct http_query *q,
-                                  size_t *len) {
-    const struct http_header *h = http_header(req, "Last-Event-ID");
-    if (h && h->value_len) {
-        *len = h->value_len;
-        return h->value;
-    }
-    static const char *const names[] = {"lastEventId", "last_event_id", "lastEventID",
-                                        "Last-Event-ID"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        const struct http_param *p = http_query_get(q, names[i]);
-        if (p && p->value_len) {
-            *len = p->value_len;
-            return p->value;
-        }
-    }
-    return NULL;
+static int history_journal_store(struct sse_server *srv, const struct blob *ev) {
+    return journal_of(srv)->fd >= 0 ? journal_append(journal_of(srv), ev, &srv->log, srv->now) : 0;
 }
 
-/* Whether the request carries the token as "Authorization: Bearer" or (only when
- * allow_query, since EventSource cannot set headers) as ?token=. */
-static bool http_token_ok(const struct http_request *req, const struct http_query *q,
-                          const char *secret, bool allow_query) {
-    size_t slen = strlen(secret);
-    const struct http_header *h = http_header(req, "Authorization");
-    const char *tok;
-    size_t tlen;
-    if (h && http_bearer(h->value, h->value_len, &tok, &tlen) && ct_equal(tok, tlen, secret, slen))
-        return true;
-    const struct http_param *p = allow_query ? http_query_get(q, "token") : NULL;
-    return p && ct_equal(p->value, p->value_len, secret, slen);
+static void history_journal_kept(struct sse_server *srv, uint64_t id) {
+    if (journal_of(srv)->fd >= 0)
+        journal_maybe_compact(journal_of(srv), &srv->backlog, id, &srv->log, srv->now);
 }
-
-static void stream_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                          const struct http_query *q, const char *rest, size_t rest_len) {
-    if (ascii_ieq(req->method, req->method_len, "OPTIONS")) {
-        http_respond(srv, c, 204, NULL, "Allow: GET, OPTIONS\r\n", NULL, 0, false);
-        return;
-    }
-    if (!bytes_eq(req->method, req->method_len, "GET")) {
-        http_text(srv, c, 405, "method not allowed", "Allow: GET, OPTIONS\r\n");
-        return;
-    }
-    const char *names[SSE_MAX_TOPICS_PER_STREAM];
-    size_t lens[SSE_MAX_TOPICS_PER_STREAM];
-    const char *why = NULL;
-    int n = stream_topics(rest, rest_len, q, names, lens, &why);
-    if (n < 0) {
-        http_text(srv, c, 400, why, NULL);
-        return;
-    }
-    if (srv->subscribe_token && !http_token_ok(req, q, srv->subscribe_token, true)) {
-        http_text(srv, c, 401, "subscribing needs a token", "WWW-Authenticate: Bearer\r\n");
-        return;
-    }
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *h = &req->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "Accept") &&
-            !http_accepts_event_stream(h->value, h->value_len, true)) {
-            http_text(srv, c, 406, "this endpoint only sends text/event-stream", NULL);
-            return;
-        }
-    }
-    bool all_retired = true;
-    for (int i = 0; i < n && all_retired; i++) {
-        struct topic *t = topic_find(&srv->topics, names[i], lens[i]);
-        all_retired = t && t->retired;
-    }
-    if (all_retired) {
-        http_respond(srv, c, 204, NULL, NULL, NULL, 0, false);
-        return;
-    }
-    if (c->flags & CF_OVER_LIMIT) {
-        srv->m.rejected_total++;
-        stream_turn_away(srv, c, R_OVERLOAD);
-        return;
-    }
-    if (srv->redis && !redis_positioned(srv)) {
-        stream_turn_away(srv, c, R_OVERLOAD); /* no stream position yet: come back soon */
-        return;
-    }
-    size_t last_len = 0;
-    const char *last = stream_last_id(req, q, &last_len);
-    stream_open(srv, c, names, lens, (size_t)n, last, last_len);
-}
-
-/* ---- publishing ------------------------------------------------------------------------ */
-
-/* What every publishing path checks first: a valid topic (NULL means the default), event
- * type and UTF-8 data within the size limit. 0, -EINVAL or -EMSGSIZE. */
-static int publish_check(const struct sse_server *srv, const char **topic, const char *event,
-                         const char *data, size_t len) {
-    if (!*topic)
-        *topic = DEFAULT_TOPIC;
-    if (!wire_topic_valid(*topic, strlen(*topic)) ||
-        (event && !wire_event_type_valid(event, strlen(event))))
-        return -EINVAL;
-    if (len > srv->max_event_bytes)
-        return -EMSGSIZE;
-    if (!wire_utf8_valid(data ? data : "", data ? len : 0))
-        return -EINVAL;
-    return 0;
-}
-
-/* Where every event ends up, whoever assigned its id (this server, or Redis): formatted
- * once, written to the journal, kept in the backlog, queued for every subscriber of its
- * topic. The event is checked already. Returns the subscribers it was queued to, or
- * -ENOMEM, or -EIO when the journal could not store it (then nobody hears of it). */
-static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *topic,
-                               const char *event, const char *data, size_t len) {
-    char text[48];
-    struct wbuf idw = {text, sizeof text, 0};
-    wb_id(&idw, srv->redis != NULL, id);
-    size_t n = wire_format_event(NULL, 0, text, idw.len, event, data, len);
-    struct topic *t = topic_get(&srv->topics, topic, strlen(topic));
-    struct blob *ev = t ? blob_new(n) : NULL;
-    if (!ev) {
-        if (t)
-            topic_unref(t);
-        return -ENOMEM;
-    }
-    wire_format_event(ev->bytes, n, text, idw.len, event, data, len);
-    ev->id = id;
-    ev->topic = t;
-    if (srv->journal.fd >= 0 && journal_append(&srv->journal, ev, &srv->log, srv->now) < 0) {
-        blob_unref(ev); /* not on disk: nobody hears of it, and the id is not used */
-        return -EIO;
-    }
-    uint64_t prev = srv->last_id;
-    srv->last_id = id;
-    blob_unref(srv->id_line);
-    srv->id_line = NULL;
-    topic_retire_flag(t, false);
-    backlog_push(&srv->backlog, ev, prev);
-    if (srv->journal.fd >= 0)
-        journal_maybe_compact(&srv->journal, &srv->backlog, id, &srv->log, srv->now);
-    int queued = 0;
-    for (struct sub *s = t->subs, *next; s; s = next) {
-        next = s->next;
-        queued += stream_push(srv, s->conn, ev);
-    }
-    blob_unref(ev);
-    srv->m.published_total++;
-    return queued;
-}
-
-/* While an event is delivered, a log line (a slow subscriber dropped, a journal error)
- * reaches the host's on_log, which may call sse_publish(): srv->busy makes that one fail
- * with -EBUSY rather than change the lists being walked. */
-static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topic,
-                           const char *event, const char *data, size_t len) {
-    bool was_busy = srv->busy;
-    srv->busy = true;
-    int r = publish_deliver_now(srv, id, topic, event, data, len);
-    srv->busy = was_busy;
-    return r;
-}
-
-/* Delivers an event under the next id of a server on its own. Ids never wrap: past
- * UINT64_MAX an id would come out smaller than the ones clients hold (their Last-Event-ID
- * would then skip or repeat events, and the journal would refuse the file at the next
- * start), so once the last id is UINT64_MAX nothing more is published: -EOVERFLOW, and
- * /healthz answers 503. Otherwise as publish_deliver(). */
-static int publish_local(struct sse_server *srv, const char *topic, const char *event,
-                         const char *data, size_t len) {
-    if (srv->last_id == UINT64_MAX)
-        return -EOVERFLOW;
-    return publish_deliver(srv, srv->last_id + 1, topic, event, data, len);
-}
-
-/* The one publishing path for everything but HTTP (inputs, relays, sse_publish): on its
- * own the server assigns the next id and delivers at once; as a node of a Redis hub the
- * event goes to Redis, and arrives back (with Redis's id) through the stream it follows. */
-static int publish_event(struct sse_server *srv, const char *topic, const char *event,
-                         const char *data, size_t len, uint64_t *id_out) {
-    int r = publish_check(srv, &topic, event, data, len);
-    if (r < 0)
-        return r;
-    if (srv->redis) {
-        if (id_out)
-            *id_out = 0;
-        return redis_publish(srv, NULL, topic, event, data, len);
-    }
-    r = publish_local(srv, topic, event, data, len);
-    if (r >= 0 && id_out)
-        *id_out = srv->last_id;
-    return r;
-}
-
-/* Ends the streams of topic's subscribers (with retire, only those following nothing but
- * retired topics) once their queues have gone out. Returns how many, or -EINVAL, -ENOMEM. */
-static int publish_end_subscribers(struct sse_server *srv, const char *topic, bool retire) {
-    size_t tlen = strlen(topic);
-    if (!wire_topic_valid(topic, tlen))
-        return -EINVAL;
-    struct topic *t = topic_get(&srv->topics, topic, tlen);
-    if (!t)
-        return -ENOMEM;
-    if (retire && !topic_retire_flag(t, true)) {
-        topic_unref(t);
-        return -ENOMEM;
-    }
-    srv->busy = true; /* as in publish_deliver() */
-    int ended = 0;
-    for (struct sub *s = t->subs, *next; s; s = next) {
-        next = s->next;
-        struct conn *c = s->conn;
-        bool all_retired = true;
-        for (uint16_t i = 0; retire && i < c->nsubs; i++)
-            all_retired = all_retired && c->subs[i].topic->retired;
-        if (all_retired) {
-            conn_linger(srv, c, retire ? R_RETIRED : R_RECONNECT);
-            ended++;
-        }
-    }
-    srv->busy = false;
-    topic_unref(t);
-    return ended;
-}
-
-/* Retiring closes the subscribers of a topic that follow nothing else, and answers 204 to
- * new ones until the next publish there: the one way to make an EventSource stop (WHATWG
- * 9.2.3: a response other than 200 fails the connection for good). */
-static int publish_retire(struct sse_server *srv, const char *topic) {
-    return publish_end_subscribers(srv, topic, true);
-}
-
-/* Ending a stream without retiring is the opposite message: the end of the body tells an
- * EventSource to reconnect after retry (9.2.3), with Last-Event-ID, and replay fills the gap. */
-static int publish_end_streams(struct sse_server *srv, const char *topic) {
-    return publish_end_subscribers(srv, topic, false);
-}
-
-/* Answers a publish: 200 with the id, the topic and the subscribers (of this server) it was
- * queued to, or the error r. */
-static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64_t id,
-                           const char *topic) {
-    if (r == -EINVAL) {
-        http_text(srv, c, 400, "the body must be valid UTF-8", NULL);
-    } else if (r == -EIO) {
-        http_text(srv, c, 503, "the event could not be stored; it was not published", NULL);
-    } else if (r == -EOVERFLOW) {
-        http_text(srv, c, 503,
-                  "id space exhausted: the last id is 18446744073709551615; it was not published",
-                  NULL);
-    } else if (r < 0) {
-        http_text(srv, c, 500, "could not publish", NULL);
-    } else {
-        char out[256];
-        struct wbuf w = {out, sizeof out, 0};
-        wb_str(&w, "{\"id\": \"");
-        wb_id(&w, srv->redis != NULL, id);
-        wb_str(&w, "\", \"topic\": \"");
-        wb_str(&w, topic);
-        wb_str(&w, "\", \"subscribers\": ");
-        wb_u64(&w, (uint64_t)r);
-        wb_str(&w, "}\n");
-        http_json(srv, c, &w);
-    }
-}
-
-/* The body has arrived: publish it and answer with the id. Through Redis the answer waits
- * (CONN_WAIT) until Redis has stored the event and said its id. */
-static void publish_finish(struct sse_server *srv, struct conn *c) {
-    if (srv->pace.held) { /* flow control: wait for the subscribers, body kept */
-        c->state = CONN_PACED;
-        timer_set(srv, c, TIMER_PACED);
-        return;
-    }
-    struct body *b = c->body;
-    c->body = NULL;
-    const char *topic = b->topic, *event = b->has_event ? b->event : NULL;
-    int r = publish_check(srv, &topic, event, b->data, b->have);
-    if (r == 0 && srv->redis) {
-        r = redis_publish(srv, c, topic, event, b->data, b->have);
-        if (r == 0) {
-            c->state = CONN_WAIT;
-            timer_set(srv, c, TIMER_SEND);
-            free(b);
-            return;
-        }
-    } else if (r == 0) {
-        r = publish_local(srv, topic, event, b->data, b->have);
-    }
-    publish_answer(srv, c, r, srv->last_id, topic);
-    free(b);
-}
-
-/* A publish held by flow control for publish_wait_ms (or at a stop) is refused: the
- * publisher may send it again later, and nothing was published. */
-static void publish_paced_timeout(struct sse_server *srv, struct conn *c) {
-    free(c->body);
-    c->body = NULL;
-    c->state = CONN_BODY; /* out of CONN_PACED, so the answer is an ordinary one */
-    srv->pace.publish_timeouts++;
-    http_text(srv, c, 503, "subscribers are behind; the event was not published, send it again",
-              "Retry-After: 1\r\n");
-}
-
-/* Takes up to n bytes of body; publishes when it is complete. Returns bytes taken. */
-static size_t publish_body_feed(struct sse_server *srv, struct conn *c, const char *p, size_t n) {
-    struct body *b = c->body;
-    size_t take = b->need - b->have < n ? b->need - b->have : n;
-    memcpy(b->data + b->have, p, take);
-    b->have += take;
-    if (b->have == b->need)
-        publish_finish(srv, c);
-    return take;
-}
-
-/* Reads the body from the socket until it is complete or the socket is empty. */
-static void publish_body_read(struct sse_server *srv, struct conn *c) {
-    while (c->state == CONN_BODY) {
-        struct body *b = c->body;
-        ssize_t n = read(c->h.fd, b->data + b->have, b->need - b->have);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (n <= 0) {
-            conn_close(srv, c, conn_gone(c, n < 0));
-            return;
-        }
-        b->have += (size_t)n;
-        if (b->have == b->need)
-            publish_finish(srv, c);
-    }
-}
-
-/* Validates the ?topic= and ?event= of a publish into *topic and *event ("" when absent).
- * Returns NULL or what is wrong. */
-static const char *publish_params(const struct http_query *q, char *topic, char *event) {
-    const struct http_param *t = http_query_get(q, "topic");
-    const struct http_param *e = http_query_get(q, "event");
-    if (t && !wire_topic_valid(t->value, t->value_len))
-        return "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
-    if (e && !wire_event_type_valid(e->value, e->value_len))
-        return "invalid event type: 1 to 256 bytes of UTF-8 without CR, LF or NUL";
-    strcpy(topic, DEFAULT_TOPIC);
-    if (t) {
-        memcpy(topic, t->value, t->value_len);
-        topic[t->value_len] = '\0';
-    }
-    event[0] = '\0';
-    if (e) {
-        memcpy(event, e->value, e->value_len);
-        event[e->value_len] = '\0';
-    }
-    return NULL;
-}
-
-/* Sets the connection up to receive a publish body of content_length bytes (asking for it
- * with 100 Continue when the client waits for that), or publishes at once when empty. */
-static void publish_expect_body(struct sse_server *srv, struct conn *c,
-                                const struct http_request *req, const char *topic,
-                                const char *event, uint64_t content_length) {
-    if (content_length > srv->max_event_bytes) {
-        http_fail(srv, c, 413, "event over --max-event-bytes");
-        return;
-    }
-    struct body *b = malloc(sizeof *b + content_length);
-    if (!b) {
-        http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
-        return;
-    }
-    b->need = (size_t)content_length;
-    b->have = 0;
-    b->has_event = event[0] != '\0';
-    strcpy(b->topic, topic);
-    strcpy(b->event, event);
-    c->body = b;
-    c->flags &= (uint8_t)~CF_BODY_UNREAD;
-    c->state = CONN_BODY;
-    timer_set(srv, c, TIMER_REQUEST);
-    const struct http_header *expect = http_header(req, "Expect");
-    if (expect && content_length && !(c->flags & CF_HTTP10) &&
-        ascii_ieq(expect->value, expect->value_len, "100-continue") &&
-        !conn_enqueue(srv, c, srv->continue_100)) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    if (content_length == 0)
-        publish_finish(srv, c);
-}
-
-static void publish_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                           const struct http_query *q, uint64_t content_length) {
-    static const char allow[] = "Allow: POST, DELETE, OPTIONS\r\n";
-    bool post = bytes_eq(req->method, req->method_len, "POST");
-    bool del = bytes_eq(req->method, req->method_len, "DELETE");
-    if (bytes_eq(req->method, req->method_len, "OPTIONS")) {
-        http_respond(srv, c, 204, NULL,
-                     *srv->cors_headers ? "Allow: POST, DELETE, OPTIONS\r\n"
-                                          "Access-Control-Allow-Methods: POST, DELETE, OPTIONS\r\n"
-                                          "Access-Control-Allow-Headers: Authorization, "
-                                          "Content-Type, Last-Event-ID\r\n"
-                                          "Access-Control-Max-Age: 600\r\n"
-                                        : allow,
-                     NULL, 0, false);
-        return;
-    }
-    if (!post && !del) {
-        http_text(srv, c, 405, "method not allowed", allow);
-        return;
-    }
-    if (!srv->publish_token) {
-        http_text(srv, c, 403,
-                  "publishing over HTTP is disabled: start sse-server with --publish-token", NULL);
-        return;
-    }
-    if (!http_token_ok(req, q, srv->publish_token, false)) {
-        http_text(srv, c, 401, "publishing needs Authorization: Bearer <token>",
-                  "WWW-Authenticate: Bearer\r\n");
-        return;
-    }
-    char topic[TOPIC_NAME_MAX + 1], event[EVENT_TYPE_MAX + 1];
-    const char *why = publish_params(q, topic, event);
-    if (why) {
-        http_text(srv, c, 400, why, NULL);
-        return;
-    }
-    if (del) {
-        char out[256];
-        struct wbuf w = {out, sizeof out, 0};
-        int closed = publish_retire(srv, topic);
-        wb_str(&w, "{\"topic\": \"");
-        wb_str(&w, topic);
-        wb_str(&w, "\", \"closed\": ");
-        wb_u64(&w, closed > 0 ? (uint64_t)closed : 0);
-        wb_str(&w, "}\n");
-        http_json(srv, c, &w);
-        return;
-    }
-    publish_expect_body(srv, c, req, topic, event, content_length);
-}
-
-/* ---- metrics, health, static files ----------------------------------------------------- */
-
-static uint64_t metrics_relays_up(const struct sse_server *srv);
 
-/* The # HELP and # TYPE lines that open a metric family (its samples follow). */
-static void metrics_family(struct wbuf *w, const char *name, const char *type, const char *help) {
-    wb_str(w, "# HELP ");
-    wb_str(w, name);
-    wb_put(w, " ", 1);
-    wb_str(w, help);
-    wb_str(w, "\n# TYPE ");
-    wb_str(w, name);
-    wb_put(w, " ", 1);
-    wb_str(w, type);
-    wb_put(w, "\n", 1);
+static void history_journal_tick(struct sse_server *srv) {
+    journal_tick(journal_of(srv), &srv->log, srv->now);
 }
 
-/* Flow control's holds by cause: how often the gate closed and for how long, the hold under
- * way included. */
-static void metrics_pace(const struct sse_server *srv, struct wbuf *w) {
-    const struct pace *p = &srv->pace;
-    metrics_family(w, "sse_publish_holds_total", "counter",
-                   "Times publishers were held (inputs and relays not read), by cause.");
-    for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++) {
-        wb_str(w, "sse_publish_holds_total{cause=\"");
-        wb_str(w, pace_cause_label[i]);
-        wb_str(w, "\"} ");
-        wb_u64(w, p->holds[i]);
-        wb_put(w, "\n", 1);
-    }
-    metrics_family(w, "sse_inputs_held_seconds_total", "counter",
-                   "Seconds publishers were held, by cause.");
-    for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++) {
-        uint64_t ms = p->held_ms[i] + (p->cause == i ? (uint64_t)(srv->now - p->gate_since) : 0);
-        char frac[8];
-        snprintf(frac, sizeof frac, ".%03u", (unsigned)(ms % 1000));
-        wb_str(w, "sse_inputs_held_seconds_total{cause=\"");
-        wb_str(w, pace_cause_label[i]);
-        wb_str(w, "\"} ");
-        wb_u64(w, ms / 1000);
-        wb_str(w, frac);
-        wb_put(w, "\n", 1);
-    }
+static int64_t history_journal_deadline(const struct sse_server *srv) {
+    int64_t due = journal_deadline(journal_of(srv));
+    return due < 0 ? INT64_MAX : due;
 }
 
-/* The Prometheus text format (0.0.4): one family per row, then the closes by reason. Every
- * accepted connection is open or closed once under one reason, so
- *   sum(sse_connections_closed_total) + sse_connections == sse_connections_total
- * holds at every scrape. Over-limit connections count as accepted and open while answered;
- * sse_connections_rejected_total counts them too (when answered), and the connections
- * closed at accept (beyond OVERFLOW_MAX, out of descriptors), which were never accepted. */
-static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_only) {
-    const struct {
-        const char *name, *type, *help;
-        uint64_t value;
-    } rows[] = {
-        {"sse_subscribers", "gauge", "Subscribers connected now.", srv->nsubscribers},
-        {"sse_connections", "gauge", "Client connections open now, over --max-clients or not.",
-         (uint64_t)srv->nconns + srv->noverflow},
-        {"sse_backlog_events", "gauge", "Events retained for replay.", srv->backlog.count},
-        {"sse_backlog_bytes", "gauge", "Bytes of the events retained for replay, as sent.",
-         srv->backlog.bytes},
-        {"sse_topics", "gauge", "Topics held: subscribed, in the backlog or retired.",
-         srv->topics.count},
-        {"sse_connections_total", "counter", "Client connections accepted.",
-         srv->m.connections_total},
-        {"sse_connections_rejected_total", "counter",
-         "Connections turned away: over --max-clients or out of file descriptors.",
-         srv->m.rejected_total},
-        {"sse_events_published_total", "counter", "Events published.", srv->m.published_total},
-        {"sse_events_delivered_total", "counter", "Events written out to subscribers.",
-         srv->m.delivered_total},
-        {"sse_bytes_delivered_total", "counter", "Bytes written to subscribers.",
-         srv->m.bytes_total},
-        {"sse_subscribers_dropped_total", "counter",
-         "Subscribers disconnected for falling more than --client-buffer behind.",
-         srv->m.dropped_total},
-        {"sse_subscribers_lagging", "gauge",
-         "Subscribers past the flow-control high-water mark, counted for holding publishers.",
-         srv->pace.lagging},
-        {"sse_subscribers_left_behind", "gauge",
-         "Subscribers still lagging after the others caught up: not waited for.", srv->pace.behind},
-        {"sse_subscribers_left_behind_total", "counter",
-         "Subscribers left behind by flow control (then dropped, or caught up).",
-         srv->pace.left_behind_total},
-        {"sse_publish_wait_timeouts_total", "counter",
-         "HTTP publishes answered 503 after waiting for subscribers to catch up.",
-         srv->pace.publish_timeouts},
-        {"sse_replays_total", "counter", "Subscriptions resumed exactly from a Last-Event-ID.",
-         srv->m.replays_total},
-        {"sse_resets_total", "counter", "Subscriptions sent the reset event instead.",
-         srv->m.resets_total},
-        {"sse_bad_requests_total", "counter", "Requests refused as malformed or too large.",
-         srv->m.bad_requests_total},
-        {"sse_upstream_connections", "gauge", "Connections to upstreams open now.",
-         srv->nupstreams},
-        {"sse_relays_connected", "gauge", "Relays receiving their upstream stream now.",
-         metrics_relays_up(srv)},
-        {"sse_proxied_requests_total", "counter", "Requests passed to an upstream.",
-         srv->m.proxied_total},
-        {"sse_proxy_errors_total", "counter", "Upstream failures (refused, timed out, invalid).",
-         srv->m.proxy_errors_total},
-        {"sse_relay_events_total", "counter", "Events published by relays.", srv->m.relayed_total},
-        {"sse_journal_bytes", "gauge", "Size of the journal file (0 without --journal).",
-         srv->journal.size},
-        {"sse_journal_syncs_total", "counter", "fdatasync() calls on the journal.",
-         srv->journal.syncs},
+static size_t history_journal_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    static const struct journal none = {.fd = -1};
+    const struct journal *j = journal_of_any(srv) ? journal_of_any(srv) : &none;
+    const struct metrics_row mine[] = {
+        {"sse_journal_bytes", "gauge", "Size of the journal file (0 without --journal).", j->size},
+        {"sse_journal_syncs_total", "counter", "fdatasync() calls on the journal.", j->syncs},
         {"sse_journal_compactions_total", "counter", "Journal rewrites down to the backlog.",
-         srv->journal.compactions},
+         j->compactions},
         {"sse_journal_errors_total", "counter",
          "Failed journal writes, syncs and compactions (failed writes were not published).",
-         srv->journal.errors},
-        {"sse_redis_up", "gauge", "1 when both Redis links are up and following the stream.",
-         srv->redis && redis_ready(srv)},
-        {"sse_redis_reconnects_total", "counter", "Redis links lost.",
-         srv->redis ? redis_reconnects(srv) : 0},
-        {"sse_redis_errors_total", "counter",
-         "Publishes Redis did not take (answered 503) and stream entries skipped.",
-         srv->redis ? redis_errors(srv) : 0},
-        {"sse_redis_entries_total", "counter", "Stream entries delivered to local subscribers.",
-         srv->redis ? redis_received(srv) : 0},
-        {"sse_redis_publish_unknown_total", "counter",
-         "XADDs sent but not answered when the link died: stored or not, nobody knows.",
-         srv->redis ? redis_unknown(srv) : 0},
+         j->errors},
     };
-    char out[16384];
-    struct wbuf w = {out, sizeof out, 0};
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-        metrics_family(&w, rows[i].name, rows[i].type, rows[i].help);
-        wb_str(&w, rows[i].name);
-        wb_put(&w, " ", 1);
-        wb_u64(&w, rows[i].value);
-        wb_put(&w, "\n", 1);
-    }
-    metrics_family(&w, "sse_connections_closed_total", "counter",
-                   "Client connections closed, by reason (closed + open = accepted).");
-    for (int r = 0; r < R_COUNT; r++) {
-        wb_str(&w, "sse_connections_closed_total{reason=\"");
-        wb_str(&w, close_reason_label[r]);
-        wb_str(&w, "\"} ");
-        wb_u64(&w, srv->m.closed[r]);
-        wb_put(&w, "\n", 1);
-    }
-    metrics_pace(srv, &w);
-    if (w.len > w.cap) { /* not with these rows: at 2^64-1 each, under 7 KiB */
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    http_respond(srv, c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, out, w.len,
-                 head_only);
+    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
+    memcpy(rows, mine, sizeof mine);
+    return sizeof mine / sizeof mine[0];
 }
 
-/* Answers 304 or queues the file's head and hands the descriptor to the writer. Takes fd. */
-static void static_send(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                        int fd, const struct stat *st, const char *name, bool head_only) {
-    char extra[128], modified[32];
-    http_format_date(st->st_mtime, modified);
-    snprintf(extra, sizeof extra, "Last-Modified: %s\r\nX-Content-Type-Options: nosniff\r\n",
-             modified);
-    const struct http_header *ims = http_header(req, "If-Modified-Since");
-    time_t since;
-    if (ims && http_parse_date(ims->value, ims->value_len, &since) && st->st_mtime <= since) {
-        close(fd);
-        http_respond(srv, c, 304, NULL, extra, NULL, 0, false);
-        return;
-    }
-    /* The head claims st_size bytes; the writer sends exactly that many or closes. */
-    http_respond(srv, c, 200, static_content_type(name), extra, NULL, (size_t)st->st_size, true);
-    if (c->state != CONN_RESPOND || head_only || st->st_size == 0) {
-        close(fd);
-        return;
-    }
-    c->file_fd = fd;
-    c->file_off = 0;
-    c->file_end = st->st_size;
+static const char *history_journal_unhealthy(const struct sse_server *srv) {
+    const struct journal *j = journal_of_any(srv);
+    return !j                ? NULL
+           : j->stuck        ? "journal unusable"
+           : j->cannot_write ? "journal cannot write"
+                             : NULL;
 }
 
-static void static_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                          const char *path, size_t path_len, bool head_only) {
-    char rel[SSE_HEAD_MAX + 16];
-    long n = static_resolve(path, path_len, rel, SSE_HEAD_MAX);
-    int fd = -1;
-    if (n >= 0)
-        fd = static_open(srv->root_fd, srv->root_real, rel);
-    else
-        errno = ENOENT;
-    struct stat st;
-    bool is_dir = fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
-    if (is_dir) {
-        close(fd);
-        if (path[path_len - 1] != '/') {
-            /* Redirect to the directory's own URL so relative links in its index resolve.
-             * Built from the resolved path alone, never from the raw target: an absolute-form
-             * "http://evil.example/sub" or a "//sub" would send the browser to another host.
-             * The query goes as sent (ASCII without spaces or CR/LF: safe in a header). */
-            char loc[3 * SSE_HEAD_MAX + 32];
-            struct wbuf w = {loc, sizeof loc - 1, 0};
-            const char *qm = memchr(req->target, '?', req->target_len);
-            wb_str(&w, "Location: /");
-            http_path_encode(&w, rel, (size_t)n);
-            wb_str(&w, "/");
-            if (qm)
-                wb_put(&w, qm, req->target_len - (size_t)(qm - req->target));
-            wb_str(&w, "\r\n");
-            loc[w.len <= w.cap ? w.len : 0] = '\0';
-            http_text(srv, c, w.len <= w.cap ? 301 : 404, w.len <= w.cap ? "moved" : "not found",
-                      w.len <= w.cap ? loc : NULL);
-            return;
-        }
-        memcpy(rel + n, "/index.html", sizeof "/index.html");
-        fd = static_open(srv->root_fd, srv->root_real, rel);
-    }
-    /* "/file.txt/" names a directory that is not there, as it would for the kernel. */
-    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-        (path[path_len - 1] != '/' || is_dir)) {
-        static_send(srv, c, req, fd, &st, rel, head_only);
-        return;
-    }
-    int err = errno;
-    if (fd >= 0)
-        close(fd);
-    if (fd < 0 && (err == EMFILE || err == ENFILE))
-        http_text(srv, c, 503, "out of file descriptors", "Retry-After: 1\r\n");
-    else
-        http_text(srv, c, 404, "not found", NULL);
+static const struct part_ops part_journal = {.metrics = history_journal_metrics,
+                                             .unhealthy = history_journal_unhealthy};
+
+static const struct history_ops history_journal = {
+    .store = history_journal_store,
+    .kept = history_journal_kept,
+    .tick = history_journal_tick,
+    .deadline = history_journal_deadline,
+    .format_id = history_decimal_id,
+    .parse_id = history_decimal_parse,
+    .free = history_journal_free,
+};
+
+static const char *api_journal(struct sse_server *srv, const struct sse_config *cfg) {
+    if (cfg->journal_sync != SSE_JOURNAL_BATCH && cfg->journal_sync != SSE_JOURNAL_ALWAYS &&
+        cfg->journal_sync != SSE_JOURNAL_NONE)
+        return "invalid journal_sync";
+    struct journal *j = calloc(1, sizeof *j);
+    if (!j)
+        return "out of memory";
+    j->fd = -1;
+    srv->history = &history_journal; /* from here on history_journal_free() frees it */
+    srv->history_self = j;
+    j->sync = cfg->journal_sync;
+    j->max_bytes = cfg->journal_max_bytes ? cfg->journal_max_bytes : 64u << 20;
+    return journal_open(j, cfg->journal_path, &srv->topics, &srv->backlog, &srv->last_id,
+                        &srv->log);
 }
+#endif /* SSE_ENABLE_JOURNAL */
 
 /* ==========================================================================================
- * 9. The proxy and the relay
- *
- * Proxy. A client connection is paired with a connection to the upstream. The request goes
- * up rebuilt: its path canonical and without dot segments, so it stays under the route's
- * base; hop-by-hop headers dropped (RFC 9110 7.6.1: Connection and the fields it names,
- * but never the framing or Host, Keep-Alive, Proxy-*, TE, Trailer, Upgrade); one
- * Content-Length of our own; X-Forwarded-*, X-Real-IP and Forwarded set by us alone.
- * The response comes down as it arrives: every read from the upstream is queued for the
- * client in the same loop iteration and written at its end, never held back for more. The
- * upstream's framing (Content-Length, chunked or close) is decoded, so an event stream goes
- * to the client close-delimited like our own, with a heartbeat slipped in between two events
- * when the upstream is quiet. Each direction holds at most PROXY_BUFFER bytes; past that,
- * reading the other side stops until the queue drains, so memory stays bounded.
- *
- * Failure. Before the response starts, an ordinary request gets 502 or 504, but an
- * EventSource request gets 200 + retry: + close: any other status makes the browser stop
- * for good (WHATWG 9.2.3). After the response started, the client connection is closed and
- * EventSource reconnects with its Last-Event-ID.
- *
- * Relay. The same upstream machinery with the server itself as the client: the body goes
- * through the WHATWG parser (the wire_reader of section 2) and every event is published on
- * a local topic with a local id. After a drop it reconnects when `retry` has passed (but
- * never sooner than RELAY_RETRY_FLOOR_MS), sending Last-Event-ID, and backs off while
- * attempts deliver no event, so no upstream is ever hammered. As a node of a Redis hub the
- * upstream is the relay's memory: when Redis cannot take an event the relay drops the
- * connection, and reconnects, once Redis has answered every XADD it sent, with the last
- * upstream id whose event Redis took, so what Redis missed is fetched again.
- * ======================================================================================== */
-
-#define PROXY_BUFFER         (64u << 10) /* bytes queued one way before reading the other side stops */
-#define PROXY_READ           16384       /* bytes read from either side at a time */
-#define RELAY_RETRY_MS       3000        /* reconnection time until the upstream sends retry: */
-#define RELAY_RETRY_FLOOR_MS 250   /* the shortest wait between attempts, whatever retry: says */
-#define RELAY_BACKOFF_MAX_MS 30000 /* the longest back-off (a longer retry: is still honoured) */
-
-enum body_framing { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
-
-/* Where an upstream lives, resolved once at start-up. */
-struct upstream {
-    struct sockaddr_storage addr; /* its address */
-    socklen_t addr_len;           /* bytes used in addr */
-    char *url;                    /* "http://HOST:PORT" as configured, for messages */
-    char *host;                   /* "HOST:PORT", the relay's Host header */
-    char *path;                   /* base path (proxy, no final '/') or path and query (relay) */
-};
-
-struct proxy_route {
-    char *prefix;       /* matched against the path as sent; no final '/' ("" for "/") */
-    size_t prefix_len;  /* bytes in prefix */
-    struct upstream up; /* where matching requests go */
-};
-
-struct relay {
-    char topic[TOPIC_NAME_MAX + 1]; /* local topic the events are published on */
-    struct upstream up;             /* the upstream stream */
-    struct wire_reader reader;      /* WHATWG parser; keeps the upstream's last event id */
-    struct sse_server *srv;         /* for publishing from the reader's callback */
-    struct proxy *px;               /* the connection in progress, or NULL between attempts */
-    int64_t next_attempt;           /* when to connect next, monotonic ms */
-    unsigned failures;              /* attempts in a row that delivered no event (no stream,
-                                       or a stream that ended empty), for back-off */
-    bool delivered;                 /* the current connection delivered an event */
-    char taken[SSE_ID_MAX + 1];     /* with Redis: the upstream id up to which Redis took
-                                       every event; the next connection resumes there */
-    uint32_t pending;               /* with Redis: its XADDs not answered yet */
-    bool halted;                    /* with Redis: Redis could not take an event; the rest
-                                       of this connection is ignored, fetched again later */
-};
-
-/* One proxied exchange or one relay connection; shared by both connections involved. */
-struct proxy {
-    const struct upstream *target; /* the upstream */
-    struct relay *relay;           /* the relay this feeds, or NULL for a proxied request */
-    struct conn *client;           /* the client; NULL for a relay or once it has gone */
-    struct conn *up;               /* the upstream connection; NULL once closed */
-    uint64_t req_left;             /* request body bytes still to forward */
-    uint64_t body_left;            /* BODY_LENGTH: response body bytes still to come */
-    size_t client_q;               /* the client's queued bytes when last looked at, to tell
-                                      progress from the send timeout's point of view */
-    struct inbuf *head;            /* the response head being collected, or NULL */
-    struct http_chunked chunked;   /* BODY_CHUNKED: the decoder */
-    struct wire_boundary boundary; /* event streams: where the events end */
-    uint8_t framing;               /* enum body_framing of the response */
-    bool connected;                /* the upstream accepted the connection */
-    bool head_done;                /* the response head was passed on (or, relay, accepted) */
-    bool head_request;             /* the request was HEAD: the response has no body */
-    bool eventsource;              /* the client asked for text/event-stream by name */
-    bool stream;                   /* the response is text/event-stream */
-    bool rechunk;                  /* the client gets the body chunked */
-    bool client_paused;            /* not reading the client: the upstream's queue is full */
-    bool up_paused;                /* not reading the upstream: the client's queue is full */
-};
-
-/* An EventSource request: a GET whose Accept names text/event-stream (browsers send exactly
- * that). Such a request must never be answered with a 5xx for a passing failure. */
-static bool http_is_eventsource(const struct http_request *req) {
-    const struct http_header *accept = http_header(req, "Accept");
-    return bytes_eq(req->method, req->method_len, "GET") && accept &&
-           http_accepts_event_stream(accept->value, accept->value_len, false);
-}
-
-static bool proxy_connecting(const struct conn *c) {
-    return c->state == CONN_UPSTREAM && c->px && !c->px->connected;
-}
-
-static void relay_schedule(struct sse_server *srv, struct relay *r);
-static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
-                       size_t len, const char *skipped);
-static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
-                               const char *data, size_t len);
-static bool redis_relay_may_connect(const struct sse_server *srv, const struct relay *relay);
-
-/* Ends an exchange: the client (if still there) goes on alone, the upstream is closed, a
- * relay is scheduled to reconnect. */
-static void proxy_release(struct sse_server *srv, struct proxy *px, enum close_reason why) {
-    if (px->client)
-        px->client->px = NULL;
-    if (px->up) {
-        px->up->px = NULL;
-        conn_close(srv, px->up, why);
-    }
-    if (px->relay) {
-        px->relay->px = NULL;
-        relay_schedule(srv, px->relay);
-    }
-    free(px->head);
-    free(px);
-}
-
-/* The upstream failed. Before the response started, the client gets an answer (502/504,
- * or 200 + retry: + close for EventSource); after, it is closed once its queue is sent. */
-static void proxy_fail(struct sse_server *srv, struct proxy *px, int status, const char *why) {
-    srv->m.proxy_errors_total++;
-    log_say(&srv->log, SSE_LOG_WARN, "upstream %s %s", px->target->url, why);
-    struct conn *c = px->client;
-    bool started = px->head_done, eventsource = px->eventsource, body_unread = px->req_left > 0;
-    char msg[200];
-    snprintf(msg, sizeof msg, "upstream %s %s", px->target->url, why);
-    proxy_release(srv, px, R_UPSTREAM);
-    if (!c || c->state == CONN_DEAD)
-        return;
-    if (started) {
-        conn_linger(srv, c, R_UPSTREAM);
-        return;
-    }
-    if (body_unread)
-        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-    if (eventsource)
-        stream_turn_away(srv, c, R_UPSTREAM);
-    else
-        http_text(srv, c, status, msg, NULL);
-}
-
-/* The response is complete: the client waits for its queue to drain, then goes on. */
-static void proxy_finish(struct sse_server *srv, struct proxy *px) {
-    struct conn *c = px->client;
-    if (c && px->rechunk && !conn_enqueue_owned(srv, c, blob_from("0\r\n\r\n", 5)))
-        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-    if (c && px->req_left)
-        c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the rest of its body would read as a request */
-    proxy_release(srv, px, R_DONE);
-    if (!c || c->state == CONN_DEAD)
-        return;
-    c->state = CONN_RESPOND;
-    c->reason = R_DONE;
-    timer_set(srv, c, TIMER_SEND);
-    conn_flush_later(srv, c);
-}
-
-/* A connection of either side closed under us (error, reset, timeout). */
-static void proxy_conn_closed(struct sse_server *srv, struct conn *c) {
-    struct proxy *px = c->px;
-    c->px = NULL;
-    if (c == px->client) {
-        px->client = NULL;
-        proxy_release(srv, px, R_CLIENT_CLOSED);
-    } else {
-        px->up = NULL;
-        proxy_fail(srv, px, 502, "closed the connection");
-    }
-}
-
-/* Forwards up to n bytes of the client's request body. Returns the bytes taken. */
-static size_t proxy_forward_body(struct sse_server *srv, struct proxy *px, const char *p,
-                                 size_t n) {
-    size_t take = n < px->req_left ? n : (size_t)px->req_left;
-    if (!take)
-        return 0;
-    px->req_left -= take;
-    struct iovec iov = {(void *)(uintptr_t)p, take};
-    if (px->up && !conn_send(srv, px->up, &iov, 1))
-        return take; /* the upstream was closed: the client has its answer */
-    if (px->up && px->up->qbytes >= PROXY_BUFFER)
-        px->client_paused = true;
-    return take;
-}
-
-/* Reads the request body from the client while the upstream's queue has room. */
-static void proxy_client_read(struct sse_server *srv, struct conn *c) {
-    char buf[PROXY_READ];
-    while (c->state == CONN_PROXY && c->px && c->px->req_left && !c->px->client_paused) {
-        size_t want = c->px->req_left < sizeof buf ? (size_t)c->px->req_left : sizeof buf;
-        ssize_t n = read(c->h.fd, buf, want);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (n <= 0) {
-            conn_close(srv, c, conn_gone(c, n < 0));
-            return;
-        }
-        proxy_forward_body(srv, c->px, buf, (size_t)n);
-    }
-}
-
-/* A proxied response that is not an event stream gets the send timeout of our own
- * responses: while bytes wait for the client, SEND_TIMEOUT_MS without one of them taken
- * drops it (and so the upstream). With nothing queued the clock stops: then the upstream is
- * the slow side. Streams keep the client-buffer rule instead (PROXY_BUFFER, then reading
- * the upstream pauses, as a subscriber's queue would). Called after bytes were queued for
- * the client and after each write to it. */
-static void proxy_send_timer(struct sse_server *srv, struct proxy *px, struct conn *c) {
-    if (px->stream || !px->head_done || c != px->client)
-        return;
-    if (c->qlen == 0) {
-        if (c->timer != TIMER_NEVER)
-            timer_set(srv, c, TIMER_NEVER);
-    } else if (c->timer != TIMER_SEND || c->qbytes < px->client_q) {
-        timer_set(srv, c, TIMER_SEND); /* bytes left the queue: progress */
-    }
-    px->client_q = c->qbytes;
-}
-
-/* Hands decoded response body bytes on: to the client (re-chunked if need be), or to the
- * relay's parser. Returns false if the exchange ended meanwhile. */
-static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *data, size_t n) {
-    if (!n)
-        return true;
-    if (px->relay) {
-        struct relay *r = px->relay;
-        wire_reader_feed(&r->reader, data, n, relay_emit, r);
-        if (r->halted) {
-            proxy_release(srv, px, R_UPSTREAM);
-            return false;
-        }
-        if (r->srv->redis && !r->pending) /* Redis answered for all: it took everything */
-            memcpy(r->taken, r->reader.last_id, sizeof r->taken);
-        return true;
-    }
-    struct conn *c = px->client;
-    char size[24];
-    struct iovec iov[3] = {{size, 0}, {(void *)(uintptr_t)data, n}, {"\r\n", 2}};
-    if (px->rechunk)
-        iov[0].iov_len = (size_t)snprintf(size, sizeof size, "%zx\r\n", n);
-    if (!conn_send(srv, c, px->rechunk ? iov : iov + 1, px->rechunk ? 3 : 1))
-        return false;
-    if (px->stream) {
-        wire_boundary_scan(&px->boundary, data, n);
-        timer_set(srv, c, TIMER_PROXY); /* the upstream spoke: restart the heartbeat clock */
-    }
-    proxy_send_timer(srv, px, c);
-    if (c->qbytes >= PROXY_BUFFER)
-        px->up_paused = true;
-    return true;
-}
-
-/* Takes response body bytes as read (framing included); decoded in place. Returns false if
- * the exchange ended. */
-static bool proxy_body(struct sse_server *srv, struct proxy *px, char *buf, size_t n) {
-    switch (px->framing) {
-    case BODY_LENGTH: {
-        size_t take = n < px->body_left ? n : (size_t)px->body_left;
-        px->body_left -= take;
-        if (!proxy_pass(srv, px, buf, take))
-            return false;
-        if (px->body_left == 0) {
-            proxy_finish(srv, px);
-            return false;
-        }
-        return true;
-    }
-    case BODY_CHUNKED: {
-        long d = http_dechunk(&px->chunked, buf, n);
-        if (d < 0) {
-            proxy_fail(srv, px, 502, "sent malformed chunked framing");
-            return false;
-        }
-        if (!proxy_pass(srv, px, buf, (size_t)d))
-            return false;
-        if (px->chunked.state == CH_DONE) {
-            proxy_finish(srv, px);
-            return false;
-        }
-        return true;
-    }
-    case BODY_CLOSE: return proxy_pass(srv, px, buf, n);
-    default: return true;
-    }
-}
-
-/* Whether a header of a message with these headers is hop-by-hop (RFC 9110 7.6.1): one of
- * the fixed names, or one that a Connection header names. A Connection token never makes
- * Content-Length, Transfer-Encoding or Host hop-by-hop: they frame and route the message,
- * and a client that names them there (Connection: Content-Length) wants the proxy to drop
- * the framing and forward the body bytes unframed, which the next server would read as a
- * second request of the attacker's choosing (request smuggling). RFC 9110 7.6.1 lets a
- * proxy keep such fields; we ignore the token. */
-static bool http_hop_by_hop(const struct http_header *all, size_t n, const struct http_header *h) {
-    static const char *const fixed[] = {"Connection", "Keep-Alive", "TE",
-                                        "Trailer",    "Upgrade",    "Transfer-Encoding"};
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-        if (ascii_ieq(h->name, h->name_len, fixed[i]))
-            return true;
-    if (h->name_len >= 6 && ascii_ieq(h->name, 6, "Proxy-"))
-        return true;
-    if (ascii_ieq(h->name, h->name_len, "Content-Length") ||
-        ascii_ieq(h->name, h->name_len, "Host"))
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        const struct http_header *c = &all[i];
-        const char *item;
-        size_t len, pos = 0;
-        if (!ascii_ieq(c->name, c->name_len, "Connection"))
-            continue;
-        while (http_next_item(c->value, c->value_len, &pos, ',', &item, &len))
-            if (ascii_ieq_range(item, len, h->name, h->name_len))
-                return true;
-    }
-    return false;
-}
-
-/* How the upstream's response body is framed (RFC 9112 6.3), or -1 when it cannot be told. */
-static int proxy_framing(const struct proxy *px, const struct http_response *res,
-                         uint64_t *length) {
-    bool te = false, chunked = false, have_cl = false;
-    for (size_t i = 0; i < res->num_headers; i++) {
-        const struct http_header *h = &res->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding")) {
-            const char *item = NULL, *last = NULL;
-            size_t len = 0, last_len = 0, pos = 0;
-            while (http_next_item(h->value, h->value_len, &pos, ',', &item, &len)) {
-                last = item;
-                last_len = len;
-            }
-            te = true;
-            chunked = last && ascii_ieq(last, last_len, "chunked");
-        } else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
-            uint64_t v;
-            if (!parse_u64(h->value, h->value_len, &v) || (have_cl && v != *length))
-                return -1;
-            have_cl = true;
-            *length = v;
-        }
-    }
-    if (px->head_request || res->status == 204 || res->status == 304 || res->status < 200)
-        return BODY_NONE;
-    if (te)
-        return chunked ? BODY_CHUNKED : BODY_CLOSE;
-    if (have_cl)
-        return *length ? BODY_LENGTH : BODY_NONE;
-    return BODY_CLOSE;
-}
-
-static bool http_is_event_stream(const struct http_header *all, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        const struct http_header *h = &all[i];
-        if (!ascii_ieq(h->name, h->name_len, "Content-Type"))
-            continue;
-        const char *semi = memchr(h->value, ';', h->value_len);
-        size_t len = semi ? (size_t)(semi - h->value) : h->value_len;
-        while (len && (h->value[len - 1] == ' ' || h->value[len - 1] == '\t'))
-            len--;
-        return ascii_ieq(h->value, len, "text/event-stream");
-    }
-    return false;
-}
-
-static bool http_has_header(const struct http_header *all, size_t n, const char *name) {
-    for (size_t i = 0; i < n; i++)
-        if (ascii_ieq(all[i].name, all[i].name_len, name))
-            return true;
-    return false;
-}
-
-/* Builds the response head the client gets: the upstream's status and end-to-end headers,
- * our own framing, and for event streams what keeps proxies further down from buffering. */
-static struct blob *proxy_client_head(struct proxy *px, const struct http_response *res,
-                                      uint64_t length, bool keep_alive, bool http10) {
-    char head[SSE_HEAD_MAX + 512];
-    struct wbuf w = {head, sizeof head, 0};
-    wb_str(&w, "HTTP/1.1 ");
-    wb_u64(&w, (uint64_t)res->status);
-    wb_put(&w, " ", 1);
-    wb_put(&w, res->reason, res->reason_len);
-    wb_str(&w, "\r\n");
-    for (size_t i = 0; i < res->num_headers; i++) {
-        const struct http_header *h = &res->headers[i];
-        if (http_hop_by_hop(res->headers, res->num_headers, h) ||
-            ascii_ieq(h->name, h->name_len, "Content-Length"))
-            continue;
-        wb_put(&w, h->name, h->name_len);
-        wb_str(&w, ": ");
-        wb_put(&w, h->value, h->value_len);
-        wb_str(&w, "\r\n");
-    }
-    if (px->stream && !http_has_header(res->headers, res->num_headers, "X-Accel-Buffering"))
-        wb_str(&w, "X-Accel-Buffering: no\r\n");
-    if (px->stream && !http_has_header(res->headers, res->num_headers, "Cache-Control"))
-        wb_str(&w, "Cache-Control: no-cache\r\n");
-    if (px->rechunk)
-        wb_str(&w, "Transfer-Encoding: chunked\r\n");
-    else if (px->framing == BODY_LENGTH ||
-             (px->framing == BODY_NONE &&
-              http_has_header(res->headers, res->num_headers, "Content-Length"))) {
-        wb_str(&w, "Content-Length: ");
-        wb_u64(&w, length);
-        wb_str(&w, "\r\n");
-    }
-    if (!px->stream && !keep_alive)
-        wb_str(&w, "Connection: close\r\n");
-    else if (!px->stream && http10)
-        wb_str(&w, "Connection: keep-alive\r\n");
-    wb_str(&w, "\r\n");
-    return w.len <= w.cap ? blob_from(head, w.len) : NULL;
-}
-
-/* A relay accepts only 200 text/event-stream; its parser starts a fresh stream. */
-static bool relay_accept(struct sse_server *srv, struct proxy *px,
-                         const struct http_response *res) {
-    if (res->status != 200 || !px->stream) {
-        char why[96];
-        snprintf(why, sizeof why, "answered %d%s instead of a stream", res->status,
-                 px->stream ? "" : " without text/event-stream");
-        proxy_fail(srv, px, 502, why);
-        return false;
-    }
-    px->head_done = true;
-    log_say(&srv->log, SSE_LOG_INFO, "relay %s: following %s%s", px->relay->topic, px->target->url,
-            px->target->path);
-    return true;
-}
-
-/* The upstream's response head is complete: decide the framing both ways and pass the head
- * on. Returns false if the exchange ended. */
-static bool proxy_response(struct sse_server *srv, struct proxy *px,
-                           const struct http_response *res) {
-    uint64_t length = 0;
-    int framing = proxy_framing(px, res, &length);
-    if (framing < 0) {
-        proxy_fail(srv, px, 502, "sent an invalid Content-Length");
-        return false;
-    }
-    px->framing = (uint8_t)framing;
-    px->stream = http_is_event_stream(res->headers, res->num_headers);
-    px->body_left = length;
-    timer_set(srv, px->up, TIMER_NEVER);
-    if (px->relay) {
-        if (!relay_accept(srv, px, res))
-            return false;
-    } else if (px->eventsource && res->status >= 500) {
-        char why[48];
-        snprintf(why, sizeof why, "answered %d", res->status);
-        proxy_fail(srv, px, 502, why);
-        return false;
-    } else {
-        struct conn *c = px->client;
-        bool http10 = c->flags & CF_HTTP10;
-        if (px->stream || framing == BODY_CLOSE || (framing == BODY_CHUNKED && http10))
-            c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the end of the body is the close */
-        px->rechunk = framing == BODY_CHUNKED && !http10 && !px->stream;
-        if (!conn_enqueue_owned(
-                srv, c, proxy_client_head(px, res, length, c->flags & CF_KEEP_ALIVE, http10))) {
-            proxy_fail(srv, px, 502, "sent a response head too large to pass on");
-            return false;
-        }
-        px->head_done = true;
-        if (px->stream)
-            timer_set(srv, c, TIMER_PROXY);
-        else
-            proxy_send_timer(srv, px, c);
-    }
-    if (framing == BODY_NONE) {
-        proxy_finish(srv, px);
-        return false;
-    }
-    return true;
-}
-
-/* Collects the response head; skips 1xx interim responses; passes the head on, then the
- * body bytes that came with it. Returns false if the exchange ended. */
-static bool proxy_head_bytes(struct sse_server *srv, struct proxy *px, char *buf, size_t n) {
-    if (!px->head && !(px->head = calloc(1, sizeof *px->head))) {
-        proxy_fail(srv, px, 502, "could not be read (out of memory)");
-        return false;
-    }
-    struct inbuf *h = px->head;
-    size_t take = n < SSE_HEAD_MAX - h->len ? n : SSE_HEAD_MAX - h->len;
-    memcpy(h->data + h->len, buf, take);
-    h->len += (uint32_t)take;
-    for (;;) {
-        struct http_response res;
-        long r = http_parse_response(h->data, h->len, &res);
-        if (r == HTTP_INCOMPLETE && h->len < SSE_HEAD_MAX)
-            return true; /* everything read is in h (take == n) */
-        if (r == HTTP_INCOMPLETE || r < 0 || res.status == 101) {
-            proxy_fail(srv, px, 502,
-                       r == HTTP_INCOMPLETE  ? "sent an oversized response head"
-                       : r == HTTP_TOO_LARGE ? "sent too many header fields"
-                                             : "sent an invalid response head");
-            return false;
-        }
-        if (res.status < 200) { /* 1xx: an interim response, the real one follows */
-            memmove(h->data, h->data + r, h->len - (size_t)r);
-            h->len -= (uint32_t)r;
-            size_t more = n - take < SSE_HEAD_MAX - h->len ? n - take : SSE_HEAD_MAX - h->len;
-            memcpy(h->data + h->len, buf + take, more);
-            h->len += (uint32_t)more;
-            take += more;
-            continue;
-        }
-        px->head = NULL; /* the views in res point into h until it is freed below */
-        bool alive = proxy_response(srv, px, &res);
-        if (alive && h->len > (size_t)r)
-            alive = proxy_body(srv, px, h->data + r, h->len - (size_t)r);
-        if (alive && n > take) /* the rest of this read did not fit in the head buffer */
-            alive = proxy_body(srv, px, buf + take, n - take);
-        free(h);
-        return alive;
-    }
-}
-
-/* The upstream closed its side: the end of a close-delimited body, or a failure. */
-static void proxy_up_eof(struct sse_server *srv, struct proxy *px) {
-    if (px->head_done && px->framing == BODY_CLOSE)
-        proxy_finish(srv, px);
-    else
-        proxy_fail(srv, px, 502,
-                   px->head_done ? "closed the connection mid-response"
-                                 : "closed the connection without answering");
-}
-
-/* Reads from the upstream while the client's queue has room. A short read means the socket
- * is empty (edge-triggered epoll reports any later arrival), unless the peer's FIN came with
- * this wake-up (until_empty says so): then read on to see the end. */
-static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_empty) {
-    char buf[PROXY_READ];
-    while (up->state == CONN_UPSTREAM && up->px && up->px->connected && !up->px->up_paused) {
-        struct proxy *px = up->px;
-        if (px->relay && px->head_done && srv->pace.held)
-            return; /* flow control (section 7): TCP pushes back; loop_pace() reads on */
-        ssize_t n = read(up->h.fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (n < 0) {
-            proxy_fail(srv, px, 502, "reset the connection");
-            return;
-        }
-        if (n == 0) {
-            proxy_up_eof(srv, px);
-            return;
-        }
-        bool alive = px->head_done ? proxy_body(srv, px, buf, (size_t)n)
-                                   : proxy_head_bytes(srv, px, buf, (size_t)n);
-        if (!alive || ((size_t)n < sizeof buf && !until_empty))
-            return;
-    }
-}
-
-/* The non-blocking connect finished, one way or the other. */
-static void proxy_up_connected(struct sse_server *srv, struct conn *up) {
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(up->h.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-        err = errno;
-    if (err) {
-        proxy_fail(srv, up->px, 502,
-                   err == ECONNREFUSED ? "refused the connection" : "could not be reached");
-        return;
-    }
-    up->px->connected = true;
-    timer_set(srv, up, TIMER_SEND); /* now the response head must come */
-    conn_flush(srv, up);
-}
-
-static void proxy_up_event(struct sse_server *srv, struct conn *up, uint32_t events) {
-    if (!up->px) {
-        conn_close(srv, up, R_UPSTREAM);
-        return;
-    }
-    if (!up->px->connected) {
-        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
-            return;
-        proxy_up_connected(srv, up);
-        if (up->state != CONN_UPSTREAM)
-            return;
-    }
-    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        proxy_up_read(srv, up, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
-    if ((events & EPOLLOUT) && up->state == CONN_UPSTREAM && up->qlen)
-        conn_flush(srv, up);
-}
-
-/* Room in a queue again: resume reading the side that was paused for it. */
-static void proxy_after_write(struct sse_server *srv, struct conn *c) {
-    struct proxy *px = c->px;
-    proxy_send_timer(srv, px, c);
-    if (c == px->client && px->up_paused && c->qbytes < PROXY_BUFFER) {
-        px->up_paused = false;
-        if (px->up)
-            proxy_up_read(srv, px->up, true);
-    } else if (c == px->up && px->client_paused && c->qbytes < PROXY_BUFFER) {
-        px->client_paused = false;
-        if (px->client)
-            proxy_client_read(srv, px->client);
-    }
-}
-
-/* The proxy's heartbeat: a comment, only between two events, after upstream silence. */
-static void proxy_heartbeat(struct sse_server *srv, struct conn *c) {
-    struct proxy *px = c->px;
-    if (px && px->stream && wire_at_event_end(&px->boundary) && c->qlen == 0 &&
-        !conn_enqueue(srv, c, srv->heartbeat)) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    timer_set(srv, c, TIMER_PROXY);
-}
-
-/* Opens a non-blocking connection to the exchange's upstream. False (errno set) on failure. */
-static bool proxy_connect(struct sse_server *srv, struct proxy *px) {
-    const struct upstream *u = px->target;
-    int fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    int r = connect(fd, (const struct sockaddr *)&u->addr, u->addr_len);
-    struct conn *up = (r == 0 || errno == EINPROGRESS) ? calloc(1, sizeof *up) : NULL;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-    ev.data.ptr = up;
-    if (!up || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        int e = errno;
-        free(up);
-        close(fd);
-        errno = e;
-        return false;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    up->h.fd = fd;
-    up->h.kind = H_CONN;
-    up->file_fd = -1;
-    up->timer = TIMER_NONE;
-    up->serial = ++srv->next_serial;
-    up->state = CONN_UPSTREAM;
-    up->px = px;
-    px->up = up;
-    px->connected = r == 0;
-    srv->nupstreams++;
-    timer_set(srv, up, r == 0 ? TIMER_SEND : TIMER_CONNECT);
-    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened to upstream %s", up->serial, u->url);
-    return true;
-}
-
-/* The client's address as text, for X-Forwarded-For and X-Real-IP. */
-static void conn_peer(const struct conn *c, char *out, size_t cap) {
-    struct sockaddr_storage sa = {0};
-    socklen_t len = sizeof sa;
-    snprintf(out, cap, "unknown");
-    if (getpeername(c->h.fd, (struct sockaddr *)&sa, &len) < 0)
-        return;
-    if (sa.ss_family == AF_INET) {
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, out, (socklen_t)cap);
-    } else if (sa.ss_family == AF_INET6) {
-        const struct in6_addr *a = &((struct sockaddr_in6 *)&sa)->sin6_addr;
-        if (IN6_IS_ADDR_V4MAPPED(a))
-            inet_ntop(AF_INET, &a->s6_addr[12], out, (socklen_t)cap);
-        else
-            inet_ntop(AF_INET6, a, out, (socklen_t)cap);
-    }
-}
-
-/* Whether a header name, with '_' read as '-', is one the proxy frames, routes or sets
- * itself. Servers behind it (CGI, WSGI, PHP) turn '-' into '_' in header names, so to them
- * "X_Real_IP" is X-Real-IP: a client must not slip its own value past us that way (nginx
- * drops names with '_' for the same reason). */
-static bool proxy_reserved_name(const char *name, size_t len) {
-    static const char *const reserved[] = {"X-Forwarded-For",
-                                           "X-Forwarded-Host",
-                                           "X-Forwarded-Port",
-                                           "X-Forwarded-Proto",
-                                           "X-Real-IP",
-                                           "Forwarded",
-                                           "Content-Length",
-                                           "Transfer-Encoding",
-                                           "Host",
-                                           "Connection",
-                                           "Expect"};
-    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
-        const char *r = reserved[i];
-        size_t j = 0;
-        while (j < len && r[j] &&
-               (ascii_lower(name[j]) == ascii_lower(r[j]) || (name[j] == '_' && r[j] == '-')))
-            j++;
-        if (j == len && !r[j])
-            return true;
-    }
-    return false;
-}
-
-/* Whether a client's Forwarded value ends outside a quoted string (RFC 7239 4), so an
- * element appended after ", " is parsed as an element of its own. */
-static bool proxy_forwarded_closed(const char *v, size_t len) {
-    bool quoted = false;
-    for (size_t i = 0; i < len; i++) {
-        if (quoted && v[i] == '\\')
-            i++;
-        else if (v[i] == '"')
-            quoted = !quoted;
-    }
-    return !quoted;
-}
-
-/* Appends our Forwarded header (RFC 7239): the client's elements when every one of them is
- * well closed (else none: they could swallow ours), then for=PEER;host=HOST;proto=http, so
- * the last element is always what we saw. */
-static void proxy_forwarded(struct wbuf *w, const struct http_request *req, const char *peer) {
-    bool keep = true, any = false;
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *h = &req->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "Forwarded"))
-            keep = keep && proxy_forwarded_closed(h->value, h->value_len);
-    }
-    wb_str(w, "Forwarded: ");
-    for (size_t i = 0; i < req->num_headers && keep; i++) {
-        const struct http_header *h = &req->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "Forwarded") && h->value_len) {
-            wb_str(w, any ? ", " : "");
-            wb_put(w, h->value, h->value_len);
-            any = true;
-        }
-    }
-    bool v6 = strchr(peer, ':') != NULL; /* an IPv6 address is quoted and bracketed (6) */
-    wb_str(w, any ? ", for=" : "for=");
-    wb_str(w, v6 ? "\"[" : "");
-    wb_str(w, peer);
-    wb_str(w, v6 ? "]\"" : "");
-    const struct http_header *host = http_header(req, "Host");
-    if (host && host->value_len) { /* a quoted-string: a port's ':' is no token character */
-        wb_str(w, ";host=\"");
-        for (size_t i = 0; i < host->value_len; i++) {
-            if (host->value[i] == '"' || host->value[i] == '\\')
-                wb_put(w, "\\", 1);
-            wb_put(w, host->value + i, 1);
-        }
-        wb_str(w, "\"");
-    }
-    wb_str(w, ";proto=http\r\n");
-}
-
-/* The request as the upstream gets it: same method, base path + the rest of the
- * (normalised) path and the query, end-to-end headers as sent (Host and Last-Event-ID
- * untouched), one Content-Length of our own when the client sent one (the body we forward
- * is exactly that long), X-Forwarded-*, X-Real-IP and Forwarded set, and Connection: close
- * (one upstream connection per request). Client headers that name themselves like one of
- * ours with '_' for '-' are dropped. */
-static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
-                                       const struct http_request *req, const struct upstream *u,
-                                       const char *rest, size_t rest_len) {
-    char head[2 * SSE_HEAD_MAX], peer[INET6_ADDRSTRLEN];
-    struct wbuf w = {head, sizeof head, 0};
-    conn_peer(c, peer, sizeof peer);
-    wb_put(&w, req->method, req->method_len);
-    wb_put(&w, " ", 1);
-    wb_str(&w, u->path);
-    if (rest_len == 0 || rest[0] == '?')
-        wb_put(&w, "/", u->path[0] ? 0 : 1);
-    wb_put(&w, rest, rest_len);
-    wb_str(&w, " HTTP/1.1\r\n");
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *h = &req->headers[i];
-        bool ours =
-            proxy_reserved_name(h->name, h->name_len) && !ascii_ieq(h->name, h->name_len, "Host");
-        if (ours || http_hop_by_hop(req->headers, req->num_headers, h))
-            continue;
-        wb_put(&w, h->name, h->name_len);
-        wb_str(&w, ": ");
-        wb_put(&w, h->value, h->value_len);
-        wb_str(&w, "\r\n");
-    }
-    uint64_t length; /* http_admit() checked: one value, digits only, no Transfer-Encoding */
-    const struct http_header *cl = http_header(req, "Content-Length");
-    if (cl && parse_u64(cl->value, cl->value_len, &length)) {
-        wb_str(&w, "Content-Length: ");
-        wb_u64(&w, length);
-        wb_str(&w, "\r\n");
-    }
-    bool forwarded_for = false; /* earlier proxies' list, then the peer appended */
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *h = &req->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "X-Forwarded-For") && h->value_len) {
-            wb_str(&w, forwarded_for ? ", " : "X-Forwarded-For: ");
-            wb_put(&w, h->value, h->value_len);
-            forwarded_for = true;
-        }
-    }
-    wb_str(&w, forwarded_for ? ", " : "X-Forwarded-For: ");
-    wb_str(&w, peer);
-    const struct http_header *host = http_header(req, "Host");
-    if (host) {
-        wb_str(&w, "\r\nX-Forwarded-Host: ");
-        wb_put(&w, host->value, host->value_len);
-    }
-    wb_str(&w, "\r\nX-Forwarded-Port: ");
-    wb_u64(&w, (uint64_t)srv->port);
-    wb_str(&w, "\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ");
-    wb_str(&w, peer);
-    wb_str(&w, "\r\n");
-    proxy_forwarded(&w, req, peer);
-    wb_str(&w, "Connection: close\r\n\r\n");
-    return w.len <= w.cap ? blob_from(head, w.len) : NULL;
-}
-
-/* Passes a request on to the upstream of its route. rest is what follows the prefix in
- * the request-target as sent (path and query). */
-static void proxy_start(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                        const struct proxy_route *route, const char *rest, size_t rest_len,
-                        uint64_t content_length) {
-    struct proxy *px = calloc(1, sizeof *px);
-    struct blob *head = px ? proxy_request_head(srv, c, req, &route->up, rest, rest_len) : NULL;
-    if (!head) {
-        free(px);
-        http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
-        return;
-    }
-    px->target = &route->up;
-    px->client = c;
-    px->req_left = content_length;
-    px->head_request = bytes_eq(req->method, req->method_len, "HEAD");
-    px->eventsource = http_is_eventsource(req);
-    c->px = px;
-    c->flags &= (uint8_t)~CF_BODY_UNREAD;
-    c->state = CONN_PROXY;
-    timer_set(srv, c, TIMER_NEVER);
-    srv->m.proxied_total++;
-    if (!proxy_connect(srv, px)) {
-        blob_unref(head);
-        proxy_fail(srv, px, 502,
-                   errno == EMFILE || errno == ENFILE ? "could not be reached (out of descriptors)"
-                                                      : "could not be reached");
-        return;
-    }
-    if (!conn_enqueue_owned(srv, px->up, head)) {
-        proxy_fail(srv, px, 502, "could not be written to (out of memory)");
-        return;
-    }
-    const struct http_header *expect = http_header(req, "Expect");
-    if (expect && content_length && !(c->flags & CF_HTTP10) &&
-        ascii_ieq(expect->value, expect->value_len, "100-continue") &&
-        !conn_enqueue(srv, c, srv->continue_100))
-        conn_close(srv, c, R_ERROR);
-}
-
-/* The longest route whose prefix starts the path, at a '/' boundary; or NULL. */
-static const struct proxy_route *proxy_match(const struct sse_server *srv, const char *path,
-                                             size_t len) {
-    for (size_t i = 0; i < srv->nroutes; i++) { /* sorted longest first */
-        const struct proxy_route *r = &srv->routes[i];
-        if (len >= r->prefix_len && memcmp(path, r->prefix, r->prefix_len) == 0 &&
-            (len == r->prefix_len || path[r->prefix_len] == '/'))
-            return r;
-    }
-    return NULL;
-}
-
-/* Passes the request to the upstream of the route its path falls under, if any. The raw
- * path is made canonical and its dot segments removed (RFC 3986 6.2.2, 5.2.4) before the
- * route is chosen, and the upstream gets that path under its base: what reaches it can
- * never climb out of the base, however the dots were spelled. Refused with 400: what
- * http_path_canon() refuses, a ".." above the root, dot segments that move the request
- * from one route to another or out of a route ("/api/../admin"), and for a route a path
- * that does not decode to UTF-8 ("%c0%ae" is an overlong '.' to a lax decoder). Browsers
- * remove dot segments before sending, so no honest client meets these. Returns false when
- * no route takes the path (nothing sent); true when the request was passed on or refused. */
-static bool proxy_dispatch(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                           const char *target, size_t raw_path_len, size_t target_len,
-                           uint64_t content_length) {
-    if (srv->nroutes == 0)
-        return false;
-    char path[SSE_HEAD_MAX];
-    long n = http_path_canon(target, raw_path_len, path, sizeof path);
-    const struct proxy_route *named = n >= 0 ? proxy_match(srv, path, (size_t)n) : NULL;
-    long m = n >= 0 ? http_path_remove_dots(path, (size_t)n) : -1;
-    const struct proxy_route *route = m >= 0 ? proxy_match(srv, path, (size_t)m) : NULL;
-    size_t query = target_len - raw_path_len;
-    if (m < 0 || named != route || (size_t)m + query > sizeof path ||
-        (route && !wire_utf8_valid(srv->path, strlen(srv->path)))) {
-        http_fail(srv, c, 400, "path not allowed through the proxy");
-        return true;
-    }
-    if (!route)
-        return false;
-    memcpy(path + m, target + raw_path_len, query); /* the query goes as sent */
-    proxy_start(srv, c, req, route, path + route->prefix_len, (size_t)m + query - route->prefix_len,
-                content_length);
-    return true;
-}
-
-/* Every event the relay's parser dispatches is published on the relay's topic. Bytes that
- * are not UTF-8 become U+FFFD, as in a browser. */
-static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
-                       size_t len, const char *skipped) {
-    struct relay *r = ctx;
-    struct sse_server *srv = r->srv;
-    (void)topic;
-    if (r->halted)
-        return;
-    r->delivered = true; /* the upstream is serving events: no back-off after this stream */
-    if (skipped) {
-        log_say(&srv->log, SSE_LOG_WARN, "relay %s: skipped an event: %s", r->topic, skipped);
-        return;
-    }
-    /* An upstream sse-server's position event (stream_id_line) is its current id, not
-     * content: the reader has taken the id for Last-Event-ID; nothing to publish. */
-    if (event && len == 0 && strcmp(event, "position") == 0)
-        return;
-    char *repaired = NULL;
-    if (!wire_utf8_valid(data, len)) {
-        struct wbuf w = {NULL, 0, 0};
-        wire_utf8_repair(&w, data, len);
-        repaired = malloc(w.len ? w.len : 1);
-        w = (struct wbuf){repaired, repaired ? w.len : 0, 0};
-        wire_utf8_repair(&w, data, len);
-        data = repaired;
-        len = w.len <= w.cap ? w.len : 0;
-    }
-    int rc = srv->redis ? redis_relay_publish(srv, r, event, data, len)
-                        : publish_event(srv, r->topic, event, data, len, NULL);
-    if (rc >= 0)
-        srv->m.relayed_total++;
-    else if (rc == -EAGAIN)
-        r->halted = true; /* proxy_pass() drops the connection */
-    else
-        log_say(&srv->log, SSE_LOG_WARN, "relay %s: could not publish an event: %s", r->topic,
-                rc == -EMSGSIZE    ? "over --max-event-bytes"
-                : rc == -EINVAL    ? "invalid event type"
-                : rc == -EOVERFLOW ? "id space exhausted"
-                                   : strerror(-rc));
-    free(repaired);
-}
-
-/* The wait before a relay's next attempt, for an upstream whose reconnection time is
- * retry_ms (-1: none sent yet, RELAY_RETRY_MS) after `failures` attempts in a row that
- * delivered no event; `random` is a uniform draw. Never under RELAY_RETRY_FLOOR_MS: an
- * upstream that sends `retry: 0` and closes must not get a reconnect storm (WHATWG 9.2.3
- * lets the user agent wait longer than the reconnection time, and suggests exponential
- * back-off when attempts fail). From the second failure on the wait doubles up to
- * RELAY_BACKOFF_MAX_MS (or the reconnection time if longer), with "equal jitter": a draw
- * from [d/2, d], so relays failing together spread out, and below the cap each wait is
- * at least the previous one. */
-static int64_t relay_backoff_ms(int64_t retry_ms, unsigned failures, uint64_t random) {
-    int64_t base = retry_ms >= 0 ? retry_ms : RELAY_RETRY_MS;
-    if (base < RELAY_RETRY_FLOOR_MS)
-        base = RELAY_RETRY_FLOOR_MS;
-    if (failures < 2)
-        return base;
-    int64_t cap = base > RELAY_BACKOFF_MAX_MS ? base : RELAY_BACKOFF_MAX_MS;
-    int64_t d = base;
-    for (unsigned i = 1; i < failures && d < cap; i++)
-        d = d > cap / 2 ? cap : d * 2;
-    int64_t half = d / 2;
-    int64_t delay = d - half + (int64_t)(random % (uint64_t)(half + 1));
-    return delay < base ? base : delay;
-}
-
-/* Schedules the next attempt (relay_backoff_ms): an attempt that delivered no event counts
- * as failed, whether it got no stream or a stream that ended empty; an event resets it. */
-static void relay_schedule(struct sse_server *srv, struct relay *r) {
-    r->failures = r->delivered ? 0 : r->failures + 1;
-    r->delivered = false;
-    int64_t delay = relay_backoff_ms(r->reader.retry_ms, r->failures, rng_next(&srv->rng));
-    r->next_attempt = srv->now + delay;
-    if (!srv->stopping)
-        log_say(&srv->log, SSE_LOG_INFO, "relay %s: reconnecting to %s in %lld ms", r->topic,
-                r->up.url, (long long)delay);
-}
-
-/* Connects to the relay's upstream as an EventSource would: GET, Accept:
- * text/event-stream, Last-Event-ID when an id is known. The parser starts a new stream. */
-static void relay_connect(struct sse_server *srv, struct relay *r) {
-    struct wire_reader *rd = &r->reader;
-    if (srv->redis && !redis_relay_may_connect(srv, r)) {
-        r->next_attempt = srv->now + 100; /* Redis cannot take events yet: look again soon */
-        return;
-    }
-    if (srv->redis) {
-        r->halted = false;
-        memcpy(rd->last_id, r->taken, sizeof rd->last_id);
-    }
-    rd->line_len = rd->data_len = 0;
-    rd->line_too_long = rd->after_cr = rd->has_data = false;
-    rd->block_error = NULL;
-    rd->event[0] = '\0';
-    rd->bom_seen = 0;
-    memcpy(rd->id_buf, rd->last_id, sizeof rd->id_buf);
-    char head[SSE_ID_MAX + 1024];
-    struct wbuf w = {head, sizeof head, 0};
-    wb_str(&w, "GET ");
-    wb_str(&w, r->up.path);
-    wb_str(&w, " HTTP/1.1\r\nHost: ");
-    wb_str(&w, r->up.host);
-    wb_str(&w, "\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
-    if (rd->last_id[0]) {
-        wb_str(&w, "Last-Event-ID: ");
-        wb_str(&w, rd->last_id);
-        wb_str(&w, "\r\n");
-    }
-    wb_str(&w, "Connection: close\r\n\r\n");
-    struct proxy *px = calloc(1, sizeof *px);
-    if (!px) {
-        relay_schedule(srv, r);
-        return;
-    }
-    px->target = &r->up;
-    px->relay = r;
-    r->px = px;
-    if (!proxy_connect(srv, px)) {
-        proxy_fail(srv, px, 502, "could not be reached");
-        return;
-    }
-    if (!conn_enqueue_owned(srv, px->up, w.len <= w.cap ? blob_from(head, w.len) : NULL))
-        proxy_fail(srv, px, 502, "could not be written to");
-}
-
-static uint64_t metrics_relays_up(const struct sse_server *srv) {
-    uint64_t n = 0;
-    for (size_t i = 0; i < srv->nrelays; i++)
-        n += srv->relays[i].px && srv->relays[i].px->head_done;
-    return n;
-}
-
-/* ==========================================================================================
- * 10. Redis Streams: many servers, one history
- *
- * With a Redis address every server becomes a node of one hub. Publishing anywhere is an
- * XADD to one stream, and every node follows that stream with XREAD BLOCK and delivers its
- * entries to local subscribers through the same path as local events (publish_deliver), so
- * every node delivers every event, in the stream's order, under the stream entry's id
- * ("MS-SEQ"). A client may therefore reconnect to any node with its Last-Event-ID: what the
- * node's backlog lacks, it fetches from Redis with XRANGE (redis_replay). A publish
- * is acknowledged only once Redis has the event and said its id; while Redis cannot be
- * reached publishing answers 503, subscribers stay connected (heartbeats go on), and the
- * node reconnects with back-off and resumes XREAD after the last entry it delivered, so
- * nothing in between is lost or delivered twice.
- *
- * Publishers that cannot be told 503 wait instead. While Redis cannot take events (the
- * command link is down, not through AUTH, or past the hold mark) inputs are not read and
- * relays drop their upstream, to fetch again from the last upstream id Redis took; XADDs
- * from inputs and sse_publish() that were not yet written when the link failed are kept,
- * in order, and sent after AUTH on the next link. A written XADD without its answer may or
- * may not be stored: its HTTP publisher is told exactly that, and others send it again.
- *
- * Redis speaks RESP2 (redis.io/docs/reference/protocol-spec): a command is an array of bulk
- * strings ("*2\r\n$4\r\nPING\r\n..."); a reply is a simple string (+), an error (-), an
- * integer (:), a bulk string ($len, or $-1 for none) or an array (*n, or *-1) of replies.
- * The reader below is bounded in depth, elements and length, and runs incrementally: it
- * answers "incomplete" until a whole reply has arrived. Two connections per node: one for
- * commands (AUTH, XADD), one that only follows the stream (XREAD BLOCK holds it).
- * ======================================================================================== */
-
-#define RESP_MAX_DEPTH    8     /* arrays in arrays; XREAD's reply nests 5 deep */
-#define RESP_MAX_VALUES   65536 /* elements in one reply */
-#define REDIS_TIMEOUT_MS  5000  /* connecting, and waiting for a command's reply */
-#define REDIS_PING_MS     3000  /* a link with no reply due this long is probed with PING */
-#define REDIS_BLOCK_MS    10000 /* how long XREAD BLOCK waits for an entry */
-#define REDIS_BACKOFF_MAX 5000  /* longest wait between reconnection attempts */
-#define REDIS_WAITS_MAX   65536 /* publishes waiting for Redis at once */
-/* The hold mark. With this many bytes of commands on the command link not yet answered (sent
- * or not), or this many commands waiting for a reply, the link takes no more, and with as
- * many kept, inputs are not read, relays stop taking events and HTTP publishing answers
- * 503, until Redis catches up. An input is read only below the mark, at most INPUT_CHUNK
- * bytes at a time, so what is kept stays within the mark plus one read's events; beyond
- * that only sse_publish() keeps events, up to REDIS_KEPT_MAX bytes, then says -EAGAIN. */
-#define REDIS_HOLD_BYTES (1u << 20)
-#define REDIS_HOLD_WAITS 16384
-#define REDIS_KEPT_MAX   (8u << 20)
-
-/* One value of a reply, in a flat array in reading order: an array's elements follow it. */
-struct resp_value {
-    char type;       /* '+', '-', ':', '$', '*'; '_' for a null bulk string or array */
-    const char *str; /* simple strings, errors, bulk strings: the bytes (in the input) */
-    size_t len;      /* their length; an array's element count */
-    int64_t integer; /* ':' values */
-};
-
-/* Appends the command argv[0..argc) (lengths lens) to w as a RESP array of bulk strings. */
-static void resp_command(struct wbuf *w, int argc, const char *const *argv, const size_t *lens) {
-    wb_str(w, "*");
-    wb_u64(w, (uint64_t)argc);
-    wb_str(w, "\r\n");
-    for (int i = 0; i < argc; i++) {
-        wb_str(w, "$");
-        wb_u64(w, lens[i]);
-        wb_str(w, "\r\n");
-        wb_put(w, argv[i], lens[i]);
-        wb_str(w, "\r\n");
-    }
-}
-
-/* A line ended by CRLF at buf[at..len): its end (the CR), or 0 when incomplete, -1 when a
- * bare CR or LF is inside. */
-static long resp_line_end(const char *buf, size_t len, size_t at) {
-    for (size_t i = at; i < len; i++) {
-        if (buf[i] == '\r')
-            return i + 1 < len ? (buf[i + 1] == '\n' ? (long)i : -1) : 0;
-        if (buf[i] == '\n')
-            return -1;
-    }
-    return 0;
-}
-
-/* A signed decimal number filling s[0..len) exactly. */
-static bool resp_int(const char *s, size_t len, int64_t *out) {
-    bool neg = len > 0 && s[0] == '-';
-    uint64_t v;
-    if (!parse_u64(s + neg, len - neg, &v) || v > (uint64_t)INT64_MAX)
-        return false;
-    *out = neg ? -(int64_t)v : (int64_t)v;
-    return true;
-}
-
-/* Reads one whole reply from buf[0..len) into vals (cap entries, *n used). Returns the bytes
- * it took, 0 when the reply is not complete yet, -1 when it is not RESP2 or over a bound
- * (max_bulk bytes in one string, cap values, RESP_MAX_DEPTH arrays deep). */
-static long resp_read(const char *buf, size_t len, size_t max_bulk, struct resp_value *vals,
-                      size_t cap, size_t *n) {
-    size_t at = 0, left[RESP_MAX_DEPTH + 1]; /* elements still due at each open array */
-    int depth = 0;
-    *n = 0;
-    do {
-        if (at >= len)
-            return 0;
-        long end = resp_line_end(buf, len, at + 1);
-        if (end <= 0)
-            return end;
-        if (*n >= cap)
-            return -1;
-        struct resp_value *v = &vals[(*n)++];
-        const char *s = buf + at + 1;
-        size_t slen = (size_t)end - at - 1;
-        *v = (struct resp_value){buf[at], s, slen, 0};
-        at = (size_t)end + 2;
-        if (v->type == ':' && !resp_int(s, slen, &v->integer))
-            return -1;
-        if (v->type == '$' || v->type == '*') {
-            int64_t count;
-            if (!resp_int(s, slen, &count) || count < -1)
-                return -1;
-            if (count == -1) {
-                v->type = '_';
-                v->len = 0;
-            } else if (v->type == '$') {
-                if ((uint64_t)count > max_bulk)
-                    return -1;
-                if (len - at < (size_t)count + 2)
-                    return 0;
-                if (buf[at + (size_t)count] != '\r' || buf[at + (size_t)count + 1] != '\n')
-                    return -1;
-                v->str = buf + at;
-                v->len = (size_t)count;
-                at += (size_t)count + 2;
-            } else {
-                if ((uint64_t)count > cap || depth == RESP_MAX_DEPTH)
-                    return -1;
-                v->len = (size_t)count;
-                v->str = NULL;
-                if (count > 0) {
-                    left[++depth] = (size_t)count;
-                    continue;
-                }
-            }
-        } else if (v->type != '+' && v->type != '-' && v->type != ':') {
-            return -1;
-        }
-        while (depth > 0 && --left[depth] == 0) /* this value ends arrays */
-            depth--;
-    } while (depth > 0);
-    return (long)at;
-}
-
-/* The index of the value after vals[i] and everything inside it. */
-static size_t resp_skip(const struct resp_value *vals, size_t n, size_t i) {
-    size_t due = 1;
-    while (due && i < n) {
-        due--;
-        if (vals[i].type == '*')
-            due += vals[i].len;
-        i++;
-    }
-    return i;
-}
-
-enum redis_wait_kind {
-    RW_AUTH,
-    RW_XADD,
-    RW_POSITION,
-    RW_XREAD,
-    RW_XINFO,
-    RW_XRANGE,
-    RW_XLAST,
-    RW_PING
-};
-
-/* A reply a link expects, in the order the commands went out. */
-struct redis_wait {
-    uint8_t kind;                   /* enum redis_wait_kind */
-    struct conn *c;                 /* the publisher waiting for an XADD's id, or the
-                                       subscriber a replay is for; NULL once it is gone */
-    char topic[TOPIC_NAME_MAX + 1]; /* the XADD's topic, for the answer */
-    uint64_t after;                 /* a replay's position: entries after this id */
-    bool http;                      /* an XADD for POST /publish (c NULL: the client left) */
-    struct relay *relay;            /* the relay whose event an XADD carries, or NULL */
-    char *up_id;                    /* that event's upstream id (owned), with relay */
-    size_t end;                     /* where the command ends in all the link ever queued
-                                       (out_pos counts): sent whole once written passes it */
-    size_t len;                     /* the command's bytes */
-};
-
-struct redis_link {
-    struct handle h;          /* fd (-1 while down) and kind H_REDIS; first, for epoll */
-    const char *name;         /* "commands" or "stream", for log lines */
-    bool connecting;          /* connect() in progress */
-    bool up;                  /* connected; what is queued is being sent */
-    bool ready;               /* up and AUTH accepted (or none needed): XADDs may go */
-    char *in;                 /* bytes read and not yet parsed */
-    size_t in_len, in_cap;    /* bytes in `in`, and allocated */
-    char *out;                /* commands not yet sent */
-    size_t out_len, out_off;  /* bytes in `out`, and already sent */
-    size_t out_cap;           /* allocated */
-    size_t out_pos;           /* bytes sent and dropped from `out` since connecting */
-    struct redis_wait *waits; /* a ring of replies due */
-    uint32_t whead, wlen, wcap;
-    int64_t deadline;     /* connect, or the oldest reply due, by then; 0 = none (idle) */
-    int64_t idle_since;   /* since when no reply is due: PING at idle_since + REDIS_PING_MS */
-    int64_t next_attempt; /* when down: when to connect again */
-    unsigned failures;    /* attempts in a row that failed, for back-off */
-};
-
-/* A subscriber that came back with an id this node's follower has not reached yet (it read
- * the event on a node further ahead): it waits until the follower gets there. */
-struct redis_ahead {
-    struct conn *c;
-    uint64_t last; /* its last event id */
-};
-
-struct redis_hub {
-    struct sockaddr_storage addr; /* Redis, resolved once at start */
-    socklen_t addr_len;
-    char where[280];           /* "HOST:PORT", for log lines */
-    char key[256];             /* the stream */
-    char *password;            /* for AUTH, or NULL */
-    uint64_t maxlen;           /* XADD MAXLEN ~ this */
-    size_t max_reply;          /* largest reply accepted */
-    uint32_t xread_count;      /* entries per XREAD */
-    struct redis_link cmd;     /* AUTH, XADD */
-    struct redis_link follow;  /* XREAD BLOCK, following the stream */
-    bool positioned;           /* srv->last_id is a stream position (known since start) */
-    char after[48];            /* the id of the last entry read: XREAD goes on after it */
-    struct redis_ahead *ahead; /* subscribers whose last id this node has not read yet */
-    uint32_t nahead, ahead_cap;
-    struct resp_value *vals;       /* scratch for the reader */
-    char *kept;                    /* XADDs from inputs and sse_publish() the command link could
-                                      not take (down, or not through AUTH yet), in order */
-    size_t kept_len, kept_cap;     /* bytes in kept, and allocated */
-    size_t *kept_lens;             /* each kept command's length */
-    uint32_t nkept, kept_lens_cap; /* kept commands, and room in kept_lens */
-    uint64_t reconnects;           /* links lost, for /metrics */
-    uint64_t errors;               /* failed publishes and refused entries */
-    uint64_t received;             /* stream entries delivered */
-    uint64_t unknown;              /* XADDs written but not answered when the link died */
-};
-
-/* Room in a link's ring for one more reply, and in its output for n more bytes. */
-static bool redis_room(struct redis_link *l, size_t n) {
-    if (l->wlen == l->wcap) {
-        uint32_t cap = l->wcap ? l->wcap * 2 : 16;
-        struct redis_wait *ring = cap <= REDIS_WAITS_MAX ? malloc(cap * sizeof *ring) : NULL;
-        if (!ring)
-            return false;
-        for (uint32_t i = 0; i < l->wlen; i++)
-            ring[i] = l->waits[(l->whead + i) % l->wcap];
-        free(l->waits);
-        l->waits = ring;
-        l->wcap = cap;
-        l->whead = 0;
-    }
-    if (l->out_len + n > l->out_cap) {
-        size_t cap = (l->out_len + n) * 2;
-        char *out = realloc(l->out, cap);
-        if (!out)
-            return false;
-        l->out = out;
-        l->out_cap = cap;
-    }
-    return true;
-}
-
-/* The reply due for the len bytes just appended to a link's output (redis_room first). */
-static struct redis_wait *redis_expect(struct sse_server *srv, struct redis_link *l,
-                                       enum redis_wait_kind kind, struct conn *c, const char *topic,
-                                       size_t len) {
-    struct redis_wait *rw = &l->waits[(l->whead + l->wlen++) % l->wcap];
-    *rw = (struct redis_wait){.kind = (uint8_t)kind, .c = c, .http = c != NULL, .len = len};
-    rw->end = l->out_pos + l->out_len;
-    snprintf(rw->topic, sizeof rw->topic, "%s", topic ? topic : "");
-    if (!l->deadline)
-        l->deadline = srv->now + (kind == RW_XREAD ? REDIS_BLOCK_MS : 0) + REDIS_TIMEOUT_MS;
-    return rw;
-}
-
-/* After a reply (or once connected): the deadline follows the oldest reply still due,
- * REDIS_TIMEOUT_MS from now (plus the BLOCK time for XREAD). With none due there is no
- * deadline, and the link is idle from now: an idle link is never "late", it is probed with
- * a PING of its own after REDIS_PING_MS (redis_tick), whose PONG is due like any reply. */
-static void redis_rearm(struct sse_server *srv, struct redis_link *l) {
-    const struct redis_wait *next = l->wlen ? &l->waits[l->whead] : NULL;
-    l->deadline =
-        !next ? 0 : srv->now + REDIS_TIMEOUT_MS + (next->kind == RW_XREAD ? REDIS_BLOCK_MS : 0);
-    if (!next)
-        l->idle_since = srv->now;
-}
-
-/* Appends a command to a link's output and the reply it expects to its queue; returns that
- * entry (for the caller's details), or NULL when out of memory or over REDIS_WAITS_MAX. */
-static struct redis_wait *redis_send(struct sse_server *srv, struct redis_link *l,
-                                     enum redis_wait_kind kind, struct conn *c, const char *topic,
-                                     int argc, const char *const *argv, const size_t *lens) {
-    struct wbuf w = {NULL, 0, 0};
-    resp_command(&w, argc, argv, lens); /* measures */
-    if (!redis_room(l, w.len))
-        return NULL;
-    w = (struct wbuf){l->out + l->out_len, w.len, 0};
-    resp_command(&w, argc, argv, lens);
-    l->out_len += w.len;
-    return redis_expect(srv, l, kind, c, topic, w.len);
-}
-
-/* Bytes of a link's output whose replies are still due: from the oldest waiting command on
- * (what came before it is answered and may be dropped). */
-static size_t redis_live(const struct redis_link *l) {
-    const struct redis_wait *head = l->wlen ? &l->waits[l->whead] : NULL;
-    return head ? l->out_pos + l->out_len - (head->end - head->len) : 0;
-}
-
-/* Whether a link is past the hold mark. */
-static bool redis_behind(const struct redis_link *l) {
-    return redis_live(l) >= REDIS_HOLD_BYTES || l->wlen >= REDIS_HOLD_WAITS;
-}
-
-/* Keeps an XADD (n bytes at cmd) for when the command link can take it. */
-static bool redis_keep(struct redis_hub *r, const char *cmd, size_t n) {
-    if (r->nkept == r->kept_lens_cap) {
-        uint32_t cap = r->kept_lens_cap ? r->kept_lens_cap * 2 : 64;
-        size_t *lens = realloc(r->kept_lens, cap * sizeof *lens);
-        if (!lens)
-            return false;
-        r->kept_lens = lens;
-        r->kept_lens_cap = cap;
-    }
-    if (r->kept_len + n > r->kept_cap) {
-        size_t cap = (r->kept_len + n) * 2;
-        char *kept = realloc(r->kept, cap);
-        if (!kept)
-            return false;
-        r->kept = kept;
-        r->kept_cap = cap;
-    }
-    memcpy(r->kept + r->kept_len, cmd, n);
-    r->kept_len += n;
-    r->kept_lens[r->nkept++] = n;
-    return true;
-}
-
-/* Moves kept XADDs, oldest first, to the command link once it is through AUTH, up to the
- * hold mark; the rest waits for a later tick. */
-static void redis_send_kept(struct sse_server *srv) {
-    struct redis_hub *r = srv->redis;
-    struct redis_link *l = &r->cmd;
-    uint32_t i = 0;
-    size_t at = 0;
-    for (; l->ready && !redis_behind(l) && i < r->nkept && redis_room(l, r->kept_lens[i]); i++) {
-        memcpy(l->out + l->out_len, r->kept + at, r->kept_lens[i]);
-        l->out_len += r->kept_lens[i];
-        redis_expect(srv, l, RW_XADD, NULL, NULL, r->kept_lens[i]);
-        at += r->kept_lens[i];
-    }
-    if (!i)
-        return;
-    log_say(&srv->log, SSE_LOG_INFO, "redis %s: sending %u kept events", r->where, i);
-    memmove(r->kept, r->kept + at, r->kept_len - at);
-    r->kept_len -= at;
-    memmove(r->kept_lens, r->kept_lens + i, (r->nkept - i) * sizeof *r->kept_lens);
-    r->nkept -= i;
-}
-
-static void redis_flush(struct sse_server *srv, struct redis_link *l);
-static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why);
-
-/* The follower's next read: entries after the last one delivered, waiting up to
- * REDIS_BLOCK_MS for one. */
-static void redis_follow_next(struct sse_server *srv) {
-    struct redis_hub *r = srv->redis;
-    char count[24], block[24];
-    struct wbuf cw = {count, sizeof count, 0}, bw = {block, sizeof block, 0};
-    wb_u64(&cw, r->xread_count);
-    wb_u64(&bw, REDIS_BLOCK_MS);
-    const char *argv[] = {"XREAD", "COUNT", count, "BLOCK", block, "STREAMS", r->key, r->after};
-    size_t lens[] = {5, 5, cw.len, 5, bw.len, 7, strlen(r->key), strlen(r->after)};
-    if (!redis_send(srv, &r->follow, RW_XREAD, NULL, NULL, 8, argv, lens))
-        redis_link_fail(srv, &r->follow, "out of memory");
-}
-
-/* Opens a link (non-blocking) and queues what it must say first: AUTH, and for the follower
- * where to start reading. */
-static void redis_connect(struct sse_server *srv, struct redis_link *l) {
-    struct redis_hub *r = srv->redis;
-    int fd = socket(r->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-    ev.data.ptr = &l->h;
-    if (fd < 0 ||
-        (connect(fd, (const struct sockaddr *)&r->addr, r->addr_len) < 0 && errno != EINPROGRESS) ||
-        epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        int e = errno;
-        if (fd >= 0)
-            close(fd);
-        l->h.fd = -1;
-        l->failures++;
-        l->next_attempt = srv->now + REDIS_BACKOFF_MAX;
-        log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link: %s", r->where, l->name, strerror(e));
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    l->h.fd = fd;
-    l->connecting = true;
-    l->deadline = srv->now + REDIS_TIMEOUT_MS;
-    bool ok = true;
-    if (r->password) {
-        const char *argv[] = {"AUTH", r->password};
-        size_t lens[] = {4, strlen(r->password)};
-        ok = redis_send(srv, l, RW_AUTH, NULL, NULL, 2, argv, lens);
-    }
-    if (ok && l == &r->follow && !r->positioned) {
-        const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
-        size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
-        ok = redis_send(srv, l, RW_POSITION, NULL, NULL, 6, argv, lens);
-    } else if (ok && l == &r->follow) {
-        redis_follow_next(srv);
-    }
-    if (!ok)
-        redis_link_fail(srv, l, "out of memory");
-}
-
-/* Rotates buf[0..n) left by k bytes, in place: buf[k..n) comes first, then buf[0..k). */
-static void redis_rotate(char *buf, size_t n, size_t k) {
-    size_t parts[3][2] = {{0, k}, {k, n}, {0, n}};
-    for (int p = 0; p < 3; p++)
-        for (size_t a = parts[p][0], b = parts[p][1]; a + 1 < b; a++, b--) {
-            char t = buf[a];
-            buf[a] = buf[b - 1];
-            buf[b - 1] = t;
-        }
-}
-
-/* An XADD still on the command link when it failed. Sent whole, its outcome is unknown:
- * Redis may have stored it and gone before answering. An HTTP publisher hears exactly that
- * (503; it can look before publishing again; one that left is not published for, as it had
- * no answer and may publish again itself); a relay fetches it again from the last
- * upstream id Redis answered for; an input's or sse_publish()'s event cannot be fetched
- * again, so it is sent again: it may be stored twice, but is never lost. Not sent whole,
- * it was not stored (Redis drops a command cut short): the publisher gets 503, the relay
- * fetches it again, the rest is kept and sent after reconnecting. Returns whether it was
- * kept. */
-static bool redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct redis_wait *rw) {
-    struct redis_hub *r = srv->redis;
-    bool sent = rw->end <= l->out_pos + l->out_off;
-    r->unknown += sent;
-    if (rw->http) {
-        r->errors += !sent; /* a publisher that left had no answer: it may publish again */
-        if (!rw->c)
-            return false;
-        rw->c->state = CONN_RESPOND; /* out of CONN_WAIT, so closing it is plain */
-        if (sent)
-            http_text(srv, rw->c, 503,
-                      "Redis went away before answering: the outcome is unknown, the event may "
-                      "have been stored; check before publishing it again",
-                      NULL);
-        else
-            publish_answer(srv, rw->c, -EIO, 0, rw->topic);
-        return false;
-    }
-    if (rw->relay) {
-        rw->relay->pending--;
-        return false;
-    }
-    if (redis_keep(r, l->out + (rw->end - rw->len - l->out_pos), rw->len))
-        return true;
-    r->errors++;
-    log_say(&srv->log, SSE_LOG_ERROR, "redis %s: out of memory: an event was lost", r->where);
-    return false;
-}
-
-/* A link failed: everyone waiting on it hears so, and it is retried after a back-off that
- * doubles from 100 ms up to REDIS_BACKOFF_MAX. Losing the command link also stops the
- * relays: they reconnect, from the last id Redis took, once it can take events again. */
-static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why) {
-    struct redis_hub *r = srv->redis;
-    if (l->h.fd >= 0) {
-        close(l->h.fd);
-        l->h.fd = -1;
-        r->reconnects++;
-        log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link lost: %s", r->where, l->name, why);
-    }
-    l->up = l->connecting = l->ready = false;
-    l->in_len = 0;
-    l->deadline = 0;
-    uint32_t nlater = r->nkept, kept = 0; /* kept already: came after all that is on the link */
-    size_t later = r->kept_len;
-    while (l->wlen) {
-        struct redis_wait *rw = &l->waits[l->whead];
-        l->whead = (l->whead + 1) % l->wcap;
-        l->wlen--;
-        if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE || rw->kind == RW_XLAST) && rw->c)
-            conn_close(srv, rw->c, R_UPSTREAM); /* it comes back with its last id */
-        else if (rw->kind == RW_XADD)
-            kept += redis_xadd_lost(srv, l, rw);
-        free(rw->up_id);
-    }
-    if (nlater && kept) {
-        redis_rotate(r->kept, r->kept_len, later);
-        redis_rotate((char *)r->kept_lens, r->nkept * sizeof *r->kept_lens,
-                     nlater * sizeof *r->kept_lens);
-    }
-    l->out_len = l->out_off = l->out_pos = 0;
-    for (size_t i = 0; l == &r->cmd && i < srv->nrelays; i++)
-        if (srv->relays[i].px)
-            proxy_release(srv, srv->relays[i].px, R_UPSTREAM);
-    unsigned shift = l->failures < 6 ? l->failures : 6;
-    int64_t backoff = (int64_t)100 << shift;
-    l->next_attempt = srv->now + (backoff < REDIS_BACKOFF_MAX ? backoff : REDIS_BACKOFF_MAX);
-    l->failures++;
-}
-
-/* How many subscribers of this server follow a topic (for a publish's answer). */
-static int redis_local_subscribers(struct sse_server *srv, const char *topic) {
-    struct topic *t = topic_find(&srv->topics, topic, strlen(topic));
-    int n = 0;
-    for (struct sub *s = t ? t->subs : NULL; s; s = s->next)
-        n++;
-    return n;
-}
-
-/* A value as a NUL-terminated string in out (cap bytes); false if it is no string or too
- * long. */
-static bool redis_str(const struct resp_value *v, char *out, size_t cap) {
-    if (v->type != '$' || v->len >= cap)
-        return false;
-    memcpy(out, v->str, v->len);
-    out[v->len] = '\0';
-    return true;
-}
-
-/* What sse-server writes into a stream entry, [id, [field, value, ...]] at vals[i]. */
-struct redis_entry {
-    char id[48];                    /* the entry id as Redis wrote it ("" if none) */
-    uint64_t key;                   /* the id as a key */
-    char topic[TOPIC_NAME_MAX + 1]; /* "topic" */
-    char event[EVENT_TYPE_MAX + 1]; /* "event", or "" */
-    const struct resp_value *data;  /* "data" */
-};
-
-/* Reads an entry; false if it is not an event sse-server would publish (e->id is still set
- * when the entry has an id, so a reader can move past it). */
-static bool redis_entry(const struct sse_server *srv, const struct resp_value *vals, size_t n,
-                        size_t i, struct redis_entry *e) {
-    memset(e, 0, sizeof *e);
-    bool ok = i + 2 < n && vals[i].type == '*' && vals[i].len == 2 &&
-              redis_str(&vals[i + 1], e->id, sizeof e->id) && vals[i + 2].type == '*' &&
-              vals[i + 2].len % 2 == 0;
-    ok = ok && id_parse(true, e->id, strlen(e->id), &e->key);
-    for (size_t f = i + 3; ok && f + 1 < i + 3 + vals[i + 2].len && f + 1 < n; f += 2) {
-        const struct resp_value *name = &vals[f], *value = &vals[f + 1];
-        ok = name->type == '$' && value->type == '$';
-        if (ok && bytes_eq(name->str, name->len, "topic"))
-            ok = redis_str(value, e->topic, sizeof e->topic);
-        else if (ok && bytes_eq(name->str, name->len, "event"))
-            ok = redis_str(value, e->event, sizeof e->event) && e->event[0];
-        else if (ok && bytes_eq(name->str, name->len, "data"))
-            e->data = value;
-    }
-    const char *t = e->topic;
-    return ok && e->data && e->topic[0] &&
-           publish_check(srv, &t, e->event[0] ? e->event : NULL, e->data->str, e->data->len) == 0;
-}
-
-static void redis_ahead_done(struct sse_server *srv);
-
-/* One stream entry at vals[i] to the local subscribers. Entries not written by sse-server
- * are skipped and counted; the follower moves past them all the same. */
-static void redis_deliver_entry(struct sse_server *srv, const struct resp_value *vals, size_t n,
-                                size_t i) {
-    struct redis_hub *r = srv->redis;
-    struct redis_entry e;
-    bool ok = redis_entry(srv, vals, n, i, &e);
-    if (e.id[0])
-        memcpy(r->after, e.id, strlen(e.id) + 1); /* read, delivered or not */
-    if (ok && e.key > srv->last_id &&
-        publish_deliver(srv, e.key, e.topic, e.event[0] ? e.event : NULL, e.data->str,
-                        e.data->len) >= 0) {
-        r->received++;
-        redis_ahead_done(srv);
-        return;
-    }
-    r->errors++;
-    log_say(&srv->log, SSE_LOG_WARN, "redis %s: stream entry %s skipped: not an sse-server event",
-            r->where, e.id[0] ? e.id : "without an id");
-}
-
-/* The follower's answers: where the stream ends (at start), then entries. */
-static bool redis_follow_reply(struct sse_server *srv, enum redis_wait_kind kind,
-                               const struct resp_value *vals, size_t n) {
-    struct redis_hub *r = srv->redis;
-    if (kind == RW_POSITION) {
-        char id[48] = "0-0";
-        if (vals[0].type != '*' || (vals[0].len && (n < 3 || !redis_str(&vals[2], id, sizeof id))))
-            return false;
-        uint64_t key;
-        if (!id_parse(true, id, strlen(id), &key))
-            return false;
-        srv->last_id = key;
-        memcpy(r->after, id, strlen(id) + 1);
-        blob_unref(srv->id_line);
-        srv->id_line = NULL;
-        r->positioned = true;
-        log_say(&srv->log, SSE_LOG_INFO, "redis %s: following stream %s after %s", r->where, r->key,
-                id);
-    } else if (vals[0].type == '*') { /* [[key, [entry, ...]]] */
-        if (n < 4 || vals[0].len != 1 || vals[1].type != '*' || vals[1].len != 2 ||
-            vals[2].type != '$' || vals[3].type != '*')
-            return false;
-        for (size_t i = 4, e = 0; e < vals[3].len && i < n; e++) {
-            redis_deliver_entry(srv, vals, n, i);
-            i = resp_skip(vals, n, i);
-        }
-    } else if (vals[0].type != '_') { /* '_': BLOCK ran out with nothing new */
-        return false;
-    }
-    redis_follow_next(srv);
-    return true;
-}
-
-/*
- * Replay from Redis. A client may come back with an id older than this node's backlog (the
- * node started later, or the client was away long). Then the node asks Redis: XINFO STREAM
- * says whether anything after that id was trimmed away (then only the reset event is
- * honest), and XRANGE brings the entries after it, REDIS_REPLAY_PAGE at a time, until they
- * reach what the backlog holds; the backlog then gives the rest, and live events follow.
- * Until then the subscriber is CF_REPLAYING: live events skip it (it takes them from the
- * backlog), so it sees every event once, in order. Replayed entries are formatted for this
- * subscriber alone; a subscriber that falls client_buffer behind is dropped as slow.
- */
-#define REDIS_REPLAY_PAGE 256
-
-/* Whether a node's backlog alone replays exactly after `last`: the local rule
- * (backlog_covers), but stream ids are sparse. The backlog holds every entry the follower
- * delivered after `base` (the stream's position when the node started, or the last entry
- * evicted), so an id between base and the first entry held was never an entry this node
- * read: it may come from a stream Redis has since lost (restarted empty) or from an entry
- * deleted before this node read it. Only Redis can say whether such an id is covered
- * (redis_replay_info); the backlog covers base itself and ids from its first entry on. */
-static bool redis_backlog_covers(const struct sse_server *srv, uint64_t last) {
-    const struct backlog *bl = &srv->backlog;
-    if (!backlog_covers(bl, last, srv->last_id))
-        return false;
-    return last == srv->last_id || last == bl->base || last >= backlog_at(bl, 0)->id;
-}
-
-static bool redis_replay_page(struct sse_server *srv, struct conn *c, uint64_t after) {
-    struct redis_hub *r = srv->redis;
-    char from[50] = "(", count[24];
-    struct wbuf fw = {from + 1, sizeof from - 1, 0}, cw = {count, sizeof count, 0};
-    wb_id(&fw, true, after);
-    wb_u64(&cw, REDIS_REPLAY_PAGE);
-    const char *argv[] = {"XRANGE", r->key, from, "+", "COUNT", count};
-    size_t lens[] = {6, strlen(r->key), fw.len + 1, 1, 5, cw.len};
-    struct redis_wait *rw = redis_send(srv, &r->cmd, RW_XRANGE, c, NULL, 6, argv, lens);
-    if (rw)
-        rw->after = after;
-    return rw != NULL;
-}
-
-/* Starts a replay from Redis for a subscriber whose last id is `after`. False when Redis
- * cannot be asked now (the caller sends the reset event instead). */
-static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after) {
-    struct redis_hub *r = srv->redis;
-    const char *argv[] = {"XINFO", "STREAM", r->key};
-    size_t lens[] = {5, 6, strlen(r->key)};
-    struct redis_wait *rw =
-        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XINFO, c, NULL, 3, argv, lens) : NULL;
-    if (!rw)
-        return false;
-    rw->after = after;
-    c->flags |= CF_REPLAYING;
-    return true;
-}
-
-/* The end of a replay: the reset event instead (the history was trimmed, or Redis failed
- * the request), or what the backlog holds after the last replayed id. */
-static void redis_replay_end(struct sse_server *srv, struct conn *c, uint64_t after, bool exact) {
-    c->flags &= (uint8_t)~CF_REPLAYING;
-    bool ok;
-    if (exact) {
-        ok = stream_replay_rest(srv, c, after);
-    } else {
-        char asked[48];
-        struct wbuf w = {asked, sizeof asked, 0};
-        wb_id(&w, true, after);
-        srv->m.replays_total--;
-        srv->m.resets_total++;
-        ok = conn_enqueue_owned(srv, c, stream_reset_event(srv, asked, w.len));
-    }
-    if (!ok)
-        conn_close(srv, c, R_ERROR);
-}
-
-/* XINFO STREAM's answer, a flat list of field and value. The rule is the backlog's
- * (backlog_covers): a replay is exact only when the history provably holds every entry after
- * the client's id. Stream ids are sparse, so "provably" means: the id is not older than the
- * first entry the stream holds (everything after it is still there), or it is 0-0 (the
- * position of an empty stream) and nothing was ever removed (entries-added equals length);
- * and no entry after it was deleted from the middle (max-deleted-entry-id). An id older
- * than the first entry is never covered, even when nothing was trimmed: the stream may have
- * been created again since the client read it (Redis without persistence restarts empty,
- * and a stream that was deleted starts over), and its entries before the first are gone
- * without a trace. No stream at all (an error) is no proof either. */
-static void redis_replay_info(struct sse_server *srv, const struct redis_wait *rw,
-                              const struct resp_value *vals, size_t n) {
-    uint64_t deleted = 0, first = 0;
-    int64_t added = -1, length = -1;
-    bool have_first = false;
-    for (size_t i = 1; vals[0].type == '*' && i + 1 < n; i = resp_skip(vals, n, i + 1)) {
-        char id[48];
-        const struct resp_value *name = &vals[i], *value = &vals[i + 1];
-        if (name->type != '$' && name->type != '+')
-            continue;
-        if (bytes_eq(name->str, name->len, "length") && value->type == ':')
-            length = value->integer;
-        else if (bytes_eq(name->str, name->len, "entries-added") && value->type == ':')
-            added = value->integer;
-        else if (bytes_eq(name->str, name->len, "max-deleted-entry-id") &&
-                 redis_str(value, id, sizeof id))
-            id_parse(true, id, strlen(id), &deleted);
-        else if (bytes_eq(name->str, name->len, "first-entry") && value->type == '*' && i + 2 < n &&
-                 redis_str(&vals[i + 2], id, sizeof id))
-            have_first = id_parse(true, id, strlen(id), &first);
-    }
-    bool removed = added < 0 || length < 0 || added != length;
-    bool exact = vals[0].type == '*' && rw->after >= deleted &&
-                 ((length > 0 && have_first && rw->after >= first) || (rw->after == 0 && !removed));
-    if (!exact || !redis_replay_page(srv, rw->c, rw->after))
-        redis_replay_end(srv, rw->c, rw->after, false);
-}
-
-/* A page of XRANGE: entries up to what the backlog holds go to the subscriber; then the
- * next page, or the backlog. */
-static void redis_replay_entries(struct sse_server *srv, const struct redis_wait *rw,
-                                 const struct resp_value *vals, size_t n) {
-    struct conn *c = rw->c;
-    if (vals[0].type != '*') {
-        redis_replay_end(srv, c, rw->after, false);
-        return;
-    }
-    uint64_t limit = srv->backlog.count ? srv->backlog.base : srv->last_id, after = rw->after;
-    bool done = vals[0].len < REDIS_REPLAY_PAGE;
-    for (size_t i = 1, e = 0; e < vals[0].len && i < n; e++, i = resp_skip(vals, n, i)) {
-        struct redis_entry ent;
-        bool ok = redis_entry(srv, vals, n, i, &ent);
-        if (!ent.id[0] || ent.key > limit) {
-            done = true; /* the backlog has it from here */
-            break;
-        }
-        after = ent.key;
-        struct topic *t = ok ? topic_find(&srv->topics, ent.topic, strlen(ent.topic)) : NULL;
-        if (!t || !stream_follows(c, t))
-            continue;
-        size_t len =
-            wire_format_event(NULL, 0, ent.id, strlen(ent.id), ent.event[0] ? ent.event : NULL,
-                              ent.data->str, ent.data->len);
-        struct blob *b = blob_new(len);
-        if (b)
-            wire_format_event(b->bytes, len, ent.id, strlen(ent.id),
-                              ent.event[0] ? ent.event : NULL, ent.data->str, ent.data->len);
-        if (!b || !conn_enqueue_owned(srv, c, b)) {
-            conn_close(srv, c, R_ERROR);
-            return;
-        }
-        if (c->qbytes > srv->client_buffer) {
-            srv->m.dropped_total++;
-            conn_close(srv, c, R_SLOW);
-            return;
-        }
-    }
-    if (done || !redis_replay_page(srv, c, after))
-        redis_replay_end(srv, c, after, done);
-}
-
-/*
- * A client may come back with an id this node has not read yet: it read the event on a
- * node whose follower is a little ahead. Such an id is not a reset; the subscriber waits
- * (CF_REPLAYING: live events skip it) until this node's follower passes the id, then
- * takes what came after it from the backlog. XREVRANGE first tells whether the id exists
- * at all: one newer than the stream's last entry was never issued, and gets the reset.
- */
-static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last) {
-    struct redis_hub *r = srv->redis;
-    const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
-    size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
-    struct redis_wait *rw =
-        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XLAST, c, NULL, 6, argv, lens) : NULL;
-    if (!rw)
-        return false;
-    rw->after = last;
-    c->flags |= CF_REPLAYING;
-    return true;
-}
-
-/* Subscribers waiting for the follower whose id it has now reached go on from the backlog
- * (or from Redis, if a burst pushed their id out of the backlog meanwhile). */
-static void redis_ahead_done(struct sse_server *srv) {
-    struct redis_hub *r = srv->redis;
-    for (uint32_t i = 0; i < r->nahead; i++) {
-        struct redis_ahead a = r->ahead[i];
-        if (a.last > srv->last_id)
-            continue;
-        r->ahead[i--] = r->ahead[--r->nahead];
-        if (redis_backlog_covers(srv, a.last))
-            redis_replay_end(srv, a.c, a.last, true);
-        else if (!redis_replay(srv, a.c, a.last))
-            redis_replay_end(srv, a.c, a.last, false);
-    }
-}
-
-/* XREVRANGE's answer: the stream's last entry. */
-static void redis_ahead_last(struct sse_server *srv, const struct redis_wait *rw,
-                             const struct resp_value *vals, size_t n) {
-    struct redis_hub *r = srv->redis;
-    char id[48];
-    uint64_t newest = 0;
-    bool exists = vals[0].type == '*' && vals[0].len == 1 && n >= 3 &&
-                  redis_str(&vals[2], id, sizeof id) && id_parse(true, id, strlen(id), &newest) &&
-                  rw->after <= newest;
-    if (exists && rw->after <= srv->last_id) {
-        redis_replay_end(srv, rw->c, rw->after, true); /* reached while we asked */
-        return;
-    }
-    if (exists && r->nahead == r->ahead_cap) {
-        uint32_t cap = r->ahead_cap ? r->ahead_cap * 2 : 8;
-        struct redis_ahead *more = realloc(r->ahead, cap * sizeof *more);
-        exists = more != NULL;
-        if (more) {
-            r->ahead = more;
-            r->ahead_cap = cap;
-        }
-    }
-    if (!exists) {
-        redis_replay_end(srv, rw->c, rw->after, false);
-        return;
-    }
-    r->ahead[r->nahead++] = (struct redis_ahead){rw->c, rw->after};
-}
-
-/* Redis answered a relay's XADD. Stored: Redis has every event of the relay up to this one.
- * Refused: the relay fetches it again from the last id Redis took, so the XADDs after it,
- * sent already, must no longer move that id on. */
-static void redis_relay_answered(struct sse_server *srv, const struct redis_wait *rw, bool stored) {
-    struct relay *relay = rw->relay;
-    struct redis_link *l = &srv->redis->cmd;
-    relay->pending--;
-    if (stored && rw->up_id) {
-        memcpy(relay->taken, rw->up_id, strlen(rw->up_id) + 1);
-        return;
-    }
-    for (uint32_t i = 0; !stored && i < l->wlen; i++) {
-        struct redis_wait *later = &l->waits[(l->whead + i) % l->wcap];
-        if (later->relay == relay) {
-            free(later->up_id);
-            later->up_id = NULL;
-        }
-    }
-    if (!stored && relay->px)
-        proxy_release(srv, relay->px, R_UPSTREAM);
-}
-
-/* The reply to the command at the head of a link's queue. False: the link is unusable. */
-static bool redis_reply(struct sse_server *srv, struct redis_link *l, const struct redis_wait *rw,
-                        const struct resp_value *vals, size_t n) {
-    struct redis_hub *r = srv->redis;
-    if (rw->kind == RW_XLAST) {
-        if (rw->c)
-            redis_ahead_last(srv, rw, vals, n);
-        return true;
-    }
-    if (rw->kind == RW_XINFO || rw->kind == RW_XRANGE) {
-        if (rw->c && rw->kind == RW_XINFO)
-            redis_replay_info(srv, rw, vals, n); /* an error: no stream, so no exact replay */
-        else if (rw->c)
-            redis_replay_entries(srv, rw, vals, n);
-        return true;
-    }
-    if (vals[0].type == '-' && rw->kind != RW_XADD) {
-        log_say(&srv->log, SSE_LOG_ERROR, "redis %s: %s link: %s%.*s", r->where, l->name,
-                rw->kind == RW_AUTH ? "AUTH refused (check --redis-password): " : "",
-                (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str);
-        return false;
-    }
-    if (rw->kind == RW_PING)
-        return true; /* PONG: the link is alive */
-    if (rw->kind == RW_AUTH) {
-        l->ready = true;
-        if (l == &r->cmd)
-            redis_send_kept(srv);
-        return true;
-    }
-    if (rw->kind != RW_XADD)
-        return redis_follow_reply(srv, (enum redis_wait_kind)rw->kind, vals, n);
-    char id[48];
-    uint64_t key = 0;
-    bool stored = redis_str(&vals[0], id, sizeof id) && id_parse(true, id, strlen(id), &key);
-    if (!stored) {
-        r->errors++;
-        log_say(&srv->log, SSE_LOG_WARN, "redis %s: XADD failed: %.*s", r->where,
-                (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str ? vals[0].str : "");
-    }
-    if (rw->relay)
-        redis_relay_answered(srv, rw, stored);
-    if (rw->c)
-        publish_answer(srv, rw->c, stored ? redis_local_subscribers(srv, rw->topic) : -EIO, key,
-                       rw->topic);
-    return true;
-}
-
-/* Drops the output before the oldest command still waiting for its reply: should the link
- * fail first, its bytes may be sent again (redis_xadd_lost). Bytes move only when that frees
- * half the buffer, so trimming costs linear time. */
-static void redis_out_trim(struct redis_link *l) {
-    size_t from = l->out_len - redis_live(l);
-    if (!from || (from < l->out_len && from * 2 < l->out_len))
-        return;
-    memmove(l->out, l->out + from, l->out_len - from);
-    l->out_len -= from;
-    l->out_off -= from;
-    l->out_pos += from;
-}
-
-/* Reads what Redis sent and handles every whole reply in it. */
-static void redis_read(struct sse_server *srv, struct redis_link *l) {
-    struct redis_hub *r = srv->redis;
-    for (;;) {
-        if (l->in_cap - l->in_len < 16384) {
-            size_t cap = l->in_cap ? l->in_cap * 2 : 65536;
-            char *in = cap <= r->max_reply + 65536 ? realloc(l->in, cap) : NULL;
-            if (!in) {
-                redis_link_fail(srv, l, "reply too large");
-                return;
-            }
-            l->in = in;
-            l->in_cap = cap;
-        }
-        ssize_t got = recv(l->h.fd, l->in + l->in_len, l->in_cap - l->in_len, 0);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (got <= 0) {
-            redis_link_fail(srv, l, got == 0 ? "closed by Redis" : strerror(errno));
-            return;
-        }
-        l->in_len += (size_t)got;
-        size_t at = 0, n;
-        long used;
-        while ((used = resp_read(l->in + at, l->in_len - at, r->max_reply, r->vals, RESP_MAX_VALUES,
-                                 &n)) > 0) {
-            if (!l->wlen) {
-                redis_link_fail(srv, l, "a reply nobody asked for");
-                return;
-            }
-            struct redis_wait rw = l->waits[l->whead];
-            l->whead = (l->whead + 1) % l->wcap;
-            l->wlen--;
-            at += (size_t)used;
-            if (rw.kind == RW_XADD || rw.kind == RW_XREAD || rw.kind == RW_PING)
-                l->failures = 0; /* working, not merely connected */
-            bool usable = redis_reply(srv, l, &rw, r->vals, n);
-            free(rw.up_id);
-            if (!usable) {
-                redis_link_fail(srv, l, "unusable reply");
-                return;
-            }
-            if (l->h.fd < 0)
-                return; /* failed while handling the reply */
-            redis_rearm(srv, l);
-        }
-        if (used < 0) {
-            redis_link_fail(srv, l, "not RESP2");
-            return;
-        }
-        memmove(l->in, l->in + at, l->in_len - at);
-        l->in_len -= at;
-        redis_out_trim(l);
-    }
-}
-
-/* Sends what is queued on a link, as far as the socket takes it. */
-static void redis_flush(struct sse_server *srv, struct redis_link *l) {
-    while (l->up && l->out_off < l->out_len) {
-        ssize_t w = send(l->h.fd, l->out + l->out_off, l->out_len - l->out_off, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (w < 0) {
-            redis_link_fail(srv, l, strerror(errno));
-            return;
-        }
-        l->out_off += (size_t)w;
-    }
-}
-
-static void redis_on_event(struct sse_server *srv, struct redis_link *l, uint32_t events) {
-    if (l->connecting) {
-        int err = 0;
-        socklen_t elen = sizeof err;
-        if (getsockopt(l->h.fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
-            err = errno;
-        if (err) {
-            redis_link_fail(srv, l, strerror(err));
-            return;
-        }
-        if (!(events & (EPOLLOUT | EPOLLIN)))
-            return;
-        l->connecting = false;
-        l->up = true;
-        l->ready = !srv->redis->password; /* else once AUTH is answered */
-        log_say(&srv->log, SSE_LOG_INFO, "redis %s: %s link connected", srv->redis->where, l->name);
-        redis_rearm(srv, l); /* the connect deadline is over: replies due, if any, or idle */
-        if (l->ready && l == &srv->redis->cmd)
-            redis_send_kept(srv);
-    }
-    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        redis_read(srv, l);
-    if (l->h.fd >= 0)
-        redis_flush(srv, l);
-}
-
-/* Whether inputs may be read, relays take events and HTTP publish: the command link is
- * through AUTH, and it and what is kept are below the hold mark. */
-static bool redis_can_take(const struct sse_server *srv) {
-    const struct redis_hub *r = srv->redis;
-    return r->cmd.ready && !redis_behind(&r->cmd) && r->kept_len < REDIS_HOLD_BYTES &&
-           r->nkept < REDIS_HOLD_WAITS;
-}
-
-/* An XADD for a publish. From HTTP (c, answered when Redis replies): 0, or -EIO when Redis
- * cannot take it now (down, or past the hold mark). From a relay: 0, or -EAGAIN when Redis
- * cannot take it now (the relay fetches it again later). From an input or sse_publish(): 0
- * once it is on the link or kept for it (in order: nothing overtakes what is kept), or
- * -ENOMEM. */
-static int redis_xadd(struct sse_server *srv, struct conn *c, struct relay *relay,
-                      const char *topic, const char *event, const char *data, size_t len) {
-    struct redis_hub *r = srv->redis;
-    bool direct = redis_can_take(srv) && (c || relay || !r->nkept);
-    char *up_id = relay && direct ? strdup(relay->reader.last_id) : NULL;
-    char maxlen[24];
-    struct wbuf mw = {maxlen, sizeof maxlen, 0};
-    wb_u64(&mw, r->maxlen);
-    const char *argv[12] = {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", topic};
-    size_t lens[12] = {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(topic)};
-    int argc = 8;
-    if (event) {
-        argv[argc] = "event";
-        lens[argc++] = 5;
-        argv[argc] = event;
-        lens[argc++] = strlen(event);
-    }
-    argv[argc] = "data";
-    lens[argc++] = 4;
-    argv[argc] = data ? data : "";
-    lens[argc++] = data ? len : 0;
-    struct redis_wait *rw = direct && (!relay || up_id)
-                                ? redis_send(srv, &r->cmd, RW_XADD, c, topic, argc, argv, lens)
-                                : NULL;
-    if (rw && relay) {
-        rw->relay = relay;
-        rw->up_id = up_id;
-        relay->pending++;
-    }
-    if (rw)
-        return 0;
-    free(up_id);
-    if (c || relay) {
-        r->errors += c != NULL;
-        return c ? -EIO : -EAGAIN;
-    }
-    struct wbuf w = {NULL, 0, 0};
-    resp_command(&w, argc, argv, lens); /* measures */
-    char *cmd = malloc(w.len);
-    w = (struct wbuf){cmd, cmd ? w.len : 0, 0};
-    resp_command(&w, argc, argv, lens);
-    bool kept = cmd && redis_keep(r, cmd, w.len);
-    free(cmd);
-    return kept ? 0 : -ENOMEM;
-}
-
-static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
-                         const char *event, const char *data, size_t len) {
-    return redis_xadd(srv, c, NULL, topic, event, data, len);
-}
-
-/* A relay's event: see redis_xadd(). The event is checked first, as publish_event() does. */
-static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
-                               const char *data, size_t len) {
-    const char *topic = relay->topic;
-    int r = publish_check(srv, &topic, event, data, len);
-    return r < 0 ? r : redis_xadd(srv, NULL, relay, topic, event, data, len);
-}
-
-/* A relay reconnects only when Redis can take its events and has answered all it sent,
- * so the last id Redis took is final. */
-static bool redis_relay_may_connect(const struct sse_server *srv, const struct relay *relay) {
-    return redis_can_take(srv) && !relay->pending;
-}
-
-/* Whether sse_publish() may keep one more event: below REDIS_KEPT_MAX. */
-static bool redis_may_keep(const struct sse_server *srv) {
-    return srv->redis->kept_len < REDIS_KEPT_MAX;
-}
-
-/* A publisher waiting for Redis went away: its answer goes nowhere. */
-static void redis_forget(struct sse_server *srv, const struct conn *c) {
-    struct redis_hub *r = srv->redis;
-    struct redis_link *l = &r->cmd;
-    for (uint32_t i = 0; i < l->wlen; i++)
-        if (l->waits[(l->whead + i) % l->wcap].c == c)
-            l->waits[(l->whead + i) % l->wcap].c = NULL;
-    for (uint32_t i = 0; i < r->nahead; i++)
-        if (r->ahead[i].c == c)
-            r->ahead[i--] = r->ahead[--r->nahead];
-}
-
-/* Probes an idle link: Redis answers PING with PONG (RESP2 simple string), so a link that
- * died without a FIN or RST (a host gone, a NAT that forgot us) is found within
- * REDIS_PING_MS + REDIS_TIMEOUT_MS instead of at the next publish. */
-static void redis_ping(struct sse_server *srv, struct redis_link *l) {
-    const char *argv[] = {"PING"};
-    size_t lens[] = {4};
-    if (!redis_send(srv, l, RW_PING, NULL, NULL, 1, argv, lens))
-        redis_link_fail(srv, l, "out of memory");
-}
-
-/* Once per loop iteration: send what was queued, reconnect what is down and due, give up on
- * what has not answered in time, probe what has been idle for REDIS_PING_MS. */
-static void redis_tick(struct sse_server *srv) {
-    struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
-    if (srv->redis->nkept)
-        redis_send_kept(srv); /* what did not fit when the link came up */
-    for (int i = 0; i < 2; i++) {
-        struct redis_link *l = links[i];
-        bool ping = l->wlen && l->waits[l->whead].kind == RW_PING;
-        if (l->h.fd < 0 && !srv->stopping && srv->now >= l->next_attempt)
-            redis_connect(srv, l);
-        else if (l->h.fd >= 0 && l->deadline && srv->now >= l->deadline)
-            redis_link_fail(srv, l,
-                            l->connecting ? "connect timed out"
-                            : ping        ? "no reply in time (PING unanswered)"
-                                          : "no reply in time");
-        else if (l->h.fd >= 0 && l->up && !l->wlen && srv->now >= l->idle_since + REDIS_PING_MS)
-            redis_ping(srv, l);
-        if (l->h.fd >= 0)
-            redis_flush(srv, l);
-    }
-}
-
-/* The next moment redis_tick() has something to do, or INT64_MAX. */
-static int64_t redis_next_deadline(const struct sse_server *srv) {
-    int64_t next = INT64_MAX;
-    const struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
-    for (int i = 0; i < 2; i++) {
-        const struct redis_link *l = links[i];
-        int64_t t = l->h.fd < 0         ? (srv->stopping ? INT64_MAX : l->next_attempt)
-                    : l->deadline       ? l->deadline
-                    : l->up && !l->wlen ? l->idle_since + REDIS_PING_MS
-                                        : INT64_MAX;
-        if (l->out_len > l->out_off && l->up)
-            t = 0;
-        if (t < next)
-            next = t;
-    }
-    return next;
-}
-
-static bool redis_positioned(const struct sse_server *srv) {
-    return srv->redis->positioned;
-}
-
-static uint64_t redis_reconnects(const struct sse_server *srv) {
-    return srv->redis->reconnects;
-}
-
-static uint64_t redis_errors(const struct sse_server *srv) {
-    return srv->redis->errors;
-}
-
-static uint64_t redis_received(const struct sse_server *srv) {
-    return srv->redis->received;
-}
-
-static uint64_t redis_unknown(const struct sse_server *srv) {
-    return srv->redis->unknown;
-}
-
-/* Whether the node can take publishes and serve streams: both links through AUTH, position
- * known. */
-static bool redis_ready(const struct sse_server *srv) {
-    const struct redis_hub *r = srv->redis;
-    return r->cmd.ready && r->follow.ready && r->positioned;
-}
-
-static void redis_free(struct sse_server *srv) {
-    struct redis_hub *r = srv->redis;
-    if (!r)
-        return;
-    struct redis_link *links[2] = {&r->cmd, &r->follow};
-    for (int i = 0; i < 2; i++) {
-        if (links[i]->h.fd >= 0)
-            close(links[i]->h.fd);
-        for (uint32_t w = 0; w < links[i]->wlen; w++)
-            free(links[i]->waits[(links[i]->whead + w) % links[i]->wcap].up_id);
-        free(links[i]->in);
-        free(links[i]->out);
-        free(links[i]->waits);
-    }
-    free(r->password);
-    free(r->vals);
-    free(r->kept);
-    free(r->kept_lens);
-    free(r->ahead);
-    free(r);
-    srv->redis = NULL;
-}
-
-/* ==========================================================================================
- * 11. Request dispatch
- *
- * A parsed request is checked (framing, Host), its path and query decoded once, offered to
- * the host's on_request, and handed to its endpoint. Requests are read into a per-server
- * scratch buffer; a connection holds a buffer of its own only while a head is incomplete or
- * requests are pipelined.
- * ======================================================================================== */
-
-/* Framing checks that keep a request from being read two ways (RFC 9112 6.3): one
- * Content-Length value, digits only, and never together with Transfer-Encoding. */
-static int http_framing(const struct http_request *req, uint64_t *content_length,
-                        const char **why) {
-    *content_length = 0;
-    bool have_cl = false, te = false;
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *h = &req->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding")) {
-            te = true;
-        } else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
-            uint64_t v;
-            if (!parse_u64(h->value, h->value_len, &v) || (have_cl && v != *content_length)) {
-                *why = "invalid or conflicting Content-Length";
-                return 400;
-            }
-            have_cl = true;
-            *content_length = v;
-        }
-    }
-    if (te && have_cl) {
-        *why = "Content-Length together with Transfer-Encoding";
-        return 400;
-    }
-    if (te) {
-        *why = "request bodies need Content-Length";
-        return 411;
-    }
-    return 0;
-}
-
-/* The path part of a request-target, for origin-form ("/p?q") and absolute-form
- * ("http://host/p?q", RFC 9112 3.2.2). False for anything else. */
-static bool http_target_path(const struct http_request *req, const char **path, size_t *len) {
-    const char *t = req->target;
-    size_t n = req->target_len;
-    if (n > 7 && ascii_ieq(t, 7, "http://")) {
-        const char *slash = memchr(t + 7, '/', n - 7);
-        const char *qm = memchr(t + 7, '?', n - 7);
-        if (!slash || (qm && qm < slash))
-            return false;
-        n -= (size_t)(slash - t);
-        t = slash;
-    }
-    if (n == 0 || t[0] != '/')
-        return false;
-    *path = t;
-    *len = n;
-    return true;
-}
-
-/* Sets the connection's flags for this request and refuses requests that are wrong in
- * themselves (RFC 9112 3.2: HTTP/1.1 needs exactly one Host). Returns false when it has
- * answered. */
-static bool http_admit(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                       uint64_t *content_length) {
-    const struct http_header *conn_h = http_header(req, "Connection");
-    bool close_asked = conn_h && http_list_has(conn_h->value, conn_h->value_len, "close");
-    bool keep_asked = conn_h && http_list_has(conn_h->value, conn_h->value_len, "keep-alive");
-    c->flags &= (uint8_t) ~(CF_KEEP_ALIVE | CF_HTTP10 | CF_BODY_UNREAD);
-    if (req->minor == 0)
-        c->flags |= CF_HTTP10;
-    if (!close_asked && (req->minor == 1 || keep_asked) && !srv->stopping)
-        c->flags |= CF_KEEP_ALIVE;
-    size_t hosts = http_header_count(req, "Host");
-    if (hosts > 1 || (hosts == 0 && req->minor == 1)) {
-        http_fail(srv, c, 400, "HTTP/1.1 needs exactly one Host header");
-        return false;
-    }
-    const char *why = NULL;
-    int status = http_framing(req, content_length, &why);
-    if (status) {
-        http_fail(srv, c, status, why);
-        return false;
-    }
-    if (*content_length)
-        c->flags |= CF_BODY_UNREAD;
-    return true;
-}
-
-/* What struct sse_request's impl points at while on_request runs. */
-struct host_request {
-    struct sse_server *srv;         /* the server asking */
-    struct conn *conn;              /* the connection to answer */
-    const struct http_request *req; /* the parsed head */
-    const struct http_query *query; /* its decoded parameters */
-    bool answered;                  /* sse_respond() has queued the answer */
-};
-
-/* Offers the request to the host's on_request. Returns true when the host answered it (or
- * claimed it without an answer, which gets a 500). */
-static bool host_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                       const char *path, const struct http_query *q) {
-    char method[32];
-    if (!srv->on_request || req->method_len >= sizeof method)
-        return false;
-    memcpy(method, req->method, req->method_len);
-    method[req->method_len] = '\0';
-    struct host_request impl = {srv, c, req, q, false};
-    struct sse_request hreq = {method, path, &impl};
-    srv->log_depth++; /* sse_poll() must not run inside the callback */
-    int claimed = srv->on_request(srv, &hreq, srv->log.user);
-    srv->log_depth--;
-    if (claimed && !impl.answered) {
-        log_say(&srv->log, SSE_LOG_WARN, "on_request claimed %s without sse_respond(): 500", path);
-        http_text(srv, c, 500, "internal server error", NULL);
-    }
-    return claimed || impl.answered;
-}
-
-/* Hands the request to its endpoint: the host's routes, the stream prefix, /publish,
- * /metrics, /healthz, then static files or the built-in page. */
-static void http_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                       const char *target, size_t raw_path_len, size_t target_len, const char *path,
-                       size_t plen, const struct http_query *q, uint64_t content_length) {
-    if (!(c->flags & CF_OVER_LIMIT) && host_route(srv, c, req, path, q))
-        return;
-    size_t sp = srv->stream_path_len;
-    if (plen >= sp && memcmp(path, srv->stream_path, sp) == 0 && (plen == sp || path[sp] == '/')) {
-        stream_handle(srv, c, req, q, path + sp, plen - sp);
-        return;
-    }
-    if (c->flags & CF_OVER_LIMIT) { /* EventSource must not see a 5xx (WHATWG 9.2.3) */
-        srv->m.rejected_total++;
-        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-        if (http_is_eventsource(req)) {
-            stream_turn_away(srv, c, R_OVERLOAD);
-        } else {
-            http_text(srv, c, 503, "too many connections", "Retry-After: 1\r\n");
-            c->reason = R_OVERLOAD;
-        }
-        return;
-    }
-    if (bytes_eq(path, plen, "/publish")) {
-        publish_handle(srv, c, req, q, content_length);
-        return;
-    }
-    bool builtin = bytes_eq(path, plen, "/metrics") || bytes_eq(path, plen, "/healthz");
-    if (!builtin && proxy_dispatch(srv, c, req, target, raw_path_len, target_len, content_length))
-        return;
-    static const char read_only[] = "Allow: GET, HEAD, OPTIONS\r\n";
-    bool head = bytes_eq(req->method, req->method_len, "HEAD");
-    if (!head && !bytes_eq(req->method, req->method_len, "GET")) {
-        if (bytes_eq(req->method, req->method_len, "OPTIONS"))
-            http_respond(srv, c, 204, NULL, read_only, NULL, 0, false);
-        else
-            http_text(srv, c, 405, "method not allowed", read_only);
-        return;
-    }
-    if (bytes_eq(path, plen, "/metrics"))
-        metrics_handle(srv, c, head);
-    else if (bytes_eq(path, plen, "/healthz") && srv->redis && !redis_ready(srv))
-        http_text(srv, c, 503, "redis unavailable", NULL);
-    else if (bytes_eq(path, plen, "/healthz") && srv->journal.stuck)
-        http_text(srv, c, 503, "journal unusable", NULL);
-    else if (bytes_eq(path, plen, "/healthz") && srv->journal.cannot_write)
-        http_text(srv, c, 503, "journal cannot write", NULL);
-    else if (bytes_eq(path, plen, "/healthz") && !srv->redis && srv->last_id == UINT64_MAX)
-        http_text(srv, c, 503, "id space exhausted", NULL);
-    else if (bytes_eq(path, plen, "/healthz"))
-        http_respond(srv, c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, head);
-    else if (srv->root_fd >= 0)
-        static_handle(srv, c, req, path, plen, head);
-    else if (srv->index_page && (bytes_eq(path, plen, "/") || bytes_eq(path, plen, "/index.html")))
-        http_respond(srv, c, 200, "text/html; charset=utf-8", NULL, srv->index_page,
-                     srv->index_page_len, head);
-    else
-        http_text(srv, c, 404, "not found", NULL);
-}
-
-/* Checks a parsed request, decodes its path and query (once, here) and routes it. */
-static void http_handle(struct sse_server *srv, struct conn *c, const struct http_request *req) {
-    uint64_t content_length;
-    if (!http_admit(srv, c, req, &content_length))
-        return;
-    if (bytes_eq(req->method, req->method_len, "OPTIONS") && req->target_len == 1 &&
-        req->target[0] == '*') {
-        http_respond(srv, c, 204, NULL, "Allow: GET, HEAD, POST, DELETE, OPTIONS\r\n", NULL, 0,
-                     false);
-        return;
-    }
-    const char *target;
-    size_t target_len;
-    if (!http_target_path(req, &target, &target_len)) {
-        http_fail(srv, c, 400, "invalid request target");
-        return;
-    }
-    const char *qm = memchr(target, '?', target_len);
-    size_t raw_path_len = qm ? (size_t)(qm - target) : target_len;
-    long path_len = http_percent_decode(target, raw_path_len, srv->path, false);
-    struct http_query q;
-    if (path_len < 0 || http_parse_query(qm ? qm + 1 : "", qm ? target_len - raw_path_len - 1 : 0,
-                                         srv->decoded, &q) < 0) {
-        http_fail(srv, c, 400, "malformed percent-escape, %00 or too many parameters in URL");
-        return;
-    }
-    srv->path[path_len] = '\0';
-    http_route(srv, c, req, target, raw_path_len, target_len, srv->path, (size_t)path_len, &q,
-               content_length);
-}
-
-/* Parses the request in buf[0..len) (the server's scratch buffer or the connection's own)
- * and handles it; keeps an incomplete head, a body's first bytes and pipelined requests. */
-static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t len) {
-    struct inbuf *held = c->in && buf == c->in->data ? c->in : NULL;
-    size_t from = held && held->scanned > 3 ? held->scanned - 3 : 0;
-    struct http_request req;
-    long r = http_head_end(buf, len, from) ? http_parse_request(buf, len, &req) : HTTP_INCOMPLETE;
-    if (r == HTTP_INCOMPLETE) {
-        if (len >= SSE_HEAD_MAX) {
-            http_fail(srv, c, 431, "request head over 8 KiB");
-            return;
-        }
-        if (!held) {
-            held = c->in = malloc(sizeof *c->in);
-            if (!held) {
-                conn_close(srv, c, R_ERROR);
-                return;
-            }
-            memcpy(held->data, buf, len);
-        }
-        held->len = (uint32_t)len;
-        held->scanned = (uint32_t)len;
-        return;
-    }
-    if (r < 0) {
-        http_fail(srv, c,
-                  r == HTTP_TOO_LARGE     ? 431
-                  : r == HTTP_BAD_VERSION ? 505
-                                          : 400,
-                  r == HTTP_TOO_LARGE     ? "too many header fields"
-                  : r == HTTP_BAD_VERSION ? "only HTTP/1.0 and HTTP/1.1 are served"
-                                          : "malformed request");
-        return;
-    }
-    c->in = NULL; /* req points into held: keep it alive until we are done */
-    http_handle(srv, c, &req);
-    size_t used = (size_t)r;
-    if (c->state == CONN_BODY)
-        used += publish_body_feed(srv, c, buf + used, len - used);
-    else if (c->state == CONN_PROXY && c->px)
-        used += proxy_forward_body(srv, c->px, buf + used, len - used);
-    size_t left = len - used;
-    if (left && (c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST ||
-                 c->state == CONN_PROXY || c->state == CONN_WAIT || c->state == CONN_PACED)) {
-        if (!held && !(held = malloc(sizeof *held))) {
-            conn_close(srv, c, R_ERROR);
-            return;
-        }
-        memmove(held->data, buf + used, left);
-        held->len = (uint32_t)left;
-        held->scanned = 0;
-        c->in = held;
-        held = NULL;
-    }
-    free(held);
-    if (c->state == CONN_PROXY && c->px && c->px->req_left)
-        proxy_client_read(srv, c); /* the rest of the body may wait in the socket already */
-}
-
-/* Reads requests (or a body) from the socket until it is empty or a response is under way. */
-static void http_read(struct sse_server *srv, struct conn *c) {
-    while (c->state == CONN_REQUEST || c->state == CONN_BODY) {
-        if (c->state == CONN_BODY) {
-            publish_body_read(srv, c);
-            if (c->state == CONN_BODY)
-                return; /* the socket is empty */
-            continue;
-        }
-        char *buf = c->in ? c->in->data : srv->scratch;
-        size_t len = c->in ? c->in->len : 0;
-        ssize_t n = read(c->h.fd, buf + len, SSE_HEAD_MAX - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (n <= 0) {
-            conn_close(srv, c, conn_gone(c, n < 0));
-            return;
-        }
-        http_take(srv, c, buf, len + (size_t)n);
-    }
-}
-
-/* A response has gone out: close, or wait for the next request on the same connection. */
-static void http_response_done(struct sse_server *srv, struct conn *c) {
-    if (!(c->flags & CF_KEEP_ALIVE)) {
-        conn_linger(srv, c, (enum close_reason)c->reason);
-        return;
-    }
-    c->state = CONN_REQUEST;
-    timer_set(srv, c, TIMER_REQUEST);
-    if (c->in)
-        http_take(srv, c, c->in->data, c->in->len);
-    http_read(srv, c);
-}
-
-/* ==========================================================================================
- * 12. Inputs: publishing what arrives on a file descriptor
- *
- * Pipes, terminals and sockets are watched by epoll and read once per wake-up. Regular
- * files cannot be watched (epoll refuses them with EPERM) and never block, so they are read
- * a chunk per loop iteration instead, letting the loop serve clients in between.
- * ======================================================================================== */
-
-static void input_emit(void *ctx, const char *topic, const char *event, const char *data,
-                       size_t len, const char *skipped) {
-    struct sse_server *srv = ctx;
-    if (skipped) {
-        log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event: %s", skipped);
-        return;
-    }
-    int r = publish_event(srv, topic, event, data, len, NULL);
-    if (r == -EINVAL)
-        log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event that is not valid UTF-8");
-    else if (r < 0)
-        log_say(&srv->log, SSE_LOG_WARN, "input: could not publish: %s",
-                r == -EOVERFLOW ? "id space exhausted" : strerror(-r));
-}
-
-static void input_close(struct sse_server *srv, struct input *in) {
-    struct input **pp = &srv->inputs;
-    while (*pp != in)
-        pp = &(*pp)->next;
-    *pp = in->next;
-    if (in->polled)
-        epoll_ctl(srv->epfd, EPOLL_CTL_DEL, in->h.fd, NULL);
-    wire_reader_free(&in->reader);
-    free(in);
-}
-
-/* Stops or resumes reading an input. Held, a pipe's writer blocks once the pipe is full:
- * nothing is dropped. Out of epoll rather than with no events asked, since epoll reports a
- * hang-up whatever was asked, and a held input would spin on it. */
-static void input_hold(struct sse_server *srv, struct input *in, bool hold, enum pace_cause why) {
-    struct epoll_event ev = {.events = EPOLLIN};
-    ev.data.ptr = in;
-    if (in->polled && epoll_ctl(srv->epfd, hold ? EPOLL_CTL_DEL : EPOLL_CTL_ADD, in->h.fd, &ev) &&
-        !hold)
-        return; /* still held: input_resume() tries again next iteration */
-    in->held = hold;
-    /* An outage is worth a line; a hold for pacing may come and go many times a second. */
-    log_say(&srv->log, srv->redis && !redis_ready(srv) ? SSE_LOG_INFO : SSE_LOG_DEBUG,
-            "input: %s fd %d",
-            !hold                     ? "reading again"
-            : why == PACE_SUBSCRIBERS ? "subscribers are behind: holding"
-                                      : "Redis cannot take events: holding",
-            in->h.fd);
-}
-
-/* Held inputs are read again once the gate opens (checked each loop iteration). */
-static void input_resume(struct sse_server *srv) {
-    for (struct input *in = srv->inputs; in; in = in->next)
-        if (in->held && pace_gate(srv) == PACE_OPEN)
-            input_hold(srv, in, false, PACE_OPEN);
-}
-
-static void input_read(struct sse_server *srv, struct input *in) {
-    char buf[INPUT_CHUNK];
-    enum pace_cause why = pace_gate(srv);
-    if (why != PACE_OPEN) {
-        input_hold(srv, in, true, why); /* flow control (section 7): the writer waits */
-        return;
-    }
-    ssize_t n = read(in->h.fd, buf, sizeof buf);
-    if (n > 0) {
-        wire_reader_feed(&in->reader, buf, (size_t)n, input_emit, srv);
-    } else if (n == 0) {
-        wire_reader_finish(&in->reader, input_emit, srv);
-        log_say(&srv->log, SSE_LOG_INFO, "input: end of input on fd %d", in->h.fd);
-        input_close(srv, in);
-    } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
-        log_say(&srv->log, SSE_LOG_WARN, "input: read failed on fd %d: %s", in->h.fd,
-                strerror(errno));
-        input_close(srv, in);
-    }
-}
-
-/* ==========================================================================================
- * 13. The event loop
- *
- * One epoll instance. Each iteration: wait (no longer than the nearest timer), handle what
- * is ready, fire due timers, write what was queued, free what was closed. Nothing in it
- * blocks: sockets are non-blocking, names were resolved at start-up, and files are only
- * opened and sent with sendfile() from the page cache.
- * ======================================================================================== */
-
-/* Refreshes the clocks; a new second also means a new Date header. */
-static void loop_clock(struct sse_server *srv) {
-    srv->now = clock_ms();
-    time_t t = time(NULL);
-    if (t != srv->date_sec) {
-        srv->date_sec = t;
-        http_format_date(t, srv->date);
-        blob_unref(srv->stream_head);
-        srv->stream_head = NULL;
-    }
-}
-
-/* Takes an accepted connection: served, or over max_clients or max_clients_per_ip and
- * held only to be told to come back, or (beyond OVERFLOW_MAX of those) closed at once. */
-static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_storage *sa) {
-    bool over = srv->nconns >= srv->max_clients;
-    struct ip_count *ip = NULL;
-    if (!over && srv->max_per_ip) {
-        ip = ip_table_get(&srv->per_ip, sa);
-        over = !ip || ip->n >= srv->max_per_ip;
-        if (ip && !over)
-            ip->n++;
-        else
-            ip = NULL;
-    }
-    struct conn *c = over && srv->noverflow >= OVERFLOW_MAX ? NULL : calloc(1, sizeof *c);
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-    ev.data.ptr = c;
-    if (!c || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        ip_table_put(&srv->per_ip, ip);
-        free(c);
-        close(fd);
-        srv->m.rejected_total++;
-        return;
-    }
-    c->h.fd = fd;
-    c->h.kind = H_CONN;
-    c->file_fd = -1;
-    c->timer = TIMER_NONE;
-    c->serial = ++srv->next_serial;
-    c->ip = ip;
-    if (over) {
-        c->flags |= CF_OVER_LIMIT;
-        srv->noverflow++;
-    } else {
-        srv->nconns++;
-    }
-    srv->m.connections_total++;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->state = CONN_REQUEST;
-    timer_set(srv, c, TIMER_REQUEST);
-    if (srv->log.fn) {
-        char addr[INET6_ADDRSTRLEN] = "?";
-        int port = 0;
-        if (sa->ss_family == AF_INET) {
-            const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
-            inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
-            port = ntohs(in4->sin_port);
-        } else if (sa->ss_family == AF_INET6) {
-            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-            inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
-            port = ntohs(in6->sin6_port);
-        }
-        log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened from %s:%d%s", c->serial, addr,
-                port, (c->flags & CF_OVER_LIMIT) ? " (over the client limits)" : "");
-    }
-}
-
-/* Out of descriptors with connections waiting: with a level-triggered listener that would
- * spin. Release the spare descriptor, accept and close one connection with it, take the
- * spare back. If even that fails, stop listening for a moment. */
-static void loop_shed(struct sse_server *srv) {
-    srv->m.rejected_total++;
-    if (srv->now - srv->emfile_logged >= 1000) {
-        srv->emfile_logged = srv->now;
-        log_say(&srv->log, SSE_LOG_WARN, "out of file descriptors: turning connections away");
-    }
-    if (srv->reserve_fd >= 0) {
-        close(srv->reserve_fd);
-        int fd = accept4(srv->listener.fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd >= 0)
-            close(fd);
-        srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (fd >= 0)
-            return;
-    }
-    struct epoll_event ev = {.events = 0};
-    ev.data.ptr = &srv->listener;
-    epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
-    srv->accept_paused_until = srv->now + 100;
-}
-
-static void loop_accept(struct sse_server *srv) {
-    for (int i = 0; i < ACCEPT_BATCH && srv->listener.fd >= 0; i++) {
-        struct sockaddr_storage sa = {0};
-        socklen_t salen = sizeof sa;
-        int fd =
-            accept4(srv->listener.fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            if (errno == EMFILE || errno == ENFILE) {
-                loop_shed(srv);
-                if (srv->accept_paused_until)
-                    return;
-                continue;
-            }
-            return; /* EAGAIN: nothing more waiting */
-        }
-        conn_new(srv, fd, &sa);
-    }
-}
-
-static void conn_on_event(struct sse_server *srv, struct conn *c, uint32_t events) {
-    if (c->state == CONN_DEAD)
-        return;
-    if (c->state == CONN_UPSTREAM) {
-        proxy_up_event(srv, c, events);
-        return;
-    }
-    if (events & (EPOLLERR | EPOLLHUP)) {
-        conn_close(srv, c, conn_gone(c, (events & EPOLLERR) != 0));
-        return;
-    }
-    if (events & (EPOLLIN | EPOLLRDHUP)) {
-        if (c->state == CONN_REQUEST || c->state == CONN_BODY)
-            http_read(srv, c);
-        else if (c->state == CONN_STREAM || c->state == CONN_LINGER)
-            conn_discard_input(srv, c);
-        else if (c->state == CONN_PROXY && c->px && c->px->req_left)
-            proxy_client_read(srv, c);
-        else if (c->state == CONN_PROXY && (events & EPOLLRDHUP))
-            conn_close(srv, c, R_CLIENT_CLOSED); /* gone: the upstream is closed with it */
-        /* CONN_RESPOND, CONN_PROXY: the next request is read when the response is out */
-    }
-    if ((events & EPOLLOUT) && c->state != CONN_DEAD && (c->qlen || c->file_fd >= 0))
-        conn_flush(srv, c);
-}
-
-static void loop_timers(struct sse_server *srv) {
-    if (srv->accept_paused_until && srv->now >= srv->accept_paused_until && srv->listener.fd >= 0) {
-        struct epoll_event ev = {.events = EPOLLIN};
-        ev.data.ptr = &srv->listener;
-        epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
-        srv->accept_paused_until = 0;
-    }
-    for (int t = 0; t < TIMER_COUNT; t++) {
-        struct timer_list *tl = &srv->timers[t];
-        while (tl->head && tl->head->deadline <= srv->now) {
-            struct conn *c = tl->head;
-            if (t == TIMER_STREAM)
-                stream_heartbeat(srv, c);
-            else if (t == TIMER_PROXY)
-                proxy_heartbeat(srv, c);
-            else if (t == TIMER_PACED)
-                publish_paced_timeout(srv, c);
-            else if (c->state == CONN_UPSTREAM && c->px)
-                proxy_fail(srv, c->px, 504,
-                           t == TIMER_CONNECT ? "did not accept the connection in time"
-                                              : "did not answer in time");
-            else
-                conn_close(srv, c,
-                           t == TIMER_REQUEST ? R_HEADER_TIMEOUT
-                           : t == TIMER_SEND  ? R_SEND_TIMEOUT
-                                              : (enum close_reason)c->reason);
-        }
-    }
-    for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++) {
-        struct relay *r = &srv->relays[i];
-        if (!r->px && r->next_attempt <= srv->now)
-            relay_connect(srv, r);
-    }
-}
-
-enum leave { LEAVE_NONE, LEAVE_STALLED, LEAVE_ALL };
-
-/* Leaves behind lagging subscribers (flow control, section 7): those that took no bytes
- * since the last watch (LEAVE_STALLED), or all of them (LEAVE_ALL); LEAVE_NONE only starts a
- * watch. They no longer hold the publishers, and are dropped at client_buffer unless they
- * catch up. Every subscriber is in the heartbeat list. */
-static void loop_leave_behind(struct sse_server *srv, enum leave which) {
-    struct pace *p = &srv->pace;
-    uint32_t n = 0;
-    for (struct conn *c = srv->timers[TIMER_STREAM].head; c; c = c->tnext) {
-        bool wrote = c->lag & LAG_WROTE;
-        c->lag &= (uint8_t)~LAG_WROTE; /* the next watch starts now */
-        if (which != LEAVE_NONE && c->state == CONN_STREAM && (c->lag & LAG_STATE) == LAG_HIGH &&
-            !(which == LEAVE_STALLED && wrote)) {
-            c->lag = LAG_BEHIND;
-            n++;
-        }
-    }
-    if (n == 0)
-        return;
-    p->lagging -= n;
-    p->behind += n;
-    p->left_behind_total += n;
-    log_say(&srv->log, SSE_LOG_INFO,
-            "flow control: %u subscriber(s) could not keep up with the others; publishing goes "
-            "on without waiting for them",
-            n);
-    pace_check(srv);
-}
-
-/* Once per iteration: the lagging minority left behind, the time the gate was closed, and
- * the publishers held by it resumed once it opens. */
-static void loop_pace(struct sse_server *srv) {
-    struct pace *p = &srv->pace;
-    if (p->held && (uint64_t)p->lagging * 2 <= pace_counted(srv)) {
-        if (!p->minority_since)
-            p->minority_since = srv->now;
-        else if (srv->now - p->minority_since >= PACE_MINORITY_MS)
-            loop_leave_behind(srv, LEAVE_ALL);
-    } else {
-        p->minority_since = 0;
-    }
-    if (p->held && srv->now >= p->next_check) {
-        loop_leave_behind(srv, p->next_check ? LEAVE_STALLED : LEAVE_NONE);
-        p->next_check = srv->now + PACE_PATIENCE_MS;
-    }
-    if (p->held && srv->now - p->held_since >= PACE_MAX_HOLD_MS)
-        loop_leave_behind(srv, LEAVE_ALL);
-    enum pace_cause cause = pace_gate(srv);
-    if (cause != p->cause) {
-        if (p->cause != PACE_OPEN)
-            p->held_ms[p->cause] += (uint64_t)(srv->now - p->gate_since);
-        if (cause != PACE_OPEN)
-            p->holds[cause]++;
-        p->gate_since = srv->now;
-        p->cause = (uint8_t)cause;
-    }
-    while (srv->timers[TIMER_PACED].head && !p->held)
-        publish_finish(srv, srv->timers[TIMER_PACED].head); /* in the order they came */
-    if (p->resume_due && !p->held) {
-        p->resume_due = false;
-        for (size_t i = 0; i < srv->nrelays; i++) {
-            struct proxy *px = srv->relays[i].px;
-            if (px && px->up && px->head_done)
-                proxy_up_read(srv, px->up, true);
-        }
-    }
-    input_resume(srv);
-}
-
-/* Milliseconds until something is due; 0 when work is waiting, -1 when nothing is timed. */
-static int loop_next_timeout(const struct sse_server *srv) {
-    if (srv->flush_list || (srv->stop_requested && !srv->stopping) || srv->pace.resume_due)
-        return 0; /* (a hold that ended is acted on at once: nothing else may wake us) */
-    for (const struct input *in = srv->inputs; in; in = in->next)
-        if (!in->polled && !in->held)
-            return 0;
-    int64_t next = INT64_MAX;
-    for (int t = 0; t < TIMER_COUNT; t++)
-        if (srv->timers[t].head && srv->timers[t].head->deadline < next)
-            next = srv->timers[t].head->deadline;
-    if (srv->stopping && srv->stop_deadline < next)
-        next = srv->stop_deadline;
-    if (srv->accept_paused_until && srv->accept_paused_until < next)
-        next = srv->accept_paused_until;
-    if (srv->pace.minority_since && srv->pace.minority_since + PACE_MINORITY_MS < next)
-        next = srv->pace.minority_since + PACE_MINORITY_MS;
-    if (srv->pace.held && srv->pace.held_since + PACE_MAX_HOLD_MS < next)
-        next = srv->pace.held_since + PACE_MAX_HOLD_MS;
-    if (srv->pace.held && srv->pace.next_check < next)
-        next = srv->pace.next_check;
-    for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++)
-        if (!srv->relays[i].px && srv->relays[i].next_attempt < next)
-            next = srv->relays[i].next_attempt;
-    int64_t sync_due = journal_deadline(&srv->journal);
-    if (sync_due >= 0 && sync_due < next)
-        next = sync_due;
-    if (srv->redis && redis_next_deadline(srv) < next)
-        next = redis_next_deadline(srv);
-    if (next == INT64_MAX)
-        return -1;
-    int64_t wait = next - clock_ms();
-    return wait <= 0 ? 0 : wait > INT_MAX ? INT_MAX : (int)wait;
-}
-
-/* Applies fn to every open connection (each is in exactly one timer list). fn may close
- * any connection, so the list is copied first; closed ones are skipped. */
-static void loop_each_conn(struct sse_server *srv, void (*fn)(struct sse_server *, struct conn *)) {
-    size_t n = 0, i = 0;
-    for (int t = 0; t < TIMER_COUNT; t++)
-        for (struct conn *c = srv->timers[t].head; c; c = c->tnext)
-            n++;
-    struct conn **all = malloc((n ? n : 1) * sizeof *all);
-    if (!all) { /* out of memory: only closing is possible, one list head at a time */
-        for (int t = 0; t < TIMER_COUNT; t++)
-            while (srv->timers[t].head)
-                conn_close(srv, srv->timers[t].head, R_ERROR);
-        return;
-    }
-    for (int t = 0; t < TIMER_COUNT; t++)
-        for (struct conn *c = srv->timers[t].head; c; c = c->tnext)
-            all[i++] = c;
-    for (i = 0; i < n; i++)
-        if (all[i]->state != CONN_DEAD)
-            fn(srv, all[i]);
-    free(all);
-}
-
-/* The start of a graceful stop, for one connection: subscribers get a jittered retry: so a
- * restart is not met by every client at once; idle and half-read requests are closed. */
-static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
-    switch (c->state) {
-    case CONN_STREAM:
-        if (!conn_enqueue_owned(srv, c, stream_retry_jitter(srv)))
-            conn_close(srv, c, R_ERROR);
-        else
-            conn_linger(srv, c, R_SHUTDOWN);
-        break;
-    case CONN_RESPOND:
-    case CONN_WAIT: c->flags &= (uint8_t)~CF_KEEP_ALIVE; break;
-    case CONN_PACED:
-        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-        publish_paced_timeout(srv, c);
-        break;
-    case CONN_REQUEST:
-    case CONN_BODY:
-    case CONN_PROXY: conn_close(srv, c, R_SHUTDOWN); break; /* a proxy closes its upstream */
-    case CONN_UPSTREAM:
-        if (c->px && c->px->relay)
-            proxy_release(srv, c->px, R_SHUTDOWN);
-        break;
-    default: break;
-    }
-}
-
-static void loop_close_conn(struct sse_server *srv, struct conn *c) {
-    conn_close(srv, c, R_SHUTDOWN);
-}
-
-static void loop_stop(struct sse_server *srv) {
-    srv->stopping = true;
-    srv->stop_deadline = srv->now + DRAIN_MS;
-    if (srv->listener.fd >= 0) {
-        close(srv->listener.fd);
-        srv->listener.fd = -1;
-    }
-    while (srv->inputs)
-        input_close(srv, srv->inputs);
-    loop_each_conn(srv, loop_stop_conn);
-}
-
-int sse_poll(struct sse_server *srv, int timeout_ms) {
-    if (srv->log_depth)
-        return -EBUSY; /* called from on_log, inside this loop */
-    if (srv->stopped)
-        return 0;
-    loop_clock(srv);
-    conn_flush_all(srv);
-    conn_reap(srv);
-    for (struct input *in = srv->inputs, *next; in; in = next) {
-        next = in->next;
-        if (!in->polled && !in->held)
-            input_read(srv, in);
-    }
-    int wait = loop_next_timeout(srv);
-    if (timeout_ms >= 0 && (wait < 0 || timeout_ms < wait))
-        wait = timeout_ms;
-    struct epoll_event events[256];
-    int n = epoll_wait(srv->epfd, events, 256, wait);
-    if (n < 0 && errno != EINTR)
-        return -errno;
-    loop_clock(srv);
-    for (int i = 0; i < n; i++) {
-        struct handle *h = events[i].data.ptr;
-        if (h->kind == H_LISTEN)
-            loop_accept(srv);
-        else if (h->kind == H_CONN)
-            conn_on_event(srv, (struct conn *)h, events[i].events);
-        else if (h->kind == H_REDIS)
-            redis_on_event(srv, (struct redis_link *)h, events[i].events);
-        else
-            input_read(srv, (struct input *)h);
-    }
-    loop_timers(srv);
-    journal_tick(&srv->journal, &srv->log, srv->now);
-    if (srv->redis)
-        redis_tick(srv);
-    if (srv->stop_requested && !srv->stopping)
-        loop_stop(srv);
-    conn_flush_all(srv);
-    loop_pace(srv); /* after the writes, which may have ended a hold; what it reads waits for
-                       the flush at the top of the next call, which comes at once */
-    if (srv->stopping && (srv->nconns + srv->noverflow == 0 || srv->now >= srv->stop_deadline)) {
-        loop_each_conn(srv, loop_close_conn);
-        srv->stopped = true;
-    }
-    conn_reap(srv);
-    return srv->stopped ? 0 : 1;
-}
-
-int sse_run(struct sse_server *srv) {
-    int r;
-    while ((r = sse_poll(srv, -1)) > 0)
-        ;
-    return r;
-}
-
-int sse_fd(const struct sse_server *srv) {
-    return srv->epfd;
-}
-
-int sse_next_timeout_ms(const struct sse_server *srv) {
-    return loop_next_timeout(srv);
-}
-
-void sse_stop(struct sse_server *srv) {
-    srv->stop_requested = true;
-}
-
-/* ==========================================================================================
- * 14. The public API (documented in sse.h)
+ * 13. The public API (documented in sse.h)
  * ======================================================================================== */
 
 #if defined(__GNUC__)
@@ -7456,6 +7749,27 @@ static bool api_split_listen(const char *spec, char *host, size_t host_cap, char
     return true;
 }
 
+/* The address the listener fd is bound to, as sse_url() and X-Forwarded-Port give it. */
+static void api_url(struct sse_server *srv, int fd) {
+    struct sockaddr_storage sa = {0};
+    socklen_t salen = sizeof sa;
+    char addr[INET6_ADDRSTRLEN] = "?";
+    int p = 0;
+    getsockname(fd, (struct sockaddr *)&sa, &salen);
+    if (sa.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
+        p = ntohs(in6->sin6_port);
+        snprintf(srv->url, sizeof srv->url, "http://[%s]:%d/", addr, p);
+    } else {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
+        inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
+        p = ntohs(in4->sin_port); /* NOLINT(clang-analyzer-core.CallAndMessage): zeroed above */
+        snprintf(srv->url, sizeof srv->url, "http://%s:%d/", addr, p);
+    }
+    srv->port = p;
+}
+
 /* Binds and listens (the only name lookup there will ever be happens here), registers the
  * listener and fills srv->url. Returns 0 or -1 with err filled. */
 static int api_listen(struct sse_server *srv, const char *spec, char *err, size_t errlen) {
@@ -7501,25 +7815,9 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
         api_error(err, errlen, "cannot listen on %s: %s", spec, strerror(saved));
         return -1;
     }
-    struct sockaddr_storage sa = {0};
-    socklen_t salen = sizeof sa;
-    char addr[INET6_ADDRSTRLEN] = "?";
-    int p = 0;
-    getsockname(fd, (struct sockaddr *)&sa, &salen);
-    if (sa.ss_family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
-        p = ntohs(in6->sin6_port);
-        snprintf(srv->url, sizeof srv->url, "http://[%s]:%d/", addr, p);
-    } else {
-        struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
-        inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
-        p = ntohs(in4->sin_port); /* NOLINT(clang-analyzer-core.CallAndMessage): zeroed above */
-        snprintf(srv->url, sizeof srv->url, "http://%s:%d/", addr, p);
-    }
+    api_url(srv, fd);
     srv->listener.fd = fd;
-    srv->port = p;
-    srv->listener.kind = H_LISTEN;
+    srv->listener.on_event = loop_accept;
     struct epoll_event ev = {.events = EPOLLIN};
     ev.data.ptr = &srv->listener;
     if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
@@ -7527,6 +7825,44 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
         return -1;
     }
     return 0;
+}
+
+/* max_clients, or by default what is left once the over-limit answers, the relays'
+ * upstreams and our own have their descriptors; halved when a client may hold a second one
+ * (an upstream, a file). */
+static uint32_t api_max_clients(const struct sse_config *cfg) {
+    if (cfg->max_clients)
+        return (uint32_t)cfg->max_clients;
+    struct rlimit rl;
+    rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+    rlim_t reserve = FD_RESERVE + (rlim_t)cfg->num_relays;
+    rlim_t left = n > reserve ? n - reserve : 0;
+    if (cfg->num_proxy_routes || cfg->static_root)
+        left /= 2;
+    return left < 1 ? 1 : left > 10000000 ? 10000000 : (uint32_t)left;
+}
+
+/* Checks the stream path sp (splen bytes), the tokens and the CORS origin: NULL, or why
+ * not. */
+static const char *api_check_strings(const struct sse_config *cfg, const char *sp, size_t splen) {
+    if (splen < 2 || sp[0] != '/' || sp[splen - 1] == '/' || strpbrk(sp, "?#%") ||
+        !strcmp(sp, "/publish") || !strcmp(sp, "/metrics") || !strcmp(sp, "/healthz"))
+        return "stream path must look like /events (no trailing slash, not a reserved path)";
+    for (size_t i = 0; i < splen; i++)
+        if (sp[i] <= 0x20 || sp[i] >= 0x7F)
+            return "stream path must be printable ASCII";
+    if ((cfg->publish_token && !cfg->publish_token[0]) ||
+        (cfg->subscribe_token && !cfg->subscribe_token[0]))
+        return "tokens must not be empty";
+    if (cfg->cors_origin) {
+        size_t n = strlen(cfg->cors_origin);
+        if (n == 0 || n > 512)
+            return "CORS origin must be * or an origin such as https://example.com";
+        for (size_t i = 0; i < n; i++)
+            if (cfg->cors_origin[i] <= 0x20 || cfg->cors_origin[i] >= 0x7F)
+                return "CORS origin must be * or an origin such as https://example.com";
+    }
+    return NULL;
 }
 
 /* Applies defaults and checks ranges. Returns NULL or what is wrong. */
@@ -7554,38 +7890,12 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->pace.low = srv->pace.high / 4;
     srv->max_event_bytes = cfg->max_event_bytes ? cfg->max_event_bytes : 1u << 20;
     srv->max_per_ip = (uint32_t)cfg->max_clients_per_ip;
-    if (cfg->max_clients) {
-        srv->max_clients = (uint32_t)cfg->max_clients;
-    } else {
-        /* What is left once the over-limit answers, the relays' upstreams and our own have
-         * theirs; halved when a client may hold a second one (an upstream, a file). */
-        struct rlimit rl;
-        rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-        rlim_t reserve = FD_RESERVE + (rlim_t)cfg->num_relays;
-        rlim_t left = n > reserve ? n - reserve : 0;
-        if (cfg->num_proxy_routes || cfg->static_root)
-            left /= 2;
-        srv->max_clients = left < 1 ? 1 : left > 10000000 ? 10000000 : (uint32_t)left;
-    }
+    srv->max_clients = api_max_clients(cfg);
     const char *sp = cfg->stream_path ? cfg->stream_path : DEFAULT_STREAM_PATH;
     size_t splen = strlen(sp);
-    if (splen < 2 || sp[0] != '/' || sp[splen - 1] == '/' || strpbrk(sp, "?#%") ||
-        !strcmp(sp, "/publish") || !strcmp(sp, "/metrics") || !strcmp(sp, "/healthz"))
-        return "stream path must look like /events (no trailing slash, not a reserved path)";
-    for (size_t i = 0; i < splen; i++)
-        if (sp[i] <= 0x20 || sp[i] >= 0x7F)
-            return "stream path must be printable ASCII";
-    if ((cfg->publish_token && !cfg->publish_token[0]) ||
-        (cfg->subscribe_token && !cfg->subscribe_token[0]))
-        return "tokens must not be empty";
-    if (cfg->cors_origin) {
-        size_t n = strlen(cfg->cors_origin);
-        if (n == 0 || n > 512)
-            return "CORS origin must be * or an origin such as https://example.com";
-        for (size_t i = 0; i < n; i++)
-            if (cfg->cors_origin[i] <= 0x20 || cfg->cors_origin[i] >= 0x7F)
-                return "CORS origin must be * or an origin such as https://example.com";
-    }
+    const char *why = api_check_strings(cfg, sp, splen);
+    if (why)
+        return why;
     bool failed = false;
     srv->stream_path = api_strdup(sp, &failed);
     srv->stream_path_len = splen;
@@ -7768,9 +8078,11 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
     if (!r)
         return "out of memory";
     srv->redis = r;
+    srv->history = &history_redis;
     srv->pace.can_take = redis_can_take; /* inputs and relays wait below the hold mark */
+    srv->pace.store = "Redis";
     r->cmd.h.fd = r->follow.h.fd = -1;
-    r->cmd.h.kind = r->follow.h.kind = H_REDIS;
+    r->cmd.h.on_event = r->follow.h.on_event = redis_on_event;
     r->cmd.name = "commands";
     r->follow.name = "stream";
     char url[300];
@@ -7804,14 +8116,13 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
     return NULL;
 }
 
-static const char *api_journal(struct sse_server *srv, const struct sse_config *cfg) {
-    if (cfg->journal_sync != SSE_JOURNAL_BATCH && cfg->journal_sync != SSE_JOURNAL_ALWAYS &&
-        cfg->journal_sync != SSE_JOURNAL_NONE)
-        return "invalid journal_sync";
-    srv->journal.sync = cfg->journal_sync;
-    srv->journal.max_bytes = cfg->journal_max_bytes ? cfg->journal_max_bytes : 64u << 20;
-    return journal_open(&srv->journal, cfg->journal_path, &srv->topics, &srv->backlog,
-                        &srv->last_id, &srv->log);
+/* Plugs in what the parts add to HTTP, in the order their /metrics rows are listed. */
+static void api_parts(struct sse_server *srv) {
+    srv->parts[srv->nparts++] = &part_proxy;
+#if SSE_ENABLE_JOURNAL
+    srv->parts[srv->nparts++] = &part_journal;
+#endif
+    srv->parts[srv->nparts++] = &part_redis;
 }
 
 /* The first id: the wall clock in microseconds, so a restarted server starts above every id
@@ -7822,6 +8133,47 @@ static uint64_t api_id_seed(void) {
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* Plugs in the journal as the history when the configuration asks for it, or refuses it
+ * (with Redis, or built without it). 0, or -1 with err set. */
+static int api_journal_history(struct sse_server *srv, const struct sse_config *cfg, char *err,
+                               size_t errlen) {
+    if (cfg->journal_path && cfg->redis) {
+        api_error(err, errlen, "redis %s: cannot be used with a journal: Redis keeps the history",
+                  cfg->redis);
+        return -1;
+    }
+#if SSE_ENABLE_JOURNAL
+    const char *why = cfg->journal_path ? api_journal(srv, cfg) : NULL;
+#else
+    (void)srv;
+    const char *why = cfg->journal_path ? "built without SSE_ENABLE_JOURNAL" : NULL;
+#endif
+    if (why)
+        api_error(err, errlen, "journal %s: %s", cfg->journal_path, why);
+    return why ? -1 : 0;
+}
+
+/* The timers' durations and the ready-made blobs every stream shares; false out of memory. */
+static bool api_prepare(struct sse_server *srv, const struct sse_config *cfg) {
+    srv->timers[TIMER_REQUEST].duration = srv->header_timeout_ms;
+    srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
+    srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : NEVER_MS;
+    srv->timers[TIMER_LINGER].duration = LINGER_MS;
+    srv->timers[TIMER_CONNECT].duration =
+        cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
+    srv->timers[TIMER_PROXY].duration =
+        cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : NEVER_MS;
+    srv->timers[TIMER_PACED].duration =
+        cfg->publish_wait_ms > 0 ? cfg->publish_wait_ms : PACE_PUBLISH_WAIT_MS;
+    srv->timers[TIMER_NEVER].duration = NEVER_MS;
+    char retry[48];
+    snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
+    srv->heartbeat = blob_from(":\n", 2);
+    srv->continue_100 = blob_from("HTTP/1.1 100 Continue\r\n\r\n", 25);
+    srv->retry_line = srv->retry_ms ? blob_from(retry, strlen(retry)) : NULL;
+    return srv->heartbeat && srv->continue_100 && (!srv->retry_ms || srv->retry_line);
+}
+
 struct sse_server *sse_server_new(const struct sse_config *config, char *err, size_t errlen) {
     static const struct sse_config defaults;
     const struct sse_config *cfg = config ? config : &defaults;
@@ -7830,11 +8182,13 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         api_error(err, errlen, "out of memory");
         return NULL;
     }
-    srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = srv->journal.fd = -1;
+    srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = -1;
     srv->log.fn = cfg->on_log;
     srv->log.user = cfg->user;
     srv->on_request = cfg->on_request;
     srv->log.depth = &srv->log_depth;
+    srv->history = &history_backlog;
+    api_parts(srv);
     const char *why = api_configure(srv, cfg);
     if (why) {
         api_error(err, errlen, "%s", why);
@@ -7850,33 +8204,10 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
     srv->topics.seed = (uint32_t)rng_next(&srv->rng);
     srv->per_ip.seed = (uint32_t)rng_next(&srv->rng);
-    if (cfg->journal_path && cfg->redis) {
-        api_error(err, errlen, "redis %s: cannot be used with a journal: Redis keeps the history",
-                  cfg->redis);
-        goto fail;
-    }
     /* After the topic table's seed: the journal's events go into the table. */
-    if (cfg->journal_path && (why = api_journal(srv, cfg))) {
-        api_error(err, errlen, "journal %s: %s", cfg->journal_path, why);
+    if (api_journal_history(srv, cfg, err, errlen) < 0)
         goto fail;
-    }
-    srv->timers[TIMER_REQUEST].duration = srv->header_timeout_ms;
-    srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
-    srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : INT64_MAX / 4;
-    srv->timers[TIMER_LINGER].duration = LINGER_MS;
-    srv->timers[TIMER_CONNECT].duration =
-        cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
-    srv->timers[TIMER_PROXY].duration =
-        cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : INT64_MAX / 4;
-    srv->timers[TIMER_PACED].duration =
-        cfg->publish_wait_ms > 0 ? cfg->publish_wait_ms : PACE_PUBLISH_WAIT_MS;
-    srv->timers[TIMER_NEVER].duration = INT64_MAX / 4;
-    char retry[48];
-    snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
-    srv->heartbeat = blob_from(":\n", 2);
-    srv->continue_100 = blob_from("HTTP/1.1 100 Continue\r\n\r\n", 25);
-    srv->retry_line = srv->retry_ms ? blob_from(retry, strlen(retry)) : NULL;
-    if (!srv->heartbeat || !srv->continue_100 || (srv->retry_ms && !srv->retry_line)) {
+    if (!api_prepare(srv, cfg)) {
         api_error(err, errlen, "out of memory");
         goto fail;
     }
@@ -7908,8 +8239,8 @@ void sse_server_free(struct sse_server *srv) {
     conn_reap(srv);
     while (srv->inputs)
         input_close(srv, srv->inputs);
-    journal_close(&srv->journal, &srv->log);
-    redis_free(srv);
+    if (srv->history->free)
+        srv->history->free(srv);
     backlog_free(&srv->backlog);
     blob_unref(srv->stream_head);
     blob_unref(srv->retry_line);
@@ -7959,7 +8290,7 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
     if (srv->busy)
         return -EBUSY;
     if (srv->pace.held)
-        return -EAGAIN; /* the subscribers are behind: flow control (section 7) */
+        return -EAGAIN; /* the subscribers are behind: flow control (section 6) */
     if (srv->redis && !redis_may_keep(srv))
         return -EAGAIN; /* as many events kept for Redis as memory allows */
     return publish_event(srv, topic, event, data, len, id_out);
@@ -8023,7 +8354,7 @@ int sse_publish_from_fd(struct sse_server *srv, int fd, enum sse_input_format fo
     if (!in)
         return -ENOMEM;
     in->h.fd = fd;
-    in->h.kind = H_INPUT;
+    in->h.on_event = input_on_event;
     wire_reader_init(&in->reader, format, srv->max_event_bytes);
     struct epoll_event ev = {.events = EPOLLIN};
     ev.data.ptr = in;

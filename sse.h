@@ -68,9 +68,27 @@
  * Compile-time knobs (define before compiling sse.c): SSE_HEAD_MAX (largest request head,
  * default 8192 bytes), SSE_MAX_HEADERS (default 64), SSE_MAX_TOPICS_PER_STREAM (default 32),
  * SSE_RETIRED_MAX (retirements remembered, see sse_retire_topic(); default 4096).
+ *
+ * Parts (each 1 = compiled in, the default; 0 = left out, for a smaller server): the core
+ * (streams, replay from the in-memory backlog, publishing, inputs, static files, metrics)
+ * is always there. SSE_ENABLE_PROXY adds the reverse proxy and the relay (proxy_routes,
+ * relays, proxy_*), SSE_ENABLE_JOURNAL the journal (journal_*), SSE_ENABLE_REDIS the Redis
+ * hub (redis, redis_*). Built without a part, sse_server_new() refuses a configuration
+ * that asks for it, with a message naming the switch ("built without SSE_ENABLE_REDIS").
+ * The same values must be seen by sse.c and by a host that tests them (main.c does).
  */
 #ifndef SSE_H
 #define SSE_H
+
+#ifndef SSE_ENABLE_PROXY
+#define SSE_ENABLE_PROXY 1
+#endif
+#ifndef SSE_ENABLE_JOURNAL
+#define SSE_ENABLE_JOURNAL 1
+#endif
+#ifndef SSE_ENABLE_REDIS
+#define SSE_ENABLE_REDIS 1
+#endif
 
 #include <stddef.h>
 #include <stdint.h>
@@ -298,11 +316,11 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
  * (answered once the subscribers caught up, or 503 + Retry-After after publish_wait_ms), and
  * sse_publish() answers -EAGAIN. It takes events again once no more than 1 in 20 lags.
  * A subscriber slower than the rest does not pace them for long: one that takes no bytes
- * for a second of a hold, or that still lags two seconds after the others caught up, is left
- * behind (dropped at client_buffer unless it catches up), and a hold ends after 10 s
- * whatever lags. As a node of a Redis hub this is also 0 while Redis is behind (see
- * sse_publish(); publishing still works then, up to 8 MiB kept). A host with a producer of
- * its own checks this after sse_poll() and holds its producer while it is 0. */
+ * for a second of a hold, or that still lags two seconds after three in four of the
+ * subscribers caught up, is left behind (dropped at client_buffer unless it catches up),
+ * and a hold ends after 10 s whatever lags. As a node of a Redis hub this is also 0 while Redis is
+ * behind (see sse_publish(); publishing still works then, up to 8 MiB kept). A host with a producer
+ * of its own checks this after sse_poll() and holds its producer while it is 0. */
 int sse_publish_ready(const struct sse_server *srv);
 
 /* Retires a topic: its subscribers get what is queued for them and are closed, and new

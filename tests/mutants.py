@@ -61,8 +61,8 @@ MUTANTS = {
     ),
     "replays-not-counted": (
         "an exact replay from the backlog is not counted in sse_replays_total",
-        "    srv->m.replays_total++;\n    return stream_replay_rest(srv, c, id);",
-        "    return stream_replay_rest(srv, c, id);",
+        "        srv->m.replays_total++;\n        return stream_replay_rest(srv, c, after);",
+        "        return stream_replay_rest(srv, c, after);",
         ["tests/test_replay.py::test_replays_and_resets_counted"],
     ),
     "client-buffer-check-inverted": (
