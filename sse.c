@@ -1836,8 +1836,8 @@ enum conn_state {
     CONN_RESPOND,  /* writing an ordinary response */
     CONN_STREAM,   /* a subscriber */
     CONN_LINGER,   /* writing what is left, then half-closing and waiting for the peer */
-    CONN_PROXY,    /* a client whose request is being proxied (px says to where) */
-    CONN_UPSTREAM, /* our connection to an upstream, for a proxied request or a relay */
+    CONN_PASSED,   /* a client a part took over (c->part: the proxy passing it upstream) */
+    CONN_OUTBOUND, /* a connection a part opened (an upstream); not a client */
     CONN_WAIT,     /* a publish waiting for Redis to store the event */
     CONN_PACED,    /* a publish held (body read) until the subscribers catch up */
     CONN_DEAD      /* closed; freed at the end of the loop iteration */
@@ -1856,13 +1856,15 @@ enum conn_flag {
 
 enum timer_id {
     TIMER_REQUEST, /* header_timeout: a request head (or body) must arrive by then */
-    TIMER_SEND,    /* SEND_TIMEOUT_MS: a response, or an upstream's head, without progress */
+    TIMER_SEND,    /* SEND_TIMEOUT_MS: a response, or an outbound peer's answer, without
+                      progress */
     TIMER_STREAM,  /* heartbeat_ms: a subscriber's heartbeat */
     TIMER_LINGER,  /* LINGER_MS: a closing connection's last chance */
-    TIMER_CONNECT, /* proxy_connect_timeout_ms: an upstream connect */
-    TIMER_PROXY,   /* proxy_heartbeat_ms: a proxied stream's heartbeat */
+    TIMER_CONNECT, /* an outbound connect; its part sets the duration */
+    TIMER_PART,    /* a part's own beat for the connections it took over; the part sets the
+                      duration (the proxy's heartbeat) */
     TIMER_PACED,   /* publish_wait_ms: a held publish is answered 503 by then */
-    TIMER_NEVER,   /* no deadline (upstreams, proxied non-stream responses) */
+    TIMER_NEVER,   /* no deadline (outbound connections, passed non-stream responses) */
     TIMER_COUNT
 };
 #define TIMER_NONE 0xFF
@@ -1880,7 +1882,7 @@ enum close_reason {
     R_ERROR,          /* our failure: out of memory or buffer space */
     R_SEND_TIMEOUT,   /* a response made no progress for SEND_TIMEOUT_MS */
     R_OVERLOAD,       /* over max_clients, or no stream position yet: told to come back */
-    R_UPSTREAM,       /* the upstream of a proxied request or a relay failed */
+    R_PEER_FAILED,    /* the outbound peer a part connected it to failed (an upstream) */
     R_RECONNECT,      /* its stream was ended so that it reconnects */
     R_RESET,          /* the socket failed: reset, broken pipe, timed out (EPOLLERR) */
     R_COUNT
@@ -1906,6 +1908,34 @@ struct handle {
     void (*on_event)(struct sse_server *srv, struct handle *h, uint32_t events); /* EPOLL* */
 };
 
+/* Connections a part holds (a seam). A part may take a client connection over once its
+ * route answered a request (the proxy passes it to an upstream), or open connections of its
+ * own (its upstreams). The core still owns the socket, the output queue, the timers and the
+ * close; it asks the part, through these, what only the part knows. The part's own state
+ * for the connection starts with a struct conn_part (as every epoll object starts with a
+ * handle), so a connection costs one pointer for it. */
+struct conn;
+struct conn_ops {
+    /* c closed (c->state is CONN_DEAD already): let go of it. */
+    void (*closed)(struct sse_server *srv, struct conn *c);
+    /* c's output went out, or some of it: room again. NULL: nothing to do. */
+    void (*wrote)(struct sse_server *srv, struct conn *c);
+    /* Whether c's output must wait (a connect in progress). NULL: never. */
+    bool (*holding)(const struct conn *c);
+    /* Bytes a CONN_PASSED client sent after its request head; returns the bytes taken. */
+    size_t (*body)(struct sse_server *srv, struct conn *c, const char *p, size_t n);
+    /* A CONN_PASSED client is readable (events: EPOLLIN, EPOLLRDHUP). */
+    void (*readable)(struct sse_server *srv, struct conn *c, uint32_t events);
+    /* c's timer fired: TIMER_PART, or any timer of a CONN_OUTBOUND connection. */
+    void (*timer)(struct sse_server *srv, struct conn *c, int timer);
+    /* The server is stopping. NULL: a passed client is closed. */
+    void (*stop)(struct sse_server *srv, struct conn *c);
+};
+
+struct conn_part {
+    const struct conn_ops *ops;
+};
+
 /* A request head collected across reads, or bytes pipelined after a request. */
 struct inbuf {
     uint32_t len;     /* bytes in data */
@@ -1924,7 +1954,7 @@ struct body {
 };
 
 struct conn {
-    struct handle h;            /* fd and conn_on_event (or the proxy's); first, for epoll */
+    struct handle h;            /* fd and conn_on_event (or a part's); first, for epoll */
     uint8_t state;              /* enum conn_state */
     uint8_t flags;              /* enum conn_flag */
     uint8_t timer;              /* enum timer_id it is listed in, or TIMER_NONE */
@@ -1944,7 +1974,7 @@ struct conn {
     int file_fd;                /* file to send after the queue, or -1 */
     off_t file_off, file_end;   /* what of it is left to send */
     struct sub *subs;           /* topics followed (subscribers only) */
-    struct proxy *px;           /* proxied request or upstream connection, else NULL */
+    struct conn_part *part;     /* the part that took it over or opened it, else NULL */
     struct ip_count *ip;        /* its address's count (max_clients_per_ip), else NULL */
 };
 
@@ -2041,9 +2071,6 @@ struct metrics {
     uint64_t replays_total;      /* subscriptions resumed exactly from a Last-Event-ID */
     uint64_t resets_total;       /* subscriptions sent the reset event instead */
     uint64_t bad_requests_total; /* requests answered 400, 411, 413, 431 or 505 */
-    uint64_t proxied_total;      /* requests passed to an upstream */
-    uint64_t proxy_errors_total; /* upstreams that failed a request or a relay */
-    uint64_t relayed_total;      /* events published by relays */
     uint64_t closed[R_COUNT];    /* client connections closed, by enum close_reason */
 };
 
@@ -2083,8 +2110,10 @@ struct pace {
 /*
  * Parts (a seam). What an optional part adds to HTTP: its routes (tried after the core's
  * own paths, before static files), its /metrics rows (after the core's) and a reason for
- * /healthz to answer 503. A part registers one of these at sse_server_new() (api_part),
- * whether or not the configuration uses it, so /metrics has the same families either way.
+ * /healthz to answer 503; and to the loop: work it does each iteration, when that is next
+ * due, what it resumes when flow control lets publishers go on. A part registers one of
+ * these at sse_server_new(), with its own state, whether or not the configuration uses it,
+ * so /metrics has the same families either way.
  */
 #define PARTS_MAX     4  /* parts registered: the proxy, the journal, Redis, one to come */
 #define PART_ROWS_MAX 16 /* /metrics rows one part may add */
@@ -2103,6 +2132,15 @@ struct part_ops {
     size_t (*metrics)(const struct sse_server *srv, struct metrics_row *rows);
     /* Why the server is unhealthy (/healthz says it with a 503), or NULL. NULL: never. */
     const char *(*unhealthy)(const struct sse_server *srv);
+    void (*tick)(struct sse_server *srv);              /* once an iteration, or NULL */
+    int64_t (*deadline)(const struct sse_server *srv); /* when tick is due, INT64_MAX: never */
+    void (*resume)(struct sse_server *srv); /* the publishers' gate opened again, or NULL */
+    void (*free)(struct sse_server *srv);   /* at sse_server_free(), or NULL */
+};
+
+struct part {
+    const struct part_ops *ops; /* what it adds */
+    void *self;                 /* its own state, or NULL */
 };
 
 /*
@@ -2177,10 +2215,6 @@ struct sse_server {
     int64_t header_timeout_ms;  /* deadline for a request head */
     size_t client_buffer;       /* queued bytes at which a subscriber is dropped */
     size_t max_event_bytes;     /* largest payload */
-    struct proxy_route *routes; /* reverse-proxy routes, longest prefix first */
-    size_t nroutes;             /* entries in routes */
-    struct relay *relays;       /* relayed upstream streams */
-    size_t nrelays;             /* entries in relays */
     struct logger log;          /* where log lines go */
     unsigned log_depth;         /* on_log and on_request calls under way: sse_poll() answers
                                    -EBUSY */
@@ -2224,7 +2258,7 @@ struct sse_server {
     uint32_t noverflow;          /* over-limit connections being answered */
     struct ip_table per_ip;      /* served connections by address (max_clients_per_ip) */
     uint32_t nsubscribers;       /* connections in CONN_STREAM */
-    uint32_t nupstreams;         /* connections in CONN_UPSTREAM */
+    uint32_t noutbound;          /* connections in CONN_OUTBOUND */
     uint32_t next_serial;        /* for log lines */
     int64_t emfile_logged;       /* last time EMFILE was logged (rate limit) */
     int64_t accept_paused_until; /* listener muted after EMFILE until then; 0 = not */
@@ -2235,13 +2269,30 @@ struct sse_server {
     int64_t stop_deadline;       /* when stopping turns into closing everything */
     struct pace pace;            /* flow control */
     struct metrics m;
-    const struct part_ops *parts[PARTS_MAX]; /* what the enabled parts add to HTTP */
-    size_t nparts;                           /* entries in parts */
+    struct part parts[PARTS_MAX]; /* what the enabled parts add */
+    size_t nparts;                /* entries in parts */
 
     char scratch[SSE_HEAD_MAX]; /* a request head read in one go */
     char decoded[SSE_HEAD_MAX]; /* decoded query of the request being handled */
     char path[SSE_HEAD_MAX];    /* decoded path of the request being handled */
 };
+
+/* A part's own state, found by its ops; NULL when it is not plugged in. */
+static void *part_self(const struct sse_server *srv, const struct part_ops *ops) {
+    for (size_t i = 0; i < srv->nparts; i++)
+        if (srv->parts[i].ops == ops)
+            return srv->parts[i].self;
+    return NULL;
+}
+
+/* Plugs a part in at sse_server_new(); from then on its free hook runs at
+ * sse_server_free(). False when PARTS_MAX are in already. */
+static bool part_add(struct sse_server *srv, const struct part_ops *ops, void *self) {
+    if (srv->nparts == PARTS_MAX)
+        return false;
+    srv->parts[srv->nparts++] = (struct part){ops, self};
+    return true;
+}
 
 static void timer_unlink(struct sse_server *srv, struct conn *c) {
     if (c->timer == TIMER_NONE)
@@ -2440,8 +2491,6 @@ static void conn_drop_output(struct conn *c) {
     c->file_fd = -1;
 }
 
-static void proxy_conn_closed(struct sse_server *srv, struct conn *c);
-
 /* Section 10 (Redis) is called from here on: publishing and closing a waiting publisher. */
 
 /* Closes at once: the descriptor now, the memory at the end of the iteration. */
@@ -2449,11 +2498,11 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
     if (c->state == CONN_DEAD)
         return;
     enum conn_state state = (enum conn_state)c->state;
-    c->state = CONN_DEAD; /* first: the proxy below may close the peer, which looks back */
+    c->state = CONN_DEAD; /* first: a part below may close the peer, which looks back */
     if ((state == CONN_WAIT || (c->flags & CF_REPLAYING)) && srv->history->forget)
         srv->history->forget(srv, c);
-    if (c->px)
-        proxy_conn_closed(srv, c);
+    if (c->part)
+        c->part->ops->closed(srv, c);
     timer_unlink(srv, c);
     if (state == CONN_STREAM) {
         srv->nsubscribers--;
@@ -2468,15 +2517,15 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
     c->body = NULL;
     close(c->h.fd);
     c->h.fd = -1;
-    if (state == CONN_UPSTREAM)
-        srv->nupstreams--;
+    if (state == CONN_OUTBOUND)
+        srv->noutbound--;
     else if (c->flags & CF_OVER_LIMIT)
         srv->noverflow--;
     else
         srv->nconns--;
     ip_table_put(&srv->per_ip, c->ip);
     c->ip = NULL;
-    if (state != CONN_UPSTREAM) /* every accepted connection passes here once */
+    if (state != CONN_OUTBOUND) /* every accepted connection passes here once */
         srv->m.closed[reason]++;
     c->tnext = srv->dead_list;
     srv->dead_list = c;
@@ -2631,23 +2680,26 @@ static void conn_linger(struct sse_server *srv, struct conn *c, enum close_reaso
 }
 
 static void http_response_done(struct sse_server *srv, struct conn *c);
-static void proxy_after_write(struct sse_server *srv, struct conn *c);
-static bool proxy_connecting(const struct conn *c);
+
+/* Whether a part holds c's output back (its connect is in progress). */
+static bool conn_holding(const struct conn *c) {
+    return c->part && c->part->ops->holding && c->part->ops->holding(c);
+}
 
 /* Writes what is pending and moves the connection on when its output is done. */
 static void conn_flush(struct sse_server *srv, struct conn *c) {
-    if (c->state == CONN_DEAD || proxy_connecting(c))
+    if (c->state == CONN_DEAD || conn_holding(c))
         return;
     int r = conn_write(srv, c);
     if (r < 0) {
         conn_close(srv, c,
-                   c->state == CONN_UPSTREAM ? R_UPSTREAM
+                   c->state == CONN_OUTBOUND ? R_PEER_FAILED
                    : r == -2                 ? R_ERROR
                                              : conn_gone(c, true));
         return;
     }
-    if (c->px)
-        proxy_after_write(srv, c); /* room again: resume reading the other side */
+    if (c->part && c->part->ops->wrote)
+        c->part->ops->wrote(srv, c); /* room again: the part resumes reading the other side */
     if (r > 0)
         return;
     if (c->state == CONN_RESPOND) {
@@ -2667,11 +2719,11 @@ static bool conn_send(struct sse_server *srv, struct conn *c, const struct iovec
     size_t total = 0, sent = 0;
     for (int i = 0; i < n; i++)
         total += iov[i].iov_len;
-    if (c->qlen == 0 && c->file_fd < 0 && !proxy_connecting(c)) {
+    if (c->qlen == 0 && c->file_fd < 0 && !conn_holding(c)) {
         struct msghdr mh = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
         ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            conn_close(srv, c, c->state == CONN_UPSTREAM ? R_UPSTREAM : conn_gone(c, true));
+            conn_close(srv, c, c->state == CONN_OUTBOUND ? R_PEER_FAILED : conn_gone(c, true));
             return false;
         }
         sent = w > 0 ? (size_t)w : 0;
@@ -2716,6 +2768,75 @@ static void conn_reap(struct sse_server *srv) {
         srv->dead_list = c->tnext;
         free(c);
     }
+}
+
+/* Where a part connects to (an upstream, a Redis server): resolved once, at start-up, so
+ * the loop never waits on DNS. */
+struct remote {
+    struct sockaddr_storage addr; /* its address */
+    socklen_t addr_len;           /* bytes used in addr */
+    char *url;                    /* "http://HOST:PORT" as configured, for messages */
+    char *host;                   /* "HOST:PORT", a Host header */
+    char *path;                   /* what follows HOST:PORT in the URL: a path, and a query */
+};
+
+static void remote_free(struct remote *u) {
+    free(u->url);
+    free(u->host);
+    free(u->path);
+}
+
+/* Parses "http://HOST[:PORT][/PATH]" and resolves HOST (the only time it is resolved).
+ * Returns NULL or what is wrong. */
+static const char *remote_resolve(struct remote *u, const char *url) {
+    if (strlen(url) < 8 || !ascii_ieq(url, 7, "http://"))
+        return "must start with http://";
+    const char *h = url + 7, *p;
+    char host[256], port[8] = "80";
+    if (*h == '[') {
+        p = strchr(h, ']');
+        if (!p || (size_t)(p - h - 1) >= sizeof host)
+            return "has an invalid [IPv6] host";
+        memcpy(host, h + 1, (size_t)(p - h - 1));
+        host[p - h - 1] = '\0';
+        p++;
+    } else {
+        p = h + strcspn(h, ":/?#");
+        if (p == h || (size_t)(p - h) >= sizeof host)
+            return "has no host";
+        memcpy(host, h, (size_t)(p - h));
+        host[p - h] = '\0';
+    }
+    const char *host_end = p;
+    if (*p == ':') {
+        size_t n = strspn(p + 1, "0123456789");
+        uint64_t v;
+        if (n == 0 || n > 5 || !parse_u64(p + 1, n, &v) || v == 0 || v > 65535)
+            return "has an invalid port";
+        memcpy(port, p + 1, n);
+        port[n] = '\0';
+        p += 1 + n;
+    }
+    if (*p && *p != '/')
+        return "must have a path starting with /";
+    for (const char *c = p; *c; c++)
+        if (*c <= 0x20 || *c >= 0x7F || *c == '#')
+            return "has a character not allowed in a path";
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, port, &hints, &res) || !res)
+        return "has a host that cannot be resolved";
+    memcpy(&u->addr, res->ai_addr, res->ai_addrlen);
+    u->addr_len = res->ai_addrlen;
+    freeaddrinfo(res);
+    char named[300]; /* the port always shown, for messages */
+    snprintf(named, sizeof named, "http://%.*s:%s", (int)(host_end - h), h, port);
+    u->url = strdup(named);
+    u->host = strndup(h, (size_t)(p - h));
+    u->path = strdup(p);
+    if (!u->url || !u->host || !u->path)
+        return "could not be stored (out of memory)";
+    return NULL;
 }
 
 /* ==========================================================================================
@@ -3683,9 +3804,9 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
     struct wbuf w = {out, sizeof out, 0};
     metrics_core(srv, &w);
     for (size_t i = 0; i < srv->nparts; i++) {
-        if (srv->parts[i]->metrics) {
+        if (srv->parts[i].ops->metrics) {
             struct metrics_row part_rows[PART_ROWS_MAX];
-            metrics_rows(&w, part_rows, srv->parts[i]->metrics(srv, part_rows));
+            metrics_rows(&w, part_rows, srv->parts[i].ops->metrics(srv, part_rows));
         }
     }
     metrics_family(&w, "sse_connections_closed_total", "counter",
@@ -3819,24 +3940,16 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
 
 enum body_framing { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
 
-/* Where an upstream lives, resolved once at start-up. */
-struct upstream {
-    struct sockaddr_storage addr; /* its address */
-    socklen_t addr_len;           /* bytes used in addr */
-    char *url;                    /* "http://HOST:PORT" as configured, for messages */
-    char *host;                   /* "HOST:PORT", the relay's Host header */
-    char *path;                   /* base path (proxy, no final '/') or path and query (relay) */
-};
 
 struct proxy_route {
     char *prefix;       /* matched against the path as sent; no final '/' ("" for "/") */
     size_t prefix_len;  /* bytes in prefix */
-    struct upstream up; /* where matching requests go */
+    struct remote up; /* where matching requests go */
 };
 
 struct relay {
     char topic[TOPIC_NAME_MAX + 1]; /* local topic the events are published on */
-    struct upstream up;             /* the upstream stream */
+    struct remote up;             /* the upstream stream */
     struct wire_reader reader;      /* WHATWG parser; keeps the upstream's last event id */
     struct sse_server *srv;         /* for publishing from the reader's callback */
     struct proxy *px;               /* the connection in progress, or NULL between attempts */
@@ -3853,7 +3966,8 @@ struct relay {
 
 /* One proxied exchange or one relay connection; shared by both connections involved. */
 struct proxy {
-    const struct upstream *target; /* the upstream */
+    struct conn_part base;         /* the connection seam: first, so a conn's part is this */
+    const struct remote *target; /* the upstream */
     struct relay *relay;           /* the relay this feeds, or NULL for a proxied request */
     struct conn *client;           /* the client; NULL for a relay or once it has gone */
     struct conn *up;               /* the upstream connection; NULL once closed */
@@ -3875,6 +3989,28 @@ struct proxy {
     bool up_paused;                /* not reading the upstream: the client's queue is full */
 };
 
+/* The part's own state: its configuration and its counters for /metrics. */
+struct proxy_hub {
+    struct proxy_route *routes; /* reverse-proxy routes, longest prefix first */
+    size_t nroutes;             /* entries in routes */
+    struct relay *relays;       /* relayed upstream streams */
+    size_t nrelays;             /* entries in relays */
+    uint64_t proxied_total;     /* requests passed to an upstream */
+    uint64_t errors_total;      /* upstreams that failed a request or a relay */
+    uint64_t relayed_total;     /* events published by relays */
+};
+
+static const struct part_ops part_proxy;
+static const struct conn_ops proxy_conn_ops;
+
+static struct proxy_hub *proxy_hub(const struct sse_server *srv) {
+    return part_self(srv, &part_proxy);
+}
+
+static struct proxy *proxy_of(const struct conn *c) {
+    return (struct proxy *)c->part;
+}
+
 /* An EventSource request: a GET whose Accept names text/event-stream (browsers send exactly
  * that). Such a request must never be answered with a 5xx for a passing failure. */
 static bool http_is_eventsource(const struct http_request *req) {
@@ -3884,7 +4020,7 @@ static bool http_is_eventsource(const struct http_request *req) {
 }
 
 static bool proxy_connecting(const struct conn *c) {
-    return c->state == CONN_UPSTREAM && c->px && !c->px->connected;
+    return c->state == CONN_OUTBOUND && c->part && !proxy_of(c)->connected;
 }
 
 static void relay_schedule(struct sse_server *srv, struct relay *r);
@@ -3898,9 +4034,9 @@ static bool redis_relay_may_connect(const struct sse_server *srv, const struct r
  * relay is scheduled to reconnect. */
 static void proxy_release(struct sse_server *srv, struct proxy *px, enum close_reason why) {
     if (px->client)
-        px->client->px = NULL;
+        px->client->part = NULL;
     if (px->up) {
-        px->up->px = NULL;
+        px->up->part = NULL;
         conn_close(srv, px->up, why);
     }
     if (px->relay) {
@@ -3914,23 +4050,23 @@ static void proxy_release(struct sse_server *srv, struct proxy *px, enum close_r
 /* The upstream failed. Before the response started, the client gets an answer (502/504,
  * or 200 + retry: + close for EventSource); after, it is closed once its queue is sent. */
 static void proxy_fail(struct sse_server *srv, struct proxy *px, int status, const char *why) {
-    srv->m.proxy_errors_total++;
+    proxy_hub(srv)->errors_total++;
     log_say(&srv->log, SSE_LOG_WARN, "upstream %s %s", px->target->url, why);
     struct conn *c = px->client;
     bool started = px->head_done, eventsource = px->eventsource, body_unread = px->req_left > 0;
     char msg[200];
     snprintf(msg, sizeof msg, "upstream %s %s", px->target->url, why);
-    proxy_release(srv, px, R_UPSTREAM);
+    proxy_release(srv, px, R_PEER_FAILED);
     if (!c || c->state == CONN_DEAD)
         return;
     if (started) {
-        conn_linger(srv, c, R_UPSTREAM);
+        conn_linger(srv, c, R_PEER_FAILED);
         return;
     }
     if (body_unread)
         c->flags &= (uint8_t)~CF_KEEP_ALIVE;
     if (eventsource)
-        stream_turn_away(srv, c, R_UPSTREAM);
+        stream_turn_away(srv, c, R_PEER_FAILED);
     else
         http_text(srv, c, status, msg, NULL);
 }
@@ -3953,8 +4089,8 @@ static void proxy_finish(struct sse_server *srv, struct proxy *px) {
 
 /* A connection of either side closed under us (error, reset, timeout). */
 static void proxy_conn_closed(struct sse_server *srv, struct conn *c) {
-    struct proxy *px = c->px;
-    c->px = NULL;
+    struct proxy *px = proxy_of(c);
+    c->part = NULL;
     if (c == px->client) {
         px->client = NULL;
         proxy_release(srv, px, R_CLIENT_CLOSED);
@@ -3982,8 +4118,9 @@ static size_t proxy_forward_body(struct sse_server *srv, struct proxy *px, const
 /* Reads the request body from the client while the upstream's queue has room. */
 static void proxy_client_read(struct sse_server *srv, struct conn *c) {
     char buf[PROXY_READ];
-    while (c->state == CONN_PROXY && c->px && c->px->req_left && !c->px->client_paused) {
-        size_t want = c->px->req_left < sizeof buf ? (size_t)c->px->req_left : sizeof buf;
+    struct proxy *px;
+    while (c->state == CONN_PASSED && (px = proxy_of(c)) && px->req_left && !px->client_paused) {
+        size_t want = px->req_left < sizeof buf ? (size_t)px->req_left : sizeof buf;
         ssize_t n = read(c->h.fd, buf, want);
         if (n < 0 && errno == EINTR)
             continue;
@@ -3993,7 +4130,7 @@ static void proxy_client_read(struct sse_server *srv, struct conn *c) {
             conn_close(srv, c, conn_gone(c, n < 0));
             return;
         }
-        proxy_forward_body(srv, c->px, buf, (size_t)n);
+        proxy_forward_body(srv, px, buf, (size_t)n);
     }
 }
 
@@ -4024,7 +4161,7 @@ static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *dat
         struct relay *r = px->relay;
         wire_reader_feed(&r->reader, data, n, relay_emit, r);
         if (r->halted) {
-            proxy_release(srv, px, R_UPSTREAM);
+            proxy_release(srv, px, R_PEER_FAILED);
             return false;
         }
         if (r->srv->redis && !r->pending) /* Redis answered for all: it took everything */
@@ -4040,7 +4177,7 @@ static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *dat
         return false;
     if (px->stream) {
         wire_boundary_scan(&px->boundary, data, n);
-        timer_set(srv, c, TIMER_PROXY); /* the upstream spoke: restart the heartbeat clock */
+        timer_set(srv, c, TIMER_PART); /* the upstream spoke: restart the heartbeat clock */
     }
     proxy_send_timer(srv, px, c);
     if (c->qbytes >= PROXY_BUFFER)
@@ -4259,7 +4396,7 @@ static bool proxy_response(struct sse_server *srv, struct proxy *px,
         }
         px->head_done = true;
         if (px->stream)
-            timer_set(srv, c, TIMER_PROXY);
+            timer_set(srv, c, TIMER_PART);
         else
             proxy_send_timer(srv, px, c);
     }
@@ -4328,11 +4465,11 @@ static void proxy_up_eof(struct sse_server *srv, struct proxy *px) {
  * this wake-up (until_empty says so): then read on to see the end. */
 static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_empty) {
     char buf[PROXY_READ];
-    /* up->px and px->up point at each other, and proxy_release() clears both before it
+    /* up->part and px->up point at each other, and proxy_release() clears both before it
      * frees px, which the analyzer cannot know */
     /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc) */
-    while (up->state == CONN_UPSTREAM && up->px && up->px->connected && !up->px->up_paused) {
-        struct proxy *px = up->px;
+    struct proxy *px;
+    while (up->state == CONN_OUTBOUND && (px = proxy_of(up)) && px->connected && !px->up_paused) {
         if (px->relay && px->head_done && srv->pace.held)
             return; /* flow control (section 6): TCP pushes back; loop_pace() reads on */
         ssize_t n = read(up->h.fd, buf, sizeof buf);
@@ -4362,11 +4499,11 @@ static void proxy_up_connected(struct sse_server *srv, struct conn *up) {
     if (getsockopt(up->h.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
     if (err) {
-        proxy_fail(srv, up->px, 502,
+        proxy_fail(srv, proxy_of(up), 502,
                    err == ECONNREFUSED ? "refused the connection" : "could not be reached");
         return;
     }
-    up->px->connected = true;
+    proxy_of(up)->connected = true;
     timer_set(srv, up, TIMER_SEND); /* now the response head must come */
     conn_flush(srv, up);
 }
@@ -4376,26 +4513,26 @@ static void proxy_up_event(struct sse_server *srv, struct handle *h, uint32_t ev
     struct conn *up = (struct conn *)h;
     if (up->state == CONN_DEAD)
         return;
-    if (!up->px) {
-        conn_close(srv, up, R_UPSTREAM);
+    if (!up->part) {
+        conn_close(srv, up, R_PEER_FAILED);
         return;
     }
-    if (!up->px->connected) {
+    if (!proxy_of(up)->connected) {
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
             return;
         proxy_up_connected(srv, up);
-        if (up->state != CONN_UPSTREAM)
+        if (up->state != CONN_OUTBOUND)
             return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         proxy_up_read(srv, up, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
-    if ((events & EPOLLOUT) && up->state == CONN_UPSTREAM && up->qlen)
+    if ((events & EPOLLOUT) && up->state == CONN_OUTBOUND && up->qlen)
         conn_flush(srv, up);
 }
 
 /* Room in a queue again: resume reading the side that was paused for it. */
 static void proxy_after_write(struct sse_server *srv, struct conn *c) {
-    struct proxy *px = c->px;
+    struct proxy *px = proxy_of(c);
     proxy_send_timer(srv, px, c);
     if (c == px->client && px->up_paused && c->qbytes < PROXY_BUFFER) {
         px->up_paused = false;
@@ -4410,18 +4547,18 @@ static void proxy_after_write(struct sse_server *srv, struct conn *c) {
 
 /* The proxy's heartbeat: a comment, only between two events, after upstream silence. */
 static void proxy_heartbeat(struct sse_server *srv, struct conn *c) {
-    struct proxy *px = c->px;
+    struct proxy *px = proxy_of(c);
     if (px && px->stream && wire_at_event_end(&px->boundary) && c->qlen == 0 &&
         !conn_enqueue(srv, c, srv->heartbeat)) {
         conn_close(srv, c, R_ERROR);
         return;
     }
-    timer_set(srv, c, TIMER_PROXY);
+    timer_set(srv, c, TIMER_PART);
 }
 
 /* Opens a non-blocking connection to the exchange's upstream. False (errno set) on failure. */
 static bool proxy_connect(struct sse_server *srv, struct proxy *px) {
-    const struct upstream *u = px->target;
+    const struct remote *u = px->target;
     int fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return false;
@@ -4443,11 +4580,11 @@ static bool proxy_connect(struct sse_server *srv, struct proxy *px) {
     up->file_fd = -1;
     up->timer = TIMER_NONE;
     up->serial = ++srv->next_serial;
-    up->state = CONN_UPSTREAM;
-    up->px = px;
+    up->state = CONN_OUTBOUND;
+    up->part = &px->base;
     px->up = up;
     px->connected = r == 0;
-    srv->nupstreams++;
+    srv->noutbound++;
     timer_set(srv, up, r == 0 ? TIMER_SEND : TIMER_CONNECT);
     log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened to upstream %s", up->serial, u->url);
     return true;
@@ -4556,7 +4693,7 @@ static void proxy_forwarded(struct wbuf *w, const struct http_request *req, cons
  * (one upstream connection per request). Client headers that name themselves like one of
  * ours with '_' for '-' are dropped. */
 static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
-                                       const struct http_request *req, const struct upstream *u,
+                                       const struct http_request *req, const struct remote *u,
                                        const char *rest, size_t rest_len) {
     char head[2 * SSE_HEAD_MAX], peer[INET6_ADDRSTRLEN];
     struct wbuf w = {head, sizeof head, 0};
@@ -4629,11 +4766,12 @@ static void proxy_start(struct sse_server *srv, struct conn *c, const struct htt
     px->req_left = content_length;
     px->head_request = bytes_eq(req->method, req->method_len, "HEAD");
     px->eventsource = http_is_eventsource(req);
-    c->px = px;
+    px->base.ops = &proxy_conn_ops;
+    c->part = &px->base;
     c->flags &= (uint8_t)~CF_BODY_UNREAD;
-    c->state = CONN_PROXY;
+    c->state = CONN_PASSED;
     timer_set(srv, c, TIMER_NEVER);
-    srv->m.proxied_total++;
+    proxy_hub(srv)->proxied_total++;
     if (!proxy_connect(srv, px)) {
         blob_unref(head);
         proxy_fail(srv, px, 502,
@@ -4653,10 +4791,10 @@ static void proxy_start(struct sse_server *srv, struct conn *c, const struct htt
 }
 
 /* The longest route whose prefix starts the path, at a '/' boundary; or NULL. */
-static const struct proxy_route *proxy_match(const struct sse_server *srv, const char *path,
+static const struct proxy_route *proxy_match(const struct proxy_hub *hub, const char *path,
                                              size_t len) {
-    for (size_t i = 0; i < srv->nroutes; i++) { /* sorted longest first */
-        const struct proxy_route *r = &srv->routes[i];
+    for (size_t i = 0; i < hub->nroutes; i++) { /* sorted longest first */
+        const struct proxy_route *r = &hub->routes[i];
         if (len >= r->prefix_len && memcmp(path, r->prefix, r->prefix_len) == 0 &&
             (len == r->prefix_len || path[r->prefix_len] == '/'))
             return r;
@@ -4676,13 +4814,14 @@ static const struct proxy_route *proxy_match(const struct sse_server *srv, const
 static bool proxy_dispatch(struct sse_server *srv, struct conn *c, const struct http_request *req,
                            const char *target, size_t raw_path_len, size_t target_len,
                            uint64_t content_length) {
-    if (srv->nroutes == 0)
+    const struct proxy_hub *hub = proxy_hub(srv);
+    if (hub->nroutes == 0)
         return false;
     char path[SSE_HEAD_MAX];
     long n = http_path_canon(target, raw_path_len, path, sizeof path);
-    const struct proxy_route *named = n >= 0 ? proxy_match(srv, path, (size_t)n) : NULL;
+    const struct proxy_route *named = n >= 0 ? proxy_match(hub, path, (size_t)n) : NULL;
     long m = n >= 0 ? http_path_remove_dots(path, (size_t)n) : -1;
-    const struct proxy_route *route = m >= 0 ? proxy_match(srv, path, (size_t)m) : NULL;
+    const struct proxy_route *route = m >= 0 ? proxy_match(hub, path, (size_t)m) : NULL;
     size_t query = target_len - raw_path_len;
     if (m < 0 || named != route || (size_t)m + query > sizeof path ||
         (route && !wire_utf8_valid(srv->path, strlen(srv->path)))) {
@@ -4728,7 +4867,7 @@ static void relay_emit(void *ctx, const char *topic, const char *event, const ch
     int rc = srv->redis ? redis_relay_publish(srv, r, event, data, len)
                         : publish_event(srv, r->topic, event, data, len, NULL);
     if (rc >= 0)
-        srv->m.relayed_total++;
+        proxy_hub(srv)->relayed_total++;
     else if (rc == -EAGAIN)
         r->halted = true; /* proxy_pass() drops the connection */
     else
@@ -4812,6 +4951,7 @@ static void relay_connect(struct sse_server *srv, struct relay *r) {
         relay_schedule(srv, r);
         return;
     }
+    px->base.ops = &proxy_conn_ops;
     px->target = &r->up;
     px->relay = r;
     r->px = px;
@@ -4825,8 +4965,9 @@ static void relay_connect(struct sse_server *srv, struct relay *r) {
 
 static uint64_t proxy_relays_up(const struct sse_server *srv) {
     uint64_t n = 0;
-    for (size_t i = 0; i < srv->nrelays; i++)
-        n += srv->relays[i].px && srv->relays[i].px->head_done;
+    const struct proxy_hub *hub = proxy_hub(srv);
+    for (size_t i = 0; i < hub->nrelays; i++)
+        n += hub->relays[i].px && hub->relays[i].px->head_done;
     return n;
 }
 
@@ -4838,23 +4979,238 @@ static bool proxy_route(struct sse_server *srv, struct conn *c, const struct htt
 }
 
 static size_t proxy_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    const struct proxy_hub *hub = proxy_hub(srv);
     const struct metrics_row mine[] = {
         {"sse_upstream_connections", "gauge", "Connections to upstreams open now.",
-         srv->nupstreams},
+         srv->noutbound},
         {"sse_relays_connected", "gauge", "Relays receiving their upstream stream now.",
          proxy_relays_up(srv)},
         {"sse_proxied_requests_total", "counter", "Requests passed to an upstream.",
-         srv->m.proxied_total},
+         hub->proxied_total},
         {"sse_proxy_errors_total", "counter", "Upstream failures (refused, timed out, invalid).",
-         srv->m.proxy_errors_total},
-        {"sse_relay_events_total", "counter", "Events published by relays.", srv->m.relayed_total},
+         hub->errors_total},
+        {"sse_relay_events_total", "counter", "Events published by relays.", hub->relayed_total},
     };
     _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
     memcpy(rows, mine, sizeof mine);
     return sizeof mine / sizeof mine[0];
 }
 
-static const struct part_ops part_proxy = {.route = proxy_route, .metrics = proxy_metrics};
+
+/* ---- the proxy as a part: its connections, routes, /metrics rows and relays ------------ */
+
+/* A client connection of an exchange is readable: the rest of the request body, or the
+ * client gone (its upstream is closed with it). */
+static void proxy_readable(struct sse_server *srv, struct conn *c, uint32_t events) {
+    struct proxy *px = proxy_of(c);
+    if (px->req_left)
+        proxy_client_read(srv, c);
+    else if (events & EPOLLRDHUP)
+        conn_close(srv, c, R_CLIENT_CLOSED);
+}
+
+static size_t proxy_body_bytes(struct sse_server *srv, struct conn *c, const char *p, size_t n) {
+    return proxy_forward_body(srv, proxy_of(c), p, n);
+}
+
+/* A timer of a proxied client (the heartbeat) or of an upstream (connect, answer). */
+static void proxy_timer(struct sse_server *srv, struct conn *c, int timer) {
+    if (timer == TIMER_PART)
+        proxy_heartbeat(srv, c);
+    else
+        proxy_fail(srv, proxy_of(c), 504,
+                   timer == TIMER_CONNECT ? "did not accept the connection in time"
+                                          : "did not answer in time");
+}
+
+/* sse_stop(): a proxied client is closed (its upstream with it); a relay lets go of its
+ * upstream; a proxied request's upstream goes when its client does. */
+static void proxy_stop(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = proxy_of(c);
+    if (c->state == CONN_PASSED)
+        conn_close(srv, c, R_SHUTDOWN);
+    else if (px->relay)
+        proxy_release(srv, px, R_SHUTDOWN);
+}
+
+static const struct conn_ops proxy_conn_ops = {
+    .closed = proxy_conn_closed,
+    .wrote = proxy_after_write,
+    .holding = proxy_connecting,
+    .body = proxy_body_bytes,
+    .readable = proxy_readable,
+    .timer = proxy_timer,
+    .stop = proxy_stop,
+};
+
+/* Relays connect when their next attempt is due. */
+static void proxy_tick(struct sse_server *srv) {
+    struct proxy_hub *hub = proxy_hub(srv);
+    for (size_t i = 0; i < hub->nrelays && !srv->stopping; i++) {
+        struct relay *r = &hub->relays[i];
+        if (!r->px && r->next_attempt <= srv->now)
+            relay_connect(srv, r);
+    }
+}
+
+static int64_t proxy_deadline(const struct sse_server *srv) {
+    const struct proxy_hub *hub = proxy_hub(srv);
+    int64_t next = INT64_MAX;
+    for (size_t i = 0; i < hub->nrelays && !srv->stopping; i++)
+        if (!hub->relays[i].px && hub->relays[i].next_attempt < next)
+            next = hub->relays[i].next_attempt;
+    return next;
+}
+
+/* Flow control let publishers go on: relays read their upstreams again. */
+static void proxy_resume(struct sse_server *srv) {
+    struct proxy_hub *hub = proxy_hub(srv);
+    for (size_t i = 0; i < hub->nrelays; i++) {
+        struct proxy *px = hub->relays[i].px;
+        if (px && px->up && px->head_done)
+            proxy_up_read(srv, px->up, true);
+    }
+}
+
+static void proxy_free(struct sse_server *srv) {
+    struct proxy_hub *hub = proxy_hub(srv);
+    for (size_t i = 0; i < hub->nroutes; i++) {
+        free(hub->routes[i].prefix);
+        remote_free(&hub->routes[i].up);
+    }
+    free(hub->routes);
+    for (size_t i = 0; i < hub->nrelays; i++) {
+        wire_reader_free(&hub->relays[i].reader);
+        remote_free(&hub->relays[i].up);
+    }
+    free(hub->relays);
+    free(hub);
+}
+
+static const struct part_ops part_proxy = {
+    .route = proxy_route,
+    .metrics = proxy_metrics,
+    .tick = proxy_tick,
+    .deadline = proxy_deadline,
+    .resume = proxy_resume,
+    .free = proxy_free,
+};
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void
+proxy_error(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int proxy_route_order(const void *a, const void *b) {
+    const struct proxy_route *x = a, *y = b;
+    return x->prefix_len < y->prefix_len ? 1 : x->prefix_len > y->prefix_len ? -1 : 0;
+}
+
+/* Copies, checks and resolves the proxy routes; sorts them longest prefix first. */
+static int proxy_routes_init(struct proxy_hub *hub, const struct sse_config *cfg, char *err,
+                             size_t errlen) {
+    if (!cfg->num_proxy_routes)
+        return 0;
+    hub->routes = calloc(cfg->num_proxy_routes, sizeof *hub->routes);
+    if (!hub->routes) {
+        proxy_error(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->num_proxy_routes; i++) {
+        const struct sse_proxy_route *in = &cfg->proxy_routes[i];
+        struct proxy_route *r = &hub->routes[hub->nroutes++];
+        const char *prefix = in->prefix ? in->prefix : "";
+        size_t n = strlen(prefix);
+        if (n == 0 || prefix[0] != '/' || strpbrk(prefix, "?#%")) {
+            proxy_error(err, errlen, "proxy prefix '%s' must be a path such as /api", prefix);
+            return -1;
+        }
+        r->prefix = strdup(prefix);
+        if (!r->prefix) {
+            proxy_error(err, errlen, "out of memory");
+            return -1;
+        }
+        while (n && r->prefix[n - 1] == '/')
+            r->prefix[--n] = '\0';
+        r->prefix_len = n;
+        const char *why = remote_resolve(&r->up, in->upstream ? in->upstream : "");
+        if (why) {
+            proxy_error(err, errlen, "proxy upstream '%s' %s", in->upstream ? in->upstream : "", why);
+            return -1;
+        }
+        size_t pl = strlen(r->up.path);
+        while (pl && r->up.path[pl - 1] == '/')
+            r->up.path[--pl] = '\0';
+    }
+    qsort(hub->routes, hub->nroutes, sizeof *hub->routes, proxy_route_order);
+    return 0;
+}
+
+/* Copies, checks and resolves the relays. They connect on the first loop iteration. */
+static int proxy_relays_init(struct sse_server *srv, struct proxy_hub *hub,
+                             const struct sse_config *cfg, char *err, size_t errlen) {
+    if (!cfg->num_relays)
+        return 0;
+    hub->relays = calloc(cfg->num_relays, sizeof *hub->relays);
+    if (!hub->relays) {
+        proxy_error(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->num_relays; i++) {
+        const struct sse_relay *in = &cfg->relays[i];
+        struct relay *r = &hub->relays[hub->nrelays++];
+        wire_reader_init(&r->reader, SSE_INPUT_SSE, srv->max_event_bytes);
+        r->reader.whatwg = true;
+        r->srv = srv;
+        const char *topic = in->topic ? in->topic : "";
+        if (!wire_topic_valid(topic, strlen(topic))) {
+            proxy_error(err, errlen, "relay topic '%s' is not a valid topic name", topic);
+            return -1;
+        }
+        strcpy(r->topic, topic);
+        const char *why = remote_resolve(&r->up, in->url ? in->url : "");
+        if (why) {
+            proxy_error(err, errlen, "relay upstream '%s' %s", in->url ? in->url : "", why);
+            return -1;
+        }
+        if (!r->up.path[0]) {
+            free(r->up.path);
+            r->up.path = strdup("/");
+            if (!r->up.path) {
+                proxy_error(err, errlen, "out of memory");
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+
+/* Plugs the proxy in: its state, its timers' durations, its routes and relays. 0, or -1
+ * with err set. */
+static int proxy_plug(struct sse_server *srv, const struct sse_config *cfg, char *err,
+                      size_t errlen) {
+    struct proxy_hub *hub = calloc(1, sizeof *hub);
+    if (!hub || !part_add(srv, &part_proxy, hub)) {
+        free(hub);
+        proxy_error(err, errlen, "out of memory");
+        return -1;
+    }
+    srv->timers[TIMER_CONNECT].duration =
+        cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
+    srv->timers[TIMER_PART].duration =
+        cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : NEVER_MS;
+    if (proxy_routes_init(hub, cfg, err, errlen) < 0 ||
+        proxy_relays_init(srv, hub, cfg, err, errlen) < 0)
+        return -1;
+    return 0;
+}
 
 /* ==========================================================================================
  * 9. Redis Streams: many servers, one history
@@ -5348,7 +5704,7 @@ static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const 
         l->whead = (l->whead + 1) % l->wcap;
         l->wlen--;
         if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE || rw->kind == RW_XLAST) && rw->c)
-            conn_close(srv, rw->c, R_UPSTREAM); /* it comes back with its last id */
+            conn_close(srv, rw->c, R_PEER_FAILED); /* it comes back with its last id */
         else if (rw->kind == RW_XADD)
             kept += redis_xadd_lost(srv, l, rw);
         free(rw->up_id);
@@ -5359,9 +5715,10 @@ static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const 
                      nlater * sizeof *r->kept_lens);
     }
     l->out_len = l->out_off = l->out_pos = 0;
-    for (size_t i = 0; l == &r->cmd && i < srv->nrelays; i++)
-        if (srv->relays[i].px)
-            proxy_release(srv, srv->relays[i].px, R_UPSTREAM);
+    struct proxy_hub *hub = proxy_hub(srv);
+    for (size_t i = 0; l == &r->cmd && i < hub->nrelays; i++)
+        if (hub->relays[i].px)
+            proxy_release(srv, hub->relays[i].px, R_PEER_FAILED);
     unsigned shift = l->failures < 6 ? l->failures : 6;
     int64_t backoff = (int64_t)100 << shift;
     l->next_attempt = srv->now + (backoff < REDIS_BACKOFF_MAX ? backoff : REDIS_BACKOFF_MAX);
@@ -5695,7 +6052,7 @@ static void redis_relay_answered(struct sse_server *srv, const struct redis_wait
         }
     }
     if (!stored && relay->px)
-        proxy_release(srv, relay->px, R_UPSTREAM);
+        proxy_release(srv, relay->px, R_PEER_FAILED);
 }
 
 /* The reply to the command at the head of a link's queue. False: the link is unusable. */
@@ -6250,7 +6607,7 @@ static bool host_route(struct sse_server *srv, struct conn *c, const struct http
  * here, publish_local), or NULL when healthy. */
 static const char *http_unhealthy(const struct sse_server *srv) {
     for (size_t i = 0; i < srv->nparts; i++) {
-        const char *why = srv->parts[i]->unhealthy ? srv->parts[i]->unhealthy(srv) : NULL;
+        const char *why = srv->parts[i].ops->unhealthy ? srv->parts[i].ops->unhealthy(srv) : NULL;
         if (why)
             return why;
     }
@@ -6289,7 +6646,7 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
     }
     bool builtin = bytes_eq(path, plen, "/metrics") || bytes_eq(path, plen, "/healthz");
     for (size_t i = 0; !builtin && i < srv->nparts; i++)
-        if (srv->parts[i]->route && srv->parts[i]->route(srv, c, req, t))
+        if (srv->parts[i].ops->route && srv->parts[i].ops->route(srv, c, req, t))
             return;
     static const char read_only[] = "Allow: GET, HEAD, OPTIONS\r\n";
     const char *unhealthy;
@@ -6387,11 +6744,11 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
     size_t used = (size_t)r;
     if (c->state == CONN_BODY)
         used += publish_body_feed(srv, c, buf + used, len - used);
-    else if (c->state == CONN_PROXY && c->px)
-        used += proxy_forward_body(srv, c->px, buf + used, len - used);
+    else if (c->state == CONN_PASSED && c->part)
+        used += c->part->ops->body(srv, c, buf + used, len - used);
     size_t left = len - used;
     if (left && (c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST ||
-                 c->state == CONN_PROXY || c->state == CONN_WAIT || c->state == CONN_PACED)) {
+                 c->state == CONN_PASSED || c->state == CONN_WAIT || c->state == CONN_PACED)) {
         if (!held && !(held = malloc(sizeof *held))) {
             conn_close(srv, c, R_ERROR);
             return;
@@ -6403,8 +6760,8 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
         held = NULL;
     }
     free(held);
-    if (c->state == CONN_PROXY && c->px && c->px->req_left)
-        proxy_client_read(srv, c); /* the rest of the body may wait in the socket already */
+    if (c->state == CONN_PASSED && c->part) /* the rest of a body may wait in the socket */
+        c->part->ops->readable(srv, c, EPOLLIN);
 }
 
 /* Reads requests (or a body) from the socket until it is empty or a response is under way. */
@@ -6566,11 +6923,9 @@ static void conn_on_event(struct sse_server *srv, struct handle *h, uint32_t eve
             http_read(srv, c);
         else if (c->state == CONN_STREAM || c->state == CONN_LINGER)
             conn_discard_input(srv, c);
-        else if (c->state == CONN_PROXY && c->px && c->px->req_left)
-            proxy_client_read(srv, c);
-        else if (c->state == CONN_PROXY && (events & EPOLLRDHUP))
-            conn_close(srv, c, R_CLIENT_CLOSED); /* gone: the upstream is closed with it */
-        /* CONN_RESPOND, CONN_PROXY: the next request is read when the response is out */
+        else if (c->state == CONN_PASSED && c->part)
+            c->part->ops->readable(srv, c, events);
+        /* CONN_RESPOND, CONN_PASSED: the next request is read when the response is out */
     }
     if ((events & EPOLLOUT) && c->state != CONN_DEAD && (c->qlen || c->file_fd >= 0))
         conn_flush(srv, c);
@@ -6694,14 +7049,10 @@ static void loop_timers(struct sse_server *srv) {
             struct conn *c = tl->head;
             if (t == TIMER_STREAM)
                 stream_heartbeat(srv, c);
-            else if (t == TIMER_PROXY)
-                proxy_heartbeat(srv, c);
             else if (t == TIMER_PACED)
                 publish_paced_timeout(srv, c);
-            else if (c->state == CONN_UPSTREAM && c->px)
-                proxy_fail(srv, c->px, 504,
-                           t == TIMER_CONNECT ? "did not accept the connection in time"
-                                              : "did not answer in time");
+            else if (c->part && (t == TIMER_PART || c->state == CONN_OUTBOUND))
+                c->part->ops->timer(srv, c, t);
             else
                 conn_close(srv, c,
                            t == TIMER_REQUEST ? R_HEADER_TIMEOUT
@@ -6709,11 +7060,9 @@ static void loop_timers(struct sse_server *srv) {
                                               : (enum close_reason)c->reason);
         }
     }
-    for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++) {
-        struct relay *r = &srv->relays[i];
-        if (!r->px && r->next_attempt <= srv->now)
-            relay_connect(srv, r);
-    }
+    for (size_t i = 0; i < srv->nparts; i++)
+        if (srv->parts[i].ops->tick)
+            srv->parts[i].ops->tick(srv);
 }
 
 enum leave { LEAVE_NONE, LEAVE_STALLED, LEAVE_ALL };
@@ -6777,11 +7126,9 @@ static void loop_pace(struct sse_server *srv) {
         publish_finish(srv, srv->timers[TIMER_PACED].head); /* in the order they came */
     if (p->resume_due && !p->held) {
         p->resume_due = false;
-        for (size_t i = 0; i < srv->nrelays; i++) {
-            struct proxy *px = srv->relays[i].px;
-            if (px && px->up && px->head_done)
-                proxy_up_read(srv, px->up, true);
-        }
+        for (size_t i = 0; i < srv->nparts; i++)
+            if (srv->parts[i].ops->resume)
+                srv->parts[i].ops->resume(srv);
     }
     input_resume(srv);
 }
@@ -6810,9 +7157,10 @@ static int loop_next_timeout(const struct sse_server *srv) {
         next = srv->pace.held_since + PACE_MAX_HOLD_MS;
     if (srv->pace.held && srv->pace.next_check < next)
         next = srv->pace.next_check;
-    for (size_t i = 0; i < srv->nrelays && !srv->stopping; i++)
-        if (!srv->relays[i].px && srv->relays[i].next_attempt < next)
-            next = srv->relays[i].next_attempt;
+    for (size_t i = 0; i < srv->nparts; i++) {
+        int64_t due = srv->parts[i].ops->deadline ? srv->parts[i].ops->deadline(srv) : INT64_MAX;
+        next = due < next ? due : next;
+    }
     if (srv->history->deadline && srv->history->deadline(srv) < next)
         next = srv->history->deadline(srv);
     if (next == INT64_MAX)
@@ -6860,13 +7208,15 @@ static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
         c->flags &= (uint8_t)~CF_KEEP_ALIVE;
         publish_paced_timeout(srv, c);
         break;
-    case CONN_REQUEST:
-    case CONN_BODY:
-    case CONN_PROXY: conn_close(srv, c, R_SHUTDOWN); break; /* a proxy closes its upstream */
-    case CONN_UPSTREAM:
-        if (c->px && c->px->relay)
-            proxy_release(srv, c->px, R_SHUTDOWN);
+    case CONN_PASSED:
+    case CONN_OUTBOUND:
+        if (c->part && c->part->ops->stop)
+            c->part->ops->stop(srv, c);
+        else if (c->state == CONN_PASSED)
+            conn_close(srv, c, R_SHUTDOWN);
         break;
+    case CONN_REQUEST:
+    case CONN_BODY: conn_close(srv, c, R_SHUTDOWN); break;
     default: break;
     }
 }
@@ -7928,148 +8278,6 @@ static const char *api_root(struct sse_server *srv, const char *root) {
     return srv->root_real ? NULL : strerror(errno);
 }
 
-static void api_upstream_free(struct upstream *u) {
-    free(u->url);
-    free(u->host);
-    free(u->path);
-}
-
-/* Parses "http://HOST[:PORT][/PATH]" and resolves HOST (the only time it is resolved).
- * Returns NULL or what is wrong. */
-static const char *api_upstream(struct upstream *u, const char *url) {
-    if (strlen(url) < 8 || !ascii_ieq(url, 7, "http://"))
-        return "must start with http://";
-    const char *h = url + 7, *p;
-    char host[256], port[8] = "80";
-    if (*h == '[') {
-        p = strchr(h, ']');
-        if (!p || (size_t)(p - h - 1) >= sizeof host)
-            return "has an invalid [IPv6] host";
-        memcpy(host, h + 1, (size_t)(p - h - 1));
-        host[p - h - 1] = '\0';
-        p++;
-    } else {
-        p = h + strcspn(h, ":/?#");
-        if (p == h || (size_t)(p - h) >= sizeof host)
-            return "has no host";
-        memcpy(host, h, (size_t)(p - h));
-        host[p - h] = '\0';
-    }
-    const char *host_end = p;
-    if (*p == ':') {
-        size_t n = strspn(p + 1, "0123456789");
-        uint64_t v;
-        if (n == 0 || n > 5 || !parse_u64(p + 1, n, &v) || v == 0 || v > 65535)
-            return "has an invalid port";
-        memcpy(port, p + 1, n);
-        port[n] = '\0';
-        p += 1 + n;
-    }
-    if (*p && *p != '/')
-        return "must have a path starting with /";
-    for (const char *c = p; *c; c++)
-        if (*c <= 0x20 || *c >= 0x7F || *c == '#')
-            return "has a character not allowed in a path";
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    if (getaddrinfo(host, port, &hints, &res) || !res)
-        return "has a host that cannot be resolved";
-    memcpy(&u->addr, res->ai_addr, res->ai_addrlen);
-    u->addr_len = res->ai_addrlen;
-    freeaddrinfo(res);
-    char named[300]; /* the port always shown, for messages */
-    snprintf(named, sizeof named, "http://%.*s:%s", (int)(host_end - h), h, port);
-    u->url = strdup(named);
-    u->host = strndup(h, (size_t)(p - h));
-    u->path = strdup(p);
-    if (!u->url || !u->host || !u->path)
-        return "could not be stored (out of memory)";
-    return NULL;
-}
-
-static int api_route_order(const void *a, const void *b) {
-    const struct proxy_route *x = a, *y = b;
-    return x->prefix_len < y->prefix_len ? 1 : x->prefix_len > y->prefix_len ? -1 : 0;
-}
-
-/* Copies, checks and resolves the proxy routes; sorts them longest prefix first. */
-static int api_routes(struct sse_server *srv, const struct sse_config *cfg, char *err,
-                      size_t errlen) {
-    if (!cfg->num_proxy_routes)
-        return 0;
-    srv->routes = calloc(cfg->num_proxy_routes, sizeof *srv->routes);
-    if (!srv->routes) {
-        api_error(err, errlen, "out of memory");
-        return -1;
-    }
-    for (size_t i = 0; i < cfg->num_proxy_routes; i++) {
-        const struct sse_proxy_route *in = &cfg->proxy_routes[i];
-        struct proxy_route *r = &srv->routes[srv->nroutes++];
-        const char *prefix = in->prefix ? in->prefix : "";
-        size_t n = strlen(prefix);
-        if (n == 0 || prefix[0] != '/' || strpbrk(prefix, "?#%")) {
-            api_error(err, errlen, "proxy prefix '%s' must be a path such as /api", prefix);
-            return -1;
-        }
-        r->prefix = strdup(prefix);
-        if (!r->prefix) {
-            api_error(err, errlen, "out of memory");
-            return -1;
-        }
-        while (n && r->prefix[n - 1] == '/')
-            r->prefix[--n] = '\0';
-        r->prefix_len = n;
-        const char *why = api_upstream(&r->up, in->upstream ? in->upstream : "");
-        if (why) {
-            api_error(err, errlen, "proxy upstream '%s' %s", in->upstream ? in->upstream : "", why);
-            return -1;
-        }
-        size_t pl = strlen(r->up.path);
-        while (pl && r->up.path[pl - 1] == '/')
-            r->up.path[--pl] = '\0';
-    }
-    qsort(srv->routes, srv->nroutes, sizeof *srv->routes, api_route_order);
-    return 0;
-}
-
-/* Copies, checks and resolves the relays. They connect on the first loop iteration. */
-static int api_relays(struct sse_server *srv, const struct sse_config *cfg, char *err,
-                      size_t errlen) {
-    if (!cfg->num_relays)
-        return 0;
-    srv->relays = calloc(cfg->num_relays, sizeof *srv->relays);
-    if (!srv->relays) {
-        api_error(err, errlen, "out of memory");
-        return -1;
-    }
-    for (size_t i = 0; i < cfg->num_relays; i++) {
-        const struct sse_relay *in = &cfg->relays[i];
-        struct relay *r = &srv->relays[srv->nrelays++];
-        wire_reader_init(&r->reader, SSE_INPUT_SSE, srv->max_event_bytes);
-        r->reader.whatwg = true;
-        r->srv = srv;
-        const char *topic = in->topic ? in->topic : "";
-        if (!wire_topic_valid(topic, strlen(topic))) {
-            api_error(err, errlen, "relay topic '%s' is not a valid topic name", topic);
-            return -1;
-        }
-        strcpy(r->topic, topic);
-        const char *why = api_upstream(&r->up, in->url ? in->url : "");
-        if (why) {
-            api_error(err, errlen, "relay upstream '%s' %s", in->url ? in->url : "", why);
-            return -1;
-        }
-        if (!r->up.path[0]) {
-            free(r->up.path);
-            r->up.path = strdup("/");
-            if (!r->up.path) {
-                api_error(err, errlen, "out of memory");
-                return -1;
-            }
-        }
-    }
-    return 0;
-}
 
 /* Makes the server a node of a Redis hub: resolves the address, connects both links (their
  * first commands queue; replies arrive in the loop). */
@@ -8086,15 +8294,15 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
     r->cmd.name = "commands";
     r->follow.name = "stream";
     char url[300];
-    struct upstream up = {0};
+    struct remote up = {0};
     snprintf(url, sizeof url, "http://%s", cfg->redis);
-    const char *why = strchr(cfg->redis, '/') ? "expected HOST:PORT" : api_upstream(&up, url);
+    const char *why = strchr(cfg->redis, '/') ? "expected HOST:PORT" : remote_resolve(&up, url);
     if (!why) {
         memcpy(&r->addr, &up.addr, up.addr_len);
         r->addr_len = up.addr_len;
         snprintf(r->where, sizeof r->where, "%s", up.url + 7);
     }
-    api_upstream_free(&up);
+    remote_free(&up);
     if (why)
         return why;
     const char *key = cfg->redis_stream ? cfg->redis_stream : "sse";
@@ -8118,11 +8326,12 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
 
 /* Plugs in what the parts add to HTTP, in the order their /metrics rows are listed. */
 static void api_parts(struct sse_server *srv) {
-    srv->parts[srv->nparts++] = &part_proxy;
+    srv->timers[TIMER_CONNECT].duration = NEVER_MS; /* a part that connects sets these */
+    srv->timers[TIMER_PART].duration = NEVER_MS;
 #if SSE_ENABLE_JOURNAL
-    srv->parts[srv->nparts++] = &part_journal;
+    part_add(srv, &part_journal, NULL);
 #endif
-    srv->parts[srv->nparts++] = &part_redis;
+    part_add(srv, &part_redis, NULL);
 }
 
 /* The first id: the wall clock in microseconds, so a restarted server starts above every id
@@ -8159,10 +8368,6 @@ static bool api_prepare(struct sse_server *srv, const struct sse_config *cfg) {
     srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
     srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : NEVER_MS;
     srv->timers[TIMER_LINGER].duration = LINGER_MS;
-    srv->timers[TIMER_CONNECT].duration =
-        cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
-    srv->timers[TIMER_PROXY].duration =
-        cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : NEVER_MS;
     srv->timers[TIMER_PACED].duration =
         cfg->publish_wait_ms > 0 ? cfg->publish_wait_ms : PACE_PUBLISH_WAIT_MS;
     srv->timers[TIMER_NEVER].duration = NEVER_MS;
@@ -8198,7 +8403,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         api_error(err, errlen, "cannot serve '%s': %s", cfg->static_root, why);
         goto fail;
     }
-    if (api_routes(srv, cfg, err, errlen) < 0 || api_relays(srv, cfg, err, errlen) < 0)
+    if (proxy_plug(srv, cfg, err, errlen) < 0)
         goto fail;
     srv->last_id = api_id_seed();
     srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
@@ -8241,6 +8446,9 @@ void sse_server_free(struct sse_server *srv) {
         input_close(srv, srv->inputs);
     if (srv->history->free)
         srv->history->free(srv);
+    for (size_t i = 0; i < srv->nparts; i++)
+        if (srv->parts[i].ops->free)
+            srv->parts[i].ops->free(srv);
     backlog_free(&srv->backlog);
     blob_unref(srv->stream_head);
     blob_unref(srv->retry_line);
@@ -8266,16 +8474,6 @@ void sse_server_free(struct sse_server *srv) {
     free(srv->subscribe_token);
     free(srv->cors_headers);
     free(srv->root_real);
-    for (size_t i = 0; i < srv->nroutes; i++) {
-        free(srv->routes[i].prefix);
-        api_upstream_free(&srv->routes[i].up);
-    }
-    free(srv->routes);
-    for (size_t i = 0; i < srv->nrelays; i++) {
-        wire_reader_free(&srv->relays[i].reader);
-        api_upstream_free(&srv->relays[i].up);
-    }
-    free(srv->relays);
     free(srv);
 }
 
