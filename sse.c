@@ -697,56 +697,6 @@ static size_t wire_utf8_subpart(const unsigned char *p, size_t avail) {
     return i;
 }
 
-/* Copies s[0..len) as valid UTF-8, each maximal subpart of an ill-formed sequence becoming
- * one U+FFFD, exactly as the WHATWG decoder does (used for relayed events). */
-static void wire_utf8_repair(struct wbuf *w, const char *s, size_t len) {
-    size_t start = 0, i = 0;
-    while (i < len) {
-        unsigned char c = (unsigned char)s[i];
-        size_t n = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-        if (i + n <= len && wire_utf8_valid(s + i, n)) {
-            i += n;
-            continue;
-        }
-        wb_put(w, s + start, i - start);
-        wb_put(w, "\xEF\xBF\xBD", 3);
-        i += wire_utf8_subpart((const unsigned char *)s + i, len - i);
-        start = i;
-    }
-    wb_put(w, s + start, len - start);
-}
-
-/*
- * Where events end in a stream passing through (the proxy's heartbeat may only go in
- * between two events): after a blank line, or at the very start. A blank line ended by a
- * lone CR counts too: should a LF follow after all, the client sees one more empty line,
- * which dispatches nothing since no data is buffered (WHATWG 9.2.6).
- */
-enum { WB_EVENT_END, WB_LINE_START, WB_MID_LINE };
-struct wire_boundary {
-    uint8_t state; /* WB_*: where the bytes seen so far end */
-    bool after_cr; /* the last byte was CR */
-};
-
-static void wire_boundary_scan(struct wire_boundary *b, const char *p, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (c == '\n' && b->after_cr) {
-            b->after_cr = false;
-        } else if (c == '\r' || c == '\n') {
-            b->state = b->state == WB_MID_LINE ? WB_LINE_START : WB_EVENT_END;
-            b->after_cr = c == '\r';
-        } else {
-            b->state = WB_MID_LINE;
-            b->after_cr = false;
-        }
-    }
-}
-
-static bool wire_at_event_end(const struct wire_boundary *b) {
-    return b->state == WB_EVENT_END;
-}
-
 /* ==========================================================================================
  * 3. Events, topics and the backlog
  *
@@ -1267,52 +1217,6 @@ static bool http_is_unreserved(unsigned char c) {
            c == '.' || c == '_' || c == '~';
 }
 
-/* Writes the canonical form of the raw (still percent-encoded) path in[0..len) into out
- * (room for cap bytes): escapes of unreserved characters decoded ("%2e" is '.', RFC 3986
- * 6.2.2.2), the others in upper case (6.2.2.1), so a dot segment cannot hide in an escape.
- * Returns its length, or -1 for what a proxy must not pass on because some server behind it
- * would read it as another path: a malformed escape or %00; a slash or backslash hidden as
- * %2F or %5C (many servers decode before splitting); a raw backslash (a separator on
- * Windows and to some frameworks); a double-encoded dot, slash or backslash ("%252e", for
- * servers that decode twice, and "%2500" likewise); or an output that does not fit. */
-static long http_path_canon(const char *in, size_t len, char *out, size_t cap) {
-    static const char hex[] = "0123456789ABCDEF";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)in[i];
-        if (c == '\\' || o >= cap)
-            return -1;
-        if (c != '%') {
-            out[o++] = (char)c;
-            continue;
-        }
-        int hi = i + 2 < len ? http_hex(in[i + 1]) : -1, lo = hi >= 0 ? http_hex(in[i + 2]) : -1;
-        if (lo < 0 || (hi == 0 && lo == 0))
-            return -1;
-        unsigned char d = (unsigned char)(hi * 16 + lo);
-        i += 2;
-        if (d == '/' || d == '\\')
-            return -1;
-        if (http_is_unreserved(d)) {
-            out[o++] = (char)d;
-            continue;
-        }
-        if (o + 3 > cap)
-            return -1;
-        out[o++] = '%';
-        out[o++] = hex[hi];
-        out[o++] = hex[lo];
-    }
-    for (size_t i = 0; i + 4 < o; i++) { /* "%25" then an escape of '.', '/' or '\' */
-        if (memcmp(out + i, "%25", 3) != 0)
-            continue;
-        int hi = http_hex(out[i + 3]), lo = http_hex(out[i + 4]);
-        if (hi >= 0 && lo >= 0 && strchr("./\\", hi * 16 + lo))
-            return -1;
-    }
-    return (long)o;
-}
-
 /* Appends the decoded path p[0..len) percent-encoded as a path-absolute URL path: every
  * byte but unreserved characters, sub-delims, ':', '@' and '/' escaped (RFC 3986 3.3), and
  * leading slashes collapsed into one, so the result can never read as "//host/..." (a
@@ -1334,42 +1238,6 @@ static void http_path_encode(struct wbuf *w, const char *p, size_t len) {
     }
 }
 
-/* Removes the dot segments of the path p[0..len) in place (RFC 3986 5.2.4): "/a/./b/../c"
- * becomes "/a/c", "/a/.." becomes "/". Returns the new length, or -1 if p does not start
- * with '/' or a ".." would climb above the root ("/../x"), which RFC 3986 silently drops
- * but which only an attack sends. */
-static long http_path_remove_dots(char *p, size_t len) {
-    if (len == 0 || p[0] != '/')
-        return -1;
-    size_t o = 0, i = 1;
-    for (;;) {
-        size_t s = i;
-        while (i < len && p[i] != '/')
-            i++;
-        size_t n = i - s;
-        bool last = i >= len;
-        if (n == 2 && p[s] == '.' && p[s + 1] == '.') {
-            if (o == 0)
-                return -1;
-            while (o > 0 && p[--o] != '/') /* drop the last segment and its '/' */
-                ;
-        } else if (!(n == 1 && p[s] == '.')) {
-            p[o++] = '/';
-            memmove(p + o, p + s, n);
-            o += n;
-            if (last)
-                break;
-            i++;
-            continue;
-        }
-        if (last) {
-            p[o++] = '/'; /* "/a/b/.." is the directory "/a/" */
-            break;
-        }
-        i++;
-    }
-    return (long)o;
-}
 struct http_param {
     const char *key; /* decoded name */
     size_t key_len;
@@ -1546,151 +1414,6 @@ static bool http_parse_date(const char *s, size_t len, time_t *out) {
     tm.tm_sec = ss;
     *out = timegm(&tm);
     return true;
-}
-
-/* A response head from an upstream (RFC 9112 4): "HTTP/1.x NNN reason" and header lines. */
-struct http_response {
-    int minor;          /* HTTP/1.<minor> */
-    int status;         /* 100 to 999 */
-    const char *reason; /* reason phrase (may be empty) */
-    size_t reason_len;
-    size_t num_headers; /* used entries of headers */
-    struct http_header headers[SSE_MAX_HEADERS];
-};
-
-/* Parses a response head in buf[0..len). Returns its length (> 0), HTTP_INCOMPLETE,
- * HTTP_BAD or HTTP_TOO_LARGE (too many header lines); views point into buf. */
-static long http_parse_response(const char *buf, size_t len, struct http_response *res) {
-    size_t end = http_head_end(buf, len, 0);
-    if (!end)
-        return HTTP_INCOMPLETE;
-    size_t pos = 0, n;
-    const char *line = http_next_line(buf, &pos, end, &n);
-    if (n < 12 || memcmp(line, "HTTP/1.", 7) != 0 || (line[7] != '0' && line[7] != '1') ||
-        line[8] != ' ' || !http_digits(line + 9, 3, &res->status) || res->status < 100 ||
-        (n > 12 && line[12] != ' '))
-        return HTTP_BAD;
-    res->minor = line[7] - '0';
-    res->reason = n > 12 ? line + 13 : line + 12;
-    res->reason_len = n > 12 ? n - 13 : 0;
-    for (size_t i = 0; i < res->reason_len; i++) {
-        unsigned char c = (unsigned char)res->reason[i];
-        if (c != '\t' && (c < 0x20 || c == 0x7F))
-            return HTTP_BAD;
-    }
-    res->num_headers = 0;
-    for (;;) {
-        line = http_next_line(buf, &pos, end, &n);
-        if (n == 0)
-            break;
-        if (res->num_headers == SSE_MAX_HEADERS)
-            return HTTP_TOO_LARGE;
-        if (http_parse_header_line(line, n, &res->headers[res->num_headers]))
-            return HTTP_BAD;
-        res->num_headers++;
-    }
-    return pos == end ? (long)end : HTTP_BAD;
-}
-
-/* Incremental decoder of chunked transfer coding (RFC 9112 7.1). */
-enum {
-    CH_SIZE,
-    CH_EXT,
-    CH_SIZE_LF,
-    CH_DATA,
-    CH_DATA_CR,
-    CH_DATA_LF,
-    CH_TRAILER_START,
-    CH_TRAILER,
-    CH_END_LF,
-    CH_DONE
-};
-struct http_chunked {
-    uint8_t state;    /* CH_*: where in the framing the next byte is */
-    uint8_t digits;   /* hex digits of the current chunk size */
-    uint64_t left;    /* bytes of chunk data still to come */
-    uint32_t skipped; /* bytes of extensions and trailers seen, bounded */
-};
-
-/* Decodes buf[0..len) in place: the data bytes move to the front. Returns how many there
- * are, or -1 for malformed framing. The state becomes CH_DONE after the last chunk and its
- * trailers; bytes after that are ignored. */
-static long http_dechunk(struct http_chunked *d, char *buf, size_t len) {
-    size_t w = 0;
-    for (size_t i = 0; i < len && d->state != CH_DONE; i++) {
-        char c = buf[i];
-        switch (d->state) {
-        case CH_SIZE: {
-            int v = http_hex(c);
-            if (v >= 0 && d->digits < 16) {
-                d->left = d->left * 16 + (uint64_t)v;
-                d->digits++;
-                break;
-            }
-            if (d->digits == 0 || v >= 0)
-                return -1;
-            if (c == ';' || c == ' ' || c == '\t')
-                d->state = CH_EXT;
-            else if (c == '\r')
-                d->state = CH_SIZE_LF;
-            else if (c == '\n')
-                d->state = d->left ? CH_DATA : CH_TRAILER_START;
-            else
-                return -1;
-            break;
-        }
-        case CH_EXT:
-            if (++d->skipped > SSE_HEAD_MAX)
-                return -1;
-            if (c == '\r')
-                d->state = CH_SIZE_LF;
-            else if (c == '\n')
-                d->state = d->left ? CH_DATA : CH_TRAILER_START;
-            break;
-        case CH_SIZE_LF:
-            if (c != '\n')
-                return -1;
-            d->state = d->left ? CH_DATA : CH_TRAILER_START;
-            break;
-        case CH_DATA: {
-            size_t n = len - i < d->left ? len - i : (size_t)d->left;
-            memmove(buf + w, buf + i, n);
-            w += n;
-            i += n - 1;
-            d->left -= n;
-            if (d->left == 0)
-                d->state = CH_DATA_CR;
-            break;
-        }
-        case CH_DATA_CR:
-        case CH_DATA_LF:
-            if (c == '\r' && d->state == CH_DATA_CR) {
-                d->state = CH_DATA_LF;
-                break;
-            }
-            if (c != '\n')
-                return -1;
-            d->state = CH_SIZE;
-            d->digits = 0;
-            d->skipped = 0;
-            break;
-        case CH_TRAILER_START:
-            d->state = c == '\r' ? CH_END_LF : c == '\n' ? CH_DONE : CH_TRAILER;
-            break;
-        case CH_TRAILER:
-            if (++d->skipped > SSE_HEAD_MAX)
-                return -1;
-            if (c == '\n')
-                d->state = CH_TRAILER_START;
-            break;
-        case CH_END_LF:
-            if (c != '\n')
-                return -1;
-            d->state = CH_DONE;
-            break;
-        }
-    }
-    return (long)w;
 }
 
 /* ==========================================================================================
@@ -2203,21 +1926,21 @@ struct sse_server {
     size_t stream_path_len;
     char *index_page; /* built-in page, or NULL */
     size_t index_page_len;
-    char *publish_token;        /* NULL = publishing over HTTP is off */
-    char *subscribe_token;      /* NULL = open subscriptions */
-    char *cors_headers;         /* ready-made Access-Control-Allow-* lines, or "" */
-    char *root_real;            /* real path of the static root, or NULL */
-    int64_t heartbeat_ms;       /* 0 = none */
-    int64_t retry_ms;           /* 0 = no retry: line */
-    bool position_event;        /* open with the position event, not the id-only block */
-    uint32_t max_clients;       /* client connections served */
-    uint32_t max_per_ip;        /* of them from one address; 0 = no limit */
-    int64_t header_timeout_ms;  /* deadline for a request head */
-    size_t client_buffer;       /* queued bytes at which a subscriber is dropped */
-    size_t max_event_bytes;     /* largest payload */
-    struct logger log;          /* where log lines go */
-    unsigned log_depth;         /* on_log and on_request calls under way: sse_poll() answers
-                                   -EBUSY */
+    char *publish_token;       /* NULL = publishing over HTTP is off */
+    char *subscribe_token;     /* NULL = open subscriptions */
+    char *cors_headers;        /* ready-made Access-Control-Allow-* lines, or "" */
+    char *root_real;           /* real path of the static root, or NULL */
+    int64_t heartbeat_ms;      /* 0 = none */
+    int64_t retry_ms;          /* 0 = no retry: line */
+    bool position_event;       /* open with the position event, not the id-only block */
+    uint32_t max_clients;      /* client connections served */
+    uint32_t max_per_ip;       /* of them from one address; 0 = no limit */
+    int64_t header_timeout_ms; /* deadline for a request head */
+    size_t client_buffer;      /* queued bytes at which a subscriber is dropped */
+    size_t max_event_bytes;    /* largest payload */
+    struct logger log;         /* where log lines go */
+    unsigned log_depth;        /* on_log and on_request calls under way: sse_poll() answers
+                                  -EBUSY */
     int (*on_request)(struct sse_server *, const struct sse_request *,
                       void *); /* the host's routes, or NULL */
     bool busy; /* in a publish or a retire, or being freed: an on_log callback's sse_publish()
@@ -2711,45 +2434,6 @@ static void conn_flush(struct sse_server *srv, struct conn *c) {
     }
 }
 
-/* Sends the bytes of iov[0..n) at once when nothing is queued ahead of them, and queues
- * what the socket did not take. For the proxy, where each read from an upstream should
- * leave without waiting for the end of the iteration. False if the connection failed and
- * was closed. */
-static bool conn_send(struct sse_server *srv, struct conn *c, const struct iovec *iov, int n) {
-    size_t total = 0, sent = 0;
-    for (int i = 0; i < n; i++)
-        total += iov[i].iov_len;
-    if (c->qlen == 0 && c->file_fd < 0 && !conn_holding(c)) {
-        struct msghdr mh = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
-        ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            conn_close(srv, c, c->state == CONN_OUTBOUND ? R_PEER_FAILED : conn_gone(c, true));
-            return false;
-        }
-        sent = w > 0 ? (size_t)w : 0;
-    }
-    if (sent == total)
-        return true;
-    struct blob *b = blob_new(total - sent);
-    if (!b) {
-        conn_close(srv, c, R_ERROR);
-        return false;
-    }
-    size_t o = 0;
-    for (int i = 0; i < n; i++) {
-        const char *p = iov[i].iov_base;
-        size_t len = iov[i].iov_len, skip = sent < len ? sent : len;
-        sent -= skip;
-        memcpy(b->bytes + o, p + skip, len - skip);
-        o += len - skip;
-    }
-    if (!conn_enqueue_owned(srv, c, b)) {
-        conn_close(srv, c, R_ERROR);
-        return false;
-    }
-    return true;
-}
-
 /* Writes every connection with pending output. Handlers only queue; this is where bytes
  * leave, once per loop iteration, so a burst of events goes out in one system call. */
 static void conn_flush_all(struct sse_server *srv) {
@@ -2887,11 +2571,25 @@ static const char *http_reason(int status) {
     }
 }
 
-/* Queues a whole response: status line, Date, Content-Type (when ctype), Content-Length
- * (except for 204 and 304), Connection when it differs from the version's default, the CORS
- * lines, extra (ready-made header lines), then the body unless head_only. */
-static void http_respond(struct sse_server *srv, struct conn *c, int status, const char *ctype,
-                         const char *extra, const char *body, size_t body_len, bool head_only) {
+/* A response's body: its Content-Type, its bytes, and whether only its length is told (a
+ * HEAD request, or a file sendfile() sends after the head). */
+struct http_body {
+    const char *type;  /* Content-Type, or NULL */
+    const char *bytes; /* len bytes, or NULL when they follow in a file */
+    size_t len;        /* Content-Length */
+    bool head_only;    /* queue the head alone */
+};
+
+/* Queues a whole response: status line, Date, Content-Type (with a body that has one),
+ * Content-Length (except for 204 and 304), Connection when it differs from the version's
+ * default, the CORS lines, extra (ready-made header lines), then the body's bytes unless
+ * head_only. body NULL: none. */
+static void http_respond(struct sse_server *srv, struct conn *c, int status, const char *extra,
+                         const struct http_body *body) {
+    static const struct http_body none = {NULL, NULL, 0, false};
+    const char *ctype = (body ? body : &none)->type;
+    size_t body_len = (body ? body : &none)->len;
+    bool head_only = (body ? body : &none)->head_only;
     char head[SSE_HEAD_MAX + 1024];
     struct wbuf w = {head, sizeof head, 0};
     if (c->flags & CF_BODY_UNREAD)
@@ -2929,7 +2627,7 @@ static void http_respond(struct sse_server *srv, struct conn *c, int status, con
     }
     memcpy(b->bytes, head, w.len);
     if (blen)
-        memcpy(b->bytes + w.len, body, blen);
+        memcpy(b->bytes + w.len, body->bytes, blen);
     if (!conn_enqueue_owned(srv, c, b)) {
         conn_close(srv, c, R_ERROR);
         return;
@@ -2944,8 +2642,9 @@ static void http_text(struct sse_server *srv, struct conn *c, int status, const 
                       const char *extra) {
     char body[256];
     int n = snprintf(body, sizeof body, "%s\n", msg);
-    http_respond(srv, c, status, "text/plain; charset=utf-8", extra, body, n < 0 ? 0 : (size_t)n,
-                 false);
+    http_respond(
+        srv, c, status, extra,
+        &(struct http_body){"text/plain; charset=utf-8", body, n < 0 ? 0 : (size_t)n, false});
 }
 
 /* Answers a request that is wrong in itself and closes after: its framing can't be trusted. */
@@ -2962,7 +2661,7 @@ static void http_json(struct sse_server *srv, struct conn *c, struct wbuf *w) {
         conn_close(srv, c, R_ERROR);
         return;
     }
-    http_respond(srv, c, 200, "application/json", NULL, w->p, w->len, false);
+    http_respond(srv, c, 200, NULL, &(struct http_body){"application/json", w->p, w->len, false});
 }
 
 /* ---- the stream ------------------------------------------------------------------------ */
@@ -3290,7 +2989,7 @@ static bool http_token_ok(const struct http_request *req, const struct http_quer
 static void stream_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
                           const struct http_query *q, const char *rest, size_t rest_len) {
     if (ascii_ieq(req->method, req->method_len, "OPTIONS")) {
-        http_respond(srv, c, 204, NULL, "Allow: GET, OPTIONS\r\n", NULL, 0, false);
+        http_respond(srv, c, 204, "Allow: GET, OPTIONS\r\n", NULL);
         return;
     }
     if (!bytes_eq(req->method, req->method_len, "GET")) {
@@ -3323,7 +3022,7 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
         all_retired = t && t->retired;
     }
     if (all_retired) {
-        http_respond(srv, c, 204, NULL, NULL, NULL, 0, false);
+        http_respond(srv, c, 204, NULL, NULL);
         return;
     }
     if (c->flags & CF_OVER_LIMIT) {
@@ -3649,14 +3348,14 @@ static void publish_handle(struct sse_server *srv, struct conn *c, const struct 
     bool post = bytes_eq(req->method, req->method_len, "POST");
     bool del = bytes_eq(req->method, req->method_len, "DELETE");
     if (bytes_eq(req->method, req->method_len, "OPTIONS")) {
-        http_respond(srv, c, 204, NULL,
+        http_respond(srv, c, 204,
                      *srv->cors_headers ? "Allow: POST, DELETE, OPTIONS\r\n"
                                           "Access-Control-Allow-Methods: POST, DELETE, OPTIONS\r\n"
                                           "Access-Control-Allow-Headers: Authorization, "
                                           "Content-Type, Last-Event-ID\r\n"
                                           "Access-Control-Max-Age: 600\r\n"
                                         : allow,
-                     NULL, 0, false);
+                     NULL);
         return;
     }
     if (!post && !del) {
@@ -3823,8 +3522,9 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         conn_close(srv, c, R_ERROR);
         return;
     }
-    http_respond(srv, c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, out, w.len,
-                 head_only);
+    http_respond(
+        srv, c, 200, NULL,
+        &(struct http_body){"text/plain; version=0.0.4; charset=utf-8", out, w.len, head_only});
 }
 
 /* Answers 304 or queues the file's head and hands the descriptor to the writer. Takes fd. */
@@ -3838,11 +3538,12 @@ static void static_send(struct sse_server *srv, struct conn *c, const struct htt
     time_t since;
     if (ims && http_parse_date(ims->value, ims->value_len, &since) && st->st_mtime <= since) {
         close(fd);
-        http_respond(srv, c, 304, NULL, extra, NULL, 0, false);
+        http_respond(srv, c, 304, extra, NULL);
         return;
     }
     /* The head claims st_size bytes; the writer sends exactly that many or closes. */
-    http_respond(srv, c, 200, static_content_type(name), extra, NULL, (size_t)st->st_size, true);
+    http_respond(srv, c, 200, extra,
+                 &(struct http_body){static_content_type(name), NULL, (size_t)st->st_size, true});
     if (c->state != CONN_RESPOND || head_only || st->st_size == 0) {
         close(fd);
         return;
@@ -3940,16 +3641,326 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
 
 enum body_framing { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
 
+/* ---- what the proxy reads and writes: paths, response heads, chunked bodies, where events
+ * end in a stream passing through, repaired UTF-8 (section 2 and 4's rules applied) ------ */
+
+/* Writes the canonical form of the raw (still percent-encoded) path in[0..len) into out
+ * (room for cap bytes): escapes of unreserved characters decoded ("%2e" is '.', RFC 3986
+ * 6.2.2.2), the others in upper case (6.2.2.1), so a dot segment cannot hide in an escape.
+ * Returns its length, or -1 for what a proxy must not pass on because some server behind it
+ * would read it as another path: a malformed escape or %00; a slash or backslash hidden as
+ * %2F or %5C (many servers decode before splitting); a raw backslash (a separator on
+ * Windows and to some frameworks); a double-encoded dot, slash or backslash ("%252e", for
+ * servers that decode twice, and "%2500" likewise); or an output that does not fit. */
+static long http_path_canon(const char *in, size_t len, char *out, size_t cap) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (c == '\\' || o >= cap)
+            return -1;
+        if (c != '%') {
+            out[o++] = (char)c;
+            continue;
+        }
+        int hi = i + 2 < len ? http_hex(in[i + 1]) : -1, lo = hi >= 0 ? http_hex(in[i + 2]) : -1;
+        if (lo < 0 || (hi == 0 && lo == 0))
+            return -1;
+        unsigned char d = (unsigned char)(hi * 16 + lo);
+        i += 2;
+        if (d == '/' || d == '\\')
+            return -1;
+        if (http_is_unreserved(d)) {
+            out[o++] = (char)d;
+            continue;
+        }
+        if (o + 3 > cap)
+            return -1;
+        out[o++] = '%';
+        out[o++] = hex[hi];
+        out[o++] = hex[lo];
+    }
+    for (size_t i = 0; i + 4 < o; i++) { /* "%25" then an escape of '.', '/' or '\' */
+        if (memcmp(out + i, "%25", 3) != 0)
+            continue;
+        int hi = http_hex(out[i + 3]), lo = http_hex(out[i + 4]);
+        if (hi >= 0 && lo >= 0 && strchr("./\\", hi * 16 + lo))
+            return -1;
+    }
+    return (long)o;
+}
+
+/* Removes the dot segments of the path p[0..len) in place (RFC 3986 5.2.4): "/a/./b/../c"
+ * becomes "/a/c", "/a/.." becomes "/". Returns the new length, or -1 if p does not start
+ * with '/' or a ".." would climb above the root ("/../x"), which RFC 3986 silently drops
+ * but which only an attack sends. */
+static long http_path_remove_dots(char *p, size_t len) {
+    if (len == 0 || p[0] != '/')
+        return -1;
+    size_t o = 0, i = 1;
+    for (;;) {
+        size_t s = i;
+        while (i < len && p[i] != '/')
+            i++;
+        size_t n = i - s;
+        bool last = i >= len;
+        if (n == 2 && p[s] == '.' && p[s + 1] == '.') {
+            if (o == 0)
+                return -1;
+            while (o > 0 && p[--o] != '/') /* drop the last segment and its '/' */
+                ;
+        } else if (!(n == 1 && p[s] == '.')) {
+            p[o++] = '/';
+            memmove(p + o, p + s, n);
+            o += n;
+            if (last)
+                break;
+            i++;
+            continue;
+        }
+        if (last) {
+            p[o++] = '/'; /* "/a/b/.." is the directory "/a/" */
+            break;
+        }
+        i++;
+    }
+    return (long)o;
+}
+
+/* A response head from an upstream (RFC 9112 4): "HTTP/1.x NNN reason" and header lines. */
+struct http_response {
+    int minor;          /* HTTP/1.<minor> */
+    int status;         /* 100 to 999 */
+    const char *reason; /* reason phrase (may be empty) */
+    size_t reason_len;
+    size_t num_headers; /* used entries of headers */
+    struct http_header headers[SSE_MAX_HEADERS];
+};
+
+/* Parses a response head in buf[0..len). Returns its length (> 0), HTTP_INCOMPLETE,
+ * HTTP_BAD or HTTP_TOO_LARGE (too many header lines); views point into buf. */
+static long http_parse_response(const char *buf, size_t len, struct http_response *res) {
+    size_t end = http_head_end(buf, len, 0);
+    if (!end)
+        return HTTP_INCOMPLETE;
+    size_t pos = 0, n;
+    const char *line = http_next_line(buf, &pos, end, &n);
+    if (n < 12 || memcmp(line, "HTTP/1.", 7) != 0 || (line[7] != '0' && line[7] != '1') ||
+        line[8] != ' ' || !http_digits(line + 9, 3, &res->status) || res->status < 100 ||
+        (n > 12 && line[12] != ' '))
+        return HTTP_BAD;
+    res->minor = line[7] - '0';
+    res->reason = n > 12 ? line + 13 : line + 12;
+    res->reason_len = n > 12 ? n - 13 : 0;
+    for (size_t i = 0; i < res->reason_len; i++) {
+        unsigned char c = (unsigned char)res->reason[i];
+        if (c != '\t' && (c < 0x20 || c == 0x7F))
+            return HTTP_BAD;
+    }
+    res->num_headers = 0;
+    for (;;) {
+        line = http_next_line(buf, &pos, end, &n);
+        if (n == 0)
+            break;
+        if (res->num_headers == SSE_MAX_HEADERS)
+            return HTTP_TOO_LARGE;
+        if (http_parse_header_line(line, n, &res->headers[res->num_headers]))
+            return HTTP_BAD;
+        res->num_headers++;
+    }
+    return pos == end ? (long)end : HTTP_BAD;
+}
+
+/* Incremental decoder of chunked transfer coding (RFC 9112 7.1). */
+enum {
+    CH_SIZE,
+    CH_EXT,
+    CH_SIZE_LF,
+    CH_DATA,
+    CH_DATA_CR,
+    CH_DATA_LF,
+    CH_TRAILER_START,
+    CH_TRAILER,
+    CH_END_LF,
+    CH_DONE
+};
+struct http_chunked {
+    uint8_t state;    /* CH_*: where in the framing the next byte is */
+    uint8_t digits;   /* hex digits of the current chunk size */
+    uint64_t left;    /* bytes of chunk data still to come */
+    uint32_t skipped; /* bytes of extensions and trailers seen, bounded */
+};
+
+/* One byte of a chunk's size line, or of what follows its size (extensions, the line
+ * end). False for malformed framing. */
+static bool http_chunk_size_byte(struct http_chunked *d, char c) {
+    int v = http_hex(c);
+    if (d->state == CH_SIZE && v >= 0 && d->digits < 16) {
+        d->left = d->left * 16 + (uint64_t)v;
+        d->digits++;
+        return true;
+    }
+    if (d->state == CH_SIZE && (d->digits == 0 || v >= 0))
+        return false;
+    if (d->state == CH_SIZE_LF && c != '\n')
+        return false;
+    if (d->state == CH_EXT && ++d->skipped > SSE_HEAD_MAX)
+        return false;
+    if (d->state == CH_SIZE && (c == ';' || c == ' ' || c == '\t'))
+        d->state = CH_EXT;
+    else if (c == '\r' && d->state != CH_SIZE_LF)
+        d->state = CH_SIZE_LF;
+    else if (c == '\n')
+        d->state = d->left ? CH_DATA : CH_TRAILER_START;
+    else if (d->state == CH_SIZE)
+        return false;
+    return true;
+}
+
+/* One byte after a chunk's data, or of the trailers. False for malformed framing. */
+static bool http_chunk_end_byte(struct http_chunked *d, char c) {
+    switch (d->state) {
+    case CH_DATA_CR:
+    case CH_DATA_LF:
+        if (c == '\r' && d->state == CH_DATA_CR) {
+            d->state = CH_DATA_LF;
+            return true;
+        }
+        d->state = CH_SIZE;
+        d->digits = 0;
+        d->skipped = 0;
+        return c == '\n';
+    case CH_TRAILER_START:
+        d->state = c == '\r' ? CH_END_LF : c == '\n' ? CH_DONE : CH_TRAILER;
+        return true;
+    case CH_TRAILER:
+        if (c == '\n')
+            d->state = CH_TRAILER_START;
+        return ++d->skipped <= SSE_HEAD_MAX;
+    default: /* CH_END_LF */ d->state = CH_DONE; return c == '\n';
+    }
+}
+
+/* Decodes buf[0..len) in place: the data bytes move to the front. Returns how many there
+ * are, or -1 for malformed framing. The state becomes CH_DONE after the last chunk and its
+ * trailers; bytes after that are ignored. */
+static long http_dechunk(struct http_chunked *d, char *buf, size_t len) {
+    size_t w = 0;
+    for (size_t i = 0; i < len && d->state != CH_DONE; i++) {
+        if (d->state == CH_DATA) {
+            size_t n = len - i < d->left ? len - i : (size_t)d->left;
+            memmove(buf + w, buf + i, n);
+            w += n;
+            i += n - 1;
+            d->left -= n;
+            if (d->left == 0)
+                d->state = CH_DATA_CR;
+        } else if (d->state <= CH_SIZE_LF ? !http_chunk_size_byte(d, buf[i])
+                                          : !http_chunk_end_byte(d, buf[i])) {
+            return -1;
+        }
+    }
+    return (long)w;
+}
+
+/*
+ * Where events end in a stream passing through (the proxy's heartbeat may only go in
+ * between two events): after a blank line, or at the very start. A blank line ended by a
+ * lone CR counts too: should a LF follow after all, the client sees one more empty line,
+ * which dispatches nothing since no data is buffered (WHATWG 9.2.6).
+ */
+enum { WB_EVENT_END, WB_LINE_START, WB_MID_LINE };
+struct wire_boundary {
+    uint8_t state; /* WB_*: where the bytes seen so far end */
+    bool after_cr; /* the last byte was CR */
+};
+
+static void wire_boundary_scan(struct wire_boundary *b, const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '\n' && b->after_cr) {
+            b->after_cr = false;
+        } else if (c == '\r' || c == '\n') {
+            b->state = b->state == WB_MID_LINE ? WB_LINE_START : WB_EVENT_END;
+            b->after_cr = c == '\r';
+        } else {
+            b->state = WB_MID_LINE;
+            b->after_cr = false;
+        }
+    }
+}
+
+static bool wire_at_event_end(const struct wire_boundary *b) {
+    return b->state == WB_EVENT_END;
+}
+
+/* Copies s[0..len) as valid UTF-8, each maximal subpart of an ill-formed sequence becoming
+ * one U+FFFD, exactly as the WHATWG decoder does (used for relayed events). */
+static void wire_utf8_repair(struct wbuf *w, const char *s, size_t len) {
+    size_t start = 0, i = 0;
+    while (i < len) {
+        unsigned char c = (unsigned char)s[i];
+        size_t n = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+        if (i + n <= len && wire_utf8_valid(s + i, n)) {
+            i += n;
+            continue;
+        }
+        wb_put(w, s + start, i - start);
+        wb_put(w, "\xEF\xBF\xBD", 3);
+        i += wire_utf8_subpart((const unsigned char *)s + i, len - i);
+        start = i;
+    }
+    wb_put(w, s + start, len - start);
+}
+
+/* Sends the bytes of iov[0..n) at once when nothing is queued ahead of them, and queues
+ * what the socket did not take. For the proxy, where each read from an upstream should
+ * leave without waiting for the end of the iteration. False if the connection failed and
+ * was closed. */
+static bool conn_send(struct sse_server *srv, struct conn *c, const struct iovec *iov, int n) {
+    size_t total = 0, sent = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    if (c->qlen == 0 && c->file_fd < 0 && !conn_holding(c)) {
+        struct msghdr mh = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            conn_close(srv, c, c->state == CONN_OUTBOUND ? R_PEER_FAILED : conn_gone(c, true));
+            return false;
+        }
+        sent = w > 0 ? (size_t)w : 0;
+    }
+    if (sent == total)
+        return true;
+    struct blob *b = blob_new(total - sent);
+    if (!b) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        const char *p = iov[i].iov_base;
+        size_t len = iov[i].iov_len, skip = sent < len ? sent : len;
+        sent -= skip;
+        memcpy(b->bytes + o, p + skip, len - skip);
+        o += len - skip;
+    }
+    if (!conn_enqueue_owned(srv, c, b)) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    return true;
+}
 
 struct proxy_route {
-    char *prefix;       /* matched against the path as sent; no final '/' ("" for "/") */
-    size_t prefix_len;  /* bytes in prefix */
-    struct remote up; /* where matching requests go */
+    char *prefix;      /* matched against the path as sent; no final '/' ("" for "/") */
+    size_t prefix_len; /* bytes in prefix */
+    struct remote up;  /* where matching requests go */
 };
 
 struct relay {
     char topic[TOPIC_NAME_MAX + 1]; /* local topic the events are published on */
-    struct remote up;             /* the upstream stream */
+    struct remote up;               /* the upstream stream */
     struct wire_reader reader;      /* WHATWG parser; keeps the upstream's last event id */
     struct sse_server *srv;         /* for publishing from the reader's callback */
     struct proxy *px;               /* the connection in progress, or NULL between attempts */
@@ -3967,7 +3978,7 @@ struct relay {
 /* One proxied exchange or one relay connection; shared by both connections involved. */
 struct proxy {
     struct conn_part base;         /* the connection seam: first, so a conn's part is this */
-    const struct remote *target; /* the upstream */
+    const struct remote *target;   /* the upstream */
     struct relay *relay;           /* the relay this feeds, or NULL for a proxied request */
     struct conn *client;           /* the client; NULL for a relay or once it has gone */
     struct conn *up;               /* the upstream connection; NULL once closed */
@@ -4981,8 +4992,7 @@ static bool proxy_route(struct sse_server *srv, struct conn *c, const struct htt
 static size_t proxy_metrics(const struct sse_server *srv, struct metrics_row *rows) {
     const struct proxy_hub *hub = proxy_hub(srv);
     const struct metrics_row mine[] = {
-        {"sse_upstream_connections", "gauge", "Connections to upstreams open now.",
-         srv->noutbound},
+        {"sse_upstream_connections", "gauge", "Connections to upstreams open now.", srv->noutbound},
         {"sse_relays_connected", "gauge", "Relays receiving their upstream stream now.",
          proxy_relays_up(srv)},
         {"sse_proxied_requests_total", "counter", "Requests passed to an upstream.",
@@ -4995,7 +5005,6 @@ static size_t proxy_metrics(const struct sse_server *srv, struct metrics_row *ro
     memcpy(rows, mine, sizeof mine);
     return sizeof mine / sizeof mine[0];
 }
-
 
 /* ---- the proxy as a part: its connections, routes, /metrics rows and relays ------------ */
 
@@ -5141,7 +5150,8 @@ static int proxy_routes_init(struct proxy_hub *hub, const struct sse_config *cfg
         r->prefix_len = n;
         const char *why = remote_resolve(&r->up, in->upstream ? in->upstream : "");
         if (why) {
-            proxy_error(err, errlen, "proxy upstream '%s' %s", in->upstream ? in->upstream : "", why);
+            proxy_error(err, errlen, "proxy upstream '%s' %s", in->upstream ? in->upstream : "",
+                        why);
             return -1;
         }
         size_t pl = strlen(r->up.path);
@@ -5190,7 +5200,6 @@ static int proxy_relays_init(struct sse_server *srv, struct proxy_hub *hub,
     }
     return 0;
 }
-
 
 /* Plugs the proxy in: its state, its timers' durations, its routes and relays. 0, or -1
  * with err set. */
@@ -6653,7 +6662,7 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
     bool head = bytes_eq(req->method, req->method_len, "HEAD");
     if (!head && !bytes_eq(req->method, req->method_len, "GET")) {
         if (bytes_eq(req->method, req->method_len, "OPTIONS"))
-            http_respond(srv, c, 204, NULL, read_only, NULL, 0, false);
+            http_respond(srv, c, 204, read_only, NULL);
         else
             http_text(srv, c, 405, "method not allowed", read_only);
         return;
@@ -6663,12 +6672,14 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
     else if (bytes_eq(path, plen, "/healthz") && (unhealthy = http_unhealthy(srv)))
         http_text(srv, c, 503, unhealthy, NULL);
     else if (bytes_eq(path, plen, "/healthz"))
-        http_respond(srv, c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, head);
+        http_respond(srv, c, 200, NULL,
+                     &(struct http_body){"text/plain; charset=utf-8", "ok\n", 3, head});
     else if (srv->root_fd >= 0)
         static_handle(srv, c, req, path, plen, head);
     else if (srv->index_page && (bytes_eq(path, plen, "/") || bytes_eq(path, plen, "/index.html")))
-        http_respond(srv, c, 200, "text/html; charset=utf-8", NULL, srv->index_page,
-                     srv->index_page_len, head);
+        http_respond(srv, c, 200, NULL,
+                     &(struct http_body){"text/html; charset=utf-8", srv->index_page,
+                                         srv->index_page_len, head});
     else
         http_text(srv, c, 404, "not found", NULL);
 }
@@ -6680,8 +6691,7 @@ static void http_handle(struct sse_server *srv, struct conn *c, const struct htt
         return;
     if (bytes_eq(req->method, req->method_len, "OPTIONS") && req->target_len == 1 &&
         req->target[0] == '*') {
-        http_respond(srv, c, 204, NULL, "Allow: GET, HEAD, POST, DELETE, OPTIONS\r\n", NULL, 0,
-                     false);
+        http_respond(srv, c, 204, "Allow: GET, HEAD, POST, DELETE, OPTIONS\r\n", NULL);
         return;
     }
     const char *target;
@@ -8278,7 +8288,6 @@ static const char *api_root(struct sse_server *srv, const char *root) {
     return srv->root_real ? NULL : strerror(errno);
 }
 
-
 /* Makes the server a node of a Redis hub: resolves the address, connects both links (their
  * first commands queue; replies arrive in the loop). */
 static const char *api_redis(struct sse_server *srv, const struct sse_config *cfg) {
@@ -8516,7 +8525,7 @@ int sse_respond(const struct sse_request *req, int status, const char *content_t
     if (len > impl->srv->max_event_bytes)
         return -EMSGSIZE;
     bool head = bytes_eq(impl->req->method, impl->req->method_len, "HEAD");
-    http_respond(impl->srv, impl->conn, status, ct, NULL, body, len, head);
+    http_respond(impl->srv, impl->conn, status, NULL, &(struct http_body){ct, body, len, head});
     impl->answered = true;
     return 0;
 }
