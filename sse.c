@@ -2120,12 +2120,32 @@ enum history_answer {
     HISTORY_LATER    /* the history answers later, through stream_answer_later() */
 };
 
+struct receipt;
+
+/* An event on its way in (checked by publish_check) and who waits for its outcome. */
+struct publish_in {
+    const char *topic, *event, *data;
+    size_t len;
+    struct conn *c;                /* an HTTP publisher answered once the id is known, or NULL */
+    const struct receipt *receipt; /* or a publisher told later whether it was stored, or NULL */
+};
+
+/* A receipt (a seam): a publisher that must know whether an event its history stores
+ * elsewhere was stored (the relay moves its resume position only past stored events). The
+ * history calls done exactly once for every append that returned 0 with *id 0 (unless the
+ * server is freed first). */
+struct receipt {
+    void (*done)(struct sse_server *srv, void *who, const char *mark, bool stored);
+    void *who;        /* the publisher */
+    const char *mark; /* its position after this event; the history keeps a copy */
+};
+
 struct history_ops {
     /* Publishes a checked event that has no id yet. Returns the subscribers it was queued
-     * to with *id set, or 0 with *id 0 when the history says the id later (c, if not NULL,
-     * is answered then), or a negative errno. NULL: the next id, delivered at once. */
-    int (*append)(struct sse_server *srv, struct conn *c, const char *topic, const char *event,
-                  const char *data, size_t len, uint64_t *id);
+     * to with *id set, or 0 with *id 0 when the history says the id later (in->c, if not
+     * NULL, is answered then; in->receipt, if not NULL, is told then), or a negative errno:
+     * -EAGAIN when it cannot take the event now. NULL: the next id, delivered at once. */
+    int (*append)(struct sse_server *srv, const struct publish_in *in, uint64_t *id);
     /* Stores an event that has its id, before the backlog keeps it; negative: not stored,
      * nobody hears of it. NULL: nothing to store. */
     int (*store)(struct sse_server *srv, const struct blob *ev);
@@ -3304,25 +3324,25 @@ static int publish_local(struct sse_server *srv, const char *topic, const char *
 }
 
 /* Hands a checked event to the history (history_ops.append): by default the server
- * assigns the next id and delivers at once; a history that assigns ids elsewhere (Redis)
- * sets *id to 0, and the event arrives back with its id. */
-static int publish_append(struct sse_server *srv, struct conn *c, const char *topic,
-                          const char *event, const char *data, size_t len, uint64_t *id) {
+ * assigns the next id and delivers at once; a history that assigns ids elsewhere sets *id
+ * to 0, and the event arrives back with its id. */
+static int publish_append(struct sse_server *srv, const struct publish_in *in, uint64_t *id) {
     if (srv->history->append)
-        return srv->history->append(srv, c, topic, event, data, len, id);
-    int r = publish_local(srv, topic, event, data, len);
+        return srv->history->append(srv, in, id);
+    int r = publish_local(srv, in->topic, in->event, in->data, in->len);
     *id = r >= 0 ? srv->last_id : 0;
     return r;
 }
 
-/* The one publishing path for everything but HTTP (inputs, relays, sse_publish). */
-static int publish_event(struct sse_server *srv, const char *topic, const char *event,
-                         const char *data, size_t len, uint64_t *id_out) {
-    int r = publish_check(srv, &topic, event, data, len);
+/* The one publishing path for everything but HTTP (inputs, relays, sse_publish): checks the
+ * event (in->topic NULL: the default topic), then appends it. */
+static int publish_event(struct sse_server *srv, const struct publish_in *in, uint64_t *id_out) {
+    struct publish_in ev = *in;
+    int r = publish_check(srv, &ev.topic, ev.event, ev.data, ev.len);
     if (r < 0)
         return r;
     uint64_t id = 0;
-    r = publish_append(srv, NULL, topic, event, data, len, &id);
+    r = publish_append(srv, &ev, &id);
     if (id_out)
         *id_out = id;
     return r;
@@ -3414,7 +3434,7 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
     int r = publish_check(srv, &topic, event, b->data, b->have);
     uint64_t id = 0;
     if (r == 0)
-        r = publish_append(srv, c, topic, event, b->data, b->have, &id);
+        r = publish_append(srv, &(struct publish_in){topic, event, b->data, b->have, c, NULL}, &id);
     if (r >= 0 && id == 0) { /* the history answers when it has the id */
         c->state = CONN_WAIT;
         timer_set(srv, c, TIMER_SEND);
@@ -3844,11 +3864,13 @@ struct relay {
     unsigned failures;              /* attempts in a row that delivered no event (no stream,
                                        or a stream that ended empty), for back-off */
     bool delivered;                 /* the current connection delivered an event */
-    char taken[SSE_ID_MAX + 1];     /* with Redis: the upstream id up to which Redis took
-                                       every event; the next connection resumes there */
-    uint32_t pending;               /* with Redis: its XADDs not answered yet */
-    bool halted;                    /* with Redis: Redis could not take an event; the rest
-                                       of this connection is ignored, fetched again later */
+    char taken[SSE_ID_MAX + 1];     /* the upstream id up to which every event was stored;
+                                       the next connection resumes there */
+    uint32_t pending;               /* events whose receipt has not come back yet */
+    bool halted;                    /* an event could not be stored; the rest of this
+                                       connection is ignored, fetched again later */
+    bool refused;                   /* a receipt said not stored: the receipts after it no
+                                       longer move taken (events before it still do) */
 };
 
 /* One proxied exchange or one relay connection; shared by both connections involved. */
@@ -3890,9 +3912,6 @@ static bool proxy_connecting(const struct conn *c) {
 static void relay_schedule(struct sse_server *srv, struct relay *r);
 static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
                        size_t len, const char *skipped);
-static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
-                               const char *data, size_t len);
-static bool redis_relay_may_connect(const struct sse_server *srv, const struct relay *relay);
 
 /* Ends an exchange: the client (if still there) goes on alone, the upstream is closed, a
  * relay is scheduled to reconnect. */
@@ -4027,7 +4046,7 @@ static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *dat
             proxy_release(srv, px, R_UPSTREAM);
             return false;
         }
-        if (r->srv->redis && !r->pending) /* Redis answered for all: it took everything */
+        if (!r->pending && !r->halted) /* every event so far was stored */
             memcpy(r->taken, r->reader.last_id, sizeof r->taken);
         return true;
     }
@@ -4697,6 +4716,22 @@ static bool proxy_dispatch(struct sse_server *srv, struct conn *c, const struct 
     return true;
 }
 
+/* A receipt's answer (a history that stores events elsewhere): stored, the relay resumes
+ * after mark; not stored, it fetches the event again from the last stored one, so the events
+ * after it, sent already, no longer move that position, and the connection ends. */
+static void relay_stored(struct sse_server *srv, void *who, const char *mark, bool stored) {
+    struct relay *r = who;
+    r->pending--;
+    if (stored && !r->refused) {
+        size_t n = strlen(mark);
+        memcpy(r->taken, mark, n < sizeof r->taken ? n + 1 : 0); /* it always fits */
+    } else if (!stored) {
+        r->halted = r->refused = true;
+        if (r->px)
+            proxy_release(srv, r->px, R_UPSTREAM);
+    }
+}
+
 /* Every event the relay's parser dispatches is published on the relay's topic. Bytes that
  * are not UTF-8 become U+FFFD, as in a browser. */
 static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
@@ -4725,8 +4760,12 @@ static void relay_emit(void *ctx, const char *topic, const char *event, const ch
         data = repaired;
         len = w.len <= w.cap ? w.len : 0;
     }
-    int rc = srv->redis ? redis_relay_publish(srv, r, event, data, len)
-                        : publish_event(srv, r->topic, event, data, len, NULL);
+    struct receipt receipt = {relay_stored, r, r->reader.last_id};
+    uint64_t id = 0;
+    int rc =
+        publish_event(srv, &(struct publish_in){r->topic, event, data, len, NULL, &receipt}, &id);
+    if (rc >= 0 && id == 0)
+        r->pending++; /* relay_stored() is told whether it was stored */
     if (rc >= 0)
         srv->m.relayed_total++;
     else if (rc == -EAGAIN)
@@ -4780,14 +4819,12 @@ static void relay_schedule(struct sse_server *srv, struct relay *r) {
  * text/event-stream, Last-Event-ID when an id is known. The parser starts a new stream. */
 static void relay_connect(struct sse_server *srv, struct relay *r) {
     struct wire_reader *rd = &r->reader;
-    if (srv->redis && !redis_relay_may_connect(srv, r)) {
-        r->next_attempt = srv->now + 100; /* Redis cannot take events yet: look again soon */
+    if (r->pending || (srv->pace.can_take && !srv->pace.can_take(srv))) {
+        r->next_attempt = srv->now + 100; /* receipts due, or the store cannot take: soon */
         return;
     }
-    if (srv->redis) {
-        r->halted = false;
-        memcpy(rd->last_id, r->taken, sizeof rd->last_id);
-    }
+    r->halted = r->refused = false;
+    memcpy(rd->last_id, r->taken, sizeof rd->last_id); /* after the last event stored */
     rd->line_len = rd->data_len = 0;
     rd->line_too_long = rd->after_cr = rd->has_data = false;
     rd->block_error = NULL;
@@ -5036,8 +5073,9 @@ struct redis_wait {
     char topic[TOPIC_NAME_MAX + 1]; /* the XADD's topic, for the answer */
     uint64_t after;                 /* a replay's position: entries after this id */
     bool http;                      /* an XADD for POST /publish (c NULL: the client left) */
-    struct relay *relay;            /* the relay whose event an XADD carries, or NULL */
-    char *up_id;                    /* that event's upstream id (owned), with relay */
+    struct receipt receipt;         /* an XADD's publisher told the outcome (receipt.done),
+                                       or done NULL; receipt.mark is mark */
+    char *mark;                     /* the receipt's mark (owned), or NULL */
     size_t end;                     /* where the command ends in all the link ever queued
                                        (out_pos counts): sent whole once written passes it */
     size_t len;                     /* the command's bytes */
@@ -5316,8 +5354,8 @@ static bool redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct
             publish_answer(srv, rw->c, -EIO, 0, rw->topic);
         return false;
     }
-    if (rw->relay) {
-        rw->relay->pending--;
+    if (rw->receipt.done) {
+        rw->receipt.done(srv, rw->receipt.who, rw->mark, false);
         return false;
     }
     if (redis_keep(r, l->out + (rw->end - rw->len - l->out_pos), rw->len))
@@ -5328,8 +5366,9 @@ static bool redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct
 }
 
 /* A link failed: everyone waiting on it hears so, and it is retried after a back-off that
- * doubles from 100 ms up to REDIS_BACKOFF_MAX. Losing the command link also stops the
- * relays: they reconnect, from the last id Redis took, once it can take events again. */
+ * doubles from 100 ms up to REDIS_BACKOFF_MAX. A publisher with a receipt hears its XADD
+ * was not stored (a relay reconnects, from the last id stored, once Redis can take events
+ * again). */
 static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why) {
     struct redis_hub *r = srv->redis;
     if (l->h.fd >= 0) {
@@ -5351,7 +5390,7 @@ static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const 
             conn_close(srv, rw->c, R_UPSTREAM); /* it comes back with its last id */
         else if (rw->kind == RW_XADD)
             kept += redis_xadd_lost(srv, l, rw);
-        free(rw->up_id);
+        free(rw->mark);
     }
     if (nlater && kept) {
         redis_rotate(r->kept, r->kept_len, later);
@@ -5359,9 +5398,6 @@ static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const 
                      nlater * sizeof *r->kept_lens);
     }
     l->out_len = l->out_off = l->out_pos = 0;
-    for (size_t i = 0; l == &r->cmd && i < srv->nrelays; i++)
-        if (srv->relays[i].px)
-            proxy_release(srv, srv->relays[i].px, R_UPSTREAM);
     unsigned shift = l->failures < 6 ? l->failures : 6;
     int64_t backoff = (int64_t)100 << shift;
     l->next_attempt = srv->now + (backoff < REDIS_BACKOFF_MAX ? backoff : REDIS_BACKOFF_MAX);
@@ -5676,28 +5712,6 @@ static void redis_ahead_last(struct sse_server *srv, const struct redis_wait *rw
     r->ahead[r->nahead++] = (struct redis_ahead){rw->c, rw->after};
 }
 
-/* Redis answered a relay's XADD. Stored: Redis has every event of the relay up to this one.
- * Refused: the relay fetches it again from the last id Redis took, so the XADDs after it,
- * sent already, must no longer move that id on. */
-static void redis_relay_answered(struct sse_server *srv, const struct redis_wait *rw, bool stored) {
-    struct relay *relay = rw->relay;
-    struct redis_link *l = &srv->redis->cmd;
-    relay->pending--;
-    if (stored && rw->up_id) {
-        memcpy(relay->taken, rw->up_id, strlen(rw->up_id) + 1);
-        return;
-    }
-    for (uint32_t i = 0; !stored && i < l->wlen; i++) {
-        struct redis_wait *later = &l->waits[(l->whead + i) % l->wcap];
-        if (later->relay == relay) {
-            free(later->up_id);
-            later->up_id = NULL;
-        }
-    }
-    if (!stored && relay->px)
-        proxy_release(srv, relay->px, R_UPSTREAM);
-}
-
 /* The reply to the command at the head of a link's queue. False: the link is unusable. */
 static bool redis_reply(struct sse_server *srv, struct redis_link *l, const struct redis_wait *rw,
                         const struct resp_value *vals, size_t n) {
@@ -5738,8 +5752,8 @@ static bool redis_reply(struct sse_server *srv, struct redis_link *l, const stru
         log_say(&srv->log, SSE_LOG_WARN, "redis %s: XADD failed: %.*s", r->where,
                 (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str ? vals[0].str : "");
     }
-    if (rw->relay)
-        redis_relay_answered(srv, rw, stored);
+    if (rw->receipt.done)
+        rw->receipt.done(srv, rw->receipt.who, rw->mark, stored);
     if (rw->c)
         publish_answer(srv, rw->c, stored ? redis_local_subscribers(srv, rw->topic) : -EIO, key,
                        rw->topic);
@@ -5798,7 +5812,7 @@ static void redis_read(struct sse_server *srv, struct redis_link *l) {
             if (rw.kind == RW_XADD || rw.kind == RW_XREAD || rw.kind == RW_PING)
                 l->failures = 0; /* working, not merely connected */
             bool usable = redis_reply(srv, l, &rw, r->vals, n);
-            free(rw.up_id);
+            free(rw.mark);
             if (!usable) {
                 redis_link_fail(srv, l, "unusable reply");
                 return;
@@ -5869,46 +5883,45 @@ static bool redis_can_take(const struct sse_server *srv) {
            r->nkept < REDIS_HOLD_WAITS;
 }
 
-/* An XADD for a publish. From HTTP (c, answered when Redis replies): 0, or -EIO when Redis
- * cannot take it now (down, or past the hold mark). From a relay: 0, or -EAGAIN when Redis
- * cannot take it now (the relay fetches it again later). From an input or sse_publish(): 0
- * once it is on the link or kept for it (in order: nothing overtakes what is kept), or
- * -ENOMEM. */
-static int redis_xadd(struct sse_server *srv, struct conn *c, struct relay *relay,
-                      const char *topic, const char *event, const char *data, size_t len) {
+/* An XADD for a publish. From HTTP (in->c, answered when Redis replies): 0, or -EIO when
+ * Redis cannot take it now (down, or past the hold mark). With a receipt (a relay): 0 (the
+ * receipt is told when Redis replies), or -EAGAIN when Redis cannot take it now (the relay
+ * fetches it again later). From an input or sse_publish(): 0 once it is on the link or kept
+ * for it (in order: nothing overtakes what is kept), or -ENOMEM. */
+static int redis_xadd(struct sse_server *srv, const struct publish_in *in) {
     struct redis_hub *r = srv->redis;
-    bool direct = redis_can_take(srv) && (c || relay || !r->nkept);
-    char *up_id = relay && direct ? strdup(relay->reader.last_id) : NULL;
+    const struct receipt *receipt = in->receipt;
+    bool direct = redis_can_take(srv) && (in->c || receipt || !r->nkept);
+    char *mark = receipt && direct ? strdup(receipt->mark) : NULL;
     char maxlen[24];
     struct wbuf mw = {maxlen, sizeof maxlen, 0};
     wb_u64(&mw, r->maxlen);
-    const char *argv[12] = {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", topic};
-    size_t lens[12] = {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(topic)};
+    const char *argv[12] = {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", in->topic};
+    size_t lens[12] = {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(in->topic)};
     int argc = 8;
-    if (event) {
+    if (in->event) {
         argv[argc] = "event";
         lens[argc++] = 5;
-        argv[argc] = event;
-        lens[argc++] = strlen(event);
+        argv[argc] = in->event;
+        lens[argc++] = strlen(in->event);
     }
     argv[argc] = "data";
     lens[argc++] = 4;
-    argv[argc] = data ? data : "";
-    lens[argc++] = data ? len : 0;
-    struct redis_wait *rw = direct && (!relay || up_id)
-                                ? redis_send(srv, &r->cmd, RW_XADD, c, topic, argc, argv, lens)
-                                : NULL;
-    if (rw && relay) {
-        rw->relay = relay;
-        rw->up_id = up_id;
-        relay->pending++;
+    argv[argc] = in->data ? in->data : "";
+    lens[argc++] = in->data ? in->len : 0;
+    struct redis_wait *rw = direct && (!receipt || mark) ? redis_send(srv, &r->cmd, RW_XADD, in->c,
+                                                                      in->topic, argc, argv, lens)
+                                                         : NULL;
+    if (rw && receipt) {
+        rw->receipt = *receipt;
+        rw->receipt.mark = rw->mark = mark;
     }
     if (rw)
         return 0;
-    free(up_id);
-    if (c || relay) {
-        r->errors += c != NULL;
-        return c ? -EIO : -EAGAIN;
+    free(mark);
+    if (in->c || receipt) {
+        r->errors += in->c != NULL;
+        return in->c ? -EIO : -EAGAIN;
     }
     struct wbuf w = {NULL, 0, 0};
     resp_command(&w, argc, argv, lens); /* measures */
@@ -5918,25 +5931,6 @@ static int redis_xadd(struct sse_server *srv, struct conn *c, struct relay *rela
     bool kept = cmd && redis_keep(r, cmd, w.len);
     free(cmd);
     return kept ? 0 : -ENOMEM;
-}
-
-static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
-                         const char *event, const char *data, size_t len) {
-    return redis_xadd(srv, c, NULL, topic, event, data, len);
-}
-
-/* A relay's event: see redis_xadd(). The event is checked first, as publish_event() does. */
-static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
-                               const char *data, size_t len) {
-    const char *topic = relay->topic;
-    int r = publish_check(srv, &topic, event, data, len);
-    return r < 0 ? r : redis_xadd(srv, NULL, relay, topic, event, data, len);
-}
-
-/* A relay reconnects only when Redis can take its events and has answered all it sent,
- * so the last id Redis took is final. */
-static bool redis_relay_may_connect(const struct sse_server *srv, const struct relay *relay) {
-    return redis_can_take(srv) && !relay->pending;
 }
 
 /* Whether sse_publish() may keep one more event: below REDIS_KEPT_MAX. */
@@ -6043,7 +6037,7 @@ static void redis_free(struct sse_server *srv) {
         if (links[i]->h.fd >= 0)
             close(links[i]->h.fd);
         for (uint32_t w = 0; w < links[i]->wlen; w++)
-            free(links[i]->waits[(links[i]->whead + w) % links[i]->wcap].up_id);
+            free(links[i]->waits[(links[i]->whead + w) % links[i]->wcap].mark);
         free(links[i]->in);
         free(links[i]->out);
         free(links[i]->waits);
@@ -6061,10 +6055,9 @@ static void redis_free(struct sse_server *srv) {
  * Redis assigns the ids (stream entry ids, "MS-SEQ"), so a publish goes to the stream and
  * comes back through the follower; an id the backlog cannot answer for is asked of Redis. */
 
-static int redis_history_append(struct sse_server *srv, struct conn *c, const char *topic,
-                                const char *event, const char *data, size_t len, uint64_t *id) {
+static int redis_history_append(struct sse_server *srv, const struct publish_in *in, uint64_t *id) {
     *id = 0; /* the follower brings it back with its id */
-    return redis_publish(srv, c, topic, event, data, len);
+    return redis_xadd(srv, in);
 }
 
 /* A client ahead of this node's follower waits for it (redis_ahead); the backlog answers
@@ -6459,7 +6452,7 @@ static void input_emit(void *ctx, const char *topic, const char *event, const ch
         log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event: %s", skipped);
         return;
     }
-    int r = publish_event(srv, topic, event, data, len, NULL);
+    int r = publish_event(srv, &(struct publish_in){topic, event, data, len, NULL, NULL}, NULL);
     if (r == -EINVAL)
         log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event that is not valid UTF-8");
     else if (r < 0)
@@ -8293,7 +8286,7 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
         return -EAGAIN; /* the subscribers are behind: flow control (section 6) */
     if (srv->redis && !redis_may_keep(srv))
         return -EAGAIN; /* as many events kept for Redis as memory allows */
-    return publish_event(srv, topic, event, data, len, id_out);
+    return publish_event(srv, &(struct publish_in){topic, event, data, len, NULL, NULL}, id_out);
 }
 
 int sse_publish_ready(const struct sse_server *srv) {
