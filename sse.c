@@ -33,23 +33,23 @@
  *   5. Static files      path resolution that never leaves the root, content types
  *   6. Connections       the per-client state, the seams (a handle per descriptor with its
  *                        on_event; the parts' routes, /metrics rows and /healthz reasons; the
- *                        history behind Last-Event-ID), flow control, the output queue,
- *                        timers, closing
+ *                        history behind Last-Event-ID, and a publisher's receipt from it),
+ *                        flow control, the output queue, timers, closing
  *   7. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
  *                        metrics, static files
  *   8. Proxy and relay   upstream connections, unbuffered forwarding, the relay
- *   9. Redis Streams     many servers, one history: a RESP2 client for XADD and XREAD
  *  10. Request dispatch  checking, decoding and routing a request; reading requests
  *  11. Inputs            publishing what arrives on a file descriptor
  *  12. The event loop    epoll, accepting, timers, the graceful stop
  * Part II, the parts, each behind its switch (sse.h) and plugged into the seams:
  *      The journal       SSE_ENABLE_JOURNAL: events on disk before they are acknowledged
+ *      Redis Streams     SSE_ENABLE_REDIS: many servers, one history (a RESP2 client for
+ *                        XADD and XREAD); Redis assigns the ids
  * Part III, assembly:
  *  13. The public API    sse_server_new() plugs the enabled parts in
- * Still to move (issue 16): sections 8 and 9 are to become parts after the journal, behind
- * SSE_ENABLE_PROXY and SSE_ENABLE_REDIS; until then the core reaches them through the few
- * forward declarations placed just above their first use (closing a connection into the
- * proxy, the relay into Redis).
+ * Still to move (issue 16): section 8 is to become a part after the journal, behind
+ * SSE_ENABLE_PROXY; until then the core reaches it through the few forward declarations
+ * placed just above their first use (closing a connection into the proxy).
  * Sections 1 to 4 make no system calls but the clock, and are unit-tested in tests/unit.c,
  * as are section 5's path rules (which open files), the journal's record format and the
  * Redis reply reader.
@@ -381,38 +381,12 @@ size_t sse_format_event(char *buf, size_t cap, uint64_t id, const char *event, c
 
 /*
  * Event ids. A server on its own numbers events in decimal (seeded from the clock, so a
- * restart goes on above the last run). A node of a Redis hub uses the stream entry's id,
- * "MS-SEQ", which every node sees the same. Inside, both are one uint64 "key" that orders
- * events: the decimal number, or MS << ID_SEQ_BITS | SEQ. Only canonical text is accepted
- * (no sign, no leading zeros), so each key has exactly one spelling.
+ * restart goes on above the last run). Inside, an id is one uint64 "key" that orders events;
+ * a history may spell keys its own way (history_ops.format_id). Only canonical text is
+ * accepted (no sign, no leading zeros), so each key has exactly one spelling.
  */
-#define ID_SEQ_BITS 20
-
-static void wb_id(struct wbuf *w, bool redis, uint64_t key) {
-    if (!redis) {
-        wb_u64(w, key);
-        return;
-    }
-    wb_u64(w, key >> ID_SEQ_BITS);
-    wb_put(w, "-", 1);
-    wb_u64(w, key & ((1u << ID_SEQ_BITS) - 1));
-}
-
 static bool id_decimal(const char *s, size_t len, uint64_t *out) {
     return (len == 1 || (len > 1 && s[0] != '0')) && parse_u64(s, len, out);
-}
-
-static bool id_parse(bool redis, const char *s, size_t len, uint64_t *key) {
-    if (!redis)
-        return id_decimal(s, len, key);
-    const char *dash = memchr(s, '-', len);
-    uint64_t ms, seq;
-    if (!dash || !id_decimal(s, (size_t)(dash - s), &ms) ||
-        !id_decimal(dash + 1, len - (size_t)(dash - s) - 1, &seq) || ms >> (64 - ID_SEQ_BITS) ||
-        seq >> ID_SEQ_BITS)
-        return false;
-    *key = ms << ID_SEQ_BITS | seq;
-    return true;
 }
 
 /* A JSON string literal for any bytes: quotes, backslashes and controls escaped, bytes that
@@ -1561,7 +1535,7 @@ enum conn_state {
     CONN_LINGER,   /* writing what is left, then half-closing and waiting for the peer */
     CONN_PASSED,   /* a client a part took over (c->part: the proxy passing it upstream) */
     CONN_OUTBOUND, /* a connection a part opened (an upstream); not a client */
-    CONN_WAIT,     /* a publish waiting for Redis to store the event */
+    CONN_WAIT,     /* a publish waiting for the history to store the event */
     CONN_PACED,    /* a publish held (body read) until the subscribers catch up */
     CONN_DEAD      /* closed; freed at the end of the loop iteration */
 };
@@ -1802,11 +1776,9 @@ struct input {
     struct handle h;           /* fd and input_on_event; first, for epoll */
     struct input *next;        /* next input */
     bool polled;               /* in epoll; false for regular files, read every iteration */
-    bool held;                 /* not read (out of epoll): Redis cannot take events now */
+    bool held;                 /* not read (out of epoll): the gate is closed (pace_gate) */
     struct wire_reader reader; /* turns its bytes into events */
 };
-
-struct redis_hub;
 
 /* Flow control's state (see "flow control" below). */
 struct pace {
@@ -1881,12 +1853,32 @@ enum history_answer {
     HISTORY_LATER    /* the history answers later, through stream_answer_later() */
 };
 
+struct receipt;
+
+/* An event on its way in (checked by publish_check) and who waits for its outcome. */
+struct publish_in {
+    const char *topic, *event, *data;
+    size_t len;
+    struct conn *c;                /* an HTTP publisher answered once the id is known, or NULL */
+    const struct receipt *receipt; /* or a publisher told later whether it was stored, or NULL */
+};
+
+/* A receipt (a seam): a publisher that must know whether an event its history stores
+ * elsewhere was stored (the relay moves its resume position only past stored events). The
+ * history calls done exactly once for every append that returned 0 with *id 0 (unless the
+ * server is freed first). */
+struct receipt {
+    void (*done)(struct sse_server *srv, void *who, const char *mark, bool stored);
+    void *who;        /* the publisher */
+    const char *mark; /* its position after this event; the history keeps a copy */
+};
+
 struct history_ops {
     /* Publishes a checked event that has no id yet. Returns the subscribers it was queued
-     * to with *id set, or 0 with *id 0 when the history says the id later (c, if not NULL,
-     * is answered then), or a negative errno. NULL: the next id, delivered at once. */
-    int (*append)(struct sse_server *srv, struct conn *c, const char *topic, const char *event,
-                  const char *data, size_t len, uint64_t *id);
+     * to with *id set, or 0 with *id 0 when the history says the id later (in->c, if not
+     * NULL, is answered then; in->receipt, if not NULL, is told then), or a negative errno:
+     * -EAGAIN when it cannot take the event now. NULL: the next id, delivered at once. */
+    int (*append)(struct sse_server *srv, const struct publish_in *in, uint64_t *id);
     /* Stores an event that has its id, before the backlog keeps it; negative: not stored,
      * nobody hears of it. NULL: nothing to store. */
     int (*store)(struct sse_server *srv, const struct blob *ev);
@@ -1907,11 +1899,11 @@ struct history_ops {
 };
 
 static void history_decimal_id(struct wbuf *w, uint64_t key) {
-    wb_id(w, false, key);
+    wb_u64(w, key);
 }
 
 static bool history_decimal_parse(const char *s, size_t len, uint64_t *key) {
-    return id_parse(false, s, len, key);
+    return id_decimal(s, len, key);
 }
 
 /* The default history: decimal ids from this server, the backlog alone answers. */
@@ -1966,7 +1958,6 @@ struct sse_server {
     struct backlog backlog;            /* retained events */
     const struct history_ops *history; /* behind Last-Event-ID: history_backlog or a part's */
     void *history_self;                /* the history's own state, NULL for the backlog */
-    struct redis_hub *redis;           /* the hub this server is a node of, or NULL */
     struct blob *stream_head;          /* cached stream response head for date_sec, or NULL */
     struct blob *retry_line;           /* "retry: N\n\n", or NULL when retry is off */
     struct blob *heartbeat;            /* ":\n" */
@@ -2214,7 +2205,6 @@ static void conn_drop_output(struct conn *c) {
     c->file_fd = -1;
 }
 
-/* Section 10 (Redis) is called from here on: publishing and closing a waiting publisher. */
 
 /* Closes at once: the descriptor now, the memory at the end of the iteration. */
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
@@ -2798,9 +2788,13 @@ static bool stream_answer(struct sse_server *srv, struct conn *c, const char *as
 }
 
 /* A history that answered HISTORY_LATER answers here: the subscriber stops waiting (live
- * events reach it again) and gets stream_answer()'s answer, or is closed if that fails. */
-static void stream_answer_later(struct sse_server *srv, struct conn *c, uint64_t after,
-                                bool covered) {
+ * events reach it again) and gets stream_answer()'s answer, or is closed if that fails.
+ * Unused when no history built in answers later. */
+#if defined(__GNUC__)
+__attribute__((unused))
+#endif
+static void
+stream_answer_later(struct sse_server *srv, struct conn *c, uint64_t after, bool covered) {
     c->flags &= (uint8_t)~CF_REPLAYING;
     char asked[48];
     struct wbuf w = {asked, sizeof asked, 0};
@@ -3057,7 +3051,7 @@ static int publish_check(const struct sse_server *srv, const char **topic, const
     return 0;
 }
 
-/* Where every event ends up, whoever assigned its id (this server, or Redis): formatted
+/* Where every event ends up, whoever assigned its id (the server, or the history): formatted
  * once, written to the journal, kept in the backlog, queued for every subscriber of its
  * topic. The event is checked already. Returns the subscribers it was queued to, or
  * -ENOMEM, or -EIO when the journal could not store it (then nobody hears of it). */
@@ -3124,25 +3118,25 @@ static int publish_local(struct sse_server *srv, const char *topic, const char *
 }
 
 /* Hands a checked event to the history (history_ops.append): by default the server
- * assigns the next id and delivers at once; a history that assigns ids elsewhere (Redis)
- * sets *id to 0, and the event arrives back with its id. */
-static int publish_append(struct sse_server *srv, struct conn *c, const char *topic,
-                          const char *event, const char *data, size_t len, uint64_t *id) {
+ * assigns the next id and delivers at once; a history that assigns ids elsewhere sets *id
+ * to 0, and the event arrives back with its id. */
+static int publish_append(struct sse_server *srv, const struct publish_in *in, uint64_t *id) {
     if (srv->history->append)
-        return srv->history->append(srv, c, topic, event, data, len, id);
-    int r = publish_local(srv, topic, event, data, len);
+        return srv->history->append(srv, in, id);
+    int r = publish_local(srv, in->topic, in->event, in->data, in->len);
     *id = r >= 0 ? srv->last_id : 0;
     return r;
 }
 
-/* The one publishing path for everything but HTTP (inputs, relays, sse_publish). */
-static int publish_event(struct sse_server *srv, const char *topic, const char *event,
-                         const char *data, size_t len, uint64_t *id_out) {
-    int r = publish_check(srv, &topic, event, data, len);
+/* The one publishing path for everything but HTTP (inputs, relays, sse_publish): checks the
+ * event (in->topic NULL: the default topic), then appends it. */
+static int publish_event(struct sse_server *srv, const struct publish_in *in, uint64_t *id_out) {
+    struct publish_in ev = *in;
+    int r = publish_check(srv, &ev.topic, ev.event, ev.data, ev.len);
     if (r < 0)
         return r;
     uint64_t id = 0;
-    r = publish_append(srv, NULL, topic, event, data, len, &id);
+    r = publish_append(srv, &ev, &id);
     if (id_out)
         *id_out = id;
     return r;
@@ -3221,7 +3215,7 @@ static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64
 }
 
 /* The body has arrived: publish it and answer with the id. When the history says the id
- * later (Redis), the answer waits (CONN_WAIT) until it has. */
+ * later, the answer waits (CONN_WAIT) until it has. */
 static void publish_finish(struct sse_server *srv, struct conn *c) {
     if (srv->pace.held) { /* flow control: wait for the subscribers, body kept */
         c->state = CONN_PACED;
@@ -3234,7 +3228,7 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
     int r = publish_check(srv, &topic, event, b->data, b->have);
     uint64_t id = 0;
     if (r == 0)
-        r = publish_append(srv, c, topic, event, b->data, b->have, &id);
+        r = publish_append(srv, &(struct publish_in){topic, event, b->data, b->have, c, NULL}, &id);
     if (r >= 0 && id == 0) { /* the history answers when it has the id */
         c->state = CONN_WAIT;
         timer_set(srv, c, TIMER_SEND);
@@ -3968,11 +3962,13 @@ struct relay {
     unsigned failures;              /* attempts in a row that delivered no event (no stream,
                                        or a stream that ended empty), for back-off */
     bool delivered;                 /* the current connection delivered an event */
-    char taken[SSE_ID_MAX + 1];     /* with Redis: the upstream id up to which Redis took
-                                       every event; the next connection resumes there */
-    uint32_t pending;               /* with Redis: its XADDs not answered yet */
-    bool halted;                    /* with Redis: Redis could not take an event; the rest
-                                       of this connection is ignored, fetched again later */
+    char taken[SSE_ID_MAX + 1];     /* the upstream id up to which every event was stored;
+                                       the next connection resumes there */
+    uint32_t pending;               /* events whose receipt has not come back yet */
+    bool halted;                    /* an event could not be stored; the rest of this
+                                       connection is ignored, fetched again later */
+    bool refused;                   /* a receipt said not stored: the receipts after it no
+                                       longer move taken (events before it still do) */
 };
 
 /* One proxied exchange or one relay connection; shared by both connections involved. */
@@ -4037,9 +4033,6 @@ static bool proxy_connecting(const struct conn *c) {
 static void relay_schedule(struct sse_server *srv, struct relay *r);
 static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
                        size_t len, const char *skipped);
-static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
-                               const char *data, size_t len);
-static bool redis_relay_may_connect(const struct sse_server *srv, const struct relay *relay);
 
 /* Ends an exchange: the client (if still there) goes on alone, the upstream is closed, a
  * relay is scheduled to reconnect. */
@@ -4175,7 +4168,7 @@ static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *dat
             proxy_release(srv, px, R_PEER_FAILED);
             return false;
         }
-        if (r->srv->redis && !r->pending) /* Redis answered for all: it took everything */
+        if (!r->pending && !r->halted) /* every event so far was stored */
             memcpy(r->taken, r->reader.last_id, sizeof r->taken);
         return true;
     }
@@ -4847,6 +4840,22 @@ static bool proxy_dispatch(struct sse_server *srv, struct conn *c, const struct 
     return true;
 }
 
+/* A receipt's answer (a history that stores events elsewhere): stored, the relay resumes
+ * after mark; not stored, it fetches the event again from the last stored one, so the events
+ * after it, sent already, no longer move that position, and the connection ends. */
+static void relay_stored(struct sse_server *srv, void *who, const char *mark, bool stored) {
+    struct relay *r = who;
+    r->pending--;
+    if (stored && !r->refused) {
+        size_t n = strlen(mark);
+        memcpy(r->taken, mark, n < sizeof r->taken ? n + 1 : 0); /* it always fits */
+    } else if (!stored) {
+        r->halted = r->refused = true;
+        if (r->px)
+            proxy_release(srv, r->px, R_PEER_FAILED);
+    }
+}
+
 /* Every event the relay's parser dispatches is published on the relay's topic. Bytes that
  * are not UTF-8 become U+FFFD, as in a browser. */
 static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
@@ -4875,8 +4884,12 @@ static void relay_emit(void *ctx, const char *topic, const char *event, const ch
         data = repaired;
         len = w.len <= w.cap ? w.len : 0;
     }
-    int rc = srv->redis ? redis_relay_publish(srv, r, event, data, len)
-                        : publish_event(srv, r->topic, event, data, len, NULL);
+    struct receipt receipt = {relay_stored, r, r->reader.last_id};
+    uint64_t id = 0;
+    int rc =
+        publish_event(srv, &(struct publish_in){r->topic, event, data, len, NULL, &receipt}, &id);
+    if (rc >= 0 && id == 0)
+        r->pending++; /* relay_stored() is told whether it was stored */
     if (rc >= 0)
         proxy_hub(srv)->relayed_total++;
     else if (rc == -EAGAIN)
@@ -4930,14 +4943,12 @@ static void relay_schedule(struct sse_server *srv, struct relay *r) {
  * text/event-stream, Last-Event-ID when an id is known. The parser starts a new stream. */
 static void relay_connect(struct sse_server *srv, struct relay *r) {
     struct wire_reader *rd = &r->reader;
-    if (srv->redis && !redis_relay_may_connect(srv, r)) {
-        r->next_attempt = srv->now + 100; /* Redis cannot take events yet: look again soon */
+    if (r->pending || (srv->pace.can_take && !srv->pace.can_take(srv))) {
+        r->next_attempt = srv->now + 100; /* receipts due, or the store cannot take: soon */
         return;
     }
-    if (srv->redis) {
-        r->halted = false;
-        memcpy(rd->last_id, r->taken, sizeof rd->last_id);
-    }
+    r->halted = r->refused = false;
+    memcpy(rd->last_id, r->taken, sizeof rd->last_id); /* after the last event stored */
     rd->line_len = rd->data_len = 0;
     rd->line_too_long = rd->after_cr = rd->has_data = false;
     rd->block_error = NULL;
@@ -5222,1278 +5233,7 @@ static int proxy_plug(struct sse_server *srv, const struct sse_config *cfg, char
 }
 
 /* ==========================================================================================
- * 9. Redis Streams: many servers, one history
- *
- * With a Redis address every server becomes a node of one hub. Publishing anywhere is an
- * XADD to one stream, and every node follows that stream with XREAD BLOCK and delivers its
- * entries to local subscribers through the same path as local events (publish_deliver), so
- * every node delivers every event, in the stream's order, under the stream entry's id
- * ("MS-SEQ"). A client may therefore reconnect to any node with its Last-Event-ID: what the
- * node's backlog lacks, it fetches from Redis with XRANGE (redis_replay). A publish
- * is acknowledged only once Redis has the event and said its id; while Redis cannot be
- * reached publishing answers 503, subscribers stay connected (heartbeats go on), and the
- * node reconnects with back-off and resumes XREAD after the last entry it delivered, so
- * nothing in between is lost or delivered twice.
- *
- * Publishers that cannot be told 503 wait instead. While Redis cannot take events (the
- * command link is down, not through AUTH, or past the hold mark) inputs are not read and
- * relays drop their upstream, to fetch again from the last upstream id Redis took; XADDs
- * from inputs and sse_publish() that were not yet written when the link failed are kept,
- * in order, and sent after AUTH on the next link. A written XADD without its answer may or
- * may not be stored: its HTTP publisher is told exactly that, and others send it again.
- *
- * Redis speaks RESP2 (redis.io/docs/reference/protocol-spec): a command is an array of bulk
- * strings ("*2\r\n$4\r\nPING\r\n..."); a reply is a simple string (+), an error (-), an
- * integer (:), a bulk string ($len, or $-1 for none) or an array (*n, or *-1) of replies.
- * The reader below is bounded in depth, elements and length, and runs incrementally: it
- * answers "incomplete" until a whole reply has arrived. Two connections per node: one for
- * commands (AUTH, XADD), one that only follows the stream (XREAD BLOCK holds it).
- * ======================================================================================== */
-
-#define RESP_MAX_DEPTH    8     /* arrays in arrays; XREAD's reply nests 5 deep */
-#define RESP_MAX_VALUES   65536 /* elements in one reply */
-#define REDIS_TIMEOUT_MS  5000  /* connecting, and waiting for a command's reply */
-#define REDIS_PING_MS     3000  /* a link with no reply due this long is probed with PING */
-#define REDIS_BLOCK_MS    10000 /* how long XREAD BLOCK waits for an entry */
-#define REDIS_BACKOFF_MAX 5000  /* longest wait between reconnection attempts */
-#define REDIS_WAITS_MAX   65536 /* publishes waiting for Redis at once */
-/* The hold mark. With this many bytes of commands on the command link not yet answered (sent
- * or not), or this many commands waiting for a reply, the link takes no more, and with as
- * many kept, inputs are not read, relays stop taking events and HTTP publishing answers
- * 503, until Redis catches up. An input is read only below the mark, at most INPUT_CHUNK
- * bytes at a time, so what is kept stays within the mark plus one read's events; beyond
- * that only sse_publish() keeps events, up to REDIS_KEPT_MAX bytes, then says -EAGAIN. */
-#define REDIS_HOLD_BYTES (1u << 20)
-#define REDIS_HOLD_WAITS 16384
-#define REDIS_KEPT_MAX   (8u << 20)
-
-/* One value of a reply, in a flat array in reading order: an array's elements follow it. */
-struct resp_value {
-    char type;       /* '+', '-', ':', '$', '*'; '_' for a null bulk string or array */
-    const char *str; /* simple strings, errors, bulk strings: the bytes (in the input) */
-    size_t len;      /* their length; an array's element count */
-    int64_t integer; /* ':' values */
-};
-
-/* Appends the command argv[0..argc) (lengths lens) to w as a RESP array of bulk strings. */
-static void resp_command(struct wbuf *w, int argc, const char *const *argv, const size_t *lens) {
-    wb_str(w, "*");
-    wb_u64(w, (uint64_t)argc);
-    wb_str(w, "\r\n");
-    for (int i = 0; i < argc; i++) {
-        wb_str(w, "$");
-        wb_u64(w, lens[i]);
-        wb_str(w, "\r\n");
-        wb_put(w, argv[i], lens[i]);
-        wb_str(w, "\r\n");
-    }
-}
-
-/* A line ended by CRLF at buf[at..len): its end (the CR), or 0 when incomplete, -1 when a
- * bare CR or LF is inside. */
-static long resp_line_end(const char *buf, size_t len, size_t at) {
-    for (size_t i = at; i < len; i++) {
-        if (buf[i] == '\r')
-            return i + 1 < len ? (buf[i + 1] == '\n' ? (long)i : -1) : 0;
-        if (buf[i] == '\n')
-            return -1;
-    }
-    return 0;
-}
-
-/* A signed decimal number filling s[0..len) exactly. */
-static bool resp_int(const char *s, size_t len, int64_t *out) {
-    bool neg = len > 0 && s[0] == '-';
-    uint64_t v;
-    if (!parse_u64(s + neg, len - neg, &v) || v > (uint64_t)INT64_MAX)
-        return false;
-    *out = neg ? -(int64_t)v : (int64_t)v;
-    return true;
-}
-
-/* Reads one whole reply from buf[0..len) into vals (cap entries, *n used). Returns the bytes
- * it took, 0 when the reply is not complete yet, -1 when it is not RESP2 or over a bound
- * (max_bulk bytes in one string, cap values, RESP_MAX_DEPTH arrays deep). */
-static long resp_read(const char *buf, size_t len, size_t max_bulk, struct resp_value *vals,
-                      size_t cap, size_t *n) {
-    size_t at = 0, left[RESP_MAX_DEPTH + 1]; /* elements still due at each open array */
-    int depth = 0;
-    *n = 0;
-    do {
-        if (at >= len)
-            return 0;
-        long end = resp_line_end(buf, len, at + 1);
-        if (end <= 0)
-            return end;
-        if (*n >= cap)
-            return -1;
-        struct resp_value *v = &vals[(*n)++];
-        const char *s = buf + at + 1;
-        size_t slen = (size_t)end - at - 1;
-        *v = (struct resp_value){buf[at], s, slen, 0};
-        at = (size_t)end + 2;
-        if (v->type == ':' && !resp_int(s, slen, &v->integer))
-            return -1;
-        if (v->type == '$' || v->type == '*') {
-            int64_t count;
-            if (!resp_int(s, slen, &count) || count < -1)
-                return -1;
-            if (count == -1) {
-                v->type = '_';
-                v->len = 0;
-            } else if (v->type == '$') {
-                if ((uint64_t)count > max_bulk)
-                    return -1;
-                if (len - at < (size_t)count + 2)
-                    return 0;
-                if (buf[at + (size_t)count] != '\r' || buf[at + (size_t)count + 1] != '\n')
-                    return -1;
-                v->str = buf + at;
-                v->len = (size_t)count;
-                at += (size_t)count + 2;
-            } else {
-                if ((uint64_t)count > cap || depth == RESP_MAX_DEPTH)
-                    return -1;
-                v->len = (size_t)count;
-                v->str = NULL;
-                if (count > 0) {
-                    left[++depth] = (size_t)count;
-                    continue;
-                }
-            }
-        } else if (v->type != '+' && v->type != '-' && v->type != ':') {
-            return -1;
-        }
-        while (depth > 0 && --left[depth] == 0) /* this value ends arrays */
-            depth--;
-    } while (depth > 0);
-    return (long)at;
-}
-
-/* The index of the value after vals[i] and everything inside it. */
-static size_t resp_skip(const struct resp_value *vals, size_t n, size_t i) {
-    size_t due = 1;
-    while (due && i < n) {
-        due--;
-        if (vals[i].type == '*')
-            due += vals[i].len;
-        i++;
-    }
-    return i;
-}
-
-enum redis_wait_kind {
-    RW_AUTH,
-    RW_XADD,
-    RW_POSITION,
-    RW_XREAD,
-    RW_XINFO,
-    RW_XRANGE,
-    RW_XLAST,
-    RW_PING
-};
-
-/* A reply a link expects, in the order the commands went out. */
-struct redis_wait {
-    uint8_t kind;                   /* enum redis_wait_kind */
-    struct conn *c;                 /* the publisher waiting for an XADD's id, or the
-                                       subscriber a replay is for; NULL once it is gone */
-    char topic[TOPIC_NAME_MAX + 1]; /* the XADD's topic, for the answer */
-    uint64_t after;                 /* a replay's position: entries after this id */
-    bool http;                      /* an XADD for POST /publish (c NULL: the client left) */
-    struct relay *relay;            /* the relay whose event an XADD carries, or NULL */
-    char *up_id;                    /* that event's upstream id (owned), with relay */
-    size_t end;                     /* where the command ends in all the link ever queued
-                                       (out_pos counts): sent whole once written passes it */
-    size_t len;                     /* the command's bytes */
-};
-
-struct redis_link {
-    struct handle h;          /* fd (-1 while down) and redis_on_event; first, for epoll */
-    const char *name;         /* "commands" or "stream", for log lines */
-    bool connecting;          /* connect() in progress */
-    bool up;                  /* connected; what is queued is being sent */
-    bool ready;               /* up and AUTH accepted (or none needed): XADDs may go */
-    char *in;                 /* bytes read and not yet parsed */
-    size_t in_len, in_cap;    /* bytes in `in`, and allocated */
-    char *out;                /* commands not yet sent */
-    size_t out_len, out_off;  /* bytes in `out`, and already sent */
-    size_t out_cap;           /* allocated */
-    size_t out_pos;           /* bytes sent and dropped from `out` since connecting */
-    struct redis_wait *waits; /* a ring of replies due */
-    uint32_t whead, wlen, wcap;
-    int64_t deadline;     /* connect, or the oldest reply due, by then; 0 = none (idle) */
-    int64_t idle_since;   /* since when no reply is due: PING at idle_since + REDIS_PING_MS */
-    int64_t next_attempt; /* when down: when to connect again */
-    unsigned failures;    /* attempts in a row that failed, for back-off */
-};
-
-/* A subscriber that came back with an id this node's follower has not reached yet (it read
- * the event on a node further ahead): it waits until the follower gets there. */
-struct redis_ahead {
-    struct conn *c;
-    uint64_t last; /* its last event id */
-};
-
-struct redis_hub {
-    struct sockaddr_storage addr; /* Redis, resolved once at start */
-    socklen_t addr_len;
-    char where[280];           /* "HOST:PORT", for log lines */
-    char key[256];             /* the stream */
-    char *password;            /* for AUTH, or NULL */
-    uint64_t maxlen;           /* XADD MAXLEN ~ this */
-    size_t max_reply;          /* largest reply accepted */
-    uint32_t xread_count;      /* entries per XREAD */
-    struct redis_link cmd;     /* AUTH, XADD */
-    struct redis_link follow;  /* XREAD BLOCK, following the stream */
-    bool positioned;           /* srv->last_id is a stream position (known since start) */
-    char after[48];            /* the id of the last entry read: XREAD goes on after it */
-    struct redis_ahead *ahead; /* subscribers whose last id this node has not read yet */
-    uint32_t nahead, ahead_cap;
-    struct resp_value *vals;       /* scratch for the reader */
-    char *kept;                    /* XADDs from inputs and sse_publish() the command link could
-                                      not take (down, or not through AUTH yet), in order */
-    size_t kept_len, kept_cap;     /* bytes in kept, and allocated */
-    size_t *kept_lens;             /* each kept command's length */
-    uint32_t nkept, kept_lens_cap; /* kept commands, and room in kept_lens */
-    uint64_t reconnects;           /* links lost, for /metrics */
-    uint64_t errors;               /* failed publishes and refused entries */
-    uint64_t received;             /* stream entries delivered */
-    uint64_t unknown;              /* XADDs written but not answered when the link died */
-};
-
-/* Room in a link's ring for one more reply, and in its output for n more bytes. */
-static bool redis_room(struct redis_link *l, size_t n) {
-    if (l->wlen == l->wcap) {
-        uint32_t cap = l->wcap ? l->wcap * 2 : 16;
-        struct redis_wait *ring = cap <= REDIS_WAITS_MAX ? malloc(cap * sizeof *ring) : NULL;
-        if (!ring)
-            return false;
-        for (uint32_t i = 0; i < l->wlen; i++)
-            ring[i] = l->waits[(l->whead + i) % l->wcap];
-        free(l->waits);
-        l->waits = ring;
-        l->wcap = cap;
-        l->whead = 0;
-    }
-    if (l->out_len + n > l->out_cap) {
-        size_t cap = (l->out_len + n) * 2;
-        char *out = realloc(l->out, cap);
-        if (!out)
-            return false;
-        l->out = out;
-        l->out_cap = cap;
-    }
-    return true;
-}
-
-/* The reply due for the len bytes just appended to a link's output (redis_room first). */
-static struct redis_wait *redis_expect(struct sse_server *srv, struct redis_link *l,
-                                       enum redis_wait_kind kind, struct conn *c, const char *topic,
-                                       size_t len) {
-    struct redis_wait *rw = &l->waits[(l->whead + l->wlen++) % l->wcap];
-    *rw = (struct redis_wait){.kind = (uint8_t)kind, .c = c, .http = c != NULL, .len = len};
-    rw->end = l->out_pos + l->out_len;
-    snprintf(rw->topic, sizeof rw->topic, "%s", topic ? topic : "");
-    if (!l->deadline)
-        l->deadline = srv->now + (kind == RW_XREAD ? REDIS_BLOCK_MS : 0) + REDIS_TIMEOUT_MS;
-    return rw;
-}
-
-/* After a reply (or once connected): the deadline follows the oldest reply still due,
- * REDIS_TIMEOUT_MS from now (plus the BLOCK time for XREAD). With none due there is no
- * deadline, and the link is idle from now: an idle link is never "late", it is probed with
- * a PING of its own after REDIS_PING_MS (redis_tick), whose PONG is due like any reply. */
-static void redis_rearm(struct sse_server *srv, struct redis_link *l) {
-    const struct redis_wait *next = l->wlen ? &l->waits[l->whead] : NULL;
-    l->deadline =
-        !next ? 0 : srv->now + REDIS_TIMEOUT_MS + (next->kind == RW_XREAD ? REDIS_BLOCK_MS : 0);
-    if (!next)
-        l->idle_since = srv->now;
-}
-
-/* Appends a command to a link's output and the reply it expects to its queue; returns that
- * entry (for the caller's details), or NULL when out of memory or over REDIS_WAITS_MAX. */
-static struct redis_wait *redis_send(struct sse_server *srv, struct redis_link *l,
-                                     enum redis_wait_kind kind, struct conn *c, const char *topic,
-                                     int argc, const char *const *argv, const size_t *lens) {
-    struct wbuf w = {NULL, 0, 0};
-    resp_command(&w, argc, argv, lens); /* measures */
-    if (!redis_room(l, w.len))
-        return NULL;
-    w = (struct wbuf){l->out + l->out_len, w.len, 0};
-    resp_command(&w, argc, argv, lens);
-    l->out_len += w.len;
-    return redis_expect(srv, l, kind, c, topic, w.len);
-}
-
-/* Bytes of a link's output whose replies are still due: from the oldest waiting command on
- * (what came before it is answered and may be dropped). */
-static size_t redis_live(const struct redis_link *l) {
-    const struct redis_wait *head = l->wlen ? &l->waits[l->whead] : NULL;
-    return head ? l->out_pos + l->out_len - (head->end - head->len) : 0;
-}
-
-/* Whether a link is past the hold mark. */
-static bool redis_behind(const struct redis_link *l) {
-    return redis_live(l) >= REDIS_HOLD_BYTES || l->wlen >= REDIS_HOLD_WAITS;
-}
-
-/* Keeps an XADD (n bytes at cmd) for when the command link can take it. */
-static bool redis_keep(struct redis_hub *r, const char *cmd, size_t n) {
-    if (r->nkept == r->kept_lens_cap) {
-        uint32_t cap = r->kept_lens_cap ? r->kept_lens_cap * 2 : 64;
-        size_t *lens = realloc(r->kept_lens, cap * sizeof *lens);
-        if (!lens)
-            return false;
-        r->kept_lens = lens;
-        r->kept_lens_cap = cap;
-    }
-    if (r->kept_len + n > r->kept_cap) {
-        size_t cap = (r->kept_len + n) * 2;
-        char *kept = realloc(r->kept, cap);
-        if (!kept)
-            return false;
-        r->kept = kept;
-        r->kept_cap = cap;
-    }
-    memcpy(r->kept + r->kept_len, cmd, n);
-    r->kept_len += n;
-    r->kept_lens[r->nkept++] = n;
-    return true;
-}
-
-/* Moves kept XADDs, oldest first, to the command link once it is through AUTH, up to the
- * hold mark; the rest waits for a later tick. */
-static void redis_send_kept(struct sse_server *srv) {
-    struct redis_hub *r = srv->redis;
-    struct redis_link *l = &r->cmd;
-    uint32_t i = 0;
-    size_t at = 0;
-    for (; l->ready && !redis_behind(l) && i < r->nkept && redis_room(l, r->kept_lens[i]); i++) {
-        memcpy(l->out + l->out_len, r->kept + at, r->kept_lens[i]);
-        l->out_len += r->kept_lens[i];
-        redis_expect(srv, l, RW_XADD, NULL, NULL, r->kept_lens[i]);
-        at += r->kept_lens[i];
-    }
-    if (!i)
-        return;
-    log_say(&srv->log, SSE_LOG_INFO, "redis %s: sending %u kept events", r->where, i);
-    memmove(r->kept, r->kept + at, r->kept_len - at);
-    r->kept_len -= at;
-    memmove(r->kept_lens, r->kept_lens + i, (r->nkept - i) * sizeof *r->kept_lens);
-    r->nkept -= i;
-}
-
-static void redis_flush(struct sse_server *srv, struct redis_link *l);
-static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why);
-
-/* The follower's next read: entries after the last one delivered, waiting up to
- * REDIS_BLOCK_MS for one. */
-static void redis_follow_next(struct sse_server *srv) {
-    struct redis_hub *r = srv->redis;
-    char count[24], block[24];
-    struct wbuf cw = {count, sizeof count, 0}, bw = {block, sizeof block, 0};
-    wb_u64(&cw, r->xread_count);
-    wb_u64(&bw, REDIS_BLOCK_MS);
-    const char *argv[] = {"XREAD", "COUNT", count, "BLOCK", block, "STREAMS", r->key, r->after};
-    size_t lens[] = {5, 5, cw.len, 5, bw.len, 7, strlen(r->key), strlen(r->after)};
-    if (!redis_send(srv, &r->follow, RW_XREAD, NULL, NULL, 8, argv, lens))
-        redis_link_fail(srv, &r->follow, "out of memory");
-}
-
-/* Opens a link (non-blocking) and queues what it must say first: AUTH, and for the follower
- * where to start reading. */
-static void redis_connect(struct sse_server *srv, struct redis_link *l) {
-    struct redis_hub *r = srv->redis;
-    int fd = socket(r->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-    ev.data.ptr = &l->h;
-    if (fd < 0 ||
-        (connect(fd, (const struct sockaddr *)&r->addr, r->addr_len) < 0 && errno != EINPROGRESS) ||
-        epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        int e = errno;
-        if (fd >= 0)
-            close(fd);
-        l->h.fd = -1;
-        l->failures++;
-        l->next_attempt = srv->now + REDIS_BACKOFF_MAX;
-        log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link: %s", r->where, l->name, strerror(e));
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    l->h.fd = fd;
-    l->connecting = true;
-    l->deadline = srv->now + REDIS_TIMEOUT_MS;
-    bool ok = true;
-    if (r->password) {
-        const char *argv[] = {"AUTH", r->password};
-        size_t lens[] = {4, strlen(r->password)};
-        ok = redis_send(srv, l, RW_AUTH, NULL, NULL, 2, argv, lens);
-    }
-    if (ok && l == &r->follow && !r->positioned) {
-        const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
-        size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
-        ok = redis_send(srv, l, RW_POSITION, NULL, NULL, 6, argv, lens);
-    } else if (ok && l == &r->follow) {
-        redis_follow_next(srv);
-    }
-    if (!ok)
-        redis_link_fail(srv, l, "out of memory");
-}
-
-/* Rotates buf[0..n) left by k bytes, in place: buf[k..n) comes first, then buf[0..k). */
-static void redis_rotate(char *buf, size_t n, size_t k) {
-    size_t parts[3][2] = {{0, k}, {k, n}, {0, n}};
-    for (int p = 0; p < 3; p++)
-        for (size_t a = parts[p][0], b = parts[p][1]; a + 1 < b; a++, b--) {
-            char t = buf[a];
-            buf[a] = buf[b - 1];
-            buf[b - 1] = t;
-        }
-}
-
-/* An XADD still on the command link when it failed. Sent whole, its outcome is unknown:
- * Redis may have stored it and gone before answering. An HTTP publisher hears exactly that
- * (503; it can look before publishing again; one that left is not published for, as it had
- * no answer and may publish again itself); a relay fetches it again from the last
- * upstream id Redis answered for; an input's or sse_publish()'s event cannot be fetched
- * again, so it is sent again: it may be stored twice, but is never lost. Not sent whole,
- * it was not stored (Redis drops a command cut short): the publisher gets 503, the relay
- * fetches it again, the rest is kept and sent after reconnecting. Returns whether it was
- * kept. */
-static bool redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct redis_wait *rw) {
-    struct redis_hub *r = srv->redis;
-    bool sent = rw->end <= l->out_pos + l->out_off;
-    r->unknown += sent;
-    if (rw->http) {
-        r->errors += !sent; /* a publisher that left had no answer: it may publish again */
-        if (!rw->c)
-            return false;
-        rw->c->state = CONN_RESPOND; /* out of CONN_WAIT, so closing it is plain */
-        if (sent)
-            http_text(srv, rw->c, 503,
-                      "Redis went away before answering: the outcome is unknown, the event may "
-                      "have been stored; check before publishing it again",
-                      NULL);
-        else
-            publish_answer(srv, rw->c, -EIO, 0, rw->topic);
-        return false;
-    }
-    if (rw->relay) {
-        rw->relay->pending--;
-        return false;
-    }
-    if (redis_keep(r, l->out + (rw->end - rw->len - l->out_pos), rw->len))
-        return true;
-    r->errors++;
-    log_say(&srv->log, SSE_LOG_ERROR, "redis %s: out of memory: an event was lost", r->where);
-    return false;
-}
-
-/* A link failed: everyone waiting on it hears so, and it is retried after a back-off that
- * doubles from 100 ms up to REDIS_BACKOFF_MAX. Losing the command link also stops the
- * relays: they reconnect, from the last id Redis took, once it can take events again. */
-static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why) {
-    struct redis_hub *r = srv->redis;
-    if (l->h.fd >= 0) {
-        close(l->h.fd);
-        l->h.fd = -1;
-        r->reconnects++;
-        log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link lost: %s", r->where, l->name, why);
-    }
-    l->up = l->connecting = l->ready = false;
-    l->in_len = 0;
-    l->deadline = 0;
-    uint32_t nlater = r->nkept, kept = 0; /* kept already: came after all that is on the link */
-    size_t later = r->kept_len;
-    while (l->wlen) {
-        struct redis_wait *rw = &l->waits[l->whead];
-        l->whead = (l->whead + 1) % l->wcap;
-        l->wlen--;
-        if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE || rw->kind == RW_XLAST) && rw->c)
-            conn_close(srv, rw->c, R_PEER_FAILED); /* it comes back with its last id */
-        else if (rw->kind == RW_XADD)
-            kept += redis_xadd_lost(srv, l, rw);
-        free(rw->up_id);
-    }
-    if (nlater && kept) {
-        redis_rotate(r->kept, r->kept_len, later);
-        redis_rotate((char *)r->kept_lens, r->nkept * sizeof *r->kept_lens,
-                     nlater * sizeof *r->kept_lens);
-    }
-    l->out_len = l->out_off = l->out_pos = 0;
-    struct proxy_hub *hub = proxy_hub(srv);
-    for (size_t i = 0; l == &r->cmd && i < hub->nrelays; i++)
-        if (hub->relays[i].px)
-            proxy_release(srv, hub->relays[i].px, R_PEER_FAILED);
-    unsigned shift = l->failures < 6 ? l->failures : 6;
-    int64_t backoff = (int64_t)100 << shift;
-    l->next_attempt = srv->now + (backoff < REDIS_BACKOFF_MAX ? backoff : REDIS_BACKOFF_MAX);
-    l->failures++;
-}
-
-/* How many subscribers of this server follow a topic (for a publish's answer). */
-static int redis_local_subscribers(struct sse_server *srv, const char *topic) {
-    struct topic *t = topic_find(&srv->topics, topic, strlen(topic));
-    int n = 0;
-    for (struct sub *s = t ? t->subs : NULL; s; s = s->next)
-        n++;
-    return n;
-}
-
-/* A value as a NUL-terminated string in out (cap bytes); false if it is no string or too
- * long. */
-static bool redis_str(const struct resp_value *v, char *out, size_t cap) {
-    if (v->type != '$' || v->len >= cap)
-        return false;
-    if (v->len) /* a null bulk string ($-1) has no bytes, and str may be NULL */
-        memcpy(out, v->str, v->len);
-    out[v->len] = '\0';
-    return true;
-}
-
-/* What sse-server writes into a stream entry, [id, [field, value, ...]] at vals[i]. */
-struct redis_entry {
-    char id[48];                    /* the entry id as Redis wrote it ("" if none) */
-    uint64_t key;                   /* the id as a key */
-    char topic[TOPIC_NAME_MAX + 1]; /* "topic" */
-    char event[EVENT_TYPE_MAX + 1]; /* "event", or "" */
-    const struct resp_value *data;  /* "data" */
-};
-
-/* Reads an entry; false if it is not an event sse-server would publish (e->id is still set
- * when the entry has an id, so a reader can move past it). */
-static bool redis_entry(const struct sse_server *srv, const struct resp_value *vals, size_t n,
-                        size_t i, struct redis_entry *e) {
-    memset(e, 0, sizeof *e);
-    bool ok = i + 2 < n && vals[i].type == '*' && vals[i].len == 2 &&
-              redis_str(&vals[i + 1], e->id, sizeof e->id) && vals[i + 2].type == '*' &&
-              vals[i + 2].len % 2 == 0;
-    ok = ok && id_parse(true, e->id, strlen(e->id), &e->key);
-    for (size_t f = i + 3; ok && f + 1 < i + 3 + vals[i + 2].len && f + 1 < n; f += 2) {
-        const struct resp_value *name = &vals[f], *value = &vals[f + 1];
-        ok = name->type == '$' && value->type == '$';
-        if (ok && bytes_eq(name->str, name->len, "topic"))
-            ok = redis_str(value, e->topic, sizeof e->topic);
-        else if (ok && bytes_eq(name->str, name->len, "event"))
-            ok = redis_str(value, e->event, sizeof e->event) && e->event[0];
-        else if (ok && bytes_eq(name->str, name->len, "data"))
-            e->data = value;
-    }
-    const char *t = e->topic;
-    return ok && e->data && e->topic[0] &&
-           publish_check(srv, &t, e->event[0] ? e->event : NULL, e->data->str, e->data->len) == 0;
-}
-
-static void redis_ahead_done(struct sse_server *srv);
-
-/* One stream entry at vals[i] to the local subscribers. Entries not written by sse-server
- * are skipped and counted; the follower moves past them all the same. */
-static void redis_deliver_entry(struct sse_server *srv, const struct resp_value *vals, size_t n,
-                                size_t i) {
-    struct redis_hub *r = srv->redis;
-    struct redis_entry e;
-    bool ok = redis_entry(srv, vals, n, i, &e);
-    if (e.id[0])
-        memcpy(r->after, e.id, strlen(e.id) + 1); /* read, delivered or not */
-    if (ok && e.key > srv->last_id &&
-        publish_deliver(srv, e.key, e.topic, e.event[0] ? e.event : NULL, e.data->str,
-                        e.data->len) >= 0) {
-        r->received++;
-        redis_ahead_done(srv);
-        return;
-    }
-    r->errors++;
-    log_say(&srv->log, SSE_LOG_WARN, "redis %s: stream entry %s skipped: not an sse-server event",
-            r->where, e.id[0] ? e.id : "without an id");
-}
-
-/* The follower's answers: where the stream ends (at start), then entries. */
-static bool redis_follow_reply(struct sse_server *srv, enum redis_wait_kind kind,
-                               const struct resp_value *vals, size_t n) {
-    struct redis_hub *r = srv->redis;
-    if (kind == RW_POSITION) {
-        char id[48] = "0-0";
-        if (vals[0].type != '*' || (vals[0].len && (n < 3 || !redis_str(&vals[2], id, sizeof id))))
-            return false;
-        uint64_t key;
-        if (!id_parse(true, id, strlen(id), &key))
-            return false;
-        srv->last_id = key;
-        memcpy(r->after, id, strlen(id) + 1);
-        blob_unref(srv->id_line);
-        srv->id_line = NULL;
-        r->positioned = true;
-        log_say(&srv->log, SSE_LOG_INFO, "redis %s: following stream %s after %s", r->where, r->key,
-                id);
-    } else if (vals[0].type == '*') { /* [[key, [entry, ...]]] */
-        if (n < 4 || vals[0].len != 1 || vals[1].type != '*' || vals[1].len != 2 ||
-            vals[2].type != '$' || vals[3].type != '*')
-            return false;
-        for (size_t i = 4, e = 0; e < vals[3].len && i < n; e++) {
-            redis_deliver_entry(srv, vals, n, i);
-            i = resp_skip(vals, n, i);
-        }
-    } else if (vals[0].type != '_') { /* '_': BLOCK ran out with nothing new */
-        return false;
-    }
-    redis_follow_next(srv);
-    return true;
-}
-
-/*
- * Replay from Redis. A client may come back with an id older than this node's backlog (the
- * node started later, or the client was away long). Then the node asks Redis: XINFO STREAM
- * says whether anything after that id was trimmed away (then only the reset event is
- * honest), and XRANGE brings the entries after it, REDIS_REPLAY_PAGE at a time, until they
- * reach what the backlog holds; the backlog then gives the rest, and live events follow.
- * Until then the subscriber is CF_REPLAYING: live events skip it (it takes them from the
- * backlog), so it sees every event once, in order. Replayed entries are formatted for this
- * subscriber alone; a subscriber that falls client_buffer behind is dropped as slow.
- */
-#define REDIS_REPLAY_PAGE 256
-
-/* Whether a node's backlog alone replays exactly after `last`: the local rule
- * (backlog_covers), but stream ids are sparse. The backlog holds every entry the follower
- * delivered after `base` (the stream's position when the node started, or the last entry
- * evicted), so an id between base and the first entry held was never an entry this node
- * read: it may come from a stream Redis has since lost (restarted empty) or from an entry
- * deleted before this node read it. Only Redis can say whether such an id is covered
- * (redis_replay_info); the backlog covers base itself and ids from its first entry on. */
-static bool redis_backlog_covers(const struct sse_server *srv, uint64_t last) {
-    const struct backlog *bl = &srv->backlog;
-    if (!backlog_covers(bl, last, srv->last_id))
-        return false;
-    return last == srv->last_id || last == bl->base || last >= backlog_at(bl, 0)->id;
-}
-
-static bool redis_replay_page(struct sse_server *srv, struct conn *c, uint64_t after) {
-    struct redis_hub *r = srv->redis;
-    char from[50] = "(", count[24];
-    struct wbuf fw = {from + 1, sizeof from - 1, 0}, cw = {count, sizeof count, 0};
-    wb_id(&fw, true, after);
-    wb_u64(&cw, REDIS_REPLAY_PAGE);
-    const char *argv[] = {"XRANGE", r->key, from, "+", "COUNT", count};
-    size_t lens[] = {6, strlen(r->key), fw.len + 1, 1, 5, cw.len};
-    struct redis_wait *rw = redis_send(srv, &r->cmd, RW_XRANGE, c, NULL, 6, argv, lens);
-    if (rw)
-        rw->after = after;
-    return rw != NULL;
-}
-
-/* Starts a replay from Redis for a subscriber whose last id is `after`. False when Redis
- * cannot be asked now (the caller sends the reset event instead). */
-static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after) {
-    struct redis_hub *r = srv->redis;
-    const char *argv[] = {"XINFO", "STREAM", r->key};
-    size_t lens[] = {5, 6, strlen(r->key)};
-    struct redis_wait *rw =
-        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XINFO, c, NULL, 3, argv, lens) : NULL;
-    if (!rw)
-        return false;
-    rw->after = after;
-    return true;
-}
-
-/* XINFO STREAM's answer, a flat list of field and value. The rule is the backlog's
- * (backlog_covers): a replay is exact only when the history provably holds every entry after
- * the client's id. Stream ids are sparse, so "provably" means: the id is not older than the
- * first entry the stream holds (everything after it is still there), or it is 0-0 (the
- * position of an empty stream) and nothing was ever removed (entries-added equals length);
- * and no entry after it was deleted from the middle (max-deleted-entry-id). An id older
- * than the first entry is never covered, even when nothing was trimmed: the stream may have
- * been created again since the client read it (Redis without persistence restarts empty,
- * and a stream that was deleted starts over), and its entries before the first are gone
- * without a trace. No stream at all (an error) is no proof either. */
-static void redis_replay_info(struct sse_server *srv, const struct redis_wait *rw,
-                              const struct resp_value *vals, size_t n) {
-    uint64_t deleted = 0, first = 0;
-    int64_t added = -1, length = -1;
-    bool have_first = false;
-    for (size_t i = 1; vals[0].type == '*' && i + 1 < n; i = resp_skip(vals, n, i + 1)) {
-        char id[48];
-        const struct resp_value *name = &vals[i], *value = &vals[i + 1];
-        if (name->type != '$' && name->type != '+')
-            continue;
-        if (bytes_eq(name->str, name->len, "length") && value->type == ':')
-            length = value->integer;
-        else if (bytes_eq(name->str, name->len, "entries-added") && value->type == ':')
-            added = value->integer;
-        else if (bytes_eq(name->str, name->len, "max-deleted-entry-id") &&
-                 redis_str(value, id, sizeof id))
-            id_parse(true, id, strlen(id), &deleted);
-        else if (bytes_eq(name->str, name->len, "first-entry") && value->type == '*' && i + 2 < n &&
-                 redis_str(&vals[i + 2], id, sizeof id))
-            have_first = id_parse(true, id, strlen(id), &first);
-    }
-    bool removed = added < 0 || length < 0 || added != length;
-    bool exact = vals[0].type == '*' && rw->after >= deleted &&
-                 ((length > 0 && have_first && rw->after >= first) || (rw->after == 0 && !removed));
-    if (!exact || !redis_replay_page(srv, rw->c, rw->after))
-        stream_answer_later(srv, rw->c, rw->after, false);
-}
-
-/* A page of XRANGE: entries up to what the backlog holds go to the subscriber; then the
- * next page, or the backlog. */
-static void redis_replay_entries(struct sse_server *srv, const struct redis_wait *rw,
-                                 const struct resp_value *vals, size_t n) {
-    struct conn *c = rw->c;
-    if (vals[0].type != '*') {
-        stream_answer_later(srv, c, rw->after, false);
-        return;
-    }
-    uint64_t limit = srv->backlog.count ? srv->backlog.base : srv->last_id, after = rw->after;
-    bool done = vals[0].len < REDIS_REPLAY_PAGE;
-    for (size_t i = 1, e = 0; e < vals[0].len && i < n; e++, i = resp_skip(vals, n, i)) {
-        struct redis_entry ent;
-        bool ok = redis_entry(srv, vals, n, i, &ent);
-        if (!ent.id[0] || ent.key > limit) {
-            done = true; /* the backlog has it from here */
-            break;
-        }
-        after = ent.key;
-        struct topic *t = ok ? topic_find(&srv->topics, ent.topic, strlen(ent.topic)) : NULL;
-        if (!t || !stream_follows(c, t))
-            continue;
-        size_t len =
-            wire_format_event(NULL, 0, ent.id, strlen(ent.id), ent.event[0] ? ent.event : NULL,
-                              ent.data->str, ent.data->len);
-        struct blob *b = blob_new(len);
-        if (b)
-            wire_format_event(b->bytes, len, ent.id, strlen(ent.id),
-                              ent.event[0] ? ent.event : NULL, ent.data->str, ent.data->len);
-        if (!b || !conn_enqueue_owned(srv, c, b)) {
-            conn_close(srv, c, R_ERROR);
-            return;
-        }
-        if (c->qbytes > srv->client_buffer) {
-            srv->m.dropped_total++;
-            conn_close(srv, c, R_SLOW);
-            return;
-        }
-    }
-    if (done || !redis_replay_page(srv, c, after))
-        stream_answer_later(srv, c, after, done);
-}
-
-/*
- * A client may come back with an id this node has not read yet: it read the event on a
- * node whose follower is a little ahead. Such an id is not a reset; the subscriber waits
- * (CF_REPLAYING: live events skip it) until this node's follower passes the id, then
- * takes what came after it from the backlog. XREVRANGE first tells whether the id exists
- * at all: one newer than the stream's last entry was never issued, and gets the reset.
- */
-static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last) {
-    struct redis_hub *r = srv->redis;
-    const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
-    size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
-    struct redis_wait *rw =
-        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XLAST, c, NULL, 6, argv, lens) : NULL;
-    if (!rw)
-        return false;
-    rw->after = last;
-    return true;
-}
-
-/* Subscribers waiting for the follower whose id it has now reached go on from the backlog
- * (or from Redis, if a burst pushed their id out of the backlog meanwhile). */
-static void redis_ahead_done(struct sse_server *srv) {
-    struct redis_hub *r = srv->redis;
-    for (uint32_t i = 0; i < r->nahead; i++) {
-        struct redis_ahead a = r->ahead[i];
-        if (a.last > srv->last_id)
-            continue;
-        r->ahead[i--] = r->ahead[--r->nahead];
-        if (redis_backlog_covers(srv, a.last))
-            stream_answer_later(srv, a.c, a.last, true);
-        else if (!redis_replay(srv, a.c, a.last))
-            stream_answer_later(srv, a.c, a.last, false);
-    }
-}
-
-/* XREVRANGE's answer: the stream's last entry. */
-static void redis_ahead_last(struct sse_server *srv, const struct redis_wait *rw,
-                             const struct resp_value *vals, size_t n) {
-    struct redis_hub *r = srv->redis;
-    char id[48];
-    uint64_t newest = 0;
-    bool exists = vals[0].type == '*' && vals[0].len == 1 && n >= 3 &&
-                  redis_str(&vals[2], id, sizeof id) && id_parse(true, id, strlen(id), &newest) &&
-                  rw->after <= newest;
-    if (exists && rw->after <= srv->last_id) {
-        stream_answer_later(srv, rw->c, rw->after, true); /* reached while we asked */
-        return;
-    }
-    if (exists && r->nahead == r->ahead_cap) {
-        uint32_t cap = r->ahead_cap ? r->ahead_cap * 2 : 8;
-        struct redis_ahead *more = realloc(r->ahead, cap * sizeof *more);
-        exists = more != NULL;
-        if (more) {
-            r->ahead = more;
-            r->ahead_cap = cap;
-        }
-    }
-    if (!exists) {
-        stream_answer_later(srv, rw->c, rw->after, false);
-        return;
-    }
-    r->ahead[r->nahead++] = (struct redis_ahead){rw->c, rw->after};
-}
-
-/* Redis answered a relay's XADD. Stored: Redis has every event of the relay up to this one.
- * Refused: the relay fetches it again from the last id Redis took, so the XADDs after it,
- * sent already, must no longer move that id on. */
-static void redis_relay_answered(struct sse_server *srv, const struct redis_wait *rw, bool stored) {
-    struct relay *relay = rw->relay;
-    struct redis_link *l = &srv->redis->cmd;
-    relay->pending--;
-    if (stored && rw->up_id) {
-        memcpy(relay->taken, rw->up_id, strlen(rw->up_id) + 1);
-        return;
-    }
-    for (uint32_t i = 0; !stored && i < l->wlen; i++) {
-        struct redis_wait *later = &l->waits[(l->whead + i) % l->wcap];
-        if (later->relay == relay) {
-            free(later->up_id);
-            later->up_id = NULL;
-        }
-    }
-    if (!stored && relay->px)
-        proxy_release(srv, relay->px, R_PEER_FAILED);
-}
-
-/* The reply to the command at the head of a link's queue. False: the link is unusable. */
-static bool redis_reply(struct sse_server *srv, struct redis_link *l, const struct redis_wait *rw,
-                        const struct resp_value *vals, size_t n) {
-    struct redis_hub *r = srv->redis;
-    if (rw->kind == RW_XLAST) {
-        if (rw->c)
-            redis_ahead_last(srv, rw, vals, n);
-        return true;
-    }
-    if (rw->kind == RW_XINFO || rw->kind == RW_XRANGE) {
-        if (rw->c && rw->kind == RW_XINFO)
-            redis_replay_info(srv, rw, vals, n); /* an error: no stream, so no exact replay */
-        else if (rw->c)
-            redis_replay_entries(srv, rw, vals, n);
-        return true;
-    }
-    if (vals[0].type == '-' && rw->kind != RW_XADD) {
-        log_say(&srv->log, SSE_LOG_ERROR, "redis %s: %s link: %s%.*s", r->where, l->name,
-                rw->kind == RW_AUTH ? "AUTH refused (check --redis-password): " : "",
-                (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str);
-        return false;
-    }
-    if (rw->kind == RW_PING)
-        return true; /* PONG: the link is alive */
-    if (rw->kind == RW_AUTH) {
-        l->ready = true;
-        if (l == &r->cmd)
-            redis_send_kept(srv);
-        return true;
-    }
-    if (rw->kind != RW_XADD)
-        return redis_follow_reply(srv, (enum redis_wait_kind)rw->kind, vals, n);
-    char id[48];
-    uint64_t key = 0;
-    bool stored = redis_str(&vals[0], id, sizeof id) && id_parse(true, id, strlen(id), &key);
-    if (!stored) {
-        r->errors++;
-        log_say(&srv->log, SSE_LOG_WARN, "redis %s: XADD failed: %.*s", r->where,
-                (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str ? vals[0].str : "");
-    }
-    if (rw->relay)
-        redis_relay_answered(srv, rw, stored);
-    if (rw->c)
-        publish_answer(srv, rw->c, stored ? redis_local_subscribers(srv, rw->topic) : -EIO, key,
-                       rw->topic);
-    return true;
-}
-
-/* Drops the output before the oldest command still waiting for its reply: should the link
- * fail first, its bytes may be sent again (redis_xadd_lost). Bytes move only when that frees
- * half the buffer, so trimming costs linear time. */
-static void redis_out_trim(struct redis_link *l) {
-    size_t from = l->out_len - redis_live(l);
-    if (!from || (from < l->out_len && from * 2 < l->out_len))
-        return;
-    memmove(l->out, l->out + from, l->out_len - from);
-    l->out_len -= from;
-    l->out_off -= from;
-    l->out_pos += from;
-}
-
-/* Reads what Redis sent and handles every whole reply in it. */
-static void redis_read(struct sse_server *srv, struct redis_link *l) {
-    struct redis_hub *r = srv->redis;
-    for (;;) {
-        if (l->in_cap - l->in_len < 16384) {
-            size_t cap = l->in_cap ? l->in_cap * 2 : 65536;
-            char *in = cap <= r->max_reply + 65536 ? realloc(l->in, cap) : NULL;
-            if (!in) {
-                redis_link_fail(srv, l, "reply too large");
-                return;
-            }
-            l->in = in;
-            l->in_cap = cap;
-        }
-        ssize_t got = recv(l->h.fd, l->in + l->in_len, l->in_cap - l->in_len, 0);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (got <= 0) {
-            redis_link_fail(srv, l, got == 0 ? "closed by Redis" : strerror(errno));
-            return;
-        }
-        l->in_len += (size_t)got;
-        size_t at = 0, n;
-        long used;
-        while ((used = resp_read(l->in + at, l->in_len - at, r->max_reply, r->vals, RESP_MAX_VALUES,
-                                 &n)) > 0) {
-            if (!l->wlen) {
-                redis_link_fail(srv, l, "a reply nobody asked for");
-                return;
-            }
-            struct redis_wait rw = l->waits[l->whead];
-            l->whead = (l->whead + 1) % l->wcap;
-            l->wlen--;
-            at += (size_t)used;
-            if (rw.kind == RW_XADD || rw.kind == RW_XREAD || rw.kind == RW_PING)
-                l->failures = 0; /* working, not merely connected */
-            bool usable = redis_reply(srv, l, &rw, r->vals, n);
-            free(rw.up_id);
-            if (!usable) {
-                redis_link_fail(srv, l, "unusable reply");
-                return;
-            }
-            if (l->h.fd < 0)
-                return; /* failed while handling the reply */
-            redis_rearm(srv, l);
-        }
-        if (used < 0) {
-            redis_link_fail(srv, l, "not RESP2");
-            return;
-        }
-        memmove(l->in, l->in + at, l->in_len - at);
-        l->in_len -= at;
-        redis_out_trim(l);
-    }
-}
-
-/* Sends what is queued on a link, as far as the socket takes it. */
-static void redis_flush(struct sse_server *srv, struct redis_link *l) {
-    while (l->up && l->out_off < l->out_len) {
-        ssize_t w = send(l->h.fd, l->out + l->out_off, l->out_len - l->out_off, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (w < 0) {
-            redis_link_fail(srv, l, strerror(errno));
-            return;
-        }
-        l->out_off += (size_t)w;
-    }
-}
-
-/* A Redis link's on_event. */
-static void redis_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
-    struct redis_link *l = (struct redis_link *)h;
-    if (l->connecting) {
-        int err = 0;
-        socklen_t elen = sizeof err;
-        if (getsockopt(l->h.fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
-            err = errno;
-        if (err) {
-            redis_link_fail(srv, l, strerror(err));
-            return;
-        }
-        if (!(events & (EPOLLOUT | EPOLLIN)))
-            return;
-        l->connecting = false;
-        l->up = true;
-        l->ready = !srv->redis->password; /* else once AUTH is answered */
-        log_say(&srv->log, SSE_LOG_INFO, "redis %s: %s link connected", srv->redis->where, l->name);
-        redis_rearm(srv, l); /* the connect deadline is over: replies due, if any, or idle */
-        if (l->ready && l == &srv->redis->cmd)
-            redis_send_kept(srv);
-    }
-    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        redis_read(srv, l);
-    if (l->h.fd >= 0)
-        redis_flush(srv, l);
-}
-
-/* Whether inputs may be read, relays take events and HTTP publish: the command link is
- * through AUTH, and it and what is kept are below the hold mark. */
-static bool redis_can_take(const struct sse_server *srv) {
-    const struct redis_hub *r = srv->redis;
-    return r->cmd.ready && !redis_behind(&r->cmd) && r->kept_len < REDIS_HOLD_BYTES &&
-           r->nkept < REDIS_HOLD_WAITS;
-}
-
-/* An XADD for a publish. From HTTP (c, answered when Redis replies): 0, or -EIO when Redis
- * cannot take it now (down, or past the hold mark). From a relay: 0, or -EAGAIN when Redis
- * cannot take it now (the relay fetches it again later). From an input or sse_publish(): 0
- * once it is on the link or kept for it (in order: nothing overtakes what is kept), or
- * -ENOMEM. */
-static int redis_xadd(struct sse_server *srv, struct conn *c, struct relay *relay,
-                      const char *topic, const char *event, const char *data, size_t len) {
-    struct redis_hub *r = srv->redis;
-    bool direct = redis_can_take(srv) && (c || relay || !r->nkept);
-    char *up_id = relay && direct ? strdup(relay->reader.last_id) : NULL;
-    char maxlen[24];
-    struct wbuf mw = {maxlen, sizeof maxlen, 0};
-    wb_u64(&mw, r->maxlen);
-    const char *argv[12] = {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", topic};
-    size_t lens[12] = {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(topic)};
-    int argc = 8;
-    if (event) {
-        argv[argc] = "event";
-        lens[argc++] = 5;
-        argv[argc] = event;
-        lens[argc++] = strlen(event);
-    }
-    argv[argc] = "data";
-    lens[argc++] = 4;
-    argv[argc] = data ? data : "";
-    lens[argc++] = data ? len : 0;
-    struct redis_wait *rw = direct && (!relay || up_id)
-                                ? redis_send(srv, &r->cmd, RW_XADD, c, topic, argc, argv, lens)
-                                : NULL;
-    if (rw && relay) {
-        rw->relay = relay;
-        rw->up_id = up_id;
-        relay->pending++;
-    }
-    if (rw)
-        return 0;
-    free(up_id);
-    if (c || relay) {
-        r->errors += c != NULL;
-        return c ? -EIO : -EAGAIN;
-    }
-    struct wbuf w = {NULL, 0, 0};
-    resp_command(&w, argc, argv, lens); /* measures */
-    char *cmd = malloc(w.len);
-    w = (struct wbuf){cmd, cmd ? w.len : 0, 0};
-    resp_command(&w, argc, argv, lens);
-    bool kept = cmd && redis_keep(r, cmd, w.len);
-    free(cmd);
-    return kept ? 0 : -ENOMEM;
-}
-
-static int redis_publish(struct sse_server *srv, struct conn *c, const char *topic,
-                         const char *event, const char *data, size_t len) {
-    return redis_xadd(srv, c, NULL, topic, event, data, len);
-}
-
-/* A relay's event: see redis_xadd(). The event is checked first, as publish_event() does. */
-static int redis_relay_publish(struct sse_server *srv, struct relay *relay, const char *event,
-                               const char *data, size_t len) {
-    const char *topic = relay->topic;
-    int r = publish_check(srv, &topic, event, data, len);
-    return r < 0 ? r : redis_xadd(srv, NULL, relay, topic, event, data, len);
-}
-
-/* A relay reconnects only when Redis can take its events and has answered all it sent,
- * so the last id Redis took is final. */
-static bool redis_relay_may_connect(const struct sse_server *srv, const struct relay *relay) {
-    return redis_can_take(srv) && !relay->pending;
-}
-
-/* Whether sse_publish() may keep one more event: below REDIS_KEPT_MAX. */
-static bool redis_may_keep(const struct sse_server *srv) {
-    return srv->redis->kept_len < REDIS_KEPT_MAX;
-}
-
-/* A publisher waiting for Redis went away: its answer goes nowhere. */
-static void redis_forget(struct sse_server *srv, const struct conn *c) {
-    struct redis_hub *r = srv->redis;
-    struct redis_link *l = &r->cmd;
-    for (uint32_t i = 0; i < l->wlen; i++)
-        if (l->waits[(l->whead + i) % l->wcap].c == c)
-            l->waits[(l->whead + i) % l->wcap].c = NULL;
-    for (uint32_t i = 0; i < r->nahead; i++)
-        if (r->ahead[i].c == c)
-            r->ahead[i--] = r->ahead[--r->nahead];
-}
-
-/* Probes an idle link: Redis answers PING with PONG (RESP2 simple string), so a link that
- * died without a FIN or RST (a host gone, a NAT that forgot us) is found within
- * REDIS_PING_MS + REDIS_TIMEOUT_MS instead of at the next publish. */
-static void redis_ping(struct sse_server *srv, struct redis_link *l) {
-    const char *argv[] = {"PING"};
-    size_t lens[] = {4};
-    if (!redis_send(srv, l, RW_PING, NULL, NULL, 1, argv, lens))
-        redis_link_fail(srv, l, "out of memory");
-}
-
-/* Once per loop iteration: send what was queued, reconnect what is down and due, give up on
- * what has not answered in time, probe what has been idle for REDIS_PING_MS. */
-static void redis_tick(struct sse_server *srv) {
-    struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
-    if (srv->redis->nkept)
-        redis_send_kept(srv); /* what did not fit when the link came up */
-    for (int i = 0; i < 2; i++) {
-        struct redis_link *l = links[i];
-        bool ping = l->wlen && l->waits[l->whead].kind == RW_PING;
-        if (l->h.fd < 0 && !srv->stopping && srv->now >= l->next_attempt)
-            redis_connect(srv, l);
-        else if (l->h.fd >= 0 && l->deadline && srv->now >= l->deadline)
-            redis_link_fail(srv, l,
-                            l->connecting ? "connect timed out"
-                            : ping        ? "no reply in time (PING unanswered)"
-                                          : "no reply in time");
-        else if (l->h.fd >= 0 && l->up && !l->wlen && srv->now >= l->idle_since + REDIS_PING_MS)
-            redis_ping(srv, l);
-        if (l->h.fd >= 0)
-            redis_flush(srv, l);
-    }
-}
-
-/* The next moment redis_tick() has something to do, or INT64_MAX. */
-static int64_t redis_next_deadline(const struct sse_server *srv) {
-    int64_t next = INT64_MAX;
-    const struct redis_link *links[2] = {&srv->redis->cmd, &srv->redis->follow};
-    for (int i = 0; i < 2; i++) {
-        const struct redis_link *l = links[i];
-        int64_t t = l->h.fd < 0         ? (srv->stopping ? INT64_MAX : l->next_attempt)
-                    : l->deadline       ? l->deadline
-                    : l->up && !l->wlen ? l->idle_since + REDIS_PING_MS
-                                        : INT64_MAX;
-        if (l->out_len > l->out_off && l->up)
-            t = 0;
-        if (t < next)
-            next = t;
-    }
-    return next;
-}
-
-static bool redis_positioned(const struct sse_server *srv) {
-    return srv->redis->positioned;
-}
-
-static uint64_t redis_reconnects(const struct sse_server *srv) {
-    return srv->redis->reconnects;
-}
-
-static uint64_t redis_errors(const struct sse_server *srv) {
-    return srv->redis->errors;
-}
-
-static uint64_t redis_received(const struct sse_server *srv) {
-    return srv->redis->received;
-}
-
-static uint64_t redis_unknown(const struct sse_server *srv) {
-    return srv->redis->unknown;
-}
-
-/* Whether the node can take publishes and serve streams: both links through AUTH, position
- * known. */
-static bool redis_ready(const struct sse_server *srv) {
-    const struct redis_hub *r = srv->redis;
-    return r->cmd.ready && r->follow.ready && r->positioned;
-}
-
-static void redis_free(struct sse_server *srv) {
-    struct redis_hub *r = srv->redis;
-    if (!r)
-        return;
-    struct redis_link *links[2] = {&r->cmd, &r->follow};
-    for (int i = 0; i < 2; i++) {
-        if (links[i]->h.fd >= 0)
-            close(links[i]->h.fd);
-        for (uint32_t w = 0; w < links[i]->wlen; w++)
-            free(links[i]->waits[(links[i]->whead + w) % links[i]->wcap].up_id);
-        free(links[i]->in);
-        free(links[i]->out);
-        free(links[i]->waits);
-    }
-    free(r->password);
-    free(r->vals);
-    free(r->kept);
-    free(r->kept_lens);
-    free(r->ahead);
-    free(r);
-    srv->redis = NULL;
-}
-
-/* ---- Redis as a history ------------------------------------------------------------------
- * Redis assigns the ids (stream entry ids, "MS-SEQ"), so a publish goes to the stream and
- * comes back through the follower; an id the backlog cannot answer for is asked of Redis. */
-
-static int redis_history_append(struct sse_server *srv, struct conn *c, const char *topic,
-                                const char *event, const char *data, size_t len, uint64_t *id) {
-    *id = 0; /* the follower brings it back with its id */
-    return redis_publish(srv, c, topic, event, data, len);
-}
-
-/* A client ahead of this node's follower waits for it (redis_ahead); the backlog answers
- * for what it provably holds (redis_backlog_covers); an older id is asked of Redis
- * (redis_replay). What cannot be asked is a reset. */
-static enum history_answer redis_history_covers(struct sse_server *srv, struct conn *c,
-                                                uint64_t id) {
-    if (id > srv->last_id && redis_ahead(srv, c, id))
-        return HISTORY_LATER; /* when the follower reaches it (redis_ahead_done) */
-    if (redis_backlog_covers(srv, id))
-        return HISTORY_COVERED;
-    if (id < srv->last_id && redis_replay(srv, c, id))
-        return HISTORY_LATER; /* from Redis, then the backlog (stream_replay_rest) */
-    return HISTORY_RESET;
-}
-
-static void redis_history_id(struct wbuf *w, uint64_t key) {
-    wb_id(w, true, key);
-}
-
-static bool redis_history_parse(const char *s, size_t len, uint64_t *key) {
-    return id_parse(true, s, len, key);
-}
-
-static size_t redis_metrics(const struct sse_server *srv, struct metrics_row *rows) {
-    const struct metrics_row mine[] = {
-        {"sse_redis_up", "gauge", "1 when both Redis links are up and following the stream.",
-         srv->redis && redis_ready(srv)},
-        {"sse_redis_reconnects_total", "counter", "Redis links lost.",
-         srv->redis ? redis_reconnects(srv) : 0},
-        {"sse_redis_errors_total", "counter",
-         "Publishes Redis did not take (answered 503) and stream entries skipped.",
-         srv->redis ? redis_errors(srv) : 0},
-        {"sse_redis_entries_total", "counter", "Stream entries delivered to local subscribers.",
-         srv->redis ? redis_received(srv) : 0},
-        {"sse_redis_publish_unknown_total", "counter",
-         "XADDs sent but not answered when the link died: stored or not, nobody knows.",
-         srv->redis ? redis_unknown(srv) : 0},
-    };
-    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
-    memcpy(rows, mine, sizeof mine);
-    return sizeof mine / sizeof mine[0];
-}
-
-static const char *redis_unhealthy(const struct sse_server *srv) {
-    return srv->redis && !redis_ready(srv) ? "redis unavailable" : NULL;
-}
-
-static const struct part_ops part_redis = {.metrics = redis_metrics, .unhealthy = redis_unhealthy};
-
-static const struct history_ops history_redis = {
-    .append = redis_history_append,
-    .covers = redis_history_covers,
-    .forget = redis_forget,
-    .tick = redis_tick,
-    .deadline = redis_next_deadline,
-    .format_id = redis_history_id,
-    .parse_id = redis_history_parse,
-    .free = redis_free,
-    .positioned = redis_positioned,
-};
-
-/* ==========================================================================================
+=======
  * 10. Request dispatch
  *
  * A parsed request is checked (framing, Host), its path and query decoded once, offered to
@@ -6826,7 +5566,7 @@ static void input_emit(void *ctx, const char *topic, const char *event, const ch
         log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event: %s", skipped);
         return;
     }
-    int r = publish_event(srv, topic, event, data, len, NULL);
+    int r = publish_event(srv, &(struct publish_in){topic, event, data, len, NULL, NULL}, NULL);
     if (r == -EINVAL)
         log_say(&srv->log, SSE_LOG_WARN, "input: skipped an event that is not valid UTF-8");
     else if (r < 0)
@@ -8057,6 +6797,1329 @@ static const char *api_journal(struct sse_server *srv, const struct sse_config *
 }
 #endif /* SSE_ENABLE_JOURNAL */
 
+#if SSE_ENABLE_REDIS
+/* ==========================================================================================
+ * Part II: Redis Streams, many servers, one history (SSE_ENABLE_REDIS)
+ *
+ * Adds: a hub of servers that share one history, a Redis stream. Plugs into the history
+ * seam (history_redis: Redis assigns the ids, "MS-SEQ", and answers a Last-Event-ID older
+ * than the backlog; publishes are XADDs answered later, an HTTP publisher through CONN_WAIT,
+ * a relay through its receipt), the parts seam (part_redis: its /metrics rows, and /healthz
+ * says 503 while Redis is unavailable), the publishers' gate (pace.can_take: inputs, relays
+ * and HTTP publishing wait while Redis cannot take events) and the handle seam (each link's
+ * redis_on_event). Its state hangs from srv->history_self. Names no other part.
+ *
+ * With a Redis address every server becomes a node of one hub. Publishing anywhere is an
+ * XADD to one stream, and every node follows that stream with XREAD BLOCK and delivers its
+ * entries to local subscribers through the same path as local events (publish_deliver), so
+ * every node delivers every event, in the stream's order, under the stream entry's id
+ * ("MS-SEQ"). A client may therefore reconnect to any node with its Last-Event-ID: what the
+ * node's backlog lacks, it fetches from Redis with XRANGE (redis_replay). A publish
+ * is acknowledged only once Redis has the event and said its id; while Redis cannot be
+ * reached publishing answers 503, subscribers stay connected (heartbeats go on), and the
+ * node reconnects with back-off and resumes XREAD after the last entry it delivered, so
+ * nothing in between is lost or delivered twice.
+ *
+ * Publishers that cannot be told 503 wait instead. While Redis cannot take events (the
+ * command link is down, not through AUTH, or past the hold mark) inputs are not read and
+ * relays drop their upstream, to fetch again from the last upstream id Redis took; XADDs
+ * from inputs and sse_publish() that were not yet written when the link failed are kept,
+ * in order, and sent after AUTH on the next link. A written XADD without its answer may or
+ * may not be stored: its HTTP publisher is told exactly that, and others send it again.
+ *
+ * Redis speaks RESP2 (redis.io/docs/reference/protocol-spec): a command is an array of bulk
+ * strings ("*2\r\n$4\r\nPING\r\n..."); a reply is a simple string (+), an error (-), an
+ * integer (:), a bulk string ($len, or $-1 for none) or an array (*n, or *-1) of replies.
+ * The reader below is bounded in depth, elements and length, and runs incrementally: it
+ * answers "incomplete" until a whole reply has arrived. Two connections per node: one for
+ * commands (AUTH, XADD), one that only follows the stream (XREAD BLOCK holds it).
+ * ======================================================================================== */
+
+#define RESP_MAX_DEPTH    8     /* arrays in arrays; XREAD's reply nests 5 deep */
+#define RESP_MAX_VALUES   65536 /* elements in one reply */
+#define REDIS_TIMEOUT_MS  5000  /* connecting, and waiting for a command's reply */
+#define REDIS_PING_MS     3000  /* a link with no reply due this long is probed with PING */
+#define REDIS_BLOCK_MS    10000 /* how long XREAD BLOCK waits for an entry */
+#define REDIS_BACKOFF_MAX 5000  /* longest wait between reconnection attempts */
+#define REDIS_WAITS_MAX   65536 /* publishes waiting for Redis at once */
+/* The hold mark. With this many bytes of commands on the command link not yet answered (sent
+ * or not), or this many commands waiting for a reply, the link takes no more, and with as
+ * many kept, inputs are not read, relays stop taking events and HTTP publishing answers
+ * 503, until Redis catches up. An input is read only below the mark, at most INPUT_CHUNK
+ * bytes at a time, so what is kept stays within the mark plus one read's events; beyond
+ * that only sse_publish() keeps events, up to REDIS_KEPT_MAX bytes, then says -EAGAIN. */
+#define REDIS_HOLD_BYTES (1u << 20)
+#define REDIS_HOLD_WAITS 16384
+#define REDIS_KEPT_MAX   (8u << 20)
+
+/* A node's event id is the stream entry's id, "MS-SEQ", which every node sees the same; its
+ * key is MS << ID_SEQ_BITS | SEQ, so keys order as entries do. Canonical text only. */
+#define ID_SEQ_BITS 20
+
+static void redis_id_format(struct wbuf *w, uint64_t key) {
+    wb_u64(w, key >> ID_SEQ_BITS);
+    wb_put(w, "-", 1);
+    wb_u64(w, key & ((1u << ID_SEQ_BITS) - 1));
+}
+
+static bool redis_id_parse(const char *s, size_t len, uint64_t *key) {
+    const char *dash = memchr(s, '-', len);
+    uint64_t ms, seq;
+    if (!dash || !id_decimal(s, (size_t)(dash - s), &ms) ||
+        !id_decimal(dash + 1, len - (size_t)(dash - s) - 1, &seq) || ms >> (64 - ID_SEQ_BITS) ||
+        seq >> ID_SEQ_BITS)
+        return false;
+    *key = ms << ID_SEQ_BITS | seq;
+    return true;
+}
+
+/* One value of a reply, in a flat array in reading order: an array's elements follow it. */
+struct resp_value {
+    char type;       /* '+', '-', ':', '$', '*'; '_' for a null bulk string or array */
+    const char *str; /* simple strings, errors, bulk strings: the bytes (in the input) */
+    size_t len;      /* their length; an array's element count */
+    int64_t integer; /* ':' values */
+};
+
+/* Appends the command argv[0..argc) (lengths lens) to w as a RESP array of bulk strings. */
+static void resp_command(struct wbuf *w, int argc, const char *const *argv, const size_t *lens) {
+    wb_str(w, "*");
+    wb_u64(w, (uint64_t)argc);
+    wb_str(w, "\r\n");
+    for (int i = 0; i < argc; i++) {
+        wb_str(w, "$");
+        wb_u64(w, lens[i]);
+        wb_str(w, "\r\n");
+        wb_put(w, argv[i], lens[i]);
+        wb_str(w, "\r\n");
+    }
+}
+
+/* A line ended by CRLF at buf[at..len): its end (the CR), or 0 when incomplete, -1 when a
+ * bare CR or LF is inside. */
+static long resp_line_end(const char *buf, size_t len, size_t at) {
+    for (size_t i = at; i < len; i++) {
+        if (buf[i] == '\r')
+            return i + 1 < len ? (buf[i + 1] == '\n' ? (long)i : -1) : 0;
+        if (buf[i] == '\n')
+            return -1;
+    }
+    return 0;
+}
+
+/* A signed decimal number filling s[0..len) exactly. */
+static bool resp_int(const char *s, size_t len, int64_t *out) {
+    bool neg = len > 0 && s[0] == '-';
+    uint64_t v;
+    if (!parse_u64(s + neg, len - neg, &v) || v > (uint64_t)INT64_MAX)
+        return false;
+    *out = neg ? -(int64_t)v : (int64_t)v;
+    return true;
+}
+
+/* Reads one whole reply from buf[0..len) into vals (cap entries, *n used). Returns the bytes
+ * it took, 0 when the reply is not complete yet, -1 when it is not RESP2 or over a bound
+ * (max_bulk bytes in one string, cap values, RESP_MAX_DEPTH arrays deep). */
+static long resp_read(const char *buf, size_t len, size_t max_bulk, struct resp_value *vals,
+                      size_t cap, size_t *n) {
+    size_t at = 0, left[RESP_MAX_DEPTH + 1]; /* elements still due at each open array */
+    int depth = 0;
+    *n = 0;
+    do {
+        if (at >= len)
+            return 0;
+        long end = resp_line_end(buf, len, at + 1);
+        if (end <= 0)
+            return end;
+        if (*n >= cap)
+            return -1;
+        struct resp_value *v = &vals[(*n)++];
+        const char *s = buf + at + 1;
+        size_t slen = (size_t)end - at - 1;
+        *v = (struct resp_value){buf[at], s, slen, 0};
+        at = (size_t)end + 2;
+        if (v->type == ':' && !resp_int(s, slen, &v->integer))
+            return -1;
+        if (v->type == '$' || v->type == '*') {
+            int64_t count;
+            if (!resp_int(s, slen, &count) || count < -1)
+                return -1;
+            if (count == -1) {
+                v->type = '_';
+                v->len = 0;
+            } else if (v->type == '$') {
+                if ((uint64_t)count > max_bulk)
+                    return -1;
+                if (len - at < (size_t)count + 2)
+                    return 0;
+                if (buf[at + (size_t)count] != '\r' || buf[at + (size_t)count + 1] != '\n')
+                    return -1;
+                v->str = buf + at;
+                v->len = (size_t)count;
+                at += (size_t)count + 2;
+            } else {
+                if ((uint64_t)count > cap || depth == RESP_MAX_DEPTH)
+                    return -1;
+                v->len = (size_t)count;
+                v->str = NULL;
+                if (count > 0) {
+                    left[++depth] = (size_t)count;
+                    continue;
+                }
+            }
+        } else if (v->type != '+' && v->type != '-' && v->type != ':') {
+            return -1;
+        }
+        while (depth > 0 && --left[depth] == 0) /* this value ends arrays */
+            depth--;
+    } while (depth > 0);
+    return (long)at;
+}
+
+/* The index of the value after vals[i] and everything inside it. */
+static size_t resp_skip(const struct resp_value *vals, size_t n, size_t i) {
+    size_t due = 1;
+    while (due && i < n) {
+        due--;
+        if (vals[i].type == '*')
+            due += vals[i].len;
+        i++;
+    }
+    return i;
+}
+
+enum redis_wait_kind {
+    RW_AUTH,
+    RW_XADD,
+    RW_POSITION,
+    RW_XREAD,
+    RW_XINFO,
+    RW_XRANGE,
+    RW_XLAST,
+    RW_PING
+};
+
+/* A reply a link expects, in the order the commands went out. */
+struct redis_wait {
+    uint8_t kind;                   /* enum redis_wait_kind */
+    struct conn *c;                 /* the publisher waiting for an XADD's id, or the
+                                       subscriber a replay is for; NULL once it is gone */
+    char topic[TOPIC_NAME_MAX + 1]; /* the XADD's topic, for the answer */
+    uint64_t after;                 /* a replay's position: entries after this id */
+    bool http;                      /* an XADD for POST /publish (c NULL: the client left) */
+    struct receipt receipt;         /* an XADD's publisher told the outcome (receipt.done),
+                                       or done NULL; receipt.mark is mark */
+    char *mark;                     /* the receipt's mark (owned), or NULL */
+    size_t end;                     /* where the command ends in all the link ever queued
+                                       (out_pos counts): sent whole once written passes it */
+    size_t len;                     /* the command's bytes */
+};
+
+struct redis_link {
+    struct handle h;          /* fd (-1 while down) and redis_on_event; first, for epoll */
+    const char *name;         /* "commands" or "stream", for log lines */
+    bool connecting;          /* connect() in progress */
+    bool up;                  /* connected; what is queued is being sent */
+    bool ready;               /* up and AUTH accepted (or none needed): XADDs may go */
+    char *in;                 /* bytes read and not yet parsed */
+    size_t in_len, in_cap;    /* bytes in `in`, and allocated */
+    char *out;                /* commands not yet sent */
+    size_t out_len, out_off;  /* bytes in `out`, and already sent */
+    size_t out_cap;           /* allocated */
+    size_t out_pos;           /* bytes sent and dropped from `out` since connecting */
+    struct redis_wait *waits; /* a ring of replies due */
+    uint32_t whead, wlen, wcap;
+    int64_t deadline;     /* connect, or the oldest reply due, by then; 0 = none (idle) */
+    int64_t idle_since;   /* since when no reply is due: PING at idle_since + REDIS_PING_MS */
+    int64_t next_attempt; /* when down: when to connect again */
+    unsigned failures;    /* attempts in a row that failed, for back-off */
+};
+
+/* A subscriber that came back with an id this node's follower has not reached yet (it read
+ * the event on a node further ahead): it waits until the follower gets there. */
+struct redis_ahead {
+    struct conn *c;
+    uint64_t last; /* its last event id */
+};
+
+struct redis_hub {
+    struct sockaddr_storage addr; /* Redis, resolved once at start */
+    socklen_t addr_len;
+    char where[280];           /* "HOST:PORT", for log lines */
+    char key[256];             /* the stream */
+    char *password;            /* for AUTH, or NULL */
+    uint64_t maxlen;           /* XADD MAXLEN ~ this */
+    size_t max_reply;          /* largest reply accepted */
+    uint32_t xread_count;      /* entries per XREAD */
+    struct redis_link cmd;     /* AUTH, XADD */
+    struct redis_link follow;  /* XREAD BLOCK, following the stream */
+    bool positioned;           /* srv->last_id is a stream position (known since start) */
+    char after[48];            /* the id of the last entry read: XREAD goes on after it */
+    struct redis_ahead *ahead; /* subscribers whose last id this node has not read yet */
+    uint32_t nahead, ahead_cap;
+    struct resp_value *vals;       /* scratch for the reader */
+    char *kept;                    /* XADDs from inputs and sse_publish() the command link could
+                                      not take (down, or not through AUTH yet), in order */
+    size_t kept_len, kept_cap;     /* bytes in kept, and allocated */
+    size_t *kept_lens;             /* each kept command's length */
+    uint32_t nkept, kept_lens_cap; /* kept commands, and room in kept_lens */
+    uint64_t reconnects;           /* links lost, for /metrics */
+    uint64_t errors;               /* failed publishes and refused entries */
+    uint64_t received;             /* stream entries delivered */
+    uint64_t unknown;              /* XADDs written but not answered when the link died */
+};
+
+/* The hub, in a hook of history_redis or a function they call (so it is the history). */
+static struct redis_hub *redis_of(const struct sse_server *srv) {
+    return srv->history_self;
+}
+
+/* Room in a link's ring for one more reply, and in its output for n more bytes. */
+static bool redis_room(struct redis_link *l, size_t n) {
+    if (l->wlen == l->wcap) {
+        uint32_t cap = l->wcap ? l->wcap * 2 : 16;
+        struct redis_wait *ring = cap <= REDIS_WAITS_MAX ? malloc(cap * sizeof *ring) : NULL;
+        if (!ring)
+            return false;
+        for (uint32_t i = 0; i < l->wlen; i++)
+            ring[i] = l->waits[(l->whead + i) % l->wcap];
+        free(l->waits);
+        l->waits = ring;
+        l->wcap = cap;
+        l->whead = 0;
+    }
+    if (l->out_len + n > l->out_cap) {
+        size_t cap = (l->out_len + n) * 2;
+        char *out = realloc(l->out, cap);
+        if (!out)
+            return false;
+        l->out = out;
+        l->out_cap = cap;
+    }
+    return true;
+}
+
+/* The reply due for the len bytes just appended to a link's output (redis_room first). */
+static struct redis_wait *redis_expect(struct sse_server *srv, struct redis_link *l,
+                                       enum redis_wait_kind kind, struct conn *c, const char *topic,
+                                       size_t len) {
+    struct redis_wait *rw = &l->waits[(l->whead + l->wlen++) % l->wcap];
+    *rw = (struct redis_wait){.kind = (uint8_t)kind, .c = c, .http = c != NULL, .len = len};
+    rw->end = l->out_pos + l->out_len;
+    snprintf(rw->topic, sizeof rw->topic, "%s", topic ? topic : "");
+    if (!l->deadline)
+        l->deadline = srv->now + (kind == RW_XREAD ? REDIS_BLOCK_MS : 0) + REDIS_TIMEOUT_MS;
+    return rw;
+}
+
+/* After a reply (or once connected): the deadline follows the oldest reply still due,
+ * REDIS_TIMEOUT_MS from now (plus the BLOCK time for XREAD). With none due there is no
+ * deadline, and the link is idle from now: an idle link is never "late", it is probed with
+ * a PING of its own after REDIS_PING_MS (redis_tick), whose PONG is due like any reply. */
+static void redis_rearm(struct sse_server *srv, struct redis_link *l) {
+    const struct redis_wait *next = l->wlen ? &l->waits[l->whead] : NULL;
+    l->deadline =
+        !next ? 0 : srv->now + REDIS_TIMEOUT_MS + (next->kind == RW_XREAD ? REDIS_BLOCK_MS : 0);
+    if (!next)
+        l->idle_since = srv->now;
+}
+
+/* Appends a command to a link's output and the reply it expects to its queue; returns that
+ * entry (for the caller's details), or NULL when out of memory or over REDIS_WAITS_MAX. */
+static struct redis_wait *redis_send(struct sse_server *srv, struct redis_link *l,
+                                     enum redis_wait_kind kind, struct conn *c, const char *topic,
+                                     int argc, const char *const *argv, const size_t *lens) {
+    struct wbuf w = {NULL, 0, 0};
+    resp_command(&w, argc, argv, lens); /* measures */
+    if (!redis_room(l, w.len))
+        return NULL;
+    w = (struct wbuf){l->out + l->out_len, w.len, 0};
+    resp_command(&w, argc, argv, lens);
+    l->out_len += w.len;
+    return redis_expect(srv, l, kind, c, topic, w.len);
+}
+
+/* Bytes of a link's output whose replies are still due: from the oldest waiting command on
+ * (what came before it is answered and may be dropped). */
+static size_t redis_live(const struct redis_link *l) {
+    const struct redis_wait *head = l->wlen ? &l->waits[l->whead] : NULL;
+    return head ? l->out_pos + l->out_len - (head->end - head->len) : 0;
+}
+
+/* Whether a link is past the hold mark. */
+static bool redis_behind(const struct redis_link *l) {
+    return redis_live(l) >= REDIS_HOLD_BYTES || l->wlen >= REDIS_HOLD_WAITS;
+}
+
+/* Keeps an XADD (n bytes at cmd) for when the command link can take it. */
+static bool redis_keep(struct redis_hub *r, const char *cmd, size_t n) {
+    if (r->nkept == r->kept_lens_cap) {
+        uint32_t cap = r->kept_lens_cap ? r->kept_lens_cap * 2 : 64;
+        size_t *lens = realloc(r->kept_lens, cap * sizeof *lens);
+        if (!lens)
+            return false;
+        r->kept_lens = lens;
+        r->kept_lens_cap = cap;
+    }
+    if (r->kept_len + n > r->kept_cap) {
+        size_t cap = (r->kept_len + n) * 2;
+        char *kept = realloc(r->kept, cap);
+        if (!kept)
+            return false;
+        r->kept = kept;
+        r->kept_cap = cap;
+    }
+    memcpy(r->kept + r->kept_len, cmd, n);
+    r->kept_len += n;
+    r->kept_lens[r->nkept++] = n;
+    return true;
+}
+
+/* Moves kept XADDs, oldest first, to the command link once it is through AUTH, up to the
+ * hold mark; the rest waits for a later tick. */
+static void redis_send_kept(struct sse_server *srv) {
+    struct redis_hub *r = redis_of(srv);
+    struct redis_link *l = &r->cmd;
+    uint32_t i = 0;
+    size_t at = 0;
+    for (; l->ready && !redis_behind(l) && i < r->nkept && redis_room(l, r->kept_lens[i]); i++) {
+        memcpy(l->out + l->out_len, r->kept + at, r->kept_lens[i]);
+        l->out_len += r->kept_lens[i];
+        redis_expect(srv, l, RW_XADD, NULL, NULL, r->kept_lens[i]);
+        at += r->kept_lens[i];
+    }
+    if (!i)
+        return;
+    log_say(&srv->log, SSE_LOG_INFO, "redis %s: sending %u kept events", r->where, i);
+    memmove(r->kept, r->kept + at, r->kept_len - at);
+    r->kept_len -= at;
+    memmove(r->kept_lens, r->kept_lens + i, (r->nkept - i) * sizeof *r->kept_lens);
+    r->nkept -= i;
+}
+
+static void redis_flush(struct sse_server *srv, struct redis_link *l);
+static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why);
+
+/* The follower's next read: entries after the last one delivered, waiting up to
+ * REDIS_BLOCK_MS for one. */
+static void redis_follow_next(struct sse_server *srv) {
+    struct redis_hub *r = redis_of(srv);
+    char count[24], block[24];
+    struct wbuf cw = {count, sizeof count, 0}, bw = {block, sizeof block, 0};
+    wb_u64(&cw, r->xread_count);
+    wb_u64(&bw, REDIS_BLOCK_MS);
+    const char *argv[] = {"XREAD", "COUNT", count, "BLOCK", block, "STREAMS", r->key, r->after};
+    size_t lens[] = {5, 5, cw.len, 5, bw.len, 7, strlen(r->key), strlen(r->after)};
+    if (!redis_send(srv, &r->follow, RW_XREAD, NULL, NULL, 8, argv, lens))
+        redis_link_fail(srv, &r->follow, "out of memory");
+}
+
+/* Opens a link (non-blocking) and queues what it must say first: AUTH, and for the follower
+ * where to start reading. */
+static void redis_connect(struct sse_server *srv, struct redis_link *l) {
+    struct redis_hub *r = redis_of(srv);
+    int fd = socket(r->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = &l->h;
+    if (fd < 0 ||
+        (connect(fd, (const struct sockaddr *)&r->addr, r->addr_len) < 0 && errno != EINPROGRESS) ||
+        epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        l->h.fd = -1;
+        l->failures++;
+        l->next_attempt = srv->now + REDIS_BACKOFF_MAX;
+        log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link: %s", r->where, l->name, strerror(e));
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    l->h.fd = fd;
+    l->connecting = true;
+    l->deadline = srv->now + REDIS_TIMEOUT_MS;
+    bool ok = true;
+    if (r->password) {
+        const char *argv[] = {"AUTH", r->password};
+        size_t lens[] = {4, strlen(r->password)};
+        ok = redis_send(srv, l, RW_AUTH, NULL, NULL, 2, argv, lens);
+    }
+    if (ok && l == &r->follow && !r->positioned) {
+        const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
+        size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
+        ok = redis_send(srv, l, RW_POSITION, NULL, NULL, 6, argv, lens);
+    } else if (ok && l == &r->follow) {
+        redis_follow_next(srv);
+    }
+    if (!ok)
+        redis_link_fail(srv, l, "out of memory");
+}
+
+/* Rotates buf[0..n) left by k bytes, in place: buf[k..n) comes first, then buf[0..k). */
+static void redis_rotate(char *buf, size_t n, size_t k) {
+    size_t parts[3][2] = {{0, k}, {k, n}, {0, n}};
+    for (int p = 0; p < 3; p++)
+        for (size_t a = parts[p][0], b = parts[p][1]; a + 1 < b; a++, b--) {
+            char t = buf[a];
+            buf[a] = buf[b - 1];
+            buf[b - 1] = t;
+        }
+}
+
+/* An XADD still on the command link when it failed. Sent whole, its outcome is unknown:
+ * Redis may have stored it and gone before answering. An HTTP publisher hears exactly that
+ * (503; it can look before publishing again; one that left is not published for, as it had
+ * no answer and may publish again itself); a relay fetches it again from the last
+ * upstream id Redis answered for; an input's or sse_publish()'s event cannot be fetched
+ * again, so it is sent again: it may be stored twice, but is never lost. Not sent whole,
+ * it was not stored (Redis drops a command cut short): the publisher gets 503, the relay
+ * fetches it again, the rest is kept and sent after reconnecting. Returns whether it was
+ * kept. */
+static bool redis_xadd_lost(struct sse_server *srv, struct redis_link *l, struct redis_wait *rw) {
+    struct redis_hub *r = redis_of(srv);
+    bool sent = rw->end <= l->out_pos + l->out_off;
+    r->unknown += sent;
+    if (rw->http) {
+        r->errors += !sent; /* a publisher that left had no answer: it may publish again */
+        if (!rw->c)
+            return false;
+        rw->c->state = CONN_RESPOND; /* out of CONN_WAIT, so closing it is plain */
+        if (sent)
+            http_text(srv, rw->c, 503,
+                      "Redis went away before answering: the outcome is unknown, the event may "
+                      "have been stored; check before publishing it again",
+                      NULL);
+        else
+            publish_answer(srv, rw->c, -EIO, 0, rw->topic);
+        return false;
+    }
+    if (rw->receipt.done) {
+        rw->receipt.done(srv, rw->receipt.who, rw->mark, false);
+        return false;
+    }
+    if (redis_keep(r, l->out + (rw->end - rw->len - l->out_pos), rw->len))
+        return true;
+    r->errors++;
+    log_say(&srv->log, SSE_LOG_ERROR, "redis %s: out of memory: an event was lost", r->where);
+    return false;
+}
+
+/* A link failed: everyone waiting on it hears so, and it is retried after a back-off that
+ * doubles from 100 ms up to REDIS_BACKOFF_MAX. A publisher with a receipt hears its XADD
+ * was not stored (a relay reconnects, from the last id stored, once Redis can take events
+ * again). */
+static void redis_link_fail(struct sse_server *srv, struct redis_link *l, const char *why) {
+    struct redis_hub *r = redis_of(srv);
+    if (l->h.fd >= 0) {
+        close(l->h.fd);
+        l->h.fd = -1;
+        r->reconnects++;
+        log_say(&srv->log, SSE_LOG_WARN, "redis %s: %s link lost: %s", r->where, l->name, why);
+    }
+    l->up = l->connecting = l->ready = false;
+    l->in_len = 0;
+    l->deadline = 0;
+    uint32_t nlater = r->nkept, kept = 0; /* kept already: came after all that is on the link */
+    size_t later = r->kept_len;
+    while (l->wlen) {
+        struct redis_wait *rw = &l->waits[l->whead];
+        l->whead = (l->whead + 1) % l->wcap;
+        l->wlen--;
+        if ((rw->kind == RW_XINFO || rw->kind == RW_XRANGE || rw->kind == RW_XLAST) && rw->c)
+            conn_close(srv, rw->c, R_PEER_FAILED); /* it comes back with its last id */
+        else if (rw->kind == RW_XADD)
+            kept += redis_xadd_lost(srv, l, rw);
+        free(rw->mark);
+    }
+    if (nlater && kept) {
+        redis_rotate(r->kept, r->kept_len, later);
+        redis_rotate((char *)r->kept_lens, r->nkept * sizeof *r->kept_lens,
+                     nlater * sizeof *r->kept_lens);
+    }
+    l->out_len = l->out_off = l->out_pos = 0;
+    unsigned shift = l->failures < 6 ? l->failures : 6;
+    int64_t backoff = (int64_t)100 << shift;
+    l->next_attempt = srv->now + (backoff < REDIS_BACKOFF_MAX ? backoff : REDIS_BACKOFF_MAX);
+    l->failures++;
+}
+
+/* How many subscribers of this server follow a topic (for a publish's answer). */
+static int redis_local_subscribers(struct sse_server *srv, const char *topic) {
+    struct topic *t = topic_find(&srv->topics, topic, strlen(topic));
+    int n = 0;
+    for (struct sub *s = t ? t->subs : NULL; s; s = s->next)
+        n++;
+    return n;
+}
+
+/* A value as a NUL-terminated string in out (cap bytes); false if it is no string or too
+ * long. */
+static bool redis_str(const struct resp_value *v, char *out, size_t cap) {
+    if (v->type != '$' || v->len >= cap)
+        return false;
+    if (v->len) /* a null bulk string ($-1) has no bytes, and str may be NULL */
+        memcpy(out, v->str, v->len);
+    out[v->len] = '\0';
+    return true;
+}
+
+/* What sse-server writes into a stream entry, [id, [field, value, ...]] at vals[i]. */
+struct redis_entry {
+    char id[48];                    /* the entry id as Redis wrote it ("" if none) */
+    uint64_t key;                   /* the id as a key */
+    char topic[TOPIC_NAME_MAX + 1]; /* "topic" */
+    char event[EVENT_TYPE_MAX + 1]; /* "event", or "" */
+    const struct resp_value *data;  /* "data" */
+};
+
+/* Reads an entry; false if it is not an event sse-server would publish (e->id is still set
+ * when the entry has an id, so a reader can move past it). */
+static bool redis_entry(const struct sse_server *srv, const struct resp_value *vals, size_t n,
+                        size_t i, struct redis_entry *e) {
+    memset(e, 0, sizeof *e);
+    bool ok = i + 2 < n && vals[i].type == '*' && vals[i].len == 2 &&
+              redis_str(&vals[i + 1], e->id, sizeof e->id) && vals[i + 2].type == '*' &&
+              vals[i + 2].len % 2 == 0;
+    ok = ok && redis_id_parse(e->id, strlen(e->id), &e->key);
+    for (size_t f = i + 3; ok && f + 1 < i + 3 + vals[i + 2].len && f + 1 < n; f += 2) {
+        const struct resp_value *name = &vals[f], *value = &vals[f + 1];
+        ok = name->type == '$' && value->type == '$';
+        if (ok && bytes_eq(name->str, name->len, "topic"))
+            ok = redis_str(value, e->topic, sizeof e->topic);
+        else if (ok && bytes_eq(name->str, name->len, "event"))
+            ok = redis_str(value, e->event, sizeof e->event) && e->event[0];
+        else if (ok && bytes_eq(name->str, name->len, "data"))
+            e->data = value;
+    }
+    const char *t = e->topic;
+    return ok && e->data && e->topic[0] &&
+           publish_check(srv, &t, e->event[0] ? e->event : NULL, e->data->str, e->data->len) == 0;
+}
+
+static void redis_ahead_done(struct sse_server *srv);
+
+/* One stream entry at vals[i] to the local subscribers. Entries not written by sse-server
+ * are skipped and counted; the follower moves past them all the same. */
+static void redis_deliver_entry(struct sse_server *srv, const struct resp_value *vals, size_t n,
+                                size_t i) {
+    struct redis_hub *r = redis_of(srv);
+    struct redis_entry e;
+    bool ok = redis_entry(srv, vals, n, i, &e);
+    if (e.id[0])
+        memcpy(r->after, e.id, strlen(e.id) + 1); /* read, delivered or not */
+    if (ok && e.key > srv->last_id &&
+        publish_deliver(srv, e.key, e.topic, e.event[0] ? e.event : NULL, e.data->str,
+                        e.data->len) >= 0) {
+        r->received++;
+        redis_ahead_done(srv);
+        return;
+    }
+    r->errors++;
+    log_say(&srv->log, SSE_LOG_WARN, "redis %s: stream entry %s skipped: not an sse-server event",
+            r->where, e.id[0] ? e.id : "without an id");
+}
+
+/* The follower's answers: where the stream ends (at start), then entries. */
+static bool redis_follow_reply(struct sse_server *srv, enum redis_wait_kind kind,
+                               const struct resp_value *vals, size_t n) {
+    struct redis_hub *r = redis_of(srv);
+    if (kind == RW_POSITION) {
+        char id[48] = "0-0";
+        if (vals[0].type != '*' || (vals[0].len && (n < 3 || !redis_str(&vals[2], id, sizeof id))))
+            return false;
+        uint64_t key;
+        if (!redis_id_parse(id, strlen(id), &key))
+            return false;
+        srv->last_id = key;
+        memcpy(r->after, id, strlen(id) + 1);
+        blob_unref(srv->id_line);
+        srv->id_line = NULL;
+        r->positioned = true;
+        log_say(&srv->log, SSE_LOG_INFO, "redis %s: following stream %s after %s", r->where, r->key,
+                id);
+    } else if (vals[0].type == '*') { /* [[key, [entry, ...]]] */
+        if (n < 4 || vals[0].len != 1 || vals[1].type != '*' || vals[1].len != 2 ||
+            vals[2].type != '$' || vals[3].type != '*')
+            return false;
+        for (size_t i = 4, e = 0; e < vals[3].len && i < n; e++) {
+            redis_deliver_entry(srv, vals, n, i);
+            i = resp_skip(vals, n, i);
+        }
+    } else if (vals[0].type != '_') { /* '_': BLOCK ran out with nothing new */
+        return false;
+    }
+    redis_follow_next(srv);
+    return true;
+}
+
+/*
+ * Replay from Redis. A client may come back with an id older than this node's backlog (the
+ * node started later, or the client was away long). Then the node asks Redis: XINFO STREAM
+ * says whether anything after that id was trimmed away (then only the reset event is
+ * honest), and XRANGE brings the entries after it, REDIS_REPLAY_PAGE at a time, until they
+ * reach what the backlog holds; the backlog then gives the rest, and live events follow.
+ * Until then the subscriber is CF_REPLAYING: live events skip it (it takes them from the
+ * backlog), so it sees every event once, in order. Replayed entries are formatted for this
+ * subscriber alone; a subscriber that falls client_buffer behind is dropped as slow.
+ */
+#define REDIS_REPLAY_PAGE 256
+
+/* Whether a node's backlog alone replays exactly after `last`: the local rule
+ * (backlog_covers), but stream ids are sparse. The backlog holds every entry the follower
+ * delivered after `base` (the stream's position when the node started, or the last entry
+ * evicted), so an id between base and the first entry held was never an entry this node
+ * read: it may come from a stream Redis has since lost (restarted empty) or from an entry
+ * deleted before this node read it. Only Redis can say whether such an id is covered
+ * (redis_replay_info); the backlog covers base itself and ids from its first entry on. */
+static bool redis_backlog_covers(const struct sse_server *srv, uint64_t last) {
+    const struct backlog *bl = &srv->backlog;
+    if (!backlog_covers(bl, last, srv->last_id))
+        return false;
+    return last == srv->last_id || last == bl->base || last >= backlog_at(bl, 0)->id;
+}
+
+static bool redis_replay_page(struct sse_server *srv, struct conn *c, uint64_t after) {
+    struct redis_hub *r = redis_of(srv);
+    char from[50] = "(", count[24];
+    struct wbuf fw = {from + 1, sizeof from - 1, 0}, cw = {count, sizeof count, 0};
+    redis_id_format(&fw, after);
+    wb_u64(&cw, REDIS_REPLAY_PAGE);
+    const char *argv[] = {"XRANGE", r->key, from, "+", "COUNT", count};
+    size_t lens[] = {6, strlen(r->key), fw.len + 1, 1, 5, cw.len};
+    struct redis_wait *rw = redis_send(srv, &r->cmd, RW_XRANGE, c, NULL, 6, argv, lens);
+    if (rw)
+        rw->after = after;
+    return rw != NULL;
+}
+
+/* Starts a replay from Redis for a subscriber whose last id is `after`. False when Redis
+ * cannot be asked now (the caller sends the reset event instead). */
+static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after) {
+    struct redis_hub *r = redis_of(srv);
+    const char *argv[] = {"XINFO", "STREAM", r->key};
+    size_t lens[] = {5, 6, strlen(r->key)};
+    struct redis_wait *rw =
+        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XINFO, c, NULL, 3, argv, lens) : NULL;
+    if (!rw)
+        return false;
+    rw->after = after;
+    return true;
+}
+
+/* XINFO STREAM's answer, a flat list of field and value. The rule is the backlog's
+ * (backlog_covers): a replay is exact only when the history provably holds every entry after
+ * the client's id. Stream ids are sparse, so "provably" means: the id is not older than the
+ * first entry the stream holds (everything after it is still there), or it is 0-0 (the
+ * position of an empty stream) and nothing was ever removed (entries-added equals length);
+ * and no entry after it was deleted from the middle (max-deleted-entry-id). An id older
+ * than the first entry is never covered, even when nothing was trimmed: the stream may have
+ * been created again since the client read it (Redis without persistence restarts empty,
+ * and a stream that was deleted starts over), and its entries before the first are gone
+ * without a trace. No stream at all (an error) is no proof either. */
+static void redis_replay_info(struct sse_server *srv, const struct redis_wait *rw,
+                              const struct resp_value *vals, size_t n) {
+    uint64_t deleted = 0, first = 0;
+    int64_t added = -1, length = -1;
+    bool have_first = false;
+    for (size_t i = 1; vals[0].type == '*' && i + 1 < n; i = resp_skip(vals, n, i + 1)) {
+        char id[48];
+        const struct resp_value *name = &vals[i], *value = &vals[i + 1];
+        if (name->type != '$' && name->type != '+')
+            continue;
+        if (bytes_eq(name->str, name->len, "length") && value->type == ':')
+            length = value->integer;
+        else if (bytes_eq(name->str, name->len, "entries-added") && value->type == ':')
+            added = value->integer;
+        else if (bytes_eq(name->str, name->len, "max-deleted-entry-id") &&
+                 redis_str(value, id, sizeof id))
+            redis_id_parse(id, strlen(id), &deleted);
+        else if (bytes_eq(name->str, name->len, "first-entry") && value->type == '*' && i + 2 < n &&
+                 redis_str(&vals[i + 2], id, sizeof id))
+            have_first = redis_id_parse(id, strlen(id), &first);
+    }
+    bool removed = added < 0 || length < 0 || added != length;
+    bool exact = vals[0].type == '*' && rw->after >= deleted &&
+                 ((length > 0 && have_first && rw->after >= first) || (rw->after == 0 && !removed));
+    if (!exact || !redis_replay_page(srv, rw->c, rw->after))
+        stream_answer_later(srv, rw->c, rw->after, false);
+}
+
+/* A page of XRANGE: entries up to what the backlog holds go to the subscriber; then the
+ * next page, or the backlog. */
+static void redis_replay_entries(struct sse_server *srv, const struct redis_wait *rw,
+                                 const struct resp_value *vals, size_t n) {
+    struct conn *c = rw->c;
+    if (vals[0].type != '*') {
+        stream_answer_later(srv, c, rw->after, false);
+        return;
+    }
+    uint64_t limit = srv->backlog.count ? srv->backlog.base : srv->last_id, after = rw->after;
+    bool done = vals[0].len < REDIS_REPLAY_PAGE;
+    for (size_t i = 1, e = 0; e < vals[0].len && i < n; e++, i = resp_skip(vals, n, i)) {
+        struct redis_entry ent;
+        bool ok = redis_entry(srv, vals, n, i, &ent);
+        if (!ent.id[0] || ent.key > limit) {
+            done = true; /* the backlog has it from here */
+            break;
+        }
+        after = ent.key;
+        struct topic *t = ok ? topic_find(&srv->topics, ent.topic, strlen(ent.topic)) : NULL;
+        if (!t || !stream_follows(c, t))
+            continue;
+        size_t len =
+            wire_format_event(NULL, 0, ent.id, strlen(ent.id), ent.event[0] ? ent.event : NULL,
+                              ent.data->str, ent.data->len);
+        struct blob *b = blob_new(len);
+        if (b)
+            wire_format_event(b->bytes, len, ent.id, strlen(ent.id),
+                              ent.event[0] ? ent.event : NULL, ent.data->str, ent.data->len);
+        if (!b || !conn_enqueue_owned(srv, c, b)) {
+            conn_close(srv, c, R_ERROR);
+            return;
+        }
+        if (c->qbytes > srv->client_buffer) {
+            srv->m.dropped_total++;
+            conn_close(srv, c, R_SLOW);
+            return;
+        }
+    }
+    if (done || !redis_replay_page(srv, c, after))
+        stream_answer_later(srv, c, after, done);
+}
+
+/*
+ * A client may come back with an id this node has not read yet: it read the event on a
+ * node whose follower is a little ahead. Such an id is not a reset; the subscriber waits
+ * (CF_REPLAYING: live events skip it) until this node's follower passes the id, then
+ * takes what came after it from the backlog. XREVRANGE first tells whether the id exists
+ * at all: one newer than the stream's last entry was never issued, and gets the reset.
+ */
+static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last) {
+    struct redis_hub *r = redis_of(srv);
+    const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
+    size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
+    struct redis_wait *rw =
+        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XLAST, c, NULL, 6, argv, lens) : NULL;
+    if (!rw)
+        return false;
+    rw->after = last;
+    return true;
+}
+
+/* Subscribers waiting for the follower whose id it has now reached go on from the backlog
+ * (or from Redis, if a burst pushed their id out of the backlog meanwhile). */
+static void redis_ahead_done(struct sse_server *srv) {
+    struct redis_hub *r = redis_of(srv);
+    for (uint32_t i = 0; i < r->nahead; i++) {
+        struct redis_ahead a = r->ahead[i];
+        if (a.last > srv->last_id)
+            continue;
+        r->ahead[i--] = r->ahead[--r->nahead];
+        if (redis_backlog_covers(srv, a.last))
+            stream_answer_later(srv, a.c, a.last, true);
+        else if (!redis_replay(srv, a.c, a.last))
+            stream_answer_later(srv, a.c, a.last, false);
+    }
+}
+
+/* XREVRANGE's answer: the stream's last entry. */
+static void redis_ahead_last(struct sse_server *srv, const struct redis_wait *rw,
+                             const struct resp_value *vals, size_t n) {
+    struct redis_hub *r = redis_of(srv);
+    char id[48];
+    uint64_t newest = 0;
+    bool exists = vals[0].type == '*' && vals[0].len == 1 && n >= 3 &&
+                  redis_str(&vals[2], id, sizeof id) && redis_id_parse(id, strlen(id), &newest) &&
+                  rw->after <= newest;
+    if (exists && rw->after <= srv->last_id) {
+        stream_answer_later(srv, rw->c, rw->after, true); /* reached while we asked */
+        return;
+    }
+    if (exists && r->nahead == r->ahead_cap) {
+        uint32_t cap = r->ahead_cap ? r->ahead_cap * 2 : 8;
+        struct redis_ahead *more = realloc(r->ahead, cap * sizeof *more);
+        exists = more != NULL;
+        if (more) {
+            r->ahead = more;
+            r->ahead_cap = cap;
+        }
+    }
+    if (!exists) {
+        stream_answer_later(srv, rw->c, rw->after, false);
+        return;
+    }
+    r->ahead[r->nahead++] = (struct redis_ahead){rw->c, rw->after};
+}
+
+/* The reply to the command at the head of a link's queue. False: the link is unusable. */
+static bool redis_reply(struct sse_server *srv, struct redis_link *l, const struct redis_wait *rw,
+                        const struct resp_value *vals, size_t n) {
+    struct redis_hub *r = redis_of(srv);
+    if (rw->kind == RW_XLAST) {
+        if (rw->c)
+            redis_ahead_last(srv, rw, vals, n);
+        return true;
+    }
+    if (rw->kind == RW_XINFO || rw->kind == RW_XRANGE) {
+        if (rw->c && rw->kind == RW_XINFO)
+            redis_replay_info(srv, rw, vals, n); /* an error: no stream, so no exact replay */
+        else if (rw->c)
+            redis_replay_entries(srv, rw, vals, n);
+        return true;
+    }
+    if (vals[0].type == '-' && rw->kind != RW_XADD) {
+        log_say(&srv->log, SSE_LOG_ERROR, "redis %s: %s link: %s%.*s", r->where, l->name,
+                rw->kind == RW_AUTH ? "AUTH refused (check --redis-password): " : "",
+                (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str);
+        return false;
+    }
+    if (rw->kind == RW_PING)
+        return true; /* PONG: the link is alive */
+    if (rw->kind == RW_AUTH) {
+        l->ready = true;
+        if (l == &r->cmd)
+            redis_send_kept(srv);
+        return true;
+    }
+    if (rw->kind != RW_XADD)
+        return redis_follow_reply(srv, (enum redis_wait_kind)rw->kind, vals, n);
+    char id[48];
+    uint64_t key = 0;
+    bool stored = redis_str(&vals[0], id, sizeof id) && redis_id_parse(id, strlen(id), &key);
+    if (!stored) {
+        r->errors++;
+        log_say(&srv->log, SSE_LOG_WARN, "redis %s: XADD failed: %.*s", r->where,
+                (int)(vals[0].len < 200 ? vals[0].len : 200), vals[0].str ? vals[0].str : "");
+    }
+    if (rw->receipt.done)
+        rw->receipt.done(srv, rw->receipt.who, rw->mark, stored);
+    if (rw->c)
+        publish_answer(srv, rw->c, stored ? redis_local_subscribers(srv, rw->topic) : -EIO, key,
+                       rw->topic);
+    return true;
+}
+
+/* Drops the output before the oldest command still waiting for its reply: should the link
+ * fail first, its bytes may be sent again (redis_xadd_lost). Bytes move only when that frees
+ * half the buffer, so trimming costs linear time. */
+static void redis_out_trim(struct redis_link *l) {
+    size_t from = l->out_len - redis_live(l);
+    if (!from || (from < l->out_len && from * 2 < l->out_len))
+        return;
+    memmove(l->out, l->out + from, l->out_len - from);
+    l->out_len -= from;
+    l->out_off -= from;
+    l->out_pos += from;
+}
+
+/* Reads what Redis sent and handles every whole reply in it. */
+static void redis_read(struct sse_server *srv, struct redis_link *l) {
+    struct redis_hub *r = redis_of(srv);
+    for (;;) {
+        if (l->in_cap - l->in_len < 16384) {
+            size_t cap = l->in_cap ? l->in_cap * 2 : 65536;
+            char *in = cap <= r->max_reply + 65536 ? realloc(l->in, cap) : NULL;
+            if (!in) {
+                redis_link_fail(srv, l, "reply too large");
+                return;
+            }
+            l->in = in;
+            l->in_cap = cap;
+        }
+        ssize_t got = recv(l->h.fd, l->in + l->in_len, l->in_cap - l->in_len, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (got <= 0) {
+            redis_link_fail(srv, l, got == 0 ? "closed by Redis" : strerror(errno));
+            return;
+        }
+        l->in_len += (size_t)got;
+        size_t at = 0, n;
+        long used;
+        while ((used = resp_read(l->in + at, l->in_len - at, r->max_reply, r->vals, RESP_MAX_VALUES,
+                                 &n)) > 0) {
+            if (!l->wlen) {
+                redis_link_fail(srv, l, "a reply nobody asked for");
+                return;
+            }
+            struct redis_wait rw = l->waits[l->whead];
+            l->whead = (l->whead + 1) % l->wcap;
+            l->wlen--;
+            at += (size_t)used;
+            if (rw.kind == RW_XADD || rw.kind == RW_XREAD || rw.kind == RW_PING)
+                l->failures = 0; /* working, not merely connected */
+            bool usable = redis_reply(srv, l, &rw, r->vals, n);
+            free(rw.mark);
+            if (!usable) {
+                redis_link_fail(srv, l, "unusable reply");
+                return;
+            }
+            if (l->h.fd < 0)
+                return; /* failed while handling the reply */
+            redis_rearm(srv, l);
+        }
+        if (used < 0) {
+            redis_link_fail(srv, l, "not RESP2");
+            return;
+        }
+        memmove(l->in, l->in + at, l->in_len - at);
+        l->in_len -= at;
+        redis_out_trim(l);
+    }
+}
+
+/* Sends what is queued on a link, as far as the socket takes it. */
+static void redis_flush(struct sse_server *srv, struct redis_link *l) {
+    while (l->up && l->out_off < l->out_len) {
+        ssize_t w = send(l->h.fd, l->out + l->out_off, l->out_len - l->out_off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (w < 0) {
+            redis_link_fail(srv, l, strerror(errno));
+            return;
+        }
+        l->out_off += (size_t)w;
+    }
+}
+
+/* A Redis link's on_event. */
+static void redis_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct redis_link *l = (struct redis_link *)h;
+    if (l->connecting) {
+        int err = 0;
+        socklen_t elen = sizeof err;
+        if (getsockopt(l->h.fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
+            err = errno;
+        if (err) {
+            redis_link_fail(srv, l, strerror(err));
+            return;
+        }
+        if (!(events & (EPOLLOUT | EPOLLIN)))
+            return;
+        l->connecting = false;
+        l->up = true;
+        l->ready = !redis_of(srv)->password; /* else once AUTH is answered */
+        log_say(&srv->log, SSE_LOG_INFO, "redis %s: %s link connected", redis_of(srv)->where,
+                l->name);
+        redis_rearm(srv, l); /* the connect deadline is over: replies due, if any, or idle */
+        if (l->ready && l == &redis_of(srv)->cmd)
+            redis_send_kept(srv);
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        redis_read(srv, l);
+    if (l->h.fd >= 0)
+        redis_flush(srv, l);
+}
+
+/* Whether inputs may be read, relays take events and HTTP publish: the command link is
+ * through AUTH, and it and what is kept are below the hold mark. */
+static bool redis_can_take(const struct sse_server *srv) {
+    const struct redis_hub *r = redis_of(srv);
+    return r->cmd.ready && !redis_behind(&r->cmd) && r->kept_len < REDIS_HOLD_BYTES &&
+           r->nkept < REDIS_HOLD_WAITS;
+}
+
+/* An XADD for a publish. From HTTP (in->c, answered when Redis replies): 0, or -EIO when
+ * Redis cannot take it now (down, or past the hold mark). With a receipt (a relay): 0 (the
+ * receipt is told when Redis replies), or -EAGAIN when Redis cannot take it now (the relay
+ * fetches it again later). From an input or sse_publish(): 0 once it is on the link or kept
+ * for it (in order: nothing overtakes what is kept), -EAGAIN with REDIS_KEPT_MAX bytes kept
+ * already, or -ENOMEM. */
+static int redis_xadd(struct sse_server *srv, const struct publish_in *in) {
+    struct redis_hub *r = redis_of(srv);
+    const struct receipt *receipt = in->receipt;
+    bool direct = redis_can_take(srv) && (in->c || receipt || !r->nkept);
+    char *mark = receipt && direct ? strdup(receipt->mark) : NULL;
+    char maxlen[24];
+    struct wbuf mw = {maxlen, sizeof maxlen, 0};
+    wb_u64(&mw, r->maxlen);
+    const char *argv[12] = {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", in->topic};
+    size_t lens[12] = {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(in->topic)};
+    int argc = 8;
+    if (in->event) {
+        argv[argc] = "event";
+        lens[argc++] = 5;
+        argv[argc] = in->event;
+        lens[argc++] = strlen(in->event);
+    }
+    argv[argc] = "data";
+    lens[argc++] = 4;
+    argv[argc] = in->data ? in->data : "";
+    lens[argc++] = in->data ? in->len : 0;
+    struct redis_wait *rw = direct && (!receipt || mark) ? redis_send(srv, &r->cmd, RW_XADD, in->c,
+                                                                      in->topic, argc, argv, lens)
+                                                         : NULL;
+    if (rw && receipt) {
+        rw->receipt = *receipt;
+        rw->receipt.mark = rw->mark = mark;
+    }
+    if (rw)
+        return 0;
+    free(mark);
+    if (in->c || receipt) {
+        r->errors += in->c != NULL;
+        return in->c ? -EIO : -EAGAIN;
+    }
+    if (r->kept_len >= REDIS_KEPT_MAX)
+        return -EAGAIN; /* sse_publish(): as many events kept as memory allows */
+    struct wbuf w = {NULL, 0, 0};
+    resp_command(&w, argc, argv, lens); /* measures */
+    char *cmd = malloc(w.len);
+    w = (struct wbuf){cmd, cmd ? w.len : 0, 0};
+    resp_command(&w, argc, argv, lens);
+    bool kept = cmd && redis_keep(r, cmd, w.len);
+    free(cmd);
+    return kept ? 0 : -ENOMEM;
+}
+
+/* A publisher waiting for Redis went away: its answer goes nowhere. */
+static void redis_forget(struct sse_server *srv, const struct conn *c) {
+    struct redis_hub *r = redis_of(srv);
+    struct redis_link *l = &r->cmd;
+    for (uint32_t i = 0; i < l->wlen; i++)
+        if (l->waits[(l->whead + i) % l->wcap].c == c)
+            l->waits[(l->whead + i) % l->wcap].c = NULL;
+    for (uint32_t i = 0; i < r->nahead; i++)
+        if (r->ahead[i].c == c)
+            r->ahead[i--] = r->ahead[--r->nahead];
+}
+
+/* Probes an idle link: Redis answers PING with PONG (RESP2 simple string), so a link that
+ * died without a FIN or RST (a host gone, a NAT that forgot us) is found within
+ * REDIS_PING_MS + REDIS_TIMEOUT_MS instead of at the next publish. */
+static void redis_ping(struct sse_server *srv, struct redis_link *l) {
+    const char *argv[] = {"PING"};
+    size_t lens[] = {4};
+    if (!redis_send(srv, l, RW_PING, NULL, NULL, 1, argv, lens))
+        redis_link_fail(srv, l, "out of memory");
+}
+
+/* Once per loop iteration: send what was queued, reconnect what is down and due, give up on
+ * what has not answered in time, probe what has been idle for REDIS_PING_MS. */
+static void redis_tick(struct sse_server *srv) {
+    struct redis_link *links[2] = {&redis_of(srv)->cmd, &redis_of(srv)->follow};
+    if (redis_of(srv)->nkept)
+        redis_send_kept(srv); /* what did not fit when the link came up */
+    for (int i = 0; i < 2; i++) {
+        struct redis_link *l = links[i];
+        bool ping = l->wlen && l->waits[l->whead].kind == RW_PING;
+        if (l->h.fd < 0 && !srv->stopping && srv->now >= l->next_attempt)
+            redis_connect(srv, l);
+        else if (l->h.fd >= 0 && l->deadline && srv->now >= l->deadline)
+            redis_link_fail(srv, l,
+                            l->connecting ? "connect timed out"
+                            : ping        ? "no reply in time (PING unanswered)"
+                                          : "no reply in time");
+        else if (l->h.fd >= 0 && l->up && !l->wlen && srv->now >= l->idle_since + REDIS_PING_MS)
+            redis_ping(srv, l);
+        if (l->h.fd >= 0)
+            redis_flush(srv, l);
+    }
+}
+
+/* The next moment redis_tick() has something to do, or INT64_MAX. */
+static int64_t redis_next_deadline(const struct sse_server *srv) {
+    int64_t next = INT64_MAX;
+    const struct redis_link *links[2] = {&redis_of(srv)->cmd, &redis_of(srv)->follow};
+    for (int i = 0; i < 2; i++) {
+        const struct redis_link *l = links[i];
+        int64_t t = l->h.fd < 0         ? (srv->stopping ? INT64_MAX : l->next_attempt)
+                    : l->deadline       ? l->deadline
+                    : l->up && !l->wlen ? l->idle_since + REDIS_PING_MS
+                                        : INT64_MAX;
+        if (l->out_len > l->out_off && l->up)
+            t = 0;
+        if (t < next)
+            next = t;
+    }
+    return next;
+}
+
+static bool redis_positioned(const struct sse_server *srv) {
+    return redis_of(srv)->positioned;
+}
+
+/* Whether the node can take publishes and serve streams: both links through AUTH, position
+ * known. */
+static bool redis_ready(const struct sse_server *srv) {
+    const struct redis_hub *r = redis_of(srv);
+    return r->cmd.ready && r->follow.ready && r->positioned;
+}
+
+static void redis_free(struct sse_server *srv) {
+    struct redis_hub *r = redis_of(srv);
+    if (!r)
+        return;
+    struct redis_link *links[2] = {&r->cmd, &r->follow};
+    for (int i = 0; i < 2; i++) {
+        if (links[i]->h.fd >= 0)
+            close(links[i]->h.fd);
+        for (uint32_t w = 0; w < links[i]->wlen; w++)
+            free(links[i]->waits[(links[i]->whead + w) % links[i]->wcap].mark);
+        free(links[i]->in);
+        free(links[i]->out);
+        free(links[i]->waits);
+    }
+    free(r->password);
+    free(r->vals);
+    free(r->kept);
+    free(r->kept_lens);
+    free(r->ahead);
+    free(r);
+    srv->history_self = NULL;
+}
+
+/* The hub, or NULL when the history is another (part_redis's hooks ask). */
+static struct redis_hub *redis_of_any(const struct sse_server *srv) {
+    return srv->history->free == redis_free ? srv->history_self : NULL;
+}
+
+/* ---- Redis as a history ------------------------------------------------------------------
+ * Redis assigns the ids (stream entry ids, "MS-SEQ"), so a publish goes to the stream and
+ * comes back through the follower; an id the backlog cannot answer for is asked of Redis. */
+
+static int redis_history_append(struct sse_server *srv, const struct publish_in *in, uint64_t *id) {
+    *id = 0; /* the follower brings it back with its id */
+    return redis_xadd(srv, in);
+}
+
+/* A client ahead of this node's follower waits for it (redis_ahead); the backlog answers
+ * for what it provably holds (redis_backlog_covers); an older id is asked of Redis
+ * (redis_replay). What cannot be asked is a reset. */
+static enum history_answer redis_history_covers(struct sse_server *srv, struct conn *c,
+                                                uint64_t id) {
+    if (id > srv->last_id && redis_ahead(srv, c, id))
+        return HISTORY_LATER; /* when the follower reaches it (redis_ahead_done) */
+    if (redis_backlog_covers(srv, id))
+        return HISTORY_COVERED;
+    if (id < srv->last_id && redis_replay(srv, c, id))
+        return HISTORY_LATER; /* from Redis, then the backlog (stream_replay_rest) */
+    return HISTORY_RESET;
+}
+
+static size_t redis_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    static const struct redis_hub none;
+    const struct redis_hub *r = redis_of_any(srv) ? redis_of_any(srv) : &none;
+    const struct metrics_row mine[] = {
+        {"sse_redis_up", "gauge", "1 when both Redis links are up and following the stream.",
+         r != &none && redis_ready(srv)},
+        {"sse_redis_reconnects_total", "counter", "Redis links lost.", r->reconnects},
+        {"sse_redis_errors_total", "counter",
+         "Publishes Redis did not take (answered 503) and stream entries skipped.", r->errors},
+        {"sse_redis_entries_total", "counter", "Stream entries delivered to local subscribers.",
+         r->received},
+        {"sse_redis_publish_unknown_total", "counter",
+         "XADDs sent but not answered when the link died: stored or not, nobody knows.",
+         r->unknown},
+    };
+    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
+    memcpy(rows, mine, sizeof mine);
+    return sizeof mine / sizeof mine[0];
+}
+
+static const char *redis_unhealthy(const struct sse_server *srv) {
+    return redis_of_any(srv) && !redis_ready(srv) ? "redis unavailable" : NULL;
+}
+
+static const struct part_ops part_redis = {.metrics = redis_metrics, .unhealthy = redis_unhealthy};
+
+static const struct history_ops history_redis = {
+    .append = redis_history_append,
+    .covers = redis_history_covers,
+    .forget = redis_forget,
+    .tick = redis_tick,
+    .deadline = redis_next_deadline,
+    .format_id = redis_id_format,
+    .parse_id = redis_id_parse,
+    .free = redis_free,
+    .positioned = redis_positioned,
+};
+
+/* Resolves "HOST:PORT" (HOST may be [IPv6]; no port: 80) once, at start. NULL, or what is
+ * wrong with it. */
+static const char *redis_resolve(struct redis_hub *r, const char *spec) {
+    const char *h = spec, *p;
+    char host[256], port[8] = "80";
+    if (strchr(spec, '/'))
+        return "expected HOST:PORT";
+    if (*h == '[') {
+        p = strchr(h, ']');
+        if (!p || (size_t)(p - h - 1) >= sizeof host)
+            return "has an invalid [IPv6] host";
+        memcpy(host, h + 1, (size_t)(p - h - 1));
+        host[p - h - 1] = '\0';
+        p++;
+    } else {
+        p = h + strcspn(h, ":/?#");
+        if (p == h || (size_t)(p - h) >= sizeof host)
+            return "has no host";
+        memcpy(host, h, (size_t)(p - h));
+        host[p - h] = '\0';
+    }
+    size_t host_len = (size_t)(p - h);
+    if (*p == ':') {
+        size_t n = strspn(p + 1, "0123456789");
+        uint64_t v;
+        if (n == 0 || n > 5 || !parse_u64(p + 1, n, &v) || v == 0 || v > 65535)
+            return "has an invalid port";
+        memcpy(port, p + 1, n);
+        port[n] = '\0';
+        p += 1 + n;
+    }
+    if (*p)
+        return "expected HOST:PORT";
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, port, &hints, &res) || !res)
+        return "has a host that cannot be resolved";
+    memcpy(&r->addr, res->ai_addr, res->ai_addrlen);
+    r->addr_len = res->ai_addrlen;
+    freeaddrinfo(res);
+    snprintf(r->where, sizeof r->where, "%.*s:%s", (int)host_len, h, port);
+    return NULL;
+}
+
+/* Makes the server a node of a Redis hub: resolves the address, connects both links (their
+ * first commands queue; replies arrive in the loop). */
+static const char *api_redis(struct sse_server *srv, const struct sse_config *cfg) {
+    struct redis_hub *r = calloc(1, sizeof *r);
+    if (!r)
+        return "out of memory";
+    srv->history = &history_redis; /* from here on redis_free() frees it */
+    srv->history_self = r;
+    srv->pace.can_take = redis_can_take; /* inputs and relays wait below the hold mark */
+    srv->pace.store = "Redis";
+    r->cmd.h.fd = r->follow.h.fd = -1;
+    r->cmd.h.on_event = r->follow.h.on_event = redis_on_event;
+    r->cmd.name = "commands";
+    r->follow.name = "stream";
+    const char *why = redis_resolve(r, cfg->redis);
+    if (why)
+        return why;
+    const char *key = cfg->redis_stream ? cfg->redis_stream : "sse";
+    if (!key[0] || strlen(key) >= sizeof r->key)
+        return "the stream key must be 1 to 255 bytes";
+    memcpy(r->key, key, strlen(key) + 1);
+    r->password = cfg->redis_password ? strdup(cfg->redis_password) : NULL;
+    r->maxlen = cfg->redis_maxlen ? cfg->redis_maxlen : 100000;
+    size_t per_entry = srv->max_event_bytes + 2048;
+    r->xread_count = (uint32_t)((16u << 20) / per_entry);
+    r->xread_count = r->xread_count < 1 ? 1 : r->xread_count > 256 ? 256 : r->xread_count;
+    r->max_reply = r->xread_count * per_entry + 65536;
+    r->vals = malloc(RESP_MAX_VALUES * sizeof *r->vals);
+    if ((cfg->redis_password && !r->password) || !r->vals)
+        return "out of memory";
+    srv->last_id = 0; /* until the stream's position is known */
+    redis_connect(srv, &r->cmd);
+    redis_connect(srv, &r->follow);
+    return NULL;
+}
+#endif /* SSE_ENABLE_REDIS */
+
 /* ==========================================================================================
  * 13. The public API (documented in sse.h)
  * ======================================================================================== */
@@ -8288,51 +8351,6 @@ static const char *api_root(struct sse_server *srv, const char *root) {
     return srv->root_real ? NULL : strerror(errno);
 }
 
-/* Makes the server a node of a Redis hub: resolves the address, connects both links (their
- * first commands queue; replies arrive in the loop). */
-static const char *api_redis(struct sse_server *srv, const struct sse_config *cfg) {
-    struct redis_hub *r = calloc(1, sizeof *r);
-    if (!r)
-        return "out of memory";
-    srv->redis = r;
-    srv->history = &history_redis;
-    srv->pace.can_take = redis_can_take; /* inputs and relays wait below the hold mark */
-    srv->pace.store = "Redis";
-    r->cmd.h.fd = r->follow.h.fd = -1;
-    r->cmd.h.on_event = r->follow.h.on_event = redis_on_event;
-    r->cmd.name = "commands";
-    r->follow.name = "stream";
-    char url[300];
-    struct remote up = {0};
-    snprintf(url, sizeof url, "http://%s", cfg->redis);
-    const char *why = strchr(cfg->redis, '/') ? "expected HOST:PORT" : remote_resolve(&up, url);
-    if (!why) {
-        memcpy(&r->addr, &up.addr, up.addr_len);
-        r->addr_len = up.addr_len;
-        snprintf(r->where, sizeof r->where, "%s", up.url + 7);
-    }
-    remote_free(&up);
-    if (why)
-        return why;
-    const char *key = cfg->redis_stream ? cfg->redis_stream : "sse";
-    if (!key[0] || strlen(key) >= sizeof r->key)
-        return "the stream key must be 1 to 255 bytes";
-    memcpy(r->key, key, strlen(key) + 1);
-    r->password = cfg->redis_password ? strdup(cfg->redis_password) : NULL;
-    r->maxlen = cfg->redis_maxlen ? cfg->redis_maxlen : 100000;
-    size_t per_entry = srv->max_event_bytes + 2048;
-    r->xread_count = (uint32_t)((16u << 20) / per_entry);
-    r->xread_count = r->xread_count < 1 ? 1 : r->xread_count > 256 ? 256 : r->xread_count;
-    r->max_reply = r->xread_count * per_entry + 65536;
-    r->vals = malloc(RESP_MAX_VALUES * sizeof *r->vals);
-    if ((cfg->redis_password && !r->password) || !r->vals)
-        return "out of memory";
-    srv->last_id = 0; /* until the stream's position is known */
-    redis_connect(srv, &r->cmd);
-    redis_connect(srv, &r->follow);
-    return NULL;
-}
-
 /* Plugs in what the parts add to HTTP, in the order their /metrics rows are listed. */
 static void api_parts(struct sse_server *srv) {
     srv->timers[TIMER_CONNECT].duration = NEVER_MS; /* a part that connects sets these */
@@ -8340,7 +8358,9 @@ static void api_parts(struct sse_server *srv) {
 #if SSE_ENABLE_JOURNAL
     part_add(srv, &part_journal, NULL);
 #endif
+#if SSE_ENABLE_REDIS
     part_add(srv, &part_redis, NULL);
+#endif
 }
 
 /* The first id: the wall clock in microseconds, so a restarted server starts above every id
@@ -8351,15 +8371,24 @@ static uint64_t api_id_seed(void) {
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* Refuses a Redis hub with a journal, or in a build without it. 0, or -1 with err set. */
+static int api_hub_check(const struct sse_config *cfg, char *err, size_t errlen) {
+#if SSE_ENABLE_REDIS
+    const char *why = cfg->redis && cfg->journal_path
+                          ? "cannot be used with a journal: Redis keeps the history"
+                          : NULL;
+#else
+    const char *why = cfg->redis ? "built without SSE_ENABLE_REDIS" : NULL;
+#endif
+    if (why)
+        api_error(err, errlen, "redis %s: %s", cfg->redis, why);
+    return why ? -1 : 0;
+}
+
 /* Plugs in the journal as the history when the configuration asks for it, or refuses it
- * (with Redis, or built without it). 0, or -1 with err set. */
+ * (built without it). 0, or -1 with err set. */
 static int api_journal_history(struct sse_server *srv, const struct sse_config *cfg, char *err,
                                size_t errlen) {
-    if (cfg->journal_path && cfg->redis) {
-        api_error(err, errlen, "redis %s: cannot be used with a journal: Redis keeps the history",
-                  cfg->redis);
-        return -1;
-    }
 #if SSE_ENABLE_JOURNAL
     const char *why = cfg->journal_path ? api_journal(srv, cfg) : NULL;
 #else
@@ -8419,7 +8448,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     srv->topics.seed = (uint32_t)rng_next(&srv->rng);
     srv->per_ip.seed = (uint32_t)rng_next(&srv->rng);
     /* After the topic table's seed: the journal's events go into the table. */
-    if (api_journal_history(srv, cfg, err, errlen) < 0)
+    if (api_hub_check(cfg, err, errlen) < 0 || api_journal_history(srv, cfg, err, errlen) < 0)
         goto fail;
     if (!api_prepare(srv, cfg)) {
         api_error(err, errlen, "out of memory");
@@ -8434,10 +8463,12 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         goto fail;
     srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     loop_clock(srv);
+#if SSE_ENABLE_REDIS
     if (cfg->redis && (why = api_redis(srv, cfg))) {
         api_error(err, errlen, "redis %s: %s", cfg->redis, why);
         goto fail;
     }
+#endif
     return srv;
 fail:
     sse_server_free(srv);
@@ -8498,9 +8529,7 @@ int sse_publish(struct sse_server *srv, const char *topic, const char *event, co
         return -EBUSY;
     if (srv->pace.held)
         return -EAGAIN; /* the subscribers are behind: flow control (section 6) */
-    if (srv->redis && !redis_may_keep(srv))
-        return -EAGAIN; /* as many events kept for Redis as memory allows */
-    return publish_event(srv, topic, event, data, len, id_out);
+    return publish_event(srv, &(struct publish_in){topic, event, data, len, NULL, NULL}, id_out);
 }
 
 int sse_publish_ready(const struct sse_server *srv) {

@@ -1036,6 +1036,18 @@ static void test_journal_header(void) {
     CHECK(journal_parse_header(longline, sizeof longline, &floor, &version) == -1);
 }
 
+/* Decimal ids, the core's: canonical text only. */
+static void test_ids(void) {
+    uint64_t key;
+    CHECK(history_decimal_parse("42", 2, &key) && key == 42 &&
+          !history_decimal_parse("042", 3, &key) && !history_decimal_parse("4-2", 3, &key));
+    char text[48];
+    struct wbuf tw = {text, sizeof text, 0};
+    history_decimal_id(&tw, 1700000000000ull);
+    CHECK(tw.len == 13 && memcmp(text, "1700000000000", 13) == 0);
+}
+
+#if SSE_ENABLE_REDIS
 static long resp_str(const char *s, struct resp_value *vals, size_t cap, size_t *n) {
     return resp_read(s, strlen(s), 1024, vals, cap, n);
 }
@@ -1080,16 +1092,14 @@ static void test_resp(void) {
           -1); /* too deep */
 
     uint64_t key;
-    CHECK(id_parse(true, "1700000000000-5", 15, &key) && key == (1700000000000ull << 20 | 5));
-    CHECK(id_parse(true, "0-0", 3, &key) && key == 0);
-    CHECK(!id_parse(true, "01-0", 4, &key) && !id_parse(true, "1-", 2, &key) &&
-          !id_parse(true, "1", 1, &key) && !id_parse(true, "1-1048576", 9, &key) &&
-          !id_parse(true, "-1", 2, &key));
-    CHECK(id_parse(false, "42", 2, &key) && key == 42 && !id_parse(false, "042", 3, &key) &&
-          !id_parse(false, "4-2", 3, &key));
+    CHECK(redis_id_parse("1700000000000-5", 15, &key) && key == (1700000000000ull << 20 | 5));
+    CHECK(redis_id_parse("0-0", 3, &key) && key == 0);
+    CHECK(!redis_id_parse("01-0", 4, &key) && !redis_id_parse("1-", 2, &key) &&
+          !redis_id_parse("1", 1, &key) && !redis_id_parse("1-1048576", 9, &key) &&
+          !redis_id_parse("-1", 2, &key) && !redis_id_parse("42", 2, &key));
     char text[48];
     struct wbuf tw = {text, sizeof text, 0};
-    wb_id(&tw, true, 1700000000000ull << 20 | 5);
+    redis_id_format(&tw, 1700000000000ull << 20 | 5);
     CHECK(tw.len == 15 && memcmp(text, "1700000000000-5", 15) == 0);
 }
 
@@ -1164,12 +1174,12 @@ static void test_redis_kept(void) {
     CHECK(redis_fake_read(srv, cmd, buf, sizeof buf, "written\r\n"));
     CHECK(sse_publish(srv, "t", NULL, "queued", 6, NULL) == 0); /* not flushed: no poll yet */
     close(cmd);                                                 /* neither was answered */
-    for (int i = 0; i < 200 && srv->redis->cmd.ready; i++)
+    for (int i = 0; i < 200 && redis_of(srv)->cmd.ready; i++)
         sse_poll(srv, 1); /* the node sees the loss (and reconnects 100 ms later) */
-    CHECK(srv->redis->nkept == 2 && !srv->redis->cmd.ready);
-    CHECK(srv->redis->unknown == 1 && srv->redis->errors == 0);
+    CHECK(redis_of(srv)->nkept == 2 && !redis_of(srv)->cmd.ready);
+    CHECK(redis_of(srv)->unknown == 1 && redis_of(srv)->errors == 0);
     CHECK(sse_publish(srv, "t", NULL, "while down", 10, NULL) == 0);
-    CHECK(srv->redis->nkept == 3);
+    CHECK(redis_of(srv)->nkept == 3);
     cmd = -1;
     for (int64_t deadline = clock_ms() + 3000; cmd < 0 && clock_ms() < deadline;)
         cmd = redis_fake_accept(srv, ls);
@@ -1182,13 +1192,14 @@ static void test_redis_kept(void) {
     CHECK(redis_fake_read(srv, cmd, buf, sizeof buf, "while down\r\n"));
     const char *w = strstr(buf, "written"), *q = strstr(buf, "queued"),
                *d = strstr(buf, "while down");
-    CHECK(w && q && d && w < q && q < d && srv->redis->nkept == 0);
+    CHECK(w && q && d && w < q && q < d && redis_of(srv)->nkept == 0);
     CHECK(strncmp(buf, "*10\r\n$4\r\nXADD\r\n", 15) == 0); /* whole commands, from the start */
     close(cmd);
     close(follow);
     close(ls);
     sse_server_free(srv);
 }
+#endif /* SSE_ENABLE_REDIS */
 
 /* The relay's wait between attempts: the floor, the doubling, the jitter, the cap. */
 static void test_relay_backoff(void) {
@@ -1222,6 +1233,7 @@ static void test_relay_backoff(void) {
     CHECK(rising && bounded);
 }
 
+#if SSE_ENABLE_REDIS
 /* A node's backlog covers a stream id (sparse ids) only from its base or its first entry on. */
 static void test_redis_backlog_covers(void) {
     static struct sse_server node; /* only backlog and last_id are read */
@@ -1251,6 +1263,7 @@ static void test_redis_backlog_covers(void) {
     CHECK(!redis_backlog_covers(&node, 100) && redis_backlog_covers(&node, 300));
     backlog_free(&node.backlog);
 }
+#endif /* SSE_ENABLE_REDIS */
 
 /* Flow control through the API: a subscriber that does not read passes the high-water mark,
  * sse_publish() answers -EAGAIN and sse_publish_ready() 0, nothing of it published; once it
@@ -1311,14 +1324,21 @@ int main(void) {
     test_whatwg_reader();
     test_journal();
     test_journal_header();
+    test_ids();
+#if SSE_ENABLE_REDIS
     test_resp();
+#endif
     test_two_servers();
     test_host_routes();
     test_pace_api();
     test_log_reentry();
+#if SSE_ENABLE_REDIS
     test_redis_kept();
+#endif
     test_relay_backoff();
+#if SSE_ENABLE_REDIS
     test_redis_backlog_covers();
+#endif
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
