@@ -23,36 +23,35 @@
  *
  * Map of this file. A section uses what is above it, so it reads top to bottom.
  *
- * Part I, the core: a server on its own, with the in-memory backlog as its history.
+ * Part I, the core: a server on its own, with the in-memory backlog as its history. It
+ * names no part; the parts reach it through its seams (section 6).
  *   1. Basics            limits, clock, logging, random numbers, byte buffers, event ids
- *   2. Wire format       UTF-8, event framing, the event-stream reader (inputs, relay), JSON,
- *                        where events end in a stream passing through
+ *   2. Wire format       UTF-8, event framing, the event-stream reader, JSON
  *   3. Events and topics shared reference-counted bytes, the topic table, the backlog
- *   4. HTTP parsing      request and response heads, percent-decoding, queries, Accept,
- *                        tokens, dates, chunked transfer coding
+ *   4. HTTP parsing      request heads, percent-decoding, queries, Accept, tokens, dates
  *   5. Static files      path resolution that never leaves the root, content types
- *   6. Connections       the per-client state, the seams (a handle per descriptor with its
- *                        on_event; the parts' routes, /metrics rows and /healthz reasons; the
- *                        history behind Last-Event-ID, and a publisher's receipt from it),
- *                        flow control, the output queue, timers, closing
+ *   6. Connections       the per-client state; the seams: a handle per descriptor with its
+ *                        on_event, connections a part holds (conn_ops), the parts' routes,
+ *                        /metrics rows, /healthz reasons and loop hooks (part_ops), the
+ *                        history behind Last-Event-ID and a publisher's receipt from it
+ *                        (history_ops); flow control; the output queue, timers, closing
  *   7. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
  *                        metrics, static files
- *   8. Proxy and relay   upstream connections, unbuffered forwarding, the relay
- *  10. Request dispatch  checking, decoding and routing a request; reading requests
- *  11. Inputs            publishing what arrives on a file descriptor
- *  12. The event loop    epoll, accepting, timers, the graceful stop
- * Part II, the parts, each behind its switch (sse.h) and plugged into the seams:
+ *   8. Request dispatch  checking, decoding and routing a request; reading requests
+ *   9. Inputs            publishing what arrives on a file descriptor
+ *  10. The event loop    epoll, accepting, timers, the graceful stop
+ * Part II, the parts, each behind its switch (sse.h, default on) and plugged into the
+ * seams; each depends on the core only:
  *      The journal       SSE_ENABLE_JOURNAL: events on disk before they are acknowledged
  *      Redis Streams     SSE_ENABLE_REDIS: many servers, one history (a RESP2 client for
  *                        XADD and XREAD); Redis assigns the ids
+ *      Proxy and relay   SSE_ENABLE_PROXY: upstream connections, unbuffered forwarding,
+ *                        the relay
  * Part III, assembly:
- *  13. The public API    sse_server_new() plugs the enabled parts in
- * Still to move (issue 16): section 8 is to become a part after the journal, behind
- * SSE_ENABLE_PROXY; until then the core reaches it through the few forward declarations
- * placed just above their first use (closing a connection into the proxy).
+ *  11. The public API    sse_server_new() plugs the enabled parts in
  * Sections 1 to 4 make no system calls but the clock, and are unit-tested in tests/unit.c,
- * as are section 5's path rules (which open files), the journal's record format and the
- * Redis reply reader.
+ * as are section 5's path rules (which open files), the journal's record format, the
+ * Redis reply reader and the proxy's path, response-head and chunked-coding rules.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -126,6 +125,14 @@
  * for the server's own: stdio, listener, epoll, the spare, the static root, the journal with
  * its rewrite and directory, Redis's two links, a few inputs and the host's own. */
 _Static_assert(FD_RESERVE == OVERFLOW_MAX + FD_OWN, "the reserve covers the over-limit answers");
+
+/* Marks what only the parts call (the seams' helpers): a build without them leaves these
+ * unused, and that is not worth a warning. */
+#if defined(__GNUC__)
+#define FOR_PARTS __attribute__((unused))
+#else
+#define FOR_PARTS
+#endif
 
 #define DEFAULT_LISTEN      "127.0.0.1:8080"
 #define DEFAULT_STREAM_PATH "/events"
@@ -642,33 +649,6 @@ static void wire_reader_finish(struct wire_reader *r, wire_emit_fn emit, void *c
     }
     r->line_len = 0;
     wire_reset_block(r);
-}
-
-/* Length of the "maximal subpart" at p (Unicode 3.9, the WHATWG decoder's rule): the longest
- * prefix of a well-formed sequence, or 1 byte. It is replaced by one U+FFFD. */
-static size_t wire_utf8_subpart(const unsigned char *p, size_t avail) {
-    unsigned c = p[0], lo = 0x80, hi = 0xBF;
-    size_t need;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        lo = c == 0xE0 ? 0xA0 : 0x80; /* no overlong forms */
-        hi = c == 0xED ? 0x9F : 0xBF; /* no surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        lo = c == 0xF0 ? 0x90 : 0x80;
-        hi = c == 0xF4 ? 0x8F : 0xBF; /* nothing above U+10FFFF */
-    } else {
-        return 1;
-    }
-    size_t i = 1;
-    while (i <= need && i < avail && p[i] >= lo && p[i] <= hi) {
-        lo = 0x80;
-        hi = 0xBF;
-        i++;
-    }
-    return i;
 }
 
 /* ==========================================================================================
@@ -1992,7 +1972,7 @@ struct sse_server {
 };
 
 /* A part's own state, found by its ops; NULL when it is not plugged in. */
-static void *part_self(const struct sse_server *srv, const struct part_ops *ops) {
+FOR_PARTS static void *part_self(const struct sse_server *srv, const struct part_ops *ops) {
     for (size_t i = 0; i < srv->nparts; i++)
         if (srv->parts[i].ops == ops)
             return srv->parts[i].self;
@@ -2001,7 +1981,7 @@ static void *part_self(const struct sse_server *srv, const struct part_ops *ops)
 
 /* Plugs a part in at sse_server_new(); from then on its free hook runs at
  * sse_server_free(). False when PARTS_MAX are in already. */
-static bool part_add(struct sse_server *srv, const struct part_ops *ops, void *self) {
+FOR_PARTS static bool part_add(struct sse_server *srv, const struct part_ops *ops, void *self) {
     if (srv->nparts == PARTS_MAX)
         return false;
     srv->parts[srv->nparts++] = (struct part){ops, self};
@@ -2204,7 +2184,6 @@ static void conn_drop_output(struct conn *c) {
         close(c->file_fd);
     c->file_fd = -1;
 }
-
 
 /* Closes at once: the descriptor now, the memory at the end of the iteration. */
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
@@ -2454,7 +2433,7 @@ struct remote {
     char *path;                   /* what follows HOST:PORT in the URL: a path, and a query */
 };
 
-static void remote_free(struct remote *u) {
+FOR_PARTS static void remote_free(struct remote *u) {
     free(u->url);
     free(u->host);
     free(u->path);
@@ -2462,7 +2441,7 @@ static void remote_free(struct remote *u) {
 
 /* Parses "http://HOST[:PORT][/PATH]" and resolves HOST (the only time it is resolved).
  * Returns NULL or what is wrong. */
-static const char *remote_resolve(struct remote *u, const char *url) {
+FOR_PARTS static const char *remote_resolve(struct remote *u, const char *url) {
     if (strlen(url) < 8 || !ascii_ieq(url, 7, "http://"))
         return "must start with http://";
     const char *h = url + 7, *p;
@@ -2790,11 +2769,8 @@ static bool stream_answer(struct sse_server *srv, struct conn *c, const char *as
 /* A history that answered HISTORY_LATER answers here: the subscriber stops waiting (live
  * events reach it again) and gets stream_answer()'s answer, or is closed if that fails.
  * Unused when no history built in answers later. */
-#if defined(__GNUC__)
-__attribute__((unused))
-#endif
-static void
-stream_answer_later(struct sse_server *srv, struct conn *c, uint64_t after, bool covered) {
+FOR_PARTS static void stream_answer_later(struct sse_server *srv, struct conn *c, uint64_t after,
+                                          bool covered) {
     c->flags &= (uint8_t)~CF_REPLAYING;
     char asked[48];
     struct wbuf w = {asked, sizeof asked, 0};
@@ -3598,1643 +3574,7 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
 }
 
 /* ==========================================================================================
- * 8. The proxy and the relay
- *
- * Proxy. A client connection is paired with a connection to the upstream. The request goes
- * up rebuilt: its path canonical and without dot segments, so it stays under the route's
- * base; hop-by-hop headers dropped (RFC 9110 7.6.1: Connection and the fields it names,
- * but never the framing or Host, Keep-Alive, Proxy-*, TE, Trailer, Upgrade); one
- * Content-Length of our own; X-Forwarded-*, X-Real-IP and Forwarded set by us alone.
- * The response comes down as it arrives: every read from the upstream is queued for the
- * client in the same loop iteration and written at its end, never held back for more. The
- * upstream's framing (Content-Length, chunked or close) is decoded, so an event stream goes
- * to the client close-delimited like our own, with a heartbeat slipped in between two events
- * when the upstream is quiet. Each direction holds at most PROXY_BUFFER bytes; past that,
- * reading the other side stops until the queue drains, so memory stays bounded.
- *
- * Failure. Before the response starts, an ordinary request gets 502 or 504, but an
- * EventSource request gets 200 + retry: + close: any other status makes the browser stop
- * for good (WHATWG 9.2.3). After the response started, the client connection is closed and
- * EventSource reconnects with its Last-Event-ID.
- *
- * Relay. The same upstream machinery with the server itself as the client: the body goes
- * through the WHATWG parser (the wire_reader of section 2) and every event is published on
- * a local topic with a local id. After a drop it reconnects when `retry` has passed (but
- * never sooner than RELAY_RETRY_FLOOR_MS), sending Last-Event-ID, and backs off while
- * attempts deliver no event, so no upstream is ever hammered. As a node of a Redis hub the
- * upstream is the relay's memory: when Redis cannot take an event the relay drops the
- * connection, and reconnects, once Redis has answered every XADD it sent, with the last
- * upstream id whose event Redis took, so what Redis missed is fetched again.
- * ======================================================================================== */
-
-#define PROXY_BUFFER         (64u << 10) /* bytes queued one way before reading the other side stops */
-#define PROXY_READ           16384       /* bytes read from either side at a time */
-#define RELAY_RETRY_MS       3000        /* reconnection time until the upstream sends retry: */
-#define RELAY_RETRY_FLOOR_MS 250   /* the shortest wait between attempts, whatever retry: says */
-#define RELAY_BACKOFF_MAX_MS 30000 /* the longest back-off (a longer retry: is still honoured) */
-
-enum body_framing { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
-
-/* ---- what the proxy reads and writes: paths, response heads, chunked bodies, where events
- * end in a stream passing through, repaired UTF-8 (section 2 and 4's rules applied) ------ */
-
-/* Writes the canonical form of the raw (still percent-encoded) path in[0..len) into out
- * (room for cap bytes): escapes of unreserved characters decoded ("%2e" is '.', RFC 3986
- * 6.2.2.2), the others in upper case (6.2.2.1), so a dot segment cannot hide in an escape.
- * Returns its length, or -1 for what a proxy must not pass on because some server behind it
- * would read it as another path: a malformed escape or %00; a slash or backslash hidden as
- * %2F or %5C (many servers decode before splitting); a raw backslash (a separator on
- * Windows and to some frameworks); a double-encoded dot, slash or backslash ("%252e", for
- * servers that decode twice, and "%2500" likewise); or an output that does not fit. */
-static long http_path_canon(const char *in, size_t len, char *out, size_t cap) {
-    static const char hex[] = "0123456789ABCDEF";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)in[i];
-        if (c == '\\' || o >= cap)
-            return -1;
-        if (c != '%') {
-            out[o++] = (char)c;
-            continue;
-        }
-        int hi = i + 2 < len ? http_hex(in[i + 1]) : -1, lo = hi >= 0 ? http_hex(in[i + 2]) : -1;
-        if (lo < 0 || (hi == 0 && lo == 0))
-            return -1;
-        unsigned char d = (unsigned char)(hi * 16 + lo);
-        i += 2;
-        if (d == '/' || d == '\\')
-            return -1;
-        if (http_is_unreserved(d)) {
-            out[o++] = (char)d;
-            continue;
-        }
-        if (o + 3 > cap)
-            return -1;
-        out[o++] = '%';
-        out[o++] = hex[hi];
-        out[o++] = hex[lo];
-    }
-    for (size_t i = 0; i + 4 < o; i++) { /* "%25" then an escape of '.', '/' or '\' */
-        if (memcmp(out + i, "%25", 3) != 0)
-            continue;
-        int hi = http_hex(out[i + 3]), lo = http_hex(out[i + 4]);
-        if (hi >= 0 && lo >= 0 && strchr("./\\", hi * 16 + lo))
-            return -1;
-    }
-    return (long)o;
-}
-
-/* Removes the dot segments of the path p[0..len) in place (RFC 3986 5.2.4): "/a/./b/../c"
- * becomes "/a/c", "/a/.." becomes "/". Returns the new length, or -1 if p does not start
- * with '/' or a ".." would climb above the root ("/../x"), which RFC 3986 silently drops
- * but which only an attack sends. */
-static long http_path_remove_dots(char *p, size_t len) {
-    if (len == 0 || p[0] != '/')
-        return -1;
-    size_t o = 0, i = 1;
-    for (;;) {
-        size_t s = i;
-        while (i < len && p[i] != '/')
-            i++;
-        size_t n = i - s;
-        bool last = i >= len;
-        if (n == 2 && p[s] == '.' && p[s + 1] == '.') {
-            if (o == 0)
-                return -1;
-            while (o > 0 && p[--o] != '/') /* drop the last segment and its '/' */
-                ;
-        } else if (!(n == 1 && p[s] == '.')) {
-            p[o++] = '/';
-            memmove(p + o, p + s, n);
-            o += n;
-            if (last)
-                break;
-            i++;
-            continue;
-        }
-        if (last) {
-            p[o++] = '/'; /* "/a/b/.." is the directory "/a/" */
-            break;
-        }
-        i++;
-    }
-    return (long)o;
-}
-
-/* A response head from an upstream (RFC 9112 4): "HTTP/1.x NNN reason" and header lines. */
-struct http_response {
-    int minor;          /* HTTP/1.<minor> */
-    int status;         /* 100 to 999 */
-    const char *reason; /* reason phrase (may be empty) */
-    size_t reason_len;
-    size_t num_headers; /* used entries of headers */
-    struct http_header headers[SSE_MAX_HEADERS];
-};
-
-/* Parses a response head in buf[0..len). Returns its length (> 0), HTTP_INCOMPLETE,
- * HTTP_BAD or HTTP_TOO_LARGE (too many header lines); views point into buf. */
-static long http_parse_response(const char *buf, size_t len, struct http_response *res) {
-    size_t end = http_head_end(buf, len, 0);
-    if (!end)
-        return HTTP_INCOMPLETE;
-    size_t pos = 0, n;
-    const char *line = http_next_line(buf, &pos, end, &n);
-    if (n < 12 || memcmp(line, "HTTP/1.", 7) != 0 || (line[7] != '0' && line[7] != '1') ||
-        line[8] != ' ' || !http_digits(line + 9, 3, &res->status) || res->status < 100 ||
-        (n > 12 && line[12] != ' '))
-        return HTTP_BAD;
-    res->minor = line[7] - '0';
-    res->reason = n > 12 ? line + 13 : line + 12;
-    res->reason_len = n > 12 ? n - 13 : 0;
-    for (size_t i = 0; i < res->reason_len; i++) {
-        unsigned char c = (unsigned char)res->reason[i];
-        if (c != '\t' && (c < 0x20 || c == 0x7F))
-            return HTTP_BAD;
-    }
-    res->num_headers = 0;
-    for (;;) {
-        line = http_next_line(buf, &pos, end, &n);
-        if (n == 0)
-            break;
-        if (res->num_headers == SSE_MAX_HEADERS)
-            return HTTP_TOO_LARGE;
-        if (http_parse_header_line(line, n, &res->headers[res->num_headers]))
-            return HTTP_BAD;
-        res->num_headers++;
-    }
-    return pos == end ? (long)end : HTTP_BAD;
-}
-
-/* Incremental decoder of chunked transfer coding (RFC 9112 7.1). */
-enum {
-    CH_SIZE,
-    CH_EXT,
-    CH_SIZE_LF,
-    CH_DATA,
-    CH_DATA_CR,
-    CH_DATA_LF,
-    CH_TRAILER_START,
-    CH_TRAILER,
-    CH_END_LF,
-    CH_DONE
-};
-struct http_chunked {
-    uint8_t state;    /* CH_*: where in the framing the next byte is */
-    uint8_t digits;   /* hex digits of the current chunk size */
-    uint64_t left;    /* bytes of chunk data still to come */
-    uint32_t skipped; /* bytes of extensions and trailers seen, bounded */
-};
-
-/* One byte of a chunk's size line, or of what follows its size (extensions, the line
- * end). False for malformed framing. */
-static bool http_chunk_size_byte(struct http_chunked *d, char c) {
-    int v = http_hex(c);
-    if (d->state == CH_SIZE && v >= 0 && d->digits < 16) {
-        d->left = d->left * 16 + (uint64_t)v;
-        d->digits++;
-        return true;
-    }
-    if (d->state == CH_SIZE && (d->digits == 0 || v >= 0))
-        return false;
-    if (d->state == CH_SIZE_LF && c != '\n')
-        return false;
-    if (d->state == CH_EXT && ++d->skipped > SSE_HEAD_MAX)
-        return false;
-    if (d->state == CH_SIZE && (c == ';' || c == ' ' || c == '\t'))
-        d->state = CH_EXT;
-    else if (c == '\r' && d->state != CH_SIZE_LF)
-        d->state = CH_SIZE_LF;
-    else if (c == '\n')
-        d->state = d->left ? CH_DATA : CH_TRAILER_START;
-    else if (d->state == CH_SIZE)
-        return false;
-    return true;
-}
-
-/* One byte after a chunk's data, or of the trailers. False for malformed framing. */
-static bool http_chunk_end_byte(struct http_chunked *d, char c) {
-    switch (d->state) {
-    case CH_DATA_CR:
-    case CH_DATA_LF:
-        if (c == '\r' && d->state == CH_DATA_CR) {
-            d->state = CH_DATA_LF;
-            return true;
-        }
-        d->state = CH_SIZE;
-        d->digits = 0;
-        d->skipped = 0;
-        return c == '\n';
-    case CH_TRAILER_START:
-        d->state = c == '\r' ? CH_END_LF : c == '\n' ? CH_DONE : CH_TRAILER;
-        return true;
-    case CH_TRAILER:
-        if (c == '\n')
-            d->state = CH_TRAILER_START;
-        return ++d->skipped <= SSE_HEAD_MAX;
-    default: /* CH_END_LF */ d->state = CH_DONE; return c == '\n';
-    }
-}
-
-/* Decodes buf[0..len) in place: the data bytes move to the front. Returns how many there
- * are, or -1 for malformed framing. The state becomes CH_DONE after the last chunk and its
- * trailers; bytes after that are ignored. */
-static long http_dechunk(struct http_chunked *d, char *buf, size_t len) {
-    size_t w = 0;
-    for (size_t i = 0; i < len && d->state != CH_DONE; i++) {
-        if (d->state == CH_DATA) {
-            size_t n = len - i < d->left ? len - i : (size_t)d->left;
-            memmove(buf + w, buf + i, n);
-            w += n;
-            i += n - 1;
-            d->left -= n;
-            if (d->left == 0)
-                d->state = CH_DATA_CR;
-        } else if (d->state <= CH_SIZE_LF ? !http_chunk_size_byte(d, buf[i])
-                                          : !http_chunk_end_byte(d, buf[i])) {
-            return -1;
-        }
-    }
-    return (long)w;
-}
-
-/*
- * Where events end in a stream passing through (the proxy's heartbeat may only go in
- * between two events): after a blank line, or at the very start. A blank line ended by a
- * lone CR counts too: should a LF follow after all, the client sees one more empty line,
- * which dispatches nothing since no data is buffered (WHATWG 9.2.6).
- */
-enum { WB_EVENT_END, WB_LINE_START, WB_MID_LINE };
-struct wire_boundary {
-    uint8_t state; /* WB_*: where the bytes seen so far end */
-    bool after_cr; /* the last byte was CR */
-};
-
-static void wire_boundary_scan(struct wire_boundary *b, const char *p, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (c == '\n' && b->after_cr) {
-            b->after_cr = false;
-        } else if (c == '\r' || c == '\n') {
-            b->state = b->state == WB_MID_LINE ? WB_LINE_START : WB_EVENT_END;
-            b->after_cr = c == '\r';
-        } else {
-            b->state = WB_MID_LINE;
-            b->after_cr = false;
-        }
-    }
-}
-
-static bool wire_at_event_end(const struct wire_boundary *b) {
-    return b->state == WB_EVENT_END;
-}
-
-/* Copies s[0..len) as valid UTF-8, each maximal subpart of an ill-formed sequence becoming
- * one U+FFFD, exactly as the WHATWG decoder does (used for relayed events). */
-static void wire_utf8_repair(struct wbuf *w, const char *s, size_t len) {
-    size_t start = 0, i = 0;
-    while (i < len) {
-        unsigned char c = (unsigned char)s[i];
-        size_t n = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-        if (i + n <= len && wire_utf8_valid(s + i, n)) {
-            i += n;
-            continue;
-        }
-        wb_put(w, s + start, i - start);
-        wb_put(w, "\xEF\xBF\xBD", 3);
-        i += wire_utf8_subpart((const unsigned char *)s + i, len - i);
-        start = i;
-    }
-    wb_put(w, s + start, len - start);
-}
-
-/* Sends the bytes of iov[0..n) at once when nothing is queued ahead of them, and queues
- * what the socket did not take. For the proxy, where each read from an upstream should
- * leave without waiting for the end of the iteration. False if the connection failed and
- * was closed. */
-static bool conn_send(struct sse_server *srv, struct conn *c, const struct iovec *iov, int n) {
-    size_t total = 0, sent = 0;
-    for (int i = 0; i < n; i++)
-        total += iov[i].iov_len;
-    if (c->qlen == 0 && c->file_fd < 0 && !conn_holding(c)) {
-        struct msghdr mh = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
-        ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            conn_close(srv, c, c->state == CONN_OUTBOUND ? R_PEER_FAILED : conn_gone(c, true));
-            return false;
-        }
-        sent = w > 0 ? (size_t)w : 0;
-    }
-    if (sent == total)
-        return true;
-    struct blob *b = blob_new(total - sent);
-    if (!b) {
-        conn_close(srv, c, R_ERROR);
-        return false;
-    }
-    size_t o = 0;
-    for (int i = 0; i < n; i++) {
-        const char *p = iov[i].iov_base;
-        size_t len = iov[i].iov_len, skip = sent < len ? sent : len;
-        sent -= skip;
-        memcpy(b->bytes + o, p + skip, len - skip);
-        o += len - skip;
-    }
-    if (!conn_enqueue_owned(srv, c, b)) {
-        conn_close(srv, c, R_ERROR);
-        return false;
-    }
-    return true;
-}
-
-struct proxy_route {
-    char *prefix;      /* matched against the path as sent; no final '/' ("" for "/") */
-    size_t prefix_len; /* bytes in prefix */
-    struct remote up;  /* where matching requests go */
-};
-
-struct relay {
-    char topic[TOPIC_NAME_MAX + 1]; /* local topic the events are published on */
-    struct remote up;               /* the upstream stream */
-    struct wire_reader reader;      /* WHATWG parser; keeps the upstream's last event id */
-    struct sse_server *srv;         /* for publishing from the reader's callback */
-    struct proxy *px;               /* the connection in progress, or NULL between attempts */
-    int64_t next_attempt;           /* when to connect next, monotonic ms */
-    unsigned failures;              /* attempts in a row that delivered no event (no stream,
-                                       or a stream that ended empty), for back-off */
-    bool delivered;                 /* the current connection delivered an event */
-    char taken[SSE_ID_MAX + 1];     /* the upstream id up to which every event was stored;
-                                       the next connection resumes there */
-    uint32_t pending;               /* events whose receipt has not come back yet */
-    bool halted;                    /* an event could not be stored; the rest of this
-                                       connection is ignored, fetched again later */
-    bool refused;                   /* a receipt said not stored: the receipts after it no
-                                       longer move taken (events before it still do) */
-};
-
-/* One proxied exchange or one relay connection; shared by both connections involved. */
-struct proxy {
-    struct conn_part base;         /* the connection seam: first, so a conn's part is this */
-    const struct remote *target;   /* the upstream */
-    struct relay *relay;           /* the relay this feeds, or NULL for a proxied request */
-    struct conn *client;           /* the client; NULL for a relay or once it has gone */
-    struct conn *up;               /* the upstream connection; NULL once closed */
-    uint64_t req_left;             /* request body bytes still to forward */
-    uint64_t body_left;            /* BODY_LENGTH: response body bytes still to come */
-    size_t client_q;               /* the client's queued bytes when last looked at, to tell
-                                      progress from the send timeout's point of view */
-    struct inbuf *head;            /* the response head being collected, or NULL */
-    struct http_chunked chunked;   /* BODY_CHUNKED: the decoder */
-    struct wire_boundary boundary; /* event streams: where the events end */
-    uint8_t framing;               /* enum body_framing of the response */
-    bool connected;                /* the upstream accepted the connection */
-    bool head_done;                /* the response head was passed on (or, relay, accepted) */
-    bool head_request;             /* the request was HEAD: the response has no body */
-    bool eventsource;              /* the client asked for text/event-stream by name */
-    bool stream;                   /* the response is text/event-stream */
-    bool rechunk;                  /* the client gets the body chunked */
-    bool client_paused;            /* not reading the client: the upstream's queue is full */
-    bool up_paused;                /* not reading the upstream: the client's queue is full */
-};
-
-/* The part's own state: its configuration and its counters for /metrics. */
-struct proxy_hub {
-    struct proxy_route *routes; /* reverse-proxy routes, longest prefix first */
-    size_t nroutes;             /* entries in routes */
-    struct relay *relays;       /* relayed upstream streams */
-    size_t nrelays;             /* entries in relays */
-    uint64_t proxied_total;     /* requests passed to an upstream */
-    uint64_t errors_total;      /* upstreams that failed a request or a relay */
-    uint64_t relayed_total;     /* events published by relays */
-};
-
-static const struct part_ops part_proxy;
-static const struct conn_ops proxy_conn_ops;
-
-static struct proxy_hub *proxy_hub(const struct sse_server *srv) {
-    return part_self(srv, &part_proxy);
-}
-
-static struct proxy *proxy_of(const struct conn *c) {
-    return (struct proxy *)c->part;
-}
-
-/* An EventSource request: a GET whose Accept names text/event-stream (browsers send exactly
- * that). Such a request must never be answered with a 5xx for a passing failure. */
-static bool http_is_eventsource(const struct http_request *req) {
-    const struct http_header *accept = http_header(req, "Accept");
-    return bytes_eq(req->method, req->method_len, "GET") && accept &&
-           http_accepts_event_stream(accept->value, accept->value_len, false);
-}
-
-static bool proxy_connecting(const struct conn *c) {
-    return c->state == CONN_OUTBOUND && c->part && !proxy_of(c)->connected;
-}
-
-static void relay_schedule(struct sse_server *srv, struct relay *r);
-static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
-                       size_t len, const char *skipped);
-
-/* Ends an exchange: the client (if still there) goes on alone, the upstream is closed, a
- * relay is scheduled to reconnect. */
-static void proxy_release(struct sse_server *srv, struct proxy *px, enum close_reason why) {
-    if (px->client)
-        px->client->part = NULL;
-    if (px->up) {
-        px->up->part = NULL;
-        conn_close(srv, px->up, why);
-    }
-    if (px->relay) {
-        px->relay->px = NULL;
-        relay_schedule(srv, px->relay);
-    }
-    free(px->head);
-    free(px);
-}
-
-/* The upstream failed. Before the response started, the client gets an answer (502/504,
- * or 200 + retry: + close for EventSource); after, it is closed once its queue is sent. */
-static void proxy_fail(struct sse_server *srv, struct proxy *px, int status, const char *why) {
-    proxy_hub(srv)->errors_total++;
-    log_say(&srv->log, SSE_LOG_WARN, "upstream %s %s", px->target->url, why);
-    struct conn *c = px->client;
-    bool started = px->head_done, eventsource = px->eventsource, body_unread = px->req_left > 0;
-    char msg[200];
-    snprintf(msg, sizeof msg, "upstream %s %s", px->target->url, why);
-    proxy_release(srv, px, R_PEER_FAILED);
-    if (!c || c->state == CONN_DEAD)
-        return;
-    if (started) {
-        conn_linger(srv, c, R_PEER_FAILED);
-        return;
-    }
-    if (body_unread)
-        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-    if (eventsource)
-        stream_turn_away(srv, c, R_PEER_FAILED);
-    else
-        http_text(srv, c, status, msg, NULL);
-}
-
-/* The response is complete: the client waits for its queue to drain, then goes on. */
-static void proxy_finish(struct sse_server *srv, struct proxy *px) {
-    struct conn *c = px->client;
-    if (c && px->rechunk && !conn_enqueue_owned(srv, c, blob_from("0\r\n\r\n", 5)))
-        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-    if (c && px->req_left)
-        c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the rest of its body would read as a request */
-    proxy_release(srv, px, R_DONE);
-    if (!c || c->state == CONN_DEAD)
-        return;
-    c->state = CONN_RESPOND;
-    c->reason = R_DONE;
-    timer_set(srv, c, TIMER_SEND);
-    conn_flush_later(srv, c);
-}
-
-/* A connection of either side closed under us (error, reset, timeout). */
-static void proxy_conn_closed(struct sse_server *srv, struct conn *c) {
-    struct proxy *px = proxy_of(c);
-    c->part = NULL;
-    if (c == px->client) {
-        px->client = NULL;
-        proxy_release(srv, px, R_CLIENT_CLOSED);
-    } else {
-        px->up = NULL;
-        proxy_fail(srv, px, 502, "closed the connection");
-    }
-}
-
-/* Forwards up to n bytes of the client's request body. Returns the bytes taken. */
-static size_t proxy_forward_body(struct sse_server *srv, struct proxy *px, const char *p,
-                                 size_t n) {
-    size_t take = n < px->req_left ? n : (size_t)px->req_left;
-    if (!take)
-        return 0;
-    px->req_left -= take;
-    struct iovec iov = {(void *)(uintptr_t)p, take};
-    if (px->up && !conn_send(srv, px->up, &iov, 1))
-        return take; /* the upstream was closed: the client has its answer */
-    if (px->up && px->up->qbytes >= PROXY_BUFFER)
-        px->client_paused = true;
-    return take;
-}
-
-/* Reads the request body from the client while the upstream's queue has room. */
-static void proxy_client_read(struct sse_server *srv, struct conn *c) {
-    char buf[PROXY_READ];
-    struct proxy *px;
-    while (c->state == CONN_PASSED && (px = proxy_of(c)) && px->req_left && !px->client_paused) {
-        size_t want = px->req_left < sizeof buf ? (size_t)px->req_left : sizeof buf;
-        ssize_t n = read(c->h.fd, buf, want);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (n <= 0) {
-            conn_close(srv, c, conn_gone(c, n < 0));
-            return;
-        }
-        proxy_forward_body(srv, px, buf, (size_t)n);
-    }
-}
-
-/* A proxied response that is not an event stream gets the send timeout of our own
- * responses: while bytes wait for the client, SEND_TIMEOUT_MS without one of them taken
- * drops it (and so the upstream). With nothing queued the clock stops: then the upstream is
- * the slow side. Streams keep the client-buffer rule instead (PROXY_BUFFER, then reading
- * the upstream pauses, as a subscriber's queue would). Called after bytes were queued for
- * the client and after each write to it. */
-static void proxy_send_timer(struct sse_server *srv, struct proxy *px, struct conn *c) {
-    if (px->stream || !px->head_done || c != px->client)
-        return;
-    if (c->qlen == 0) {
-        if (c->timer != TIMER_NEVER)
-            timer_set(srv, c, TIMER_NEVER);
-    } else if (c->timer != TIMER_SEND || c->qbytes < px->client_q) {
-        timer_set(srv, c, TIMER_SEND); /* bytes left the queue: progress */
-    }
-    px->client_q = c->qbytes;
-}
-
-/* Hands decoded response body bytes on: to the client (re-chunked if need be), or to the
- * relay's parser. Returns false if the exchange ended meanwhile. */
-static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *data, size_t n) {
-    if (!n)
-        return true;
-    if (px->relay) {
-        struct relay *r = px->relay;
-        wire_reader_feed(&r->reader, data, n, relay_emit, r);
-        if (r->halted) {
-            proxy_release(srv, px, R_PEER_FAILED);
-            return false;
-        }
-        if (!r->pending && !r->halted) /* every event so far was stored */
-            memcpy(r->taken, r->reader.last_id, sizeof r->taken);
-        return true;
-    }
-    struct conn *c = px->client;
-    char size[24];
-    struct iovec iov[3] = {{size, 0}, {(void *)(uintptr_t)data, n}, {"\r\n", 2}};
-    if (px->rechunk)
-        iov[0].iov_len = (size_t)snprintf(size, sizeof size, "%zx\r\n", n);
-    if (!conn_send(srv, c, px->rechunk ? iov : iov + 1, px->rechunk ? 3 : 1))
-        return false;
-    if (px->stream) {
-        wire_boundary_scan(&px->boundary, data, n);
-        timer_set(srv, c, TIMER_PART); /* the upstream spoke: restart the heartbeat clock */
-    }
-    proxy_send_timer(srv, px, c);
-    if (c->qbytes >= PROXY_BUFFER)
-        px->up_paused = true;
-    return true;
-}
-
-/* Takes response body bytes as read (framing included); decoded in place. Returns false if
- * the exchange ended. */
-static bool proxy_body(struct sse_server *srv, struct proxy *px, char *buf, size_t n) {
-    switch (px->framing) {
-    case BODY_LENGTH: {
-        size_t take = n < px->body_left ? n : (size_t)px->body_left;
-        px->body_left -= take;
-        if (!proxy_pass(srv, px, buf, take))
-            return false;
-        if (px->body_left == 0) {
-            proxy_finish(srv, px);
-            return false;
-        }
-        return true;
-    }
-    case BODY_CHUNKED: {
-        long d = http_dechunk(&px->chunked, buf, n);
-        if (d < 0) {
-            proxy_fail(srv, px, 502, "sent malformed chunked framing");
-            return false;
-        }
-        if (!proxy_pass(srv, px, buf, (size_t)d))
-            return false;
-        if (px->chunked.state == CH_DONE) {
-            proxy_finish(srv, px);
-            return false;
-        }
-        return true;
-    }
-    case BODY_CLOSE: return proxy_pass(srv, px, buf, n);
-    default: return true;
-    }
-}
-
-/* Whether a header of a message with these headers is hop-by-hop (RFC 9110 7.6.1): one of
- * the fixed names, or one that a Connection header names. A Connection token never makes
- * Content-Length, Transfer-Encoding or Host hop-by-hop: they frame and route the message,
- * and a client that names them there (Connection: Content-Length) wants the proxy to drop
- * the framing and forward the body bytes unframed, which the next server would read as a
- * second request of the attacker's choosing (request smuggling). RFC 9110 7.6.1 lets a
- * proxy keep such fields; we ignore the token. */
-static bool http_hop_by_hop(const struct http_header *all, size_t n, const struct http_header *h) {
-    static const char *const fixed[] = {"Connection", "Keep-Alive", "TE",
-                                        "Trailer",    "Upgrade",    "Transfer-Encoding"};
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-        if (ascii_ieq(h->name, h->name_len, fixed[i]))
-            return true;
-    if (h->name_len >= 6 && ascii_ieq(h->name, 6, "Proxy-"))
-        return true;
-    if (ascii_ieq(h->name, h->name_len, "Content-Length") ||
-        ascii_ieq(h->name, h->name_len, "Host"))
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        const struct http_header *c = &all[i];
-        const char *item;
-        size_t len, pos = 0;
-        if (!ascii_ieq(c->name, c->name_len, "Connection"))
-            continue;
-        while (http_next_item(c->value, c->value_len, &pos, ',', &item, &len))
-            if (ascii_ieq_range(item, len, h->name, h->name_len))
-                return true;
-    }
-    return false;
-}
-
-/* How the upstream's response body is framed (RFC 9112 6.3), or -1 when it cannot be told. */
-static int proxy_framing(const struct proxy *px, const struct http_response *res,
-                         uint64_t *length) {
-    bool te = false, chunked = false, have_cl = false;
-    for (size_t i = 0; i < res->num_headers; i++) {
-        const struct http_header *h = &res->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding")) {
-            const char *item = NULL, *last = NULL;
-            size_t len = 0, last_len = 0, pos = 0;
-            while (http_next_item(h->value, h->value_len, &pos, ',', &item, &len)) {
-                last = item;
-                last_len = len;
-            }
-            te = true;
-            chunked = last && ascii_ieq(last, last_len, "chunked");
-        } else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
-            uint64_t v;
-            if (!parse_u64(h->value, h->value_len, &v) || (have_cl && v != *length))
-                return -1;
-            have_cl = true;
-            *length = v;
-        }
-    }
-    if (px->head_request || res->status == 204 || res->status == 304 || res->status < 200)
-        return BODY_NONE;
-    if (te)
-        return chunked ? BODY_CHUNKED : BODY_CLOSE;
-    if (have_cl)
-        return *length ? BODY_LENGTH : BODY_NONE;
-    return BODY_CLOSE;
-}
-
-static bool http_is_event_stream(const struct http_header *all, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        const struct http_header *h = &all[i];
-        if (!ascii_ieq(h->name, h->name_len, "Content-Type"))
-            continue;
-        const char *semi = memchr(h->value, ';', h->value_len);
-        size_t len = semi ? (size_t)(semi - h->value) : h->value_len;
-        while (len && (h->value[len - 1] == ' ' || h->value[len - 1] == '\t'))
-            len--;
-        return ascii_ieq(h->value, len, "text/event-stream");
-    }
-    return false;
-}
-
-static bool http_has_header(const struct http_header *all, size_t n, const char *name) {
-    for (size_t i = 0; i < n; i++)
-        if (ascii_ieq(all[i].name, all[i].name_len, name))
-            return true;
-    return false;
-}
-
-/* Builds the response head the client gets: the upstream's status and end-to-end headers,
- * our own framing, and for event streams what keeps proxies further down from buffering. */
-static struct blob *proxy_client_head(struct proxy *px, const struct http_response *res,
-                                      uint64_t length, bool keep_alive, bool http10) {
-    char head[SSE_HEAD_MAX + 512];
-    struct wbuf w = {head, sizeof head, 0};
-    wb_str(&w, "HTTP/1.1 ");
-    wb_u64(&w, (uint64_t)res->status);
-    wb_put(&w, " ", 1);
-    wb_put(&w, res->reason, res->reason_len);
-    wb_str(&w, "\r\n");
-    for (size_t i = 0; i < res->num_headers; i++) {
-        const struct http_header *h = &res->headers[i];
-        if (http_hop_by_hop(res->headers, res->num_headers, h) ||
-            ascii_ieq(h->name, h->name_len, "Content-Length"))
-            continue;
-        wb_put(&w, h->name, h->name_len);
-        wb_str(&w, ": ");
-        wb_put(&w, h->value, h->value_len);
-        wb_str(&w, "\r\n");
-    }
-    if (px->stream && !http_has_header(res->headers, res->num_headers, "X-Accel-Buffering"))
-        wb_str(&w, "X-Accel-Buffering: no\r\n");
-    if (px->stream && !http_has_header(res->headers, res->num_headers, "Cache-Control"))
-        wb_str(&w, "Cache-Control: no-cache\r\n");
-    if (px->rechunk)
-        wb_str(&w, "Transfer-Encoding: chunked\r\n");
-    else if (px->framing == BODY_LENGTH ||
-             (px->framing == BODY_NONE &&
-              http_has_header(res->headers, res->num_headers, "Content-Length"))) {
-        wb_str(&w, "Content-Length: ");
-        wb_u64(&w, length);
-        wb_str(&w, "\r\n");
-    }
-    if (!px->stream && !keep_alive)
-        wb_str(&w, "Connection: close\r\n");
-    else if (!px->stream && http10)
-        wb_str(&w, "Connection: keep-alive\r\n");
-    wb_str(&w, "\r\n");
-    return w.len <= w.cap ? blob_from(head, w.len) : NULL;
-}
-
-/* A relay accepts only 200 text/event-stream; its parser starts a fresh stream. */
-static bool relay_accept(struct sse_server *srv, struct proxy *px,
-                         const struct http_response *res) {
-    if (res->status != 200 || !px->stream) {
-        char why[96];
-        snprintf(why, sizeof why, "answered %d%s instead of a stream", res->status,
-                 px->stream ? "" : " without text/event-stream");
-        proxy_fail(srv, px, 502, why);
-        return false;
-    }
-    px->head_done = true;
-    log_say(&srv->log, SSE_LOG_INFO, "relay %s: following %s%s", px->relay->topic, px->target->url,
-            px->target->path);
-    return true;
-}
-
-/* The upstream's response head is complete: decide the framing both ways and pass the head
- * on. Returns false if the exchange ended. */
-static bool proxy_response(struct sse_server *srv, struct proxy *px,
-                           const struct http_response *res) {
-    uint64_t length = 0;
-    int framing = proxy_framing(px, res, &length);
-    if (framing < 0) {
-        proxy_fail(srv, px, 502, "sent an invalid Content-Length");
-        return false;
-    }
-    px->framing = (uint8_t)framing;
-    px->stream = http_is_event_stream(res->headers, res->num_headers);
-    px->body_left = length;
-    timer_set(srv, px->up, TIMER_NEVER);
-    if (px->relay) {
-        if (!relay_accept(srv, px, res))
-            return false;
-    } else if (px->eventsource && res->status >= 500) {
-        char why[48];
-        snprintf(why, sizeof why, "answered %d", res->status);
-        proxy_fail(srv, px, 502, why);
-        return false;
-    } else {
-        struct conn *c = px->client;
-        bool http10 = c->flags & CF_HTTP10;
-        if (px->stream || framing == BODY_CLOSE || (framing == BODY_CHUNKED && http10))
-            c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the end of the body is the close */
-        px->rechunk = framing == BODY_CHUNKED && !http10 && !px->stream;
-        if (!conn_enqueue_owned(
-                srv, c, proxy_client_head(px, res, length, c->flags & CF_KEEP_ALIVE, http10))) {
-            proxy_fail(srv, px, 502, "sent a response head too large to pass on");
-            return false;
-        }
-        px->head_done = true;
-        if (px->stream)
-            timer_set(srv, c, TIMER_PART);
-        else
-            proxy_send_timer(srv, px, c);
-    }
-    if (framing == BODY_NONE) {
-        proxy_finish(srv, px);
-        return false;
-    }
-    return true;
-}
-
-/* Collects the response head; skips 1xx interim responses; passes the head on, then the
- * body bytes that came with it. Returns false if the exchange ended. */
-static bool proxy_head_bytes(struct sse_server *srv, struct proxy *px, char *buf, size_t n) {
-    if (!px->head && !(px->head = calloc(1, sizeof *px->head))) {
-        proxy_fail(srv, px, 502, "could not be read (out of memory)");
-        return false;
-    }
-    struct inbuf *h = px->head;
-    size_t take = n < SSE_HEAD_MAX - h->len ? n : SSE_HEAD_MAX - h->len;
-    memcpy(h->data + h->len, buf, take);
-    h->len += (uint32_t)take;
-    for (;;) {
-        struct http_response res;
-        long r = http_parse_response(h->data, h->len, &res);
-        if (r == HTTP_INCOMPLETE && h->len < SSE_HEAD_MAX)
-            return true; /* everything read is in h (take == n) */
-        if (r == HTTP_INCOMPLETE || r < 0 || res.status == 101) {
-            proxy_fail(srv, px, 502,
-                       r == HTTP_INCOMPLETE  ? "sent an oversized response head"
-                       : r == HTTP_TOO_LARGE ? "sent too many header fields"
-                                             : "sent an invalid response head");
-            return false;
-        }
-        if (res.status < 200) { /* 1xx: an interim response, the real one follows */
-            memmove(h->data, h->data + r, h->len - (size_t)r);
-            h->len -= (uint32_t)r;
-            size_t more = n - take < SSE_HEAD_MAX - h->len ? n - take : SSE_HEAD_MAX - h->len;
-            memcpy(h->data + h->len, buf + take, more);
-            h->len += (uint32_t)more;
-            take += more;
-            continue;
-        }
-        px->head = NULL; /* the views in res point into h until it is freed below */
-        bool alive = proxy_response(srv, px, &res);
-        if (alive && h->len > (size_t)r)
-            alive = proxy_body(srv, px, h->data + r, h->len - (size_t)r);
-        if (alive && n > take) /* the rest of this read did not fit in the head buffer */
-            alive = proxy_body(srv, px, buf + take, n - take);
-        free(h);
-        return alive;
-    }
-}
-
-/* The upstream closed its side: the end of a close-delimited body, or a failure. */
-static void proxy_up_eof(struct sse_server *srv, struct proxy *px) {
-    if (px->head_done && px->framing == BODY_CLOSE)
-        proxy_finish(srv, px);
-    else
-        proxy_fail(srv, px, 502,
-                   px->head_done ? "closed the connection mid-response"
-                                 : "closed the connection without answering");
-}
-
-/* Reads from the upstream while the client's queue has room. A short read means the socket
- * is empty (edge-triggered epoll reports any later arrival), unless the peer's FIN came with
- * this wake-up (until_empty says so): then read on to see the end. */
-static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_empty) {
-    char buf[PROXY_READ];
-    /* up->part and px->up point at each other, and proxy_release() clears both before it
-     * frees px, which the analyzer cannot know */
-    /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc) */
-    struct proxy *px;
-    while (up->state == CONN_OUTBOUND && (px = proxy_of(up)) && px->connected && !px->up_paused) {
-        if (px->relay && px->head_done && srv->pace.held)
-            return; /* flow control (section 6): TCP pushes back; loop_pace() reads on */
-        ssize_t n = read(up->h.fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (n < 0) {
-            proxy_fail(srv, px, 502, "reset the connection");
-            return;
-        }
-        if (n == 0) {
-            proxy_up_eof(srv, px);
-            return;
-        }
-        bool alive = px->head_done ? proxy_body(srv, px, buf, (size_t)n)
-                                   : proxy_head_bytes(srv, px, buf, (size_t)n);
-        if (!alive || ((size_t)n < sizeof buf && !until_empty))
-            return;
-    }
-}
-
-/* The non-blocking connect finished, one way or the other. */
-static void proxy_up_connected(struct sse_server *srv, struct conn *up) {
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(up->h.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-        err = errno;
-    if (err) {
-        proxy_fail(srv, proxy_of(up), 502,
-                   err == ECONNREFUSED ? "refused the connection" : "could not be reached");
-        return;
-    }
-    proxy_of(up)->connected = true;
-    timer_set(srv, up, TIMER_SEND); /* now the response head must come */
-    conn_flush(srv, up);
-}
-
-/* An upstream connection's on_event. */
-static void proxy_up_event(struct sse_server *srv, struct handle *h, uint32_t events) {
-    struct conn *up = (struct conn *)h;
-    if (up->state == CONN_DEAD)
-        return;
-    if (!up->part) {
-        conn_close(srv, up, R_PEER_FAILED);
-        return;
-    }
-    if (!proxy_of(up)->connected) {
-        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
-            return;
-        proxy_up_connected(srv, up);
-        if (up->state != CONN_OUTBOUND)
-            return;
-    }
-    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        proxy_up_read(srv, up, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
-    if ((events & EPOLLOUT) && up->state == CONN_OUTBOUND && up->qlen)
-        conn_flush(srv, up);
-}
-
-/* Room in a queue again: resume reading the side that was paused for it. */
-static void proxy_after_write(struct sse_server *srv, struct conn *c) {
-    struct proxy *px = proxy_of(c);
-    proxy_send_timer(srv, px, c);
-    if (c == px->client && px->up_paused && c->qbytes < PROXY_BUFFER) {
-        px->up_paused = false;
-        if (px->up)
-            proxy_up_read(srv, px->up, true);
-    } else if (c == px->up && px->client_paused && c->qbytes < PROXY_BUFFER) {
-        px->client_paused = false;
-        if (px->client)
-            proxy_client_read(srv, px->client);
-    }
-}
-
-/* The proxy's heartbeat: a comment, only between two events, after upstream silence. */
-static void proxy_heartbeat(struct sse_server *srv, struct conn *c) {
-    struct proxy *px = proxy_of(c);
-    if (px && px->stream && wire_at_event_end(&px->boundary) && c->qlen == 0 &&
-        !conn_enqueue(srv, c, srv->heartbeat)) {
-        conn_close(srv, c, R_ERROR);
-        return;
-    }
-    timer_set(srv, c, TIMER_PART);
-}
-
-/* Opens a non-blocking connection to the exchange's upstream. False (errno set) on failure. */
-static bool proxy_connect(struct sse_server *srv, struct proxy *px) {
-    const struct remote *u = px->target;
-    int fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    int r = connect(fd, (const struct sockaddr *)&u->addr, u->addr_len);
-    struct conn *up = (r == 0 || errno == EINPROGRESS) ? calloc(1, sizeof *up) : NULL;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-    ev.data.ptr = up;
-    if (!up || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        int e = errno;
-        free(up);
-        close(fd);
-        errno = e;
-        return false;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    up->h.fd = fd;
-    up->h.on_event = proxy_up_event;
-    up->file_fd = -1;
-    up->timer = TIMER_NONE;
-    up->serial = ++srv->next_serial;
-    up->state = CONN_OUTBOUND;
-    up->part = &px->base;
-    px->up = up;
-    px->connected = r == 0;
-    srv->noutbound++;
-    timer_set(srv, up, r == 0 ? TIMER_SEND : TIMER_CONNECT);
-    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened to upstream %s", up->serial, u->url);
-    return true;
-}
-
-/* The client's address as text, for X-Forwarded-For and X-Real-IP. */
-static void conn_peer(const struct conn *c, char *out, size_t cap) {
-    struct sockaddr_storage sa = {0};
-    socklen_t len = sizeof sa;
-    snprintf(out, cap, "unknown");
-    if (getpeername(c->h.fd, (struct sockaddr *)&sa, &len) < 0)
-        return;
-    if (sa.ss_family == AF_INET) {
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, out, (socklen_t)cap);
-    } else if (sa.ss_family == AF_INET6) {
-        const struct in6_addr *a = &((struct sockaddr_in6 *)&sa)->sin6_addr;
-        if (IN6_IS_ADDR_V4MAPPED(a))
-            inet_ntop(AF_INET, &a->s6_addr[12], out, (socklen_t)cap);
-        else
-            inet_ntop(AF_INET6, a, out, (socklen_t)cap);
-    }
-}
-
-/* Whether a header name, with '_' read as '-', is one the proxy frames, routes or sets
- * itself. Servers behind it (CGI, WSGI, PHP) turn '-' into '_' in header names, so to them
- * "X_Real_IP" is X-Real-IP: a client must not slip its own value past us that way (nginx
- * drops names with '_' for the same reason). */
-static bool proxy_reserved_name(const char *name, size_t len) {
-    static const char *const reserved[] = {"X-Forwarded-For",
-                                           "X-Forwarded-Host",
-                                           "X-Forwarded-Port",
-                                           "X-Forwarded-Proto",
-                                           "X-Real-IP",
-                                           "Forwarded",
-                                           "Content-Length",
-                                           "Transfer-Encoding",
-                                           "Host",
-                                           "Connection",
-                                           "Expect"};
-    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
-        const char *r = reserved[i];
-        size_t j = 0;
-        while (j < len && r[j] &&
-               (ascii_lower(name[j]) == ascii_lower(r[j]) || (name[j] == '_' && r[j] == '-')))
-            j++;
-        if (j == len && !r[j])
-            return true;
-    }
-    return false;
-}
-
-/* Whether a client's Forwarded value ends outside a quoted string (RFC 7239 4), so an
- * element appended after ", " is parsed as an element of its own. */
-static bool proxy_forwarded_closed(const char *v, size_t len) {
-    bool quoted = false;
-    for (size_t i = 0; i < len; i++) {
-        if (quoted && v[i] == '\\')
-            i++;
-        else if (v[i] == '"')
-            quoted = !quoted;
-    }
-    return !quoted;
-}
-
-/* Appends our Forwarded header (RFC 7239): the client's elements when every one of them is
- * well closed (else none: they could swallow ours), then for=PEER;host=HOST;proto=http, so
- * the last element is always what we saw. */
-static void proxy_forwarded(struct wbuf *w, const struct http_request *req, const char *peer) {
-    bool keep = true, any = false;
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *h = &req->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "Forwarded"))
-            keep = keep && proxy_forwarded_closed(h->value, h->value_len);
-    }
-    wb_str(w, "Forwarded: ");
-    for (size_t i = 0; i < req->num_headers && keep; i++) {
-        const struct http_header *h = &req->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "Forwarded") && h->value_len) {
-            wb_str(w, any ? ", " : "");
-            wb_put(w, h->value, h->value_len);
-            any = true;
-        }
-    }
-    bool v6 = strchr(peer, ':') != NULL; /* an IPv6 address is quoted and bracketed (6) */
-    wb_str(w, any ? ", for=" : "for=");
-    wb_str(w, v6 ? "\"[" : "");
-    wb_str(w, peer);
-    wb_str(w, v6 ? "]\"" : "");
-    const struct http_header *host = http_header(req, "Host");
-    if (host && host->value_len) { /* a quoted-string: a port's ':' is no token character */
-        wb_str(w, ";host=\"");
-        for (size_t i = 0; i < host->value_len; i++) {
-            if (host->value[i] == '"' || host->value[i] == '\\')
-                wb_put(w, "\\", 1);
-            wb_put(w, host->value + i, 1);
-        }
-        wb_str(w, "\"");
-    }
-    wb_str(w, ";proto=http\r\n");
-}
-
-/* The request as the upstream gets it: same method, base path + the rest of the
- * (normalised) path and the query, end-to-end headers as sent (Host and Last-Event-ID
- * untouched), one Content-Length of our own when the client sent one (the body we forward
- * is exactly that long), X-Forwarded-*, X-Real-IP and Forwarded set, and Connection: close
- * (one upstream connection per request). Client headers that name themselves like one of
- * ours with '_' for '-' are dropped. */
-static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
-                                       const struct http_request *req, const struct remote *u,
-                                       const char *rest, size_t rest_len) {
-    char head[2 * SSE_HEAD_MAX], peer[INET6_ADDRSTRLEN];
-    struct wbuf w = {head, sizeof head, 0};
-    conn_peer(c, peer, sizeof peer);
-    wb_put(&w, req->method, req->method_len);
-    wb_put(&w, " ", 1);
-    wb_str(&w, u->path);
-    if (rest_len == 0 || rest[0] == '?')
-        wb_put(&w, "/", u->path[0] ? 0 : 1);
-    wb_put(&w, rest, rest_len);
-    wb_str(&w, " HTTP/1.1\r\n");
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *h = &req->headers[i];
-        bool ours =
-            proxy_reserved_name(h->name, h->name_len) && !ascii_ieq(h->name, h->name_len, "Host");
-        if (ours || http_hop_by_hop(req->headers, req->num_headers, h))
-            continue;
-        wb_put(&w, h->name, h->name_len);
-        wb_str(&w, ": ");
-        wb_put(&w, h->value, h->value_len);
-        wb_str(&w, "\r\n");
-    }
-    uint64_t length; /* http_admit() checked: one value, digits only, no Transfer-Encoding */
-    const struct http_header *cl = http_header(req, "Content-Length");
-    if (cl && parse_u64(cl->value, cl->value_len, &length)) {
-        wb_str(&w, "Content-Length: ");
-        wb_u64(&w, length);
-        wb_str(&w, "\r\n");
-    }
-    bool forwarded_for = false; /* earlier proxies' list, then the peer appended */
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *h = &req->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "X-Forwarded-For") && h->value_len) {
-            wb_str(&w, forwarded_for ? ", " : "X-Forwarded-For: ");
-            wb_put(&w, h->value, h->value_len);
-            forwarded_for = true;
-        }
-    }
-    wb_str(&w, forwarded_for ? ", " : "X-Forwarded-For: ");
-    wb_str(&w, peer);
-    const struct http_header *host = http_header(req, "Host");
-    if (host) {
-        wb_str(&w, "\r\nX-Forwarded-Host: ");
-        wb_put(&w, host->value, host->value_len);
-    }
-    wb_str(&w, "\r\nX-Forwarded-Port: ");
-    wb_u64(&w, (uint64_t)srv->port);
-    wb_str(&w, "\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ");
-    wb_str(&w, peer);
-    wb_str(&w, "\r\n");
-    proxy_forwarded(&w, req, peer);
-    wb_str(&w, "Connection: close\r\n\r\n");
-    return w.len <= w.cap ? blob_from(head, w.len) : NULL;
-}
-
-/* Passes a request on to the upstream of its route. rest is what follows the prefix in
- * the request-target as sent (path and query). */
-static void proxy_start(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                        const struct proxy_route *route, const char *rest, size_t rest_len,
-                        uint64_t content_length) {
-    struct proxy *px = calloc(1, sizeof *px);
-    struct blob *head = px ? proxy_request_head(srv, c, req, &route->up, rest, rest_len) : NULL;
-    if (!head) {
-        free(px);
-        http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
-        return;
-    }
-    px->target = &route->up;
-    px->client = c;
-    px->req_left = content_length;
-    px->head_request = bytes_eq(req->method, req->method_len, "HEAD");
-    px->eventsource = http_is_eventsource(req);
-    px->base.ops = &proxy_conn_ops;
-    c->part = &px->base;
-    c->flags &= (uint8_t)~CF_BODY_UNREAD;
-    c->state = CONN_PASSED;
-    timer_set(srv, c, TIMER_NEVER);
-    proxy_hub(srv)->proxied_total++;
-    if (!proxy_connect(srv, px)) {
-        blob_unref(head);
-        proxy_fail(srv, px, 502,
-                   errno == EMFILE || errno == ENFILE ? "could not be reached (out of descriptors)"
-                                                      : "could not be reached");
-        return;
-    }
-    if (!conn_enqueue_owned(srv, px->up, head)) {
-        proxy_fail(srv, px, 502, "could not be written to (out of memory)");
-        return;
-    }
-    const struct http_header *expect = http_header(req, "Expect");
-    if (expect && content_length && !(c->flags & CF_HTTP10) &&
-        ascii_ieq(expect->value, expect->value_len, "100-continue") &&
-        !conn_enqueue(srv, c, srv->continue_100))
-        conn_close(srv, c, R_ERROR);
-}
-
-/* The longest route whose prefix starts the path, at a '/' boundary; or NULL. */
-static const struct proxy_route *proxy_match(const struct proxy_hub *hub, const char *path,
-                                             size_t len) {
-    for (size_t i = 0; i < hub->nroutes; i++) { /* sorted longest first */
-        const struct proxy_route *r = &hub->routes[i];
-        if (len >= r->prefix_len && memcmp(path, r->prefix, r->prefix_len) == 0 &&
-            (len == r->prefix_len || path[r->prefix_len] == '/'))
-            return r;
-    }
-    return NULL;
-}
-
-/* Passes the request to the upstream of the route its path falls under, if any. The raw
- * path is made canonical and its dot segments removed (RFC 3986 6.2.2, 5.2.4) before the
- * route is chosen, and the upstream gets that path under its base: what reaches it can
- * never climb out of the base, however the dots were spelled. Refused with 400: what
- * http_path_canon() refuses, a ".." above the root, dot segments that move the request
- * from one route to another or out of a route ("/api/../admin"), and for a route a path
- * that does not decode to UTF-8 ("%c0%ae" is an overlong '.' to a lax decoder). Browsers
- * remove dot segments before sending, so no honest client meets these. Returns false when
- * no route takes the path (nothing sent); true when the request was passed on or refused. */
-static bool proxy_dispatch(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                           const char *target, size_t raw_path_len, size_t target_len,
-                           uint64_t content_length) {
-    const struct proxy_hub *hub = proxy_hub(srv);
-    if (hub->nroutes == 0)
-        return false;
-    char path[SSE_HEAD_MAX];
-    long n = http_path_canon(target, raw_path_len, path, sizeof path);
-    const struct proxy_route *named = n >= 0 ? proxy_match(hub, path, (size_t)n) : NULL;
-    long m = n >= 0 ? http_path_remove_dots(path, (size_t)n) : -1;
-    const struct proxy_route *route = m >= 0 ? proxy_match(hub, path, (size_t)m) : NULL;
-    size_t query = target_len - raw_path_len;
-    if (m < 0 || named != route || (size_t)m + query > sizeof path ||
-        (route && !wire_utf8_valid(srv->path, strlen(srv->path)))) {
-        http_fail(srv, c, 400, "path not allowed through the proxy");
-        return true;
-    }
-    if (!route)
-        return false;
-    memcpy(path + m, target + raw_path_len, query); /* the query goes as sent */
-    proxy_start(srv, c, req, route, path + route->prefix_len, (size_t)m + query - route->prefix_len,
-                content_length);
-    return true;
-}
-
-/* A receipt's answer (a history that stores events elsewhere): stored, the relay resumes
- * after mark; not stored, it fetches the event again from the last stored one, so the events
- * after it, sent already, no longer move that position, and the connection ends. */
-static void relay_stored(struct sse_server *srv, void *who, const char *mark, bool stored) {
-    struct relay *r = who;
-    r->pending--;
-    if (stored && !r->refused) {
-        size_t n = strlen(mark);
-        memcpy(r->taken, mark, n < sizeof r->taken ? n + 1 : 0); /* it always fits */
-    } else if (!stored) {
-        r->halted = r->refused = true;
-        if (r->px)
-            proxy_release(srv, r->px, R_PEER_FAILED);
-    }
-}
-
-/* Every event the relay's parser dispatches is published on the relay's topic. Bytes that
- * are not UTF-8 become U+FFFD, as in a browser. */
-static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
-                       size_t len, const char *skipped) {
-    struct relay *r = ctx;
-    struct sse_server *srv = r->srv;
-    (void)topic;
-    if (r->halted)
-        return;
-    r->delivered = true; /* the upstream is serving events: no back-off after this stream */
-    if (skipped) {
-        log_say(&srv->log, SSE_LOG_WARN, "relay %s: skipped an event: %s", r->topic, skipped);
-        return;
-    }
-    /* An upstream sse-server's position event (stream_id_line) is its current id, not
-     * content: the reader has taken the id for Last-Event-ID; nothing to publish. */
-    if (event && len == 0 && strcmp(event, "position") == 0)
-        return;
-    char *repaired = NULL;
-    if (!wire_utf8_valid(data, len)) {
-        struct wbuf w = {NULL, 0, 0};
-        wire_utf8_repair(&w, data, len);
-        repaired = malloc(w.len ? w.len : 1);
-        w = (struct wbuf){repaired, repaired ? w.len : 0, 0};
-        wire_utf8_repair(&w, data, len);
-        data = repaired;
-        len = w.len <= w.cap ? w.len : 0;
-    }
-    struct receipt receipt = {relay_stored, r, r->reader.last_id};
-    uint64_t id = 0;
-    int rc =
-        publish_event(srv, &(struct publish_in){r->topic, event, data, len, NULL, &receipt}, &id);
-    if (rc >= 0 && id == 0)
-        r->pending++; /* relay_stored() is told whether it was stored */
-    if (rc >= 0)
-        proxy_hub(srv)->relayed_total++;
-    else if (rc == -EAGAIN)
-        r->halted = true; /* proxy_pass() drops the connection */
-    else
-        log_say(&srv->log, SSE_LOG_WARN, "relay %s: could not publish an event: %s", r->topic,
-                rc == -EMSGSIZE    ? "over --max-event-bytes"
-                : rc == -EINVAL    ? "invalid event type"
-                : rc == -EOVERFLOW ? "id space exhausted"
-                                   : strerror(-rc));
-    free(repaired);
-}
-
-/* The wait before a relay's next attempt, for an upstream whose reconnection time is
- * retry_ms (-1: none sent yet, RELAY_RETRY_MS) after `failures` attempts in a row that
- * delivered no event; `random` is a uniform draw. Never under RELAY_RETRY_FLOOR_MS: an
- * upstream that sends `retry: 0` and closes must not get a reconnect storm (WHATWG 9.2.3
- * lets the user agent wait longer than the reconnection time, and suggests exponential
- * back-off when attempts fail). From the second failure on the wait doubles up to
- * RELAY_BACKOFF_MAX_MS (or the reconnection time if longer), with "equal jitter": a draw
- * from [d/2, d], so relays failing together spread out, and below the cap each wait is
- * at least the previous one. */
-static int64_t relay_backoff_ms(int64_t retry_ms, unsigned failures, uint64_t random) {
-    int64_t base = retry_ms >= 0 ? retry_ms : RELAY_RETRY_MS;
-    if (base < RELAY_RETRY_FLOOR_MS)
-        base = RELAY_RETRY_FLOOR_MS;
-    if (failures < 2)
-        return base;
-    int64_t cap = base > RELAY_BACKOFF_MAX_MS ? base : RELAY_BACKOFF_MAX_MS;
-    int64_t d = base;
-    for (unsigned i = 1; i < failures && d < cap; i++)
-        d = d > cap / 2 ? cap : d * 2;
-    int64_t half = d / 2;
-    int64_t delay = d - half + (int64_t)(random % (uint64_t)(half + 1));
-    return delay < base ? base : delay;
-}
-
-/* Schedules the next attempt (relay_backoff_ms): an attempt that delivered no event counts
- * as failed, whether it got no stream or a stream that ended empty; an event resets it. */
-static void relay_schedule(struct sse_server *srv, struct relay *r) {
-    r->failures = r->delivered ? 0 : r->failures + 1;
-    r->delivered = false;
-    int64_t delay = relay_backoff_ms(r->reader.retry_ms, r->failures, rng_next(&srv->rng));
-    r->next_attempt = srv->now + delay;
-    if (!srv->stopping)
-        log_say(&srv->log, SSE_LOG_INFO, "relay %s: reconnecting to %s in %lld ms", r->topic,
-                r->up.url, (long long)delay);
-}
-
-/* Connects to the relay's upstream as an EventSource would: GET, Accept:
- * text/event-stream, Last-Event-ID when an id is known. The parser starts a new stream. */
-static void relay_connect(struct sse_server *srv, struct relay *r) {
-    struct wire_reader *rd = &r->reader;
-    if (r->pending || (srv->pace.can_take && !srv->pace.can_take(srv))) {
-        r->next_attempt = srv->now + 100; /* receipts due, or the store cannot take: soon */
-        return;
-    }
-    r->halted = r->refused = false;
-    memcpy(rd->last_id, r->taken, sizeof rd->last_id); /* after the last event stored */
-    rd->line_len = rd->data_len = 0;
-    rd->line_too_long = rd->after_cr = rd->has_data = false;
-    rd->block_error = NULL;
-    rd->event[0] = '\0';
-    rd->bom_seen = 0;
-    memcpy(rd->id_buf, rd->last_id, sizeof rd->id_buf);
-    char head[SSE_ID_MAX + 1024];
-    struct wbuf w = {head, sizeof head, 0};
-    wb_str(&w, "GET ");
-    wb_str(&w, r->up.path);
-    wb_str(&w, " HTTP/1.1\r\nHost: ");
-    wb_str(&w, r->up.host);
-    wb_str(&w, "\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
-    if (rd->last_id[0]) {
-        wb_str(&w, "Last-Event-ID: ");
-        wb_str(&w, rd->last_id);
-        wb_str(&w, "\r\n");
-    }
-    wb_str(&w, "Connection: close\r\n\r\n");
-    struct proxy *px = calloc(1, sizeof *px);
-    if (!px) {
-        relay_schedule(srv, r);
-        return;
-    }
-    px->base.ops = &proxy_conn_ops;
-    px->target = &r->up;
-    px->relay = r;
-    r->px = px;
-    if (!proxy_connect(srv, px)) {
-        proxy_fail(srv, px, 502, "could not be reached");
-        return;
-    }
-    if (!conn_enqueue_owned(srv, px->up, w.len <= w.cap ? blob_from(head, w.len) : NULL))
-        proxy_fail(srv, px, 502, "could not be written to");
-}
-
-static uint64_t proxy_relays_up(const struct sse_server *srv) {
-    uint64_t n = 0;
-    const struct proxy_hub *hub = proxy_hub(srv);
-    for (size_t i = 0; i < hub->nrelays; i++)
-        n += hub->relays[i].px && hub->relays[i].px->head_done;
-    return n;
-}
-
-/* ---- the proxy as a part: its routes and /metrics rows --------------------------------- */
-
-static bool proxy_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
-                        const struct http_target *t) {
-    return proxy_dispatch(srv, c, req, t->raw, t->raw_path_len, t->raw_len, t->content_length);
-}
-
-static size_t proxy_metrics(const struct sse_server *srv, struct metrics_row *rows) {
-    const struct proxy_hub *hub = proxy_hub(srv);
-    const struct metrics_row mine[] = {
-        {"sse_upstream_connections", "gauge", "Connections to upstreams open now.", srv->noutbound},
-        {"sse_relays_connected", "gauge", "Relays receiving their upstream stream now.",
-         proxy_relays_up(srv)},
-        {"sse_proxied_requests_total", "counter", "Requests passed to an upstream.",
-         hub->proxied_total},
-        {"sse_proxy_errors_total", "counter", "Upstream failures (refused, timed out, invalid).",
-         hub->errors_total},
-        {"sse_relay_events_total", "counter", "Events published by relays.", hub->relayed_total},
-    };
-    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
-    memcpy(rows, mine, sizeof mine);
-    return sizeof mine / sizeof mine[0];
-}
-
-/* ---- the proxy as a part: its connections, routes, /metrics rows and relays ------------ */
-
-/* A client connection of an exchange is readable: the rest of the request body, or the
- * client gone (its upstream is closed with it). */
-static void proxy_readable(struct sse_server *srv, struct conn *c, uint32_t events) {
-    struct proxy *px = proxy_of(c);
-    if (px->req_left)
-        proxy_client_read(srv, c);
-    else if (events & EPOLLRDHUP)
-        conn_close(srv, c, R_CLIENT_CLOSED);
-}
-
-static size_t proxy_body_bytes(struct sse_server *srv, struct conn *c, const char *p, size_t n) {
-    return proxy_forward_body(srv, proxy_of(c), p, n);
-}
-
-/* A timer of a proxied client (the heartbeat) or of an upstream (connect, answer). */
-static void proxy_timer(struct sse_server *srv, struct conn *c, int timer) {
-    if (timer == TIMER_PART)
-        proxy_heartbeat(srv, c);
-    else
-        proxy_fail(srv, proxy_of(c), 504,
-                   timer == TIMER_CONNECT ? "did not accept the connection in time"
-                                          : "did not answer in time");
-}
-
-/* sse_stop(): a proxied client is closed (its upstream with it); a relay lets go of its
- * upstream; a proxied request's upstream goes when its client does. */
-static void proxy_stop(struct sse_server *srv, struct conn *c) {
-    struct proxy *px = proxy_of(c);
-    if (c->state == CONN_PASSED)
-        conn_close(srv, c, R_SHUTDOWN);
-    else if (px->relay)
-        proxy_release(srv, px, R_SHUTDOWN);
-}
-
-static const struct conn_ops proxy_conn_ops = {
-    .closed = proxy_conn_closed,
-    .wrote = proxy_after_write,
-    .holding = proxy_connecting,
-    .body = proxy_body_bytes,
-    .readable = proxy_readable,
-    .timer = proxy_timer,
-    .stop = proxy_stop,
-};
-
-/* Relays connect when their next attempt is due. */
-static void proxy_tick(struct sse_server *srv) {
-    struct proxy_hub *hub = proxy_hub(srv);
-    for (size_t i = 0; i < hub->nrelays && !srv->stopping; i++) {
-        struct relay *r = &hub->relays[i];
-        if (!r->px && r->next_attempt <= srv->now)
-            relay_connect(srv, r);
-    }
-}
-
-static int64_t proxy_deadline(const struct sse_server *srv) {
-    const struct proxy_hub *hub = proxy_hub(srv);
-    int64_t next = INT64_MAX;
-    for (size_t i = 0; i < hub->nrelays && !srv->stopping; i++)
-        if (!hub->relays[i].px && hub->relays[i].next_attempt < next)
-            next = hub->relays[i].next_attempt;
-    return next;
-}
-
-/* Flow control let publishers go on: relays read their upstreams again. */
-static void proxy_resume(struct sse_server *srv) {
-    struct proxy_hub *hub = proxy_hub(srv);
-    for (size_t i = 0; i < hub->nrelays; i++) {
-        struct proxy *px = hub->relays[i].px;
-        if (px && px->up && px->head_done)
-            proxy_up_read(srv, px->up, true);
-    }
-}
-
-static void proxy_free(struct sse_server *srv) {
-    struct proxy_hub *hub = proxy_hub(srv);
-    for (size_t i = 0; i < hub->nroutes; i++) {
-        free(hub->routes[i].prefix);
-        remote_free(&hub->routes[i].up);
-    }
-    free(hub->routes);
-    for (size_t i = 0; i < hub->nrelays; i++) {
-        wire_reader_free(&hub->relays[i].reader);
-        remote_free(&hub->relays[i].up);
-    }
-    free(hub->relays);
-    free(hub);
-}
-
-static const struct part_ops part_proxy = {
-    .route = proxy_route,
-    .metrics = proxy_metrics,
-    .tick = proxy_tick,
-    .deadline = proxy_deadline,
-    .resume = proxy_resume,
-    .free = proxy_free,
-};
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void
-proxy_error(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
-static int proxy_route_order(const void *a, const void *b) {
-    const struct proxy_route *x = a, *y = b;
-    return x->prefix_len < y->prefix_len ? 1 : x->prefix_len > y->prefix_len ? -1 : 0;
-}
-
-/* Copies, checks and resolves the proxy routes; sorts them longest prefix first. */
-static int proxy_routes_init(struct proxy_hub *hub, const struct sse_config *cfg, char *err,
-                             size_t errlen) {
-    if (!cfg->num_proxy_routes)
-        return 0;
-    hub->routes = calloc(cfg->num_proxy_routes, sizeof *hub->routes);
-    if (!hub->routes) {
-        proxy_error(err, errlen, "out of memory");
-        return -1;
-    }
-    for (size_t i = 0; i < cfg->num_proxy_routes; i++) {
-        const struct sse_proxy_route *in = &cfg->proxy_routes[i];
-        struct proxy_route *r = &hub->routes[hub->nroutes++];
-        const char *prefix = in->prefix ? in->prefix : "";
-        size_t n = strlen(prefix);
-        if (n == 0 || prefix[0] != '/' || strpbrk(prefix, "?#%")) {
-            proxy_error(err, errlen, "proxy prefix '%s' must be a path such as /api", prefix);
-            return -1;
-        }
-        r->prefix = strdup(prefix);
-        if (!r->prefix) {
-            proxy_error(err, errlen, "out of memory");
-            return -1;
-        }
-        while (n && r->prefix[n - 1] == '/')
-            r->prefix[--n] = '\0';
-        r->prefix_len = n;
-        const char *why = remote_resolve(&r->up, in->upstream ? in->upstream : "");
-        if (why) {
-            proxy_error(err, errlen, "proxy upstream '%s' %s", in->upstream ? in->upstream : "",
-                        why);
-            return -1;
-        }
-        size_t pl = strlen(r->up.path);
-        while (pl && r->up.path[pl - 1] == '/')
-            r->up.path[--pl] = '\0';
-    }
-    qsort(hub->routes, hub->nroutes, sizeof *hub->routes, proxy_route_order);
-    return 0;
-}
-
-/* Copies, checks and resolves the relays. They connect on the first loop iteration. */
-static int proxy_relays_init(struct sse_server *srv, struct proxy_hub *hub,
-                             const struct sse_config *cfg, char *err, size_t errlen) {
-    if (!cfg->num_relays)
-        return 0;
-    hub->relays = calloc(cfg->num_relays, sizeof *hub->relays);
-    if (!hub->relays) {
-        proxy_error(err, errlen, "out of memory");
-        return -1;
-    }
-    for (size_t i = 0; i < cfg->num_relays; i++) {
-        const struct sse_relay *in = &cfg->relays[i];
-        struct relay *r = &hub->relays[hub->nrelays++];
-        wire_reader_init(&r->reader, SSE_INPUT_SSE, srv->max_event_bytes);
-        r->reader.whatwg = true;
-        r->srv = srv;
-        const char *topic = in->topic ? in->topic : "";
-        if (!wire_topic_valid(topic, strlen(topic))) {
-            proxy_error(err, errlen, "relay topic '%s' is not a valid topic name", topic);
-            return -1;
-        }
-        strcpy(r->topic, topic);
-        const char *why = remote_resolve(&r->up, in->url ? in->url : "");
-        if (why) {
-            proxy_error(err, errlen, "relay upstream '%s' %s", in->url ? in->url : "", why);
-            return -1;
-        }
-        if (!r->up.path[0]) {
-            free(r->up.path);
-            r->up.path = strdup("/");
-            if (!r->up.path) {
-                proxy_error(err, errlen, "out of memory");
-                return -1;
-            }
-        }
-    }
-    return 0;
-}
-
-/* Plugs the proxy in: its state, its timers' durations, its routes and relays. 0, or -1
- * with err set. */
-static int proxy_plug(struct sse_server *srv, const struct sse_config *cfg, char *err,
-                      size_t errlen) {
-    struct proxy_hub *hub = calloc(1, sizeof *hub);
-    if (!hub || !part_add(srv, &part_proxy, hub)) {
-        free(hub);
-        proxy_error(err, errlen, "out of memory");
-        return -1;
-    }
-    srv->timers[TIMER_CONNECT].duration =
-        cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
-    srv->timers[TIMER_PART].duration =
-        cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : NEVER_MS;
-    if (proxy_routes_init(hub, cfg, err, errlen) < 0 ||
-        proxy_relays_init(srv, hub, cfg, err, errlen) < 0)
-        return -1;
-    return 0;
-}
-
-/* ==========================================================================================
-=======
- * 10. Request dispatch
+ * 8. Request dispatch
  *
  * A parsed request is checked (framing, Host), its path and query decoded once, offered to
  * the host's on_request, and handed to its endpoint. Requests are read into a per-server
@@ -5350,6 +3690,14 @@ static bool host_route(struct sse_server *srv, struct conn *c, const struct http
         http_text(srv, c, 500, "internal server error", NULL);
     }
     return claimed || impl.answered;
+}
+
+/* An EventSource request: a GET whose Accept names text/event-stream (browsers send exactly
+ * that). Such a request must never be answered with a 5xx for a passing failure. */
+static bool http_is_eventsource(const struct http_request *req) {
+    const struct http_header *accept = http_header(req, "Accept");
+    return bytes_eq(req->method, req->method_len, "GET") && accept &&
+           http_accepts_event_stream(accept->value, accept->value_len, false);
 }
 
 /* Why /healthz answers 503: what a part says, or the id space exhausted (ids assigned
@@ -5552,7 +3900,7 @@ static void http_response_done(struct sse_server *srv, struct conn *c) {
 }
 
 /* ==========================================================================================
- * 11. Inputs: publishing what arrives on a file descriptor
+ * 9. Inputs: publishing what arrives on a file descriptor
  *
  * Pipes, terminals and sockets are watched by epoll and read once per wake-up. Regular
  * files cannot be watched (epoll refuses them with EPERM) and never block, so they are read
@@ -5639,7 +3987,7 @@ static void input_on_event(struct sse_server *srv, struct handle *h, uint32_t ev
 }
 
 /* ==========================================================================================
- * 12. The event loop
+ * 10. The event loop
  *
  * One epoll instance. Each iteration: wait (no longer than the nearest timer), handle what
  * is ready, fire due timers, write what was queued, free what was closed. Nothing in it
@@ -8039,48 +6387,22 @@ static const struct history_ops history_redis = {
     .positioned = redis_positioned,
 };
 
-/* Resolves "HOST:PORT" (HOST may be [IPv6]; no port: 80) once, at start. NULL, or what is
- * wrong with it. */
+/* Resolves "HOST:PORT" (HOST may be [IPv6]; no port: 80) once, at start, as the core
+ * resolves any remote. NULL, or what is wrong with it. */
 static const char *redis_resolve(struct redis_hub *r, const char *spec) {
-    const char *h = spec, *p;
-    char host[256], port[8] = "80";
     if (strchr(spec, '/'))
         return "expected HOST:PORT";
-    if (*h == '[') {
-        p = strchr(h, ']');
-        if (!p || (size_t)(p - h - 1) >= sizeof host)
-            return "has an invalid [IPv6] host";
-        memcpy(host, h + 1, (size_t)(p - h - 1));
-        host[p - h - 1] = '\0';
-        p++;
-    } else {
-        p = h + strcspn(h, ":/?#");
-        if (p == h || (size_t)(p - h) >= sizeof host)
-            return "has no host";
-        memcpy(host, h, (size_t)(p - h));
-        host[p - h] = '\0';
+    char url[300];
+    snprintf(url, sizeof url, "http://%s", spec);
+    struct remote at = {0};
+    const char *why = remote_resolve(&at, url);
+    if (!why) {
+        memcpy(&r->addr, &at.addr, at.addr_len);
+        r->addr_len = at.addr_len;
+        snprintf(r->where, sizeof r->where, "%s", at.url + 7);
     }
-    size_t host_len = (size_t)(p - h);
-    if (*p == ':') {
-        size_t n = strspn(p + 1, "0123456789");
-        uint64_t v;
-        if (n == 0 || n > 5 || !parse_u64(p + 1, n, &v) || v == 0 || v > 65535)
-            return "has an invalid port";
-        memcpy(port, p + 1, n);
-        port[n] = '\0';
-        p += 1 + n;
-    }
-    if (*p)
-        return "expected HOST:PORT";
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    if (getaddrinfo(host, port, &hints, &res) || !res)
-        return "has a host that cannot be resolved";
-    memcpy(&r->addr, res->ai_addr, res->ai_addrlen);
-    r->addr_len = res->ai_addrlen;
-    freeaddrinfo(res);
-    snprintf(r->where, sizeof r->where, "%.*s:%s", (int)host_len, h, port);
-    return NULL;
+    remote_free(&at);
+    return why;
 }
 
 /* Makes the server a node of a Redis hub: resolves the address, connects both links (their
@@ -8120,8 +6442,1673 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
 }
 #endif /* SSE_ENABLE_REDIS */
 
+#if SSE_ENABLE_PROXY
 /* ==========================================================================================
- * 13. The public API (documented in sse.h)
+ * Part II: the proxy and the relay (SSE_ENABLE_PROXY)
+ *
+ * Adds: a reverse proxy that passes requests under configured prefixes to upstream servers
+ * and streams their responses back unbuffered, and relays that follow an upstream event
+ * stream and publish its events on a local topic. Plugs into the connection seam (a proxied
+ * client is CONN_PASSED, an upstream CONN_OUTBOUND, both with proxy_conn_ops), the parts
+ * seam (part_proxy: its routes, /metrics rows, the relays' tick and deadline, resuming them
+ * when flow control opens the gate) and the receipt seam (a relay learns which of its
+ * events the history stored). Its state hangs from its part (proxy_hub). Names no other
+ * part.
+ *
+ * Proxy. A client connection is paired with a connection to the upstream. The request goes
+ * up rebuilt: its path canonical and without dot segments, so it stays under the route's
+ * base; hop-by-hop headers dropped (RFC 9110 7.6.1: Connection and the fields it names,
+ * but never the framing or Host, Keep-Alive, Proxy-*, TE, Trailer, Upgrade); one
+ * Content-Length of our own; X-Forwarded-*, X-Real-IP and Forwarded set by us alone.
+ * The response comes down as it arrives: every read from the upstream is queued for the
+ * client in the same loop iteration and written at its end, never held back for more. The
+ * upstream's framing (Content-Length, chunked or close) is decoded, so an event stream goes
+ * to the client close-delimited like our own, with a heartbeat slipped in between two events
+ * when the upstream is quiet. Each direction holds at most PROXY_BUFFER bytes; past that,
+ * reading the other side stops until the queue drains, so memory stays bounded.
+ *
+ * Failure. Before the response starts, an ordinary request gets 502 or 504, but an
+ * EventSource request gets 200 + retry: + close: any other status makes the browser stop
+ * for good (WHATWG 9.2.3). After the response started, the client connection is closed and
+ * EventSource reconnects with its Last-Event-ID.
+ *
+ * Relay. The same upstream machinery with the server itself as the client: the body goes
+ * through the WHATWG parser (the wire_reader of section 2) and every event is published on
+ * a local topic with a local id. After a drop it reconnects when `retry` has passed (but
+ * never sooner than RELAY_RETRY_FLOOR_MS), sending Last-Event-ID, and backs off while
+ * attempts deliver no event, so no upstream is ever hammered. When the history stores events
+ * elsewhere and answers later (a receipt), the upstream is the relay's memory: when the
+ * history cannot take an event the relay drops the connection, and reconnects, once every
+ * receipt is in, with the last upstream id whose event was stored, so nothing is missed.
+ * ======================================================================================== */
+
+#define PROXY_BUFFER         (64u << 10) /* bytes queued one way before reading the other side stops */
+#define PROXY_READ           16384       /* bytes read from either side at a time */
+#define RELAY_RETRY_MS       3000        /* reconnection time until the upstream sends retry: */
+#define RELAY_RETRY_FLOOR_MS 250   /* the shortest wait between attempts, whatever retry: says */
+#define RELAY_BACKOFF_MAX_MS 30000 /* the longest back-off (a longer retry: is still honoured) */
+
+enum body_framing { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
+
+/* ---- what the proxy reads and writes: paths, response heads, chunked bodies, where events
+ * end in a stream passing through, repaired UTF-8 (section 2 and 4's rules applied) ------ */
+
+/* Writes the canonical form of the raw (still percent-encoded) path in[0..len) into out
+ * (room for cap bytes): escapes of unreserved characters decoded ("%2e" is '.', RFC 3986
+ * 6.2.2.2), the others in upper case (6.2.2.1), so a dot segment cannot hide in an escape.
+ * Returns its length, or -1 for what a proxy must not pass on because some server behind it
+ * would read it as another path: a malformed escape or %00; a slash or backslash hidden as
+ * %2F or %5C (many servers decode before splitting); a raw backslash (a separator on
+ * Windows and to some frameworks); a double-encoded dot, slash or backslash ("%252e", for
+ * servers that decode twice, and "%2500" likewise); or an output that does not fit. */
+static long http_path_canon(const char *in, size_t len, char *out, size_t cap) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (c == '\\' || o >= cap)
+            return -1;
+        if (c != '%') {
+            out[o++] = (char)c;
+            continue;
+        }
+        int hi = i + 2 < len ? http_hex(in[i + 1]) : -1, lo = hi >= 0 ? http_hex(in[i + 2]) : -1;
+        if (lo < 0 || (hi == 0 && lo == 0))
+            return -1;
+        unsigned char d = (unsigned char)(hi * 16 + lo);
+        i += 2;
+        if (d == '/' || d == '\\')
+            return -1;
+        if (http_is_unreserved(d)) {
+            out[o++] = (char)d;
+            continue;
+        }
+        if (o + 3 > cap)
+            return -1;
+        out[o++] = '%';
+        out[o++] = hex[hi];
+        out[o++] = hex[lo];
+    }
+    for (size_t i = 0; i + 4 < o; i++) { /* "%25" then an escape of '.', '/' or '\' */
+        if (memcmp(out + i, "%25", 3) != 0)
+            continue;
+        int hi = http_hex(out[i + 3]), lo = http_hex(out[i + 4]);
+        if (hi >= 0 && lo >= 0 && strchr("./\\", hi * 16 + lo))
+            return -1;
+    }
+    return (long)o;
+}
+
+/* Removes the dot segments of the path p[0..len) in place (RFC 3986 5.2.4): "/a/./b/../c"
+ * becomes "/a/c", "/a/.." becomes "/". Returns the new length, or -1 if p does not start
+ * with '/' or a ".." would climb above the root ("/../x"), which RFC 3986 silently drops
+ * but which only an attack sends. */
+static long http_path_remove_dots(char *p, size_t len) {
+    if (len == 0 || p[0] != '/')
+        return -1;
+    size_t o = 0, i = 1;
+    for (;;) {
+        size_t s = i;
+        while (i < len && p[i] != '/')
+            i++;
+        size_t n = i - s;
+        bool last = i >= len;
+        if (n == 2 && p[s] == '.' && p[s + 1] == '.') {
+            if (o == 0)
+                return -1;
+            while (o > 0 && p[--o] != '/') /* drop the last segment and its '/' */
+                ;
+        } else if (!(n == 1 && p[s] == '.')) {
+            p[o++] = '/';
+            memmove(p + o, p + s, n);
+            o += n;
+            if (last)
+                break;
+            i++;
+            continue;
+        }
+        if (last) {
+            p[o++] = '/'; /* "/a/b/.." is the directory "/a/" */
+            break;
+        }
+        i++;
+    }
+    return (long)o;
+}
+
+/* A response head from an upstream (RFC 9112 4): "HTTP/1.x NNN reason" and header lines. */
+struct http_response {
+    int minor;          /* HTTP/1.<minor> */
+    int status;         /* 100 to 999 */
+    const char *reason; /* reason phrase (may be empty) */
+    size_t reason_len;
+    size_t num_headers; /* used entries of headers */
+    struct http_header headers[SSE_MAX_HEADERS];
+};
+
+/* Parses a response head in buf[0..len). Returns its length (> 0), HTTP_INCOMPLETE,
+ * HTTP_BAD or HTTP_TOO_LARGE (too many header lines); views point into buf. */
+static long http_parse_response(const char *buf, size_t len, struct http_response *res) {
+    size_t end = http_head_end(buf, len, 0);
+    if (!end)
+        return HTTP_INCOMPLETE;
+    size_t pos = 0, n;
+    const char *line = http_next_line(buf, &pos, end, &n);
+    if (n < 12 || memcmp(line, "HTTP/1.", 7) != 0 || (line[7] != '0' && line[7] != '1') ||
+        line[8] != ' ' || !http_digits(line + 9, 3, &res->status) || res->status < 100 ||
+        (n > 12 && line[12] != ' '))
+        return HTTP_BAD;
+    res->minor = line[7] - '0';
+    res->reason = n > 12 ? line + 13 : line + 12;
+    res->reason_len = n > 12 ? n - 13 : 0;
+    for (size_t i = 0; i < res->reason_len; i++) {
+        unsigned char c = (unsigned char)res->reason[i];
+        if (c != '\t' && (c < 0x20 || c == 0x7F))
+            return HTTP_BAD;
+    }
+    res->num_headers = 0;
+    for (;;) {
+        line = http_next_line(buf, &pos, end, &n);
+        if (n == 0)
+            break;
+        if (res->num_headers == SSE_MAX_HEADERS)
+            return HTTP_TOO_LARGE;
+        if (http_parse_header_line(line, n, &res->headers[res->num_headers]))
+            return HTTP_BAD;
+        res->num_headers++;
+    }
+    return pos == end ? (long)end : HTTP_BAD;
+}
+
+/* Incremental decoder of chunked transfer coding (RFC 9112 7.1). */
+enum {
+    CH_SIZE,
+    CH_EXT,
+    CH_SIZE_LF,
+    CH_DATA,
+    CH_DATA_CR,
+    CH_DATA_LF,
+    CH_TRAILER_START,
+    CH_TRAILER,
+    CH_END_LF,
+    CH_DONE
+};
+struct http_chunked {
+    uint8_t state;    /* CH_*: where in the framing the next byte is */
+    uint8_t digits;   /* hex digits of the current chunk size */
+    uint64_t left;    /* bytes of chunk data still to come */
+    uint32_t skipped; /* bytes of extensions and trailers seen, bounded */
+};
+
+/* One byte of a chunk's size line, or of what follows its size (extensions, the line
+ * end). False for malformed framing. */
+static bool http_chunk_size_byte(struct http_chunked *d, char c) {
+    int v = http_hex(c);
+    if (d->state == CH_SIZE && v >= 0 && d->digits < 16) {
+        d->left = d->left * 16 + (uint64_t)v;
+        d->digits++;
+        return true;
+    }
+    if (d->state == CH_SIZE && (d->digits == 0 || v >= 0))
+        return false;
+    if (d->state == CH_SIZE_LF && c != '\n')
+        return false;
+    if (d->state == CH_EXT && ++d->skipped > SSE_HEAD_MAX)
+        return false;
+    if (d->state == CH_SIZE && (c == ';' || c == ' ' || c == '\t'))
+        d->state = CH_EXT;
+    else if (c == '\r' && d->state != CH_SIZE_LF)
+        d->state = CH_SIZE_LF;
+    else if (c == '\n')
+        d->state = d->left ? CH_DATA : CH_TRAILER_START;
+    else if (d->state == CH_SIZE)
+        return false;
+    return true;
+}
+
+/* One byte after a chunk's data, or of the trailers. False for malformed framing. */
+static bool http_chunk_end_byte(struct http_chunked *d, char c) {
+    switch (d->state) {
+    case CH_DATA_CR:
+    case CH_DATA_LF:
+        if (c == '\r' && d->state == CH_DATA_CR) {
+            d->state = CH_DATA_LF;
+            return true;
+        }
+        d->state = CH_SIZE;
+        d->digits = 0;
+        d->skipped = 0;
+        return c == '\n';
+    case CH_TRAILER_START:
+        d->state = c == '\r' ? CH_END_LF : c == '\n' ? CH_DONE : CH_TRAILER;
+        return true;
+    case CH_TRAILER:
+        if (c == '\n')
+            d->state = CH_TRAILER_START;
+        return ++d->skipped <= SSE_HEAD_MAX;
+    default: /* CH_END_LF */ d->state = CH_DONE; return c == '\n';
+    }
+}
+
+/* Decodes buf[0..len) in place: the data bytes move to the front. Returns how many there
+ * are, or -1 for malformed framing. The state becomes CH_DONE after the last chunk and its
+ * trailers; bytes after that are ignored. */
+static long http_dechunk(struct http_chunked *d, char *buf, size_t len) {
+    size_t w = 0;
+    for (size_t i = 0; i < len && d->state != CH_DONE; i++) {
+        if (d->state == CH_DATA) {
+            size_t n = len - i < d->left ? len - i : (size_t)d->left;
+            memmove(buf + w, buf + i, n);
+            w += n;
+            i += n - 1;
+            d->left -= n;
+            if (d->left == 0)
+                d->state = CH_DATA_CR;
+        } else if (d->state <= CH_SIZE_LF ? !http_chunk_size_byte(d, buf[i])
+                                          : !http_chunk_end_byte(d, buf[i])) {
+            return -1;
+        }
+    }
+    return (long)w;
+}
+
+/*
+ * Where events end in a stream passing through (the proxy's heartbeat may only go in
+ * between two events): after a blank line, or at the very start. A blank line ended by a
+ * lone CR counts too: should a LF follow after all, the client sees one more empty line,
+ * which dispatches nothing since no data is buffered (WHATWG 9.2.6).
+ */
+enum { WB_EVENT_END, WB_LINE_START, WB_MID_LINE };
+struct wire_boundary {
+    uint8_t state; /* WB_*: where the bytes seen so far end */
+    bool after_cr; /* the last byte was CR */
+};
+
+static void wire_boundary_scan(struct wire_boundary *b, const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '\n' && b->after_cr) {
+            b->after_cr = false;
+        } else if (c == '\r' || c == '\n') {
+            b->state = b->state == WB_MID_LINE ? WB_LINE_START : WB_EVENT_END;
+            b->after_cr = c == '\r';
+        } else {
+            b->state = WB_MID_LINE;
+            b->after_cr = false;
+        }
+    }
+}
+
+static bool wire_at_event_end(const struct wire_boundary *b) {
+    return b->state == WB_EVENT_END;
+}
+
+/* Length of the "maximal subpart" at p (Unicode 3.9, the WHATWG decoder's rule): the longest
+ * prefix of a well-formed sequence, or 1 byte. It is replaced by one U+FFFD. */
+static size_t wire_utf8_subpart(const unsigned char *p, size_t avail) {
+    unsigned c = p[0], lo = 0x80, hi = 0xBF;
+    size_t need;
+    if (c >= 0xC2 && c <= 0xDF) {
+        need = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        need = 2;
+        lo = c == 0xE0 ? 0xA0 : 0x80; /* no overlong forms */
+        hi = c == 0xED ? 0x9F : 0xBF; /* no surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        need = 3;
+        lo = c == 0xF0 ? 0x90 : 0x80;
+        hi = c == 0xF4 ? 0x8F : 0xBF; /* nothing above U+10FFFF */
+    } else {
+        return 1;
+    }
+    size_t i = 1;
+    while (i <= need && i < avail && p[i] >= lo && p[i] <= hi) {
+        lo = 0x80;
+        hi = 0xBF;
+        i++;
+    }
+    return i;
+}
+
+/* Copies s[0..len) as valid UTF-8, each maximal subpart of an ill-formed sequence becoming
+ * one U+FFFD, exactly as the WHATWG decoder does (used for relayed events). */
+static void wire_utf8_repair(struct wbuf *w, const char *s, size_t len) {
+    size_t start = 0, i = 0;
+    while (i < len) {
+        unsigned char c = (unsigned char)s[i];
+        size_t n = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+        if (i + n <= len && wire_utf8_valid(s + i, n)) {
+            i += n;
+            continue;
+        }
+        wb_put(w, s + start, i - start);
+        wb_put(w, "\xEF\xBF\xBD", 3);
+        i += wire_utf8_subpart((const unsigned char *)s + i, len - i);
+        start = i;
+    }
+    wb_put(w, s + start, len - start);
+}
+
+/* Sends the bytes of iov[0..n) at once when nothing is queued ahead of them, and queues
+ * what the socket did not take. For the proxy, where each read from an upstream should
+ * leave without waiting for the end of the iteration. False if the connection failed and
+ * was closed. */
+static bool conn_send(struct sse_server *srv, struct conn *c, const struct iovec *iov, int n) {
+    size_t total = 0, sent = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    if (c->qlen == 0 && c->file_fd < 0 && !conn_holding(c)) {
+        struct msghdr mh = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(c->h.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            conn_close(srv, c, c->state == CONN_OUTBOUND ? R_PEER_FAILED : conn_gone(c, true));
+            return false;
+        }
+        sent = w > 0 ? (size_t)w : 0;
+    }
+    if (sent == total)
+        return true;
+    struct blob *b = blob_new(total - sent);
+    if (!b) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        const char *p = iov[i].iov_base;
+        size_t len = iov[i].iov_len, skip = sent < len ? sent : len;
+        sent -= skip;
+        memcpy(b->bytes + o, p + skip, len - skip);
+        o += len - skip;
+    }
+    if (!conn_enqueue_owned(srv, c, b)) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    return true;
+}
+
+struct proxy_route {
+    char *prefix;      /* matched against the path as sent; no final '/' ("" for "/") */
+    size_t prefix_len; /* bytes in prefix */
+    struct remote up;  /* where matching requests go */
+};
+
+struct relay {
+    char topic[TOPIC_NAME_MAX + 1]; /* local topic the events are published on */
+    struct remote up;               /* the upstream stream */
+    struct wire_reader reader;      /* WHATWG parser; keeps the upstream's last event id */
+    struct sse_server *srv;         /* for publishing from the reader's callback */
+    struct proxy *px;               /* the connection in progress, or NULL between attempts */
+    int64_t next_attempt;           /* when to connect next, monotonic ms */
+    unsigned failures;              /* attempts in a row that delivered no event (no stream,
+                                       or a stream that ended empty), for back-off */
+    bool delivered;                 /* the current connection delivered an event */
+    char taken[SSE_ID_MAX + 1];     /* the upstream id up to which every event was stored;
+                                       the next connection resumes there */
+    uint32_t pending;               /* events whose receipt has not come back yet */
+    bool halted;                    /* an event could not be stored; the rest of this
+                                       connection is ignored, fetched again later */
+    bool refused;                   /* a receipt said not stored: the receipts after it no
+                                       longer move taken (events before it still do) */
+};
+
+/* One proxied exchange or one relay connection; shared by both connections involved. */
+struct proxy {
+    struct conn_part base;         /* the connection seam: first, so a conn's part is this */
+    const struct remote *target;   /* the upstream */
+    struct relay *relay;           /* the relay this feeds, or NULL for a proxied request */
+    struct conn *client;           /* the client; NULL for a relay or once it has gone */
+    struct conn *up;               /* the upstream connection; NULL once closed */
+    uint64_t req_left;             /* request body bytes still to forward */
+    uint64_t body_left;            /* BODY_LENGTH: response body bytes still to come */
+    size_t client_q;               /* the client's queued bytes when last looked at, to tell
+                                      progress from the send timeout's point of view */
+    struct inbuf *head;            /* the response head being collected, or NULL */
+    struct http_chunked chunked;   /* BODY_CHUNKED: the decoder */
+    struct wire_boundary boundary; /* event streams: where the events end */
+    uint8_t framing;               /* enum body_framing of the response */
+    bool connected;                /* the upstream accepted the connection */
+    bool head_done;                /* the response head was passed on (or, relay, accepted) */
+    bool head_request;             /* the request was HEAD: the response has no body */
+    bool eventsource;              /* the client asked for text/event-stream by name */
+    bool stream;                   /* the response is text/event-stream */
+    bool rechunk;                  /* the client gets the body chunked */
+    bool client_paused;            /* not reading the client: the upstream's queue is full */
+    bool up_paused;                /* not reading the upstream: the client's queue is full */
+};
+
+/* The part's own state: its configuration and its counters for /metrics. */
+struct proxy_hub {
+    struct proxy_route *routes; /* reverse-proxy routes, longest prefix first */
+    size_t nroutes;             /* entries in routes */
+    struct relay *relays;       /* relayed upstream streams */
+    size_t nrelays;             /* entries in relays */
+    uint64_t proxied_total;     /* requests passed to an upstream */
+    uint64_t errors_total;      /* upstreams that failed a request or a relay */
+    uint64_t relayed_total;     /* events published by relays */
+};
+
+static const struct part_ops part_proxy;
+static const struct conn_ops proxy_conn_ops;
+
+static struct proxy_hub *proxy_hub(const struct sse_server *srv) {
+    return part_self(srv, &part_proxy);
+}
+
+static struct proxy *proxy_of(const struct conn *c) {
+    return (struct proxy *)c->part;
+}
+
+static bool proxy_connecting(const struct conn *c) {
+    return c->state == CONN_OUTBOUND && c->part && !proxy_of(c)->connected;
+}
+
+static void relay_schedule(struct sse_server *srv, struct relay *r);
+static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
+                       size_t len, const char *skipped);
+
+/* Ends an exchange: the client (if still there) goes on alone, the upstream is closed, a
+ * relay is scheduled to reconnect. */
+static void proxy_release(struct sse_server *srv, struct proxy *px, enum close_reason why) {
+    if (px->client)
+        px->client->part = NULL;
+    if (px->up) {
+        px->up->part = NULL;
+        conn_close(srv, px->up, why);
+    }
+    if (px->relay) {
+        px->relay->px = NULL;
+        relay_schedule(srv, px->relay);
+    }
+    free(px->head);
+    free(px);
+}
+
+/* The upstream failed. Before the response started, the client gets an answer (502/504,
+ * or 200 + retry: + close for EventSource); after, it is closed once its queue is sent. */
+static void proxy_fail(struct sse_server *srv, struct proxy *px, int status, const char *why) {
+    proxy_hub(srv)->errors_total++;
+    log_say(&srv->log, SSE_LOG_WARN, "upstream %s %s", px->target->url, why);
+    struct conn *c = px->client;
+    bool started = px->head_done, eventsource = px->eventsource, body_unread = px->req_left > 0;
+    char msg[200];
+    snprintf(msg, sizeof msg, "upstream %s %s", px->target->url, why);
+    proxy_release(srv, px, R_PEER_FAILED);
+    if (!c || c->state == CONN_DEAD)
+        return;
+    if (started) {
+        conn_linger(srv, c, R_PEER_FAILED);
+        return;
+    }
+    if (body_unread)
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+    if (eventsource)
+        stream_turn_away(srv, c, R_PEER_FAILED);
+    else
+        http_text(srv, c, status, msg, NULL);
+}
+
+/* The response is complete: the client waits for its queue to drain, then goes on. */
+static void proxy_finish(struct sse_server *srv, struct proxy *px) {
+    struct conn *c = px->client;
+    if (c && px->rechunk && !conn_enqueue_owned(srv, c, blob_from("0\r\n\r\n", 5)))
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+    if (c && px->req_left)
+        c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the rest of its body would read as a request */
+    proxy_release(srv, px, R_DONE);
+    if (!c || c->state == CONN_DEAD)
+        return;
+    c->state = CONN_RESPOND;
+    c->reason = R_DONE;
+    timer_set(srv, c, TIMER_SEND);
+    conn_flush_later(srv, c);
+}
+
+/* A connection of either side closed under us (error, reset, timeout). */
+static void proxy_conn_closed(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = proxy_of(c);
+    c->part = NULL;
+    if (c == px->client) {
+        px->client = NULL;
+        proxy_release(srv, px, R_CLIENT_CLOSED);
+    } else {
+        px->up = NULL;
+        proxy_fail(srv, px, 502, "closed the connection");
+    }
+}
+
+/* Forwards up to n bytes of the client's request body. Returns the bytes taken. */
+static size_t proxy_forward_body(struct sse_server *srv, struct proxy *px, const char *p,
+                                 size_t n) {
+    size_t take = n < px->req_left ? n : (size_t)px->req_left;
+    if (!take)
+        return 0;
+    px->req_left -= take;
+    struct iovec iov = {(void *)(uintptr_t)p, take};
+    if (px->up && !conn_send(srv, px->up, &iov, 1))
+        return take; /* the upstream was closed: the client has its answer */
+    if (px->up && px->up->qbytes >= PROXY_BUFFER)
+        px->client_paused = true;
+    return take;
+}
+
+/* Reads the request body from the client while the upstream's queue has room. */
+static void proxy_client_read(struct sse_server *srv, struct conn *c) {
+    char buf[PROXY_READ];
+    struct proxy *px;
+    while (c->state == CONN_PASSED && (px = proxy_of(c)) && px->req_left && !px->client_paused) {
+        size_t want = px->req_left < sizeof buf ? (size_t)px->req_left : sizeof buf;
+        ssize_t n = read(c->h.fd, buf, want);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            conn_close(srv, c, conn_gone(c, n < 0));
+            return;
+        }
+        proxy_forward_body(srv, px, buf, (size_t)n);
+    }
+}
+
+/* A proxied response that is not an event stream gets the send timeout of our own
+ * responses: while bytes wait for the client, SEND_TIMEOUT_MS without one of them taken
+ * drops it (and so the upstream). With nothing queued the clock stops: then the upstream is
+ * the slow side. Streams keep the client-buffer rule instead (PROXY_BUFFER, then reading
+ * the upstream pauses, as a subscriber's queue would). Called after bytes were queued for
+ * the client and after each write to it. */
+static void proxy_send_timer(struct sse_server *srv, struct proxy *px, struct conn *c) {
+    if (px->stream || !px->head_done || c != px->client)
+        return;
+    if (c->qlen == 0) {
+        if (c->timer != TIMER_NEVER)
+            timer_set(srv, c, TIMER_NEVER);
+    } else if (c->timer != TIMER_SEND || c->qbytes < px->client_q) {
+        timer_set(srv, c, TIMER_SEND); /* bytes left the queue: progress */
+    }
+    px->client_q = c->qbytes;
+}
+
+/* Hands decoded response body bytes on: to the client (re-chunked if need be), or to the
+ * relay's parser. Returns false if the exchange ended meanwhile. */
+static bool proxy_pass(struct sse_server *srv, struct proxy *px, const char *data, size_t n) {
+    if (!n)
+        return true;
+    if (px->relay) {
+        struct relay *r = px->relay;
+        wire_reader_feed(&r->reader, data, n, relay_emit, r);
+        if (r->halted) {
+            proxy_release(srv, px, R_PEER_FAILED);
+            return false;
+        }
+        if (!r->pending && !r->halted) /* every event so far was stored */
+            memcpy(r->taken, r->reader.last_id, sizeof r->taken);
+        return true;
+    }
+    struct conn *c = px->client;
+    char size[24];
+    struct iovec iov[3] = {{size, 0}, {(void *)(uintptr_t)data, n}, {"\r\n", 2}};
+    if (px->rechunk)
+        iov[0].iov_len = (size_t)snprintf(size, sizeof size, "%zx\r\n", n);
+    if (!conn_send(srv, c, px->rechunk ? iov : iov + 1, px->rechunk ? 3 : 1))
+        return false;
+    if (px->stream) {
+        wire_boundary_scan(&px->boundary, data, n);
+        timer_set(srv, c, TIMER_PART); /* the upstream spoke: restart the heartbeat clock */
+    }
+    proxy_send_timer(srv, px, c);
+    if (c->qbytes >= PROXY_BUFFER)
+        px->up_paused = true;
+    return true;
+}
+
+/* Takes response body bytes as read (framing included); decoded in place. Returns false if
+ * the exchange ended. */
+static bool proxy_body(struct sse_server *srv, struct proxy *px, char *buf, size_t n) {
+    switch (px->framing) {
+    case BODY_LENGTH: {
+        size_t take = n < px->body_left ? n : (size_t)px->body_left;
+        px->body_left -= take;
+        if (!proxy_pass(srv, px, buf, take))
+            return false;
+        if (px->body_left == 0) {
+            proxy_finish(srv, px);
+            return false;
+        }
+        return true;
+    }
+    case BODY_CHUNKED: {
+        long d = http_dechunk(&px->chunked, buf, n);
+        if (d < 0) {
+            proxy_fail(srv, px, 502, "sent malformed chunked framing");
+            return false;
+        }
+        if (!proxy_pass(srv, px, buf, (size_t)d))
+            return false;
+        if (px->chunked.state == CH_DONE) {
+            proxy_finish(srv, px);
+            return false;
+        }
+        return true;
+    }
+    case BODY_CLOSE: return proxy_pass(srv, px, buf, n);
+    default: return true;
+    }
+}
+
+/* Whether a header of a message with these headers is hop-by-hop (RFC 9110 7.6.1): one of
+ * the fixed names, or one that a Connection header names. A Connection token never makes
+ * Content-Length, Transfer-Encoding or Host hop-by-hop: they frame and route the message,
+ * and a client that names them there (Connection: Content-Length) wants the proxy to drop
+ * the framing and forward the body bytes unframed, which the next server would read as a
+ * second request of the attacker's choosing (request smuggling). RFC 9110 7.6.1 lets a
+ * proxy keep such fields; we ignore the token. */
+static bool http_hop_by_hop(const struct http_header *all, size_t n, const struct http_header *h) {
+    static const char *const fixed[] = {"Connection", "Keep-Alive", "TE",
+                                        "Trailer",    "Upgrade",    "Transfer-Encoding"};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (ascii_ieq(h->name, h->name_len, fixed[i]))
+            return true;
+    if (h->name_len >= 6 && ascii_ieq(h->name, 6, "Proxy-"))
+        return true;
+    if (ascii_ieq(h->name, h->name_len, "Content-Length") ||
+        ascii_ieq(h->name, h->name_len, "Host"))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        const struct http_header *c = &all[i];
+        const char *item;
+        size_t len, pos = 0;
+        if (!ascii_ieq(c->name, c->name_len, "Connection"))
+            continue;
+        while (http_next_item(c->value, c->value_len, &pos, ',', &item, &len))
+            if (ascii_ieq_range(item, len, h->name, h->name_len))
+                return true;
+    }
+    return false;
+}
+
+/* How the upstream's response body is framed (RFC 9112 6.3), or -1 when it cannot be told. */
+static int proxy_framing(const struct proxy *px, const struct http_response *res,
+                         uint64_t *length) {
+    bool te = false, chunked = false, have_cl = false;
+    for (size_t i = 0; i < res->num_headers; i++) {
+        const struct http_header *h = &res->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding")) {
+            const char *item = NULL, *last = NULL;
+            size_t len = 0, last_len = 0, pos = 0;
+            while (http_next_item(h->value, h->value_len, &pos, ',', &item, &len)) {
+                last = item;
+                last_len = len;
+            }
+            te = true;
+            chunked = last && ascii_ieq(last, last_len, "chunked");
+        } else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
+            uint64_t v;
+            if (!parse_u64(h->value, h->value_len, &v) || (have_cl && v != *length))
+                return -1;
+            have_cl = true;
+            *length = v;
+        }
+    }
+    if (px->head_request || res->status == 204 || res->status == 304 || res->status < 200)
+        return BODY_NONE;
+    if (te)
+        return chunked ? BODY_CHUNKED : BODY_CLOSE;
+    if (have_cl)
+        return *length ? BODY_LENGTH : BODY_NONE;
+    return BODY_CLOSE;
+}
+
+static bool http_is_event_stream(const struct http_header *all, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const struct http_header *h = &all[i];
+        if (!ascii_ieq(h->name, h->name_len, "Content-Type"))
+            continue;
+        const char *semi = memchr(h->value, ';', h->value_len);
+        size_t len = semi ? (size_t)(semi - h->value) : h->value_len;
+        while (len && (h->value[len - 1] == ' ' || h->value[len - 1] == '\t'))
+            len--;
+        return ascii_ieq(h->value, len, "text/event-stream");
+    }
+    return false;
+}
+
+static bool http_has_header(const struct http_header *all, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (ascii_ieq(all[i].name, all[i].name_len, name))
+            return true;
+    return false;
+}
+
+/* Builds the response head the client gets: the upstream's status and end-to-end headers,
+ * our own framing, and for event streams what keeps proxies further down from buffering. */
+static struct blob *proxy_client_head(struct proxy *px, const struct http_response *res,
+                                      uint64_t length, bool keep_alive, bool http10) {
+    char head[SSE_HEAD_MAX + 512];
+    struct wbuf w = {head, sizeof head, 0};
+    wb_str(&w, "HTTP/1.1 ");
+    wb_u64(&w, (uint64_t)res->status);
+    wb_put(&w, " ", 1);
+    wb_put(&w, res->reason, res->reason_len);
+    wb_str(&w, "\r\n");
+    for (size_t i = 0; i < res->num_headers; i++) {
+        const struct http_header *h = &res->headers[i];
+        if (http_hop_by_hop(res->headers, res->num_headers, h) ||
+            ascii_ieq(h->name, h->name_len, "Content-Length"))
+            continue;
+        wb_put(&w, h->name, h->name_len);
+        wb_str(&w, ": ");
+        wb_put(&w, h->value, h->value_len);
+        wb_str(&w, "\r\n");
+    }
+    if (px->stream && !http_has_header(res->headers, res->num_headers, "X-Accel-Buffering"))
+        wb_str(&w, "X-Accel-Buffering: no\r\n");
+    if (px->stream && !http_has_header(res->headers, res->num_headers, "Cache-Control"))
+        wb_str(&w, "Cache-Control: no-cache\r\n");
+    if (px->rechunk)
+        wb_str(&w, "Transfer-Encoding: chunked\r\n");
+    else if (px->framing == BODY_LENGTH ||
+             (px->framing == BODY_NONE &&
+              http_has_header(res->headers, res->num_headers, "Content-Length"))) {
+        wb_str(&w, "Content-Length: ");
+        wb_u64(&w, length);
+        wb_str(&w, "\r\n");
+    }
+    if (!px->stream && !keep_alive)
+        wb_str(&w, "Connection: close\r\n");
+    else if (!px->stream && http10)
+        wb_str(&w, "Connection: keep-alive\r\n");
+    wb_str(&w, "\r\n");
+    return w.len <= w.cap ? blob_from(head, w.len) : NULL;
+}
+
+/* A relay accepts only 200 text/event-stream; its parser starts a fresh stream. */
+static bool relay_accept(struct sse_server *srv, struct proxy *px,
+                         const struct http_response *res) {
+    if (res->status != 200 || !px->stream) {
+        char why[96];
+        snprintf(why, sizeof why, "answered %d%s instead of a stream", res->status,
+                 px->stream ? "" : " without text/event-stream");
+        proxy_fail(srv, px, 502, why);
+        return false;
+    }
+    px->head_done = true;
+    log_say(&srv->log, SSE_LOG_INFO, "relay %s: following %s%s", px->relay->topic, px->target->url,
+            px->target->path);
+    return true;
+}
+
+/* The upstream's response head is complete: decide the framing both ways and pass the head
+ * on. Returns false if the exchange ended. */
+static bool proxy_response(struct sse_server *srv, struct proxy *px,
+                           const struct http_response *res) {
+    uint64_t length = 0;
+    int framing = proxy_framing(px, res, &length);
+    if (framing < 0) {
+        proxy_fail(srv, px, 502, "sent an invalid Content-Length");
+        return false;
+    }
+    px->framing = (uint8_t)framing;
+    px->stream = http_is_event_stream(res->headers, res->num_headers);
+    px->body_left = length;
+    timer_set(srv, px->up, TIMER_NEVER);
+    if (px->relay) {
+        if (!relay_accept(srv, px, res))
+            return false;
+    } else if (px->eventsource && res->status >= 500) {
+        char why[48];
+        snprintf(why, sizeof why, "answered %d", res->status);
+        proxy_fail(srv, px, 502, why);
+        return false;
+    } else {
+        struct conn *c = px->client;
+        bool http10 = c->flags & CF_HTTP10;
+        if (px->stream || framing == BODY_CLOSE || (framing == BODY_CHUNKED && http10))
+            c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* the end of the body is the close */
+        px->rechunk = framing == BODY_CHUNKED && !http10 && !px->stream;
+        if (!conn_enqueue_owned(
+                srv, c, proxy_client_head(px, res, length, c->flags & CF_KEEP_ALIVE, http10))) {
+            proxy_fail(srv, px, 502, "sent a response head too large to pass on");
+            return false;
+        }
+        px->head_done = true;
+        if (px->stream)
+            timer_set(srv, c, TIMER_PART);
+        else
+            proxy_send_timer(srv, px, c);
+    }
+    if (framing == BODY_NONE) {
+        proxy_finish(srv, px);
+        return false;
+    }
+    return true;
+}
+
+/* Collects the response head; skips 1xx interim responses; passes the head on, then the
+ * body bytes that came with it. Returns false if the exchange ended. */
+static bool proxy_head_bytes(struct sse_server *srv, struct proxy *px, char *buf, size_t n) {
+    if (!px->head && !(px->head = calloc(1, sizeof *px->head))) {
+        proxy_fail(srv, px, 502, "could not be read (out of memory)");
+        return false;
+    }
+    struct inbuf *h = px->head;
+    size_t take = n < SSE_HEAD_MAX - h->len ? n : SSE_HEAD_MAX - h->len;
+    memcpy(h->data + h->len, buf, take);
+    h->len += (uint32_t)take;
+    for (;;) {
+        struct http_response res;
+        long r = http_parse_response(h->data, h->len, &res);
+        if (r == HTTP_INCOMPLETE && h->len < SSE_HEAD_MAX)
+            return true; /* everything read is in h (take == n) */
+        if (r == HTTP_INCOMPLETE || r < 0 || res.status == 101) {
+            proxy_fail(srv, px, 502,
+                       r == HTTP_INCOMPLETE  ? "sent an oversized response head"
+                       : r == HTTP_TOO_LARGE ? "sent too many header fields"
+                                             : "sent an invalid response head");
+            return false;
+        }
+        if (res.status < 200) { /* 1xx: an interim response, the real one follows */
+            memmove(h->data, h->data + r, h->len - (size_t)r);
+            h->len -= (uint32_t)r;
+            size_t more = n - take < SSE_HEAD_MAX - h->len ? n - take : SSE_HEAD_MAX - h->len;
+            memcpy(h->data + h->len, buf + take, more);
+            h->len += (uint32_t)more;
+            take += more;
+            continue;
+        }
+        px->head = NULL; /* the views in res point into h until it is freed below */
+        bool alive = proxy_response(srv, px, &res);
+        if (alive && h->len > (size_t)r)
+            alive = proxy_body(srv, px, h->data + r, h->len - (size_t)r);
+        if (alive && n > take) /* the rest of this read did not fit in the head buffer */
+            alive = proxy_body(srv, px, buf + take, n - take);
+        free(h);
+        return alive;
+    }
+}
+
+/* The upstream closed its side: the end of a close-delimited body, or a failure. */
+static void proxy_up_eof(struct sse_server *srv, struct proxy *px) {
+    if (px->head_done && px->framing == BODY_CLOSE)
+        proxy_finish(srv, px);
+    else
+        proxy_fail(srv, px, 502,
+                   px->head_done ? "closed the connection mid-response"
+                                 : "closed the connection without answering");
+}
+
+/* Reads from the upstream while the client's queue has room. A short read means the socket
+ * is empty (edge-triggered epoll reports any later arrival), unless the peer's FIN came with
+ * this wake-up (until_empty says so): then read on to see the end. */
+static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_empty) {
+    char buf[PROXY_READ];
+    /* up->part and px->up point at each other, and proxy_release() clears both before it
+     * frees px, which the analyzer cannot know */
+    /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc) */
+    struct proxy *px;
+    while (up->state == CONN_OUTBOUND && (px = proxy_of(up)) && px->connected && !px->up_paused) {
+        if (px->relay && px->head_done && srv->pace.held)
+            return; /* flow control (section 6): TCP pushes back; loop_pace() reads on */
+        ssize_t n = read(up->h.fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n < 0) {
+            proxy_fail(srv, px, 502, "reset the connection");
+            return;
+        }
+        if (n == 0) {
+            proxy_up_eof(srv, px);
+            return;
+        }
+        bool alive = px->head_done ? proxy_body(srv, px, buf, (size_t)n)
+                                   : proxy_head_bytes(srv, px, buf, (size_t)n);
+        if (!alive || ((size_t)n < sizeof buf && !until_empty))
+            return;
+    }
+}
+
+/* The non-blocking connect finished, one way or the other. */
+static void proxy_up_connected(struct sse_server *srv, struct conn *up) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(up->h.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err) {
+        proxy_fail(srv, proxy_of(up), 502,
+                   err == ECONNREFUSED ? "refused the connection" : "could not be reached");
+        return;
+    }
+    proxy_of(up)->connected = true;
+    timer_set(srv, up, TIMER_SEND); /* now the response head must come */
+    conn_flush(srv, up);
+}
+
+/* An upstream connection's on_event. */
+static void proxy_up_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct conn *up = (struct conn *)h;
+    if (up->state == CONN_DEAD)
+        return;
+    if (!up->part) {
+        conn_close(srv, up, R_PEER_FAILED);
+        return;
+    }
+    if (!proxy_of(up)->connected) {
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+            return;
+        proxy_up_connected(srv, up);
+        if (up->state != CONN_OUTBOUND)
+            return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        proxy_up_read(srv, up, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+    if ((events & EPOLLOUT) && up->state == CONN_OUTBOUND && up->qlen)
+        conn_flush(srv, up);
+}
+
+/* Room in a queue again: resume reading the side that was paused for it. */
+static void proxy_after_write(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = proxy_of(c);
+    proxy_send_timer(srv, px, c);
+    if (c == px->client && px->up_paused && c->qbytes < PROXY_BUFFER) {
+        px->up_paused = false;
+        if (px->up)
+            proxy_up_read(srv, px->up, true);
+    } else if (c == px->up && px->client_paused && c->qbytes < PROXY_BUFFER) {
+        px->client_paused = false;
+        if (px->client)
+            proxy_client_read(srv, px->client);
+    }
+}
+
+/* The proxy's heartbeat: a comment, only between two events, after upstream silence. */
+static void proxy_heartbeat(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = proxy_of(c);
+    if (px && px->stream && wire_at_event_end(&px->boundary) && c->qlen == 0 &&
+        !conn_enqueue(srv, c, srv->heartbeat)) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    timer_set(srv, c, TIMER_PART);
+}
+
+/* Opens a non-blocking connection to the exchange's upstream. False (errno set) on failure. */
+static bool proxy_connect(struct sse_server *srv, struct proxy *px) {
+    const struct remote *u = px->target;
+    int fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    int r = connect(fd, (const struct sockaddr *)&u->addr, u->addr_len);
+    struct conn *up = (r == 0 || errno == EINPROGRESS) ? calloc(1, sizeof *up) : NULL;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = up;
+    if (!up || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int e = errno;
+        free(up);
+        close(fd);
+        errno = e;
+        return false;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    up->h.fd = fd;
+    up->h.on_event = proxy_up_event;
+    up->file_fd = -1;
+    up->timer = TIMER_NONE;
+    up->serial = ++srv->next_serial;
+    up->state = CONN_OUTBOUND;
+    up->part = &px->base;
+    px->up = up;
+    px->connected = r == 0;
+    srv->noutbound++;
+    timer_set(srv, up, r == 0 ? TIMER_SEND : TIMER_CONNECT);
+    log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened to upstream %s", up->serial, u->url);
+    return true;
+}
+
+/* The client's address as text, for X-Forwarded-For and X-Real-IP. */
+static void conn_peer(const struct conn *c, char *out, size_t cap) {
+    struct sockaddr_storage sa = {0};
+    socklen_t len = sizeof sa;
+    snprintf(out, cap, "unknown");
+    if (getpeername(c->h.fd, (struct sockaddr *)&sa, &len) < 0)
+        return;
+    if (sa.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, out, (socklen_t)cap);
+    } else if (sa.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            inet_ntop(AF_INET, &a->s6_addr[12], out, (socklen_t)cap);
+        else
+            inet_ntop(AF_INET6, a, out, (socklen_t)cap);
+    }
+}
+
+/* Whether a header name, with '_' read as '-', is one the proxy frames, routes or sets
+ * itself. Servers behind it (CGI, WSGI, PHP) turn '-' into '_' in header names, so to them
+ * "X_Real_IP" is X-Real-IP: a client must not slip its own value past us that way (nginx
+ * drops names with '_' for the same reason). */
+static bool proxy_reserved_name(const char *name, size_t len) {
+    static const char *const reserved[] = {"X-Forwarded-For",
+                                           "X-Forwarded-Host",
+                                           "X-Forwarded-Port",
+                                           "X-Forwarded-Proto",
+                                           "X-Real-IP",
+                                           "Forwarded",
+                                           "Content-Length",
+                                           "Transfer-Encoding",
+                                           "Host",
+                                           "Connection",
+                                           "Expect"};
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
+        const char *r = reserved[i];
+        size_t j = 0;
+        while (j < len && r[j] &&
+               (ascii_lower(name[j]) == ascii_lower(r[j]) || (name[j] == '_' && r[j] == '-')))
+            j++;
+        if (j == len && !r[j])
+            return true;
+    }
+    return false;
+}
+
+/* Whether a client's Forwarded value ends outside a quoted string (RFC 7239 4), so an
+ * element appended after ", " is parsed as an element of its own. */
+static bool proxy_forwarded_closed(const char *v, size_t len) {
+    bool quoted = false;
+    for (size_t i = 0; i < len; i++) {
+        if (quoted && v[i] == '\\')
+            i++;
+        else if (v[i] == '"')
+            quoted = !quoted;
+    }
+    return !quoted;
+}
+
+/* Appends our Forwarded header (RFC 7239): the client's elements when every one of them is
+ * well closed (else none: they could swallow ours), then for=PEER;host=HOST;proto=http, so
+ * the last element is always what we saw. */
+static void proxy_forwarded(struct wbuf *w, const struct http_request *req, const char *peer) {
+    bool keep = true, any = false;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Forwarded"))
+            keep = keep && proxy_forwarded_closed(h->value, h->value_len);
+    }
+    wb_str(w, "Forwarded: ");
+    for (size_t i = 0; i < req->num_headers && keep; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "Forwarded") && h->value_len) {
+            wb_str(w, any ? ", " : "");
+            wb_put(w, h->value, h->value_len);
+            any = true;
+        }
+    }
+    bool v6 = strchr(peer, ':') != NULL; /* an IPv6 address is quoted and bracketed (6) */
+    wb_str(w, any ? ", for=" : "for=");
+    wb_str(w, v6 ? "\"[" : "");
+    wb_str(w, peer);
+    wb_str(w, v6 ? "]\"" : "");
+    const struct http_header *host = http_header(req, "Host");
+    if (host && host->value_len) { /* a quoted-string: a port's ':' is no token character */
+        wb_str(w, ";host=\"");
+        for (size_t i = 0; i < host->value_len; i++) {
+            if (host->value[i] == '"' || host->value[i] == '\\')
+                wb_put(w, "\\", 1);
+            wb_put(w, host->value + i, 1);
+        }
+        wb_str(w, "\"");
+    }
+    wb_str(w, ";proto=http\r\n");
+}
+
+/* The request as the upstream gets it: same method, base path + the rest of the
+ * (normalised) path and the query, end-to-end headers as sent (Host and Last-Event-ID
+ * untouched), one Content-Length of our own when the client sent one (the body we forward
+ * is exactly that long), X-Forwarded-*, X-Real-IP and Forwarded set, and Connection: close
+ * (one upstream connection per request). Client headers that name themselves like one of
+ * ours with '_' for '-' are dropped. */
+static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
+                                       const struct http_request *req, const struct remote *u,
+                                       const char *rest, size_t rest_len) {
+    char head[2 * SSE_HEAD_MAX], peer[INET6_ADDRSTRLEN];
+    struct wbuf w = {head, sizeof head, 0};
+    conn_peer(c, peer, sizeof peer);
+    wb_put(&w, req->method, req->method_len);
+    wb_put(&w, " ", 1);
+    wb_str(&w, u->path);
+    if (rest_len == 0 || rest[0] == '?')
+        wb_put(&w, "/", u->path[0] ? 0 : 1);
+    wb_put(&w, rest, rest_len);
+    wb_str(&w, " HTTP/1.1\r\n");
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        bool ours =
+            proxy_reserved_name(h->name, h->name_len) && !ascii_ieq(h->name, h->name_len, "Host");
+        if (ours || http_hop_by_hop(req->headers, req->num_headers, h))
+            continue;
+        wb_put(&w, h->name, h->name_len);
+        wb_str(&w, ": ");
+        wb_put(&w, h->value, h->value_len);
+        wb_str(&w, "\r\n");
+    }
+    uint64_t length; /* http_admit() checked: one value, digits only, no Transfer-Encoding */
+    const struct http_header *cl = http_header(req, "Content-Length");
+    if (cl && parse_u64(cl->value, cl->value_len, &length)) {
+        wb_str(&w, "Content-Length: ");
+        wb_u64(&w, length);
+        wb_str(&w, "\r\n");
+    }
+    bool forwarded_for = false; /* earlier proxies' list, then the peer appended */
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (ascii_ieq(h->name, h->name_len, "X-Forwarded-For") && h->value_len) {
+            wb_str(&w, forwarded_for ? ", " : "X-Forwarded-For: ");
+            wb_put(&w, h->value, h->value_len);
+            forwarded_for = true;
+        }
+    }
+    wb_str(&w, forwarded_for ? ", " : "X-Forwarded-For: ");
+    wb_str(&w, peer);
+    const struct http_header *host = http_header(req, "Host");
+    if (host) {
+        wb_str(&w, "\r\nX-Forwarded-Host: ");
+        wb_put(&w, host->value, host->value_len);
+    }
+    wb_str(&w, "\r\nX-Forwarded-Port: ");
+    wb_u64(&w, (uint64_t)srv->port);
+    wb_str(&w, "\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ");
+    wb_str(&w, peer);
+    wb_str(&w, "\r\n");
+    proxy_forwarded(&w, req, peer);
+    wb_str(&w, "Connection: close\r\n\r\n");
+    return w.len <= w.cap ? blob_from(head, w.len) : NULL;
+}
+
+/* Passes a request on to the upstream of its route. rest is what follows the prefix in
+ * the request-target as sent (path and query). */
+static void proxy_start(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                        const struct proxy_route *route, const char *rest, size_t rest_len,
+                        uint64_t content_length) {
+    struct proxy *px = calloc(1, sizeof *px);
+    struct blob *head = px ? proxy_request_head(srv, c, req, &route->up, rest, rest_len) : NULL;
+    if (!head) {
+        free(px);
+        http_text(srv, c, 503, "out of memory", "Retry-After: 1\r\n");
+        return;
+    }
+    px->target = &route->up;
+    px->client = c;
+    px->req_left = content_length;
+    px->head_request = bytes_eq(req->method, req->method_len, "HEAD");
+    px->eventsource = http_is_eventsource(req);
+    px->base.ops = &proxy_conn_ops;
+    c->part = &px->base;
+    c->flags &= (uint8_t)~CF_BODY_UNREAD;
+    c->state = CONN_PASSED;
+    timer_set(srv, c, TIMER_NEVER);
+    proxy_hub(srv)->proxied_total++;
+    if (!proxy_connect(srv, px)) {
+        blob_unref(head);
+        proxy_fail(srv, px, 502,
+                   errno == EMFILE || errno == ENFILE ? "could not be reached (out of descriptors)"
+                                                      : "could not be reached");
+        return;
+    }
+    if (!conn_enqueue_owned(srv, px->up, head)) {
+        proxy_fail(srv, px, 502, "could not be written to (out of memory)");
+        return;
+    }
+    const struct http_header *expect = http_header(req, "Expect");
+    if (expect && content_length && !(c->flags & CF_HTTP10) &&
+        ascii_ieq(expect->value, expect->value_len, "100-continue") &&
+        !conn_enqueue(srv, c, srv->continue_100))
+        conn_close(srv, c, R_ERROR);
+}
+
+/* The longest route whose prefix starts the path, at a '/' boundary; or NULL. */
+static const struct proxy_route *proxy_match(const struct proxy_hub *hub, const char *path,
+                                             size_t len) {
+    for (size_t i = 0; i < hub->nroutes; i++) { /* sorted longest first */
+        const struct proxy_route *r = &hub->routes[i];
+        if (len >= r->prefix_len && memcmp(path, r->prefix, r->prefix_len) == 0 &&
+            (len == r->prefix_len || path[r->prefix_len] == '/'))
+            return r;
+    }
+    return NULL;
+}
+
+/* Passes the request to the upstream of the route its path falls under, if any. The raw
+ * path is made canonical and its dot segments removed (RFC 3986 6.2.2, 5.2.4) before the
+ * route is chosen, and the upstream gets that path under its base: what reaches it can
+ * never climb out of the base, however the dots were spelled. Refused with 400: what
+ * http_path_canon() refuses, a ".." above the root, dot segments that move the request
+ * from one route to another or out of a route ("/api/../admin"), and for a route a path
+ * that does not decode to UTF-8 ("%c0%ae" is an overlong '.' to a lax decoder). Browsers
+ * remove dot segments before sending, so no honest client meets these. Returns false when
+ * no route takes the path (nothing sent); true when the request was passed on or refused. */
+static bool proxy_dispatch(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                           const char *target, size_t raw_path_len, size_t target_len,
+                           uint64_t content_length) {
+    const struct proxy_hub *hub = proxy_hub(srv);
+    if (hub->nroutes == 0)
+        return false;
+    char path[SSE_HEAD_MAX];
+    long n = http_path_canon(target, raw_path_len, path, sizeof path);
+    const struct proxy_route *named = n >= 0 ? proxy_match(hub, path, (size_t)n) : NULL;
+    long m = n >= 0 ? http_path_remove_dots(path, (size_t)n) : -1;
+    const struct proxy_route *route = m >= 0 ? proxy_match(hub, path, (size_t)m) : NULL;
+    size_t query = target_len - raw_path_len;
+    if (m < 0 || named != route || (size_t)m + query > sizeof path ||
+        (route && !wire_utf8_valid(srv->path, strlen(srv->path)))) {
+        http_fail(srv, c, 400, "path not allowed through the proxy");
+        return true;
+    }
+    if (!route)
+        return false;
+    memcpy(path + m, target + raw_path_len, query); /* the query goes as sent */
+    proxy_start(srv, c, req, route, path + route->prefix_len, (size_t)m + query - route->prefix_len,
+                content_length);
+    return true;
+}
+
+/* A receipt's answer (a history that stores events elsewhere): stored, the relay resumes
+ * after mark; not stored, it fetches the event again from the last stored one, so the events
+ * after it, sent already, no longer move that position, and the connection ends. */
+static void relay_stored(struct sse_server *srv, void *who, const char *mark, bool stored) {
+    struct relay *r = who;
+    r->pending--;
+    if (stored && !r->refused) {
+        size_t n = strlen(mark);
+        memcpy(r->taken, mark, n < sizeof r->taken ? n + 1 : 0); /* it always fits */
+    } else if (!stored) {
+        r->halted = r->refused = true;
+        if (r->px)
+            proxy_release(srv, r->px, R_PEER_FAILED);
+    }
+}
+
+/* Every event the relay's parser dispatches is published on the relay's topic. Bytes that
+ * are not UTF-8 become U+FFFD, as in a browser. */
+static void relay_emit(void *ctx, const char *topic, const char *event, const char *data,
+                       size_t len, const char *skipped) {
+    struct relay *r = ctx;
+    struct sse_server *srv = r->srv;
+    (void)topic;
+    if (r->halted)
+        return;
+    r->delivered = true; /* the upstream is serving events: no back-off after this stream */
+    if (skipped) {
+        log_say(&srv->log, SSE_LOG_WARN, "relay %s: skipped an event: %s", r->topic, skipped);
+        return;
+    }
+    /* An upstream sse-server's position event (stream_id_line) is its current id, not
+     * content: the reader has taken the id for Last-Event-ID; nothing to publish. */
+    if (event && len == 0 && strcmp(event, "position") == 0)
+        return;
+    char *repaired = NULL;
+    if (!wire_utf8_valid(data, len)) {
+        struct wbuf w = {NULL, 0, 0};
+        wire_utf8_repair(&w, data, len);
+        repaired = malloc(w.len ? w.len : 1);
+        w = (struct wbuf){repaired, repaired ? w.len : 0, 0};
+        wire_utf8_repair(&w, data, len);
+        data = repaired;
+        len = w.len <= w.cap ? w.len : 0;
+    }
+    struct receipt receipt = {relay_stored, r, r->reader.last_id};
+    uint64_t id = 0;
+    int rc =
+        publish_event(srv, &(struct publish_in){r->topic, event, data, len, NULL, &receipt}, &id);
+    if (rc >= 0 && id == 0)
+        r->pending++; /* relay_stored() is told whether it was stored */
+    if (rc >= 0)
+        proxy_hub(srv)->relayed_total++;
+    else if (rc == -EAGAIN)
+        r->halted = true; /* proxy_pass() drops the connection */
+    else
+        log_say(&srv->log, SSE_LOG_WARN, "relay %s: could not publish an event: %s", r->topic,
+                rc == -EMSGSIZE    ? "over --max-event-bytes"
+                : rc == -EINVAL    ? "invalid event type"
+                : rc == -EOVERFLOW ? "id space exhausted"
+                                   : strerror(-rc));
+    free(repaired);
+}
+
+/* The wait before a relay's next attempt, for an upstream whose reconnection time is
+ * retry_ms (-1: none sent yet, RELAY_RETRY_MS) after `failures` attempts in a row that
+ * delivered no event; `random` is a uniform draw. Never under RELAY_RETRY_FLOOR_MS: an
+ * upstream that sends `retry: 0` and closes must not get a reconnect storm (WHATWG 9.2.3
+ * lets the user agent wait longer than the reconnection time, and suggests exponential
+ * back-off when attempts fail). From the second failure on the wait doubles up to
+ * RELAY_BACKOFF_MAX_MS (or the reconnection time if longer), with "equal jitter": a draw
+ * from [d/2, d], so relays failing together spread out, and below the cap each wait is
+ * at least the previous one. */
+static int64_t relay_backoff_ms(int64_t retry_ms, unsigned failures, uint64_t random) {
+    int64_t base = retry_ms >= 0 ? retry_ms : RELAY_RETRY_MS;
+    if (base < RELAY_RETRY_FLOOR_MS)
+        base = RELAY_RETRY_FLOOR_MS;
+    if (failures < 2)
+        return base;
+    int64_t cap = base > RELAY_BACKOFF_MAX_MS ? base : RELAY_BACKOFF_MAX_MS;
+    int64_t d = base;
+    for (unsigned i = 1; i < failures && d < cap; i++)
+        d = d > cap / 2 ? cap : d * 2;
+    int64_t half = d / 2;
+    int64_t delay = d - half + (int64_t)(random % (uint64_t)(half + 1));
+    return delay < base ? base : delay;
+}
+
+/* Schedules the next attempt (relay_backoff_ms): an attempt that delivered no event counts
+ * as failed, whether it got no stream or a stream that ended empty; an event resets it. */
+static void relay_schedule(struct sse_server *srv, struct relay *r) {
+    r->failures = r->delivered ? 0 : r->failures + 1;
+    r->delivered = false;
+    int64_t delay = relay_backoff_ms(r->reader.retry_ms, r->failures, rng_next(&srv->rng));
+    r->next_attempt = srv->now + delay;
+    if (!srv->stopping)
+        log_say(&srv->log, SSE_LOG_INFO, "relay %s: reconnecting to %s in %lld ms", r->topic,
+                r->up.url, (long long)delay);
+}
+
+/* Connects to the relay's upstream as an EventSource would: GET, Accept:
+ * text/event-stream, Last-Event-ID when an id is known. The parser starts a new stream. */
+static void relay_connect(struct sse_server *srv, struct relay *r) {
+    struct wire_reader *rd = &r->reader;
+    if (r->pending || (srv->pace.can_take && !srv->pace.can_take(srv))) {
+        r->next_attempt = srv->now + 100; /* receipts due, or the store cannot take: soon */
+        return;
+    }
+    r->halted = r->refused = false;
+    memcpy(rd->last_id, r->taken, sizeof rd->last_id); /* after the last event stored */
+    rd->line_len = rd->data_len = 0;
+    rd->line_too_long = rd->after_cr = rd->has_data = false;
+    rd->block_error = NULL;
+    rd->event[0] = '\0';
+    rd->bom_seen = 0;
+    memcpy(rd->id_buf, rd->last_id, sizeof rd->id_buf);
+    char head[SSE_ID_MAX + 1024];
+    struct wbuf w = {head, sizeof head, 0};
+    wb_str(&w, "GET ");
+    wb_str(&w, r->up.path);
+    wb_str(&w, " HTTP/1.1\r\nHost: ");
+    wb_str(&w, r->up.host);
+    wb_str(&w, "\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
+    if (rd->last_id[0]) {
+        wb_str(&w, "Last-Event-ID: ");
+        wb_str(&w, rd->last_id);
+        wb_str(&w, "\r\n");
+    }
+    wb_str(&w, "Connection: close\r\n\r\n");
+    struct proxy *px = calloc(1, sizeof *px);
+    if (!px) {
+        relay_schedule(srv, r);
+        return;
+    }
+    px->base.ops = &proxy_conn_ops;
+    px->target = &r->up;
+    px->relay = r;
+    r->px = px;
+    if (!proxy_connect(srv, px)) {
+        proxy_fail(srv, px, 502, "could not be reached");
+        return;
+    }
+    if (!conn_enqueue_owned(srv, px->up, w.len <= w.cap ? blob_from(head, w.len) : NULL))
+        proxy_fail(srv, px, 502, "could not be written to");
+}
+
+static uint64_t proxy_relays_up(const struct sse_server *srv) {
+    uint64_t n = 0;
+    const struct proxy_hub *hub = proxy_hub(srv);
+    for (size_t i = 0; i < hub->nrelays; i++)
+        n += hub->relays[i].px && hub->relays[i].px->head_done;
+    return n;
+}
+
+/* ---- the proxy as a part: its routes and /metrics rows --------------------------------- */
+
+static bool proxy_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                        const struct http_target *t) {
+    return proxy_dispatch(srv, c, req, t->raw, t->raw_path_len, t->raw_len, t->content_length);
+}
+
+static size_t proxy_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    const struct proxy_hub *hub = proxy_hub(srv);
+    const struct metrics_row mine[] = {
+        {"sse_upstream_connections", "gauge", "Connections to upstreams open now.", srv->noutbound},
+        {"sse_relays_connected", "gauge", "Relays receiving their upstream stream now.",
+         proxy_relays_up(srv)},
+        {"sse_proxied_requests_total", "counter", "Requests passed to an upstream.",
+         hub->proxied_total},
+        {"sse_proxy_errors_total", "counter", "Upstream failures (refused, timed out, invalid).",
+         hub->errors_total},
+        {"sse_relay_events_total", "counter", "Events published by relays.", hub->relayed_total},
+    };
+    _Static_assert(sizeof mine / sizeof mine[0] <= PART_ROWS_MAX, "rows fit");
+    memcpy(rows, mine, sizeof mine);
+    return sizeof mine / sizeof mine[0];
+}
+
+/* ---- the proxy as a part: its connections, routes, /metrics rows and relays ------------ */
+
+/* A client connection of an exchange is readable: the rest of the request body, or the
+ * client gone (its upstream is closed with it). */
+static void proxy_readable(struct sse_server *srv, struct conn *c, uint32_t events) {
+    struct proxy *px = proxy_of(c);
+    if (px->req_left)
+        proxy_client_read(srv, c);
+    else if (events & EPOLLRDHUP)
+        conn_close(srv, c, R_CLIENT_CLOSED);
+}
+
+static size_t proxy_body_bytes(struct sse_server *srv, struct conn *c, const char *p, size_t n) {
+    return proxy_forward_body(srv, proxy_of(c), p, n);
+}
+
+/* A timer of a proxied client (the heartbeat) or of an upstream (connect, answer). */
+static void proxy_timer(struct sse_server *srv, struct conn *c, int timer) {
+    if (timer == TIMER_PART)
+        proxy_heartbeat(srv, c);
+    else
+        proxy_fail(srv, proxy_of(c), 504,
+                   timer == TIMER_CONNECT ? "did not accept the connection in time"
+                                          : "did not answer in time");
+}
+
+/* sse_stop(): a proxied client is closed (its upstream with it); a relay lets go of its
+ * upstream; a proxied request's upstream goes when its client does. */
+static void proxy_stop(struct sse_server *srv, struct conn *c) {
+    struct proxy *px = proxy_of(c);
+    if (c->state == CONN_PASSED)
+        conn_close(srv, c, R_SHUTDOWN);
+    else if (px->relay)
+        proxy_release(srv, px, R_SHUTDOWN);
+}
+
+static const struct conn_ops proxy_conn_ops = {
+    .closed = proxy_conn_closed,
+    .wrote = proxy_after_write,
+    .holding = proxy_connecting,
+    .body = proxy_body_bytes,
+    .readable = proxy_readable,
+    .timer = proxy_timer,
+    .stop = proxy_stop,
+};
+
+/* Relays connect when their next attempt is due. */
+static void proxy_tick(struct sse_server *srv) {
+    struct proxy_hub *hub = proxy_hub(srv);
+    for (size_t i = 0; i < hub->nrelays && !srv->stopping; i++) {
+        struct relay *r = &hub->relays[i];
+        if (!r->px && r->next_attempt <= srv->now)
+            relay_connect(srv, r);
+    }
+}
+
+static int64_t proxy_deadline(const struct sse_server *srv) {
+    const struct proxy_hub *hub = proxy_hub(srv);
+    int64_t next = INT64_MAX;
+    for (size_t i = 0; i < hub->nrelays && !srv->stopping; i++)
+        if (!hub->relays[i].px && hub->relays[i].next_attempt < next)
+            next = hub->relays[i].next_attempt;
+    return next;
+}
+
+/* Flow control let publishers go on: relays read their upstreams again. */
+static void proxy_resume(struct sse_server *srv) {
+    struct proxy_hub *hub = proxy_hub(srv);
+    for (size_t i = 0; i < hub->nrelays; i++) {
+        struct proxy *px = hub->relays[i].px;
+        if (px && px->up && px->head_done)
+            proxy_up_read(srv, px->up, true);
+    }
+}
+
+static void proxy_free(struct sse_server *srv) {
+    struct proxy_hub *hub = proxy_hub(srv);
+    for (size_t i = 0; i < hub->nroutes; i++) {
+        free(hub->routes[i].prefix);
+        remote_free(&hub->routes[i].up);
+    }
+    free(hub->routes);
+    for (size_t i = 0; i < hub->nrelays; i++) {
+        wire_reader_free(&hub->relays[i].reader);
+        remote_free(&hub->relays[i].up);
+    }
+    free(hub->relays);
+    free(hub);
+}
+
+static const struct part_ops part_proxy = {
+    .route = proxy_route,
+    .metrics = proxy_metrics,
+    .tick = proxy_tick,
+    .deadline = proxy_deadline,
+    .resume = proxy_resume,
+    .free = proxy_free,
+};
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void
+proxy_error(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int proxy_route_order(const void *a, const void *b) {
+    const struct proxy_route *x = a, *y = b;
+    return x->prefix_len < y->prefix_len ? 1 : x->prefix_len > y->prefix_len ? -1 : 0;
+}
+
+/* Copies, checks and resolves the proxy routes; sorts them longest prefix first. */
+static int proxy_routes_init(struct proxy_hub *hub, const struct sse_config *cfg, char *err,
+                             size_t errlen) {
+    if (!cfg->num_proxy_routes)
+        return 0;
+    hub->routes = calloc(cfg->num_proxy_routes, sizeof *hub->routes);
+    if (!hub->routes) {
+        proxy_error(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->num_proxy_routes; i++) {
+        const struct sse_proxy_route *in = &cfg->proxy_routes[i];
+        struct proxy_route *r = &hub->routes[hub->nroutes++];
+        const char *prefix = in->prefix ? in->prefix : "";
+        size_t n = strlen(prefix);
+        if (n == 0 || prefix[0] != '/' || strpbrk(prefix, "?#%")) {
+            proxy_error(err, errlen, "proxy prefix '%s' must be a path such as /api", prefix);
+            return -1;
+        }
+        r->prefix = strdup(prefix);
+        if (!r->prefix) {
+            proxy_error(err, errlen, "out of memory");
+            return -1;
+        }
+        while (n && r->prefix[n - 1] == '/')
+            r->prefix[--n] = '\0';
+        r->prefix_len = n;
+        const char *why = remote_resolve(&r->up, in->upstream ? in->upstream : "");
+        if (why) {
+            proxy_error(err, errlen, "proxy upstream '%s' %s", in->upstream ? in->upstream : "",
+                        why);
+            return -1;
+        }
+        size_t pl = strlen(r->up.path);
+        while (pl && r->up.path[pl - 1] == '/')
+            r->up.path[--pl] = '\0';
+    }
+    qsort(hub->routes, hub->nroutes, sizeof *hub->routes, proxy_route_order);
+    return 0;
+}
+
+/* Copies, checks and resolves the relays. They connect on the first loop iteration. */
+static int proxy_relays_init(struct sse_server *srv, struct proxy_hub *hub,
+                             const struct sse_config *cfg, char *err, size_t errlen) {
+    if (!cfg->num_relays)
+        return 0;
+    hub->relays = calloc(cfg->num_relays, sizeof *hub->relays);
+    if (!hub->relays) {
+        proxy_error(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->num_relays; i++) {
+        const struct sse_relay *in = &cfg->relays[i];
+        struct relay *r = &hub->relays[hub->nrelays++];
+        wire_reader_init(&r->reader, SSE_INPUT_SSE, srv->max_event_bytes);
+        r->reader.whatwg = true;
+        r->srv = srv;
+        const char *topic = in->topic ? in->topic : "";
+        if (!wire_topic_valid(topic, strlen(topic))) {
+            proxy_error(err, errlen, "relay topic '%s' is not a valid topic name", topic);
+            return -1;
+        }
+        strcpy(r->topic, topic);
+        const char *why = remote_resolve(&r->up, in->url ? in->url : "");
+        if (why) {
+            proxy_error(err, errlen, "relay upstream '%s' %s", in->url ? in->url : "", why);
+            return -1;
+        }
+        if (!r->up.path[0]) {
+            free(r->up.path);
+            r->up.path = strdup("/");
+            if (!r->up.path) {
+                proxy_error(err, errlen, "out of memory");
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Plugs the proxy in: its state, its timers' durations, its routes and relays. 0, or -1
+ * with err set. */
+static int proxy_plug(struct sse_server *srv, const struct sse_config *cfg, char *err,
+                      size_t errlen) {
+    struct proxy_hub *hub = calloc(1, sizeof *hub);
+    if (!hub || !part_add(srv, &part_proxy, hub)) {
+        free(hub);
+        proxy_error(err, errlen, "out of memory");
+        return -1;
+    }
+    srv->timers[TIMER_CONNECT].duration =
+        cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
+    srv->timers[TIMER_PART].duration =
+        cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : NEVER_MS;
+    if (proxy_routes_init(hub, cfg, err, errlen) < 0 ||
+        proxy_relays_init(srv, hub, cfg, err, errlen) < 0)
+        return -1;
+    return 0;
+}
+#endif /* SSE_ENABLE_PROXY */
+
+/* ==========================================================================================
+ * 11. The public API (documented in sse.h)
  * ======================================================================================== */
 
 #if defined(__GNUC__)
@@ -8441,8 +8428,16 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         api_error(err, errlen, "cannot serve '%s': %s", cfg->static_root, why);
         goto fail;
     }
+#if SSE_ENABLE_PROXY
     if (proxy_plug(srv, cfg, err, errlen) < 0)
         goto fail;
+#else
+    if (cfg->num_proxy_routes || cfg->num_relays) {
+        api_error(err, errlen, "%s: built without SSE_ENABLE_PROXY",
+                  cfg->num_proxy_routes ? "proxy" : "relay");
+        goto fail;
+    }
+#endif
     srv->last_id = api_id_seed();
     srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
     srv->topics.seed = (uint32_t)rng_next(&srv->rng);
