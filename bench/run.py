@@ -861,7 +861,7 @@ def s4_proxy(R, have, C):
 
 def start_redis(R, have):
     """A redis-server on a free loopback port, append-only file synced every second (the
-    setting README's "Scaling out" recommends short of `always`)."""
+    setting docs/scaling.md recommends short of `always`)."""
     port = free_port()
     d = tempfile.mkdtemp(prefix="redis-", dir=R.tmp)
     p = R.spawn([have["redis"], "--port", str(port), "--bind", "127.0.0.1", "--dir", d,

@@ -383,7 +383,7 @@ def settle(srv):
     """Publishes on a topic nobody follows through srv and waits for the answer. Redis answers
     a link's commands in order, so every XADD srv sent before has been answered: a kill now
     cannot leave one whose outcome is unknown, which would be sent or fetched again and
-    might be stored twice (README: at least once for inputs and relays)."""
+    might be stored twice (docs/scaling.md: at least once for inputs and relays)."""
     assert publish(srv.port, b"settled", topic="probe").status == 200
 
 
