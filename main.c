@@ -266,17 +266,28 @@ static opt_store store_help, store_version; /* they print the table: defined aft
 #define JOURNAL  PART(SSE_ENABLE_JOURNAL)
 #define REDIS    PART(SSE_ENABLE_REDIS)
 #define GiB      (1LL << 30)
+/* Defaults come from sse.h's SSE_DEFAULT_*, shown as they are, or as --help spells them in
+ * seconds or k/m with an assertion that the two agree. */
+#define SHOW_(x) #x
+#define SHOW(x)  SHOW_(x)
+_Static_assert(SSE_DEFAULT_BACKLOG_BYTES == 64 << 20, "--backlog-bytes shows 64m");
+_Static_assert(SSE_DEFAULT_HEARTBEAT_MS == 15 * 1000, "--heartbeat shows 15");
+_Static_assert(SSE_DEFAULT_CLIENT_BUFFER == 1 << 20, "--client-buffer shows 1m");
+_Static_assert(SSE_DEFAULT_MAX_EVENT_BYTES == 1 << 20, "--max-event-bytes shows 1m");
+_Static_assert(SSE_DEFAULT_HEADER_TIMEOUT_MS == 10 * 1000, "--header-timeout shows 10");
+_Static_assert(SSE_DEFAULT_PROXY_CONNECT_MS == 5 * 1000, "--proxy-connect-timeout shows 5");
+_Static_assert(SSE_DEFAULT_JOURNAL_MAX_BYTES == 64 << 20, "--journal-max-bytes shows 64m");
 
 static const struct opt opts[] = {
     {"listen", "HOST:PORT",
      "address to listen on; :PORT for all addresses, [::1]:PORT for IPv6, port 0 for any free "
      "port",
-     "127.0.0.1:8080", store_listen, F(cfg.listen), 0, 0, 0, NULL},
+     SSE_DEFAULT_LISTEN, store_listen, F(cfg.listen), 0, 0, 0, NULL},
     {"root", "DIR", "serve static files from DIR", "the built-in page at /",
      TEXT(cfg.static_root, 0), NULL},
-    {"stream", "PATH", "EventSource endpoint prefix", "/events", store_stream, F(cfg.stream_path),
-     0, 0, 0, NULL},
-    {"backlog", "N", "events kept for replay, all topics; 0 = none", "1024",
+    {"stream", "PATH", "EventSource endpoint prefix", SSE_DEFAULT_STREAM_PATH, store_stream,
+     F(cfg.stream_path), 0, 0, 0, NULL},
+    {"backlog", "N", "events kept for replay, all topics; 0 = none", SHOW(SSE_DEFAULT_BACKLOG),
      INT(cfg.backlog, 0, 100000000, OPT_ZERO_OFF), NULL},
     {"backlog-bytes", "BYTES",
      "and the bytes they may hold, counted as sent; the oldest go first when either bound is "
@@ -284,7 +295,7 @@ static const struct opt opts[] = {
      "64m", SIZE(cfg.backlog_bytes, 1, 1024 * GiB, OPT_SIZE), NULL},
     {"heartbeat", "SECONDS", "comment line after this much silence; 0 = none", "15",
      INT(cfg.heartbeat_ms, 0, 86400, OPT_SECONDS | OPT_ZERO_OFF), NULL},
-    {"retry", "MS", "retry: sent when a stream opens; 0 = none", "3000",
+    {"retry", "MS", "retry: sent when a stream opens; 0 = none", SHOW(SSE_DEFAULT_RETRY_MS),
      INT(cfg.retry_ms, 0, 86400000, OPT_ZERO_OFF), NULL},
     {"no-position-event", NULL,
      "a stream with no last event id starts with a bare id: block (Chromium records it), not "
@@ -323,7 +334,7 @@ static const struct opt opts[] = {
     {"publish-wait", "MS",
      "how long an HTTP publish held by flow control waits for the subscribers before it is "
      "answered 503 with Retry-After (and not published)",
-     "5000", INT(cfg.publish_wait_ms, 1, 3600000, 0), NULL},
+     SHOW(SSE_DEFAULT_PUBLISH_WAIT_MS), INT(cfg.publish_wait_ms, 1, 3600000, 0), NULL},
     {"max-event-bytes", "BYTES", "largest event payload, at most 64m", "1m",
      SIZE(cfg.max_event_bytes, 1, 64LL << 20, OPT_SIZE), NULL},
     {"header-timeout", "SECONDS", "deadline for a request head", "10",
@@ -357,11 +368,11 @@ static const struct opt opts[] = {
      "be one node of a hub sharing one event history through a Redis stream: publish with "
      "XADD, deliver what XREAD brings, ids are the stream's",
      "none", store_redis, F(cfg.redis), 0, 0, 0, REDIS},
-    {"redis-stream", "KEY", "the stream", "sse", store_redis_stream, F(cfg.redis_stream), 0, 0, 0,
-     REDIS},
+    {"redis-stream", "KEY", "the stream", SSE_DEFAULT_REDIS_STREAM, store_redis_stream,
+     F(cfg.redis_stream), 0, 0, 0, REDIS},
     {"redis-password", "PASSWORD", "AUTH with it", "$SSE_REDIS_PASSWORD, else none",
      TEXT(cfg.redis_password, OPT_NONEMPTY), REDIS},
-    {"redis-maxlen", "N", "entries Redis keeps, XADD MAXLEN ~ N", "100000",
+    {"redis-maxlen", "N", "entries Redis keeps, XADD MAXLEN ~ N", SHOW(SSE_DEFAULT_REDIS_MAXLEN),
      SIZE(cfg.redis_maxlen, 1, 1024 * GiB, 0), REDIS},
     {"quiet", NULL, "log only warnings and errors", NULL, CALL(store_quiet), NULL},
     {"verbose", NULL, "also log every connection opened and closed", NULL, CALL(store_verbose),

@@ -101,6 +101,23 @@ extern "C" {
  * "none" (no backlog, no heartbeat, no retry: line). */
 #define SSE_OFF (-1)
 
+/* What a zeroed field of struct sse_config stands for: each default is defined here once,
+ * used by the library and shown by sse-server --help. */
+#define SSE_DEFAULT_LISTEN               "127.0.0.1:8080"
+#define SSE_DEFAULT_STREAM_PATH          "/events"
+#define SSE_DEFAULT_BACKLOG              1024       /* events */
+#define SSE_DEFAULT_BACKLOG_BYTES        67108864   /* 64 MiB */
+#define SSE_DEFAULT_HEARTBEAT_MS         15000
+#define SSE_DEFAULT_RETRY_MS             3000
+#define SSE_DEFAULT_HEADER_TIMEOUT_MS    10000
+#define SSE_DEFAULT_CLIENT_BUFFER        1048576    /* 1 MiB */
+#define SSE_DEFAULT_MAX_EVENT_BYTES      1048576    /* 1 MiB */
+#define SSE_DEFAULT_PUBLISH_WAIT_MS      5000
+#define SSE_DEFAULT_PROXY_CONNECT_MS     5000
+#define SSE_DEFAULT_JOURNAL_MAX_BYTES    67108864   /* 64 MiB */
+#define SSE_DEFAULT_REDIS_STREAM         "sse"
+#define SSE_DEFAULT_REDIS_MAXLEN         100000     /* entries */
+
 /* Severity passed to on_log. SSE_LOG_DEBUG carries one line per connection opened and
  * closed, with the reason; SSE_LOG_INFO start-up facts; SSE_LOG_WARN trouble that costs a
  * connection or an input; SSE_LOG_ERROR trouble that costs more. */
@@ -166,9 +183,10 @@ struct sse_request {
 /* clang-format off */
 struct sse_config {
     const char *listen;          /* "HOST:PORT", ":PORT" (all addresses), "[::1]:PORT"; port 0
-                                    picks a free port. NULL = "127.0.0.1:8080". HOST may be a
+                                    picks a free port. NULL = SSE_DEFAULT_LISTEN. HOST may be a
                                     name, resolved once here. */
-    const char *stream_path;     /* EventSource endpoint prefix. NULL = "/events" */
+    const char *stream_path;     /* EventSource endpoint prefix. NULL =
+                                    SSE_DEFAULT_STREAM_PATH */
     const char *static_root;     /* serve files under this directory; NULL = none */
     const char *index_page;      /* without static_root: bytes served as text/html at "/" */
     size_t index_page_len;       /* length of index_page */
@@ -177,14 +195,18 @@ struct sse_config {
     const char *subscribe_token; /* subscribers must present it; NULL = open */
     const char *cors_origin;     /* "*" or one origin for Access-Control-Allow-Origin; NULL =
                                     no CORS headers */
-    int backlog;                 /* events kept for replay. 0 = 1024; SSE_OFF = none */
+    int backlog;                 /* events kept for replay. 0 = SSE_DEFAULT_BACKLOG;
+                                    SSE_OFF = none */
     size_t backlog_bytes;        /* and the bytes they may hold: the oldest go first when
                                     either bound is passed. An event counts the bytes it
                                     has on the wire (its id:, event: and data: lines and the
                                     blank line), held once whatever queues share it; one
-                                    bigger than this on its own is not kept. 0 = 64 MiB */
-    int heartbeat_ms;            /* comment line after this much silence. 0 = 15000; SSE_OFF */
-    int retry_ms;                /* sent as retry: when a stream opens. 0 = 3000; SSE_OFF =
+                                    bigger than this on its own is not kept. 0 =
+                                    SSE_DEFAULT_BACKLOG_BYTES */
+    int heartbeat_ms;            /* comment line after this much silence. 0 =
+                                    SSE_DEFAULT_HEARTBEAT_MS; SSE_OFF = none */
+    int retry_ms;                /* sent as retry: when a stream opens. 0 =
+                                    SSE_DEFAULT_RETRY_MS; SSE_OFF =
                                     send none (the browser's default applies) */
     int position_event;          /* how a stream that asked for no last event id learns the
                                     current one. 0 = as the event "id: CURRENT", "event:
@@ -202,10 +224,12 @@ struct sse_config {
     int max_clients_per_ip;      /* client connections from one address; more are answered
                                     as over max_clients (a stream request gets 200 and a
                                     retry: line, then the connection closes). 0 = no limit */
-    int header_timeout_ms;       /* deadline for a whole request head. 0 = 10000 */
+    int header_timeout_ms;       /* deadline for a whole request head. 0 =
+                                    SSE_DEFAULT_HEADER_TIMEOUT_MS */
     size_t client_buffer;        /* bytes a subscriber may have queued before it is dropped.
-                                    0 = 1 MiB */
-    size_t max_event_bytes;      /* largest event payload. 0 = 1 MiB; at most 64 MiB */
+                                    0 = SSE_DEFAULT_CLIENT_BUFFER */
+    size_t max_event_bytes;      /* largest event payload. 0 =
+                                    SSE_DEFAULT_MAX_EVENT_BYTES; at most 64 MiB */
     size_t pace_high_water;      /* flow control: a subscriber with more than this queued
                                     lags; when more than 1 in 10 subscribers lag, publishers
                                     are held (see sse_publish_ready()). 0 = client_buffer
@@ -213,10 +237,12 @@ struct sse_config {
                                     subscribers are dropped, publishers never wait) */
     int publish_wait_ms;         /* flow control: how long an HTTP publish held for lagging
                                     subscribers waits before it is answered 503 with
-                                    Retry-After (not published). 0 = 5000 */
+                                    Retry-After (not published). 0 =
+                                    SSE_DEFAULT_PUBLISH_WAIT_MS */
     const struct sse_proxy_route *proxy_routes; /* reverse-proxy routes, or NULL */
     size_t num_proxy_routes;                    /* entries in proxy_routes */
-    int proxy_connect_timeout_ms; /* connecting to an upstream. 0 = 5000 */
+    int proxy_connect_timeout_ms; /* connecting to an upstream. 0 =
+                                     SSE_DEFAULT_PROXY_CONNECT_MS */
     int proxy_heartbeat_ms;       /* comment injected between events of a proxied stream
                                      after this much upstream silence. 0 = none */
     const struct sse_relay *relays; /* upstream streams to relay, or NULL */
@@ -233,7 +259,8 @@ struct sse_config {
     size_t journal_max_bytes; /* beyond this the file is rewritten with just the backlog
                                  (but not before it doubled since the last rewrite): it
                                  stays under this or twice the backlog's bytes, whichever is
-                                 larger, plus one event. 0 = 64 MiB */
+                                 larger, plus one event. 0 =
+                                 SSE_DEFAULT_JOURNAL_MAX_BYTES */
     const char *redis;          /* "HOST:PORT": make this server a node of a hub sharing one
                                    event history through a Redis stream (resolved once,
                                    here); NULL = none. Not with journal_path. An idle link
@@ -241,9 +268,10 @@ struct sse_config {
                                    A Last-Event-ID the stream cannot prove it covers (older
                                    than its first entry: trimmed, or Redis lost its data)
                                    gets the reset event, as with the local backlog */
-    const char *redis_stream;   /* the stream's key. NULL = "sse" */
+    const char *redis_stream;   /* the stream's key. NULL = SSE_DEFAULT_REDIS_STREAM */
     const char *redis_password; /* sent with AUTH when connecting; NULL = none */
-    size_t redis_maxlen;        /* XADD MAXLEN ~ this: entries Redis keeps. 0 = 100000 */
+    size_t redis_maxlen;        /* XADD MAXLEN ~ this: entries Redis keeps. 0 =
+                                   SSE_DEFAULT_REDIS_MAXLEN */
     /* A route of the host's own, asked about every request before the built-in endpoints
        (see "Custom routes" below); NULL = none. */
     int (*on_request)(struct sse_server *srv, const struct sse_request *req, void *user);
