@@ -1055,9 +1055,8 @@ static long resp_str(const char *s, struct resp_value *vals, size_t cap, size_t 
 static void test_resp(void) {
     char out[128];
     struct wbuf w = {out, sizeof out, 0};
-    const char *argv[] = {"XADD", "k", ""};
-    size_t lens[] = {4, 1, 0};
-    resp_command(&w, 3, argv, lens);
+    struct resp_args args = {3, {"XADD", "k", ""}, {4, 1, 0}};
+    resp_command(&w, &args);
     CHECK(w.len == strlen("*3\r\n$4\r\nXADD\r\n$1\r\nk\r\n$0\r\n\r\n") &&
           memcmp(out, "*3\r\n$4\r\nXADD\r\n$1\r\nk\r\n$0\r\n\r\n", w.len) == 0);
 
