@@ -6462,8 +6462,9 @@ static const char *api_journal(struct sse_server *srv, const struct sse_config *
  * nothing in between is lost or delivered twice.
  *
  * Publishers that cannot be told 503 wait instead. While Redis cannot take events (the
- * command link is down, not through AUTH, or past the hold mark) inputs are not read and
- * relays drop their upstream, to fetch again from the last upstream id Redis took; XADDs
+ * command link is down, not through AUTH, or past the hold mark) inputs are not read and a
+ * publisher with a receipt (a relay) hears -EAGAIN, or, for XADDs lost with the link, that
+ * they were not stored (a relay fetches them again from its last stored event); XADDs
  * from inputs and sse_publish() that were not yet written when the link failed are kept,
  * in order, and sent after AUTH on the next link. A written XADD without its answer may or
  * may not be stored: its HTTP publisher is told exactly that, and others send it again.
