@@ -4930,13 +4930,14 @@ static bool journal_valid_record_after(const char *buf, size_t len) {
     return false;
 }
 
-/* Reads the records of buf[0..len) (after the header) into the backlog, counting them in
- * *loaded (the backlog keeps fewer when its bounds are passed). Returns how many bytes hold
- * whole valid records (the rest is a torn end to cut off), or -1 with why. */
-static long journal_load_records(const char *buf, size_t len, size_t at, struct topic_table *tt,
+/* Reads the records of buf[0..len) (what follows the header) into the backlog, counting
+ * them in *loaded (the backlog keeps fewer when its bounds are passed). Returns how many
+ * bytes hold whole valid records (the rest is a torn end to cut off), or -1 with why. */
+static long journal_load_records(const char *buf, size_t len, struct topic_table *tt,
                                  struct backlog *bl, uint64_t *last_id, uint32_t *loaded,
                                  const char **why) {
     uint64_t prev = 0;
+    size_t at = 0;
     while (at < len) {
         struct journal_record rec;
         long n = journal_parse_record(buf + at, len - at, SIZE_MAX, &rec);
@@ -5015,7 +5016,8 @@ static const char *journal_open(struct journal *j, const char *path, struct topi
         why = "the header fails its CRC check (damaged or edited): refusing to guess where ids "
               "go on";
     else if (hlen > 0) /* 0: empty, or a header torn while the file was being created */
-        keep = journal_load_records(buf, len, (size_t)hlen, tt, bl, last_id, &loaded, &why);
+        keep = hlen + journal_load_records(buf + hlen, len - (size_t)hlen, tt, bl, last_id, &loaded,
+                                           &why); /* with why, keep is not used */
     free(buf);
     if (why)
         return why;
@@ -5169,8 +5171,9 @@ static const char *api_journal(struct sse_server *srv, const struct sse_config *
  * nothing in between is lost or delivered twice.
  *
  * Publishers that cannot be told 503 wait instead. While Redis cannot take events (the
- * command link is down, not through AUTH, or past the hold mark) inputs are not read and
- * relays drop their upstream, to fetch again from the last upstream id Redis took; XADDs
+ * command link is down, not through AUTH, or past the hold mark) inputs are not read and a
+ * publisher with a receipt (a relay) hears -EAGAIN, or, for XADDs lost with the link, that
+ * they were not stored (a relay fetches them again from its last stored event); XADDs
  * from inputs and sse_publish() that were not yet written when the link failed are kept,
  * in order, and sent after AUTH on the next link. A written XADD without its answer may or
  * may not be stored: its HTTP publisher is told exactly that, and others send it again.
@@ -5229,8 +5232,26 @@ struct resp_value {
     int64_t integer; /* ':' values */
 };
 
-/* Appends the command argv[0..argc) (lengths lens) to w as a RESP array of bulk strings. */
-static void resp_command(struct wbuf *w, int argc, const char *const *argv, const size_t *lens) {
+#define RESP_ARGS_MAX 12 /* arguments in one command we send (XADD has the most) */
+
+/* A command to send: its arguments, each bytes and a length. */
+struct resp_args {
+    int argc;                        /* arguments used */
+    const char *argv[RESP_ARGS_MAX]; /* their bytes */
+    size_t lens[RESP_ARGS_MAX];      /* their lengths */
+};
+
+/* Adds an argument to a command. */
+static void resp_arg(struct resp_args *a, const char *s, size_t len) {
+    a->argv[a->argc] = s;
+    a->lens[a->argc++] = len;
+}
+
+/* Appends the command a to w as a RESP array of bulk strings. */
+static void resp_command(struct wbuf *w, const struct resp_args *a) {
+    int argc = a->argc;
+    const char *const *argv = a->argv;
+    const size_t *lens = a->lens;
     wb_str(w, "*");
     wb_u64(w, (uint64_t)argc);
     wb_str(w, "\r\n");
@@ -5476,13 +5497,13 @@ static void redis_rearm(struct sse_server *srv, struct redis_link *l) {
  * entry (for the caller's details), or NULL when out of memory or over REDIS_WAITS_MAX. */
 static struct redis_wait *redis_send(struct sse_server *srv, struct redis_link *l,
                                      enum redis_wait_kind kind, struct conn *c, const char *topic,
-                                     int argc, const char *const *argv, const size_t *lens) {
+                                     const struct resp_args *args) {
     struct wbuf w = {NULL, 0, 0};
-    resp_command(&w, argc, argv, lens); /* measures */
+    resp_command(&w, args); /* measures */
     if (!redis_room(l, w.len))
         return NULL;
     w = (struct wbuf){l->out + l->out_len, w.len, 0};
-    resp_command(&w, argc, argv, lens);
+    resp_command(&w, args);
     l->out_len += w.len;
     return redis_expect(srv, l, kind, c, topic, w.len);
 }
@@ -5556,9 +5577,10 @@ static void redis_follow_next(struct sse_server *srv) {
     struct wbuf cw = {count, sizeof count, 0}, bw = {block, sizeof block, 0};
     wb_u64(&cw, r->xread_count);
     wb_u64(&bw, REDIS_BLOCK_MS);
-    const char *argv[] = {"XREAD", "COUNT", count, "BLOCK", block, "STREAMS", r->key, r->after};
-    size_t lens[] = {5, 5, cw.len, 5, bw.len, 7, strlen(r->key), strlen(r->after)};
-    if (!redis_send(srv, &r->follow, RW_XREAD, NULL, NULL, 8, argv, lens))
+    struct resp_args args = {8,
+                             {"XREAD", "COUNT", count, "BLOCK", block, "STREAMS", r->key, r->after},
+                             {5, 5, cw.len, 5, bw.len, 7, strlen(r->key), strlen(r->after)}};
+    if (!redis_send(srv, &r->follow, RW_XREAD, NULL, NULL, &args))
         redis_link_fail(srv, &r->follow, "out of memory");
 }
 
@@ -5588,14 +5610,13 @@ static void redis_connect(struct sse_server *srv, struct redis_link *l) {
     l->deadline = srv->now + REDIS_TIMEOUT_MS;
     bool ok = true;
     if (r->password) {
-        const char *argv[] = {"AUTH", r->password};
-        size_t lens[] = {4, strlen(r->password)};
-        ok = redis_send(srv, l, RW_AUTH, NULL, NULL, 2, argv, lens);
+        struct resp_args args = {2, {"AUTH", r->password}, {4, strlen(r->password)}};
+        ok = redis_send(srv, l, RW_AUTH, NULL, NULL, &args);
     }
     if (ok && l == &r->follow && !r->positioned) {
-        const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
-        size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
-        ok = redis_send(srv, l, RW_POSITION, NULL, NULL, 6, argv, lens);
+        struct resp_args args = {
+            6, {"XREVRANGE", r->key, "+", "-", "COUNT", "1"}, {9, strlen(r->key), 1, 1, 5, 1}};
+        ok = redis_send(srv, l, RW_POSITION, NULL, NULL, &args);
     } else if (ok && l == &r->follow) {
         redis_follow_next(srv);
     }
@@ -5832,9 +5853,10 @@ static bool redis_replay_page(struct sse_server *srv, struct conn *c, uint64_t a
     struct wbuf fw = {from + 1, sizeof from - 1, 0}, cw = {count, sizeof count, 0};
     redis_id_format(&fw, after);
     wb_u64(&cw, REDIS_REPLAY_PAGE);
-    const char *argv[] = {"XRANGE", r->key, from, "+", "COUNT", count};
-    size_t lens[] = {6, strlen(r->key), fw.len + 1, 1, 5, cw.len};
-    struct redis_wait *rw = redis_send(srv, &r->cmd, RW_XRANGE, c, NULL, 6, argv, lens);
+    struct resp_args args = {6,
+                             {"XRANGE", r->key, from, "+", "COUNT", count},
+                             {6, strlen(r->key), fw.len + 1, 1, 5, cw.len}};
+    struct redis_wait *rw = redis_send(srv, &r->cmd, RW_XRANGE, c, NULL, &args);
     if (rw)
         rw->after = after;
     return rw != NULL;
@@ -5844,10 +5866,9 @@ static bool redis_replay_page(struct sse_server *srv, struct conn *c, uint64_t a
  * cannot be asked now (the caller sends the reset event instead). */
 static bool redis_replay(struct sse_server *srv, struct conn *c, uint64_t after) {
     struct redis_hub *r = redis_of(srv);
-    const char *argv[] = {"XINFO", "STREAM", r->key};
-    size_t lens[] = {5, 6, strlen(r->key)};
+    struct resp_args args = {3, {"XINFO", "STREAM", r->key}, {5, 6, strlen(r->key)}};
     struct redis_wait *rw =
-        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XINFO, c, NULL, 3, argv, lens) : NULL;
+        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XINFO, c, NULL, &args) : NULL;
     if (!rw)
         return false;
     rw->after = after;
@@ -5944,10 +5965,10 @@ static void redis_replay_entries(struct sse_server *srv, const struct redis_wait
  */
 static bool redis_ahead(struct sse_server *srv, struct conn *c, uint64_t last) {
     struct redis_hub *r = redis_of(srv);
-    const char *argv[] = {"XREVRANGE", r->key, "+", "-", "COUNT", "1"};
-    size_t lens[] = {9, strlen(r->key), 1, 1, 5, 1};
+    struct resp_args args = {
+        6, {"XREVRANGE", r->key, "+", "-", "COUNT", "1"}, {9, strlen(r->key), 1, 1, 5, 1}};
     struct redis_wait *rw =
-        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XLAST, c, NULL, 6, argv, lens) : NULL;
+        r->cmd.ready ? redis_send(srv, &r->cmd, RW_XLAST, c, NULL, &args) : NULL;
     if (!rw)
         return false;
     rw->after = last;
@@ -6185,22 +6206,18 @@ static int redis_xadd(struct sse_server *srv, const struct publish_in *in) {
     char maxlen[24];
     struct wbuf mw = {maxlen, sizeof maxlen, 0};
     wb_u64(&mw, r->maxlen);
-    const char *argv[12] = {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", in->topic};
-    size_t lens[12] = {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(in->topic)};
-    int argc = 8;
+    struct resp_args args = {8,
+                             {"XADD", r->key, "MAXLEN", "~", maxlen, "*", "topic", in->topic},
+                             {4, strlen(r->key), 6, 1, mw.len, 1, 5, strlen(in->topic)}};
     if (in->event) {
-        argv[argc] = "event";
-        lens[argc++] = 5;
-        argv[argc] = in->event;
-        lens[argc++] = strlen(in->event);
+        resp_arg(&args, "event", 5);
+        resp_arg(&args, in->event, strlen(in->event));
     }
-    argv[argc] = "data";
-    lens[argc++] = 4;
-    argv[argc] = in->data ? in->data : "";
-    lens[argc++] = in->data ? in->len : 0;
-    struct redis_wait *rw = direct && (!receipt || mark) ? redis_send(srv, &r->cmd, RW_XADD, in->c,
-                                                                      in->topic, argc, argv, lens)
-                                                         : NULL;
+    resp_arg(&args, "data", 4);
+    resp_arg(&args, in->data ? in->data : "", in->data ? in->len : 0);
+    struct redis_wait *rw = direct && (!receipt || mark)
+                                ? redis_send(srv, &r->cmd, RW_XADD, in->c, in->topic, &args)
+                                : NULL;
     if (rw && receipt) {
         rw->receipt = *receipt;
         rw->receipt.mark = rw->mark = mark;
@@ -6215,10 +6232,10 @@ static int redis_xadd(struct sse_server *srv, const struct publish_in *in) {
     if (r->kept_len >= REDIS_KEPT_MAX)
         return -EAGAIN; /* sse_publish(): as many events kept as memory allows */
     struct wbuf w = {NULL, 0, 0};
-    resp_command(&w, argc, argv, lens); /* measures */
+    resp_command(&w, &args); /* measures */
     char *cmd = malloc(w.len);
     w = (struct wbuf){cmd, cmd ? w.len : 0, 0};
-    resp_command(&w, argc, argv, lens);
+    resp_command(&w, &args);
     bool kept = cmd && redis_keep(r, cmd, w.len);
     free(cmd);
     return kept ? 0 : -ENOMEM;
@@ -6240,9 +6257,8 @@ static void redis_forget(struct sse_server *srv, const struct conn *c) {
  * died without a FIN or RST (a host gone, a NAT that forgot us) is found within
  * REDIS_PING_MS + REDIS_TIMEOUT_MS instead of at the next publish. */
 static void redis_ping(struct sse_server *srv, struct redis_link *l) {
-    const char *argv[] = {"PING"};
-    size_t lens[] = {4};
-    if (!redis_send(srv, l, RW_PING, NULL, NULL, 1, argv, lens))
+    struct resp_args args = {1, {"PING"}, {4}};
+    if (!redis_send(srv, l, RW_PING, NULL, NULL, &args))
         redis_link_fail(srv, l, "out of memory");
 }
 

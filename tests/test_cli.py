@@ -2,6 +2,7 @@
 --opt=value, --verbose connection lines, --demo."""
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -406,3 +407,40 @@ def test_token_option_wins_over_environment_and_empty_is_unset(start_server):
         assert st.status == 200
     finally:
         st.close()
+
+
+# ---- a build without Redis (SSE_ENABLE_REDIS=0) ----------------------------------------
+
+@pytest.fixture(scope="module")
+def noredis_build():
+    """Builds the server and the unit tests with SSE_ENABLE_REDIS=0 into build/noredis
+    (a few seconds: no optimisation, no sanitizers)."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    out = os.path.join(root, "build", "noredis")
+    os.makedirs(out, exist_ok=True)
+    flags = ["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Wconversion",
+             "-Werror", "-O0", "-DSSE_ENABLE_REDIS=0"]
+    subprocess.run(["make", "-s", "-C", root, "build/demo_page.c"], check=True, timeout=60)
+    builds = [
+        [os.path.join(root, "sse.c"), os.path.join(root, "main.c"),
+         os.path.join(root, "build", "demo_page.c"), "-o", os.path.join(out, "sse-server")],
+        [os.path.join(root, "tests", "unit.c"), "-o", os.path.join(out, "unit")],
+    ]
+    for files in builds:
+        r = subprocess.run(["cc", *flags, *files], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_built_without_redis_refuses_redis_options(noredis_build):
+    binary = os.path.join(noredis_build, "sse-server")
+    for args in (["--redis", "127.0.0.1:6379"], ["--redis-stream", "s"], ["--redis-maxlen", "5"]):
+        r = subprocess.run([binary, "--listen", "127.0.0.1:0", *args], capture_output=True,
+                           text=True, timeout=10)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.strip().splitlines() == [
+            f"sse-server: {args[0]}: built without SSE_ENABLE_REDIS (see --help)"]
+    # The library refuses it too (sse_server_new), and the unit tests pass without Redis.
+    r = subprocess.run([os.path.join(noredis_build, "unit")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and ", 0 failed" in r.stdout, r.stdout + r.stderr

@@ -1055,9 +1055,8 @@ static long resp_str(const char *s, struct resp_value *vals, size_t cap, size_t 
 static void test_resp(void) {
     char out[128];
     struct wbuf w = {out, sizeof out, 0};
-    const char *argv[] = {"XADD", "k", ""};
-    size_t lens[] = {4, 1, 0};
-    resp_command(&w, 3, argv, lens);
+    struct resp_args args = {3, {"XADD", "k", ""}, {4, 1, 0}};
+    resp_command(&w, &args);
     CHECK(w.len == strlen("*3\r\n$4\r\nXADD\r\n$1\r\nk\r\n$0\r\n\r\n") &&
           memcmp(out, "*3\r\n$4\r\nXADD\r\n$1\r\nk\r\n$0\r\n\r\n", w.len) == 0);
 
@@ -1233,6 +1232,17 @@ static void test_relay_backoff(void) {
     CHECK(rising && bounded);
 }
 
+#if !SSE_ENABLE_REDIS
+/* Built without Redis, a configuration that asks for it is refused, naming the switch. */
+static void test_redis_refused(void) {
+    char err[128] = "";
+    struct sse_config cfg = {.listen = "127.0.0.1:0", .redis = "127.0.0.1:6379"};
+    struct sse_server *srv = sse_server_new(&cfg, err, sizeof err);
+    CHECK(srv == NULL && strcmp(err, "redis 127.0.0.1:6379: built without SSE_ENABLE_REDIS") == 0);
+    sse_server_free(srv);
+}
+#endif
+
 #if SSE_ENABLE_REDIS
 /* A node's backlog covers a stream id (sparse ids) only from its base or its first entry on. */
 static void test_redis_backlog_covers(void) {
@@ -1338,6 +1348,8 @@ int main(void) {
     test_relay_backoff();
 #if SSE_ENABLE_REDIS
     test_redis_backlog_covers();
+#else
+    test_redis_refused();
 #endif
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;

@@ -59,7 +59,7 @@ static void read_records(const char *buf, size_t len) {
     uint64_t last_id = 0;
     const char *why = NULL;
     uint32_t loaded = 0;
-    long keep = journal_load_records(buf, len, 0, &tt, &bl, &last_id, &loaded, &why);
+    long keep = journal_load_records(buf, len, &tt, &bl, &last_id, &loaded, &why);
     FUZZ_CHECK(loaded >= bl.count);
     FUZZ_CHECK(keep == -1 ? why != NULL : (size_t)keep <= len && why == NULL);
     for (long at = 0; keep > 0 && at < keep;) { /* kept bytes are whole records */

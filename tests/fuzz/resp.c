@@ -37,22 +37,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (used > 0) {
         check_reply(buf, used, vals, n);
         /* Re-encode a flat array of bulk strings and read it back. */
-        if (vals[0].type == '*' && n == 1 + vals[0].len && n <= 16) {
-            const char *argv[16];
-            size_t lens[16];
+        if (vals[0].type == '*' && n == 1 + vals[0].len && n <= 1 + RESP_ARGS_MAX) {
+            struct resp_args args = {0};
             bool flat = true;
             for (size_t i = 1; i < n; i++) {
                 flat = flat && vals[i].type == '$';
-                argv[i - 1] = vals[i].str;
-                lens[i - 1] = vals[i].len;
+                resp_arg(&args, vals[i].str, vals[i].len);
             }
             if (flat) {
                 struct wbuf w = {NULL, 0, 0};
-                resp_command(&w, (int)(n - 1), argv, lens);
+                resp_command(&w, &args);
                 char *out = malloc(w.len ? w.len : 1);
                 FUZZ_CHECK(out != NULL);
                 w = (struct wbuf){out, w.len, 0};
-                resp_command(&w, (int)(n - 1), argv, lens);
+                resp_command(&w, &args);
                 struct resp_value again[64];
                 size_t m;
                 FUZZ_CHECK(resp_read(out, w.len, 1 << 20, again, 64, &m) == (long)w.len && m == n);
