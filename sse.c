@@ -7386,8 +7386,9 @@ static void proxy_up_read(struct sse_server *srv, struct conn *up, bool until_em
     }
 }
 
-/* The non-blocking connect finished, one way or the other. */
-static void proxy_up_connected(struct sse_server *srv, struct conn *up) {
+/* The non-blocking connect finished, one way or the other. False: it failed, and the
+ * exchange is over (up is closed, its proxy freed). */
+static bool proxy_up_connected(struct sse_server *srv, struct conn *up) {
     int err = 0;
     socklen_t len = sizeof err;
     if (getsockopt(up->h.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
@@ -7395,11 +7396,12 @@ static void proxy_up_connected(struct sse_server *srv, struct conn *up) {
     if (err) {
         proxy_fail(srv, proxy_of(up), 502,
                    err == ECONNREFUSED ? "refused the connection" : "could not be reached");
-        return;
+        return false;
     }
     proxy_of(up)->connected = true;
     timer_set(srv, up, TIMER_SEND); /* now the response head must come */
     conn_flush(srv, up);
+    return true;
 }
 
 /* An upstream connection's on_event. */
@@ -7414,8 +7416,7 @@ static void proxy_up_event(struct sse_server *srv, struct handle *h, uint32_t ev
     if (!proxy_of(up)->connected) {
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
             return;
-        proxy_up_connected(srv, up);
-        if (up->state != CONN_OUTBOUND)
+        if (!proxy_up_connected(srv, up) || up->state != CONN_OUTBOUND)
             return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
