@@ -378,6 +378,7 @@ static void test_static(void) {
     CHECK(strcmp(static_content_type("noext"), "application/octet-stream") == 0);
 }
 
+#if SSE_ENABLE_PROXY
 /* The proxy's path: canonical escapes, then dot segments removed; NULL = refused. */
 static bool proxy_path_is(const char *raw, const char *want) {
     char out[64];
@@ -387,6 +388,7 @@ static bool proxy_path_is(const char *raw, const char *want) {
         return m == -1;
     return m == (long)strlen(want) && memcmp(out, want, (size_t)m) == 0;
 }
+#endif
 
 static bool encodes_to(const char *path, const char *want) {
     char out[64];
@@ -395,6 +397,7 @@ static bool encodes_to(const char *path, const char *want) {
     return w.len == strlen(want) && memcmp(out, want, w.len) == 0;
 }
 
+#if SSE_ENABLE_PROXY
 static void test_proxy_path(void) {
     CHECK(proxy_path_is("/", "/"));
     CHECK(proxy_path_is("/a/b/../c", "/a/c"));
@@ -427,6 +430,12 @@ static void test_proxy_path(void) {
     CHECK(http_path_canon("/abcd", 5, out, sizeof out) == -1);
     CHECK(http_path_canon("/ab", 3, out, sizeof out) == 3);
     CHECK(http_path_canon("/a%3f", 5, out, sizeof out) == -1);
+}
+#endif
+
+/* A path as the directory redirect's Location writes it: percent-encoded, leading slashes
+ * collapsed into one (never "//host"). */
+static void test_path_encode(void) {
     CHECK(encodes_to("//evil.example/x", "/evil.example/x"));
     CHECK(encodes_to("/a b/\\c?%\"", "/a%20b/%5Cc%3F%25%22"));
     CHECK(encodes_to("/caf\xc3\xa9/~-._!$&'()*+,;=:@", "/caf%C3%A9/~-._!$&'()*+,;=:@"));
@@ -526,6 +535,7 @@ static void test_topics(void) {
     free(tt.buckets);
 }
 
+#if SSE_ENABLE_PROXY
 /* ---- the proxy's pure parts ---- */
 
 static void test_response_parse(void) {
@@ -663,6 +673,7 @@ static void test_whatwg_reader(void) {
     CHECK(strcmp(r.last_id, "18446744073709551615") == 0);
     wire_reader_free(&r);
 }
+#endif /* SSE_ENABLE_PROXY */
 
 /* ---- the public API: two servers in one process, driven by hand ---- */
 
@@ -889,6 +900,7 @@ static void test_log_reentry(void) {
     sse_server_free(lf.srv);
 }
 
+#if SSE_ENABLE_JOURNAL
 /* A journal record for id, topic and formatted event bytes; returns its length. */
 static size_t journal_record(char *out, size_t cap, uint64_t id, const char *topic,
                              const char *bytes) {
@@ -1035,7 +1047,9 @@ static void test_journal_header(void) {
     memset(longline, '1', sizeof longline);
     CHECK(journal_parse_header(longline, sizeof longline, &floor, &version) == -1);
 }
+#endif /* SSE_ENABLE_JOURNAL */
 
+#if SSE_ENABLE_REDIS
 static long resp_str(const char *s, struct resp_value *vals, size_t cap, size_t *n) {
     return resp_read(s, strlen(s), 1024, vals, cap, n);
 }
@@ -1190,6 +1204,9 @@ static void test_redis_kept(void) {
     sse_server_free(srv);
 }
 
+#endif /* SSE_ENABLE_REDIS */
+
+#if SSE_ENABLE_PROXY
 /* The relay's wait between attempts: the floor, the doubling, the jitter, the cap. */
 static void test_relay_backoff(void) {
     CHECK(relay_backoff_ms(-1, 0, 0) == RELAY_RETRY_MS);
@@ -1221,7 +1238,9 @@ static void test_relay_backoff(void) {
         }
     CHECK(rising && bounded);
 }
+#endif
 
+#if SSE_ENABLE_REDIS
 /* A node's backlog covers a stream id (sparse ids) only from its base or its first entry on. */
 static void test_redis_backlog_covers(void) {
     static struct sse_server node; /* only backlog and last_id are read */
@@ -1251,6 +1270,7 @@ static void test_redis_backlog_covers(void) {
     CHECK(!redis_backlog_covers(&node, 100) && redis_backlog_covers(&node, 300));
     backlog_free(&node.backlog);
 }
+#endif
 
 /* Flow control through the API: a subscriber that does not read passes the high-water mark,
  * sse_publish() answers -EAGAIN and sse_publish_ready() 0, nothing of it published; once it
@@ -1301,24 +1321,31 @@ int main(void) {
     test_decode();
     test_http_helpers();
     test_static();
-    test_proxy_path();
+    test_path_encode();
     test_backlog();
     test_topics();
+    test_two_servers();
+    test_host_routes();
+    test_pace_api();
+    test_log_reentry();
+#if SSE_ENABLE_PROXY
+    test_proxy_path();
     test_response_parse();
     test_dechunk();
     test_boundary();
     test_repair();
     test_whatwg_reader();
+    test_relay_backoff();
+#endif
+#if SSE_ENABLE_JOURNAL
     test_journal();
     test_journal_header();
+#endif
+#if SSE_ENABLE_REDIS
     test_resp();
-    test_two_servers();
-    test_host_routes();
-    test_pace_api();
-    test_log_reentry();
     test_redis_kept();
-    test_relay_backoff();
     test_redis_backlog_covers();
+#endif
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
