@@ -68,7 +68,8 @@ asan: sse-server-asan $(BUILD)/unit
 
 # The core alone: sse.c with every part switched off (sse.h: SSE_ENABLE_*), the server and the
 # unit tests, into build/core/. `make test-core` runs those unit tests and every black-box test
-# that needs no part (the tests say which part they need with a marker) against that server.
+# that needs no part (the tests say which part they need with a marker) against that server,
+# the embedding examples built from the core alone too.
 CORE_PARTS_OFF = -DSSE_ENABLE_PROXY=0 -DSSE_ENABLE_JOURNAL=0 -DSSE_ENABLE_REDIS=0
 CORE_TESTS = not proxy and not relay and not journal and not redis
 
@@ -88,7 +89,8 @@ core: $(BUILD)/core/sse-server $(BUILD)/core/unit
 
 test-core: deps core
 	$(BUILD)/core/unit
-	SSE_SERVER_BIN='$(CURDIR)/$(BUILD)/core/sse-server' $(PYTHON) -m pytest -q -m '$(CORE_TESTS)' tests
+	SSE_SERVER_BIN='$(CURDIR)/$(BUILD)/core/sse-server' SSE_EXAMPLES_CFLAGS='$(CORE_PARTS_OFF)' \
+	  $(PYTHON) -m pytest -q -m '$(CORE_TESTS)' tests
 
 run: sse-server
 	./sse-server --demo
