@@ -3,7 +3,8 @@
 # `make asan` builds ./sse-server-asan; `make fuzz` runs every libFuzzer target for
 # FUZZ_SECONDS seconds (needs clang);
 # `make lint` runs cppcheck and clang-tidy; `make valgrind` runs part of the suite under valgrind;
-# `make examples` builds the embedding examples into build/.
+# `make examples` builds the embedding examples into build/; `make core` builds the core alone
+# (no proxy, journal or Redis) into build/core/, and `make test-core` tests it.
 
 CC ?= cc
 CFLAGS ?= -O2 -g
@@ -17,7 +18,7 @@ PYTHON = /usr/bin/python3
 BUILD = build
 
 .PHONY: all run test unit pytest deps asan clean format bench bench-smoke bench-tools fuzz \
-        fuzz-replay fuzz-deps lint lint-cppcheck valgrind examples
+        fuzz-replay fuzz-deps lint lint-cppcheck valgrind examples core test-core
 all: sse-server
 
 $(BUILD) $(BUILD)/asan:
@@ -64,6 +65,32 @@ $(BUILD)/unit: tests/unit.c sse.c sse.h | $(BUILD)
 	$(CC) $(WARNINGS) -O1 -g $(SANITIZE) $< -o $@
 
 asan: sse-server-asan $(BUILD)/unit
+
+# The core alone: sse.c with every part switched off (sse.h: SSE_ENABLE_*), the server and the
+# unit tests, into build/core/. `make test-core` runs those unit tests and every black-box test
+# that needs no part (the tests say which part they need with a marker) against that server,
+# the embedding examples built from the core alone too.
+CORE_PARTS_OFF = -DSSE_ENABLE_PROXY=0 -DSSE_ENABLE_JOURNAL=0 -DSSE_ENABLE_REDIS=0
+CORE_TESTS = not proxy and not relay and not journal and not redis
+
+$(BUILD)/core:
+	mkdir -p $@
+
+$(BUILD)/core/%.o: %.c sse.h | $(BUILD)/core
+	$(CC) $(WARNINGS) $(CORE_PARTS_OFF) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/core/sse-server: $(BUILD)/core/sse.o $(BUILD)/core/main.o $(BUILD)/demo_page.o
+	$(CC) $(CFLAGS) $^ -o $@
+
+$(BUILD)/core/unit: tests/unit.c sse.c sse.h | $(BUILD)/core
+	$(CC) $(WARNINGS) $(CORE_PARTS_OFF) -O1 -g $(SANITIZE) $< -o $@
+
+core: $(BUILD)/core/sse-server $(BUILD)/core/unit
+
+test-core: deps core
+	$(BUILD)/core/unit
+	SSE_SERVER_BIN='$(CURDIR)/$(BUILD)/core/sse-server' SSE_EXAMPLES_CFLAGS='$(CORE_PARTS_OFF)' \
+	  $(PYTHON) -m pytest -q -m '$(CORE_TESTS)' tests
 
 run: sse-server
 	./sse-server --demo

@@ -106,6 +106,49 @@ def test_help_lists_every_option_with_default():
         ), "no default %r for %s in %r" % (default, opt, chunk)
 
 
+# The parts' options (sse.h: SSE_ENABLE_*), as OPTIONS plus a valid value and the switch.
+PART_OPTIONS = [
+    ("--proxy", "/api=http://127.0.0.1:9", ANY, "SSE_ENABLE_PROXY"),
+    ("--proxy-connect-timeout", "5", "5", "SSE_ENABLE_PROXY"),
+    ("--proxy-heartbeat", "5", "0", "SSE_ENABLE_PROXY"),
+    ("--relay", "t=http://127.0.0.1:9/events", ANY, "SSE_ENABLE_PROXY"),
+    ("--journal", "/nonexistent/journal", ANY, "SSE_ENABLE_JOURNAL"),
+    ("--journal-sync", "always", "batch", "SSE_ENABLE_JOURNAL"),
+    ("--journal-max-bytes", "1m", ("67108864", "64m", "64M", "64 MiB", "64MiB"),
+     "SSE_ENABLE_JOURNAL"),
+    ("--redis", "127.0.0.1:9", ANY, "SSE_ENABLE_REDIS"),
+    ("--redis-stream", "k", "sse", "SSE_ENABLE_REDIS"),
+    ("--redis-password", "p", ANY, "SSE_ENABLE_REDIS"),
+    ("--redis-maxlen", "10", "100000", "SSE_ENABLE_REDIS"),
+]
+
+
+@pytest.mark.parametrize("opt,value,default,switch", PART_OPTIONS, ids=[o[0] for o in PART_OPTIONS])
+def test_part_option_listed_and_taken_or_refused_naming_its_switch(opt, value, default, switch):
+    """Every build lists a part's options with their defaults. A build with the part takes
+    the option (the bad value after it is what stops it); one without (make core) says so in
+    --help and refuses the option, exit 2, naming the switch."""
+    rc, out, err = run("--help")
+    assert rc == 0, err
+    chunk = option_chunk(out, opt)
+    assert chunk is not None, "--help does not list %s:\n%s" % (opt, out)
+    text = " ".join(chunk.split())
+    if default is ANY:
+        assert re.search(r"\bdefault\b", text), "no default for %s in %r" % (opt, chunk)
+    else:
+        defaults = default if isinstance(default, tuple) else (default,)
+        assert any(re.search(r"\bdefault:? " + re.escape(d) + r"(?![\w.])", text)
+                   for d in defaults), "no default %r for %s in %r" % (default, opt, chunk)
+    built_without = "built without %s" % switch
+    rc, out, err = run("--listen", "127.0.0.1:0", opt, value, "--backlog", "abc")
+    assert rc == 2, (opt, rc, err)
+    if "(not in this build: %s)" % built_without in text:
+        assert err == "sse-server: %s: %s (see --help)\n" % (opt, built_without), err
+    else:
+        assert "not in this build" not in text, chunk
+        assert err.startswith("sse-server: invalid value 'abc' for --backlog"), err
+
+
 def test_version():
     rc, out, err = run("--version")
     assert rc == 0, err
