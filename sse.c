@@ -21,7 +21,7 @@
  * When the connection drops the browser waits `retry` ms and asks again with the header
  * `Last-Event-ID: 1763781645000001`; we replay what it missed from a backlog.
  *
- * Map of this file. A section uses what is above it, so it reads top to bottom.
+ * Map of this file. A section uses only what is above it, so it reads top to bottom.
  *
  * Part I, the core: a server on its own, with the in-memory backlog as its history. It
  * names no part; the parts reach it through its seams (section 6).
@@ -30,28 +30,27 @@
  *   3. Events and topics shared reference-counted bytes, the topic table, the backlog
  *   4. HTTP parsing      request heads, percent-decoding, queries, Accept, tokens, dates
  *   5. Static files      path resolution that never leaves the root, content types
- *   6. Connections       the per-client state; the seams: a handle per descriptor with its
- *                        on_event, connections a part holds (conn_ops), the parts' routes,
- *                        /metrics rows, /healthz reasons and loop hooks (part_ops), the
- *                        history behind Last-Event-ID and a publisher's receipt from it
- *                        (history_ops); flow control; the output queue, timers, closing
+ *   6. Connections       per-client state; the seams: a handle per descriptor (on_event),
+ *                        connections a part holds (conn_ops), the parts' routes, /metrics
+ *                        rows, /healthz reasons and loop hooks (part_ops), the history behind
+ *                        Last-Event-ID and its receipts (history_ops); flow control, output
+ *                        queue, timers, closing
  *   7. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
  *                        metrics, static files
  *   8. Request dispatch  checking, decoding and routing a request; reading requests
  *   9. Inputs            publishing what arrives on a file descriptor
  *  10. The event loop    epoll, accepting, timers, the graceful stop
- * Part II, the parts, each behind its switch (sse.h, default on) and plugged into the
- * seams; each depends on the core only:
+ * Part II, the parts, each behind its switch (sse.h, default on), plugged into the seams and
+ * depending on the core only:
  *      The journal       SSE_ENABLE_JOURNAL: events on disk before they are acknowledged
  *      Redis Streams     SSE_ENABLE_REDIS: many servers, one history (a RESP2 client for
  *                        XADD and XREAD); Redis assigns the ids
- *      Proxy and relay   SSE_ENABLE_PROXY: upstream connections, unbuffered forwarding,
- *                        the relay
+ *      Proxy and relay   SSE_ENABLE_PROXY: upstream connections, unbuffered forwarding
  * Part III, assembly:
  *  11. The public API    sse_server_new() plugs the enabled parts in
- * Sections 1 to 4 make no system calls but the clock, and are unit-tested in tests/unit.c,
- * as are section 5's path rules (which open files), the journal's record format, the
- * Redis reply reader and the proxy's path, response-head and chunked-coding rules.
+ * Sections 1 to 4 make no system calls but the clock and are unit-tested (tests/unit.c), as
+ * are section 5's path rules, the journal's record format, the Redis reply reader and the
+ * proxy's path, response-head and chunked-coding rules.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -120,14 +119,12 @@
 #define TCP_USER_TIMEOUT_MS 60000       /* unacknowledged data this old means the peer vanished */
 #define INPUT_CHUNK         65536       /* bytes read from an input per wake-up */
 #define NEVER_MS            (INT64_MAX / 4) /* a timer that never fires, yet adds to a clock */
-/* The max_clients default keeps back a descriptor for every connection over max_clients that
- * may be held to be answered, so the documented 200 + retry: can always be sent, and FD_OWN
- * for the server's own: stdio, listener, epoll, the spare, the static root, the journal with
- * its rewrite and directory, Redis's two links, a few inputs and the host's own. */
+/* The max_clients default keeps back a descriptor for each connection held over max_clients,
+ * so the documented 200 + retry: can always be sent, and FD_OWN for the server's own: stdio,
+ * listener, epoll, the spare, static root, journal (three), Redis (two), inputs, the host's. */
 _Static_assert(FD_RESERVE == OVERFLOW_MAX + FD_OWN, "the reserve covers the over-limit answers");
 
-/* Marks what only the parts call (the seams' helpers): a build without them leaves these
- * unused, and that is not worth a warning. */
+/* Marks the seams' helpers only parts call: unused without them, which is worth no warning. */
 #if defined(__GNUC__)
 #define FOR_PARTS __attribute__((unused))
 #else
@@ -149,8 +146,7 @@ static int64_t clock_ms(void) {
 struct logger {
     void (*fn)(enum sse_log_level level, const char *msg, void *user); /* NULL = silent */
     void *user;                                                        /* for fn */
-    unsigned *depth; /* counts calls of fn under way (the API refuses to re-enter the loop
-                        from fn), or NULL */
+    unsigned *depth; /* calls of fn under way (the API refuses re-entry from fn), or NULL */
 };
 
 #if defined(__GNUC__)
@@ -212,8 +208,7 @@ static void wb_u64(struct wbuf *w, uint64_t v) {
     wb_put(w, digits + sizeof digits - n, n);
 }
 
-/* Parses a whole string of ASCII digits (no sign, no space) into *out; false on anything
- * else or overflow. */
+/* Parses ASCII digits only (no sign, no space) into *out; false on anything else, overflow. */
 static bool parse_u64(const char *s, size_t len, uint64_t *out) {
     if (len == 0 || len > 20)
         return false;
@@ -230,7 +225,12 @@ static bool parse_u64(const char *s, size_t len, uint64_t *out) {
     return true;
 }
 
+static bool ascii_alnum(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
 static char ascii_lower(char c) {
+
     return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
 }
 
@@ -271,34 +271,17 @@ static bool wire_utf8_valid(const char *s, size_t len) {
     const unsigned char *p = (const unsigned char *)s, *end = p + len;
     while (p < end) {
         unsigned c = *p;
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        size_t n;
-        uint32_t cp;
-        if (c >= 0xC2 && c <= 0xDF) {
-            n = 1;
-            cp = c & 0x1F;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            n = 2;
-            cp = c & 0x0F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            n = 3;
-            cp = c & 0x07;
-        } else {
+        size_t n = c < 0x80 ? 0 : c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : 1; /* continuation bytes */
+        if ((n && (c < 0xC2 || c > 0xF4)) || (size_t)(end - p) <= n)
             return false;
-        }
-        if ((size_t)(end - p) <= n)
-            return false;
+        uint32_t cp = c & (0x3Fu >> n);
         for (size_t i = 1; i <= n; i++) {
             if ((p[i] & 0xC0) != 0x80)
                 return false;
             cp = cp << 6 | (p[i] & 0x3F);
         }
-        if (n == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF)))
-            return false;
-        if (n == 3 && (cp < 0x10000 || cp > 0x10FFFF))
+        if ((n == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+            (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
             return false;
         p += n + 1;
     }
@@ -310,23 +293,16 @@ static bool wire_utf8_valid(const char *s, size_t len) {
 static bool wire_topic_valid(const char *s, size_t len) {
     if (len == 0 || len > TOPIC_NAME_MAX)
         return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok)
+    for (size_t i = 0; i < len; i++)
+        if (!ascii_alnum(s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
             return false;
-    }
     return true;
 }
 
 /* An event type becomes one "event:" line: no line ends, no NUL, valid UTF-8, bounded. */
 static bool wire_event_type_valid(const char *s, size_t len) {
-    if (len == 0 || len > EVENT_TYPE_MAX)
-        return false;
-    if (memchr(s, '\r', len) || memchr(s, '\n', len) || memchr(s, '\0', len))
-        return false;
-    return wire_utf8_valid(s, len);
+    return len && len <= EVENT_TYPE_MAX && !memchr(s, '\r', len) && !memchr(s, '\n', len) &&
+           !memchr(s, '\0', len) && wire_utf8_valid(s, len);
 }
 
 /* Writes "name: value\n", or "name:\n" for an empty value. */
@@ -360,18 +336,13 @@ static void wire_data_lines(struct wbuf *w, const char *data, size_t len) {
 static size_t wire_format_event(char *buf, size_t cap, const char *id, size_t idlen,
                                 const char *event, const char *data, size_t len) {
     struct wbuf w = {buf, buf ? cap : 0, 0};
-    if (event) {
-        size_t elen = strlen(event);
-        if (elen == 0 || memchr(event, '\r', elen) || memchr(event, '\n', elen))
-            return 0;
-    }
-    if (idlen) {
-        wb_str(&w, "id: ");
-        wb_put(&w, id, idlen);
-        wb_put(&w, "\n", 1);
-    }
+    size_t elen = event ? strlen(event) : 0;
+    if (event && (elen == 0 || memchr(event, '\r', elen) || memchr(event, '\n', elen)))
+        return 0;
+    if (idlen)
+        wire_field(&w, "id", id, idlen);
     if (event)
-        wire_field(&w, "event", event, strlen(event));
+        wire_field(&w, "event", event, elen);
     wire_data_lines(&w, data ? data : "", data ? len : 0);
     wb_put(&w, "\n", 1);
     return w.len;
@@ -386,12 +357,10 @@ size_t sse_format_event(char *buf, size_t cap, uint64_t id, const char *event, c
     return wire_format_event(buf, cap, text, w.len, event, data, len);
 }
 
-/*
- * Event ids. A server on its own numbers events in decimal (seeded from the clock, so a
- * restart goes on above the last run). Inside, an id is one uint64 "key" that orders events;
- * a history may spell keys its own way (history_ops.format_id). Only canonical text is
- * accepted (no sign, no leading zeros), so each key has exactly one spelling.
- */
+/* Event ids. A server on its own numbers events in decimal, seeded from the clock so a restart
+ * goes on above the last run. Inside, an id is a uint64 "key" that orders events; a history may
+ * spell keys its own way (history_ops.format_id). Only canonical text (no sign, no leading
+ * zeros) is accepted, so each key has exactly one spelling. */
 static bool id_decimal(const char *s, size_t len, uint64_t *out) {
     return (len == 1 || (len > 1 && s[0] != '0')) && parse_u64(s, len, out);
 }
@@ -400,41 +369,33 @@ static bool id_decimal(const char *s, size_t len, uint64_t *out) {
  * are not UTF-8 replaced by U+FFFD, so the result is always valid UTF-8 and valid JSON. */
 static void wire_json_string(struct wbuf *w, const char *s, size_t len) {
     wb_put(w, "\"", 1);
-    for (size_t i = 0; i < len;) {
+    for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
+        size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2; /* bytes of a multi-byte sequence */
         if (c == '"' || c == '\\') {
             char esc[2] = {'\\', (char)c};
             wb_put(w, esc, 2);
-            i++;
         } else if (c < 0x20 || c == 0x7F) {
             char esc[7];
             snprintf(esc, sizeof esc, "\\u%04x", c);
             wb_put(w, esc, 6);
-            i++;
         } else if (c < 0x80) {
             wb_put(w, s + i, 1);
-            i++;
+        } else if (i + n <= len && wire_utf8_valid(s + i, n)) {
+            wb_put(w, s + i, n);
+            i += n - 1;
         } else {
-            size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-            if (i + n <= len && wire_utf8_valid(s + i, n)) {
-                wb_put(w, s + i, n);
-                i += n;
-            } else {
-                wb_str(w, "\\ufffd");
-                i++;
-            }
+            wb_str(w, "\\ufffd");
         }
     }
     wb_put(w, "\"", 1);
 }
 
-/*
- * The reader for inputs (sse_publish_from_fd): bytes in, events out, incrementally.
+/* The reader for inputs (sse_publish_from_fd): bytes in, events out, incrementally.
  * SSE_INPUT_LINES: each LF-ended line (one CR before the LF dropped) is an event.
  * SSE_INPUT_SSE: the WHATWG line processing, with "topic" as one more field; "data" appends
  * a line, a blank line dispatches when data was seen, "id" and "retry" are ignored because
- * the server assigns ids. Bounded: a line or an event over max_data is skipped and reported.
- */
+ * the server assigns ids. Bounded: a line or an event over max_data is skipped and reported. */
 typedef void (*wire_emit_fn)(void *ctx, const char *topic, const char *event, const char *data,
                              size_t len, const char *skipped);
 
@@ -453,13 +414,13 @@ struct wire_reader {
     const char *block_error;        /* SSE: why this block will be skipped, or NULL */
     char event[EVENT_TYPE_MAX + 1]; /* SSE: event type of the block, "" = default */
     char topic[TOPIC_NAME_MAX + 1]; /* SSE: topic of the block, "" = default */
-    bool whatwg;                    /* read as an EventSource does (the relay): id and retry
-                                       fields count, topic is an unknown field, one leading
-                                       BOM is dropped */
-    uint8_t bom_seen;               /* whatwg: BOM bytes matched at the start; 4 = past it */
-    char id_buf[SSE_ID_MAX + 1];    /* whatwg: the last event ID buffer */
-    char last_id[SSE_ID_MAX + 1];   /* whatwg: the last event ID string, set at dispatch */
-    int64_t retry_ms;               /* whatwg: reconnection time from retry:, -1 = none */
+    bool whatwg;                    /* read as an EventSource does (the relay): id, retry count,
+                                       topic is unknown, one leading BOM is dropped */
+
+    uint8_t bom_seen;             /* whatwg: BOM bytes matched at the start; 4 = past it */
+    char id_buf[SSE_ID_MAX + 1];  /* whatwg: the last event ID buffer */
+    char last_id[SSE_ID_MAX + 1]; /* whatwg: the last event ID string, set at dispatch */
+    int64_t retry_ms;             /* whatwg: reconnection time from retry:, -1 = none */
 };
 
 static void wire_reader_init(struct wire_reader *r, enum sse_input_format format, size_t max_data) {
