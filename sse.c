@@ -650,8 +650,7 @@ struct topic {
     struct sub *subs;          /* subscribers, newest first */
     uint32_t refs;             /* subscriptions + events + 1 while retired */
     uint32_t hash;             /* of name, with the table's seed */
-    uint32_t retire_seq;       /* while retired: the number of its retirement, which says
-                                  where in the table's ring it is */
+    uint32_t retire_seq;       /* while retired: its retirement's number (its ring slot) */
     bool retired;              /* new subscriptions get 204 until the next publish */
     char name[TOPIC_NAME_MAX + 1];
 };
@@ -665,9 +664,8 @@ struct topic_table {
     uint32_t nbuckets;      /* allocated chains */
     uint32_t count;         /* topics stored */
     uint32_t seed;          /* random, so names cannot be chosen to collide */
-    struct topic **retired; /* a ring of the last SSE_RETIRED_MAX retirements, each slot
-                               holding its topic's retired reference or NULL once the topic
-                               was published to again; allocated at the first retirement */
+    struct topic **retired; /* ring of the last SSE_RETIRED_MAX retirements: each slot holds
+                               its topic's reference, NULL once published to again; lazy */
     uint32_t retired_head;  /* slot of the oldest retirement */
     uint32_t nretired;      /* slots in use from retired_head, NULL ones included */
     uint32_t retire_seq;    /* retirements so far: the newest slot's number */
@@ -822,11 +820,9 @@ static bool topic_retire_flag(struct topic *t, bool retired) {
 }
 
 /* The backlog: a ring of the last events, oldest at head, bounded twice: at most cap events
- * and at most max_bytes bytes of them (an event's bytes are its blob's len: the formatted
- * event exactly as it goes on the wire, shared by every queue that holds it). Ids in it
- * increase, and every event published after `base` is in it, so a client whose last id is
- * base or later can be replayed exactly. Ids need not be consecutive (a Redis stream's are
- * not). */
+ * and max_bytes bytes (a blob's len: the event as it goes on the wire). Ids in it increase
+ * but need not be consecutive, and every event published after `base` is in it, so a client
+ * whose last id is base or later is replayed exactly. */
 struct backlog {
     struct blob **ring; /* cap slots */
     uint32_t cap;       /* 0 = replay disabled */
@@ -886,11 +882,7 @@ static uint32_t backlog_after(const struct backlog *bl, uint64_t id) {
 
 /* Whether replay from last id `last` is exact: nothing after it was evicted. */
 static bool backlog_covers(const struct backlog *bl, uint64_t last, uint64_t current) {
-    if (last == current)
-        return true;
-    if (last > current || bl->count == 0)
-        return false;
-    return last >= bl->base;
+    return last == current || (last < current && bl->count && last >= bl->base);
 }
 
 static void backlog_free(struct backlog *bl) {
@@ -936,9 +928,7 @@ enum {
 
 /* tchar (RFC 9110 5.6.2): the characters of methods and field names. */
 static bool http_is_tchar(unsigned char c) {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    return ascii_alnum((char)c) || (c && strchr("!#$%&'*+-.^_`|~", c));
 }
 
 /* Offset just past the blank line that ends a head, searching from `from`; 0 if absent. */
@@ -1128,8 +1118,7 @@ static long http_percent_decode(const char *in, size_t len, char *out, bool plus
 
 /* Whether c is unreserved (RFC 3986 2.3): an escape of it means the character itself. */
 static bool http_is_unreserved(unsigned char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-           c == '.' || c == '_' || c == '~';
+    return ascii_alnum((char)c) || (c && strchr("-._~", c));
 }
 
 /* Appends the decoded path p[0..len) percent-encoded as a path-absolute URL path: every
@@ -1374,40 +1363,25 @@ static long static_resolve(const char *path, size_t len, char *out, size_t cap) 
 
 /* Content-Type by file extension; text types are declared UTF-8. */
 static const char *static_content_type(const char *name) {
+    /* clang-format off */
     static const char *const types[][2] = {
-        {"html", "text/html; charset=utf-8"},
-        {"htm", "text/html; charset=utf-8"},
-        {"css", "text/css; charset=utf-8"},
-        {"js", "text/javascript; charset=utf-8"},
-        {"mjs", "text/javascript; charset=utf-8"},
-        {"json", "application/json"},
-        {"map", "application/json"},
-        {"txt", "text/plain; charset=utf-8"},
-        {"md", "text/markdown; charset=utf-8"},
-        {"xml", "application/xml"},
-        {"svg", "image/svg+xml"},
-        {"png", "image/png"},
-        {"jpg", "image/jpeg"},
-        {"jpeg", "image/jpeg"},
-        {"gif", "image/gif"},
-        {"webp", "image/webp"},
-        {"avif", "image/avif"},
-        {"ico", "image/x-icon"},
-        {"wasm", "application/wasm"},
-        {"woff", "font/woff"},
-        {"woff2", "font/woff2"},
-        {"pdf", "application/pdf"},
-        {"mp4", "video/mp4"},
-        {"webm", "video/webm"},
-        {"mp3", "audio/mpeg"},
+        {"html", "text/html; charset=utf-8"}, {"htm", "text/html; charset=utf-8"},
+        {"css", "text/css; charset=utf-8"}, {"js", "text/javascript; charset=utf-8"},
+        {"mjs", "text/javascript; charset=utf-8"}, {"txt", "text/plain; charset=utf-8"},
+        {"md", "text/markdown; charset=utf-8"}, {"json", "application/json"},
+        {"map", "application/json"}, {"xml", "application/xml"}, {"wasm", "application/wasm"},
+        {"pdf", "application/pdf"}, {"svg", "image/svg+xml"}, {"png", "image/png"},
+        {"jpg", "image/jpeg"}, {"jpeg", "image/jpeg"}, {"gif", "image/gif"},
+        {"webp", "image/webp"}, {"avif", "image/avif"}, {"ico", "image/x-icon"},
+        {"woff", "font/woff"}, {"woff2", "font/woff2"}, {"mp4", "video/mp4"},
+        {"webm", "video/webm"}, {"mp3", "audio/mpeg"},
     };
+    /* clang-format on */
     const char *slash = strrchr(name, '/');
     const char *dot = strrchr(slash ? slash : name, '.');
-    if (dot && dot[1]) {
-        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
-            if (ascii_ieq(dot + 1, strlen(dot + 1), types[i][0]))
-                return types[i][1];
-    }
+    for (size_t i = 0; dot && dot[1] && i < sizeof types / sizeof types[0]; i++)
+        if (ascii_ieq(dot + 1, strlen(dot + 1), types[i][0]))
+            return types[i][1];
     return "application/octet-stream";
 }
 
