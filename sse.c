@@ -84,9 +84,8 @@
 /* ==========================================================================================
  * 1. Basics
  *
- * Every buffer has a bound, named here. Memory per idle subscriber is what the design is
- * measured by (a few hundred bytes), so nothing below is allocated per connection unless a
- * request actually needs it.
+ * Every buffer has a bound, named here. The design is measured by memory per idle subscriber
+ * (a few hundred bytes): nothing is allocated per connection unless a request needs it.
  * ======================================================================================== */
 
 #ifndef SSE_HEAD_MAX
@@ -180,8 +179,8 @@ static uint64_t rng_next(struct rng *r) {
     return z ^ (z >> 31);
 }
 
-/* A counting writer: bytes go into p[0..cap) while they fit, len counts what was asked
- * for. Used by every formatter, so each can size its output with a first pass. */
+/* A counting writer: bytes go into p[0..cap) while they fit, len counts what was asked for,
+ * so every formatter can size its output with a first pass. */
 struct wbuf {
     char *p;    /* output, may be NULL when cap is 0 */
     size_t cap; /* bytes available at p */
@@ -288,8 +287,7 @@ static bool wire_utf8_valid(const char *s, size_t len) {
     return true;
 }
 
-/* Topic names are our own rule, chosen so a name is safe in a URL path, a log line and a
- * metric label without escaping. */
+/* Topic names are our own rule: safe unescaped in a URL path, a log line, a metric label. */
 static bool wire_topic_valid(const char *s, size_t len) {
     if (len == 0 || len > TOPIC_NAME_MAX)
         return false;
@@ -316,8 +314,8 @@ static void wire_field(struct wbuf *w, const char *name, const char *value, size
     wb_put(w, "\n", 1);
 }
 
-/* One data: line per line of the payload; CRLF, LF and a lone CR all end a line, exactly
- * the way the client's parser will split them. */
+/* One data: line per line of the payload; CRLF, LF and a lone CR end a line, as for the
+ * client's parser. */
 static void wire_data_lines(struct wbuf *w, const char *data, size_t len) {
     size_t start = 0;
     for (size_t i = 0;; i++) {
@@ -365,8 +363,8 @@ static bool id_decimal(const char *s, size_t len, uint64_t *out) {
     return (len == 1 || (len > 1 && s[0] != '0')) && parse_u64(s, len, out);
 }
 
-/* A JSON string literal for any bytes: quotes, backslashes and controls escaped, bytes that
- * are not UTF-8 replaced by U+FFFD, so the result is always valid UTF-8 and valid JSON. */
+/* A JSON string literal for any bytes: quotes, backslashes and controls escaped, non-UTF-8
+ * bytes replaced by U+FFFD, so the result is always valid UTF-8 and valid JSON. */
 static void wire_json_string(struct wbuf *w, const char *s, size_t len) {
     wb_put(w, "\"", 1);
     for (size_t i = 0; i < len; i++) {
@@ -601,7 +599,7 @@ static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len,
 }
 
 /* End of input: a last line without LF still counts in the lines format; an unterminated
- * block is dropped, as the WHATWG parser drops it at end of stream. */
+ * block is dropped, as the WHATWG parser drops it. */
 static void wire_reader_finish(struct wire_reader *r, wire_emit_fn emit, void *ctx) {
     if (r->format == SSE_INPUT_LINES && (r->line_len || r->line_too_long)) {
         if (r->line_len && r->line[r->line_len - 1] == '\r')
@@ -615,14 +613,13 @@ static void wire_reader_finish(struct wire_reader *r, wire_emit_fn emit, void *c
 /* ==========================================================================================
  * 3. Events, topics and the backlog
  *
- * An event is formatted once, into a "blob": reference-counted bytes that every subscriber's
- * output queue points at, so a fan-out to ten thousand subscribers costs ten thousand
- * pointers, not ten thousand copies. The same blobs carry everything else a connection
- * sends (response heads, heartbeats), so one output path serves all.
+ * An event is formatted once, into a "blob": reference-counted bytes every subscriber's output
+ * queue points at, so a fan-out to ten thousand subscribers costs pointers, not copies. Blobs
+ * carry everything else a connection sends too (heads, heartbeats): one output path serves all.
  *
- * Ids are assigned here, strictly increasing across all topics, so one Last-Event-ID
- * describes a position in a multi-topic stream. The backlog keeps the last N events of all
- * topics for replay (WHATWG 9.2.4: the client sends Last-Event-ID when it reconnects).
+ * Ids increase strictly across all topics, so one Last-Event-ID describes a position in a
+ * multi-topic stream. The backlog keeps the last N events of all topics for replay
+ * (WHATWG 9.2.4: the client sends Last-Event-ID when it reconnects).
  * ======================================================================================== */
 
 struct topic;
@@ -655,10 +652,9 @@ struct topic {
     char name[TOPIC_NAME_MAX + 1];
 };
 
-/* Topics live while something holds them: a subscription, an event (in the backlog or a
- * queue), or retirement. The first two are bounded by the connections and the backlog; the
- * third by SSE_RETIRED_MAX, beyond which the oldest retirement is forgotten (and the topic
- * freed if nothing else holds it), so a flood of DELETEs on new names costs bounded memory. */
+/* Topics live while a subscription, an event (in the backlog or a queue) or retirement holds
+ * them. Retirements are bounded by SSE_RETIRED_MAX, the oldest forgotten first (freeing its
+ * topic if nothing else holds it), so a flood of DELETEs on new names costs bounded memory. */
 struct topic_table {
     struct topic **buckets; /* chains; nbuckets is a power of two */
     uint32_t nbuckets;      /* allocated chains */
@@ -742,8 +738,7 @@ static bool topic_table_resize(struct topic_table *tt, uint32_t n) {
     return true;
 }
 
-/* Finds a topic or creates it, and takes a reference. NULL when out of memory. The name
- * must already be valid. */
+/* Finds or creates a valid-named topic and takes a reference; NULL when out of memory. */
 static struct topic *topic_get(struct topic_table *tt, const char *name, size_t len) {
     struct topic *t = topic_find(tt, name, len);
     if (t) {
@@ -787,9 +782,9 @@ static struct topic **topic_retired_slot(struct topic_table *tt, const struct to
     return &tt->retired[(tt->retired_head + (t->retire_seq - oldest)) % SSE_RETIRED_MAX];
 }
 
-/* Marks a topic retired (held by the newest slot of the ring) or live again (its slot let
- * go, which may free it). Beyond SSE_RETIRED_MAX retirements the oldest is forgotten. False
- * only when retiring needs the ring and there is no memory for it. */
+/* Marks a topic retired (held by the ring's newest slot) or live again (its slot let go,
+ * which may free it); past SSE_RETIRED_MAX the oldest retirement is forgotten. False only
+ * when retiring needs the ring and there is no memory for it. */
 static bool topic_retire_flag(struct topic *t, bool retired) {
     struct topic_table *tt = t->table;
     if (t->retired == retired)
@@ -847,10 +842,9 @@ static void backlog_evict(struct backlog *bl) {
     bl->count--;
 }
 
-/* Adds an event, evicting the oldest ones while either bound would be passed; prev is the
- * id of the event published just before it. An event bigger than max_bytes on its own is
- * not kept: the backlog is left empty with base at its id, so only a client that has it
- * already resumes exactly. */
+/* Adds an event (prev: the id published just before it), evicting the oldest while either
+ * bound would be passed. An event over max_bytes alone is not kept: the backlog is left
+ * empty with base at its id, so only a client that has it already resumes exactly. */
 static void backlog_push(struct backlog *bl, struct blob *ev, uint64_t prev) {
     if (!bl->cap)
         return;
@@ -896,10 +890,9 @@ static void backlog_free(struct backlog *bl) {
  * 4. HTTP parsing (RFC 9110, RFC 9112)
  *
  * Written for hostile input: the parser is stateless, allocates nothing, returns views into
- * the caller's buffer, and refuses everything RFC 9112 lets a server refuse where accepting
- * it has led to request smuggling elsewhere: bare CR, obs-fold continuation lines, spaces
- * before a header's colon, control characters. A line may end in CRLF or a lone LF
- * (RFC 9112 2.2 allows a server to accept the latter).
+ * the caller's buffer, and refuses all RFC 9112 lets a server refuse where accepting it has
+ * led to request smuggling elsewhere: bare CR, obs-fold lines, spaces before a header's
+ * colon, control characters. A line may end in CRLF or a lone LF (RFC 9112 2.2 allows it).
  * ======================================================================================== */
 
 struct http_header {
@@ -1052,8 +1045,8 @@ static size_t http_header_count(const struct http_request *req, const char *name
     return n;
 }
 
-/* The next item of a list separated by sep, without surrounding whitespace; empty items
- * are skipped. *pos is where to continue. False at the end of the list. */
+/* The next non-empty item of a sep-separated list, trimmed; *pos is where to continue.
+ * False at the end of the list. */
 static bool http_next_item(const char *v, size_t len, size_t *pos, char sep, const char **item,
                            size_t *item_len) {
     size_t i = *pos;
@@ -1121,10 +1114,10 @@ static bool http_is_unreserved(unsigned char c) {
     return ascii_alnum((char)c) || (c && strchr("-._~", c));
 }
 
-/* Appends the decoded path p[0..len) percent-encoded as a path-absolute URL path: every
- * byte but unreserved characters, sub-delims, ':', '@' and '/' escaped (RFC 3986 3.3), and
- * leading slashes collapsed into one, so the result can never read as "//host/..." (a
- * network-path reference to another host), nor "/\\host" (browsers read '\\' as '/'). */
+/* Appends the decoded path p[0..len) as a path-absolute URL path: all but unreserved,
+ * sub-delims, ':', '@' and '/' escaped (RFC 3986 3.3), leading slashes collapsed into one so
+ * it never reads as "//host/..." (a network-path reference to another host) nor "/\\host"
+ * (browsers read '\\' as '/'). */
 static void http_path_encode(struct wbuf *w, const char *p, size_t len) {
     static const char hex[] = "0123456789ABCDEF";
     while (len > 1 && p[0] == '/' && p[1] == '/') {
@@ -1224,9 +1217,8 @@ static bool http_q_is_zero(const char *p, size_t len) {
     return false;
 }
 
-/* Whether an Accept value admits text/event-stream (RFC 9110 12.5.1): one of the media
- * ranges text/event-stream or, with wildcards, text/(any) or (any)/(any), with a q that is
- * not zero. */
+/* Whether an Accept value admits text/event-stream (RFC 9110 12.5.1): a media range
+ * text/event-stream or, with wildcards, text/(any) or (any)/(any), with a nonzero q. */
 static bool http_accepts_event_stream(const char *v, size_t len, bool wildcards) {
     const char *item;
     size_t n, pos = 0;
@@ -1323,11 +1315,10 @@ static bool http_parse_date(const char *s, size_t len, time_t *out) {
 /* ==========================================================================================
  * 5. Static files
  *
- * The decoded path is resolved to a path relative to the root without consulting the file
- * system: empty and "." segments vanish, and any ".." segment refuses the request outright
- * (rather than being normalised, which is where traversal bugs live). The kernel then
- * enforces the rest: the file is opened with openat2(RESOLVE_BENEATH), so no symbolic link
- * can lead out of the root either.
+ * The decoded path is made relative to the root without consulting the file system: empty
+ * and "." segments vanish, any ".." segment refuses the request outright (normalising is
+ * where traversal bugs live). The kernel enforces the rest: openat2(RESOLVE_BENEATH) lets no
+ * symbolic link lead out of the root either.
  * ======================================================================================== */
 
 /* Writes the root-relative form of path[0..len) into out (cap bytes, NUL-terminated):
@@ -1397,10 +1388,11 @@ struct static_open_how {
 #define SYS_openat2 437
 #endif
 
-/* Opens rel beneath root_fd for reading, never following a link out of the root. On
- * kernels before 5.6 (no openat2) it opens normally and checks where the file really is
- * against root_real. O_NONBLOCK keeps a FIFO from blocking the loop. Returns an fd or -1
- * with errno set (EXDEV/ELOOP/ENOENT for refused paths). */
+/* Opens rel beneath root_fd for reading, never following a link out of the root; before
+ * Linux 5.6 (no openat2) it opens normally and checks the real path against root_real.
+ * O_NONBLOCK keeps a FIFO from blocking the loop. Returns an fd or -1 with errno set
+ * (EXDEV/ELOOP/ENOENT for refused paths). */
+
 static int static_open(int root_fd, const char *root_real, const char *rel) {
     struct static_open_how how = {
         .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
