@@ -123,11 +123,14 @@
  * listener, epoll, the spare, static root, journal (three), Redis (two), inputs, the host's. */
 _Static_assert(FD_RESERVE == OVERFLOW_MAX + FD_OWN, "the reserve covers the over-limit answers");
 
-/* Marks the seams' helpers only parts call: unused without them, which is worth no warning. */
+/* FOR_PARTS marks the seams' helpers only parts call (unused without them: worth no warning);
+ * PRINTF_LIKE has the compiler check a printf-style format. */
 #if defined(__GNUC__)
-#define FOR_PARTS __attribute__((unused))
+#define FOR_PARTS            __attribute__((unused))
+#define PRINTF_LIKE(fmt, va) __attribute__((format(printf, fmt, va)))
 #else
 #define FOR_PARTS
+#define PRINTF_LIKE(fmt, va)
 #endif
 
 #define DEFAULT_LISTEN      "127.0.0.1:8080"
@@ -148,11 +151,8 @@ struct logger {
     unsigned *depth; /* calls of fn under way (the API refuses re-entry from fn), or NULL */
 };
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void
-log_say(const struct logger *log, enum sse_log_level level, const char *fmt, ...) {
+PRINTF_LIKE(3, 4)
+static void log_say(const struct logger *log, enum sse_log_level level, const char *fmt, ...) {
     if (!log->fn)
         return;
     char msg[512];
@@ -1288,26 +1288,21 @@ static bool http_digits(const char *s, size_t n, int *out) {
 /* Parses an IMF-fixdate; false for anything else (the caller then ignores the header, as
  * RFC 9110 13.1.3 allows for an invalid If-Modified-Since). */
 static bool http_parse_date(const char *s, size_t len, time_t *out) {
-    struct tm tm = {0};
-    int mday, year, hh, mm, ss;
+    struct tm tm = {.tm_mon = -1};
     if (len != 29 || s[3] != ',' || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' || s[16] != ' ' ||
         s[19] != ':' || s[22] != ':' || memcmp(s + 25, " GMT", 4) != 0)
         return false;
-    if (!http_digits(s + 5, 2, &mday) || !http_digits(s + 12, 4, &year) ||
-        !http_digits(s + 17, 2, &hh) || !http_digits(s + 20, 2, &mm) ||
-        !http_digits(s + 23, 2, &ss))
+    if (!http_digits(s + 5, 2, &tm.tm_mday) || !http_digits(s + 12, 4, &tm.tm_year) ||
+        !http_digits(s + 17, 2, &tm.tm_hour) || !http_digits(s + 20, 2, &tm.tm_min) ||
+        !http_digits(s + 23, 2, &tm.tm_sec))
         return false;
-    tm.tm_mon = -1;
     for (int m = 0; m < 12; m++)
         if (memcmp(s + 8, http_months[m], 3) == 0)
             tm.tm_mon = m;
-    if (tm.tm_mon < 0 || mday < 1 || mday > 31 || hh > 23 || mm > 59 || ss > 60)
+    if (tm.tm_mon < 0 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 || tm.tm_min > 59 ||
+        tm.tm_sec > 60)
         return false;
-    tm.tm_mday = mday;
-    tm.tm_year = year - 1900;
-    tm.tm_hour = hh;
-    tm.tm_min = mm;
-    tm.tm_sec = ss;
+    tm.tm_year -= 1900;
     *out = timegm(&tm);
     return true;
 }
