@@ -422,10 +422,7 @@ struct wire_reader {
 };
 
 static void wire_reader_init(struct wire_reader *r, enum sse_input_format format, size_t max_data) {
-    memset(r, 0, sizeof *r);
-    r->format = format;
-    r->max_data = max_data;
-    r->retry_ms = -1;
+    *r = (struct wire_reader){.format = format, .max_data = max_data, .retry_ms = -1};
 }
 
 static void wire_reader_free(struct wire_reader *r) {
@@ -671,12 +668,8 @@ static struct blob *blob_new(size_t len) {
     if (len > UINT32_MAX)
         return NULL;
     struct blob *b = malloc(sizeof *b + len);
-    if (!b)
-        return NULL;
-    b->refs = 1;
-    b->len = (uint32_t)len;
-    b->id = 0;
-    b->topic = NULL;
+    if (b)
+        *b = (struct blob){.refs = 1, .len = (uint32_t)len};
     return b;
 }
 
@@ -1173,21 +1166,15 @@ static int http_parse_query(const char *q, size_t len, char *scratch, struct htt
         if (out->n == QUERY_PARAMS_MAX)
             return -1;
         const char *eq = memchr(q + s, '=', e - s);
-        size_t klen = eq ? (size_t)(eq - (q + s)) : e - s;
-        struct http_param *p = &out->params[out->n++];
+        size_t klen = eq ? (size_t)(eq - (q + s)) : e - s, voff = eq ? klen + 1 : e - s;
         long k = http_percent_decode(q + s, klen, scratch + o, true);
-        if (k < 0)
-            return -1;
-        p->key = scratch + o;
-        p->key_len = (size_t)k;
-        o += (size_t)k;
-        size_t voff = eq ? klen + 1 : e - s;
-        long v = http_percent_decode(q + s + voff, e - s - voff, scratch + o, true);
+        long v =
+            k < 0 ? -1 : http_percent_decode(q + s + voff, e - s - voff, scratch + o + k, true);
         if (v < 0)
             return -1;
-        p->value = scratch + o;
-        p->value_len = (size_t)v;
-        o += (size_t)v;
+        out->params[out->n++] =
+            (struct http_param){scratch + o, (size_t)k, scratch + o + k, (size_t)v};
+        o += (size_t)(k + v);
     }
     return 0;
 }
