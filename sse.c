@@ -314,8 +314,7 @@ static void wire_field(struct wbuf *w, const char *name, const char *value, size
     wb_put(w, "\n", 1);
 }
 
-/* One data: line per line of the payload; CRLF, LF and a lone CR end a line, as for the
- * client's parser. */
+/* One data: line per payload line; CRLF, LF and a lone CR end one, as in the client's parser. */
 static void wire_data_lines(struct wbuf *w, const char *data, size_t len) {
     size_t start = 0;
     for (size_t i = 0;; i++) {
@@ -595,8 +594,9 @@ static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len,
     }
 }
 
-/* End of input: a last line without LF still counts in the lines format; an unterminated
- * block is dropped, as the WHATWG parser drops it. */
+/* End of input: a last line without LF counts in the lines format; an unterminated block is
+ * dropped, as the WHATWG parser drops it. */
+
 static void wire_reader_finish(struct wire_reader *r, wire_emit_fn emit, void *ctx) {
     if (r->format == SSE_INPUT_LINES && (r->line_len || r->line_too_long)) {
         if (r->line_len && r->line[r->line_len - 1] == '\r')
@@ -1038,8 +1038,7 @@ static size_t http_header_count(const struct http_request *req, const char *name
     return n;
 }
 
-/* The next non-empty item of a sep-separated list, trimmed; *pos is where to continue.
- * False at the end of the list. */
+/* The next non-empty item of a sep-separated list, trimmed; *pos goes on. False at the end. */
 static bool http_next_item(const char *v, size_t len, size_t *pos, char sep, const char **item,
                            size_t *item_len) {
     size_t i = *pos;
