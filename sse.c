@@ -569,27 +569,19 @@ static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len,
                 continue;
             }
         }
-        size_t j = i;
-        while (j < len && buf[j] != '\n' && buf[j] != '\r')
+        size_t j = i; /* in the lines format a CR ends nothing: it is dropped before an LF */
+        while (j < len && buf[j] != '\n' && (buf[j] != '\r' || !sse))
             j++;
         if (!r->line_too_long &&
             !wire_grow_append(&r->line, &r->line_len, &r->line_cap, buf + i, j - i, limit))
             r->line_too_long = true;
         if (j == len)
             break;
-        if (buf[j] == '\r') {
-            if (sse) {
-                r->after_cr = true;
-                wire_line_done(r, emit, ctx);
-            } else if (!r->line_too_long &&
-                       !wire_grow_append(&r->line, &r->line_len, &r->line_cap, "\r", 1, limit)) {
-                r->line_too_long = true;
-            }
-        } else {
-            if (!sse && r->line_len && r->line[r->line_len - 1] == '\r')
-                r->line_len--;
-            wire_line_done(r, emit, ctx);
-        }
+        if (buf[j] == '\r')
+            r->after_cr = true;
+        else if (!sse && r->line_len && r->line[r->line_len - 1] == '\r')
+            r->line_len--;
+        wire_line_done(r, emit, ctx);
         i = j + 1;
     }
 }
@@ -740,15 +732,13 @@ static struct topic *topic_get(struct topic_table *tt, const char *name, size_t 
     }
     if (tt->count >= tt->nbuckets && !topic_table_resize(tt, tt->nbuckets ? tt->nbuckets * 2 : 64))
         return NULL;
-    t = calloc(1, sizeof *t);
-    if (!t)
+    uint32_t h = topic_hash(tt->seed, name, len);
+    struct topic **chain = &tt->buckets[h & (tt->nbuckets - 1)];
+    if (!(t = malloc(sizeof *t)))
         return NULL;
+    *t = (struct topic){.next = *chain, .table = tt, .refs = 1, .hash = h};
     memcpy(t->name, name, len);
-    t->table = tt;
-    t->refs = 1;
-    t->hash = topic_hash(tt->seed, name, len);
-    t->next = tt->buckets[t->hash & (tt->nbuckets - 1)];
-    tt->buckets[t->hash & (tt->nbuckets - 1)] = t;
+    *chain = t;
     tt->count++;
     return t;
 }
