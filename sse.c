@@ -30,11 +30,9 @@
  *   3. Events and topics shared reference-counted bytes, the topic table, the backlog
  *   4. HTTP parsing      request heads, percent-decoding, queries, Accept, tokens, dates
  *   5. Static files      path resolution that never leaves the root, content types
- *   6. Connections       per-client state; the seams: a handle per descriptor (on_event),
- *                        connections a part holds (conn_ops), the parts' routes, /metrics
- *                        rows, /healthz reasons and loop hooks (part_ops), the history behind
- *                        Last-Event-ID and its receipts (history_ops); flow control, output
- *                        queue, timers, closing
+ *   6. Connections       per-client state; the seams (a handle's on_event, conn_ops, part_ops
+ *                        for routes, /metrics rows, /healthz and loop hooks, history_ops for
+ *                        Last-Event-ID and receipts); flow control, output queue, timers, closing
  *   7. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
  *                        metrics, static files
  *   8. Request dispatch  checking, decoding and routing a request; reading requests
@@ -229,7 +227,6 @@ static bool ascii_alnum(char c) {
 }
 
 static char ascii_lower(char c) {
-
     return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
 }
 
@@ -413,11 +410,10 @@ struct wire_reader {
     char topic[TOPIC_NAME_MAX + 1]; /* SSE: topic of the block, "" = default */
     bool whatwg;                    /* read as an EventSource does (the relay): id, retry count,
                                        topic is unknown, one leading BOM is dropped */
-
-    uint8_t bom_seen;             /* whatwg: BOM bytes matched at the start; 4 = past it */
-    char id_buf[SSE_ID_MAX + 1];  /* whatwg: the last event ID buffer */
-    char last_id[SSE_ID_MAX + 1]; /* whatwg: the last event ID string, set at dispatch */
-    int64_t retry_ms;             /* whatwg: reconnection time from retry:, -1 = none */
+    uint8_t bom_seen;               /* whatwg: BOM bytes matched at the start; 4 = past it */
+    char id_buf[SSE_ID_MAX + 1];    /* whatwg: the last event ID buffer */
+    char last_id[SSE_ID_MAX + 1];   /* whatwg: the last event ID string, set at dispatch */
+    int64_t retry_ms;               /* whatwg: reconnection time from retry:, -1 = none */
 };
 
 static void wire_reader_init(struct wire_reader *r, enum sse_input_format format, size_t max_data) {
@@ -588,7 +584,6 @@ static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len,
 
 /* End of input: a last line without LF counts in the lines format; an unterminated block is
  * dropped, as the WHATWG parser drops it. */
-
 static void wire_reader_finish(struct wire_reader *r, wire_emit_fn emit, void *ctx) {
     if (r->format == SSE_INPUT_LINES && (r->line_len || r->line_too_long)) {
         if (r->line_len && r->line[r->line_len - 1] == '\r')
@@ -1363,7 +1358,6 @@ struct static_open_how {
  * Linux 5.6 (no openat2) it opens normally and checks the real path against root_real.
  * O_NONBLOCK keeps a FIFO from blocking the loop. Returns an fd or -1 with errno set
  * (EXDEV/ELOOP/ENOENT for refused paths). */
-
 static int static_open(int root_fd, const char *root_real, const char *rel) {
     struct static_open_how how = {
         .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
