@@ -21,7 +21,7 @@
  * When the connection drops the browser waits `retry` ms and asks again with the header
  * `Last-Event-ID: 1763781645000001`; we replay what it missed from a backlog.
  *
- * Map of this file. A section uses what is above it, so it reads top to bottom.
+ * Map of this file. A section uses only what is above it, so it reads top to bottom.
  *
  * Part I, the core: a server on its own, with the in-memory backlog as its history. It
  * names no part; the parts reach it through its seams (section 6).
@@ -30,28 +30,25 @@
  *   3. Events and topics shared reference-counted bytes, the topic table, the backlog
  *   4. HTTP parsing      request heads, percent-decoding, queries, Accept, tokens, dates
  *   5. Static files      path resolution that never leaves the root, content types
- *   6. Connections       the per-client state; the seams: a handle per descriptor with its
- *                        on_event, connections a part holds (conn_ops), the parts' routes,
- *                        /metrics rows, /healthz reasons and loop hooks (part_ops), the
- *                        history behind Last-Event-ID and a publisher's receipt from it
- *                        (history_ops); flow control; the output queue, timers, closing
+ *   6. Connections       per-client state; the seams (a handle's on_event, conn_ops, part_ops
+ *                        for routes, /metrics rows, /healthz and loop hooks, history_ops for
+ *                        Last-Event-ID and receipts); flow control, output queue, timers, closing
  *   7. Endpoints         responses, the stream (replay, reset, heartbeats), publishing,
  *                        metrics, static files
  *   8. Request dispatch  checking, decoding and routing a request; reading requests
  *   9. Inputs            publishing what arrives on a file descriptor
  *  10. The event loop    epoll, accepting, timers, the graceful stop
- * Part II, the parts, each behind its switch (sse.h, default on) and plugged into the
- * seams; each depends on the core only:
+ * Part II, the parts, each behind its switch (sse.h, default on), plugged into the seams and
+ * depending on the core only:
  *      The journal       SSE_ENABLE_JOURNAL: events on disk before they are acknowledged
  *      Redis Streams     SSE_ENABLE_REDIS: many servers, one history (a RESP2 client for
  *                        XADD and XREAD); Redis assigns the ids
- *      Proxy and relay   SSE_ENABLE_PROXY: upstream connections, unbuffered forwarding,
- *                        the relay
+ *      Proxy and relay   SSE_ENABLE_PROXY: upstream connections, unbuffered forwarding
  * Part III, assembly:
  *  11. The public API    sse_server_new() plugs the enabled parts in
- * Sections 1 to 4 make no system calls but the clock, and are unit-tested in tests/unit.c,
- * as are section 5's path rules (which open files), the journal's record format, the
- * Redis reply reader and the proxy's path, response-head and chunked-coding rules.
+ * Sections 1 to 4 make no system calls but the clock and are unit-tested (tests/unit.c), as
+ * are section 5's path rules, the journal's record format, the Redis reply reader and the
+ * proxy's path, response-head and chunked-coding rules.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -85,9 +82,8 @@
 /* ==========================================================================================
  * 1. Basics
  *
- * Every buffer has a bound, named here. Memory per idle subscriber is what the design is
- * measured by (a few hundred bytes), so nothing below is allocated per connection unless a
- * request actually needs it.
+ * Every buffer has a bound, named here. The design is measured by memory per idle subscriber
+ * (a few hundred bytes): nothing is allocated per connection unless a request needs it.
  * ======================================================================================== */
 
 #ifndef SSE_HEAD_MAX
@@ -120,18 +116,19 @@
 #define TCP_USER_TIMEOUT_MS 60000       /* unacknowledged data this old means the peer vanished */
 #define INPUT_CHUNK         65536       /* bytes read from an input per wake-up */
 #define NEVER_MS            (INT64_MAX / 4) /* a timer that never fires, yet adds to a clock */
-/* The max_clients default keeps back a descriptor for every connection over max_clients that
- * may be held to be answered, so the documented 200 + retry: can always be sent, and FD_OWN
- * for the server's own: stdio, listener, epoll, the spare, the static root, the journal with
- * its rewrite and directory, Redis's two links, a few inputs and the host's own. */
+/* The max_clients default keeps back a descriptor for each connection held over max_clients,
+ * so the documented 200 + retry: can always be sent, and FD_OWN for the server's own: stdio,
+ * listener, epoll, the spare, static root, journal (three), Redis (two), inputs, the host's. */
 _Static_assert(FD_RESERVE == OVERFLOW_MAX + FD_OWN, "the reserve covers the over-limit answers");
 
-/* Marks what only the parts call (the seams' helpers): a build without them leaves these
- * unused, and that is not worth a warning. */
+/* FOR_PARTS marks the seams' helpers only parts call (unused without them: worth no warning);
+ * PRINTF_LIKE has the compiler check a printf-style format. */
 #if defined(__GNUC__)
-#define FOR_PARTS __attribute__((unused))
+#define FOR_PARTS            __attribute__((unused))
+#define PRINTF_LIKE(fmt, va) __attribute__((format(printf, fmt, va)))
 #else
 #define FOR_PARTS
+#define PRINTF_LIKE(fmt, va)
 #endif
 
 #define DEFAULT_LISTEN      "127.0.0.1:8080"
@@ -149,15 +146,11 @@ static int64_t clock_ms(void) {
 struct logger {
     void (*fn)(enum sse_log_level level, const char *msg, void *user); /* NULL = silent */
     void *user;                                                        /* for fn */
-    unsigned *depth; /* counts calls of fn under way (the API refuses to re-enter the loop
-                        from fn), or NULL */
+    unsigned *depth; /* calls of fn under way (the API refuses re-entry from fn), or NULL */
 };
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void
-log_say(const struct logger *log, enum sse_log_level level, const char *fmt, ...) {
+PRINTF_LIKE(3, 4)
+static void log_say(const struct logger *log, enum sse_log_level level, const char *fmt, ...) {
     if (!log->fn)
         return;
     char msg[512];
@@ -184,8 +177,8 @@ static uint64_t rng_next(struct rng *r) {
     return z ^ (z >> 31);
 }
 
-/* A counting writer: bytes go into p[0..cap) while they fit, len counts what was asked
- * for. Used by every formatter, so each can size its output with a first pass. */
+/* A counting writer: bytes go into p[0..cap) while they fit, len counts what was asked for,
+ * so every formatter can size its output with a first pass. */
 struct wbuf {
     char *p;    /* output, may be NULL when cap is 0 */
     size_t cap; /* bytes available at p */
@@ -212,8 +205,7 @@ static void wb_u64(struct wbuf *w, uint64_t v) {
     wb_put(w, digits + sizeof digits - n, n);
 }
 
-/* Parses a whole string of ASCII digits (no sign, no space) into *out; false on anything
- * else or overflow. */
+/* Parses ASCII digits only (no sign, no space) into *out; false on anything else, overflow. */
 static bool parse_u64(const char *s, size_t len, uint64_t *out) {
     if (len == 0 || len > 20)
         return false;
@@ -228,6 +220,10 @@ static bool parse_u64(const char *s, size_t len, uint64_t *out) {
     }
     *out = v;
     return true;
+}
+
+static bool ascii_alnum(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
 
 static char ascii_lower(char c) {
@@ -271,62 +267,37 @@ static bool wire_utf8_valid(const char *s, size_t len) {
     const unsigned char *p = (const unsigned char *)s, *end = p + len;
     while (p < end) {
         unsigned c = *p;
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        size_t n;
-        uint32_t cp;
-        if (c >= 0xC2 && c <= 0xDF) {
-            n = 1;
-            cp = c & 0x1F;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            n = 2;
-            cp = c & 0x0F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            n = 3;
-            cp = c & 0x07;
-        } else {
+        size_t n = c < 0x80 ? 0 : c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : 1; /* continuation bytes */
+        if ((n && (c < 0xC2 || c > 0xF4)) || (size_t)(end - p) <= n)
             return false;
-        }
-        if ((size_t)(end - p) <= n)
-            return false;
+        uint32_t cp = c & (0x3Fu >> n);
         for (size_t i = 1; i <= n; i++) {
             if ((p[i] & 0xC0) != 0x80)
                 return false;
             cp = cp << 6 | (p[i] & 0x3F);
         }
-        if (n == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF)))
-            return false;
-        if (n == 3 && (cp < 0x10000 || cp > 0x10FFFF))
+        if ((n == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+            (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
             return false;
         p += n + 1;
     }
     return true;
 }
 
-/* Topic names are our own rule, chosen so a name is safe in a URL path, a log line and a
- * metric label without escaping. */
+/* Topic names are our own rule: safe unescaped in a URL path, a log line, a metric label. */
 static bool wire_topic_valid(const char *s, size_t len) {
     if (len == 0 || len > TOPIC_NAME_MAX)
         return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok)
+    for (size_t i = 0; i < len; i++)
+        if (!ascii_alnum(s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
             return false;
-    }
     return true;
 }
 
 /* An event type becomes one "event:" line: no line ends, no NUL, valid UTF-8, bounded. */
 static bool wire_event_type_valid(const char *s, size_t len) {
-    if (len == 0 || len > EVENT_TYPE_MAX)
-        return false;
-    if (memchr(s, '\r', len) || memchr(s, '\n', len) || memchr(s, '\0', len))
-        return false;
-    return wire_utf8_valid(s, len);
+    return len && len <= EVENT_TYPE_MAX && !memchr(s, '\r', len) && !memchr(s, '\n', len) &&
+           !memchr(s, '\0', len) && wire_utf8_valid(s, len);
 }
 
 /* Writes "name: value\n", or "name:\n" for an empty value. */
@@ -340,8 +311,7 @@ static void wire_field(struct wbuf *w, const char *name, const char *value, size
     wb_put(w, "\n", 1);
 }
 
-/* One data: line per line of the payload; CRLF, LF and a lone CR all end a line, exactly
- * the way the client's parser will split them. */
+/* One data: line per payload line; CRLF, LF and a lone CR end one, as in the client's parser. */
 static void wire_data_lines(struct wbuf *w, const char *data, size_t len) {
     size_t start = 0;
     for (size_t i = 0;; i++) {
@@ -360,18 +330,13 @@ static void wire_data_lines(struct wbuf *w, const char *data, size_t len) {
 static size_t wire_format_event(char *buf, size_t cap, const char *id, size_t idlen,
                                 const char *event, const char *data, size_t len) {
     struct wbuf w = {buf, buf ? cap : 0, 0};
-    if (event) {
-        size_t elen = strlen(event);
-        if (elen == 0 || memchr(event, '\r', elen) || memchr(event, '\n', elen))
-            return 0;
-    }
-    if (idlen) {
-        wb_str(&w, "id: ");
-        wb_put(&w, id, idlen);
-        wb_put(&w, "\n", 1);
-    }
+    size_t elen = event ? strlen(event) : 0;
+    if (event && (elen == 0 || memchr(event, '\r', elen) || memchr(event, '\n', elen)))
+        return 0;
+    if (idlen)
+        wire_field(&w, "id", id, idlen);
     if (event)
-        wire_field(&w, "event", event, strlen(event));
+        wire_field(&w, "event", event, elen);
     wire_data_lines(&w, data ? data : "", data ? len : 0);
     wb_put(&w, "\n", 1);
     return w.len;
@@ -386,55 +351,45 @@ size_t sse_format_event(char *buf, size_t cap, uint64_t id, const char *event, c
     return wire_format_event(buf, cap, text, w.len, event, data, len);
 }
 
-/*
- * Event ids. A server on its own numbers events in decimal (seeded from the clock, so a
- * restart goes on above the last run). Inside, an id is one uint64 "key" that orders events;
- * a history may spell keys its own way (history_ops.format_id). Only canonical text is
- * accepted (no sign, no leading zeros), so each key has exactly one spelling.
- */
+/* Event ids. A server on its own numbers events in decimal, seeded from the clock so a restart
+ * goes on above the last run. Inside, an id is a uint64 "key" that orders events; a history may
+ * spell keys its own way (history_ops.format_id). Only canonical text (no sign, no leading
+ * zeros) is accepted, so each key has exactly one spelling. */
 static bool id_decimal(const char *s, size_t len, uint64_t *out) {
     return (len == 1 || (len > 1 && s[0] != '0')) && parse_u64(s, len, out);
 }
 
-/* A JSON string literal for any bytes: quotes, backslashes and controls escaped, bytes that
- * are not UTF-8 replaced by U+FFFD, so the result is always valid UTF-8 and valid JSON. */
+/* A JSON string literal for any bytes: quotes, backslashes and controls escaped, non-UTF-8
+ * bytes replaced by U+FFFD, so the result is always valid UTF-8 and valid JSON. */
 static void wire_json_string(struct wbuf *w, const char *s, size_t len) {
     wb_put(w, "\"", 1);
-    for (size_t i = 0; i < len;) {
+    for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
+        size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2; /* bytes of a multi-byte sequence */
         if (c == '"' || c == '\\') {
             char esc[2] = {'\\', (char)c};
             wb_put(w, esc, 2);
-            i++;
         } else if (c < 0x20 || c == 0x7F) {
             char esc[7];
             snprintf(esc, sizeof esc, "\\u%04x", c);
             wb_put(w, esc, 6);
-            i++;
         } else if (c < 0x80) {
             wb_put(w, s + i, 1);
-            i++;
+        } else if (i + n <= len && wire_utf8_valid(s + i, n)) {
+            wb_put(w, s + i, n);
+            i += n - 1;
         } else {
-            size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-            if (i + n <= len && wire_utf8_valid(s + i, n)) {
-                wb_put(w, s + i, n);
-                i += n;
-            } else {
-                wb_str(w, "\\ufffd");
-                i++;
-            }
+            wb_str(w, "\\ufffd");
         }
     }
     wb_put(w, "\"", 1);
 }
 
-/*
- * The reader for inputs (sse_publish_from_fd): bytes in, events out, incrementally.
+/* The reader for inputs (sse_publish_from_fd): bytes in, events out, incrementally.
  * SSE_INPUT_LINES: each LF-ended line (one CR before the LF dropped) is an event.
  * SSE_INPUT_SSE: the WHATWG line processing, with "topic" as one more field; "data" appends
  * a line, a blank line dispatches when data was seen, "id" and "retry" are ignored because
- * the server assigns ids. Bounded: a line or an event over max_data is skipped and reported.
- */
+ * the server assigns ids. Bounded: a line or an event over max_data is skipped and reported. */
 typedef void (*wire_emit_fn)(void *ctx, const char *topic, const char *event, const char *data,
                              size_t len, const char *skipped);
 
@@ -453,9 +408,8 @@ struct wire_reader {
     const char *block_error;        /* SSE: why this block will be skipped, or NULL */
     char event[EVENT_TYPE_MAX + 1]; /* SSE: event type of the block, "" = default */
     char topic[TOPIC_NAME_MAX + 1]; /* SSE: topic of the block, "" = default */
-    bool whatwg;                    /* read as an EventSource does (the relay): id and retry
-                                       fields count, topic is an unknown field, one leading
-                                       BOM is dropped */
+    bool whatwg;                    /* read as an EventSource does (the relay): id, retry count,
+                                       topic is unknown, one leading BOM is dropped */
     uint8_t bom_seen;               /* whatwg: BOM bytes matched at the start; 4 = past it */
     char id_buf[SSE_ID_MAX + 1];    /* whatwg: the last event ID buffer */
     char last_id[SSE_ID_MAX + 1];   /* whatwg: the last event ID string, set at dispatch */
@@ -463,10 +417,7 @@ struct wire_reader {
 };
 
 static void wire_reader_init(struct wire_reader *r, enum sse_input_format format, size_t max_data) {
-    memset(r, 0, sizeof *r);
-    r->format = format;
-    r->max_data = max_data;
-    r->retry_ms = -1;
+    *r = (struct wire_reader){.format = format, .max_data = max_data, .retry_ms = -1};
 }
 
 static void wire_reader_free(struct wire_reader *r) {
@@ -614,33 +565,25 @@ static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len,
                 continue;
             }
         }
-        size_t j = i;
-        while (j < len && buf[j] != '\n' && buf[j] != '\r')
+        size_t j = i; /* in the lines format a CR ends nothing: it is dropped before an LF */
+        while (j < len && buf[j] != '\n' && (buf[j] != '\r' || !sse))
             j++;
         if (!r->line_too_long &&
             !wire_grow_append(&r->line, &r->line_len, &r->line_cap, buf + i, j - i, limit))
             r->line_too_long = true;
         if (j == len)
             break;
-        if (buf[j] == '\r') {
-            if (sse) {
-                r->after_cr = true;
-                wire_line_done(r, emit, ctx);
-            } else if (!r->line_too_long &&
-                       !wire_grow_append(&r->line, &r->line_len, &r->line_cap, "\r", 1, limit)) {
-                r->line_too_long = true;
-            }
-        } else {
-            if (!sse && r->line_len && r->line[r->line_len - 1] == '\r')
-                r->line_len--;
-            wire_line_done(r, emit, ctx);
-        }
+        if (buf[j] == '\r')
+            r->after_cr = true;
+        else if (!sse && r->line_len && r->line[r->line_len - 1] == '\r')
+            r->line_len--;
+        wire_line_done(r, emit, ctx);
         i = j + 1;
     }
 }
 
-/* End of input: a last line without LF still counts in the lines format; an unterminated
- * block is dropped, as the WHATWG parser drops it at end of stream. */
+/* End of input: a last line without LF counts in the lines format; an unterminated block is
+ * dropped, as the WHATWG parser drops it. */
 static void wire_reader_finish(struct wire_reader *r, wire_emit_fn emit, void *ctx) {
     if (r->format == SSE_INPUT_LINES && (r->line_len || r->line_too_long)) {
         if (r->line_len && r->line[r->line_len - 1] == '\r')
@@ -654,14 +597,13 @@ static void wire_reader_finish(struct wire_reader *r, wire_emit_fn emit, void *c
 /* ==========================================================================================
  * 3. Events, topics and the backlog
  *
- * An event is formatted once, into a "blob": reference-counted bytes that every subscriber's
- * output queue points at, so a fan-out to ten thousand subscribers costs ten thousand
- * pointers, not ten thousand copies. The same blobs carry everything else a connection
- * sends (response heads, heartbeats), so one output path serves all.
+ * An event is formatted once, into a "blob": reference-counted bytes every subscriber's output
+ * queue points at, so a fan-out to ten thousand subscribers costs pointers, not copies. Blobs
+ * carry everything else a connection sends too (heads, heartbeats): one output path serves all.
  *
- * Ids are assigned here, strictly increasing across all topics, so one Last-Event-ID
- * describes a position in a multi-topic stream. The backlog keeps the last N events of all
- * topics for replay (WHATWG 9.2.4: the client sends Last-Event-ID when it reconnects).
+ * Ids increase strictly across all topics, so one Last-Event-ID describes a position in a
+ * multi-topic stream. The backlog keeps the last N events of all topics for replay
+ * (WHATWG 9.2.4: the client sends Last-Event-ID when it reconnects).
  * ======================================================================================== */
 
 struct topic;
@@ -689,24 +631,21 @@ struct topic {
     struct sub *subs;          /* subscribers, newest first */
     uint32_t refs;             /* subscriptions + events + 1 while retired */
     uint32_t hash;             /* of name, with the table's seed */
-    uint32_t retire_seq;       /* while retired: the number of its retirement, which says
-                                  where in the table's ring it is */
+    uint32_t retire_seq;       /* while retired: its retirement's number (its ring slot) */
     bool retired;              /* new subscriptions get 204 until the next publish */
     char name[TOPIC_NAME_MAX + 1];
 };
 
-/* Topics live while something holds them: a subscription, an event (in the backlog or a
- * queue), or retirement. The first two are bounded by the connections and the backlog; the
- * third by SSE_RETIRED_MAX, beyond which the oldest retirement is forgotten (and the topic
- * freed if nothing else holds it), so a flood of DELETEs on new names costs bounded memory. */
+/* Topics live while a subscription, an event (in the backlog or a queue) or retirement holds
+ * them. Retirements are bounded by SSE_RETIRED_MAX, the oldest forgotten first (freeing its
+ * topic if nothing else holds it), so a flood of DELETEs on new names costs bounded memory. */
 struct topic_table {
     struct topic **buckets; /* chains; nbuckets is a power of two */
     uint32_t nbuckets;      /* allocated chains */
     uint32_t count;         /* topics stored */
     uint32_t seed;          /* random, so names cannot be chosen to collide */
-    struct topic **retired; /* a ring of the last SSE_RETIRED_MAX retirements, each slot
-                               holding its topic's retired reference or NULL once the topic
-                               was published to again; allocated at the first retirement */
+    struct topic **retired; /* ring of the last SSE_RETIRED_MAX retirements: each slot holds
+                               its topic's reference, NULL once published to again; lazy */
     uint32_t retired_head;  /* slot of the oldest retirement */
     uint32_t nretired;      /* slots in use from retired_head, NULL ones included */
     uint32_t retire_seq;    /* retirements so far: the newest slot's number */
@@ -716,12 +655,8 @@ static struct blob *blob_new(size_t len) {
     if (len > UINT32_MAX)
         return NULL;
     struct blob *b = malloc(sizeof *b + len);
-    if (!b)
-        return NULL;
-    b->refs = 1;
-    b->len = (uint32_t)len;
-    b->id = 0;
-    b->topic = NULL;
+    if (b)
+        *b = (struct blob){.refs = 1, .len = (uint32_t)len};
     return b;
 }
 
@@ -783,8 +718,7 @@ static bool topic_table_resize(struct topic_table *tt, uint32_t n) {
     return true;
 }
 
-/* Finds a topic or creates it, and takes a reference. NULL when out of memory. The name
- * must already be valid. */
+/* Finds or creates a valid-named topic and takes a reference; NULL when out of memory. */
 static struct topic *topic_get(struct topic_table *tt, const char *name, size_t len) {
     struct topic *t = topic_find(tt, name, len);
     if (t) {
@@ -793,15 +727,13 @@ static struct topic *topic_get(struct topic_table *tt, const char *name, size_t 
     }
     if (tt->count >= tt->nbuckets && !topic_table_resize(tt, tt->nbuckets ? tt->nbuckets * 2 : 64))
         return NULL;
-    t = calloc(1, sizeof *t);
-    if (!t)
+    uint32_t h = topic_hash(tt->seed, name, len);
+    struct topic **chain = &tt->buckets[h & (tt->nbuckets - 1)];
+    if (!(t = malloc(sizeof *t)))
         return NULL;
+    *t = (struct topic){.next = *chain, .table = tt, .refs = 1, .hash = h};
     memcpy(t->name, name, len);
-    t->table = tt;
-    t->refs = 1;
-    t->hash = topic_hash(tt->seed, name, len);
-    t->next = tt->buckets[t->hash & (tt->nbuckets - 1)];
-    tt->buckets[t->hash & (tt->nbuckets - 1)] = t;
+    *chain = t;
     tt->count++;
     return t;
 }
@@ -828,9 +760,9 @@ static struct topic **topic_retired_slot(struct topic_table *tt, const struct to
     return &tt->retired[(tt->retired_head + (t->retire_seq - oldest)) % SSE_RETIRED_MAX];
 }
 
-/* Marks a topic retired (held by the newest slot of the ring) or live again (its slot let
- * go, which may free it). Beyond SSE_RETIRED_MAX retirements the oldest is forgotten. False
- * only when retiring needs the ring and there is no memory for it. */
+/* Marks a topic retired (held by the ring's newest slot) or live again (its slot let go,
+ * which may free it); past SSE_RETIRED_MAX the oldest retirement is forgotten. False only
+ * when retiring needs the ring and there is no memory for it. */
 static bool topic_retire_flag(struct topic *t, bool retired) {
     struct topic_table *tt = t->table;
     if (t->retired == retired)
@@ -861,11 +793,9 @@ static bool topic_retire_flag(struct topic *t, bool retired) {
 }
 
 /* The backlog: a ring of the last events, oldest at head, bounded twice: at most cap events
- * and at most max_bytes bytes of them (an event's bytes are its blob's len: the formatted
- * event exactly as it goes on the wire, shared by every queue that holds it). Ids in it
- * increase, and every event published after `base` is in it, so a client whose last id is
- * base or later can be replayed exactly. Ids need not be consecutive (a Redis stream's are
- * not). */
+ * and max_bytes bytes (a blob's len: the event as it goes on the wire). Ids in it increase
+ * but need not be consecutive, and every event published after `base` is in it, so a client
+ * whose last id is base or later is replayed exactly. */
 struct backlog {
     struct blob **ring; /* cap slots */
     uint32_t cap;       /* 0 = replay disabled */
@@ -890,10 +820,9 @@ static void backlog_evict(struct backlog *bl) {
     bl->count--;
 }
 
-/* Adds an event, evicting the oldest ones while either bound would be passed; prev is the
- * id of the event published just before it. An event bigger than max_bytes on its own is
- * not kept: the backlog is left empty with base at its id, so only a client that has it
- * already resumes exactly. */
+/* Adds an event (prev: the id published just before it), evicting the oldest while either
+ * bound would be passed. An event over max_bytes alone is not kept: the backlog is left
+ * empty with base at its id, so only a client that has it already resumes exactly. */
 static void backlog_push(struct backlog *bl, struct blob *ev, uint64_t prev) {
     if (!bl->cap)
         return;
@@ -925,11 +854,7 @@ static uint32_t backlog_after(const struct backlog *bl, uint64_t id) {
 
 /* Whether replay from last id `last` is exact: nothing after it was evicted. */
 static bool backlog_covers(const struct backlog *bl, uint64_t last, uint64_t current) {
-    if (last == current)
-        return true;
-    if (last > current || bl->count == 0)
-        return false;
-    return last >= bl->base;
+    return last == current || (last < current && bl->count && last >= bl->base);
 }
 
 static void backlog_free(struct backlog *bl) {
@@ -943,10 +868,9 @@ static void backlog_free(struct backlog *bl) {
  * 4. HTTP parsing (RFC 9110, RFC 9112)
  *
  * Written for hostile input: the parser is stateless, allocates nothing, returns views into
- * the caller's buffer, and refuses everything RFC 9112 lets a server refuse where accepting
- * it has led to request smuggling elsewhere: bare CR, obs-fold continuation lines, spaces
- * before a header's colon, control characters. A line may end in CRLF or a lone LF
- * (RFC 9112 2.2 allows a server to accept the latter).
+ * the caller's buffer, and refuses all RFC 9112 lets a server refuse where accepting it has
+ * led to request smuggling elsewhere: bare CR, obs-fold lines, spaces before a header's
+ * colon, control characters. A line may end in CRLF or a lone LF (RFC 9112 2.2 allows it).
  * ======================================================================================== */
 
 struct http_header {
@@ -975,9 +899,7 @@ enum {
 
 /* tchar (RFC 9110 5.6.2): the characters of methods and field names. */
 static bool http_is_tchar(unsigned char c) {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    return ascii_alnum((char)c) || (c && strchr("!#$%&'*+-.^_`|~", c));
 }
 
 /* Offset just past the blank line that ends a head, searching from `from`; 0 if absent. */
@@ -1101,8 +1023,7 @@ static size_t http_header_count(const struct http_request *req, const char *name
     return n;
 }
 
-/* The next item of a list separated by sep, without surrounding whitespace; empty items
- * are skipped. *pos is where to continue. False at the end of the list. */
+/* The next non-empty item of a sep-separated list, trimmed; *pos goes on. False at the end. */
 static bool http_next_item(const char *v, size_t len, size_t *pos, char sep, const char **item,
                            size_t *item_len) {
     size_t i = *pos;
@@ -1167,14 +1088,13 @@ static long http_percent_decode(const char *in, size_t len, char *out, bool plus
 
 /* Whether c is unreserved (RFC 3986 2.3): an escape of it means the character itself. */
 static bool http_is_unreserved(unsigned char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-           c == '.' || c == '_' || c == '~';
+    return ascii_alnum((char)c) || (c && strchr("-._~", c));
 }
 
-/* Appends the decoded path p[0..len) percent-encoded as a path-absolute URL path: every
- * byte but unreserved characters, sub-delims, ':', '@' and '/' escaped (RFC 3986 3.3), and
- * leading slashes collapsed into one, so the result can never read as "//host/..." (a
- * network-path reference to another host), nor "/\\host" (browsers read '\\' as '/'). */
+/* Appends the decoded path p[0..len) as a path-absolute URL path: all but unreserved,
+ * sub-delims, ':', '@' and '/' escaped (RFC 3986 3.3), leading slashes collapsed into one so
+ * it never reads as "//host/..." (a network-path reference to another host) nor "/\\host"
+ * (browsers read '\\' as '/'). */
 static void http_path_encode(struct wbuf *w, const char *p, size_t len) {
     static const char hex[] = "0123456789ABCDEF";
     while (len > 1 && p[0] == '/' && p[1] == '/') {
@@ -1230,21 +1150,15 @@ static int http_parse_query(const char *q, size_t len, char *scratch, struct htt
         if (out->n == QUERY_PARAMS_MAX)
             return -1;
         const char *eq = memchr(q + s, '=', e - s);
-        size_t klen = eq ? (size_t)(eq - (q + s)) : e - s;
-        struct http_param *p = &out->params[out->n++];
+        size_t klen = eq ? (size_t)(eq - (q + s)) : e - s, voff = eq ? klen + 1 : e - s;
         long k = http_percent_decode(q + s, klen, scratch + o, true);
-        if (k < 0)
-            return -1;
-        p->key = scratch + o;
-        p->key_len = (size_t)k;
-        o += (size_t)k;
-        size_t voff = eq ? klen + 1 : e - s;
-        long v = http_percent_decode(q + s + voff, e - s - voff, scratch + o, true);
+        long v =
+            k < 0 ? -1 : http_percent_decode(q + s + voff, e - s - voff, scratch + o + k, true);
         if (v < 0)
             return -1;
-        p->value = scratch + o;
-        p->value_len = (size_t)v;
-        o += (size_t)v;
+        out->params[out->n++] =
+            (struct http_param){scratch + o, (size_t)k, scratch + o + k, (size_t)v};
+        o += (size_t)(k + v);
     }
     return 0;
 }
@@ -1274,9 +1188,8 @@ static bool http_q_is_zero(const char *p, size_t len) {
     return false;
 }
 
-/* Whether an Accept value admits text/event-stream (RFC 9110 12.5.1): one of the media
- * ranges text/event-stream or, with wildcards, text/(any) or (any)/(any), with a q that is
- * not zero. */
+/* Whether an Accept value admits text/event-stream (RFC 9110 12.5.1): a media range
+ * text/event-stream or, with wildcards, text/(any) or (any)/(any), with a nonzero q. */
 static bool http_accepts_event_stream(const char *v, size_t len, bool wildcards) {
     const char *item;
     size_t n, pos = 0;
@@ -1346,26 +1259,21 @@ static bool http_digits(const char *s, size_t n, int *out) {
 /* Parses an IMF-fixdate; false for anything else (the caller then ignores the header, as
  * RFC 9110 13.1.3 allows for an invalid If-Modified-Since). */
 static bool http_parse_date(const char *s, size_t len, time_t *out) {
-    struct tm tm = {0};
-    int mday, year, hh, mm, ss;
+    struct tm tm = {.tm_mon = -1};
     if (len != 29 || s[3] != ',' || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' || s[16] != ' ' ||
         s[19] != ':' || s[22] != ':' || memcmp(s + 25, " GMT", 4) != 0)
         return false;
-    if (!http_digits(s + 5, 2, &mday) || !http_digits(s + 12, 4, &year) ||
-        !http_digits(s + 17, 2, &hh) || !http_digits(s + 20, 2, &mm) ||
-        !http_digits(s + 23, 2, &ss))
+    if (!http_digits(s + 5, 2, &tm.tm_mday) || !http_digits(s + 12, 4, &tm.tm_year) ||
+        !http_digits(s + 17, 2, &tm.tm_hour) || !http_digits(s + 20, 2, &tm.tm_min) ||
+        !http_digits(s + 23, 2, &tm.tm_sec))
         return false;
-    tm.tm_mon = -1;
     for (int m = 0; m < 12; m++)
         if (memcmp(s + 8, http_months[m], 3) == 0)
             tm.tm_mon = m;
-    if (tm.tm_mon < 0 || mday < 1 || mday > 31 || hh > 23 || mm > 59 || ss > 60)
+    if (tm.tm_mon < 0 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 || tm.tm_min > 59 ||
+        tm.tm_sec > 60)
         return false;
-    tm.tm_mday = mday;
-    tm.tm_year = year - 1900;
-    tm.tm_hour = hh;
-    tm.tm_min = mm;
-    tm.tm_sec = ss;
+    tm.tm_year -= 1900;
     *out = timegm(&tm);
     return true;
 }
@@ -1373,11 +1281,10 @@ static bool http_parse_date(const char *s, size_t len, time_t *out) {
 /* ==========================================================================================
  * 5. Static files
  *
- * The decoded path is resolved to a path relative to the root without consulting the file
- * system: empty and "." segments vanish, and any ".." segment refuses the request outright
- * (rather than being normalised, which is where traversal bugs live). The kernel then
- * enforces the rest: the file is opened with openat2(RESOLVE_BENEATH), so no symbolic link
- * can lead out of the root either.
+ * The decoded path is made relative to the root without consulting the file system: empty
+ * and "." segments vanish, any ".." segment refuses the request outright (normalising is
+ * where traversal bugs live). The kernel enforces the rest: openat2(RESOLVE_BENEATH) lets no
+ * symbolic link lead out of the root either.
  * ======================================================================================== */
 
 /* Writes the root-relative form of path[0..len) into out (cap bytes, NUL-terminated):
@@ -1413,40 +1320,25 @@ static long static_resolve(const char *path, size_t len, char *out, size_t cap) 
 
 /* Content-Type by file extension; text types are declared UTF-8. */
 static const char *static_content_type(const char *name) {
+    /* clang-format off */
     static const char *const types[][2] = {
-        {"html", "text/html; charset=utf-8"},
-        {"htm", "text/html; charset=utf-8"},
-        {"css", "text/css; charset=utf-8"},
-        {"js", "text/javascript; charset=utf-8"},
-        {"mjs", "text/javascript; charset=utf-8"},
-        {"json", "application/json"},
-        {"map", "application/json"},
-        {"txt", "text/plain; charset=utf-8"},
-        {"md", "text/markdown; charset=utf-8"},
-        {"xml", "application/xml"},
-        {"svg", "image/svg+xml"},
-        {"png", "image/png"},
-        {"jpg", "image/jpeg"},
-        {"jpeg", "image/jpeg"},
-        {"gif", "image/gif"},
-        {"webp", "image/webp"},
-        {"avif", "image/avif"},
-        {"ico", "image/x-icon"},
-        {"wasm", "application/wasm"},
-        {"woff", "font/woff"},
-        {"woff2", "font/woff2"},
-        {"pdf", "application/pdf"},
-        {"mp4", "video/mp4"},
-        {"webm", "video/webm"},
-        {"mp3", "audio/mpeg"},
+        {"html", "text/html; charset=utf-8"}, {"htm", "text/html; charset=utf-8"},
+        {"css", "text/css; charset=utf-8"}, {"js", "text/javascript; charset=utf-8"},
+        {"mjs", "text/javascript; charset=utf-8"}, {"txt", "text/plain; charset=utf-8"},
+        {"md", "text/markdown; charset=utf-8"}, {"json", "application/json"},
+        {"map", "application/json"}, {"xml", "application/xml"}, {"wasm", "application/wasm"},
+        {"pdf", "application/pdf"}, {"svg", "image/svg+xml"}, {"png", "image/png"},
+        {"jpg", "image/jpeg"}, {"jpeg", "image/jpeg"}, {"gif", "image/gif"},
+        {"webp", "image/webp"}, {"avif", "image/avif"}, {"ico", "image/x-icon"},
+        {"woff", "font/woff"}, {"woff2", "font/woff2"}, {"mp4", "video/mp4"},
+        {"webm", "video/webm"}, {"mp3", "audio/mpeg"},
     };
+    /* clang-format on */
     const char *slash = strrchr(name, '/');
     const char *dot = strrchr(slash ? slash : name, '.');
-    if (dot && dot[1]) {
-        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
-            if (ascii_ieq(dot + 1, strlen(dot + 1), types[i][0]))
-                return types[i][1];
-    }
+    for (size_t i = 0; dot && dot[1] && i < sizeof types / sizeof types[0]; i++)
+        if (ascii_ieq(dot + 1, strlen(dot + 1), types[i][0]))
+            return types[i][1];
     return "application/octet-stream";
 }
 
@@ -1462,10 +1354,10 @@ struct static_open_how {
 #define SYS_openat2 437
 #endif
 
-/* Opens rel beneath root_fd for reading, never following a link out of the root. On
- * kernels before 5.6 (no openat2) it opens normally and checks where the file really is
- * against root_real. O_NONBLOCK keeps a FIFO from blocking the loop. Returns an fd or -1
- * with errno set (EXDEV/ELOOP/ENOENT for refused paths). */
+/* Opens rel beneath root_fd for reading, never following a link out of the root; before
+ * Linux 5.6 (no openat2) it opens normally and checks the real path against root_real.
+ * O_NONBLOCK keeps a FIFO from blocking the loop. Returns an fd or -1 with errno set
+ * (EXDEV/ELOOP/ENOENT for refused paths). */
 static int static_open(int root_fd, const char *root_real, const char *rel) {
     struct static_open_how how = {
         .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
