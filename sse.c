@@ -1493,18 +1493,13 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
 /* ==========================================================================================
  * 6. Connections
  *
- * A connection reads a request, then either answers it (and, with keep-alive, reads the
- * next) or becomes a subscriber for good. Everything it sends goes through one output
- * queue of blobs, written with sendmsg() over an iovec (one system call for many events),
- * then an optional file with sendfile(). Writes are attempted at the end of each loop
- * iteration, so events published in one iteration leave in one system call per subscriber.
- *
- * Sockets are registered once, edge-triggered for input and output, so a busy subscriber
- * costs no epoll_ctl() calls. Timers are four FIFO lists, one per duration (all entries of a
- * list share a duration, so appending keeps each list sorted): request deadlines, stalled
- * responses, heartbeats, and connections closing. Closing is deferred: a closed connection
- * is marked dead and freed at the end of the iteration, so no handler frees a connection
- * another handler still holds.
+ * A connection reads a request, then answers it (and, with keep-alive, reads the next) or
+ * becomes a subscriber for good. Its output is one queue of blobs, written with sendmsg()
+ * (one system call for many events) at the end of each loop iteration, then an optional file
+ * with sendfile(). Sockets are registered once, edge-triggered both ways, so a busy
+ * subscriber costs no epoll_ctl(). Timers are FIFO lists, one per duration, so appending
+ * keeps each sorted. Closing is deferred: a closed connection is freed at the end of the
+ * iteration, so no handler frees a connection another still holds.
  * ======================================================================================== */
 
 enum conn_state {
@@ -1533,21 +1528,19 @@ enum conn_flag {
 
 enum timer_id {
     TIMER_REQUEST, /* header_timeout: a request head (or body) must arrive by then */
-    TIMER_SEND,    /* SEND_TIMEOUT_MS: a response, or an outbound peer's answer, without
-                      progress */
+    TIMER_SEND,    /* SEND_TIMEOUT_MS: a response (or an outbound peer's answer) stalls */
     TIMER_STREAM,  /* heartbeat_ms: a subscriber's heartbeat */
     TIMER_LINGER,  /* LINGER_MS: a closing connection's last chance */
     TIMER_CONNECT, /* an outbound connect; its part sets the duration */
-    TIMER_PART,    /* a part's own beat for the connections it took over; the part sets the
-                      duration (the proxy's heartbeat) */
+    TIMER_PART,    /* a part's own beat for connections it took over (the proxy's heartbeat) */
     TIMER_PACED,   /* publish_wait_ms: a held publish is answered 503 by then */
     TIMER_NEVER,   /* no deadline (outbound connections, passed non-stream responses) */
     TIMER_COUNT
 };
 #define TIMER_NONE 0xFF
 
-/* Why a connection closed. Each client connection is closed exactly once, in conn_close(),
- * which counts it under its reason: /metrics's sse_connections_closed_total. */
+/* Why a connection closed: each client connection is counted once, under its reason, in
+ * conn_close() (sse_connections_closed_total). */
 enum close_reason {
     R_CLIENT_CLOSED,  /* the peer closed its side (end of input) */
     R_DONE,           /* answered, without keep-alive */
@@ -1570,35 +1563,28 @@ static const char *const close_reason_text[R_COUNT] = {
     "send timeout",  "overload", "upstream failed", "told to reconnect",
     "reset",
 };
-/* The same, as the reason label of sse_connections_closed_total. */
 static const char *const close_reason_label[R_COUNT] = {
     "client_closed",   "done",      "slow_subscriber", "header_timeout", "bad_request",
     "shutdown",        "retired",   "error",           "send_timeout",   "overload",
     "upstream_failed", "reconnect", "reset",
 };
 
-/* What epoll hands back: every registered object starts with one, and names in on_event who
- * handles its readiness, so the loop calls it without knowing what is behind it (as redis's
- * ae.c calls the procs a file event registered). */
+/* What epoll hands back (a seam): every registered object starts with one, and the loop calls
+ * its on_event without knowing what is behind it (as redis's ae.c calls a file event's procs). */
 struct handle {
     int fd; /* the descriptor */
     void (*on_event)(struct sse_server *srv, struct handle *h, uint32_t events); /* EPOLL* */
 };
 
-/* Connections a part holds (a seam). A part may take a client connection over once its
- * route answered a request (the proxy passes it to an upstream), or open connections of its
- * own (its upstreams). The core still owns the socket, the output queue, the timers and the
- * close; it asks the part, through these, what only the part knows. The part's own state
- * for the connection starts with a struct conn_part (as every epoll object starts with a
- * handle), so a connection costs one pointer for it. */
+/* Connections a part holds (a seam). A part may take a client over once its route answered
+ * (the proxy passes it upstream), or open connections of its own (its upstreams). The core
+ * still owns the socket, the output queue, the timers and the close, and asks the part what
+ * only it knows. The part's state for a connection starts with a struct conn_part. */
 struct conn;
 struct conn_ops {
-    /* c closed (c->state is CONN_DEAD already): let go of it. */
-    void (*closed)(struct sse_server *srv, struct conn *c);
-    /* c's output went out, or some of it: room again. NULL: nothing to do. */
-    void (*wrote)(struct sse_server *srv, struct conn *c);
-    /* Whether c's output must wait (a connect in progress). NULL: never. */
-    bool (*holding)(const struct conn *c);
+    void (*closed)(struct sse_server *srv, struct conn *c); /* c is CONN_DEAD: let go of it */
+    void (*wrote)(struct sse_server *srv, struct conn *c);  /* output went out: room. NULL: none */
+    bool (*holding)(const struct conn *c); /* output must wait (connect under way). NULL: never */
     /* Bytes a CONN_PASSED client sent after its request head; returns the bytes taken. */
     size_t (*body)(struct sse_server *srv, struct conn *c, const char *p, size_t n);
     /* A CONN_PASSED client is readable (events: EPOLLIN, EPOLLRDHUP). */
@@ -1655,10 +1641,9 @@ struct conn {
     struct ip_count *ip;        /* its address's count (max_clients_per_ip), else NULL */
 };
 
-/* Client connections served per address, for max_clients_per_ip: a chained hash table
- * keyed by the address (IPv4 as IPv4-mapped IPv6) with a random seed, so addresses cannot
- * be chosen to collide. An entry lives only while its count is above zero, so there are
- * never more entries than connections, and the table shrinks back as they close. */
+/* Client connections per address (max_clients_per_ip): a hash table keyed by the address
+ * (IPv4 mapped to IPv6), seeded at random so addresses cannot be chosen to collide. An entry
+ * lives while its count is above zero: never more entries than connections. */
 struct ip_count {
     struct ip_count *next; /* next in the hash chain */
     uint32_t n;            /* connections served from addr */
@@ -1769,10 +1754,9 @@ struct pace {
     bool resume_due;            /* the hold just ended: held publishers are to be resumed */
     uint8_t cause;              /* enum pace_cause of the hold being timed, PACE_OPEN if none */
     int64_t held_since;         /* when held last became true */
-    int64_t minority_since;     /* during a hold, since when the lagging are a quarter of the
-                                   subscribers or fewer; or 0 */
-    int64_t next_check;         /* during a hold, when the lagging that wrote nothing are left
-                                   behind; 0 = at the next iteration, which starts the watch */
+    int64_t minority_since;     /* in a hold: since when the lagging are at most a quarter, or 0 */
+    int64_t next_check;         /* in a hold: when the silent lagging are left behind; 0 = next
+                                   iteration, which starts the watch */
     int64_t gate_since;         /* when the gate last closed, for the time held */
     uint64_t held_ms[3];        /* ms the gate was closed, by enum pace_cause */
     uint64_t holds[3];          /* times it closed, by enum pace_cause */
@@ -1782,14 +1766,11 @@ struct pace {
     const char *store;                              /* its name for log lines, with can_take */
 };
 
-/*
- * Parts (a seam). What an optional part adds to HTTP: its routes (tried after the core's
- * own paths, before static files), its /metrics rows (after the core's) and a reason for
- * /healthz to answer 503; and to the loop: work it does each iteration, when that is next
- * due, what it resumes when flow control lets publishers go on. A part registers one of
- * these at sse_server_new(), with its own state, whether or not the configuration uses it,
- * so /metrics has the same families either way.
- */
+/* Parts (a seam). What an optional part adds to HTTP: routes (after the core's paths, before
+ * static files), /metrics rows, a reason for /healthz to answer 503; and to the loop: work
+ * each iteration, when it is due, what to resume when the publishers' gate opens. A part
+ * registers at sse_server_new() whether or not the configuration uses it, so /metrics has
+ * the same families either way. */
 #define PARTS_MAX     4  /* parts registered: the proxy, the journal, Redis, one to come */
 #define PART_ROWS_MAX 16 /* /metrics rows one part may add */
 
@@ -1818,15 +1799,12 @@ struct part {
     void *self;                 /* its own state, or NULL */
 };
 
-/*
- * The history (a seam). What stands behind Last-Event-ID: the core always keeps the backlog
- * of recent events; a history decides how new events get their ids and whether an id a
- * client comes back with can be replayed exactly. The in-memory backlog is the default
- * (history_backlog below); the journal wraps it (an event is on disk before anyone hears of
- * it) and Redis is another (Redis assigns the ids; what is older than the backlog comes from
- * the stream). The answer itself (replay, or the reset event) is given in one place,
- * stream_answer(), whichever history decided. A NULL hook is the backlog's behaviour.
- */
+/* The history (a seam): what stands behind Last-Event-ID. The core always keeps the backlog;
+ * a history decides how events get their ids and whether an id a client comes back with can
+ * be replayed exactly. The backlog alone is the default (history_backlog); the journal wraps
+ * it (an event is on disk before anyone hears of it); Redis assigns the ids and serves what
+ * is older than the backlog. The answer (replay or reset) is given in one place,
+ * stream_answer(), whichever history decided. A NULL hook is the backlog's behaviour. */
 enum history_answer {
     HISTORY_RESET,   /* the id cannot be replayed exactly: the reset event */
     HISTORY_COVERED, /* the backlog holds every event after the id */
@@ -1843,10 +1821,9 @@ struct publish_in {
     const struct receipt *receipt; /* or a publisher told later whether it was stored, or NULL */
 };
 
-/* A receipt (a seam): a publisher that must know whether an event its history stores
- * elsewhere was stored (the relay moves its resume position only past stored events). The
- * history calls done exactly once for every append that returned 0 with *id 0 (unless the
- * server is freed first). */
+/* A receipt (a seam): a publisher that must know whether an event stored elsewhere was stored
+ * (the relay moves its resume position only past stored events). The history calls done once
+ * for every append that returned 0 with *id 0 (unless the server is freed first). */
 struct receipt {
     void (*done)(struct sse_server *srv, void *who, const char *mark, bool stored);
     void *who;        /* the publisher */
@@ -1854,13 +1831,11 @@ struct receipt {
 };
 
 struct history_ops {
-    /* Publishes a checked event that has no id yet. Returns the subscribers it was queued
-     * to with *id set, or 0 with *id 0 when the history says the id later (in->c, if not
-     * NULL, is answered then; in->receipt, if not NULL, is told then), or a negative errno:
-     * -EAGAIN when it cannot take the event now. NULL: the next id, delivered at once. */
+    /* Publishes a checked event without id: returns the subscribers it was queued to with *id
+     * set; or 0 with *id 0 when the id comes later (then in->c is answered, in->receipt told);
+     * or a negative errno, -EAGAIN when it cannot take it now. NULL: the next id, at once. */
     int (*append)(struct sse_server *srv, const struct publish_in *in, uint64_t *id);
-    /* Stores an event that has its id, before the backlog keeps it; negative: not stored,
-     * nobody hears of it. NULL: nothing to store. */
+    /* Stores an event with its id before the backlog keeps it; negative: nobody hears of it. */
     int (*store)(struct sse_server *srv, const struct blob *ev);
     /* After the backlog kept an event (the journal compacts). NULL: nothing. */
     void (*kept)(struct sse_server *srv, uint64_t id);
@@ -1873,8 +1848,8 @@ struct history_ops {
     void (*format_id)(struct wbuf *w, uint64_t key);   /* an id as the wire spells it */
     bool (*parse_id)(const char *s, size_t len, uint64_t *key); /* and back: canonical only */
     void (*free)(struct sse_server *srv);                       /* at sse_server_free(), or NULL */
-    /* Whether the current id is known (Redis: once the stream's position was read); until
-     * then a subscriber is told to come back. NULL: always. */
+    /* Whether the current id is known (Redis: once read); until then subscribers are told to
+     * come back. NULL: always. */
     bool (*positioned)(const struct sse_server *srv);
 };
 
@@ -1911,12 +1886,11 @@ struct sse_server {
     size_t client_buffer;      /* queued bytes at which a subscriber is dropped */
     size_t max_event_bytes;    /* largest payload */
     struct logger log;         /* where log lines go */
-    unsigned log_depth;        /* on_log and on_request calls under way: sse_poll() answers
-                                  -EBUSY */
-    int (*on_request)(struct sse_server *, const struct sse_request *,
-                      void *); /* the host's routes, or NULL */
-    bool busy; /* in a publish or a retire, or being freed: an on_log callback's sse_publish()
-                  and sse_retire_topic() answer -EBUSY instead of re-entering */
+    unsigned log_depth;        /* on_log, on_request calls under way: sse_poll() says -EBUSY */
+    /* the host's routes, or NULL */
+    int (*on_request)(struct sse_server *, const struct sse_request *, void *);
+    bool busy; /* publishing, retiring or freeing: sse_publish() and sse_retire_topic() from
+                  on_log answer -EBUSY instead of re-entering */
 
     /* descriptors */
     int epfd;               /* the epoll instance, also sse_fd() */
@@ -1979,8 +1953,8 @@ FOR_PARTS static void *part_self(const struct sse_server *srv, const struct part
     return NULL;
 }
 
-/* Plugs a part in at sse_server_new(); from then on its free hook runs at
- * sse_server_free(). False when PARTS_MAX are in already. */
+/* Plugs a part in at sse_server_new() (its free hook runs at sse_server_free()). False when
+ * PARTS_MAX are in already. */
 FOR_PARTS static bool part_add(struct sse_server *srv, const struct part_ops *ops, void *self) {
     if (srv->nparts == PARTS_MAX)
         return false;
@@ -2029,23 +2003,19 @@ static void conn_flush_later(struct sse_server *srv, struct conn *c) {
 
 /* ---- flow control: publishers wait for the subscribers --------------------------------
  *
- * Publishing can outrun delivery: an input can be read faster than a thousand sockets are
- * written. Queueing the difference only delays the drop of every subscriber at client_buffer.
- * So the core paces its publishers to the subscribers instead, the way TCP paces a sender:
- * when more than one subscriber in PACE_SHARE has more than the high-water mark queued, the
- * core takes no new event (inputs and relays are not read, so their writers block and TCP
- * pushes back; HTTP publishes wait; sse_publish() says -EAGAIN) until no more than one in
- * 2 * PACE_SHARE is above the low-water mark. One subscriber merely slower than the rest
- * must not pace them all: with many subscribers it is under the share; with few, a lagging
- * subscriber is left behind (no longer counted, and dropped at client_buffer as before, to
- * resume with Last-Event-ID) when it took no bytes at all for PACE_PATIENCE_MS of a hold (it
- * stalled), or when the lagging have been a small minority (a quarter or less) for
- * PACE_MINORITY_MS of the hold (the others caught up and it did not; a larger share is
- * where the pace is, not a straggler). Nor may subscribers that stopped reading altogether (a
- * majority of stalled phones, or a client that opened many streams and reads none) stop
- * publishing for good: a hold that lasts PACE_MAX_HOLD_MS leaves every lagging one behind.
- * A part that stores events before they are delivered (Redis) may close the gate too, through
- * can_take: one answer for every publisher. */
+ * An input can be read faster than a thousand sockets are written; queueing the difference
+ * only delays dropping every subscriber at client_buffer. So the core paces publishers to
+ * subscribers, as TCP paces a sender: when more than one subscriber in PACE_SHARE has more
+ * than the high-water mark queued, no new event is taken (inputs and relays are not read, so
+ * TCP pushes back on their writers; HTTP publishes wait; sse_publish() says -EAGAIN) until
+ * at most one in 2 * PACE_SHARE is above the low-water mark. One slow subscriber must not
+ * pace the rest: with many it is under the share; with few it is left behind (not counted;
+ * dropped at client_buffer as before, to resume with Last-Event-ID) when it took no bytes
+ * for PACE_PATIENCE_MS of a hold (stalled), or the lagging were a quarter or less for
+ * PACE_MINORITY_MS (the others caught up; a larger share is the pace, not a straggler).
+ * Nor may clients that stopped reading (stalled phones, one client with many unread streams)
+ * stop publishing for good: a hold of PACE_MAX_HOLD_MS leaves every lagging one behind. A
+ * part that stores events first (Redis) may close the gate too, through can_take. */
 
 /* clang-format off */
 #define PACE_SHARE           10    /* hold when more than 1 subscriber in 10 lags */
@@ -2185,6 +2155,20 @@ static void conn_drop_output(struct conn *c) {
     c->file_fd = -1;
 }
 
+/* c, formerly in state, stops following topics and reading: a subscriber no longer counts. */
+static void conn_let_go(struct sse_server *srv, struct conn *c, enum conn_state state) {
+    if (state == CONN_STREAM) {
+        srv->nsubscribers--;
+        pace_forget(srv, c);
+        pace_check(srv);
+    }
+    conn_unsubscribe(c);
+    free(c->in);
+    free(c->body);
+    c->in = NULL;
+    c->body = NULL;
+}
+
 /* Closes at once: the descriptor now, the memory at the end of the iteration. */
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD)
@@ -2196,17 +2180,8 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
     if (c->part)
         c->part->ops->closed(srv, c);
     timer_unlink(srv, c);
-    if (state == CONN_STREAM) {
-        srv->nsubscribers--;
-        pace_forget(srv, c);
-        pace_check(srv);
-    }
-    conn_unsubscribe(c);
+    conn_let_go(srv, c, state);
     conn_drop_output(c);
-    free(c->in);
-    free(c->body);
-    c->in = NULL;
-    c->body = NULL;
     close(c->h.fd);
     c->h.fd = -1;
     if (state == CONN_OUTBOUND)
@@ -2226,9 +2201,8 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
             close_reason_text[reason]);
 }
 
-/* Why a client connection closes when its socket ends under it: for one already closing,
- * the reason it was closing for; else a reset when the socket failed (ECONNRESET, EPIPE,
- * ETIMEDOUT from a read or write, EPOLLERR), or the client's close at the end of input. */
+/* Why a client closes when its socket ends: a lingering one for the reason it was closing;
+ * else a reset if the socket failed (ECONNRESET, EPIPE, ETIMEDOUT, EPOLLERR), or end of input. */
 static enum close_reason conn_gone(const struct conn *c, bool failed) {
     if (c->state == CONN_LINGER)
         return (enum close_reason)c->reason;
@@ -2286,9 +2260,8 @@ static ssize_t conn_sendfile(int out, int in, off_t *off, size_t n) {
     return r;
 }
 
-/* Writes as much of the queue, then the file, as the socket takes. Returns 0 when all is
- * written, 1 when the socket is full (an EPOLLOUT edge will come), -1 on a dead peer, -2 when
- * the file shrank under us. */
+/* Writes as much of the queue, then the file, as the socket takes. 0: all written; 1: the
+ * socket is full (an EPOLLOUT edge will come); -1: a dead peer; -2: the file shrank. */
 static int conn_write(struct sse_server *srv, struct conn *c) {
     while (c->qlen) {
         struct iovec iov[WRITE_IOV_MAX];
@@ -2332,15 +2305,13 @@ static int conn_write(struct sse_server *srv, struct conn *c) {
     return 0;
 }
 
-/* Reads and throws away whatever the peer sends (subscribers and closing connections have
- * nothing more to say). Closes the connection at end of input or on an error. */
+/* Reads and throws away what the peer sends (subscribers and closing connections have
+ * nothing more to say); closes at end of input or on an error. */
 static void conn_discard_input(struct sse_server *srv, struct conn *c) {
     char sink[4096];
     for (;;) {
         ssize_t n = read(c->h.fd, sink, sizeof sink);
-        if (n > 0)
-            continue;
-        if (n < 0 && errno == EINTR)
+        if (n > 0 || (n < 0 && errno == EINTR))
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
@@ -2349,22 +2320,12 @@ static void conn_discard_input(struct sse_server *srv, struct conn *c) {
     }
 }
 
-/* Stops reading requests and following topics; what is queued still goes out, then the
- * write side is shut and the peer given LINGER_MS to close (so it reads our last bytes
- * rather than a reset). */
+/* Stops reading requests and following topics; what is queued goes out, then the write side
+ * is shut and the peer has LINGER_MS to close (so it reads our last bytes, not a reset). */
 static void conn_linger(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD || c->state == CONN_LINGER)
         return;
-    if (c->state == CONN_STREAM) {
-        srv->nsubscribers--;
-        pace_forget(srv, c);
-        pace_check(srv);
-    }
-    conn_unsubscribe(c);
-    free(c->body);
-    c->body = NULL;
-    free(c->in);
-    c->in = NULL;
+    conn_let_go(srv, c, (enum conn_state)c->state);
     c->state = CONN_LINGER;
     c->reason = (uint8_t)reason;
     timer_set(srv, c, TIMER_LINGER);
@@ -2403,8 +2364,8 @@ static void conn_flush(struct sse_server *srv, struct conn *c) {
     }
 }
 
-/* Writes every connection with pending output. Handlers only queue; this is where bytes
- * leave, once per loop iteration, so a burst of events goes out in one system call. */
+/* Writes every connection with pending output, once per iteration: handlers only queue, so
+ * a burst of events leaves in one system call. */
 static void conn_flush_all(struct sse_server *srv) {
     while (srv->flush_list) {
         struct conn *c = srv->flush_list;
@@ -2423,8 +2384,8 @@ static void conn_reap(struct sse_server *srv) {
     }
 }
 
-/* Where a part connects to (an upstream, a Redis server): resolved once, at start-up, so
- * the loop never waits on DNS. */
+/* Where a part connects to (an upstream, Redis): resolved once at start-up, so the loop never
+ * waits on DNS. */
 struct remote {
     struct sockaddr_storage addr; /* its address */
     socklen_t addr_len;           /* bytes used in addr */
@@ -2444,22 +2405,21 @@ FOR_PARTS static void remote_free(struct remote *u) {
 FOR_PARTS static const char *remote_resolve(struct remote *u, const char *url) {
     if (strlen(url) < 8 || !ascii_ieq(url, 7, "http://"))
         return "must start with http://";
-    const char *h = url + 7, *p;
+    const char *h = url + 7, *p, *hs = h, *he;
     char host[256], port[8] = "80";
     if (*h == '[') {
-        p = strchr(h, ']');
-        if (!p || (size_t)(p - h - 1) >= sizeof host)
+        he = strchr(h, ']');
+        if (!he || (size_t)(he - h - 1) >= sizeof host)
             return "has an invalid [IPv6] host";
-        memcpy(host, h + 1, (size_t)(p - h - 1));
-        host[p - h - 1] = '\0';
-        p++;
+        hs = h + 1;
+        p = he + 1;
     } else {
-        p = h + strcspn(h, ":/?#");
+        p = he = h + strcspn(h, ":/?#");
         if (p == h || (size_t)(p - h) >= sizeof host)
             return "has no host";
-        memcpy(host, h, (size_t)(p - h));
-        host[p - h] = '\0';
     }
+    memcpy(host, hs, (size_t)(he - hs));
+    host[he - hs] = '\0';
     const char *host_end = p;
     if (*p == ':') {
         size_t n = strspn(p + 1, "0123456789");
@@ -2504,40 +2464,28 @@ FOR_PARTS static const char *remote_resolve(struct remote *u, const char *url) {
  * Publishing, metrics and static files are ordinary HTTP/1.1 (RFC 9110, RFC 9112).
  * ======================================================================================== */
 
+/* The reason phrase of a status; none for others (it is optional, RFC 9112 4). */
 static const char *http_reason(int status) {
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return ""; /* the reason phrase is optional (RFC 9112 4) */
-    }
+    /* clang-format off */
+    static const struct {
+        int status;
+        const char *text;
+    } reasons[] = {
+        {100, "Continue"}, {200, "OK"}, {201, "Created"}, {202, "Accepted"}, {204, "No Content"},
+        {301, "Moved Permanently"}, {302, "Found"}, {303, "See Other"}, {304, "Not Modified"},
+        {307, "Temporary Redirect"}, {308, "Permanent Redirect"}, {400, "Bad Request"},
+        {401, "Unauthorized"}, {403, "Forbidden"}, {404, "Not Found"}, {405, "Method Not Allowed"},
+        {406, "Not Acceptable"}, {409, "Conflict"}, {410, "Gone"}, {411, "Length Required"},
+        {413, "Content Too Large"}, {422, "Unprocessable Content"}, {429, "Too Many Requests"},
+        {431, "Request Header Fields Too Large"}, {500, "Internal Server Error"},
+        {501, "Not Implemented"}, {502, "Bad Gateway"}, {503, "Service Unavailable"},
+        {504, "Gateway Timeout"}, {505, "HTTP Version Not Supported"},
+    };
+    /* clang-format on */
+    for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
+        if (reasons[i].status == status)
+            return reasons[i].text;
+    return "";
 }
 
 /* A response's body: its Content-Type, its bytes, and whether only its length is told (a
