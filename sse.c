@@ -2458,9 +2458,9 @@ FOR_PARTS static const char *remote_resolve(struct remote *u, const char *url) {
  * The stream (WHATWG 9.2.2-9.2.4): the browser fails the EventSource for good on any status
  * but 200 or a Content-Type other than text/event-stream, and reconnects after `retry` ms on
  * a clean end of body. So passing trouble (overload, shutdown) is answered 200 + retry: +
- * close, 204 is kept for "stop for good", and 4xx only for requests that will stay wrong.
- * The response is close-delimited (no chunking): the spec warns that chunking by a layer
- * unaware of the timing can hurt streams, and HTTP/1.0 clients know nothing else.
+ * close, 204 means "stop for good", 4xx only requests that will stay wrong. The response is
+ * close-delimited: the spec warns that chunking by a layer unaware of the timing can hurt
+ * streams, and HTTP/1.0 clients know nothing else.
  * Publishing, metrics and static files are ordinary HTTP/1.1 (RFC 9110, RFC 9112).
  * ======================================================================================== */
 
@@ -2488,8 +2488,7 @@ static const char *http_reason(int status) {
     return "";
 }
 
-/* A response's body: its Content-Type, its bytes, and whether only its length is told (a
- * HEAD request, or a file sendfile() sends after the head). */
+/* A response's body; head_only: only its length is told (HEAD, or a file sent after). */
 struct http_body {
     const char *type;  /* Content-Type, or NULL */
     const char *bytes; /* len bytes, or NULL when they follow in a file */
@@ -2497,16 +2496,13 @@ struct http_body {
     bool head_only;    /* queue the head alone */
 };
 
-/* Queues a whole response: status line, Date, Content-Type (with a body that has one),
- * Content-Length (except for 204 and 304), Connection when it differs from the version's
- * default, the CORS lines, extra (ready-made header lines), then the body's bytes unless
- * head_only. body NULL: none. */
+/* Queues a whole response: status line, Date, Content-Type (if any), Content-Length (not
+ * for 204 and 304), Connection when not the version's default, the CORS lines, extra
+ * (ready-made header lines), then the body unless head_only. body NULL: none. */
 static void http_respond(struct sse_server *srv, struct conn *c, int status, const char *extra,
                          const struct http_body *body) {
     static const struct http_body none = {NULL, NULL, 0, false};
-    const char *ctype = (body ? body : &none)->type;
-    size_t body_len = (body ? body : &none)->len;
-    bool head_only = (body ? body : &none)->head_only;
+    const struct http_body *bd = body ? body : &none;
     char head[SSE_HEAD_MAX + 1024];
     struct wbuf w = {head, sizeof head, 0};
     if (c->flags & CF_BODY_UNREAD)
@@ -2518,14 +2514,14 @@ static void http_respond(struct sse_server *srv, struct conn *c, int status, con
     wb_str(&w, "\r\nDate: ");
     wb_str(&w, srv->date);
     wb_str(&w, "\r\n");
-    if (ctype) {
+    if (bd->type) {
         wb_str(&w, "Content-Type: ");
-        wb_str(&w, ctype);
+        wb_str(&w, bd->type);
         wb_str(&w, "\r\n");
     }
     if (status != 204 && status != 304) {
         wb_str(&w, "Content-Length: ");
-        wb_u64(&w, body_len);
+        wb_u64(&w, bd->len);
         wb_str(&w, "\r\n");
     }
     if (!(c->flags & CF_KEEP_ALIVE))
@@ -2536,15 +2532,13 @@ static void http_respond(struct sse_server *srv, struct conn *c, int status, con
     if (extra)
         wb_str(&w, extra);
     wb_str(&w, "\r\n");
-    size_t blen = head_only || status == 204 || status == 304 ? 0 : body_len;
+    size_t blen = bd->head_only || status == 204 || status == 304 ? 0 : bd->len;
     struct blob *b = w.len <= w.cap ? blob_new(w.len + blen) : NULL;
-    if (!b) {
-        conn_close(srv, c, R_ERROR);
-        return;
+    if (b) {
+        memcpy(b->bytes, head, w.len);
+        if (blen)
+            memcpy(b->bytes + w.len, bd->bytes, blen);
     }
-    memcpy(b->bytes, head, w.len);
-    if (blen)
-        memcpy(b->bytes + w.len, body->bytes, blen);
     if (!conn_enqueue_owned(srv, c, b)) {
         conn_close(srv, c, R_ERROR);
         return;
@@ -2624,39 +2618,42 @@ static void stream_turn_away(struct sse_server *srv, struct conn *c, enum close_
     conn_linger(srv, c, why);
 }
 
-/* What a subscriber that sent no last event id gets first: the current id, so that a client
- * that drops before its first event still resumes exactly where it started. By default as
- * the position event, "id: CURRENT\nevent: position\ndata:\n\n": an event that is
- * dispatched (it has a data line, empty), because only Chromium takes the id of a block that
- * dispatches nothing as the WHATWG parser says (9.2.6: "set the last event ID string ... If
- * the data buffer is an empty string ... return"); Firefox, Safari and the npm eventsource
- * package record an id only with an event they fire. Its type is "position", so onmessage
- * and listeners of other types never see it. With position_event off, "id: CURRENT" and a
- * blank line: the same id for Chromium, no event for anyone. */
+/* An event under id (spelled as the history spells ids), as a blob; NULL if out of memory. */
+static struct blob *stream_event(const struct sse_server *srv, uint64_t id, const char *type,
+                                 const char *data, size_t len) {
+    char text[48];
+    struct wbuf w = {text, sizeof text, 0};
+    srv->history->format_id(&w, id);
+    size_t n = wire_format_event(NULL, 0, text, w.len, type, data, len);
+    struct blob *b = blob_new(n);
+    if (b)
+        wire_format_event(b->bytes, n, text, w.len, type, data, len);
+    return b;
+}
+
+/* What a subscriber without a last event id gets first: the current id, so a client that
+ * drops before its first event still resumes where it started. By default the position
+ * event, "id: CURRENT\nevent: position\ndata:\n\n", dispatched (it has a data line) because
+ * only Chromium takes the id of a block that dispatches nothing as WHATWG 9.2.6 says ("set
+ * the last event ID string ... If the data buffer is an empty string ... return"); Firefox,
+ * Safari and npm eventsource record an id only with an event they fire. Its type keeps it
+ * from onmessage. With position_event off, "id: CURRENT" and a blank line (Chromium only). */
 static struct blob *stream_id_line(struct sse_server *srv) {
-    if (!srv->id_line) {
-        char id[48];
-        struct wbuf w = {id, sizeof id, 0};
+    if (!srv->id_line && srv->position_event) {
+        srv->id_line = stream_event(srv, srv->last_id, "position", "", 0);
+    } else if (!srv->id_line) {
+        char line[56];
+        struct wbuf w = {line, sizeof line, 0};
+        wb_str(&w, "id: ");
         srv->history->format_id(&w, srv->last_id);
-        if (srv->position_event) {
-            size_t n = wire_format_event(NULL, 0, id, w.len, "position", "", 0);
-            srv->id_line = blob_new(n);
-            if (srv->id_line)
-                wire_format_event(srv->id_line->bytes, n, id, w.len, "position", "", 0);
-        } else {
-            char line[56];
-            struct wbuf lw = {line, sizeof line, 0};
-            wb_str(&lw, "id: ");
-            wb_put(&lw, id, w.len);
-            wb_str(&lw, "\n\n");
-            srv->id_line = blob_from(line, lw.len);
-        }
+        wb_str(&w, "\n\n");
+        srv->id_line = blob_from(line, w.len);
     }
     return srv->id_line;
 }
 
-/* The reset event: the requested id cannot be replayed exactly; the data tells the
- * application which ids are known so it can reload its state. */
+/* The reset event: the id asked for cannot be replayed exactly; the data says which ids are
+ * known, so the application can reload its state. */
 static struct blob *stream_reset_event(struct sse_server *srv, const char *asked, size_t len) {
     char data[2048];
     struct wbuf w = {data, sizeof data, 0};
@@ -2673,14 +2670,7 @@ static struct blob *stream_reset_event(struct sse_server *srv, const char *asked
     wb_str(&w, ", \"current\": \"");
     srv->history->format_id(&w, srv->last_id);
     wb_str(&w, "\"}");
-    char id[48];
-    struct wbuf idw = {id, sizeof id, 0};
-    srv->history->format_id(&idw, srv->last_id);
-    size_t n = wire_format_event(NULL, 0, id, idw.len, "reset", data, w.len);
-    struct blob *b = blob_new(n);
-    if (b)
-        wire_format_event(b->bytes, n, id, idw.len, "reset", data, w.len);
-    return b;
+    return stream_event(srv, srv->last_id, "reset", data, w.len);
 }
 
 static bool stream_follows(const struct conn *c, const struct topic *t) {
@@ -2714,9 +2704,8 @@ static bool stream_answer(struct sse_server *srv, struct conn *c, const char *as
     return conn_enqueue_owned(srv, c, stream_reset_event(srv, asked, asked_len));
 }
 
-/* A history that answered HISTORY_LATER answers here: the subscriber stops waiting (live
- * events reach it again) and gets stream_answer()'s answer, or is closed if that fails.
- * Unused when no history built in answers later. */
+/* A history that answered HISTORY_LATER answers here: the subscriber gets live events again
+ * and stream_answer()'s answer, or is closed if that fails. */
 FOR_PARTS static void stream_answer_later(struct sse_server *srv, struct conn *c, uint64_t after,
                                           bool covered) {
     c->flags &= (uint8_t)~CF_REPLAYING;
@@ -2727,10 +2716,9 @@ FOR_PARTS static void stream_answer_later(struct sse_server *srv, struct conn *c
         conn_close(srv, c, R_ERROR);
 }
 
-/* Queues what a subscriber must get before live events: everything retained after its
- * last id on its topics, or the reset event, or (no last id) the current id. The history
- * decides; one that must ask elsewhere (Redis) answers later, and until then the
- * subscriber is CF_REPLAYING: live events skip it, it takes them from the backlog. */
+/* Queues what a subscriber gets before live events: the retained events after its last id,
+ * or the reset event, or (no last id) the current id. A history that must ask elsewhere
+ * (Redis) answers later; until then the subscriber is CF_REPLAYING: live events skip it. */
 static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *last,
                             size_t last_len) {
     if (!last)
@@ -2795,13 +2783,12 @@ static void stream_open(struct sse_server *srv, struct conn *c, const char *cons
     timer_set(srv, c, TIMER_STREAM);
 }
 
-/* Queues a live event for a subscriber, or drops the subscriber if it is too far behind
- * (it reconnects and catches up from the backlog; everyone else keeps real time). */
+/* Queues a live event, or drops a subscriber too far behind (it reconnects and catches up
+ * from the backlog; everyone else keeps real time). */
 static bool stream_push(struct sse_server *srv, struct conn *c, struct blob *ev) {
     if (c->flags & CF_REPLAYING)
         return false; /* it takes this event from the backlog when its replay ends */
-    /* An idle subscriber always takes the event, so one event larger than the buffer is
-     * delivered rather than dropping everyone. */
+    /* An idle subscriber always takes it: an event over the buffer drops nobody. */
     if (c->qbytes && c->qbytes + ev->len > srv->client_buffer) {
         srv->m.dropped_total++;
         conn_close(srv, c, R_SLOW);
@@ -2825,8 +2812,8 @@ static void stream_heartbeat(struct sse_server *srv, struct conn *c) {
     timer_set(srv, c, TIMER_STREAM);
 }
 
-/* Collects the topics of a stream request: the path segment after the prefix and every
- * topic= parameter, de-duplicated; "default" when none. Returns the count, or -1 with *why. */
+/* A stream's topics: the path segment after the prefix and every topic= parameter, without
+ * duplicates; "default" when none. Returns the count, or -1 with *why. */
 static int stream_topics(const char *rest, size_t rest_len, const struct http_query *q,
                          const char **names, size_t *lens, const char **why) {
     int n = 0;
@@ -2848,10 +2835,10 @@ static int stream_topics(const char *rest, size_t rest_len, const struct http_qu
             *why = "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
             return -1;
         }
-        bool dup = false;
-        for (int j = 0; j < n; j++)
-            dup = dup || (lens[j] == len && memcmp(names[j], name, len) == 0);
-        if (dup)
+        int j = 0;
+        while (j < n && !(lens[j] == len && memcmp(names[j], name, len) == 0))
+            j++;
+        if (j < n)
             continue;
         if (n == SSE_MAX_TOPICS_PER_STREAM) {
             *why = "too many topics for one stream";
@@ -2868,9 +2855,8 @@ static int stream_topics(const char *rest, size_t rest_len, const struct http_qu
     return n;
 }
 
-/* The client's last event id: the Last-Event-ID header, else one of the query parameter
- * spellings that polyfills and other servers use (the first connection of an EventSource
- * cannot carry the header). */
+/* The client's last event id: the Last-Event-ID header, else a query parameter as polyfills
+ * and other servers spell it (an EventSource's first connection cannot send the header). */
 static const char *stream_last_id(const struct http_request *req, const struct http_query *q,
                                   size_t *len) {
     const struct http_header *h = http_header(req, "Last-Event-ID");
@@ -2890,8 +2876,8 @@ static const char *stream_last_id(const struct http_request *req, const struct h
     return NULL;
 }
 
-/* Whether the request carries the token as "Authorization: Bearer" or (only when
- * allow_query, since EventSource cannot set headers) as ?token=. */
+/* Whether the request carries the token as "Authorization: Bearer", or as ?token= when
+ * allow_query (EventSource cannot set headers). */
 static bool http_token_ok(const struct http_request *req, const struct http_query *q,
                           const char *secret, bool allow_query) {
     size_t slen = strlen(secret);
@@ -2981,18 +2967,13 @@ static int publish_check(const struct sse_server *srv, const char **topic, const
  * -ENOMEM, or -EIO when the journal could not store it (then nobody hears of it). */
 static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *topic,
                                const char *event, const char *data, size_t len) {
-    char text[48];
-    struct wbuf idw = {text, sizeof text, 0};
-    srv->history->format_id(&idw, id);
-    size_t n = wire_format_event(NULL, 0, text, idw.len, event, data, len);
     struct topic *t = topic_get(&srv->topics, topic, strlen(topic));
-    struct blob *ev = t ? blob_new(n) : NULL;
+    struct blob *ev = t ? stream_event(srv, id, event, data, len) : NULL;
     if (!ev) {
         if (t)
             topic_unref(t);
         return -ENOMEM;
     }
-    wire_format_event(ev->bytes, n, text, idw.len, event, data, len);
     ev->id = id;
     ev->topic = t;
     if (srv->history->store && srv->history->store(srv, ev) < 0) {
@@ -3337,31 +3318,33 @@ static void metrics_rows(struct wbuf *w, const struct metrics_row *rows, size_t 
     }
 }
 
+/* A labelled sample: open (`name{label="`), the label, then the value and frac ("" or ".ms"). */
+static void metrics_sample(struct wbuf *w, const char *open, const char *label, uint64_t value,
+                           const char *frac) {
+    wb_str(w, open);
+    wb_str(w, label);
+    wb_str(w, "\"} ");
+    wb_u64(w, value);
+    wb_str(w, frac);
+    wb_put(w, "\n", 1);
+}
+
 /* Flow control's holds by cause: how often the gate closed and for how long, the hold under
  * way included. */
 static void metrics_pace(const struct sse_server *srv, struct wbuf *w) {
     const struct pace *p = &srv->pace;
     metrics_family(w, "sse_publish_holds_total", "counter",
                    "Times publishers were held (inputs and relays not read), by cause.");
-    for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++) {
-        wb_str(w, "sse_publish_holds_total{cause=\"");
-        wb_str(w, pace_cause_label[i]);
-        wb_str(w, "\"} ");
-        wb_u64(w, p->holds[i]);
-        wb_put(w, "\n", 1);
-    }
+    for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++)
+        metrics_sample(w, "sse_publish_holds_total{cause=\"", pace_cause_label[i], p->holds[i], "");
     metrics_family(w, "sse_inputs_held_seconds_total", "counter",
                    "Seconds publishers were held, by cause.");
     for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++) {
         uint64_t ms = p->held_ms[i] + (p->cause == i ? (uint64_t)(srv->now - p->gate_since) : 0);
         char frac[8];
         snprintf(frac, sizeof frac, ".%03u", (unsigned)(ms % 1000));
-        wb_str(w, "sse_inputs_held_seconds_total{cause=\"");
-        wb_str(w, pace_cause_label[i]);
-        wb_str(w, "\"} ");
-        wb_u64(w, ms / 1000);
-        wb_str(w, frac);
-        wb_put(w, "\n", 1);
+        metrics_sample(w, "sse_inputs_held_seconds_total{cause=\"", pace_cause_label[i], ms / 1000,
+                       frac);
     }
 }
 
@@ -3410,12 +3393,10 @@ static void metrics_core(const struct sse_server *srv, struct wbuf *w) {
     metrics_rows(w, rows, sizeof rows / sizeof rows[0]);
 }
 
-/* The Prometheus text format (0.0.4): one family per row, then the closes by reason. Every
- * accepted connection is open or closed once under one reason, so
- *   sum(sse_connections_closed_total) + sse_connections == sse_connections_total
- * holds at every scrape. Over-limit connections count as accepted and open while answered;
- * sse_connections_rejected_total counts them too (when answered), and the connections
- * closed at accept (beyond OVERFLOW_MAX, out of descriptors), which were never accepted. */
+/* The Prometheus text format (0.0.4). Every accepted connection is open, or closed once under
+ * one reason, so sum(sse_connections_closed_total) + sse_connections == sse_connections_total
+ * at every scrape. Over-limit connections count as accepted and open while answered, and as
+ * rejected, as do those closed at accept, never accepted (beyond OVERFLOW_MAX, no fds). */
 static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_only) {
     char out[16384];
     struct wbuf w = {out, sizeof out, 0};
@@ -3428,13 +3409,9 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
     }
     metrics_family(&w, "sse_connections_closed_total", "counter",
                    "Client connections closed, by reason (closed + open = accepted).");
-    for (int r = 0; r < R_COUNT; r++) {
-        wb_str(&w, "sse_connections_closed_total{reason=\"");
-        wb_str(&w, close_reason_label[r]);
-        wb_str(&w, "\"} ");
-        wb_u64(&w, srv->m.closed[r]);
-        wb_put(&w, "\n", 1);
-    }
+    for (int r = 0; r < R_COUNT; r++)
+        metrics_sample(&w, "sse_connections_closed_total{reason=\"", close_reason_label[r],
+                       srv->m.closed[r], "");
     metrics_pace(srv, &w);
     if (w.len > w.cap) { /* not with these rows: at 2^64-1 each, under 7 KiB */
         conn_close(srv, c, R_ERROR);
