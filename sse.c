@@ -2945,8 +2945,8 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
 
 /* ---- publishing ------------------------------------------------------------------------ */
 
-/* What every publishing path checks first: a valid topic (NULL means the default), event
- * type and UTF-8 data within the size limit. 0, -EINVAL or -EMSGSIZE. */
+/* What every publish checks first: a valid topic (NULL: the default), event type, and UTF-8
+ * data within the size limit. 0, -EINVAL or -EMSGSIZE. */
 static int publish_check(const struct sse_server *srv, const char **topic, const char *event,
                          const char *data, size_t len) {
     if (!*topic)
@@ -2961,10 +2961,9 @@ static int publish_check(const struct sse_server *srv, const char **topic, const
     return 0;
 }
 
-/* Where every event ends up, whoever assigned its id (the server, or the history): formatted
- * once, written to the journal, kept in the backlog, queued for every subscriber of its
- * topic. The event is checked already. Returns the subscribers it was queued to, or
- * -ENOMEM, or -EIO when the journal could not store it (then nobody hears of it). */
+/* Where every checked event ends up, whoever assigned its id: formatted once, stored by the
+ * history, kept in the backlog, queued for its topic's subscribers. Returns how many, or
+ * -ENOMEM, or -EIO when the history could not store it (then nobody hears of it). */
 static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *topic,
                                const char *event, const char *data, size_t len) {
     struct topic *t = topic_get(&srv->topics, topic, strlen(topic));
@@ -2998,9 +2997,8 @@ static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *
     return queued;
 }
 
-/* While an event is delivered, a log line (a slow subscriber dropped, a journal error)
- * reaches the host's on_log, which may call sse_publish(): srv->busy makes that one fail
- * with -EBUSY rather than change the lists being walked. */
+/* A log line while delivering (a slow subscriber dropped) reaches on_log, which may call
+ * sse_publish(): srv->busy makes that fail with -EBUSY, not change the lists being walked. */
 static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topic,
                            const char *event, const char *data, size_t len) {
     bool was_busy = srv->busy;
@@ -3010,11 +3008,9 @@ static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topi
     return r;
 }
 
-/* Delivers an event under the next id of a server on its own. Ids never wrap: past
- * UINT64_MAX an id would come out smaller than the ones clients hold (their Last-Event-ID
- * would then skip or repeat events, and the journal would refuse the file at the next
- * start), so once the last id is UINT64_MAX nothing more is published: -EOVERFLOW, and
- * /healthz answers 503. Otherwise as publish_deliver(). */
+/* Delivers under the server's next id. Ids never wrap (a smaller id would make clients'
+ * Last-Event-ID skip or repeat events, and the journal refuse its file): past UINT64_MAX,
+ * -EOVERFLOW, and /healthz answers 503. Otherwise as publish_deliver(). */
 static int publish_local(struct sse_server *srv, const char *topic, const char *event,
                          const char *data, size_t len) {
     if (srv->last_id == UINT64_MAX)
@@ -3022,9 +3018,7 @@ static int publish_local(struct sse_server *srv, const char *topic, const char *
     return publish_deliver(srv, srv->last_id + 1, topic, event, data, len);
 }
 
-/* Hands a checked event to the history (history_ops.append): by default the server
- * assigns the next id and delivers at once; a history that assigns ids elsewhere sets *id
- * to 0, and the event arrives back with its id. */
+/* Hands a checked event to the history's append; by default the next id, delivered at once. */
 static int publish_append(struct sse_server *srv, const struct publish_in *in, uint64_t *id) {
     if (srv->history->append)
         return srv->history->append(srv, in, id);
@@ -3033,8 +3027,7 @@ static int publish_append(struct sse_server *srv, const struct publish_in *in, u
     return r;
 }
 
-/* The one publishing path for everything but HTTP (inputs, relays, sse_publish): checks the
- * event (in->topic NULL: the default topic), then appends it. */
+/* The one publishing path: checks the event (in->topic NULL: the default), then appends it. */
 static int publish_event(struct sse_server *srv, const struct publish_in *in, uint64_t *id_out) {
     struct publish_in ev = *in;
     int r = publish_check(srv, &ev.topic, ev.event, ev.data, ev.len);
@@ -3048,7 +3041,7 @@ static int publish_event(struct sse_server *srv, const struct publish_in *in, ui
 }
 
 /* Ends the streams of topic's subscribers (with retire, only those following nothing but
- * retired topics) once their queues have gone out. Returns how many, or -EINVAL, -ENOMEM. */
+ * retired topics) once their queues went out. Returns how many, or -EINVAL, -ENOMEM. */
 static int publish_end_subscribers(struct sse_server *srv, const char *topic, bool retire) {
     size_t tlen = strlen(topic);
     if (!wire_topic_valid(topic, tlen))
@@ -3091,8 +3084,7 @@ static int publish_end_streams(struct sse_server *srv, const char *topic) {
     return publish_end_subscribers(srv, topic, false);
 }
 
-/* Answers a publish: 200 with the id, the topic and the subscribers (of this server) it was
- * queued to, or the error r. */
+/* Answers a publish: 200 with the id, topic and subscribers queued to, or the error r. */
 static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64_t id,
                            const char *topic) {
     if (r == -EINVAL) {
@@ -3119,8 +3111,8 @@ static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64
     }
 }
 
-/* The body has arrived: publish it and answer with the id. When the history says the id
- * later, the answer waits (CONN_WAIT) until it has. */
+/* The body has arrived: publish it and answer with the id, or wait (CONN_WAIT) for the
+ * history to tell it. */
 static void publish_finish(struct sse_server *srv, struct conn *c) {
     if (srv->pace.held) { /* flow control: wait for the subscribers, body kept */
         c->state = CONN_PACED;
@@ -3129,23 +3121,20 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
     }
     struct body *b = c->body;
     c->body = NULL;
-    const char *topic = b->topic, *event = b->has_event ? b->event : NULL;
-    int r = publish_check(srv, &topic, event, b->data, b->have);
+    const char *event = b->has_event ? b->event : NULL;
     uint64_t id = 0;
-    if (r == 0)
-        r = publish_append(srv, &(struct publish_in){topic, event, b->data, b->have, c, NULL}, &id);
-    if (r >= 0 && id == 0) { /* the history answers when it has the id */
+    int r =
+        publish_event(srv, &(struct publish_in){b->topic, event, b->data, b->have, c, NULL}, &id);
+    if (r >= 0 && id == 0) {
         c->state = CONN_WAIT;
         timer_set(srv, c, TIMER_SEND);
-        free(b);
-        return;
+    } else {
+        publish_answer(srv, c, r, id, b->topic);
     }
-    publish_answer(srv, c, r, id, topic);
     free(b);
 }
 
-/* A publish held by flow control for publish_wait_ms (or at a stop) is refused: the
- * publisher may send it again later, and nothing was published. */
+/* A publish held for publish_wait_ms (or at a stop) is refused: nothing was published. */
 static void publish_paced_timeout(struct sse_server *srv, struct conn *c) {
     free(c->body);
     c->body = NULL;
@@ -3185,8 +3174,8 @@ static void publish_body_read(struct sse_server *srv, struct conn *c) {
     }
 }
 
-/* Validates the ?topic= and ?event= of a publish into *topic and *event ("" when absent).
- * Returns NULL or what is wrong. */
+/* Validates the ?topic= and ?event= of a publish into topic (DEFAULT_TOPIC when absent) and
+ * event ("" when absent). Returns NULL or what is wrong. */
 static const char *publish_params(const struct http_query *q, char *topic, char *event) {
     const struct http_param *t = http_query_get(q, "topic");
     const struct http_param *e = http_query_get(q, "event");
@@ -3194,21 +3183,16 @@ static const char *publish_params(const struct http_query *q, char *topic, char 
         return "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
     if (e && !wire_event_type_valid(e->value, e->value_len))
         return "invalid event type: 1 to 256 bytes of UTF-8 without CR, LF or NUL";
-    strcpy(topic, DEFAULT_TOPIC);
-    if (t) {
-        memcpy(topic, t->value, t->value_len);
-        topic[t->value_len] = '\0';
-    }
-    event[0] = '\0';
-    if (e) {
-        memcpy(event, e->value, e->value_len);
-        event[e->value_len] = '\0';
-    }
+    if (!t)
+        strcpy(topic, DEFAULT_TOPIC);
+    else
+        sprintf(topic, "%.*s", (int)t->value_len, t->value);
+    sprintf(event, "%.*s", e ? (int)e->value_len : 0, e ? e->value : "");
     return NULL;
 }
 
-/* Sets the connection up to receive a publish body of content_length bytes (asking for it
- * with 100 Continue when the client waits for that), or publishes at once when empty. */
+/* Sets c up to receive a publish body of content_length bytes (asking for it with 100
+ * Continue when the client waits for that), or publishes at once when empty. */
 static void publish_expect_body(struct sse_server *srv, struct conn *c,
                                 const struct http_request *req, const char *topic,
                                 const char *event, uint64_t content_length) {
@@ -3422,7 +3406,7 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         &(struct http_body){"text/plain; version=0.0.4; charset=utf-8", out, w.len, head_only});
 }
 
-/* Answers 304 or queues the file's head and hands the descriptor to the writer. Takes fd. */
+/* Answers 304, or queues the file's head and hands fd (taken) to the writer. */
 static void static_send(struct sse_server *srv, struct conn *c, const struct http_request *req,
                         int fd, const struct stat *st, const char *name, bool head_only) {
     char extra[128], modified[32];
@@ -3436,7 +3420,7 @@ static void static_send(struct sse_server *srv, struct conn *c, const struct htt
         http_respond(srv, c, 304, extra, NULL);
         return;
     }
-    /* The head claims st_size bytes; the writer sends exactly that many or closes. */
+    /* The head claims st_size bytes: the writer sends that many or closes. */
     http_respond(srv, c, 200, extra,
                  &(struct http_body){static_content_type(name), NULL, (size_t)st->st_size, true});
     if (c->state != CONN_RESPOND || head_only || st->st_size == 0) {
@@ -3452,20 +3436,17 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
                           const char *path, size_t path_len, bool head_only) {
     char rel[SSE_HEAD_MAX + 16];
     long n = static_resolve(path, path_len, rel, SSE_HEAD_MAX);
-    int fd = -1;
-    if (n >= 0)
-        fd = static_open(srv->root_fd, srv->root_real, rel);
-    else
-        errno = ENOENT;
+    errno = ENOENT;
+    int fd = n >= 0 ? static_open(srv->root_fd, srv->root_real, rel) : -1;
     struct stat st;
     bool is_dir = fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
     if (is_dir) {
         close(fd);
         if (path[path_len - 1] != '/') {
-            /* Redirect to the directory's own URL so relative links in its index resolve.
-             * Built from the resolved path alone, never from the raw target: an absolute-form
-             * "http://evil.example/sub" or a "//sub" would send the browser to another host.
-             * The query goes as sent (ASCII without spaces or CR/LF: safe in a header). */
+            /* To the directory's own URL, so relative links in its index resolve. Built from
+             * the resolved path, never the raw target ("http://evil.example/sub" or "//sub"
+             * would send the browser to another host); the query as sent (ASCII without
+             * spaces or CR/LF: safe in a header). */
             char loc[3 * SSE_HEAD_MAX + 32];
             struct wbuf w = {loc, sizeof loc - 1, 0};
             const char *qm = memchr(req->target, '?', req->target_len);
@@ -3475,9 +3456,9 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
             if (qm)
                 wb_put(&w, qm, req->target_len - (size_t)(qm - req->target));
             wb_str(&w, "\r\n");
-            loc[w.len <= w.cap ? w.len : 0] = '\0';
-            http_text(srv, c, w.len <= w.cap ? 301 : 404, w.len <= w.cap ? "moved" : "not found",
-                      w.len <= w.cap ? loc : NULL);
+            bool fits = w.len <= w.cap;
+            loc[fits ? w.len : 0] = '\0';
+            http_text(srv, c, fits ? 301 : 404, fits ? "moved" : "not found", fits ? loc : NULL);
             return;
         }
         memcpy(rel + n, "/index.html", sizeof "/index.html");
