@@ -1966,14 +1966,8 @@ static void timer_unlink(struct sse_server *srv, struct conn *c) {
     if (c->timer == TIMER_NONE)
         return;
     struct timer_list *tl = &srv->timers[c->timer];
-    if (c->tprev)
-        c->tprev->tnext = c->tnext;
-    else
-        tl->head = c->tnext;
-    if (c->tnext)
-        c->tnext->tprev = c->tprev;
-    else
-        tl->tail = c->tprev;
+    *(c->tprev ? &c->tprev->tnext : &tl->head) = c->tnext;
+    *(c->tnext ? &c->tnext->tprev : &tl->tail) = c->tprev;
     c->tprev = c->tnext = NULL;
     c->timer = TIMER_NONE;
 }
@@ -1986,10 +1980,7 @@ static void timer_set(struct sse_server *srv, struct conn *c, enum timer_id whic
     c->deadline = srv->now + tl->duration;
     c->tprev = tl->tail;
     c->tnext = NULL;
-    if (tl->tail)
-        tl->tail->tnext = c;
-    else
-        tl->head = c;
+    *(tl->tail ? &tl->tail->tnext : &tl->head) = c;
     tl->tail = c;
 }
 
@@ -2126,23 +2117,6 @@ static bool conn_enqueue_owned(struct sse_server *srv, struct conn *c, struct bl
     return ok;
 }
 
-/* Leaves every topic the connection follows. */
-static void conn_unsubscribe(struct conn *c) {
-    for (uint16_t i = 0; i < c->nsubs; i++) {
-        struct sub *s = &c->subs[i];
-        if (s->prev)
-            s->prev->next = s->next;
-        else
-            s->topic->subs = s->next;
-        if (s->next)
-            s->next->prev = s->prev;
-        topic_unref(s->topic);
-    }
-    free(c->subs);
-    c->subs = NULL;
-    c->nsubs = 0;
-}
-
 static void conn_drop_output(struct conn *c) {
     for (uint32_t i = 0; i < c->qlen; i++)
         blob_unref(c->q[(c->qhead + i) & (c->qcap - 1)]);
@@ -2162,7 +2136,16 @@ static void conn_let_go(struct sse_server *srv, struct conn *c, enum conn_state 
         pace_forget(srv, c);
         pace_check(srv);
     }
-    conn_unsubscribe(c);
+    for (uint16_t i = 0; i < c->nsubs; i++) {
+        struct sub *s = &c->subs[i];
+        *(s->prev ? &s->prev->next : &s->topic->subs) = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        topic_unref(s->topic);
+    }
+    free(c->subs);
+    c->subs = NULL;
+    c->nsubs = 0;
     free(c->in);
     free(c->body);
     c->in = NULL;
@@ -2767,13 +2750,13 @@ static void stream_open(struct sse_server *srv, struct conn *c, const char *cons
     c->in = NULL;
     /* A peer that vanished without a FIN is found by unacknowledged heartbeats timing out
      * (TCP_USER_TIMEOUT), or by keepalive probes when the stream is quiet. */
-    int on = 1, idle = 60, intvl = 10, cnt = 3;
-    unsigned user_timeout = TCP_USER_TIMEOUT_MS;
-    setsockopt(c->h.fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+    static const int opts[][3] = {{SOL_SOCKET, SO_KEEPALIVE, 1},
+                                  {IPPROTO_TCP, TCP_KEEPIDLE, 60},
+                                  {IPPROTO_TCP, TCP_KEEPINTVL, 10},
+                                  {IPPROTO_TCP, TCP_KEEPCNT, 3},
+                                  {IPPROTO_TCP, TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS}};
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
+        setsockopt(c->h.fd, opts[i][0], opts[i][1], &opts[i][2], sizeof opts[i][2]);
     if (!conn_enqueue(srv, c, head) ||
         (srv->retry_line && !conn_enqueue(srv, c, srv->retry_line)) ||
         !stream_catch_up(srv, c, last, last_len)) {
@@ -2929,13 +2912,12 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
         http_respond(srv, c, 204, NULL, NULL);
         return;
     }
-    if (c->flags & CF_OVER_LIMIT) {
+    if (c->flags & CF_OVER_LIMIT)
         srv->m.rejected_total++;
+    /* Over the limit, or no current id yet: come back soon. */
+    if ((c->flags & CF_OVER_LIMIT) ||
+        (srv->history->positioned && !srv->history->positioned(srv))) {
         stream_turn_away(srv, c, R_OVERLOAD);
-        return;
-    }
-    if (srv->history->positioned && !srv->history->positioned(srv)) {
-        stream_turn_away(srv, c, R_OVERLOAD); /* no current id yet: come back soon */
         return;
     }
     size_t last_len = 0;
@@ -3018,23 +3000,20 @@ static int publish_local(struct sse_server *srv, const char *topic, const char *
     return publish_deliver(srv, srv->last_id + 1, topic, event, data, len);
 }
 
-/* Hands a checked event to the history's append; by default the next id, delivered at once. */
-static int publish_append(struct sse_server *srv, const struct publish_in *in, uint64_t *id) {
-    if (srv->history->append)
-        return srv->history->append(srv, in, id);
-    int r = publish_local(srv, in->topic, in->event, in->data, in->len);
-    *id = r >= 0 ? srv->last_id : 0;
-    return r;
-}
-
-/* The one publishing path: checks the event (in->topic NULL: the default), then appends it. */
+/* The one publishing path: checks the event (in->topic NULL: the default), then hands it to
+ * the history's append (by default: the next id, delivered at once). */
 static int publish_event(struct sse_server *srv, const struct publish_in *in, uint64_t *id_out) {
     struct publish_in ev = *in;
     int r = publish_check(srv, &ev.topic, ev.event, ev.data, ev.len);
     if (r < 0)
         return r;
     uint64_t id = 0;
-    r = publish_append(srv, &ev, &id);
+    if (srv->history->append) {
+        r = srv->history->append(srv, &ev, &id);
+    } else {
+        r = publish_local(srv, ev.topic, ev.event, ev.data, ev.len);
+        id = r >= 0 ? srv->last_id : 0;
+    }
     if (id_out)
         *id_out = id;
     return r;
