@@ -1887,8 +1887,7 @@ struct sse_server {
     size_t max_event_bytes;    /* largest payload */
     struct logger log;         /* where log lines go */
     unsigned log_depth;        /* on_log, on_request calls under way: sse_poll() says -EBUSY */
-    /* the host's routes, or NULL */
-    int (*on_request)(struct sse_server *, const struct sse_request *, void *);
+    int (*on_request)(struct sse_server *, const struct sse_request *, void *); /* or NULL */
     bool busy; /* publishing, retiring or freeing: sse_publish() and sse_retire_topic() from
                   on_log answer -EBUSY instead of re-entering */
 
@@ -2292,15 +2291,13 @@ static int conn_write(struct sse_server *srv, struct conn *c) {
  * nothing more to say); closes at end of input or on an error. */
 static void conn_discard_input(struct sse_server *srv, struct conn *c) {
     char sink[4096];
-    for (;;) {
-        ssize_t n = read(c->h.fd, sink, sizeof sink);
-        if (n > 0 || (n < 0 && errno == EINTR))
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        conn_close(srv, c, conn_gone(c, n < 0));
+    ssize_t n;
+    do
+        n = read(c->h.fd, sink, sizeof sink);
+    while (n > 0 || (n < 0 && errno == EINTR));
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return;
-    }
+    conn_close(srv, c, conn_gone(c, n < 0));
 }
 
 /* Stops reading requests and following topics; what is queued goes out, then the write side
@@ -2800,6 +2797,8 @@ static void stream_heartbeat(struct sse_server *srv, struct conn *c) {
 static int stream_topics(const char *rest, size_t rest_len, const struct http_query *q,
                          const char **names, size_t *lens, const char **why) {
     int n = 0;
+    names[0] = DEFAULT_TOPIC; /* unless a topic comes */
+    lens[0] = strlen(DEFAULT_TOPIC);
     for (size_t i = 0; i <= q->n; i++) {
         const char *name;
         size_t len;
@@ -2830,12 +2829,7 @@ static int stream_topics(const char *rest, size_t rest_len, const struct http_qu
         names[n] = name;
         lens[n++] = len;
     }
-    if (n == 0) {
-        names[0] = DEFAULT_TOPIC;
-        lens[0] = strlen(DEFAULT_TOPIC);
-        n = 1;
-    }
-    return n;
+    return n ? n : 1;
 }
 
 /* The client's last event id: the Last-Event-ID header, else a query parameter as polyfills
