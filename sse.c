@@ -1610,9 +1610,8 @@ struct inbuf {
 struct body {
     size_t need;                    /* Content-Length */
     size_t have;                    /* bytes in data */
-    bool has_event;                 /* event holds an event type */
     char topic[TOPIC_NAME_MAX + 1]; /* validated topic */
-    char event[EVENT_TYPE_MAX + 1]; /* validated event type */
+    char event[EVENT_TYPE_MAX + 1]; /* validated event type, or "" */
     char data[];                    /* need bytes */
 };
 
@@ -2109,9 +2108,7 @@ static bool conn_enqueue(struct sse_server *srv, struct conn *c, struct blob *b)
 
 /* Takes a blob we own (refs 1) into the queue and drops our reference. */
 static bool conn_enqueue_owned(struct sse_server *srv, struct conn *c, struct blob *b) {
-    if (!b)
-        return false;
-    bool ok = conn_enqueue(srv, c, b);
+    bool ok = b && conn_enqueue(srv, c, b);
     blob_unref(b);
     return ok;
 }
@@ -3094,7 +3091,7 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
     }
     struct body *b = c->body;
     c->body = NULL;
-    const char *event = b->has_event ? b->event : NULL;
+    const char *event = b->event[0] ? b->event : NULL;
     uint64_t id = 0;
     int r =
         publish_event(srv, &(struct publish_in){b->topic, event, b->data, b->have, c, NULL}, &id);
@@ -3180,7 +3177,6 @@ static void publish_expect_body(struct sse_server *srv, struct conn *c,
     }
     b->need = (size_t)content_length;
     b->have = 0;
-    b->has_event = event[0] != '\0';
     strcpy(b->topic, topic);
     strcpy(b->event, event);
     c->body = b;
