@@ -2322,10 +2322,8 @@ static void conn_flush(struct sse_server *srv, struct conn *c) {
         return;
     int r = conn_write(srv, c);
     if (r < 0) {
-        conn_close(srv, c,
-                   c->state == CONN_OUTBOUND ? R_PEER_FAILED
-                   : r == -2                 ? R_ERROR
-                                             : conn_gone(c, true));
+        enum close_reason why = r == -2 ? R_ERROR : conn_gone(c, true);
+        conn_close(srv, c, c->state == CONN_OUTBOUND ? R_PEER_FAILED : why);
         return;
     }
     if (c->part && c->part->ops->wrote)
