@@ -1385,18 +1385,13 @@ static int static_open(int root_fd, const char *root_real, const char *rel) {
 /* ==========================================================================================
  * 6. Connections
  *
- * A connection reads a request, then either answers it (and, with keep-alive, reads the
- * next) or becomes a subscriber for good. Everything it sends goes through one output
- * queue of blobs, written with sendmsg() over an iovec (one system call for many events),
- * then an optional file with sendfile(). Writes are attempted at the end of each loop
- * iteration, so events published in one iteration leave in one system call per subscriber.
- *
- * Sockets are registered once, edge-triggered for input and output, so a busy subscriber
- * costs no epoll_ctl() calls. Timers are four FIFO lists, one per duration (all entries of a
- * list share a duration, so appending keeps each list sorted): request deadlines, stalled
- * responses, heartbeats, and connections closing. Closing is deferred: a closed connection
- * is marked dead and freed at the end of the iteration, so no handler frees a connection
- * another handler still holds.
+ * A connection reads a request, then answers it (and, with keep-alive, reads the next) or
+ * becomes a subscriber for good. Its output is one queue of blobs, written with sendmsg()
+ * (one system call for many events) at the end of each loop iteration, then an optional file
+ * with sendfile(). Sockets are registered once, edge-triggered both ways, so a busy
+ * subscriber costs no epoll_ctl(). Timers are FIFO lists, one per duration, so appending
+ * keeps each sorted. Closing is deferred: a closed connection is freed at the end of the
+ * iteration, so no handler frees a connection another still holds.
  * ======================================================================================== */
 
 enum conn_state {
@@ -1425,21 +1420,19 @@ enum conn_flag {
 
 enum timer_id {
     TIMER_REQUEST, /* header_timeout: a request head (or body) must arrive by then */
-    TIMER_SEND,    /* SEND_TIMEOUT_MS: a response, or an outbound peer's answer, without
-                      progress */
+    TIMER_SEND,    /* SEND_TIMEOUT_MS: a response (or an outbound peer's answer) stalls */
     TIMER_STREAM,  /* heartbeat_ms: a subscriber's heartbeat */
     TIMER_LINGER,  /* LINGER_MS: a closing connection's last chance */
     TIMER_CONNECT, /* an outbound connect; its part sets the duration */
-    TIMER_PART,    /* a part's own beat for the connections it took over; the part sets the
-                      duration (the proxy's heartbeat) */
+    TIMER_PART,    /* a part's own beat for connections it took over (the proxy's heartbeat) */
     TIMER_PACED,   /* publish_wait_ms: a held publish is answered 503 by then */
     TIMER_NEVER,   /* no deadline (outbound connections, passed non-stream responses) */
     TIMER_COUNT
 };
 #define TIMER_NONE 0xFF
 
-/* Why a connection closed. Each client connection is closed exactly once, in conn_close(),
- * which counts it under its reason: /metrics's sse_connections_closed_total. */
+/* Why a connection closed: each client connection is counted once, under its reason, in
+ * conn_close() (sse_connections_closed_total). */
 enum close_reason {
     R_CLIENT_CLOSED,  /* the peer closed its side (end of input) */
     R_DONE,           /* answered, without keep-alive */
@@ -1462,35 +1455,28 @@ static const char *const close_reason_text[R_COUNT] = {
     "send timeout",  "overload", "upstream failed", "told to reconnect",
     "reset",
 };
-/* The same, as the reason label of sse_connections_closed_total. */
 static const char *const close_reason_label[R_COUNT] = {
     "client_closed",   "done",      "slow_subscriber", "header_timeout", "bad_request",
     "shutdown",        "retired",   "error",           "send_timeout",   "overload",
     "upstream_failed", "reconnect", "reset",
 };
 
-/* What epoll hands back: every registered object starts with one, and names in on_event who
- * handles its readiness, so the loop calls it without knowing what is behind it (as redis's
- * ae.c calls the procs a file event registered). */
+/* What epoll hands back (a seam): every registered object starts with one, and the loop calls
+ * its on_event without knowing what is behind it (as redis's ae.c calls a file event's procs). */
 struct handle {
     int fd; /* the descriptor */
     void (*on_event)(struct sse_server *srv, struct handle *h, uint32_t events); /* EPOLL* */
 };
 
-/* Connections a part holds (a seam). A part may take a client connection over once its
- * route answered a request (the proxy passes it to an upstream), or open connections of its
- * own (its upstreams). The core still owns the socket, the output queue, the timers and the
- * close; it asks the part, through these, what only the part knows. The part's own state
- * for the connection starts with a struct conn_part (as every epoll object starts with a
- * handle), so a connection costs one pointer for it. */
+/* Connections a part holds (a seam). A part may take a client over once its route answered
+ * (the proxy passes it upstream), or open connections of its own (its upstreams). The core
+ * still owns the socket, the output queue, the timers and the close, and asks the part what
+ * only it knows. The part's state for a connection starts with a struct conn_part. */
 struct conn;
 struct conn_ops {
-    /* c closed (c->state is CONN_DEAD already): let go of it. */
-    void (*closed)(struct sse_server *srv, struct conn *c);
-    /* c's output went out, or some of it: room again. NULL: nothing to do. */
-    void (*wrote)(struct sse_server *srv, struct conn *c);
-    /* Whether c's output must wait (a connect in progress). NULL: never. */
-    bool (*holding)(const struct conn *c);
+    void (*closed)(struct sse_server *srv, struct conn *c); /* c is CONN_DEAD: let go of it */
+    void (*wrote)(struct sse_server *srv, struct conn *c);  /* output went out: room. NULL: none */
+    bool (*holding)(const struct conn *c); /* output must wait (connect under way). NULL: never */
     /* Bytes a CONN_PASSED client sent after its request head; returns the bytes taken. */
     size_t (*body)(struct sse_server *srv, struct conn *c, const char *p, size_t n);
     /* A CONN_PASSED client is readable (events: EPOLLIN, EPOLLRDHUP). */
@@ -1516,9 +1502,8 @@ struct inbuf {
 struct body {
     size_t need;                    /* Content-Length */
     size_t have;                    /* bytes in data */
-    bool has_event;                 /* event holds an event type */
     char topic[TOPIC_NAME_MAX + 1]; /* validated topic */
-    char event[EVENT_TYPE_MAX + 1]; /* validated event type */
+    char event[EVENT_TYPE_MAX + 1]; /* validated event type, or "" */
     char data[];                    /* need bytes */
 };
 
@@ -1547,10 +1532,9 @@ struct conn {
     struct ip_count *ip;        /* its address's count (max_clients_per_ip), else NULL */
 };
 
-/* Client connections served per address, for max_clients_per_ip: a chained hash table
- * keyed by the address (IPv4 as IPv4-mapped IPv6) with a random seed, so addresses cannot
- * be chosen to collide. An entry lives only while its count is above zero, so there are
- * never more entries than connections, and the table shrinks back as they close. */
+/* Client connections per address (max_clients_per_ip): a hash table keyed by the address
+ * (IPv4 mapped to IPv6), seeded at random so addresses cannot be chosen to collide. An entry
+ * lives while its count is above zero: never more entries than connections. */
 struct ip_count {
     struct ip_count *next; /* next in the hash chain */
     uint32_t n;            /* connections served from addr */
@@ -1661,10 +1645,9 @@ struct pace {
     bool resume_due;            /* the hold just ended: held publishers are to be resumed */
     uint8_t cause;              /* enum pace_cause of the hold being timed, PACE_OPEN if none */
     int64_t held_since;         /* when held last became true */
-    int64_t minority_since;     /* during a hold, since when the lagging are a quarter of the
-                                   subscribers or fewer; or 0 */
-    int64_t next_check;         /* during a hold, when the lagging that wrote nothing are left
-                                   behind; 0 = at the next iteration, which starts the watch */
+    int64_t minority_since;     /* in a hold: since when the lagging are at most a quarter, or 0 */
+    int64_t next_check;         /* in a hold: when the silent lagging are left behind; 0 = next
+                                   iteration, which starts the watch */
     int64_t gate_since;         /* when the gate last closed, for the time held */
     uint64_t held_ms[3];        /* ms the gate was closed, by enum pace_cause */
     uint64_t holds[3];          /* times it closed, by enum pace_cause */
@@ -1674,14 +1657,11 @@ struct pace {
     const char *store;                              /* its name for log lines, with can_take */
 };
 
-/*
- * Parts (a seam). What an optional part adds to HTTP: its routes (tried after the core's
- * own paths, before static files), its /metrics rows (after the core's) and a reason for
- * /healthz to answer 503; and to the loop: work it does each iteration, when that is next
- * due, what it resumes when flow control lets publishers go on. A part registers one of
- * these at sse_server_new(), with its own state, whether or not the configuration uses it,
- * so /metrics has the same families either way.
- */
+/* Parts (a seam). What an optional part adds to HTTP: routes (after the core's paths, before
+ * static files), /metrics rows, a reason for /healthz to answer 503; and to the loop: work
+ * each iteration, when it is due, what to resume when the publishers' gate opens. A part
+ * registers at sse_server_new() whether or not the configuration uses it, so /metrics has
+ * the same families either way. */
 #define PARTS_MAX     4  /* parts registered: the proxy, the journal, Redis, one to come */
 #define PART_ROWS_MAX 16 /* /metrics rows one part may add */
 
@@ -1710,15 +1690,12 @@ struct part {
     void *self;                 /* its own state, or NULL */
 };
 
-/*
- * The history (a seam). What stands behind Last-Event-ID: the core always keeps the backlog
- * of recent events; a history decides how new events get their ids and whether an id a
- * client comes back with can be replayed exactly. The in-memory backlog is the default
- * (history_backlog below); the journal wraps it (an event is on disk before anyone hears of
- * it) and Redis is another (Redis assigns the ids; what is older than the backlog comes from
- * the stream). The answer itself (replay, or the reset event) is given in one place,
- * stream_answer(), whichever history decided. A NULL hook is the backlog's behaviour.
- */
+/* The history (a seam): what stands behind Last-Event-ID. The core always keeps the backlog;
+ * a history decides how events get their ids and whether an id a client comes back with can
+ * be replayed exactly. The backlog alone is the default (history_backlog); the journal wraps
+ * it (an event is on disk before anyone hears of it); Redis assigns the ids and serves what
+ * is older than the backlog. The answer (replay or reset) is given in one place,
+ * stream_answer(), whichever history decided. A NULL hook is the backlog's behaviour. */
 enum history_answer {
     HISTORY_RESET,   /* the id cannot be replayed exactly: the reset event */
     HISTORY_COVERED, /* the backlog holds every event after the id */
@@ -1735,10 +1712,9 @@ struct publish_in {
     const struct receipt *receipt; /* or a publisher told later whether it was stored, or NULL */
 };
 
-/* A receipt (a seam): a publisher that must know whether an event its history stores
- * elsewhere was stored (the relay moves its resume position only past stored events). The
- * history calls done exactly once for every append that returned 0 with *id 0 (unless the
- * server is freed first). */
+/* A receipt (a seam): a publisher that must know whether an event stored elsewhere was stored
+ * (the relay moves its resume position only past stored events). The history calls done once
+ * for every append that returned 0 with *id 0 (unless the server is freed first). */
 struct receipt {
     void (*done)(struct sse_server *srv, void *who, const char *mark, bool stored);
     void *who;        /* the publisher */
@@ -1746,13 +1722,11 @@ struct receipt {
 };
 
 struct history_ops {
-    /* Publishes a checked event that has no id yet. Returns the subscribers it was queued
-     * to with *id set, or 0 with *id 0 when the history says the id later (in->c, if not
-     * NULL, is answered then; in->receipt, if not NULL, is told then), or a negative errno:
-     * -EAGAIN when it cannot take the event now. NULL: the next id, delivered at once. */
+    /* Publishes a checked event without id: returns the subscribers it was queued to with *id
+     * set; or 0 with *id 0 when the id comes later (then in->c is answered, in->receipt told);
+     * or a negative errno, -EAGAIN when it cannot take it now. NULL: the next id, at once. */
     int (*append)(struct sse_server *srv, const struct publish_in *in, uint64_t *id);
-    /* Stores an event that has its id, before the backlog keeps it; negative: not stored,
-     * nobody hears of it. NULL: nothing to store. */
+    /* Stores an event with its id before the backlog keeps it; negative: nobody hears of it. */
     int (*store)(struct sse_server *srv, const struct blob *ev);
     /* After the backlog kept an event (the journal compacts). NULL: nothing. */
     void (*kept)(struct sse_server *srv, uint64_t id);
@@ -1765,8 +1739,8 @@ struct history_ops {
     void (*format_id)(struct wbuf *w, uint64_t key);   /* an id as the wire spells it */
     bool (*parse_id)(const char *s, size_t len, uint64_t *key); /* and back: canonical only */
     void (*free)(struct sse_server *srv);                       /* at sse_server_free(), or NULL */
-    /* Whether the current id is known (Redis: once the stream's position was read); until
-     * then a subscriber is told to come back. NULL: always. */
+    /* Whether the current id is known (Redis: once read); until then subscribers are told to
+     * come back. NULL: always. */
     bool (*positioned)(const struct sse_server *srv);
 };
 
@@ -1803,12 +1777,10 @@ struct sse_server {
     size_t client_buffer;      /* queued bytes at which a subscriber is dropped */
     size_t max_event_bytes;    /* largest payload */
     struct logger log;         /* where log lines go */
-    unsigned log_depth;        /* on_log and on_request calls under way: sse_poll() answers
-                                  -EBUSY */
-    int (*on_request)(struct sse_server *, const struct sse_request *,
-                      void *); /* the host's routes, or NULL */
-    bool busy; /* in a publish or a retire, or being freed: an on_log callback's sse_publish()
-                  and sse_retire_topic() answer -EBUSY instead of re-entering */
+    unsigned log_depth;        /* on_log, on_request calls under way: sse_poll() says -EBUSY */
+    int (*on_request)(struct sse_server *, const struct sse_request *, void *); /* or NULL */
+    bool busy; /* publishing, retiring or freeing: sse_publish() and sse_retire_topic() from
+                  on_log answer -EBUSY instead of re-entering */
 
     /* descriptors */
     int epfd;               /* the epoll instance, also sse_fd() */
@@ -1871,8 +1843,8 @@ FOR_PARTS static void *part_self(const struct sse_server *srv, const struct part
     return NULL;
 }
 
-/* Plugs a part in at sse_server_new(); from then on its free hook runs at
- * sse_server_free(). False when PARTS_MAX are in already. */
+/* Plugs a part in at sse_server_new() (its free hook runs at sse_server_free()). False when
+ * PARTS_MAX are in already. */
 FOR_PARTS static bool part_add(struct sse_server *srv, const struct part_ops *ops, void *self) {
     if (srv->nparts == PARTS_MAX)
         return false;
@@ -1884,14 +1856,8 @@ static void timer_unlink(struct sse_server *srv, struct conn *c) {
     if (c->timer == TIMER_NONE)
         return;
     struct timer_list *tl = &srv->timers[c->timer];
-    if (c->tprev)
-        c->tprev->tnext = c->tnext;
-    else
-        tl->head = c->tnext;
-    if (c->tnext)
-        c->tnext->tprev = c->tprev;
-    else
-        tl->tail = c->tprev;
+    *(c->tprev ? &c->tprev->tnext : &tl->head) = c->tnext;
+    *(c->tnext ? &c->tnext->tprev : &tl->tail) = c->tprev;
     c->tprev = c->tnext = NULL;
     c->timer = TIMER_NONE;
 }
@@ -1904,10 +1870,7 @@ static void timer_set(struct sse_server *srv, struct conn *c, enum timer_id whic
     c->deadline = srv->now + tl->duration;
     c->tprev = tl->tail;
     c->tnext = NULL;
-    if (tl->tail)
-        tl->tail->tnext = c;
-    else
-        tl->head = c;
+    *(tl->tail ? &tl->tail->tnext : &tl->head) = c;
     tl->tail = c;
 }
 
@@ -1921,23 +1884,19 @@ static void conn_flush_later(struct sse_server *srv, struct conn *c) {
 
 /* ---- flow control: publishers wait for the subscribers --------------------------------
  *
- * Publishing can outrun delivery: an input can be read faster than a thousand sockets are
- * written. Queueing the difference only delays the drop of every subscriber at client_buffer.
- * So the core paces its publishers to the subscribers instead, the way TCP paces a sender:
- * when more than one subscriber in PACE_SHARE has more than the high-water mark queued, the
- * core takes no new event (inputs and relays are not read, so their writers block and TCP
- * pushes back; HTTP publishes wait; sse_publish() says -EAGAIN) until no more than one in
- * 2 * PACE_SHARE is above the low-water mark. One subscriber merely slower than the rest
- * must not pace them all: with many subscribers it is under the share; with few, a lagging
- * subscriber is left behind (no longer counted, and dropped at client_buffer as before, to
- * resume with Last-Event-ID) when it took no bytes at all for PACE_PATIENCE_MS of a hold (it
- * stalled), or when the lagging have been a small minority (a quarter or less) for
- * PACE_MINORITY_MS of the hold (the others caught up and it did not; a larger share is
- * where the pace is, not a straggler). Nor may subscribers that stopped reading altogether (a
- * majority of stalled phones, or a client that opened many streams and reads none) stop
- * publishing for good: a hold that lasts PACE_MAX_HOLD_MS leaves every lagging one behind.
- * A part that stores events before they are delivered (Redis) may close the gate too, through
- * can_take: one answer for every publisher. */
+ * An input can be read faster than a thousand sockets are written; queueing the difference
+ * only delays dropping every subscriber at client_buffer. So the core paces publishers to
+ * subscribers, as TCP paces a sender: when more than one subscriber in PACE_SHARE has more
+ * than the high-water mark queued, no new event is taken (inputs and relays are not read, so
+ * TCP pushes back on their writers; HTTP publishes wait; sse_publish() says -EAGAIN) until
+ * at most one in 2 * PACE_SHARE is above the low-water mark. One slow subscriber must not
+ * pace the rest: with many it is under the share; with few it is left behind (not counted;
+ * dropped at client_buffer as before, to resume with Last-Event-ID) when it took no bytes
+ * for PACE_PATIENCE_MS of a hold (stalled), or the lagging were a quarter or less for
+ * PACE_MINORITY_MS (the others caught up; a larger share is the pace, not a straggler).
+ * Nor may clients that stopped reading (stalled phones, one client with many unread streams)
+ * stop publishing for good: a hold of PACE_MAX_HOLD_MS leaves every lagging one behind. A
+ * part that stores events first (Redis) may close the gate too, through can_take. */
 
 /* clang-format off */
 #define PACE_SHARE           10    /* hold when more than 1 subscriber in 10 lags */
@@ -2041,28 +2000,9 @@ static bool conn_enqueue(struct sse_server *srv, struct conn *c, struct blob *b)
 
 /* Takes a blob we own (refs 1) into the queue and drops our reference. */
 static bool conn_enqueue_owned(struct sse_server *srv, struct conn *c, struct blob *b) {
-    if (!b)
-        return false;
-    bool ok = conn_enqueue(srv, c, b);
+    bool ok = b && conn_enqueue(srv, c, b);
     blob_unref(b);
     return ok;
-}
-
-/* Leaves every topic the connection follows. */
-static void conn_unsubscribe(struct conn *c) {
-    for (uint16_t i = 0; i < c->nsubs; i++) {
-        struct sub *s = &c->subs[i];
-        if (s->prev)
-            s->prev->next = s->next;
-        else
-            s->topic->subs = s->next;
-        if (s->next)
-            s->next->prev = s->prev;
-        topic_unref(s->topic);
-    }
-    free(c->subs);
-    c->subs = NULL;
-    c->nsubs = 0;
 }
 
 static void conn_drop_output(struct conn *c) {
@@ -2077,6 +2017,29 @@ static void conn_drop_output(struct conn *c) {
     c->file_fd = -1;
 }
 
+/* c, formerly in state, stops following topics and reading: a subscriber no longer counts. */
+static void conn_let_go(struct sse_server *srv, struct conn *c, enum conn_state state) {
+    if (state == CONN_STREAM) {
+        srv->nsubscribers--;
+        pace_forget(srv, c);
+        pace_check(srv);
+    }
+    for (uint16_t i = 0; i < c->nsubs; i++) {
+        struct sub *s = &c->subs[i];
+        *(s->prev ? &s->prev->next : &s->topic->subs) = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        topic_unref(s->topic);
+    }
+    free(c->subs);
+    c->subs = NULL;
+    c->nsubs = 0;
+    free(c->in);
+    free(c->body);
+    c->in = NULL;
+    c->body = NULL;
+}
+
 /* Closes at once: the descriptor now, the memory at the end of the iteration. */
 static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD)
@@ -2088,17 +2051,8 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
     if (c->part)
         c->part->ops->closed(srv, c);
     timer_unlink(srv, c);
-    if (state == CONN_STREAM) {
-        srv->nsubscribers--;
-        pace_forget(srv, c);
-        pace_check(srv);
-    }
-    conn_unsubscribe(c);
+    conn_let_go(srv, c, state);
     conn_drop_output(c);
-    free(c->in);
-    free(c->body);
-    c->in = NULL;
-    c->body = NULL;
     close(c->h.fd);
     c->h.fd = -1;
     if (state == CONN_OUTBOUND)
@@ -2118,9 +2072,8 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
             close_reason_text[reason]);
 }
 
-/* Why a client connection closes when its socket ends under it: for one already closing,
- * the reason it was closing for; else a reset when the socket failed (ECONNRESET, EPIPE,
- * ETIMEDOUT from a read or write, EPOLLERR), or the client's close at the end of input. */
+/* Why a client closes when its socket ends: a lingering one for the reason it was closing;
+ * else a reset if the socket failed (ECONNRESET, EPIPE, ETIMEDOUT, EPOLLERR), or end of input. */
 static enum close_reason conn_gone(const struct conn *c, bool failed) {
     if (c->state == CONN_LINGER)
         return (enum close_reason)c->reason;
@@ -2178,9 +2131,8 @@ static ssize_t conn_sendfile(int out, int in, off_t *off, size_t n) {
     return r;
 }
 
-/* Writes as much of the queue, then the file, as the socket takes. Returns 0 when all is
- * written, 1 when the socket is full (an EPOLLOUT edge will come), -1 on a dead peer, -2 when
- * the file shrank under us. */
+/* Writes as much of the queue, then the file, as the socket takes. 0: all written; 1: the
+ * socket is full (an EPOLLOUT edge will come); -1: a dead peer; -2: the file shrank. */
 static int conn_write(struct sse_server *srv, struct conn *c) {
     while (c->qlen) {
         struct iovec iov[WRITE_IOV_MAX];
@@ -2224,39 +2176,25 @@ static int conn_write(struct sse_server *srv, struct conn *c) {
     return 0;
 }
 
-/* Reads and throws away whatever the peer sends (subscribers and closing connections have
- * nothing more to say). Closes the connection at end of input or on an error. */
+/* Reads and throws away what the peer sends (subscribers and closing connections have
+ * nothing more to say); closes at end of input or on an error. */
 static void conn_discard_input(struct sse_server *srv, struct conn *c) {
     char sink[4096];
-    for (;;) {
-        ssize_t n = read(c->h.fd, sink, sizeof sink);
-        if (n > 0)
-            continue;
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        conn_close(srv, c, conn_gone(c, n < 0));
+    ssize_t n;
+    do
+        n = read(c->h.fd, sink, sizeof sink);
+    while (n > 0 || (n < 0 && errno == EINTR));
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return;
-    }
+    conn_close(srv, c, conn_gone(c, n < 0));
 }
 
-/* Stops reading requests and following topics; what is queued still goes out, then the
- * write side is shut and the peer given LINGER_MS to close (so it reads our last bytes
- * rather than a reset). */
+/* Stops reading requests and following topics; what is queued goes out, then the write side
+ * is shut and the peer has LINGER_MS to close (so it reads our last bytes, not a reset). */
 static void conn_linger(struct sse_server *srv, struct conn *c, enum close_reason reason) {
     if (c->state == CONN_DEAD || c->state == CONN_LINGER)
         return;
-    if (c->state == CONN_STREAM) {
-        srv->nsubscribers--;
-        pace_forget(srv, c);
-        pace_check(srv);
-    }
-    conn_unsubscribe(c);
-    free(c->body);
-    c->body = NULL;
-    free(c->in);
-    c->in = NULL;
+    conn_let_go(srv, c, (enum conn_state)c->state);
     c->state = CONN_LINGER;
     c->reason = (uint8_t)reason;
     timer_set(srv, c, TIMER_LINGER);
@@ -2276,10 +2214,8 @@ static void conn_flush(struct sse_server *srv, struct conn *c) {
         return;
     int r = conn_write(srv, c);
     if (r < 0) {
-        conn_close(srv, c,
-                   c->state == CONN_OUTBOUND ? R_PEER_FAILED
-                   : r == -2                 ? R_ERROR
-                                             : conn_gone(c, true));
+        enum close_reason why = r == -2 ? R_ERROR : conn_gone(c, true);
+        conn_close(srv, c, c->state == CONN_OUTBOUND ? R_PEER_FAILED : why);
         return;
     }
     if (c->part && c->part->ops->wrote)
@@ -2295,8 +2231,8 @@ static void conn_flush(struct sse_server *srv, struct conn *c) {
     }
 }
 
-/* Writes every connection with pending output. Handlers only queue; this is where bytes
- * leave, once per loop iteration, so a burst of events goes out in one system call. */
+/* Writes every connection with pending output, once per iteration: handlers only queue, so
+ * a burst of events leaves in one system call. */
 static void conn_flush_all(struct sse_server *srv) {
     while (srv->flush_list) {
         struct conn *c = srv->flush_list;
@@ -2315,8 +2251,8 @@ static void conn_reap(struct sse_server *srv) {
     }
 }
 
-/* Where a part connects to (an upstream, a Redis server): resolved once, at start-up, so
- * the loop never waits on DNS. */
+/* Where a part connects to (an upstream, Redis): resolved once at start-up, so the loop never
+ * waits on DNS. */
 struct remote {
     struct sockaddr_storage addr; /* its address */
     socklen_t addr_len;           /* bytes used in addr */
@@ -2336,22 +2272,21 @@ FOR_PARTS static void remote_free(struct remote *u) {
 FOR_PARTS static const char *remote_resolve(struct remote *u, const char *url) {
     if (strlen(url) < 8 || !ascii_ieq(url, 7, "http://"))
         return "must start with http://";
-    const char *h = url + 7, *p;
+    const char *h = url + 7, *p, *hs = h, *he;
     char host[256], port[8] = "80";
     if (*h == '[') {
-        p = strchr(h, ']');
-        if (!p || (size_t)(p - h - 1) >= sizeof host)
+        he = strchr(h, ']');
+        if (!he || (size_t)(he - h - 1) >= sizeof host)
             return "has an invalid [IPv6] host";
-        memcpy(host, h + 1, (size_t)(p - h - 1));
-        host[p - h - 1] = '\0';
-        p++;
+        hs = h + 1;
+        p = he + 1;
     } else {
-        p = h + strcspn(h, ":/?#");
+        p = he = h + strcspn(h, ":/?#");
         if (p == h || (size_t)(p - h) >= sizeof host)
             return "has no host";
-        memcpy(host, h, (size_t)(p - h));
-        host[p - h] = '\0';
     }
+    memcpy(host, hs, (size_t)(he - hs));
+    host[he - hs] = '\0';
     const char *host_end = p;
     if (*p == ':') {
         size_t n = strspn(p + 1, "0123456789");
@@ -2390,50 +2325,37 @@ FOR_PARTS static const char *remote_resolve(struct remote *u, const char *url) {
  * The stream (WHATWG 9.2.2-9.2.4): the browser fails the EventSource for good on any status
  * but 200 or a Content-Type other than text/event-stream, and reconnects after `retry` ms on
  * a clean end of body. So passing trouble (overload, shutdown) is answered 200 + retry: +
- * close, 204 is kept for "stop for good", and 4xx only for requests that will stay wrong.
- * The response is close-delimited (no chunking): the spec warns that chunking by a layer
- * unaware of the timing can hurt streams, and HTTP/1.0 clients know nothing else.
+ * close, 204 means "stop for good", 4xx only requests that will stay wrong. The response is
+ * close-delimited: the spec warns that chunking by a layer unaware of the timing can hurt
+ * streams, and HTTP/1.0 clients know nothing else.
  * Publishing, metrics and static files are ordinary HTTP/1.1 (RFC 9110, RFC 9112).
  * ======================================================================================== */
 
+/* The reason phrase of a status; none for others (it is optional, RFC 9112 4). */
 static const char *http_reason(int status) {
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return ""; /* the reason phrase is optional (RFC 9112 4) */
-    }
+    /* clang-format off */
+    static const struct {
+        int status;
+        const char *text;
+    } reasons[] = {
+        {100, "Continue"}, {200, "OK"}, {201, "Created"}, {202, "Accepted"}, {204, "No Content"},
+        {301, "Moved Permanently"}, {302, "Found"}, {303, "See Other"}, {304, "Not Modified"},
+        {307, "Temporary Redirect"}, {308, "Permanent Redirect"}, {400, "Bad Request"},
+        {401, "Unauthorized"}, {403, "Forbidden"}, {404, "Not Found"}, {405, "Method Not Allowed"},
+        {406, "Not Acceptable"}, {409, "Conflict"}, {410, "Gone"}, {411, "Length Required"},
+        {413, "Content Too Large"}, {422, "Unprocessable Content"}, {429, "Too Many Requests"},
+        {431, "Request Header Fields Too Large"}, {500, "Internal Server Error"},
+        {501, "Not Implemented"}, {502, "Bad Gateway"}, {503, "Service Unavailable"},
+        {504, "Gateway Timeout"}, {505, "HTTP Version Not Supported"},
+    };
+    /* clang-format on */
+    for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
+        if (reasons[i].status == status)
+            return reasons[i].text;
+    return "";
 }
 
-/* A response's body: its Content-Type, its bytes, and whether only its length is told (a
- * HEAD request, or a file sendfile() sends after the head). */
+/* A response's body; head_only: only its length is told (HEAD, or a file sent after). */
 struct http_body {
     const char *type;  /* Content-Type, or NULL */
     const char *bytes; /* len bytes, or NULL when they follow in a file */
@@ -2441,16 +2363,13 @@ struct http_body {
     bool head_only;    /* queue the head alone */
 };
 
-/* Queues a whole response: status line, Date, Content-Type (with a body that has one),
- * Content-Length (except for 204 and 304), Connection when it differs from the version's
- * default, the CORS lines, extra (ready-made header lines), then the body's bytes unless
- * head_only. body NULL: none. */
+/* Queues a whole response: status line, Date, Content-Type (if any), Content-Length (not
+ * for 204 and 304), Connection when not the version's default, the CORS lines, extra
+ * (ready-made header lines), then the body unless head_only. body NULL: none. */
 static void http_respond(struct sse_server *srv, struct conn *c, int status, const char *extra,
                          const struct http_body *body) {
     static const struct http_body none = {NULL, NULL, 0, false};
-    const char *ctype = (body ? body : &none)->type;
-    size_t body_len = (body ? body : &none)->len;
-    bool head_only = (body ? body : &none)->head_only;
+    const struct http_body *bd = body ? body : &none;
     char head[SSE_HEAD_MAX + 1024];
     struct wbuf w = {head, sizeof head, 0};
     if (c->flags & CF_BODY_UNREAD)
@@ -2462,14 +2381,14 @@ static void http_respond(struct sse_server *srv, struct conn *c, int status, con
     wb_str(&w, "\r\nDate: ");
     wb_str(&w, srv->date);
     wb_str(&w, "\r\n");
-    if (ctype) {
+    if (bd->type) {
         wb_str(&w, "Content-Type: ");
-        wb_str(&w, ctype);
+        wb_str(&w, bd->type);
         wb_str(&w, "\r\n");
     }
     if (status != 204 && status != 304) {
         wb_str(&w, "Content-Length: ");
-        wb_u64(&w, body_len);
+        wb_u64(&w, bd->len);
         wb_str(&w, "\r\n");
     }
     if (!(c->flags & CF_KEEP_ALIVE))
@@ -2480,15 +2399,13 @@ static void http_respond(struct sse_server *srv, struct conn *c, int status, con
     if (extra)
         wb_str(&w, extra);
     wb_str(&w, "\r\n");
-    size_t blen = head_only || status == 204 || status == 304 ? 0 : body_len;
+    size_t blen = bd->head_only || status == 204 || status == 304 ? 0 : bd->len;
     struct blob *b = w.len <= w.cap ? blob_new(w.len + blen) : NULL;
-    if (!b) {
-        conn_close(srv, c, R_ERROR);
-        return;
+    if (b) {
+        memcpy(b->bytes, head, w.len);
+        if (blen)
+            memcpy(b->bytes + w.len, bd->bytes, blen);
     }
-    memcpy(b->bytes, head, w.len);
-    if (blen)
-        memcpy(b->bytes + w.len, body->bytes, blen);
     if (!conn_enqueue_owned(srv, c, b)) {
         conn_close(srv, c, R_ERROR);
         return;
@@ -2568,39 +2485,42 @@ static void stream_turn_away(struct sse_server *srv, struct conn *c, enum close_
     conn_linger(srv, c, why);
 }
 
-/* What a subscriber that sent no last event id gets first: the current id, so that a client
- * that drops before its first event still resumes exactly where it started. By default as
- * the position event, "id: CURRENT\nevent: position\ndata:\n\n": an event that is
- * dispatched (it has a data line, empty), because only Chromium takes the id of a block that
- * dispatches nothing as the WHATWG parser says (9.2.6: "set the last event ID string ... If
- * the data buffer is an empty string ... return"); Firefox, Safari and the npm eventsource
- * package record an id only with an event they fire. Its type is "position", so onmessage
- * and listeners of other types never see it. With position_event off, "id: CURRENT" and a
- * blank line: the same id for Chromium, no event for anyone. */
+/* An event under id (spelled as the history spells ids), as a blob; NULL if out of memory. */
+static struct blob *stream_event(const struct sse_server *srv, uint64_t id, const char *type,
+                                 const char *data, size_t len) {
+    char text[48];
+    struct wbuf w = {text, sizeof text, 0};
+    srv->history->format_id(&w, id);
+    size_t n = wire_format_event(NULL, 0, text, w.len, type, data, len);
+    struct blob *b = blob_new(n);
+    if (b)
+        wire_format_event(b->bytes, n, text, w.len, type, data, len);
+    return b;
+}
+
+/* What a subscriber without a last event id gets first: the current id, so a client that
+ * drops before its first event still resumes where it started. By default the position
+ * event, "id: CURRENT\nevent: position\ndata:\n\n", dispatched (it has a data line) because
+ * only Chromium takes the id of a block that dispatches nothing as WHATWG 9.2.6 says ("set
+ * the last event ID string ... If the data buffer is an empty string ... return"); Firefox,
+ * Safari and npm eventsource record an id only with an event they fire. Its type keeps it
+ * from onmessage. With position_event off, "id: CURRENT" and a blank line (Chromium only). */
 static struct blob *stream_id_line(struct sse_server *srv) {
-    if (!srv->id_line) {
-        char id[48];
-        struct wbuf w = {id, sizeof id, 0};
+    if (!srv->id_line && srv->position_event) {
+        srv->id_line = stream_event(srv, srv->last_id, "position", "", 0);
+    } else if (!srv->id_line) {
+        char line[56];
+        struct wbuf w = {line, sizeof line, 0};
+        wb_str(&w, "id: ");
         srv->history->format_id(&w, srv->last_id);
-        if (srv->position_event) {
-            size_t n = wire_format_event(NULL, 0, id, w.len, "position", "", 0);
-            srv->id_line = blob_new(n);
-            if (srv->id_line)
-                wire_format_event(srv->id_line->bytes, n, id, w.len, "position", "", 0);
-        } else {
-            char line[56];
-            struct wbuf lw = {line, sizeof line, 0};
-            wb_str(&lw, "id: ");
-            wb_put(&lw, id, w.len);
-            wb_str(&lw, "\n\n");
-            srv->id_line = blob_from(line, lw.len);
-        }
+        wb_str(&w, "\n\n");
+        srv->id_line = blob_from(line, w.len);
     }
     return srv->id_line;
 }
 
-/* The reset event: the requested id cannot be replayed exactly; the data tells the
- * application which ids are known so it can reload its state. */
+/* The reset event: the id asked for cannot be replayed exactly; the data says which ids are
+ * known, so the application can reload its state. */
 static struct blob *stream_reset_event(struct sse_server *srv, const char *asked, size_t len) {
     char data[2048];
     struct wbuf w = {data, sizeof data, 0};
@@ -2617,14 +2537,7 @@ static struct blob *stream_reset_event(struct sse_server *srv, const char *asked
     wb_str(&w, ", \"current\": \"");
     srv->history->format_id(&w, srv->last_id);
     wb_str(&w, "\"}");
-    char id[48];
-    struct wbuf idw = {id, sizeof id, 0};
-    srv->history->format_id(&idw, srv->last_id);
-    size_t n = wire_format_event(NULL, 0, id, idw.len, "reset", data, w.len);
-    struct blob *b = blob_new(n);
-    if (b)
-        wire_format_event(b->bytes, n, id, idw.len, "reset", data, w.len);
-    return b;
+    return stream_event(srv, srv->last_id, "reset", data, w.len);
 }
 
 static bool stream_follows(const struct conn *c, const struct topic *t) {
@@ -2658,9 +2571,8 @@ static bool stream_answer(struct sse_server *srv, struct conn *c, const char *as
     return conn_enqueue_owned(srv, c, stream_reset_event(srv, asked, asked_len));
 }
 
-/* A history that answered HISTORY_LATER answers here: the subscriber stops waiting (live
- * events reach it again) and gets stream_answer()'s answer, or is closed if that fails.
- * Unused when no history built in answers later. */
+/* A history that answered HISTORY_LATER answers here: the subscriber gets live events again
+ * and stream_answer()'s answer, or is closed if that fails. */
 FOR_PARTS static void stream_answer_later(struct sse_server *srv, struct conn *c, uint64_t after,
                                           bool covered) {
     c->flags &= (uint8_t)~CF_REPLAYING;
@@ -2671,10 +2583,9 @@ FOR_PARTS static void stream_answer_later(struct sse_server *srv, struct conn *c
         conn_close(srv, c, R_ERROR);
 }
 
-/* Queues what a subscriber must get before live events: everything retained after its
- * last id on its topics, or the reset event, or (no last id) the current id. The history
- * decides; one that must ask elsewhere (Redis) answers later, and until then the
- * subscriber is CF_REPLAYING: live events skip it, it takes them from the backlog. */
+/* Queues what a subscriber gets before live events: the retained events after its last id,
+ * or the reset event, or (no last id) the current id. A history that must ask elsewhere
+ * (Redis) answers later; until then the subscriber is CF_REPLAYING: live events skip it. */
 static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *last,
                             size_t last_len) {
     if (!last)
@@ -2723,13 +2634,13 @@ static void stream_open(struct sse_server *srv, struct conn *c, const char *cons
     c->in = NULL;
     /* A peer that vanished without a FIN is found by unacknowledged heartbeats timing out
      * (TCP_USER_TIMEOUT), or by keepalive probes when the stream is quiet. */
-    int on = 1, idle = 60, intvl = 10, cnt = 3;
-    unsigned user_timeout = TCP_USER_TIMEOUT_MS;
-    setsockopt(c->h.fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
-    setsockopt(c->h.fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+    static const int opts[][3] = {{SOL_SOCKET, SO_KEEPALIVE, 1},
+                                  {IPPROTO_TCP, TCP_KEEPIDLE, 60},
+                                  {IPPROTO_TCP, TCP_KEEPINTVL, 10},
+                                  {IPPROTO_TCP, TCP_KEEPCNT, 3},
+                                  {IPPROTO_TCP, TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS}};
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
+        setsockopt(c->h.fd, opts[i][0], opts[i][1], &opts[i][2], sizeof opts[i][2]);
     if (!conn_enqueue(srv, c, head) ||
         (srv->retry_line && !conn_enqueue(srv, c, srv->retry_line)) ||
         !stream_catch_up(srv, c, last, last_len)) {
@@ -2739,13 +2650,12 @@ static void stream_open(struct sse_server *srv, struct conn *c, const char *cons
     timer_set(srv, c, TIMER_STREAM);
 }
 
-/* Queues a live event for a subscriber, or drops the subscriber if it is too far behind
- * (it reconnects and catches up from the backlog; everyone else keeps real time). */
+/* Queues a live event, or drops a subscriber too far behind (it reconnects and catches up
+ * from the backlog; everyone else keeps real time). */
 static bool stream_push(struct sse_server *srv, struct conn *c, struct blob *ev) {
     if (c->flags & CF_REPLAYING)
         return false; /* it takes this event from the backlog when its replay ends */
-    /* An idle subscriber always takes the event, so one event larger than the buffer is
-     * delivered rather than dropping everyone. */
+    /* An idle subscriber always takes it: an event over the buffer drops nobody. */
     if (c->qbytes && c->qbytes + ev->len > srv->client_buffer) {
         srv->m.dropped_total++;
         conn_close(srv, c, R_SLOW);
@@ -2769,11 +2679,13 @@ static void stream_heartbeat(struct sse_server *srv, struct conn *c) {
     timer_set(srv, c, TIMER_STREAM);
 }
 
-/* Collects the topics of a stream request: the path segment after the prefix and every
- * topic= parameter, de-duplicated; "default" when none. Returns the count, or -1 with *why. */
+/* A stream's topics: the path segment after the prefix and every topic= parameter, without
+ * duplicates; "default" when none. Returns the count, or -1 with *why. */
 static int stream_topics(const char *rest, size_t rest_len, const struct http_query *q,
                          const char **names, size_t *lens, const char **why) {
     int n = 0;
+    names[0] = DEFAULT_TOPIC; /* unless a topic comes */
+    lens[0] = strlen(DEFAULT_TOPIC);
     for (size_t i = 0; i <= q->n; i++) {
         const char *name;
         size_t len;
@@ -2792,10 +2704,10 @@ static int stream_topics(const char *rest, size_t rest_len, const struct http_qu
             *why = "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
             return -1;
         }
-        bool dup = false;
-        for (int j = 0; j < n; j++)
-            dup = dup || (lens[j] == len && memcmp(names[j], name, len) == 0);
-        if (dup)
+        int j = 0;
+        while (j < n && !(lens[j] == len && memcmp(names[j], name, len) == 0))
+            j++;
+        if (j < n)
             continue;
         if (n == SSE_MAX_TOPICS_PER_STREAM) {
             *why = "too many topics for one stream";
@@ -2804,17 +2716,11 @@ static int stream_topics(const char *rest, size_t rest_len, const struct http_qu
         names[n] = name;
         lens[n++] = len;
     }
-    if (n == 0) {
-        names[0] = DEFAULT_TOPIC;
-        lens[0] = strlen(DEFAULT_TOPIC);
-        n = 1;
-    }
-    return n;
+    return n ? n : 1;
 }
 
-/* The client's last event id: the Last-Event-ID header, else one of the query parameter
- * spellings that polyfills and other servers use (the first connection of an EventSource
- * cannot carry the header). */
+/* The client's last event id: the Last-Event-ID header, else a query parameter as polyfills
+ * and other servers spell it (an EventSource's first connection cannot send the header). */
 static const char *stream_last_id(const struct http_request *req, const struct http_query *q,
                                   size_t *len) {
     const struct http_header *h = http_header(req, "Last-Event-ID");
@@ -2834,8 +2740,8 @@ static const char *stream_last_id(const struct http_request *req, const struct h
     return NULL;
 }
 
-/* Whether the request carries the token as "Authorization: Bearer" or (only when
- * allow_query, since EventSource cannot set headers) as ?token=. */
+/* Whether the request carries the token as "Authorization: Bearer", or as ?token= when
+ * allow_query (EventSource cannot set headers). */
 static bool http_token_ok(const struct http_request *req, const struct http_query *q,
                           const char *secret, bool allow_query) {
     size_t slen = strlen(secret);
@@ -2887,13 +2793,12 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
         http_respond(srv, c, 204, NULL, NULL);
         return;
     }
-    if (c->flags & CF_OVER_LIMIT) {
+    if (c->flags & CF_OVER_LIMIT)
         srv->m.rejected_total++;
+    /* Over the limit, or no current id yet: come back soon. */
+    if ((c->flags & CF_OVER_LIMIT) ||
+        (srv->history->positioned && !srv->history->positioned(srv))) {
         stream_turn_away(srv, c, R_OVERLOAD);
-        return;
-    }
-    if (srv->history->positioned && !srv->history->positioned(srv)) {
-        stream_turn_away(srv, c, R_OVERLOAD); /* no current id yet: come back soon */
         return;
     }
     size_t last_len = 0;
@@ -2903,8 +2808,8 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
 
 /* ---- publishing ------------------------------------------------------------------------ */
 
-/* What every publishing path checks first: a valid topic (NULL means the default), event
- * type and UTF-8 data within the size limit. 0, -EINVAL or -EMSGSIZE. */
+/* What every publish checks first: a valid topic (NULL: the default), event type, and UTF-8
+ * data within the size limit. 0, -EINVAL or -EMSGSIZE. */
 static int publish_check(const struct sse_server *srv, const char **topic, const char *event,
                          const char *data, size_t len) {
     if (!*topic)
@@ -2919,24 +2824,18 @@ static int publish_check(const struct sse_server *srv, const char **topic, const
     return 0;
 }
 
-/* Where every event ends up, whoever assigned its id (the server, or the history): formatted
- * once, written to the journal, kept in the backlog, queued for every subscriber of its
- * topic. The event is checked already. Returns the subscribers it was queued to, or
- * -ENOMEM, or -EIO when the journal could not store it (then nobody hears of it). */
+/* Where every checked event ends up, whoever assigned its id: formatted once, stored by the
+ * history, kept in the backlog, queued for its topic's subscribers. Returns how many, or
+ * -ENOMEM, or -EIO when the history could not store it (then nobody hears of it). */
 static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *topic,
                                const char *event, const char *data, size_t len) {
-    char text[48];
-    struct wbuf idw = {text, sizeof text, 0};
-    srv->history->format_id(&idw, id);
-    size_t n = wire_format_event(NULL, 0, text, idw.len, event, data, len);
     struct topic *t = topic_get(&srv->topics, topic, strlen(topic));
-    struct blob *ev = t ? blob_new(n) : NULL;
+    struct blob *ev = t ? stream_event(srv, id, event, data, len) : NULL;
     if (!ev) {
         if (t)
             topic_unref(t);
         return -ENOMEM;
     }
-    wire_format_event(ev->bytes, n, text, idw.len, event, data, len);
     ev->id = id;
     ev->topic = t;
     if (srv->history->store && srv->history->store(srv, ev) < 0) {
@@ -2961,9 +2860,8 @@ static int publish_deliver_now(struct sse_server *srv, uint64_t id, const char *
     return queued;
 }
 
-/* While an event is delivered, a log line (a slow subscriber dropped, a journal error)
- * reaches the host's on_log, which may call sse_publish(): srv->busy makes that one fail
- * with -EBUSY rather than change the lists being walked. */
+/* A log line while delivering (a slow subscriber dropped) reaches on_log, which may call
+ * sse_publish(): srv->busy makes that fail with -EBUSY, not change the lists being walked. */
 static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topic,
                            const char *event, const char *data, size_t len) {
     bool was_busy = srv->busy;
@@ -2973,11 +2871,9 @@ static int publish_deliver(struct sse_server *srv, uint64_t id, const char *topi
     return r;
 }
 
-/* Delivers an event under the next id of a server on its own. Ids never wrap: past
- * UINT64_MAX an id would come out smaller than the ones clients hold (their Last-Event-ID
- * would then skip or repeat events, and the journal would refuse the file at the next
- * start), so once the last id is UINT64_MAX nothing more is published: -EOVERFLOW, and
- * /healthz answers 503. Otherwise as publish_deliver(). */
+/* Delivers under the server's next id. Ids never wrap (a smaller id would make clients'
+ * Last-Event-ID skip or repeat events, and the journal refuse its file): past UINT64_MAX,
+ * -EOVERFLOW, and /healthz answers 503. Otherwise as publish_deliver(). */
 static int publish_local(struct sse_server *srv, const char *topic, const char *event,
                          const char *data, size_t len) {
     if (srv->last_id == UINT64_MAX)
@@ -2985,33 +2881,27 @@ static int publish_local(struct sse_server *srv, const char *topic, const char *
     return publish_deliver(srv, srv->last_id + 1, topic, event, data, len);
 }
 
-/* Hands a checked event to the history (history_ops.append): by default the server
- * assigns the next id and delivers at once; a history that assigns ids elsewhere sets *id
- * to 0, and the event arrives back with its id. */
-static int publish_append(struct sse_server *srv, const struct publish_in *in, uint64_t *id) {
-    if (srv->history->append)
-        return srv->history->append(srv, in, id);
-    int r = publish_local(srv, in->topic, in->event, in->data, in->len);
-    *id = r >= 0 ? srv->last_id : 0;
-    return r;
-}
-
-/* The one publishing path for everything but HTTP (inputs, relays, sse_publish): checks the
- * event (in->topic NULL: the default topic), then appends it. */
+/* The one publishing path: checks the event (in->topic NULL: the default), then hands it to
+ * the history's append (by default: the next id, delivered at once). */
 static int publish_event(struct sse_server *srv, const struct publish_in *in, uint64_t *id_out) {
     struct publish_in ev = *in;
     int r = publish_check(srv, &ev.topic, ev.event, ev.data, ev.len);
     if (r < 0)
         return r;
     uint64_t id = 0;
-    r = publish_append(srv, &ev, &id);
+    if (srv->history->append) {
+        r = srv->history->append(srv, &ev, &id);
+    } else {
+        r = publish_local(srv, ev.topic, ev.event, ev.data, ev.len);
+        id = r >= 0 ? srv->last_id : 0;
+    }
     if (id_out)
         *id_out = id;
     return r;
 }
 
 /* Ends the streams of topic's subscribers (with retire, only those following nothing but
- * retired topics) once their queues have gone out. Returns how many, or -EINVAL, -ENOMEM. */
+ * retired topics) once their queues went out. Returns how many, or -EINVAL, -ENOMEM. */
 static int publish_end_subscribers(struct sse_server *srv, const char *topic, bool retire) {
     size_t tlen = strlen(topic);
     if (!wire_topic_valid(topic, tlen))
@@ -3054,8 +2944,7 @@ static int publish_end_streams(struct sse_server *srv, const char *topic) {
     return publish_end_subscribers(srv, topic, false);
 }
 
-/* Answers a publish: 200 with the id, the topic and the subscribers (of this server) it was
- * queued to, or the error r. */
+/* Answers a publish: 200 with the id, topic and subscribers queued to, or the error r. */
 static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64_t id,
                            const char *topic) {
     if (r == -EINVAL) {
@@ -3082,8 +2971,8 @@ static void publish_answer(struct sse_server *srv, struct conn *c, int r, uint64
     }
 }
 
-/* The body has arrived: publish it and answer with the id. When the history says the id
- * later, the answer waits (CONN_WAIT) until it has. */
+/* The body has arrived: publish it and answer with the id, or wait (CONN_WAIT) for the
+ * history to tell it. */
 static void publish_finish(struct sse_server *srv, struct conn *c) {
     if (srv->pace.held) { /* flow control: wait for the subscribers, body kept */
         c->state = CONN_PACED;
@@ -3092,23 +2981,20 @@ static void publish_finish(struct sse_server *srv, struct conn *c) {
     }
     struct body *b = c->body;
     c->body = NULL;
-    const char *topic = b->topic, *event = b->has_event ? b->event : NULL;
-    int r = publish_check(srv, &topic, event, b->data, b->have);
+    const char *event = b->event[0] ? b->event : NULL;
     uint64_t id = 0;
-    if (r == 0)
-        r = publish_append(srv, &(struct publish_in){topic, event, b->data, b->have, c, NULL}, &id);
-    if (r >= 0 && id == 0) { /* the history answers when it has the id */
+    int r =
+        publish_event(srv, &(struct publish_in){b->topic, event, b->data, b->have, c, NULL}, &id);
+    if (r >= 0 && id == 0) {
         c->state = CONN_WAIT;
         timer_set(srv, c, TIMER_SEND);
-        free(b);
-        return;
+    } else {
+        publish_answer(srv, c, r, id, b->topic);
     }
-    publish_answer(srv, c, r, id, topic);
     free(b);
 }
 
-/* A publish held by flow control for publish_wait_ms (or at a stop) is refused: the
- * publisher may send it again later, and nothing was published. */
+/* A publish held for publish_wait_ms (or at a stop) is refused: nothing was published. */
 static void publish_paced_timeout(struct sse_server *srv, struct conn *c) {
     free(c->body);
     c->body = NULL;
@@ -3148,8 +3034,8 @@ static void publish_body_read(struct sse_server *srv, struct conn *c) {
     }
 }
 
-/* Validates the ?topic= and ?event= of a publish into *topic and *event ("" when absent).
- * Returns NULL or what is wrong. */
+/* Validates the ?topic= and ?event= of a publish into topic (DEFAULT_TOPIC when absent) and
+ * event ("" when absent). Returns NULL or what is wrong. */
 static const char *publish_params(const struct http_query *q, char *topic, char *event) {
     const struct http_param *t = http_query_get(q, "topic");
     const struct http_param *e = http_query_get(q, "event");
@@ -3157,21 +3043,16 @@ static const char *publish_params(const struct http_query *q, char *topic, char 
         return "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
     if (e && !wire_event_type_valid(e->value, e->value_len))
         return "invalid event type: 1 to 256 bytes of UTF-8 without CR, LF or NUL";
-    strcpy(topic, DEFAULT_TOPIC);
-    if (t) {
-        memcpy(topic, t->value, t->value_len);
-        topic[t->value_len] = '\0';
-    }
-    event[0] = '\0';
-    if (e) {
-        memcpy(event, e->value, e->value_len);
-        event[e->value_len] = '\0';
-    }
+    if (!t)
+        strcpy(topic, DEFAULT_TOPIC);
+    else
+        sprintf(topic, "%.*s", (int)t->value_len, t->value);
+    sprintf(event, "%.*s", e ? (int)e->value_len : 0, e ? e->value : "");
     return NULL;
 }
 
-/* Sets the connection up to receive a publish body of content_length bytes (asking for it
- * with 100 Continue when the client waits for that), or publishes at once when empty. */
+/* Sets c up to receive a publish body of content_length bytes (asking for it with 100
+ * Continue when the client waits for that), or publishes at once when empty. */
 static void publish_expect_body(struct sse_server *srv, struct conn *c,
                                 const struct http_request *req, const char *topic,
                                 const char *event, uint64_t content_length) {
@@ -3186,7 +3067,6 @@ static void publish_expect_body(struct sse_server *srv, struct conn *c,
     }
     b->need = (size_t)content_length;
     b->have = 0;
-    b->has_event = event[0] != '\0';
     strcpy(b->topic, topic);
     strcpy(b->event, event);
     c->body = b;
@@ -3281,31 +3161,33 @@ static void metrics_rows(struct wbuf *w, const struct metrics_row *rows, size_t 
     }
 }
 
+/* A labelled sample: open (`name{label="`), the label, then the value and frac ("" or ".ms"). */
+static void metrics_sample(struct wbuf *w, const char *open, const char *label, uint64_t value,
+                           const char *frac) {
+    wb_str(w, open);
+    wb_str(w, label);
+    wb_str(w, "\"} ");
+    wb_u64(w, value);
+    wb_str(w, frac);
+    wb_put(w, "\n", 1);
+}
+
 /* Flow control's holds by cause: how often the gate closed and for how long, the hold under
  * way included. */
 static void metrics_pace(const struct sse_server *srv, struct wbuf *w) {
     const struct pace *p = &srv->pace;
     metrics_family(w, "sse_publish_holds_total", "counter",
                    "Times publishers were held (inputs and relays not read), by cause.");
-    for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++) {
-        wb_str(w, "sse_publish_holds_total{cause=\"");
-        wb_str(w, pace_cause_label[i]);
-        wb_str(w, "\"} ");
-        wb_u64(w, p->holds[i]);
-        wb_put(w, "\n", 1);
-    }
+    for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++)
+        metrics_sample(w, "sse_publish_holds_total{cause=\"", pace_cause_label[i], p->holds[i], "");
     metrics_family(w, "sse_inputs_held_seconds_total", "counter",
                    "Seconds publishers were held, by cause.");
     for (int i = PACE_SUBSCRIBERS; i < PACE_CAUSES; i++) {
         uint64_t ms = p->held_ms[i] + (p->cause == i ? (uint64_t)(srv->now - p->gate_since) : 0);
         char frac[8];
         snprintf(frac, sizeof frac, ".%03u", (unsigned)(ms % 1000));
-        wb_str(w, "sse_inputs_held_seconds_total{cause=\"");
-        wb_str(w, pace_cause_label[i]);
-        wb_str(w, "\"} ");
-        wb_u64(w, ms / 1000);
-        wb_str(w, frac);
-        wb_put(w, "\n", 1);
+        metrics_sample(w, "sse_inputs_held_seconds_total{cause=\"", pace_cause_label[i], ms / 1000,
+                       frac);
     }
 }
 
@@ -3354,12 +3236,10 @@ static void metrics_core(const struct sse_server *srv, struct wbuf *w) {
     metrics_rows(w, rows, sizeof rows / sizeof rows[0]);
 }
 
-/* The Prometheus text format (0.0.4): one family per row, then the closes by reason. Every
- * accepted connection is open or closed once under one reason, so
- *   sum(sse_connections_closed_total) + sse_connections == sse_connections_total
- * holds at every scrape. Over-limit connections count as accepted and open while answered;
- * sse_connections_rejected_total counts them too (when answered), and the connections
- * closed at accept (beyond OVERFLOW_MAX, out of descriptors), which were never accepted. */
+/* The Prometheus text format (0.0.4). Every accepted connection is open, or closed once under
+ * one reason, so sum(sse_connections_closed_total) + sse_connections == sse_connections_total
+ * at every scrape. Over-limit connections count as accepted and open while answered, and as
+ * rejected, as do those closed at accept, never accepted (beyond OVERFLOW_MAX, no fds). */
 static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_only) {
     char out[16384];
     struct wbuf w = {out, sizeof out, 0};
@@ -3372,13 +3252,9 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
     }
     metrics_family(&w, "sse_connections_closed_total", "counter",
                    "Client connections closed, by reason (closed + open = accepted).");
-    for (int r = 0; r < R_COUNT; r++) {
-        wb_str(&w, "sse_connections_closed_total{reason=\"");
-        wb_str(&w, close_reason_label[r]);
-        wb_str(&w, "\"} ");
-        wb_u64(&w, srv->m.closed[r]);
-        wb_put(&w, "\n", 1);
-    }
+    for (int r = 0; r < R_COUNT; r++)
+        metrics_sample(&w, "sse_connections_closed_total{reason=\"", close_reason_label[r],
+                       srv->m.closed[r], "");
     metrics_pace(srv, &w);
     if (w.len > w.cap) { /* not with these rows: at 2^64-1 each, under 7 KiB */
         conn_close(srv, c, R_ERROR);
@@ -3389,7 +3265,7 @@ static void metrics_handle(struct sse_server *srv, struct conn *c, bool head_onl
         &(struct http_body){"text/plain; version=0.0.4; charset=utf-8", out, w.len, head_only});
 }
 
-/* Answers 304 or queues the file's head and hands the descriptor to the writer. Takes fd. */
+/* Answers 304, or queues the file's head and hands fd (taken) to the writer. */
 static void static_send(struct sse_server *srv, struct conn *c, const struct http_request *req,
                         int fd, const struct stat *st, const char *name, bool head_only) {
     char extra[128], modified[32];
@@ -3403,7 +3279,7 @@ static void static_send(struct sse_server *srv, struct conn *c, const struct htt
         http_respond(srv, c, 304, extra, NULL);
         return;
     }
-    /* The head claims st_size bytes; the writer sends exactly that many or closes. */
+    /* The head claims st_size bytes: the writer sends that many or closes. */
     http_respond(srv, c, 200, extra,
                  &(struct http_body){static_content_type(name), NULL, (size_t)st->st_size, true});
     if (c->state != CONN_RESPOND || head_only || st->st_size == 0) {
@@ -3419,20 +3295,17 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
                           const char *path, size_t path_len, bool head_only) {
     char rel[SSE_HEAD_MAX + 16];
     long n = static_resolve(path, path_len, rel, SSE_HEAD_MAX);
-    int fd = -1;
-    if (n >= 0)
-        fd = static_open(srv->root_fd, srv->root_real, rel);
-    else
-        errno = ENOENT;
+    errno = ENOENT;
+    int fd = n >= 0 ? static_open(srv->root_fd, srv->root_real, rel) : -1;
     struct stat st;
     bool is_dir = fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
     if (is_dir) {
         close(fd);
         if (path[path_len - 1] != '/') {
-            /* Redirect to the directory's own URL so relative links in its index resolve.
-             * Built from the resolved path alone, never from the raw target: an absolute-form
-             * "http://evil.example/sub" or a "//sub" would send the browser to another host.
-             * The query goes as sent (ASCII without spaces or CR/LF: safe in a header). */
+            /* To the directory's own URL, so relative links in its index resolve. Built from
+             * the resolved path, never the raw target ("http://evil.example/sub" or "//sub"
+             * would send the browser to another host); the query as sent (ASCII without
+             * spaces or CR/LF: safe in a header). */
             char loc[3 * SSE_HEAD_MAX + 32];
             struct wbuf w = {loc, sizeof loc - 1, 0};
             const char *qm = memchr(req->target, '?', req->target_len);
@@ -3442,9 +3315,9 @@ static void static_handle(struct sse_server *srv, struct conn *c, const struct h
             if (qm)
                 wb_put(&w, qm, req->target_len - (size_t)(qm - req->target));
             wb_str(&w, "\r\n");
-            loc[w.len <= w.cap ? w.len : 0] = '\0';
-            http_text(srv, c, w.len <= w.cap ? 301 : 404, w.len <= w.cap ? "moved" : "not found",
-                      w.len <= w.cap ? loc : NULL);
+            bool fits = w.len <= w.cap;
+            loc[fits ? w.len : 0] = '\0';
+            http_text(srv, c, fits ? 301 : 404, fits ? "moved" : "not found", fits ? loc : NULL);
             return;
         }
         memcpy(rel + n, "/index.html", sizeof "/index.html");
