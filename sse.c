@@ -3590,9 +3590,9 @@ static int http_framing(const struct http_request *req, uint64_t *content_length
     bool have_cl = false, te = false;
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct http_header *h = &req->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding")) {
+        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding"))
             te = true;
-        } else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
+        else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
             uint64_t v;
             if (!parse_u64(h->value, h->value_len, &v) || (have_cl && v != *content_length)) {
                 *why = "invalid or conflicting Content-Length";
@@ -3602,15 +3602,11 @@ static int http_framing(const struct http_request *req, uint64_t *content_length
             *content_length = v;
         }
     }
-    if (te && have_cl) {
-        *why = "Content-Length together with Transfer-Encoding";
-        return 400;
-    }
-    if (te) {
-        *why = "request bodies need Content-Length";
-        return 411;
-    }
-    return 0;
+    if (!te)
+        return 0;
+    *why = have_cl ? "Content-Length together with Transfer-Encoding"
+                   : "request bodies need Content-Length";
+    return have_cl ? 400 : 411;
 }
 
 /* The path part of a request-target, for origin-form ("/p?q") and absolute-form
@@ -3626,16 +3622,13 @@ static bool http_target_path(const struct http_request *req, const char **path, 
         n -= (size_t)(slash - t);
         t = slash;
     }
-    if (n == 0 || t[0] != '/')
-        return false;
     *path = t;
     *len = n;
-    return true;
+    return n > 0 && t[0] == '/';
 }
 
 /* Sets the connection's flags for this request and refuses requests that are wrong in
- * themselves (RFC 9112 3.2: HTTP/1.1 needs exactly one Host). Returns false when it has
- * answered. */
+ * themselves (RFC 9112 3.2: HTTP/1.1 needs exactly one Host). False when it has answered. */
 static bool http_admit(struct sse_server *srv, struct conn *c, const struct http_request *req,
                        uint64_t *content_length) {
     const struct http_header *conn_h = http_header(req, "Connection");
@@ -3647,12 +3640,9 @@ static bool http_admit(struct sse_server *srv, struct conn *c, const struct http
     if (!close_asked && (req->minor == 1 || keep_asked) && !srv->stopping)
         c->flags |= CF_KEEP_ALIVE;
     size_t hosts = http_header_count(req, "Host");
-    if (hosts > 1 || (hosts == 0 && req->minor == 1)) {
-        http_fail(srv, c, 400, "HTTP/1.1 needs exactly one Host header");
-        return false;
-    }
-    const char *why = NULL;
-    int status = http_framing(req, content_length, &why);
+    const char *why = "HTTP/1.1 needs exactly one Host header";
+    bool host_ok = hosts == 1 || (hosts == 0 && req->minor == 0);
+    int status = host_ok ? http_framing(req, content_length, &why) : 400;
     if (status) {
         http_fail(srv, c, status, why);
         return false;
@@ -3712,33 +3702,29 @@ static const char *http_unhealthy(const struct sse_server *srv) {
 }
 
 /* Hands the request to its endpoint: the host's routes, the stream prefix, /publish, the
- * parts' routes (the proxy's prefixes), /metrics, /healthz, then static files or the
- * built-in page. */
+ * parts' routes, /metrics, /healthz, then static files or the built-in page. */
 static void http_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
                        const struct http_target *t) {
     const char *path = t->path;
-    size_t plen = t->path_len;
-    const struct http_query *q = t->q;
-    if (!(c->flags & CF_OVER_LIMIT) && host_route(srv, c, req, path, q))
+    size_t plen = t->path_len, sp = srv->stream_path_len;
+    if (!(c->flags & CF_OVER_LIMIT) && host_route(srv, c, req, path, t->q))
         return;
-    size_t sp = srv->stream_path_len;
     if (plen >= sp && memcmp(path, srv->stream_path, sp) == 0 && (plen == sp || path[sp] == '/')) {
-        stream_handle(srv, c, req, q, path + sp, plen - sp);
+        stream_handle(srv, c, req, t->q, path + sp, plen - sp);
         return;
     }
     if (c->flags & CF_OVER_LIMIT) { /* EventSource must not see a 5xx (WHATWG 9.2.3) */
         srv->m.rejected_total++;
         c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-        if (http_is_eventsource(req)) {
+        if (http_is_eventsource(req))
             stream_turn_away(srv, c, R_OVERLOAD);
-        } else {
+        else
             http_text(srv, c, 503, "too many connections", "Retry-After: 1\r\n");
-            c->reason = R_OVERLOAD;
-        }
+        c->reason = R_OVERLOAD;
         return;
     }
     if (bytes_eq(path, plen, "/publish")) {
-        publish_handle(srv, c, req, q, t->content_length);
+        publish_handle(srv, c, req, t->q, t->content_length);
         return;
     }
     bool builtin = bytes_eq(path, plen, "/metrics") || bytes_eq(path, plen, "/healthz");
@@ -3748,14 +3734,11 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
     static const char read_only[] = "Allow: GET, HEAD, OPTIONS\r\n";
     const char *unhealthy;
     bool head = bytes_eq(req->method, req->method_len, "HEAD");
-    if (!head && !bytes_eq(req->method, req->method_len, "GET")) {
-        if (bytes_eq(req->method, req->method_len, "OPTIONS"))
-            http_respond(srv, c, 204, read_only, NULL);
-        else
-            http_text(srv, c, 405, "method not allowed", read_only);
-        return;
-    }
-    if (bytes_eq(path, plen, "/metrics"))
+    if (bytes_eq(req->method, req->method_len, "OPTIONS"))
+        http_respond(srv, c, 204, read_only, NULL);
+    else if (!head && !bytes_eq(req->method, req->method_len, "GET"))
+        http_text(srv, c, 405, "method not allowed", read_only);
+    else if (bytes_eq(path, plen, "/metrics"))
         metrics_handle(srv, c, head);
     else if (bytes_eq(path, plen, "/healthz") && (unhealthy = http_unhealthy(srv)))
         http_text(srv, c, 503, unhealthy, NULL);
@@ -3774,33 +3757,46 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
 
 /* Checks a parsed request, decodes its path and query (once, here) and routes it. */
 static void http_handle(struct sse_server *srv, struct conn *c, const struct http_request *req) {
-    uint64_t content_length;
-    if (!http_admit(srv, c, req, &content_length))
+    struct http_query q;
+    struct http_target t = {.path = srv->path, .q = &q};
+    if (!http_admit(srv, c, req, &t.content_length))
         return;
-    if (bytes_eq(req->method, req->method_len, "OPTIONS") && req->target_len == 1 &&
-        req->target[0] == '*') {
+    if (bytes_eq(req->method, req->method_len, "OPTIONS") &&
+        bytes_eq(req->target, req->target_len, "*")) {
         http_respond(srv, c, 204, "Allow: GET, HEAD, POST, DELETE, OPTIONS\r\n", NULL);
         return;
     }
-    const char *target;
-    size_t target_len;
-    if (!http_target_path(req, &target, &target_len)) {
+    if (!http_target_path(req, &t.raw, &t.raw_len)) {
         http_fail(srv, c, 400, "invalid request target");
         return;
     }
-    const char *qm = memchr(target, '?', target_len);
-    size_t raw_path_len = qm ? (size_t)(qm - target) : target_len;
-    long path_len = http_percent_decode(target, raw_path_len, srv->path, false);
-    struct http_query q;
-    if (path_len < 0 || http_parse_query(qm ? qm + 1 : "", qm ? target_len - raw_path_len - 1 : 0,
+    const char *qm = memchr(t.raw, '?', t.raw_len);
+    t.raw_path_len = qm ? (size_t)(qm - t.raw) : t.raw_len;
+    long path_len = http_percent_decode(t.raw, t.raw_path_len, srv->path, false);
+    if (path_len < 0 || http_parse_query(qm ? qm + 1 : "", qm ? t.raw_len - t.raw_path_len - 1 : 0,
                                          srv->decoded, &q) < 0) {
         http_fail(srv, c, 400, "malformed percent-escape, %00 or too many parameters in URL");
         return;
     }
     srv->path[path_len] = '\0';
-    const struct http_target t = {target,           target_len, raw_path_len,  srv->path,
-                                  (size_t)path_len, &q,         content_length};
+    t.path_len = (size_t)path_len;
     http_route(srv, c, req, &t);
+}
+
+/* Keeps p[0..len) as c's own buffer: held (which p may point into), or a new one; scanned
+ * bytes of it were searched for the end of a head. False when out of memory (c closed). */
+static bool http_keep(struct sse_server *srv, struct conn *c, struct inbuf *held, const char *p,
+                      size_t len, size_t scanned) {
+    if (!held && !(held = malloc(sizeof *held))) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    if (p != held->data)
+        memmove(held->data, p, len);
+    held->len = (uint32_t)len;
+    held->scanned = (uint32_t)scanned;
+    c->in = held;
+    return true;
 }
 
 /* Parses the request in buf[0..len) (the server's scratch buffer or the connection's own)
@@ -3810,33 +3806,18 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
     size_t from = held && held->scanned > 3 ? held->scanned - 3 : 0;
     struct http_request req;
     long r = http_head_end(buf, len, from) ? http_parse_request(buf, len, &req) : HTTP_INCOMPLETE;
-    if (r == HTTP_INCOMPLETE) {
-        if (len >= SSE_HEAD_MAX) {
-            http_fail(srv, c, 431, "request head over 8 KiB");
-            return;
-        }
-        if (!held) {
-            held = c->in = malloc(sizeof *c->in);
-            if (!held) {
-                conn_close(srv, c, R_ERROR);
-                return;
-            }
-            memcpy(held->data, buf, len);
-        }
-        held->len = (uint32_t)len;
-        held->scanned = (uint32_t)len;
+    if (r == HTTP_INCOMPLETE && len >= SSE_HEAD_MAX)
+        http_fail(srv, c, 431, "request head over 8 KiB");
+    else if (r == HTTP_INCOMPLETE)
+        http_keep(srv, c, held, buf, len, len);
+    else if (r == HTTP_TOO_LARGE)
+        http_fail(srv, c, 431, "too many header fields");
+    else if (r == HTTP_BAD_VERSION)
+        http_fail(srv, c, 505, "only HTTP/1.0 and HTTP/1.1 are served");
+    else if (r < 0)
+        http_fail(srv, c, 400, "malformed request");
+    if (r <= 0)
         return;
-    }
-    if (r < 0) {
-        http_fail(srv, c,
-                  r == HTTP_TOO_LARGE     ? 431
-                  : r == HTTP_BAD_VERSION ? 505
-                                          : 400,
-                  r == HTTP_TOO_LARGE     ? "too many header fields"
-                  : r == HTTP_BAD_VERSION ? "only HTTP/1.0 and HTTP/1.1 are served"
-                                          : "malformed request");
-        return;
-    }
     c->in = NULL; /* req points into held: keep it alive until we are done */
     http_handle(srv, c, &req);
     size_t used = (size_t)r;
@@ -3844,19 +3825,10 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
         used += publish_body_feed(srv, c, buf + used, len - used);
     else if (c->state == CONN_PASSED && c->part)
         used += c->part->ops->body(srv, c, buf + used, len - used);
-    size_t left = len - used;
-    if (left && (c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST ||
-                 c->state == CONN_PASSED || c->state == CONN_WAIT || c->state == CONN_PACED)) {
-        if (!held && !(held = malloc(sizeof *held))) {
-            conn_close(srv, c, R_ERROR);
-            return;
-        }
-        memmove(held->data, buf + used, left);
-        held->len = (uint32_t)left;
-        held->scanned = 0;
-        c->in = held;
-        held = NULL;
-    }
+    bool more = c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST ||
+                c->state == CONN_PASSED || c->state == CONN_WAIT || c->state == CONN_PACED;
+    if (used < len && more && http_keep(srv, c, held, buf + used, len - used, 0))
+        held = NULL; /* it is c->in again */
     free(held);
     if (c->state == CONN_PASSED && c->part) /* the rest of a body may wait in the socket */
         c->part->ops->readable(srv, c, EPOLLIN);
@@ -3959,8 +3931,12 @@ static void input_resume(struct sse_server *srv) {
             input_hold(srv, in, false, PACE_OPEN);
 }
 
-static void input_read(struct sse_server *srv, struct input *in) {
+/* An input's on_event: readable (or hung up, which read() reports as its end). Regular
+ * files, out of epoll, are read this way once an iteration. */
+static void input_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct input *in = (struct input *)h;
     char buf[INPUT_CHUNK];
+    (void)events;
     enum pace_cause why = pace_gate(srv);
     if (why != PACE_OPEN) {
         input_hold(srv, in, true, why); /* flow control (section 6): the writer waits */
@@ -3980,12 +3956,6 @@ static void input_read(struct sse_server *srv, struct input *in) {
     }
 }
 
-/* An input's on_event: readable (or hung up, which read() reports as its end). */
-static void input_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
-    (void)events;
-    input_read(srv, (struct input *)h);
-}
-
 /* ==========================================================================================
  * 10. The event loop
  *
@@ -3994,6 +3964,24 @@ static void input_on_event(struct sse_server *srv, struct handle *h, uint32_t ev
  * blocks: sockets are non-blocking, names were resolved at start-up, and files are only
  * opened and sent with sendfile() from the page cache.
  * ======================================================================================== */
+
+/* Registers h's descriptor with epoll (op EPOLL_CTL_ADD), or changes what it waits for. */
+static int loop_watch(struct sse_server *srv, int op, struct handle *h, uint32_t events) {
+    struct epoll_event ev = {.events = events, .data.ptr = h};
+    return epoll_ctl(srv->epfd, op, h->fd, &ev);
+}
+
+/* An address as text, for log lines and sse_url(); returns its port. */
+static int loop_addr(const struct sockaddr_storage *sa, char addr[INET6_ADDRSTRLEN]) {
+    if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, addr, INET6_ADDRSTRLEN);
+        return ntohs(in6->sin6_port);
+    }
+    const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
+    inet_ntop(AF_INET, &in4->sin_addr, addr, INET6_ADDRSTRLEN);
+    return ntohs(in4->sin_port);
+}
 
 /* Refreshes the clocks; a new second also means a new Date header. */
 static void loop_clock(struct sse_server *srv) {
@@ -4032,28 +4020,24 @@ static void conn_on_event(struct sse_server *srv, struct handle *h, uint32_t eve
 /* Takes an accepted connection: served, or over max_clients or max_clients_per_ip and
  * held only to be told to come back, or (beyond OVERFLOW_MAX of those) closed at once. */
 static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_storage *sa) {
-    bool over = srv->nconns >= srv->max_clients;
-    struct ip_count *ip = NULL;
-    if (!over && srv->max_per_ip) {
-        ip = ip_table_get(&srv->per_ip, sa);
-        over = !ip || ip->n >= srv->max_per_ip;
-        if (ip && !over)
-            ip->n++;
-        else
-            ip = NULL;
-    }
+    bool per_ip = srv->max_per_ip && srv->nconns < srv->max_clients;
+    struct ip_count *ip = per_ip ? ip_table_get(&srv->per_ip, sa) : NULL;
+    bool over = srv->nconns >= srv->max_clients || (per_ip && (!ip || ip->n >= srv->max_per_ip));
+    if (ip && !over)
+        ip->n++;
+    else
+        ip = NULL;
     struct conn *c = over && srv->noverflow >= OVERFLOW_MAX ? NULL : calloc(1, sizeof *c);
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-    ev.data.ptr = c;
-    if (!c || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (c)
+        c->h = (struct handle){fd, conn_on_event};
+    if (!c || loop_watch(srv, EPOLL_CTL_ADD, &c->h, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)) {
         ip_table_put(&srv->per_ip, ip);
         free(c);
         close(fd);
         srv->m.rejected_total++;
         return;
     }
-    c->h.fd = fd;
-    c->h.on_event = conn_on_event;
+    c->state = CONN_REQUEST;
     c->file_fd = -1;
     c->timer = TIMER_NONE;
     c->serial = ++srv->next_serial;
@@ -4067,22 +4051,12 @@ static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_stora
     srv->m.connections_total++;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->state = CONN_REQUEST;
     timer_set(srv, c, TIMER_REQUEST);
     if (srv->log.fn) {
-        char addr[INET6_ADDRSTRLEN] = "?";
-        int port = 0;
-        if (sa->ss_family == AF_INET) {
-            const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
-            inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
-            port = ntohs(in4->sin_port);
-        } else if (sa->ss_family == AF_INET6) {
-            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-            inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
-            port = ntohs(in6->sin6_port);
-        }
+        char addr[INET6_ADDRSTRLEN];
+        int port = loop_addr(sa, addr);
         log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened from %s:%d%s", c->serial, addr,
-                port, (c->flags & CF_OVER_LIMIT) ? " (over the client limits)" : "");
+                port, over ? " (over the client limits)" : "");
     }
 }
 
@@ -4104,9 +4078,7 @@ static void loop_shed(struct sse_server *srv) {
         if (fd >= 0)
             return;
     }
-    struct epoll_event ev = {.events = 0};
-    ev.data.ptr = &srv->listener;
-    epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
+    loop_watch(srv, EPOLL_CTL_MOD, &srv->listener, 0);
     srv->accept_paused_until = srv->now + 100;
 }
 
@@ -4136,9 +4108,7 @@ static void loop_accept(struct sse_server *srv, struct handle *h, uint32_t event
 
 static void loop_timers(struct sse_server *srv) {
     if (srv->accept_paused_until && srv->now >= srv->accept_paused_until && srv->listener.fd >= 0) {
-        struct epoll_event ev = {.events = EPOLLIN};
-        ev.data.ptr = &srv->listener;
-        epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
+        loop_watch(srv, EPOLL_CTL_MOD, &srv->listener, EPOLLIN);
         srv->accept_paused_until = 0;
     }
     for (int t = 0; t < TIMER_COUNT; t++) {
@@ -4241,26 +4211,25 @@ static int loop_next_timeout(const struct sse_server *srv) {
     for (const struct input *in = srv->inputs; in; in = in->next)
         if (!in->polled && !in->held)
             return 0;
-    int64_t next = INT64_MAX;
+    const struct pace *p = &srv->pace;
+    int64_t next = INT64_MAX,
+            due[] = {
+                srv->stopping ? srv->stop_deadline : INT64_MAX,
+                srv->accept_paused_until ? srv->accept_paused_until : INT64_MAX,
+                p->minority_since ? p->minority_since + PACE_MINORITY_MS : INT64_MAX,
+                p->held ? p->held_since + PACE_MAX_HOLD_MS : INT64_MAX,
+                p->held ? p->next_check : INT64_MAX,
+                srv->history->deadline ? srv->history->deadline(srv) : INT64_MAX,
+            };
+    for (size_t i = 0; i < sizeof due / sizeof due[0]; i++)
+        next = due[i] < next ? due[i] : next;
     for (int t = 0; t < TIMER_COUNT; t++)
         if (srv->timers[t].head && srv->timers[t].head->deadline < next)
             next = srv->timers[t].head->deadline;
-    if (srv->stopping && srv->stop_deadline < next)
-        next = srv->stop_deadline;
-    if (srv->accept_paused_until && srv->accept_paused_until < next)
-        next = srv->accept_paused_until;
-    if (srv->pace.minority_since && srv->pace.minority_since + PACE_MINORITY_MS < next)
-        next = srv->pace.minority_since + PACE_MINORITY_MS;
-    if (srv->pace.held && srv->pace.held_since + PACE_MAX_HOLD_MS < next)
-        next = srv->pace.held_since + PACE_MAX_HOLD_MS;
-    if (srv->pace.held && srv->pace.next_check < next)
-        next = srv->pace.next_check;
     for (size_t i = 0; i < srv->nparts; i++) {
-        int64_t due = srv->parts[i].ops->deadline ? srv->parts[i].ops->deadline(srv) : INT64_MAX;
-        next = due < next ? due : next;
+        int64_t t = srv->parts[i].ops->deadline ? srv->parts[i].ops->deadline(srv) : INT64_MAX;
+        next = t < next ? t : next;
     }
-    if (srv->history->deadline && srv->history->deadline(srv) < next)
-        next = srv->history->deadline(srv);
     if (next == INT64_MAX)
         return -1;
     int64_t wait = next - clock_ms();
@@ -4346,7 +4315,7 @@ int sse_poll(struct sse_server *srv, int timeout_ms) {
     for (struct input *in = srv->inputs, *next; in; in = next) {
         next = in->next;
         if (!in->polled && !in->held)
-            input_read(srv, in);
+            input_on_event(srv, &in->h, EPOLLIN);
     }
     int wait = loop_next_timeout(srv);
     if (timeout_ms >= 0 && (wait < 0 || timeout_ms < wait))
