@@ -8104,22 +8104,14 @@ static char *api_strdup(const char *s, bool *failed) {
 
 /* Splits "HOST:PORT", ":PORT" or "[V6]:PORT" into host (possibly empty) and port. */
 static bool api_split_listen(const char *spec, char *host, size_t host_cap, char *port) {
-    const char *colon;
-    if (spec[0] == '[') {
-        const char *close = strchr(spec, ']');
-        if (!close || close[1] != ':' || (size_t)(close - spec - 1) >= host_cap)
-            return false;
-        memcpy(host, spec + 1, (size_t)(close - spec - 1));
-        host[close - spec - 1] = '\0';
-        colon = close + 1;
-    } else {
-        colon = strrchr(spec, ':');
-        if (!colon || (size_t)(colon - spec) >= host_cap ||
-            memchr(spec, ':', (size_t)(colon - spec)))
-            return false;
-        memcpy(host, spec, (size_t)(colon - spec));
-        host[colon - spec] = '\0';
-    }
+    bool v6 = spec[0] == '[';
+    const char *end = v6 ? strchr(spec, ']') : strrchr(spec, ':'); /* of the host */
+    const char *colon = end && v6 ? end + 1 : end;
+    size_t hlen = end ? (size_t)(end - spec - v6) : 0;
+    if (!end || *colon != ':' || hlen >= host_cap || (!v6 && memchr(spec, ':', hlen)))
+        return false;
+    memcpy(host, spec + v6, hlen);
+    host[hlen] = '\0';
     uint64_t p;
     size_t plen = strlen(colon + 1);
     if (plen > 5 || !parse_u64(colon + 1, plen, &p) || p > 65535)
@@ -8132,25 +8124,34 @@ static bool api_split_listen(const char *spec, char *host, size_t host_cap, char
 static void api_url(struct sse_server *srv, int fd) {
     struct sockaddr_storage sa = {0};
     socklen_t salen = sizeof sa;
-    char addr[INET6_ADDRSTRLEN] = "?";
-    int p = 0;
+    char addr[INET6_ADDRSTRLEN];
     getsockname(fd, (struct sockaddr *)&sa, &salen);
-    if (sa.ss_family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
-        p = ntohs(in6->sin6_port);
-        snprintf(srv->url, sizeof srv->url, "http://[%s]:%d/", addr, p);
-    } else {
-        struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
-        inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
-        p = ntohs(in4->sin_port); /* NOLINT(clang-analyzer-core.CallAndMessage): zeroed above */
-        snprintf(srv->url, sizeof srv->url, "http://%s:%d/", addr, p);
+    srv->port = loop_addr(&sa, addr);
+    snprintf(srv->url, sizeof srv->url,
+             sa.ss_family == AF_INET6 ? "http://[%s]:%d/" : "http://%s:%d/", addr, srv->port);
+}
+
+/* A socket listening on ai, dual-stack when it is IPv6 and any (no host given); or -1 with
+ * *failed set to the errno. */
+static int api_socket(const struct addrinfo *ai, bool any, int *failed) {
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *failed = errno;
+        return -1;
     }
-    srv->port = p;
+    int one = 1, zero = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ai->ai_family == AF_INET6 && any)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 65535) == 0)
+        return fd;
+    *failed = errno;
+    close(fd);
+    return -1;
 }
 
 /* Binds and listens (the only name lookup there will ever be happens here), registers the
- * listener and fills srv->url. Returns 0 or -1 with err filled. */
+ * listener with a new epoll instance and fills srv->url. Returns 0 or -1 with err filled. */
 static int api_listen(struct sse_server *srv, const char *spec, char *err, size_t errlen) {
     char host[256], port[8];
     if (!api_split_listen(spec, host, sizeof host, port)) {
@@ -8165,44 +8166,26 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
         api_error(err, errlen, "cannot resolve '%s': %s", host, gai_strerror(gai));
         return -1;
     }
-    /* For all addresses prefer one dual-stack IPv6 socket, else IPv4. */
-    int fd = -1, saved = 0;
-    for (int pass = 0; pass < 2 && fd < 0; pass++) {
-        for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
-            if (!host[0] && (pass == 0) != (ai->ai_family == AF_INET6))
-                continue;
-            if (host[0] && pass == 1)
-                break;
-            fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-            if (fd < 0) {
-                saved = errno;
-                continue;
-            }
-            int one = 1, zero = 0;
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-            if (ai->ai_family == AF_INET6 && !host[0])
-                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-            if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 65535) < 0) {
-                saved = errno;
-                close(fd);
-                fd = -1;
-            }
-        }
-    }
+    /* Without a host, prefer one dual-stack IPv6 socket for all addresses, else IPv4. */
+    int fd = -1, failed = 0;
+    for (int pass = 0; pass < (host[0] ? 1 : 2) && fd < 0; pass++)
+        for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next)
+            if (host[0] || (pass == 0) == (ai->ai_family == AF_INET6))
+                fd = api_socket(ai, !host[0], &failed);
     freeaddrinfo(res);
     if (fd < 0) {
-        api_error(err, errlen, "cannot listen on %s: %s", spec, strerror(saved));
+        api_error(err, errlen, "cannot listen on %s: %s", spec, strerror(failed));
         return -1;
     }
     api_url(srv, fd);
-    srv->listener.fd = fd;
-    srv->listener.on_event = loop_accept;
-    struct epoll_event ev = {.events = EPOLLIN};
-    ev.data.ptr = &srv->listener;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        api_error(err, errlen, "epoll_ctl: %s", strerror(errno));
+    srv->listener = (struct handle){fd, loop_accept};
+    srv->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (srv->epfd < 0 || loop_watch(srv, EPOLL_CTL_ADD, &srv->listener, EPOLLIN) < 0) {
+        api_error(err, errlen, "%s: %s", srv->epfd < 0 ? "epoll_create1" : "epoll_ctl",
+                  strerror(errno));
         return -1;
     }
+    srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     return 0;
 }
 
@@ -8221,8 +8204,7 @@ static uint32_t api_max_clients(const struct sse_config *cfg) {
     return left < 1 ? 1 : left > 10000000 ? 10000000 : (uint32_t)left;
 }
 
-/* Checks the stream path sp (splen bytes), the tokens and the CORS origin: NULL, or why
- * not. */
+/* Checks the stream path sp (splen bytes), the tokens and the CORS origin: NULL, or why not. */
 static const char *api_check_strings(const struct sse_config *cfg, const char *sp, size_t splen) {
     if (splen < 2 || sp[0] != '/' || sp[splen - 1] == '/' || strpbrk(sp, "?#%") ||
         !strcmp(sp, "/publish") || !strcmp(sp, "/metrics") || !strcmp(sp, "/healthz"))
@@ -8233,18 +8215,29 @@ static const char *api_check_strings(const struct sse_config *cfg, const char *s
     if ((cfg->publish_token && !cfg->publish_token[0]) ||
         (cfg->subscribe_token && !cfg->subscribe_token[0]))
         return "tokens must not be empty";
-    if (cfg->cors_origin) {
-        size_t n = strlen(cfg->cors_origin);
-        if (n == 0 || n > 512)
-            return "CORS origin must be * or an origin such as https://example.com";
-        for (size_t i = 0; i < n; i++)
-            if (cfg->cors_origin[i] <= 0x20 || cfg->cors_origin[i] >= 0x7F)
-                return "CORS origin must be * or an origin such as https://example.com";
-    }
-    return NULL;
+    const char *cors = cfg->cors_origin ? cfg->cors_origin : "*";
+    bool cors_ok = cors[0] && strlen(cors) <= 512;
+    for (size_t i = 0; cors[i]; i++)
+        cors_ok = cors_ok && cors[i] > 0x20 && cors[i] < 0x7F;
+    return cors_ok ? NULL : "CORS origin must be * or an origin such as https://example.com";
+}
+/* The timers' durations and the ready-made blobs every stream shares; false out of memory. */
+static bool api_prepare(struct sse_server *srv, const struct sse_config *cfg) {
+    srv->timers[TIMER_REQUEST].duration = srv->header_timeout_ms;
+    srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
+    srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : NEVER_MS;
+    srv->timers[TIMER_LINGER].duration = LINGER_MS;
+    srv->timers[TIMER_PACED].duration =
+        cfg->publish_wait_ms > 0 ? cfg->publish_wait_ms : PACE_PUBLISH_WAIT_MS;
+    srv->timers[TIMER_NEVER].duration = NEVER_MS;
+    char retry[48];
+    snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
+    srv->heartbeat = blob_from(":\n", 2);
+    srv->continue_100 = blob_from("HTTP/1.1 100 Continue\r\n\r\n", 25);
+    srv->retry_line = srv->retry_ms ? blob_from(retry, strlen(retry)) : NULL;
+    return srv->heartbeat && srv->continue_100 && (!srv->retry_ms || srv->retry_line);
 }
 
-/* Applies defaults and checks ranges. Returns NULL or what is wrong. */
 static const char *api_configure(struct sse_server *srv, const struct sse_config *cfg) {
     if (cfg->backlog < SSE_OFF || cfg->heartbeat_ms < SSE_OFF || cfg->retry_ms < SSE_OFF ||
         cfg->max_clients < 0 || cfg->max_clients_per_ip < 0 || cfg->header_timeout_ms < 0)
@@ -8295,7 +8288,7 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->backlog.cap = srv->backlog.ring ? backlog : 0;
     srv->backlog.max_bytes = cfg->backlog_bytes ? cfg->backlog_bytes : BACKLOG_BYTES;
     failed = failed || (backlog && !srv->backlog.ring);
-    return failed ? "out of memory" : NULL;
+    return failed || !api_prepare(srv, cfg) ? "out of memory" : NULL;
 }
 
 /* The static root: a directory descriptor to open beneath, and its real path. */
@@ -8320,15 +8313,21 @@ static void api_parts(struct sse_server *srv) {
 }
 
 /* The first id: the wall clock in microseconds, so a restarted server starts above every id
- * the previous run handed out unless that run averaged over a million events a second. */
-static uint64_t api_id_seed(void) {
+ * the previous run handed out unless that run averaged over a million events a second. The
+ * random seeds (retry jitter, the hash tables) start from it. */
+static void api_seed(struct sse_server *srv) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    srv->last_id = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
+    srv->topics.seed = (uint32_t)rng_next(&srv->rng);
+    srv->per_ip.seed = (uint32_t)rng_next(&srv->rng);
 }
 
-/* Refuses a Redis hub with a journal, or in a build without it. 0, or -1 with err set. */
-static int api_hub_check(const struct sse_config *cfg, char *err, size_t errlen) {
+/* Plugs in the history the configuration asks for, or refuses it: Redis with a journal, or
+ * a part the build left out. 0, or -1 with err set. */
+static int api_history(struct sse_server *srv, const struct sse_config *cfg, char *err,
+                       size_t errlen) {
 #if SSE_ENABLE_REDIS
     const char *why = cfg->redis && cfg->journal_path
                           ? "cannot be used with a journal: Redis keeps the history"
@@ -8336,41 +8335,19 @@ static int api_hub_check(const struct sse_config *cfg, char *err, size_t errlen)
 #else
     const char *why = cfg->redis ? "built without SSE_ENABLE_REDIS" : NULL;
 #endif
-    if (why)
+    if (why) {
         api_error(err, errlen, "redis %s: %s", cfg->redis, why);
-    return why ? -1 : 0;
-}
-
-/* Plugs in the journal as the history when the configuration asks for it, or refuses it
- * (built without it). 0, or -1 with err set. */
-static int api_journal_history(struct sse_server *srv, const struct sse_config *cfg, char *err,
-                               size_t errlen) {
+        return -1;
+    }
 #if SSE_ENABLE_JOURNAL
-    const char *why = cfg->journal_path ? api_journal(srv, cfg) : NULL;
+    why = cfg->journal_path ? api_journal(srv, cfg) : NULL;
 #else
     (void)srv;
-    const char *why = cfg->journal_path ? "built without SSE_ENABLE_JOURNAL" : NULL;
+    why = cfg->journal_path ? "built without SSE_ENABLE_JOURNAL" : NULL;
 #endif
     if (why)
         api_error(err, errlen, "journal %s: %s", cfg->journal_path, why);
     return why ? -1 : 0;
-}
-
-/* The timers' durations and the ready-made blobs every stream shares; false out of memory. */
-static bool api_prepare(struct sse_server *srv, const struct sse_config *cfg) {
-    srv->timers[TIMER_REQUEST].duration = srv->header_timeout_ms;
-    srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
-    srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : NEVER_MS;
-    srv->timers[TIMER_LINGER].duration = LINGER_MS;
-    srv->timers[TIMER_PACED].duration =
-        cfg->publish_wait_ms > 0 ? cfg->publish_wait_ms : PACE_PUBLISH_WAIT_MS;
-    srv->timers[TIMER_NEVER].duration = NEVER_MS;
-    char retry[48];
-    snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
-    srv->heartbeat = blob_from(":\n", 2);
-    srv->continue_100 = blob_from("HTTP/1.1 100 Continue\r\n\r\n", 25);
-    srv->retry_line = srv->retry_ms ? blob_from(retry, strlen(retry)) : NULL;
-    return srv->heartbeat && srv->continue_100 && (!srv->retry_ms || srv->retry_line);
 }
 
 struct sse_server *sse_server_new(const struct sse_config *config, char *err, size_t errlen) {
@@ -8382,10 +8359,8 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         return NULL;
     }
     srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = -1;
-    srv->log.fn = cfg->on_log;
-    srv->log.user = cfg->user;
+    srv->log = (struct logger){cfg->on_log, cfg->user, &srv->log_depth};
     srv->on_request = cfg->on_request;
-    srv->log.depth = &srv->log_depth;
     srv->history = &history_backlog;
     api_parts(srv);
     const char *why = api_configure(srv, cfg);
@@ -8407,25 +8382,10 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         goto fail;
     }
 #endif
-    srv->last_id = api_id_seed();
-    srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
-    srv->topics.seed = (uint32_t)rng_next(&srv->rng);
-    srv->per_ip.seed = (uint32_t)rng_next(&srv->rng);
-    /* After the topic table's seed: the journal's events go into the table. */
-    if (api_hub_check(cfg, err, errlen) < 0 || api_journal_history(srv, cfg, err, errlen) < 0)
+    api_seed(srv); /* before the history: the journal's events go into the topic table */
+    if (api_history(srv, cfg, err, errlen) < 0 ||
+        api_listen(srv, cfg->listen ? cfg->listen : DEFAULT_LISTEN, err, errlen) < 0)
         goto fail;
-    if (!api_prepare(srv, cfg)) {
-        api_error(err, errlen, "out of memory");
-        goto fail;
-    }
-    srv->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (srv->epfd < 0) {
-        api_error(err, errlen, "epoll_create1: %s", strerror(errno));
-        goto fail;
-    }
-    if (api_listen(srv, cfg->listen ? cfg->listen : DEFAULT_LISTEN, err, errlen) < 0)
-        goto fail;
-    srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     loop_clock(srv);
 #if SSE_ENABLE_REDIS
     if (cfg->redis && (why = api_redis(srv, cfg))) {
@@ -8454,30 +8414,25 @@ void sse_server_free(struct sse_server *srv) {
         if (srv->parts[i].ops->free)
             srv->parts[i].ops->free(srv);
     backlog_free(&srv->backlog);
-    blob_unref(srv->stream_head);
-    blob_unref(srv->retry_line);
-    blob_unref(srv->heartbeat);
-    blob_unref(srv->id_line);
-    blob_unref(srv->continue_100);
-    for (uint32_t i = 0; i < srv->topics.nbuckets; i++) {
+    struct blob *blobs[] = {srv->stream_head, srv->retry_line, srv->heartbeat, srv->id_line,
+                            srv->continue_100};
+    for (size_t i = 0; i < sizeof blobs / sizeof blobs[0]; i++)
+        blob_unref(blobs[i]);
+    for (uint32_t i = 0; i < srv->topics.nbuckets; i++)
         for (struct topic *t = srv->topics.buckets[i], *next; t; t = next) {
             next = t->next; /* only retired topics remain: nothing else refers to them */
             free(t);
         }
-    }
-    free(srv->topics.buckets);
-    free(srv->topics.retired);
-    free(srv->per_ip.buckets); /* its entries went with the connections */
     int fds[] = {srv->listener.fd, srv->reserve_fd, srv->root_fd, srv->epfd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (fds[i] >= 0)
             close(fds[i]);
-    free(srv->stream_path);
-    free(srv->index_page);
-    free(srv->publish_token);
-    free(srv->subscribe_token);
-    free(srv->cors_headers);
-    free(srv->root_real);
+    /* per_ip's entries went with the connections */
+    void *owned[] = {srv->topics.buckets,  srv->topics.retired, srv->per_ip.buckets,
+                     srv->stream_path,     srv->index_page,     srv->publish_token,
+                     srv->subscribe_token, srv->cors_headers,   srv->root_real};
+    for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
+        free(owned[i]);
     free(srv);
 }
 
@@ -8485,15 +8440,20 @@ const char *sse_url(const struct sse_server *srv) {
     return srv->url;
 }
 
+/* The checks of the calls that change the server: their arguments, then -EBUSY inside a
+ * publish or a retire (from on_log) or while the server is being freed. */
+static int api_enter(const struct sse_server *srv, bool args_ok) {
+    return !srv || !args_ok ? -EINVAL : srv->busy ? -EBUSY : 0;
+}
+
 int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
                 size_t len, uint64_t *id_out) {
-    if (!srv || (!data && len))
-        return -EINVAL;
-    if (srv->busy)
-        return -EBUSY;
-    if (srv->pace.held)
-        return -EAGAIN; /* the subscribers are behind: flow control (section 6) */
-    return publish_event(srv, &(struct publish_in){topic, event, data, len, NULL, NULL}, id_out);
+    int r = api_enter(srv, data || !len);
+    if (!r && srv->pace.held)
+        r = -EAGAIN; /* the subscribers are behind: flow control (section 6) */
+    return r ? r
+             : publish_event(srv, &(struct publish_in){topic, event, data, len, NULL, NULL},
+                             id_out);
 }
 
 int sse_publish_ready(const struct sse_server *srv) {
@@ -8501,11 +8461,8 @@ int sse_publish_ready(const struct sse_server *srv) {
 }
 
 int sse_retire_topic(struct sse_server *srv, const char *topic) {
-    if (!srv || !topic)
-        return -EINVAL;
-    if (srv->busy)
-        return -EBUSY;
-    return publish_retire(srv, topic);
+    int r = api_enter(srv, topic != NULL);
+    return r ? r : publish_retire(srv, topic);
 }
 
 int sse_respond(const struct sse_request *req, int status, const char *content_type,
@@ -8538,29 +8495,19 @@ const char *sse_request_param(const struct sse_request *req, const char *name, s
 }
 
 int sse_end_streams(struct sse_server *srv, const char *topic) {
-    if (!srv || !topic)
-        return -EINVAL;
-    if (srv->busy)
-        return -EBUSY;
-    return publish_end_streams(srv, topic);
+    int r = api_enter(srv, topic != NULL);
+    return r ? r : publish_end_streams(srv, topic);
 }
 
 int sse_publish_from_fd(struct sse_server *srv, int fd, enum sse_input_format format) {
-    if (!srv || fd < 0 || (format != SSE_INPUT_LINES && format != SSE_INPUT_SSE))
-        return -EINVAL;
-    if (srv->busy)
-        return -EBUSY;
-    struct input *in = calloc(1, sizeof *in);
+    int r = api_enter(srv, fd >= 0 && (format == SSE_INPUT_LINES || format == SSE_INPUT_SSE));
+    struct input *in = r ? NULL : calloc(1, sizeof *in);
     if (!in)
-        return -ENOMEM;
-    in->h.fd = fd;
-    in->h.on_event = input_on_event;
+        return r ? r : -ENOMEM;
+    in->h = (struct handle){fd, input_on_event};
     wire_reader_init(&in->reader, format, srv->max_event_bytes);
-    struct epoll_event ev = {.events = EPOLLIN};
-    ev.data.ptr = in;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) == 0) {
-        in->polled = true;
-    } else if (errno != EPERM) {
+    in->polled = loop_watch(srv, EPOLL_CTL_ADD, &in->h, EPOLLIN) == 0;
+    if (!in->polled && errno != EPERM) { /* EPERM: a regular file, read once an iteration */
         int e = errno;
         free(in);
         return -e;
