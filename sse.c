@@ -3846,15 +3846,12 @@ static void http_read(struct sse_server *srv, struct conn *c) {
         char *buf = c->in ? c->in->data : srv->scratch;
         size_t len = c->in ? c->in->len : 0;
         ssize_t n = read(c->h.fd, buf + len, SSE_HEAD_MAX - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n > 0)
+            http_take(srv, c, buf, len + (size_t)n);
+        else if (n == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK))
+            conn_close(srv, c, conn_gone(c, n < 0)); /* and the loop ends */
+        else if (errno != EINTR)
             return;
-        if (n <= 0) {
-            conn_close(srv, c, conn_gone(c, n < 0));
-            return;
-        }
-        http_take(srv, c, buf, len + (size_t)n);
     }
 }
 
@@ -4091,18 +4088,14 @@ static void loop_accept(struct sse_server *srv, struct handle *h, uint32_t event
         socklen_t salen = sizeof sa;
         int fd =
             accept4(srv->listener.fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            if (errno == EMFILE || errno == ENFILE) {
-                loop_shed(srv);
-                if (srv->accept_paused_until)
-                    return;
-                continue;
-            }
+        if (fd >= 0)
+            conn_new(srv, fd, &sa);
+        else if (errno == EMFILE || errno == ENFILE)
+            loop_shed(srv);
+        else if (errno != EINTR && errno != ECONNABORTED)
             return; /* EAGAIN: nothing more waiting */
-        }
-        conn_new(srv, fd, &sa);
+        if (fd < 0 && srv->accept_paused_until)
+            return; /* not even the spare helped: listening resumes in a moment */
     }
 }
 
@@ -8238,19 +8231,17 @@ static bool api_prepare(struct sse_server *srv, const struct sse_config *cfg) {
     return srv->heartbeat && srv->continue_100 && (!srv->retry_ms || srv->retry_line);
 }
 
+/* Applies defaults and checks ranges, then api_prepare(). Returns NULL or what is wrong. */
 static const char *api_configure(struct sse_server *srv, const struct sse_config *cfg) {
     if (cfg->backlog < SSE_OFF || cfg->heartbeat_ms < SSE_OFF || cfg->retry_ms < SSE_OFF ||
         cfg->max_clients < 0 || cfg->max_clients_per_ip < 0 || cfg->header_timeout_ms < 0)
         return "negative value in configuration";
     if (cfg->max_event_bytes > EVENT_BYTES_LIMIT)
         return "max_event_bytes is over 64 MiB";
-    uint32_t backlog = cfg->backlog == 0         ? 1024
-                       : cfg->backlog == SSE_OFF ? 0
-                                                 : (uint32_t)cfg->backlog;
-    srv->heartbeat_ms = cfg->heartbeat_ms == 0         ? 15000
-                        : cfg->heartbeat_ms == SSE_OFF ? 0
-                                                       : cfg->heartbeat_ms;
-    srv->retry_ms = cfg->retry_ms == 0 ? 3000 : cfg->retry_ms == SSE_OFF ? 0 : cfg->retry_ms;
+    uint32_t backlog = cfg->backlog == SSE_OFF ? 0 : cfg->backlog ? (uint32_t)cfg->backlog : 1024;
+    int hb = cfg->heartbeat_ms;
+    srv->heartbeat_ms = hb == SSE_OFF ? 0 : hb ? hb : 15000;
+    srv->retry_ms = cfg->retry_ms == SSE_OFF ? 0 : cfg->retry_ms ? cfg->retry_ms : 3000;
     if (cfg->position_event != 0 && cfg->position_event != SSE_OFF)
         return "invalid position_event: 0 (send it) or SSE_OFF";
     srv->position_event = cfg->position_event == 0;
@@ -8273,12 +8264,10 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->stream_path_len = splen;
     srv->publish_token = api_strdup(cfg->publish_token, &failed);
     srv->subscribe_token = api_strdup(cfg->subscribe_token, &failed);
-    if (cfg->index_page && (srv->index_page = malloc(cfg->index_page_len + 1))) {
+    srv->index_page = cfg->index_page ? malloc(cfg->index_page_len + 1) : NULL;
+    srv->index_page_len = srv->index_page ? cfg->index_page_len : 0;
+    if (srv->index_page)
         memcpy(srv->index_page, cfg->index_page, cfg->index_page_len);
-        srv->index_page_len = cfg->index_page_len;
-    } else if (cfg->index_page) {
-        failed = true;
-    }
     char cors[1200] = "";
     if (cfg->cors_origin)
         snprintf(cors, sizeof cors, "Access-Control-Allow-Origin: %s\r\n%s", cfg->cors_origin,
@@ -8287,7 +8276,7 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->backlog.ring = backlog ? calloc(backlog, sizeof *srv->backlog.ring) : NULL;
     srv->backlog.cap = srv->backlog.ring ? backlog : 0;
     srv->backlog.max_bytes = cfg->backlog_bytes ? cfg->backlog_bytes : BACKLOG_BYTES;
-    failed = failed || (backlog && !srv->backlog.ring);
+    failed = failed || (cfg->index_page && !srv->index_page) || (backlog && !srv->backlog.ring);
     return failed || !api_prepare(srv, cfg) ? "out of memory" : NULL;
 }
 
