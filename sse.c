@@ -3906,8 +3906,7 @@ static void input_close(struct sse_server *srv, struct input *in) {
  * nothing is dropped. Out of epoll rather than with no events asked, since epoll reports a
  * hang-up whatever was asked, and a held input would spin on it. */
 static void input_hold(struct sse_server *srv, struct input *in, bool hold, enum pace_cause why) {
-    struct epoll_event ev = {.events = EPOLLIN};
-    ev.data.ptr = in;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = in};
     if (in->polled && epoll_ctl(srv->epfd, hold ? EPOLL_CTL_DEL : EPOLL_CTL_ADD, in->h.fd, &ev) &&
         !hold)
         return; /* still held: input_resume() tries again next iteration */
@@ -8182,9 +8181,8 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
     return 0;
 }
 
-/* max_clients, or by default what is left once the over-limit answers, the relays'
- * upstreams and our own have their descriptors; halved when a client may hold a second one
- * (an upstream, a file). */
+/* max_clients, or by default what is left once the over-limit answers, the relays' upstreams
+ * and our own have descriptors; halved when a client may hold a second (an upstream, a file). */
 static uint32_t api_max_clients(const struct sse_config *cfg) {
     if (cfg->max_clients)
         return (uint32_t)cfg->max_clients;
@@ -8280,13 +8278,14 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     return failed || !api_prepare(srv, cfg) ? "out of memory" : NULL;
 }
 
-/* The static root: a directory descriptor to open beneath, and its real path. */
-static const char *api_root(struct sse_server *srv, const char *root) {
+/* The static root: a directory descriptor to open beneath, and its real path. 0, or -1 with
+ * err set. */
+static int api_root(struct sse_server *srv, const char *root, char *err, size_t errlen) {
     srv->root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (srv->root_fd < 0)
-        return strerror(errno);
-    srv->root_real = realpath(root, NULL);
-    return srv->root_real ? NULL : strerror(errno);
+    if (srv->root_fd >= 0 && (srv->root_real = realpath(root, NULL)))
+        return 0;
+    api_error(err, errlen, "cannot serve '%s': %s", root, strerror(errno));
+    return -1;
 }
 
 /* Plugs in what the parts add to HTTP, in the order their /metrics rows are listed. */
@@ -8357,10 +8356,8 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         api_error(err, errlen, "%s", why);
         goto fail;
     }
-    if (cfg->static_root && (why = api_root(srv, cfg->static_root))) {
-        api_error(err, errlen, "cannot serve '%s': %s", cfg->static_root, why);
+    if (cfg->static_root && api_root(srv, cfg->static_root, err, errlen) < 0)
         goto fail;
-    }
 #if SSE_ENABLE_PROXY
     if (proxy_plug(srv, cfg, err, errlen) < 0)
         goto fail;
