@@ -3976,7 +3976,7 @@ static int loop_addr(const struct sockaddr_storage *sa, char addr[INET6_ADDRSTRL
     }
     const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
     inet_ntop(AF_INET, &in4->sin_addr, addr, INET6_ADDRSTRLEN);
-    return ntohs(in4->sin_port);
+    return ntohs(in4->sin_port); /* NOLINT(clang-analyzer-core.CallAndMessage): callers zero sa */
 }
 
 /* Refreshes the clocks; a new second also means a new Date header. */
