@@ -4087,13 +4087,14 @@ static void loop_accept(struct sse_server *srv, struct handle *h, uint32_t event
         socklen_t salen = sizeof sa;
         int fd =
             accept4(srv->listener.fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        bool out_of_fds = fd < 0 && (errno == EMFILE || errno == ENFILE);
         if (fd >= 0)
             conn_new(srv, fd, &sa);
-        else if (errno == EMFILE || errno == ENFILE)
+        else if (out_of_fds)
             loop_shed(srv);
         else if (errno != EINTR && errno != ECONNABORTED)
             return; /* EAGAIN: nothing more waiting */
-        if (fd < 0 && srv->accept_paused_until)
+        if (out_of_fds && srv->accept_paused_until)
             return; /* not even the spare helped: listening resumes in a moment */
     }
 }
