@@ -8086,12 +8086,10 @@ api_error(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* A copy of s, or NULL for NULL; *failed set when out of memory. */
 static char *api_strdup(const char *s, bool *failed) {
-    if (!s)
-        return NULL;
-    char *d = strdup(s);
-    if (!d)
-        *failed = true;
+    char *d = s ? strdup(s) : NULL;
+    *failed = *failed || (s && !d);
     return d;
 }
 
