@@ -4255,30 +4255,19 @@ static void loop_each_conn(struct sse_server *srv, void (*fn)(struct sse_server 
 /* The start of a graceful stop, for one connection: subscribers get a jittered retry: so a
  * restart is not met by every client at once; idle and half-read requests are closed. */
 static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
-    switch (c->state) {
-    case CONN_STREAM:
-        if (!conn_enqueue_owned(srv, c, stream_retry_jitter(srv)))
-            conn_close(srv, c, R_ERROR);
-        else
-            conn_linger(srv, c, R_SHUTDOWN);
-        break;
-    case CONN_RESPOND:
-    case CONN_WAIT: c->flags &= (uint8_t)~CF_KEEP_ALIVE; break;
-    case CONN_PACED:
+    bool by_part = c->state == CONN_PASSED || c->state == CONN_OUTBOUND; /* a part holds it */
+    if (c->state == CONN_RESPOND || c->state == CONN_WAIT || c->state == CONN_PACED)
         c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+    if (c->state == CONN_PACED)
         publish_paced_timeout(srv, c);
-        break;
-    case CONN_PASSED:
-    case CONN_OUTBOUND:
-        if (c->part && c->part->ops->stop)
-            c->part->ops->stop(srv, c);
-        else if (c->state == CONN_PASSED)
-            conn_close(srv, c, R_SHUTDOWN);
-        break;
-    case CONN_REQUEST:
-    case CONN_BODY: conn_close(srv, c, R_SHUTDOWN); break;
-    default: break;
-    }
+    else if (c->state == CONN_STREAM && !conn_enqueue_owned(srv, c, stream_retry_jitter(srv)))
+        conn_close(srv, c, R_ERROR);
+    else if (c->state == CONN_STREAM)
+        conn_linger(srv, c, R_SHUTDOWN);
+    else if (by_part && c->part && c->part->ops->stop)
+        c->part->ops->stop(srv, c);
+    else if (c->state == CONN_PASSED || c->state == CONN_REQUEST || c->state == CONN_BODY)
+        conn_close(srv, c, R_SHUTDOWN);
 }
 
 static void loop_close_conn(struct sse_server *srv, struct conn *c) {
