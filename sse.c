@@ -3355,9 +3355,9 @@ static int http_framing(const struct http_request *req, uint64_t *content_length
     bool have_cl = false, te = false;
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct http_header *h = &req->headers[i];
-        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding")) {
+        if (ascii_ieq(h->name, h->name_len, "Transfer-Encoding"))
             te = true;
-        } else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
+        else if (ascii_ieq(h->name, h->name_len, "Content-Length")) {
             uint64_t v;
             if (!parse_u64(h->value, h->value_len, &v) || (have_cl && v != *content_length)) {
                 *why = "invalid or conflicting Content-Length";
@@ -3367,15 +3367,11 @@ static int http_framing(const struct http_request *req, uint64_t *content_length
             *content_length = v;
         }
     }
-    if (te && have_cl) {
-        *why = "Content-Length together with Transfer-Encoding";
-        return 400;
-    }
-    if (te) {
-        *why = "request bodies need Content-Length";
-        return 411;
-    }
-    return 0;
+    if (!te)
+        return 0;
+    *why = have_cl ? "Content-Length together with Transfer-Encoding"
+                   : "request bodies need Content-Length";
+    return have_cl ? 400 : 411;
 }
 
 /* The path part of a request-target, for origin-form ("/p?q") and absolute-form
@@ -3391,16 +3387,13 @@ static bool http_target_path(const struct http_request *req, const char **path, 
         n -= (size_t)(slash - t);
         t = slash;
     }
-    if (n == 0 || t[0] != '/')
-        return false;
     *path = t;
     *len = n;
-    return true;
+    return n > 0 && t[0] == '/';
 }
 
 /* Sets the connection's flags for this request and refuses requests that are wrong in
- * themselves (RFC 9112 3.2: HTTP/1.1 needs exactly one Host). Returns false when it has
- * answered. */
+ * themselves (RFC 9112 3.2: HTTP/1.1 needs exactly one Host). False when it has answered. */
 static bool http_admit(struct sse_server *srv, struct conn *c, const struct http_request *req,
                        uint64_t *content_length) {
     const struct http_header *conn_h = http_header(req, "Connection");
@@ -3412,12 +3405,9 @@ static bool http_admit(struct sse_server *srv, struct conn *c, const struct http
     if (!close_asked && (req->minor == 1 || keep_asked) && !srv->stopping)
         c->flags |= CF_KEEP_ALIVE;
     size_t hosts = http_header_count(req, "Host");
-    if (hosts > 1 || (hosts == 0 && req->minor == 1)) {
-        http_fail(srv, c, 400, "HTTP/1.1 needs exactly one Host header");
-        return false;
-    }
-    const char *why = NULL;
-    int status = http_framing(req, content_length, &why);
+    const char *why = "HTTP/1.1 needs exactly one Host header";
+    bool host_ok = hosts == 1 || (hosts == 0 && req->minor == 0);
+    int status = host_ok ? http_framing(req, content_length, &why) : 400;
     if (status) {
         http_fail(srv, c, status, why);
         return false;
@@ -3477,33 +3467,29 @@ static const char *http_unhealthy(const struct sse_server *srv) {
 }
 
 /* Hands the request to its endpoint: the host's routes, the stream prefix, /publish, the
- * parts' routes (the proxy's prefixes), /metrics, /healthz, then static files or the
- * built-in page. */
+ * parts' routes, /metrics, /healthz, then static files or the built-in page. */
 static void http_route(struct sse_server *srv, struct conn *c, const struct http_request *req,
                        const struct http_target *t) {
     const char *path = t->path;
-    size_t plen = t->path_len;
-    const struct http_query *q = t->q;
-    if (!(c->flags & CF_OVER_LIMIT) && host_route(srv, c, req, path, q))
+    size_t plen = t->path_len, sp = srv->stream_path_len;
+    if (!(c->flags & CF_OVER_LIMIT) && host_route(srv, c, req, path, t->q))
         return;
-    size_t sp = srv->stream_path_len;
     if (plen >= sp && memcmp(path, srv->stream_path, sp) == 0 && (plen == sp || path[sp] == '/')) {
-        stream_handle(srv, c, req, q, path + sp, plen - sp);
+        stream_handle(srv, c, req, t->q, path + sp, plen - sp);
         return;
     }
     if (c->flags & CF_OVER_LIMIT) { /* EventSource must not see a 5xx (WHATWG 9.2.3) */
         srv->m.rejected_total++;
         c->flags &= (uint8_t)~CF_KEEP_ALIVE;
-        if (http_is_eventsource(req)) {
+        if (http_is_eventsource(req))
             stream_turn_away(srv, c, R_OVERLOAD);
-        } else {
+        else
             http_text(srv, c, 503, "too many connections", "Retry-After: 1\r\n");
-            c->reason = R_OVERLOAD;
-        }
+        c->reason = R_OVERLOAD;
         return;
     }
     if (bytes_eq(path, plen, "/publish")) {
-        publish_handle(srv, c, req, q, t->content_length);
+        publish_handle(srv, c, req, t->q, t->content_length);
         return;
     }
     bool builtin = bytes_eq(path, plen, "/metrics") || bytes_eq(path, plen, "/healthz");
@@ -3513,14 +3499,11 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
     static const char read_only[] = "Allow: GET, HEAD, OPTIONS\r\n";
     const char *unhealthy;
     bool head = bytes_eq(req->method, req->method_len, "HEAD");
-    if (!head && !bytes_eq(req->method, req->method_len, "GET")) {
-        if (bytes_eq(req->method, req->method_len, "OPTIONS"))
-            http_respond(srv, c, 204, read_only, NULL);
-        else
-            http_text(srv, c, 405, "method not allowed", read_only);
-        return;
-    }
-    if (bytes_eq(path, plen, "/metrics"))
+    if (bytes_eq(req->method, req->method_len, "OPTIONS"))
+        http_respond(srv, c, 204, read_only, NULL);
+    else if (!head && !bytes_eq(req->method, req->method_len, "GET"))
+        http_text(srv, c, 405, "method not allowed", read_only);
+    else if (bytes_eq(path, plen, "/metrics"))
         metrics_handle(srv, c, head);
     else if (bytes_eq(path, plen, "/healthz") && (unhealthy = http_unhealthy(srv)))
         http_text(srv, c, 503, unhealthy, NULL);
@@ -3539,33 +3522,46 @@ static void http_route(struct sse_server *srv, struct conn *c, const struct http
 
 /* Checks a parsed request, decodes its path and query (once, here) and routes it. */
 static void http_handle(struct sse_server *srv, struct conn *c, const struct http_request *req) {
-    uint64_t content_length;
-    if (!http_admit(srv, c, req, &content_length))
+    struct http_query q;
+    struct http_target t = {.path = srv->path, .q = &q};
+    if (!http_admit(srv, c, req, &t.content_length))
         return;
-    if (bytes_eq(req->method, req->method_len, "OPTIONS") && req->target_len == 1 &&
-        req->target[0] == '*') {
+    if (bytes_eq(req->method, req->method_len, "OPTIONS") &&
+        bytes_eq(req->target, req->target_len, "*")) {
         http_respond(srv, c, 204, "Allow: GET, HEAD, POST, DELETE, OPTIONS\r\n", NULL);
         return;
     }
-    const char *target;
-    size_t target_len;
-    if (!http_target_path(req, &target, &target_len)) {
+    if (!http_target_path(req, &t.raw, &t.raw_len)) {
         http_fail(srv, c, 400, "invalid request target");
         return;
     }
-    const char *qm = memchr(target, '?', target_len);
-    size_t raw_path_len = qm ? (size_t)(qm - target) : target_len;
-    long path_len = http_percent_decode(target, raw_path_len, srv->path, false);
-    struct http_query q;
-    if (path_len < 0 || http_parse_query(qm ? qm + 1 : "", qm ? target_len - raw_path_len - 1 : 0,
+    const char *qm = memchr(t.raw, '?', t.raw_len);
+    t.raw_path_len = qm ? (size_t)(qm - t.raw) : t.raw_len;
+    long path_len = http_percent_decode(t.raw, t.raw_path_len, srv->path, false);
+    if (path_len < 0 || http_parse_query(qm ? qm + 1 : "", qm ? t.raw_len - t.raw_path_len - 1 : 0,
                                          srv->decoded, &q) < 0) {
         http_fail(srv, c, 400, "malformed percent-escape, %00 or too many parameters in URL");
         return;
     }
     srv->path[path_len] = '\0';
-    const struct http_target t = {target,           target_len, raw_path_len,  srv->path,
-                                  (size_t)path_len, &q,         content_length};
+    t.path_len = (size_t)path_len;
     http_route(srv, c, req, &t);
+}
+
+/* Keeps p[0..len) as c's own buffer: held (which p may point into), or a new one; scanned
+ * bytes of it were searched for the end of a head. False when out of memory (c closed). */
+static bool http_keep(struct sse_server *srv, struct conn *c, struct inbuf *held, const char *p,
+                      size_t len, size_t scanned) {
+    if (!held && !(held = malloc(sizeof *held))) {
+        conn_close(srv, c, R_ERROR);
+        return false;
+    }
+    if (p != held->data)
+        memmove(held->data, p, len);
+    held->len = (uint32_t)len;
+    held->scanned = (uint32_t)scanned;
+    c->in = held;
+    return true;
 }
 
 /* Parses the request in buf[0..len) (the server's scratch buffer or the connection's own)
@@ -3575,33 +3571,18 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
     size_t from = held && held->scanned > 3 ? held->scanned - 3 : 0;
     struct http_request req;
     long r = http_head_end(buf, len, from) ? http_parse_request(buf, len, &req) : HTTP_INCOMPLETE;
-    if (r == HTTP_INCOMPLETE) {
-        if (len >= SSE_HEAD_MAX) {
-            http_fail(srv, c, 431, "request head over 8 KiB");
-            return;
-        }
-        if (!held) {
-            held = c->in = malloc(sizeof *c->in);
-            if (!held) {
-                conn_close(srv, c, R_ERROR);
-                return;
-            }
-            memcpy(held->data, buf, len);
-        }
-        held->len = (uint32_t)len;
-        held->scanned = (uint32_t)len;
+    if (r == HTTP_INCOMPLETE && len >= SSE_HEAD_MAX)
+        http_fail(srv, c, 431, "request head over 8 KiB");
+    else if (r == HTTP_INCOMPLETE)
+        http_keep(srv, c, held, buf, len, len);
+    else if (r == HTTP_TOO_LARGE)
+        http_fail(srv, c, 431, "too many header fields");
+    else if (r == HTTP_BAD_VERSION)
+        http_fail(srv, c, 505, "only HTTP/1.0 and HTTP/1.1 are served");
+    else if (r < 0)
+        http_fail(srv, c, 400, "malformed request");
+    if (r <= 0)
         return;
-    }
-    if (r < 0) {
-        http_fail(srv, c,
-                  r == HTTP_TOO_LARGE     ? 431
-                  : r == HTTP_BAD_VERSION ? 505
-                                          : 400,
-                  r == HTTP_TOO_LARGE     ? "too many header fields"
-                  : r == HTTP_BAD_VERSION ? "only HTTP/1.0 and HTTP/1.1 are served"
-                                          : "malformed request");
-        return;
-    }
     c->in = NULL; /* req points into held: keep it alive until we are done */
     http_handle(srv, c, &req);
     size_t used = (size_t)r;
@@ -3609,19 +3590,10 @@ static void http_take(struct sse_server *srv, struct conn *c, char *buf, size_t 
         used += publish_body_feed(srv, c, buf + used, len - used);
     else if (c->state == CONN_PASSED && c->part)
         used += c->part->ops->body(srv, c, buf + used, len - used);
-    size_t left = len - used;
-    if (left && (c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST ||
-                 c->state == CONN_PASSED || c->state == CONN_WAIT || c->state == CONN_PACED)) {
-        if (!held && !(held = malloc(sizeof *held))) {
-            conn_close(srv, c, R_ERROR);
-            return;
-        }
-        memmove(held->data, buf + used, left);
-        held->len = (uint32_t)left;
-        held->scanned = 0;
-        c->in = held;
-        held = NULL;
-    }
+    bool more = c->state == CONN_RESPOND || c->state == CONN_BODY || c->state == CONN_REQUEST ||
+                c->state == CONN_PASSED || c->state == CONN_WAIT || c->state == CONN_PACED;
+    if (used < len && more && http_keep(srv, c, held, buf + used, len - used, 0))
+        held = NULL; /* it is c->in again */
     free(held);
     if (c->state == CONN_PASSED && c->part) /* the rest of a body may wait in the socket */
         c->part->ops->readable(srv, c, EPOLLIN);
@@ -3639,15 +3611,12 @@ static void http_read(struct sse_server *srv, struct conn *c) {
         char *buf = c->in ? c->in->data : srv->scratch;
         size_t len = c->in ? c->in->len : 0;
         ssize_t n = read(c->h.fd, buf + len, SSE_HEAD_MAX - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n > 0)
+            http_take(srv, c, buf, len + (size_t)n);
+        else if (n == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK))
+            conn_close(srv, c, conn_gone(c, n < 0)); /* and the loop ends */
+        else if (errno != EINTR)
             return;
-        if (n <= 0) {
-            conn_close(srv, c, conn_gone(c, n < 0));
-            return;
-        }
-        http_take(srv, c, buf, len + (size_t)n);
     }
 }
 
@@ -3702,8 +3671,7 @@ static void input_close(struct sse_server *srv, struct input *in) {
  * nothing is dropped. Out of epoll rather than with no events asked, since epoll reports a
  * hang-up whatever was asked, and a held input would spin on it. */
 static void input_hold(struct sse_server *srv, struct input *in, bool hold, enum pace_cause why) {
-    struct epoll_event ev = {.events = EPOLLIN};
-    ev.data.ptr = in;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = in};
     if (in->polled && epoll_ctl(srv->epfd, hold ? EPOLL_CTL_DEL : EPOLL_CTL_ADD, in->h.fd, &ev) &&
         !hold)
         return; /* still held: input_resume() tries again next iteration */
@@ -3724,8 +3692,12 @@ static void input_resume(struct sse_server *srv) {
             input_hold(srv, in, false, PACE_OPEN);
 }
 
-static void input_read(struct sse_server *srv, struct input *in) {
+/* An input's on_event: readable (or hung up, which read() reports as its end). Regular
+ * files, out of epoll, are read this way once an iteration. */
+static void input_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct input *in = (struct input *)h;
     char buf[INPUT_CHUNK];
+    (void)events;
     enum pace_cause why = pace_gate(srv);
     if (why != PACE_OPEN) {
         input_hold(srv, in, true, why); /* flow control (section 6): the writer waits */
@@ -3745,12 +3717,6 @@ static void input_read(struct sse_server *srv, struct input *in) {
     }
 }
 
-/* An input's on_event: readable (or hung up, which read() reports as its end). */
-static void input_on_event(struct sse_server *srv, struct handle *h, uint32_t events) {
-    (void)events;
-    input_read(srv, (struct input *)h);
-}
-
 /* ==========================================================================================
  * 10. The event loop
  *
@@ -3759,6 +3725,24 @@ static void input_on_event(struct sse_server *srv, struct handle *h, uint32_t ev
  * blocks: sockets are non-blocking, names were resolved at start-up, and files are only
  * opened and sent with sendfile() from the page cache.
  * ======================================================================================== */
+
+/* Registers h's descriptor with epoll (op EPOLL_CTL_ADD), or changes what it waits for. */
+static int loop_watch(struct sse_server *srv, int op, struct handle *h, uint32_t events) {
+    struct epoll_event ev = {.events = events, .data.ptr = h};
+    return epoll_ctl(srv->epfd, op, h->fd, &ev);
+}
+
+/* An address as text, for log lines and sse_url(); returns its port. */
+static int loop_addr(const struct sockaddr_storage *sa, char addr[INET6_ADDRSTRLEN]) {
+    if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, addr, INET6_ADDRSTRLEN);
+        return ntohs(in6->sin6_port);
+    }
+    const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
+    inet_ntop(AF_INET, &in4->sin_addr, addr, INET6_ADDRSTRLEN);
+    return ntohs(in4->sin_port); /* NOLINT(clang-analyzer-core.CallAndMessage): callers zero sa */
+}
 
 /* Refreshes the clocks; a new second also means a new Date header. */
 static void loop_clock(struct sse_server *srv) {
@@ -3797,28 +3781,24 @@ static void conn_on_event(struct sse_server *srv, struct handle *h, uint32_t eve
 /* Takes an accepted connection: served, or over max_clients or max_clients_per_ip and
  * held only to be told to come back, or (beyond OVERFLOW_MAX of those) closed at once. */
 static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_storage *sa) {
-    bool over = srv->nconns >= srv->max_clients;
-    struct ip_count *ip = NULL;
-    if (!over && srv->max_per_ip) {
-        ip = ip_table_get(&srv->per_ip, sa);
-        over = !ip || ip->n >= srv->max_per_ip;
-        if (ip && !over)
-            ip->n++;
-        else
-            ip = NULL;
-    }
+    bool per_ip = srv->max_per_ip && srv->nconns < srv->max_clients;
+    struct ip_count *ip = per_ip ? ip_table_get(&srv->per_ip, sa) : NULL;
+    bool over = srv->nconns >= srv->max_clients || (per_ip && (!ip || ip->n >= srv->max_per_ip));
+    if (ip && !over)
+        ip->n++;
+    else
+        ip = NULL;
     struct conn *c = over && srv->noverflow >= OVERFLOW_MAX ? NULL : calloc(1, sizeof *c);
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-    ev.data.ptr = c;
-    if (!c || epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (c)
+        c->h = (struct handle){fd, conn_on_event};
+    if (!c || loop_watch(srv, EPOLL_CTL_ADD, &c->h, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)) {
         ip_table_put(&srv->per_ip, ip);
         free(c);
         close(fd);
         srv->m.rejected_total++;
         return;
     }
-    c->h.fd = fd;
-    c->h.on_event = conn_on_event;
+    c->state = CONN_REQUEST;
     c->file_fd = -1;
     c->timer = TIMER_NONE;
     c->serial = ++srv->next_serial;
@@ -3832,22 +3812,12 @@ static void conn_new(struct sse_server *srv, int fd, const struct sockaddr_stora
     srv->m.connections_total++;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->state = CONN_REQUEST;
     timer_set(srv, c, TIMER_REQUEST);
     if (srv->log.fn) {
-        char addr[INET6_ADDRSTRLEN] = "?";
-        int port = 0;
-        if (sa->ss_family == AF_INET) {
-            const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
-            inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
-            port = ntohs(in4->sin_port);
-        } else if (sa->ss_family == AF_INET6) {
-            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-            inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
-            port = ntohs(in6->sin6_port);
-        }
+        char addr[INET6_ADDRSTRLEN];
+        int port = loop_addr(sa, addr);
         log_say(&srv->log, SSE_LOG_DEBUG, "connection #%u opened from %s:%d%s", c->serial, addr,
-                port, (c->flags & CF_OVER_LIMIT) ? " (over the client limits)" : "");
+                port, over ? " (over the client limits)" : "");
     }
 }
 
@@ -3869,9 +3839,7 @@ static void loop_shed(struct sse_server *srv) {
         if (fd >= 0)
             return;
     }
-    struct epoll_event ev = {.events = 0};
-    ev.data.ptr = &srv->listener;
-    epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
+    loop_watch(srv, EPOLL_CTL_MOD, &srv->listener, 0);
     srv->accept_paused_until = srv->now + 100;
 }
 
@@ -3884,26 +3852,21 @@ static void loop_accept(struct sse_server *srv, struct handle *h, uint32_t event
         socklen_t salen = sizeof sa;
         int fd =
             accept4(srv->listener.fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            if (errno == EMFILE || errno == ENFILE) {
-                loop_shed(srv);
-                if (srv->accept_paused_until)
-                    return;
-                continue;
-            }
+        bool out_of_fds = fd < 0 && (errno == EMFILE || errno == ENFILE);
+        if (fd >= 0)
+            conn_new(srv, fd, &sa);
+        else if (out_of_fds)
+            loop_shed(srv);
+        else if (errno != EINTR && errno != ECONNABORTED)
             return; /* EAGAIN: nothing more waiting */
-        }
-        conn_new(srv, fd, &sa);
+        if (out_of_fds && srv->accept_paused_until)
+            return; /* not even the spare helped: listening resumes in a moment */
     }
 }
 
 static void loop_timers(struct sse_server *srv) {
     if (srv->accept_paused_until && srv->now >= srv->accept_paused_until && srv->listener.fd >= 0) {
-        struct epoll_event ev = {.events = EPOLLIN};
-        ev.data.ptr = &srv->listener;
-        epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listener.fd, &ev);
+        loop_watch(srv, EPOLL_CTL_MOD, &srv->listener, EPOLLIN);
         srv->accept_paused_until = 0;
     }
     for (int t = 0; t < TIMER_COUNT; t++) {
@@ -4006,26 +3969,25 @@ static int loop_next_timeout(const struct sse_server *srv) {
     for (const struct input *in = srv->inputs; in; in = in->next)
         if (!in->polled && !in->held)
             return 0;
-    int64_t next = INT64_MAX;
+    const struct pace *p = &srv->pace;
+    int64_t next = INT64_MAX,
+            due[] = {
+                srv->stopping ? srv->stop_deadline : INT64_MAX,
+                srv->accept_paused_until ? srv->accept_paused_until : INT64_MAX,
+                p->minority_since ? p->minority_since + PACE_MINORITY_MS : INT64_MAX,
+                p->held ? p->held_since + PACE_MAX_HOLD_MS : INT64_MAX,
+                p->held ? p->next_check : INT64_MAX,
+                srv->history->deadline ? srv->history->deadline(srv) : INT64_MAX,
+            };
+    for (size_t i = 0; i < sizeof due / sizeof due[0]; i++)
+        next = due[i] < next ? due[i] : next;
     for (int t = 0; t < TIMER_COUNT; t++)
         if (srv->timers[t].head && srv->timers[t].head->deadline < next)
             next = srv->timers[t].head->deadline;
-    if (srv->stopping && srv->stop_deadline < next)
-        next = srv->stop_deadline;
-    if (srv->accept_paused_until && srv->accept_paused_until < next)
-        next = srv->accept_paused_until;
-    if (srv->pace.minority_since && srv->pace.minority_since + PACE_MINORITY_MS < next)
-        next = srv->pace.minority_since + PACE_MINORITY_MS;
-    if (srv->pace.held && srv->pace.held_since + PACE_MAX_HOLD_MS < next)
-        next = srv->pace.held_since + PACE_MAX_HOLD_MS;
-    if (srv->pace.held && srv->pace.next_check < next)
-        next = srv->pace.next_check;
     for (size_t i = 0; i < srv->nparts; i++) {
-        int64_t due = srv->parts[i].ops->deadline ? srv->parts[i].ops->deadline(srv) : INT64_MAX;
-        next = due < next ? due : next;
+        int64_t t = srv->parts[i].ops->deadline ? srv->parts[i].ops->deadline(srv) : INT64_MAX;
+        next = t < next ? t : next;
     }
-    if (srv->history->deadline && srv->history->deadline(srv) < next)
-        next = srv->history->deadline(srv);
     if (next == INT64_MAX)
         return -1;
     int64_t wait = next - clock_ms();
@@ -4058,30 +4020,19 @@ static void loop_each_conn(struct sse_server *srv, void (*fn)(struct sse_server 
 /* The start of a graceful stop, for one connection: subscribers get a jittered retry: so a
  * restart is not met by every client at once; idle and half-read requests are closed. */
 static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
-    switch (c->state) {
-    case CONN_STREAM:
-        if (!conn_enqueue_owned(srv, c, stream_retry_jitter(srv)))
-            conn_close(srv, c, R_ERROR);
-        else
-            conn_linger(srv, c, R_SHUTDOWN);
-        break;
-    case CONN_RESPOND:
-    case CONN_WAIT: c->flags &= (uint8_t)~CF_KEEP_ALIVE; break;
-    case CONN_PACED:
+    bool by_part = c->state == CONN_PASSED || c->state == CONN_OUTBOUND; /* a part holds it */
+    if (c->state == CONN_RESPOND || c->state == CONN_WAIT || c->state == CONN_PACED)
         c->flags &= (uint8_t)~CF_KEEP_ALIVE;
+    if (c->state == CONN_PACED)
         publish_paced_timeout(srv, c);
-        break;
-    case CONN_PASSED:
-    case CONN_OUTBOUND:
-        if (c->part && c->part->ops->stop)
-            c->part->ops->stop(srv, c);
-        else if (c->state == CONN_PASSED)
-            conn_close(srv, c, R_SHUTDOWN);
-        break;
-    case CONN_REQUEST:
-    case CONN_BODY: conn_close(srv, c, R_SHUTDOWN); break;
-    default: break;
-    }
+    else if (c->state == CONN_STREAM && !conn_enqueue_owned(srv, c, stream_retry_jitter(srv)))
+        conn_close(srv, c, R_ERROR);
+    else if (c->state == CONN_STREAM)
+        conn_linger(srv, c, R_SHUTDOWN);
+    else if (by_part && c->part && c->part->ops->stop)
+        c->part->ops->stop(srv, c);
+    else if (c->state == CONN_PASSED || c->state == CONN_REQUEST || c->state == CONN_BODY)
+        conn_close(srv, c, R_SHUTDOWN);
 }
 
 static void loop_close_conn(struct sse_server *srv, struct conn *c) {
@@ -4111,7 +4062,7 @@ int sse_poll(struct sse_server *srv, int timeout_ms) {
     for (struct input *in = srv->inputs, *next; in; in = next) {
         next = in->next;
         if (!in->polled && !in->held)
-            input_read(srv, in);
+            input_on_event(srv, &in->h, EPOLLIN);
     }
     int wait = loop_next_timeout(srv);
     if (timeout_ms >= 0 && (wait < 0 || timeout_ms < wait))
@@ -7906,33 +7857,23 @@ api_error(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* A copy of s, or NULL for NULL; *failed set when out of memory. */
 static char *api_strdup(const char *s, bool *failed) {
-    if (!s)
-        return NULL;
-    char *d = strdup(s);
-    if (!d)
-        *failed = true;
+    char *d = s ? strdup(s) : NULL;
+    *failed = *failed || (s && !d);
     return d;
 }
 
 /* Splits "HOST:PORT", ":PORT" or "[V6]:PORT" into host (possibly empty) and port. */
 static bool api_split_listen(const char *spec, char *host, size_t host_cap, char *port) {
-    const char *colon;
-    if (spec[0] == '[') {
-        const char *close = strchr(spec, ']');
-        if (!close || close[1] != ':' || (size_t)(close - spec - 1) >= host_cap)
-            return false;
-        memcpy(host, spec + 1, (size_t)(close - spec - 1));
-        host[close - spec - 1] = '\0';
-        colon = close + 1;
-    } else {
-        colon = strrchr(spec, ':');
-        if (!colon || (size_t)(colon - spec) >= host_cap ||
-            memchr(spec, ':', (size_t)(colon - spec)))
-            return false;
-        memcpy(host, spec, (size_t)(colon - spec));
-        host[colon - spec] = '\0';
-    }
+    bool v6 = spec[0] == '[';
+    const char *end = v6 ? strchr(spec, ']') : strrchr(spec, ':'); /* of the host */
+    const char *colon = end && v6 ? end + 1 : end;
+    size_t hlen = end ? (size_t)(end - spec - v6) : 0;
+    if (!end || *colon != ':' || hlen >= host_cap || (!v6 && memchr(spec, ':', hlen)))
+        return false;
+    memcpy(host, spec + v6, hlen);
+    host[hlen] = '\0';
     uint64_t p;
     size_t plen = strlen(colon + 1);
     if (plen > 5 || !parse_u64(colon + 1, plen, &p) || p > 65535)
@@ -7945,25 +7886,34 @@ static bool api_split_listen(const char *spec, char *host, size_t host_cap, char
 static void api_url(struct sse_server *srv, int fd) {
     struct sockaddr_storage sa = {0};
     socklen_t salen = sizeof sa;
-    char addr[INET6_ADDRSTRLEN] = "?";
-    int p = 0;
+    char addr[INET6_ADDRSTRLEN];
     getsockname(fd, (struct sockaddr *)&sa, &salen);
-    if (sa.ss_family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
-        p = ntohs(in6->sin6_port);
-        snprintf(srv->url, sizeof srv->url, "http://[%s]:%d/", addr, p);
-    } else {
-        struct sockaddr_in *in4 = (struct sockaddr_in *)&sa;
-        inet_ntop(AF_INET, &in4->sin_addr, addr, sizeof addr);
-        p = ntohs(in4->sin_port); /* NOLINT(clang-analyzer-core.CallAndMessage): zeroed above */
-        snprintf(srv->url, sizeof srv->url, "http://%s:%d/", addr, p);
+    srv->port = loop_addr(&sa, addr);
+    snprintf(srv->url, sizeof srv->url,
+             sa.ss_family == AF_INET6 ? "http://[%s]:%d/" : "http://%s:%d/", addr, srv->port);
+}
+
+/* A socket listening on ai, dual-stack when it is IPv6 and any (no host given); or -1 with
+ * *failed set to the errno. */
+static int api_socket(const struct addrinfo *ai, bool any, int *failed) {
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *failed = errno;
+        return -1;
     }
-    srv->port = p;
+    int one = 1, zero = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ai->ai_family == AF_INET6 && any)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 65535) == 0)
+        return fd;
+    *failed = errno;
+    close(fd);
+    return -1;
 }
 
 /* Binds and listens (the only name lookup there will ever be happens here), registers the
- * listener and fills srv->url. Returns 0 or -1 with err filled. */
+ * listener with a new epoll instance and fills srv->url. Returns 0 or -1 with err filled. */
 static int api_listen(struct sse_server *srv, const char *spec, char *err, size_t errlen) {
     char host[256], port[8];
     if (!api_split_listen(spec, host, sizeof host, port)) {
@@ -7978,50 +7928,31 @@ static int api_listen(struct sse_server *srv, const char *spec, char *err, size_
         api_error(err, errlen, "cannot resolve '%s': %s", host, gai_strerror(gai));
         return -1;
     }
-    /* For all addresses prefer one dual-stack IPv6 socket, else IPv4. */
-    int fd = -1, saved = 0;
-    for (int pass = 0; pass < 2 && fd < 0; pass++) {
-        for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
-            if (!host[0] && (pass == 0) != (ai->ai_family == AF_INET6))
-                continue;
-            if (host[0] && pass == 1)
-                break;
-            fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-            if (fd < 0) {
-                saved = errno;
-                continue;
-            }
-            int one = 1, zero = 0;
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-            if (ai->ai_family == AF_INET6 && !host[0])
-                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-            if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 65535) < 0) {
-                saved = errno;
-                close(fd);
-                fd = -1;
-            }
-        }
-    }
+    /* Without a host, prefer one dual-stack IPv6 socket for all addresses, else IPv4. */
+    int fd = -1, failed = 0;
+    for (int pass = 0; pass < (host[0] ? 1 : 2) && fd < 0; pass++)
+        for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next)
+            if (host[0] || (pass == 0) == (ai->ai_family == AF_INET6))
+                fd = api_socket(ai, !host[0], &failed);
     freeaddrinfo(res);
     if (fd < 0) {
-        api_error(err, errlen, "cannot listen on %s: %s", spec, strerror(saved));
+        api_error(err, errlen, "cannot listen on %s: %s", spec, strerror(failed));
         return -1;
     }
     api_url(srv, fd);
-    srv->listener.fd = fd;
-    srv->listener.on_event = loop_accept;
-    struct epoll_event ev = {.events = EPOLLIN};
-    ev.data.ptr = &srv->listener;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        api_error(err, errlen, "epoll_ctl: %s", strerror(errno));
+    srv->listener = (struct handle){fd, loop_accept};
+    srv->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (srv->epfd < 0 || loop_watch(srv, EPOLL_CTL_ADD, &srv->listener, EPOLLIN) < 0) {
+        api_error(err, errlen, "%s: %s", srv->epfd < 0 ? "epoll_create1" : "epoll_ctl",
+                  strerror(errno));
         return -1;
     }
+    srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     return 0;
 }
 
-/* max_clients, or by default what is left once the over-limit answers, the relays'
- * upstreams and our own have their descriptors; halved when a client may hold a second one
- * (an upstream, a file). */
+/* max_clients, or by default what is left once the over-limit answers, the relays' upstreams
+ * and our own have descriptors; halved when a client may hold a second (an upstream, a file). */
 static uint32_t api_max_clients(const struct sse_config *cfg) {
     if (cfg->max_clients)
         return (uint32_t)cfg->max_clients;
@@ -8034,8 +7965,7 @@ static uint32_t api_max_clients(const struct sse_config *cfg) {
     return left < 1 ? 1 : left > 10000000 ? 10000000 : (uint32_t)left;
 }
 
-/* Checks the stream path sp (splen bytes), the tokens and the CORS origin: NULL, or why
- * not. */
+/* Checks the stream path sp (splen bytes), the tokens and the CORS origin: NULL, or why not. */
 static const char *api_check_strings(const struct sse_config *cfg, const char *sp, size_t splen) {
     if (splen < 2 || sp[0] != '/' || sp[splen - 1] == '/' || strpbrk(sp, "?#%") ||
         !strcmp(sp, "/publish") || !strcmp(sp, "/metrics") || !strcmp(sp, "/healthz"))
@@ -8046,31 +7976,40 @@ static const char *api_check_strings(const struct sse_config *cfg, const char *s
     if ((cfg->publish_token && !cfg->publish_token[0]) ||
         (cfg->subscribe_token && !cfg->subscribe_token[0]))
         return "tokens must not be empty";
-    if (cfg->cors_origin) {
-        size_t n = strlen(cfg->cors_origin);
-        if (n == 0 || n > 512)
-            return "CORS origin must be * or an origin such as https://example.com";
-        for (size_t i = 0; i < n; i++)
-            if (cfg->cors_origin[i] <= 0x20 || cfg->cors_origin[i] >= 0x7F)
-                return "CORS origin must be * or an origin such as https://example.com";
-    }
-    return NULL;
+    const char *cors = cfg->cors_origin ? cfg->cors_origin : "*";
+    bool cors_ok = cors[0] && strlen(cors) <= 512;
+    for (size_t i = 0; cors[i]; i++)
+        cors_ok = cors_ok && cors[i] > 0x20 && cors[i] < 0x7F;
+    return cors_ok ? NULL : "CORS origin must be * or an origin such as https://example.com";
+}
+/* The timers' durations and the ready-made blobs every stream shares; false out of memory. */
+static bool api_prepare(struct sse_server *srv, const struct sse_config *cfg) {
+    srv->timers[TIMER_REQUEST].duration = srv->header_timeout_ms;
+    srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
+    srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : NEVER_MS;
+    srv->timers[TIMER_LINGER].duration = LINGER_MS;
+    srv->timers[TIMER_PACED].duration =
+        cfg->publish_wait_ms > 0 ? cfg->publish_wait_ms : PACE_PUBLISH_WAIT_MS;
+    srv->timers[TIMER_NEVER].duration = NEVER_MS;
+    char retry[48];
+    snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
+    srv->heartbeat = blob_from(":\n", 2);
+    srv->continue_100 = blob_from("HTTP/1.1 100 Continue\r\n\r\n", 25);
+    srv->retry_line = srv->retry_ms ? blob_from(retry, strlen(retry)) : NULL;
+    return srv->heartbeat && srv->continue_100 && (!srv->retry_ms || srv->retry_line);
 }
 
-/* Applies defaults and checks ranges. Returns NULL or what is wrong. */
+/* Applies defaults and checks ranges, then api_prepare(). Returns NULL or what is wrong. */
 static const char *api_configure(struct sse_server *srv, const struct sse_config *cfg) {
     if (cfg->backlog < SSE_OFF || cfg->heartbeat_ms < SSE_OFF || cfg->retry_ms < SSE_OFF ||
         cfg->max_clients < 0 || cfg->max_clients_per_ip < 0 || cfg->header_timeout_ms < 0)
         return "negative value in configuration";
     if (cfg->max_event_bytes > EVENT_BYTES_LIMIT)
         return "max_event_bytes is over 64 MiB";
-    uint32_t backlog = cfg->backlog == 0         ? 1024
-                       : cfg->backlog == SSE_OFF ? 0
-                                                 : (uint32_t)cfg->backlog;
-    srv->heartbeat_ms = cfg->heartbeat_ms == 0         ? 15000
-                        : cfg->heartbeat_ms == SSE_OFF ? 0
-                                                       : cfg->heartbeat_ms;
-    srv->retry_ms = cfg->retry_ms == 0 ? 3000 : cfg->retry_ms == SSE_OFF ? 0 : cfg->retry_ms;
+    uint32_t backlog = cfg->backlog == SSE_OFF ? 0 : cfg->backlog ? (uint32_t)cfg->backlog : 1024;
+    int hb = cfg->heartbeat_ms;
+    srv->heartbeat_ms = hb == SSE_OFF ? 0 : hb ? hb : 15000;
+    srv->retry_ms = cfg->retry_ms == SSE_OFF ? 0 : cfg->retry_ms ? cfg->retry_ms : 3000;
     if (cfg->position_event != 0 && cfg->position_event != SSE_OFF)
         return "invalid position_event: 0 (send it) or SSE_OFF";
     srv->position_event = cfg->position_event == 0;
@@ -8093,12 +8032,10 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->stream_path_len = splen;
     srv->publish_token = api_strdup(cfg->publish_token, &failed);
     srv->subscribe_token = api_strdup(cfg->subscribe_token, &failed);
-    if (cfg->index_page && (srv->index_page = malloc(cfg->index_page_len + 1))) {
+    srv->index_page = cfg->index_page ? malloc(cfg->index_page_len + 1) : NULL;
+    srv->index_page_len = srv->index_page ? cfg->index_page_len : 0;
+    if (srv->index_page)
         memcpy(srv->index_page, cfg->index_page, cfg->index_page_len);
-        srv->index_page_len = cfg->index_page_len;
-    } else if (cfg->index_page) {
-        failed = true;
-    }
     char cors[1200] = "";
     if (cfg->cors_origin)
         snprintf(cors, sizeof cors, "Access-Control-Allow-Origin: %s\r\n%s", cfg->cors_origin,
@@ -8107,17 +8044,18 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->backlog.ring = backlog ? calloc(backlog, sizeof *srv->backlog.ring) : NULL;
     srv->backlog.cap = srv->backlog.ring ? backlog : 0;
     srv->backlog.max_bytes = cfg->backlog_bytes ? cfg->backlog_bytes : BACKLOG_BYTES;
-    failed = failed || (backlog && !srv->backlog.ring);
-    return failed ? "out of memory" : NULL;
+    failed = failed || (cfg->index_page && !srv->index_page) || (backlog && !srv->backlog.ring);
+    return failed || !api_prepare(srv, cfg) ? "out of memory" : NULL;
 }
 
-/* The static root: a directory descriptor to open beneath, and its real path. */
-static const char *api_root(struct sse_server *srv, const char *root) {
+/* The static root: a directory descriptor to open beneath, and its real path. 0, or -1 with
+ * err set. */
+static int api_root(struct sse_server *srv, const char *root, char *err, size_t errlen) {
     srv->root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (srv->root_fd < 0)
-        return strerror(errno);
-    srv->root_real = realpath(root, NULL);
-    return srv->root_real ? NULL : strerror(errno);
+    if (srv->root_fd >= 0 && (srv->root_real = realpath(root, NULL)))
+        return 0;
+    api_error(err, errlen, "cannot serve '%s': %s", root, strerror(errno));
+    return -1;
 }
 
 /* Plugs in what the parts add to HTTP, in the order their /metrics rows are listed. */
@@ -8133,15 +8071,21 @@ static void api_parts(struct sse_server *srv) {
 }
 
 /* The first id: the wall clock in microseconds, so a restarted server starts above every id
- * the previous run handed out unless that run averaged over a million events a second. */
-static uint64_t api_id_seed(void) {
+ * the previous run handed out unless that run averaged over a million events a second. The
+ * random seeds (retry jitter, the hash tables) start from it. */
+static void api_seed(struct sse_server *srv) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    srv->last_id = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
+    srv->topics.seed = (uint32_t)rng_next(&srv->rng);
+    srv->per_ip.seed = (uint32_t)rng_next(&srv->rng);
 }
 
-/* Refuses a Redis hub with a journal, or in a build without it. 0, or -1 with err set. */
-static int api_hub_check(const struct sse_config *cfg, char *err, size_t errlen) {
+/* Plugs in the history the configuration asks for, or refuses it: Redis with a journal, or
+ * a part the build left out. 0, or -1 with err set. */
+static int api_history(struct sse_server *srv, const struct sse_config *cfg, char *err,
+                       size_t errlen) {
 #if SSE_ENABLE_REDIS
     const char *why = cfg->redis && cfg->journal_path
                           ? "cannot be used with a journal: Redis keeps the history"
@@ -8149,41 +8093,19 @@ static int api_hub_check(const struct sse_config *cfg, char *err, size_t errlen)
 #else
     const char *why = cfg->redis ? "built without SSE_ENABLE_REDIS" : NULL;
 #endif
-    if (why)
+    if (why) {
         api_error(err, errlen, "redis %s: %s", cfg->redis, why);
-    return why ? -1 : 0;
-}
-
-/* Plugs in the journal as the history when the configuration asks for it, or refuses it
- * (built without it). 0, or -1 with err set. */
-static int api_journal_history(struct sse_server *srv, const struct sse_config *cfg, char *err,
-                               size_t errlen) {
+        return -1;
+    }
 #if SSE_ENABLE_JOURNAL
-    const char *why = cfg->journal_path ? api_journal(srv, cfg) : NULL;
+    why = cfg->journal_path ? api_journal(srv, cfg) : NULL;
 #else
     (void)srv;
-    const char *why = cfg->journal_path ? "built without SSE_ENABLE_JOURNAL" : NULL;
+    why = cfg->journal_path ? "built without SSE_ENABLE_JOURNAL" : NULL;
 #endif
     if (why)
         api_error(err, errlen, "journal %s: %s", cfg->journal_path, why);
     return why ? -1 : 0;
-}
-
-/* The timers' durations and the ready-made blobs every stream shares; false out of memory. */
-static bool api_prepare(struct sse_server *srv, const struct sse_config *cfg) {
-    srv->timers[TIMER_REQUEST].duration = srv->header_timeout_ms;
-    srv->timers[TIMER_SEND].duration = SEND_TIMEOUT_MS;
-    srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : NEVER_MS;
-    srv->timers[TIMER_LINGER].duration = LINGER_MS;
-    srv->timers[TIMER_PACED].duration =
-        cfg->publish_wait_ms > 0 ? cfg->publish_wait_ms : PACE_PUBLISH_WAIT_MS;
-    srv->timers[TIMER_NEVER].duration = NEVER_MS;
-    char retry[48];
-    snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
-    srv->heartbeat = blob_from(":\n", 2);
-    srv->continue_100 = blob_from("HTTP/1.1 100 Continue\r\n\r\n", 25);
-    srv->retry_line = srv->retry_ms ? blob_from(retry, strlen(retry)) : NULL;
-    return srv->heartbeat && srv->continue_100 && (!srv->retry_ms || srv->retry_line);
 }
 
 struct sse_server *sse_server_new(const struct sse_config *config, char *err, size_t errlen) {
@@ -8195,10 +8117,8 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         return NULL;
     }
     srv->epfd = srv->listener.fd = srv->reserve_fd = srv->root_fd = -1;
-    srv->log.fn = cfg->on_log;
-    srv->log.user = cfg->user;
+    srv->log = (struct logger){cfg->on_log, cfg->user, &srv->log_depth};
     srv->on_request = cfg->on_request;
-    srv->log.depth = &srv->log_depth;
     srv->history = &history_backlog;
     api_parts(srv);
     const char *why = api_configure(srv, cfg);
@@ -8206,10 +8126,8 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         api_error(err, errlen, "%s", why);
         goto fail;
     }
-    if (cfg->static_root && (why = api_root(srv, cfg->static_root))) {
-        api_error(err, errlen, "cannot serve '%s': %s", cfg->static_root, why);
+    if (cfg->static_root && api_root(srv, cfg->static_root, err, errlen) < 0)
         goto fail;
-    }
 #if SSE_ENABLE_PROXY
     if (proxy_plug(srv, cfg, err, errlen) < 0)
         goto fail;
@@ -8220,25 +8138,10 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
         goto fail;
     }
 #endif
-    srv->last_id = api_id_seed();
-    srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
-    srv->topics.seed = (uint32_t)rng_next(&srv->rng);
-    srv->per_ip.seed = (uint32_t)rng_next(&srv->rng);
-    /* After the topic table's seed: the journal's events go into the table. */
-    if (api_hub_check(cfg, err, errlen) < 0 || api_journal_history(srv, cfg, err, errlen) < 0)
+    api_seed(srv); /* before the history: the journal's events go into the topic table */
+    if (api_history(srv, cfg, err, errlen) < 0 ||
+        api_listen(srv, cfg->listen ? cfg->listen : DEFAULT_LISTEN, err, errlen) < 0)
         goto fail;
-    if (!api_prepare(srv, cfg)) {
-        api_error(err, errlen, "out of memory");
-        goto fail;
-    }
-    srv->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (srv->epfd < 0) {
-        api_error(err, errlen, "epoll_create1: %s", strerror(errno));
-        goto fail;
-    }
-    if (api_listen(srv, cfg->listen ? cfg->listen : DEFAULT_LISTEN, err, errlen) < 0)
-        goto fail;
-    srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     loop_clock(srv);
 #if SSE_ENABLE_REDIS
     if (cfg->redis && (why = api_redis(srv, cfg))) {
@@ -8267,30 +8170,25 @@ void sse_server_free(struct sse_server *srv) {
         if (srv->parts[i].ops->free)
             srv->parts[i].ops->free(srv);
     backlog_free(&srv->backlog);
-    blob_unref(srv->stream_head);
-    blob_unref(srv->retry_line);
-    blob_unref(srv->heartbeat);
-    blob_unref(srv->id_line);
-    blob_unref(srv->continue_100);
-    for (uint32_t i = 0; i < srv->topics.nbuckets; i++) {
+    struct blob *blobs[] = {srv->stream_head, srv->retry_line, srv->heartbeat, srv->id_line,
+                            srv->continue_100};
+    for (size_t i = 0; i < sizeof blobs / sizeof blobs[0]; i++)
+        blob_unref(blobs[i]);
+    for (uint32_t i = 0; i < srv->topics.nbuckets; i++)
         for (struct topic *t = srv->topics.buckets[i], *next; t; t = next) {
             next = t->next; /* only retired topics remain: nothing else refers to them */
             free(t);
         }
-    }
-    free(srv->topics.buckets);
-    free(srv->topics.retired);
-    free(srv->per_ip.buckets); /* its entries went with the connections */
     int fds[] = {srv->listener.fd, srv->reserve_fd, srv->root_fd, srv->epfd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (fds[i] >= 0)
             close(fds[i]);
-    free(srv->stream_path);
-    free(srv->index_page);
-    free(srv->publish_token);
-    free(srv->subscribe_token);
-    free(srv->cors_headers);
-    free(srv->root_real);
+    /* per_ip's entries went with the connections */
+    void *owned[] = {srv->topics.buckets,  srv->topics.retired, srv->per_ip.buckets,
+                     srv->stream_path,     srv->index_page,     srv->publish_token,
+                     srv->subscribe_token, srv->cors_headers,   srv->root_real};
+    for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
+        free(owned[i]);
     free(srv);
 }
 
@@ -8298,15 +8196,20 @@ const char *sse_url(const struct sse_server *srv) {
     return srv->url;
 }
 
+/* The checks of the calls that change the server: their arguments, then -EBUSY inside a
+ * publish or a retire (from on_log) or while the server is being freed. */
+static int api_enter(const struct sse_server *srv, bool args_ok) {
+    return !srv || !args_ok ? -EINVAL : srv->busy ? -EBUSY : 0;
+}
+
 int sse_publish(struct sse_server *srv, const char *topic, const char *event, const char *data,
                 size_t len, uint64_t *id_out) {
-    if (!srv || (!data && len))
-        return -EINVAL;
-    if (srv->busy)
-        return -EBUSY;
-    if (srv->pace.held)
-        return -EAGAIN; /* the subscribers are behind: flow control (section 6) */
-    return publish_event(srv, &(struct publish_in){topic, event, data, len, NULL, NULL}, id_out);
+    int r = api_enter(srv, data || !len);
+    if (!r && srv->pace.held)
+        r = -EAGAIN; /* the subscribers are behind: flow control (section 6) */
+    return r ? r
+             : publish_event(srv, &(struct publish_in){topic, event, data, len, NULL, NULL},
+                             id_out);
 }
 
 int sse_publish_ready(const struct sse_server *srv) {
@@ -8314,11 +8217,8 @@ int sse_publish_ready(const struct sse_server *srv) {
 }
 
 int sse_retire_topic(struct sse_server *srv, const char *topic) {
-    if (!srv || !topic)
-        return -EINVAL;
-    if (srv->busy)
-        return -EBUSY;
-    return publish_retire(srv, topic);
+    int r = api_enter(srv, topic != NULL);
+    return r ? r : publish_retire(srv, topic);
 }
 
 int sse_respond(const struct sse_request *req, int status, const char *content_type,
@@ -8351,29 +8251,19 @@ const char *sse_request_param(const struct sse_request *req, const char *name, s
 }
 
 int sse_end_streams(struct sse_server *srv, const char *topic) {
-    if (!srv || !topic)
-        return -EINVAL;
-    if (srv->busy)
-        return -EBUSY;
-    return publish_end_streams(srv, topic);
+    int r = api_enter(srv, topic != NULL);
+    return r ? r : publish_end_streams(srv, topic);
 }
 
 int sse_publish_from_fd(struct sse_server *srv, int fd, enum sse_input_format format) {
-    if (!srv || fd < 0 || (format != SSE_INPUT_LINES && format != SSE_INPUT_SSE))
-        return -EINVAL;
-    if (srv->busy)
-        return -EBUSY;
-    struct input *in = calloc(1, sizeof *in);
+    int r = api_enter(srv, fd >= 0 && (format == SSE_INPUT_LINES || format == SSE_INPUT_SSE));
+    struct input *in = r ? NULL : calloc(1, sizeof *in);
     if (!in)
-        return -ENOMEM;
-    in->h.fd = fd;
-    in->h.on_event = input_on_event;
+        return r ? r : -ENOMEM;
+    in->h = (struct handle){fd, input_on_event};
     wire_reader_init(&in->reader, format, srv->max_event_bytes);
-    struct epoll_event ev = {.events = EPOLLIN};
-    ev.data.ptr = in;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) == 0) {
-        in->polled = true;
-    } else if (errno != EPERM) {
+    in->polled = loop_watch(srv, EPOLL_CTL_ADD, &in->h, EPOLLIN) == 0;
+    if (!in->polled && errno != EPERM) { /* EPERM: a regular file, read once an iteration */
         int e = errno;
         free(in);
         return -e;
