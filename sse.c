@@ -109,7 +109,6 @@
 #define OVERFLOW_MAX        256         /* connections over max_clients held just to answer them */
 #define FD_OWN              64          /* descriptors of our own: listener, epoll, journal... */
 #define FD_RESERVE          320         /* OVERFLOW_MAX + FD_OWN, kept from max_clients' default */
-#define BACKLOG_BYTES       (64u << 20) /* bytes of events the backlog may hold by default */
 #define DRAIN_MS            500         /* how long sse_stop() lets queued bytes go out */
 #define LINGER_MS           2000        /* how long a closing connection may take to drain */
 #define SEND_TIMEOUT_MS     60000       /* an ordinary response making no progress is dropped */
@@ -131,9 +130,7 @@ _Static_assert(FD_RESERVE == OVERFLOW_MAX + FD_OWN, "the reserve covers the over
 #define PRINTF_LIKE(fmt, va)
 #endif
 
-#define DEFAULT_LISTEN      "127.0.0.1:8080"
-#define DEFAULT_STREAM_PATH "/events"
-#define DEFAULT_TOPIC       "default"
+#define DEFAULT_TOPIC "default"
 
 /* Milliseconds on the monotonic clock: immune to wall-clock jumps. */
 static int64_t clock_ms(void) {
@@ -1903,7 +1900,6 @@ static void conn_flush_later(struct sse_server *srv, struct conn *c) {
 #define PACE_PATIENCE_MS     1000  /* took nothing this long in a hold: left behind */
 #define PACE_MINORITY_MS     2000  /* a lagging minority this long in a hold: left behind */
 #define PACE_MAX_HOLD_MS     10000 /* a hold this long leaves every lagging subscriber behind */
-#define PACE_PUBLISH_WAIT_MS 5000  /* publish_wait_ms's default: then a held publish gets 503 */
 /* clang-format on */
 
 enum lag_state {
@@ -2251,6 +2247,7 @@ static void conn_reap(struct sse_server *srv) {
     }
 }
 
+#if SSE_ENABLE_PROXY || SSE_ENABLE_REDIS /* the parts that connect out */
 /* Where a part connects to (an upstream, Redis): resolved once at start-up, so the loop never
  * waits on DNS. */
 struct remote {
@@ -2261,7 +2258,7 @@ struct remote {
     char *path;                   /* what follows HOST:PORT in the URL: a path, and a query */
 };
 
-FOR_PARTS static void remote_free(struct remote *u) {
+static void remote_free(struct remote *u) {
     free(u->url);
     free(u->host);
     free(u->path);
@@ -2269,7 +2266,7 @@ FOR_PARTS static void remote_free(struct remote *u) {
 
 /* Parses "http://HOST[:PORT][/PATH]" and resolves HOST (the only time it is resolved).
  * Returns NULL or what is wrong. */
-FOR_PARTS static const char *remote_resolve(struct remote *u, const char *url) {
+static const char *remote_resolve(struct remote *u, const char *url) {
     if (strlen(url) < 8 || !ascii_ieq(url, 7, "http://"))
         return "must start with http://";
     const char *h = url + 7, *p, *hs = h, *he;
@@ -2318,6 +2315,7 @@ FOR_PARTS static const char *remote_resolve(struct remote *u, const char *url) {
         return "could not be stored (out of memory)";
     return NULL;
 }
+#endif
 
 /* ==========================================================================================
  * 7. Endpoints
@@ -2465,7 +2463,7 @@ static struct blob *stream_head(struct sse_server *srv) {
 /* "retry: J" with J drawn from [retry, 2 * retry], so clients sent away at the same moment
  * do not all come back at the same moment. */
 static struct blob *stream_retry_jitter(struct sse_server *srv) {
-    uint64_t base = srv->retry_ms ? (uint64_t)srv->retry_ms : 3000;
+    uint64_t base = srv->retry_ms ? (uint64_t)srv->retry_ms : SSE_DEFAULT_RETRY_MS;
     char line[48];
     struct wbuf w = {line, sizeof line, 0};
     wb_str(&w, "retry: ");
@@ -2650,17 +2648,24 @@ static void stream_open(struct sse_server *srv, struct conn *c, const char *cons
     timer_set(srv, c, TIMER_STREAM);
 }
 
+/* The one rule for what a subscriber may have queued: an event of len bytes more must not
+ * take it past client_buffer, or it is dropped as slow (it comes back with Last-Event-ID);
+ * an idle one always takes the event, so one larger than the buffer drops nobody. */
+static bool stream_room(struct sse_server *srv, struct conn *c, size_t len) {
+    if (!c->qbytes || c->qbytes + len <= srv->client_buffer)
+        return true;
+    srv->m.dropped_total++;
+    conn_close(srv, c, R_SLOW);
+    return false;
+}
+
 /* Queues a live event, or drops a subscriber too far behind (it reconnects and catches up
  * from the backlog; everyone else keeps real time). */
 static bool stream_push(struct sse_server *srv, struct conn *c, struct blob *ev) {
     if (c->flags & CF_REPLAYING)
         return false; /* it takes this event from the backlog when its replay ends */
-    /* An idle subscriber always takes it: an event over the buffer drops nobody. */
-    if (c->qbytes && c->qbytes + ev->len > srv->client_buffer) {
-        srv->m.dropped_total++;
-        conn_close(srv, c, R_SLOW);
+    if (!stream_room(srv, c, ev->len))
         return false;
-    }
     if (!conn_enqueue(srv, c, ev)) {
         conn_close(srv, c, R_ERROR);
         return false;
@@ -4857,7 +4862,7 @@ static const char *api_journal(struct sse_server *srv, const struct sse_config *
     srv->history = &history_journal; /* from here on history_journal_free() frees it */
     srv->history_self = j;
     j->sync = cfg->journal_sync;
-    j->max_bytes = cfg->journal_max_bytes ? cfg->journal_max_bytes : 64u << 20;
+    j->max_bytes = cfg->journal_max_bytes ? cfg->journal_max_bytes : SSE_DEFAULT_JOURNAL_MAX_BYTES;
     return journal_open(j, cfg->journal_path, &srv->topics, &srv->backlog, &srv->last_id,
                         &srv->log);
 }
@@ -5654,17 +5659,14 @@ static void redis_replay_entries(struct sse_server *srv, const struct redis_wait
         size_t len =
             wire_format_event(NULL, 0, ent.id, strlen(ent.id), ent.event[0] ? ent.event : NULL,
                               ent.data->str, ent.data->len);
+        if (!stream_room(srv, c, len))
+            return; /* the same rule as for live events */
         struct blob *b = blob_new(len);
         if (b)
             wire_format_event(b->bytes, len, ent.id, strlen(ent.id),
                               ent.event[0] ? ent.event : NULL, ent.data->str, ent.data->len);
         if (!b || !conn_enqueue_owned(srv, c, b)) {
             conn_close(srv, c, R_ERROR);
-            return;
-        }
-        if (c->qbytes > srv->client_buffer) {
-            srv->m.dropped_total++;
-            conn_close(srv, c, R_SLOW);
             return;
         }
     }
@@ -6154,12 +6156,12 @@ static const char *api_redis(struct sse_server *srv, const struct sse_config *cf
     const char *why = redis_resolve(r, cfg->redis);
     if (why)
         return why;
-    const char *key = cfg->redis_stream ? cfg->redis_stream : "sse";
+    const char *key = cfg->redis_stream ? cfg->redis_stream : SSE_DEFAULT_REDIS_STREAM;
     if (!key[0] || strlen(key) >= sizeof r->key)
         return "the stream key must be 1 to 255 bytes";
     memcpy(r->key, key, strlen(key) + 1);
     r->password = cfg->redis_password ? strdup(cfg->redis_password) : NULL;
-    r->maxlen = cfg->redis_maxlen ? cfg->redis_maxlen : 100000;
+    r->maxlen = cfg->redis_maxlen ? cfg->redis_maxlen : SSE_DEFAULT_REDIS_MAXLEN;
     size_t per_entry = srv->max_event_bytes + 2048;
     r->xread_count = (uint32_t)((16u << 20) / per_entry);
     r->xread_count = r->xread_count < 1 ? 1 : r->xread_count > 256 ? 256 : r->xread_count;
@@ -7829,8 +7831,9 @@ static int proxy_plug(struct sse_server *srv, const struct sse_config *cfg, char
         proxy_error(err, errlen, "out of memory");
         return -1;
     }
-    srv->timers[TIMER_CONNECT].duration =
-        cfg->proxy_connect_timeout_ms ? cfg->proxy_connect_timeout_ms : 5000;
+    srv->timers[TIMER_CONNECT].duration = cfg->proxy_connect_timeout_ms
+                                              ? cfg->proxy_connect_timeout_ms
+                                              : SSE_DEFAULT_PROXY_CONNECT_MS;
     srv->timers[TIMER_PART].duration =
         cfg->proxy_heartbeat_ms > 0 ? cfg->proxy_heartbeat_ms : NEVER_MS;
     if (proxy_routes_init(hub, cfg, err, errlen) < 0 ||
@@ -7989,7 +7992,7 @@ static bool api_prepare(struct sse_server *srv, const struct sse_config *cfg) {
     srv->timers[TIMER_STREAM].duration = srv->heartbeat_ms ? srv->heartbeat_ms : NEVER_MS;
     srv->timers[TIMER_LINGER].duration = LINGER_MS;
     srv->timers[TIMER_PACED].duration =
-        cfg->publish_wait_ms > 0 ? cfg->publish_wait_ms : PACE_PUBLISH_WAIT_MS;
+        cfg->publish_wait_ms > 0 ? cfg->publish_wait_ms : SSE_DEFAULT_PUBLISH_WAIT_MS;
     srv->timers[TIMER_NEVER].duration = NEVER_MS;
     char retry[48];
     snprintf(retry, sizeof retry, "retry: %lld\n\n", (long long)srv->retry_ms);
@@ -8006,23 +8009,29 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
         return "negative value in configuration";
     if (cfg->max_event_bytes > EVENT_BYTES_LIMIT)
         return "max_event_bytes is over 64 MiB";
-    uint32_t backlog = cfg->backlog == SSE_OFF ? 0 : cfg->backlog ? (uint32_t)cfg->backlog : 1024;
+    uint32_t backlog = cfg->backlog == SSE_OFF ? 0
+                       : cfg->backlog          ? (uint32_t)cfg->backlog
+                                               : SSE_DEFAULT_BACKLOG;
     int hb = cfg->heartbeat_ms;
-    srv->heartbeat_ms = hb == SSE_OFF ? 0 : hb ? hb : 15000;
-    srv->retry_ms = cfg->retry_ms == SSE_OFF ? 0 : cfg->retry_ms ? cfg->retry_ms : 3000;
+    srv->heartbeat_ms = hb == SSE_OFF ? 0 : hb ? hb : SSE_DEFAULT_HEARTBEAT_MS;
+    srv->retry_ms = cfg->retry_ms == SSE_OFF ? 0
+                    : cfg->retry_ms          ? cfg->retry_ms
+                                             : SSE_DEFAULT_RETRY_MS;
     if (cfg->position_event != 0 && cfg->position_event != SSE_OFF)
         return "invalid position_event: 0 (send it) or SSE_OFF";
     srv->position_event = cfg->position_event == 0;
-    srv->header_timeout_ms = cfg->header_timeout_ms ? cfg->header_timeout_ms : 10000;
-    srv->client_buffer = cfg->client_buffer ? cfg->client_buffer : 1u << 20;
+    srv->header_timeout_ms =
+        cfg->header_timeout_ms ? cfg->header_timeout_ms : SSE_DEFAULT_HEADER_TIMEOUT_MS;
+    srv->client_buffer = cfg->client_buffer ? cfg->client_buffer : SSE_DEFAULT_CLIENT_BUFFER;
     srv->pace.high = cfg->pace_high_water ? cfg->pace_high_water : srv->client_buffer / 8;
     if (srv->pace.high >= srv->client_buffer)
         srv->pace.high = SIZE_MAX; /* flow control off: nobody ever lags */
     srv->pace.low = srv->pace.high / 4;
-    srv->max_event_bytes = cfg->max_event_bytes ? cfg->max_event_bytes : 1u << 20;
+    srv->max_event_bytes =
+        cfg->max_event_bytes ? cfg->max_event_bytes : SSE_DEFAULT_MAX_EVENT_BYTES;
     srv->max_per_ip = (uint32_t)cfg->max_clients_per_ip;
     srv->max_clients = api_max_clients(cfg);
-    const char *sp = cfg->stream_path ? cfg->stream_path : DEFAULT_STREAM_PATH;
+    const char *sp = cfg->stream_path ? cfg->stream_path : SSE_DEFAULT_STREAM_PATH;
     size_t splen = strlen(sp);
     const char *why = api_check_strings(cfg, sp, splen);
     if (why)
@@ -8043,7 +8052,7 @@ static const char *api_configure(struct sse_server *srv, const struct sse_config
     srv->cors_headers = api_strdup(cors, &failed);
     srv->backlog.ring = backlog ? calloc(backlog, sizeof *srv->backlog.ring) : NULL;
     srv->backlog.cap = srv->backlog.ring ? backlog : 0;
-    srv->backlog.max_bytes = cfg->backlog_bytes ? cfg->backlog_bytes : BACKLOG_BYTES;
+    srv->backlog.max_bytes = cfg->backlog_bytes ? cfg->backlog_bytes : SSE_DEFAULT_BACKLOG_BYTES;
     failed = failed || (cfg->index_page && !srv->index_page) || (backlog && !srv->backlog.ring);
     return failed || !api_prepare(srv, cfg) ? "out of memory" : NULL;
 }
@@ -8140,7 +8149,7 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
 #endif
     api_seed(srv); /* before the history: the journal's events go into the topic table */
     if (api_history(srv, cfg, err, errlen) < 0 ||
-        api_listen(srv, cfg->listen ? cfg->listen : DEFAULT_LISTEN, err, errlen) < 0)
+        api_listen(srv, cfg->listen ? cfg->listen : SSE_DEFAULT_LISTEN, err, errlen) < 0)
         goto fail;
     loop_clock(srv);
 #if SSE_ENABLE_REDIS
