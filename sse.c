@@ -613,6 +613,73 @@ struct blob {
     char bytes[];        /* what goes on the wire */
 };
 
+/* A chained hash table whose entries start with a struct hash_node: the topics by name, the
+ * addresses served. Its seed is random, so keys cannot be chosen to collide. The chains
+ * double when there are as many entries as chains, and halve (down to 64) below a quarter,
+ * so what a flood grew is given back. */
+struct hash_node {
+    struct hash_node *next; /* next in the chain */
+    uint32_t hash;          /* of the key, with the table's seed */
+};
+
+struct hash_table {
+    struct hash_node **buckets; /* chains; nbuckets is a power of two */
+    uint32_t nbuckets;          /* allocated chains */
+    uint32_t count;             /* entries */
+    uint32_t seed;              /* random */
+};
+
+static uint32_t hash_bytes(uint32_t seed, const void *key, size_t len) {
+    uint32_t h = 2166136261u ^ seed; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ ((const unsigned char *)key)[i]) * 16777619u;
+    return h;
+}
+
+/* The chain where entries of hash h are, or NULL in an empty table. */
+static struct hash_node *hash_chain(const struct hash_table *t, uint32_t h) {
+    return t->nbuckets ? t->buckets[h & (t->nbuckets - 1)] : NULL;
+}
+
+/* Rehashes into n chains (a power of two). False when out of memory. */
+static bool hash_resize(struct hash_table *t, uint32_t n) {
+    struct hash_node **b = calloc(n, sizeof *b);
+    if (!b)
+        return false;
+    for (uint32_t i = 0; i < t->nbuckets; i++) {
+        for (struct hash_node *e = t->buckets[i], *next; e; e = next) {
+            next = e->next;
+            e->next = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    }
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = n;
+    return true;
+}
+
+/* Links e (its hash set), growing the table first if full. False when out of memory. */
+static bool hash_insert(struct hash_table *t, struct hash_node *e) {
+    if (t->count >= t->nbuckets && !hash_resize(t, t->nbuckets ? t->nbuckets * 2 : 64))
+        return false;
+    struct hash_node **chain = &t->buckets[e->hash & (t->nbuckets - 1)];
+    e->next = *chain;
+    *chain = e;
+    t->count++;
+    return true;
+}
+
+static void hash_remove(struct hash_table *t, struct hash_node *e) {
+    struct hash_node **pp = &t->buckets[e->hash & (t->nbuckets - 1)];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    t->count--;
+    if (t->nbuckets > 64 && t->count < t->nbuckets / 4)
+        hash_resize(t, t->nbuckets / 2); /* (kept as is if out of memory) */
+}
+
 /* A subscriber's membership in one topic: a node in the topic's list of subscribers. */
 struct conn;
 struct sub {
@@ -623,11 +690,10 @@ struct sub {
 
 struct topic_table;
 struct topic {
-    struct topic *next;        /* next in the hash chain */
+    struct hash_node node;     /* in the topic table, by name; first */
     struct topic_table *table; /* the table it lives in, to unlink itself */
     struct sub *subs;          /* subscribers, newest first */
     uint32_t refs;             /* subscriptions + events + 1 while retired */
-    uint32_t hash;             /* of name, with the table's seed */
     uint32_t retire_seq;       /* while retired: its retirement's number (its ring slot) */
     bool retired;              /* new subscriptions get 204 until the next publish */
     char name[TOPIC_NAME_MAX + 1];
@@ -637,15 +703,12 @@ struct topic {
  * them. Retirements are bounded by SSE_RETIRED_MAX, the oldest forgotten first (freeing its
  * topic if nothing else holds it), so a flood of DELETEs on new names costs bounded memory. */
 struct topic_table {
-    struct topic **buckets; /* chains; nbuckets is a power of two */
-    uint32_t nbuckets;      /* allocated chains */
-    uint32_t count;         /* topics stored */
-    uint32_t seed;          /* random, so names cannot be chosen to collide */
-    struct topic **retired; /* ring of the last SSE_RETIRED_MAX retirements: each slot holds
-                               its topic's reference, NULL once published to again; lazy */
-    uint32_t retired_head;  /* slot of the oldest retirement */
-    uint32_t nretired;      /* slots in use from retired_head, NULL ones included */
-    uint32_t retire_seq;    /* retirements so far: the newest slot's number */
+    struct hash_table names; /* the topics */
+    struct topic **retired;  /* ring of the last SSE_RETIRED_MAX retirements: each slot holds
+                                its topic's reference, NULL once published to again; lazy */
+    uint32_t retired_head;   /* slot of the oldest retirement */
+    uint32_t nretired;       /* slots in use from retired_head, NULL ones included */
+    uint32_t retire_seq;     /* retirements so far: the newest slot's number */
 };
 
 static struct blob *blob_new(size_t len) {
@@ -680,39 +743,12 @@ static void blob_unref(struct blob *b) {
     }
 }
 
-static uint32_t topic_hash(uint32_t seed, const char *name, size_t len) {
-    uint32_t h = 2166136261u ^ seed; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)name[i]) * 16777619u;
-    return h;
-}
-
 static struct topic *topic_find(struct topic_table *tt, const char *name, size_t len) {
-    if (!tt->nbuckets)
-        return NULL;
-    uint32_t h = topic_hash(tt->seed, name, len);
-    for (struct topic *t = tt->buckets[h & (tt->nbuckets - 1)]; t; t = t->next)
-        if (t->hash == h && bytes_eq(name, len, t->name))
-            return t;
+    uint32_t h = hash_bytes(tt->names.seed, name, len);
+    for (struct hash_node *e = hash_chain(&tt->names, h); e; e = e->next)
+        if (e->hash == h && bytes_eq(name, len, ((struct topic *)e)->name))
+            return (struct topic *)e;
     return NULL;
-}
-
-/* Rehashes into n chains (a power of two, at least 64). False when out of memory. */
-static bool topic_table_resize(struct topic_table *tt, uint32_t n) {
-    struct topic **b = calloc(n, sizeof *b);
-    if (!b)
-        return false;
-    for (uint32_t i = 0; i < tt->nbuckets; i++) {
-        for (struct topic *t = tt->buckets[i], *next; t; t = next) {
-            next = t->next;
-            t->next = b[t->hash & (n - 1)];
-            b[t->hash & (n - 1)] = t;
-        }
-    }
-    free(tt->buckets);
-    tt->buckets = b;
-    tt->nbuckets = n;
-    return true;
 }
 
 /* Finds or creates a valid-named topic and takes a reference; NULL when out of memory. */
@@ -722,16 +758,14 @@ static struct topic *topic_get(struct topic_table *tt, const char *name, size_t 
         t->refs++;
         return t;
     }
-    if (tt->count >= tt->nbuckets && !topic_table_resize(tt, tt->nbuckets ? tt->nbuckets * 2 : 64))
-        return NULL;
-    uint32_t h = topic_hash(tt->seed, name, len);
-    struct topic **chain = &tt->buckets[h & (tt->nbuckets - 1)];
     if (!(t = malloc(sizeof *t)))
         return NULL;
-    *t = (struct topic){.next = *chain, .table = tt, .refs = 1, .hash = h};
+    *t = (struct topic){.node.hash = hash_bytes(tt->names.seed, name, len), .table = tt, .refs = 1};
     memcpy(t->name, name, len);
-    *chain = t;
-    tt->count++;
+    if (!hash_insert(&tt->names, &t->node)) {
+        free(t);
+        return NULL;
+    }
     return t;
 }
 
@@ -739,15 +773,8 @@ static struct topic *topic_get(struct topic_table *tt, const char *name, size_t 
 static void topic_unref(struct topic *t) {
     if (--t->refs)
         return;
-    struct topic_table *tt = t->table;
-    struct topic **pp = &tt->buckets[t->hash & (tt->nbuckets - 1)];
-    while (*pp != t)
-        pp = &(*pp)->next;
-    *pp = t->next;
-    tt->count--;
+    hash_remove(&t->table->names, &t->node);
     free(t);
-    if (tt->nbuckets > 64 && tt->count < tt->nbuckets / 4) /* give back what a flood grew */
-        topic_table_resize(tt, tt->nbuckets / 2);          /* (kept as is if out of memory) */
 }
 
 /* Ring slot of a retired topic: its retirement's number counted from the oldest slot's
@@ -973,6 +1000,23 @@ static int http_parse_header_line(const char *s, size_t len, struct http_header 
     return 0;
 }
 
+/* The header lines of a head from pos to its end (the empty line that ends it). Returns the
+ * head's length, HTTP_BAD or HTTP_TOO_LARGE (more than SSE_MAX_HEADERS). */
+static long http_parse_headers(const char *buf, size_t pos, size_t end, struct http_header *h,
+                               size_t *n) {
+    *n = 0;
+    for (;;) {
+        size_t len;
+        const char *line = http_next_line(buf, &pos, end, &len);
+        if (len == 0)
+            return pos == end ? (long)end : HTTP_BAD;
+        if (*n == SSE_MAX_HEADERS)
+            return HTTP_TOO_LARGE;
+        if (http_parse_header_line(line, len, &h[(*n)++]))
+            return HTTP_BAD;
+    }
+}
+
 /* Parses a request head in buf[0..len). Returns the head's length (> 0) when complete, or
  * HTTP_INCOMPLETE, HTTP_BAD, HTTP_TOO_LARGE, HTTP_BAD_VERSION. Views in *req point into buf.
  * Empty lines before the request line are skipped (RFC 9112 2.2). */
@@ -991,18 +1035,7 @@ static long http_parse_request(const char *buf, size_t len, struct http_request 
     int rc = http_parse_request_line(line, line_len, req);
     if (rc)
         return rc;
-    req->num_headers = 0;
-    for (;;) {
-        line = http_next_line(buf, &pos, end, &line_len);
-        if (line_len == 0)
-            break;
-        if (req->num_headers == SSE_MAX_HEADERS)
-            return HTTP_TOO_LARGE;
-        if (http_parse_header_line(line, line_len, &req->headers[req->num_headers]))
-            return HTTP_BAD;
-        req->num_headers++;
-    }
-    return pos == end ? (long)end : HTTP_BAD;
+    return http_parse_headers(buf, pos, end, req->headers, &req->num_headers);
 }
 
 /* The first header named name (case-insensitive), or NULL. */
@@ -1529,43 +1562,17 @@ struct conn {
     struct ip_count *ip;        /* its address's count (max_clients_per_ip), else NULL */
 };
 
-/* Client connections per address (max_clients_per_ip): a hash table keyed by the address
- * (IPv4 mapped to IPv6), seeded at random so addresses cannot be chosen to collide. An entry
- * lives while its count is above zero: never more entries than connections. */
+/* Client connections per address (max_clients_per_ip), keyed by the address (IPv4 mapped
+ * to IPv6). An entry lives while its count is above zero: never more entries than
+ * connections. */
 struct ip_count {
-    struct ip_count *next; /* next in the hash chain */
-    uint32_t n;            /* connections served from addr */
-    uint32_t hash;         /* of addr, with the table's seed */
-    unsigned char addr[16];
+    struct hash_node node;  /* in srv->per_ip; first */
+    uint32_t n;             /* connections served from addr */
+    unsigned char addr[16]; /* the address */
 };
-
-struct ip_table {
-    struct ip_count **buckets; /* chains; nbuckets is a power of two */
-    uint32_t nbuckets;         /* allocated chains */
-    uint32_t count;            /* entries */
-    uint32_t seed;             /* random */
-};
-
-/* Rehashes into n chains (a power of two). False when out of memory. */
-static bool ip_table_resize(struct ip_table *t, uint32_t n) {
-    struct ip_count **b = calloc(n, sizeof *b);
-    if (!b)
-        return false;
-    for (uint32_t i = 0; i < t->nbuckets; i++) {
-        for (struct ip_count *e = t->buckets[i], *next; e; e = next) {
-            next = e->next;
-            e->next = b[e->hash & (n - 1)];
-            b[e->hash & (n - 1)] = e;
-        }
-    }
-    free(t->buckets);
-    t->buckets = b;
-    t->nbuckets = n;
-    return true;
-}
 
 /* The entry of a peer's address, created with count 0 if new; NULL when out of memory. */
-static struct ip_count *ip_table_get(struct ip_table *t, const struct sockaddr_storage *sa) {
+static struct ip_count *ip_table_get(struct hash_table *t, const struct sockaddr_storage *sa) {
     unsigned char key[16] = {0};
     if (sa->ss_family == AF_INET6) {
         memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
@@ -1573,36 +1580,28 @@ static struct ip_count *ip_table_get(struct ip_table *t, const struct sockaddr_s
         key[10] = key[11] = 0xFF;
         memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
     }
-    uint32_t h = topic_hash(t->seed, (const char *)key, sizeof key);
-    for (struct ip_count *e = t->nbuckets ? t->buckets[h & (t->nbuckets - 1)] : NULL; e;
-         e = e->next)
-        if (e->hash == h && memcmp(e->addr, key, sizeof key) == 0)
-            return e;
-    if (t->count >= t->nbuckets && !ip_table_resize(t, t->nbuckets ? t->nbuckets * 2 : 64))
-        return NULL;
+    uint32_t h = hash_bytes(t->seed, key, sizeof key);
+    for (struct hash_node *e = hash_chain(t, h); e; e = e->next)
+        if (e->hash == h && memcmp(((struct ip_count *)e)->addr, key, sizeof key) == 0)
+            return (struct ip_count *)e;
     struct ip_count *e = calloc(1, sizeof *e);
     if (!e)
         return NULL;
     memcpy(e->addr, key, sizeof key);
-    e->hash = h;
-    e->next = t->buckets[h & (t->nbuckets - 1)];
-    t->buckets[h & (t->nbuckets - 1)] = e;
-    t->count++;
+    e->node.hash = h;
+    if (!hash_insert(t, &e->node)) {
+        free(e);
+        return NULL;
+    }
     return e;
 }
 
 /* Counts one connection less from e's address; at zero the entry goes. */
-static void ip_table_put(struct ip_table *t, struct ip_count *e) {
+static void ip_table_put(struct hash_table *t, struct ip_count *e) {
     if (!e || (e->n && --e->n))
         return;
-    struct ip_count **pp = &t->buckets[e->hash & (t->nbuckets - 1)];
-    while (*pp != e)
-        pp = &(*pp)->next;
-    *pp = e->next;
-    t->count--;
+    hash_remove(t, &e->node);
     free(e);
-    if (t->nbuckets > 64 && t->count < t->nbuckets / 4)
-        ip_table_resize(t, t->nbuckets / 2);
 }
 
 struct timer_list {
@@ -1811,7 +1810,7 @@ struct sse_server {
     struct conn *dead_list;      /* closed, to free */
     uint32_t nconns;             /* open client connections (not counting over-limit ones) */
     uint32_t noverflow;          /* over-limit connections being answered */
-    struct ip_table per_ip;      /* served connections by address (max_clients_per_ip) */
+    struct hash_table per_ip;    /* served connections by address (max_clients_per_ip) */
     uint32_t nsubscribers;       /* connections in CONN_STREAM */
     uint32_t noutbound;          /* connections in CONN_OUTBOUND */
     uint32_t next_serial;        /* for log lines */
@@ -3206,7 +3205,7 @@ static void metrics_core(const struct sse_server *srv, struct wbuf *w) {
         {"sse_backlog_bytes", "gauge", "Bytes of the events retained for replay, as sent.",
          srv->backlog.bytes},
         {"sse_topics", "gauge", "Topics held: subscribed, in the backlog or retired.",
-         srv->topics.count},
+         srv->topics.names.count},
         {"sse_connections_total", "counter", "Client connections accepted.",
          srv->m.connections_total},
         {"sse_connections_rejected_total", "counter",
@@ -6340,18 +6339,7 @@ static long http_parse_response(const char *buf, size_t len, struct http_respons
         if (c != '\t' && (c < 0x20 || c == 0x7F))
             return HTTP_BAD;
     }
-    res->num_headers = 0;
-    for (;;) {
-        line = http_next_line(buf, &pos, end, &n);
-        if (n == 0)
-            break;
-        if (res->num_headers == SSE_MAX_HEADERS)
-            return HTTP_TOO_LARGE;
-        if (http_parse_header_line(line, n, &res->headers[res->num_headers]))
-            return HTTP_BAD;
-        res->num_headers++;
-    }
-    return pos == end ? (long)end : HTTP_BAD;
+    return http_parse_headers(buf, pos, end, res->headers, &res->num_headers);
 }
 
 /* Incremental decoder of chunked transfer coding (RFC 9112 7.1). */
@@ -8087,7 +8075,7 @@ static void api_seed(struct sse_server *srv) {
     clock_gettime(CLOCK_REALTIME, &ts);
     srv->last_id = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
     srv->rng.state = srv->last_id ^ (uint64_t)(uintptr_t)srv ^ ((uint64_t)getpid() << 32);
-    srv->topics.seed = (uint32_t)rng_next(&srv->rng);
+    srv->topics.names.seed = (uint32_t)rng_next(&srv->rng);
     srv->per_ip.seed = (uint32_t)rng_next(&srv->rng);
 }
 
@@ -8183,8 +8171,8 @@ void sse_server_free(struct sse_server *srv) {
                             srv->continue_100};
     for (size_t i = 0; i < sizeof blobs / sizeof blobs[0]; i++)
         blob_unref(blobs[i]);
-    for (uint32_t i = 0; i < srv->topics.nbuckets; i++)
-        for (struct topic *t = srv->topics.buckets[i], *next; t; t = next) {
+    for (uint32_t i = 0; i < srv->topics.names.nbuckets; i++)
+        for (struct hash_node *t = srv->topics.names.buckets[i], *next; t; t = next) {
             next = t->next; /* only retired topics remain: nothing else refers to them */
             free(t);
         }
@@ -8193,9 +8181,9 @@ void sse_server_free(struct sse_server *srv) {
         if (fds[i] >= 0)
             close(fds[i]);
     /* per_ip's entries went with the connections */
-    void *owned[] = {srv->topics.buckets,  srv->topics.retired, srv->per_ip.buckets,
-                     srv->stream_path,     srv->index_page,     srv->publish_token,
-                     srv->subscribe_token, srv->cors_headers,   srv->root_real};
+    void *owned[] = {srv->topics.names.buckets, srv->topics.retired, srv->per_ip.buckets,
+                     srv->stream_path,          srv->index_page,     srv->publish_token,
+                     srv->subscribe_token,      srv->cors_headers,   srv->root_real};
     for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
         free(owned[i]);
     free(srv);

@@ -489,14 +489,14 @@ static void test_backlog(void) {
 static void test_topics(void) {
     struct topic_table tt = {0};
     struct topic *a = topic_get(&tt, "a", 1);
-    CHECK(a && tt.count == 1 && topic_find(&tt, "a", 1) == a);
+    CHECK(a && tt.names.count == 1 && topic_find(&tt, "a", 1) == a);
     CHECK(topic_get(&tt, "a", 1) == a && a->refs == 2);
     char name[16];
     for (int i = 0; i < 200; i++) {
         snprintf(name, sizeof name, "t%d", i);
         CHECK(topic_get(&tt, name, strlen(name)) != NULL);
     }
-    CHECK(tt.count == 201 && tt.nbuckets >= 201);
+    CHECK(tt.names.count == 201 && tt.names.nbuckets >= 201);
     for (int i = 0; i < 200; i++) {
         snprintf(name, sizeof name, "t%d", i);
         topic_unref(topic_find(&tt, name, strlen(name)));
@@ -504,9 +504,9 @@ static void test_topics(void) {
     CHECK(topic_retire_flag(a, true));
     topic_unref(a);
     topic_unref(a);
-    CHECK(tt.count == 1 && a->retired);
+    CHECK(tt.names.count == 1 && a->retired);
     topic_retire_flag(a, false);
-    CHECK(tt.count == 0 && topic_find(&tt, "a", 1) == NULL);
+    CHECK(tt.names.count == 0 && topic_find(&tt, "a", 1) == NULL);
     /* Retirements beyond SSE_RETIRED_MAX forget the oldest, freeing what nothing else
      * holds; the table shrinks back as they go. */
     struct topic *held = topic_get(&tt, "held", 4);
@@ -517,7 +517,7 @@ static void test_topics(void) {
         topic_retire_flag(t, true);
         topic_unref(t);
     }
-    CHECK(tt.nretired == SSE_RETIRED_MAX && tt.count == SSE_RETIRED_MAX + 1);
+    CHECK(tt.nretired == SSE_RETIRED_MAX && tt.names.count == SSE_RETIRED_MAX + 1);
     CHECK(!held->retired && topic_find(&tt, "held", 4) == held && held->refs == 1);
     CHECK(topic_find(&tt, "r9", 2) == NULL && topic_find(&tt, "r10", 3)->retired);
     for (int i = 0; i < SSE_RETIRED_MAX + 10; i++) {
@@ -526,15 +526,15 @@ static void test_topics(void) {
         if (t)
             topic_retire_flag(t, false);
     }
-    CHECK(tt.nretired == SSE_RETIRED_MAX && tt.count == 1 && tt.nbuckets == 64);
+    CHECK(tt.nretired == SSE_RETIRED_MAX && tt.names.count == 1 && tt.names.nbuckets == 64);
     CHECK(topic_retire_flag(held, true) && held->retired && held->refs == 2);
     CHECK(*topic_retired_slot(&tt, held) == held && tt.nretired == SSE_RETIRED_MAX);
     topic_retire_flag(held, false);
     CHECK(!held->retired && held->refs == 1);
     topic_unref(held);
-    CHECK(tt.count == 0);
+    CHECK(tt.names.count == 0);
     free(tt.retired);
-    free(tt.buckets);
+    free(tt.names.buckets);
 }
 
 #if SSE_ENABLE_PROXY
@@ -675,7 +675,7 @@ static void test_whatwg_reader(void) {
     CHECK(strcmp(r.last_id, "18446744073709551615") == 0);
     wire_reader_free(&r);
 }
-#else /* built without the proxy: its tests are left out */
+#else  /* built without the proxy: its tests are left out */
 static void test_response_parse(void) {}
 static void test_dechunk(void) {}
 static void test_boundary(void) {}
@@ -1055,7 +1055,7 @@ static void test_journal_header(void) {
     memset(longline, '1', sizeof longline);
     CHECK(journal_parse_header(longline, sizeof longline, &floor, &version) == -1);
 }
-#else /* built without the journal: its tests are left out */
+#else  /* built without the journal: its tests are left out */
 static void test_journal(void) {}
 static void test_journal_header(void) {}
 #endif /* SSE_ENABLE_JOURNAL */

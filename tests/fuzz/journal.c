@@ -2,9 +2,9 @@
  * Fuzz target: the journal's record format (section 6 of sse.c). The first byte picks a
  * mode. Mode 0 reads the rest as a journal's header (one read back must be exactly what
  * the writer makes of its floor, its prefixes incomplete), and as the records of a journal
- * file, as start-up does: the records accepted must be canonical (their record line is exactly what the writer makes,
- * their bytes what the formatter makes), ids must increase in the backlog, every prefix of
- * an accepted record must read as incomplete, and what is kept must end on a record
+ * file, as start-up does: the records accepted must be canonical (their record line is exactly what
+ * the writer makes, their bytes what the formatter makes), ids must increase in the backlog, every
+ * prefix of an accepted record must read as incomplete, and what is kept must end on a record
  * boundary. Mode 1 writes a record for an event made from the rest and reads it back:
  * the same id, topic and bytes.
  */
@@ -53,7 +53,7 @@ static void read_records(const char *buf, size_t len) {
     if (n > 0)
         check_record(buf, len, n, &rec);
 
-    struct topic_table tt = {.seed = 7};
+    struct topic_table tt = {.names.seed = 7};
     struct backlog bl = {.ring = calloc(8, sizeof(struct blob *)), .cap = 8, .max_bytes = 1024};
     FUZZ_CHECK(bl.ring != NULL);
     uint64_t last_id = 0;
@@ -76,8 +76,8 @@ static void read_records(const char *buf, size_t len) {
     }
     FUZZ_CHECK(held == bl.bytes && held <= bl.max_bytes && bl.count <= bl.cap);
     backlog_free(&bl);
-    FUZZ_CHECK(tt.count == 0); /* the events held the only references to their topics */
-    free(tt.buckets);
+    FUZZ_CHECK(tt.names.count == 0); /* the events held the only references to their topics */
+    free(tt.names.buckets);
 }
 
 static void round_trip(const char *in, size_t len) {
