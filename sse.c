@@ -3047,11 +3047,11 @@ static const char *publish_params(const struct http_query *q, char *topic, char 
         return "invalid topic name: use 1 to 64 of A-Z a-z 0-9 . _ -";
     if (e && !wire_event_type_valid(e->value, e->value_len))
         return "invalid event type: 1 to 256 bytes of UTF-8 without CR, LF or NUL";
-    if (!t)
-        strcpy(topic, DEFAULT_TOPIC);
-    else
-        sprintf(topic, "%.*s", (int)t->value_len, t->value);
-    sprintf(event, "%.*s", e ? (int)e->value_len : 0, e ? e->value : "");
+    size_t tlen = t ? t->value_len : strlen(DEFAULT_TOPIC), elen = e ? e->value_len : 0;
+    memcpy(topic, t ? t->value : DEFAULT_TOPIC, tlen); /* both checked for length above */
+    topic[tlen] = '\0';
+    memcpy(event, e ? e->value : "", elen);
+    event[elen] = '\0';
     return NULL;
 }
 
