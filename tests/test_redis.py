@@ -221,6 +221,27 @@ def test_trimmed_history_is_a_reset(start_server, redis):
         st.close()
 
 
+def test_replay_from_redis_keeps_the_client_buffer_rule(start_server, redis):
+    """Events replayed from Redis obey the rule live events do (stream_room): a subscriber
+    whose queue would pass --client-buffer is dropped as slow, and comes back later."""
+    a = node(start_server, redis)
+    start = Stream(a.port, "/events/news")
+    start.read_block()
+    base = start.read_block().split(b"\n")[0].split(b" ")[1].decode()
+    start.close()
+    ids = [pub(a.port, "%04d" % i + "x" * 1000) for i in range(60)]
+    late = node(start_server, redis, "--backlog", "5", "--client-buffer", "8k")
+    st = Stream(late.port, "/events/news", headers={"Last-Event-ID": base})
+    try:
+        got = st.read_until_closed(10)  # one XRANGE page is about 15 KB: over 8 KiB
+    finally:
+        st.close()
+    assert len(got) < 16 * 1024 and ids[-1].encode() not in got, len(got)
+    values = metric_values(late.port)
+    assert values['sse_connections_closed_total{reason="slow_subscriber"}'] == 1, values
+    assert values["sse_subscribers_dropped_total"] == 1
+
+
 @pytest.mark.valgrind
 def test_redis_down_publish_503_subscribers_stay(start_server, redis):
     a, b = node(start_server, redis), node(start_server, redis, "--heartbeat", "1")
