@@ -70,6 +70,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -78,6 +79,8 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <linux/sockios.h> /* SIOCOUTQ */
 
 /* ==========================================================================================
  * 1. Basics
@@ -1941,6 +1944,16 @@ static void pace_check(struct sse_server *srv) {
     }
 }
 
+/* Has a subscriber left behind really caught up? Our queue is low, but the kernel's send
+ * buffer grows to megabytes and takes what a client that stopped reading does not: only
+ * with little unsent there too (SIOCOUTQ; one call, only for those left behind) may it be
+ * counted again. Otherwise a stopped client would be counted, lag, hold everyone for a
+ * watch, be left behind, and come back, as long as the kernel kept taking its bytes. */
+static bool pace_caught_up(const struct sse_server *srv, const struct conn *c) {
+    int unsent = 0;
+    return ioctl(c->h.fd, SIOCOUTQ, &unsent) != 0 || (size_t)unsent <= srv->pace.high;
+}
+
 /* A subscriber's queue changed: it starts lagging at the high-water mark, and stops at the
  * low one (the gap keeps a subscriber near the mark from flapping the hold). */
 static void pace_note(struct sse_server *srv, struct conn *c) {
@@ -1949,7 +1962,8 @@ static void pace_note(struct sse_server *srv, struct conn *c) {
     if (state == LAG_NONE && c->qbytes >= p->high) {
         c->lag = (uint8_t)((c->lag & ~LAG_STATE) | LAG_HIGH);
         p->lagging++;
-    } else if (state != LAG_NONE && c->qbytes <= p->low) {
+    } else if (state != LAG_NONE && c->qbytes <= p->low &&
+               (state == LAG_HIGH || pace_caught_up(srv, c))) {
         if (state == LAG_HIGH)
             p->lagging--;
         else
