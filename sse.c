@@ -409,8 +409,8 @@ struct wire_reader {
     char event[EVENT_TYPE_MAX + 1]; /* SSE: event type of the block, "" = default */
     char topic[TOPIC_NAME_MAX + 1]; /* SSE: topic of the block, "" = default */
     bool whatwg;                    /* read as an EventSource does (the relay): id, retry count,
-                                       topic is unknown, one leading BOM is dropped */
-    uint8_t bom_seen;               /* whatwg: BOM bytes matched at the start; 4 = past it */
+                                       topic is unknown */
+    uint8_t bom_seen;               /* SSE: BOM bytes matched at the start; 4 = past it */
     char id_buf[SSE_ID_MAX + 1];    /* whatwg: the last event ID buffer */
     char last_id[SSE_ID_MAX + 1];   /* whatwg: the last event ID string, set at dispatch */
     int64_t retry_ms;               /* whatwg: reconnection time from retry:, -1 = none */
@@ -537,9 +537,11 @@ static void wire_line_done(struct wire_reader *r, wire_emit_fn emit, void *ctx) 
 /* Feeds bytes; calls emit for every event completed (or skipped, with a reason). */
 static void wire_reader_feed(struct wire_reader *r, const char *buf, size_t len, wire_emit_fn emit,
                              void *ctx) {
-    /* WHATWG 9.2.6: the UTF-8 decode drops one leading BOM. It may arrive split. */
+    /* WHATWG 9.2.6: the UTF-8 decode drops one leading BOM (a file saved by an editor that
+     * writes one must not lose its first block), in a relay's stream and --stdin-format sse
+     * alike. It may arrive split. */
     static const char bom[3] = {'\xEF', '\xBB', '\xBF'};
-    while (r->whatwg && r->bom_seen < sizeof bom && len) {
+    while (r->format == SSE_INPUT_SSE && r->bom_seen < sizeof bom && len) {
         if (buf[0] == bom[r->bom_seen]) {
             buf++;
             len--;
