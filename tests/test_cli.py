@@ -538,6 +538,19 @@ def test_empty_value_names_the_option(form):
         assert (rc, err) == (2, want), (args, rc, err)
 
 
+def starts(*args):
+    """True when the server starts (says it is listening) with args; it is then stopped."""
+    p = subprocess.Popen([BINARY, "--listen", "127.0.0.1:0", *args], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        line = p.stderr.readline()  # the listening line, or the reason it exits
+    finally:
+        p.terminate()
+        _, rest = p.communicate(timeout=10)
+    assert b"AddressSanitizer" not in rest, rest
+    return line.startswith(b"sse-server: listening on ")
+
+
 def number_options():
     """(option, its value's name) for every option --help lists with a numeric value."""
     opts = help_options(help_text())
@@ -546,9 +559,9 @@ def number_options():
 
 def test_number_errors_state_the_real_range():
     """Each number's error message states its range, and the range is the real one: the
-    bounds it names are taken and one past either is refused with the same message. (The
-    bound is checked as taken by a bad --backlog after it, which is then what stops the
-    server.) --max-event-bytes 65m used to say "such as 65536 or 64k" with a limit of 64m."""
+    bounds it names are taken (the server starts with them: the library takes them too) and
+    one past either is refused with the same message. --max-event-bytes 65m used to say
+    "such as 65536 or 64k" with a limit of 64m."""
     size_re = re.compile(r"^sse-server: invalid value '(.*)' for (--[\w-]+): expected a size "
                          r"from (\d+[kmg]?) to (\d+[kmg]?) \(bytes, or with a k, m or g "
                          r"suffix: powers of 1024\) \(see --help\)\n$")
@@ -571,8 +584,7 @@ def test_number_errors_state_the_real_range():
             return int(s[:-1]) << {"k": 10, "m": 20, "g": 30}[s[-1]] if s[-1] in "kmg" else int(s)
 
         for taken in (lo, hi):
-            rc, out, err2 = run("--listen", "127.0.0.1:0", opt, taken, "--backlog", "abc")
-            assert rc == 2 and "for --backlog" in err2, (opt, taken, err2)
+            assert starts(opt, taken), (opt, taken)
         for refused in (str(number(lo) - 1), str(number(hi) + 1)):
             rc, out, err2 = run("--listen", "127.0.0.1:0", opt, refused)
             assert rc == 2 and err2 == err.replace("'x'", "'%s'" % refused), (opt, refused, err2)
@@ -816,3 +828,59 @@ def test_help_example_journal(example, tmp_path):
         assert st.read_event()["data"] == "kept"
     finally:
         st.close()
+
+
+# ---- the man page: generated from the option table, like --help -------------------------
+
+def man_page():
+    rc, out, err = run("--help-man")
+    assert rc == 0 and not err, err
+    return out
+
+
+def man_options(roff):
+    """{"--name": "ARG" or None} for every option the man page's OPTIONS section lists."""
+    options = roff.split("\n.SH OPTIONS\n", 1)[1].split("\n.SH ", 1)[0]
+    found = {}
+    for m in re.finditer(r"^\.TP\n\\fB((?:\\-){2}[a-z][\w\\-]*)\\fR(?: \\fI(\S+)\\fR)?\n",
+                         options, re.M):
+        found[m.group(1).replace("\\-", "-")] = m.group(2) and m.group(2).replace("\\-", "-")
+    return found
+
+
+def test_man_page_lists_every_option_of_help():
+    """sse-server.1 comes from the same table as --help (--help-man): the same options, with
+    the same value names and the same text (defaults included)."""
+    roff = man_page()
+    help_out = help_text()
+    assert man_options(roff) == help_options(help_out)
+    assert "--help-man" not in help_out and "help\\-man" not in roff
+    for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "EXAMPLES",
+                    "SEE ALSO"):
+        assert "\n.SH %s\n" % section in roff, section
+    plain = " ".join(roff.replace("\\-", "-").replace("\\e", "\\").split())
+    for opt in help_options(help_out):
+        text = " ".join(option_chunk(help_out, opt).split())
+        described = text.split(" ", 2 if help_options(help_out)[opt] else 1)[-1]
+        assert described in plain, (opt, described)
+    for _, commands in help_examples():
+        for command in commands:
+            assert command in plain, command
+
+
+def test_man_page_renders_without_warnings(tmp_path):
+    """man -l (groff underneath with -ww, every warning on) renders it with nothing on stderr."""
+    page = tmp_path / "sse-server.1"
+    page.write_text(man_page())
+    env = dict(os.environ, MANWIDTH="80", MAN_DISABLE_SECCOMP="1", LC_ALL="C.UTF-8")
+    if subprocess.run(["sh", "-c", "command -v man"], capture_output=True).returncode == 0:
+        cmd = ["man", "--warnings=w", "-l", str(page)]  # groff -ww: every warning
+    elif subprocess.run(["sh", "-c", "command -v groff"], capture_output=True).returncode == 0:
+        cmd = ["groff", "-man", "-Tutf8", "-ww", str(page)]
+    else:
+        unavailable("man and groff are missing (tests/install-deps.sh installs man-db)")
+    r = subprocess.run(cmd, capture_output=True, env=env, timeout=30)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    out = re.sub(r".\x08", "", r.stdout.decode("utf-8", "replace"))
+    assert "SSE-SERVER(1)" in out and "--publish-token TOKEN" in out, out[:2000]
+    assert "EXIT STATUS" in out and "sse-server --demo" in out
