@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import time
@@ -708,7 +709,8 @@ class Example:
     with it). Stopped by killing its process group, which it leads."""
 
     def __init__(self, command, cwd, port):
-        self.command = command.replace("sse-server", "%s --listen 127.0.0.1:%d" % (BINARY, port))
+        self.command = command.replace("sse-server", "%s --listen 127.0.0.1:%d"
+                                       % (shlex.quote(BINARY), port))
         self.command = self.command.replace("127.0.0.1:8080", "127.0.0.1:%d" % port)
         self.proc = subprocess.Popen(["sh", "-c", self.command], cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
