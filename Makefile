@@ -1,5 +1,8 @@
-# sse-server. `make` builds ./sse-server; `make run` starts the demo; `make test` runs every
-# test (tests/install-deps.sh installs what the tests need, as root, or names it);
+# sse-server. `make` builds ./sse-server; `make run` starts the demo (PORT=9000 or
+# LISTEN=HOST:PORT to choose the address); `make install` installs it (PREFIX, DESTDIR);
+# `make static` builds ./sse-server-static, linked statically against musl;
+# `make test` runs every test (tests/install-deps.sh installs what the tests need, as root,
+# or names it);
 # `make asan` builds ./sse-server-asan; `make fuzz` runs every libFuzzer target for
 # FUZZ_SECONDS seconds (needs clang);
 # `make lint` runs cppcheck and clang-tidy; `make valgrind` runs part of the suite under valgrind;
@@ -18,7 +21,8 @@ PYTHON = /usr/bin/python3
 BUILD = build
 
 .PHONY: all run test unit pytest deps asan clean format bench bench-smoke bench-tools fuzz \
-        fuzz-replay fuzz-deps lint lint-cppcheck valgrind examples core test-core
+        fuzz-replay fuzz-deps lint lint-cppcheck valgrind examples core test-core man install \
+        static
 all: sse-server
 
 $(BUILD) $(BUILD)/asan:
@@ -92,8 +96,72 @@ test-core: deps core
 	SSE_SERVER_BIN='$(CURDIR)/$(BUILD)/core/sse-server' SSE_EXAMPLES_CFLAGS='$(CORE_PARTS_OFF)' \
 	  $(PYTHON) -m pytest -q -m '$(CORE_TESTS)' tests
 
+# `make run` starts the demo on 127.0.0.1:8080; `make run PORT=9000` on 127.0.0.1:9000, and
+# `make run LISTEN=HOST:PORT` (as --listen takes it: :9000 for every address) where it says.
+LISTEN ?= $(if $(PORT),127.0.0.1:$(PORT))
 run: sse-server
-	./sse-server --demo
+	./sse-server --demo $(if $(LISTEN),--listen '$(LISTEN)')
+
+# The man page: the binary prints it (--help-man) from the option table --help prints, so the
+# two cannot drift apart (tests/test_cli.py compares them).
+$(BUILD)/sse-server.1: sse-server | $(BUILD)
+	./sse-server --help-man > $@.tmp && mv $@.tmp $@
+
+man: $(BUILD)/sse-server.1
+
+# `make install [PREFIX=/usr/local] [DESTDIR=]`: the binary to $(DESTDIR)$(PREFIX)/bin, the
+# man page to $(DESTDIR)$(PREFIX)/share/man/man1, and deploy/sse-server.service to
+# $(DESTDIR)$(PREFIX)/lib/systemd/system: systemd reads units from /usr/local/lib/systemd/system
+# and /usr/lib/systemd/system (so PREFIX=/usr/local and PREFIX=/usr both work), and
+# /etc/systemd/system stays the administrator's. The unit's ExecStart is made to name the
+# installed binary ($(PREFIX)/bin/sse-server). DESTDIR is for staging (packages): nothing
+# installed refers to it. Then: systemctl daemon-reload && systemctl enable --now sse-server.
+PREFIX ?= /usr/local
+BINDIR = $(PREFIX)/bin
+MAN1DIR = $(PREFIX)/share/man/man1
+UNITDIR = $(PREFIX)/lib/systemd/system
+
+install: sse-server $(BUILD)/sse-server.1
+	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(MAN1DIR)' '$(DESTDIR)$(UNITDIR)'
+	install -m 755 sse-server '$(DESTDIR)$(BINDIR)/sse-server'
+	install -m 644 $(BUILD)/sse-server.1 '$(DESTDIR)$(MAN1DIR)/sse-server.1'
+	sed 's|^ExecStart=/usr/local/bin/sse-server|ExecStart=$(BINDIR)/sse-server|' \
+	  deploy/sse-server.service > $(BUILD)/sse-server.service
+	install -m 644 $(BUILD)/sse-server.service '$(DESTDIR)$(UNITDIR)/sse-server.service'
+
+# `make static`: ./sse-server-static, linked statically against musl (Debian's musl-tools:
+# musl-gcc), so it runs on any x86-64 Linux with nothing installed; stripped. Static glibc is
+# not used: its getaddrinfo() warns at link time that it needs the shared libraries of the
+# glibc it was built with at run time. musl-gcc's include path leaves out the system's, so
+# the kernel headers sse.c takes (linux/sockios.h, for SIOCOUTQ) come from
+# build/static/include, links to the system's linux/, asm/ and asm-generic/. sse.c is
+# compiled with -Wno-conversion there: musl's struct msghdr has an int msg_iovlen (POSIX),
+# glibc's a size_t, and sse.c is written (warning-free) for glibc's.
+MUSL_CC = musl-gcc
+STATIC_CFLAGS = -O2
+STATIC_INCLUDE = $(BUILD)/static/include
+
+$(STATIC_INCLUDE)/linux:
+	@command -v $(MUSL_CC) >/dev/null || \
+	  { echo 'make static needs $(MUSL_CC): apt-get install musl-tools (Debian)' >&2; exit 1; }
+	mkdir -p $(STATIC_INCLUDE)
+	ln -sfn /usr/include/asm-generic $(STATIC_INCLUDE)/asm-generic
+	ln -sfn "/usr/include/$$($(MUSL_CC) -print-multiarch)/asm" $(STATIC_INCLUDE)/asm
+	ln -sfn /usr/include/linux $@
+
+$(BUILD)/static/sse.o: sse.c sse.h | $(STATIC_INCLUDE)/linux
+	$(MUSL_CC) $(WARNINGS) -Wno-conversion $(STATIC_CFLAGS) -isystem $(STATIC_INCLUDE) -c $< -o $@
+
+$(BUILD)/static/main.o: main.c sse.h | $(STATIC_INCLUDE)/linux
+	$(MUSL_CC) $(WARNINGS) $(STATIC_CFLAGS) -isystem $(STATIC_INCLUDE) -c $< -o $@
+
+$(BUILD)/static/demo_page.o: $(BUILD)/demo_page.c | $(STATIC_INCLUDE)/linux
+	$(MUSL_CC) $(STATIC_CFLAGS) -c $< -o $@
+
+sse-server-static: $(BUILD)/static/sse.o $(BUILD)/static/main.o $(BUILD)/static/demo_page.o
+	$(MUSL_CC) -static -s $^ -o $@
+
+static: sse-server-static
 
 # Test dependencies (pytest, the real clients and tools the tests use, the checkers CI runs,
 # the npm packages of tests/browser): tests/install-deps.sh says what is missing and which test
@@ -219,7 +287,7 @@ format:
 	  examples/minimal.c examples/embed/host.c
 
 clean:
-	rm -rf $(BUILD) sse-server sse-server-asan
+	rm -rf $(BUILD) sse-server sse-server-asan sse-server-static
 
 # The mutation check (tests/mutants.py): plants each of a handful of plausible one-line bugs
 # in a copy of sse.c, builds it into build/mutants/NAME/, runs the tests named to catch it

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -41,9 +42,9 @@ struct options {
 /* ---- the options: one table drives getopt_long, the parsing and --help ----------------- */
 
 struct opt;
-/* Parses and stores one option's value. val is its value (NULL for a switch), given the
- * command-line word that named the option ("--journal" or "--journal=x"), for messages. */
-typedef void opt_store(struct options *o, const struct opt *op, const char *val, const char *given);
+/* Parses and stores one option's value: val (NULL for a switch; never empty: parse_options
+ * refuses an empty value first). */
+typedef void opt_store(struct options *o, const struct opt *op, const char *val);
 
 /* One command-line option. */
 struct opt {
@@ -62,7 +63,7 @@ enum {
     OPT_SIZE = 1,     /* a number may end in k, m or g (powers of 1024) */
     OPT_SECONDS = 2,  /* a number of seconds, stored as milliseconds */
     OPT_ZERO_OFF = 4, /* 0 is stored as SSE_OFF */
-    OPT_NONEMPTY = 8, /* a text may not be empty */
+    OPT_HIDDEN = 8,   /* left out of --help and the man page (--help-man) */
 };
 
 #if defined(__GNUC__)
@@ -79,26 +80,58 @@ die_usage(const char *fmt, ...) {
     exit(2);
 }
 
-/* A whole number in [min, max]; with sizes, an optional k/m/g suffix multiplies by 1024^n. */
-static long long parse_number(const char *opt, const char *s, long long min, long long max,
-                              bool size) {
+/* Writes n into buf as --help spells sizes: with the largest k, m or g suffix that divides
+ * it exactly (67108864 is "64m"). */
+static void size_text(char *buf, size_t cap, long long n) {
+    static const char suffix[] = "gmk";
+    for (int i = 0; i < 3; i++) {
+        long long unit = 1LL << (30 - 10 * i);
+        if (n >= unit && n % unit == 0) {
+            snprintf(buf, cap, "%lld%c", n / unit, suffix[i]);
+            return;
+        }
+    }
+    snprintf(buf, cap, "%lld", n);
+}
+
+/* The usage error for a number out of op's range or not a number: says the whole rule, the
+ * range as --help spells it, and its unit. */
+static _Noreturn void die_number(const struct opt *op, const char *s) {
+    if (op->flags & OPT_SIZE) {
+        char lo[32], hi[32];
+        size_text(lo, sizeof lo, op->min);
+        size_text(hi, sizeof hi, op->max);
+        die_usage("invalid value '%s' for --%s: expected a size from %s to %s (bytes, or with a "
+                  "k, m or g suffix: powers of 1024)",
+                  s, op->name, lo, hi);
+    }
+    const char *unit = !strcmp(op->arg, "SECONDS") ? " seconds"
+                       : !strcmp(op->arg, "MS")    ? " milliseconds"
+                                                   : "";
+    die_usage("invalid value '%s' for --%s: expected a whole number from %lld to %lld%s", s,
+              op->name, op->min, op->max, unit);
+}
+
+/* A whole number in op's [min, max]; with OPT_SIZE, an optional k/m/g suffix multiplies by
+ * 1024^n. */
+static long long parse_number(const struct opt *op, const char *s) {
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (end == s || errno || (s[0] < '0' || s[0] > '9'))
-        die_usage("invalid value '%s' for --%s: expected a whole number", s, opt);
-    if (size && *end) {
+    if (end == s || errno || s[0] < '0' || s[0] > '9')
+        die_number(op, s);
+    if ((op->flags & OPT_SIZE) && *end) {
         int shift = *end == 'k' || *end == 'K'   ? 10
                     : *end == 'm' || *end == 'M' ? 20
                     : *end == 'g' || *end == 'G' ? 30
                                                  : -1;
-        if (shift < 0 || end[1] || v > (max >> shift))
-            die_usage("invalid value '%s' for --%s: expected a size such as 65536 or 64k", s, opt);
+        if (shift < 0 || end[1] || v > (op->max >> shift))
+            die_number(op, s);
         v <<= shift;
         end++;
     }
-    if (*end || v < min || v > max)
-        die_usage("invalid value '%s' for --%s: expected %lld to %lld", s, opt, min, max);
+    if (*end || v < op->min || v > op->max)
+        die_number(op, s);
     return v;
 }
 
@@ -109,83 +142,95 @@ static void *opt_field(struct options *o, const struct opt *op) {
 
 /* A number as op's flags say: seconds become milliseconds, 0 may mean SSE_OFF. */
 static long long opt_number(const struct opt *op, const char *val) {
-    long long n = parse_number(op->name, val, op->min, op->max, op->flags & OPT_SIZE);
+    long long n = parse_number(op, val);
     if (n == 0 && (op->flags & OPT_ZERO_OFF))
         return SSE_OFF;
     return op->flags & OPT_SECONDS ? n * 1000 : n;
 }
 
-static void store_int(struct options *o, const struct opt *op, const char *val, const char *given) {
-    (void)given;
+static void store_int(struct options *o, const struct opt *op, const char *val) {
     *(int *)opt_field(o, op) = (int)opt_number(op, val);
 }
 
-static void store_size(struct options *o, const struct opt *op, const char *val,
-                       const char *given) {
-    (void)given;
+static void store_size(struct options *o, const struct opt *op, const char *val) {
     *(size_t *)opt_field(o, op) = (size_t)opt_number(op, val);
 }
 
-static void store_text(struct options *o, const struct opt *op, const char *val,
-                       const char *given) {
-    if ((op->flags & OPT_NONEMPTY) && !val[0])
-        die_usage("empty value for %s", given);
+static void store_text(struct options *o, const struct opt *op, const char *val) {
     *(const char **)opt_field(o, op) = val;
 }
 
-static void store_true(struct options *o, const struct opt *op, const char *val,
-                       const char *given) {
-    (void)val, (void)given;
+static void store_true(struct options *o, const struct opt *op, const char *val) {
+    (void)val;
     *(bool *)opt_field(o, op) = true;
 }
 
-static void store_off(struct options *o, const struct opt *op, const char *val, const char *given) {
-    (void)val, (void)given;
+static void store_off(struct options *o, const struct opt *op, const char *val) {
+    (void)val;
     *(int *)opt_field(o, op) = SSE_OFF;
 }
 
-static void store_quiet(struct options *o, const struct opt *op, const char *val,
-                        const char *given) {
-    (void)op, (void)val, (void)given;
+static void store_quiet(struct options *o, const struct opt *op, const char *val) {
+    (void)op, (void)val;
     o->log_level = SSE_LOG_WARN;
 }
 
-static void store_verbose(struct options *o, const struct opt *op, const char *val,
-                          const char *given) {
-    (void)op, (void)val, (void)given;
+static void store_verbose(struct options *o, const struct opt *op, const char *val) {
+    (void)op, (void)val;
     o->log_level = SSE_LOG_DEBUG;
 }
 
 /* Checks the shape HOST:PORT, :PORT or [V6]:PORT so a typo is a usage error (exit 2). */
-static void store_listen(struct options *o, const struct opt *op, const char *s,
-                         const char *given) {
+static void store_listen(struct options *o, const struct opt *op, const char *s) {
     const char *colon = s[0] == '[' ? strstr(s, "]:") : strrchr(s, ':');
     const char *port = colon ? colon + (s[0] == '[' ? 2 : 1) : NULL;
     if (!port || !*port || strspn(port, "0123456789") != strlen(port) || strlen(port) > 5 ||
         strtol(port, NULL, 10) > 65535)
         die_usage("invalid value '%s' for --listen: expected HOST:PORT, :PORT or [IPV6]:PORT", s);
-    store_text(o, op, s, given);
+    store_text(o, op, s);
 }
 
-static void store_stream(struct options *o, const struct opt *op, const char *val,
-                         const char *given) {
-    if (val[0] != '/' || strlen(val) < 2 || val[strlen(val) - 1] == '/')
-        die_usage("invalid value '%s' for --%s: expected a path such as /events", val, op->name);
-    store_text(o, op, val, given);
+/* True when s is printable ASCII without spaces: what a path, an origin or a URL may hold. */
+static bool printable(const char *s) {
+    for (; *s; s++)
+        if (*s <= 0x20 || *s >= 0x7F)
+            return false;
+    return true;
 }
 
-static void store_redis(struct options *o, const struct opt *op, const char *val,
-                        const char *given) {
+/* The library's rules for a stream path (sse.h: stream_path), checked here so that a bad
+ * one is a usage error (exit 2), not a failure to start (exit 1). */
+static void store_stream(struct options *o, const struct opt *op, const char *val) {
+    size_t n = strlen(val);
+    if (val[0] != '/' || n < 2 || val[n - 1] == '/' || strpbrk(val, "?#%") || !printable(val))
+        die_usage("invalid value '%s' for --%s: expected a path such as /events (printable "
+                  "ASCII without ?, #, %% or a trailing /)",
+                  val, op->name);
+    if (!strcmp(val, "/publish") || !strcmp(val, "/metrics") || !strcmp(val, "/healthz"))
+        die_usage("invalid value '%s' for --%s: %s is the server's own endpoint", val, op->name,
+                  val);
+    store_text(o, op, val);
+}
+
+/* The library's rule for the CORS origin: *, or an origin of printable ASCII. */
+static void store_cors(struct options *o, const struct opt *op, const char *val) {
+    if (strlen(val) > 512 || !printable(val))
+        die_usage("invalid value '%s' for --%s: expected * or an origin such as "
+                  "https://example.com (printable ASCII without spaces, at most 512 bytes)",
+                  val, op->name);
+    store_text(o, op, val);
+}
+
+static void store_redis(struct options *o, const struct opt *op, const char *val) {
     if (!strchr(val, ':'))
         die_usage("invalid value '%s' for --%s: expected HOST:PORT", val, op->name);
-    store_text(o, op, val, given);
+    store_text(o, op, val);
 }
 
-static void store_redis_stream(struct options *o, const struct opt *op, const char *val,
-                               const char *given) {
-    if (!val[0] || strlen(val) > 255)
+static void store_redis_stream(struct options *o, const struct opt *op, const char *val) {
+    if (strlen(val) > 255)
         die_usage("invalid value '%s' for --%s: expected 1 to 255 bytes", val, op->name);
-    store_text(o, op, val, given);
+    store_text(o, op, val);
 }
 
 /* The index of val in names (n of them), or a usage error that lists them as expected. */
@@ -197,20 +242,16 @@ static int choose(const struct opt *op, const char *val, const char *const *name
     die_usage("invalid value '%s' for --%s: expected %s", val, op->name, expected);
 }
 
-static void store_stdin_format(struct options *o, const struct opt *op, const char *val,
-                               const char *given) {
+static void store_stdin_format(struct options *o, const struct opt *op, const char *val) {
     static const char *const names[] = {"lines", "sse"};
     static const enum sse_input_format values[] = {SSE_INPUT_LINES, SSE_INPUT_SSE};
-    (void)given;
     o->stdin_format = values[choose(op, val, names, 2, "lines or sse")];
 }
 
-static void store_journal_sync(struct options *o, const struct opt *op, const char *val,
-                               const char *given) {
+static void store_journal_sync(struct options *o, const struct opt *op, const char *val) {
     static const char *const names[] = {"always", "batch", "none"};
     static const enum sse_journal_sync values[] = {SSE_JOURNAL_ALWAYS, SSE_JOURNAL_BATCH,
                                                    SSE_JOURNAL_NONE};
-    (void)given;
     o->cfg.journal_sync = values[choose(op, val, names, 3, "always, batch or none")];
 }
 
@@ -225,35 +266,72 @@ static void split_pair(const char *arg, const char *opt, const char *shape, char
     *right = eq + 1;
 }
 
-static void store_proxy(struct options *o, const struct opt *op, const char *val,
-                        const char *given) {
+/* What is wrong with url as an upstream (http://HOST[:PORT][/PATH], the library's rule
+ * before it resolves HOST), or NULL. Resolving is left to the library: a name that does not
+ * resolve is a failure to start (exit 1), not a usage error. */
+static const char *upstream_problem(const char *url) {
+    if (!strncasecmp(url, "https://", 8))
+        return "https upstreams are not supported, only plain http:// (reach an https-only "
+               "upstream through a local proxy that ends TLS)";
+    if (strncasecmp(url, "http://", 7) != 0)
+        return "the URL must start with http://";
+    const char *h = url + 7;
+    const char *p = h[0] == '[' ? strchr(h, ']') : h + strcspn(h, ":/?#");
+    if (!p || p == h || (h[0] == '[' && p == h + 1) || p - h > 255)
+        return "the URL has no host";
+    p += h[0] == '[';
+    if (*p == ':') {
+        size_t n = strspn(p + 1, "0123456789");
+        long port = n && n <= 5 ? strtol(p + 1, NULL, 10) : 0;
+        if (port < 1 || port > 65535)
+            return "the URL's port must be 1 to 65535";
+        p += 1 + n;
+    }
+    if (*p && *p != '/')
+        return "the URL's path must start with /";
+    if (!printable(p) || strchr(p, '#'))
+        return "the URL's path must be printable ASCII without spaces or #";
+    return NULL;
+}
+
+static void store_proxy(struct options *o, const struct opt *op, const char *val) {
     struct sse_proxy_route *r = &o->routes[o->cfg.num_proxy_routes++];
     char *prefix;
-    const char *url;
-    (void)given;
+    const char *url, *why;
     split_pair(val, op->name, "PREFIX=http://HOST:PORT[/BASE]", &prefix, &url);
-    if (prefix[0] != '/' || strncmp(url, "http://", 7) != 0)
-        die_usage("invalid value '%s=%s' for --proxy: expected PREFIX=http://HOST:PORT[/BASE]",
-                  prefix, url);
+    if (prefix[0] != '/' || strpbrk(prefix, "?#%"))
+        die_usage("invalid value '%s' for --proxy: PREFIX must be a path starting with /, such "
+                  "as /api (without ?, # or %%)",
+                  val);
+    if ((why = upstream_problem(url)))
+        die_usage("invalid value '%s' for --proxy: %s", val, why);
     r->prefix = prefix;
     r->upstream = url;
 }
 
-static void store_relay(struct options *o, const struct opt *op, const char *val,
-                        const char *given) {
+/* Topic names are [A-Za-z0-9._-]{1,64} (sse.h). */
+static bool topic_valid(const char *s) {
+    size_t n = strlen(s);
+    return n >= 1 && n <= 64 &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
+}
+
+static void store_relay(struct options *o, const struct opt *op, const char *val) {
     struct sse_relay *r = &o->relays[o->cfg.num_relays++];
     char *topic;
-    const char *url;
-    (void)given;
+    const char *url, *why;
     split_pair(val, op->name, "TOPIC=http://HOST:PORT/PATH", &topic, &url);
-    if (strncmp(url, "http://", 7) != 0)
-        die_usage("invalid value '%s=%s' for --relay: expected TOPIC=http://HOST:PORT/PATH", topic,
-                  url);
+    if (!topic_valid(topic))
+        die_usage("invalid value '%s' for --relay: TOPIC must be 1 to 64 of A-Z a-z 0-9 . _ -",
+                  val);
+    if ((why = upstream_problem(url)))
+        die_usage("invalid value '%s' for --relay: %s", val, why);
     r->topic = topic;
     r->url = url;
 }
 
-static opt_store store_help, store_version; /* they print the table: defined after it */
+static opt_store store_help, store_help_man, store_version; /* they print the table: defined
+                                                            after it */
 
 #define F(member)                offsetof(struct options, member)
 #define INT(member, lo, hi, fl)  store_int, F(member), lo, hi, fl
@@ -302,11 +380,10 @@ static const struct opt opts[] = {
      "the event of type \"position\" that every client records",
      NULL, store_off, F(cfg.position_event), 0, 0, 0, NULL},
     {"publish-token", "TOKEN", "enable POST/DELETE /publish with Authorization: Bearer TOKEN",
-     "$SSE_PUBLISH_TOKEN, else publishing over HTTP is off", TEXT(cfg.publish_token, OPT_NONEMPTY),
-     NULL},
+     "$SSE_PUBLISH_TOKEN, else publishing over HTTP is off", TEXT(cfg.publish_token, 0), NULL},
     {"subscribe-token", "TOKEN",
      "require Authorization: Bearer TOKEN or ?token=TOKEN from subscribers",
-     "$SSE_SUBSCRIBE_TOKEN, else none", TEXT(cfg.subscribe_token, OPT_NONEMPTY), NULL},
+     "$SSE_SUBSCRIBE_TOKEN, else none", TEXT(cfg.subscribe_token, 0), NULL},
     {"stdin", NULL, "publish each line of standard input as an event on topic \"default\"", "off",
      store_true, F(read_stdin), 0, 0, 0, NULL},
     {"stdin-format", "lines|sse",
@@ -317,7 +394,7 @@ static const struct opt opts[] = {
      "on POST /demo/drop?topic=visitor-... (its Drop button)",
      "off", store_true, F(demo), 0, 0, 0, NULL},
     {"cors", "ORIGIN", "send Access-Control-Allow-Origin: ORIGIN (an origin or *)",
-     "no CORS headers", TEXT(cfg.cors_origin, 0), NULL},
+     "no CORS headers", store_cors, F(cfg.cors_origin), 0, 0, 0, NULL},
     {"max-clients", "N", "client connections served",
      "the open-file limit less a reserve; see README", INT(cfg.max_clients, 1, 10000000, 0), NULL},
     {"max-clients-per-ip", "N",
@@ -340,7 +417,8 @@ static const struct opt opts[] = {
     {"header-timeout", "SECONDS", "deadline for a request head", "10",
      INT(cfg.header_timeout_ms, 1, 86400, OPT_SECONDS), NULL},
     {"proxy", "PREFIX=URL",
-     "forward requests under PREFIX to URL (http://HOST:PORT[/BASE]), streaming responses "
+     "forward requests under PREFIX (a path such as /api) to URL (http://HOST:PORT[/BASE]: plain "
+     "http, no https), streaming responses "
      "unbuffered; repeatable, longest prefix wins; HOST is resolved once at start",
      "none", CALL(store_proxy), PROXY},
     {"proxy-connect-timeout", "SECONDS", "connecting to an upstream", "5",
@@ -356,7 +434,7 @@ static const struct opt opts[] = {
     {"journal", "FILE",
      "append every event to FILE before acknowledging it, and replay FILE into the backlog at "
      "start",
-     "none", TEXT(cfg.journal_path, OPT_NONEMPTY), JOURNAL},
+     "none", TEXT(cfg.journal_path, 0), JOURNAL},
     {"journal-sync", "always|batch|none",
      "fdatasync before every acknowledgement, at most 1 s after a write, or never", "batch",
      CALL(store_journal_sync), JOURNAL},
@@ -371,7 +449,7 @@ static const struct opt opts[] = {
     {"redis-stream", "KEY", "the stream", SSE_DEFAULT_REDIS_STREAM, store_redis_stream,
      F(cfg.redis_stream), 0, 0, 0, REDIS},
     {"redis-password", "PASSWORD", "AUTH with it", "$SSE_REDIS_PASSWORD, else none",
-     TEXT(cfg.redis_password, OPT_NONEMPTY), REDIS},
+     TEXT(cfg.redis_password, 0), REDIS},
     {"redis-maxlen", "N", "entries Redis keeps, XADD MAXLEN ~ N", SHOW(SSE_DEFAULT_REDIS_MAXLEN),
      SIZE(cfg.redis_maxlen, 1, 1024 * GiB, 0), REDIS},
     {"quiet", NULL, "log only warnings and errors", NULL, CALL(store_quiet), NULL},
@@ -379,6 +457,8 @@ static const struct opt opts[] = {
      NULL},
     {"help", NULL, "show this help and exit", NULL, CALL(store_help), NULL},
     {"version", NULL, "show the version and exit", NULL, CALL(store_version), NULL},
+    {"help-man", NULL, "print the man page (roff) and exit", NULL, store_help_man, 0, 0, 0,
+     OPT_HIDDEN, NULL},
 };
 #define NUM_OPTS (sizeof opts / sizeof opts[0])
 #define OPT_CODE 256 /* getopt_long returns OPT_CODE + the option's index in opts */
@@ -386,17 +466,58 @@ static const struct opt opts[] = {
 #define HELP_COLUMN 28 /* where --help's descriptions start */
 #define HELP_WIDTH  92 /* and the column no line of it passes */
 
+/* The text around the option table, shared by --help and the man page (--help-man) so the
+ * two say the same. */
+static const char about[] =
+    "A Server-Sent Events server: an EventSource endpoint with topics, replay and heartbeats.";
+static const char notes[] = "BYTES accept a k, m or g suffix (powers of 1024).\n"
+                            "Endpoints: GET /events[/TOPIC][?topic=A&topic=B],\n"
+                            "POST|DELETE /publish?topic=T&event=E, GET /metrics, GET /healthz.\n";
+
+/* The exit statuses, for --help's and the man page's last part. */
+static const struct {
+    const char *code; /* the status */
+    const char *when; /* when the program exits with it */
+} exit_codes[] = {
+    {"0", "stopped by SIGTERM or SIGINT (open streams are drained first), or --help, --version"},
+    {"1", "the server could not start or failed while running: the address is in use, a file "
+          "or directory cannot be opened, an upstream or Redis host does not resolve, standard "
+          "input cannot be read"},
+    {"2", "a usage error: an unknown option, a missing, empty or bad value, or options that "
+          "cannot go together; the message names the option and the rule"},
+};
+
+/* The commands people run most, for --help's Examples and the man page's EXAMPLES; each a
+ * real command line (tests/test_cli.py runs them). */
+static const struct {
+    const char *what;     /* what it shows */
+    const char *commands; /* one or more command lines, each ended by \n */
+} examples[] = {
+    {"the demo page, at http://127.0.0.1:8080/", "sse-server --demo\n"},
+    {"publish over HTTP: the server, a reader of topic news, an event (three shells)",
+     "sse-server --publish-token secret\n"
+     "curl -N http://127.0.0.1:8080/events/news\n"
+     "curl -d hello -H 'Authorization: Bearer secret' "
+     "'http://127.0.0.1:8080/publish?topic=news'\n"},
+    {"each new line of app.log as an event on topic default",
+     "tail -F app.log | sse-server --stdin\n"},
+    {"/api/... forwarded to the application on port 3000, its streams unbuffered",
+     "sse-server --proxy /api=http://127.0.0.1:3000\n"},
+    {"events kept in a journal file before they are acknowledged, replayed at start",
+     "sse-server --publish-token secret --journal events.journal\n"},
+};
+
 /* Prints text from column col on, breaking lines at spaces before HELP_WIDTH and indenting
- * the next to HELP_COLUMN; "(default:" stays with the word after it. */
-static void help_wrap(const char *text, int col) {
+ * the next to column indent; "(default:" stays with the word after it. */
+static void help_wrap(const char *text, int col, int indent) {
     bool line_start = true;
     for (const char *p = text; *p;) {
         size_t n = strcspn(p, " ");
         if (n == 9 && !strncmp(p, "(default:", 9) && p[n])
             n += 1 + strcspn(p + n + 1, " ");
         if (!line_start && col + 1 + (int)n > HELP_WIDTH) {
-            printf("\n%*s", HELP_COLUMN, "");
-            col = HELP_COLUMN;
+            printf("\n%*s", indent, "");
+            col = indent;
             line_start = true;
         }
         if (!line_start)
@@ -409,35 +530,113 @@ static void help_wrap(const char *text, int col) {
     putchar('\n');
 }
 
-static void store_help(struct options *o, const struct opt *op, const char *val,
-                       const char *given) {
-    (void)o, (void)op, (void)val, (void)given;
-    fputs("Usage: sse-server [options]\n"
-          "A Server-Sent Events server: an EventSource endpoint with topics, replay and "
-          "heartbeats.\n\n",
-          stdout);
+/* Writes op's description as --help and the man page show it: its help, its default, and
+ * whether this build has it. */
+static void opt_text(const struct opt *p, char *text, size_t cap) {
+    snprintf(text, cap, "%s%s%s%s%s%s%s", p->help, p->dflt ? " (default: " : "",
+             p->dflt ? p->dflt : "", p->dflt ? ")" : "",
+             p->off ? " (not in this build: built without " : "", p->off ? p->off : "",
+             p->off ? ")" : "");
+}
+
+static void store_help(struct options *o, const struct opt *op, const char *val) {
+    (void)o, (void)op, (void)val;
+    printf("Usage: sse-server [options]\n%s\n\n", about);
     for (size_t i = 0; i < NUM_OPTS; i++) {
         const struct opt *p = &opts[i];
         char head[64], text[512];
+        if (p->flags & OPT_HIDDEN)
+            continue;
         snprintf(head, sizeof head, "--%s%s%s", p->name, p->arg ? " " : "", p->arg ? p->arg : "");
-        snprintf(text, sizeof text, "%s%s%s%s%s%s", p->help, p->dflt ? " (default: " : "",
-                 p->dflt ? p->dflt : "", p->dflt ? ")" : "",
-                 p->off ? " (not in this build: built without " : "", p->off ? p->off : "");
-        if (p->off)
-            strncat(text, ")", sizeof text - strlen(text) - 1);
-        help_wrap(text, printf("  %-*s  ", HELP_COLUMN - 4, head));
+        opt_text(p, text, sizeof text);
+        help_wrap(text, printf("  %-*s  ", HELP_COLUMN - 4, head), HELP_COLUMN);
     }
-    fputs("\nBYTES accept a k, m or g suffix (powers of 1024).\n"
-          "Endpoints: GET /events[/TOPIC][?topic=A&topic=B], POST|DELETE "
-          "/publish?topic=T&event=E,\n"
-          "GET /metrics, GET /healthz. SIGTERM or SIGINT drain and exit 0.\n",
+    printf("\n%s", notes);
+    fputs("\nExit status:\n", stdout);
+    for (size_t i = 0; i < sizeof exit_codes / sizeof exit_codes[0]; i++)
+        help_wrap(exit_codes[i].when, printf("  %s  ", exit_codes[i].code), 5);
+    fputs("\nExamples:\n", stdout);
+    for (size_t i = 0; i < sizeof examples / sizeof examples[0]; i++) {
+        printf("  # %s\n", examples[i].what);
+        for (const char *c = examples[i].commands; *c; c += strcspn(c, "\n") + 1)
+            printf("  %.*s\n", (int)strcspn(c, "\n"), c);
+    }
+    exit(0);
+}
+
+/* Prints n bytes of s as roff text: backslashes and hyphens escaped, and a line that would
+ * start with a control character (. or ') made plain text. */
+static void roff_text(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if ((i == 0 || s[i - 1] == '\n') && (s[i] == '.' || s[i] == '\''))
+            fputs("\\&", stdout);
+        if (s[i] == '\\')
+            fputs("\\e", stdout);
+        else if (s[i] == '-')
+            fputs("\\-", stdout);
+        else
+            putchar(s[i]);
+    }
+}
+
+static void roff_line(const char *s) {
+    roff_text(s, strlen(s));
+    putchar('\n');
+}
+
+/* --help-man: the man page, sse-server.1, in roff, from the same table and texts as --help
+ * (the Makefile's build/sse-server.1 is this output). */
+static void store_help_man(struct options *o, const struct opt *op, const char *val) {
+    (void)o, (void)op, (void)val;
+    printf(".TH SSE-SERVER 1 \"\" \"sse-server %s\" \"User Commands\"\n.nh\n.ad l\n"
+           ".SH NAME\nsse-server \\- a Server-Sent Events server\n"
+           ".SH SYNOPSIS\n.B sse-server\n[\\fIoptions\\fR]\n.SH DESCRIPTION\n",
+           VERSION);
+    roff_line(about);
+    fputs(".PP\n.nf\n", stdout);
+    roff_text(notes, strlen(notes));
+    fputs(".fi\n", stdout);
+    fputs(".SH OPTIONS\n", stdout);
+    for (size_t i = 0; i < NUM_OPTS; i++) {
+        const struct opt *p = &opts[i];
+        char text[512];
+        if (p->flags & OPT_HIDDEN)
+            continue;
+        fputs(".TP\n\\fB", stdout);
+        roff_text("--", 2);
+        roff_text(p->name, strlen(p->name));
+        fputs("\\fR", stdout);
+        if (p->arg) {
+            fputs(" \\fI", stdout);
+            roff_text(p->arg, strlen(p->arg));
+            fputs("\\fR", stdout);
+        }
+        putchar('\n');
+        opt_text(p, text, sizeof text);
+        roff_line(text);
+    }
+    fputs(".SH EXIT STATUS\n", stdout);
+    for (size_t i = 0; i < sizeof exit_codes / sizeof exit_codes[0]; i++) {
+        printf(".TP\n.B %s\n", exit_codes[i].code);
+        roff_line(exit_codes[i].when);
+    }
+    fputs(".SH EXAMPLES\n", stdout);
+    for (size_t i = 0; i < sizeof examples / sizeof examples[0]; i++) {
+        fputs(".PP\n", stdout);
+        roff_line(examples[i].what);
+        fputs(".PP\n.RS\n.nf\n", stdout);
+        roff_text(examples[i].commands, strlen(examples[i].commands));
+        fputs(".fi\n.RE\n", stdout);
+    }
+    fputs(".SH SEE ALSO\n.BR curl (1),\n.BR systemd.service (5),\n.BR nginx (8)\n.PP\n"
+          "README.md (the manual) and docs/ (the protocol, deployment, reliability) in the "
+          "source tree\n",
           stdout);
     exit(0);
 }
 
-static void store_version(struct options *o, const struct opt *op, const char *val,
-                          const char *given) {
-    (void)o, (void)op, (void)val, (void)given;
+static void store_version(struct options *o, const struct opt *op, const char *val) {
+    (void)o, (void)op, (void)val;
     printf("sse-server %s\n", VERSION);
     exit(0);
 }
@@ -480,7 +679,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         const char *given = optind > 1 ? argv[optind - 1] : "";
         if (c == 'h')
-            store_help(o, NULL, NULL, given);
+            store_help(o, NULL, NULL);
         if (c == ':')
             die_usage("option '%s' needs a value", given);
         if (c < OPT_CODE || c >= OPT_CODE + (int)NUM_OPTS)
@@ -488,10 +687,14 @@ static void parse_options(int argc, char **argv, struct options *o) {
         const struct opt *op = &opts[c - OPT_CODE];
         if (op->off)
             die_usage("--%s: built without %s", op->name, op->off);
-        op->store(o, op, optarg, given);
+        if (op->arg && !optarg[0])
+            die_usage("empty value for --%s", op->name);
+        op->store(o, op, optarg);
     }
     if (optind < argc)
         die_usage("unexpected argument '%s'", argv[optind]);
+    if (o->cfg.redis && o->cfg.journal_path)
+        die_usage("--redis cannot be used with --journal: Redis keeps the history");
     options_from_env(o);
 }
 

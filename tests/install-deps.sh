@@ -28,6 +28,8 @@ valgrind         valgrind          make valgrind
 cppcheck         cppcheck          make lint
 clang-tidy       clang-tidy        make lint
 redis-server     redis-server      tests/test_redis.py, test_redis_holes.py, test_cluster.py
+musl-gcc         musl-tools        tests/test_build.py (make static: ./sse-server-static, linked statically against musl)
+man              man-db            tests/test_cli.py (renders the man page, sse-server.1, with man -l; brings groff-base)
 '
 
 missing=
