@@ -228,6 +228,8 @@ def test_demo_page_drop_replays_and_restart_resets(browser, start_server):
         browser.eval("document.querySelectorAll('#moments button')[0].click()")
         assert "Last-Event-ID: %s the last event id this mirror holds" % resumed in [
             t for _, t in wire_lines(browser)]
+        browser.viewport(390, 844)  # the moments and their lines fit a phone's width too
+        assert browser.eval("document.documentElement.scrollWidth") <= 390
     finally:
         relay.close()
 
