@@ -1,8 +1,9 @@
 // README's picture of the demo page after Drop connection (examples/demo/screenshot.png), from
 // a real run: headless Debian Chromium, as in driver.mjs, against a running `sse-server --demo`.
 //
-//   ./sse-server --demo --listen 127.0.0.1:8090 &
-//   node tests/browser/screenshot.mjs http://127.0.0.1:8090/ /tmp/demo.png
+//   ./sse-server --demo & server=$!
+//   node tests/browser/screenshot.mjs http://127.0.0.1:8080/ /tmp/demo.png
+//   kill $server
 //   pngquant --force --output examples/demo/screenshot.png /tmp/demo.png
 //
 // It lets the page fill for WARM_MS, presses Drop connection, waits until the Bytes column
