@@ -738,7 +738,8 @@ static void demo_init(struct demo *d) {
         d->first[i] = d->price[i] = 20.0 + (double)(demo_rand(d) % 40000) / 100.0;
 }
 
-/* Called four times a second: one to three quotes on "stocks", the time on "time" once a
+/* Called four times a second: on three ticks in eight a quote on "stocks" (1.5 a second, slow
+ * enough that the demo page's replay after a drop can be read), the time on "time" once a
  * second, and every five seconds a headline of two lines (two data: lines) on "news". */
 static void demo_tick(struct sse_server *srv, struct demo *d) {
     char buf[160];
@@ -761,8 +762,7 @@ static void demo_tick(struct sse_server *srv, struct demo *d) {
             sse_publish(srv, "news", "headline", line, (size_t)m, NULL);
         }
     }
-    int quotes = 1 + (int)(demo_rand(d) % 3);
-    for (int q = 0; q < quotes; q++) {
+    if (demo_rand(d) % 8 < 3) {
         int i = (int)(demo_rand(d) % 10);
         double old = d->price[i];
         double step = ((double)(demo_rand(d) % 2001) - 1000.0) / 100000.0; /* up to 1% */

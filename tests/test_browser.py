@@ -66,6 +66,9 @@ def test_demo_page_shows_time_stocks_news_and_the_wire(browser, start_server):
     browser.wait("document.querySelector('#clock').textContent !== %s" % json.dumps(first), 5)
     assert metric_values(srv.port)["sse_connections_total"] <= 4  # page, stream, wire, favicon
     assert browser.eval("document.querySelector('#retry').textContent").startswith("3000 ms")
+    # The footer's curl lines name the host and port that served the page.
+    footer = browser.eval("document.querySelector('footer').innerText")
+    assert footer.count(srv.url.rstrip("/") + "/events") == 3 and "localhost" not in footer, footer
     # The connection panel's last id is the id of the last event dispatched, and a symbol
     # quoted twice has a sparkline: a polyline through as many points as quotes, up to 30.
     assert browser.eval("document.querySelector('#last-id').textContent"
@@ -86,6 +89,10 @@ def test_demo_page_shows_time_stocks_news_and_the_wire(browser, start_server):
     assert any(k == "f-event" and t == "event: quote\\n" for k, t in lines), lines
     assert any(k == "f-data" and t.startswith('data: {"symbol":') for k, t in lines), lines
     assert any(k == "f-blank" and t.startswith("\\n") for k, t in lines), lines
+    # The mirror's first request, and the head with what its lines mean.
+    assert any(k == "f-req" and t.startswith("GET /events?topic=time&topic=stocks") for k, t in lines)
+    cache = [t for k, t in lines if k == "f-head" and t.startswith("cache-control: no-cache")]
+    assert cache and "no reuse without asking the server again" in cache[0], lines
     at = texts.index("event: headline\\n")
     assert kinds[at + 1 : at + 4] == ["f-data", "f-data", "f-blank"], lines[at : at + 4]
     assert texts[at + 2].startswith("data: last trade "), lines[at : at + 4]
@@ -111,8 +118,15 @@ def test_demo_page_shows_time_stocks_news_and_the_wire(browser, start_server):
         "/events/quiet")
 
 
+def moment_lines(browser, number):
+    """The Bytes column once it holds still on its moment number (1 = the first kept)."""
+    browser.wait("demoState.moments.length >= %d && document.querySelectorAll('#moments button')"
+                 "[%d].getAttribute('aria-pressed') === 'true'" % (number, number - 1), 10)
+    return wire_lines(browser)
+
+
 def test_demo_page_drop_replays_and_restart_resets(browser, start_server):
-    srv = start_server("--demo", "--retry", "1000")
+    srv = start_server("--demo")  # the default retry, 3000 ms: README's picture comes from here
     relay = TcpRelay(srv.port)  # to see the browser's own reconnect on the wire
     try:
         browser.goto("http://127.0.0.1:%d/" % relay.port)
@@ -126,7 +140,7 @@ def test_demo_page_drop_replays_and_restart_resets(browser, start_server):
         # waits the retry and comes back by itself; the missed events come first, every one
         # the wire connection saw while the page was away.
         browser.wait("document.querySelector('#state').textContent === 'CONNECTING'", 5)
-        browser.wait("demoState.replayed > 0", 12)
+        browser.wait("demoState.replayed > 0", 15)
         assert browser.eval("document.querySelector('#state').textContent") == "OPEN"
         assert browser.eval("document.querySelector('#reconnects').textContent") == "1"
         state = browser.eval("demoState")
@@ -136,29 +150,70 @@ def test_demo_page_drop_replays_and_restart_resets(browser, start_server):
         # each id exactly once, in order, with no gap at the drop.
         ids = [int(i) for i in state["ids"]]
         assert ids == list(range(ids[0], ids[0] + len(ids)))
-        assert metric_values(srv.port)["sse_replays_total"] == 1
+        assert metric_values(srv.port)["sse_replays_total"] == 2  # the page's and the mirror's
         assert browser.eval("document.querySelectorAll('#dispatched .badge-replay').length") > 0
         # On the wire: one POST answered 200, then the browser's own GET of the same URL with
-        # the Last-Event-ID header (not the query), a second or so after the stream ended.
+        # the Last-Event-ID header (not the query), a second or so after the stream ended; and
+        # the same from the Bytes column's fetch() mirror of the EventSource.
         drops = [x for x in relay.exchanges() if x["request"].startswith(b"POST /demo/drop?")]
         assert len(drops) == 1 and drops[0]["response"].startswith(b"HTTP/1.1 200 OK\r\n")
         streams = stream_requests(relay, visitor)
-        assert len(streams) == 2, streams
-        assert header_value(streams[0]["request"], "Last-Event-ID") is None
-        resumed = header_value(streams[1]["request"], "Last-Event-ID")
+        assert len(streams) == 4, streams
+        sent = [header_value(x["request"], "Last-Event-ID") for x in streams]
+        assert sent[:2] == [None, None], sent
+        resumed = sent[2]
         # ... carrying the id of the last event the page had when the stream ended.
-        assert resumed is not None and int(resumed) in ids, resumed
-        assert streams[1]["at"] - drops[0]["at"] >= 0.5, streams[1]["at"] - drops[0]["at"]
+        assert resumed is not None and int(resumed) in ids and sent[3] == resumed, sent
+        for x in streams[2:]:
+            assert x["at"] - drops[0]["at"] >= 1.5, x["at"] - drops[0]["at"]
+        # The Bytes column holds still on that moment, as bytes: the end of the response, the
+        # mirror's new GET with Last-Event-ID, the replayed events (marked), then live ones.
+        lines = moment_lines(browser, 1)
+        kinds = [k for k, _ in lines]
+        texts = [t for _, t in lines]
+        end = texts.index("\u2014 the server ended the response \u2014")
+        assert "f-end" in kinds[end], lines
+        get = texts.index("GET " + visitor + " as EventSource asks", end)
+        assert kinds[get] == "f-req", lines
+        assert texts[get + 2] == "Last-Event-ID: %s the last event id this mirror holds" % resumed
+        assert "f-lastid" in kinds[get + 2], lines
+        replay = [int(t[4:-2]) for k, t in lines if k == "f-id m-replay"]
+        assert kinds.index("f-id m-replay") > get + 2, lines
+        n = state["missed"]
+        assert replay == list(range(int(resumed) + 1, int(resumed) + 1 + n)), (replay, resumed, n)
+        assert kinds.count("f-blank m-replay") == n, lines
+        assert texts[kinds.index("f-id m-replay") - 1].startswith("\\n"), lines  # after retry:
+        assert ("\u2014 %d events after #%s replayed, sent with the response head; live events "
+                "follow \u2014" % (n, resumed)) in texts, lines
+        assert browser.eval("document.querySelector('#wire-pause').textContent").startswith(
+            "Back to live bytes")
         log = browser.eval("document.querySelector('#log').innerText")
         assert "ended the response after event #%s" % resumed in log, log
         assert "reconnected by itself" in log and "Last-Event-ID: %s" % resumed in log, log
         assert "nothing was lost" in log, log
+        assert "In the Bytes column" in log and "Last-Event-ID: %s" % resumed in log, log
         os.makedirs(OUT, exist_ok=True)  # what a learner sees after a drop: README's picture
         assert os.path.getsize(browser.screenshot(os.path.join(OUT, "demo-drop.png"))) > 10000
 
         browser.eval("document.querySelector('#restart').click()")
         browser.wait("demoState.resets === 1", 10)
-        assert metric_values(srv.port)["sse_resets_total"] == 1
+        lines = moment_lines(browser, 2)
+        assert metric_values(srv.port)["sse_resets_total"] == 2  # the page's and the mirror's
+        kinds = [k for k, _ in lines]
+        texts = [t for _, t in lines]
+        end = [i for i, k in enumerate(kinds) if "f-end" in k]
+        assert len(end) == 1 and texts[end[0]].startswith("\u2014 this page closed the response")
+        # The mirror asks as the new EventSource does: the old id in the query, no header.
+        stale = browser.eval("demoState.moments[1].after")
+        get = texts.index("GET %s&lastEventId=%s as EventSource asks" % (visitor, stale), end[0])
+        assert texts[get + 2].startswith("(no Last-Event-ID header"), lines
+        assert not any(t.startswith("Last-Event-ID:") for t in texts[get:]), lines
+        reset = kinds.index("f-event m-reset")
+        assert reset > get and texts[reset].startswith("event: reset\\n"), lines
+        assert kinds[reset - 1] == "f-id m-reset" and kinds[reset + 1] == "f-data m-reset", lines
+        assert json.loads(texts[reset + 1][len("data: "):-2])["requested"] == stale, lines
+        assert kinds[reset + 2] == "f-blank m-reset", lines
+        assert len(stream_requests(relay, "%s&lastEventId=%s" % (visitor, stale))) == 2
         assert browser.eval("document.querySelector('#reconnects').textContent") == "2"
         assert browser.eval("!document.querySelector('#notice').hidden")
         assert "reset" in browser.eval("document.querySelector('#notice-text').textContent")
@@ -169,6 +224,12 @@ def test_demo_page_drop_replays_and_restart_resets(browser, start_server):
         # Live events go on after the reset: the cleared charts fill again.
         browser.wait("document.querySelectorAll('#stocks > *').length >= 1", 5)
         assert browser.eval("demoState.duplicates") == 0
+        # The first moment is kept: its button brings the drop back.
+        browser.eval("document.querySelectorAll('#moments button')[0].click()")
+        assert "Last-Event-ID: %s the last event id this mirror holds" % resumed in [
+            t for _, t in wire_lines(browser)]
+        browser.viewport(390, 844)  # the moments and their lines fit a phone's width too
+        assert browser.eval("document.documentElement.scrollWidth") <= 390
     finally:
         relay.close()
 
