@@ -22,8 +22,9 @@ from test_nginx import Nginx, nginx_binary  # noqa: F401 (a fixture: finds or in
 
 DOC = os.path.join(HERE, "..", "docs", "seed-demo.md")
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-TICK = 3.5  # seconds a tick may take to arrive: one tick a second, plus slack; a buffering
-# proxy holds them for about a minute (docs/seed-demo.md)
+# Seconds a tick may take to arrive: one tick a second, plus slack. A buffering proxy holds
+# them for minutes (docs/seed-demo.md).
+TICK = 3.5
 CLIENT = [("Accept", "text/event-stream"), ("User-Agent", "seed-test/1"), ("X-Probe", "one"),
           ("x-probe", "two")]
 
