@@ -584,7 +584,8 @@ static size_t demo_escape(char *out, const char *s, size_t n) {
         if (out && plain) {
             out[len] = (char)b;
         } else if (out) {
-            memcpy(out + len, "\\x", 2);
+            out[len] = '\\';
+            out[len + 1] = 'x';
             out[len + 2] = hex[b >> 4];
             out[len + 3] = hex[b & 15];
         }
