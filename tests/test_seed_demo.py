@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from conftest import (
-    BINARY, HERE, Stream, build_request, connect, free_port, parse_block, parse_head,
+    BINARY, HERE, Stream, build_request, connect, parse_block, parse_head,
     recv_until, request, unavailable,
 )
 from test_nginx import Nginx, nginx_binary  # noqa: F401 (a fixture: finds or installs nginx)
