@@ -8286,14 +8286,15 @@ static int api_stream_topics(const char *const *topics, size_t n, const char **n
         return -EINVAL;
     int count = 0;
     for (size_t i = 0; i < n; i++) {
-        size_t len = topics[i] ? strlen(topics[i]) : 0;
-        if (!wire_topic_valid(topics[i], len))
+        const char *t = topics[i];
+        size_t len = t ? strlen(t) : 0;
+        if (!t || !wire_topic_valid(t, len))
             return -EINVAL;
         int j = 0;
-        while (j < count && !(lens[j] == len && memcmp(names[j], topics[i], len) == 0))
+        while (j < count && !(lens[j] == len && memcmp(names[j], t, len) == 0))
             j++;
         if (j == count) {
-            names[count] = topics[i];
+            names[count] = t;
             lens[count++] = len;
         }
     }

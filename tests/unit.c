@@ -858,7 +858,8 @@ struct host_stream {
 static int host_stream(struct sse_server *srv, const struct sse_request *req, void *user) {
     struct host_stream *hs = user;
     (void)srv;
-    static const char *const two[] = {"t", "t"}, *const bad[] = {"t", "no such"};
+    static const char *const two[] = {"t", "t"}, *const bad[] = {"t", "no such"},
+                             *const null[] = {"t", NULL};
     char first[256], big[200];
     size_t n = sse_format_event(first, sizeof first, 0, "hello", req->path, strlen(req->path));
     if (strcmp(req->path, "/s2") == 0)
@@ -881,6 +882,7 @@ static int host_stream(struct sse_server *srv, const struct sse_request *req, vo
                     sse_request_header_at(req, i + 5, &name, &nlen, &value, &vlen) == -ENOENT &&
                     strcmp(name, "untouched") == 0;
     hs->refused += sse_respond_stream(req, bad, 2, first, n) == -EINVAL;
+    hs->refused += sse_respond_stream(req, null, 2, first, n) == -EINVAL;
     hs->refused += sse_respond_stream(req, two, 0, first, n) == -EINVAL;
     hs->refused += sse_respond_stream(req, NULL, 1, first, n) == -EINVAL;
     hs->refused += sse_respond_stream(req, two, 2, NULL, n) == -EINVAL;
@@ -926,7 +928,7 @@ static void test_host_stream(void) {
     const char *opening = "retry: 3000\n\nevent: hello\ndata: /s\n\nid: ";
     CHECK(body && strncmp(body + 4, opening, strlen(opening)) == 0);
     CHECK(strcmp(hs.seen, "HTTP/1.1|Host=x|X-B=2|X-A=1|x-b=3") == 0);
-    CHECK(hs.refused == 9 && hs.answered == 1 && hs.past_end == 1);
+    CHECK(hs.refused == 10 && hs.answered == 1 && hs.past_end == 1);
     uint64_t id = 0;
     CHECK(sse_publish(srv, "t", NULL, "once", 4, &id) == 1); /* "t" twice: one subscription */
     CHECK(read_until(both, a, buf, sizeof buf, "data: once\n\n") && !strstr(buf, "event: hello"));
@@ -946,7 +948,7 @@ static void test_host_stream(void) {
     const char *head = "HEAD /s HTTP/1.1\r\nHost: x\r\n\r\nGET /s2 HTTP/1.1\r\nHost: x\r\n\r\n";
     CHECK(send(h, head, strlen(head), 0) > 0);
     CHECK(read_until(both, h, buf, sizeof buf, "event: position\ndata:\n\n"));
-    CHECK(strstr(buf, "HTTP/1.1 405 ") == buf && hs.answered == 2 && hs.refused == 9 + 9 + 1);
+    CHECK(strstr(buf, "HTTP/1.1 405 ") == buf && hs.answered == 2 && hs.refused == 10 + 10 + 1);
     CHECK(strstr(buf, "\r\n\r\nretry: 3000\n\nid: "));
     /* Retiring the topic ends the host's streams as any other. */
     CHECK(sse_retire_topic(srv, "t") == 3);
