@@ -776,13 +776,92 @@ static void demo_tick(struct sse_server *srv, struct demo *d) {
     }
 }
 
+/* Copies s[0..n) to out (when out is not NULL) with every byte that is neither printable
+ * ASCII nor a tab spelt \xHH, so any header shows as text; returns the bytes it takes. */
+static size_t demo_escape(char *out, const char *s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b = (unsigned char)s[i];
+        bool plain = (b >= 0x20 && b < 0x7f) || b == '\t';
+        if (out && plain) {
+            out[len] = (char)b;
+        } else if (out) {
+            out[len] = '\\';
+            out[len + 1] = 'x';
+            out[len + 2] = hex[b >> 4];
+            out[len + 3] = hex[b & 15];
+        }
+        len += plain ? 1 : 4;
+    }
+    return len;
+}
+
+/* The request as received, one line each: "METHOD PATH VERSION", then every header field in
+ * order, "Name: value". Written to out when it is not NULL; returns its length. */
+static size_t demo_request_text(const struct sse_request *req, char *out) {
+    size_t len = demo_escape(out, req->method, strlen(req->method));
+    len += demo_escape(out ? out + len : NULL, " ", 1);
+    len += demo_escape(out ? out + len : NULL, req->path, strlen(req->path));
+    len += demo_escape(out ? out + len : NULL, " ", 1);
+    len += demo_escape(out ? out + len : NULL, req->version, strlen(req->version));
+    const char *name, *value;
+    size_t name_len, value_len;
+    for (size_t i = 0; sse_request_header_at(req, i, &name, &name_len, &value, &value_len) == 0;
+         i++) {
+        if (out)
+            out[len] = '\n';
+        len++;
+        len += demo_escape(out ? out + len : NULL, name, name_len);
+        len += demo_escape(out ? out + len : NULL, ": ", 2);
+        len += demo_escape(out ? out + len : NULL, value, value_len);
+    }
+    return len;
+}
+
+/* GET /.sse, the API7 article's demo stream: each subscriber first gets an event `server`
+ * (who answered: this program, its host and its address) and an event `request` (the
+ * request as it arrived here, so the X-Forwarded-* headers a proxy added show), both its
+ * own and without an id, then the shared `time` ticks of topic "time", one a second. */
+static int demo_seed_stream(struct sse_server *srv, const struct sse_request *req) {
+    static const char *const topics[] = {"time"};
+    char host[256] = "unknown", who[512];
+    gethostname(host, sizeof host - 1);
+    size_t who_len = (size_t)snprintf(who, sizeof who, "sse-server %s on host %s, listening on %s",
+                                      VERSION, host, sse_url(srv));
+    size_t text_len = demo_request_text(req, NULL);
+    char *text = malloc(text_len);
+    if (text)
+        demo_request_text(req, text);
+    size_t a = sse_format_event(NULL, 0, 0, "server", who, who_len);
+    size_t b = text ? sse_format_event(NULL, 0, 0, "request", text, text_len) : 0;
+    char *first = text ? malloc(a + b) : NULL;
+    int r = -ENOMEM;
+    if (first) {
+        sse_format_event(first, a, 0, "server", who, who_len);
+        sse_format_event(first + a, b, 0, "request", text, text_len);
+        r = sse_respond_stream(req, topics, 1, first, a + b);
+    }
+    if (r < 0) {
+        char msg[128];
+        int n = snprintf(msg, sizeof msg, "cannot open the stream: %s\n", strerror(-r));
+        sse_respond(req, 500, NULL, msg, (size_t)n);
+    }
+    free(text);
+    free(first);
+    return 1;
+}
+
 /* The demo page's Drop button: POST /demo/drop?topic=visitor-... ends the streams of that
  * page's own topic (every page subscribes to one with a random name, so a visitor can end
  * only their own stream), and the browser reconnects by itself after retry, sending
- * Last-Event-ID. Every other request goes to the built-in routes. */
+ * Last-Event-ID. GET /.sse is the article's stream (above). Every other request goes to the
+ * built-in routes. */
 static int demo_route(struct sse_server *srv, const struct sse_request *req, void *user) {
     const struct options *o = user;
     static const char prefix[] = "visitor-";
+    if (o->demo && strcmp(req->path, "/.sse") == 0 && strcmp(req->method, "GET") == 0)
+        return demo_seed_stream(srv, req);
     if (!o->demo || strcmp(req->path, "/demo/drop") != 0 || strcmp(req->method, "POST") != 0)
         return 0;
     size_t len;

@@ -300,6 +300,18 @@ static bool wire_event_type_valid(const char *s, size_t len) {
            !memchr(s, '\0', len) && wire_utf8_valid(s, len);
 }
 
+/* Whether s[0..len) ends with a blank line (CRLF, LF or CR after another line end), so the
+ * last event in it is complete and nothing the server queues next is read as part of it. */
+static bool wire_ends_event(const char *s, size_t len) {
+    if (len && s[len - 1] == '\n')
+        len -= len > 1 && s[len - 2] == '\r' ? 2 : 1;
+    else if (len && s[len - 1] == '\r')
+        len--;
+    else
+        return false;
+    return len && (s[len - 1] == '\n' || s[len - 1] == '\r');
+}
+
 /* Writes "name: value\n", or "name:\n" for an empty value. */
 static void wire_field(struct wbuf *w, const char *name, const char *value, size_t len) {
     wb_str(w, name);
@@ -2617,9 +2629,18 @@ static bool stream_catch_up(struct sse_server *srv, struct conn *c, const char *
     return stream_answer(srv, c, last, last_len, id, a == HISTORY_COVERED);
 }
 
-/* Turns the connection into a subscriber of the given topics. */
+/* What a new subscriber gets between the response head and live events. */
+struct stream_start {
+    const char *last;   /* its last event id (not NUL-terminated), or NULL */
+    size_t last_len;    /* bytes at last */
+    struct blob *first; /* the host's own events (sse_respond_stream()), queued before the
+                           catch-up; NULL = none. The caller keeps its reference */
+};
+
+/* Turns the connection into a subscriber of the given topics: head, retry:, st->first, then
+ * the catch-up for st->last. Out of memory closes the connection. */
 static void stream_open(struct sse_server *srv, struct conn *c, const char *const *names,
-                        const size_t *lens, size_t n, const char *last, size_t last_len) {
+                        const size_t *lens, size_t n, const struct stream_start *st) {
     c->subs = calloc(n, sizeof *c->subs);
     for (size_t i = 0; c->subs && i < n; i++) {
         struct topic *t = topic_get(&srv->topics, names[i], lens[i]);
@@ -2656,7 +2677,8 @@ static void stream_open(struct sse_server *srv, struct conn *c, const char *cons
         setsockopt(c->h.fd, opts[i][0], opts[i][1], &opts[i][2], sizeof opts[i][2]);
     if (!conn_enqueue(srv, c, head) ||
         (srv->retry_line && !conn_enqueue(srv, c, srv->retry_line)) ||
-        !stream_catch_up(srv, c, last, last_len)) {
+        (st->first && !conn_enqueue(srv, c, st->first)) ||
+        !stream_catch_up(srv, c, st->last, st->last_len)) {
         conn_close(srv, c, R_ERROR);
         return;
     }
@@ -2774,6 +2796,31 @@ static bool http_token_ok(const struct http_request *req, const struct http_quer
     return p && ct_equal(p->value, p->value_len, secret, slen);
 }
 
+/* The answers a stream request gets instead of the stream: 204 when every one of its topics
+ * is retired (EventSource stops reconnecting), 200 + retry: and close when over the limit or
+ * while the history has no current id yet (come back soon). True when none applies. */
+static bool stream_admit(struct sse_server *srv, struct conn *c, const char *const *names,
+                         const size_t *lens, size_t n) {
+    bool all_retired = true;
+    for (size_t i = 0; i < n && all_retired; i++) {
+        struct topic *t = topic_find(&srv->topics, names[i], lens[i]);
+        all_retired = t && t->retired;
+    }
+    if (all_retired) {
+        http_respond(srv, c, 204, NULL, NULL);
+        return false;
+    }
+    if (c->flags & CF_OVER_LIMIT)
+        srv->m.rejected_total++;
+    if ((c->flags & CF_OVER_LIMIT) ||
+        (srv->history->positioned && !srv->history->positioned(srv))) {
+        stream_turn_away(srv, c, R_OVERLOAD);
+        return false;
+    }
+    return true;
+}
+
+/* GET on the stream path: the method, topics, token and Accept checked, then the stream. */
 static void stream_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
                           const struct http_query *q, const char *rest, size_t rest_len) {
     if (ascii_ieq(req->method, req->method_len, "OPTIONS")) {
@@ -2804,26 +2851,10 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
             return;
         }
     }
-    bool all_retired = true;
-    for (int i = 0; i < n && all_retired; i++) {
-        struct topic *t = topic_find(&srv->topics, names[i], lens[i]);
-        all_retired = t && t->retired;
-    }
-    if (all_retired) {
-        http_respond(srv, c, 204, NULL, NULL);
-        return;
-    }
-    if (c->flags & CF_OVER_LIMIT)
-        srv->m.rejected_total++;
-    /* Over the limit, or no current id yet: come back soon. */
-    if ((c->flags & CF_OVER_LIMIT) ||
-        (srv->history->positioned && !srv->history->positioned(srv))) {
-        stream_turn_away(srv, c, R_OVERLOAD);
-        return;
-    }
-    size_t last_len = 0;
-    const char *last = stream_last_id(req, q, &last_len);
-    stream_open(srv, c, names, lens, (size_t)n, last, last_len);
+    struct stream_start st = {NULL, 0, NULL};
+    st.last = stream_last_id(req, q, &st.last_len);
+    if (stream_admit(srv, c, names, lens, (size_t)n))
+        stream_open(srv, c, names, lens, (size_t)n, &st);
 }
 
 /* ---- publishing ------------------------------------------------------------------------ */
@@ -3456,7 +3487,7 @@ static bool host_route(struct sse_server *srv, struct conn *c, const struct http
     memcpy(method, req->method, req->method_len);
     method[req->method_len] = '\0';
     struct host_request impl = {srv, c, req, q, false};
-    struct sse_request hreq = {method, path, &impl};
+    struct sse_request hreq = {method, path, req->minor ? "HTTP/1.1" : "HTTP/1.0", &impl};
     srv->log_depth++; /* sse_poll() must not run inside the callback */
     int claimed = srv->on_request(srv, &hreq, srv->log.user);
     srv->log_depth--;
@@ -8246,6 +8277,67 @@ int sse_respond(const struct sse_request *req, int status, const char *content_t
     bool head = bytes_eq(impl->req->method, impl->req->method_len, "HEAD");
     http_respond(impl->srv, impl->conn, status, NULL, &(struct http_body){ct, body, len, head});
     impl->answered = true;
+    return 0;
+}
+
+/* sse_respond_stream()'s topics as the stream path holds them: valid names, each once, into
+ * names and lens (SSE_MAX_TOPICS_PER_STREAM entries). The count, or -EINVAL. */
+static int api_stream_topics(const char *const *topics, size_t n, const char **names,
+                             size_t *lens) {
+    if (!topics || n == 0 || n > SSE_MAX_TOPICS_PER_STREAM)
+        return -EINVAL;
+    int count = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *t = topics[i];
+        size_t len = t ? strlen(t) : 0;
+        if (!t || !wire_topic_valid(t, len))
+            return -EINVAL;
+        int j = 0;
+        while (j < count && !(lens[j] == len && memcmp(names[j], t, len) == 0))
+            j++;
+        if (j == count) {
+            names[count] = t;
+            lens[count++] = len;
+        }
+    }
+    return count;
+}
+
+int sse_respond_stream(const struct sse_request *req, const char *const *topics, size_t n,
+                       const char *first, size_t len) {
+    struct host_request *impl = req->impl;
+    const char *names[SSE_MAX_TOPICS_PER_STREAM];
+    size_t lens[SSE_MAX_TOPICS_PER_STREAM];
+    int count = api_stream_topics(topics, n, names, lens);
+    if (count < 0 || impl->answered || !bytes_eq(impl->req->method, impl->req->method_len, "GET"))
+        return -EINVAL;
+    if (len && (!first || !wire_utf8_valid(first, len) || !wire_ends_event(first, len)))
+        return -EINVAL; /* a partial event would swallow the first bytes queued after it */
+    if (len > impl->srv->max_event_bytes)
+        return -EMSGSIZE;
+    struct stream_start st = {NULL, 0, len ? blob_from(first, len) : NULL};
+    if (len && !st.first)
+        return -ENOMEM;
+    struct sse_server *srv = impl->srv;
+    struct conn *c = impl->conn;
+    impl->answered = true;
+    st.last = stream_last_id(impl->req, impl->query, &st.last_len);
+    if (stream_admit(srv, c, names, lens, (size_t)count))
+        stream_open(srv, c, names, lens, (size_t)count, &st);
+    blob_unref(st.first);
+    return c->state == CONN_DEAD ? -ENOMEM : 0;
+}
+
+int sse_request_header_at(const struct sse_request *req, size_t i, const char **name,
+                          size_t *name_len, const char **value, size_t *value_len) {
+    const struct host_request *impl = req->impl;
+    if (i >= impl->req->num_headers)
+        return -ENOENT;
+    const struct http_header *h = &impl->req->headers[i];
+    *name = h->name;
+    *name_len = h->name_len;
+    *value = h->value;
+    *value_len = h->value_len;
     return 0;
 }
 

@@ -172,9 +172,10 @@ struct sse_server;
 
 /* A request as on_request sees it. Every pointer is valid only during the call. */
 struct sse_request {
-    const char *method; /* "GET", "POST", ... NUL-terminated */
-    const char *path;   /* percent-decoded, NUL-terminated, starts with '/'; no query */
-    void *impl;         /* the library's; read headers and parameters with the functions below */
+    const char *method;  /* "GET", "POST", ... NUL-terminated */
+    const char *path;    /* percent-decoded, NUL-terminated, starts with '/'; no query */
+    const char *version; /* "HTTP/1.1" or "HTTP/1.0", as the request line said */
+    void *impl;          /* the library's; read headers and parameters with the functions below */
 };
 
 /* Everything is optional: a zeroed struct is a working server on 127.0.0.1:8080. Strings
@@ -383,9 +384,10 @@ int sse_end_streams(struct sse_server *srv, const char *topic);
 
 /* sse_config.on_request is asked about every well-formed request before the built-in
  * endpoints (the stream path, /publish, /metrics, /healthz, proxy routes, files), except
- * those turned away over max_clients. It answers with sse_respond() and returns 1, or
- * returns 0 to decline (the built-in routes take the request); an answer counts whatever it
- * returns, and returning 1 without one gets the client a 500 and a warning in the log.
+ * those turned away over max_clients. It answers with sse_respond(), or with an event stream
+ * with sse_respond_stream(), and returns 1, or returns 0 to decline (the built-in routes take
+ * the request); an answer counts whatever it returns, and returning 1 without one gets the
+ * client a 500 and a warning in the log.
  * Tokens are the host's business here: the library checks nothing before asking (the
  * cors_origin headers are added to the answer as to every response). A request body is never
  * read for the host: answering a request that has one closes the connection after the
@@ -402,6 +404,37 @@ int sse_end_streams(struct sse_server *srv, const char *topic);
  * -EMSGSIZE; then nothing was sent, and the host may answer again. */
 int sse_respond(const struct sse_request *req, int status, const char *content_type,
                 const char *body, size_t len);
+
+/* Answers the request with an event stream on topics[0..n), exactly as the stream path
+ * answers a GET for those topics: the stream head, retry:, then first[0..len), then the
+ * catch-up (the events after the request's Last-Event-ID, or the reset event, or the
+ * position event when it sent none), then live events and heartbeats, under client_buffer
+ * and flow control like every subscriber; sse_end_streams() and sse_retire_topic() end it
+ * too. topics: 1 to SSE_MAX_TOPICS_PER_STREAM valid names (see sse_publish()); a name given
+ * twice counts once; the array and the names are the caller's. first: whole events already
+ * formatted, such as sse_format_event() writes, for this subscriber alone (copied before this
+ * returns; NULL with len 0 for none). Give them id 0 (no id: line): they are not in the
+ * history, so a reconnect gets them afresh rather than replayed, and an id of theirs would
+ * become the client's Last-Event-ID. As everywhere in on_request, tokens and the Accept
+ * header are the host's to check. Like the stream path, a request whose every topic is
+ * retired is answered 204, and one the server cannot place yet (a Redis node before Redis
+ * answered) 200 with a retry: line, then closed: each is the answer, and this returns 0.
+ * Returns 0, or -EINVAL (the method is not GET, answered already, topics NULL, n 0 or too
+ * many, a bad topic name, first NULL with len > 0, first not valid UTF-8, or not ending in
+ * a blank line) or -EMSGSIZE (len over max_event_bytes), or -ENOMEM before anything was
+ * queued: then nothing was sent, and the host may answer again; or -ENOMEM once the stream
+ * was under way: the connection is closed, and that was the answer. */
+int sse_respond_stream(const struct sse_request *req, const char *const *topics, size_t n,
+                       const char *first, size_t len);
+
+/* The header fields one by one, in the order they were received (repeated fields too): the
+ * i-th, from 0, as *name (as sent) and *value (without surrounding whitespace, as
+ * sse_request_header() gives it), neither NUL-terminated, their lengths in *name_len and
+ * *value_len. Returns 0, or -ENOENT when i is past the last field (the pointers are left
+ * alone), so a loop from 0 ends there. A request has at most SSE_MAX_HEADERS fields (one
+ * with more is answered 431 before on_request sees it). */
+int sse_request_header_at(const struct sse_request *req, size_t i, const char **name,
+                          size_t *name_len, const char **value, size_t *value_len);
 
 /* The value of the first header field called name (case-insensitive), without surrounding
  * whitespace, as sent: not NUL-terminated, its length in *len. NULL when there is none. */

@@ -845,6 +845,119 @@ static void test_host_routes(void) {
     sse_server_free(srv);
 }
 
+/* A host's own stream: on_request answers /s with sse_respond_stream() (after trying the
+ * calls it must refuse), with the request's version and headers, in order, as its first
+ * event; /s2 with no first bytes. */
+struct host_stream {
+    int refused;    /* sse_respond_stream() calls refused as they should be */
+    int answered;   /* sse_respond_stream() calls that answered */
+    char seen[512]; /* "VERSION|name=value|..." for the last request, from the iterator */
+    int past_end;   /* sse_request_header_at() past the last field answered -ENOENT */
+};
+
+static int host_stream(struct sse_server *srv, const struct sse_request *req, void *user) {
+    struct host_stream *hs = user;
+    (void)srv;
+    static const char *const two[] = {"t", "t"}, *const bad[] = {"t", "no such"},
+                             *const null[] = {"t", NULL};
+    char first[256], big[200];
+    size_t n = sse_format_event(first, sizeof first, 0, "hello", req->path, strlen(req->path));
+    if (strcmp(req->path, "/s2") == 0)
+        return sse_respond_stream(req, two, 1, NULL, 0) == 0;
+    if (strcmp(req->path, "/s") != 0)
+        return 0;
+    if (strcmp(req->method, "GET") != 0) { /* a stream answers a GET only */
+        hs->refused += sse_respond_stream(req, two, 2, first, n) == -EINVAL;
+        return sse_respond(req, 405, NULL, "GET only", 8) == 0;
+    }
+    size_t at = (size_t)snprintf(hs->seen, sizeof hs->seen, "%s", req->version);
+    const char *name, *value;
+    size_t nlen, vlen, i;
+    for (i = 0; sse_request_header_at(req, i, &name, &nlen, &value, &vlen) == 0; i++)
+        if (at < 400)
+            at += (size_t)snprintf(hs->seen + at, sizeof hs->seen - at, "|%.*s=%.*s", (int)nlen,
+                                   name, (int)vlen, value);
+    name = "untouched";
+    hs->past_end += sse_request_header_at(req, i, &name, &nlen, &value, &vlen) == -ENOENT &&
+                    sse_request_header_at(req, i + 5, &name, &nlen, &value, &vlen) == -ENOENT &&
+                    strcmp(name, "untouched") == 0;
+    hs->refused += sse_respond_stream(req, bad, 2, first, n) == -EINVAL;
+    hs->refused += sse_respond_stream(req, null, 2, first, n) == -EINVAL;
+    hs->refused += sse_respond_stream(req, two, 0, first, n) == -EINVAL;
+    hs->refused += sse_respond_stream(req, NULL, 1, first, n) == -EINVAL;
+    hs->refused += sse_respond_stream(req, two, 2, NULL, n) == -EINVAL;
+    hs->refused += sse_respond_stream(req, two, 2, first, n - 1) == -EINVAL; /* no blank line */
+    hs->refused += sse_respond_stream(req, two, 2, "data: \xff\n\n", 9) == -EINVAL;
+    memset(big, 'x', sizeof big);
+    size_t m = sse_format_event(first, sizeof first, 0, "hello", big, sizeof big); /* > 128 */
+    hs->refused += sse_respond_stream(req, two, 2, first, m) == -EMSGSIZE;
+    n = sse_format_event(first, sizeof first, 0, "hello", req->path, strlen(req->path));
+    hs->answered += sse_respond_stream(req, two, 2, first, n) == 0;
+    hs->refused += sse_respond_stream(req, two, 2, first, n) == -EINVAL; /* answered already */
+    hs->refused += sse_respond(req, 200, NULL, "x", 1) == -EINVAL;
+    return 1;
+}
+
+static void test_host_stream(void) {
+    CHECK(wire_ends_event("data: x\n\n", 9) && wire_ends_event("data: x\r\n\r\n", 11));
+    CHECK(wire_ends_event("data: x\r\r", 9) && wire_ends_event("data: x\r\r\n", 10));
+    CHECK(wire_ends_event("data: x\n\r\n", 10) && wire_ends_event("x\n\r", 3));
+    CHECK(!wire_ends_event("", 0) && !wire_ends_event("\n", 1) && !wire_ends_event("\r\n", 2));
+    CHECK(!wire_ends_event("data: x\n", 8) && !wire_ends_event("data: x\r\n", 9));
+    CHECK(!wire_ends_event("data: x", 7) && !wire_ends_event("data: x\r\nx", 10));
+    struct host_stream hs = {0};
+    struct sse_config cfg = {.listen = "127.0.0.1:0", .heartbeat_ms = SSE_OFF};
+    cfg.on_request = host_stream;
+    cfg.user = &hs;
+    cfg.max_event_bytes = 128;
+    char err[128], buf[4096];
+    struct sse_server *srv = sse_server_new(&cfg, err, sizeof err);
+    CHECK(srv != NULL);
+    if (!srv)
+        return;
+    struct sse_server *both[2] = {srv, srv};
+    int a = connect_to(srv), b = connect_to(srv), h = connect_to(srv);
+    CHECK(a >= 0 && b >= 0 && h >= 0);
+    if (a < 0 || b < 0 || h < 0)
+        return;
+    const char *get = "GET /s HTTP/1.1\r\nHost: x\r\nX-B:  2 \r\nX-A: 1\r\nx-b: 3\r\n\r\n";
+    CHECK(send(a, get, strlen(get), 0) > 0);
+    CHECK(read_until(both, a, buf, sizeof buf, "event: position\ndata:\n\n"));
+    CHECK(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf && strstr(buf, "text/event-stream\r\n"));
+    const char *body = strstr(buf, "\r\n\r\n");
+    const char *opening = "retry: 3000\n\nevent: hello\ndata: /s\n\nid: ";
+    CHECK(body && strncmp(body + 4, opening, strlen(opening)) == 0);
+    CHECK(strcmp(hs.seen, "HTTP/1.1|Host=x|X-B=2|X-A=1|x-b=3") == 0);
+    CHECK(hs.refused == 10 && hs.answered == 1 && hs.past_end == 1);
+    uint64_t id = 0;
+    CHECK(sse_publish(srv, "t", NULL, "once", 4, &id) == 1); /* "t" twice: one subscription */
+    CHECK(read_until(both, a, buf, sizeof buf, "data: once\n\n") && !strstr(buf, "event: hello"));
+    CHECK(strstr(strstr(buf, "data: once\n\n") + 1, "data: once") == NULL);
+    /* A reconnect: its own first event again, then the replay after its Last-Event-ID. */
+    char again[160];
+    snprintf(again, sizeof again, "GET /s HTTP/1.0\r\nLast-Event-ID: %llu\r\n\r\n",
+             (unsigned long long)id - 1);
+    CHECK(sse_publish(srv, "t", NULL, "missed", 6, NULL) == 1);
+    CHECK(send(b, again, strlen(again), 0) > 0);
+    CHECK(read_until(both, b, buf, sizeof buf, "data: missed\n\n"));
+    body = strstr(buf, "\r\n\r\n");
+    CHECK(body && strstr(body, "retry: 3000\n\nevent: hello\ndata: /s\n\nid: ") == body + 4);
+    CHECK(body && strstr(body, "data: once\n\n") && !strstr(body, "position"));
+    CHECK(strncmp(hs.seen, "HTTP/1.0|Last-Event-ID=", 23) == 0);
+    /* HEAD is no stream: refused, and the host answers otherwise; /s2 has no first bytes. */
+    const char *head = "HEAD /s HTTP/1.1\r\nHost: x\r\n\r\nGET /s2 HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(send(h, head, strlen(head), 0) > 0);
+    CHECK(read_until(both, h, buf, sizeof buf, "event: position\ndata:\n\n"));
+    CHECK(strstr(buf, "HTTP/1.1 405 ") == buf && hs.answered == 2 && hs.refused == 10 + 10 + 1);
+    CHECK(strstr(buf, "\r\n\r\nretry: 3000\n\nid: "));
+    /* Retiring the topic ends the host's streams as any other. */
+    CHECK(sse_retire_topic(srv, "t") == 3);
+    close(a);
+    close(b);
+    close(h);
+    sse_server_free(srv);
+}
+
 /* A host that forwards its log to subscribers: on_log publishes every line on the topic whose
  * subscribers are being dropped as too slow, and tries to drive the loop from inside. Nothing
  * may recurse or touch a freed subscription; the calls that would re-enter answer -EBUSY. */
@@ -1367,6 +1480,7 @@ int main(void) {
 #endif
     test_two_servers();
     test_host_routes();
+    test_host_stream();
     test_pace_api();
     test_log_reentry();
 #if SSE_ENABLE_REDIS
