@@ -30,7 +30,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()  # no Content-Length: the body ends when the connection does
         request = [self.requestline, ""] + [f"{k}: {v}" for k, v in self.headers.items()] + [""]
         out = [f"event: server\ndata: {socket.gethostname()}\n\n",
-               "id: 1\nevent: request\n" + "".join(f"data: {line}\n" for line in request) + "\n"]
+               "id: 1\nevent: request\n" + "".join(f"data: {line}\n" if line else "data:\n" for line in request) + "\n"]
         try:
             self.wfile.write("".join(out).encode())
             self.wfile.flush()
