@@ -189,10 +189,10 @@ def unit_for_this_binary(tmp_path, variant):
 
 
 def readme_exposure():
-    """The exposure rating README's Deploying section states."""
-    with open(os.path.join(DEPLOY, "..", "README.md")) as f:
+    """The exposure rating docs/reliability.md states for the unit."""
+    with open(os.path.join(DEPLOY, "..", "docs", "reliability.md")) as f:
         m = re.search(r"`systemd-analyze\s+security` rates both ([0-9.]+) \(\"(\w+)\"", f.read())
-    assert m, "README no longer states the unit's exposure rating"
+    assert m, "docs/reliability.md no longer states the unit's exposure rating"
     return m.group(1), m.group(2)
 
 

@@ -63,6 +63,14 @@ def background(cmd):
     return BACKGROUND.fullmatch(cmd.strip()) is not None
 
 
+def accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 class Block:
     def __init__(self, lang, lines, note, after_sh, heading):
         self.lang, self.lines, self.note, self.heading = lang, lines, note, heading
@@ -189,9 +197,7 @@ class Session:
         if background(cmd):  # bash numbers it one above the highest job still running
             self.numbered = {n: j for n, j in self.numbered.items() if j[1].poll() is None}
             self.numbered[max(self.numbered, default=0) + 1] = self.jobs[-1]
-            deadline = time.monotonic() + 5  # until it says something (a server: listening)
-            while not self.said(out) and p.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            self.wait_listening(cmd, p, out)
         else:
             self.settle(p, out, LONGEST)
         if p.poll() is not None and os.path.exists(cwd_file):
@@ -201,6 +207,21 @@ class Session:
         assert p.poll() in (None, 0), "%r failed (exit %d): %s" % (
             cmd, p.returncode, open(out + ".err", errors="replace").read())
         return self.output(out), p.poll() is None
+
+    def wait_listening(self, cmd, p, out, timeout=15):
+        """A command sent to the background: until it said something, and every port the
+        command names (or that a server it starts takes by default) takes connections, as a
+        reader would see before typing on (a server: "listening on")."""
+        ports = [new for old, new in self.ports.items() if re.search(r"[: ]%s\b" % old, cmd)]
+        if re.search(r"(^|[|;&]\s*)\./sse-server\b", cmd) and "--listen" not in cmd:
+            ports.append(self.ports["8080"])
+        if cmd.startswith("redis-server"):
+            ports.append(self.ports["6379"])
+        deadline = time.monotonic() + timeout
+        while p.poll() is None and time.monotonic() < deadline:
+            if self.said(out) and all(accepts(port) for port in ports):
+                return
+            time.sleep(0.05)
 
     def settle(self, p, out, longest):
         """Waits until p ends, or printed something and then went quiet for QUIET s (or
