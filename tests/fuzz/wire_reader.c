@@ -131,10 +131,10 @@ static void model_lines(struct record *rc, const char *s, size_t len) {
 
 /* Blocks: lines end at CRLF, LF or CR; an unfinished last line and block are dropped. A line
  * longer than max_data + 8 (room for "data: "), or than SSE_ID_MAX + 8 when that is more,
- * spoils its block. */
+ * spoils its block. One leading UTF-8 BOM is dropped (WHATWG 9.2.6's decode). */
 static void model_sse(struct record *rc, const char *s, size_t len) {
     size_t max = rc->max_data, i = 0;
-    if (rc->whatwg && len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
+    if (len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) /* one leading BOM, in every SSE mode */
         i = 3;
     char *data = malloc(len + 1);
     FUZZ_CHECK(data != NULL);
