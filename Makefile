@@ -74,8 +74,8 @@ asan: sse-server-asan $(BUILD)/unit
 # unit tests, into build/core/. `make test-core` runs those unit tests and every black-box test
 # that needs no part (the tests say which part they need with a marker) against that server,
 # the embedding examples built from the core alone too.
-CORE_PARTS_OFF = -DSSE_ENABLE_PROXY=0 -DSSE_ENABLE_JOURNAL=0 -DSSE_ENABLE_REDIS=0
-CORE_TESTS = not proxy and not relay and not journal and not redis
+CORE_PARTS_OFF = -DSSE_ENABLE_PROXY=0 -DSSE_ENABLE_JOURNAL=0 -DSSE_ENABLE_REDIS=0 -DSSE_ENABLE_AUTH=0
+CORE_TESTS = not proxy and not relay and not journal and not redis and not auth
 
 $(BUILD)/core:
 	mkdir -p $@

@@ -7878,6 +7878,28 @@ static int proxy_plug(struct sse_server *srv, const struct sse_config *cfg, char
 }
 #endif /* SSE_ENABLE_PROXY */
 
+#if SSE_ENABLE_AUTH
+/* ==========================================================================================
+ * Part II: authorization, who may hear and publish what (SSE_ENABLE_AUTH)
+ * ======================================================================================== */
+
+/* ---- SHA-256 and HMAC-SHA-256 (FIPS 180-4, RFC 2104) ----------------------------------- */
+
+/* (SHA-256 and HMAC: to come) */
+
+/* ---- JSON Web Tokens, HS256 only (RFC 7519, RFC 7515) ---------------------------------- */
+
+/* (the token parser: to come) */
+
+/* ---- asking the application: --auth-url ------------------------------------------------ */
+
+/* (the application's answer: to come) */
+
+/* ---- deciding: the token, the public topics, the host's callback, the application ------ */
+
+/* (the decision: to come) */
+#endif /* SSE_ENABLE_AUTH */
+
 /* ==========================================================================================
  * 11. The public API (documented in sse.h)
  * ======================================================================================== */

@@ -89,6 +89,9 @@
 #ifndef SSE_ENABLE_REDIS
 #define SSE_ENABLE_REDIS 1
 #endif
+#ifndef SSE_ENABLE_AUTH
+#define SSE_ENABLE_AUTH 1
+#endif
 
 #include <stddef.h>
 #include <stdint.h>

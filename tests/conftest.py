@@ -181,6 +181,7 @@ MARKERS = {
     "relay": "needs relays (--relay; SSE_ENABLE_PROXY)",
     "journal": "needs the journal (--journal; SSE_ENABLE_JOURNAL)",
     "redis": "needs Redis (--redis; SSE_ENABLE_REDIS)",
+    "auth": "needs authorization (--jwt-secret, --auth-url, --public; SSE_ENABLE_AUTH)",
 }
 
 
