@@ -8106,11 +8106,742 @@ static int proxy_plug(struct sse_server *srv, const struct sse_config *cfg, char
 
 /* ---- SHA-256 and HMAC-SHA-256 (FIPS 180-4, RFC 2104) ----------------------------------- */
 
-/* (SHA-256 and HMAC: to come) */
+/* SHA-256 as FIPS 180-4 (section 6.2) gives it: the message padded with a 1 bit, zeros and its
+ * length in bits to a multiple of 512 bits, then each 512-bit block mixed into eight 32-bit
+ * words by 64 rounds. HMAC (RFC 2104 section 2) keys it: H(K ^ opad, H(K ^ ipad, text)),
+ * with K the key zero-padded to the 64-byte block, or first hashed if it is longer. Checked
+ * against the FIPS 180-4 examples and every RFC 4231 case (tests/unit.c). */
+
+struct sha256 {
+    uint32_t h[8];           /* the intermediate hash value H(i) */
+    uint64_t bytes;          /* message bytes taken so far (the length in the padding) */
+    unsigned char block[64]; /* the message block being filled */
+    size_t fill;             /* bytes in block */
+};
+
+/* The first 32 bits of the fractional parts of the cube roots of the first 64 primes
+ * (FIPS 180-4 4.2.2). */
+static const uint32_t sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+static uint32_t sha256_ror(uint32_t x, unsigned n) {
+    return x >> n | x << (32 - n);
+}
+
+/* One block into the hash value (FIPS 180-4 6.2.2): the message schedule W, then 64 rounds
+ * over the working variables a..h (v[0..7]). */
+static void sha256_block(uint32_t h[8], const unsigned char *p) {
+    uint32_t w[64], v[8];
+    for (unsigned t = 0; t < 16; t++)
+        w[t] = (uint32_t)p[4 * t] << 24 | (uint32_t)p[4 * t + 1] << 16 |
+               (uint32_t)p[4 * t + 2] << 8 | (uint32_t)p[4 * t + 3];
+    for (unsigned t = 16; t < 64; t++) {
+        uint32_t s0 = sha256_ror(w[t - 15], 7) ^ sha256_ror(w[t - 15], 18) ^ w[t - 15] >> 3;
+        uint32_t s1 = sha256_ror(w[t - 2], 17) ^ sha256_ror(w[t - 2], 19) ^ w[t - 2] >> 10;
+        w[t] = w[t - 16] + s0 + w[t - 7] + s1;
+    }
+    memcpy(v, h, sizeof v);
+    for (unsigned t = 0; t < 64; t++) {
+        uint32_t e = v[4], a = v[0];
+        uint32_t t1 = v[7] + (sha256_ror(e, 6) ^ sha256_ror(e, 11) ^ sha256_ror(e, 25)) +
+                      ((e & v[5]) ^ (~e & v[6])) + sha256_k[t] + w[t];
+        uint32_t t2 = (sha256_ror(a, 2) ^ sha256_ror(a, 13) ^ sha256_ror(a, 22)) +
+                      ((a & v[1]) ^ (a & v[2]) ^ (v[1] & v[2]));
+        memmove(v + 1, v, 7 * sizeof *v); /* h = g, g = f, ..., b = a */
+        v[4] += t1;                       /* e = d + T1 (d is now in v[4]) */
+        v[0] = t1 + t2;
+    }
+    for (unsigned i = 0; i < 8; i++)
+        h[i] += v[i];
+}
+
+/* The initial hash value: the first 32 bits of the fractional parts of the square roots of
+ * the first 8 primes (FIPS 180-4 5.3.3). */
+static void sha256_init(struct sha256 *s) {
+    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, h0, sizeof h0);
+    s->bytes = 0;
+    s->fill = 0;
+}
+
+/* Hashes len more bytes of the message; any split of a message gives the same hash. */
+static void sha256_update(struct sha256 *s, const void *data, size_t len) {
+    const unsigned char *p = data;
+    s->bytes += len;
+    while (len) {
+        size_t n = 64 - s->fill < len ? 64 - s->fill : len;
+        memcpy(s->block + s->fill, p, n);
+        s->fill += n;
+        p += n;
+        len -= n;
+        if (s->fill == 64) {
+            sha256_block(s->h, s->block);
+            s->fill = 0;
+        }
+    }
+}
+
+/* Pads (FIPS 180-4 5.1.1: a 1 bit, zeros to 448 bits mod 512, the length as 64 bits) and
+ * writes the 32-byte digest, big-endian. s must be initialized again before reuse. */
+static void sha256_final(struct sha256 *s, unsigned char out[32]) {
+    uint64_t bits = s->bytes * 8;
+    unsigned char pad[72] = {0x80};
+    size_t padlen = (s->fill < 56 ? 56 : 120) - s->fill;
+    for (unsigned i = 0; i < 8; i++)
+        pad[padlen + i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(s, pad, padlen + 8);
+    for (unsigned i = 0; i < 32; i++)
+        out[i] = (unsigned char)(s->h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+/* HMAC-SHA-256 (RFC 2104 section 2; RFC 4231 for SHA-256) of msg under key, into out. A key
+ * longer than the 64-byte block is hashed first; a shorter one is padded with zeros. */
+static void hmac_sha256(const unsigned char *key, size_t key_len, const void *msg, size_t len,
+                        unsigned char out[32]) {
+    unsigned char k[64] = {0}, pad[64];
+    struct sha256 s;
+    if (key_len > sizeof k) {
+        sha256_init(&s);
+        sha256_update(&s, key, key_len);
+        sha256_final(&s, k);
+    } else if (key_len) {
+        memcpy(k, key, key_len);
+    }
+    for (unsigned i = 0; i < sizeof pad; i++)
+        pad[i] = (unsigned char)(k[i] ^ 0x36); /* ipad */
+    sha256_init(&s);
+    sha256_update(&s, pad, sizeof pad);
+    sha256_update(&s, msg, len);
+    sha256_final(&s, out);
+    for (unsigned i = 0; i < sizeof pad; i++)
+        pad[i] = (unsigned char)(k[i] ^ 0x5c); /* opad */
+    sha256_init(&s);
+    sha256_update(&s, pad, sizeof pad);
+    sha256_update(&s, out, 32);
+    sha256_final(&s, out);
+}
 
 /* ---- JSON Web Tokens, HS256 only (RFC 7519, RFC 7515) ---------------------------------- */
 
-/* (the token parser: to come) */
+/* A JWT (RFC 7519) in the JWS compact serialization (RFC 7515 section 7.1) is three base64url
+ * parts joined by dots: HEADER.PAYLOAD.SIGNATURE. The header and the payload are JSON
+ * objects; the signature is HMAC-SHA-256 over the ASCII text "HEADER.PAYLOAD" as sent. We
+ * take HS256 only (RFC 7518 section 3.2) and refuse every other "alg", "none" included: a
+ * verifier that trusts the header's choice of algorithm can be made to skip the check. The
+ * reader is pure, allocation-free and bounded: a token over JWT_MAX_BYTES is refused before
+ * a byte of it is decoded, JSON nests at most JSON_DEPTH_MAX deep, a list holds at most
+ * JWT_GRANTS_MAX grants. Refusals are counted and named by reason (auth_reason_label). */
+
+#define JWT_MAX_BYTES  8192 /* the longest token taken (the encoded text) */
+#define JWT_LEEWAY_S   5    /* clock skew allowed on exp and nbf, in seconds */
+#define JWT_GRANTS_MAX 64   /* grants in one list; more makes the token malformed */
+#define JSON_DEPTH_MAX 16   /* nesting of arrays and objects in a token's JSON */
+
+/* Why a token or a request was refused; AUTH_OK when it was not. */
+enum auth_reason {
+    AUTH_OK,
+    AUTH_MISSING,       /* no token, and a topic asked for is not public */
+    AUTH_MALFORMED,     /* not three base64url parts, not JSON, a claim of the wrong type */
+    AUTH_TOO_LONG,      /* over JWT_MAX_BYTES */
+    AUTH_ALG,           /* "alg" is not "HS256" */
+    AUTH_SIGNATURE,     /* the HMAC does not match */
+    AUTH_EXPIRED,       /* now > exp + JWT_LEEWAY_S */
+    AUTH_NOT_YET_VALID, /* now < nbf - JWT_LEEWAY_S */
+    AUTH_AUDIENCE,      /* "aud" missing or not the configured audience */
+    AUTH_TOPIC,         /* a valid token without the grant asked for */
+    AUTH_DENIED,        /* the application said no (401 or 403) */
+    AUTH_UNAVAILABLE,   /* the application could not be asked, or did not answer */
+    AUTH_REASONS
+};
+
+/* The label of sse_auth_refused_total{reason="..."}; never the token itself. */
+FOR_PARTS static const char *const auth_reason_label[AUTH_REASONS] = {
+    "ok",      "missing",       "malformed", "too_long", "alg",    "signature",
+    "expired", "not_yet_valid", "audience",  "topic",    "denied", "unavailable"};
+
+/* What "token refused: TEXT" says to the client, per reason. */
+FOR_PARTS static const char *const auth_reason_text[AUTH_REASONS] = {
+    "ok",
+    "no token",
+    "malformed",
+    "too long",
+    "algorithm is not HS256",
+    "bad signature",
+    "expired",
+    "not yet valid",
+    "wrong audience",
+    "topic not granted",
+    "the application refused",
+    "the application cannot say now"};
+
+/* A list of grants: topic names, "*", or prefixes ending in '*'. Views into jwt.payload. */
+struct jwt_list {
+    const char *name[JWT_GRANTS_MAX]; /* the grants, not NUL-terminated */
+    size_t len[JWT_GRANTS_MAX];       /* their lengths */
+    size_t n;                         /* grants in the list */
+};
+
+/* What a verified token says. */
+struct jwt {
+    int64_t exp;                 /* "exp" rounded down, seconds; INT64_MAX when absent */
+    int64_t nbf;                 /* "nbf" rounded up, seconds; INT64_MIN when absent */
+    struct jwt_list subscribe;   /* topics the bearer may hear */
+    struct jwt_list publish;     /* topics the bearer may publish to or retire */
+    char payload[JWT_MAX_BYTES]; /* the decoded payload, its strings decoded in place */
+};
+
+/* ---- base64url (RFC 4648 section 5), unpadded as JWS requires (RFC 7515 section 2) ---- */
+
+static int b64url_value(char c) {
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    return c == '-' ? 62 : c == '_' ? 63 : -1;
+}
+
+/* Decodes in[0..len) into out (cap bytes). Returns the bytes written, or -1: a character
+ * outside the alphabet ('=' included: JWS has no padding), a length of 1 mod 4 (no byte ends
+ * there), non-zero bits after the last byte (RFC 4648 3.5: then one text had two spellings,
+ * and a signature could be changed without changing what it decodes to), or too little room. */
+static long b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap) {
+    size_t need = len / 4 * 3 + (len % 4 ? len % 4 - 1 : 0), o = 0;
+    if (len % 4 == 1 || need > cap || need > LONG_MAX)
+        return -1;
+    uint32_t acc = 0; /* the bits not yet written, low `bits` of them */
+    unsigned bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        int v = b64url_value(in[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6 | (uint32_t)v) & 0xFFF;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    return acc & ((1u << bits) - 1) ? -1 : (long)o;
+}
+
+/* ---- JSON (RFC 8259), read in place ----------------------------------------------------
+ * Just enough to read a token: a cursor over a mutable text that validates as it goes.
+ * Strings are decoded where they stand (an escape is never shorter than what it stands for),
+ * so names come back as views into the text and nothing is copied or allocated. Every
+ * function returns false for malformed JSON and leaves the cursor after what it read. */
+
+struct json {
+    char *s;    /* the text; strings are rewritten in place as they are decoded */
+    size_t len; /* bytes at s */
+    size_t pos; /* the next byte to read */
+};
+
+static void json_ws(struct json *j) {
+    while (j->pos < j->len && (j->s[j->pos] == ' ' || j->s[j->pos] == '\t' ||
+                               j->s[j->pos] == '\n' || j->s[j->pos] == '\r'))
+        j->pos++;
+}
+
+/* Whether the next byte after whitespace is c (not consumed). */
+static bool json_peek(struct json *j, char c) {
+    json_ws(j);
+    return j->pos < j->len && j->s[j->pos] == c;
+}
+
+/* Consumes c after whitespace, or returns false. */
+static bool json_eat(struct json *j, char c) {
+    if (!json_peek(j, c))
+        return false;
+    j->pos++;
+    return true;
+}
+
+/* Whether only whitespace is left: one JSON text, nothing after it. */
+static bool json_end(struct json *j) {
+    json_ws(j);
+    return j->pos == j->len;
+}
+
+/* Four hex digits of a \u escape into *cp. */
+static bool json_hex4(struct json *j, uint32_t *cp) {
+    if (j->len - j->pos < 4)
+        return false;
+    *cp = 0;
+    for (int i = 0; i < 4; i++) {
+        int d = http_hex(j->s[j->pos++]);
+        if (d < 0)
+            return false;
+        *cp = *cp << 4 | (uint32_t)d;
+    }
+    return true;
+}
+
+/* Writes code point cp as UTF-8 at s; returns the bytes written (1 to 4). */
+static size_t json_utf8(char *s, uint32_t cp) {
+    if (cp < 0x80) {
+        s[0] = (char)cp;
+        return 1;
+    }
+    size_t n = cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    for (size_t i = n - 1; i > 0; i--, cp >>= 6)
+        s[i] = (char)(0x80 | (cp & 0x3F));
+    s[0] = (char)((n == 2 ? 0xC0 : n == 3 ? 0xE0 : 0xF0) | cp);
+    return n;
+}
+
+/* The escape after a backslash (RFC 8259 section 7), written at s + *w. A \u escape of a
+ * high surrogate must be followed by one of a low surrogate (the pair is one code point);
+ * a lone surrogate is refused, as it has no UTF-8 form. */
+static bool json_escape(struct json *j, size_t *w) {
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    if (j->pos >= j->len)
+        return false;
+    char c = j->s[j->pos++];
+    const char *e = c ? strchr(from, c) : NULL;
+    if (e) {
+        j->s[(*w)++] = to[e - from];
+        return true;
+    }
+    uint32_t cp, lo;
+    if (c != 'u' || !json_hex4(j, &cp) || (cp >= 0xDC00 && cp <= 0xDFFF))
+        return false;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (j->len - j->pos < 2 || j->s[j->pos] != '\\' || j->s[j->pos + 1] != 'u')
+            return false;
+        j->pos += 2;
+        if (!json_hex4(j, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+            return false;
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+    }
+    *w += json_utf8(j->s + *w, cp);
+    return true;
+}
+
+/* A string (after whitespace), decoded in place: *out points at its bytes in the text.
+ * Control characters must be escaped (RFC 8259 section 7). */
+static bool json_string(struct json *j, const char **out, size_t *out_len) {
+    if (!json_eat(j, '"'))
+        return false;
+    size_t start = j->pos, w = j->pos;
+    while (j->pos < j->len) {
+        char c = j->s[j->pos++];
+        if (c == '"') {
+            *out = j->s + start;
+            *out_len = w - start;
+            return true;
+        }
+        if ((unsigned char)c < 0x20 || (c == '\\' && !json_escape(j, &w)))
+            return false;
+        if (c != '\\')
+            j->s[w++] = c;
+    }
+    return false;
+}
+
+/* An object member's name and its colon. */
+static bool json_key(struct json *j, const char **key, size_t *key_len) {
+    return json_string(j, key, key_len) && json_eat(j, ':');
+}
+
+/* Consumes a run of digits; returns how many. */
+static size_t json_digits(struct json *j) {
+    size_t at = j->pos;
+    while (j->pos < j->len && j->s[j->pos] >= '0' && j->s[j->pos] <= '9')
+        j->pos++;
+    return j->pos - at;
+}
+
+/* The value of a number's digits (integer part ip[0..ni), fraction fp[0..nf), times 10 to
+ * the exponent e), rounded down to an int64 (saturating); *fraction says whether anything
+ * was cut off, so the number rounded up is *out + *fraction. */
+static void json_floor(const char *ip, size_t ni, const char *fp, size_t nf, long e, bool neg,
+                       int64_t *out, bool *fraction) {
+    long point = (long)ni + e; /* digits before the decimal point */
+    uint64_t acc = 0;
+    bool big = false;
+    *fraction = false;
+    for (size_t k = 0; k < ni + nf; k++) {
+        unsigned d = (unsigned)((k < ni ? ip[k] : fp[k - ni]) - '0');
+        if ((long)k >= point)
+            *fraction |= d != 0;
+        else if (acc > ((uint64_t)INT64_MAX - d) / 10)
+            big = true;
+        else
+            acc = acc * 10 + d;
+    }
+    for (long k = (long)(ni + nf); k < point && acc && !big; k++) {
+        big = acc > (uint64_t)INT64_MAX / 10;
+        acc *= 10;
+    }
+    if (big) {
+        *out = neg ? INT64_MIN : INT64_MAX;
+        *fraction = false;
+    } else {
+        *out = neg ? -(int64_t)acc - *fraction : (int64_t)acc;
+    }
+}
+
+/* A number (RFC 8259 section 6: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?) rounded down
+ * into *out (see json_floor). Numbers are not converted through floating point: "exp" must
+ * come out the same on every machine. */
+static bool json_number(struct json *j, int64_t *out, bool *fraction) {
+    json_ws(j);
+    bool neg = j->pos < j->len && j->s[j->pos] == '-';
+    j->pos += neg;
+    const char *ip = j->s + j->pos, *fp = NULL;
+    size_t ni = json_digits(j), nf = 0;
+    if (ni == 0 || (ni > 1 && ip[0] == '0'))
+        return false;
+    if (j->pos < j->len && j->s[j->pos] == '.') {
+        fp = j->s + ++j->pos;
+        if ((nf = json_digits(j)) == 0)
+            return false;
+    }
+    long e = 0;
+    if (j->pos < j->len && (j->s[j->pos] == 'e' || j->s[j->pos] == 'E')) {
+        j->pos++;
+        bool eneg = j->pos < j->len && j->s[j->pos] == '-';
+        j->pos += j->pos < j->len && (j->s[j->pos] == '-' || j->s[j->pos] == '+');
+        size_t at = j->pos;
+        if (json_digits(j) == 0)
+            return false;
+        for (size_t i = at; i < j->pos && e < 100000; i++) /* beyond that, all is saturated */
+            e = e * 10 + (j->s[i] - '0');
+        e = eneg ? -e : e;
+    }
+    json_floor(ip, ni, fp, nf, e, neg, out, fraction);
+    return true;
+}
+
+/* Consumes the literal word (true, false, null). */
+static bool json_word(struct json *j, const char *word) {
+    size_t n = strlen(word);
+    if (j->len - j->pos < n || memcmp(j->s + j->pos, word, n) != 0)
+        return false;
+    j->pos += n;
+    return true;
+}
+
+/* Between a container's items: 1 if another item follows (its comma consumed), 0 if the
+ * container closed (its bracket consumed), -1 if malformed. *count counts the items. */
+static int json_next(struct json *j, char close, size_t *count) {
+    if (json_eat(j, close))
+        return 0;
+    if ((*count)++ == 0)
+        return 1;
+    return json_eat(j, ',') ? 1 : -1;
+}
+
+static bool json_value(struct json *j, unsigned depth);
+
+/* An array or object (at its bracket) as the depth-th level of nesting: read and dropped. */
+static bool json_container(struct json *j, unsigned depth) {
+    if (depth > JSON_DEPTH_MAX)
+        return false;
+    bool object = j->s[j->pos++] == '{';
+    size_t count = 0;
+    const char *key;
+    size_t key_len;
+    int more;
+    while ((more = json_next(j, object ? '}' : ']', &count)) > 0)
+        if ((object && !json_key(j, &key, &key_len)) || !json_value(j, depth))
+            return false;
+    return more == 0;
+}
+
+/* Any value (after whitespace) inside a container of the given depth: read and dropped. */
+static bool json_value(struct json *j, unsigned depth) {
+    const char *s;
+    size_t n;
+    int64_t v;
+    bool f;
+    json_ws(j);
+    if (j->pos >= j->len)
+        return false;
+    char c = j->s[j->pos];
+    if (c == '{' || c == '[')
+        return json_container(j, depth + 1);
+    if (c == '"')
+        return json_string(j, &s, &n);
+    if (c == '-' || (c >= '0' && c <= '9'))
+        return json_number(j, &v, &f);
+    return json_word(j, "true") || json_word(j, "false") || json_word(j, "null");
+}
+
+/* ---- the token ------------------------------------------------------------------------- */
+
+/* The JOSE header (RFC 7515 section 4): AUTH_OK if "alg" is exactly "HS256". "typ", "kid"
+ * and the rest are ignored; "crit" names extensions the recipient must understand (4.1.11),
+ * and we understand none, so a header with it is refused. A repeated "alg" is refused
+ * (section 4 allows refusing duplicates; reading either one could differ from the signer). */
+static enum auth_reason jwt_header(char *text, size_t len) {
+    struct json j = {text, len, 0};
+    const char *key, *alg = NULL;
+    size_t key_len, alg_len = 0, count = 0;
+    bool seen_alg = false, crit = false;
+    int more;
+    if (!wire_utf8_valid(text, len) || !json_peek(&j, '{'))
+        return AUTH_MALFORMED;
+    j.pos++;
+    while ((more = json_next(&j, '}', &count)) > 0) {
+        if (!json_key(&j, &key, &key_len))
+            return AUTH_MALFORMED;
+        if (bytes_eq(key, key_len, "alg")) {
+            if (seen_alg)
+                return AUTH_MALFORMED;
+            seen_alg = true;
+            if (json_peek(&j, '"')) {
+                if (!json_string(&j, &alg, &alg_len))
+                    return AUTH_MALFORMED;
+                continue;
+            }
+        }
+        crit |= bytes_eq(key, key_len, "crit");
+        if (!json_value(&j, 1))
+            return AUTH_MALFORMED;
+    }
+    if (more < 0 || !json_end(&j) || crit)
+        return AUTH_MALFORMED;
+    return alg && bytes_eq(alg, alg_len, "HS256") ? AUTH_OK : AUTH_ALG;
+}
+
+/* The claims jwt_claims reads; each may appear once (RFC 7519 section 4 lets a reader refuse
+ * duplicates, and a claim read twice could mean one thing to us and another to the issuer). */
+enum jwt_claim { CLAIM_EXP, CLAIM_NBF, CLAIM_AUD, CLAIM_SSE, CLAIM_MERCURE, CLAIMS };
+
+/* The payload being read. JSON syntax errors end the reading at once; a claim of the wrong
+ * type is only noted, so that it is reported in the order jwt_verify checks claims in. */
+struct jwt_read {
+    struct json j;        /* the cursor over jwt.payload */
+    struct jwt *out;      /* where exp, nbf and the grants go */
+    const char *audience; /* the audience required, or NULL */
+    unsigned seen;        /* a bit per enum jwt_claim already read */
+    bool bad_time;        /* exp or nbf is not a number */
+    bool bad_aud;         /* aud is not a string or an array of strings */
+    bool bad_grants;      /* grants not an object of arrays of strings, or too many */
+    bool aud_match;       /* aud is, or lists, the audience */
+};
+
+/* "exp" or "nbf" (RFC 7519 4.1.4, 4.1.5: a NumericDate, which may have a fraction), rounded
+ * toward the stricter side: exp down, nbf up. */
+static bool jwt_time(struct jwt_read *r, int64_t *out, bool round_up) {
+    bool fraction;
+    json_ws(&r->j);
+    char c = r->j.pos < r->j.len ? r->j.s[r->j.pos] : '\0';
+    if (c != '-' && (c < '0' || c > '9')) {
+        r->bad_time = true;
+        return json_value(&r->j, 1);
+    }
+    if (!json_number(&r->j, out, &fraction))
+        return false;
+    if (round_up && fraction && *out < INT64_MAX)
+        (*out)++;
+    return true;
+}
+
+/* One string of "aud" (after whitespace): compared with the audience, or noted as bad. */
+static bool jwt_aud_item(struct jwt_read *r, unsigned depth) {
+    const char *s;
+    size_t n;
+    if (!json_peek(&r->j, '"')) {
+        r->bad_aud = true;
+        return json_value(&r->j, depth);
+    }
+    if (!json_string(&r->j, &s, &n))
+        return false;
+    r->aud_match |= r->audience && bytes_eq(s, n, r->audience);
+    return true;
+}
+
+/* "aud" (RFC 7519 4.1.3): one string, or an array of strings. */
+static bool jwt_aud(struct jwt_read *r) {
+    size_t count = 0;
+    int more;
+    if (!json_eat(&r->j, '['))
+        return jwt_aud_item(r, 1);
+    while ((more = json_next(&r->j, ']', &count)) > 0)
+        if (!jwt_aud_item(r, 2))
+            return false;
+    return more == 0;
+}
+
+/* A list of grants: an array of strings into l (NULL: read and checked, not kept). */
+static bool jwt_list_read(struct jwt_read *r, struct jwt_list *l) {
+    size_t count = 0;
+    int more;
+    if (!json_eat(&r->j, '[')) {
+        r->bad_grants = true;
+        return json_value(&r->j, 2);
+    }
+    while ((more = json_next(&r->j, ']', &count)) > 0) {
+        const char *s;
+        size_t n;
+        if (!json_peek(&r->j, '"')) {
+            r->bad_grants = true;
+            if (!json_value(&r->j, 3))
+                return false;
+        } else if (!json_string(&r->j, &s, &n)) {
+            return false;
+        } else if (count > JWT_GRANTS_MAX) {
+            r->bad_grants = true;
+        } else if (l) {
+            l->name[l->n] = s;
+            l->len[l->n++] = n;
+        }
+    }
+    return more == 0;
+}
+
+/* The grants object, {"subscribe": [...], "publish": [...]} (other members ignored, such as
+ * Mercure's "payload"), into out's lists, emptied first (NULL: read and checked, not kept). */
+static bool jwt_grants_read(struct jwt_read *r, struct jwt *out) {
+    size_t count = 0;
+    bool seen_sub = false, seen_pub = false;
+    int more;
+    if (out)
+        out->subscribe.n = out->publish.n = 0;
+    if (!json_eat(&r->j, '{')) {
+        r->bad_grants = true;
+        return json_value(&r->j, 1);
+    }
+    while ((more = json_next(&r->j, '}', &count)) > 0) {
+        const char *key;
+        size_t key_len;
+        if (!json_key(&r->j, &key, &key_len))
+            return false;
+        bool sub = bytes_eq(key, key_len, "subscribe"), pub = bytes_eq(key, key_len, "publish");
+        if ((sub && seen_sub) || (pub && seen_pub))
+            return false; /* a repeated list: refused, as a repeated claim */
+        seen_sub |= sub;
+        seen_pub |= pub;
+        struct jwt_list *l = !out ? NULL : sub ? &out->subscribe : &out->publish;
+        if (!(sub || pub ? jwt_list_read(r, l) : json_value(&r->j, 2)))
+            return false;
+    }
+    return more == 0;
+}
+
+/* One member of the payload: the claims we read, by name; others are read and dropped. The
+ * grants come from "sse", or, when there is none, from "mercure" (the same lists, so tokens
+ * minted for a Mercure hub work as they are): "sse" empties what "mercure" filled, and a
+ * "mercure" after "sse" is checked but not kept. */
+static bool jwt_claim(struct jwt_read *r, const char *key, size_t key_len) {
+    static const char *const names[CLAIMS] = {"exp", "nbf", "aud", "sse", "mercure"};
+    unsigned c = 0;
+    while (c < CLAIMS && !bytes_eq(key, key_len, names[c]))
+        c++;
+    if (c == CLAIMS)
+        return json_value(&r->j, 1);
+    if (r->seen & 1u << c)
+        return false;
+    r->seen |= 1u << c;
+    switch (c) {
+    case CLAIM_EXP: return jwt_time(r, &r->out->exp, false);
+    case CLAIM_NBF: return jwt_time(r, &r->out->nbf, true);
+    case CLAIM_AUD: return jwt_aud(r);
+    case CLAIM_SSE: return jwt_grants_read(r, r->out);
+    default: return jwt_grants_read(r, r->seen & 1u << CLAIM_SSE ? NULL : r->out);
+    }
+}
+
+/* The payload, out->payload[0..len): a JSON object of claims (RFC 7519 section 4), then the
+ * claims in order: exp, nbf, aud (only when audience is set), grants. */
+static enum auth_reason jwt_claims(struct jwt *out, size_t len, const char *audience, int64_t now) {
+    struct jwt_read r = {.j = {out->payload, len, 0}, .out = out, .audience = audience};
+    const char *key;
+    size_t key_len, count = 0;
+    int more;
+    if (!wire_utf8_valid(out->payload, len) || !json_eat(&r.j, '{'))
+        return AUTH_MALFORMED;
+    while ((more = json_next(&r.j, '}', &count)) > 0)
+        if (!json_key(&r.j, &key, &key_len) || !jwt_claim(&r, key, key_len))
+            return AUTH_MALFORMED;
+    if (more < 0 || !json_end(&r.j) || r.bad_time)
+        return AUTH_MALFORMED;
+    if (out->exp <= INT64_MAX - JWT_LEEWAY_S && now > out->exp + JWT_LEEWAY_S)
+        return AUTH_EXPIRED;
+    if (out->nbf >= INT64_MIN + JWT_LEEWAY_S && now < out->nbf - JWT_LEEWAY_S)
+        return AUTH_NOT_YET_VALID;
+    if (r.bad_aud)
+        return AUTH_MALFORMED;
+    if (audience && !r.aud_match)
+        return AUTH_AUDIENCE;
+    return r.bad_grants ? AUTH_MALFORMED : AUTH_OK;
+}
+
+/* The checks of jwt_verify, in its order, on a struct jwt already reset. */
+static enum auth_reason jwt_check(const char *tok, size_t len, const unsigned char *key,
+                                  size_t key_len, const char *audience, int64_t now,
+                                  struct jwt *out) {
+    if (len > JWT_MAX_BYTES)
+        return AUTH_TOO_LONG;
+    const char *end = tok + len, *dot1 = memchr(tok, '.', len);
+    const char *dot2 = dot1 ? memchr(dot1 + 1, '.', (size_t)(end - dot1 - 1)) : NULL;
+    if (!dot2 || memchr(dot2 + 1, '.', (size_t)(end - dot2 - 1)))
+        return AUTH_MALFORMED; /* not exactly three parts */
+    /* All three decoded into out->payload, one after the other: the payload first, where it
+     * stays, then the header and the signature (3/4 of the token at most: room enough). */
+    unsigned char *p = (unsigned char *)out->payload, *stop = p + sizeof out->payload;
+    long plen = b64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), p, sizeof out->payload);
+    long hlen = plen < 0
+                    ? -1
+                    : b64url_decode(tok, (size_t)(dot1 - tok), p + plen, (size_t)(stop - p - plen));
+    long slen = hlen < 0 ? -1
+                         : b64url_decode(dot2 + 1, (size_t)(end - dot2 - 1), p + plen + hlen,
+                                         (size_t)(stop - p - plen - hlen));
+    if (slen < 0)
+        return AUTH_MALFORMED;
+    enum auth_reason r = jwt_header(out->payload + plen, (size_t)hlen);
+    if (r != AUTH_OK)
+        return r;
+    unsigned char mac[32];
+    hmac_sha256(key, key_len, tok, (size_t)(dot2 - tok), mac);
+    if (!ct_equal((const char *)p + plen + hlen, (size_t)slen, (const char *)mac, sizeof mac))
+        return AUTH_SIGNATURE;
+    return jwt_claims(out, (size_t)plen, audience, now);
+}
+
+/* Verifies an HS256 JWT, tok[0..len), with key[0..key_len): the checks in order (the first
+ * failing one is the reason): its length, its form (three base64url parts, the header a JSON
+ * object), "alg" (exactly "HS256"), the signature (compared in constant time), the payload (a
+ * JSON object), exp and nbf (with JWT_LEEWAY_S of skew; now in seconds since the epoch), aud
+ * (when audience is not NULL), the grants ("sse", else "mercure"). Fills *out, whose lists
+ * point into out->payload; they are left empty unless it returns AUTH_OK. */
+FOR_PARTS static enum auth_reason jwt_verify(const char *tok, size_t len, const unsigned char *key,
+                                             size_t key_len, const char *audience, int64_t now,
+                                             struct jwt *out) {
+    out->exp = INT64_MAX;
+    out->nbf = INT64_MIN;
+    out->subscribe.n = out->publish.n = 0;
+    enum auth_reason r = jwt_check(tok, len, key, key_len, audience, now, out);
+    if (r != AUTH_OK)
+        out->subscribe.n = out->publish.n = 0;
+    return r;
+}
+
+/* Whether list l grants topic[0..len): a grant equal to it, "*", or a prefix of it followed
+ * by '*' ("orders.*" grants "orders.1"; the '*' may stand for nothing). Only a final '*' is
+ * special. */
+FOR_PARTS static bool jwt_grants(const struct jwt_list *l, const char *topic, size_t len) {
+    for (size_t i = 0; i < l->n; i++) {
+        size_t n = l->len[i];
+        const char *g = l->name[i];
+        if ((n == len && memcmp(g, topic, n) == 0) ||
+            (n && g[n - 1] == '*' && n - 1 <= len && memcmp(g, topic, n - 1) == 0))
+            return true;
+    }
+    return false;
+}
 
 /* ---- deciding: the token, the public topics, the host's callback ------------------------ */
 
