@@ -8852,8 +8852,7 @@ struct auth {
     size_t key_len;     /* its bytes */
     char *cookie;       /* the cookie a token may come in */
     char *audience;     /* what aud must name, or NULL */
-    char **publics;     /* topics anyone may hear */
-    size_t npublic;     /* entries in publics */
+    struct jwt_list publics; /* topics anyone may hear, as grants to all (names owned) */
     int (*on_authorize)(struct sse_server *, const struct sse_request *, int, const char *const *,
                         size_t, int *, void *); /* the host's, or NULL */
     struct auth_app *app;                       /* --auth-url, or NULL */
@@ -8865,21 +8864,6 @@ static const struct part_ops part_auth;
 
 static struct auth *auth_of(const struct sse_server *srv) {
     return part_self(srv, &part_auth);
-}
-
-/* Whether a pattern (a grant, a public topic) covers a topic: equal, "*", or a prefix ending
- * in '*'. */
-static bool auth_pattern_covers(const char *p, size_t plen, const char *topic, size_t len) {
-    if (plen && p[plen - 1] == '*')
-        return len >= plen - 1 && memcmp(p, topic, plen - 1) == 0;
-    return plen == len && memcmp(p, topic, len) == 0;
-}
-
-static bool auth_public(const struct auth *au, const char *topic, size_t len) {
-    for (size_t i = 0; i < au->npublic; i++)
-        if (auth_pattern_covers(au->publics[i], strlen(au->publics[i]), topic, len))
-            return true;
-    return false;
 }
 
 /* The value of cookie `name` in the request's Cookie fields (RFC 6265 5.4: "a=b; c=d"; a
@@ -9406,7 +9390,7 @@ static enum access_answer auth_subscribe(struct sse_server *srv, struct conn *c,
         return auth_refuse(srv, c, r, "subscribing", NULL, 0);
     bool all_public = true;
     for (size_t i = 0; i < a->n; i++) {
-        if (auth_public(au, a->names[i], a->lens[i]))
+        if (jwt_grants(&au->publics, a->names[i], a->lens[i]))
             continue;
         all_public = false;
         if (au->key && !checked)
@@ -9512,9 +9496,8 @@ static void auth_free(struct sse_server *srv) {
         remote_free(&app->url);
         free(app);
     }
-    for (size_t i = 0; i < au->npublic; i++)
-        free(au->publics[i]);
-    free(au->publics);
+    for (size_t i = 0; i < au->publics.n; i++)
+        free((char *)au->publics.name[i]);
     free(au->key);
     free(au->cookie);
     free(au->audience);
@@ -9584,11 +9567,12 @@ static const char *auth_configure(struct sse_server *srv, const struct sse_confi
         return "the token audience must not be empty";
     if (cfg->auth_cache_ms < 0)
         return "the authorization cache time must not be negative";
-    au->publics = calloc(cfg->num_public_topics + 1, sizeof *au->publics);
+    if (cfg->num_public_topics > JWT_GRANTS_MAX)
+        return "at most 64 public topics (use a prefix ending in *)";
     au->key = cfg->jwt_secret ? malloc(klen) : NULL;
     au->cookie = strdup(cookie);
     au->audience = cfg->jwt_audience ? strdup(cfg->jwt_audience) : NULL;
-    if (!au->publics || (cfg->jwt_secret && !au->key) || !au->cookie ||
+    if ((cfg->jwt_secret && !au->key) || !au->cookie ||
         (cfg->jwt_audience && !au->audience))
         return "out of memory";
     if (au->key)
@@ -9598,8 +9582,11 @@ static const char *auth_configure(struct sse_server *srv, const struct sse_confi
         const char *p = cfg->public_topics[i];
         if (!p || !auth_pattern_valid(p))
             return "a public topic must be a topic name, * or a prefix ending in *";
-        if (!(au->publics[au->npublic++] = strdup(p)))
+        char *copy = strdup(p);
+        if (!copy)
             return "out of memory";
+        au->publics.len[au->publics.n] = strlen(copy);
+        au->publics.name[au->publics.n++] = copy;
     }
     au->on_authorize = cfg->on_authorize;
     srv->access = &access_auth;
