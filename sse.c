@@ -9050,6 +9050,8 @@ struct auth_app {
     struct remote url;              /* where it listens */
     int64_t cache_ms;               /* --auth-cache; 0 = answers are not remembered */
     struct auth_call *calls, *last; /* questions under way, oldest first */
+    struct auth_call *dropped;      /* questions whose client left, freed at the next tick (an
+                                       event of theirs may still wait in this batch) */
     struct hash_table cache;        /* remembered answers by key */
     struct auth_cached *oldest, *newest;
     uint64_t requests, cache_hits; /* questions sent; answers found remembered */
@@ -9136,15 +9138,31 @@ static uint32_t auth_app_keep(const char *v, size_t vlen, bool listed,
     return keep;
 }
 
-static void auth_call_free(struct sse_server *srv, struct auth_app *app, struct auth_call *call) {
+/* Takes the question out of the list and closes its socket. */
+static void auth_call_end(struct sse_server *srv, struct auth_app *app, struct auth_call *call) {
     *(call->prev ? &call->prev->next : &app->calls) = call->next;
     *(call->next ? &call->next->prev : &app->last) = call->prev;
     if (call->h.fd >= 0) {
         epoll_ctl(srv->epfd, EPOLL_CTL_DEL, call->h.fd, NULL);
         close(call->h.fd);
     }
+    call->h.fd = -1;
+}
+
+static void auth_call_free(struct sse_server *srv, struct auth_app *app, struct auth_call *call) {
+    auth_call_end(srv, app, call);
     free(call->out);
     free(call);
+}
+
+/* Frees the questions whose client left (auth_app_forget). */
+static void auth_calls_reap(struct auth_app *app) {
+    for (struct auth_call *call = app->dropped, *next; call; call = next) {
+        next = call->next;
+        free(call->out);
+        free(call);
+    }
+    app->dropped = NULL;
 }
 
 /* Answers the waiting client as the application said: status 200 with keep, 401/403, or
@@ -9211,6 +9229,8 @@ static void auth_call_parse(struct sse_server *srv, struct auth_call *call, size
 /* The application's socket: write the question, read the answer head. */
 static void auth_call_event(struct sse_server *srv, struct handle *h, uint32_t events) {
     struct auth_call *call = (struct auth_call *)h;
+    if (!call->client)
+        return; /* dropped while its event waited in this batch */
     while (call->sent < call->out_len) {
         ssize_t n = send(h->fd, call->out + call->sent, call->out_len - call->sent, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
@@ -9372,7 +9392,10 @@ static void auth_app_forget(struct sse_server *srv, const struct conn *c) {
     struct auth_app *app = auth_of(srv)->app;
     for (struct auth_call *call = app ? app->calls : NULL; call; call = call->next)
         if (call->client == c) {
-            auth_call_free(srv, app, call);
+            auth_call_end(srv, app, call);
+            call->client = NULL;
+            call->next = app->dropped;
+            app->dropped = call;
             return;
         }
 }
@@ -9443,6 +9466,8 @@ static enum access_answer auth_publish(struct sse_server *srv, struct conn *c,
 /* Questions to the application that went unanswered for SSE_DEFAULT_AUTH_TIMEOUT_MS. */
 static void auth_tick(struct sse_server *srv) {
     struct auth_app *app = auth_of(srv)->app;
+    if (app)
+        auth_calls_reap(app);
     while (app && app->calls && app->calls->deadline <= srv->now)
         auth_call_done(srv, app->calls, 0, NULL, 0, false);
 }
@@ -9490,6 +9515,7 @@ static void auth_free(struct sse_server *srv) {
     if (app) {
         while (app->calls)
             auth_call_free(srv, app, app->calls);
+        auth_calls_reap(app);
         while (app->oldest)
             auth_cache_drop(app);
         free(app->cache.buckets);
