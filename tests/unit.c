@@ -1534,7 +1534,7 @@ static void test_b64url(void) {
 static bool json_string_is(const char *s, const char *want, size_t want_len) {
     static char text[256];
     size_t n = strlen(s);
-    memcpy(text, s, n);
+    memcpy(text, s, n + 1);
     struct json j = {text, n, 0};
     const char *got;
     size_t got_len;
@@ -1637,7 +1637,7 @@ static const char *sign_text(const char *text) {
     static char tok[512];
     unsigned char mac[32];
     size_t n = strlen(text);
-    memcpy(tok, text, n);
+    memcpy(tok, text, n + 1);
     hmac_sha256(test_key, TEST_KEY_LEN, tok, n, mac);
     tok[n++] = '.';
     b64url_encode(mac, sizeof mac, tok + n);
