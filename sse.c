@@ -44,11 +44,14 @@
  *      Redis Streams     SSE_ENABLE_REDIS: many servers, one history (a RESP2 client for
  *                        XADD and XREAD); Redis assigns the ids
  *      Proxy and relay   SSE_ENABLE_PROXY: upstream connections, unbuffered forwarding
+ *      Authorization     SSE_ENABLE_AUTH: who may hear and publish what (SHA-256, HMAC, HS256
+ *                        JWTs with their grants, --auth-url)
  * Part III, assembly:
  *  11. The public API    sse_server_new() plugs the enabled parts in
  * Sections 1 to 4 make no system calls but the clock and are unit-tested (tests/unit.c), as
- * are section 5's path rules, the journal's record format, the Redis reply reader and the
- * proxy's path, response-head and chunked-coding rules.
+ * are section 5's path rules, the journal's record format, the Redis reply reader, the
+ * proxy's path, response-head and chunked-coding rules, and authorization's SHA-256, HMAC,
+ * base64url, JSON reader and token verifier.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
