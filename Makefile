@@ -185,7 +185,7 @@ test: deps sse-server examples unit fuzz-replay pytest
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS = http_request query wire_reader format_roundtrip static_resolve http_response \
                http_path \
-               journal resp
+               journal resp jwt
 FUZZ_CC = clang
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 

@@ -44,11 +44,14 @@
  *      Redis Streams     SSE_ENABLE_REDIS: many servers, one history (a RESP2 client for
  *                        XADD and XREAD); Redis assigns the ids
  *      Proxy and relay   SSE_ENABLE_PROXY: upstream connections, unbuffered forwarding
+ *      Authorization     SSE_ENABLE_AUTH: who may hear and publish what (SHA-256, HMAC, HS256
+ *                        JWTs with their grants, --auth-url)
  * Part III, assembly:
  *  11. The public API    sse_server_new() plugs the enabled parts in
  * Sections 1 to 4 make no system calls but the clock and are unit-tested (tests/unit.c), as
- * are section 5's path rules, the journal's record format, the Redis reply reader and the
- * proxy's path, response-head and chunked-coding rules.
+ * are section 5's path rules, the journal's record format, the Redis reply reader, the
+ * proxy's path, response-head and chunked-coding rules, and authorization's SHA-256, HMAC,
+ * base64url, JSON reader and token verifier.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -8139,16 +8142,16 @@ static uint32_t sha256_ror(uint32_t x, unsigned n) {
  * over the working variables a..h (v[0..7]). */
 static void sha256_block(uint32_t h[8], const unsigned char *p) {
     uint32_t w[64], v[8];
-    for (unsigned t = 0; t < 16; t++)
+    for (size_t t = 0; t < 16; t++)
         w[t] = (uint32_t)p[4 * t] << 24 | (uint32_t)p[4 * t + 1] << 16 |
                (uint32_t)p[4 * t + 2] << 8 | (uint32_t)p[4 * t + 3];
-    for (unsigned t = 16; t < 64; t++) {
+    for (size_t t = 16; t < 64; t++) {
         uint32_t s0 = sha256_ror(w[t - 15], 7) ^ sha256_ror(w[t - 15], 18) ^ w[t - 15] >> 3;
         uint32_t s1 = sha256_ror(w[t - 2], 17) ^ sha256_ror(w[t - 2], 19) ^ w[t - 2] >> 10;
         w[t] = w[t - 16] + s0 + w[t - 7] + s1;
     }
     memcpy(v, h, sizeof v);
-    for (unsigned t = 0; t < 64; t++) {
+    for (size_t t = 0; t < 64; t++) {
         uint32_t e = v[4], a = v[0];
         uint32_t t1 = v[7] + (sha256_ror(e, 6) ^ sha256_ror(e, 11) ^ sha256_ror(e, 25)) +
                       ((e & v[5]) ^ (~e & v[6])) + sha256_k[t] + w[t];
@@ -8331,7 +8334,7 @@ static long b64url_decode(const char *in, size_t len, unsigned char *out, size_t
             out[o++] = (unsigned char)(acc >> bits);
         }
     }
-    return acc & ((1u << bits) - 1) ? -1 : (long)o;
+    return (acc & ((1u << bits) - 1)) ? -1 : (long)o;
 }
 
 /* ---- JSON (RFC 8259), read in place ----------------------------------------------------
@@ -8432,7 +8435,8 @@ static bool json_escape(struct json *j, size_t *w) {
 static bool json_string(struct json *j, const char **out, size_t *out_len) {
     if (!json_eat(j, '"'))
         return false;
-    size_t start = j->pos, w = j->pos;
+    size_t start = j->pos;
+    size_t w = start; /* where the next decoded byte goes */
     while (j->pos < j->len) {
         char c = j->s[j->pos++];
         if (c == '"') {
@@ -8742,7 +8746,7 @@ static bool jwt_claim(struct jwt_read *r, const char *key, size_t key_len) {
         c++;
     if (c == CLAIMS)
         return json_value(&r->j, 1);
-    if (r->seen & 1u << c)
+    if (r->seen & (1u << c))
         return false;
     r->seen |= 1u << c;
     switch (c) {
@@ -8750,7 +8754,7 @@ static bool jwt_claim(struct jwt_read *r, const char *key, size_t key_len) {
     case CLAIM_NBF: return jwt_time(r, &r->out->nbf, true);
     case CLAIM_AUD: return jwt_aud(r);
     case CLAIM_SSE: return jwt_grants_read(r, r->out);
-    default: return jwt_grants_read(r, r->seen & 1u << CLAIM_SSE ? NULL : r->out);
+    default: return jwt_grants_read(r, (r->seen & 1u << CLAIM_SSE) ? NULL : r->out);
     }
 }
 

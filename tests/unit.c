@@ -1528,6 +1528,528 @@ static void test_redis_backlog_covers(void) {
 }
 #endif /* SSE_ENABLE_REDIS */
 
+#if SSE_ENABLE_AUTH
+/* ---- authorization: SHA-256, HMAC, base64url, JSON, the token ---- */
+
+static bool hex_is(const unsigned char *d, size_t n, const char *hex) {
+    char got[129];
+    for (size_t i = 0; i < n && i < 64; i++)
+        snprintf(got + 2 * i, 3, "%02x", d[i]);
+    got[2 * (n < 64 ? n : 64)] = '\0';
+    if (strcmp(got, hex) != 0)
+        fprintf(stderr, "  got %s\n", got);
+    return strcmp(got, hex) == 0;
+}
+
+static bool sha256_is(const char *msg, size_t len, const char *hex) {
+    struct sha256 s;
+    unsigned char d[32];
+    sha256_init(&s);
+    sha256_update(&s, msg, len);
+    sha256_final(&s, d);
+    return hex_is(d, 32, hex);
+}
+
+/* The FIPS 180-4 examples (NIST's "SHA256.pdf": one block, two blocks, a million 'a'). */
+static void test_sha256(void) {
+    CHECK(sha256_is("abc", 3, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+    const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    const char *two_hex = "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1";
+    CHECK(sha256_is(two, strlen(two), two_hex));
+    CHECK(sha256_is("", 0, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+    /* The same message in uneven pieces (1, 2, 3 ... bytes) hashes the same. */
+    struct sha256 s;
+    unsigned char d[32];
+    sha256_init(&s);
+    for (size_t at = 0, step = 1; at < strlen(two); at += step, step++)
+        sha256_update(&s, two + at, strlen(two) - at < step ? strlen(two) - at : step);
+    sha256_final(&s, d);
+    CHECK(hex_is(d, 32, two_hex));
+    /* One million 'a', fed in pieces of 1000 that straddle block boundaries. */
+    static char a[1000];
+    memset(a, 'a', sizeof a);
+    sha256_init(&s);
+    for (int i = 0; i < 1000; i++)
+        sha256_update(&s, a, sizeof a);
+    sha256_final(&s, d);
+    CHECK(hex_is(d, 32, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"));
+    /* Padding edges: 55, 56 and 64 bytes (one or two padding blocks). */
+    CHECK(sha256_is(a, 55, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318"));
+    CHECK(sha256_is(a, 56, "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a"));
+    CHECK(sha256_is(a, 64, "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"));
+}
+
+static bool hmac_is(const unsigned char *key, size_t key_len, const char *msg, size_t len,
+                    const char *hex) {
+    unsigned char mac[32];
+    hmac_sha256(key, key_len, msg, len, mac);
+    return hex_is(mac, strlen(hex) / 2, hex);
+}
+
+/* RFC 4231 section 4, test cases 1 to 7 (case 5's output is truncated to 128 bits). */
+static void test_hmac(void) {
+    unsigned char k[131], d[50];
+    memset(k, 0x0b, 20);
+    CHECK(hmac_is(k, 20, "Hi There", 8,
+                  "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"));
+    CHECK(hmac_is((const unsigned char *)"Jefe", 4, "what do ya want for nothing?", 28,
+                  "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
+    memset(k, 0xaa, 20);
+    memset(d, 0xdd, 50);
+    CHECK(hmac_is(k, 20, (const char *)d, 50,
+                  "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"));
+    for (unsigned i = 0; i < 25; i++)
+        k[i] = (unsigned char)(i + 1);
+    memset(d, 0xcd, 50);
+    CHECK(hmac_is(k, 25, (const char *)d, 50,
+                  "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"));
+    memset(k, 0x0c, 20);
+    CHECK(hmac_is(k, 20, "Test With Truncation", 20, "a3b6167473100ee06e0c796c2955552b"));
+    memset(k, 0xaa, 131);
+    const char *m6 = "Test Using Larger Than Block-Size Key - Hash Key First";
+    CHECK(hmac_is(k, 131, m6, strlen(m6),
+                  "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"));
+    const char *m7 = "This is a test using a larger than block-size key and a larger than "
+                     "block-size data. The key needs to be hashed before being used by the "
+                     "HMAC algorithm.";
+    CHECK(hmac_is(k, 131, m7, strlen(m7),
+                  "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"));
+}
+
+static long b64_str(const char *s, unsigned char *out, size_t cap) {
+    return b64url_decode(guarded(s, strlen(s)), strlen(s), out, cap);
+}
+
+static void test_b64url(void) {
+    unsigned char out[16];
+    /* RFC 4648 section 10, unpadded. */
+    static const char *const enc[] = {"", "Zg", "Zm8", "Zm9v", "Zm9vYg", "Zm9vYmE", "Zm9vYmFy"};
+    for (size_t i = 0; i < 7; i++)
+        CHECK(b64_str(enc[i], out, sizeof out) == (long)i && memcmp(out, "foobar", i) == 0);
+    CHECK(b64_str("-_8", out, sizeof out) == 2 && out[0] == 0xfb && out[1] == 0xff);
+    CHECK(b64_str("Zg==", out, sizeof out) == -1); /* padding */
+    CHECK(b64_str("Zg=", out, sizeof out) == -1);
+    CHECK(b64_str("Z", out, sizeof out) == -1);     /* 1 mod 4 */
+    CHECK(b64_str("Zm9vY", out, sizeof out) == -1); /* 1 mod 4 */
+    CHECK(b64_str("Zh", out, sizeof out) == -1);    /* bits left over after "f" */
+    CHECK(b64_str("Zm9", out, sizeof out) == -1);
+    CHECK(b64_str("+/8", out, sizeof out) == -1); /* base64, not base64url */
+    CHECK(b64_str("Zm 9v", out, sizeof out) == -1);
+    CHECK(b64url_decode("Zm9v\0", 5, out, sizeof out) == -1);
+    CHECK(b64_str("Zm9vYmFy", out, 5) == -1 && b64_str("Zm9vYmFy", out, 6) == 6); /* room */
+    /* Every prefix against a guard page: 0 mod 4 and 2, 3 mod 4 decode, 1 mod 4 does not. */
+    const char *s = "AAAAAAAAAA"; /* zeros: every prefix is canonical */
+    for (size_t n = 0; n <= strlen(s); n++)
+        CHECK(b64url_decode(guarded(s, n), n, out, sizeof out) ==
+              (n % 4 == 1 ? -1 : (long)(n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0))));
+}
+
+/* Reads one JSON string from s (a copy, as strings are decoded in place). */
+static bool json_string_is(const char *s, const char *want, size_t want_len) {
+    static char text[256];
+    size_t n = strlen(s);
+    memcpy(text, s, n + 1);
+    struct json j = {text, n, 0};
+    const char *got;
+    size_t got_len;
+    if (!json_string(&j, &got, &got_len))
+        return want == NULL;
+    return want && got_len == want_len && memcmp(got, want, want_len) == 0 && j.pos == n;
+}
+
+static bool json_number_is(const char *s, int64_t want, bool want_fraction) {
+    char *text = guarded(s, strlen(s));
+    struct json j = {text, strlen(s), 0};
+    int64_t v;
+    bool fraction;
+    return json_number(&j, &v, &fraction) && j.pos == strlen(s) && v == want &&
+           fraction == want_fraction;
+}
+
+static bool json_number_bad(const char *s) {
+    struct json j = {guarded(s, strlen(s)), strlen(s), 0};
+    int64_t v;
+    bool fraction;
+    return !json_number(&j, &v, &fraction) || j.pos != strlen(s);
+}
+
+static void test_json_reader(void) {
+    CHECK(json_string_is("\"abc\"", "abc", 3));
+    CHECK(json_string_is(" \"\"", "", 0));
+    CHECK(json_string_is("\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\"", "a\"b\\c/d\b\f\n\r\t", 12));
+    CHECK(json_string_is("\"\\u0041\\u00e9\\u20AC\"", "A\xc3\xa9\xe2\x82\xac", 6));
+    CHECK(json_string_is("\"\\ud83d\\ude00!\"", "\xf0\x9f\x98\x80!", 5)); /* a pair */
+    CHECK(json_string_is("\"\\u0000\"", "\0", 1));
+    CHECK(json_string_is("\"\\ud83d\"", NULL, 0));         /* lone high surrogate */
+    CHECK(json_string_is("\"\\ud83dx\\ude00\"", NULL, 0)); /* not adjacent */
+    CHECK(json_string_is("\"\\ud83d\\u0041\"", NULL, 0));  /* not a low one */
+    CHECK(json_string_is("\"\\ude00\"", NULL, 0));         /* lone low surrogate */
+    CHECK(json_string_is("\"\\u12g4\"", NULL, 0));
+    CHECK(json_string_is("\"\\x\"", NULL, 0));
+    CHECK(json_string_is("\"a\nb\"", NULL, 0)); /* a raw control character */
+    CHECK(json_string_is("\"abc", NULL, 0));
+    CHECK(json_string_is("'a'", NULL, 0));
+    /* Every prefix of a string with escapes, against a guard page: never read past. */
+    const char *esc = "\"a\\u00e9\\ud83d\\ude00\\n\"";
+    for (size_t n = 0; n < strlen(esc); n++) {
+        struct json j = {guarded(esc, n), n, 0};
+        const char *got;
+        size_t got_len;
+        CHECK(!json_string(&j, &got, &got_len));
+    }
+    CHECK(json_number_is("0", 0, false) && json_number_is("-0", 0, false));
+    CHECK(json_number_is("1700000000", 1700000000, false));
+    CHECK(json_number_is("1.5", 1, true) && json_number_is("-1.5", -2, true));
+    CHECK(json_number_is("1.50e1", 15, false) && json_number_is("15E-1", 1, true));
+    CHECK(json_number_is("1.7e9", 1700000000, false) && json_number_is("17e+8", 1700000000, false));
+    CHECK(json_number_is("0.001", 0, true) && json_number_is("5e-400", 0, true));
+    CHECK(json_number_is("1e400", INT64_MAX, false) && json_number_is("-1e400", INT64_MIN, false));
+    CHECK(json_number_is("99999999999999999999", INT64_MAX, false));
+    CHECK(json_number_is("9223372036854775807", INT64_MAX, false));
+    CHECK(json_number_is("0e99999999999999999999", 0, false));
+    CHECK(json_number_bad("01") && json_number_bad("1.") && json_number_bad(".5"));
+    CHECK(json_number_bad("-") && json_number_bad("+1") && json_number_bad("1e"));
+    CHECK(json_number_bad("1e+") && json_number_bad("0x10") && json_number_bad(""));
+}
+
+/* ---- tokens ---- */
+
+static const unsigned char test_key[] = "a key for the tests";
+#define TEST_KEY_LEN (sizeof test_key - 1)
+#define TEST_NOW     1000000000
+
+static size_t b64url_encode(const void *in, size_t len, char *out) {
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const unsigned char *p = in;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < len ? p[i + 2] : 0);
+        size_t chars = len - i >= 3 ? 4 : len - i + 1;
+        for (size_t c = 0; c < chars; c++)
+            out[o++] = abc[v >> (18 - 6 * c) & 63];
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* A token of this header and payload (JSON text), signed with test_key. */
+static const char *mint(const char *header, const char *payload) {
+    static char tok[3 * JWT_MAX_BYTES];
+    size_t n = b64url_encode(header, strlen(header), tok);
+    tok[n++] = '.';
+    n += b64url_encode(payload, strlen(payload), tok + n);
+    unsigned char mac[32];
+    hmac_sha256(test_key, TEST_KEY_LEN, tok, n, mac);
+    tok[n++] = '.';
+    b64url_encode(mac, sizeof mac, tok + n);
+    return tok;
+}
+
+/* text (HEADER.PAYLOAD, as it stands) with its signature under test_key appended. */
+static const char *sign_text(const char *text) {
+    static char tok[512];
+    unsigned char mac[32];
+    size_t n = strlen(text);
+    memcpy(tok, text, n + 1);
+    hmac_sha256(test_key, TEST_KEY_LEN, tok, n, mac);
+    tok[n++] = '.';
+    b64url_encode(mac, sizeof mac, tok + n);
+    return tok;
+}
+
+static const char *hs256(const char *payload) {
+    return mint("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload);
+}
+
+static struct jwt test_jwt;
+
+/* Verifies tok (copied against a guard page) with test_key at TEST_NOW. */
+static enum auth_reason verify_aud(const char *tok, const char *audience) {
+    return jwt_verify(guarded(tok, strlen(tok)), strlen(tok), test_key, TEST_KEY_LEN, audience,
+                      TEST_NOW, &test_jwt);
+}
+
+static enum auth_reason verify(const char *tok) {
+    return verify_aud(tok, NULL);
+}
+
+static bool list_is(const struct jwt_list *l, const char *names) {
+    char got[1024];
+    size_t n = 0;
+    for (size_t i = 0; i < l->n && n + l->len[i] + 1 < sizeof got; i++) {
+        memcpy(got + n, l->name[i], l->len[i]);
+        n += l->len[i];
+        got[n++] = '|';
+    }
+    got[n] = '\0';
+    if (strcmp(got, names) != 0)
+        fprintf(stderr, "  list: %s\n", got);
+    return strcmp(got, names) == 0;
+}
+
+/* Tokens minted elsewhere: RFC 7515 appendix A.1 (its key a JWK "k", base64url), and one by
+ * Python's hmac, hashlib and base64 modules (python3 -c, key "python-minted secret"). */
+static void test_jwt_independent(void) {
+    const char *rfc_tok =
+        "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogI"
+        "mh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const char *rfc_k =
+        "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow";
+    unsigned char k[64];
+    CHECK(b64url_decode(rfc_k, strlen(rfc_k), k, sizeof k) == 64);
+    const char *t = guarded(rfc_tok, strlen(rfc_tok));
+    CHECK(jwt_verify(t, strlen(rfc_tok), k, 64, NULL, 1300819380, &test_jwt) == AUTH_OK);
+    CHECK(test_jwt.exp == 1300819380 && test_jwt.nbf == INT64_MIN);
+    CHECK(test_jwt.subscribe.n == 0 && test_jwt.publish.n == 0);
+    CHECK(jwt_verify(t, strlen(rfc_tok), k, 64, NULL, 1300819386, &test_jwt) == AUTH_EXPIRED);
+    CHECK(jwt_verify(t, strlen(rfc_tok), k, 63, NULL, 1300819380, &test_jwt) == AUTH_SIGNATURE);
+
+    const char *py =
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
+        "eyJzdWIiOiI0MiIsImV4cCI6MjAwMDAwMDAwMCwibmJmIjoxMDAwMD"
+        "AwMDAwLCJhdWQiOlsic3NlIiwib3RoZXIiXSwibWVyY3VyZSI6eyJzdWJzY3JpYmUiOlsidXNlci00Mi0qIiwibmV3"
+        "cyJdLCJwdWJsaXNoIjpbInVzZXItNDItaW5ib3giXX19.FXiY8ws6ZHurkIk9ZvmCM9M6pnGWzb2F477NWo1PYTQ";
+    const unsigned char *pk = (const unsigned char *)"python-minted secret";
+    t = guarded(py, strlen(py));
+    CHECK(jwt_verify(t, strlen(py), pk, 20, "sse", TEST_NOW, &test_jwt) == AUTH_OK);
+    CHECK(test_jwt.exp == 2000000000 && test_jwt.nbf == 1000000000);
+    CHECK(list_is(&test_jwt.subscribe, "user-42-*|news|"));
+    CHECK(list_is(&test_jwt.publish, "user-42-inbox|"));
+    CHECK(jwt_grants(&test_jwt.subscribe, "user-42-news", 12));
+    CHECK(!jwt_grants(&test_jwt.subscribe, "user-43-news", 12));
+    CHECK(jwt_verify(t, strlen(py), pk, 20, "nope", TEST_NOW, &test_jwt) == AUTH_AUDIENCE);
+    CHECK(test_jwt.subscribe.n == 0); /* a refused token grants nothing */
+    CHECK(jwt_verify(t, strlen(py), pk, 19, "sse", TEST_NOW, &test_jwt) == AUTH_SIGNATURE);
+}
+
+/* The header: HS256 only, in any JSON spelling; every other alg refused, before the
+ * signature is looked at. */
+static void test_jwt_alg(void) {
+    const char *p = "{\"sse\":{\"subscribe\":[\"a\"]}}";
+    CHECK(verify(hs256(p)) == AUTH_OK);
+    CHECK(verify(mint("{\"alg\":\"HS256\"}", p)) == AUTH_OK); /* no typ */
+    CHECK(verify(mint(" {\r\n\"typ\" : \"whatever\" ,\t\"alg\": \"HS\\u0032\\u00356\" } ", p)) ==
+          AUTH_OK);
+    CHECK(verify(mint("{\"alg\":\"none\"}", p)) == AUTH_ALG);
+    CHECK(verify(mint("{\"alg\":\"HS512\"}", p)) == AUTH_ALG);
+    CHECK(verify(mint("{\"alg\":\"RS256\"}", p)) == AUTH_ALG);
+    CHECK(verify(mint("{\"alg\":\"hs256\"}", p)) == AUTH_ALG);
+    CHECK(verify(mint("{\"alg\":\"HS256 \"}", p)) == AUTH_ALG);
+    CHECK(verify(mint("{\"typ\":\"JWT\"}", p)) == AUTH_ALG); /* missing */
+    CHECK(verify(mint("{\"alg\":null}", p)) == AUTH_ALG);
+    CHECK(verify(mint("{\"alg\":[\"HS256\"]}", p)) == AUTH_ALG);
+    CHECK(verify(mint("{\"alg\":\"HS256\",\"alg\":\"none\"}", p)) == AUTH_MALFORMED);
+    CHECK(verify(mint("{\"alg\":\"none\",\"alg\":\"HS256\"}", p)) == AUTH_MALFORMED);
+    CHECK(verify(mint("{\"alg\":\"HS256\",\"crit\":[\"exp\"]}", p)) == AUTH_MALFORMED);
+    CHECK(verify(mint("[\"HS256\"]", p)) == AUTH_MALFORMED);
+    CHECK(verify(mint("{\"alg\":\"HS256\"", p)) == AUTH_MALFORMED);
+    CHECK(verify(mint("{\"alg\":\"HS256\"} x", p)) == AUTH_MALFORMED);
+    CHECK(verify(mint("{\"alg\":\"HS256\",}", p)) == AUTH_MALFORMED);
+    CHECK(verify(mint("{\"alg\":\"HS256\",\"x\":\"\xff\"}", p)) == AUTH_MALFORMED); /* UTF-8 */
+    /* "alg":"none" with an empty signature, the classic forgery: refused for its alg. */
+    char forged[256];
+    size_t n = b64url_encode("{\"alg\":\"none\"}", 14, forged);
+    forged[n++] = '.';
+    n += b64url_encode(p, strlen(p), forged + n);
+    forged[n++] = '.';
+    forged[n] = '\0';
+    CHECK(verify(forged) == AUTH_ALG);
+}
+
+/* The form of the token and its signature. */
+static void test_jwt_form(void) {
+    const char *p = "{\"sse\":{\"subscribe\":[\"a\"]}}";
+    char tok[512], bad[1024];
+    snprintf(tok, sizeof tok, "%s", hs256(p));
+    size_t len = strlen(tok);
+    CHECK(verify(tok) == AUTH_OK);
+    CHECK(verify("") == AUTH_MALFORMED);
+    CHECK(verify("..") == AUTH_MALFORMED);
+    char *dot2 = strrchr(tok, '.');
+    snprintf(bad, sizeof bad, "%.*s", (int)(dot2 - tok), tok); /* 2 parts */
+    CHECK(verify(bad) == AUTH_MALFORMED);
+    snprintf(bad, sizeof bad, "%s.", tok); /* 4 parts */
+    CHECK(verify(bad) == AUTH_MALFORMED);
+    snprintf(bad, sizeof bad, "%s.%s", tok, dot2 + 1);
+    CHECK(verify(bad) == AUTH_MALFORMED);
+    snprintf(bad, sizeof bad, "%s=", tok); /* padding on the signature */
+    CHECK(verify(bad) == AUTH_MALFORMED);
+    snprintf(bad, sizeof bad, " %s", tok);
+    CHECK(verify(bad) == AUTH_MALFORMED);
+    /* Padding on the payload, signed as it stands: still refused. */
+    CHECK(verify(sign_text("eyJhbGciOiJIUzI1NiJ9.e30")) == AUTH_OK); /* {"alg":"HS256"}.{} */
+    CHECK(verify(sign_text("eyJhbGciOiJIUzI1NiJ9.e30=")) == AUTH_MALFORMED);
+    CHECK(verify(sign_text("eyJhbGciOiJIUzI1NiJ9.e30.")) == AUTH_MALFORMED);
+    CHECK(verify(sign_text("eyJhbGciOiJIUzI1NiJ9.e3")) == AUTH_MALFORMED);  /* 1 mod 4 */
+    CHECK(verify(sign_text("eyJhbGciOiJIUzI1NiJ9.e31")) == AUTH_MALFORMED); /* bits left */
+    CHECK(verify(sign_text("eyJhbGciOiJIUzI1NiJ9=.e30")) == AUTH_MALFORMED);
+    CHECK(verify(sign_text("eyJhbGciOiJIUzI1NiJ9.e30+")) == AUTH_MALFORMED);
+    /* The signature: a wrong key, a changed byte anywhere, one cut short or too long. */
+    CHECK(jwt_verify(tok, len, test_key, TEST_KEY_LEN - 1, NULL, TEST_NOW, &test_jwt) ==
+          AUTH_SIGNATURE);
+    bool refused = true;
+    for (size_t i = 0; i < len; i++) {
+        snprintf(bad, sizeof bad, "%s", tok);
+        bad[i] = bad[i] == 'A' ? 'B' : 'A';
+        refused = refused && verify(bad) != AUTH_OK;
+    }
+    CHECK(refused);
+    snprintf(bad, sizeof bad, "%s", tok);
+    bad[len - 1] = bad[len - 1] == 'A' ? 'E' : 'A'; /* changes a bit of the last byte */
+    CHECK(verify(bad) == AUTH_SIGNATURE);
+    bad[len - 3] = '\0'; /* 40 characters: 30 bytes */
+    CHECK(verify(bad) == AUTH_SIGNATURE);
+    snprintf(bad, sizeof bad, "%sAAAA", tok); /* 35 bytes */
+    CHECK(verify(bad) == AUTH_SIGNATURE);
+    /* Every prefix of a valid token against a guard page: refused, never read past. */
+    refused = true;
+    for (size_t i = 0; i < len; i++)
+        refused = refused && jwt_verify(guarded(tok, i), i, test_key, TEST_KEY_LEN, NULL, TEST_NOW,
+                                        &test_jwt) != AUTH_OK;
+    CHECK(refused);
+}
+
+/* The length limit: the longest token under JWT_MAX_BYTES verifies, one over is refused
+ * first, whatever it holds. */
+static void test_jwt_length(void) {
+    static char payload[JWT_MAX_BYTES], tok[JWT_MAX_BYTES + 2];
+    size_t best = 0;
+    for (size_t fill = 6000; fill < 6200; fill++) {
+        snprintf(payload, sizeof payload, "{\"x\":\"%0*d\"}", (int)fill, 0);
+        size_t n = strlen(hs256(payload));
+        if (n <= JWT_MAX_BYTES && n > best) {
+            best = n;
+            snprintf(tok, sizeof tok, "%s", hs256(payload));
+        }
+        if (n > JWT_MAX_BYTES) {
+            CHECK(verify(hs256(payload)) == AUTH_TOO_LONG);
+            break;
+        }
+    }
+    CHECK(best > JWT_MAX_BYTES - 4 && verify(tok) == AUTH_OK);
+    memset(tok, '!', JWT_MAX_BYTES + 1);
+    tok[JWT_MAX_BYTES + 1] = '\0';
+    CHECK(verify(tok) == AUTH_TOO_LONG);
+}
+
+/* exp, nbf and aud, with the leeway; TEST_NOW is 1000000000. */
+static void test_jwt_claims(void) {
+    CHECK(verify(hs256("{}")) == AUTH_OK && test_jwt.exp == INT64_MAX && test_jwt.nbf == INT64_MIN);
+    CHECK(verify(hs256("{\"exp\":999999994}")) == AUTH_EXPIRED); /* past the leeway */
+    CHECK(verify(hs256("{\"exp\":999999995}")) == AUTH_OK);      /* within it */
+    CHECK(verify(hs256("{\"exp\":999999994.5}")) == AUTH_EXPIRED);
+    CHECK(verify(hs256("{\"exp\":999999995.5}")) == AUTH_OK && test_jwt.exp == 999999995);
+    CHECK(verify(hs256("{\"exp\":1e10}")) == AUTH_OK && test_jwt.exp == 10000000000);
+    CHECK(verify(hs256("{\"exp\":1e400}")) == AUTH_OK && test_jwt.exp == INT64_MAX);
+    CHECK(verify(hs256("{\"exp\":-1e400}")) == AUTH_EXPIRED);
+    CHECK(verify(hs256("{\"nbf\":1000000006}")) == AUTH_NOT_YET_VALID);
+    CHECK(verify(hs256("{\"nbf\":1000000005}")) == AUTH_OK && test_jwt.nbf == 1000000005);
+    CHECK(verify(hs256("{\"nbf\":1000000005.5}")) == AUTH_NOT_YET_VALID);
+    CHECK(verify(hs256("{\"nbf\":-1e400}")) == AUTH_OK);
+    CHECK(verify(hs256("{\"exp\":\"2000000000\"}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"exp\":null}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"nbf\":true}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"exp\":2000000000,\"exp\":1}")) == AUTH_MALFORMED); /* duplicate */
+    /* The order: exp before nbf before aud before the grants. */
+    CHECK(verify(hs256("{\"nbf\":2000000000,\"exp\":1}")) == AUTH_EXPIRED);
+    CHECK(verify_aud(hs256("{\"aud\":\"x\",\"nbf\":2000000000}"), "sse") == AUTH_NOT_YET_VALID);
+    CHECK(verify(hs256("{\"sse\":{\"subscribe\":[1]},\"exp\":1}")) == AUTH_EXPIRED);
+    CHECK(verify_aud(hs256("{\"sse\":7,\"aud\":\"x\"}"), "sse") == AUTH_AUDIENCE);
+
+    CHECK(verify_aud(hs256("{\"aud\":\"sse\"}"), "sse") == AUTH_OK);
+    CHECK(verify_aud(hs256("{\"aud\":[\"a\",\"sse\"]}"), "sse") == AUTH_OK);
+    CHECK(verify_aud(hs256("{\"aud\":\"sse2\"}"), "sse") == AUTH_AUDIENCE);
+    CHECK(verify_aud(hs256("{\"aud\":[\"a\",\"b\"]}"), "sse") == AUTH_AUDIENCE);
+    CHECK(verify_aud(hs256("{\"aud\":[]}"), "sse") == AUTH_AUDIENCE);
+    CHECK(verify_aud(hs256("{}"), "sse") == AUTH_AUDIENCE); /* missing */
+    CHECK(verify_aud(hs256("{\"aud\":\"\\u0073se\"}"), "sse") == AUTH_OK);
+    CHECK(verify(hs256("{\"aud\":\"anything\"}")) == AUTH_OK); /* not checked */
+    CHECK(verify(hs256("{\"aud\":5}")) == AUTH_MALFORMED);
+    CHECK(verify_aud(hs256("{\"aud\":[\"sse\",5]}"), "sse") == AUTH_MALFORMED);
+    /* The payload must be one JSON object. */
+    CHECK(verify(hs256("")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("[]")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("\"x\"")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"a\":1,}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"a\" 1}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"a\":tru}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"a\":[1,2}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{} {}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{'a':1}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"a\":\"\xc3\"}")) == AUTH_MALFORMED); /* not UTF-8 */
+    CHECK(verify(hs256("{\"a\":[true,false,null,-1.5e3,{\"b\":{}}],\"c\":\"\\ud83d\\ude00\"}")) ==
+          AUTH_OK);
+    /* Nesting: 16 levels (the payload's object the first) are read, 17 are not. */
+    CHECK(verify(hs256("{\"a\":[[[[[[[[[[[[[[{}]]]]]]]]]]]]]]}")) == AUTH_OK);
+    CHECK(verify(hs256("{\"a\":[[[[[[[[[[[[[[[{}]]]]]]]]]]]]]]]}")) == AUTH_MALFORMED);
+}
+
+/* Grants: under "sse", else under "mercure"; patterns. */
+static void test_jwt_grants(void) {
+    CHECK(verify(hs256("{\"sse\":{\"subscribe\":[\"a\",\"orders.*\"],\"publish\":[\"b\"]}}")) ==
+          AUTH_OK);
+    CHECK(list_is(&test_jwt.subscribe, "a|orders.*|") && list_is(&test_jwt.publish, "b|"));
+    const struct jwt_list *s = &test_jwt.subscribe;
+    CHECK(jwt_grants(s, "a", 1) && !jwt_grants(s, "ab", 2) && !jwt_grants(s, "b", 1));
+    CHECK(jwt_grants(s, "orders.1", 8) && jwt_grants(s, "orders.", 7));
+    CHECK(!jwt_grants(s, "orders", 6) && !jwt_grants(s, "order", 5));
+    CHECK(!jwt_grants(&test_jwt.publish, "a", 1) && jwt_grants(&test_jwt.publish, "b", 1));
+    CHECK(verify(hs256("{\"mercure\":{\"publish\":[\"*\"],\"payload\":{\"user\":42}}}")) ==
+          AUTH_OK);
+    CHECK(test_jwt.subscribe.n == 0 && list_is(&test_jwt.publish, "*|"));
+    CHECK(jwt_grants(&test_jwt.publish, "anything", 8) && !jwt_grants(&test_jwt.subscribe, "a", 1));
+    /* "sse" wins over "mercure", in either order. */
+    CHECK(verify(hs256("{\"mercure\":{\"subscribe\":[\"m\"]},\"sse\":{\"subscribe\":[\"s\"]}}")) ==
+          AUTH_OK);
+    CHECK(list_is(&test_jwt.subscribe, "s|"));
+    CHECK(verify(hs256("{\"sse\":{\"publish\":[\"s\"]},\"mercure\":{\"subscribe\":[\"m\"]}}")) ==
+          AUTH_OK);
+    CHECK(test_jwt.subscribe.n == 0 && list_is(&test_jwt.publish, "s|"));
+    CHECK(verify(hs256("{\"sse\":{}}")) == AUTH_OK && test_jwt.subscribe.n == 0);
+    /* Escapes are decoded: the name is the string's value. */
+    CHECK(verify(hs256("{\"sse\":{\"subscribe\":[\"user-42-\\u002a\"]}}")) == AUTH_OK);
+    CHECK(jwt_grants(&test_jwt.subscribe, "user-42-news", 12));
+    CHECK(!jwt_grants(&test_jwt.subscribe, "user-4", 6));
+    CHECK(verify(hs256("{\"sse\":{\"subscribe\":[\"a*b\",\"\"]}}")) == AUTH_OK);
+    CHECK(jwt_grants(&test_jwt.subscribe, "a*b", 3) && !jwt_grants(&test_jwt.subscribe, "axb", 3));
+    /* Not strings, not lists, not an object, repeated: malformed. */
+    CHECK(verify(hs256("{\"sse\":{\"subscribe\":[1]}}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"sse\":{\"subscribe\":[[\"a\"]]}}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"sse\":{\"subscribe\":\"a\"}}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"sse\":[\"a\"]}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"mercure\":{\"publish\":[null]}}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"sse\":{},\"mercure\":{\"publish\":[null]}}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"sse\":{},\"sse\":{}}")) == AUTH_MALFORMED);
+    CHECK(verify(hs256("{\"sse\":{\"publish\":[],\"publish\":[]}}")) == AUTH_MALFORMED);
+    /* JWT_GRANTS_MAX grants in a list, and one more. */
+    static char payload[2048];
+    size_t n = (size_t)snprintf(payload, sizeof payload, "{\"sse\":{\"subscribe\":[");
+    for (int i = 0; i < JWT_GRANTS_MAX; i++)
+        n += (size_t)snprintf(payload + n, sizeof payload - n, "%s\"t%d\"", i ? "," : "", i);
+    snprintf(payload + n, sizeof payload - n, "]}}");
+    CHECK(verify(hs256(payload)) == AUTH_OK && test_jwt.subscribe.n == JWT_GRANTS_MAX);
+    CHECK(jwt_grants(&test_jwt.subscribe, "t63", 3) && !jwt_grants(&test_jwt.subscribe, "t64", 3));
+    snprintf(payload + n, sizeof payload - n, ",\"t64\"]}}");
+    CHECK(verify(hs256(payload)) == AUTH_MALFORMED && test_jwt.subscribe.n == 0);
+    struct jwt_list empty = {.n = 0};
+    CHECK(!jwt_grants(&empty, "a", 1));
+}
+
+static void test_auth_reasons(void) {
+    CHECK(strcmp(auth_reason_label[AUTH_OK], "ok") == 0);
+    CHECK(strcmp(auth_reason_label[AUTH_TOO_LONG], "too_long") == 0);
+    CHECK(strcmp(auth_reason_label[AUTH_NOT_YET_VALID], "not_yet_valid") == 0);
+    CHECK(strcmp(auth_reason_label[AUTH_UNAVAILABLE], "unavailable") == 0);
+    CHECK(strcmp(auth_reason_text[AUTH_ALG], "algorithm is not HS256") == 0);
+    CHECK(strcmp(auth_reason_text[AUTH_AUDIENCE], "wrong audience") == 0);
+    bool all = true;
+    for (int r = 0; r < AUTH_REASONS; r++)
+        all = all && auth_reason_label[r] && auth_reason_text[r];
+    CHECK(all);
+}
+#endif /* SSE_ENABLE_AUTH */
+
 /* Flow control through the API: a subscriber that does not read passes the high-water mark,
  * sse_publish() answers -EAGAIN and sse_publish_ready() 0, nothing of it published; once it
  * has read everything, the server takes events again. */
@@ -1609,6 +2131,19 @@ int main(void) {
     test_redis_backlog_covers();
 #else
     test_redis_refused();
+#endif
+#if SSE_ENABLE_AUTH
+    test_sha256();
+    test_hmac();
+    test_b64url();
+    test_json_reader();
+    test_jwt_independent();
+    test_jwt_alg();
+    test_jwt_form();
+    test_jwt_length();
+    test_jwt_claims();
+    test_jwt_grants();
+    test_auth_reasons();
 #endif
     printf("unit: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
