@@ -1225,6 +1225,17 @@ def test_auth_url_path_without_query(start_server, auth_app):
     assert auth_app.last()["path"] == "/allow"
 
 
+def test_auth_url_asked_only_for_streams(start_server, auth_app):
+    srv = start_server("--auth-url", auth_app.url(), "--publish-token", "secret")
+    healthy(srv.port)
+    assert PUB_RE.fullmatch(publish(srv.port, "x", topic="a").body)
+    r = request(srv.port, "DELETE", "/publish?topic=a", bearer("secret"))
+    assert r.status == 200, r.body
+    assert request(srv.port, "GET", "/metrics").status == 200
+    assert ask(srv.port, "/nothing/here").status == 404
+    assert auth_app.count() == 0
+
+
 def test_auth_url_narrows_the_topics(start_server, auth_app):
     srv = start_server("--auth-url", auth_app.url(), "--publish-token", "secret")
     port = srv.port
