@@ -462,6 +462,20 @@ def scrape_or_none(port, name):
     raise AssertionError("no %s in /metrics" % name)
 
 
+def test_preflight_needs_no_token(start_server, auth_app):
+    """OPTIONS (a CORS preflight never carries credentials) is answered as before, neither
+    refused nor sent to the application."""
+    srv = auth_server(start_server, "--cors", "http://app.example", "--auth-url", auth_app.url())
+    for path in ("/events/priv", "/events?topic=priv", "/publish?topic=priv"):
+        r = request(srv.port, "OPTIONS", path, {
+            "Origin": "http://app.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization"})
+        assert r.status == 204, (path, r.raw_head, r.body)
+        assert r.header("Access-Control-Allow-Origin") == "http://app.example", r.raw_head
+    assert refused_counts(srv.port) == {r: 0 for r in REASONS}
+    assert auth_app.count() == 0
+
+
 def test_over_max_clients_turned_away_before_any_token_check(start_server):
     srv = auth_server(start_server, "--max-clients", "1")
     (tok,) = jose({"claims": grants(["news"]), "exp": 600})
