@@ -509,6 +509,7 @@ def metric_values(port):
 CLOSE_REASONS = [
     "client_closed", "done", "slow_subscriber", "header_timeout", "bad_request", "shutdown",
     "retired", "error", "send_timeout", "overload", "upstream_failed", "reconnect", "reset",
+    "expired",
 ]
 
 

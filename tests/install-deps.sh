@@ -2,7 +2,7 @@
 # tests/install-deps.sh: what `make test` needs beyond a C compiler, installed or named.
 #
 # From Debian: pytest, the real clients and deployment tools the black-box tests use, and the
-# checkers CI runs; from npm: playwright-core, eventsource and eventsource-parser into
+# checkers CI runs; from npm: playwright-core, eventsource, eventsource-parser and jose into
 # tests/browser/node_modules (`npm ci`, from the lock file). It first says what is missing and
 # which test needs it. As root with apt-get it then installs it (a temporary policy-rc.d keeps
 # the nginx package from starting a system nginx); otherwise it only says so, and fails when
@@ -81,7 +81,7 @@ fi
 if command -v npm >/dev/null && { [ ! -e tests/browser/node_modules/.package-lock.json ] ||
     [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; }; then
     echo "install-deps: npm ci in tests/browser (playwright-core, eventsource," \
-        "eventsource-parser: tests/test_browser.py, test_node.py)"
+        "eventsource-parser, jose: tests/test_browser.py, test_node.py, test_auth.py)"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error) || exit 1
 fi
 exit 0
