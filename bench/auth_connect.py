@@ -5,14 +5,14 @@
                                            [--clients 2] [--markdown]
 
 Three sse-servers run at once: one started as usual, a second exactly like it (the control: how
-far apart two identical servers measure is the run's resolution), and one with --jwt-secret-
-file. Each connect is a short subscription: connect, `GET /events?topic=t` with `Authorization:
-Bearer TOKEN` (an HS256 token granting `t`, as an application mints one; the server without a
-key ignores it, so all get the same bytes), read the response head up to the blank line, close
-(with an RST, so the client's ports are not held in TIME_WAIT). Rounds go to the servers in
-turn (A B C, then B C A, ...), so a machine that gets busier or quieter mid-run weighs on each
-alike; the servers are kept on one core and the clients on the other(s), so the kernel's TCP
-work is counted the same way every round.
+far apart two identical servers measure is the run's resolution), and one with
+--jwt-secret-file. Each connect is a short subscription: connect, `GET /events?topic=t` with
+`Authorization: Bearer TOKEN` (an HS256 token granting `t`, as an application mints one; the
+server without a key ignores it, so all get the same bytes), read the response head up to the
+blank line, close (with an RST, so the client's ports are not held in TIME_WAIT). Rounds go to
+the servers in turn (A B C, then B C A, ...), so a machine that gets busier or quieter mid-run
+weighs on each alike; the servers are kept on one core and the clients on the other(s), so the
+kernel's TCP work is counted the same way every round.
 
 Two figures per server, both over the same rounds:
 - connects/s: what the client processes achieved. The clients are Python and share the
