@@ -1451,6 +1451,7 @@ enum conn_state {
     CONN_OUTBOUND, /* a connection a part opened (an upstream); not a client */
     CONN_WAIT,     /* a publish waiting for the history to store the event */
     CONN_PACED,    /* a publish held (body read) until the subscribers catch up */
+    CONN_ACCESS,   /* a stream request waiting for its authorization (access_ops) */
     CONN_DEAD      /* closed; freed at the end of the loop iteration */
 };
 
@@ -1494,18 +1495,19 @@ enum close_reason {
     R_PEER_FAILED,    /* the outbound peer a part connected it to failed (an upstream) */
     R_RECONNECT,      /* its stream was ended so that it reconnects */
     R_RESET,          /* the socket failed: reset, broken pipe, timed out (EPOLLERR) */
+    R_EXPIRED,        /* its access ended (a signed token's exp): it comes back renewed */
     R_COUNT
 };
 static const char *const close_reason_text[R_COUNT] = {
     "client closed", "done",     "slow subscriber", "header timeout",
     "bad request",   "shutdown", "retired",         "error",
     "send timeout",  "overload", "upstream failed", "told to reconnect",
-    "reset",
+    "reset",         "access expired",
 };
 static const char *const close_reason_label[R_COUNT] = {
     "client_closed",   "done",      "slow_subscriber", "header_timeout", "bad_request",
     "shutdown",        "retired",   "error",           "send_timeout",   "overload",
-    "upstream_failed", "reconnect", "reset",
+    "upstream_failed", "reconnect", "reset",           "expired",
 };
 
 /* What epoll hands back (a seam): every registered object starts with one, and the loop calls
@@ -1554,6 +1556,17 @@ struct body {
     char data[];                    /* need bytes */
 };
 
+/* A stream request waiting for its authorization (CONN_ACCESS): what stream_open() needs,
+ * kept once the request head is gone. */
+struct stream_wait {
+    size_t n;                                  /* topics asked for */
+    uint8_t lens[SSE_MAX_TOPICS_PER_STREAM];   /* their lengths */
+    char names[SSE_MAX_TOPICS_PER_STREAM][TOPIC_NAME_MAX]; /* their names, not terminated */
+    bool eventsource;                          /* asked as an EventSource does */
+    size_t last_len;                           /* bytes of its last event id */
+    char last[];                               /* its last event id, or nothing */
+};
+
 struct conn {
     struct handle h;            /* fd and conn_on_event (or a part's); first, for epoll */
     uint8_t state;              /* enum conn_state */
@@ -1563,11 +1576,16 @@ struct conn {
     uint16_t nsubs;             /* entries in subs */
     uint8_t lag;                /* enum lag_state and LAG_WROTE (subscribers): flow control */
     uint32_t serial;            /* number for log lines */
+    uint32_t ending;            /* 1 + its place in srv->ending (its stream ends at a set
+                                   time), or 0 */
     struct conn *tprev, *tnext; /* neighbours in the timer list (tnext: dead list too) */
     struct conn *flush_next;    /* next in the flush list */
     int64_t deadline;           /* when its timer fires, monotonic ms */
     struct inbuf *in;           /* partial head or pipelined bytes; NULL when none */
-    struct body *body;          /* publish body being read; NULL when none */
+    union {
+        struct body *body;        /* publish body being read; NULL when none */
+        struct stream_wait *wait; /* CONN_ACCESS: the stream request kept; NULL when none */
+    };
     struct blob **q;            /* output queue: a ring of qcap (power of two) slots */
     uint32_t qhead, qlen, qcap; /* ring index of the first blob, blobs queued, slots */
     uint32_t qoff;              /* bytes of the first blob already written */
@@ -1626,6 +1644,16 @@ struct timer_list {
     int64_t duration;         /* ms from being listed to the deadline */
 };
 
+/* Streams that end at a time of their own (an access that expires): unlike the timer lists,
+ * whose entries share one duration, they need a binary heap, soonest first. */
+struct ending {
+    struct ending_at {
+        int64_t at;    /* when, monotonic ms */
+        struct conn *c; /* whose stream; c->ending is 1 + its index */
+    } *heap;
+    uint32_t n, cap; /* entries in heap, and its room */
+};
+
 /* Counters behind /metrics. */
 struct metrics {
     uint64_t connections_total;  /* accepted */
@@ -1678,7 +1706,8 @@ struct pace {
 #define PARTS_MAX     4  /* parts registered: the proxy, the journal, Redis, one to come */
 #define PART_ROWS_MAX 16 /* /metrics rows one part may add */
 
-/* One /metrics family with its one sample. */
+/* One /metrics family with its one sample; or, with help NULL, one more sample of the family
+ * above it, its name carrying labels (`x_total{reason="a"}`). */
 struct metrics_row {
     const char *name, *type, *help; /* metric name, "gauge" or "counter", # HELP text */
     uint64_t value;                 /* the sample */
@@ -1701,6 +1730,38 @@ struct part_ops {
 struct part {
     const struct part_ops *ops; /* what it adds */
     void *self;                 /* its own state, or NULL */
+};
+
+/* Access (a seam): who may hear and publish what. The core checks its own shared tokens
+ * (subscribe_token, publish_token); a part that authorizes (per-subscriber grants) is asked
+ * before a stream opens and before a publish. It may narrow the topics and end the stream at
+ * a set time, refuse (answering 401 or 403, which ends an EventSource for good: WHATWG 9.2.3
+ * fails the connection on any status but 200; a 200 + retry: would only bring it back), or
+ * answer later through access_decided() when it must ask elsewhere. */
+enum access_answer {
+    ACCESS_ALLOW,    /* go on (a publish: granted by the part, whatever publish_token says) */
+    ACCESS_PASS,     /* a publish the part has no say in: publish_token decides */
+    ACCESS_ANSWERED, /* refused: the part answered */
+    ACCESS_LATER     /* a stream: the part answers through access_decided() */
+};
+
+/* A stream request as the access part sees it. It may narrow names and lens (in place, in
+ * order, updating n) and set until. */
+struct access_ask {
+    const struct http_request *req; /* the request head */
+    const struct http_query *q;     /* its decoded parameters */
+    const char **names;             /* the topics asked for: names[i], lens[i] bytes */
+    size_t *lens, n;
+    int64_t until; /* out: when the stream ends (monotonic ms), 0 = never */
+};
+
+struct access_ops {
+    enum access_answer (*subscribe)(struct sse_server *srv, struct conn *c, struct access_ask *a);
+    /* A publish to topic (checked valid) not made with publish_token. NULL: ACCESS_PASS. */
+    enum access_answer (*publish)(struct sse_server *srv, struct conn *c,
+                                  const struct http_request *req, const struct http_query *q,
+                                  const char *topic);
+    void (*forget)(struct sse_server *srv, const struct conn *c); /* a CONN_ACCESS one closed */
 };
 
 /* The history (a seam): what stands behind Last-Event-ID. The core always keeps the backlog;
@@ -1842,6 +1903,8 @@ struct sse_server {
     struct metrics m;
     struct part parts[PARTS_MAX]; /* what the enabled parts add */
     size_t nparts;                /* entries in parts */
+    const struct access_ops *access; /* who may hear and publish what, or NULL: the tokens */
+    struct ending ending;            /* streams that end at a set time */
 
     char scratch[SSE_HEAD_MAX]; /* a request head read in one go */
     char decoded[SSE_HEAD_MAX]; /* decoded query of the request being handled */
@@ -1885,6 +1948,50 @@ static void timer_set(struct sse_server *srv, struct conn *c, enum timer_id whic
     c->tnext = NULL;
     *(tl->tail ? &tl->tail->tnext : &tl->head) = c;
     tl->tail = c;
+}
+
+static void ending_put(struct ending *e, uint32_t i, struct ending_at x) {
+    e->heap[i] = x;
+    x.c->ending = i + 1;
+}
+
+/* Moves x, meant for slot i, up or down to where the heap order wants it. */
+static void ending_settle(struct ending *e, uint32_t i, struct ending_at x) {
+    while (i > 0 && e->heap[(i - 1) / 2].at > x.at) {
+        ending_put(e, i, e->heap[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    for (uint32_t k; (k = 2 * i + 1) < e->n; i = k) {
+        if (k + 1 < e->n && e->heap[k + 1].at < e->heap[k].at)
+            k++;
+        if (e->heap[k].at >= x.at)
+            break;
+        ending_put(e, i, e->heap[k]);
+    }
+    ending_put(e, i, x);
+}
+
+/* c's stream ends at `at`. False when out of memory. */
+static bool ending_add(struct ending *e, struct conn *c, int64_t at) {
+    if (e->n == e->cap) {
+        uint32_t cap = e->cap ? 2 * e->cap : 64;
+        struct ending_at *h = realloc(e->heap, cap * sizeof *h);
+        if (!h)
+            return false;
+        e->heap = h;
+        e->cap = cap;
+    }
+    ending_settle(e, e->n++, (struct ending_at){at, c});
+    return true;
+}
+
+/* c's stream no longer ends at a set time (it closed, or its time came). */
+static void ending_remove(struct ending *e, struct conn *c) {
+    uint32_t i = c->ending - 1;
+    c->ending = 0;
+    struct ending_at last = e->heap[--e->n];
+    if (i < e->n)
+        ending_settle(e, i, last);
 }
 
 static void conn_flush_later(struct sse_server *srv, struct conn *c) {
@@ -2057,6 +2164,8 @@ static void conn_let_go(struct sse_server *srv, struct conn *c, enum conn_state 
     free(c->subs);
     c->subs = NULL;
     c->nsubs = 0;
+    if (c->ending)
+        ending_remove(&srv->ending, c);
     free(c->in);
     free(c->body);
     c->in = NULL;
@@ -2071,6 +2180,8 @@ static void conn_close(struct sse_server *srv, struct conn *c, enum close_reason
     c->state = CONN_DEAD; /* first: a part below may close the peer, which looks back */
     if ((state == CONN_WAIT || (c->flags & CF_REPLAYING)) && srv->history->forget)
         srv->history->forget(srv, c);
+    if (state == CONN_ACCESS && srv->access->forget)
+        srv->access->forget(srv, c);
     if (c->part)
         c->part->ops->closed(srv, c);
     timer_unlink(srv, c);
@@ -2274,7 +2385,7 @@ static void conn_reap(struct sse_server *srv) {
     }
 }
 
-#if SSE_ENABLE_PROXY || SSE_ENABLE_REDIS /* the parts that connect out */
+#if SSE_ENABLE_PROXY || SSE_ENABLE_REDIS || SSE_ENABLE_AUTH /* the parts that connect out */
 /* Where a part connects to (an upstream, Redis): resolved once at start-up, so the loop never
  * waits on DNS. */
 struct remote {
@@ -2820,6 +2931,85 @@ static bool stream_admit(struct sse_server *srv, struct conn *c, const char *con
     return true;
 }
 
+/* An EventSource request: a GET whose Accept names text/event-stream (browsers send exactly
+ * that). Such a request must never be answered with a 5xx for a passing failure. */
+static bool http_is_eventsource(const struct http_request *req) {
+    const struct http_header *accept = http_header(req, "Accept");
+    return bytes_eq(req->method, req->method_len, "GET") && accept &&
+           http_accepts_event_stream(accept->value, accept->value_len, false);
+}
+
+/* stream_open() for what access allowed: the stream ends at a.until, if set. */
+static void stream_open_until(struct sse_server *srv, struct conn *c, const struct access_ask *a,
+                              const struct stream_start *st) {
+    stream_open(srv, c, a->names, a->lens, a->n, st);
+    if (a->until && c->state == CONN_STREAM && !ending_add(&srv->ending, c, a->until))
+        conn_close(srv, c, R_ERROR);
+}
+
+/* Keeps what the stream needs while the access part decides (CONN_ACCESS). */
+static void stream_wait(struct sse_server *srv, struct conn *c, const struct access_ask *a,
+                        const struct stream_start *st) {
+    struct stream_wait *w = malloc(sizeof *w + st->last_len);
+    if (!w) {
+        conn_close(srv, c, R_ERROR);
+        return;
+    }
+    w->n = a->n;
+    for (size_t i = 0; i < a->n; i++) {
+        w->lens[i] = (uint8_t)a->lens[i]; /* valid names: at most TOPIC_NAME_MAX */
+        memcpy(w->names[i], a->names[i], a->lens[i]);
+    }
+    w->last_len = st->last ? st->last_len : 0;
+    memcpy(w->last, st->last ? st->last : "", w->last_len);
+    w->eventsource = http_is_eventsource(a->req);
+    free(c->body);
+    c->wait = w;
+    c->state = CONN_ACCESS;
+    c->flags &= (uint8_t)~CF_KEEP_ALIVE; /* pipelined requests are not kept meanwhile */
+    timer_set(srv, c, TIMER_SEND);
+}
+
+/* A refusal, sooner or later: 401 and 403 end an EventSource for good; anything else means
+ * "not now" (the application could not be asked), which an EventSource must get as a 200
+ * and a retry: (a 5xx would end it for good), and anything else as a 503. */
+FOR_PARTS static void access_refuse(struct sse_server *srv, struct conn *c, bool eventsource,
+                                    int status, const char *why) {
+    if (status == 401)
+        http_text(srv, c, 401, why, "WWW-Authenticate: Bearer\r\n");
+    else if (status == 403)
+        http_text(srv, c, 403, why, NULL);
+    else if (eventsource)
+        stream_turn_away(srv, c, R_OVERLOAD);
+    else
+        http_text(srv, c, 503, why, "Retry-After: 1\r\n");
+}
+
+/* The access part's later answer for a CONN_ACCESS connection: status 200 opens the stream on
+ * the topics keep[] marks (NULL: all), ending at until (0: never); any other is refused as
+ * access_refuse() says, with why. */
+FOR_PARTS static void access_decided(struct sse_server *srv, struct conn *c, int status,
+                                     const char *why, const bool *keep, int64_t until) {
+    struct stream_wait *w = c->wait;
+    c->wait = NULL;
+    c->state = CONN_REQUEST; /* out of CONN_ACCESS: answered as any request */
+    timer_unlink(srv, c);
+    const char *names[SSE_MAX_TOPICS_PER_STREAM];
+    size_t lens[SSE_MAX_TOPICS_PER_STREAM], n = 0;
+    for (size_t i = 0; i < w->n; i++)
+        if (!keep || keep[i]) {
+            names[n] = w->names[i];
+            lens[n++] = w->lens[i];
+        }
+    struct access_ask a = {NULL, NULL, names, lens, n, until};
+    struct stream_start st = {w->last_len ? w->last : NULL, w->last_len, NULL};
+    if (status != 200)
+        access_refuse(srv, c, w->eventsource, status, why);
+    else if (stream_admit(srv, c, names, lens, n))
+        stream_open_until(srv, c, &a, &st);
+    free(w);
+}
+
 /* GET on the stream path: the method, topics, token and Accept checked, then the stream. */
 static void stream_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
                           const struct http_query *q, const char *rest, size_t rest_len) {
@@ -2853,8 +3043,16 @@ static void stream_handle(struct sse_server *srv, struct conn *c, const struct h
     }
     struct stream_start st = {NULL, 0, NULL};
     st.last = stream_last_id(req, q, &st.last_len);
-    if (stream_admit(srv, c, names, lens, (size_t)n))
-        stream_open(srv, c, names, lens, (size_t)n, &st);
+    struct access_ask a = {req, q, names, lens, (size_t)n, 0};
+    if (srv->access && !(c->flags & CF_OVER_LIMIT)) { /* turned away: no need to ask */
+        enum access_answer r = srv->access->subscribe(srv, c, &a);
+        if (r == ACCESS_LATER)
+            stream_wait(srv, c, &a, &st);
+        if (r != ACCESS_ALLOW)
+            return;
+    }
+    if (stream_admit(srv, c, names, lens, a.n))
+        stream_open_until(srv, c, &a, &st);
 }
 
 /* ---- publishing ------------------------------------------------------------------------ */
@@ -3135,6 +3333,26 @@ static void publish_expect_body(struct sse_server *srv, struct conn *c,
         publish_finish(srv, c);
 }
 
+/* Whether the request may publish to topic (NULL: not a valid name): with publish_token, or
+ * as the access part grants. False when it has answered. */
+static bool publish_allowed(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                            const struct http_query *q, const char *topic) {
+    if (srv->publish_token && http_token_ok(req, q, srv->publish_token, false))
+        return true;
+    enum access_answer a = ACCESS_PASS;
+    if (srv->access && srv->access->publish)
+        a = srv->access->publish(srv, c, req, q, topic);
+    if (a != ACCESS_PASS)
+        return a == ACCESS_ALLOW;
+    if (!srv->publish_token)
+        http_text(srv, c, 403,
+                  "publishing over HTTP is disabled: start sse-server with --publish-token", NULL);
+    else
+        http_text(srv, c, 401, "publishing needs Authorization: Bearer <token>",
+                  "WWW-Authenticate: Bearer\r\n");
+    return false;
+}
+
 static void publish_handle(struct sse_server *srv, struct conn *c, const struct http_request *req,
                            const struct http_query *q, uint64_t content_length) {
     static const char allow[] = "Allow: POST, DELETE, OPTIONS\r\n";
@@ -3155,18 +3373,10 @@ static void publish_handle(struct sse_server *srv, struct conn *c, const struct 
         http_text(srv, c, 405, "method not allowed", allow);
         return;
     }
-    if (!srv->publish_token) {
-        http_text(srv, c, 403,
-                  "publishing over HTTP is disabled: start sse-server with --publish-token", NULL);
-        return;
-    }
-    if (!http_token_ok(req, q, srv->publish_token, false)) {
-        http_text(srv, c, 401, "publishing needs Authorization: Bearer <token>",
-                  "WWW-Authenticate: Bearer\r\n");
-        return;
-    }
     char topic[TOPIC_NAME_MAX + 1], event[EVENT_TYPE_MAX + 1];
     const char *why = publish_params(q, topic, event);
+    if (!publish_allowed(srv, c, req, q, why ? NULL : topic))
+        return;
     if (why) {
         http_text(srv, c, 400, why, NULL);
         return;
@@ -3188,23 +3398,26 @@ static void publish_handle(struct sse_server *srv, struct conn *c, const struct 
 
 /* ---- metrics, health, static files ----------------------------------------------------- */
 
-/* The # HELP and # TYPE lines that open a metric family (its samples follow). */
+/* The # HELP and # TYPE lines that open a metric family (its samples follow); name may be a
+ * sample's, labels and all. */
 static void metrics_family(struct wbuf *w, const char *name, const char *type, const char *help) {
+    size_t len = strcspn(name, "{");
     wb_str(w, "# HELP ");
-    wb_str(w, name);
+    wb_put(w, name, len);
     wb_put(w, " ", 1);
     wb_str(w, help);
     wb_str(w, "\n# TYPE ");
-    wb_str(w, name);
+    wb_put(w, name, len);
     wb_put(w, " ", 1);
     wb_str(w, type);
     wb_put(w, "\n", 1);
 }
 
-/* Writes each row as a family with its one sample. */
+/* Writes each row as a family with its one sample, or as the sample of the family above. */
 static void metrics_rows(struct wbuf *w, const struct metrics_row *rows, size_t n) {
     for (size_t i = 0; i < n; i++) {
-        metrics_family(w, rows[i].name, rows[i].type, rows[i].help);
+        if (rows[i].help)
+            metrics_family(w, rows[i].name, rows[i].type, rows[i].help);
         wb_str(w, rows[i].name);
         wb_put(w, " ", 1);
         wb_u64(w, rows[i].value);
@@ -3468,6 +3681,25 @@ static bool http_admit(struct sse_server *srv, struct conn *c, const struct http
     return true;
 }
 
+/* The client's address as text (IPv4-mapped addresses as IPv4), "unknown" if it has none: for
+ * X-Forwarded-For, X-Real-IP, sse_request_peer(). */
+static void conn_peer(const struct conn *c, char *out, size_t cap) {
+    struct sockaddr_storage sa = {0};
+    socklen_t len = sizeof sa;
+    snprintf(out, cap, "unknown");
+    if (getpeername(c->h.fd, (struct sockaddr *)&sa, &len) < 0)
+        return;
+    if (sa.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, out, (socklen_t)cap);
+    } else if (sa.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            inet_ntop(AF_INET, &a->s6_addr[12], out, (socklen_t)cap);
+        else
+            inet_ntop(AF_INET6, a, out, (socklen_t)cap);
+    }
+}
+
 /* What struct sse_request's impl points at while on_request runs. */
 struct host_request {
     struct sse_server *srv;         /* the server asking */
@@ -3475,6 +3707,7 @@ struct host_request {
     const struct http_request *req; /* the parsed head */
     const struct http_query *query; /* its decoded parameters */
     bool answered;                  /* sse_respond() has queued the answer */
+    char peer[INET6_ADDRSTRLEN];    /* the client's address once asked for, or "" */
 };
 
 /* Offers the request to the host's on_request. Returns true when the host answered it (or
@@ -3486,7 +3719,7 @@ static bool host_route(struct sse_server *srv, struct conn *c, const struct http
         return false;
     memcpy(method, req->method, req->method_len);
     method[req->method_len] = '\0';
-    struct host_request impl = {srv, c, req, q, false};
+    struct host_request impl = {srv, c, req, q, false, ""};
     struct sse_request hreq = {method, path, req->minor ? "HTTP/1.1" : "HTTP/1.0", &impl};
     srv->log_depth++; /* sse_poll() must not run inside the callback */
     int claimed = srv->on_request(srv, &hreq, srv->log.user);
@@ -3496,14 +3729,6 @@ static bool host_route(struct sse_server *srv, struct conn *c, const struct http
         http_text(srv, c, 500, "internal server error", NULL);
     }
     return claimed || impl.answered;
-}
-
-/* An EventSource request: a GET whose Accept names text/event-stream (browsers send exactly
- * that). Such a request must never be answered with a 5xx for a passing failure. */
-static bool http_is_eventsource(const struct http_request *req) {
-    const struct http_header *accept = http_header(req, "Accept");
-    return bytes_eq(req->method, req->method_len, "GET") && accept &&
-           http_accepts_event_stream(accept->value, accept->value_len, false);
 }
 
 /* Why /healthz answers 503: what a part says, or the id space exhausted (ids assigned
@@ -3915,6 +4140,16 @@ static void loop_accept(struct sse_server *srv, struct handle *h, uint32_t event
     }
 }
 
+/* A stream whose access ended: a last retry: (so its EventSource comes back, renewed, after
+ * the usual wait, with Last-Event-ID), then the end of the response. */
+static void stream_expire(struct sse_server *srv, struct conn *c) {
+    ending_remove(&srv->ending, c);
+    if (srv->retry_line && !conn_enqueue(srv, c, srv->retry_line))
+        conn_close(srv, c, R_ERROR);
+    else
+        conn_linger(srv, c, R_EXPIRED);
+}
+
 static void loop_timers(struct sse_server *srv) {
     if (srv->accept_paused_until && srv->now >= srv->accept_paused_until && srv->listener.fd >= 0) {
         loop_watch(srv, EPOLL_CTL_MOD, &srv->listener, EPOLLIN);
@@ -3937,6 +4172,8 @@ static void loop_timers(struct sse_server *srv) {
                                               : (enum close_reason)c->reason);
         }
     }
+    while (srv->ending.n && srv->ending.heap[0].at <= srv->now)
+        stream_expire(srv, srv->ending.heap[0].c);
     for (size_t i = 0; i < srv->nparts; i++)
         if (srv->parts[i].ops->tick)
             srv->parts[i].ops->tick(srv);
@@ -4029,6 +4266,7 @@ static int loop_next_timeout(const struct sse_server *srv) {
                 p->held ? p->held_since + PACE_MAX_HOLD_MS : INT64_MAX,
                 p->held ? p->next_check : INT64_MAX,
                 srv->history->deadline ? srv->history->deadline(srv) : INT64_MAX,
+                srv->ending.n ? srv->ending.heap[0].at : INT64_MAX,
             };
     for (size_t i = 0; i < sizeof due / sizeof due[0]; i++)
         next = due[i] < next ? due[i] : next;
@@ -4082,7 +4320,8 @@ static void loop_stop_conn(struct sse_server *srv, struct conn *c) {
         conn_linger(srv, c, R_SHUTDOWN);
     else if (by_part && c->part && c->part->ops->stop)
         c->part->ops->stop(srv, c);
-    else if (c->state == CONN_PASSED || c->state == CONN_REQUEST || c->state == CONN_BODY)
+    else if (c->state == CONN_PASSED || c->state == CONN_REQUEST || c->state == CONN_BODY ||
+             c->state == CONN_ACCESS)
         conn_close(srv, c, R_SHUTDOWN);
 }
 
@@ -7238,24 +7477,6 @@ static bool proxy_connect(struct sse_server *srv, struct proxy *px) {
     return true;
 }
 
-/* The client's address as text, for X-Forwarded-For and X-Real-IP. */
-static void conn_peer(const struct conn *c, char *out, size_t cap) {
-    struct sockaddr_storage sa = {0};
-    socklen_t len = sizeof sa;
-    snprintf(out, cap, "unknown");
-    if (getpeername(c->h.fd, (struct sockaddr *)&sa, &len) < 0)
-        return;
-    if (sa.ss_family == AF_INET) {
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, out, (socklen_t)cap);
-    } else if (sa.ss_family == AF_INET6) {
-        const struct in6_addr *a = &((struct sockaddr_in6 *)&sa)->sin6_addr;
-        if (IN6_IS_ADDR_V4MAPPED(a))
-            inet_ntop(AF_INET, &a->s6_addr[12], out, (socklen_t)cap);
-        else
-            inet_ntop(AF_INET6, a, out, (socklen_t)cap);
-    }
-}
-
 /* Whether a header name, with '_' read as '-', is one the proxy frames, routes or sets
  * itself. Servers behind it (CGI, WSGI, PHP) turn '-' into '_' in header names, so to them
  * "X_Real_IP" is X-Real-IP: a client must not slip its own value past us that way (nginx
@@ -7885,19 +8106,1522 @@ static int proxy_plug(struct sse_server *srv, const struct sse_config *cfg, char
 
 /* ---- SHA-256 and HMAC-SHA-256 (FIPS 180-4, RFC 2104) ----------------------------------- */
 
-/* (SHA-256 and HMAC: to come) */
+/* SHA-256 as FIPS 180-4 (section 6.2) gives it: the message padded with a 1 bit, zeros and its
+ * length in bits to a multiple of 512 bits, then each 512-bit block mixed into eight 32-bit
+ * words by 64 rounds. HMAC (RFC 2104 section 2) keys it: H(K ^ opad, H(K ^ ipad, text)),
+ * with K the key zero-padded to the 64-byte block, or first hashed if it is longer. Checked
+ * against the FIPS 180-4 examples and every RFC 4231 case (tests/unit.c). */
+
+struct sha256 {
+    uint32_t h[8];           /* the intermediate hash value H(i) */
+    uint64_t bytes;          /* message bytes taken so far (the length in the padding) */
+    unsigned char block[64]; /* the message block being filled */
+    size_t fill;             /* bytes in block */
+};
+
+/* The first 32 bits of the fractional parts of the cube roots of the first 64 primes
+ * (FIPS 180-4 4.2.2). */
+static const uint32_t sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+static uint32_t sha256_ror(uint32_t x, unsigned n) {
+    return x >> n | x << (32 - n);
+}
+
+/* One block into the hash value (FIPS 180-4 6.2.2): the message schedule W, then 64 rounds
+ * over the working variables a..h (v[0..7]). */
+static void sha256_block(uint32_t h[8], const unsigned char *p) {
+    uint32_t w[64], v[8];
+    for (unsigned t = 0; t < 16; t++)
+        w[t] = (uint32_t)p[4 * t] << 24 | (uint32_t)p[4 * t + 1] << 16 |
+               (uint32_t)p[4 * t + 2] << 8 | (uint32_t)p[4 * t + 3];
+    for (unsigned t = 16; t < 64; t++) {
+        uint32_t s0 = sha256_ror(w[t - 15], 7) ^ sha256_ror(w[t - 15], 18) ^ w[t - 15] >> 3;
+        uint32_t s1 = sha256_ror(w[t - 2], 17) ^ sha256_ror(w[t - 2], 19) ^ w[t - 2] >> 10;
+        w[t] = w[t - 16] + s0 + w[t - 7] + s1;
+    }
+    memcpy(v, h, sizeof v);
+    for (unsigned t = 0; t < 64; t++) {
+        uint32_t e = v[4], a = v[0];
+        uint32_t t1 = v[7] + (sha256_ror(e, 6) ^ sha256_ror(e, 11) ^ sha256_ror(e, 25)) +
+                      ((e & v[5]) ^ (~e & v[6])) + sha256_k[t] + w[t];
+        uint32_t t2 = (sha256_ror(a, 2) ^ sha256_ror(a, 13) ^ sha256_ror(a, 22)) +
+                      ((a & v[1]) ^ (a & v[2]) ^ (v[1] & v[2]));
+        memmove(v + 1, v, 7 * sizeof *v); /* h = g, g = f, ..., b = a */
+        v[4] += t1;                       /* e = d + T1 (d is now in v[4]) */
+        v[0] = t1 + t2;
+    }
+    for (unsigned i = 0; i < 8; i++)
+        h[i] += v[i];
+}
+
+/* The initial hash value: the first 32 bits of the fractional parts of the square roots of
+ * the first 8 primes (FIPS 180-4 5.3.3). */
+static void sha256_init(struct sha256 *s) {
+    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, h0, sizeof h0);
+    s->bytes = 0;
+    s->fill = 0;
+}
+
+/* Hashes len more bytes of the message; any split of a message gives the same hash. */
+static void sha256_update(struct sha256 *s, const void *data, size_t len) {
+    const unsigned char *p = data;
+    s->bytes += len;
+    while (len) {
+        size_t n = 64 - s->fill < len ? 64 - s->fill : len;
+        memcpy(s->block + s->fill, p, n);
+        s->fill += n;
+        p += n;
+        len -= n;
+        if (s->fill == 64) {
+            sha256_block(s->h, s->block);
+            s->fill = 0;
+        }
+    }
+}
+
+/* Pads (FIPS 180-4 5.1.1: a 1 bit, zeros to 448 bits mod 512, the length as 64 bits) and
+ * writes the 32-byte digest, big-endian. s must be initialized again before reuse. */
+static void sha256_final(struct sha256 *s, unsigned char out[32]) {
+    uint64_t bits = s->bytes * 8;
+    unsigned char pad[72] = {0x80};
+    size_t padlen = (s->fill < 56 ? 56 : 120) - s->fill;
+    for (unsigned i = 0; i < 8; i++)
+        pad[padlen + i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(s, pad, padlen + 8);
+    for (unsigned i = 0; i < 32; i++)
+        out[i] = (unsigned char)(s->h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+/* HMAC-SHA-256 (RFC 2104 section 2; RFC 4231 for SHA-256) of msg under key, into out. A key
+ * longer than the 64-byte block is hashed first; a shorter one is padded with zeros. */
+static void hmac_sha256(const unsigned char *key, size_t key_len, const void *msg, size_t len,
+                        unsigned char out[32]) {
+    unsigned char k[64] = {0}, pad[64];
+    struct sha256 s;
+    if (key_len > sizeof k) {
+        sha256_init(&s);
+        sha256_update(&s, key, key_len);
+        sha256_final(&s, k);
+    } else if (key_len) {
+        memcpy(k, key, key_len);
+    }
+    for (unsigned i = 0; i < sizeof pad; i++)
+        pad[i] = (unsigned char)(k[i] ^ 0x36); /* ipad */
+    sha256_init(&s);
+    sha256_update(&s, pad, sizeof pad);
+    sha256_update(&s, msg, len);
+    sha256_final(&s, out);
+    for (unsigned i = 0; i < sizeof pad; i++)
+        pad[i] = (unsigned char)(k[i] ^ 0x5c); /* opad */
+    sha256_init(&s);
+    sha256_update(&s, pad, sizeof pad);
+    sha256_update(&s, out, 32);
+    sha256_final(&s, out);
+}
 
 /* ---- JSON Web Tokens, HS256 only (RFC 7519, RFC 7515) ---------------------------------- */
 
-/* (the token parser: to come) */
+/* A JWT (RFC 7519) in the JWS compact serialization (RFC 7515 section 7.1) is three base64url
+ * parts joined by dots: HEADER.PAYLOAD.SIGNATURE. The header and the payload are JSON
+ * objects; the signature is HMAC-SHA-256 over the ASCII text "HEADER.PAYLOAD" as sent. We
+ * take HS256 only (RFC 7518 section 3.2) and refuse every other "alg", "none" included: a
+ * verifier that trusts the header's choice of algorithm can be made to skip the check. The
+ * reader is pure, allocation-free and bounded: a token over JWT_MAX_BYTES is refused before
+ * a byte of it is decoded, JSON nests at most JSON_DEPTH_MAX deep, a list holds at most
+ * JWT_GRANTS_MAX grants. Refusals are counted and named by reason (auth_reason_label). */
+
+#define JWT_MAX_BYTES  8192 /* the longest token taken (the encoded text) */
+#define JWT_LEEWAY_S   5    /* clock skew allowed on exp and nbf, in seconds */
+#define JWT_GRANTS_MAX 64   /* grants in one list; more makes the token malformed */
+#define JSON_DEPTH_MAX 16   /* nesting of arrays and objects in a token's JSON */
+
+/* Why a token or a request was refused; AUTH_OK when it was not. */
+enum auth_reason {
+    AUTH_OK,
+    AUTH_MISSING,       /* no token, and a topic asked for is not public */
+    AUTH_MALFORMED,     /* not three base64url parts, not JSON, a claim of the wrong type */
+    AUTH_TOO_LONG,      /* over JWT_MAX_BYTES */
+    AUTH_ALG,           /* "alg" is not "HS256" */
+    AUTH_SIGNATURE,     /* the HMAC does not match */
+    AUTH_EXPIRED,       /* now > exp + JWT_LEEWAY_S */
+    AUTH_NOT_YET_VALID, /* now < nbf - JWT_LEEWAY_S */
+    AUTH_AUDIENCE,      /* "aud" missing or not the configured audience */
+    AUTH_TOPIC,         /* a valid token without the grant asked for */
+    AUTH_DENIED,        /* the application said no (401 or 403) */
+    AUTH_UNAVAILABLE,   /* the application could not be asked, or did not answer */
+    AUTH_REASONS
+};
+
+/* The label of sse_auth_refused_total{reason="..."}; never the token itself. */
+FOR_PARTS static const char *const auth_reason_label[AUTH_REASONS] = {
+    "ok",      "missing",       "malformed", "too_long", "alg",    "signature",
+    "expired", "not_yet_valid", "audience",  "topic",    "denied", "unavailable"};
+
+/* What "token refused: TEXT" says to the client, per reason. */
+FOR_PARTS static const char *const auth_reason_text[AUTH_REASONS] = {
+    "ok",
+    "no token",
+    "malformed",
+    "too long",
+    "algorithm is not HS256",
+    "bad signature",
+    "expired",
+    "not yet valid",
+    "wrong audience",
+    "topic not granted",
+    "the application refused",
+    "the application cannot say now"};
+
+/* A list of grants: topic names, "*", or prefixes ending in '*'. Views into jwt.payload. */
+struct jwt_list {
+    const char *name[JWT_GRANTS_MAX]; /* the grants, not NUL-terminated */
+    size_t len[JWT_GRANTS_MAX];       /* their lengths */
+    size_t n;                         /* grants in the list */
+};
+
+/* What a verified token says. */
+struct jwt {
+    int64_t exp;                 /* "exp" rounded down, seconds; INT64_MAX when absent */
+    int64_t nbf;                 /* "nbf" rounded up, seconds; INT64_MIN when absent */
+    struct jwt_list subscribe;   /* topics the bearer may hear */
+    struct jwt_list publish;     /* topics the bearer may publish to or retire */
+    char payload[JWT_MAX_BYTES]; /* the decoded payload, its strings decoded in place */
+};
+
+/* ---- base64url (RFC 4648 section 5), unpadded as JWS requires (RFC 7515 section 2) ---- */
+
+static int b64url_value(char c) {
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    return c == '-' ? 62 : c == '_' ? 63 : -1;
+}
+
+/* Decodes in[0..len) into out (cap bytes). Returns the bytes written, or -1: a character
+ * outside the alphabet ('=' included: JWS has no padding), a length of 1 mod 4 (no byte ends
+ * there), non-zero bits after the last byte (RFC 4648 3.5: then one text had two spellings,
+ * and a signature could be changed without changing what it decodes to), or too little room. */
+static long b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap) {
+    size_t need = len / 4 * 3 + (len % 4 ? len % 4 - 1 : 0), o = 0;
+    if (len % 4 == 1 || need > cap || need > LONG_MAX)
+        return -1;
+    uint32_t acc = 0; /* the bits not yet written, low `bits` of them */
+    unsigned bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        int v = b64url_value(in[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6 | (uint32_t)v) & 0xFFF;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    return acc & ((1u << bits) - 1) ? -1 : (long)o;
+}
+
+/* ---- JSON (RFC 8259), read in place ----------------------------------------------------
+ * Just enough to read a token: a cursor over a mutable text that validates as it goes.
+ * Strings are decoded where they stand (an escape is never shorter than what it stands for),
+ * so names come back as views into the text and nothing is copied or allocated. Every
+ * function returns false for malformed JSON and leaves the cursor after what it read. */
+
+struct json {
+    char *s;    /* the text; strings are rewritten in place as they are decoded */
+    size_t len; /* bytes at s */
+    size_t pos; /* the next byte to read */
+};
+
+static void json_ws(struct json *j) {
+    while (j->pos < j->len && (j->s[j->pos] == ' ' || j->s[j->pos] == '\t' ||
+                               j->s[j->pos] == '\n' || j->s[j->pos] == '\r'))
+        j->pos++;
+}
+
+/* Whether the next byte after whitespace is c (not consumed). */
+static bool json_peek(struct json *j, char c) {
+    json_ws(j);
+    return j->pos < j->len && j->s[j->pos] == c;
+}
+
+/* Consumes c after whitespace, or returns false. */
+static bool json_eat(struct json *j, char c) {
+    if (!json_peek(j, c))
+        return false;
+    j->pos++;
+    return true;
+}
+
+/* Whether only whitespace is left: one JSON text, nothing after it. */
+static bool json_end(struct json *j) {
+    json_ws(j);
+    return j->pos == j->len;
+}
+
+/* Four hex digits of a \u escape into *cp. */
+static bool json_hex4(struct json *j, uint32_t *cp) {
+    if (j->len - j->pos < 4)
+        return false;
+    *cp = 0;
+    for (int i = 0; i < 4; i++) {
+        int d = http_hex(j->s[j->pos++]);
+        if (d < 0)
+            return false;
+        *cp = *cp << 4 | (uint32_t)d;
+    }
+    return true;
+}
+
+/* Writes code point cp as UTF-8 at s; returns the bytes written (1 to 4). */
+static size_t json_utf8(char *s, uint32_t cp) {
+    if (cp < 0x80) {
+        s[0] = (char)cp;
+        return 1;
+    }
+    size_t n = cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    for (size_t i = n - 1; i > 0; i--, cp >>= 6)
+        s[i] = (char)(0x80 | (cp & 0x3F));
+    s[0] = (char)((n == 2 ? 0xC0 : n == 3 ? 0xE0 : 0xF0) | cp);
+    return n;
+}
+
+/* The escape after a backslash (RFC 8259 section 7), written at s + *w. A \u escape of a
+ * high surrogate must be followed by one of a low surrogate (the pair is one code point);
+ * a lone surrogate is refused, as it has no UTF-8 form. */
+static bool json_escape(struct json *j, size_t *w) {
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    if (j->pos >= j->len)
+        return false;
+    char c = j->s[j->pos++];
+    const char *e = c ? strchr(from, c) : NULL;
+    if (e) {
+        j->s[(*w)++] = to[e - from];
+        return true;
+    }
+    uint32_t cp, lo;
+    if (c != 'u' || !json_hex4(j, &cp) || (cp >= 0xDC00 && cp <= 0xDFFF))
+        return false;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (j->len - j->pos < 2 || j->s[j->pos] != '\\' || j->s[j->pos + 1] != 'u')
+            return false;
+        j->pos += 2;
+        if (!json_hex4(j, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+            return false;
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+    }
+    *w += json_utf8(j->s + *w, cp);
+    return true;
+}
+
+/* A string (after whitespace), decoded in place: *out points at its bytes in the text.
+ * Control characters must be escaped (RFC 8259 section 7). */
+static bool json_string(struct json *j, const char **out, size_t *out_len) {
+    if (!json_eat(j, '"'))
+        return false;
+    size_t start = j->pos, w = j->pos;
+    while (j->pos < j->len) {
+        char c = j->s[j->pos++];
+        if (c == '"') {
+            *out = j->s + start;
+            *out_len = w - start;
+            return true;
+        }
+        if ((unsigned char)c < 0x20 || (c == '\\' && !json_escape(j, &w)))
+            return false;
+        if (c != '\\')
+            j->s[w++] = c;
+    }
+    return false;
+}
+
+/* An object member's name and its colon. */
+static bool json_key(struct json *j, const char **key, size_t *key_len) {
+    return json_string(j, key, key_len) && json_eat(j, ':');
+}
+
+/* Consumes a run of digits; returns how many. */
+static size_t json_digits(struct json *j) {
+    size_t at = j->pos;
+    while (j->pos < j->len && j->s[j->pos] >= '0' && j->s[j->pos] <= '9')
+        j->pos++;
+    return j->pos - at;
+}
+
+/* The value of a number's digits (integer part ip[0..ni), fraction fp[0..nf), times 10 to
+ * the exponent e), rounded down to an int64 (saturating); *fraction says whether anything
+ * was cut off, so the number rounded up is *out + *fraction. */
+static void json_floor(const char *ip, size_t ni, const char *fp, size_t nf, long e, bool neg,
+                       int64_t *out, bool *fraction) {
+    long point = (long)ni + e; /* digits before the decimal point */
+    uint64_t acc = 0;
+    bool big = false;
+    *fraction = false;
+    for (size_t k = 0; k < ni + nf; k++) {
+        unsigned d = (unsigned)((k < ni ? ip[k] : fp[k - ni]) - '0');
+        if ((long)k >= point)
+            *fraction |= d != 0;
+        else if (acc > ((uint64_t)INT64_MAX - d) / 10)
+            big = true;
+        else
+            acc = acc * 10 + d;
+    }
+    for (long k = (long)(ni + nf); k < point && acc && !big; k++) {
+        big = acc > (uint64_t)INT64_MAX / 10;
+        acc *= 10;
+    }
+    if (big) {
+        *out = neg ? INT64_MIN : INT64_MAX;
+        *fraction = false;
+    } else {
+        *out = neg ? -(int64_t)acc - *fraction : (int64_t)acc;
+    }
+}
+
+/* A number (RFC 8259 section 6: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?) rounded down
+ * into *out (see json_floor). Numbers are not converted through floating point: "exp" must
+ * come out the same on every machine. */
+static bool json_number(struct json *j, int64_t *out, bool *fraction) {
+    json_ws(j);
+    bool neg = j->pos < j->len && j->s[j->pos] == '-';
+    j->pos += neg;
+    const char *ip = j->s + j->pos, *fp = NULL;
+    size_t ni = json_digits(j), nf = 0;
+    if (ni == 0 || (ni > 1 && ip[0] == '0'))
+        return false;
+    if (j->pos < j->len && j->s[j->pos] == '.') {
+        fp = j->s + ++j->pos;
+        if ((nf = json_digits(j)) == 0)
+            return false;
+    }
+    long e = 0;
+    if (j->pos < j->len && (j->s[j->pos] == 'e' || j->s[j->pos] == 'E')) {
+        j->pos++;
+        bool eneg = j->pos < j->len && j->s[j->pos] == '-';
+        j->pos += j->pos < j->len && (j->s[j->pos] == '-' || j->s[j->pos] == '+');
+        size_t at = j->pos;
+        if (json_digits(j) == 0)
+            return false;
+        for (size_t i = at; i < j->pos && e < 100000; i++) /* beyond that, all is saturated */
+            e = e * 10 + (j->s[i] - '0');
+        e = eneg ? -e : e;
+    }
+    json_floor(ip, ni, fp, nf, e, neg, out, fraction);
+    return true;
+}
+
+/* Consumes the literal word (true, false, null). */
+static bool json_word(struct json *j, const char *word) {
+    size_t n = strlen(word);
+    if (j->len - j->pos < n || memcmp(j->s + j->pos, word, n) != 0)
+        return false;
+    j->pos += n;
+    return true;
+}
+
+/* Between a container's items: 1 if another item follows (its comma consumed), 0 if the
+ * container closed (its bracket consumed), -1 if malformed. *count counts the items. */
+static int json_next(struct json *j, char close, size_t *count) {
+    if (json_eat(j, close))
+        return 0;
+    if ((*count)++ == 0)
+        return 1;
+    return json_eat(j, ',') ? 1 : -1;
+}
+
+static bool json_value(struct json *j, unsigned depth);
+
+/* An array or object (at its bracket) as the depth-th level of nesting: read and dropped. */
+static bool json_container(struct json *j, unsigned depth) {
+    if (depth > JSON_DEPTH_MAX)
+        return false;
+    bool object = j->s[j->pos++] == '{';
+    size_t count = 0;
+    const char *key;
+    size_t key_len;
+    int more;
+    while ((more = json_next(j, object ? '}' : ']', &count)) > 0)
+        if ((object && !json_key(j, &key, &key_len)) || !json_value(j, depth))
+            return false;
+    return more == 0;
+}
+
+/* Any value (after whitespace) inside a container of the given depth: read and dropped. */
+static bool json_value(struct json *j, unsigned depth) {
+    const char *s;
+    size_t n;
+    int64_t v;
+    bool f;
+    json_ws(j);
+    if (j->pos >= j->len)
+        return false;
+    char c = j->s[j->pos];
+    if (c == '{' || c == '[')
+        return json_container(j, depth + 1);
+    if (c == '"')
+        return json_string(j, &s, &n);
+    if (c == '-' || (c >= '0' && c <= '9'))
+        return json_number(j, &v, &f);
+    return json_word(j, "true") || json_word(j, "false") || json_word(j, "null");
+}
+
+/* ---- the token ------------------------------------------------------------------------- */
+
+/* The JOSE header (RFC 7515 section 4): AUTH_OK if "alg" is exactly "HS256". "typ", "kid"
+ * and the rest are ignored; "crit" names extensions the recipient must understand (4.1.11),
+ * and we understand none, so a header with it is refused. A repeated "alg" is refused
+ * (section 4 allows refusing duplicates; reading either one could differ from the signer). */
+static enum auth_reason jwt_header(char *text, size_t len) {
+    struct json j = {text, len, 0};
+    const char *key, *alg = NULL;
+    size_t key_len, alg_len = 0, count = 0;
+    bool seen_alg = false, crit = false;
+    int more;
+    if (!wire_utf8_valid(text, len) || !json_peek(&j, '{'))
+        return AUTH_MALFORMED;
+    j.pos++;
+    while ((more = json_next(&j, '}', &count)) > 0) {
+        if (!json_key(&j, &key, &key_len))
+            return AUTH_MALFORMED;
+        if (bytes_eq(key, key_len, "alg")) {
+            if (seen_alg)
+                return AUTH_MALFORMED;
+            seen_alg = true;
+            if (json_peek(&j, '"')) {
+                if (!json_string(&j, &alg, &alg_len))
+                    return AUTH_MALFORMED;
+                continue;
+            }
+        }
+        crit |= bytes_eq(key, key_len, "crit");
+        if (!json_value(&j, 1))
+            return AUTH_MALFORMED;
+    }
+    if (more < 0 || !json_end(&j) || crit)
+        return AUTH_MALFORMED;
+    return alg && bytes_eq(alg, alg_len, "HS256") ? AUTH_OK : AUTH_ALG;
+}
+
+/* The claims jwt_claims reads; each may appear once (RFC 7519 section 4 lets a reader refuse
+ * duplicates, and a claim read twice could mean one thing to us and another to the issuer). */
+enum jwt_claim { CLAIM_EXP, CLAIM_NBF, CLAIM_AUD, CLAIM_SSE, CLAIM_MERCURE, CLAIMS };
+
+/* The payload being read. JSON syntax errors end the reading at once; a claim of the wrong
+ * type is only noted, so that it is reported in the order jwt_verify checks claims in. */
+struct jwt_read {
+    struct json j;        /* the cursor over jwt.payload */
+    struct jwt *out;      /* where exp, nbf and the grants go */
+    const char *audience; /* the audience required, or NULL */
+    unsigned seen;        /* a bit per enum jwt_claim already read */
+    bool bad_time;        /* exp or nbf is not a number */
+    bool bad_aud;         /* aud is not a string or an array of strings */
+    bool bad_grants;      /* grants not an object of arrays of strings, or too many */
+    bool aud_match;       /* aud is, or lists, the audience */
+};
+
+/* "exp" or "nbf" (RFC 7519 4.1.4, 4.1.5: a NumericDate, which may have a fraction), rounded
+ * toward the stricter side: exp down, nbf up. */
+static bool jwt_time(struct jwt_read *r, int64_t *out, bool round_up) {
+    bool fraction;
+    json_ws(&r->j);
+    char c = r->j.pos < r->j.len ? r->j.s[r->j.pos] : '\0';
+    if (c != '-' && (c < '0' || c > '9')) {
+        r->bad_time = true;
+        return json_value(&r->j, 1);
+    }
+    if (!json_number(&r->j, out, &fraction))
+        return false;
+    if (round_up && fraction && *out < INT64_MAX)
+        (*out)++;
+    return true;
+}
+
+/* One string of "aud" (after whitespace): compared with the audience, or noted as bad. */
+static bool jwt_aud_item(struct jwt_read *r, unsigned depth) {
+    const char *s;
+    size_t n;
+    if (!json_peek(&r->j, '"')) {
+        r->bad_aud = true;
+        return json_value(&r->j, depth);
+    }
+    if (!json_string(&r->j, &s, &n))
+        return false;
+    r->aud_match |= r->audience && bytes_eq(s, n, r->audience);
+    return true;
+}
+
+/* "aud" (RFC 7519 4.1.3): one string, or an array of strings. */
+static bool jwt_aud(struct jwt_read *r) {
+    size_t count = 0;
+    int more;
+    if (!json_eat(&r->j, '['))
+        return jwt_aud_item(r, 1);
+    while ((more = json_next(&r->j, ']', &count)) > 0)
+        if (!jwt_aud_item(r, 2))
+            return false;
+    return more == 0;
+}
+
+/* A list of grants: an array of strings into l (NULL: read and checked, not kept). */
+static bool jwt_list_read(struct jwt_read *r, struct jwt_list *l) {
+    size_t count = 0;
+    int more;
+    if (!json_eat(&r->j, '[')) {
+        r->bad_grants = true;
+        return json_value(&r->j, 2);
+    }
+    while ((more = json_next(&r->j, ']', &count)) > 0) {
+        const char *s;
+        size_t n;
+        if (!json_peek(&r->j, '"')) {
+            r->bad_grants = true;
+            if (!json_value(&r->j, 3))
+                return false;
+        } else if (!json_string(&r->j, &s, &n)) {
+            return false;
+        } else if (count > JWT_GRANTS_MAX) {
+            r->bad_grants = true;
+        } else if (l) {
+            l->name[l->n] = s;
+            l->len[l->n++] = n;
+        }
+    }
+    return more == 0;
+}
+
+/* The grants object, {"subscribe": [...], "publish": [...]} (other members ignored, such as
+ * Mercure's "payload"), into out's lists, emptied first (NULL: read and checked, not kept). */
+static bool jwt_grants_read(struct jwt_read *r, struct jwt *out) {
+    size_t count = 0;
+    bool seen_sub = false, seen_pub = false;
+    int more;
+    if (out)
+        out->subscribe.n = out->publish.n = 0;
+    if (!json_eat(&r->j, '{')) {
+        r->bad_grants = true;
+        return json_value(&r->j, 1);
+    }
+    while ((more = json_next(&r->j, '}', &count)) > 0) {
+        const char *key;
+        size_t key_len;
+        if (!json_key(&r->j, &key, &key_len))
+            return false;
+        bool sub = bytes_eq(key, key_len, "subscribe"), pub = bytes_eq(key, key_len, "publish");
+        if ((sub && seen_sub) || (pub && seen_pub))
+            return false; /* a repeated list: refused, as a repeated claim */
+        seen_sub |= sub;
+        seen_pub |= pub;
+        struct jwt_list *l = !out ? NULL : sub ? &out->subscribe : &out->publish;
+        if (!(sub || pub ? jwt_list_read(r, l) : json_value(&r->j, 2)))
+            return false;
+    }
+    return more == 0;
+}
+
+/* One member of the payload: the claims we read, by name; others are read and dropped. The
+ * grants come from "sse", or, when there is none, from "mercure" (the same lists, so tokens
+ * minted for a Mercure hub work as they are): "sse" empties what "mercure" filled, and a
+ * "mercure" after "sse" is checked but not kept. */
+static bool jwt_claim(struct jwt_read *r, const char *key, size_t key_len) {
+    static const char *const names[CLAIMS] = {"exp", "nbf", "aud", "sse", "mercure"};
+    unsigned c = 0;
+    while (c < CLAIMS && !bytes_eq(key, key_len, names[c]))
+        c++;
+    if (c == CLAIMS)
+        return json_value(&r->j, 1);
+    if (r->seen & 1u << c)
+        return false;
+    r->seen |= 1u << c;
+    switch (c) {
+    case CLAIM_EXP: return jwt_time(r, &r->out->exp, false);
+    case CLAIM_NBF: return jwt_time(r, &r->out->nbf, true);
+    case CLAIM_AUD: return jwt_aud(r);
+    case CLAIM_SSE: return jwt_grants_read(r, r->out);
+    default: return jwt_grants_read(r, r->seen & 1u << CLAIM_SSE ? NULL : r->out);
+    }
+}
+
+/* The payload, out->payload[0..len): a JSON object of claims (RFC 7519 section 4), then the
+ * claims in order: exp, nbf, aud (only when audience is set), grants. */
+static enum auth_reason jwt_claims(struct jwt *out, size_t len, const char *audience, int64_t now) {
+    struct jwt_read r = {.j = {out->payload, len, 0}, .out = out, .audience = audience};
+    const char *key;
+    size_t key_len, count = 0;
+    int more;
+    if (!wire_utf8_valid(out->payload, len) || !json_eat(&r.j, '{'))
+        return AUTH_MALFORMED;
+    while ((more = json_next(&r.j, '}', &count)) > 0)
+        if (!json_key(&r.j, &key, &key_len) || !jwt_claim(&r, key, key_len))
+            return AUTH_MALFORMED;
+    if (more < 0 || !json_end(&r.j) || r.bad_time)
+        return AUTH_MALFORMED;
+    if (out->exp <= INT64_MAX - JWT_LEEWAY_S && now > out->exp + JWT_LEEWAY_S)
+        return AUTH_EXPIRED;
+    if (out->nbf >= INT64_MIN + JWT_LEEWAY_S && now < out->nbf - JWT_LEEWAY_S)
+        return AUTH_NOT_YET_VALID;
+    if (r.bad_aud)
+        return AUTH_MALFORMED;
+    if (audience && !r.aud_match)
+        return AUTH_AUDIENCE;
+    return r.bad_grants ? AUTH_MALFORMED : AUTH_OK;
+}
+
+/* The checks of jwt_verify, in its order, on a struct jwt already reset. */
+static enum auth_reason jwt_check(const char *tok, size_t len, const unsigned char *key,
+                                  size_t key_len, const char *audience, int64_t now,
+                                  struct jwt *out) {
+    if (len > JWT_MAX_BYTES)
+        return AUTH_TOO_LONG;
+    const char *end = tok + len, *dot1 = memchr(tok, '.', len);
+    const char *dot2 = dot1 ? memchr(dot1 + 1, '.', (size_t)(end - dot1 - 1)) : NULL;
+    if (!dot2 || memchr(dot2 + 1, '.', (size_t)(end - dot2 - 1)))
+        return AUTH_MALFORMED; /* not exactly three parts */
+    /* All three decoded into out->payload, one after the other: the payload first, where it
+     * stays, then the header and the signature (3/4 of the token at most: room enough). */
+    unsigned char *p = (unsigned char *)out->payload, *stop = p + sizeof out->payload;
+    long plen = b64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), p, sizeof out->payload);
+    long hlen = plen < 0
+                    ? -1
+                    : b64url_decode(tok, (size_t)(dot1 - tok), p + plen, (size_t)(stop - p - plen));
+    long slen = hlen < 0 ? -1
+                         : b64url_decode(dot2 + 1, (size_t)(end - dot2 - 1), p + plen + hlen,
+                                         (size_t)(stop - p - plen - hlen));
+    if (slen < 0)
+        return AUTH_MALFORMED;
+    enum auth_reason r = jwt_header(out->payload + plen, (size_t)hlen);
+    if (r != AUTH_OK)
+        return r;
+    unsigned char mac[32];
+    hmac_sha256(key, key_len, tok, (size_t)(dot2 - tok), mac);
+    if (!ct_equal((const char *)p + plen + hlen, (size_t)slen, (const char *)mac, sizeof mac))
+        return AUTH_SIGNATURE;
+    return jwt_claims(out, (size_t)plen, audience, now);
+}
+
+/* Verifies an HS256 JWT, tok[0..len), with key[0..key_len): the checks in order (the first
+ * failing one is the reason): its length, its form (three base64url parts, the header a JSON
+ * object), "alg" (exactly "HS256"), the signature (compared in constant time), the payload (a
+ * JSON object), exp and nbf (with JWT_LEEWAY_S of skew; now in seconds since the epoch), aud
+ * (when audience is not NULL), the grants ("sse", else "mercure"). Fills *out, whose lists
+ * point into out->payload; they are left empty unless it returns AUTH_OK. */
+FOR_PARTS static enum auth_reason jwt_verify(const char *tok, size_t len, const unsigned char *key,
+                                             size_t key_len, const char *audience, int64_t now,
+                                             struct jwt *out) {
+    out->exp = INT64_MAX;
+    out->nbf = INT64_MIN;
+    out->subscribe.n = out->publish.n = 0;
+    enum auth_reason r = jwt_check(tok, len, key, key_len, audience, now, out);
+    if (r != AUTH_OK)
+        out->subscribe.n = out->publish.n = 0;
+    return r;
+}
+
+/* Whether list l grants topic[0..len): a grant equal to it, "*", or a prefix of it followed
+ * by '*' ("orders.*" grants "orders.1"; the '*' may stand for nothing). Only a final '*' is
+ * special. */
+FOR_PARTS static bool jwt_grants(const struct jwt_list *l, const char *topic, size_t len) {
+    for (size_t i = 0; i < l->n; i++) {
+        size_t n = l->len[i];
+        const char *g = l->name[i];
+        if ((n == len && memcmp(g, topic, n) == 0) ||
+            (n && g[n - 1] == '*' && n - 1 <= len && memcmp(g, topic, n - 1) == 0))
+            return true;
+    }
+    return false;
+}
+
+/* ---- deciding: the token, the public topics, the host's callback ------------------------ */
+
+/* What the part keeps. Grants and public topics are patterns: a name, "*", or a prefix
+ * ending in '*'. */
+struct auth {
+    unsigned char *key;     /* the HS256 key, or NULL: no tokens */
+    size_t key_len;         /* its bytes */
+    char *cookie;           /* the cookie a token may come in */
+    char *audience;         /* what aud must name, or NULL */
+    char **publics;         /* topics anyone may hear */
+    size_t npublic;         /* entries in publics */
+    int (*on_authorize)(struct sse_server *, const struct sse_request *, int,
+                        const char *const *, size_t, int *, void *); /* the host's, or NULL */
+    struct auth_app *app;   /* --auth-url, or NULL */
+    uint64_t refused[AUTH_REASONS]; /* refusals, by reason */
+    struct jwt jwt;         /* the token being checked (large: kept here, off the stack) */
+};
+
+static const struct part_ops part_auth;
+
+static struct auth *auth_of(const struct sse_server *srv) {
+    return part_self(srv, &part_auth);
+}
+
+/* Whether a pattern (a grant, a public topic) covers a topic: equal, "*", or a prefix ending
+ * in '*'. */
+static bool auth_pattern_covers(const char *p, size_t plen, const char *topic, size_t len) {
+    if (plen && p[plen - 1] == '*')
+        return len >= plen - 1 && memcmp(p, topic, plen - 1) == 0;
+    return plen == len && memcmp(p, topic, len) == 0;
+}
+
+static bool auth_public(const struct auth *au, const char *topic, size_t len) {
+    for (size_t i = 0; i < au->npublic; i++)
+        if (auth_pattern_covers(au->publics[i], strlen(au->publics[i]), topic, len))
+            return true;
+    return false;
+}
+
+/* The value of cookie `name` in the request's Cookie fields (RFC 6265 5.4: "a=b; c=d"; a
+ * client behind HTTP/2 may send several fields). */
+static bool auth_cookie(const struct http_request *req, const char *name, const char **v,
+                        size_t *vlen) {
+    size_t nlen = strlen(name);
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (!ascii_ieq(h->name, h->name_len, "Cookie"))
+            continue;
+        size_t pos = 0;
+        const char *item;
+        size_t ilen;
+        while (http_next_item(h->value, h->value_len, &pos, ';', &item, &ilen))
+            if (ilen > nlen && item[nlen] == '=' && memcmp(item, name, nlen) == 0) {
+                *v = item + nlen + 1;
+                *vlen = ilen - nlen - 1;
+                return true;
+            }
+    }
+    return false;
+}
+
+/* The client's token: Authorization: Bearer, the cookie, or ?access_token= (RFC 6750 2.1 to
+ * 2.3; an EventSource can send only the last two). */
+static bool auth_token(const struct auth *au, const struct http_request *req,
+                       const struct http_query *q, bool headers_only, const char **tok,
+                       size_t *len) {
+    const struct http_header *h = http_header(req, "Authorization");
+    if (h && http_bearer(h->value, h->value_len, tok, len))
+        return true;
+    if (headers_only)
+        return false;
+    if (auth_cookie(req, au->cookie, tok, len))
+        return true;
+    const struct http_param *p = http_query_get(q, "access_token");
+    if (!p)
+        return false;
+    *tok = p->value;
+    *len = p->value_len;
+    return true;
+}
+
+static int64_t auth_realtime_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A refusal, counted by reason. 401 for the token (RFC 6750 3.1: invalid_token), 403 for a
+ * topic; the token itself is never echoed, logged or counted. */
+static enum access_answer auth_refuse(struct sse_server *srv, struct conn *c, enum auth_reason r,
+                                      const char *verb, const char *topic, size_t len) {
+    struct auth *au = auth_of(srv);
+    au->refused[r]++;
+    char msg[160];
+    if (r == AUTH_MISSING && verb[0] == 'p')
+        snprintf(msg, sizeof msg, "publishing needs Authorization: Bearer <token>");
+    else if (r == AUTH_MISSING)
+        snprintf(msg, sizeof msg, "%s to topic %.*s needs a token", verb, (int)len, topic);
+    else if (r == AUTH_TOPIC)
+        snprintf(msg, sizeof msg, "not allowed to %s to topic %.*s",
+                 verb[0] == 'p' ? "publish" : "subscribe", (int)len, topic);
+    else
+        snprintf(msg, sizeof msg, "token refused: %s", auth_reason_text[r]);
+    if (r == AUTH_TOPIC)
+        http_text(srv, c, 403, msg, NULL);
+    else
+        http_text(srv, c, 401, msg,
+                  r == AUTH_MISSING ? "WWW-Authenticate: Bearer\r\n"
+                                    : "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n");
+    return ACCESS_ANSWERED;
+}
+
+/* Checks the token, when the request has one and tokens are on: AUTH_OK with au->jwt filled
+ * (*checked true), AUTH_OK without a token (*checked false), or why it is refused. */
+static enum auth_reason auth_check_token(struct auth *au, const struct http_request *req,
+                                         const struct http_query *q, bool headers_only,
+                                         bool *checked) {
+    const char *tok;
+    size_t len;
+    *checked = false;
+    if (!au->key || !auth_token(au, req, q, headers_only, &tok, &len))
+        return AUTH_OK;
+    *checked = true;
+    return jwt_verify(tok, len, au->key, au->key_len, au->audience, auth_realtime_ms() / 1000,
+                      &au->jwt);
+}
+
+/* When a stream allowed by a token with exp must end: JWT_LEEWAY_S after exp, on the
+ * monotonic clock; 0 = never. */
+static int64_t auth_until(const struct sse_server *srv, const struct jwt *j) {
+    int64_t left = j->exp == INT64_MAX ? INT64_MAX : j->exp - auth_realtime_ms() / 1000;
+    if (left > 100LL * 365 * 24 * 3600) /* a century: no end worth a timer */
+        return 0;
+    int64_t ms = (j->exp + JWT_LEEWAY_S) * 1000 - auth_realtime_ms();
+    return srv->now + (ms > 0 ? ms : 0);
+}
+
+/* Asks the host's on_authorize; its status, with keep[] narrowing a subscription. */
+static int auth_ask_host(struct sse_server *srv, struct conn *c, const struct http_request *req,
+                         const struct http_query *q, int publish, const char **names,
+                         const size_t *lens, size_t n, int *keep) {
+    struct auth *au = auth_of(srv);
+    char method[32], topics[SSE_MAX_TOPICS_PER_STREAM][TOPIC_NAME_MAX + 1];
+    const char *tp[SSE_MAX_TOPICS_PER_STREAM];
+    snprintf(method, sizeof method, "%.*s", (int)req->method_len, req->method);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(topics[i], names[i], lens[i]);
+        topics[i][lens[i]] = '\0';
+        tp[i] = topics[i];
+        keep[i] = 1;
+    }
+    struct host_request impl = {srv, c, req, q, true, ""}; /* answered: sse_respond() refuses */
+    struct sse_request hreq = {method, srv->path, req->minor ? "HTTP/1.1" : "HTTP/1.0", &impl};
+    srv->log_depth++; /* sse_poll() must not run inside the callback */
+    int status = au->on_authorize(srv, &hreq, publish, tp, n, keep, srv->log.user);
+    srv->log_depth--;
+    return status;
+}
+
+/* Keeps the topics keep[] marks (in order). */
+static size_t auth_narrow(const char **names, size_t *lens, size_t n, const int *keep) {
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++)
+        if (keep[i]) {
+            names[kept] = names[i];
+            lens[kept++] = lens[i];
+        }
+    return kept;
+}
+
+/* The host's answer to a subscription: ACCESS_ALLOW (a->n narrowed), or refused. */
+static enum access_answer auth_host_subscribe(struct sse_server *srv, struct conn *c,
+                                              struct access_ask *a) {
+    struct auth *au = auth_of(srv);
+    int keep[SSE_MAX_TOPICS_PER_STREAM];
+    const char *first = a->names[0];
+    size_t first_len = a->lens[0];
+    int status = auth_ask_host(srv, c, a->req, a->q, 0, a->names, a->lens, a->n, keep);
+    if (status == 200 && (a->n = auth_narrow(a->names, a->lens, a->n, keep)) > 0)
+        return ACCESS_ALLOW;
+    if (status == 200)
+        return auth_refuse(srv, c, AUTH_TOPIC, "subscribing", first, first_len);
+    au->refused[status == 401 || status == 403 ? AUTH_DENIED : AUTH_UNAVAILABLE]++;
+    access_refuse(srv, c, http_is_eventsource(a->req), status,
+                  status == 401 || status == 403 ? "the application refused this subscription"
+                                                 : "the application cannot say now; try again");
+    return ACCESS_ANSWERED;
+}
 
 /* ---- asking the application: --auth-url ------------------------------------------------ */
 
-/* (the application's answer: to come) */
+#define AUTH_ANSWER_MAX 4096  /* the application's answer head; a longer one is a failure */
+#define AUTH_CACHE_MAX  65536 /* answers remembered (--auth-cache); the oldest go first */
 
-/* ---- deciding: the token, the public topics, the host's callback, the application ------ */
+/* One question to the application under way. */
+struct auth_call {
+    struct handle h;               /* its socket and auth_call_event; first, for epoll */
+    struct auth_call *prev, *next; /* in app->calls, oldest (soonest deadline) first */
+    struct conn *client;           /* the stream request waiting (CONN_ACCESS) */
+    int64_t deadline;              /* no answer by then: the application cannot say */
+    int64_t until;                 /* when the stream ends (its token's exp), 0 = never */
+    unsigned char key[32];         /* what the answer is cached under */
+    char *out;                     /* the request */
+    size_t out_len, sent;          /* its bytes, and those written */
+    size_t in_len;                 /* bytes of the answer read into in */
+    char in[AUTH_ANSWER_MAX];
+};
 
-/* (the decision: to come) */
+/* A remembered answer: for the same Cookie, Authorization and topics (hashed into key, so
+ * an entry is small whatever the client sent), until expires. */
+struct auth_cached {
+    struct hash_node node;      /* in app->cache; first */
+    struct auth_cached *newer;  /* the next one remembered, or NULL */
+    int64_t expires;            /* monotonic ms */
+    int status;                 /* 200, 401 or 403 */
+    uint32_t keep;              /* 200: bit i set = topic i allowed */
+    unsigned char key[32];
+};
+
+struct auth_app {
+    struct remote url;                 /* where it listens */
+    int64_t cache_ms;                  /* --auth-cache; 0 = answers are not remembered */
+    struct auth_call *calls, *last;    /* questions under way, oldest first */
+    struct hash_table cache;           /* remembered answers by key */
+    struct auth_cached *oldest, *newest;
+    uint64_t requests, cache_hits;     /* questions sent; answers found remembered */
+};
+
+/* The cache key: SHA-256 over the Cookie fields, the Authorization field and the topics,
+ * each ended by a NUL (which none of them may contain). */
+static void auth_app_key(const struct http_request *req, const struct access_ask *a,
+                         unsigned char key[32]) {
+    struct sha256 s;
+    sha256_init(&s);
+    static const char *const fields[] = {"Cookie", "Authorization"};
+    for (size_t f = 0; f < 2; f++) {
+        for (size_t i = 0; i < req->num_headers; i++)
+            if (ascii_ieq(req->headers[i].name, req->headers[i].name_len, fields[f])) {
+                sha256_update(&s, req->headers[i].value, req->headers[i].value_len);
+                sha256_update(&s, ";", 1);
+            }
+        sha256_update(&s, "", 1);
+    }
+    for (size_t i = 0; i < a->n; i++) {
+        sha256_update(&s, a->names[i], a->lens[i]);
+        sha256_update(&s, "", 1);
+    }
+    sha256_final(&s, key);
+}
+
+static struct auth_cached *auth_cache_find(struct auth_app *app, const unsigned char key[32],
+                                           int64_t now) {
+    uint32_t h = hash_bytes(app->cache.seed, key, 32);
+    for (struct hash_node *e = hash_chain(&app->cache, h); e; e = e->next) {
+        struct auth_cached *k = (struct auth_cached *)e;
+        if (e->hash == h && memcmp(k->key, key, 32) == 0)
+            return k->expires > now ? k : NULL;
+    }
+    return NULL;
+}
+
+/* Forgets the oldest answer. */
+static void auth_cache_drop(struct auth_app *app) {
+    struct auth_cached *k = app->oldest;
+    app->oldest = k->newer;
+    if (!app->oldest)
+        app->newest = NULL;
+    hash_remove(&app->cache, &k->node);
+    free(k);
+}
+
+/* Remembers an answer (every entry lives cache_ms, so the oldest expire first). */
+static void auth_cache_put(struct sse_server *srv, struct auth_app *app, const unsigned char *key,
+                           int status, uint32_t keep) {
+    while (app->oldest && (app->oldest->expires <= srv->now || app->cache.count >= AUTH_CACHE_MAX))
+        auth_cache_drop(app);
+    struct auth_cached *k = calloc(1, sizeof *k);
+    if (!k)
+        return; /* not remembered: asked again next time */
+    memcpy(k->key, key, 32);
+    k->node.hash = hash_bytes(app->cache.seed, key, 32);
+    k->expires = srv->now + app->cache_ms;
+    k->status = status;
+    k->keep = keep;
+    if (!hash_insert(&app->cache, &k->node)) {
+        free(k);
+        return;
+    }
+    *(app->newest ? &app->newest->newer : &app->oldest) = k;
+    app->newest = k;
+}
+
+/* The topics of a 2xx answer's X-SSE-Topics ("a, b") that were asked for, as bits; all of
+ * them when it has none. */
+static uint32_t auth_app_keep(const char *v, size_t vlen, bool listed, const struct stream_wait *w) {
+    if (!listed)
+        return w->n >= 32 ? UINT32_MAX : (1u << w->n) - 1;
+    uint32_t keep = 0;
+    size_t pos = 0;
+    const char *item;
+    size_t ilen;
+    while (http_next_item(v, vlen, &pos, ',', &item, &ilen))
+        for (size_t i = 0; i < w->n; i++)
+            if (ilen == w->lens[i] && memcmp(item, w->names[i], ilen) == 0)
+                keep |= 1u << i;
+    return keep;
+}
+
+static void auth_call_free(struct sse_server *srv, struct auth_app *app, struct auth_call *call) {
+    *(call->prev ? &call->prev->next : &app->calls) = call->next;
+    *(call->next ? &call->next->prev : &app->last) = call->prev;
+    if (call->h.fd >= 0) {
+        epoll_ctl(srv->epfd, EPOLL_CTL_DEL, call->h.fd, NULL);
+        close(call->h.fd);
+    }
+    free(call->out);
+    free(call);
+}
+
+/* Answers the waiting client as the application said: status 200 with keep, 401/403, or
+ * anything else (no answer) "cannot say now". */
+static void auth_app_answer(struct sse_server *srv, struct conn *c, int status, uint32_t keep,
+                            int64_t until) {
+    struct auth *au = auth_of(srv);
+    const struct stream_wait *w = c->wait;
+    bool kept[SSE_MAX_TOPICS_PER_STREAM], any = false;
+    for (size_t i = 0; i < w->n; i++)
+        any |= kept[i] = (keep >> i) & 1u;
+    char why[160];
+    snprintf(why, sizeof why, "not allowed to subscribe to topic %.*s", (int)w->lens[0],
+             w->names[0]);
+    if (status == 200 && !any) {
+        au->refused[AUTH_TOPIC]++;
+        status = 403;
+    } else if (status == 401 || status == 403) {
+        au->refused[AUTH_DENIED]++;
+        snprintf(why, sizeof why, "the application refused this subscription");
+    } else if (status != 200) {
+        au->refused[AUTH_UNAVAILABLE]++;
+        snprintf(why, sizeof why, "the application cannot say now; try again");
+    }
+    access_decided(srv, c, status, why, kept, until);
+}
+
+/* The question is over: answered (status from the application's status line, topics from
+ * its X-SSE-Topics), or failed (status 0). */
+static void auth_call_done(struct sse_server *srv, struct auth_call *call, int status,
+                           const char *topics, size_t len, bool listed) {
+    struct auth_app *app = auth_of(srv)->app;
+    struct conn *c = call->client;
+    status = status >= 200 && status < 300 ? 200 : status;
+    uint32_t keep = status == 200 ? auth_app_keep(topics, len, listed, c->wait) : 0;
+    if (app->cache_ms && (status == 200 || status == 401 || status == 403))
+        auth_cache_put(srv, app, call->key, status, keep);
+    int64_t until = call->until;
+    auth_call_free(srv, app, call);
+    auth_app_answer(srv, c, status, keep, until);
+}
+
+/* Reads the status line and X-SSE-Topics of a complete answer head in[0..end). */
+static void auth_call_parse(struct sse_server *srv, struct auth_call *call, size_t end) {
+    const char *p = call->in;
+    size_t pos = 0, len;
+    const char *line = http_next_line(p, &pos, end, &len);
+    int status = 0;
+    if (!(len >= 12 && memcmp(line, "HTTP/1.", 7) == 0 && line[8] == ' ' &&
+          http_digits(line + 9, 3, &status) && status >= 200))
+        status = 0; /* not an answer we understand: the application cannot say */
+    struct http_header h[SSE_MAX_HEADERS];
+    size_t n = 0;
+    if (status && http_parse_headers(p, pos, end, h, &n) < 0)
+        status = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ascii_ieq(h[i].name, h[i].name_len, "X-SSE-Topics")) {
+            auth_call_done(srv, call, status, h[i].value, h[i].value_len, true);
+            return;
+        }
+    auth_call_done(srv, call, status, NULL, 0, false);
+}
+
+/* The application's socket: write the question, read the answer head. */
+static void auth_call_event(struct sse_server *srv, struct handle *h, uint32_t events) {
+    struct auth_call *call = (struct auth_call *)h;
+    while (call->sent < call->out_len) {
+        ssize_t n = send(h->fd, call->out + call->sent, call->out_len - call->sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !(events & EPOLLERR))
+            return; /* EPOLLOUT comes back */
+        if (n <= 0) {
+            auth_call_done(srv, call, 0, NULL, 0, false);
+            return;
+        }
+        call->sent += (size_t)n;
+    }
+    for (;;) {
+        ssize_t n = read(h->fd, call->in + call->in_len, sizeof call->in - call->in_len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !(events & EPOLLERR))
+            return;
+        size_t end = 0;
+        if (n > 0) {
+            size_t from = call->in_len > 3 ? call->in_len - 3 : 0;
+            call->in_len += (size_t)n;
+            end = http_head_end(call->in, call->in_len, from);
+        }
+        if (end) {
+            auth_call_parse(srv, call, end);
+            return;
+        }
+        if (n <= 0 || call->in_len == sizeof call->in) {
+            auth_call_done(srv, call, 0, NULL, 0, false); /* closed, failed, or too long */
+            return;
+        }
+    }
+}
+
+/* The question for c: GET URL with the client's Cookie, Authorization, X-Forwarded-For and
+ * the topics. NULL when out of memory. */
+static char *auth_call_request(const struct auth_app *app, struct conn *c,
+                               const struct access_ask *a, size_t *out_len) {
+    size_t cap = 512 + strlen(app->url.path) + strlen(app->url.host) +
+                 a->n * (TOPIC_NAME_MAX + 2);
+    for (size_t i = 0; i < a->req->num_headers; i++)
+        cap += a->req->headers[i].name_len + a->req->headers[i].value_len + 4;
+    char *out = malloc(cap), peer[INET6_ADDRSTRLEN];
+    if (!out)
+        return NULL;
+    struct wbuf w = {out, cap, 0};
+    wb_str(&w, "GET ");
+    wb_str(&w, app->url.path[0] ? app->url.path : "/");
+    wb_str(&w, " HTTP/1.1\r\nHost: ");
+    wb_str(&w, app->url.host);
+    wb_str(&w, "\r\nConnection: close\r\n");
+    bool xff = false;
+    for (size_t i = 0; i < a->req->num_headers; i++) {
+        const struct http_header *h = &a->req->headers[i];
+        bool is_xff = ascii_ieq(h->name, h->name_len, "X-Forwarded-For");
+        if (is_xff) {
+            wb_str(&w, xff ? ", " : "X-Forwarded-For: ");
+            wb_put(&w, h->value, h->value_len);
+            xff = true;
+        }
+    }
+    conn_peer(c, peer, sizeof peer);
+    wb_str(&w, xff ? ", " : "X-Forwarded-For: ");
+    wb_str(&w, peer);
+    wb_str(&w, "\r\n");
+    static const char *const passed[] = {"Cookie", "Authorization"};
+    for (size_t f = 0; f < 2; f++)
+        for (size_t i = 0; i < a->req->num_headers; i++) {
+            const struct http_header *h = &a->req->headers[i];
+            if (ascii_ieq(h->name, h->name_len, passed[f])) {
+                wb_str(&w, passed[f]);
+                wb_str(&w, ": ");
+                wb_put(&w, h->value, h->value_len);
+                wb_str(&w, "\r\n");
+            }
+        }
+    wb_str(&w, "X-SSE-Topics: ");
+    for (size_t i = 0; i < a->n; i++) {
+        wb_str(&w, i ? ", " : "");
+        wb_put(&w, a->names[i], a->lens[i]);
+    }
+    wb_str(&w, "\r\n\r\n");
+    *out_len = w.len;
+    return out; /* cap counted every byte */
+}
+
+/* Opens the question's socket. False (errno set) on failure. */
+static bool auth_call_connect(struct sse_server *srv, const struct auth_app *app,
+                              struct auth_call *call) {
+    const struct remote *u = &app->url;
+    int fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = &call->h;
+    if ((connect(fd, (const struct sockaddr *)&u->addr, u->addr_len) < 0 && errno != EINPROGRESS) ||
+        epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return false;
+    }
+    call->h.fd = fd;
+    return true;
+}
+
+/* Asks the application about a stream request (or finds its answer remembered). */
+static enum access_answer auth_app_ask(struct sse_server *srv, struct conn *c,
+                                       struct access_ask *a) {
+    struct auth *au = auth_of(srv);
+    struct auth_app *app = au->app;
+    unsigned char key[32];
+    auth_app_key(a->req, a, key);
+    const struct auth_cached *k = app->cache_ms ? auth_cache_find(app, key, srv->now) : NULL;
+    if (k) {
+        app->cache_hits++;
+        int keep[SSE_MAX_TOPICS_PER_STREAM];
+        for (size_t i = 0; i < a->n; i++)
+            keep[i] = (k->keep >> i) & 1u;
+        const char *first = a->names[0];
+        size_t first_len = a->lens[0];
+        if (k->status == 200 && (a->n = auth_narrow(a->names, a->lens, a->n, keep)) > 0)
+            return ACCESS_ALLOW;
+        if (k->status == 200)
+            return auth_refuse(srv, c, AUTH_TOPIC, "subscribing", first, first_len);
+        au->refused[AUTH_DENIED]++;
+        access_refuse(srv, c, true, k->status, "the application refused this subscription");
+        return ACCESS_ANSWERED;
+    }
+    struct auth_call *call = calloc(1, sizeof *call);
+    if (call) {
+        call->h = (struct handle){-1, auth_call_event};
+        call->out = auth_call_request(app, c, a, &call->out_len);
+    }
+    if (!call || !call->out || !auth_call_connect(srv, app, call)) {
+        log_say(&srv->log, SSE_LOG_WARN, "auth-url %s: %s", app->url.url,
+                call && call->out ? strerror(errno) : "out of memory");
+        if (call)
+            free(call->out);
+        free(call);
+        au->refused[AUTH_UNAVAILABLE]++;
+        access_refuse(srv, c, http_is_eventsource(a->req), 503,
+                      "the application cannot say now; try again");
+        return ACCESS_ANSWERED;
+    }
+    memcpy(call->key, key, sizeof key);
+    call->client = c;
+    call->until = a->until;
+    call->deadline = srv->now + SSE_DEFAULT_AUTH_TIMEOUT_MS;
+    call->prev = app->last;
+    *(app->last ? &app->last->next : &app->calls) = call;
+    app->last = call;
+    app->requests++;
+    return ACCESS_LATER;
+}
+
+/* access_ops.forget: the client left before the answer; the question is dropped. */
+static void auth_app_forget(struct sse_server *srv, const struct conn *c) {
+    struct auth_app *app = auth_of(srv)->app;
+    for (struct auth_call *call = app ? app->calls : NULL; call; call = call->next)
+        if (call->client == c) {
+            auth_call_free(srv, app, call);
+            return;
+        }
+}
+
+/* ---- the part: subscribing, publishing, plugging in -------------------------------------- */
+
+/* access_ops.subscribe: public topics need nothing; a token, when there is one, must be
+ * valid and grant every other topic; then the host, then the application decide. */
+static enum access_answer auth_subscribe(struct sse_server *srv, struct conn *c,
+                                         struct access_ask *a) {
+    struct auth *au = auth_of(srv);
+    bool checked;
+    enum auth_reason r = auth_check_token(au, a->req, a->q, false, &checked);
+    if (r != AUTH_OK)
+        return auth_refuse(srv, c, r, "subscribing", NULL, 0);
+    bool all_public = true;
+    for (size_t i = 0; i < a->n; i++) {
+        if (auth_public(au, a->names[i], a->lens[i]))
+            continue;
+        all_public = false;
+        if (au->key && !checked)
+            return auth_refuse(srv, c, AUTH_MISSING, "subscribing", a->names[i], a->lens[i]);
+        if (au->key && !jwt_grants(&au->jwt.subscribe, a->names[i], a->lens[i]))
+            return auth_refuse(srv, c, AUTH_TOPIC, "subscribing", a->names[i], a->lens[i]);
+    }
+    if (checked)
+        a->until = auth_until(srv, &au->jwt);
+    if (all_public)
+        return ACCESS_ALLOW;
+    if (au->on_authorize && auth_host_subscribe(srv, c, a) != ACCESS_ALLOW)
+        return ACCESS_ANSWERED;
+    return au->app ? auth_app_ask(srv, c, a) : ACCESS_ALLOW;
+}
+
+/* access_ops.publish: a token in Authorization with a publish grant for the topic, and the
+ * host's yes when it asks; ACCESS_PASS when neither has a say (publish_token decides). */
+static enum access_answer auth_publish(struct sse_server *srv, struct conn *c,
+                                       const struct http_request *req, const struct http_query *q,
+                                       const char *topic) {
+    struct auth *au = auth_of(srv);
+    size_t len = topic ? strlen(topic) : 0;
+    bool checked;
+    enum auth_reason r = auth_check_token(au, req, NULL, true, &checked);
+    if (r != AUTH_OK)
+        return auth_refuse(srv, c, r, "publishing", NULL, 0);
+    if (au->key && !checked && !au->on_authorize)
+        return srv->publish_token ? ACCESS_PASS
+                                  : auth_refuse(srv, c, AUTH_MISSING, "publishing", NULL, 0);
+    if (checked && (!topic || !jwt_grants(&au->jwt.publish, topic, len)))
+        return topic ? auth_refuse(srv, c, AUTH_TOPIC, "publishing", topic, len) : ACCESS_ALLOW;
+    if (!au->on_authorize)
+        return checked ? ACCESS_ALLOW : ACCESS_PASS;
+    int keep[1];
+    const char *names[1] = {topic ? topic : DEFAULT_TOPIC};
+    size_t lens[1] = {strlen(names[0])};
+    int status = auth_ask_host(srv, c, req, q, 1, names, lens, 1, keep);
+    if (status == 200)
+        return ACCESS_ALLOW;
+    au->refused[status == 401 || status == 403 ? AUTH_DENIED : AUTH_UNAVAILABLE]++;
+    access_refuse(srv, c, false, status,
+                  status == 401 || status == 403 ? "the application refused this publish"
+                                                 : "the application cannot say now; try again");
+    return ACCESS_ANSWERED;
+}
+
+/* ---- the part's seams: metrics, timeouts, plugging in ---------------------------------- */
+
+/* Questions to the application that went unanswered for SSE_DEFAULT_AUTH_TIMEOUT_MS. */
+static void auth_tick(struct sse_server *srv) {
+    struct auth_app *app = auth_of(srv)->app;
+    while (app && app->calls && app->calls->deadline <= srv->now)
+        auth_call_done(srv, app->calls, 0, NULL, 0, false);
+}
+
+static int64_t auth_deadline(const struct sse_server *srv) {
+    const struct auth *au = auth_of(srv);
+    return au && au->app && au->app->calls ? au->app->calls->deadline : INT64_MAX;
+}
+
+static size_t auth_metrics(const struct sse_server *srv, struct metrics_row *rows) {
+    const struct auth *au = auth_of(srv);
+    static const char *const names[AUTH_REASONS] = {
+        "", /* AUTH_OK is no refusal */
+        "sse_auth_refused_total{reason=\"missing\"}",
+        "sse_auth_refused_total{reason=\"malformed\"}",
+        "sse_auth_refused_total{reason=\"too_long\"}",
+        "sse_auth_refused_total{reason=\"alg\"}",
+        "sse_auth_refused_total{reason=\"signature\"}",
+        "sse_auth_refused_total{reason=\"expired\"}",
+        "sse_auth_refused_total{reason=\"not_yet_valid\"}",
+        "sse_auth_refused_total{reason=\"audience\"}",
+        "sse_auth_refused_total{reason=\"topic\"}",
+        "sse_auth_refused_total{reason=\"denied\"}",
+        "sse_auth_refused_total{reason=\"unavailable\"}",
+    };
+    size_t n = 0;
+    for (int r = AUTH_OK + 1; r < AUTH_REASONS; r++)
+        rows[n++] = (struct metrics_row){names[r], "counter",
+                                         r == AUTH_OK + 1 ? "Requests refused, by reason." : NULL,
+                                         au ? au->refused[r] : 0};
+    const struct auth_app *app = au ? au->app : NULL;
+    rows[n++] = (struct metrics_row){"sse_auth_requests_total", "counter",
+                                     "Questions sent to --auth-url.", app ? app->requests : 0};
+    rows[n++] = (struct metrics_row){"sse_auth_cache_hits_total", "counter",
+                                     "Answers of --auth-url found remembered (--auth-cache).",
+                                     app ? app->cache_hits : 0};
+    return n;
+}
+
+static void auth_free(struct sse_server *srv) {
+    struct auth *au = auth_of(srv);
+    if (!au)
+        return;
+    struct auth_app *app = au->app;
+    if (app) {
+        while (app->calls)
+            auth_call_free(srv, app, app->calls);
+        while (app->oldest)
+            auth_cache_drop(app);
+        free(app->cache.buckets);
+        remote_free(&app->url);
+        free(app);
+    }
+    for (size_t i = 0; i < au->npublic; i++)
+        free(au->publics[i]);
+    free(au->publics);
+    free(au->key);
+    free(au->cookie);
+    free(au->audience);
+    free(au);
+}
+
+static const struct part_ops part_auth = {
+    .metrics = auth_metrics,
+    .tick = auth_tick,
+    .deadline = auth_deadline,
+    .free = auth_free,
+};
+
+static const struct access_ops access_auth = {
+    .subscribe = auth_subscribe,
+    .publish = auth_publish,
+    .forget = auth_app_forget,
+};
+
+/* A public topic or grant pattern: a topic name, "*", or a name's prefix then '*'. */
+static bool auth_pattern_valid(const char *p) {
+    size_t len = strlen(p);
+    if (len && p[len - 1] == '*')
+        len--;
+    for (size_t i = 0; i < len; i++)
+        if (!wire_topic_valid(p + i, 1))
+            return false;
+    return len <= TOPIC_NAME_MAX && (len || p[0] == '*');
+}
+
+/* The application to ask: resolved once, here. NULL, or why not. */
+static const char *auth_app_plug(struct sse_server *srv, struct auth *au,
+                                 const struct sse_config *cfg) {
+    struct auth_app *app = calloc(1, sizeof *app);
+    if (!app)
+        return "out of memory";
+    au->app = app;
+    app->cache_ms = cfg->auth_cache_ms;
+    app->cache.seed = (uint32_t)rng_next(&srv->rng);
+    return remote_resolve(&app->url, cfg->auth_url);
+}
+
+/* Plugs the part in for what the configuration asks: NULL, or why it cannot. */
+static const char *auth_configure(struct sse_server *srv, const struct sse_config *cfg) {
+    struct auth *au = calloc(1, sizeof *au);
+    if (!au || !part_add(srv, &part_auth, au)) {
+        free(au);
+        return "out of memory";
+    }
+    bool asked = cfg->jwt_secret || cfg->auth_url || cfg->on_authorize;
+    if (!asked && (cfg->num_public_topics || cfg->jwt_audience || cfg->jwt_cookie))
+        return "public topics, a token audience or cookie need a token secret, an "
+               "authorization URL or on_authorize";
+    if (!asked)
+        return NULL; /* registered for its /metrics rows; the core decides alone */
+    size_t klen = cfg->jwt_secret && !cfg->jwt_secret_len ? strlen(cfg->jwt_secret)
+                                                           : cfg->jwt_secret_len;
+    if (cfg->jwt_secret && !klen)
+        return "the token secret must not be empty";
+    const char *cookie = cfg->jwt_cookie ? cfg->jwt_cookie : SSE_DEFAULT_JWT_COOKIE;
+    bool cookie_ok = cookie[0] != '\0';
+    for (const char *p = cookie; *p; p++)
+        cookie_ok = cookie_ok && http_is_tchar((unsigned char)*p);
+    if (!cookie_ok)
+        return "the token cookie's name must be a token (RFC 6265 4.1.1)";
+    if (cfg->jwt_audience && !cfg->jwt_audience[0])
+        return "the token audience must not be empty";
+    if (cfg->auth_cache_ms < 0)
+        return "the authorization cache time must not be negative";
+    au->publics = calloc(cfg->num_public_topics + 1, sizeof *au->publics);
+    au->key = cfg->jwt_secret ? malloc(klen) : NULL;
+    au->cookie = strdup(cookie);
+    au->audience = cfg->jwt_audience ? strdup(cfg->jwt_audience) : NULL;
+    if (!au->publics || (cfg->jwt_secret && !au->key) || !au->cookie ||
+        (cfg->jwt_audience && !au->audience))
+        return "out of memory";
+    if (au->key)
+        memcpy(au->key, cfg->jwt_secret, klen);
+    au->key_len = klen;
+    for (size_t i = 0; i < cfg->num_public_topics; i++) {
+        const char *p = cfg->public_topics[i];
+        if (!p || !auth_pattern_valid(p))
+            return "a public topic must be a topic name, * or a prefix ending in *";
+        if (!(au->publics[au->npublic++] = strdup(p)))
+            return "out of memory";
+    }
+    au->on_authorize = cfg->on_authorize;
+    srv->access = &access_auth;
+    return NULL;
+}
+
+/* Plugs the part in: 0, or -1 with err set. */
+static int auth_plug(struct sse_server *srv, const struct sse_config *cfg, char *err,
+                     size_t errlen) {
+    const char *why = auth_configure(srv, cfg);
+    if (why) {
+        if (err && errlen)
+            snprintf(err, errlen, "authorization: %s", why);
+        return -1;
+    }
+    if (cfg->auth_url && (why = auth_app_plug(srv, auth_of(srv), cfg))) {
+        if (err && errlen)
+            snprintf(err, errlen, "auth-url %s: %s", cfg->auth_url, why);
+        return -1;
+    }
+    return 0;
+}
 #endif /* SSE_ENABLE_AUTH */
 
 /* ==========================================================================================
@@ -8252,7 +9976,8 @@ void sse_server_free(struct sse_server *srv) {
     /* per_ip's entries went with the connections */
     void *owned[] = {srv->topics.names.buckets, srv->topics.retired, srv->per_ip.buckets,
                      srv->stream_path,          srv->index_page,     srv->publish_token,
-                     srv->subscribe_token,      srv->cors_headers,   srv->root_real};
+                     srv->subscribe_token,      srv->cors_headers,   srv->root_real,
+                     srv->ending.heap};
     for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
         free(owned[i]);
     free(srv);
@@ -8361,6 +10086,13 @@ int sse_request_header_at(const struct sse_request *req, size_t i, const char **
     *value = h->value;
     *value_len = h->value_len;
     return 0;
+}
+
+const char *sse_request_peer(const struct sse_request *req) {
+    struct host_request *impl = req->impl;
+    if (!impl->peer[0])
+        conn_peer(impl->conn, impl->peer, sizeof impl->peer);
+    return impl->peer;
 }
 
 const char *sse_request_header(const struct sse_request *req, const char *name, size_t *len) {

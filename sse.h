@@ -42,10 +42,10 @@
  * descriptors. What it returns (the server, sse_url()) is the library's, until
  * sse_server_free().
  *
- * Callbacks: on_log and on_request are the only calls from the library into the host, on
- * the server's thread. on_log runs inside sse_server_new(), sse_poll() (so sse_run()),
- * sse_publish(), sse_retire_topic(), sse_end_streams() and sse_server_free(); on_request
- * only inside sse_poll(). From either the host may call sse_publish(), sse_retire_topic(),
+ * Callbacks: on_log, on_request and on_authorize are the only calls from the library into
+ * the host, on the server's thread. on_log runs inside sse_server_new(), sse_poll() (so
+ * sse_run()), sse_publish(), sse_retire_topic(), sse_end_streams() and sse_server_free();
+ * on_request and on_authorize only inside sse_poll(). From any of them the host may call sse_publish(), sse_retire_topic(),
  * sse_end_streams() and sse_publish_from_fd() (from on_log they answer -EBUSY when the line
  * was logged from inside a publish, a retire or sse_server_free()), sse_stop(), sse_url(),
  * sse_fd(), sse_next_timeout_ms() and sse_format_event(). sse_poll() and sse_run() answer
@@ -73,7 +73,8 @@
  * (streams, replay from the in-memory backlog, publishing, inputs, static files, metrics)
  * is always there. SSE_ENABLE_PROXY adds the reverse proxy and the relay (proxy_routes,
  * relays, proxy_*), SSE_ENABLE_JOURNAL the journal (journal_*), SSE_ENABLE_REDIS the Redis
- * hub (redis, redis_*). Built without a part, sse_server_new() refuses a configuration
+ * hub (redis, redis_*), SSE_ENABLE_AUTH authorization (jwt_*, public_topics, auth_*,
+ * on_authorize). Built without a part, sse_server_new() refuses a configuration
  * that asks for it, with a message naming the switch ("built without SSE_ENABLE_REDIS").
  * The same values must be seen by sse.c and by a host that tests them (main.c does).
  */
@@ -120,6 +121,8 @@ extern "C" {
 #define SSE_DEFAULT_JOURNAL_MAX_BYTES    67108864   /* 64 MiB */
 #define SSE_DEFAULT_REDIS_STREAM         "sse"
 #define SSE_DEFAULT_REDIS_MAXLEN         100000     /* entries */
+#define SSE_DEFAULT_JWT_COOKIE           "sse_token"
+#define SSE_DEFAULT_AUTH_TIMEOUT_MS      5000
 
 /* Severity passed to on_log. SSE_LOG_DEBUG carries one line per connection opened and
  * closed, with the reason; SSE_LOG_INFO start-up facts; SSE_LOG_WARN trouble that costs a
@@ -276,11 +279,32 @@ struct sse_config {
     const char *redis_password; /* sent with AUTH when connecting; NULL = none */
     size_t redis_maxlen;        /* XADD MAXLEN ~ this: entries Redis keeps. 0 =
                                    SSE_DEFAULT_REDIS_MAXLEN */
+    /* Authorization: who may hear and publish what (SSE_ENABLE_AUTH; see "Authorization"
+       below). With none of these set, subscribe_token and publish_token alone decide. */
+    const char *jwt_secret;     /* the HS256 key signed tokens are checked with; NULL = no
+                                   tokens. With it, a stream's every topic must be granted
+                                   by the client's token or be public */
+    size_t jwt_secret_len;      /* bytes of jwt_secret (it may hold any byte); 0 = strlen */
+    const char *jwt_cookie;     /* the cookie a token may come in. NULL =
+                                   SSE_DEFAULT_JWT_COOKIE */
+    const char *jwt_audience;   /* a token's aud must name this; NULL = aud not checked */
+    const char *const *public_topics; /* topics anyone may hear, without a token or asking:
+                                         names, "*" or prefixes ending in '*'; or NULL */
+    size_t num_public_topics;         /* entries in public_topics */
+    const char *auth_url;       /* "http://HOST[:PORT]/PATH[?QUERY]": the application asked
+                                   before a stream starts (HOST resolved once, here); NULL =
+                                   none */
+    int auth_cache_ms;          /* how long the application's allow or deny is reused for
+                                   the same Cookie, Authorization and topics. 0 = never */
+    /* The host decides who may subscribe and publish (see "Authorization" below); NULL =
+       none. */
+    int (*on_authorize)(struct sse_server *srv, const struct sse_request *req, int publish,
+                        const char *const *topics, size_t n, int *keep, void *user);
     /* A route of the host's own, asked about every request before the built-in endpoints
        (see "Custom routes" below); NULL = none. */
     int (*on_request)(struct sse_server *srv, const struct sse_request *req, void *user);
     void (*on_log)(enum sse_log_level level, const char *msg, void *user);
-    void *user; /* passed to on_request and on_log, never dereferenced by the library.
+    void *user; /* passed to on_request, on_authorize and on_log, never dereferenced by the library.
                    on_log: NULL = silent;
                    msg is one line without a newline (cut at 511 bytes), valid only during
                    the call; the top of this file says what on_log may call */
@@ -439,6 +463,10 @@ int sse_respond_stream(const struct sse_request *req, const char *const *topics,
 int sse_request_header_at(const struct sse_request *req, size_t i, const char **name,
                           size_t *name_len, const char **value, size_t *value_len);
 
+/* The client's address ("192.0.2.7", "2001:db8::1"; an IPv4-mapped one as IPv4), NUL-terminated,
+ * valid during the call; "unknown" if the socket no longer has one. */
+const char *sse_request_peer(const struct sse_request *req);
+
 /* The value of the first header field called name (case-insensitive), without surrounding
  * whitespace, as sent: not NUL-terminated, its length in *len. NULL when there is none. */
 const char *sse_request_header(const struct sse_request *req, const char *name, size_t *len);
@@ -447,6 +475,37 @@ const char *sse_request_header(const struct sse_request *req, const char *name, 
  * NUL-terminated, its length in *len ("" when the parameter has no '='). NULL when there is
  * none. */
 const char *sse_request_param(const struct sse_request *req, const char *name, size_t *len);
+
+/* ---- Authorization ----------------------------------------------------------------------- */
+
+/* Who may hear what (SSE_ENABLE_AUTH). By default anyone may subscribe to any topic (or anyone
+ * with subscribe_token). With jwt_secret, a subscriber presents a signed token (JWT, HS256:
+ * RFC 7519) as "Authorization: Bearer", in the jwt_cookie cookie or as ?access_token= (an
+ * EventSource cannot set headers), listing its grants as {"sse": {"subscribe": [...],
+ * "publish": [...]}} (or the same under "mercure"): topic names, "*", or prefixes ending in
+ * '*'. Every topic a stream asks for must be granted or public, or the answer is 403 naming
+ * the first refused one; no token gets 401, a bad one (any alg but HS256, a bad signature,
+ * expired or not yet valid beyond 5 s, another audience, over 8 KiB, malformed) 401 too. A
+ * stream whose token has exp ends 5 s after it, with a retry: line, so its EventSource comes
+ * back (with Last-Event-ID and, once the application renewed it, a new token) and misses
+ * nothing. A token with a publish grant may publish (and retire) those topics over HTTP,
+ * beside publish_token. /metrics counts refusals by reason (sse_auth_refused_total).
+ *
+ * on_authorize is then asked, when set, about every subscription (publish 0) that is not to
+ * public topics only, and every publish not made with publish_token (publish 1), with the
+ * topics asked for in topics[0..n) (a publish: one). It runs inside sse_poll(), on the
+ * server's thread, as on_request does (see there what it may call; sse_respond() answers
+ * -EINVAL here). It returns an HTTP status: 200 allows; 401 or 403 refuses with that status
+ * (an EventSource then stops for good); any other means "cannot say now": an EventSource gets
+ * 200 and a retry: line (it comes back later), any other request 503. A subscription may be
+ * narrowed: keep[i] (all 1 on entry) set to 0 drops topics[i]; dropping all is a 403.
+ *
+ * auth_url asks an application instead, over HTTP, without blocking the loop: before a stream
+ * that is not to public topics only starts, a GET to the URL carrying the client's Cookie and
+ * Authorization, X-Forwarded-For (the client's, then its address) and X-SSE-Topics (the
+ * topics, ", " between them). A 2xx allows (its X-SSE-Topics, if any, narrows to the topics
+ * it lists); 401 and 403 are passed on; anything else, or no answer within
+ * SSE_DEFAULT_AUTH_TIMEOUT_MS, is "cannot say now" as above. */
 
 /* ---- Driving the loop ------------------------------------------------------------------ */
 
