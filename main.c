@@ -37,6 +37,8 @@ struct options {
     enum sse_log_level log_level;       /* highest level printed */
     struct sse_proxy_route *routes;     /* --proxy, argc entries */
     struct sse_relay *relays;           /* --relay, argc entries */
+    const char **publics;               /* --public, argc entries */
+    char *jwt_key;                      /* --jwt-secret-file's contents, or NULL */
 };
 
 /* ---- the options: one table drives getopt_long, the parsing and --help ----------------- */
@@ -330,6 +332,58 @@ static void store_relay(struct options *o, const struct opt *op, const char *val
     r->url = url;
 }
 
+/* A public topic (sse.h: public_topics): a topic name, *, or a prefix of one ending in *. */
+static void store_public(struct options *o, const struct opt *op, const char *val) {
+    size_t n = strlen(val), stem = n && val[n - 1] == '*' ? n - 1 : n;
+    char name[65];
+    bool ok = stem <= 64 && (stem || n == 1);
+    if (ok && stem) {
+        memcpy(name, val, stem);
+        name[stem] = '\0';
+        ok = topic_valid(name);
+    }
+    if (!ok)
+        die_usage("invalid value '%s' for --%s: expected a topic name (1 to 64 of A-Z a-z 0-9 "
+                  ". _ -), * (every topic) or a prefix ending in * (such as news-*)",
+                  val, op->name);
+    o->publics[o->cfg.num_public_topics++] = val;
+}
+
+/* The token key from a file, read once at start: the whole file but one trailing newline
+ * (what `echo KEY > FILE` adds), which is not part of the key. */
+static void store_jwt_secret_file(struct options *o, const struct opt *op, const char *val) {
+    FILE *f = fopen(val, "rb");
+    char *key = malloc(65537);
+    size_t n = f && key ? fread(key, 1, 65537, f) : 0;
+    bool failed = !f || !key || ferror(f);
+    if (f)
+        fclose(f);
+    if (failed)
+        die_usage("cannot read --%s %s: %s", op->name, val, key ? strerror(errno) : "no memory");
+    if (n > 65536)
+        die_usage("invalid --%s %s: a key is at most 64 KiB", op->name, val);
+    if (n && key[n - 1] == '\n')
+        n -= n > 1 && key[n - 2] == '\r' ? 2 : 1;
+    if (n == 0)
+        die_usage("invalid --%s %s: the file holds no key", op->name, val);
+    free(o->jwt_key);
+    o->jwt_key = key;
+    o->cfg.jwt_secret = key;
+    o->cfg.jwt_secret_len = n;
+}
+
+static void store_jwt_secret(struct options *o, const struct opt *op, const char *val) {
+    store_text(o, op, val);
+    o->cfg.jwt_secret_len = 0; /* the last of --jwt-secret and --jwt-secret-file wins */
+}
+
+static void store_auth_url(struct options *o, const struct opt *op, const char *val) {
+    const char *why = upstream_problem(val);
+    if (why)
+        die_usage("invalid value '%s' for --%s: %s", val, op->name, why);
+    store_text(o, op, val);
+}
+
 static opt_store store_help, store_help_man, store_version; /* they print the table: defined
                                                             after it */
 
@@ -343,6 +397,7 @@ static opt_store store_help, store_help_man, store_version; /* they print the ta
 #define PROXY    PART(SSE_ENABLE_PROXY)
 #define JOURNAL  PART(SSE_ENABLE_JOURNAL)
 #define REDIS    PART(SSE_ENABLE_REDIS)
+#define AUTH     PART(SSE_ENABLE_AUTH)
 #define GiB      (1LL << 30)
 /* Defaults come from sse.h's SSE_DEFAULT_*, shown as they are, or as --help spells them in
  * seconds or k/m with an assertion that the two agree. */
@@ -452,6 +507,33 @@ static const struct opt opts[] = {
      TEXT(cfg.redis_password, 0), REDIS},
     {"redis-maxlen", "N", "entries Redis keeps, XADD MAXLEN ~ N", SHOW(SSE_DEFAULT_REDIS_MAXLEN),
      SIZE(cfg.redis_maxlen, 1, 1024 * GiB, 0), REDIS},
+    {"jwt-secret", "KEY",
+     "subscribers (and publishers) present signed tokens (JWT, HS256, checked with KEY) that "
+     "list the topics they may hear; KEY shows in ps: prefer --jwt-secret-file",
+     "$SSE_JWT_SECRET, else no tokens", store_jwt_secret, F(cfg.jwt_secret), 0, 0, 0, AUTH},
+    {"jwt-secret-file", "FILE",
+     "the same, with the key read from FILE (one trailing newline "
+     "is not part of it)",
+     "none", CALL(store_jwt_secret_file), AUTH},
+    {"jwt-cookie", "NAME",
+     "the cookie a token may come in (besides Authorization: Bearer and "
+     "?access_token=)",
+     SSE_DEFAULT_JWT_COOKIE, TEXT(cfg.jwt_cookie, 0), AUTH},
+    {"jwt-audience", "AUD", "a token's aud claim must name AUD", "aud not checked",
+     TEXT(cfg.jwt_audience, 0), AUTH},
+    {"public", "TOPIC",
+     "anyone may hear TOPIC without a token or asking (a name, * or a prefix ending in *); "
+     "repeatable",
+     "none", CALL(store_public), AUTH},
+    {"auth-url", "URL",
+     "ask the application at URL (http://HOST:PORT/PATH) before a stream starts: a GET with "
+     "the client's Cookie, Authorization and the topics (X-SSE-Topics); 2xx allows, 401 and 403 "
+     "refuse",
+     "none", store_auth_url, F(cfg.auth_url), 0, 0, 0, AUTH},
+    {"auth-cache", "SECONDS",
+     "reuse the application's allow or deny for the same Cookie, Authorization and topics; "
+     "0 = ask every time",
+     "0", INT(cfg.auth_cache_ms, 0, 86400, OPT_SECONDS), AUTH},
     {"quiet", NULL, "log only warnings and errors", NULL, CALL(store_quiet), NULL},
     {"verbose", NULL, "also log every connection opened and closed", NULL, CALL(store_verbose),
      NULL},
@@ -651,6 +733,9 @@ static void options_from_env(struct options *o) {
         {"SSE_PUBLISH_TOKEN", F(cfg.publish_token)},
         {"SSE_SUBSCRIBE_TOKEN", F(cfg.subscribe_token)},
         {"SSE_REDIS_PASSWORD", F(cfg.redis_password)},
+#if SSE_ENABLE_AUTH
+        {"SSE_JWT_SECRET", F(cfg.jwt_secret)},
+#endif
     };
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const char **field = (const char **)((char *)o + vars[i].field);
@@ -670,7 +755,9 @@ static void parse_options(int argc, char **argv, struct options *o) {
     o->log_level = SSE_LOG_INFO;
     o->routes = calloc((size_t)argc, sizeof *o->routes);
     o->relays = calloc((size_t)argc, sizeof *o->relays);
-    if (!o->routes || !o->relays)
+    o->publics = calloc((size_t)argc, sizeof *o->publics);
+    o->cfg.public_topics = o->publics;
+    if (!o->routes || !o->relays || !o->publics)
         die_usage("out of memory%s", "");
     o->cfg.proxy_routes = o->routes;
     o->cfg.relays = o->relays;

@@ -1499,9 +1499,9 @@ enum close_reason {
     R_COUNT
 };
 static const char *const close_reason_text[R_COUNT] = {
-    "client closed", "done",     "slow subscriber", "header timeout",
-    "bad request",   "shutdown", "retired",         "error",
-    "send timeout",  "overload", "upstream failed", "told to reconnect",
+    "client closed", "done",           "slow subscriber", "header timeout",
+    "bad request",   "shutdown",       "retired",         "error",
+    "send timeout",  "overload",       "upstream failed", "told to reconnect",
     "reset",         "access expired",
 };
 static const char *const close_reason_label[R_COUNT] = {
@@ -1559,12 +1559,12 @@ struct body {
 /* A stream request waiting for its authorization (CONN_ACCESS): what stream_open() needs,
  * kept once the request head is gone. */
 struct stream_wait {
-    size_t n;                                  /* topics asked for */
-    uint8_t lens[SSE_MAX_TOPICS_PER_STREAM];   /* their lengths */
+    size_t n;                                              /* topics asked for */
+    uint8_t lens[SSE_MAX_TOPICS_PER_STREAM];               /* their lengths */
     char names[SSE_MAX_TOPICS_PER_STREAM][TOPIC_NAME_MAX]; /* their names, not terminated */
-    bool eventsource;                          /* asked as an EventSource does */
-    size_t last_len;                           /* bytes of its last event id */
-    char last[];                               /* its last event id, or nothing */
+    bool eventsource;                                      /* asked as an EventSource does */
+    size_t last_len;                                       /* bytes of its last event id */
+    char last[];                                           /* its last event id, or nothing */
 };
 
 struct conn {
@@ -1648,9 +1648,9 @@ struct timer_list {
  * whose entries share one duration, they need a binary heap, soonest first. */
 struct ending {
     struct ending_at {
-        int64_t at;    /* when, monotonic ms */
+        int64_t at;     /* when, monotonic ms */
         struct conn *c; /* whose stream; c->ending is 1 + its index */
-    } *heap;
+    } * heap;
     uint32_t n, cap; /* entries in heap, and its room */
 };
 
@@ -1901,8 +1901,8 @@ struct sse_server {
     int64_t stop_deadline;       /* when stopping turns into closing everything */
     struct pace pace;            /* flow control */
     struct metrics m;
-    struct part parts[PARTS_MAX]; /* what the enabled parts add */
-    size_t nparts;                /* entries in parts */
+    struct part parts[PARTS_MAX];    /* what the enabled parts add */
+    size_t nparts;                   /* entries in parts */
     const struct access_ops *access; /* who may hear and publish what, or NULL: the tokens */
     struct ending ending;            /* streams that end at a set time */
 
@@ -8848,17 +8848,17 @@ FOR_PARTS static bool jwt_grants(const struct jwt_list *l, const char *topic, si
 /* What the part keeps. Grants and public topics are patterns: a name, "*", or a prefix
  * ending in '*'. */
 struct auth {
-    unsigned char *key;     /* the HS256 key, or NULL: no tokens */
-    size_t key_len;         /* its bytes */
-    char *cookie;           /* the cookie a token may come in */
-    char *audience;         /* what aud must name, or NULL */
-    char **publics;         /* topics anyone may hear */
-    size_t npublic;         /* entries in publics */
-    int (*on_authorize)(struct sse_server *, const struct sse_request *, int,
-                        const char *const *, size_t, int *, void *); /* the host's, or NULL */
-    struct auth_app *app;   /* --auth-url, or NULL */
-    uint64_t refused[AUTH_REASONS]; /* refusals, by reason */
-    struct jwt jwt;         /* the token being checked (large: kept here, off the stack) */
+    unsigned char *key; /* the HS256 key, or NULL: no tokens */
+    size_t key_len;     /* its bytes */
+    char *cookie;       /* the cookie a token may come in */
+    char *audience;     /* what aud must name, or NULL */
+    char **publics;     /* topics anyone may hear */
+    size_t npublic;     /* entries in publics */
+    int (*on_authorize)(struct sse_server *, const struct sse_request *, int, const char *const *,
+                        size_t, int *, void *); /* the host's, or NULL */
+    struct auth_app *app;                       /* --auth-url, or NULL */
+    uint64_t refused[AUTH_REASONS];             /* refusals, by reason */
+    struct jwt jwt; /* the token being checked (large: kept here, off the stack) */
 };
 
 static const struct part_ops part_auth;
@@ -9054,21 +9054,21 @@ struct auth_call {
 /* A remembered answer: for the same Cookie, Authorization and topics (hashed into key, so
  * an entry is small whatever the client sent), until expires. */
 struct auth_cached {
-    struct hash_node node;      /* in app->cache; first */
-    struct auth_cached *newer;  /* the next one remembered, or NULL */
-    int64_t expires;            /* monotonic ms */
-    int status;                 /* 200, 401 or 403 */
-    uint32_t keep;              /* 200: bit i set = topic i allowed */
+    struct hash_node node;     /* in app->cache; first */
+    struct auth_cached *newer; /* the next one remembered, or NULL */
+    int64_t expires;           /* monotonic ms */
+    int status;                /* 200, 401 or 403 */
+    uint32_t keep;             /* 200: bit i set = topic i allowed */
     unsigned char key[32];
 };
 
 struct auth_app {
-    struct remote url;                 /* where it listens */
-    int64_t cache_ms;                  /* --auth-cache; 0 = answers are not remembered */
-    struct auth_call *calls, *last;    /* questions under way, oldest first */
-    struct hash_table cache;           /* remembered answers by key */
+    struct remote url;              /* where it listens */
+    int64_t cache_ms;               /* --auth-cache; 0 = answers are not remembered */
+    struct auth_call *calls, *last; /* questions under way, oldest first */
+    struct hash_table cache;        /* remembered answers by key */
     struct auth_cached *oldest, *newest;
-    uint64_t requests, cache_hits;     /* questions sent; answers found remembered */
+    uint64_t requests, cache_hits; /* questions sent; answers found remembered */
 };
 
 /* The cache key: SHA-256 over the Cookie fields, the Authorization field and the topics,
@@ -9137,7 +9137,8 @@ static void auth_cache_put(struct sse_server *srv, struct auth_app *app, const u
 
 /* The topics of a 2xx answer's X-SSE-Topics ("a, b") that were asked for, as bits; all of
  * them when it has none. */
-static uint32_t auth_app_keep(const char *v, size_t vlen, bool listed, const struct stream_wait *w) {
+static uint32_t auth_app_keep(const char *v, size_t vlen, bool listed,
+                              const struct stream_wait *w) {
     if (!listed)
         return w->n >= 32 ? UINT32_MAX : (1u << w->n) - 1;
     uint32_t keep = 0;
@@ -9265,8 +9266,7 @@ static void auth_call_event(struct sse_server *srv, struct handle *h, uint32_t e
  * the topics. NULL when out of memory. */
 static char *auth_call_request(const struct auth_app *app, struct conn *c,
                                const struct access_ask *a, size_t *out_len) {
-    size_t cap = 512 + strlen(app->url.path) + strlen(app->url.host) +
-                 a->n * (TOPIC_NAME_MAX + 2);
+    size_t cap = 512 + strlen(app->url.path) + strlen(app->url.host) + a->n * (TOPIC_NAME_MAX + 2);
     for (size_t i = 0; i < a->req->num_headers; i++)
         cap += a->req->headers[i].name_len + a->req->headers[i].value_len + 4;
     char *out = malloc(cap), peer[INET6_ADDRSTRLEN];
@@ -9570,8 +9570,8 @@ static const char *auth_configure(struct sse_server *srv, const struct sse_confi
                "authorization URL or on_authorize";
     if (!asked)
         return NULL; /* registered for its /metrics rows; the core decides alone */
-    size_t klen = cfg->jwt_secret && !cfg->jwt_secret_len ? strlen(cfg->jwt_secret)
-                                                           : cfg->jwt_secret_len;
+    size_t klen =
+        cfg->jwt_secret && !cfg->jwt_secret_len ? strlen(cfg->jwt_secret) : cfg->jwt_secret_len;
     if (cfg->jwt_secret && !klen)
         return "the token secret must not be empty";
     const char *cookie = cfg->jwt_cookie ? cfg->jwt_cookie : SSE_DEFAULT_JWT_COOKIE;
@@ -9744,7 +9744,7 @@ static uint32_t api_max_clients(const struct sse_config *cfg) {
     rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
     rlim_t reserve = FD_RESERVE + (rlim_t)cfg->num_relays;
     rlim_t left = n > reserve ? n - reserve : 0;
-    if (cfg->num_proxy_routes || cfg->static_root)
+    if (cfg->num_proxy_routes || cfg->static_root || cfg->auth_url)
         left /= 2;
     return left < 1 ? 1 : left > 10000000 ? 10000000 : (uint32_t)left;
 }
@@ -9929,6 +9929,15 @@ struct sse_server *sse_server_new(const struct sse_config *config, char *err, si
     }
 #endif
     api_seed(srv); /* before the history: the journal's events go into the topic table */
+#if SSE_ENABLE_AUTH
+    if (auth_plug(srv, cfg, err, errlen) < 0)
+        goto fail;
+#else
+    if (cfg->jwt_secret || cfg->auth_url || cfg->on_authorize || cfg->num_public_topics) {
+        api_error(err, errlen, "authorization: built without SSE_ENABLE_AUTH");
+        goto fail;
+    }
+#endif
     if (api_history(srv, cfg, err, errlen) < 0 ||
         api_listen(srv, cfg->listen ? cfg->listen : SSE_DEFAULT_LISTEN, err, errlen) < 0)
         goto fail;

@@ -45,12 +45,12 @@
  * Callbacks: on_log, on_request and on_authorize are the only calls from the library into
  * the host, on the server's thread. on_log runs inside sse_server_new(), sse_poll() (so
  * sse_run()), sse_publish(), sse_retire_topic(), sse_end_streams() and sse_server_free();
- * on_request and on_authorize only inside sse_poll(). From any of them the host may call sse_publish(), sse_retire_topic(),
- * sse_end_streams() and sse_publish_from_fd() (from on_log they answer -EBUSY when the line
- * was logged from inside a publish, a retire or sse_server_free()), sse_stop(), sse_url(),
- * sse_fd(), sse_next_timeout_ms() and sse_format_event(). sse_poll() and sse_run() answer
- * -EBUSY there, and sse_server_free() must not be called from them: free the server after
- * sse_poll() returns.
+ * on_request and on_authorize only inside sse_poll(). From any of them the host may call
+ * sse_publish(), sse_retire_topic(), sse_end_streams() and sse_publish_from_fd() (from on_log they
+ * answer -EBUSY when the line was logged from inside a publish, a retire or sse_server_free()),
+ * sse_stop(), sse_url(), sse_fd(), sse_next_timeout_ms() and sse_format_event(). sse_poll() and
+ * sse_run() answer -EBUSY there, and sse_server_free() must not be called from them: free the
+ * server after sse_poll() returns.
  *
  * The server: every function taking a struct sse_server * needs a live one (from
  * sse_server_new(), not yet freed); only sse_server_free(), sse_publish(),
@@ -107,22 +107,22 @@ extern "C" {
 
 /* What a zeroed field of struct sse_config stands for: each default is defined here once,
  * used by the library and shown by sse-server --help. */
-#define SSE_DEFAULT_LISTEN               "127.0.0.1:8080"
-#define SSE_DEFAULT_STREAM_PATH          "/events"
-#define SSE_DEFAULT_BACKLOG              1024       /* events */
-#define SSE_DEFAULT_BACKLOG_BYTES        67108864   /* 64 MiB */
-#define SSE_DEFAULT_HEARTBEAT_MS         15000
-#define SSE_DEFAULT_RETRY_MS             3000
-#define SSE_DEFAULT_HEADER_TIMEOUT_MS    10000
-#define SSE_DEFAULT_CLIENT_BUFFER        1048576    /* 1 MiB */
-#define SSE_DEFAULT_MAX_EVENT_BYTES      1048576    /* 1 MiB */
-#define SSE_DEFAULT_PUBLISH_WAIT_MS      5000
-#define SSE_DEFAULT_PROXY_CONNECT_MS     5000
-#define SSE_DEFAULT_JOURNAL_MAX_BYTES    67108864   /* 64 MiB */
-#define SSE_DEFAULT_REDIS_STREAM         "sse"
-#define SSE_DEFAULT_REDIS_MAXLEN         100000     /* entries */
-#define SSE_DEFAULT_JWT_COOKIE           "sse_token"
-#define SSE_DEFAULT_AUTH_TIMEOUT_MS      5000
+#define SSE_DEFAULT_LISTEN            "127.0.0.1:8080"
+#define SSE_DEFAULT_STREAM_PATH       "/events"
+#define SSE_DEFAULT_BACKLOG           1024     /* events */
+#define SSE_DEFAULT_BACKLOG_BYTES     67108864 /* 64 MiB */
+#define SSE_DEFAULT_HEARTBEAT_MS      15000
+#define SSE_DEFAULT_RETRY_MS          3000
+#define SSE_DEFAULT_HEADER_TIMEOUT_MS 10000
+#define SSE_DEFAULT_CLIENT_BUFFER     1048576 /* 1 MiB */
+#define SSE_DEFAULT_MAX_EVENT_BYTES   1048576 /* 1 MiB */
+#define SSE_DEFAULT_PUBLISH_WAIT_MS   5000
+#define SSE_DEFAULT_PROXY_CONNECT_MS  5000
+#define SSE_DEFAULT_JOURNAL_MAX_BYTES 67108864 /* 64 MiB */
+#define SSE_DEFAULT_REDIS_STREAM      "sse"
+#define SSE_DEFAULT_REDIS_MAXLEN      100000 /* entries */
+#define SSE_DEFAULT_JWT_COOKIE        "sse_token"
+#define SSE_DEFAULT_AUTH_TIMEOUT_MS   5000
 
 /* Severity passed to on_log. SSE_LOG_DEBUG carries one line per connection opened and
  * closed, with the reason; SSE_LOG_INFO start-up facts; SSE_LOG_WARN trouble that costs a
@@ -226,8 +226,8 @@ struct sse_config {
                                     alike */
     int max_clients;             /* client connections; 0 = RLIMIT_NOFILE minus a reserve
                                     for over-limit answers, relays and the server's own
-                                    descriptors, halved with proxy routes or static_root
-                                    (a client may then hold a second descriptor) */
+                                    descriptors, halved with proxy routes, static_root or
+                                    auth_url (a client may then hold a second descriptor) */
     int max_clients_per_ip;      /* client connections from one address; more are answered
                                     as over max_clients (a stream request gets 200 and a
                                     retry: line, then the connection closes). 0 = no limit */
