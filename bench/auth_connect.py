@@ -22,7 +22,10 @@ Two figures per server, both over the same rounds:
   figure the issue's bar is about ("verifying must not cost more than 20% of the connect
   rate": with a token at least 0.8x the rate without).
 Each server's figure is compared with the first's round by round (rounds of one index ran
-back to back), and the median of those ratios is reported with their range. The result is
+back to back), and the median of those ratios is reported with their range. Then, when
+valgrind is there (not with --smoke), the server's user-space instructions per connect under
+callgrind, without a key and with one: a count the machine's load does not move, so what
+verifying adds is seen however busy the machine is. The result is
 printed as a table (with --markdown, as bench/RESULTS.md shows it). Nothing is
 asserted about speed: a busy machine makes any figure of one run suspect; the ratio is what
 holds. Python 3 standard library only; every server is killed by PID at the end.
@@ -88,14 +91,14 @@ def on_cpu_ns(pid):
     return total
 
 
-def start(args, tmp, name):
+def start(args, tmp, name, wrapper=(), timeout=10):
     port = free_port()
     err = open(os.path.join(tmp, name + ".err"), "wb")
-    p = subprocess.Popen([SSE, "--listen", "127.0.0.1:%d" % port, "--quiet", "--heartbeat", "0",
-                          "--max-clients", "4096", *args],
+    p = subprocess.Popen([*wrapper, SSE, "--listen", "127.0.0.1:%d" % port, "--quiet",
+                          "--heartbeat", "0", "--max-clients", "4096", *args],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                          preexec_fn=lambda: pin(SERVER_CPUS))
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if p.poll() is not None:
             raise SystemExit("%s exited: %s" % (name, open(err.name, errors="replace").read()))
@@ -155,6 +158,38 @@ def one_round(proc, port, request, connects, clients):
     return wall, cpu, ok
 
 
+def instructions(configs, tmp, request, counts=(100, 400)):
+    """User-space instructions per connect of each configuration, under callgrind: each server
+    is run twice, for counts[0] and counts[1] connects one after the other, and the
+    difference divided by the difference of the counts (so start-up and exit cancel out).
+    Unlike CPU time this does not move with the machine's load; it leaves out the kernel's
+    share of a connect (the same with a key or without)."""
+    out = {}
+    for name, args in configs:
+        totals = []
+        for n in counts:
+            path = os.path.join(tmp, "callgrind.%d.%d" % (len(out), n))
+            proc, port = start(args, tmp, "callgrind", timeout=60, wrapper=(
+                "valgrind", "--tool=callgrind", "--callgrind-out-file=" + path))
+            try:
+                _, _, ok = one_round(proc, port, request, n, 1)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+            if ok != n:
+                raise SystemExit("%s under callgrind: %d of %d connects answered 200"
+                                 % (name, ok, n))
+            total = None
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("totals:") or (line.startswith("summary:")
+                                                      and total is None):
+                        total = int(line.split()[1])
+            totals.append(total)
+        out[name] = (totals[1] - totals[0]) / (counts[1] - counts[0])
+    return out
+
+
 def median(xs):
     xs = sorted(xs)
     return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
@@ -167,6 +202,8 @@ def main():
     ap.add_argument("--connects", type=int, default=2000, help="connects per round (2000)")
     ap.add_argument("--clients", type=int, default=2, help="client processes at once (2)")
     ap.add_argument("--markdown", action="store_true", help="the table as RESULTS.md shows it")
+    ap.add_argument("--no-callgrind", action="store_true",
+                    help="skip the instruction counts (valgrind; skipped with --smoke too)")
     a = ap.parse_args()
     if a.smoke:
         a.rounds, a.connects = 2, 200
@@ -205,6 +242,9 @@ def main():
         for proc, _ in servers.values():
             proc.kill()
             proc.wait()
+    counted = {}
+    if not (a.smoke or a.no_callgrind) and shutil.which("valgrind"):
+        counted = instructions([configs[0], configs[2]], tmp, request)
 
     rows, bad = {}, []
     for name in names:
@@ -246,6 +286,13 @@ def main():
           "connect; median of the rounds), %.2fx the clients' connect rate; the issue's bar: "
           "at least 0.80x. The control, a second server without a key, measured %.2fx: the "
           "run's resolution." % ("\n" if a.markdown else "", jwt[0], jwt[3], control[0]))
+    if counted:
+        plain, jwt_i = counted["no key"], counted["--jwt-secret-file"]
+        print("- under callgrind (user space only, unmoved by the machine's load): %.0f "
+              "instructions per connect without a key, %.0f with one: verifying the token "
+              "adds %.0f, %.0f%% of the server's own instructions per connect (the kernel's "
+              "TCP work of a connect, the larger share of its CPU time above, comes on top)."
+              % (plain, jwt_i, jwt_i - plain, 100.0 * (jwt_i - plain) / plain))
     for b in bad:
         print("error: " + b)
     if bad:
