@@ -4,9 +4,11 @@ harness page as tests/test_browser.py. A page cannot set headers on an EventSour
 token travels in the cookie the application set (`sse_token`): put in the browser here with
 Playwright's context.addCookies, HttpOnly and SameSite=Strict as an application would set it.
 
-Same origin, the cookie goes with the stream request and the events arrive; without it, with a
-forged one, or for a topic the token does not grant, the answer is 401 or 403 and the
-EventSource gives up for good (readyState 2, CLOSED, one error event, no second request).
+Same origin, the cookie goes with the stream request and the events arrive; when the token
+expires the stream ends and the browser comes back by itself with the renewed cookie and its
+Last-Event-ID, missing nothing; without a cookie, with a forged or expired one, or for a topic
+the token does not grant, the answer is 401 or 403 and the EventSource gives up for good
+(readyState 2, CLOSED, one error event, no second request).
 Across origins (the page on one port, the stream on another port of the same host: same site,
 so the cookie may go, but another origin, so CORS decides), `withCredentials: true` under
 `--cors PAGE_ORIGIN` gets the events; without withCredentials the cookie stays home (401), and
@@ -99,6 +101,44 @@ def test_same_origin_cookie_opens_a_private_stream(jar, start_server):
     assert jar.eval("compare(%s)" % json.dumps([{"data": "for user 42 only", "id": id_}])) == "ok"
     assert jar.eval("es.readyState") == 1 and jar.eval("rec.errors") == 0
     assert refused(metric_values(srv.port)) == {}
+
+
+def test_stream_ends_at_exp_and_resumes_with_the_renewed_cookie(jar, start_server):
+    """The token's exp ends the stream (5 s after it, with a retry:); the application renewed
+    the cookie meanwhile, so the browser's own reconnect carries the new token and its
+    Last-Event-ID, and gets what was published while it was away: nothing lost."""
+    srv = start_server("--root", PAGES, "--publish-token", "secret", "--jwt-secret", KEY,
+                       "--retry", "2000")
+    relay = TcpRelay(srv.port)
+    try:
+        origin = "http://127.0.0.1:%d" % relay.port
+        set_token(jar, origin, grant("private-1", ttl=1))
+        jar.goto(harness_url(origin, "/events?topic=private-1"))
+        jar.wait("rec.opens === 1")
+        ids = [pub(srv.port, "before expiry", topic="private-1")]
+        jar.wait("rec.events.length === 1")
+        renewed = grant("private-1", ttl=600)
+        set_token(jar, origin, renewed)  # the application's fresh Set-Cookie
+        jar.wait("rec.errors === 1", timeout=15)  # exp + 5 s: the stream ends
+        # Published while the browser waits out retry: (2 s): it can only get these replayed.
+        ids += [pub(srv.port, "missed %d" % i, topic="private-1") for i in range(2)]
+        jar.wait("rec.opens === 2 && rec.events.length === 3", timeout=10)
+        time.sleep(0.2)
+        assert jar.eval("compare(%s)" % json.dumps(
+            [{"data": d, "id": i} for d, i in zip(["before expiry", "missed 0", "missed 1"],
+                                                  ids)])) == "ok"
+        assert jar.eval("rec.errorLog") == [{"lastId": ids[0], "readyState": 0}]
+        streams = stream_exchanges(relay, "/events?topic=private-1")
+        assert len(streams) == 2, streams
+        again = streams[1]["request"].decode()
+        assert "\r\nLast-Event-ID: %s\r\n" % ids[0] in again, again
+        assert "sse_token=%s" % renewed in again, again
+        assert streams[1]["response"].startswith(b"HTTP/1.1 200 "), streams[1]
+        values = metric_values(srv.port)
+        assert values['sse_connections_closed_total{reason="expired"}'] == 1
+        assert values["sse_replays_total"] == 1 and refused(values) == {}
+    finally:
+        relay.close()
 
 
 # (what the browser holds, the topic the page asks for, the answer, the refusal's reason)
