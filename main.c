@@ -346,6 +346,8 @@ static void store_public(struct options *o, const struct opt *op, const char *va
         die_usage("invalid value '%s' for --%s: expected a topic name (1 to 64 of A-Z a-z 0-9 "
                   ". _ -), * (every topic) or a prefix ending in * (such as news-*)",
                   val, op->name);
+    if (o->cfg.num_public_topics == 64)
+        die_usage("too many --%s: at most 64 (a prefix ending in * covers many)", op->name);
     o->publics[o->cfg.num_public_topics++] = val;
 }
 

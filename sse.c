@@ -8852,8 +8852,7 @@ struct auth {
     size_t key_len;     /* its bytes */
     char *cookie;       /* the cookie a token may come in */
     char *audience;     /* what aud must name, or NULL */
-    char **publics;     /* topics anyone may hear */
-    size_t npublic;     /* entries in publics */
+    struct jwt_list publics; /* topics anyone may hear, as grants to all (names owned) */
     int (*on_authorize)(struct sse_server *, const struct sse_request *, int, const char *const *,
                         size_t, int *, void *); /* the host's, or NULL */
     struct auth_app *app;                       /* --auth-url, or NULL */
@@ -8865,21 +8864,6 @@ static const struct part_ops part_auth;
 
 static struct auth *auth_of(const struct sse_server *srv) {
     return part_self(srv, &part_auth);
-}
-
-/* Whether a pattern (a grant, a public topic) covers a topic: equal, "*", or a prefix ending
- * in '*'. */
-static bool auth_pattern_covers(const char *p, size_t plen, const char *topic, size_t len) {
-    if (plen && p[plen - 1] == '*')
-        return len >= plen - 1 && memcmp(p, topic, plen - 1) == 0;
-    return plen == len && memcmp(p, topic, len) == 0;
-}
-
-static bool auth_public(const struct auth *au, const char *topic, size_t len) {
-    for (size_t i = 0; i < au->npublic; i++)
-        if (auth_pattern_covers(au->publics[i], strlen(au->publics[i]), topic, len))
-            return true;
-    return false;
 }
 
 /* The value of cookie `name` in the request's Cookie fields (RFC 6265 5.4: "a=b; c=d"; a
@@ -9066,6 +9050,8 @@ struct auth_app {
     struct remote url;              /* where it listens */
     int64_t cache_ms;               /* --auth-cache; 0 = answers are not remembered */
     struct auth_call *calls, *last; /* questions under way, oldest first */
+    struct auth_call *dropped;      /* questions whose client left, freed at the next tick (an
+                                       event of theirs may still wait in this batch) */
     struct hash_table cache;        /* remembered answers by key */
     struct auth_cached *oldest, *newest;
     uint64_t requests, cache_hits; /* questions sent; answers found remembered */
@@ -9152,15 +9138,31 @@ static uint32_t auth_app_keep(const char *v, size_t vlen, bool listed,
     return keep;
 }
 
-static void auth_call_free(struct sse_server *srv, struct auth_app *app, struct auth_call *call) {
+/* Takes the question out of the list and closes its socket. */
+static void auth_call_end(struct sse_server *srv, struct auth_app *app, struct auth_call *call) {
     *(call->prev ? &call->prev->next : &app->calls) = call->next;
     *(call->next ? &call->next->prev : &app->last) = call->prev;
     if (call->h.fd >= 0) {
         epoll_ctl(srv->epfd, EPOLL_CTL_DEL, call->h.fd, NULL);
         close(call->h.fd);
     }
+    call->h.fd = -1;
+}
+
+static void auth_call_free(struct sse_server *srv, struct auth_app *app, struct auth_call *call) {
+    auth_call_end(srv, app, call);
     free(call->out);
     free(call);
+}
+
+/* Frees the questions whose client left (auth_app_forget). */
+static void auth_calls_reap(struct auth_app *app) {
+    for (struct auth_call *call = app->dropped, *next; call; call = next) {
+        next = call->next;
+        free(call->out);
+        free(call);
+    }
+    app->dropped = NULL;
 }
 
 /* Answers the waiting client as the application said: status 200 with keep, 401/403, or
@@ -9227,6 +9229,8 @@ static void auth_call_parse(struct sse_server *srv, struct auth_call *call, size
 /* The application's socket: write the question, read the answer head. */
 static void auth_call_event(struct sse_server *srv, struct handle *h, uint32_t events) {
     struct auth_call *call = (struct auth_call *)h;
+    if (!call->client)
+        return; /* dropped while its event waited in this batch */
     while (call->sent < call->out_len) {
         ssize_t n = send(h->fd, call->out + call->sent, call->out_len - call->sent, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
@@ -9388,7 +9392,10 @@ static void auth_app_forget(struct sse_server *srv, const struct conn *c) {
     struct auth_app *app = auth_of(srv)->app;
     for (struct auth_call *call = app ? app->calls : NULL; call; call = call->next)
         if (call->client == c) {
-            auth_call_free(srv, app, call);
+            auth_call_end(srv, app, call);
+            call->client = NULL;
+            call->next = app->dropped;
+            app->dropped = call;
             return;
         }
 }
@@ -9406,7 +9413,7 @@ static enum access_answer auth_subscribe(struct sse_server *srv, struct conn *c,
         return auth_refuse(srv, c, r, "subscribing", NULL, 0);
     bool all_public = true;
     for (size_t i = 0; i < a->n; i++) {
-        if (auth_public(au, a->names[i], a->lens[i]))
+        if (jwt_grants(&au->publics, a->names[i], a->lens[i]))
             continue;
         all_public = false;
         if (au->key && !checked)
@@ -9459,6 +9466,8 @@ static enum access_answer auth_publish(struct sse_server *srv, struct conn *c,
 /* Questions to the application that went unanswered for SSE_DEFAULT_AUTH_TIMEOUT_MS. */
 static void auth_tick(struct sse_server *srv) {
     struct auth_app *app = auth_of(srv)->app;
+    if (app)
+        auth_calls_reap(app);
     while (app && app->calls && app->calls->deadline <= srv->now)
         auth_call_done(srv, app->calls, 0, NULL, 0, false);
 }
@@ -9506,15 +9515,15 @@ static void auth_free(struct sse_server *srv) {
     if (app) {
         while (app->calls)
             auth_call_free(srv, app, app->calls);
+        auth_calls_reap(app);
         while (app->oldest)
             auth_cache_drop(app);
         free(app->cache.buckets);
         remote_free(&app->url);
         free(app);
     }
-    for (size_t i = 0; i < au->npublic; i++)
-        free(au->publics[i]);
-    free(au->publics);
+    for (size_t i = 0; i < au->publics.n; i++)
+        free((char *)au->publics.name[i]);
     free(au->key);
     free(au->cookie);
     free(au->audience);
@@ -9584,11 +9593,12 @@ static const char *auth_configure(struct sse_server *srv, const struct sse_confi
         return "the token audience must not be empty";
     if (cfg->auth_cache_ms < 0)
         return "the authorization cache time must not be negative";
-    au->publics = calloc(cfg->num_public_topics + 1, sizeof *au->publics);
+    if (cfg->num_public_topics > JWT_GRANTS_MAX)
+        return "at most 64 public topics (use a prefix ending in *)";
     au->key = cfg->jwt_secret ? malloc(klen) : NULL;
     au->cookie = strdup(cookie);
     au->audience = cfg->jwt_audience ? strdup(cfg->jwt_audience) : NULL;
-    if (!au->publics || (cfg->jwt_secret && !au->key) || !au->cookie ||
+    if ((cfg->jwt_secret && !au->key) || !au->cookie ||
         (cfg->jwt_audience && !au->audience))
         return "out of memory";
     if (au->key)
@@ -9598,8 +9608,11 @@ static const char *auth_configure(struct sse_server *srv, const struct sse_confi
         const char *p = cfg->public_topics[i];
         if (!p || !auth_pattern_valid(p))
             return "a public topic must be a topic name, * or a prefix ending in *";
-        if (!(au->publics[au->npublic++] = strdup(p)))
+        char *copy = strdup(p);
+        if (!copy)
             return "out of memory";
+        au->publics.len[au->publics.n] = strlen(copy);
+        au->publics.name[au->publics.n++] = copy;
     }
     au->on_authorize = cfg->on_authorize;
     srv->access = &access_auth;

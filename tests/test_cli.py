@@ -121,6 +121,13 @@ PART_OPTIONS = [
     ("--redis-stream", "k", "sse", "SSE_ENABLE_REDIS"),
     ("--redis-password", "p", ANY, "SSE_ENABLE_REDIS"),
     ("--redis-maxlen", "10", "100000", "SSE_ENABLE_REDIS"),
+    ("--jwt-secret", "k", ANY, "SSE_ENABLE_AUTH"),
+    ("--jwt-secret-file", "/etc/hostname", ANY, "SSE_ENABLE_AUTH"),
+    ("--jwt-cookie", "c", "sse_token", "SSE_ENABLE_AUTH"),
+    ("--jwt-audience", "a", ANY, "SSE_ENABLE_AUTH"),
+    ("--public", "news", ANY, "SSE_ENABLE_AUTH"),
+    ("--auth-url", "http://127.0.0.1:9/check", ANY, "SSE_ENABLE_AUTH"),
+    ("--auth-cache", "5", "0", "SSE_ENABLE_AUTH"),
 ]
 
 

@@ -958,6 +958,120 @@ static void test_host_stream(void) {
     sse_server_free(srv);
 }
 
+/* The ending heap (streams that end at a set time): whatever the order of adding and
+ * removing, the soonest is on top and every place is known to its connection. */
+static void test_ending_heap(void) {
+    struct ending e = {0};
+    struct conn cs[200];
+    memset(cs, 0, sizeof cs);
+    uint64_t x = 88172645463325252u;
+    for (int i = 0; i < 200; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        CHECK(ending_add(&e, &cs[i], (int64_t)(x % 1000)));
+    }
+    for (int i = 0; i < 200; i += 3)
+        ending_remove(&e, &cs[i]);
+    int64_t last = -1;
+    bool placed = true;
+    for (uint32_t i = 0; i < e.n; i++)
+        placed = placed && e.heap[i].c->ending == i + 1;
+    CHECK(placed && e.n == 200 - 67);
+    while (e.n) {
+        struct conn *top = e.heap[0].c;
+        CHECK(e.heap[0].at >= last);
+        last = e.heap[0].at;
+        ending_remove(&e, top);
+        CHECK(top->ending == 0);
+    }
+    free(e.heap);
+}
+
+#if SSE_ENABLE_AUTH
+/* A host that decides who hears what (on_authorize): X-User 42 may hear anything but
+ * "secret" and publish; "nobody" is refused; "later" cannot be answered now. */
+struct host_auth {
+    int asked, publishes, respond; /* calls; of them publishes; sse_respond()'s answer */
+    char peer[64], topics[128];    /* what the last call saw */
+};
+
+static int host_authorize(struct sse_server *srv, const struct sse_request *req, int publish,
+                          const char *const *topics, size_t n, int *keep, void *user) {
+    struct host_auth *ha = user;
+    (void)srv;
+    ha->asked++;
+    ha->publishes += publish;
+    ha->respond = sse_respond(req, 200, NULL, "x", 1);
+    snprintf(ha->peer, sizeof ha->peer, "%s", sse_request_peer(req));
+    ha->topics[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        strncat(ha->topics, topics[i], sizeof ha->topics - strlen(ha->topics) - 2);
+        strcat(ha->topics, ",");
+        keep[i] = strcmp(topics[i], "secret") != 0;
+    }
+    size_t len;
+    const char *who = sse_request_header(req, "X-User", &len);
+    if (who && len == 2 && !memcmp(who, "42", 2))
+        return 200;
+    return who && len == 5 && !memcmp(who, "later", 5) ? 503 : 403;
+}
+
+static void test_on_authorize(void) {
+    struct host_auth ha = {0};
+    struct sse_config cfg = {.listen = "127.0.0.1:0", .heartbeat_ms = SSE_OFF};
+    const char *pub[] = {"news"};
+    cfg.on_authorize = host_authorize;
+    cfg.public_topics = pub;
+    cfg.num_public_topics = 1;
+    cfg.user = &ha;
+    char err[128], buf[4096];
+    struct sse_server *srv = sse_server_new(&cfg, err, sizeof err);
+    CHECK(srv != NULL);
+    if (!srv)
+        return;
+    struct sse_server *one[2] = {srv, srv}; /* read_until drives two */
+    int a = connect_to(srv), b = connect_to(srv), c = connect_to(srv), d = connect_to(srv),
+        e = connect_to(srv), p = connect_to(srv);
+    const char *get = "GET /events?topic=a&topic=secret HTTP/1.1\r\nHost: x\r\nX-User: 42\r\n\r\n";
+    CHECK(send(a, get, strlen(get), 0) > 0);
+    CHECK(read_until(one, a, buf, sizeof buf, "event: position\ndata:\n\n"));
+    CHECK(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf);
+    CHECK(ha.asked == 1 && ha.publishes == 0 && ha.respond == -EINVAL);
+    CHECK(strcmp(ha.peer, "127.0.0.1") == 0 && strcmp(ha.topics, "a,secret,") == 0);
+    CHECK(sse_publish(srv, "secret", NULL, "s", 1, NULL) == 0); /* narrowed away */
+    CHECK(sse_publish(srv, "a", NULL, "x", 1, NULL) == 1);
+    const char *nobody = "GET /events?topic=a HTTP/1.1\r\nHost: x\r\nX-User: nobody\r\n\r\n";
+    CHECK(send(b, nobody, strlen(nobody), 0) > 0);
+    CHECK(read_until(one, b, buf, sizeof buf, "refused this subscription\n"));
+    CHECK(strstr(buf, "HTTP/1.1 403 Forbidden\r\n") == buf);
+    const char *later = "GET /events?topic=a HTTP/1.1\r\nHost: x\r\nX-User: later\r\n"
+                        "Accept: text/event-stream\r\n\r\n";
+    CHECK(send(c, later, strlen(later), 0) > 0);
+    CHECK(read_until(one, c, buf, sizeof buf, "\n\n"));
+    CHECK(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf && strstr(buf, "\r\n\r\nretry: "));
+    CHECK(!strstr(buf, "id: "));
+    const char *only_secret = "GET /events?topic=secret HTTP/1.1\r\nHost: x\r\nX-User: 42\r\n\r\n";
+    CHECK(send(d, only_secret, strlen(only_secret), 0) > 0);
+    CHECK(read_until(one, d, buf, sizeof buf, "topic secret\n"));
+    CHECK(strstr(buf, "HTTP/1.1 403 ") == buf);
+    int asked = ha.asked; /* public topics alone need nobody's yes */
+    const char *news = "GET /events?topic=news HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(send(e, news, strlen(news), 0) > 0);
+    CHECK(read_until(one, e, buf, sizeof buf, "event: position\ndata:\n\n") && ha.asked == asked);
+    const char *post = "POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nX-User: 42\r\n"
+                       "Content-Length: 2\r\n\r\nhi"
+                       "POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nno";
+    CHECK(send(p, post, strlen(post), 0) > 0);
+    CHECK(read_until(one, p, buf, sizeof buf, "refused this publish\n"));
+    CHECK(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf && strstr(buf, "\"subscribers\": 1}"));
+    CHECK(strstr(buf, "HTTP/1.1 403 Forbidden\r\n") && ha.publishes == 2);
+    CHECK(read_until(one, a, buf, sizeof buf, "data: hi\n\n"));
+    int fds[] = {a, b, c, d, e, p};
+    for (size_t i = 0; i < 6; i++)
+        close(fds[i]);
+    sse_server_free(srv);
+}
+#endif
+
 /* A host that forwards its log to subscribers: on_log publishes every line on the topic whose
  * subscribers are being dropped as too slow, and tries to drive the loop from inside. Nothing
  * may recurse or touch a freed subscription; the calls that would re-enter answer -EBUSY. */
@@ -1481,6 +1595,10 @@ int main(void) {
     test_two_servers();
     test_host_routes();
     test_host_stream();
+    test_ending_heap();
+#if SSE_ENABLE_AUTH
+    test_on_authorize();
+#endif
     test_pace_api();
     test_log_reentry();
 #if SSE_ENABLE_REDIS
