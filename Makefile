@@ -243,6 +243,7 @@ bench: bench-tools
 
 bench-smoke: bench-tools
 	$(PYTHON) bench/run.py --smoke
+	$(PYTHON) bench/auth_connect.py --smoke
 
 # Static analysis; any finding fails. cppcheck reads .ci/cppcheck-suppressions.xml and
 # `cppcheck-suppress` comments, clang-tidy reads .clang-tidy (checks and why some are off) and

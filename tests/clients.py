@@ -101,6 +101,14 @@ class Browser:
     def console(self):
         return self.call("console")
 
+    def add_cookies(self, cookies):
+        """Adds cookies to the browser as Playwright's context.addCookies takes them (each with
+        a url, or a domain and a path); returns every cookie the browser then holds."""
+        return self.call("cookies", cookies=cookies)
+
+    def clear_cookies(self):
+        return self.call("clear_cookies")
+
     def close(self):
         if self.proc.poll() is None:
             self.proc.stdin.close()

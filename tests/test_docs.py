@@ -346,7 +346,8 @@ def read_document(session, name):
     return skipped
 
 
-PARTS = {"docs/proxy.md": ("proxy", "relay"), "docs/scaling.md": ("redis",)}  # what they need
+PARTS = {"docs/proxy.md": ("proxy", "relay"), "docs/scaling.md": ("redis",),
+         "docs/auth.md": ("auth",)}  # what they need
 
 
 @pytest.mark.parametrize("name", [
@@ -359,3 +360,27 @@ def test_document_runs_as_written(name, tmp_path):
         session.stop_all()
     for where, why in skipped:
         print("%s: %s" % (where, why))
+
+
+def test_readme_examples_not_run_are_run_elsewhere():
+    """README's examples that need a part are marked not run there (README itself runs in the
+    core build too) and name the document that runs them: each such block must be in that
+    document, as written, so what the reader copies from README is what the test ran."""
+    readme = blocks(os.path.join(ROOT, "README.md"))
+    checked = 0
+    for b in readme:
+        m = re.match(r"not run: (docs/[\w.-]+\.md) runs these commands as written", b.note or "")
+        if not m:
+            continue
+        there = ["\n".join(o.lines) for o in blocks(os.path.join(ROOT, m.group(1)))
+                 if o.lang == b.lang and (o.note or "") == ""]
+        assert any("\n".join(b.lines) in t for t in there), (
+            "README.md's block under %s is not in %s as written" % (b.heading, m.group(1)))
+        checked += 1
+    assert checked >= 1
+    # A file README has the reader save (mint.py) is the same file wherever else it is saved.
+    files = {b.note: b.lines for b in readme if (b.note or "").startswith("file:")}
+    for name in DOCUMENTS[1:]:
+        for b in blocks(os.path.join(ROOT, name)):
+            if b.note in files:
+                assert b.lines == files[b.note], "%s: %s differs from README.md's" % (name, b.note)

@@ -8,6 +8,8 @@
 //   {"op": "screenshot", "path": P}             save a PNG of the whole page
 //   {"op": "viewport", "width": W, "height": H} resize the page's viewport (CSS pixels)
 //   {"op": "console"}                           the page's console lines and errors so far
+//   {"op": "cookies", "cookies": [C, ...]}      add cookies to the browser (context.addCookies)
+//   {"op": "clear_cookies"}                     remove every cookie the browser holds
 // Answers are {"ok": true, "value": V} or {"ok": false, "error": "..."}. End of stdin closes
 // the browser and exits.
 import { createInterface } from 'node:readline';
@@ -47,6 +49,12 @@ async function handle(req) {
       return page.viewportSize();
     case 'console':
       return consoleLines;
+    case 'cookies':
+      await context.addCookies(req.cookies);
+      return context.cookies();
+    case 'clear_cookies':
+      await context.clearCookies();
+      return null;
     default:
       throw new Error(`unknown op ${req.op}`);
   }
