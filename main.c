@@ -360,8 +360,11 @@ static void store_jwt_secret_file(struct options *o, const struct opt *op, const
     bool failed = !f || !key || ferror(f);
     if (f)
         fclose(f);
-    if (failed)
-        die_usage("cannot read --%s %s: %s", op->name, val, key ? strerror(errno) : "no memory");
+    if (failed) { /* not a usage error: exit 1, as for any file that cannot be opened */
+        fprintf(stderr, "sse-server: cannot read --%s %s: %s\n", op->name, val,
+                key ? strerror(errno) : "no memory");
+        exit(1);
+    }
     if (n > 65536)
         die_usage("invalid --%s %s: a key is at most 64 KiB", op->name, val);
     if (n && key[n - 1] == '\n')

@@ -8256,7 +8256,7 @@ enum auth_reason {
     AUTH_TOO_LONG,      /* over JWT_MAX_BYTES */
     AUTH_ALG,           /* "alg" is not "HS256" */
     AUTH_SIGNATURE,     /* the HMAC does not match */
-    AUTH_EXPIRED,       /* now > exp + JWT_LEEWAY_S */
+    AUTH_EXPIRED,       /* now >= exp + JWT_LEEWAY_S (RFC 7519 4.1.4: "on or after") */
     AUTH_NOT_YET_VALID, /* now < nbf - JWT_LEEWAY_S */
     AUTH_AUDIENCE,      /* "aud" missing or not the configured audience */
     AUTH_TOPIC,         /* a valid token without the grant asked for */
@@ -8772,7 +8772,7 @@ static enum auth_reason jwt_claims(struct jwt *out, size_t len, const char *audi
             return AUTH_MALFORMED;
     if (more < 0 || !json_end(&r.j) || r.bad_time)
         return AUTH_MALFORMED;
-    if (out->exp <= INT64_MAX - JWT_LEEWAY_S && now > out->exp + JWT_LEEWAY_S)
+    if (out->exp <= INT64_MAX - JWT_LEEWAY_S && now >= out->exp + JWT_LEEWAY_S)
         return AUTH_EXPIRED;
     if (out->nbf >= INT64_MIN + JWT_LEEWAY_S && now < out->nbf - JWT_LEEWAY_S)
         return AUTH_NOT_YET_VALID;

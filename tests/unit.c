@@ -1936,10 +1936,10 @@ static void test_jwt_length(void) {
 /* exp, nbf and aud, with the leeway; TEST_NOW is 1000000000. */
 static void test_jwt_claims(void) {
     CHECK(verify(hs256("{}")) == AUTH_OK && test_jwt.exp == INT64_MAX && test_jwt.nbf == INT64_MIN);
-    CHECK(verify(hs256("{\"exp\":999999994}")) == AUTH_EXPIRED); /* past the leeway */
-    CHECK(verify(hs256("{\"exp\":999999995}")) == AUTH_OK);      /* within it */
-    CHECK(verify(hs256("{\"exp\":999999994.5}")) == AUTH_EXPIRED);
-    CHECK(verify(hs256("{\"exp\":999999995.5}")) == AUTH_OK && test_jwt.exp == 999999995);
+    CHECK(verify(hs256("{\"exp\":999999995}")) == AUTH_EXPIRED); /* at its end: "on or after" */
+    CHECK(verify(hs256("{\"exp\":999999996}")) == AUTH_OK);      /* within it */
+    CHECK(verify(hs256("{\"exp\":999999995.5}")) == AUTH_EXPIRED); /* taken down to 999999995 */
+    CHECK(verify(hs256("{\"exp\":999999996.5}")) == AUTH_OK && test_jwt.exp == 999999996);
     CHECK(verify(hs256("{\"exp\":1e10}")) == AUTH_OK && test_jwt.exp == 10000000000);
     CHECK(verify(hs256("{\"exp\":1e400}")) == AUTH_OK && test_jwt.exp == INT64_MAX);
     CHECK(verify(hs256("{\"exp\":-1e400}")) == AUTH_EXPIRED);

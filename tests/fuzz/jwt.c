@@ -79,11 +79,11 @@ static enum auth_reason check_token(const char *tok, size_t len, const char *aud
 static void check_times(const char *tok, size_t len, const char *aud) {
     int64_t exp = jwt_a.exp, nbf = jwt_a.nbf;
     if (exp < INT64_MAX - 100) { /* present, and not too far to add to */
-        FUZZ_CHECK(verify(tok, len, fuzz_key, aud, exp + JWT_LEEWAY_S + 1, &jwt_b) == AUTH_EXPIRED);
-        FUZZ_CHECK(verify(tok, len, fuzz_key, aud, exp + JWT_LEEWAY_S, &jwt_b) != AUTH_EXPIRED);
+        FUZZ_CHECK(verify(tok, len, fuzz_key, aud, exp + JWT_LEEWAY_S, &jwt_b) == AUTH_EXPIRED);
+        FUZZ_CHECK(verify(tok, len, fuzz_key, aud, exp + JWT_LEEWAY_S - 1, &jwt_b) != AUTH_EXPIRED);
     }
     bool exp_far = exp >= INT64_MAX - 100; /* absent, or too far to expire first */
-    if (nbf > INT64_MIN + 100 && (exp_far || nbf - JWT_LEEWAY_S - 1 <= exp + JWT_LEEWAY_S)) {
+    if (nbf > INT64_MIN + 100 && (exp_far || nbf - JWT_LEEWAY_S < exp + JWT_LEEWAY_S)) {
         FUZZ_CHECK(verify(tok, len, fuzz_key, aud, nbf - JWT_LEEWAY_S - 1, &jwt_b) ==
                    AUTH_NOT_YET_VALID);
         FUZZ_CHECK(verify(tok, len, fuzz_key, aud, nbf - JWT_LEEWAY_S, &jwt_b) == AUTH_OK);
