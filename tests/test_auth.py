@@ -9,7 +9,8 @@ mint with) for the real thing, and this file (hmac, hashlib, base64) for the edg
 library would mint: alg none, other algorithms, bad signatures, padding, bad JSON, oversized.
 A stream ends at its token's exp (+ 5 s of leeway) and resumes, renewed, without a loss: over
 a raw socket, with the npm eventsource package (tests/browser/es-auth-client.mjs, its token
-renewed through a fetch override) and in Chromium with a cookie, also across origins.
+renewed through a fetch override); in Chromium with a cookie, also across origins, in
+tests/test_browser_auth.py.
 
 The application behind --auth-url is a small http.server in a thread, keyed by its session
 cookie (AuthApp). Every wait is bounded; nothing here asserts speed: where a time is checked
@@ -27,11 +28,10 @@ import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlencode
 
 import pytest
 
-from clients import CLIENTS, Browser, require_node_packages, wait_until
+from clients import CLIENTS, require_node_packages, wait_until
 from conftest import (
     BINARY,
     Stream,
@@ -1433,110 +1433,3 @@ def test_auth_without_cache_asks_every_time(start_server, auth_app):
         assert auth_app.count() == i + 1
     m = metric_values(srv.port)
     assert (m["sse_auth_requests_total"], m["sse_auth_cache_hits_total"]) == (3, 0)
-
-
-# ---- a real browser: the token in a cookie, across origins, renewed -------------------------
-
-
-PAGES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser", "pages")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    b = Browser()
-    yield b
-    b.close()
-
-
-def harness(origin, stream, credentials=False):
-    query = {"stream": stream}
-    if credentials:
-        query["credentials"] = "1"
-    return "%s/harness.html?%s" % (origin, urlencode(query))
-
-
-def set_cookie(browser, origin, token):
-    """Sets sse_token for the page's host (cookies do not tell ports apart: every server on
-    127.0.0.1 gets it), as an application's login would. The harness it opens first streams
-    from a path that is not a stream, and gives up."""
-    browser.goto(harness(origin, "/nothing"))
-    browser.eval("document.cookie = 'sse_token=%s; path=/; SameSite=Lax'" % token)
-    assert token in browser.eval("document.cookie")
-
-
-def clear_cookie(browser, origin):
-    browser.goto(harness(origin, "/nothing"))
-    browser.eval("document.cookie = 'sse_token=; path=/; max-age=0'")
-
-
-def test_browser_subscribes_with_its_cookie(browser, start_server):
-    srv = auth_server(start_server, "--root", PAGES)
-    (tok,) = jose({"claims": grants(["x"]), "exp": 600})
-    clear_cookie(browser, srv.url)
-    try:
-        browser.goto(harness(srv.url, "/events/x"))
-        browser.wait("es.readyState === 2")  # no cookie: 401 ends it for good
-        assert browser.eval("rec.opens") == 0
-        set_cookie(browser, srv.url, tok)
-        browser.goto(harness(srv.url, "/events/x"))
-        browser.wait("rec.opens === 1")
-        id_ = pub(srv.port, "for the cookie holder", topic="x")
-        browser.wait("rec.events.length === 1")
-        assert browser.eval("compare(%s)" % json.dumps(
-            [{"data": "for the cookie holder", "id": id_}])) == "ok"
-    finally:
-        clear_cookie(browser, srv.url)
-    assert refused_counts(srv.port)["missing"] == 1
-
-
-@pytest.mark.parametrize("credentials", [True, False])
-def test_browser_cross_origin_with_credentials_under_cors(browser, start_server, credentials):
-    page_server = start_server("--root", PAGES)
-    origin = page_server.url
-    srv = auth_server(start_server, "--cors", origin)
-    (tok,) = jose({"claims": grants(["x"]), "exp": 600})
-    set_cookie(browser, origin, tok)
-    try:
-        browser.goto(harness(origin, srv.url + "/events/x", credentials=credentials))
-        if not credentials:  # the cookie stays home: 401, and the browser gives up
-            browser.wait("es.readyState === 2")
-            assert browser.eval("rec.opens") == 0
-            assert refused_counts(srv.port)["missing"] == 1
-            return
-        browser.wait("rec.opens === 1")
-        id_ = pub(srv.port, "across origins, with a cookie", topic="x")
-        browser.wait("rec.events.length === 1")
-        assert browser.eval("compare(%s)" % json.dumps(
-            [{"data": "across origins, with a cookie", "id": id_}])) == "ok"
-    finally:
-        clear_cookie(browser, origin)
-
-
-def test_browser_resumes_after_expiry_with_renewed_cookie(browser, start_server):
-    srv = auth_server(start_server, "--root", PAGES, "--retry", "500")
-    port = srv.port
-    short, renewed = jose({"claims": grants(["x"]), "exp": 0},
-                          {"claims": grants(["x"]), "exp": 600})
-    exp = claims_of(short)["exp"]
-    set_cookie(browser, srv.url, short)
-    publisher = Publisher(port, "x", every=0.2)
-    try:
-        browser.goto(harness(srv.url, "/events/x"))
-        browser.wait("rec.opens === 1")
-        publisher.start()
-        browser.wait("rec.events.length >= 2")
-        # the application renews the cookie (from the page, as its script would)
-        browser.eval("document.cookie = 'sse_token=%s; path=/; SameSite=Lax'" % renewed)
-        browser.wait("rec.opens === 2", timeout=max(1, exp + 5 - time.time()) + 20)
-        time.sleep(0.5)
-        sent = publisher.finish()
-        browser.wait("rec.events.length >= %d" % len(sent), timeout=15)
-        time.sleep(0.3)
-        assert browser.eval("compare(%s)" % json.dumps(
-            [{"data": d, "id": i} for i, d in sent])) == "ok"
-        assert [e["readyState"] for e in browser.eval("rec.errorLog")] == [0]
-    finally:
-        publisher.stopping.set()
-        clear_cookie(browser, srv.url)
-    assert closed_expired(port) == 1
-    assert refused_counts(port) == {r: 0 for r in REASONS}
