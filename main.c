@@ -335,9 +335,9 @@ static void store_relay(struct options *o, const struct opt *op, const char *val
 /* A public topic (sse.h: public_topics): a topic name, *, or a prefix of one ending in *. */
 static void store_public(struct options *o, const struct opt *op, const char *val) {
     size_t n = strlen(val), stem = n && val[n - 1] == '*' ? n - 1 : n;
-    char name[65];
     bool ok = stem <= 64 && (stem || n == 1);
     if (ok && stem) {
+        char name[65];
         memcpy(name, val, stem);
         name[stem] = '\0';
         ok = topic_valid(name);
@@ -359,8 +359,8 @@ static void store_jwt_secret_file(struct options *o, const struct opt *op, const
     size_t n = f && key ? fread(key, 1, 65537, f) : 0;
     bool failed = !f || !key || ferror(f);
     if (f)
-        fclose(f);
-    if (failed) { /* not a usage error: exit 1, as for any file that cannot be opened */
+        (void)fclose(f); /* read-only: nothing to lose */
+    if (failed) {        /* not a usage error: exit 1, as for any file that cannot be opened */
         fprintf(stderr, "sse-server: cannot read --%s %s: %s\n", op->name, val,
                 key ? strerror(errno) : "no memory");
         exit(1);

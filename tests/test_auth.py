@@ -1099,7 +1099,8 @@ class AuthApp:
     """An application answering sse-server's authorization requests by its session cookie:
     ok* 200; narrow 200 + X-SSE-Topics (self.narrow); unauth or none 401; forbid 403;
     broken 500; gone 404; slow 200 after 8 s (or when closed); hangup closes without a word;
-    garbage answers something that is not HTTP."""
+    garbage answers something that is not HTTP; badheader a 200 with a header line that is
+    not one."""
 
     def __init__(self):
         self.requests = []
@@ -1145,6 +1146,10 @@ class AuthApp:
                     return
                 elif session == "garbage":
                     self.wfile.write(b"this is not HTTP\r\n\r\n")
+                    self.close_connection = True
+                    return
+                elif session == "badheader":  # a 200 whose head is not HTTP past its status
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-SSE-Topics: a\r\nno colon\r\n\r\n")
                     self.close_connection = True
                     return
                 else:
@@ -1307,7 +1312,7 @@ def expect_unavailable(port, headers, path="/events?topic=a", timeout=15):
     assert refused_counts(port) == want
 
 
-@pytest.mark.parametrize("session", ["broken", "gone", "hangup", "garbage"])
+@pytest.mark.parametrize("session", ["broken", "gone", "hangup", "garbage", "badheader"])
 def test_auth_url_failure_is_unavailable(start_server, auth_app, session):
     srv = start_server("--auth-url", auth_app.url())
     expect_unavailable(srv.port, {"Cookie": "session=" + session})

@@ -1056,7 +1056,10 @@ static void test_on_authorize(void) {
     int asked = ha.asked; /* public topics alone need nobody's yes */
     const char *news = "GET /events?topic=news HTTP/1.1\r\nHost: x\r\n\r\n";
     CHECK(send(e, news, strlen(news), 0) > 0);
-    CHECK(read_until(one, e, buf, sizeof buf, "event: position\ndata:\n\n") && ha.asked == asked);
+    CHECK(read_until(one, e, buf, sizeof buf, "event: position\ndata:\n\n"));
+    /* the server's callback counts into ha while read_until() polls, unseen by cppcheck */
+    // cppcheck-suppress knownConditionTrueFalse
+    CHECK(ha.asked == asked);
     const char *post = "POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nX-User: 42\r\n"
                        "Content-Length: 2\r\n\r\nhi"
                        "POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nno";
@@ -1936,8 +1939,8 @@ static void test_jwt_length(void) {
 /* exp, nbf and aud, with the leeway; TEST_NOW is 1000000000. */
 static void test_jwt_claims(void) {
     CHECK(verify(hs256("{}")) == AUTH_OK && test_jwt.exp == INT64_MAX && test_jwt.nbf == INT64_MIN);
-    CHECK(verify(hs256("{\"exp\":999999995}")) == AUTH_EXPIRED); /* at its end: "on or after" */
-    CHECK(verify(hs256("{\"exp\":999999996}")) == AUTH_OK);      /* within it */
+    CHECK(verify(hs256("{\"exp\":999999995}")) == AUTH_EXPIRED);   /* at its end: "on or after" */
+    CHECK(verify(hs256("{\"exp\":999999996}")) == AUTH_OK);        /* within it */
     CHECK(verify(hs256("{\"exp\":999999995.5}")) == AUTH_EXPIRED); /* taken down to 999999995 */
     CHECK(verify(hs256("{\"exp\":999999996.5}")) == AUTH_OK && test_jwt.exp == 999999996);
     CHECK(verify(hs256("{\"exp\":1e10}")) == AUTH_OK && test_jwt.exp == 10000000000);
