@@ -1075,5 +1075,7 @@ int main(int argc, char **argv) {
         free((char *)o.relays[i].topic);
     free(o.routes);
     free(o.relays);
+    free(o.publics);
+    free(o.jwt_key);
     return status;
 }
