@@ -65,7 +65,7 @@ $(BUILD)/embed-host: examples/embed/host.c $(BUILD)/sse.o sse.h
 	$(CC) $(WARNINGS) $(CFLAGS) -I. $< $(BUILD)/sse.o -o $@
 
 # Unit tests include sse.c itself, so they reach its static functions.
-$(BUILD)/unit: tests/unit.c sse.c sse.h | $(BUILD)
+$(BUILD)/unit: tests/unit.c tests/b64url.h sse.c sse.h | $(BUILD)
 	$(CC) $(WARNINGS) -O1 -g $(SANITIZE) $< -o $@
 
 asan: sse-server-asan $(BUILD)/unit
@@ -192,7 +192,7 @@ FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=al
 $(BUILD)/fuzz/bin $(BUILD)/fuzz/replay:
 	mkdir -p $@
 
-$(BUILD)/fuzz/bin/%: tests/fuzz/%.c tests/fuzz/fuzz.h sse.c sse.h | $(BUILD)/fuzz/bin fuzz-deps
+$(BUILD)/fuzz/bin/%: tests/fuzz/%.c tests/fuzz/fuzz.h tests/b64url.h sse.c sse.h | $(BUILD)/fuzz/bin fuzz-deps
 	$(FUZZ_CC) $(WARNINGS) $(FUZZ_FLAGS) $< -o $@
 
 # clang and its libFuzzer runtime, from Debian when missing (as root).
@@ -207,7 +207,7 @@ fuzz-deps:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang \
 	  libclang-rt-14-dev >/dev/null
 
-$(BUILD)/fuzz/replay/%: tests/fuzz/%.c tests/fuzz/replay.c tests/fuzz/fuzz.h sse.c sse.h \
+$(BUILD)/fuzz/replay/%: tests/fuzz/%.c tests/fuzz/replay.c tests/fuzz/fuzz.h tests/b64url.h sse.c sse.h \
                         | $(BUILD)/fuzz/replay
 	$(CC) $(WARNINGS) -O1 -g $(SANITIZE) $< tests/fuzz/replay.c -o $@
 
@@ -284,7 +284,7 @@ valgrind: sse-server deps
 	SSE_SERVER_WRAPPER='$(VALGRIND)' $(PYTHON) -m pytest -q -m valgrind tests
 
 format:
-	clang-format -i sse.c sse.h main.c tests/unit.c bench/sseload.c tests/fuzz/*.c tests/fuzz/*.h \
+	clang-format -i sse.c sse.h main.c tests/unit.c tests/b64url.h bench/sseload.c tests/fuzz/*.c tests/fuzz/*.h \
 	  examples/minimal.c examples/embed/host.c
 
 clean:

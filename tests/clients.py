@@ -7,6 +7,7 @@ client is missing the tests skip, except under SSE_TESTS_STRICT=1 (CI), where th
 
 import json
 import os
+import queue
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,52 @@ def require_node_packages(*names):
     if missing:
         unavailable("npm packages missing in tests/browser: %s (run make deps)" % " ".join(missing))
     return node
+
+
+class NodeLines:
+    """A Node script from tests/browser printing one JSON object per line: the objects arrive
+    in self.seen as wait() and drain() take them; closing its standard input ends it."""
+
+    def __init__(self, script, *args, packages=("eventsource",)):
+        node = require_node_packages(*packages)
+        self.proc = subprocess.Popen(
+            [node, os.path.join(CLIENTS, script), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.seen = []
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def wait(self, predicate, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not predicate(self.seen):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("%s saw only %r" % (type(self).__name__, self.seen))
+            try:
+                self.seen.append(self.lines.get(timeout=left))
+            except queue.Empty:
+                pass
+
+    def drain(self):
+        while True:
+            try:
+                self.seen.append(self.lines.get_nowait())
+            except queue.Empty:
+                return
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
 
 
 class Browser:

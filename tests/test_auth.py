@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import os
-import queue
 import re
 import subprocess
 import tempfile
@@ -31,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from clients import CLIENTS, require_node_packages, wait_until
+from clients import CLIENTS, NodeLines, require_node_packages, wait_until
 from conftest import (
     BINARY,
     Stream,
@@ -912,58 +911,23 @@ def test_stream_without_exp_does_not_end(start_server):
     assert closed_expired(srv.port) == 0
 
 
-class NodeAuthEventSource:
+class NodeAuthEventSource(NodeLines):
     """tests/browser/es-auth-client.mjs: the eventsource package sending the token last written
     to its standard input."""
 
     def __init__(self, url, token):
-        node = require_node_packages("eventsource")
-        self.proc = subprocess.Popen(
-            [node, os.path.join(CLIENTS, "es-auth-client.mjs"), url],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        self.seen = []
-        self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__("es-auth-client.mjs", url)
         self.renew(token)
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
 
     def renew(self, token):
         self.proc.stdin.write(token.encode() + b"\n")
         self.proc.stdin.flush()
 
     def wait(self, predicate, timeout=15):
-        deadline = time.monotonic() + timeout
-        while not predicate(self.seen):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("eventsource client saw only %r" % self.seen)
-            try:
-                self.seen.append(self.lines.get(timeout=left))
-            except queue.Empty:
-                pass
-
-    def drain(self):
-        while True:
-            try:
-                self.seen.append(self.lines.get_nowait())
-            except queue.Empty:
-                return
+        super().wait(predicate, timeout)
 
     def events(self):
         return [(s["id"], s["data"]) for s in self.seen if s["kind"] == "event"]
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 def test_eventsource_package_reconnects_with_renewed_token_missing_nothing(start_server):

@@ -5,14 +5,12 @@ events that were published."""
 
 import json
 import os
-import queue
 import subprocess
-import threading
 import time
 
 import pytest
 
-from clients import CLIENTS, TcpRelay, require_node_packages
+from clients import CLIENTS, NodeLines, TcpRelay, require_node_packages
 from conftest import Stream, pub
 from test_stream import FRAMING_CASES
 
@@ -76,52 +74,14 @@ def test_eventsource_parser_reads_replay_and_reset(start_server):
     assert json.loads(reset["data"]) == {"requested": "42", "oldest": ids[0], "current": ids[3]}
 
 
-class NodeEventSource:
+class NodeEventSource(NodeLines):
     """tests/browser/es-client.mjs: the eventsource package printing what it dispatches."""
 
     def __init__(self, url, *types):
-        node = require_node_packages("eventsource")
-        self.proc = subprocess.Popen(
-            [node, os.path.join(CLIENTS, "es-client.mjs"), url, *types],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        self.seen = []
-        self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
-
-    def wait(self, predicate, timeout=10):
-        deadline = time.monotonic() + timeout
-        while not predicate(self.seen):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("eventsource client saw only %r" % self.seen)
-            try:
-                self.seen.append(self.lines.get(timeout=left))
-            except queue.Empty:
-                pass
-
-    def drain(self):
-        while True:
-            try:
-                self.seen.append(self.lines.get_nowait())
-            except queue.Empty:
-                return
+        super().__init__("es-client.mjs", url, *types)
 
     def events(self):
         return [(s["type"], s["data"], s["id"]) for s in self.seen if s["kind"] == "event"]
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@
  * placed against an unmapped guard page so a read past the end crashes the test.
  */
 #include "../sse.c" /* NOLINT(bugprone-suspicious-include): for its static functions */
+#include "b64url.h"
 
 #include <sys/mman.h>
 
@@ -1720,21 +1721,6 @@ static void test_json_reader(void) {
 static const unsigned char test_key[] = "a key for the tests";
 #define TEST_KEY_LEN (sizeof test_key - 1)
 #define TEST_NOW     1000000000
-
-static size_t b64url_encode(const void *in, size_t len, char *out) {
-    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    const unsigned char *p = in;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0) |
-                     (i + 2 < len ? p[i + 2] : 0);
-        size_t chars = len - i >= 3 ? 4 : len - i + 1;
-        for (size_t c = 0; c < chars; c++)
-            out[o++] = abc[v >> (18 - 6 * c) & 63];
-    }
-    out[o] = '\0';
-    return o;
-}
 
 /* A token of this header and payload (JSON text), signed with test_key. */
 static const char *mint(const char *header, const char *payload) {

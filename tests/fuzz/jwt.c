@@ -15,6 +15,7 @@
  * exactly JWT_LEEWAY_S. The first byte's low bit picks whether an audience is required.
  */
 #include "../../sse.c" /* NOLINT(bugprone-suspicious-include): its static functions */
+#include "../b64url.h"
 #include "fuzz.h"
 
 #define FUZZ_NOW 1700000000
@@ -24,20 +25,6 @@ static const unsigned char other_key[] = "fuzz kez";
 #define FUZZ_KEY_LEN (sizeof fuzz_key - 1)
 
 static struct jwt jwt_a, jwt_b;
-
-static size_t encode(const void *in, size_t len, char *out) {
-    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    const unsigned char *p = in;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0) |
-                     (i + 2 < len ? p[i + 2] : 0);
-        size_t chars = len - i >= 3 ? 4 : len - i + 1;
-        for (size_t c = 0; c < chars; c++)
-            out[o++] = abc[v >> (18 - 6 * c) & 63];
-    }
-    return o;
-}
 
 static enum auth_reason verify(const char *tok, size_t len, const unsigned char *key,
                                const char *aud, int64_t now, struct jwt *out) {
@@ -97,14 +84,14 @@ static void check_signed(const char *h, size_t hlen, const char *p, size_t plen,
     size_t cap = (hlen + plen) / 3 * 4 + 64;
     char *tok = malloc(cap);
     FUZZ_CHECK(tok != NULL);
-    size_t n = encode(h, hlen, tok);
+    size_t n = b64url_encode(h, hlen, tok);
     tok[n++] = '.';
-    n += encode(p, plen, tok + n);
+    n += b64url_encode(p, plen, tok + n);
     unsigned char mac[32];
     hmac_sha256(fuzz_key, FUZZ_KEY_LEN, tok, n, mac);
     size_t sig_at = n + 1;
     tok[n++] = '.';
-    n += encode(mac, sizeof mac, tok + n);
+    n += b64url_encode(mac, sizeof mac, tok + n);
     enum auth_reason r = check_token(tok, n, aud);
     FUZZ_CHECK(r != AUTH_SIGNATURE);
     bool signed_ok =
@@ -142,8 +129,8 @@ static void check_b64(const char *in, size_t len) {
     long n = b64url_decode(in, len, out, len);
     FUZZ_CHECK(n >= -1 && n <= (long)len);
     if (n >= 0)
-        FUZZ_CHECK(encode(out, (size_t)n, again) == len && memcmp(again, in, len) == 0);
-    size_t m = encode(in, len, again);
+        FUZZ_CHECK(b64url_encode(out, (size_t)n, again) == len && memcmp(again, in, len) == 0);
+    size_t m = b64url_encode(in, len, again);
     FUZZ_CHECK(b64url_decode(again, m, out, len) == (long)len && memcmp(out, in, len) == 0);
     FUZZ_CHECK(!len || b64url_decode(again, m, out, len - 1) == -1);
     free(out);
