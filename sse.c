@@ -9647,6 +9647,12 @@ static int auth_plug(struct sse_server *srv, const struct sse_config *cfg, char 
             snprintf(err, errlen, "auth-url %s: %s", cfg->auth_url, why);
         return -1;
     }
+    /* Fetch: a credentialed answer with Access-Control-Allow-Origin * is a network error */
+    if ((cfg->jwt_secret || cfg->auth_url || cfg->on_authorize) && cfg->cors_origin &&
+        strcmp(cfg->cors_origin, "*") == 0)
+        log_say(&srv->log, SSE_LOG_WARN,
+                "cors *: no browser sends its cookie to another origin under *; to let a page's "
+                "withCredentials carry it, name that origin");
     return 0;
 }
 #endif /* SSE_ENABLE_AUTH */

@@ -475,6 +475,19 @@ def test_preflight_needs_no_token(start_server, auth_app):
     assert auth_app.count() == 0
 
 
+def test_cors_star_with_tokens_warns_that_cookies_cannot_cross(start_server):
+    """Under --cors '*' a browser refuses every credentialed answer, so a page on another
+    origin never gets a stream its cookie would open: said once at start."""
+    warning = r"cors \*: no browser sends its cookie to another origin under \*"
+    srv = auth_server(start_server, "--cors", "*")
+    srv.wait_for_line(warning)
+    named = auth_server(start_server, "--cors", "http://app.example")
+    plain = start_server("--cors", "*")
+    for s in (named, plain):
+        healthy(s.port)  # started and serving: a warning would be in by now
+        assert not re.search(warning, s.stderr_text()), s.stderr_text()
+
+
 def test_over_max_clients_turned_away_before_any_token_check(start_server):
     srv = auth_server(start_server, "--max-clients", "1")
     (tok,) = jose({"claims": grants(["news"]), "exp": 600})
