@@ -19,12 +19,16 @@ import hashlib
 import hmac
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
 from clients import HERE, Browser, TcpRelay, wait_until
-from conftest import metric_values, pub
+from conftest import free_port, metric_values, pub
+from test_docs import ROOT, blocks
 
 pytestmark = pytest.mark.auth
 
@@ -215,3 +219,34 @@ def test_cross_origin_without_what_credentials_need(jar, start_server, cors, cre
     if reason is None:  # the server did accept it: the browser alone refused the answer
         wait_until(lambda: metric_values(srv.port)["sse_subscribers"] == 0,
                    what="the refused stream to close")
+
+
+def listening(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_readme_application_page(jar, start_server, tmp_path):
+    """README's private-streams example as a reader runs it: its login.py (the block README has
+    the reader save, the same one docs/auth.md runs) mints user 42's token into a cookie and
+    serves a page on another port; the page's EventSource, with credentials under --cors
+    naming that origin, hears what is published to user-42-news."""
+    (app,) = [b.lines for b in blocks(os.path.join(ROOT, "README.md")) if b.note == "file: login.py"]
+    (tmp_path / "login.py").write_text("\n".join(app) + "\n")
+    (tmp_path / "jwt.key").write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    app_port = free_port()
+    origin = "http://127.0.0.1:%d" % app_port
+    srv = start_server("--jwt-secret-file", str(tmp_path / "jwt.key"), "--cors", origin,
+                       "--publish-token", "secret")
+    proc = subprocess.Popen([sys.executable, "login.py", str(app_port), srv.url], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: listening(app_port), what="login.py listening")
+        jar.goto(origin + "/")
+        jar.wait("es.readyState === 1")
+        pub(srv.port, "for user 42 only", topic="user-42-news")
+        jar.wait("document.getElementById('log').textContent === 'for user 42 only\\n'")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert refused(metric_values(srv.port)) == {}
