@@ -521,6 +521,17 @@ def write_file(d, name, data):
     return path
 
 
+def test_key_from_the_environment_and_the_option_wins(start_server):
+    """--help: the key defaults to $SSE_JWT_SECRET (kept out of ps); --jwt-secret wins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_")}
+    env["SSE_JWT_SECRET"] = KEY
+    srv = start_server("--publish-token", "secret", env=env)
+    stream_ok(srv.port, "/events?topic=news", bearer(hand_token(grants(["news"]))))
+    expect_missing(srv.port, "/events?topic=news", "news")
+    other = start_server("--jwt-secret", "another key", "--publish-token", "secret", env=env)
+    expect_invalid(other.port, hand_token(grants(["news"])), "signature")
+
+
 @pytest.mark.parametrize("content, key", [
     (b"file-key-42\n", "file-key-42"),
     (b"file-key-42\r\n", "file-key-42"),
