@@ -46,6 +46,8 @@ import sys
 import tempfile
 import time
 
+from run import free_port  # (bench/run.py: this directory is first on sys.path)
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 SSE = os.path.join(ROOT, "sse-server")
@@ -72,14 +74,6 @@ def pin(cpus):
 ALL_CPUS = sorted(os.sched_getaffinity(0))
 SERVER_CPUS = ALL_CPUS[-1:] if len(ALL_CPUS) > 1 else []
 CLIENT_CPUS = ALL_CPUS[:-1] if len(ALL_CPUS) > 1 else []
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def on_cpu_ns(pid):

@@ -325,6 +325,12 @@ def read_response(sock, timeout=5, buf=b"", head_only=False):
     resp = Response(status, reason, headers, b"", head)
     if head_only or status in (204, 304) or 100 <= status < 200:
         return resp, rest
+    return resp, read_body(sock, resp, rest, timeout)
+
+
+def read_body(sock, resp, rest, timeout=5):
+    """Reads resp's body into resp.body: Content-Length bytes, or until close when there is
+    none. rest is what came after the head; returns what came after the body."""
     cl = resp.header("Content-Length")
     if cl is not None:
         n = int(cl)
@@ -340,7 +346,25 @@ def read_response(sock, timeout=5, buf=b"", head_only=False):
     else:
         resp.body = rest + recv_all(sock, timeout)
         rest = b""
-    return resp, rest
+    return rest
+
+
+def ask(port, path, headers=None, method="GET", version="HTTP/1.1", timeout=5):
+    """One request with Connection: close. An event stream is not read beyond what came with
+    its head (its body is that), nor is a 204 or 304; any other answer is read whole, by its
+    Content-Length, which every answer of this server that is not a stream carries."""
+    s = connect(port, timeout)
+    try:
+        s.sendall(build_request(method, path, headers, close=True, version=version))
+        resp, rest = read_response(s, timeout, head_only=True)
+        if resp.header("Content-Type") == "text/event-stream" or resp.status in (204, 304):
+            resp.body = rest
+        else:
+            assert resp.header("Content-Length") is not None, resp.raw_head
+            read_body(s, resp, rest, timeout)
+        return resp
+    finally:
+        s.close()
 
 
 def request(port, method="GET", path="/", headers=None, body=b"", timeout=5, raw=None):

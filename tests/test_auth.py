@@ -34,8 +34,8 @@ from clients import CLIENTS, NodeLines, require_node_packages, wait_until
 from conftest import (
     BINARY,
     Stream,
+    ask,
     build_request,
-    connect,
     exchange_closing,
     free_port,
     healthy,
@@ -44,7 +44,6 @@ from conftest import (
     pub,
     publish,
     read_prelude,
-    read_response,
     request,
 )
 
@@ -128,30 +127,6 @@ def auth_server(start_server, *more, key=KEY, publish_token=True):
     if publish_token:
         args += ["--publish-token", "secret"]
     return start_server(*args, *more)
-
-
-def ask(port, path, headers=None, method="GET", timeout=5):
-    """One request (Connection: close). An event stream is not read beyond what came with its
-    head (the body is that); any other answer is read whole (Content-Length)."""
-    s = connect(port, timeout)
-    try:
-        s.sendall(build_request(method, path, headers, close=True))
-        resp, rest = read_response(s, timeout, head_only=True)
-        if resp.header("Content-Type") == "text/event-stream":
-            resp.body = rest
-        else:
-            n = int(resp.header("Content-Length", "0"))
-            deadline = time.monotonic() + timeout
-            while len(rest) < n:
-                assert time.monotonic() < deadline, "timed out reading the body"
-                s.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = s.recv(65536)
-                assert chunk, "closed in the body"
-                rest += chunk
-            resp.body = rest[:n]
-        return resp
-    finally:
-        s.close()
 
 
 def refused_counts(port):

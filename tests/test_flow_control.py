@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import metric_values, publish, request
+from conftest import metric_values, publish
 from upstream import Upstream
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import (
     Stream,
+    ask,
     build_request,
     connect,
     ev,
@@ -15,7 +16,6 @@ from conftest import (
     parse_head,
     pub,
     read_prelude,
-    read_response,
     recv_until,
     request,
 )
@@ -42,33 +42,6 @@ def check_stream_head(raw_head, extra=()):
     assert lines[0] == b"HTTP/1.1 200 OK", raw_head
     assert re.fullmatch(DATE_RE, lines[1]), raw_head
     assert lines[2:] == STREAM_HEADERS + list(extra) + [b"", b""], raw_head
-
-
-def get(port, path, headers=None, method="GET", version="HTTP/1.1", timeout=5):
-    """One request with Connection: close. Reads the head; for an event stream returns at once
-    (body = what arrived with the head), else reads the Content-Length body."""
-    s = connect(port, timeout)
-    try:
-        s.sendall(build_request(method, path, headers, close=True, version=version))
-        resp, rest = read_response(s, timeout, head_only=True)
-        if resp.header("Content-Type") == "text/event-stream" or resp.status in (204, 304):
-            resp.body = rest
-            return resp
-        cl = resp.header("Content-Length")
-        assert cl is not None, resp.raw_head
-        n = int(cl)
-        deadline = time.monotonic() + timeout
-        while len(rest) < n:
-            left = deadline - time.monotonic()
-            assert left > 0, "timed out reading body"
-            s.settimeout(left)
-            chunk = s.recv(65536)
-            assert chunk, "closed in body"
-            rest += chunk
-        resp.body = rest[:n]
-        return resp
-    finally:
-        s.close()
 
 
 def open_raw_stream(port, raw, timeout=5):
@@ -349,13 +322,13 @@ def test_32_topics_ok(server):
 @pytest.mark.valgrind
 def test_33_topics_rejected(server):
     q = "&".join("topic=t%d" % i for i in range(33))
-    r = get(server.port, "/events?" + q)
+    r = ask(server.port, "/events?" + q)
     assert r.status == 400
 
 
 def test_33_topics_with_path_topic_rejected(server):
     q = "&".join("topic=t%d" % i for i in range(32))
-    r = get(server.port, "/events/extra?" + q)
+    r = ask(server.port, "/events/extra?" + q)
     assert r.status == 400
 
 
@@ -374,7 +347,7 @@ def test_invalid_topic_names(server):
         "/events?topic=ok&topic=bad!",
         "/events/ok?topic=a%2Fb",
     ):
-        r = get(server.port, path)
+        r = ask(server.port, path)
         assert r.status == 400, (path, r.status)
         assert r.header("Content-Type") == "text/plain; charset=utf-8", path
     # and the server still serves
@@ -390,17 +363,17 @@ def test_invalid_topic_names(server):
 
 @pytest.mark.valgrind
 def test_accept_json_406(server):
-    r = get(server.port, "/events", {"Accept": "application/json"})
+    r = ask(server.port, "/events", {"Accept": "application/json"})
     assert r.status == 406
 
 
 def test_accept_text_html_406(server):
-    r = get(server.port, "/events", {"Accept": "text/html"})
+    r = ask(server.port, "/events", {"Accept": "text/html"})
     assert r.status == 406
 
 
 def test_accept_event_stream_q0_406(server):
-    r = get(server.port, "/events", {"Accept": "text/event-stream;q=0"})
+    r = ask(server.port, "/events", {"Accept": "text/event-stream;q=0"})
     assert r.status == 406
 
 
@@ -427,7 +400,7 @@ def test_accept_variants_ok(server):
 
 def test_subscribe_token_missing_401(start_server):
     s = start_server("--subscribe-token", "tok123")
-    r = get(s.port, "/events")
+    r = ask(s.port, "/events")
     assert r.status == 401
     assert r.header("WWW-Authenticate") == "Bearer"
 
@@ -443,7 +416,7 @@ def test_subscribe_token_wrong_401(start_server):
         ("/events?token=", None),
         ("/events/x?token=tok12", None),
     ):
-        r = get(s.port, path, headers)
+        r = ask(s.port, path, headers)
         assert r.status == 401, (path, headers, r.status)
         assert r.header("WWW-Authenticate") == "Bearer"
 
@@ -557,13 +530,13 @@ def test_post_events_405(server):
 
 
 def test_delete_events_named_405(server):
-    r = get(server.port, "/events/x", method="DELETE")
+    r = ask(server.port, "/events/x", method="DELETE")
     assert r.status == 405
     assert r.header("Allow") == "GET, OPTIONS"
 
 
 def test_options_events_204(server):
-    r = get(server.port, "/events", method="OPTIONS")
+    r = ask(server.port, "/events", method="OPTIONS")
     assert r.status == 204
 
 
@@ -594,9 +567,9 @@ def test_retire_topic(server):
         y = pub(port, "for y", topic="y")
         expect_bytes(x_and_y, ev(y, "for y"))
         # new subscriptions to x alone: 204
-        r = get(port, "/events/x")
+        r = ask(port, "/events/x")
         assert r.status == 204
-        r = get(port, "/events?topic=x")
+        r = ask(port, "/events?topic=x")
         assert r.status == 204
         # not every topic retired: stream
         st = Stream(port, "/events?topic=x&topic=z")
@@ -624,7 +597,7 @@ def test_retire_topic(server):
 def test_retire_topic_without_subscribers(server):
     r = delete_topic(server.port, "nobody")
     assert r.body == b'{"topic": "nobody", "closed": 0}\n'
-    assert get(server.port, "/events/nobody").status == 204
+    assert ask(server.port, "/events/nobody").status == 204
 
 
 @pytest.mark.valgrind
@@ -680,7 +653,7 @@ def test_cors_star(start_server):
 
 def test_cors_on_other_responses(start_server):
     s = start_server("--cors", "https://example.com")
-    r = get(s.port, "/healthz", {"Origin": "https://evil.example"})
+    r = ask(s.port, "/healthz", {"Origin": "https://evil.example"})
     assert r.status == 200
     assert r.header_all("Access-Control-Allow-Origin") == ["https://example.com"]
     assert r.header("Access-Control-Allow-Credentials") == "true"
@@ -695,7 +668,7 @@ def test_no_cors_never_echoes_origin(server):
         assert b"evil" not in st.raw_head
     finally:
         st.close()
-    r = get(server.port, "/healthz", {"Origin": "https://evil.example"})
+    r = ask(server.port, "/healthz", {"Origin": "https://evil.example"})
     assert b"Access-Control" not in r.raw_head
     assert b"evil" not in r.raw_head
 
