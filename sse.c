@@ -7561,7 +7561,7 @@ static void proxy_forwarded(struct wbuf *w, const struct http_request *req, cons
 /* The request as the upstream gets it: same method, base path + the rest of the
  * (normalised) path and the query, end-to-end headers as sent (Host and Last-Event-ID
  * untouched), one Content-Length of our own when the client sent one (the body we forward
- * is exactly that long), X-Forwarded-*, X-Real-IP and Forwarded set, and Connection: close
+ * is exactly that long), X-Forwarded-*, X-Real-IP, Forwarded and Via set, and Connection: close
  * (one upstream connection per request). Client headers that name themselves like one of
  * ours with '_' for '-' are dropped. */
 static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
@@ -7617,6 +7617,9 @@ static struct blob *proxy_request_head(struct sse_server *srv, struct conn *c,
     wb_str(&w, peer);
     wb_str(&w, "\r\n");
     proxy_forwarded(&w, req, peer);
+    /* RFC 9110 7.6.3: a gateway MUST add Via to each request it forwards, naming the protocol
+     * it received and itself; a client's own Via lines went up above ours, in order. */
+    wb_str(&w, req->minor ? "Via: 1.1 sse-server\r\n" : "Via: 1.0 sse-server\r\n");
     wb_str(&w, "Connection: close\r\n\r\n");
     return w.len <= w.cap ? blob_from(head, w.len) : NULL;
 }

@@ -158,7 +158,7 @@ enum sse_journal_sync {
  * (%2f, %5c), raw backslashes, double-encoded dots and paths that do not decode to UTF-8
  * get 400. Connection never strips Content-Length or Host from what goes up; the client's
  * forwarding headers (also spelt with '_') are replaced by ours, Forwarded gets our element
- * last. The stream path, /publish, /metrics and /healthz keep their own meaning. */
+ * last, and Via gets "1.1 sse-server" (RFC 9110 7.6.3). The stream path, /publish, /metrics and /healthz keep their own meaning. */
 struct sse_proxy_route {
     const char *prefix;   /* "/api" matches /api and /api/x, not /apix; "/" matches all */
     const char *upstream; /* "http://HOST[:PORT][/BASE]"; HOST is resolved once, at start */

@@ -356,6 +356,7 @@ def test_upstream_request_headers_exact(start_server, make_upstream):
         "X-Forwarded-Proto: http",
         "X-Real-IP: 127.0.0.1",
         'Forwarded: for=127.0.0.1;host="example.test:8080";proto=http',
+        "Via: 1.1 sse-server",
         "Connection: close",
     ]
     assert req.body == b""
@@ -384,9 +385,32 @@ def test_upstream_request_minimal(start_server, make_upstream):
         b"X-Forwarded-Proto: http\r\n"
         b"X-Real-IP: 127.0.0.1\r\n"
         b'Forwarded: for=127.0.0.1;host="h";proto=http\r\n'
+        b"Via: 1.1 sse-server\r\n"
         b"Connection: close\r\n"
         b"\r\n" % srv.port
     )
+
+
+def test_via_names_each_hop_and_the_protocol_received(start_server, make_upstream):
+    """RFC 9110 7.6.3: a gateway adds Via to each request it forwards, after the client's own
+    (kept, in order), with the HTTP version it received; Connection may not strip ours."""
+    up = make_upstream(reply(200, "OK", [], b""))
+    srv = start_server(*proxy_args(("/api", up.url)))
+    raws = [
+        b"GET /api/a HTTP/1.1\r\nHost: h\r\nVia: 1.1 edge, 1.0 cdn (x)\r\nX: 1\r\n"
+        b"via: 2 lb\r\nConnection: close\r\n\r\n",
+        b"GET /api/b HTTP/1.0\r\nHost: h\r\n\r\n",
+        b"GET /api/c HTTP/1.1\r\nHost: h\r\nVia: 1.1 edge\r\nConnection: Via, close\r\n\r\n",
+    ]
+    for raw in raws:
+        assert request(srv.port, raw=raw).status == 200, raw
+    vias = [[h for h in req.header_lines if h.lower().startswith("via:")]
+            for req in up.wait_requests(3)]
+    assert vias == [
+        ["Via: 1.1 edge, 1.0 cdn (x)", "via: 2 lb", "Via: 1.1 sse-server"],
+        ["Via: 1.0 sse-server"],
+        ["Via: 1.1 sse-server"],
+    ]
 
 
 def test_methods_pass_through(start_server, make_upstream):
