@@ -236,8 +236,8 @@ def test_slow_reader_does_not_pace_the_others(start_server):
 
 def test_stalled_subscriber_among_few_is_left_behind(start_server):
     """5 subscribers that read and one that never does: the stalled one holds the writer
-    only until the watch sees it took nothing, then is left behind and dropped; the five get
-    everything."""
+    only until the watch sees it took nothing, then is left behind (once) and dropped; the
+    five get everything."""
     r_fd, w_fd = os.pipe()
     srv = start_server("--stdin", "--client-buffer", "256k", stdin=r_fd)
     os.close(r_fd)
@@ -254,7 +254,9 @@ def test_stalled_subscriber_among_few_is_left_behind(start_server):
         w_fd = -1
         check_everyone_got_everything(readers.results(), last)
         m = metric_values(srv.port)
-        assert m["sse_subscribers_left_behind_total"] >= 1, m
+        # Once: left behind, it is not counted again while the kernel still holds its bytes
+        # unsent (else it would lag, hold everyone and be left behind over and over).
+        assert m["sse_subscribers_left_behind_total"] == 1, m
         assert m["sse_subscribers_dropped_total"] == 1, (last, m)
         assert srv.wait_for_line(r"flow control: \d+ subscriber\(s\) could not keep up")
     finally:
